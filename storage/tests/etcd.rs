@@ -1,0 +1,144 @@
+//! The etcd backend against a real etcd process: the conformance suite, plus faults only a remote
+//! store has — etcd unreachable, and etcd restarting under a live watch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use capstan_storage::conformance::next_event;
+use capstan_storage::etcd::{EtcdOptions, EtcdStore};
+use capstan_storage::{Storage, StorageError};
+use capstan_testkit::EtcdProcess;
+
+async fn start_etcd() -> EtcdProcess {
+    tokio::task::spawn_blocking(EtcdProcess::start)
+        .await
+        .unwrap()
+        .expect("start etcd")
+}
+
+async fn fresh() -> (Arc<dyn Storage>, EtcdProcess) {
+    let etcd = start_etcd().await;
+    let store = EtcdStore::connect(EtcdOptions::new(vec![etcd.endpoint.clone()]))
+        .await
+        .unwrap();
+    (Arc::new(store), etcd)
+}
+
+capstan_storage::conformance_tests!(fresh());
+
+#[tokio::test]
+async fn an_unreachable_etcd_fails_fast_with_unavailable() {
+    let port = capstan_testkit::free_port().unwrap();
+    let started = Instant::now();
+    let err = EtcdStore::connect(EtcdOptions::new(vec![format!("http://127.0.0.1:{port}")]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.to_string().contains(&port.to_string()),
+        "names the endpoint: {err}"
+    );
+}
+
+/// A watch open across an etcd restart delivers every event exactly once, in order; while etcd
+/// is down, requests fail fast with Unavailable; afterwards the same store works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_restart_under_a_live_watch_loses_and_repeats_nothing() {
+    let mut etcd = start_etcd().await;
+    let store = EtcdStore::connect(EtcdOptions::new(vec![etcd.endpoint.clone()]))
+        .await
+        .unwrap();
+    let start = store.current_revision().await.unwrap();
+    let mut w = store.watch("r/", start).await.unwrap();
+    let mut written = Vec::new();
+    for i in 0..5 {
+        written.push(
+            store
+                .create(&format!("r/{i}"), Bytes::from_static(b"v"))
+                .await
+                .unwrap(),
+        );
+    }
+    // Read part of the stream before the restart, leave the rest in flight.
+    for kv in &written[..2] {
+        assert_eq!(next_event(&mut w).await.revision(), kv.mod_revision);
+    }
+
+    let mut etcd = tokio::task::spawn_blocking(move || {
+        etcd.stop().unwrap();
+        etcd
+    })
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let err = store
+        .create("r/down", Bytes::from_static(b"v"))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "failed after {:?}",
+        t.elapsed()
+    );
+
+    let etcd = tokio::task::spawn_blocking(move || {
+        etcd.start_again().unwrap();
+        etcd
+    })
+    .await
+    .unwrap();
+    // The client reconnects by itself: poll until a write goes through.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after_restart = loop {
+        match store.create("r/after", Bytes::from_static(b"v")).await {
+            Ok(kv) => break kv,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("etcd did not come back: {e}"),
+        }
+    };
+    written.push(after_restart);
+    for i in 5..8 {
+        written.push(
+            store
+                .create(&format!("r/{i}"), Bytes::from_static(b"v"))
+                .await
+                .unwrap(),
+        );
+    }
+    for kv in &written[2..] {
+        let e = next_event(&mut w).await;
+        assert_eq!(e.revision(), kv.mod_revision, "exactly once, in order");
+        assert_eq!(e.key(), Some(kv.key.as_str()));
+    }
+    drop(etcd);
+}
+
+#[tokio::test]
+async fn the_key_prefix_keeps_clusters_apart() {
+    let etcd = start_etcd().await;
+    let mut a = EtcdOptions::new(vec![etcd.endpoint.clone()]);
+    a.prefix = "/one/".into();
+    let mut b = a.clone();
+    b.prefix = "/two/".into();
+    let a = EtcdStore::connect(a).await.unwrap();
+    let b = EtcdStore::connect(b).await.unwrap();
+    a.create("pods/x", Bytes::from_static(b"a")).await.unwrap();
+    assert_eq!(b.get("pods/x").await.unwrap(), None);
+    assert_eq!(b.list("", Default::default()).await.unwrap().items.len(), 0);
+    let bad = EtcdStore::connect({
+        let mut o = EtcdOptions::new(vec![etcd.endpoint.clone()]);
+        o.prefix = "/no-slash".into();
+        o
+    })
+    .await;
+    assert!(matches!(bad, Err(StorageError::InvalidKey { .. })));
+}

@@ -1,0 +1,230 @@
+//! Harnesses for Capstan's tests and benchmarks. Start with [`EtcdProcess`]: a real etcd on free
+//! loopback ports with its own temporary data dir, stopped by its pid when dropped.
+//!
+//! Nothing here is mocked: the tests that use it talk to the etcd binary Debian ships
+//! (`apt-get install etcd-server`), found as `$CAPSTAN_ETCD_BIN`, else `etcd` on PATH.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the caller to use).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The etcd binary to run.
+pub fn etcd_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("CAPSTAN_ETCD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    for dir in std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin")])
+    {
+        let candidate = dir.join("etcd");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "etcd not found on PATH: install it (Debian: apt-get install etcd-server) or set CAPSTAN_ETCD_BIN"
+    )
+}
+
+/// A single-member etcd cluster on loopback.
+#[derive(Debug)]
+pub struct EtcdProcess {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+}
+
+impl EtcdProcess {
+    /// Starts etcd and waits (up to 20 s) until it reports healthy.
+    pub fn start() -> Result<EtcdProcess> {
+        let dir = tempfile::Builder::new()
+            .prefix("capstan-etcd-")
+            .tempdir()
+            .context("create etcd temp dir")?;
+        let client_port = free_port()?;
+        let peer_port = free_port()?;
+        let mut etcd = EtcdProcess {
+            child: None,
+            dir,
+            client_port,
+            peer_port,
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+        };
+        etcd.spawn()?;
+        Ok(etcd)
+    }
+
+    /// The data dir etcd writes to (kept across [`EtcdProcess::restart`]).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The etcd log (stdout and stderr), for a failing test to show.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// The pid of the running etcd, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = etcd_binary()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("open etcd log")?;
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&bin)
+            .arg("--name=capstan-test")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=capstan-test={peer}"))
+            // Capstan stores objects up to 1.5 MiB; etcd's default request limit is exactly
+            // that, leaving no room for the key and the transaction around the value.
+            .arg("--max-request-bytes=2097152")
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(20))
+    }
+
+    fn wait_healthy(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "etcd exited with {status} during start-up; log:\n{}",
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                );
+            }
+            if health(self.client_port).unwrap_or(false) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd on port {} not healthy within {within:?}; log:\n{}",
+                    self.client_port,
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops etcd gracefully (SIGTERM to its pid, then SIGKILL after 10 s) and waits for it.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                child.kill()?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Kills etcd with SIGKILL (a crash) and waits for it.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts etcd again on the same ports and data dir.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+
+    /// Starts etcd again after [`EtcdProcess::stop`] or [`EtcdProcess::kill`].
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("etcd is already running");
+        }
+        self.spawn()
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal to one pid with the system's `kill` (no libc binding needed).
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// etcd's /health over plain HTTP/1.0.
+fn health(port: u16) -> Result<bool> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"))
+        .map(|ok| ok && body.contains("\"health\":\"true\""))
+}
+
+/// A scratch directory removed on drop.
+pub fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("create temp dir")
+}
+
+/// Reads a file if it exists, for failure messages.
+pub fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
