@@ -1,1 +1,68 @@
-fn main() {}
+//! The `capstan` binary. Start at [`Command`]: each subcommand lives in its own module.
+//! - `up`: the single-machine cluster (today: the store and its health/metrics endpoints).
+//! - `store`: look inside a store (either backend), like etcdctl.
+//! - `bench`: benchmarks with their raw floors measured in the same run.
+
+mod bench;
+mod serve;
+mod store_args;
+mod store_cmd;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "capstan", version, about = "A Kubernetes-style declarative platform", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a single-machine Capstan: the object store and its endpoints.
+    Up(up::UpArgs),
+    /// Inspect or maintain a store directly (get, list, watch, compact, status).
+    Store(store_cmd::StoreCmd),
+    /// Run a benchmark and print a Markdown report.
+    Bench(bench::BenchCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("capstan: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Store(cmd) => store_cmd::run(cmd).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("capstan: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr through `tracing`; `RUST_LOG` filters (default: info).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -26,6 +26,9 @@ use crate::{
     check_key, check_value, prefix_end,
 };
 
+/// The largest reply accepted from etcd (i32::MAX, as kube-apiserver sets it).
+const MAX_REPLY_BYTES: usize = i32::MAX as usize;
+
 /// How to reach etcd.
 #[derive(Clone, Debug)]
 pub struct EtcdOptions {
@@ -166,6 +169,20 @@ impl EtcdStore {
         Ok(store)
     }
 
+    /// Replies can be far larger than gRPC's default 4 MiB (a list of 10,000 1 KiB objects is
+    /// 10 MB); kube-apiserver lifts the limit on its etcd client the same way.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_REPLY_BYTES)
+    }
+
+    fn watch_client(&self) -> etcd_client::WatchClient {
+        self.client
+            .watch_client()
+            .max_decoding_message_size(MAX_REPLY_BYTES)
+    }
+
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.opts.prefix)
     }
@@ -208,13 +225,13 @@ impl EtcdStore {
     }
 
     async fn txn(&self, what: &'static str, txn: Txn) -> Result<etcd_client::TxnResponse> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         self.call(what, kv.txn(txn)).await
     }
 
     /// The compaction point, as etcd reports it to a watch that starts before it.
     async fn probe_compacted(&self) -> Result<Revision> {
-        let mut watch = self.client.watch_client();
+        let mut watch = self.watch_client();
         let key = self.full("");
         let opts = WatchOptions::new().with_start_revision(1);
         let mut stream = self.call("watch", watch.watch(key, Some(opts))).await?;
@@ -257,7 +274,7 @@ impl EtcdStore {
 impl Storage for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         check_key(key)?;
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self.call("get", kv.get(self.full(key), None)).await?;
         resp.kvs().first().map(|k| self.to_kv(k)).transpose()
     }
@@ -277,7 +294,7 @@ impl Storage for EtcdStore {
         if let Some(rev) = opts.revision {
             get = get.with_revision(rev);
         }
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = match self.call("list", kv.get(start, Some(get))).await {
             Ok(r) => r,
             Err(e) => return Err(self.fill_compacted(e, opts.revision.unwrap_or(0)).await),
@@ -426,7 +443,7 @@ impl Storage for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<Revision> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let opts = GetOptions::new().with_count_only();
         let resp = self
             .call("get revision", kv.get(self.full(""), Some(opts)))
@@ -435,7 +452,7 @@ impl Storage for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let opts = etcd_client::CompactionOptions::new().with_physical();
         match self.call("compact", kv.compact(revision, Some(opts))).await {
             Ok(_) => Ok(()),
@@ -466,7 +483,7 @@ impl EtcdStore {
             .with_start_revision(start)
             .with_prev_key()
             .with_progress_notify();
-        let mut watch = self.client.watch_client();
+        let mut watch = self.watch_client();
         self.call("watch", watch.watch(full_prefix, Some(opts)))
             .await
     }

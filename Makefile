@@ -1,0 +1,48 @@
+# Capstan's commands. The README's two first commands are `make run` and `make test`.
+CARGO    ?= cargo
+DATA_DIR ?= .capstan
+LISTEN   ?= 127.0.0.1:6443
+NEXTEST  := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.PHONY: run test e2e bench lint fmt deps build clean
+
+## run: a single-machine Capstan on the embedded store in $(DATA_DIR)
+run: deps
+	$(CARGO) run --release -p capstan -- up --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+## test: every test (unit, conformance against embedded and real etcd, binary e2e)
+test: deps
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run --workspace --no-fail-fast
+else
+	$(CARGO) test --workspace --no-fail-fast
+endif
+
+## e2e: the suites that drive the real capstan binary
+e2e: deps
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run -p capstan --test '*'
+else
+	$(CARGO) test -p capstan --tests
+endif
+
+## bench: the store benchmark (release build); see docs/benchmarks.md
+bench: deps
+	$(CARGO) run --release -p capstan -- bench store
+
+## lint: formatting and clippy, as CI checks them
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+deps:
+	@scripts/ensure-deps.sh
+
+build: deps
+	$(CARGO) build --release -p capstan
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,65 @@
+//! `--store embedded|etcd` and friends, shared by every subcommand that opens a store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
+use capstan_storage::etcd::{EtcdOptions, EtcdStore};
+use capstan_storage::{CompactionPolicy, Storage};
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// An on-disk store in --data-dir (the single-machine default).
+    Embedded,
+    /// A real etcd cluster at --etcd-endpoints.
+    Etcd,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct StoreArgs {
+    /// Which store keeps the objects.
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub store: Backend,
+    /// Where the embedded store (and other local state) lives.
+    #[arg(long, default_value = ".capstan")]
+    pub data_dir: PathBuf,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd; lets several clusters share one etcd.
+    #[arg(long, default_value = "/registry/")]
+    pub etcd_prefix: String,
+}
+
+impl StoreArgs {
+    /// Opens the store; `compaction` applies to the embedded store (etcd compacts on its own
+    /// schedule or through `capstan store compact`).
+    pub async fn open(&self, compaction: Option<CompactionPolicy>) -> Result<Arc<dyn Storage>> {
+        match self.store {
+            Backend::Embedded => {
+                if !self.etcd_endpoints.is_empty() {
+                    bail!("--etcd-endpoints is given but --store is embedded; add --store etcd");
+                }
+                let mut opts = EmbeddedOptions::new(self.data_dir.join("store"));
+                opts.compaction = compaction;
+                let store = EmbeddedStore::open(opts).await.with_context(|| {
+                    format!("opening the embedded store in {}", self.data_dir.display())
+                })?;
+                Ok(store)
+            }
+            Backend::Etcd => {
+                if self.etcd_endpoints.is_empty() {
+                    bail!("--store etcd needs --etcd-endpoints URL[,URL...]");
+                }
+                let mut opts = EtcdOptions::new(self.etcd_endpoints.clone());
+                opts.prefix = self.etcd_prefix.clone();
+                let store = EtcdStore::connect(opts)
+                    .await
+                    .context("connecting to etcd")?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Drives the real `capstan` binary: `up` on each store backend, its endpoints and shutdown,
+//! start-up errors, and `capstan store` reading what was written.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use capstan_storage::Storage;
+use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
+use capstan_testkit::{EtcdProcess, eventually, http_get, signal, temp_dir};
+
+fn capstan() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_capstan"))
+}
+
+/// A running `capstan up`, killed by pid when dropped.
+struct Up {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn up(args: &[&str]) -> Up {
+    let mut child = capstan()
+        .arg("up")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("capstan up printed no ready line within 30s");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Up { child, addr }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn store_cmd(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    capstan()
+        .arg("store")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
+    let dir = temp_dir("capstan-up-").unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut up = up(&["--data-dir", data]);
+    assert_eq!(
+        http_get(&up.addr, "/readyz").unwrap(),
+        (200, "ok".to_string())
+    );
+    assert_eq!(http_get(&up.addr, "/livez").unwrap().0, 200);
+    let (code, metrics) = http_get(&up.addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(r#"capstan_storage_request_duration_seconds_count{backend="embedded",operation="current_revision"}"#),
+        "{metrics}"
+    );
+    signal(up.child.id(), "TERM");
+    assert!(wait_exit(&mut up.child, Duration::from_secs(10)).success());
+
+    // The store it made is there, and readable by `capstan store`.
+    let out = store_cmd(dir.path(), &["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "backend=embedded revision=1 compacted=1"
+    );
+}
+
+#[test]
+fn a_second_up_on_the_same_data_dir_fails_and_names_it() {
+    let dir = temp_dir("capstan-up-locked-").unwrap();
+    let data = dir.path().to_str().unwrap();
+    let _first = up(&["--data-dir", data]);
+    let out = capstan()
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use") && err.contains(data), "{err}");
+}
+
+#[test]
+fn up_refuses_contradictory_store_flags() {
+    let out = capstan()
+        .args(["up", "--store", "etcd", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--etcd-endpoints"));
+    let out = capstan()
+        .args([
+            "up",
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--store etcd"));
+}
+
+#[test]
+fn up_on_an_unreachable_etcd_fails_fast_and_says_where() {
+    let port = capstan_testkit::free_port().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let out = capstan()
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&url));
+}
+
+/// etcd going away makes /readyz fail with the reason; etcd coming back makes it pass again,
+/// with no restart of capstan.
+#[test]
+fn up_on_etcd_turns_unready_while_etcd_is_down_and_recovers() {
+    let mut etcd = EtcdProcess::start().unwrap();
+    let up = up(&["--store", "etcd", "--etcd-endpoints", &etcd.endpoint]);
+    assert_eq!(http_get(&up.addr, "/readyz").unwrap().0, 200);
+    etcd.stop().unwrap();
+    eventually(Duration::from_secs(10), "readyz 503", || {
+        matches!(http_get(&up.addr, "/readyz"), Ok((503, body)) if body.contains("store failed"))
+    })
+    .unwrap();
+    etcd.start_again().unwrap();
+    eventually(Duration::from_secs(20), "readyz 200 again", || {
+        matches!(http_get(&up.addr, "/readyz"), Ok((200, _)))
+    })
+    .unwrap();
+}
+
+#[test]
+fn store_subcommands_read_lists_at_revisions_and_compact() {
+    let dir = temp_dir("capstan-storecmd-").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let first = rt.block_on(async {
+        let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("store")))
+            .await
+            .unwrap();
+        let a = store
+            .create("pods/default/a", Bytes::from_static(b"{\"a\":1}"))
+            .await
+            .unwrap();
+        store
+            .update(
+                "pods/default/a",
+                Bytes::from_static(b"{\"a\":2}"),
+                a.mod_revision,
+            )
+            .await
+            .unwrap();
+        store
+            .create("pods/default/b", Bytes::from_static(b"{\"b\":1}"))
+            .await
+            .unwrap();
+        store.close().await;
+        a.mod_revision
+    });
+    let text = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(
+        text(store_cmd(dir.path(), &["list", "pods/", "--values"])),
+        "pods/default/a {\"a\":2}\npods/default/b {\"b\":1}\n"
+    );
+    let rev = first.to_string();
+    assert_eq!(
+        text(store_cmd(
+            dir.path(),
+            &["list", "pods/", "--values", "--revision", &rev]
+        )),
+        "pods/default/a {\"a\":1}\n"
+    );
+    assert!(text(store_cmd(dir.path(), &["get", "pods/default/b"])).contains("{\"b\":1}"));
+    let missing = store_cmd(dir.path(), &["get", "pods/default/zzz"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+
+    assert_eq!(
+        text(store_cmd(dir.path(), &["compact", "4"])),
+        "compacted to 4\n"
+    );
+    let old = store_cmd(dir.path(), &["list", "pods/", "--revision", &rev]);
+    assert!(!old.status.success());
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("compacted"),
+        "{old:?}"
+    );
+}

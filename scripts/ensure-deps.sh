@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Makes sure what `make test` needs is on this machine: etcd (the tests start real etcd
+# processes) and protoc (etcd-client's build compiles etcd's protos). Installs them with apt when
+# running as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
+set -euo pipefail
+
+missing=()
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-deps: installing ${missing[*]} with apt-get" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+  exit 0
+fi
+
+echo "ensure-deps: missing ${missing[*]}; install them with:" >&2
+echo "  sudo apt-get install -y ${missing[*]}" >&2
+exit 1
