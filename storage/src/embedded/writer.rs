@@ -216,20 +216,12 @@ fn apply_one(
             expected,
             reply,
         } => {
-            let Some((create_revision, mod_revision)) = existing else {
-                return Ok(Outcome::Kv(reply, Err(StorageError::NotFound { key })));
+            let (create_revision, prev) = match precondition(revs, &key, existing, Some(expected))?
+            {
+                Ok(live) => live,
+                Err(e) => return Ok(Outcome::Kv(reply, Err(e))),
             };
-            let prev = read_kv(revs, mod_revision)?;
-            if mod_revision != expected {
-                return Ok(Outcome::Kv(
-                    reply,
-                    Err(StorageError::Conflict {
-                        key,
-                        expected,
-                        current: Some(Box::new(prev)),
-                    }),
-                ));
-            }
+            let mod_revision = prev.mod_revision;
             let revision = *current + 1;
             revs.insert(
                 revision,
@@ -257,20 +249,11 @@ fn apply_one(
             expected,
             reply,
         } => {
-            let Some((create_revision, mod_revision)) = existing else {
-                return Ok(Outcome::Deleted(reply, Err(StorageError::NotFound { key })));
+            let (create_revision, prev) = match precondition(revs, &key, existing, expected)? {
+                Ok(live) => live,
+                Err(e) => return Ok(Outcome::Deleted(reply, Err(e))),
             };
-            let prev = read_kv(revs, mod_revision)?;
-            if let Some(expected) = expected.filter(|e| *e != mod_revision) {
-                return Ok(Outcome::Deleted(
-                    reply,
-                    Err(StorageError::Conflict {
-                        key,
-                        expected,
-                        current: Some(Box::new(prev)),
-                    }),
-                ));
-            }
+            let mod_revision = prev.mod_revision;
             let revision = *current + 1;
             revs.insert(
                 revision,
@@ -288,6 +271,31 @@ fn apply_one(
             Ok(Outcome::Deleted(reply, Ok((prev, revision))))
         }
         Op::Compact { .. } => unreachable!("compactions are split out of write batches"),
+    }
+}
+
+/// Checks an update's or delete's precondition against the live version: Ok((create_revision,
+/// live version)) when the key exists at `expected` (at any version when None), the op's error
+/// otherwise. The outer Result is for storage failures only.
+fn precondition(
+    revs: &Table<'_, i64, &'static [u8]>,
+    key: &str,
+    existing: Option<(Revision, Revision)>,
+    expected: Option<Revision>,
+) -> Result<Result<(Revision, KeyValue), StorageError>> {
+    let Some((create_revision, mod_revision)) = existing else {
+        return Ok(Err(StorageError::NotFound {
+            key: key.to_string(),
+        }));
+    };
+    let live = read_kv(revs, mod_revision)?;
+    match expected {
+        Some(expected) if expected != mod_revision => Ok(Err(StorageError::Conflict {
+            key: key.to_string(),
+            expected,
+            current: Some(Box::new(live)),
+        })),
+        _ => Ok(Ok((create_revision, live))),
     }
 }
 
