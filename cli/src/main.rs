@@ -1,10 +1,9 @@
 //! The `capstan` binary. Start at [`Command`]: each subcommand lives in its own module.
-//! - `up`: the single-machine cluster (today: the store and its health/metrics endpoints).
+//! - `up`: the single-machine cluster (today: the store and the Kubernetes API server).
 //! - `store`: look inside a store (either backend), like etcdctl.
 //! - `bench`: benchmarks with their raw floors measured in the same run.
 
 mod bench;
-mod serve;
 mod store_args;
 mod store_cmd;
 mod up;
@@ -20,7 +19,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a single-machine Capstan: the object store and its endpoints.
+    /// Run a single-machine Capstan: the object store and the Kubernetes API server.
     Up(up::UpArgs),
     /// Inspect or maintain a store directly (get, list, watch, compact, status).
     Store(store_cmd::StoreCmd),

@@ -1,21 +1,23 @@
-//! `capstan up`: the single-machine Capstan. Today it opens the store (compacting it on the
-//! default policy) and serves the operational endpoints; the Kubernetes API, controllers and the
-//! node agent join here as they are built. It prints one line when /readyz answers.
+//! `capstan up`: the single-machine Capstan — the object store and the Kubernetes API server
+//! over it (controllers and the node agent join here as they are built). Writes
+//! `DATA_DIR/kubeconfig` for kubectl and prints one line once /readyz answers.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use capstan_apiserver::ApiServer;
 use capstan_storage::{CompactionPolicy, StorageMetrics};
 use clap::Args;
 
-use crate::serve::{OpsState, router};
 use crate::store_args::StoreArgs;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Address to serve on.
+    /// Address to serve the API on (plain HTTP: keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
 }
@@ -24,28 +26,59 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
     let store = metrics.wrap(args.store.open(Some(CompactionPolicy::default())).await?);
+    let api = ApiServer::new(store.clone(), registry)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
+    if !api.wait_ready(Duration::from_secs(30)).await {
+        bail!("the API server's watch caches did not fill within 30s");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let app = router(OpsState {
-        store: store.clone(),
-        registry,
-    });
+    let kubeconfig = args.store.data_dir.join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
+    let app = capstan_apiserver::router(api);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await
     });
-    let revision = store.current_revision().await?;
     println!(
-        "capstan is up: store={} revision={revision}; http://{addr}/readyz and /metrics answer. \
-         The Kubernetes API is not served yet.",
-        store.backend()
+        "capstan is up: http://{addr}/readyz answers; store={}; kubectl --kubeconfig {} get ns",
+        store.backend(),
+        kubeconfig.display()
     );
     server.await.context("server task")?.context("serving")?;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// A kubeconfig pointing kubectl at this server over plain HTTP.
+fn write_kubeconfig(path: &Path, server: &str) -> Result<()> {
+    let text = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: capstan
+  cluster:
+    server: {server}
+contexts:
+- name: capstan
+  context:
+    cluster: capstan
+    user: capstan
+    namespace: default
+current-context: capstan
+users:
+- name: capstan
+  user: {{}}
+"
+    );
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Resolves on SIGINT or SIGTERM.

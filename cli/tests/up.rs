@@ -104,9 +104,15 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The four system namespaces up creates are in it.
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "backend=embedded revision=1 compacted=1"
+        "backend=embedded revision=5 compacted=1"
+    );
+    let out = store_cmd(dir.path(), &["list", "namespaces/"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "namespaces/default\nnamespaces/kube-node-lease\nnamespaces/kube-public\nnamespaces/kube-system\n"
     );
 }
 

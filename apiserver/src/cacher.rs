@@ -1,0 +1,333 @@
+//! The watch cache (kube-apiserver's cacher): one store watch per resource feeds an in-memory copy
+//! of every object plus a bounded history of events, and every client LIST and WATCH of that
+//! resource is served from it — a thousand watchers cost one store watch.
+//!
+//! # States
+//! `Empty → Listing → Watching`; on a broken or compacted store watch it relists. A relist ends
+//! every client watch (their stream closes), so clients re-watch from their last resourceVersion:
+//! served from history when it is recent enough, else `410 Expired` and they relist too.
+//!
+//! # resourceVersion rules
+//! - `rv` is the store revision the cache reflects. Store progress notifications advance it even
+//!   when this resource did not change.
+//! - A client watch from RV r needs every event after r: possible when `oldest <= r`, where
+//!   `oldest` is the revision before the first event still in history (or the list's revision).
+//!   Older → 410 Expired. Newer than `rv` → wait for the cache to catch up (3 s), else 504.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use capstan_storage::{Event, ListOptions, Storage, StorageError};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+
+use crate::errors::{ApiError, ApiResult};
+use crate::object::ObjectExt;
+use crate::registry::ResourceInfo;
+
+/// Events kept per resource for watchers resuming from an older resourceVersion.
+const HISTORY: usize = 10_000;
+/// Client watchers may fall this far behind the live stream before they are closed.
+const FANOUT_BUFFER: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Added => "ADDED",
+            Kind::Modified => "MODIFIED",
+            Kind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, with the object as it is after it (for deletes: as it was, at the delete's RV).
+#[derive(Debug)]
+pub struct CacheEvent {
+    pub kind: Kind,
+    pub rv: i64,
+    pub object: Arc<Value>,
+    pub prev: Option<Arc<Value>>,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Arc<Value>>,
+    rv: i64,
+    oldest: i64,
+    history: VecDeque<Arc<CacheEvent>>,
+    ready: bool,
+}
+
+pub struct Cacher {
+    info: Arc<ResourceInfo>,
+    state: RwLock<State>,
+    /// Replaced on every relist, which closes the client watches of the previous generation.
+    fanout: RwLock<broadcast::Sender<Arc<CacheEvent>>>,
+    rv_tx: watch::Sender<i64>,
+}
+
+impl std::fmt::Debug for Cacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cacher({:?})", self.info)
+    }
+}
+
+/// Decodes a stored value and stamps it with its resourceVersion.
+pub fn decode(bytes: &[u8], rv: i64) -> Option<Value> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(mut v) if v.is_object() => {
+            v.set_meta("resourceVersion", Value::String(rv.to_string()));
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+impl Cacher {
+    /// Creates the cache and starts filling it from `store`.
+    pub fn start(info: Arc<ResourceInfo>, store: Arc<dyn Storage>) -> Arc<Cacher> {
+        let (tx, _) = broadcast::channel(FANOUT_BUFFER);
+        let (rv_tx, _) = watch::channel(0);
+        let cacher = Arc::new(Cacher {
+            info,
+            state: RwLock::new(State::default()),
+            fanout: RwLock::new(tx),
+            rv_tx,
+        });
+        let weak = Arc::downgrade(&cacher);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let Some(c) = weak.upgrade() else { return };
+                match c.sync(&store).await {
+                    Ok(()) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::warn!(resource = ?c.info, error = %e, "watch cache lost its store watch; relisting");
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                drop(c);
+                tokio::time::sleep(backoff).await;
+            }
+        });
+        cacher
+    }
+
+    /// One Listing → Watching cycle; returns when the store watch ends.
+    async fn sync(&self, store: &Arc<dyn Storage>) -> Result<(), StorageError> {
+        let prefix = self.info.prefix();
+        let mut objects = BTreeMap::new();
+        let mut opts = ListOptions {
+            limit: Some(500),
+            ..Default::default()
+        };
+        let revision = loop {
+            let page = store.list(&prefix, opts.clone()).await?;
+            for kv in &page.items {
+                match decode(&kv.value, kv.mod_revision) {
+                    Some(v) => {
+                        objects.insert(kv.key.clone(), Arc::new(v));
+                    }
+                    None => {
+                        tracing::error!(key = %kv.key, "stored object is not a JSON object; skipped")
+                    }
+                }
+            }
+            if !page.more {
+                break page.revision;
+            }
+            opts.revision = Some(page.revision);
+            opts.start_after = page.items.last().map(|kv| kv.key.clone());
+        };
+        let mut stream = store.watch(&prefix, revision).await?;
+        {
+            // A new generation: old client watches end, new ones see the fresh state.
+            // Both under the state lock (taken first, as everywhere): a watcher sees either the
+            // old generation's state and channel, or the new one's.
+            let (tx, _) = broadcast::channel(FANOUT_BUFFER);
+            let mut st = self.state.write().expect("cache lock");
+            *self.fanout.write().expect("fanout lock") = tx;
+            st.objects = objects;
+            st.rv = revision;
+            st.oldest = revision;
+            st.history.clear();
+            st.ready = true;
+        }
+        self.rv_tx.send_replace(revision);
+        tracing::debug!(resource = ?self.info, revision, "watch cache synced");
+        while let Some(item) = stream.next().await {
+            match item? {
+                Event::Progress { revision } => self.advance(revision),
+                Event::Put { kv, prev } => {
+                    let Some(obj) = decode(&kv.value, kv.mod_revision) else {
+                        tracing::error!(key = %kv.key, "stored object is not a JSON object; skipped");
+                        self.advance(kv.mod_revision);
+                        continue;
+                    };
+                    let kind = if prev.is_some() {
+                        Kind::Modified
+                    } else {
+                        Kind::Added
+                    };
+                    self.apply(kv.key, kind, kv.mod_revision, Some(obj));
+                }
+                Event::Delete { prev, revision } => {
+                    self.apply(prev.key, Kind::Deleted, revision, None);
+                }
+            }
+        }
+        Err(StorageError::Unavailable {
+            message: "store watch ended".into(),
+            source: None,
+        })
+    }
+
+    fn advance(&self, revision: i64) {
+        let mut st = self.state.write().expect("cache lock");
+        if revision > st.rv {
+            st.rv = revision;
+            drop(st);
+            self.rv_tx.send_replace(revision);
+        }
+    }
+
+    fn apply(&self, key: String, kind: Kind, rv: i64, obj: Option<Value>) {
+        let mut st = self.state.write().expect("cache lock");
+        let prev = st.objects.get(&key).cloned();
+        let event = match (kind, obj) {
+            (Kind::Deleted, _) => {
+                let Some(prev) = st.objects.remove(&key) else {
+                    st.rv = rv;
+                    return;
+                };
+                let mut gone = (*prev).clone();
+                gone.set_meta("resourceVersion", Value::String(rv.to_string()));
+                CacheEvent {
+                    kind,
+                    rv,
+                    object: Arc::new(gone),
+                    prev: Some(prev),
+                }
+            }
+            (_, Some(obj)) => {
+                let obj = Arc::new(obj);
+                st.objects.insert(key, obj.clone());
+                CacheEvent {
+                    kind: if prev.is_some() {
+                        Kind::Modified
+                    } else {
+                        Kind::Added
+                    },
+                    rv,
+                    object: obj,
+                    prev,
+                }
+            }
+            (_, None) => return,
+        };
+        let event = Arc::new(event);
+        if st.history.len() == HISTORY
+            && let Some(old) = st.history.pop_front()
+        {
+            st.oldest = old.rv;
+        }
+        st.history.push_back(event.clone());
+        st.rv = rv;
+        // Sent under the state lock: a watcher that subscribes under the read lock either got
+        // this event in its replay or will receive it here — never both, never neither.
+        let _ = self.fanout.read().expect("fanout lock").send(event);
+        drop(st);
+        self.rv_tx.send_replace(rv);
+    }
+
+    /// Waits until the cache reflects at least revision `rv`.
+    pub async fn wait_for(&self, rv: i64, within: Duration) -> bool {
+        let mut rx = self.rv_tx.subscribe();
+        let ready = || self.state.read().map(|s| s.ready).unwrap_or(false);
+        tokio::time::timeout(within, async {
+            loop {
+                if *rx.borrow_and_update() >= rv && ready() {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// The revision the cache reflects (0 until the first list).
+    pub fn revision(&self) -> i64 {
+        self.state
+            .read()
+            .map(|s| if s.ready { s.rv } else { 0 })
+            .unwrap_or(0)
+    }
+
+    /// Objects under `prefix` (a namespace's, or all) and the revision they reflect.
+    pub fn list(&self, prefix: &str) -> (Vec<Arc<Value>>, i64) {
+        let st = self.state.read().expect("cache lock");
+        let items = st
+            .objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, st.rv)
+    }
+
+    /// One object from the cache.
+    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+        self.state.read().ok()?.objects.get(key).cloned()
+    }
+
+    /// Starts a client watch: the events to send first, and the live stream after them.
+    /// `from` None sends the current objects as ADDED (watch with RV unset or "0").
+    pub async fn watch(
+        &self,
+        from: Option<i64>,
+    ) -> ApiResult<(Vec<Arc<CacheEvent>>, broadcast::Receiver<Arc<CacheEvent>>)> {
+        let target = from.unwrap_or(0);
+        if !self.wait_for(target, Duration::from_secs(3)).await {
+            return Err(ApiError::timeout(format!(
+                "Too large resource version: {target}, current: {}",
+                self.revision()
+            )));
+        }
+        let st = self.state.read().expect("cache lock");
+        let rx = self.fanout.read().expect("fanout lock").subscribe();
+        let initial = match from {
+            None => st
+                .objects
+                .values()
+                .map(|o| {
+                    Arc::new(CacheEvent {
+                        kind: Kind::Added,
+                        rv: st.rv,
+                        object: o.clone(),
+                        prev: None,
+                    })
+                })
+                .collect(),
+            Some(r) if r < st.oldest => {
+                return Err(ApiError::gone(format!(
+                    "too old resource version: {r} ({})",
+                    st.oldest
+                )));
+            }
+            Some(r) => st.history.iter().filter(|e| e.rv > r).cloned().collect(),
+        };
+        Ok((initial, rx))
+    }
+}

@@ -1,0 +1,720 @@
+//! Capstan's Kubernetes API server. Start at [`ApiServer`] and [`router`]: the router parses
+//! each request into a [`handlers::Target`] (resource, namespace, name, subresource — like
+//! kube-apiserver's RequestInfo) and hands it to the verb in [`handlers`]. Resources come from the
+//! [`registry`]; LIST and WATCH are served by one [`cacher::Cacher`] per resource; errors are
+//! [`errors::ApiError`] → metav1.Status.
+//!
+//! Not yet here (and refused by name, never ignored): strategic merge patch, server-side apply,
+//! /openapi/v2 and /openapi/v3, fieldValidation, streaming lists (sendInitialEvents).
+
+pub mod cacher;
+pub mod errors;
+pub mod handlers;
+pub mod object;
+pub mod registry;
+pub mod strategy;
+pub mod table;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use bytes::Bytes;
+use capstan_storage::Storage;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry as Metrics};
+use serde_json::{Value, json};
+
+use cacher::Cacher;
+use errors::{ApiError, ApiResult};
+use handlers::{MAX_BODY_BYTES, Params, Target};
+use registry::{Registry, ResourceInfo};
+
+/// The API server's shared state.
+pub struct ApiServer {
+    pub registry: Registry,
+    pub store: Arc<dyn Storage>,
+    cachers: RwLock<HashMap<String, Arc<Cacher>>>,
+    metrics: Option<RequestMetrics>,
+    pub prometheus: Metrics,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+struct RequestMetrics {
+    total: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl RequestMetrics {
+    fn register(r: &Metrics) -> prometheus::Result<Self> {
+        let total = IntCounterVec::new(
+            Opts::new(
+                "apiserver_request_total",
+                "API requests by verb, resource and HTTP code.",
+            ),
+            &["verb", "group", "resource", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "apiserver_request_duration_seconds",
+                "API request latency by verb and resource.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["verb", "group", "resource"],
+        )?;
+        r.register(Box::new(total.clone()))?;
+        r.register(Box::new(duration.clone()))?;
+        Ok(RequestMetrics { total, duration })
+    }
+}
+
+/// The namespaces every cluster starts with.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+impl ApiServer {
+    /// Builds the server over `store`: registers the built-ins, starts their watch caches,
+    /// creates the system namespaces, and registers request metrics in `prometheus`.
+    pub async fn new(store: Arc<dyn Storage>, prometheus: Metrics) -> ApiResult<Arc<ApiServer>> {
+        let metrics = RequestMetrics::register(&prometheus)
+            .map_err(|e| ApiError::internal(format!("registering metrics: {e}")))?;
+        let api = Arc::new(ApiServer {
+            registry: Registry::with_builtins(),
+            store,
+            cachers: RwLock::new(HashMap::new()),
+            metrics: Some(metrics),
+            prometheus,
+        });
+        for info in api.registry.all() {
+            api.cacher(&info);
+        }
+        let ns_info = api
+            .registry
+            .get("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
+        let target = Target {
+            info: ns_info,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        for ns in SYSTEM_NAMESPACES {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match api.create(&target, obj, &Params::default()).await {
+                Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(api)
+    }
+
+    /// The watch cache of a resource (started on first use).
+    pub fn cacher(&self, info: &Arc<ResourceInfo>) -> Arc<Cacher> {
+        let key = format!("{}/{}", info.api_version(), info.plural);
+        if let Some(c) = self.cachers.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return c;
+        }
+        let mut map = self.cachers.write().expect("cachers lock");
+        map.entry(key)
+            .or_insert_with(|| Cacher::start(info.clone(), self.store.clone()))
+            .clone()
+    }
+
+    /// Ready once every watch cache has listed.
+    pub async fn wait_ready(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        for info in self.registry.all() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !self.cacher(&info).wait_for(0, left).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The HTTP surface: discovery, every resource verb, and the operational endpoints.
+pub fn router(api: Arc<ApiServer>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/api", get(api_versions))
+        .route("/apis", get(api_groups))
+        .route("/api/v1", get(core_resources))
+        .route("/apis/{group}", get(group_info))
+        .route("/apis/{group}/{version}", get(group_resources))
+        .route("/api/v1/{*rest}", any(core_dispatch))
+        .route("/apis/{group}/{version}/{*rest}", any(group_dispatch))
+        .route("/healthz", get(readyz))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { not_found() })
+        .with_state(api)
+}
+
+fn not_found() -> ApiError {
+    ApiError {
+        code: 404,
+        reason: "NotFound",
+        message: "the server could not find the requested resource".into(),
+        details: None,
+    }
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "major": "1",
+            "minor": "33",
+            "gitVersion": format!("v1.33.0-capstan.{}", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "",
+            "goVersion": "",
+            "compiler": "rustc",
+            "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+        }),
+    )
+}
+
+async fn api_versions() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+        }),
+    )
+}
+
+fn group_entry(api: &ApiServer, group: &str) -> Value {
+    let mut versions: Vec<&str> = api
+        .registry
+        .all()
+        .iter()
+        .filter(|r| r.group == group)
+        .map(|r| r.version)
+        .collect();
+    versions.sort();
+    versions.dedup();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({
+        "name": group,
+        "versions": vs,
+        "preferredVersion": vs.first().cloned().unwrap_or(Value::Null),
+    })
+}
+
+async fn api_groups(State(api): State<Arc<ApiServer>>) -> Response {
+    let mut groups: Vec<&str> = api
+        .registry
+        .all()
+        .iter()
+        .map(|r| r.group)
+        .filter(|g| !g.is_empty())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let groups: Vec<Value> = groups.iter().map(|g| group_entry(&api, g)).collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+    )
+}
+
+async fn group_info(State(api): State<Arc<ApiServer>>, Path(group): Path<String>) -> Response {
+    if !api.registry.serves(&group, None) {
+        return not_found().into_response();
+    }
+    let mut g = group_entry(&api, &group);
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    json_response(StatusCode::OK, &g)
+}
+
+/// The APIResourceList of one group/version, with each resource's subresources.
+fn resource_list(api: &ApiServer, group: &str, version: &str) -> Option<Value> {
+    let mut resources = Vec::new();
+    let mut infos: Vec<_> = api
+        .registry
+        .all()
+        .into_iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if infos.is_empty() {
+        return None;
+    }
+    infos.sort_by_key(|r| r.plural);
+    for r in infos {
+        resources.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": registry::VERBS,
+            "shortNames": r.short_names,
+            "categories": r.categories,
+        }));
+        let sub = |name: &str, kind: &str, verbs: &[&str]| {
+            json!({
+                "name": format!("{}/{name}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs,
+            })
+        };
+        if r.status {
+            resources.push(sub("status", r.kind, &["get", "patch", "update"]));
+        }
+        if r.scale {
+            let mut s = sub("scale", "Scale", &["get", "patch", "update"]);
+            s["group"] = json!("autoscaling");
+            s["version"] = json!("v1");
+            resources.push(s);
+        }
+        if r.group.is_empty() && r.plural == "pods" {
+            resources.push(sub("binding", "Binding", &["create"]));
+        }
+        if r.group.is_empty() && r.plural == "namespaces" {
+            resources.push(sub("finalize", "Namespace", &["update"]));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
+
+async fn core_resources(State(api): State<Arc<ApiServer>>) -> Response {
+    match resource_list(&api, "", "v1") {
+        Some(l) => json_response(StatusCode::OK, &l),
+        None => not_found().into_response(),
+    }
+}
+
+async fn group_resources(
+    State(api): State<Arc<ApiServer>>,
+    Path((group, version)): Path<(String, String)>,
+) -> Response {
+    match resource_list(&api, &group, &version) {
+        Some(l) => json_response(StatusCode::OK, &l),
+        None => not_found().into_response(),
+    }
+}
+
+async fn readyz(State(api): State<Arc<ApiServer>>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(1), api.store.current_revision()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[-]store failed: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "[-]store failed: no answer within 1s\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(api): State<Arc<ApiServer>>) -> Response {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    match enc.encode(&api.prometheus.gather(), &mut buf) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, enc.format_type().to_string())],
+            buf,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+type Q = Query<HashMap<String, String>>;
+
+async fn core_dispatch(
+    State(api): State<Arc<ApiServer>>,
+    method: Method,
+    Path(rest): Path<String>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    dispatch(
+        api,
+        method,
+        String::new(),
+        "v1".into(),
+        rest,
+        q,
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn group_dispatch(
+    State(api): State<Arc<ApiServer>>,
+    method: Method,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    dispatch(api, method, group, version, rest, q, headers, body).await
+}
+
+/// Resolves the path below /api/v1 or /apis/G/V to a resource target (kube's RequestInfo rules:
+/// `namespaces/NS/RESOURCE[/NAME[/SUB]]`, else `RESOURCE[/NAME[/SUB]]`; `namespaces/NAME/status`
+/// and `/finalize` are the namespace's own subresources).
+fn resolve(api: &ApiServer, group: &str, version: &str, rest: &str) -> ApiResult<Target> {
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let (namespace, parts) = match parts.as_slice() {
+        ["namespaces", _, sub] if group.is_empty() && matches!(*sub, "status" | "finalize") => {
+            (None, &parts[..])
+        }
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, &parts[..]),
+    };
+    let (resource, name, sub) = match parts {
+        [r] => (*r, None, None),
+        [r, n] => (*r, Some(n.to_string()), None),
+        [r, n, s] => (*r, Some(n.to_string()), Some(s.to_string())),
+        _ => return Err(not_found()),
+    };
+    let info = api
+        .registry
+        .get(group, version, resource)
+        .ok_or_else(not_found)?;
+    if namespace.is_some() && !info.namespaced {
+        return Err(not_found());
+    }
+    if let Some(s) = &sub {
+        let known = match s.as_str() {
+            "status" => info.status,
+            "scale" => info.scale,
+            "binding" => info.group.is_empty() && info.plural == "pods",
+            "finalize" => info.group.is_empty() && info.plural == "namespaces",
+            _ => false,
+        };
+        if !known {
+            return Err(not_found());
+        }
+    }
+    Ok(Target {
+        info,
+        namespace,
+        name,
+        subresource: sub,
+    })
+}
+
+/// Whether the client asked for a Table (kubectl get's human output).
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
+}
+
+fn accepts_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    accept.split(',').any(|a| {
+        let mt = a.split(';').next().unwrap_or_default().trim();
+        matches!(mt, "application/json" | "*/*" | "application/*" | "")
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dispatch(
+    api: Arc<ApiServer>,
+    method: Method,
+    group: String,
+    version: String,
+    rest: String,
+    q: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let target = match resolve(&api, &group, &version, &rest) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let p = Params(q);
+    let watch = matches!(p.get("watch"), Some("true" | "1"));
+    let verb = match (&method, target.name.is_some(), watch) {
+        (&Method::GET, _, true) => "watch",
+        (&Method::GET, true, _) => "get",
+        (&Method::GET, false, _) => "list",
+        (&Method::POST, _, _) => "create",
+        (&Method::PUT, _, _) => "update",
+        (&Method::PATCH, _, _) => "patch",
+        (&Method::DELETE, true, _) => "delete",
+        (&Method::DELETE, false, _) => "deletecollection",
+        _ => "unknown",
+    };
+    let resource = match &target.subresource {
+        Some(s) => format!("{}/{s}", target.info.plural),
+        None => target.info.plural.to_string(),
+    };
+    let response = serve(&api, &method, &target, verb, &p, &headers, body).await;
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if let Some(m) = &api.metrics {
+        m.total
+            .with_label_values(&[
+                verb,
+                target.info.group,
+                &resource,
+                response.status().as_str(),
+            ])
+            .inc();
+        if verb != "watch" {
+            m.duration
+                .with_label_values(&[verb, target.info.group, &resource])
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+    tracing::debug!(verb, resource, code = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
+    response
+}
+
+async fn read_body(body: Body) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::too_large(format!(
+                "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
+            ))
+        })
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string()
+}
+
+fn json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+    let ct = content_type(headers);
+    let mt = ct.split(';').next().unwrap_or_default().trim();
+    if !matches!(mt, "application/json" | "") {
+        return Err(ApiError::unsupported_media_type(format!(
+            "the body of the request was in an unknown format ({mt}) - accepted media types include: application/json"
+        )));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+async fn serve(
+    api: &Arc<ApiServer>,
+    method: &Method,
+    t: &Target,
+    verb: &str,
+    p: &Params,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    if !accepts_json(headers) && !wants_table(headers) {
+        return Err(ApiError::not_acceptable(
+            "only application/json is served (and Tables for kubectl get)",
+        ));
+    }
+    let table = wants_table(headers);
+    let include = p.get("includeObject");
+    let sub = t.subresource.as_deref();
+    if matches!(verb, "update" | "patch") && t.name.is_none() {
+        return Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on a collection of {}: name the object",
+            t.info.plural
+        )));
+    }
+    let ok = |v: Value| -> ApiResult<Response> {
+        let v = if table && v.get("kind").and_then(Value::as_str) == Some(t.info.kind) {
+            crate::table::render(
+                &t.info.strategy.table(),
+                std::slice::from_ref(&v),
+                include,
+                v["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default(),
+                None,
+            )
+        } else {
+            v
+        };
+        Ok(json_response(StatusCode::OK, &v))
+    };
+    match (verb, sub) {
+        ("watch", None) => {
+            let stream = match api.watch(t, p, table).await {
+                Ok(s) => s,
+                // An expired resourceVersion is 200, then one ERROR event carrying the 410
+                // Status: what client-go's reflector and kube-rs's watcher expect.
+                Err(e) if e.code == 410 => {
+                    let mut line =
+                        serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()}))
+                            .unwrap_or_default();
+                    line.push(b'\n');
+                    return Ok((
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        line,
+                    )
+                        .into_response());
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::TRANSFER_ENCODING, "chunked")
+                .body(Body::from_stream(stream))
+                .map_err(|e| ApiError::internal(e.to_string()))?)
+        }
+        ("get", None | Some("status")) => ok(api.get(t).await?),
+        ("get", Some("scale")) => ok(api.get_scale(t).await?),
+        ("list", None) => {
+            let (items, rv, cont) = api.list(t, p).await?;
+            if table {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &crate::table::render(
+                        &t.info.strategy.table(),
+                        &items,
+                        include,
+                        &rv.to_string(),
+                        cont.as_deref(),
+                    ),
+                ));
+            }
+            let mut meta = json!({"resourceVersion": rv.to_string()});
+            if let Some(c) = cont {
+                meta["continue"] = json!(c);
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "kind": format!("{}List", t.info.kind),
+                    "apiVersion": t.info.api_version(),
+                    "metadata": meta,
+                    "items": items,
+                }),
+            ))
+        }
+        ("create", None) if t.name.is_none() => {
+            let body = read_body(body).await?;
+            let created = api.create(t, json_body(headers, &body)?, p).await?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        ("create", Some("binding")) => {
+            let body = read_body(body).await?;
+            let status = api.bind(t, json_body(headers, &body)?, p).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
+        ("update", None | Some("status") | Some("finalize")) => {
+            let body = read_body(body).await?;
+            let mut obj = json_body(headers, &body)?;
+            if sub == Some("finalize") {
+                // /finalize changes spec.finalizers only (the namespace controller's last step).
+                let finalizers = obj["spec"]["finalizers"].clone();
+                let updated = api
+                    .guaranteed_update(t, None, p.dry_run()?, |live| {
+                        let mut new = live.clone();
+                        new["spec"]["finalizers"] = if finalizers.is_null() {
+                            json!([])
+                        } else {
+                            finalizers.clone()
+                        };
+                        Ok(new)
+                    })
+                    .await?;
+                return ok(updated);
+            }
+            if obj.get("metadata").is_none() {
+                obj["metadata"] = json!({});
+            }
+            ok(api.update(t, obj, p).await?)
+        }
+        ("update", Some("scale")) => {
+            let body = read_body(body).await?;
+            ok(api.update_scale(t, None, body, p).await?)
+        }
+        ("patch", None | Some("status")) => {
+            let body = read_body(body).await?;
+            ok(api.patch(t, &content_type(headers), body, p).await?)
+        }
+        ("patch", Some("scale")) => {
+            let body = read_body(body).await?;
+            ok(api
+                .update_scale(t, Some(&content_type(headers)), body, p)
+                .await?)
+        }
+        ("delete", None) => {
+            let body = read_body(body).await?;
+            ok(api.delete(t, &body, p).await?)
+        }
+        ("deletecollection", None) => {
+            let body = read_body(body).await?;
+            ok(api.delete_collection(t, &body, p).await?)
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on {}{}{}",
+            t.info.plural,
+            if t.name.is_some() { "/NAME" } else { "" },
+            sub.map(|s| format!("/{s}")).unwrap_or_default()
+        ))),
+    }
+}

@@ -1,0 +1,218 @@
+//! Objects travel through the server as JSON (`serde_json::Value`), as kube-apiserver treats
+//! custom resources as unstructured: one code path for every kind. [`ObjectExt`] reads and
+//! writes the metadata every handler needs.
+
+use std::collections::BTreeMap;
+
+use capstan_api::validation::{self, FieldError};
+use serde_json::{Map, Value};
+
+use crate::strategy::NameRule;
+
+pub trait ObjectExt {
+    fn meta(&self) -> Option<&Map<String, Value>>;
+    fn meta_mut(&mut self) -> &mut Map<String, Value>;
+    fn name(&self) -> Option<&str>;
+    fn namespace(&self) -> Option<&str>;
+    fn meta_str(&self, field: &str) -> Option<&str>;
+    fn labels(&self) -> BTreeMap<String, String>;
+    fn finalizers(&self) -> Vec<String>;
+    fn set_meta(&mut self, field: &str, v: Value);
+    fn remove_meta(&mut self, field: &str);
+    fn is_deleting(&self) -> bool;
+}
+
+impl ObjectExt for Value {
+    fn meta(&self) -> Option<&Map<String, Value>> {
+        self.get("metadata")?.as_object()
+    }
+
+    fn meta_mut(&mut self) -> &mut Map<String, Value> {
+        if !self.is_object() {
+            *self = Value::Object(Map::new());
+        }
+        let obj = self.as_object_mut().expect("made an object above");
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !meta.is_object() {
+            *meta = Value::Object(Map::new());
+        }
+        meta.as_object_mut().expect("made an object above")
+    }
+
+    fn name(&self) -> Option<&str> {
+        self.meta_str("name").filter(|s| !s.is_empty())
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.meta_str("namespace").filter(|s| !s.is_empty())
+    }
+
+    fn meta_str(&self, field: &str) -> Option<&str> {
+        self.meta()?.get(field)?.as_str()
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        string_map(self.meta().and_then(|m| m.get("labels")))
+    }
+
+    fn finalizers(&self) -> Vec<String> {
+        self.meta()
+            .and_then(|m| m.get("finalizers"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn set_meta(&mut self, field: &str, v: Value) {
+        self.meta_mut().insert(field.to_string(), v);
+    }
+
+    fn remove_meta(&mut self, field: &str) {
+        self.meta_mut().remove(field);
+    }
+
+    fn is_deleting(&self) -> bool {
+        self.meta_str("deletionTimestamp").is_some()
+    }
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Metadata rules every object follows: a valid name, labels and annotations as string maps
+/// with valid keys and values, finalizers as qualified names.
+pub fn validate_meta(obj: &Value, namespaced: bool, names: NameRule) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let meta = obj.meta();
+    let name = obj.name().unwrap_or_default();
+    let check = match names {
+        NameRule::Subdomain => validation::dns1123_subdomain(name),
+        NameRule::Label => validation::dns1123_label(name),
+    };
+    if let Err(m) = check {
+        errs.push(FieldError {
+            field: "metadata.name".into(),
+            value: name.into(),
+            message: m,
+        });
+    }
+    if namespaced && obj.namespace().is_none() {
+        errs.push(FieldError {
+            field: "metadata.namespace".into(),
+            value: String::new(),
+            message: "Required value".into(),
+        });
+    }
+    for field in ["labels", "annotations"] {
+        match meta.and_then(|m| m.get(field)) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) if m.values().all(Value::is_string) => {
+                let map = string_map(Some(&Value::Object(m.clone())));
+                let path = format!("metadata.{field}");
+                errs.extend(if field == "labels" {
+                    validation::labels(&path, &map)
+                } else {
+                    validation::annotations(&path, &map)
+                });
+            }
+            Some(_) => errs.push(FieldError {
+                field: format!("metadata.{field}"),
+                value: String::new(),
+                message: "Invalid value: must be a map of strings".into(),
+            }),
+        }
+    }
+    for (i, f) in obj.finalizers().iter().enumerate() {
+        if let Err(m) = validation::qualified_name(f) {
+            errs.push(FieldError {
+                field: format!("metadata.finalizers[{i}]"),
+                value: f.clone(),
+                message: m,
+            });
+        }
+    }
+    errs
+}
+
+/// Now, as metav1.Time writes it (seconds, UTC).
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// A name from generateName: the prefix plus 5 characters, as Kubernetes' SimpleNameGenerator.
+pub fn generate_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    // By characters: the prefix is not validated yet and may hold any UTF-8.
+    let base: String = prefix.chars().take(58).collect();
+    let suffix: String = (0..5)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect();
+    format!("{base}{suffix}")
+}
+
+/// Everything but metadata and status: what a change to bumps `metadata.generation`.
+pub fn spec_of(obj: &Value) -> Map<String, Value> {
+    obj.as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn metadata_problems_are_all_reported_with_their_paths() {
+        let obj = json!({"metadata": {"name": "Bad_Name", "labels": {"ok": "bad value"}, "annotations": {"a": 1}}});
+        let fields: Vec<_> = validate_meta(&obj, true, NameRule::Subdomain)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.name",
+                "metadata.namespace",
+                "metadata.labels[ok]",
+                "metadata.annotations"
+            ]
+        );
+    }
+
+    #[test]
+    fn generated_names_keep_the_prefix_and_add_five_characters() {
+        let n = generate_name("web-");
+        assert!(n.starts_with("web-") && n.len() == 9, "{n}");
+        assert_ne!(generate_name("web-"), generate_name("web-"));
+        assert!(generate_name(&"é".repeat(100)).starts_with(&"é".repeat(58)));
+    }
+
+    #[test]
+    fn meta_mut_repairs_a_non_object_metadata() {
+        let mut v = json!({"metadata": 5});
+        v.set_meta("name", json!("x"));
+        assert_eq!(v.name(), Some("x"));
+    }
+}

@@ -1,0 +1,361 @@
+//! Per-resource behaviour, kube-apiserver's "strategy": how an object is validated, defaulted on
+//! create, which fields selectors can use, and how it prints as a table row. Built-ins use
+//! [`Builtin`], configured in `registry::builtins`; custom resources will have their own.
+
+use std::sync::Arc;
+
+use capstan_api::validation::{self, FieldError};
+use serde_json::{Value, json};
+
+use crate::object::ObjectExt;
+use crate::table::Table;
+
+/// Which rule object names follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameRule {
+    /// RFC 1123 subdomain (most resources).
+    Subdomain,
+    /// RFC 1123 label (namespaces, services).
+    Label,
+}
+
+pub trait Strategy: Send + Sync {
+    /// Resource-specific validation of a whole object (after metadata checks).
+    fn validate(&self, obj: &Value) -> Vec<FieldError>;
+    /// Defaults and resets applied to a new object before it is stored.
+    fn prepare_for_create(&self, _obj: &mut Value) {}
+    fn name_rule(&self) -> NameRule {
+        NameRule::Subdomain
+    }
+    /// The value of a selectable field (`metadata.name`, `spec.nodeName` ...). None: the field
+    /// is not supported for selection (a 400 for the request).
+    fn field(&self, obj: &Value, field: &str) -> Option<String>;
+    /// Whether `field` can be used in a field selector.
+    fn supports_field(&self, field: &str) -> bool;
+    /// Columns and a row per object, for `kubectl get`.
+    fn table(&self) -> Table;
+    /// Whether create clears a user-given status (the status subresource owns it).
+    fn reset_status_on_create(&self) -> bool {
+        false
+    }
+}
+
+type Check = fn(&Value) -> Vec<FieldError>;
+
+/// A built-in resource's strategy.
+#[derive(Debug)]
+pub struct Builtin {
+    typed: fn(&Value) -> Result<(), String>,
+    extra: Option<Check>,
+    on_create: Option<fn(&mut Value)>,
+    fields: &'static [(&'static str, &'static str)],
+    names: NameRule,
+    table: Table,
+    reset_status: bool,
+}
+
+impl Builtin {
+    pub fn new(typed: fn(&Value) -> Result<(), String>) -> Builtin {
+        Builtin {
+            typed,
+            extra: None,
+            on_create: None,
+            fields: &[],
+            names: NameRule::Subdomain,
+            table: crate::table::default_table(),
+            reset_status: false,
+        }
+    }
+    /// Selectable fields beyond metadata.name/namespace: (selector name, JSON pointer).
+    pub fn fields(mut self, f: &'static [(&'static str, &'static str)]) -> Self {
+        self.fields = f;
+        self
+    }
+    pub fn validate_with(mut self, f: Check) -> Self {
+        self.extra = Some(f);
+        self
+    }
+    pub fn on_create(mut self, f: fn(&mut Value)) -> Self {
+        self.on_create = Some(f);
+        self
+    }
+    pub fn names(mut self, rule: NameRule) -> Self {
+        self.names = rule;
+        self
+    }
+    pub fn table(mut self, t: fn() -> Table) -> Self {
+        self.table = t();
+        self
+    }
+    pub fn reset_status_on_create(mut self) -> Self {
+        self.reset_status = true;
+        self
+    }
+    pub fn arc(self) -> Arc<dyn Strategy> {
+        Arc::new(self)
+    }
+}
+
+/// Checks that an object decodes as its typed k8s-openapi struct (types, required fields).
+pub fn typed<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<(), String> {
+    T::deserialize(obj).map(|_| ()).map_err(|e| e.to_string())
+}
+
+impl Strategy for Builtin {
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if let Err(e) = (self.typed)(obj) {
+            errs.push(FieldError {
+                field: "<body>".into(),
+                value: String::new(),
+                message: format!("Invalid value: {e}"),
+            });
+            return errs;
+        }
+        if let Some(extra) = self.extra {
+            errs.extend(extra(obj));
+        }
+        errs
+    }
+
+    fn prepare_for_create(&self, obj: &mut Value) {
+        if self.reset_status
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
+        }
+        if let Some(f) = self.on_create {
+            f(obj);
+        }
+    }
+
+    fn name_rule(&self) -> NameRule {
+        self.names
+    }
+
+    fn field(&self, obj: &Value, field: &str) -> Option<String> {
+        match field {
+            "metadata.name" => return Some(obj.name().unwrap_or_default().to_string()),
+            "metadata.namespace" => return Some(obj.namespace().unwrap_or_default().to_string()),
+            _ => {}
+        }
+        let (_, ptr) = self.fields.iter().find(|(f, _)| *f == field)?;
+        Some(match obj.pointer(ptr) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Bool(b)) => b.to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        })
+    }
+
+    fn supports_field(&self, field: &str) -> bool {
+        matches!(field, "metadata.name" | "metadata.namespace")
+            || self.fields.iter().any(|(f, _)| *f == field)
+    }
+
+    fn table(&self) -> Table {
+        self.table.clone()
+    }
+
+    fn reset_status_on_create(&self) -> bool {
+        self.reset_status
+    }
+}
+
+fn required(field: &str) -> FieldError {
+    FieldError {
+        field: field.into(),
+        value: String::new(),
+        message: "Required value".into(),
+    }
+}
+
+fn invalid(field: &str, value: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        value: value.into(),
+        message: message.into(),
+    }
+}
+
+fn validate_containers(path: &str, list: Option<&Value>, need_one: bool) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let empty = Vec::new();
+    let list = list.and_then(Value::as_array).unwrap_or(&empty);
+    if need_one && list.is_empty() {
+        errs.push(required(path));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in list.iter().enumerate() {
+        let name = c["name"].as_str().unwrap_or_default();
+        if let Err(m) = validation::dns1123_label(name) {
+            errs.push(invalid(&format!("{path}[{i}].name"), name, m));
+        } else if !seen.insert(name.to_string()) {
+            errs.push(FieldError {
+                field: format!("{path}[{i}].name"),
+                value: name.into(),
+                message: "Duplicate value".into(),
+            });
+        }
+        if c["image"].as_str().is_none_or(str::is_empty) {
+            errs.push(required(&format!("{path}[{i}].image")));
+        }
+    }
+    errs
+}
+
+fn validate_pod_spec(path: &str, spec: &Value) -> Vec<FieldError> {
+    let mut errs = validate_containers(&format!("{path}.containers"), spec.get("containers"), true);
+    errs.extend(validate_containers(
+        &format!("{path}.initContainers"),
+        spec.get("initContainers"),
+        false,
+    ));
+    if let Some(p) = spec["restartPolicy"].as_str()
+        && !matches!(p, "Always" | "OnFailure" | "Never")
+    {
+        errs.push(invalid(
+            &format!("{path}.restartPolicy"),
+            p,
+            "Unsupported value: supported values: \"Always\", \"OnFailure\", \"Never\"",
+        ));
+    }
+    errs
+}
+
+pub fn validate_pod(obj: &Value) -> Vec<FieldError> {
+    validate_pod_spec("spec", &obj["spec"])
+}
+
+/// Deployments and ReplicaSets: replicas ≥ 0, a non-empty selector that matches the template's
+/// labels, a valid pod template.
+pub fn validate_workload(obj: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let spec = &obj["spec"];
+    if let Some(r) = spec["replicas"].as_i64()
+        && r < 0
+    {
+        errs.push(invalid(
+            "spec.replicas",
+            &r.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+    let selector = &spec["selector"];
+    let empty = selector["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.is_empty())
+        && selector["matchExpressions"]
+            .as_array()
+            .is_none_or(|m| m.is_empty());
+    if empty {
+        errs.push(invalid(
+            "spec.selector",
+            "",
+            "Invalid value: empty selector is invalid for deployment",
+        ));
+    } else {
+        let parsed = serde_json::from_value(selector.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|ls| {
+                capstan_api::Selector::from_label_selector(&ls).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Err(e) => errs.push(invalid("spec.selector", "", e)),
+            Ok(sel) => {
+                let labels = obj.pointer("/spec/template/metadata/labels");
+                let matches = sel.matches(|k| {
+                    labels
+                        .and_then(|l| l.get(k))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                });
+                if !matches {
+                    errs.push(invalid(
+                        "spec.template.metadata.labels",
+                        &labels.map(Value::to_string).unwrap_or_default(),
+                        "`selector` does not match template `labels`",
+                    ));
+                }
+            }
+        }
+    }
+    errs.extend(validate_pod_spec(
+        "spec.template.spec",
+        &spec["template"]["spec"],
+    ));
+    errs
+}
+
+/// A new pod starts Pending, with its QoS class (as kube-apiserver's pod strategy sets them).
+pub fn pod_on_create(obj: &mut Value) {
+    let qos = qos_class(&obj["spec"]);
+    obj["status"] = json!({ "phase": "Pending", "qosClass": qos });
+}
+
+/// Guaranteed when every container has cpu and memory limits equal to requests; BestEffort when
+/// none has any; Burstable otherwise.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        .collect();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in &containers {
+        let req = &c["resources"]["requests"];
+        let lim = &c["resources"]["limits"];
+        for r in ["cpu", "memory"] {
+            let (rq, lm) = (req.get(r), lim.get(r));
+            any |= rq.is_some() || lm.is_some();
+            let req_eff = rq.or(lm);
+            if lm.is_none() || req_eff != lm {
+                guaranteed = false;
+            }
+        }
+    }
+    if guaranteed {
+        "Guaranteed"
+    } else if any {
+        "Burstable"
+    } else {
+        "BestEffort"
+    }
+}
+
+/// A new namespace is Active and carries the `kubernetes` finalizer, which the namespace
+/// controller removes once the namespace's content is gone.
+pub fn namespace_on_create(obj: &mut Value) {
+    obj["status"] = json!({ "phase": "Active" });
+    obj["spec"] = json!({ "finalizers": ["kubernetes"] });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_follows_requests_and_limits() {
+        let g = json!({"containers":[{"resources":{"limits":{"cpu":"1","memory":"1Gi"}}}]});
+        assert_eq!(qos_class(&g), "Guaranteed");
+        let b = json!({"containers":[{"resources":{"requests":{"cpu":"1"}}}]});
+        assert_eq!(qos_class(&b), "Burstable");
+        let be = json!({"containers":[{"name":"a"}]});
+        assert_eq!(qos_class(&be), "BestEffort");
+    }
+
+    #[test]
+    fn a_workload_whose_selector_misses_its_template_is_invalid() {
+        let d = json!({"spec":{"replicas":-1,"selector":{"matchLabels":{"app":"a"}},
+            "template":{"metadata":{"labels":{"app":"b"}},"spec":{"containers":[{"name":"c"}]}}}});
+        let fields: Vec<_> = validate_workload(&d).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.replicas",
+                "spec.template.metadata.labels",
+                "spec.template.spec.containers[0].image"
+            ]
+        );
+    }
+}

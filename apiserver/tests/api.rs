@@ -1,0 +1,963 @@
+//! The API server through kube-rs (Api<T>, watcher) and raw HTTP: verbs, metadata rules,
+//! optimistic concurrency, subresources, finalizers, pagination, watches and every error class.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use capstan_testkit::{http_get, http_request};
+use common::TestCluster;
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()},
+        "data": {"k": "v"},
+    }))
+    .unwrap()
+}
+
+fn api_error(e: kube::Error) -> (u16, String, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason, s.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmaps_round_trip_with_server_owned_metadata() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let created = api
+        .create(&PostParams::default(), &cm("a", &[("app", "web")]))
+        .await
+        .unwrap();
+    let meta = &created.metadata;
+    assert!(meta.uid.as_deref().is_some_and(|u| u.len() == 36));
+    assert!(meta.creation_timestamp.is_some());
+    let rv: i64 = meta.resource_version.as_deref().unwrap().parse().unwrap();
+    assert!(rv > 0);
+    assert_eq!(meta.namespace.as_deref(), Some("default"));
+
+    let got = api.get("a").await.unwrap();
+    assert_eq!(got.metadata.uid, created.metadata.uid);
+
+    // PUT with the current resourceVersion succeeds and moves it; the old one then conflicts.
+    let mut changed = got.clone();
+    changed.data = Some(BTreeMap::from([("k".to_string(), "v2".to_string())]));
+    changed.metadata.uid = None; // clients may omit it; the server keeps it
+    let replaced = api
+        .replace("a", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    assert_eq!(replaced.metadata.uid, created.metadata.uid);
+    assert_ne!(
+        replaced.metadata.resource_version,
+        got.metadata.resource_version
+    );
+    let (code, reason, msg) = api_error(
+        api.replace("a", &PostParams::default(), &changed)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert!(msg.contains("the object has been modified"), "{msg}");
+
+    let (code, reason, _) = api_error(
+        api.create(&PostParams::default(), &cm("a", &[]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    let (code, reason, msg) = api_error(api.get("a").await.unwrap_err());
+    assert_eq!(
+        (code, reason.as_str(), msg.as_str()),
+        (404, "NotFound", "configmaps \"a\" not found")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_and_field_selectors_filter_lists() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    for (n, app, tier) in [("a", "web", "fe"), ("b", "web", "be"), ("c", "db", "be")] {
+        api.create(
+            &PostParams::default(),
+            &cm(n, &[("app", app), ("tier", tier)]),
+        )
+        .await
+        .unwrap();
+    }
+    let names = |l: kube::api::ObjectList<ConfigMap>| -> Vec<String> {
+        l.items
+            .into_iter()
+            .map(|o| o.metadata.name.unwrap())
+            .collect()
+    };
+    let cases = [
+        ("app=web", vec!["a", "b"]),
+        ("app!=web", vec!["c"]),
+        ("tier in (be),app notin (db)", vec!["b"]),
+        ("app,!missing", vec!["a", "b", "c"]),
+    ];
+    for (sel, want) in cases {
+        let got = names(api.list(&ListParams::default().labels(sel)).await.unwrap());
+        assert_eq!(got, want, "{sel}");
+    }
+    let got = names(
+        api.list(&ListParams::default().fields("metadata.name=b"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, ["b"]);
+    let (code, _, msg) = api_error(
+        api.list(&ListParams::default().fields("spec.nothing=x"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains("field label not supported: spec.nothing"),
+        "{msg}"
+    );
+    let (code, _, _) = api_error(
+        api.list(&ListParams::default().labels("app in (web"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400);
+    // All namespaces.
+    let all: Api<ConfigMap> = Api::all(c.client.clone());
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        3
+    );
+}
+
+/// kubectl lists in chunks of 500; every page must come from the first page's snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paginated_lists_see_one_snapshot_while_writes_continue() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    for i in 0..25 {
+        api.create(
+            &PostParams::default(),
+            &cm(
+                &format!("cm-{i:02}"),
+                &[("app", if i % 2 == 0 { "even" } else { "odd" })],
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(10)).await.unwrap();
+    assert_eq!(first.items.len(), 10);
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    // Writes after the first page do not show in the following pages.
+    api.delete("cm-15", &DeleteParams::default()).await.unwrap();
+    api.create(&PostParams::default(), &cm("cm-99", &[]))
+        .await
+        .unwrap();
+    let mut names: Vec<String> = first
+        .items
+        .iter()
+        .map(|o| o.metadata.name.clone().unwrap())
+        .collect();
+    let mut token = Some(token);
+    while let Some(t) = token {
+        let page = api
+            .list(&ListParams::default().limit(10).continue_token(&t))
+            .await
+            .unwrap();
+        assert_eq!(
+            page.metadata.resource_version,
+            first.metadata.resource_version
+        );
+        names.extend(page.items.iter().map(|o| o.metadata.name.clone().unwrap()));
+        token = page.metadata.continue_.filter(|c| !c.is_empty());
+    }
+    let want: Vec<String> = (0..25).map(|i| format!("cm-{i:02}")).collect();
+    assert_eq!(names, want);
+    // Selectors apply across pages: 13 even ones, pages of 5.
+    let mut count = 0;
+    let mut lp = ListParams::default().labels("app=even").limit(5);
+    loop {
+        let page = api.list(&lp).await.unwrap();
+        count += page.items.len();
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(t) => lp = lp.continue_token(&t),
+            None => break,
+        }
+    }
+    assert_eq!(count, 13);
+    let (code, _, _) = api_error(
+        api.list(&ListParams::default().limit(5).continue_token("garbage"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_objects_are_422_with_every_field_and_change_nothing() {
+    let c = TestCluster::start().await;
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let bad: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "Bad_Name", "labels": {"ok": "not ok"}},
+        "spec": {"replicas": -1, "selector": {"matchLabels": {"app": "a"}},
+                 "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": ""}]}}}
+    }))
+    .unwrap();
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    let fields: Vec<String> = status
+        .details
+        .unwrap()
+        .causes
+        .into_iter()
+        .map(|c| c.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "metadata.name",
+            "metadata.labels[ok]",
+            "spec.replicas",
+            "spec.template.metadata.labels",
+            "spec.template.spec.containers[0].image"
+        ]
+    );
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // Missing name and generateName.
+    let (code, _, msg) = api_error(
+        Api::<ConfigMap>::namespaced(c.client.clone(), "default")
+            .create(&PostParams::default(), &ConfigMap::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+    assert!(msg.contains("name or generateName is required"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_requests_get_a_status_for_every_error_class() {
+    let c = TestCluster::start().await;
+    let addr = c.addr.to_string();
+    let status = |(code, body): (u16, String)| -> (u16, Value) {
+        (
+            code,
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("not a Status: {body}")),
+        )
+    };
+    let json_ct = [("Content-Type", "application/json")];
+    let path = "/api/v1/namespaces/default/configmaps";
+
+    let (code, s) = status(http_request(&addr, "POST", path, &json_ct, b"{not json").unwrap());
+    assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")));
+    assert_eq!(s["kind"], "Status");
+
+    let big = format!(
+        "{{\"metadata\":{{\"name\":\"big\"}},\"data\":{{\"k\":\"{}\"}}}}",
+        "x".repeat(3 * 1024 * 1024 + 10)
+    );
+    let (code, s) = status(http_request(&addr, "POST", path, &json_ct, big.as_bytes()).unwrap());
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (413, Some("RequestEntityTooLarge"))
+    );
+
+    let (code, s) = status(
+        http_request(
+            &addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/yaml")],
+            b"a: b",
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (415, Some("UnsupportedMediaType"))
+    );
+
+    let (code, s) = status(http_request(&addr, "PUT", path, &json_ct, b"{}").unwrap());
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (405, Some("MethodNotAllowed"))
+    );
+
+    let (code, s) = status(
+        http_request(
+            &addr,
+            "POST",
+            "/api/v1/namespaces/nope/configmaps",
+            &json_ct,
+            br#"{"metadata":{"name":"x"}}"#,
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        (code, s["message"].as_str()),
+        (404, Some("namespaces \"nope\" not found"))
+    );
+
+    let (code, s) = status(
+        http_request(
+            &addr,
+            "POST",
+            path,
+            &json_ct,
+            br#"{"apiVersion":"apps/v1","kind":"ConfigMap","metadata":{"name":"x"}}"#,
+        )
+        .unwrap(),
+    );
+    assert_eq!(code, 400, "{s}");
+
+    let (code, _) = status(http_get(&addr, "/api/v1/nothings").unwrap());
+    assert_eq!(code, 404);
+    let (code, _) =
+        status(http_get(&addr, "/api/v1/namespaces/default/configmaps/x/nosuchsub").unwrap());
+    assert_eq!(code, 404);
+
+    let (code, s) = status(
+        http_request(
+            &addr,
+            "PATCH",
+            "/api/v1/namespaces/default/configmaps/x",
+            &[("Content-Type", "application/strategic-merge-patch+json")],
+            b"{}",
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (415, Some("UnsupportedMediaType"))
+    );
+    let (code, _) = status(http_get(&addr, &format!("{path}?dryRun=Some")).unwrap());
+    assert_eq!(code, 200, "dryRun is ignored on reads");
+    let (code, s) = status(
+        http_request(
+            &addr,
+            "POST",
+            &format!("{path}?dryRun=Some"),
+            &json_ct,
+            br#"{"metadata":{"name":"x"}}"#,
+        )
+        .unwrap(),
+    );
+    assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")));
+
+    // Nothing above was stored.
+    let api: Api<ConfigMap> = Api::all(c.client.clone());
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_and_generate_name_behave_like_kubernetes() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let dry = api
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &cm("dry", &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dry.metadata.name.as_deref(), Some("dry"));
+    assert!(
+        api.get_opt("dry").await.unwrap().is_none(),
+        "dry run stores nothing"
+    );
+
+    let mut g = ConfigMap::default();
+    g.metadata.generate_name = Some("gen-".into());
+    let a = api.create(&PostParams::default(), &g).await.unwrap();
+    let b = api.create(&PostParams::default(), &g).await.unwrap();
+    let (an, bn) = (a.metadata.name.unwrap(), b.metadata.name.unwrap());
+    assert!(
+        an.starts_with("gen-") && an.len() == 9 && an != bn,
+        "{an} {bn}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_merge_and_json_patch_with_generation_tracking_spec_only() {
+    let c = TestCluster::start().await;
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+        "status": {"replicas": 99}
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &d).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(
+        created.status.is_none(),
+        "status is the controller's: reset on create"
+    );
+
+    let pp = PatchParams::default();
+    let p = api
+        .patch(
+            "web",
+            &pp,
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        p.metadata.generation,
+        Some(1),
+        "a metadata change keeps the generation"
+    );
+    let p = api
+        .patch("web", &pp, &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .await
+        .unwrap();
+    assert_eq!(p.metadata.generation, Some(2), "a spec change bumps it");
+    let ops: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "busybox:2"},
+        {"op": "test", "path": "/spec/replicas", "value": 3}
+    ]))
+    .unwrap();
+    let p = api
+        .patch("web", &pp, &Patch::Json::<()>(ops))
+        .await
+        .unwrap();
+    assert_eq!(p.metadata.generation, Some(3));
+    assert_eq!(
+        p.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("busybox:2")
+    );
+    // A failing test op changes nothing.
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "test", "path": "/spec/replicas", "value": 7}]))
+            .unwrap();
+    let (code, _, _) = api_error(
+        api.patch("web", &pp, &Patch::Json::<()>(ops))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+    assert_eq!(api.get("web").await.unwrap().metadata.generation, Some(3));
+    // The main endpoint ignores status; /status takes only status.
+    api.patch(
+        "web",
+        &pp,
+        &Patch::Merge(json!({"status": {"replicas": 5}})),
+    )
+    .await
+    .unwrap();
+    assert!(api.get("web").await.unwrap().status.is_none());
+    let s = api
+        .patch_status(
+            "web",
+            &pp,
+            &Patch::Merge(json!({"status": {"replicas": 5}, "spec": {"replicas": 9}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.status.unwrap().replicas, Some(5));
+    assert_eq!(s.spec.unwrap().replicas, Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scale_subresource_reads_and_writes_replicas() {
+    let c = TestCluster::start().await;
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &d).await.unwrap();
+    let scale = api.get_scale("web").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(2));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=web"));
+    let scaled = api
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(scaled.spec.unwrap().replicas, Some(7));
+    assert_eq!(
+        api.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(7)
+    );
+    let (code, _, _) = api_error(
+        api.patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": -2}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizers_hold_a_deleted_object_until_they_are_removed() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let mut o = cm("held", &[]);
+    o.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    api.create(&PostParams::default(), &o).await.unwrap();
+    api.delete("held", &DeleteParams::default()).await.unwrap();
+    let held = api.get("held").await.unwrap();
+    assert!(
+        held.metadata.deletion_timestamp.is_some(),
+        "marked, not gone"
+    );
+    // Finalizers cannot be added once deletion started; removing the last one deletes it.
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold", "example.com/new"]}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        api.get("held").await.unwrap().metadata.finalizers.unwrap(),
+        ["example.com/hold"]
+    );
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(api.get_opt("held").await.unwrap().is_none());
+
+    // Preconditions on delete.
+    let o = api
+        .create(&PostParams::default(), &cm("pre", &[]))
+        .await
+        .unwrap();
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("wrong".into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let (code, _, msg) = api_error(api.delete("pre", &dp).await.unwrap_err());
+    assert_eq!(code, 409);
+    assert!(msg.contains("Precondition failed: UID"), "{msg}");
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: o.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    api.delete("pre", &dp).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_gate_creation_and_terminate_behind_their_finalizer() {
+    let c = TestCluster::start().await;
+    let ns: Api<Namespace> = Api::all(c.client.clone());
+    let names: Vec<String> = ns
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| n.metadata.name.unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["default", "kube-node-lease", "kube-public", "kube-system"]
+    );
+    ns.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "team-a");
+    cms.create(&PostParams::default(), &cm("x", &[]))
+        .await
+        .unwrap();
+    ns.delete("team-a", &DeleteParams::default()).await.unwrap();
+    let t = ns.get("team-a").await.unwrap();
+    assert_eq!(t.status.unwrap().phase.as_deref(), Some("Terminating"));
+    let (code, _, msg) = api_error(
+        cms.create(&PostParams::default(), &cm("y", &[]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 403);
+    assert!(msg.contains("being terminated"), "{msg}");
+    // The namespace controller's last step: /finalize empties spec.finalizers, then it is gone.
+    let (code, body) = http_request(&c.addr.to_string(), "PUT", "/api/v1/namespaces/team-a/finalize", &[("Content-Type", "application/json")],
+        br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-a"},"spec":{"finalizers":[]}}"#).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(ns.get_opt("team-a").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_bound_once_and_deleted_gracefully_when_on_a_node() {
+    let c = TestCluster::start().await;
+    let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})).unwrap();
+    let created = api.create(&PostParams::default(), &pod).await.unwrap();
+    let status = created.status.unwrap();
+    assert_eq!(
+        (status.phase.as_deref(), status.qos_class.as_deref()),
+        (Some("Pending"), Some("BestEffort"))
+    );
+    let bind = |node: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": node}}).to_string()
+    };
+    let addr = c.addr.to_string();
+    let ct = [("Content-Type", "application/json")];
+    let (code, body) = http_request(
+        &addr,
+        "POST",
+        "/api/v1/namespaces/default/pods/p/binding",
+        &ct,
+        bind("n1").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = http_request(
+        &addr,
+        "POST",
+        "/api/v1/namespaces/default/pods/p/binding",
+        &ct,
+        bind("n2").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 409, "{body}");
+    let bound = api.get("p").await.unwrap();
+    assert_eq!(bound.spec.unwrap().node_name.as_deref(), Some("n1"));
+    // Field selector the kubelet uses.
+    let on_n1 = api
+        .list(&ListParams::default().fields("spec.nodeName=n1"))
+        .await
+        .unwrap();
+    assert_eq!(on_n1.items.len(), 1);
+    // Bound to a node: deletion waits for the kubelet (grace period), then grace 0 removes it.
+    api.delete("p", &DeleteParams::default()).await.unwrap();
+    let dying = api.get("p").await.unwrap();
+    assert_eq!(dying.metadata.deletion_grace_period_seconds, Some(30));
+    api.delete(
+        "p",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(api.get_opt("p").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_deliver_every_change_from_the_cache_and_resume() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let start = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut w = api
+        .watch(&WatchParams::default().labels("app=web"), &start)
+        .await
+        .unwrap()
+        .boxed();
+    api.create(&PostParams::default(), &cm("a", &[("app", "web")]))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &cm("other", &[("app", "db")]))
+        .await
+        .unwrap();
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "2"}})),
+    )
+    .await
+    .unwrap();
+    // Leaving the selector is a DELETED for this watcher.
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "gone"}}})),
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut last_rv = String::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), w.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Added(o) => {
+                last_rv = o.metadata.resource_version.clone().unwrap();
+                seen.push(("ADDED", o.metadata.name.unwrap()))
+            }
+            WatchEvent::Modified(o) => {
+                last_rv = o.metadata.resource_version.clone().unwrap();
+                seen.push(("MODIFIED", o.metadata.name.unwrap()))
+            }
+            WatchEvent::Deleted(o) => {
+                last_rv = o.metadata.resource_version.clone().unwrap();
+                seen.push(("DELETED", o.metadata.name.unwrap()))
+            }
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("ADDED", "a".to_string()),
+            ("MODIFIED", "a".to_string()),
+            ("DELETED", "a".to_string())
+        ]
+    );
+
+    // Resuming from a seen resourceVersion replays only what came after it.
+    api.delete("other", &DeleteParams::default()).await.unwrap();
+    let mut resumed = api
+        .watch(&WatchParams::default(), &last_rv)
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(10), resumed.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Deleted(o) => assert_eq!(o.metadata.name.as_deref(), Some("other")),
+        other => panic!("expected the delete of other, got {other:?}"),
+    }
+
+    // RV "0": the current state first, as ADDED.
+    let mut from_zero = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(10), from_zero.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("a")),
+        other => panic!("expected a synthetic ADDED, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_before_the_cache_history_gets_200_and_a_410_error_event() {
+    // Objects written before the server starts: its cache lists after them, so revision 1 is
+    // older than anything the cache can replay.
+    let dir = capstan_testkit::temp_dir("capstan-apiserver-").unwrap();
+    let mut opts = capstan_storage::embedded::EmbeddedOptions::new(dir.path());
+    opts.compaction = None;
+    let store: std::sync::Arc<dyn capstan_storage::Storage> =
+        capstan_storage::embedded::EmbeddedStore::open(opts)
+            .await
+            .unwrap();
+    for i in 0..3 {
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}"), "namespace": "default"}});
+        store
+            .create(
+                &format!("configmaps/default/cm-{i}"),
+                serde_json::to_vec(&obj).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+    let c = TestCluster::on(store, dir).await;
+    let (code, body) = http_get(
+        &c.addr.to_string(),
+        "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=1",
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let ev: Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(ev["type"], "ERROR");
+    assert_eq!(
+        (
+            ev["object"]["code"].as_i64(),
+            ev["object"]["reason"].as_str()
+        ),
+        (Some(410), Some("Expired"))
+    );
+}
+
+/// kube-rs's watcher (list + watch + re-watch) converges on the same state as a list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_runtime_watcher_sees_initial_state_and_changes() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    api.create(&PostParams::default(), &cm("before", &[]))
+        .await
+        .unwrap();
+    let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut names = std::collections::BTreeSet::new();
+    let writer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.create(&PostParams::default(), &cm("after", &[]))
+                .await
+                .unwrap();
+            api.delete("before", &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, stream.try_next())
+            .await
+            .expect("watcher stalled")
+            .unwrap()
+            .unwrap();
+        match ev {
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                names.insert(o.metadata.name.unwrap());
+            }
+            watcher::Event::Delete(o) => {
+                names.remove(&o.metadata.name.unwrap());
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+        if names.len() == 1 && names.contains("after") {
+            break;
+        }
+    }
+    writer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_every_resource_with_its_subresources() {
+    let c = TestCluster::start().await;
+    let addr = c.addr.to_string();
+    let get = |p: &str| -> Value { serde_json::from_str(&http_get(&addr, p).unwrap().1).unwrap() };
+    assert_eq!(get("/api")["versions"], json!(["v1"]));
+    let groups: Vec<String> = get("/apis")["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            "apiextensions.k8s.io",
+            "apps",
+            "autoscaling",
+            "coordination.k8s.io",
+            "discovery.k8s.io"
+        ]
+    );
+    let apps = get("/apis/apps/v1");
+    let scale = apps["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "deployments/scale")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            scale["group"].as_str(),
+            scale["version"].as_str(),
+            scale["kind"].as_str()
+        ),
+        (Some("autoscaling"), Some("v1"), Some("Scale"))
+    );
+    let core = get("/api/v1");
+    let pods = core["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods")
+        .unwrap()
+        .clone();
+    assert_eq!(pods["shortNames"], json!(["po"]));
+    assert_eq!(pods["categories"], json!(["all"]));
+    assert!(pods["verbs"].as_array().unwrap().contains(&json!("watch")));
+    assert_eq!(get("/version")["major"], "1");
+    assert_eq!(http_get(&addr, "/apis/nope").unwrap().0, 404);
+    // kube-rs discovery works against it.
+    let d = kube::Discovery::new(c.client.clone()).run().await.unwrap();
+    assert!(d.has_group("apps"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_print_kubectl_columns() {
+    let c = TestCluster::start().await;
+    let addr = c.addr.to_string();
+    let accept = [(
+        "Accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+    )];
+    let (code, body) = http_request(&addr, "GET", "/api/v1/namespaces", &accept, b"").unwrap();
+    assert_eq!(code, 200);
+    let t: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(t["kind"], "Table");
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["Name", "Status", "Age"]);
+    assert_eq!(t["rows"][0]["cells"][0], "default");
+    assert_eq!(t["rows"][0]["cells"][1], "Active");
+    assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+}

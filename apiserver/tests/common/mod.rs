@@ -1,0 +1,62 @@
+//! An in-process API server on a fresh embedded store at 127.0.0.1:0, with a kube::Client.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_apiserver::ApiServer;
+use capstan_storage::Storage;
+use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
+
+pub struct TestCluster {
+    pub client: kube::Client,
+    pub addr: std::net::SocketAddr,
+    pub api: Arc<ApiServer>,
+    pub store: Arc<dyn Storage>,
+    _dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl TestCluster {
+    pub async fn start() -> TestCluster {
+        let dir = capstan_testkit::temp_dir("capstan-apiserver-").unwrap();
+        let mut opts = EmbeddedOptions::new(dir.path());
+        opts.compaction = None;
+        let store: Arc<dyn Storage> = EmbeddedStore::open(opts).await.unwrap();
+        Self::on(store, dir).await
+    }
+
+    pub async fn on(store: Arc<dyn Storage>, dir: tempfile::TempDir) -> TestCluster {
+        let api = ApiServer::new(store.clone(), prometheus::Registry::new())
+            .await
+            .unwrap();
+        assert!(api.wait_ready(Duration::from_secs(10)).await);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = capstan_apiserver::router(api.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        TestCluster {
+            client,
+            addr,
+            api,
+            store,
+            _dir: dir,
+            server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
