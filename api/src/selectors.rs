@@ -290,7 +290,7 @@ mod tests {
             ("!env", false, true),
             ("env in (prod,staging)", true, false),
             ("env notin (prod)", false, true), // a missing label is "not in"
-            ("app in (web,db),env!=dev", true, false),
+            ("app in (web,db),env!=dev", true, true), // db has no env: != holds
             ("", true, true),
         ];
         for (sel, want_web, want_db) in cases {
