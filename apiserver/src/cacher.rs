@@ -73,6 +73,8 @@ pub struct Cacher {
     /// Replaced on every relist, which closes the client watches of the previous generation.
     fanout: RwLock<broadcast::Sender<Arc<CacheEvent>>>,
     rv_tx: watch::Sender<i64>,
+    /// Set by [`Cacher::stop`]: the store watch ends and the task exits.
+    stop_tx: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Cacher {
@@ -97,18 +99,24 @@ impl Cacher {
     pub fn start(info: Arc<ResourceInfo>, store: Arc<dyn Storage>) -> Arc<Cacher> {
         let (tx, _) = broadcast::channel(FANOUT_BUFFER);
         let (rv_tx, _) = watch::channel(0);
+        let (stop_tx, mut stop_rx) = watch::channel(false);
         let cacher = Arc::new(Cacher {
             info,
             state: RwLock::new(State::default()),
             fanout: RwLock::new(tx),
             rv_tx,
+            stop_tx,
         });
         let weak = Arc::downgrade(&cacher);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let Some(c) = weak.upgrade() else { return };
-                match c.sync(&store).await {
+                let synced = tokio::select! {
+                    r = c.sync(&store) => r,
+                    _ = stop_rx.wait_for(|stop| *stop) => return,
+                };
+                match synced {
                     Ok(()) => backoff = Duration::from_millis(100),
                     Err(e) => {
                         tracing::warn!(resource = ?c.info, error = %e, "watch cache lost its store watch; relisting");
@@ -189,6 +197,15 @@ impl Cacher {
             message: "store watch ended".into(),
             source: None,
         })
+    }
+
+    /// Ends the store watch; client watches end with it.
+    pub fn stop(&self) {
+        self.stop_tx.send_replace(true);
+        let (tx, _) = broadcast::channel(1);
+        if let Ok(mut f) = self.fanout.write() {
+            *f = tx;
+        }
     }
 
     fn advance(&self, revision: i64) {

@@ -207,7 +207,9 @@ impl ApiServer {
                     .map_err(|e| from_storage(e, t.info.group, t.info.plural, ""))?,
                 (Some(_), None) => 0,
             };
-            if cacher.wait_for(needed, Duration::from_millis(250)).await {
+            // The embedded store reports progress at once; a cache that is still behind after
+            // 50 ms (etcd sends progress rarely) is bypassed for a read from the store.
+            if cacher.wait_for(needed, Duration::from_millis(50)).await {
                 let (items, rev) = cacher.list(&prefix);
                 let items = items
                     .into_iter()

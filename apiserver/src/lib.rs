@@ -52,6 +52,17 @@ impl std::fmt::Debug for ApiServer {
     }
 }
 
+/// Dropping the server stops its watch caches (and with them their store watches).
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Ok(map) = self.cachers.read() {
+            for c in map.values() {
+                c.stop();
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 struct RequestMetrics {
     total: IntCounterVec,

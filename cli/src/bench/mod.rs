@@ -2,9 +2,13 @@
 //! the same run (e.g. raw etcd-client puts next to the store's puts). Figures and the exact
 //! commands are recorded in docs/benchmarks.md. Build with --release before trusting numbers.
 
+mod api;
 mod store;
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -20,12 +24,51 @@ enum Which {
     /// The object store: puts/s and latency at 1 and 32 writers, watch delivery, lists of
     /// 10,000 keys — embedded and etcd backends against raw etcd-client.
     Store(store::StoreBench),
+    /// The API server: creates/gets/lists at 1, 16 and 64 clients against the raw store, watch
+    /// fan-out to 1,000 watchers, idle RSS of `capstan up` — on both store backends.
+    Api(api::ApiBench),
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd.which {
         Which::Store(b) => store::run(b).await,
+        Which::Api(b) => api::run(b).await,
     }
+}
+
+/// Runs `ops` calls of `op(i)` from `writers` concurrent tasks; returns the latencies.
+pub async fn drive<F, Fut>(writers: usize, ops: usize, op: F) -> Result<Samples>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (op, next) = (op.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= ops {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let t = Instant::now();
+                op(i).await?;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(ops);
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Samples {
+        elapsed: started.elapsed(),
+        latencies,
+    })
 }
 
 /// Latency samples of one measured run.

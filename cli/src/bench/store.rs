@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +17,7 @@ use clap::Args;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 use futures_util::StreamExt;
 
-use super::{Samples, ms};
+use super::{Samples, drive, ms};
 
 #[derive(Debug, Args)]
 pub struct StoreBench {
@@ -43,41 +42,6 @@ pub struct StoreBench {
     /// Where the embedded store is created (a fresh temp dir inside it).
     #[arg(long, default_value = "/tmp")]
     scratch: std::path::PathBuf,
-}
-
-/// Runs `ops` calls of `op(i)` from `writers` concurrent tasks; returns the latencies.
-async fn drive<F, Fut>(writers: usize, ops: usize, op: F) -> Result<Samples>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<()>> + Send,
-{
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..writers {
-        let (op, next) = (op.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= ops {
-                    return Ok::<_, anyhow::Error>(lat);
-                }
-                let t = Instant::now();
-                op(i).await?;
-                lat.push(t.elapsed());
-            }
-        }));
-    }
-    let mut latencies = Vec::with_capacity(ops);
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    Ok(Samples {
-        elapsed: started.elapsed(),
-        latencies,
-    })
 }
 
 struct Row {

@@ -51,7 +51,8 @@ pub const DB_FILE: &str = "store.redb";
 const BROADCAST_CAPACITY: usize = 4096;
 /// Records a watch replays per read transaction.
 const REPLAY_CHUNK: usize = 1024;
-/// A watch with no matching events sends a Progress this often when the store moved on.
+/// A watch whose prefix is quiet sends a Progress when it has caught up with writes elsewhere,
+/// and at least this often when the store moved on.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How to open an embedded store.
@@ -513,6 +514,13 @@ async fn watch_task(
                         if event.key().is_some_and(|k| k.starts_with(prefix.as_str())) {
                             last_sent = rev;
                             if tx.send(Ok((*event).clone())).await.is_err() {
+                                return;
+                            }
+                        } else if live.is_empty() && last > last_sent {
+                            // Caught up with writes elsewhere: say so now, so a watch cache
+                            // knows it is current without waiting (a burst sends one).
+                            last_sent = last;
+                            if tx.send(Ok(Event::Progress { revision: last })).await.is_err() {
                                 return;
                             }
                         }
