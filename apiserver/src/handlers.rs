@@ -166,7 +166,19 @@ impl ApiServer {
         Ok((obj, kv.mod_revision))
     }
 
+    /// A consistent GET: from the watch cache when it has caught up with the store's current
+    /// revision (known without I/O on the embedded store), else from the store.
     pub async fn get(&self, t: &Target) -> ApiResult<Value> {
+        if let Some(current) = self.store.revision_hint() {
+            let cacher = self.cacher(&t.info);
+            if cacher.wait_for(current, Duration::from_millis(50)).await {
+                let name = name_of(t);
+                return match cacher.get(&t.info.key(t.namespace.as_deref(), name)) {
+                    Some(obj) => Ok((*obj).clone()),
+                    None => Err(ApiError::not_found(t.info.group, t.info.plural, name)),
+                };
+            }
+        }
         Ok(self.live(t).await?.0)
     }
 
@@ -200,11 +212,14 @@ impl ApiServer {
             let needed = match (p.get("resourceVersion"), rv) {
                 (Some("0"), _) => 0,
                 (_, Some(r)) => r,
-                (None, None) => self
-                    .store
-                    .current_revision()
-                    .await
-                    .map_err(|e| from_storage(e, t.info.group, t.info.plural, ""))?,
+                (None, None) => match self.store.revision_hint() {
+                    Some(r) => r,
+                    None => self
+                        .store
+                        .current_revision()
+                        .await
+                        .map_err(|e| from_storage(e, t.info.group, t.info.plural, ""))?,
+                },
                 (Some(_), None) => 0,
             };
             // The embedded store reports progress at once; a cache that is still behind after

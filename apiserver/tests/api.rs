@@ -961,3 +961,42 @@ async fn tables_print_kubectl_columns() {
     assert_eq!(t["rows"][0]["cells"][1], "Active");
     assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
 }
+
+/// GETs are served from the watch cache once it has caught up with the store: a GET right after
+/// an acknowledged write must still see it (read-your-writes), from many clients at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_after_an_acknowledged_write_sees_it() {
+    let c = TestCluster::start().await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+        tasks.push(tokio::spawn(async move {
+            let name = format!("ryw-{t}");
+            api.create(&PostParams::default(), &cm(&name, &[]))
+                .await
+                .unwrap();
+            for i in 0..40 {
+                let written = api
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"data": {"i": i.to_string()}})),
+                    )
+                    .await
+                    .unwrap();
+                let read = api.get(&name).await.unwrap();
+                assert_eq!(
+                    read.metadata.resource_version,
+                    written.metadata.resource_version
+                );
+                assert_eq!(read.data.unwrap()["i"], i.to_string());
+            }
+            api.delete(&name, &DeleteParams::default()).await.unwrap();
+            let (code, _, _) = api_error(api.get(&name).await.unwrap_err());
+            assert_eq!(code, 404, "a get after a delete sees it gone");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -179,7 +179,15 @@ fn up_on_an_unreachable_etcd_fails_fast_and_says_where() {
 #[test]
 fn up_on_etcd_turns_unready_while_etcd_is_down_and_recovers() {
     let mut etcd = EtcdProcess::start().unwrap();
-    let up = up(&["--store", "etcd", "--etcd-endpoints", &etcd.endpoint]);
+    let dir = temp_dir("capstan-up-etcd-").unwrap();
+    let up = up(&[
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(http_get(&up.addr, "/readyz").unwrap().0, 200);
     etcd.stop().unwrap();
     eventually(Duration::from_secs(10), "readyz 503", || {

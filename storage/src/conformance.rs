@@ -104,6 +104,9 @@ pub async fn crud_round_trip(s: Arc<dyn Storage>) {
     );
     assert_eq!(created.create_revision, created.mod_revision);
     assert_eq!(s.current_revision().await.unwrap(), r0 + 1);
+    if let Some(hint) = s.revision_hint() {
+        assert_eq!(hint, r0 + 1, "a revision hint is the current revision");
+    }
 
     let got = s.get("pods/default/a").await.unwrap().unwrap();
     assert_eq!(got, created);

@@ -246,6 +246,13 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// The compaction point: the oldest revision that can still be read (1 when never compacted).
     async fn compacted_revision(&self) -> Result<Revision>;
 
+    /// The current revision when the backend knows it without I/O (the embedded store keeps it
+    /// in memory); None when finding out takes a round trip (etcd). Lets a cache decide cheaply
+    /// whether it is current enough to answer a consistent read.
+    fn revision_hint(&self) -> Option<Revision> {
+        None
+    }
+
     /// A short name for logs and metrics: "embedded" or "etcd".
     fn backend(&self) -> &'static str;
 }

@@ -131,6 +131,9 @@ impl Storage for Instrumented {
         self.timed("compacted_revision", self.inner.compacted_revision())
             .await
     }
+    fn revision_hint(&self) -> Option<Revision> {
+        self.inner.revision_hint()
+    }
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }

@@ -661,6 +661,10 @@ impl Storage for EmbeddedStore {
         Ok(self.inner.compacted.load(Ordering::Acquire))
     }
 
+    fn revision_hint(&self) -> Option<Revision> {
+        Some(self.inner.current.load(Ordering::Acquire))
+    }
+
     fn backend(&self) -> &'static str {
         "embedded"
     }
