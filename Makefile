@@ -26,9 +26,10 @@ else
 	$(CARGO) test -p capstan --tests
 endif
 
-## bench: the store benchmark (release build); see docs/benchmarks.md
+## bench: the store and API benchmarks (release build); see docs/benchmarks.md
 bench: deps
 	$(CARGO) run --release -p capstan -- bench store
+	$(CARGO) run --release -p capstan -- bench api
 
 ## lint: formatting and clippy, as CI checks them
 lint:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Makes sure what `make test` needs is on this machine: etcd (the tests start real etcd
-# processes) and protoc (etcd-client's build compiles etcd's protos). Installs them with apt when
+# processes), protoc (etcd-client's build compiles etcd's protos) and kubectl (the e2e suite
+# drives it; Debian's kubernetes-client when none is installed). Installs them with apt when
 # running as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
 set -euo pipefail
 
 missing=()
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+[ -n "${CAPSTAN_KUBECTL:-}" ] || command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
