@@ -716,7 +716,7 @@ impl ApiServer {
                 marked.set_meta("deletionTimestamp", json!(object::now()));
                 marked.set_meta("deletionGracePeriodSeconds", json!(pod_grace.unwrap_or(0)));
                 if namespace_pending {
-                    marked["status"]["phase"] = json!("Terminating");
+                    object::set_path(&mut marked, &["status", "phase"], json!("Terminating"));
                 }
             }
             if dry_run {
@@ -797,11 +797,11 @@ impl ApiServer {
                 return Err(ApiError::conflict("", "pods", &name, "pod is being deleted, cannot be assigned to a host"));
             }
             let mut bound = live.clone();
-            bound["spec"]["nodeName"] = json!(node);
+            object::set_path(&mut bound, &["spec", "nodeName"], json!(node));
             let conds = bound["status"]["conditions"].as_array().cloned().unwrap_or_default();
             let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
             conds.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": object::now()}));
-            bound["status"]["conditions"] = json!(conds);
+            object::set_path(&mut bound, &["status", "conditions"], json!(conds));
             Ok(bound)
         })
         .await?;
@@ -879,7 +879,7 @@ impl ApiServer {
         let updated = self
             .guaranteed_update(t, precondition, p.dry_run()?, |live| {
                 let mut new = live.clone();
-                new["spec"]["replicas"] = json!(replicas);
+                object::set_path(&mut new, &["spec", "replicas"], json!(replicas));
                 Ok(new)
             })
             .await?;

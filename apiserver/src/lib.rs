@@ -684,11 +684,12 @@ async fn serve(
                 let updated = api
                     .guaranteed_update(t, None, p.dry_run()?, |live| {
                         let mut new = live.clone();
-                        new["spec"]["finalizers"] = if finalizers.is_null() {
+                        let finalizers = if finalizers.is_null() {
                             json!([])
                         } else {
                             finalizers.clone()
                         };
+                        object::set_path(&mut new, &["spec", "finalizers"], finalizers);
                         Ok(new)
                     })
                     .await?;

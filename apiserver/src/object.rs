@@ -93,6 +93,23 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Sets `v` at `path` (e.g. ["spec", "nodeName"]), turning anything on the way that is not an
+/// object into one: never panics, whatever shape a stored or patched object has.
+pub fn set_path(obj: &mut Value, path: &[&str], v: Value) {
+    let mut node = obj;
+    for key in path {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        node = node
+            .as_object_mut()
+            .expect("made an object above")
+            .entry(key.to_string())
+            .or_insert(Value::Null);
+    }
+    *node = v;
+}
+
 /// Metadata rules every object follows: a valid name, labels and annotations as string maps
 /// with valid keys and values, finalizers as qualified names.
 pub fn validate_meta(obj: &Value, namespaced: bool, names: NameRule) -> Vec<FieldError> {
@@ -207,6 +224,16 @@ mod tests {
         assert!(n.starts_with("web-") && n.len() == 9, "{n}");
         assert_ne!(generate_name("web-"), generate_name("web-"));
         assert!(generate_name(&"é".repeat(100)).starts_with(&"é".repeat(58)));
+    }
+
+    #[test]
+    fn set_path_replaces_whatever_is_in_the_way() {
+        let mut v = json!({"spec": "oops"});
+        set_path(&mut v, &["spec", "nodeName"], json!("n1"));
+        assert_eq!(v, json!({"spec": {"nodeName": "n1"}}));
+        let mut s = json!("not an object");
+        set_path(&mut s, &["a"], json!(1));
+        assert_eq!(s, json!({"a": 1}));
     }
 
     #[test]
