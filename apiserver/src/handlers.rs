@@ -540,8 +540,8 @@ impl ApiServer {
         ))
     }
 
-    /// PATCH: JSON Patch and JSON merge patch; strategic merge and apply patches are refused by
-    /// name until they are implemented.
+    /// PATCH: JSON Patch, JSON merge patch and (built-ins) strategic merge patch; server-side
+    /// apply is refused by name until it is implemented.
     pub async fn patch(
         &self,
         t: &Target,
@@ -557,7 +557,7 @@ impl ApiServer {
                 serde_json::from_value::<json_patch::Patch>(patch.clone())
                     .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?,
             ),
-            PatchKind::Merge => {
+            PatchKind::Merge | PatchKind::Strategic => {
                 if !patch.is_object() {
                     return Err(ApiError::bad_request("a merge patch must be a JSON object"));
                 }
@@ -576,14 +576,22 @@ impl ApiServer {
         let info = t.info.clone();
         self.guaranteed_update(t, precondition, p.dry_run()?, |live| {
             let mut doc = live.clone();
-            match &json_patch {
-                Some(ops) => json_patch::patch(&mut doc, ops).map_err(|e| ApiError {
+            match (&json_patch, kind) {
+                (Some(ops), _) => json_patch::patch(&mut doc, ops).map_err(|e| ApiError {
                     code: 422,
                     reason: "Invalid",
                     message: format!("the JSON patch could not be applied: {e}"),
                     details: None,
                 })?,
-                None => json_patch::merge(&mut doc, &patch),
+                (None, PatchKind::Strategic) => {
+                    doc = crate::smp::apply(info.kind, &doc, &patch).map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "the strategic merge patch could not be applied: {}",
+                            e.0
+                        ))
+                    })?
+                }
+                (None, _) => json_patch::merge(&mut doc, &patch),
             }
             if !doc.is_object() {
                 return Err(ApiError::bad_request(
@@ -832,7 +840,8 @@ impl ApiServer {
                     ApiError::bad_request(format!("the patch is not valid JSON: {e}"))
                 })?;
                 match patch_kind(ct, &t.info)? {
-                    PatchKind::Merge => json_patch::merge(&mut doc, &patch),
+                    // A Scale has no lists: a strategic merge patch is a merge patch here.
+                    PatchKind::Merge | PatchKind::Strategic => json_patch::merge(&mut doc, &patch),
                     PatchKind::Json => {
                         let ops: json_patch::Patch =
                             serde_json::from_value(patch).map_err(|e| {
@@ -1101,9 +1110,11 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
+#[derive(Clone, Copy)]
 enum PatchKind {
     Json,
     Merge,
+    Strategic,
 }
 
 fn patch_kind(content_type: &str, info: &ResourceInfo) -> ApiResult<PatchKind> {
@@ -1111,8 +1122,11 @@ fn patch_kind(content_type: &str, info: &ResourceInfo) -> ApiResult<PatchKind> {
     match ct {
         "application/json-patch+json" => Ok(PatchKind::Json),
         "application/merge-patch+json" => Ok(PatchKind::Merge),
+        "application/strategic-merge-patch+json" if info.strategic_merge => {
+            Ok(PatchKind::Strategic)
+        }
         "application/strategic-merge-patch+json" => Err(ApiError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json (strategic merge patch for {} is not implemented yet: use --type=merge or --type=json)",
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json (strategic merge patch is not supported for {})",
             crate::errors::qualified(info.group, info.plural)
         ))),
         "application/apply-patch+yaml" => Err(ApiError::unsupported_media_type(

@@ -4,7 +4,7 @@
 //! [`registry`]; LIST and WATCH are served by one [`cacher::Cacher`] per resource; errors are
 //! [`errors::ApiError`] → metav1.Status.
 //!
-//! Not yet here (and refused by name, never ignored): strategic merge patch, server-side apply,
+//! Not yet here (and refused by name, never ignored): server-side apply,
 //! /openapi/v2 and /openapi/v3, fieldValidation, streaming lists (sendInitialEvents).
 
 pub mod cacher;
@@ -12,6 +12,7 @@ pub mod errors;
 pub mod handlers;
 pub mod object;
 pub mod registry;
+pub mod smp;
 pub mod strategy;
 pub mod table;
 

@@ -27,6 +27,8 @@ pub struct ResourceInfo {
     pub status: bool,
     /// Has a /scale subresource (autoscaling/v1 Scale over spec.replicas).
     pub scale: bool,
+    /// Accepts strategic merge patches (built-ins; custom resources answer 415, as in Kubernetes).
+    pub strategic_merge: bool,
     pub strategy: Arc<dyn Strategy>,
 }
 
@@ -164,6 +166,7 @@ fn res(
         namespaced,
         status,
         scale: false,
+        strategic_merge: true,
         strategy,
     }
 }

@@ -350,6 +350,17 @@ async fn raw_requests_get_a_status_for_every_error_class() {
         )
         .unwrap(),
     );
+    assert_eq!((code, s["reason"].as_str()), (404, Some("NotFound")));
+    let (code, s) = status(
+        http_request(
+            &addr,
+            "PATCH",
+            "/api/v1/namespaces/default/configmaps/x",
+            &[("Content-Type", "application/apply-patch+yaml")],
+            b"{}",
+        )
+        .unwrap(),
+    );
     assert_eq!(
         (code, s["reason"].as_str()),
         (415, Some("UnsupportedMediaType"))
@@ -999,4 +1010,52 @@ async fn a_get_after_an_acknowledged_write_sees_it() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// Strategic merge patch on a built-in: containers merge by name, env by name, a `$patch: delete`
+/// removes one container, and a malformed patch is refused without changing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strategic_merge_patches_merge_lists_by_their_keys() {
+    let c = TestCluster::start().await;
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                     {"name": "app", "image": "busybox", "env": [{"name": "A", "value": "1"}]},
+                     {"name": "side", "image": "busybox"}]}}}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &d).await.unwrap();
+    let patch = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "busybox:2", "env": [{"name": "B", "value": "2"}]},
+        {"name": "side", "$patch": "delete"}]}}}});
+    let out = api
+        .patch("web", &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .unwrap();
+    let containers = out.spec.unwrap().template.spec.unwrap().containers;
+    assert_eq!(containers.len(), 1);
+    assert_eq!(containers[0].image.as_deref(), Some("busybox:2"));
+    let env: Vec<String> = containers[0]
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(env, ["A", "B"]);
+    let before = api.get("web").await.unwrap().metadata.resource_version;
+    let bad = json!({"spec": {"template": {"spec": {"containers": [{"image": "no-name"}]}}}});
+    let (code, _, msg) = api_error(
+        api.patch("web", &PatchParams::default(), &Patch::Strategic(bad))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400);
+    assert!(msg.contains("merge key"), "{msg}");
+    assert_eq!(
+        api.get("web").await.unwrap().metadata.resource_version,
+        before
+    );
 }

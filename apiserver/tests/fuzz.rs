@@ -250,6 +250,16 @@ async fn random_patches_apply_or_change_nothing() {
                     }
                     op
                 }).collect())),
+                2 if i % 2 == 0 => ("application/strategic-merge-patch+json", {
+                    let mut p = seeds()[1].clone();
+                    for _ in 0..rng.usize(1..3) {
+                        mutate(&mut rng, &mut p);
+                    }
+                    if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("name");
+                    }
+                    p
+                }),
                 _ => ("application/merge-patch+json", value(&mut rng, 3)),
             };
             let (code, resp) = http_request(&addr, "PATCH", &url, &[("Content-Type", ct)], patch.to_string().as_bytes()).unwrap();

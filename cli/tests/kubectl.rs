@@ -327,11 +327,9 @@ fn suite(c: &Cluster) {
     );
     let err = c.fails(&["label", "cm", "settings", "bad key=x"]);
     assert!(!err.is_empty());
-    let err = c.fails(&["patch", "cm", "settings", "-p", r#"{"data":{"x":"1"}}"#]);
-    assert!(
-        err.contains("strategic merge patch for configmaps is not implemented yet"),
-        "{err}"
-    );
+    // A plain `kubectl patch` is a strategic merge patch.
+    c.ok(&["patch", "cm", "settings", "-p", r#"{"data":{"x":"1"}}"#]);
+    assert_eq!(c.json(&["get", "cm", "settings"])["data"]["x"], "1");
     let err = c.fails(&["apply", "-f", m, "--server-side"]);
     assert!(
         err.contains("server-side apply") || err.contains("openapi"),
@@ -429,4 +427,76 @@ fn kubectl_get_watch_streams_changes() {
     );
     let _ = w.kill();
     let _ = w.wait();
+}
+
+/// Client-side `kubectl apply`: create, unchanged, configured with removed keys and a removed
+/// container (a three-way strategic merge patch), and changes others made kept.
+#[test]
+fn kubectl_apply_creates_updates_and_prunes_fields() {
+    let c = Cluster::start(None);
+    let dir = temp_dir("capstan-apply-").unwrap();
+    let v1 = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {mode: fast, level: \"3\"}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: localhost/busybox:1, env: [{name: A, value: \"1\"}]}
+      - {name: side, image: localhost/busybox:1}
+";
+    let v2 = v1
+        .replace(", level: \"3\"", "")
+        .replace("replicas: 2", "replicas: 3")
+        .replace("      - {name: side, image: localhost/busybox:1}\n", "");
+    assert_ne!(v1, v2);
+    let f1 = dir.path().join("v1.yaml");
+    let f2 = dir.path().join("v2.yaml");
+    std::fs::write(&f1, v1).unwrap();
+    std::fs::write(&f2, &v2).unwrap();
+    let apply = |f: &Path| c.ok(&["apply", "--validate=false", "-f", f.to_str().unwrap()]);
+    assert_eq!(
+        apply(&f1),
+        "configmap/settings created\ndeployment.apps/web created\n"
+    );
+    assert_eq!(
+        apply(&f1),
+        "configmap/settings unchanged\ndeployment.apps/web unchanged\n"
+    );
+    // Changes others made to fields the file does not set survive a re-apply.
+    c.ok(&["label", "deploy", "web", "team=a"]);
+    assert_eq!(
+        apply(&f2),
+        "configmap/settings configured\ndeployment.apps/web configured\n"
+    );
+    assert_eq!(
+        c.json(&["get", "cm", "settings"])["data"],
+        serde_json::json!({"mode": "fast"})
+    );
+    let d = c.json(&["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    let names: Vec<&str> = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web"]);
+    assert_eq!(d["metadata"]["labels"]["team"], "a");
+    let last = d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .unwrap();
+    assert!(last.contains("\"replicas\":3"), "{last}");
+    assert_eq!(
+        apply(&f2),
+        "configmap/settings unchanged\ndeployment.apps/web unchanged\n"
+    );
 }
