@@ -81,6 +81,62 @@ impl Params {
     }
 }
 
+/// How to treat fields the type does not know (`?fieldValidation=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl Params {
+    pub fn field_validation(&self) -> ApiResult<FieldValidation> {
+        match self.get("fieldValidation") {
+            None | Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter unsupported: {other:?} (use Ignore, Warn or Strict)"
+            ))),
+        }
+    }
+}
+
+/// fieldValidation=Strict: unknown fields are a 400, kube-apiserver's message. Returns nothing
+/// otherwise (warnings are added by the caller that owns the response).
+pub fn strict_check(t: &Target, p: &Params, obj: &Value) -> ApiResult<()> {
+    if p.field_validation()? != FieldValidation::Strict {
+        return Ok(());
+    }
+    let unknown = t.info.strategy.unknown_fields(obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+        list.join(", "),
+        kind = t.info.kind,
+        version = t.info.version
+    )))
+}
+
+/// fieldValidation=Warn: one warning per unknown field of a request body.
+pub fn unknown_field_warnings(t: &Target, p: &Params, obj: &Value) -> ApiResult<Vec<String>> {
+    if p.field_validation()? != FieldValidation::Warn {
+        return Ok(Vec::new());
+    }
+    Ok(t.info
+        .strategy
+        .unknown_fields(obj)
+        .into_iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect())
+}
+
 /// Label and field selectors of a list or watch, checked against the resource.
 #[derive(Debug)]
 pub struct Filter {
@@ -314,6 +370,7 @@ impl ApiServer {
         let dry_run = p.dry_run()?;
         let info = &t.info;
         check_type(info, &mut obj)?;
+        strict_check(t, p, &obj)?;
         if info.namespaced {
             let ns = t
                 .namespace
@@ -440,6 +497,7 @@ impl ApiServer {
         self.guaranteed_update(t, precondition, p.dry_run()?, |live| {
             let mut new = body.clone();
             check_type(&t.info, &mut new)?;
+            strict_check(t, p, &new)?;
             Ok(if status_only {
                 let mut merged = live.clone();
                 merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
@@ -598,6 +656,7 @@ impl ApiServer {
                     "the patched object is not a JSON object",
                 ));
             }
+            strict_check(t, p, &doc)?;
             if doc.name() != live.name() || doc.namespace() != live.namespace() {
                 return Err(ApiError::bad_request(
                     "a patch cannot change metadata.name or metadata.namespace",

@@ -4,13 +4,14 @@
 //! [`registry`]; LIST and WATCH are served by one [`cacher::Cacher`] per resource; errors are
 //! [`errors::ApiError`] → metav1.Status.
 //!
-//! Not yet here (and refused by name, never ignored): server-side apply,
-//! /openapi/v2 and /openapi/v3, fieldValidation, streaming lists (sendInitialEvents).
+//! Not yet here (and refused by name, never ignored): server-side apply, /openapi/v2 (protobuf),
+//! protobuf request bodies, streaming lists (sendInitialEvents).
 
 pub mod cacher;
 pub mod errors;
 pub mod handlers;
 pub mod object;
+pub mod openapi;
 pub mod registry;
 pub mod smp;
 pub mod strategy;
@@ -43,6 +44,9 @@ pub struct ApiServer {
     cachers: RwLock<HashMap<String, Arc<Cacher>>>,
     metrics: Option<RequestMetrics>,
     pub prometheus: Metrics,
+    /// The /openapi/v3 root and documents, generated once (the registry holds only built-ins;
+    /// custom resources will have to invalidate this).
+    openapi: std::sync::OnceLock<(Value, HashMap<String, Value>)>,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -111,6 +115,7 @@ impl ApiServer {
             cachers: RwLock::new(HashMap::new()),
             metrics: Some(metrics),
             prometheus,
+            openapi: std::sync::OnceLock::new(),
         });
         for info in api.registry.all() {
             api.cacher(&info);
@@ -172,6 +177,8 @@ pub fn router(api: Arc<ApiServer>) -> Router {
         .route("/apis/{group}/{version}", get(group_resources))
         .route("/api/v1/{*rest}", any(core_dispatch))
         .route("/apis/{group}/{version}/{*rest}", any(group_dispatch))
+        .route("/openapi/v3", get(openapi_root))
+        .route("/openapi/v3/{*gv}", get(openapi_document))
         .route("/healthz", get(readyz))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -341,6 +348,35 @@ async fn group_resources(
 ) -> Response {
     match resource_list(&api, &group, &version) {
         Some(l) => json_response(StatusCode::OK, &l),
+        None => not_found().into_response(),
+    }
+}
+
+impl ApiServer {
+    fn openapi(&self) -> &(Value, HashMap<String, Value>) {
+        self.openapi.get_or_init(|| {
+            let root = openapi::root(&self.registry);
+            let docs = root["paths"]
+                .as_object()
+                .map(|paths| {
+                    paths
+                        .keys()
+                        .filter_map(|gv| Some((gv.clone(), openapi::document(&self.registry, gv)?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (root, docs)
+        })
+    }
+}
+
+async fn openapi_root(State(api): State<Arc<ApiServer>>) -> Response {
+    json_response(StatusCode::OK, &api.openapi().0)
+}
+
+async fn openapi_document(State(api): State<Arc<ApiServer>>, Path(gv): Path<String>) -> Response {
+    match api.openapi().1.get(gv.trim_matches('/')) {
+        Some(doc) => json_response(StatusCode::OK, doc),
         None => not_found().into_response(),
     }
 }
@@ -534,6 +570,17 @@ async fn dispatch(
     response
 }
 
+/// Adds `Warning: 299 - "…"` headers (fieldValidation=Warn), as kube-apiserver sends them.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
 async fn read_body(body: Body) -> ApiResult<Bytes> {
     axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
@@ -668,8 +715,13 @@ async fn serve(
         }
         ("create", None) if t.name.is_none() => {
             let body = read_body(body).await?;
-            let created = api.create(t, json_body(headers, &body)?, p).await?;
-            Ok(json_response(StatusCode::CREATED, &created))
+            let obj = json_body(headers, &body)?;
+            let warnings = handlers::unknown_field_warnings(t, p, &obj)?;
+            let created = api.create(t, obj, p).await?;
+            Ok(with_warnings(
+                json_response(StatusCode::CREATED, &created),
+                &warnings,
+            ))
         }
         ("create", Some("binding")) => {
             let body = read_body(body).await?;
@@ -699,7 +751,8 @@ async fn serve(
             if obj.get("metadata").is_none() {
                 obj["metadata"] = json!({});
             }
-            ok(api.update(t, obj, p).await?)
+            let warnings = handlers::unknown_field_warnings(t, p, &obj)?;
+            Ok(with_warnings(ok(api.update(t, obj, p).await?)?, &warnings))
         }
         ("update", Some("scale")) => {
             let body = read_body(body).await?;

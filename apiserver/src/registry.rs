@@ -179,7 +179,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
     use k8s_openapi::api::core::v1 as core;
     use k8s_openapi::api::discovery::v1 as discovery;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
-    use strategy::{Builtin, NameRule, typed};
+    use strategy::{Builtin, NameRule};
 
     let all = &["all"];
     let mut pods = res(
@@ -188,7 +188,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         &["po"],
         true,
         true,
-        Builtin::new(typed::<core::Pod>)
+        Builtin::of::<core::Pod>()
             .fields(&[
                 ("spec.nodeName", "/spec/nodeName"),
                 ("status.phase", "/status/phase"),
@@ -210,7 +210,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         &["svc"],
         true,
         true,
-        Builtin::new(typed::<core::Service>)
+        Builtin::of::<core::Service>()
             .names(NameRule::Label)
             .table(crate::table::services)
             .reset_status_on_create()
@@ -223,7 +223,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         &["deploy"],
         true,
         true,
-        Builtin::new(typed::<apps::Deployment>)
+        Builtin::of::<apps::Deployment>()
             .validate_with(strategy::validate_workload)
             .table(crate::table::deployments)
             .reset_status_on_create()
@@ -237,7 +237,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         &["rs"],
         true,
         true,
-        Builtin::new(typed::<apps::ReplicaSet>)
+        Builtin::of::<apps::ReplicaSet>()
             .validate_with(strategy::validate_workload)
             .table(crate::table::replicasets)
             .reset_status_on_create()
@@ -251,7 +251,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         &["hpa"],
         true,
         true,
-        Builtin::new(typed::<autoscaling::HorizontalPodAutoscaler>)
+        Builtin::of::<autoscaling::HorizontalPodAutoscaler>()
             .table(crate::table::hpas)
             .reset_status_on_create()
             .arc(),
@@ -265,7 +265,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &["ns"],
             false,
             true,
-            Builtin::new(typed::<core::Namespace>)
+            Builtin::of::<core::Namespace>()
                 .names(NameRule::Label)
                 .fields(&[("status.phase", "/status/phase")])
                 .on_create(strategy::namespace_on_create)
@@ -280,7 +280,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &["ep"],
             true,
             false,
-            Builtin::new(typed::<core::Endpoints>)
+            Builtin::of::<core::Endpoints>()
                 .table(crate::table::endpoints)
                 .arc(),
         ),
@@ -290,7 +290,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &["no"],
             false,
             true,
-            Builtin::new(typed::<core::Node>)
+            Builtin::of::<core::Node>()
                 .fields(&[("spec.unschedulable", "/spec/unschedulable")])
                 .table(crate::table::nodes)
                 .arc(),
@@ -301,7 +301,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &["cm"],
             true,
             false,
-            Builtin::new(typed::<core::ConfigMap>)
+            Builtin::of::<core::ConfigMap>()
                 .table(crate::table::configmaps)
                 .arc(),
         ),
@@ -311,7 +311,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &[],
             true,
             false,
-            Builtin::new(typed::<core::Secret>)
+            Builtin::of::<core::Secret>()
                 .fields(&[("type", "/type")])
                 .table(crate::table::secrets)
                 .arc(),
@@ -322,7 +322,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &["ev"],
             true,
             false,
-            Builtin::new(typed::<core::Event>)
+            Builtin::of::<core::Event>()
                 .fields(&[
                     ("involvedObject.kind", "/involvedObject/kind"),
                     ("involvedObject.name", "/involvedObject/name"),
@@ -341,7 +341,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &["sa"],
             true,
             false,
-            Builtin::new(typed::<core::ServiceAccount>)
+            Builtin::of::<core::ServiceAccount>()
                 .table(crate::table::serviceaccounts)
                 .arc(),
         ),
@@ -354,7 +354,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &[],
             true,
             false,
-            Builtin::new(typed::<coordination::Lease>)
+            Builtin::of::<coordination::Lease>()
                 .table(crate::table::leases)
                 .arc(),
         ),
@@ -364,7 +364,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &[],
             true,
             false,
-            Builtin::new(typed::<discovery::EndpointSlice>)
+            Builtin::of::<discovery::EndpointSlice>()
                 .table(crate::table::endpointslices)
                 .arc(),
         ),
@@ -374,7 +374,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &["crd", "crds"],
             false,
             true,
-            Builtin::new(typed::<apiext::CustomResourceDefinition>)
+            Builtin::of::<apiext::CustomResourceDefinition>()
                 .table(crate::table::crds)
                 .arc(),
         ),

@@ -38,6 +38,17 @@ pub trait Strategy: Send + Sync {
     fn reset_status_on_create(&self) -> bool {
         false
     }
+    /// Paths of fields the type does not know (`spec.foo`), for fieldValidation.
+    fn unknown_fields(&self, _obj: &Value) -> Vec<String> {
+        Vec::new()
+    }
+    /// The OpenAPI schema of the object (a `$ref` into the generator's definitions).
+    fn openapi_schema(
+        &self,
+        _generator: &mut schemars::SchemaGenerator,
+    ) -> Option<schemars::Schema> {
+        None
+    }
 }
 
 type Check = fn(&Value) -> Vec<FieldError>;
@@ -46,6 +57,8 @@ type Check = fn(&Value) -> Vec<FieldError>;
 #[derive(Debug)]
 pub struct Builtin {
     typed: fn(&Value) -> Result<(), String>,
+    roundtrip: fn(&Value) -> Option<Value>,
+    schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
     extra: Option<Check>,
     on_create: Option<fn(&mut Value)>,
     fields: &'static [(&'static str, &'static str)],
@@ -55,9 +68,15 @@ pub struct Builtin {
 }
 
 impl Builtin {
-    pub fn new(typed: fn(&Value) -> Result<(), String>) -> Builtin {
+    /// The strategy of the k8s-openapi type `T`.
+    pub fn of<T>() -> Builtin
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
+    {
         Builtin {
-            typed,
+            typed: typed::<T>,
+            roundtrip: roundtrip::<T>,
+            schema: |g| g.subschema_for::<T>(),
             extra: None,
             on_create: None,
             fields: &[],
@@ -93,6 +112,41 @@ impl Builtin {
     }
     pub fn arc(self) -> Arc<dyn Strategy> {
         Arc::new(self)
+    }
+}
+
+/// The object decoded as `T` and encoded again: what `T` knows of it.
+fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(obj: &Value) -> Option<Value> {
+    serde_json::to_value(T::deserialize(obj).ok()?).ok()
+}
+
+/// Paths present (and not null) in `given` but absent from `known`.
+pub fn unknown_paths(given: &Value, known: &Value, path: &str, out: &mut Vec<String>) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, v) in g {
+                if v.is_null() {
+                    continue;
+                }
+                match k.get(key) {
+                    None => out.push(join(key)),
+                    Some(kv) => unknown_paths(v, kv, &join(key), out),
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(k)) => {
+            for (i, (gv, kv)) in g.iter().zip(k).enumerate() {
+                unknown_paths(gv, kv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -159,6 +213,21 @@ impl Strategy for Builtin {
 
     fn reset_status_on_create(&self) -> bool {
         self.reset_status
+    }
+
+    fn unknown_fields(&self, obj: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(known) = (self.roundtrip)(obj) {
+            unknown_paths(obj, &known, "", &mut out);
+        }
+        out
+    }
+
+    fn openapi_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<schemars::Schema> {
+        Some((self.schema)(generator))
     }
 }
 
@@ -333,6 +402,22 @@ pub fn namespace_on_create(obj: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_fields_are_found_by_a_typed_round_trip() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let s = Builtin::of::<Deployment>();
+        let d = json!({"metadata": {"name": "x", "bogus": 1, "labels": null}, "spec": {"replicaz": 2,
+            "selector": {}, "template": {"spec": {"containers": [{"name": "c", "imagee": "i"}]}}}});
+        assert_eq!(
+            s.unknown_fields(&d),
+            [
+                "metadata.bogus",
+                "spec.replicaz",
+                "spec.template.spec.containers[0].imagee"
+            ]
+        );
+    }
 
     #[test]
     fn qos_follows_requests_and_limits() {

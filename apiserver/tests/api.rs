@@ -1059,3 +1059,92 @@ async fn strategic_merge_patches_merge_lists_by_their_keys() {
         before
     );
 }
+
+/// fieldValidation: Strict refuses unknown fields (nothing stored), Warn stores and warns,
+/// Ignore (and no parameter) stores silently; an unknown mode is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_validation_strict_warn_and_ignore() {
+    let c = TestCluster::start().await;
+    let addr = c.addr.to_string();
+    let ct = [("Content-Type", "application/json")];
+    let body = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "colour": "red"}, "dta": {}}).to_string()
+    };
+    let path = "/api/v1/namespaces/default/configmaps";
+    let (code, resp) = http_request(
+        &addr,
+        "POST",
+        &format!("{path}?fieldValidation=Strict"),
+        &ct,
+        body("s").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{resp}");
+    assert!(
+        resp.contains(
+            r#"strict decoding error: unknown field \"dta\", unknown field \"metadata.colour\""#
+        ),
+        "{resp}"
+    );
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    assert!(api.get_opt("s").await.unwrap().is_none());
+
+    // Warn: a raw response, to read the Warning headers.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    let b = body("w");
+    write!(stream, "POST {path}?fieldValidation=Warn HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.0 201"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("warning: 299 - \"unknown field 'dta'\""),
+        "{raw}"
+    );
+    assert!(api.get_opt("w").await.unwrap().is_some());
+
+    let (code, _) = http_request(&addr, "POST", path, &ct, body("i").as_bytes()).unwrap();
+    assert_eq!(code, 201);
+    let (code, _) = http_request(
+        &addr,
+        "POST",
+        &format!("{path}?fieldValidation=Loose"),
+        &ct,
+        body("x").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 400);
+    // Strict on a patch checks the patched object.
+    let (code, resp) = http_request(
+        &addr,
+        "PATCH",
+        &format!("{path}/i?fieldValidation=Strict"),
+        &[("Content-Type", "application/merge-patch+json")],
+        br#"{"spec":{"x":1}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_v3_serves_a_root_and_per_group_version_documents() {
+    let c = TestCluster::start().await;
+    let addr = c.addr.to_string();
+    let (code, root) = http_get(&addr, "/openapi/v3").unwrap();
+    assert_eq!(code, 200);
+    let root: Value = serde_json::from_str(&root).unwrap();
+    let url = root["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, doc) = http_get(&addr, &url).unwrap();
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(
+        doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"]
+            [0]["kind"],
+        "Deployment"
+    );
+    assert_eq!(http_get(&addr, "/openapi/v3/apis/nope/v1").unwrap().0, 404);
+}

@@ -1,5 +1,5 @@
 //! Unmodified kubectl against `capstan up`, on the embedded store and on a real etcd. What is
-//! not served yet (strategic merge patch, server-side apply, OpenAPI) is asserted to fail with
+//! not served yet (server-side apply, protobuf request bodies) is asserted to fail with
 //! a clear message, so the gap is visible and the day it closes these tests must change.
 
 use std::io::{BufRead, BufReader, Write};
@@ -168,13 +168,13 @@ fn suite(c: &Cluster) {
     let manifest = write_manifest(scratch.path());
     let m = manifest.to_str().unwrap();
 
-    // Multi-document create (validation needs /openapi, not served yet: see the end).
-    let out = c.ok(&["create", "-f", m, "--validate=false"]);
+    // Multi-document create, with kubectl's default strict validation (done by the server).
+    let out = c.ok(&["create", "-f", m]);
     assert_eq!(
         out,
         "configmap/settings created\ndeployment.apps/web created\nservice/web created\n"
     );
-    let err = c.fails(&["create", "-f", m, "--validate=false"]);
+    let err = c.fails(&["create", "-f", m]);
     assert!(
         err.contains("AlreadyExists") || err.contains("already exists"),
         "{err}"
@@ -256,10 +256,7 @@ fn suite(c: &Cluster) {
 
     let mut replaced = cm.clone();
     replaced["data"] = serde_json::json!({"only": "this"});
-    let out = c.kubectl_stdin(
-        &["replace", "--validate=false", "-f", "-"],
-        Some(&replaced.to_string()),
-    );
+    let out = c.kubectl_stdin(&["replace", "-f", "-"], Some(&replaced.to_string()));
     assert!(
         out.status.success(),
         "{}",
@@ -271,10 +268,7 @@ fn suite(c: &Cluster) {
     );
     // Replacing from a stale copy is a conflict.
     let err = {
-        let out = c.kubectl_stdin(
-            &["replace", "--validate=false", "-f", "-"],
-            Some(&replaced.to_string()),
-        );
+        let out = c.kubectl_stdin(&["replace", "-f", "-"], Some(&replaced.to_string()));
         assert!(!out.status.success());
         String::from_utf8(out.stderr).unwrap()
     };
@@ -331,12 +325,24 @@ fn suite(c: &Cluster) {
     c.ok(&["patch", "cm", "settings", "-p", r#"{"data":{"x":"1"}}"#]);
     assert_eq!(c.json(&["get", "cm", "settings"])["data"]["x"], "1");
     let err = c.fails(&["apply", "-f", m, "--server-side"]);
+    assert!(err.contains("server-side apply"), "{err}");
+    // Unknown fields: kubectl's default --validate=strict leaves it to the server.
+    let typo = c.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"typo"},"dta":{"a":"b"}}"#,
+        ),
+    );
+    assert!(!typo.status.success());
+    let err = String::from_utf8_lossy(&typo.stderr);
     assert!(
-        err.contains("server-side apply") || err.contains("openapi"),
+        err.contains(r#"strict decoding error: unknown field "dta""#),
         "{err}"
     );
-    let err = c.fails(&["create", "-f", m]);
-    assert!(err.contains("failed to download openapi"), "{err}");
+    let _ = c.fails(&["get", "cm", "typo"]);
+    // explain reads /openapi/v3.
+    let explain = c.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(explain.contains("FIELD: replicas <integer>"), "{explain}");
     // Generators (create configmap/namespace/deployment) send protobuf, not served yet.
     let err = c.fails(&["create", "configmap", "gen", "--from-literal=a=b"]);
     assert!(
@@ -462,7 +468,7 @@ spec:
     let f2 = dir.path().join("v2.yaml");
     std::fs::write(&f1, v1).unwrap();
     std::fs::write(&f2, &v2).unwrap();
-    let apply = |f: &Path| c.ok(&["apply", "--validate=false", "-f", f.to_str().unwrap()]);
+    let apply = |f: &Path| c.ok(&["apply", "-f", f.to_str().unwrap()]);
     assert_eq!(
         apply(&f1),
         "configmap/settings created\ndeployment.apps/web created\n"
