@@ -430,12 +430,67 @@ impl ApiServer {
         if dry_run {
             return Ok(obj);
         }
-        let kv = self
-            .store
-            .create(&info.key_of(&obj), encode(&obj)?)
+        let allocated = if is_service(info) {
+            self.allocate_cluster_ip(&mut obj, &name).await?
+        } else {
+            None
+        };
+        match self.store.create(&info.key_of(&obj), encode(&obj)?).await {
+            Ok(kv) => Ok(with_rv(obj, kv.mod_revision)),
+            Err(e) => {
+                if let Some(ip) = allocated {
+                    self.ips.release(&ip).await;
+                }
+                Err(from_storage(e, info.group, info.plural, &name))
+            }
+        }
+    }
+
+    /// Gives a new Service its ClusterIP (the requested one, or a free one), unless it is
+    /// headless (`None`) or an ExternalName. Returns the IP it claimed.
+    async fn allocate_cluster_ip(&self, svc: &mut Value, name: &str) -> ApiResult<Option<String>> {
+        if svc["spec"]["type"] == "ExternalName" {
+            return Ok(None);
+        }
+        let wanted = svc["spec"]["clusterIP"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        if wanted.as_deref() == Some("None") {
+            object::set_path(svc, &["spec", "clusterIPs"], json!(["None"]));
+            return Ok(None);
+        }
+        let owner = format!("{}/{name}", svc.namespace().unwrap_or_default());
+        let ip = self
+            .ips
+            .allocate(wanted.as_deref(), &owner)
             .await
-            .map_err(|e| from_storage(e, info.group, info.plural, &name))?;
-        Ok(with_rv(obj, kv.mod_revision))
+            .map_err(|mut e| {
+                if let Some(d) = e.details.as_mut() {
+                    d.name = name.to_string();
+                }
+                e.message = e
+                    .message
+                    .replace("Service \"\"", &format!("Service \"{name}\""));
+                e
+            })?;
+        let ip = ip.to_string();
+        object::set_path(svc, &["spec", "clusterIP"], json!(ip));
+        object::set_path(svc, &["spec", "clusterIPs"], json!([ip]));
+        object::set_path(svc, &["spec", "ipFamilies"], json!(["IPv4"]));
+        object::set_path(svc, &["spec", "ipFamilyPolicy"], json!("SingleStack"));
+        Ok(Some(ip))
+    }
+
+    /// What deleting an object frees: a Service's ClusterIP.
+    async fn after_delete(&self, info: &ResourceInfo, obj: &Value) {
+        if is_service(info)
+            && let Some(ip) = obj["spec"]["clusterIP"]
+                .as_str()
+                .filter(|ip| !ip.is_empty() && *ip != "None")
+        {
+            self.ips.release(ip).await;
+        }
     }
 
     /// Namespaced objects are created only in namespaces that exist and are not terminating.
@@ -544,6 +599,9 @@ impl ApiServer {
             }
             let mut new = transform(&live)?;
             preserve_meta(&live, &mut new)?;
+            if is_service(info) {
+                keep_cluster_ip(&live, &mut new, &name)?;
+            }
             let generation = live["metadata"]["generation"].as_i64().unwrap_or(1);
             let generation = if object::spec_of(&new) != object::spec_of(&live) {
                 generation + 1
@@ -564,7 +622,10 @@ impl ApiServer {
                 && !namespace_finalizers_pending(info, &new)
             {
                 return match self.store.delete(&info.key_of(&new), Some(rev)).await {
-                    Ok((_, del_rev)) => Ok(with_rv(new, del_rev)),
+                    Ok((_, del_rev)) => {
+                        self.after_delete(info, &new).await;
+                        Ok(with_rv(new, del_rev))
+                    }
                     Err(capstan_storage::StorageError::Conflict { .. })
                         if precondition.is_none() =>
                     {
@@ -769,7 +830,10 @@ impl ApiServer {
                     return Ok(live);
                 }
                 match self.store.delete(&info.key_of(&live), Some(rev)).await {
-                    Ok((_, del_rev)) => return Ok(with_rv(live, del_rev)),
+                    Ok((_, del_rev)) => {
+                        self.after_delete(info, &live).await;
+                        return Ok(with_rv(live, del_rev));
+                    }
                     Err(capstan_storage::StorageError::Conflict { .. }) => continue,
                     Err(e) => return Err(from_storage(e, info.group, info.plural, &name)),
                 }
@@ -1065,6 +1129,44 @@ fn translate<'a>(
         Kind::Modified if before => Some(("DELETED", &e.object)),
         Kind::Deleted if before || now => Some(("DELETED", &e.object)),
         _ => None,
+    }
+}
+
+fn is_service(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.plural == "services"
+}
+
+/// spec.clusterIP is immutable once allocated; an update that leaves it out keeps it.
+fn keep_cluster_ip(live: &Value, new: &mut Value, name: &str) -> ApiResult<()> {
+    let Some(ip) = live["spec"]["clusterIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty())
+    else {
+        return Ok(());
+    };
+    match new
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        None => {
+            object::set_path(new, &["spec", "clusterIP"], json!(ip));
+            if let Some(ips) = live.pointer("/spec/clusterIPs") {
+                object::set_path(new, &["spec", "clusterIPs"], ips.clone());
+            }
+            Ok(())
+        }
+        Some(given) if given == ip => Ok(()),
+        Some(given) => Err(ApiError::invalid(
+            "",
+            "Service",
+            name,
+            vec![FieldError {
+                field: "spec.clusterIPs[0]".into(),
+                value: given.into(),
+                message: "Invalid value: field is immutable".into(),
+            }],
+        )),
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod cacher;
 pub mod errors;
 pub mod handlers;
+pub mod ipalloc;
 pub mod object;
 pub mod openapi;
 pub mod registry;
@@ -47,6 +48,8 @@ pub struct ApiServer {
     /// The /openapi/v3 root and documents, generated once (the registry holds only built-ins;
     /// custom resources will have to invalidate this).
     openapi: std::sync::OnceLock<(Value, HashMap<String, Value>)>,
+    /// Service ClusterIPs.
+    pub ips: ipalloc::Allocator,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -107,15 +110,25 @@ impl ApiServer {
     /// Builds the server over `store`: registers the built-ins, starts their watch caches,
     /// creates the system namespaces, and registers request metrics in `prometheus`.
     pub async fn new(store: Arc<dyn Storage>, prometheus: Metrics) -> ApiResult<Arc<ApiServer>> {
+        Self::with_service_cidr(store, prometheus, ipalloc::ServiceCidr::default()).await
+    }
+
+    /// As [`ApiServer::new`], allocating Service ClusterIPs from `cidr`.
+    pub async fn with_service_cidr(
+        store: Arc<dyn Storage>,
+        prometheus: Metrics,
+        cidr: ipalloc::ServiceCidr,
+    ) -> ApiResult<Arc<ApiServer>> {
         let metrics = RequestMetrics::register(&prometheus)
             .map_err(|e| ApiError::internal(format!("registering metrics: {e}")))?;
         let api = Arc::new(ApiServer {
             registry: Registry::with_builtins(),
-            store,
             cachers: RwLock::new(HashMap::new()),
             metrics: Some(metrics),
             prometheus,
             openapi: std::sync::OnceLock::new(),
+            ips: ipalloc::Allocator::new(cidr, store.clone()),
+            store,
         });
         for info in api.registry.all() {
             api.cacher(&info);

@@ -212,6 +212,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         true,
         Builtin::of::<core::Service>()
             .names(NameRule::Label)
+            .on_create(strategy::service_on_create)
             .table(crate::table::services)
             .reset_status_on_create()
             .arc(),

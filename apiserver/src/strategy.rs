@@ -392,6 +392,27 @@ pub fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// Service defaults, as kube-apiserver applies them: type ClusterIP, sessionAffinity None, each
+/// port's protocol TCP and targetPort its port.
+pub fn service_on_create(obj: &mut Value) {
+    if obj["spec"].is_null() {
+        obj["spec"] = json!({});
+    }
+    let Some(spec) = obj["spec"].as_object_mut() else {
+        return;
+    };
+    spec.entry("type").or_insert(json!("ClusterIP"));
+    spec.entry("sessionAffinity").or_insert(json!("None"));
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            p.entry("protocol").or_insert(json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                p.entry("targetPort").or_insert(port);
+            }
+        }
+    }
+}
+
 /// A new namespace is Active and carries the `kubernetes` finalizer, which the namespace
 /// controller removes once the namespace's content is gone.
 pub fn namespace_on_create(obj: &mut Value) {

@@ -1148,3 +1148,118 @@ async fn openapi_v3_serves_a_root_and_per_group_version_documents() {
     );
     assert_eq!(http_get(&addr, "/openapi/v3/apis/nope/v1").unwrap().0, 404);
 }
+
+/// Services get distinct ClusterIPs from the service CIDR, a requested one when it is free and in
+/// range, none when headless; the IP is immutable and released on delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_unique_cluster_ips_released_on_delete() {
+    use k8s_openapi::api::core::v1::Service;
+    // A /28: 16 addresses, 13 usable (not the network, .1 or the broadcast).
+    let c = TestCluster::with_service_cidr("10.0.0.0/28").await;
+    let api: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let svc = |name: &str, ip: Option<&str>| -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}}),
+        )
+        .unwrap()
+    };
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let api = api.clone();
+        let s = svc(&format!("s{i}"), None);
+        tasks.push(tokio::spawn(async move {
+            api.create(&PostParams::default(), &s).await.unwrap()
+        }));
+    }
+    let mut ips = std::collections::BTreeSet::new();
+    for t in tasks {
+        let created = t.await.unwrap();
+        let spec = created.spec.unwrap();
+        let ip: std::net::Ipv4Addr = spec.cluster_ip.clone().unwrap().parse().unwrap();
+        assert!(
+            ip.octets()[..3] == [10, 0, 0] && (2..15).contains(&ip.octets()[3]),
+            "{ip}"
+        );
+        assert_eq!(spec.cluster_ips.unwrap(), [ip.to_string()]);
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.ports.unwrap()[0].protocol.as_deref(), Some("TCP"));
+        assert!(ips.insert(ip), "{ip} handed out twice");
+    }
+    let free: Vec<String> = (2..15)
+        .map(|o| format!("10.0.0.{o}"))
+        .filter(|ip| !ips.contains(&ip.parse().unwrap()))
+        .collect();
+    assert_eq!(free.len(), 3);
+    // A requested free IP is granted; a taken one and one out of range are 422.
+    let got = api
+        .create(&PostParams::default(), &svc("pick", Some(&free[0])))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.spec.unwrap().cluster_ip.as_deref(),
+        Some(free[0].as_str())
+    );
+    let (code, _, msg) = api_error(
+        api.create(&PostParams::default(), &svc("dup", Some(&free[0])))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+    assert!(msg.contains("already allocated"), "{msg}");
+    let (code, _, msg) = api_error(
+        api.create(&PostParams::default(), &svc("far", Some("10.1.0.5")))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+    assert!(msg.contains("not in the valid range"), "{msg}");
+    assert!(api.get_opt("dup").await.unwrap().is_none());
+    // Headless: no IP taken.
+    let headless = api
+        .create(&PostParams::default(), &svc("headless", Some("None")))
+        .await
+        .unwrap();
+    assert_eq!(headless.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    // Immutable: an update without it keeps it, one changing it is refused.
+    let p = api
+        .patch(
+            "pick",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"clusterIP": free[1]}})),
+        )
+        .await;
+    assert_eq!(api_error(p.unwrap_err()).0, 422);
+    let mut replaced = api.get("pick").await.unwrap();
+    replaced.spec.as_mut().unwrap().cluster_ip = None;
+    replaced.spec.as_mut().unwrap().cluster_ips = None;
+    let kept = api
+        .replace("pick", &PostParams::default(), &replaced)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.spec.unwrap().cluster_ip.as_deref(),
+        Some(free[0].as_str())
+    );
+    // Exhaustion, then release on delete.
+    api.create(&PostParams::default(), &svc("x1", None))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &svc("x2", None))
+        .await
+        .unwrap();
+    let (code, _, msg) = api_error(
+        api.create(&PostParams::default(), &svc("x3", None))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 500, "{msg}");
+    api.delete("pick", &DeleteParams::default()).await.unwrap();
+    let reused = api
+        .create(&PostParams::default(), &svc("again", Some(&free[0])))
+        .await
+        .unwrap();
+    assert_eq!(
+        reused.spec.unwrap().cluster_ip.as_deref(),
+        Some(free[0].as_str())
+    );
+}

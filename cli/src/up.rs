@@ -20,13 +20,16 @@ pub struct UpArgs {
     /// Address to serve the API on (plain HTTP: keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+    /// Service ClusterIPs are allocated from this IPv4 range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: capstan_apiserver::ipalloc::ServiceCidr,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
     let store = metrics.wrap(args.store.open(Some(CompactionPolicy::default())).await?);
-    let api = ApiServer::new(store.clone(), registry)
+    let api = ApiServer::with_service_cidr(store.clone(), registry, args.service_cidr)
         .await
         .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
     if !api.wait_ready(Duration::from_secs(30)).await {

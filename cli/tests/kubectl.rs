@@ -194,6 +194,16 @@ fn suite(c: &Cluster) {
         c.ok(&["get", "cm,svc", "-o", "name"]),
         "configmap/settings\nservice/web\n"
     );
+    let svc = c.ok(&["get", "svc", "web", "--no-headers"]);
+    let cols: Vec<&str> = svc.split_whitespace().collect();
+    let ip: std::net::Ipv4Addr = cols[2]
+        .parse()
+        .unwrap_or_else(|_| panic!("no ClusterIP: {svc}"));
+    assert!(
+        ip.octets()[0] == 10 && (96..112).contains(&ip.octets()[1]),
+        "{ip} outside 10.96.0.0/12"
+    );
+    assert_eq!((cols[1], cols[4]), ("ClusterIP", "80/TCP"), "{svc}");
     let d = c.json(&["get", "deployment", "web"]);
     assert_eq!(d["spec"]["replicas"], 2);
     assert_eq!(d["metadata"]["generation"], 1);

@@ -34,9 +34,30 @@ impl TestCluster {
     }
 
     pub async fn on(store: Arc<dyn Storage>, dir: tempfile::TempDir) -> TestCluster {
-        let api = ApiServer::new(store.clone(), prometheus::Registry::new())
-            .await
-            .unwrap();
+        Self::on_with_cidr(store, dir, "10.96.0.0/12").await
+    }
+
+    /// A cluster whose Services get ClusterIPs from `cidr`.
+    pub async fn with_service_cidr(cidr: &str) -> TestCluster {
+        let dir = capstan_testkit::temp_dir("capstan-apiserver-").unwrap();
+        let mut opts = EmbeddedOptions::new(dir.path());
+        opts.compaction = None;
+        let store: Arc<dyn Storage> = EmbeddedStore::open(opts).await.unwrap();
+        Self::on_with_cidr(store, dir, cidr).await
+    }
+
+    async fn on_with_cidr(
+        store: Arc<dyn Storage>,
+        dir: tempfile::TempDir,
+        cidr: &str,
+    ) -> TestCluster {
+        let api = ApiServer::with_service_cidr(
+            store.clone(),
+            prometheus::Registry::new(),
+            cidr.parse().unwrap(),
+        )
+        .await
+        .unwrap();
         assert!(api.wait_ready(Duration::from_secs(10)).await);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,0 +1,176 @@
+//! Service ClusterIP allocation from the service CIDR (default 10.96.0.0/12, kubeadm's).
+//!
+//! Each allocated IP is a key `serviceips/<ip>` in the store, claimed with a compare-and-swap
+//! create, so API server replicas sharing one store never hand out the same IP (Kubernetes keeps
+//! IPAddress objects for the same reason). An IP is released when its Service is deleted. A
+//! crash between claiming an IP and storing the Service leaves the IP claimed: Kubernetes runs a
+//! repair loop for that; Capstan does not yet.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use capstan_storage::{Storage, StorageError};
+
+use crate::errors::{ApiError, ApiResult, from_storage};
+
+const PREFIX: &str = "serviceips/";
+
+/// An IPv4 range to allocate from: the network address and the broadcast address are never
+/// handed out, nor is the first host address (the `kubernetes` Service's, by convention).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceCidr {
+    base: u32,
+    size: u32,
+}
+
+impl std::str::FromStr for ServiceCidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, bits) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/n)"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let bits: u32 = bits
+            .parse()
+            .map_err(|_| format!("{bits:?} is not a prefix length"))?;
+        if !(8..=28).contains(&bits) {
+            return Err(format!("prefix length /{bits} out of range: use /8 to /28"));
+        }
+        let size = 1u32 << (32 - bits);
+        let base = u32::from(ip) & !(size - 1);
+        Ok(ServiceCidr { base, size })
+    }
+}
+
+impl Default for ServiceCidr {
+    fn default() -> Self {
+        "10.96.0.0/12".parse().expect("a valid default")
+    }
+}
+
+impl std::fmt::Display for ServiceCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            Ipv4Addr::from(self.base),
+            32 - self.size.trailing_zeros()
+        )
+    }
+}
+
+impl ServiceCidr {
+    fn offset_of(&self, ip: Ipv4Addr) -> Option<u32> {
+        let o = u32::from(ip).wrapping_sub(self.base);
+        (o >= 2 && o < self.size - 1).then_some(o)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Allocator {
+    cidr: ServiceCidr,
+    store: Arc<dyn Storage>,
+}
+
+fn invalid(ip: &str, message: String) -> ApiError {
+    ApiError::invalid(
+        "",
+        "Service",
+        "",
+        vec![capstan_api::validation::FieldError {
+            field: "spec.clusterIPs".into(),
+            value: ip.into(),
+            message,
+        }],
+    )
+}
+
+impl Allocator {
+    pub fn new(cidr: ServiceCidr, store: Arc<dyn Storage>) -> Allocator {
+        Allocator { cidr, store }
+    }
+
+    pub fn cidr(&self) -> ServiceCidr {
+        self.cidr
+    }
+
+    async fn claim(&self, ip: Ipv4Addr, owner: &str) -> Result<bool, ApiError> {
+        match self
+            .store
+            .create(&format!("{PREFIX}{ip}"), Bytes::from(owner.to_string()))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StorageError::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(from_storage(e, "", "services", owner)),
+        }
+    }
+
+    /// Claims `wanted` (which must be in range and free), or any free IP.
+    pub async fn allocate(&self, wanted: Option<&str>, owner: &str) -> ApiResult<Ipv4Addr> {
+        if let Some(w) = wanted {
+            let ip: Ipv4Addr = w
+                .parse()
+                .map_err(|_| invalid(w, "must be a valid IP address".into()))?;
+            if self.cidr.offset_of(ip).is_none() {
+                return Err(invalid(
+                    w,
+                    format!(
+                        "provided IP is not in the valid range. The range of valid IPs is {}",
+                        self.cidr
+                    ),
+                ));
+            }
+            if !self.claim(ip, owner).await? {
+                return Err(invalid(w, "provided IP is already allocated".into()));
+            }
+            return Ok(ip);
+        }
+        let usable = self.cidr.size - 3;
+        let start = fastrand::u32(..usable);
+        // Random start, then linear probing; give up after a bounded number of taken IPs.
+        for i in 0..usable.min(4096) {
+            let ip = Ipv4Addr::from(self.cidr.base + 2 + (start + i) % usable);
+            if self.claim(ip, owner).await? {
+                return Ok(ip);
+            }
+        }
+        Err(ApiError::internal(format!(
+            "no free ClusterIP found in {} (range nearly full)",
+            self.cidr
+        )))
+    }
+
+    /// Releases an IP (idempotent).
+    pub async fn release(&self, ip: &str) {
+        match self.store.delete(&format!("{PREFIX}{ip}"), None).await {
+            Ok(_) | Err(StorageError::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(ip, error = %e, "could not release a ClusterIP"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_normalise_and_bound_the_usable_range() {
+        let c: ServiceCidr = "10.96.3.7/12".parse().unwrap();
+        assert_eq!(c.to_string(), "10.96.0.0/12");
+        assert_eq!(c.offset_of("10.96.0.1".parse().unwrap()), None, "reserved");
+        assert_eq!(c.offset_of("10.96.0.2".parse().unwrap()), Some(2));
+        assert_eq!(
+            c.offset_of("10.111.255.255".parse().unwrap()),
+            None,
+            "broadcast"
+        );
+        assert_eq!(c.offset_of("10.112.0.0".parse().unwrap()), None);
+        for bad in ["10.0.0.0", "10.0.0.0/33", "10.0.0.0/4", "x/24", "10.0.0/24"] {
+            assert!(bad.parse::<ServiceCidr>().is_err(), "{bad}");
+        }
+    }
+}
