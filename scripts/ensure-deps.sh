@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure what `make test` needs is on this machine: etcd (the tests start real etcd
 # processes), protoc (etcd-client's build compiles etcd's protos) and kubectl (the e2e suite
-# drives it; Debian's kubernetes-client when none is installed). Installs them with apt when
+# drives it; Debian's kubernetes-client when none is installed), and the official Kubernetes
+# Python client (one e2e test drives it; installed with pip). Installs them with apt when
 # running as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
 set -euo pipefail
 
@@ -9,6 +10,17 @@ missing=()
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 [ -n "${CAPSTAN_KUBECTL:-}" ] || command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+
+if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
+  if python3 -m pip --version >/dev/null 2>&1; then
+    echo "ensure-deps: installing the kubernetes Python client with pip" >&2
+    python3 -m pip install --quiet --disable-pip-version-check kubernetes >/dev/null 2>&1 \
+      || { echo "ensure-deps: pip install kubernetes failed" >&2; exit 1; }
+  else
+    echo "ensure-deps: missing the kubernetes Python client: pip install kubernetes" >&2
+    exit 1
+  fi
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
