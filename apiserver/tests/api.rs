@@ -1263,3 +1263,51 @@ async fn services_get_unique_cluster_ips_released_on_delete() {
         Some(free[0].as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_collection_removes_only_what_the_selector_matches() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    for i in 0..6 {
+        let tier = if i % 2 == 0 { "web" } else { "db" };
+        api.create(
+            &PostParams::default(),
+            &cm(&format!("c{i}"), &[("tier", tier)]),
+        )
+        .await
+        .unwrap();
+    }
+    let other: Api<ConfigMap> = Api::namespaced(c.client.clone(), "kube-system");
+    other
+        .create(&PostParams::default(), &cm("elsewhere", &[("tier", "web")]))
+        .await
+        .unwrap();
+    let deleted = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("tier=web"),
+        )
+        .await
+        .unwrap();
+    let gone: Vec<String> = deleted
+        .left()
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| o.metadata.name.unwrap())
+        .collect();
+    assert_eq!(gone, ["c0", "c2", "c4"]);
+    let left: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| o.metadata.name.unwrap())
+        .collect();
+    assert_eq!(left, ["c1", "c3", "c5"]);
+    assert!(
+        other.get_opt("elsewhere").await.unwrap().is_some(),
+        "other namespaces untouched"
+    );
+}

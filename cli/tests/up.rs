@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use capstan_storage::Storage;
 use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
-use capstan_testkit::{EtcdProcess, eventually, http_get, signal, temp_dir};
+use capstan_testkit::{EtcdProcess, eventually, http_get, http_request, signal, temp_dir};
 
 fn capstan() -> Command {
     Command::new(env!("CARGO_BIN_EXE_capstan"))
@@ -194,11 +194,24 @@ fn up_on_etcd_turns_unready_while_etcd_is_down_and_recovers() {
         matches!(http_get(&up.addr, "/readyz"), Ok((503, body)) if body.contains("store failed"))
     })
     .unwrap();
+    // API requests get a 503 Status while the store is away, and write nothing.
+    let (code, body) = http_get(&up.addr, "/api/v1/namespaces/default/configmaps/x").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"reason\":\"ServiceUnavailable\""), "{body}");
+    let cm = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"during"}}"#;
+    let path = "/api/v1/namespaces/default/configmaps";
+    let ct = [("Content-Type", "application/json")];
+    let (code, body) = http_request(&up.addr, "POST", path, &ct, cm).unwrap();
+    assert_eq!(code, 503, "{body}");
     etcd.start_again().unwrap();
     eventually(Duration::from_secs(20), "readyz 200 again", || {
         matches!(http_get(&up.addr, "/readyz"), Ok((200, _)))
     })
     .unwrap();
+    let (code, body) = http_get(&up.addr, &format!("{path}/during")).unwrap();
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = http_request(&up.addr, "POST", path, &ct, cm).unwrap();
+    assert_eq!(code, 201, "{body}");
 }
 
 #[test]
