@@ -314,8 +314,26 @@ impl Cacher {
     pub async fn watch(
         &self,
         from: Option<i64>,
-    ) -> ApiResult<(Vec<Arc<CacheEvent>>, broadcast::Receiver<Arc<CacheEvent>>)> {
-        let target = from.unwrap_or(0);
+    ) -> ApiResult<(
+        Vec<Arc<CacheEvent>>,
+        broadcast::Receiver<Arc<CacheEvent>>,
+        i64,
+    )> {
+        self.watch_at_least(from, from.unwrap_or(0)).await
+    }
+
+    /// As [`Cacher::watch`], waiting first until the cache reflects at least `min_rv`
+    /// (a streaming list's consistency point).
+    pub async fn watch_at_least(
+        &self,
+        from: Option<i64>,
+        min_rv: i64,
+    ) -> ApiResult<(
+        Vec<Arc<CacheEvent>>,
+        broadcast::Receiver<Arc<CacheEvent>>,
+        i64,
+    )> {
+        let target = min_rv.max(from.unwrap_or(0));
         if !self.wait_for(target, Duration::from_secs(3)).await {
             return Err(ApiError::timeout(format!(
                 "Too large resource version: {target}, current: {}",
@@ -345,6 +363,6 @@ impl Cacher {
             }
             Some(r) => st.history.iter().filter(|e| e.rv > r).cloned().collect(),
         };
-        Ok((initial, rx))
+        Ok((initial, rx, st.rv))
     }
 }

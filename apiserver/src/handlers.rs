@@ -1026,12 +1026,38 @@ impl ApiServer {
         table: bool,
     ) -> ApiResult<impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + use<>>
     {
-        if p.flag("sendInitialEvents") {
-            return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", vec![FieldError {
-                field: "sendInitialEvents".into(),
-                value: "true".into(),
-                message: "Forbidden: streaming lists (sendInitialEvents) are not supported by this server; list, then watch".into(),
-            }]));
+        // Streaming lists (KEP-3157): the current objects as ADDED, then a BOOKMARK annotated
+        // k8s.io/initial-events-end, then changes. Kubernetes' rules for the parameters apply.
+        let send_initial = match p.get("sendInitialEvents") {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid sendInitialEvents {other:?}"
+                )));
+            }
+        };
+        if send_initial == Some(true) {
+            let mut causes = Vec::new();
+            if p.get("resourceVersionMatch") != Some("NotOlderThan") {
+                causes.push(FieldError {
+                    field: "resourceVersionMatch".into(),
+                    value: p.get("resourceVersionMatch").unwrap_or_default().into(),
+                    message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+                });
+            }
+            if !p.flag("allowWatchBookmarks") {
+                causes.push(FieldError {
+                    field: "allowWatchBookmarks".into(),
+                    value: String::new(),
+                    message: "Required value: sendInitialEvents requires allowWatchBookmarks=true"
+                        .into(),
+                });
+            }
+            if !causes.is_empty() {
+                return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes));
+            }
         }
         let filter = Filter::from_params(&t.info, p)?;
         let timeout = p
@@ -1040,7 +1066,31 @@ impl ApiServer {
             .unwrap_or(DEFAULT_WATCH_TIMEOUT);
         let bookmarks = p.flag("allowWatchBookmarks");
         let cacher = self.cacher(&t.info);
-        let (initial, mut live) = cacher.watch(p.resource_version()?).await?;
+        let rv = p.resource_version()?;
+        let (initial, mut live, snapshot_rv) = match send_initial {
+            // The state at (at least) the given RV — or, unset, the store's current one.
+            Some(true) => {
+                let min = match rv {
+                    Some(r) => r,
+                    None => match self.store.revision_hint() {
+                        Some(r) => r,
+                        None => self
+                            .store
+                            .current_revision()
+                            .await
+                            .map_err(|e| from_storage(e, t.info.group, t.info.plural, ""))?,
+                    },
+                };
+                cacher.watch_at_least(None, min).await?
+            }
+            // Explicitly no initial events: from the RV, or from now.
+            Some(false) => {
+                let (events, rx, at) = cacher.watch(rv).await?;
+                (if rv.is_none() { Vec::new() } else { events }, rx, at)
+            }
+            None => cacher.watch(rv).await?,
+        };
+        let initial_end = send_initial == Some(true);
         let info = t.info.clone();
         let ns_prefix = t.info.list_prefix(t.namespace.as_deref());
         let name = t.name.clone();
@@ -1078,6 +1128,16 @@ impl ApiServer {
                 if let Some(line) = render(e)
                     && tx.send(line).await.is_err()
                 {
+                    return;
+                }
+            }
+            if initial_end {
+                last_rv = last_rv.max(snapshot_rv);
+                let line = json!({"type": "BOOKMARK", "object": {"kind": info.kind, "apiVersion": info.api_version(),
+                    "metadata": {"resourceVersion": last_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}});
+                let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+                bytes.push(b'\n');
+                if tx.send(Bytes::from(bytes)).await.is_err() {
                     return;
                 }
             }

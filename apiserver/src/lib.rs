@@ -5,7 +5,7 @@
 //! [`errors::ApiError`] → metav1.Status.
 //!
 //! Not yet here (and refused by name, never ignored): server-side apply, /openapi/v2 (protobuf),
-//! protobuf request bodies, streaming lists (sendInitialEvents).
+//! protobuf request bodies.
 
 pub mod cacher;
 pub mod errors;

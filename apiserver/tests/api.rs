@@ -1311,3 +1311,71 @@ async fn delete_collection_removes_only_what_the_selector_matches() {
         "other namespaces untouched"
     );
 }
+
+/// Streaming lists: kube-rs's watcher with `streaming_lists()` gets the current objects, the
+/// initial-events-end bookmark, then changes; the parameter rules are Kubernetes'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_lists_send_initial_events_then_a_bookmark() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    for n in ["a", "b"] {
+        api.create(&PostParams::default(), &cm(n, &[]))
+            .await
+            .unwrap();
+    }
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut init = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.try_next())
+            .await
+            .expect("stalled")
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(o) => init.push(o.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            other => panic!("before InitDone: {other:?}"),
+        }
+    }
+    init.sort();
+    assert_eq!(init, ["a", "b"]);
+    api.create(&PostParams::default(), &cm("c", &[]))
+        .await
+        .unwrap();
+    match tokio::time::timeout_at(deadline, stream.try_next())
+        .await
+        .expect("stalled")
+        .unwrap()
+        .unwrap()
+    {
+        watcher::Event::Apply(o) => assert_eq!(o.metadata.name.as_deref(), Some("c")),
+        other => panic!("expected the new object, got {other:?}"),
+    }
+
+    let addr = c.addr.to_string();
+    let (code, body) = http_get(
+        &addr,
+        "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true",
+    )
+    .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("resourceVersionMatch") && body.contains("allowWatchBookmarks"),
+        "{body}"
+    );
+    // Raw: ADDED x3, then the bookmark with the annotation (the stream ends at timeoutSeconds).
+    let (code, body) = http_get(&addr, "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1").unwrap();
+    assert_eq!(code, 200);
+    let events: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ADDED", "ADDED", "ADDED", "BOOKMARK"]);
+    assert_eq!(
+        events[3]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+}
