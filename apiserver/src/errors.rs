@@ -200,7 +200,9 @@ impl ApiError {
 }
 
 fn cause_reason(message: &str) -> &'static str {
-    if message.starts_with("Required value") {
+    if message.starts_with("conflict with") {
+        "FieldManagerConflict"
+    } else if message.starts_with("Required value") {
         "FieldValueRequired"
     } else if message.starts_with("Unsupported value") {
         "FieldValueNotSupported"

@@ -669,6 +669,11 @@ impl ApiServer {
         p: &Params,
     ) -> ApiResult<Value> {
         let kind = patch_kind(content_type, &t.info)?;
+        if kind == PatchKind::Apply {
+            return Err(ApiError::unsupported_media_type(
+                "server-side apply is served on the object itself, not on its subresources yet",
+            ));
+        }
         let patch: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
         let json_patch = match kind {
@@ -676,7 +681,7 @@ impl ApiServer {
                 serde_json::from_value::<json_patch::Patch>(patch.clone())
                     .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?,
             ),
-            PatchKind::Merge | PatchKind::Strategic => {
+            PatchKind::Merge | PatchKind::Strategic | PatchKind::Apply => {
                 if !patch.is_object() {
                     return Err(ApiError::bad_request("a merge patch must be a JSON object"));
                 }
@@ -742,6 +747,144 @@ impl ApiServer {
             })
         })
         .await
+    }
+
+    /// Server-side apply (see [`crate::ssa`]): creates the object when it is missing (true), or
+    /// merges the applied configuration into it under the field manager's ownership.
+    pub async fn server_side_apply(
+        &self,
+        t: &Target,
+        body: &Bytes,
+        p: &Params,
+    ) -> ApiResult<(bool, Value)> {
+        let info = &t.info;
+        let name = name_of(t).to_string();
+        let manager = p.get("fieldManager").ok_or_else(|| {
+            self.invalid(
+                t,
+                &name,
+                vec![FieldError {
+                    field: "fieldManager".into(),
+                    value: String::new(),
+                    message: "Required value: is required for apply patch".into(),
+                }],
+            )
+        })?;
+        let force = match p.get("force") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid force {other:?}: true or false"
+                )));
+            }
+        };
+        let mut applied: Value = serde_json::from_slice(body)
+            .or_else(|_| serde_yaml::from_slice::<Value>(body))
+            .map_err(|e| {
+                ApiError::bad_request(format!("the apply patch is not valid YAML or JSON: {e}"))
+            })?;
+        if !applied.is_object() {
+            return Err(ApiError::bad_request("the apply patch must be an object"));
+        }
+        if applied.get("apiVersion").is_none() || applied.get("kind").is_none() {
+            return Err(ApiError::bad_request(
+                "apiVersion and kind must be set in an applied configuration",
+            ));
+        }
+        check_type(info, &mut applied)?;
+        if applied.name() != Some(name.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the applied object ({}) does not match the name on the URL ({name})",
+                applied.name().unwrap_or_default()
+            )));
+        }
+        if let (Some(ns), Some(given)) = (&t.namespace, applied.namespace())
+            && given != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        strict_check(t, p, &applied)?;
+        let api_version = info.api_version();
+        for _ in 0..4 {
+            let now = object::now();
+            match self.live(t).await {
+                Err(e) if e.code == 404 => {
+                    let Ok(obj) = crate::ssa::apply(
+                        info.kind,
+                        &api_version,
+                        None,
+                        &applied,
+                        manager,
+                        force,
+                        &now,
+                    ) else {
+                        return Err(ApiError::internal(
+                            "apply to a missing object cannot conflict",
+                        ));
+                    };
+                    let collection = Target {
+                        name: None,
+                        subresource: None,
+                        ..t.clone()
+                    };
+                    match self.create(&collection, obj, p).await {
+                        Err(e) if e.reason == "AlreadyExists" => continue, // lost a race: merge instead
+                        other => return other.map(|o| (true, o)),
+                    }
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+            let updated = self
+                .guaranteed_update(t, None, p.dry_run()?, |live| {
+                    let mut out = crate::ssa::apply(
+                        info.kind,
+                        &api_version,
+                        Some(live),
+                        &applied,
+                        manager,
+                        force,
+                        &now,
+                    )
+                    .map_err(|c| apply_conflict(info, &name, c))?;
+                    // kubectl migrating from client-side apply: keep last-applied in sync.
+                    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+                    if manager == "kubectl"
+                        && live
+                            .pointer("/metadata/annotations")
+                            .and_then(|a| a.get(LAST_APPLIED))
+                            .is_some()
+                    {
+                        let mut config = applied.clone();
+                        if let Some(a) = config
+                            .pointer_mut("/metadata/annotations")
+                            .and_then(Value::as_object_mut)
+                        {
+                            a.remove(LAST_APPLIED);
+                        }
+                        object::set_path(
+                            &mut out,
+                            &["metadata", "annotations", LAST_APPLIED],
+                            json!(format!("{config}\n")),
+                        );
+                    }
+                    Ok(out)
+                })
+                .await;
+            return match updated {
+                Err(e) if e.code == 404 => continue, // deleted meanwhile: create it
+                other => other.map(|o| (false, o)),
+            };
+        }
+        Err(ApiError::conflict(
+            info.group,
+            info.plural,
+            &name,
+            "too many concurrent writers; try again",
+        ))
     }
 
     /// DELETE: immediate, or — with finalizers, a propagation policy that needs the garbage
@@ -964,7 +1107,9 @@ impl ApiServer {
                 })?;
                 match patch_kind(ct, &t.info)? {
                     // A Scale has no lists: a strategic merge patch is a merge patch here.
-                    PatchKind::Merge | PatchKind::Strategic => json_patch::merge(&mut doc, &patch),
+                    PatchKind::Merge | PatchKind::Strategic | PatchKind::Apply => {
+                        json_patch::merge(&mut doc, &patch)
+                    }
                     PatchKind::Json => {
                         let ops: json_patch::Patch =
                             serde_json::from_value(patch).map_err(|e| {
@@ -1192,6 +1337,41 @@ fn translate<'a>(
     }
 }
 
+/// A 409 listing each conflicting field and its manager, in kube-apiserver's words.
+fn apply_conflict(
+    info: &ResourceInfo,
+    name: &str,
+    conflicts: Vec<crate::ssa::Conflict>,
+) -> ApiError {
+    let list: Vec<String> = conflicts
+        .iter()
+        .map(|c| {
+            format!(
+                "conflict with \"{}\" using {}: {}",
+                c.manager, c.api_version, c.path
+            )
+        })
+        .collect();
+    let n = conflicts.len();
+    let mut e = ApiError::conflict(info.group, info.plural, name, "");
+    e.message = format!(
+        "Apply failed with {n} conflict{}: {}",
+        if n == 1 { "" } else { "s" },
+        list.join("\n")
+    );
+    if let Some(d) = e.details.as_mut() {
+        d.causes = conflicts
+            .into_iter()
+            .map(|c| FieldError {
+                field: c.path,
+                value: String::new(),
+                message: format!("conflict with \"{}\" using {}", c.manager, c.api_version),
+            })
+            .collect();
+    }
+    e
+}
+
 fn is_service(info: &ResourceInfo) -> bool {
     info.group.is_empty() && info.plural == "services"
 }
@@ -1331,11 +1511,17 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-#[derive(Clone, Copy)]
-enum PatchKind {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchKind {
     Json,
     Merge,
     Strategic,
+    Apply,
+}
+
+/// Whether a PATCH content type is server-side apply.
+pub fn is_apply(content_type: &str) -> bool {
+    content_type.split(';').next().unwrap_or_default().trim() == "application/apply-patch+yaml"
 }
 
 fn patch_kind(content_type: &str, info: &ResourceInfo) -> ApiResult<PatchKind> {
@@ -1350,9 +1536,7 @@ fn patch_kind(content_type: &str, info: &ResourceInfo) -> ApiResult<PatchKind> {
             "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json (strategic merge patch is not supported for {})",
             crate::errors::qualified(info.group, info.plural)
         ))),
-        "application/apply-patch+yaml" => Err(ApiError::unsupported_media_type(
-            "server-side apply (application/apply-patch+yaml) is not implemented yet; accepted media types include: application/json-patch+json, application/merge-patch+json",
-        )),
+        "application/apply-patch+yaml" => Ok(PatchKind::Apply),
         other => Err(ApiError::unsupported_media_type(format!(
             "the body of the request was in an unknown format ({other:?}) - accepted media types include: application/json-patch+json, application/merge-patch+json"
         ))),

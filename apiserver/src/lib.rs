@@ -4,8 +4,8 @@
 //! [`registry`]; LIST and WATCH are served by one [`cacher::Cacher`] per resource; errors are
 //! [`errors::ApiError`] → metav1.Status.
 //!
-//! Not yet here (and refused by name, never ignored): server-side apply, /openapi/v2 (protobuf),
-//! protobuf request bodies.
+//! Not yet here (and refused by name, never ignored): /openapi/v2 (protobuf), protobuf request
+//! bodies.
 
 pub mod cacher;
 pub mod errors;
@@ -15,6 +15,7 @@ pub mod object;
 pub mod openapi;
 pub mod registry;
 pub mod smp;
+pub mod ssa;
 pub mod strategy;
 pub mod table;
 
@@ -770,6 +771,15 @@ async fn serve(
         ("update", Some("scale")) => {
             let body = read_body(body).await?;
             ok(api.update_scale(t, None, body, p).await?)
+        }
+        ("patch", None) if handlers::is_apply(&content_type(headers)) => {
+            let body = read_body(body).await?;
+            let (created, obj) = api.server_side_apply(t, &body, p).await?;
+            if created {
+                Ok(json_response(StatusCode::CREATED, &obj))
+            } else {
+                ok(obj)
+            }
         }
         ("patch", None | Some("status")) => {
             let body = read_body(body).await?;

@@ -250,6 +250,11 @@ async fn random_patches_apply_or_change_nothing() {
                     }
                     op
                 }).collect())),
+                2 if i % 4 == 1 => ("application/apply-patch+yaml", {
+                    let mut p = seeds()[1].clone();
+                    mutate(&mut rng, &mut p);
+                    p
+                }),
                 2 if i % 2 == 0 => ("application/strategic-merge-patch+json", {
                     let mut p = seeds()[1].clone();
                     for _ in 0..rng.usize(1..3) {
@@ -262,7 +267,8 @@ async fn random_patches_apply_or_change_nothing() {
                 }),
                 _ => ("application/merge-patch+json", value(&mut rng, 3)),
             };
-            let (code, resp) = http_request(&addr, "PATCH", &url, &[("Content-Type", ct)], patch.to_string().as_bytes()).unwrap();
+            let target = if ct == "application/apply-patch+yaml" { format!("{url}?fieldManager=fuzz&force=true") } else { url.clone() };
+            let (code, resp) = http_request(&addr, "PATCH", &target, &[("Content-Type", ct)], patch.to_string().as_bytes()).unwrap();
             check(&format!("patch #{i} {ct} {patch}"), seed, code, &resp);
             let (gc, after) = http_request(&addr, "GET", &url, &[], b"").unwrap();
             assert_eq!(gc, 200, "seed {seed}: patch #{i} {patch} lost the object: {resp}");

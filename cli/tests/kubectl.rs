@@ -1,5 +1,5 @@
 //! Unmodified kubectl against `capstan up`, on the embedded store and on a real etcd. What is
-//! not served yet (server-side apply, protobuf request bodies) is asserted to fail with
+//! not served yet (protobuf request bodies) is asserted to fail with
 //! a clear message, so the gap is visible and the day it closes these tests must change.
 
 use std::io::{BufRead, BufReader, Write};
@@ -334,8 +334,34 @@ fn suite(c: &Cluster) {
     // A plain `kubectl patch` is a strategic merge patch.
     c.ok(&["patch", "cm", "settings", "-p", r#"{"data":{"x":"1"}}"#]);
     assert_eq!(c.json(&["get", "cm", "settings"])["data"]["x"], "1");
-    let err = c.fails(&["apply", "-f", m, "--server-side"]);
-    assert!(err.contains("server-side apply"), "{err}");
+    // Server-side apply: kubectl's manager takes over (forced), another manager conflicts.
+    let out = c.ok(&["apply", "-f", m, "--server-side", "--force-conflicts"]);
+    assert!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
+    let other = scratch.path().join("other.yaml");
+    std::fs::write(&other, MANIFEST.replace("replicas: 2", "replicas: 7")).unwrap();
+    let err = c.fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        other.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("Apply failed with") && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    c.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(c.json(&["get", "deploy", "web"])["spec"]["replicas"], 7);
     // Unknown fields: kubectl's default --validate=strict leaves it to the server.
     let typo = c.kubectl_stdin(
         &["create", "-f", "-"],

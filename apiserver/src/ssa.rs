@@ -1,0 +1,591 @@
+//! Server-side apply (`application/apply-patch+yaml`), after structured-merge-diff's model.
+//!
+//! Each field manager owns a set of fields, kept in `metadata.managedFields` as FieldsV1
+//! (`{"f:spec": {"f:replicas": {}}}`; list items of merge-keyed lists as `k:{"name":"web"}` with
+//! `.` for the item itself, set members as `v:<json>`). An apply by manager M with configuration C:
+//! 1. C's field set A is computed (list keys from the same patch metadata as strategic merge);
+//! 2. conflicts: a field in A that another manager owns and whose value in C differs from the
+//!    live one — a 409 listing them, unless `force=true`, which takes the fields over;
+//! 3. C is merged into the live object (maps merge, keyed lists merge by key, others replace);
+//! 4. fields M applied before but not now are removed, unless another manager owns them;
+//! 5. M's Apply entry becomes A; other managers keep what was not taken from them.
+//!
+//! Not yet: recording the fields that non-apply writes (PUT, PATCH, POST) change as `Update`
+//! entries — so conflicts arise between appliers only, not between an applier and `kubectl edit`.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::smp::{self, ListStrategy};
+
+/// One step of a field path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// `f:name`
+    Field(String),
+    /// `k:{"name":"web"}`: the list item with these key values.
+    Key(String),
+    /// `v:"x"`: a member of a set-like list.
+    Value(String),
+    /// `.`: the list item itself.
+    Dot,
+}
+
+pub type Path = Vec<Step>;
+pub type FieldSet = BTreeSet<Path>;
+
+/// The leaf fields of `obj` (a kind's object), skipping what the server owns.
+pub fn field_set(kind: &str, obj: &Value) -> FieldSet {
+    let mut out = FieldSet::new();
+    if let Some(m) = obj.as_object() {
+        for (k, v) in m {
+            if matches!(k.as_str(), "apiVersion" | "kind" | "status") {
+                continue;
+            }
+            if k == "metadata" {
+                for (mk, mv) in v.as_object().into_iter().flatten() {
+                    if matches!(
+                        mk.as_str(),
+                        "labels" | "annotations" | "finalizers" | "ownerReferences"
+                    ) {
+                        walk(
+                            kind,
+                            &mut vec!["metadata", mk],
+                            mv,
+                            &mut vec![Step::Field("metadata".into()), Step::Field(mk.clone())],
+                            &mut out,
+                        );
+                    }
+                }
+                continue;
+            }
+            walk(
+                kind,
+                &mut vec![k.as_str()],
+                v,
+                &mut vec![Step::Field(k.clone())],
+                &mut out,
+            );
+        }
+    }
+    out
+}
+
+fn walk<'a>(
+    kind: &str,
+    names: &mut Vec<&'a str>,
+    v: &'a Value,
+    path: &mut Path,
+    out: &mut FieldSet,
+) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                names.push(k);
+                path.push(Step::Field(k.clone()));
+                walk(kind, names, child, path, out);
+                path.pop();
+                names.pop();
+            }
+        }
+        Value::Array(items) => match smp::strategy_for(kind, names) {
+            ListStrategy::MergeByKey(key) => {
+                for item in items {
+                    let Some(id) = item.get(key) else { continue };
+                    let mut k = Map::new();
+                    k.insert(key.to_string(), id.clone());
+                    path.push(Step::Key(Value::Object(k).to_string()));
+                    let mut dot = path.clone();
+                    dot.push(Step::Dot);
+                    out.insert(dot);
+                    for (k, child) in item.as_object().into_iter().flatten() {
+                        names.push(k);
+                        path.push(Step::Field(k.clone()));
+                        walk(kind, names, child, path, out);
+                        path.pop();
+                        names.pop();
+                    }
+                    path.pop();
+                }
+            }
+            ListStrategy::MergeScalars => {
+                for item in items {
+                    let mut p = path.clone();
+                    p.push(Step::Value(item.to_string()));
+                    out.insert(p);
+                }
+            }
+            ListStrategy::Replace => {
+                out.insert(path.clone());
+            }
+        },
+        _ => {
+            out.insert(path.clone());
+        }
+    }
+}
+
+/// The value at `path` in `obj` (for `Dot`, the item; for `Value`, the member).
+fn lookup<'a>(obj: &'a Value, path: &[Step]) -> Option<&'a Value> {
+    let mut node = obj;
+    for step in path {
+        node = match step {
+            Step::Field(f) => node.get(f)?,
+            Step::Key(k) => {
+                let key: Map<String, Value> = serde_json::from_str(k).ok()?;
+                node.as_array()?
+                    .iter()
+                    .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?
+            }
+            Step::Value(v) => {
+                let want: Value = serde_json::from_str(v).ok()?;
+                node.as_array()?.iter().find(|x| **x == want)?
+            }
+            Step::Dot => node,
+        };
+    }
+    Some(node)
+}
+
+/// Removes the field at `path` from `obj` (a list item when the path ends in `.`).
+fn remove(obj: &mut Value, path: &[Step]) {
+    let Some((last, parent)) = path.split_last() else {
+        return;
+    };
+    let (target, parent) = match last {
+        Step::Dot => match parent.split_last() {
+            Some((item @ Step::Key(_), grand)) => (item, grand),
+            _ => return,
+        },
+        other => (other, parent),
+    };
+    let mut node = obj;
+    for step in parent {
+        let next = match step {
+            Step::Field(f) => node.get_mut(f),
+            Step::Key(k) => {
+                let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
+                    return;
+                };
+                node.as_array_mut().and_then(|a| {
+                    a.iter_mut()
+                        .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))
+                })
+            }
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return,
+        }
+    }
+    match target {
+        Step::Field(f) => {
+            if let Some(m) = node.as_object_mut() {
+                m.remove(f);
+            }
+        }
+        Step::Key(k) => {
+            if let (Ok(key), Some(a)) = (
+                serde_json::from_str::<Map<String, Value>>(k),
+                node.as_array_mut(),
+            ) {
+                a.retain(|item| !key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)));
+            }
+        }
+        Step::Value(v) => {
+            if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(v), node.as_array_mut()) {
+                a.retain(|x| *x != want);
+            }
+        }
+        Step::Dot => {}
+    }
+}
+
+/// FieldsV1 JSON of a set.
+pub fn to_fields_v1(set: &FieldSet) -> Value {
+    let mut root = Map::new();
+    for path in set {
+        let mut node = &mut root;
+        for step in path {
+            let key = match step {
+                Step::Field(f) => format!("f:{f}"),
+                Step::Key(k) => format!("k:{k}"),
+                Step::Value(v) => format!("v:{v}"),
+                Step::Dot => ".".to_string(),
+            };
+            node = node
+                .entry(key)
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("built as objects");
+        }
+    }
+    Value::Object(root)
+}
+
+/// The set a FieldsV1 JSON describes (its leaves).
+pub fn from_fields_v1(v: &Value) -> FieldSet {
+    fn go(v: &Value, path: &mut Path, out: &mut FieldSet) {
+        let Some(m) = v.as_object() else { return };
+        if m.is_empty() && !path.is_empty() {
+            out.insert(path.clone());
+            return;
+        }
+        for (k, child) in m {
+            let step = if let Some(f) = k.strip_prefix("f:") {
+                Step::Field(f.to_string())
+            } else if let Some(key) = k.strip_prefix("k:") {
+                Step::Key(key.to_string())
+            } else if let Some(val) = k.strip_prefix("v:") {
+                Step::Value(val.to_string())
+            } else if k == "." {
+                Step::Dot
+            } else {
+                continue;
+            };
+            path.push(step);
+            go(child, path, out);
+            path.pop();
+        }
+    }
+    let mut out = FieldSet::new();
+    go(v, &mut Vec::new(), &mut out);
+    out
+}
+
+/// `.spec.replicas`, `.spec.template.spec.containers[name="web"].image`, as kube prints paths.
+pub fn display(path: &Path) -> String {
+    let mut s = String::new();
+    for step in path {
+        match step {
+            Step::Field(f) => {
+                s.push('.');
+                s.push_str(f);
+            }
+            Step::Key(k) => {
+                let key: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+                let inner: Vec<String> = key.iter().map(|(kk, kv)| format!("{kk}={kv}")).collect();
+                s.push_str(&format!("[{}]", inner.join(",")));
+            }
+            Step::Value(v) => s.push_str(&format!("[{v}]")),
+            Step::Dot => {}
+        }
+    }
+    s
+}
+
+/// One managedFields entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub manager: String,
+    pub operation: String,
+    pub api_version: String,
+    pub time: String,
+    pub fields: FieldSet,
+}
+
+pub fn entries(obj: &Value) -> Vec<Entry> {
+    obj.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some(Entry {
+                manager: e.get("manager")?.as_str()?.to_string(),
+                operation: e
+                    .get("operation")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Update")
+                    .to_string(),
+                api_version: e
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                time: e
+                    .get("time")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                fields: e.get("fieldsV1").map(from_fields_v1).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+pub fn entries_json(entries: &[Entry]) -> Value {
+    Value::Array(
+        entries
+            .iter()
+            .filter(|e| !e.fields.is_empty())
+            .map(|e| {
+                json!({
+                    "manager": e.manager,
+                    "operation": e.operation,
+                    "apiVersion": e.api_version,
+                    "time": e.time,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": to_fields_v1(&e.fields),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// A conflict: the field and the manager that owns it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub path: String,
+    pub manager: String,
+    pub api_version: String,
+}
+
+/// The result of applying `applied` by `manager` to `live` (None: the object does not exist).
+pub fn apply(
+    kind: &str,
+    api_version: &str,
+    live: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    force: bool,
+    now: &str,
+) -> Result<Value, Vec<Conflict>> {
+    let set = field_set(kind, applied);
+    let Some(live) = live else {
+        let mut obj = applied.clone();
+        let entry = Entry {
+            manager: manager.into(),
+            operation: "Apply".into(),
+            api_version: api_version.into(),
+            time: now.into(),
+            fields: set,
+        };
+        crate::object::set_path(
+            &mut obj,
+            &["metadata", "managedFields"],
+            entries_json(&[entry]),
+        );
+        return Ok(obj);
+    };
+    let mut all = entries(live);
+    let mut conflicts = Vec::new();
+    for e in all
+        .iter()
+        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+    {
+        for path in set.intersection(&e.fields) {
+            if lookup(applied, path) != lookup(live, path) {
+                conflicts.push(Conflict {
+                    path: display(path),
+                    manager: e.manager.clone(),
+                    api_version: e.api_version.clone(),
+                });
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        return Err(conflicts);
+    }
+    let previous: FieldSet = all
+        .iter()
+        .filter(|e| e.manager == manager && e.operation == "Apply")
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    // Others lose what this apply takes over (with force, or where the values agree: shared).
+    for e in all
+        .iter_mut()
+        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+    {
+        if force {
+            e.fields.retain(|p| !set.contains(p));
+        }
+    }
+    let others: FieldSet = all
+        .iter()
+        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    let mut config = strip_nulls(applied);
+    if let Some(m) = config.as_object_mut() {
+        m.remove("status"); // the main resource's apply never writes status
+    }
+    let mut merged = smp::apply(kind, live, &config).unwrap_or_else(|_| live.clone());
+    // Whole list items first: removing an item's key field first would leave it unfindable.
+    let gone: Vec<&Path> = previous
+        .difference(&set)
+        .filter(|p| !others.contains(*p))
+        .collect();
+    for path in gone.iter().filter(|p| p.last() == Some(&Step::Dot)) {
+        remove(&mut merged, path);
+    }
+    for path in gone.iter().filter(|p| p.last() != Some(&Step::Dot)) {
+        remove(&mut merged, path);
+        // A map left empty by the removal goes too (as `labels: {}` is omitted in Kubernetes).
+        let mut parent = &path[..path.len() - 1];
+        while let Some(Step::Field(_)) = parent.last() {
+            if lookup(&merged, parent).is_some_and(|v| v.as_object().is_some_and(Map::is_empty)) {
+                remove(&mut merged, parent);
+                parent = &parent[..parent.len() - 1];
+            } else {
+                break;
+            }
+        }
+    }
+    all.retain(|e| !(e.manager == manager && e.operation == "Apply"));
+    all.push(Entry {
+        manager: manager.into(),
+        operation: "Apply".into(),
+        api_version: api_version.into(),
+        time: now.into(),
+        fields: set,
+    });
+    crate::object::set_path(
+        &mut merged,
+        &["metadata", "managedFields"],
+        entries_json(&all),
+    );
+    Ok(merged)
+}
+
+/// An applied configuration never deletes through null: drop nulls before merging.
+fn strip_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy(replicas: i64, containers: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+               "spec": {"replicas": replicas, "template": {"spec": {"containers": containers}}}})
+    }
+
+    #[test]
+    fn field_sets_round_trip_through_fields_v1() {
+        let d = deploy(2, json!([{"name": "web", "image": "a", "args": ["x"]}]));
+        let set = field_set("Deployment", &d);
+        let v1 = to_fields_v1(&set);
+        assert_eq!(
+            v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]["f:image"],
+            json!({})
+        );
+        assert!(
+            v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]["."]
+                .is_object()
+        );
+        assert_eq!(
+            v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]["f:args"],
+            json!({}),
+            "atomic list"
+        );
+        assert_eq!(from_fields_v1(&v1), set);
+    }
+
+    #[test]
+    fn a_second_manager_conflicts_on_a_differing_value_unless_forced() {
+        let a = deploy(2, json!([{"name": "web", "image": "a"}]));
+        let live = apply("Deployment", "apps/v1", None, &a, "alice", false, "t").unwrap();
+        // Same value: no conflict, ownership shared.
+        let same = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}});
+        assert!(
+            apply(
+                "Deployment",
+                "apps/v1",
+                Some(&live),
+                &same,
+                "bob",
+                false,
+                "t"
+            )
+            .is_ok()
+        );
+        let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 5}});
+        let err = apply(
+            "Deployment",
+            "apps/v1",
+            Some(&live),
+            &other,
+            "bob",
+            false,
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            [Conflict {
+                path: ".spec.replicas".into(),
+                manager: "alice".into(),
+                api_version: "apps/v1".into()
+            }]
+        );
+        let forced = apply(
+            "Deployment",
+            "apps/v1",
+            Some(&live),
+            &other,
+            "bob",
+            true,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(forced["spec"]["replicas"], 5);
+        let owners: Vec<(String, bool)> = entries(&forced)
+            .iter()
+            .map(|e| {
+                (
+                    e.manager.clone(),
+                    e.fields.contains(&vec![
+                        Step::Field("spec".into()),
+                        Step::Field("replicas".into()),
+                    ]),
+                )
+            })
+            .collect();
+        assert_eq!(
+            owners,
+            [("alice".to_string(), false), ("bob".to_string(), true)]
+        );
+    }
+
+    #[test]
+    fn fields_a_manager_stops_applying_are_removed_unless_someone_else_owns_them() {
+        let v1 = deploy(
+            2,
+            json!([{"name": "web", "image": "a"}, {"name": "side", "image": "s"}]),
+        );
+        let live = apply("Deployment", "apps/v1", None, &v1, "alice", false, "t").unwrap();
+        let v2 = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                        "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "b"}]}}}});
+        let out = apply(
+            "Deployment",
+            "apps/v1",
+            Some(&live),
+            &v2,
+            "alice",
+            false,
+            "t",
+        )
+        .unwrap();
+        assert!(
+            out["spec"].get("replicas").is_none(),
+            "no longer applied, owned by nobody else"
+        );
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "web", "image": "b"}])
+        );
+        assert!(out["metadata"].get("labels").is_none());
+    }
+}
