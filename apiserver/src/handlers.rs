@@ -186,7 +186,7 @@ fn with_rv(mut obj: Value, rv: i64) -> Value {
     obj
 }
 
-fn parse_body(body: &Bytes) -> ApiResult<Value> {
+pub fn parse_body(body: &Bytes) -> ApiResult<Value> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     if !v.is_object() {
@@ -553,23 +553,7 @@ impl ApiServer {
             let mut new = body.clone();
             check_type(&t.info, &mut new)?;
             strict_check(t, p, &new)?;
-            Ok(if status_only {
-                let mut merged = live.clone();
-                merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-                merged
-            } else {
-                if t.info.status {
-                    match live.get("status") {
-                        Some(s) => new["status"] = s.clone(),
-                        None => {
-                            if let Some(m) = new.as_object_mut() {
-                                m.remove("status");
-                            }
-                        }
-                    }
-                }
-                new
-            })
+            Ok(status_rules(&t.info, live, new, status_only))
         })
         .await
     }
@@ -728,23 +712,7 @@ impl ApiServer {
                     "a patch cannot change metadata.name or metadata.namespace",
                 ));
             }
-            Ok(if status_only {
-                let mut merged = live.clone();
-                merged["status"] = doc.get("status").cloned().unwrap_or(Value::Null);
-                merged
-            } else {
-                if info.status {
-                    match live.get("status") {
-                        Some(s) => doc["status"] = s.clone(),
-                        None => {
-                            if let Some(m) = doc.as_object_mut() {
-                                m.remove("status");
-                            }
-                        }
-                    }
-                }
-                doc
-            })
+            Ok(status_rules(&info, live, doc, status_only))
         })
         .await
     }
@@ -1408,6 +1376,29 @@ fn keep_cluster_ip(live: &Value, new: &mut Value, name: &str) -> ApiResult<()> {
             }],
         )),
     }
+}
+
+/// The status subresource's split: a write to /status changes only status (the rest comes from
+/// the live object); a write to the object itself keeps the live status.
+fn status_rules(info: &ResourceInfo, live: &Value, mut new: Value, status_only: bool) -> Value {
+    if status_only {
+        let mut merged = live.clone();
+        merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+        return merged;
+    }
+    if info.status
+        && let Some(m) = new.as_object_mut()
+    {
+        match live.get("status") {
+            Some(s) => {
+                m.insert("status".into(), s.clone());
+            }
+            None => {
+                m.remove("status");
+            }
+        }
+    }
+    new
 }
 
 fn namespace_finalizers_pending(info: &ResourceInfo, obj: &Value) -> bool {

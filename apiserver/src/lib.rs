@@ -621,14 +621,7 @@ fn json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
             "the body of the request was in an unknown format ({mt}) - accepted media types include: application/json"
         )));
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
-    }
-    Ok(v)
+    handlers::parse_body(body)
 }
 
 async fn serve(

@@ -126,6 +126,11 @@ fn walk<'a>(
     }
 }
 
+/// Whether a list item carries every key value of a `k:{...}` step.
+fn item_matches(item: &Value, key: &Map<String, Value>) -> bool {
+    key.iter().all(|(k, v)| item.get(k) == Some(v))
+}
+
 /// The value at `path` in `obj` (for `Dot`, the item; for `Value`, the member).
 fn lookup<'a>(obj: &'a Value, path: &[Step]) -> Option<&'a Value> {
     let mut node = obj;
@@ -136,7 +141,7 @@ fn lookup<'a>(obj: &'a Value, path: &[Step]) -> Option<&'a Value> {
                 let key: Map<String, Value> = serde_json::from_str(k).ok()?;
                 node.as_array()?
                     .iter()
-                    .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?
+                    .find(|item| item_matches(item, &key))?
             }
             Step::Value(v) => {
                 let want: Value = serde_json::from_str(v).ok()?;
@@ -168,10 +173,8 @@ fn remove(obj: &mut Value, path: &[Step]) {
                 let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
                     return;
                 };
-                node.as_array_mut().and_then(|a| {
-                    a.iter_mut()
-                        .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))
-                })
+                node.as_array_mut()
+                    .and_then(|a| a.iter_mut().find(|item| item_matches(item, &key)))
             }
             _ => None,
         };
@@ -191,7 +194,7 @@ fn remove(obj: &mut Value, path: &[Step]) {
                 serde_json::from_str::<Map<String, Value>>(k),
                 node.as_array_mut(),
             ) {
-                a.retain(|item| !key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)));
+                a.retain(|item| !item_matches(item, &key));
             }
         }
         Step::Value(v) => {

@@ -2,13 +2,12 @@
 //! not served yet (protobuf request bodies) is asserted to fail with
 //! a clear message, so the gap is visible and the day it closes these tests must change.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use capstan_testkit::{EtcdProcess, temp_dir};
+use capstan_testkit::{CapstanUp, EtcdProcess, line_channel, temp_dir};
 use serde_json::Value;
 
 fn kubectl_bin() -> PathBuf {
@@ -19,46 +18,27 @@ fn kubectl_bin() -> PathBuf {
 
 /// `capstan up` plus a kubectl bound to its kubeconfig; both stopped by pid on drop.
 struct Cluster {
-    up: Child,
+    _up: CapstanUp,
     kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
     _etcd: Option<EtcdProcess>,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.up.kill();
-        let _ = self.up.wait();
-    }
-}
-
 impl Cluster {
     fn start(etcd: Option<EtcdProcess>) -> Cluster {
         let dir = temp_dir("capstan-kubectl-").unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
-        cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path());
+        let mut args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
         if let Some(e) = &etcd {
-            cmd.args(["--store", "etcd", "--etcd-endpoints", &e.endpoint]);
+            args.extend([
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                e.endpoint.clone(),
+            ]);
         }
-        let mut up = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = up.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("capstan up is not ready");
-        assert!(line.starts_with("capstan is up"), "{line}");
+        let up = CapstanUp::start(Path::new(env!("CARGO_BIN_EXE_capstan")), &args).unwrap();
         Cluster {
-            up,
+            _up: up,
             kubeconfig: dir.path().join("kubeconfig"),
             _dir: dir,
             _etcd: etcd,
@@ -427,13 +407,7 @@ fn kubectl_get_watch_streams_changes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = w.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = line_channel(w.stdout.take().unwrap());
     let next = || {
         rx.recv_timeout(Duration::from_secs(15))
             .expect("kubectl get -w printed nothing")

@@ -1,60 +1,23 @@
 //! Drives the real `capstan` binary: `up` on each store backend, its endpoints and shutdown,
 //! start-up errors, and `capstan store` reading what was written.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use capstan_storage::Storage;
 use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
-use capstan_testkit::{EtcdProcess, eventually, http_get, http_request, signal, temp_dir};
+use capstan_testkit::{
+    CapstanUp, EtcdProcess, eventually, http_get, http_request, signal, temp_dir,
+};
 
 fn capstan() -> Command {
     Command::new(env!("CARGO_BIN_EXE_capstan"))
 }
 
-/// A running `capstan up`, killed by pid when dropped.
-struct Up {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn up(args: &[&str]) -> Up {
-    let mut child = capstan()
-        .arg("up")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("capstan up printed no ready line within 30s");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    Up { child, addr }
+fn up(args: &[&str]) -> CapstanUp {
+    CapstanUp::start(Path::new(env!("CARGO_BIN_EXE_capstan")), args).unwrap()
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {

@@ -280,3 +280,67 @@ pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool)
     }
     Ok(())
 }
+
+/// The lines a child prints, as a channel (so a test can wait for one with a timeout).
+pub fn line_channel(out: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// A running `capstan up` on 127.0.0.1:0, ready (it printed its ready line); killed by pid on
+/// drop. `bin` is the capstan binary (`env!("CARGO_BIN_EXE_capstan")` in the cli's tests).
+#[derive(Debug)]
+pub struct CapstanUp {
+    pub child: Child,
+    /// host:port it serves on.
+    pub addr: String,
+    /// The rest of its stdout.
+    pub stdout: std::sync::mpsc::Receiver<String>,
+}
+
+impl CapstanUp {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(bin: &Path, args: &[S]) -> Result<CapstanUp> {
+        let mut child = Command::new(bin)
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let stdout = line_channel(child.stdout.take().context("no stdout")?);
+        let line = match stdout.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("capstan up printed no ready line within 30s");
+            }
+        };
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .with_context(|| format!("no address in {line:?}"))?
+            .to_string();
+        Ok(CapstanUp {
+            child,
+            addr,
+            stdout,
+        })
+    }
+}
+
+impl Drop for CapstanUp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
