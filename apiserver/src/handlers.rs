@@ -38,7 +38,12 @@ pub struct Target {
 
 /// Query parameters, with the handful every verb reads.
 #[derive(Debug, Default)]
-pub struct Params(pub HashMap<String, String>);
+pub struct Params(
+    pub HashMap<String, String>,
+    /// The field manager to record when the request names none: the User-Agent's product
+    /// (`kubectl/v1.32.0 (linux/amd64) …` → `kubectl`), as kube-apiserver derives it.
+    pub Option<String>,
+);
 
 impl Params {
     pub fn get(&self, k: &str) -> Option<&str> {
@@ -47,6 +52,13 @@ impl Params {
 
     fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("true" | "1"))
+    }
+
+    /// Who a non-apply write is recorded under in managedFields.
+    pub fn manager(&self) -> &str {
+        self.get("fieldManager")
+            .or(self.1.as_deref())
+            .unwrap_or("unknown")
     }
 
     pub fn dry_run(&self) -> ApiResult<bool> {
@@ -415,6 +427,20 @@ impl ApiServer {
         ] {
             obj.remove_meta(field);
         }
+        if obj
+            .meta()
+            .and_then(|m| m.get("managedFields"))
+            .is_none_or(|mf| mf.as_array().is_none_or(Vec::is_empty))
+        {
+            crate::ssa::track_update(
+                info.kind,
+                &info.api_version(),
+                p.manager(),
+                None,
+                &mut obj,
+                &object::now(),
+            );
+        }
         obj.set_meta("uid", json!(uuid::Uuid::new_v4().to_string()));
         obj.set_meta("creationTimestamp", json!(object::now()));
         obj.set_meta("generation", json!(1));
@@ -549,7 +575,7 @@ impl ApiServer {
                 None => None,
             };
         let status_only = t.subresource.as_deref() == Some("status");
-        self.guaranteed_update(t, precondition, p.dry_run()?, |live| {
+        self.guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
             let mut new = body.clone();
             check_type(&t.info, &mut new)?;
             strict_check(t, p, &new)?;
@@ -565,6 +591,7 @@ impl ApiServer {
         t: &Target,
         precondition: Option<i64>,
         dry_run: bool,
+        manager: Option<&str>,
         transform: impl Fn(&Value) -> ApiResult<Value>,
     ) -> ApiResult<Value> {
         let name = name_of(t).to_string();
@@ -585,6 +612,16 @@ impl ApiServer {
             preserve_meta(&live, &mut new)?;
             if is_service(info) {
                 keep_cluster_ip(&live, &mut new, &name)?;
+            }
+            if let Some(m) = manager {
+                crate::ssa::track_update(
+                    info.kind,
+                    &info.api_version(),
+                    m,
+                    Some(&live),
+                    &mut new,
+                    &object::now(),
+                );
             }
             let generation = live["metadata"]["generation"].as_i64().unwrap_or(1);
             let generation = if object::spec_of(&new) != object::spec_of(&live) {
@@ -682,7 +719,7 @@ impl ApiServer {
             .transpose()?;
         let status_only = t.subresource.as_deref() == Some("status");
         let info = t.info.clone();
-        self.guaranteed_update(t, precondition, p.dry_run()?, |live| {
+        self.guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
             let mut doc = live.clone();
             match (&json_patch, kind) {
                 (Some(ops), _) => json_patch::patch(&mut doc, ops).map_err(|e| ApiError {
@@ -807,7 +844,7 @@ impl ApiServer {
                 Ok(_) => {}
             }
             let updated = self
-                .guaranteed_update(t, None, p.dry_run()?, |live| {
+                .guaranteed_update(t, None, p.dry_run()?, None, |live| {
                     let mut out = crate::ssa::apply(
                         info.kind,
                         &api_version,
@@ -1031,7 +1068,7 @@ impl ApiServer {
             })?
             .to_string();
         let name = name_of(t).to_string();
-        self.guaranteed_update(t, None, p.dry_run()?, |live| {
+        self.guaranteed_update(t, None, p.dry_run()?, Some(p.manager()), |live| {
             if let Some(current) = live["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
                 return Err(ApiError::conflict("", "pods", &name, &format!("pod {name} is already assigned to node \"{current}\"")));
             }
@@ -1122,7 +1159,7 @@ impl ApiServer {
                 _ => None,
             };
         let updated = self
-            .guaranteed_update(t, precondition, p.dry_run()?, |live| {
+            .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
                 let mut new = live.clone();
                 object::set_path(&mut new, &["spec", "replicas"], json!(replicas));
                 Ok(new)

@@ -543,7 +543,13 @@ async fn dispatch(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let p = Params(q);
+    let agent_manager = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .map(|m| m.trim().chars().take(128).collect::<String>())
+        .filter(|m| !m.is_empty());
+    let p = Params(q, agent_manager);
     let watch = matches!(p.get("watch"), Some("true" | "1"));
     let verb = match (&method, target.name.is_some(), watch) {
         (&Method::GET, _, true) => "watch",
@@ -742,7 +748,7 @@ async fn serve(
                 // /finalize changes spec.finalizers only (the namespace controller's last step).
                 let finalizers = obj["spec"]["finalizers"].clone();
                 let updated = api
-                    .guaranteed_update(t, None, p.dry_run()?, |live| {
+                    .guaranteed_update(t, None, p.dry_run()?, Some(p.manager()), |live| {
                         let mut new = live.clone();
                         let finalizers = if finalizers.is_null() {
                             json!([])

@@ -10,8 +10,9 @@
 //! 4. fields M applied before but not now are removed, unless another manager owns them;
 //! 5. M's Apply entry becomes A; other managers keep what was not taken from them.
 //!
-//! Not yet: recording the fields that non-apply writes (PUT, PATCH, POST) change as `Update`
-//! entries — so conflicts arise between appliers only, not between an applier and `kubectl edit`.
+//! Non-apply writes (POST, PUT, PATCH) are recorded too ([`track_update`]): the writer's `Update`
+//! entry gains the fields it changed, taken from everyone else — so an applier conflicts with a
+//! `kubectl scale` or a controller that changed a field it applies.
 
 use std::collections::BTreeSet;
 
@@ -452,6 +453,72 @@ pub fn apply(
     Ok(merged)
 }
 
+/// Records a non-apply write by `manager` from `old` (None: a create) to `new` in
+/// `new`'s managedFields: the fields it changed become its own (`operation: Update`), fields it
+/// removed are no one's. A write that changes no field leaves managedFields exactly as they were.
+pub fn track_update(
+    kind: &str,
+    api_version: &str,
+    manager: &str,
+    old: Option<&Value>,
+    new: &mut Value,
+    now: &str,
+) {
+    let old_mf = old
+        .and_then(|o| o.pointer("/metadata/managedFields"))
+        .cloned();
+    let new_mf = new.pointer("/metadata/managedFields").cloned();
+    // managedFields the client changed (kubectl's migration to SSA does) are taken as given;
+    // otherwise the live ones stand, whatever the request carried.
+    let base_json = match (&old_mf, &new_mf) {
+        (Some(o), Some(n)) if o != n => n.clone(),
+        (Some(o), _) => o.clone(),
+        (None, Some(n)) => n.clone(),
+        (None, None) => Value::Array(Vec::new()),
+    };
+    let after = field_set(kind, new);
+    let changed: FieldSet = after
+        .iter()
+        .filter(|p| old.is_none_or(|o| lookup(o, p) != lookup(new, p)))
+        .cloned()
+        .collect();
+    let removed: FieldSet = old
+        .map(|o| field_set(kind, o).difference(&after).cloned().collect())
+        .unwrap_or_default();
+    if changed.is_empty() && removed.is_empty() {
+        if base_json.as_array().is_some_and(|a| !a.is_empty()) {
+            crate::object::set_path(new, &["metadata", "managedFields"], base_json);
+        } else if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+        }
+        return;
+    }
+    let mut wrapper = json!({"metadata": {"managedFields": base_json}});
+    let mut all = entries(&wrapper);
+    for e in all.iter_mut() {
+        e.fields
+            .retain(|p| !changed.contains(p) && !removed.contains(p));
+    }
+    match all
+        .iter_mut()
+        .find(|e| e.manager == manager && e.operation == "Update" && e.api_version == api_version)
+    {
+        Some(e) => {
+            e.fields.extend(changed);
+            e.time = now.to_string();
+        }
+        None => all.push(Entry {
+            manager: manager.into(),
+            operation: "Update".into(),
+            api_version: api_version.into(),
+            time: now.into(),
+            fields: changed,
+        }),
+    }
+    wrapper = entries_json(&all);
+    crate::object::set_path(new, &["metadata", "managedFields"], wrapper);
+}
+
 /// An applied configuration never deletes through null: drop nulls before merging.
 fn strip_nulls(v: &Value) -> Value {
     match v {
@@ -560,6 +627,63 @@ mod tests {
             owners,
             [("alice".to_string(), false), ("bob".to_string(), true)]
         );
+    }
+
+    #[test]
+    fn an_update_takes_the_fields_it_changes_and_an_applier_then_conflicts() {
+        let live = apply(
+            "Deployment",
+            "apps/v1",
+            None,
+            &deploy(2, json!([{"name": "web", "image": "a"}])),
+            "alice",
+            false,
+            "t",
+        )
+        .unwrap();
+        let mut scaled = live.clone();
+        scaled["spec"]["replicas"] = json!(5);
+        track_update(
+            "Deployment",
+            "apps/v1",
+            "kubectl-scale",
+            Some(&live),
+            &mut scaled,
+            "t2",
+        );
+        let managers: Vec<(String, String)> = entries(&scaled)
+            .into_iter()
+            .map(|e| (e.manager, e.operation))
+            .collect();
+        assert_eq!(
+            managers,
+            [
+                ("alice".into(), "Apply".into()),
+                ("kubectl-scale".into(), "Update".into())
+            ]
+        );
+        // Alice re-applies replicas 2: the scaler owns it now.
+        let again = apply(
+            "Deployment",
+            "apps/v1",
+            Some(&scaled),
+            &deploy(2, json!([{"name": "web", "image": "a"}])),
+            "alice",
+            false,
+            "t3",
+        );
+        assert_eq!(again.unwrap_err()[0].manager, "kubectl-scale");
+        // A write that changes nothing leaves managedFields byte for byte.
+        let mut same = scaled.clone();
+        track_update(
+            "Deployment",
+            "apps/v1",
+            "other",
+            Some(&scaled),
+            &mut same,
+            "t4",
+        );
+        assert_eq!(same, scaled);
     }
 
     #[test]

@@ -1438,6 +1438,38 @@ async fn server_side_apply_tracks_owners_conflicts_and_removals() {
     assert_eq!(data.get("a").map(String::as_str), Some("9"));
     assert!(!data.contains_key("b"), "{data:?}");
     assert_eq!(data.get("c").map(String::as_str), Some("3"));
+    // A plain write takes the fields it changes: the applier then conflicts with it.
+    let editor = PatchParams {
+        field_manager: Some("editor".into()),
+        ..Default::default()
+    };
+    api.patch("ssa", &editor, &Patch::Merge(json!({"data": {"c": "4"}})))
+        .await
+        .unwrap();
+    let err = api
+        .patch("ssa", &alice, &Patch::Apply(config(json!({"c": "3"}))))
+        .await
+        .unwrap_err();
+    let (code, _, msg) = api_error(err);
+    assert_eq!(code, 409);
+    assert!(
+        msg.contains(r#"conflict with "editor""#) && msg.contains(".data.c"),
+        "{msg}"
+    );
+    let managers: Vec<(String, String)> = api
+        .get("ssa")
+        .await
+        .unwrap()
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.manager.unwrap(), m.operation.unwrap()))
+        .collect();
+    assert!(
+        managers.contains(&("editor".to_string(), "Update".to_string())),
+        "{managers:?}"
+    );
     // A field manager is required.
     let (code, _, _) = api_error(
         api.patch(
