@@ -2,8 +2,10 @@
 //! - `up`: the single-machine cluster (today: the store and the Kubernetes API server).
 //! - `store`: look inside a store (either backend), like etcdctl.
 //! - `bench`: benchmarks with their raw floors measured in the same run.
+//! - `apply`, `get`, `delete`: kubectl's everyday verbs, for machines without kubectl.
 
 mod bench;
+mod client_cmd;
 mod store_args;
 mod store_cmd;
 mod up;
@@ -13,6 +15,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "capstan", version, about = "A Kubernetes-style declarative platform", long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    client: client_cmd::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,6 +29,8 @@ enum Command {
     Store(store_cmd::StoreCmd),
     /// Run a benchmark and print a Markdown report.
     Bench(bench::BenchCmd),
+    #[command(flatten)]
+    Client(client_cmd::ClientCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +51,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Store(cmd) => store_cmd::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,
         }
     });
     match result {

@@ -1,0 +1,492 @@
+//! `capstan apply | get | delete`: the everyday kubectl verbs for machines without kubectl,
+//! built on the kube crate and talking to any Kubernetes API (Capstan's or another).
+//! - `apply -f FILE|DIR|-`: multi-document YAML (and `kind: List`), server-side apply with field
+//!   manager `capstan` (`--force-conflicts` to take fields other managers own);
+//! - `get RESOURCE [NAME] [-l SEL] [-A] [-o table|wide|json|yaml|name]`: the server's Table by default;
+//! - `delete RESOURCE NAME... | -l SEL | -f FILE`.
+//!
+//! Resource names resolve like kubectl's: plural, singular, kind or short name, optionally
+//! `.group`-qualified (`deployments.apps`), through the server's discovery documents.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use axum::http::{Request, header};
+use clap::{Args, Subcommand, ValueEnum};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::ApiResource;
+use serde_json::Value;
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The kubeconfig to use (`capstan up` writes DATA_DIR/kubeconfig).
+    #[arg(
+        long,
+        env = "KUBECONFIG",
+        default_value = ".capstan/kubeconfig",
+        global = true
+    )]
+    kubeconfig: PathBuf,
+    /// Namespace (default: the kubeconfig context's, else "default").
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCmd {
+    /// Server-side apply every object in files, directories (*.yaml, *.yml, *.json) or stdin (-).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Take fields other managers own.
+        #[arg(long)]
+        force_conflicts: bool,
+        #[arg(long, default_value = "capstan")]
+        field_manager: String,
+    },
+    /// List or show objects.
+    Get {
+        resource: String,
+        name: Option<String>,
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Delete objects by name, by selector, or those in files.
+    Delete {
+        resource: Option<String>,
+        names: Vec<String>,
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+    Name,
+}
+
+/// One served resource, as discovery describes it.
+#[derive(Clone, Debug)]
+struct Resource {
+    ar: ApiResource,
+    namespaced: bool,
+    singular: String,
+    short: Vec<String>,
+}
+
+impl Resource {
+    /// `deployment.apps` / `configmap`: how kubectl names a kind in its output.
+    fn display(&self) -> String {
+        let kind = self.ar.kind.to_ascii_lowercase();
+        if self.ar.group.is_empty() {
+            kind
+        } else {
+            format!("{kind}.{}", self.ar.group)
+        }
+    }
+
+    fn base(&self) -> String {
+        if self.ar.group.is_empty() {
+            format!("/api/{}", self.ar.version)
+        } else {
+            format!("/apis/{}/{}", self.ar.group, self.ar.version)
+        }
+    }
+}
+
+async fn get_json(client: &kube::Client, path: &str) -> Result<Value> {
+    let req = Request::get(path).body(Vec::new())?;
+    client
+        .request::<Value>(req)
+        .await
+        .with_context(|| format!("GET {path}"))
+}
+
+/// Reads the legacy discovery documents (preferred version of each group).
+async fn discover(client: &kube::Client) -> Result<Vec<Resource>> {
+    let mut lists = vec![get_json(client, "/api/v1").await?];
+    let groups = get_json(client, "/apis").await?;
+    for g in groups["groups"].as_array().into_iter().flatten() {
+        if let Some(gv) = g["preferredVersion"]["groupVersion"].as_str() {
+            lists.push(get_json(client, &format!("/apis/{gv}")).await?);
+        }
+    }
+    let mut out = Vec::new();
+    for list in lists {
+        let gv = list["groupVersion"].as_str().unwrap_or("v1").to_string();
+        let (group, version) = match gv.split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), gv.clone()),
+        };
+        for r in list["resources"].as_array().into_iter().flatten() {
+            let plural = r["name"].as_str().unwrap_or_default();
+            if plural.contains('/') || plural.is_empty() {
+                continue;
+            }
+            out.push(Resource {
+                ar: ApiResource {
+                    group: group.clone(),
+                    version: version.clone(),
+                    api_version: gv.clone(),
+                    kind: r["kind"].as_str().unwrap_or_default().to_string(),
+                    plural: plural.to_string(),
+                },
+                namespaced: r["namespaced"].as_bool().unwrap_or(true),
+                singular: r["singularName"].as_str().unwrap_or_default().to_string(),
+                short: r["shortNames"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn resolve<'a>(resources: &'a [Resource], name: &str) -> Result<&'a Resource> {
+    let (name, group) = match name.split_once('.') {
+        Some((n, g)) => (n.to_ascii_lowercase(), Some(g)),
+        None => (name.to_ascii_lowercase(), None),
+    };
+    resources
+        .iter()
+        .find(|r| {
+            group.is_none_or(|g| r.ar.group == g)
+                && (r.ar.plural == name
+                    || r.singular == name
+                    || r.ar.kind.to_ascii_lowercase() == name
+                    || r.short.contains(&name))
+        })
+        .ok_or_else(|| anyhow!("the server doesn't have a resource type \"{name}\""))
+}
+
+fn by_kind<'a>(resources: &'a [Resource], api_version: &str, kind: &str) -> Result<&'a Resource> {
+    resources
+        .iter()
+        .find(|r| r.ar.api_version == api_version && r.ar.kind == kind)
+        .ok_or_else(|| anyhow!("no resource of kind {kind} in {api_version} is served"))
+}
+
+/// Every object in the files (a directory: its *.yaml, *.yml and *.json; "-": stdin).
+fn read_objects(files: &[PathBuf]) -> Result<Vec<Value>> {
+    let mut texts = Vec::new();
+    for f in files {
+        if f == Path::new("-") {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            texts.push(("stdin".to_string(), s));
+        } else if f.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                })
+                .collect();
+            entries.sort();
+            for p in entries {
+                texts.push((p.display().to_string(), std::fs::read_to_string(&p)?));
+            }
+        } else {
+            texts.push((
+                f.display().to_string(),
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            ));
+        }
+    }
+    let mut objects = Vec::new();
+    for (source, text) in texts {
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_json::to_value(
+                <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
+                    .with_context(|| format!("parsing {source}"))?,
+            )
+            .with_context(|| format!("converting {source}"))?;
+            match v {
+                Value::Null => {}
+                Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
+                    objects.extend(
+                        m.get("items")
+                            .and_then(Value::as_array)
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
+                Value::Object(_) => objects.push(v),
+                _ => bail!("{source}: a document is not an object"),
+            }
+        }
+    }
+    Ok(objects)
+}
+
+async fn client(args: &ClientArgs) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn api_for(client: &kube::Client, r: &Resource, ns: &str) -> Api<DynamicObject> {
+    if r.namespaced {
+        Api::namespaced_with(client.clone(), ns, &r.ar)
+    } else {
+        Api::all_with(client.clone(), &r.ar)
+    }
+}
+
+pub async fn run(args: ClientArgs, cmd: ClientCmd) -> Result<()> {
+    let client = client(&args).await?;
+    let ns = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let resources = discover(&client).await?;
+    match cmd {
+        ClientCmd::Apply {
+            files,
+            force_conflicts,
+            field_manager,
+        } => {
+            let mut failed = 0;
+            let mut pp = PatchParams::apply(&field_manager);
+            pp.force = force_conflicts;
+            for obj in read_objects(&files)? {
+                let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+                let kind = obj["kind"].as_str().unwrap_or_default();
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let result = async {
+                    let r = by_kind(&resources, api_version, kind)?;
+                    let obj_ns = obj["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or(&ns)
+                        .to_string();
+                    api_for(&client, r, &obj_ns)
+                        .patch(&name, &pp, &Patch::Apply(&obj))
+                        .await?;
+                    Ok::<_, anyhow::Error>(r.display())
+                }
+                .await;
+                match result {
+                    Ok(kind) => println!("{kind}/{name} serverside-applied"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {kind} {name:?}: {e:#}");
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} object(s) could not be applied");
+            }
+        }
+        ClientCmd::Get {
+            resource,
+            name,
+            selector,
+            all_namespaces,
+            output,
+        } => {
+            let r = resolve(&resources, &resource)?;
+            let mut path = r.base();
+            if r.namespaced && !all_namespaces {
+                path.push_str(&format!("/namespaces/{ns}"));
+            }
+            path.push_str(&format!("/{}", r.ar.plural));
+            if let Some(n) = &name {
+                path.push_str(&format!("/{n}"));
+            }
+            if let Some(sel) = &selector {
+                path.push_str(&format!("?labelSelector={}", encode(sel)));
+            }
+            match output {
+                Output::Table | Output::Wide => {
+                    let req = Request::get(&path)
+                        .header(
+                            header::ACCEPT,
+                            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+                        )
+                        .body(Vec::new())?;
+                    let table: Value = client.request(req).await?;
+                    print_table(
+                        &table,
+                        output == Output::Wide,
+                        all_namespaces && r.namespaced,
+                    );
+                }
+                Output::Json | Output::Yaml | Output::Name => {
+                    let v = get_json(&client, &path).await?;
+                    match output {
+                        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                        Output::Yaml => print!("{}", serde_yaml::to_string(&v)?),
+                        _ => {
+                            let items = if name.is_some() {
+                                vec![v]
+                            } else {
+                                v["items"].as_array().cloned().unwrap_or_default()
+                            };
+                            for o in items {
+                                println!(
+                                    "{}/{}",
+                                    r.display(),
+                                    o["metadata"]["name"].as_str().unwrap_or_default()
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ClientCmd::Delete {
+            resource,
+            names,
+            selector,
+            files,
+        } => {
+            let mut targets: Vec<(Resource, String, String)> = Vec::new();
+            if !files.is_empty() {
+                for obj in read_objects(&files)? {
+                    let r = by_kind(
+                        &resources,
+                        obj["apiVersion"].as_str().unwrap_or_default(),
+                        obj["kind"].as_str().unwrap_or_default(),
+                    )?;
+                    let obj_ns = obj["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or(&ns)
+                        .to_string();
+                    targets.push((
+                        r.clone(),
+                        obj_ns,
+                        obj["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    ));
+                }
+            } else {
+                let r = resolve(
+                    &resources,
+                    resource
+                        .as_deref()
+                        .context("name a resource type, or use -f")?,
+                )?;
+                let mut names = names;
+                if let Some(sel) = &selector {
+                    let listed = api_for(&client, r, &ns)
+                        .list(&ListParams::default().labels(sel))
+                        .await?;
+                    names.extend(listed.items.into_iter().filter_map(|o| o.metadata.name));
+                } else if names.is_empty() {
+                    bail!("name the objects to delete, or use -l SELECTOR");
+                }
+                targets.extend(names.into_iter().map(|n| (r.clone(), ns.clone(), n)));
+            }
+            for (r, obj_ns, name) in targets {
+                api_for(&client, &r, &obj_ns)
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .with_context(|| format!("deleting {} {name:?}", r.display()))?;
+                println!("{} \"{name}\" deleted", r.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prints a meta.k8s.io Table as kubectl does: upper-case headers, columns padded by 3.
+fn print_table(t: &Value, wide: bool, with_namespace: bool) {
+    let cols: Vec<(usize, String)> = t["columnDefinitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, c)| wide || c["priority"].as_i64().unwrap_or(0) == 0)
+        .map(|(i, c)| {
+            (
+                i,
+                c["name"].as_str().unwrap_or_default().to_ascii_uppercase(),
+            )
+        })
+        .collect();
+    let rows = t["rows"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        eprintln!("No resources found.");
+        return;
+    }
+    let mut lines: Vec<Vec<String>> = Vec::new();
+    let mut header: Vec<String> = cols.iter().map(|(_, n)| n.clone()).collect();
+    if with_namespace {
+        header.insert(0, "NAMESPACE".into());
+    }
+    lines.push(header);
+    for row in rows {
+        let mut cells: Vec<String> = cols
+            .iter()
+            .map(|(i, _)| match &row["cells"][*i] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            })
+            .collect();
+        if with_namespace {
+            cells.insert(
+                0,
+                row["object"]["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        lines.push(cells);
+    }
+    let widths: Vec<usize> = (0..lines[0].len())
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for l in lines {
+        let mut out = String::new();
+        for (c, cell) in l.iter().enumerate() {
+            if c + 1 == l.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}   ", width = widths[c]));
+            }
+        }
+        println!("{}", out.trim_end());
+    }
+}

@@ -1,0 +1,158 @@
+//! `capstan apply | get | delete` against `capstan up`: kubectl's everyday verbs without kubectl.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use capstan_testkit::{CapstanUp, temp_dir};
+
+const MANIFEST: &str = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, labels: {app: web}}
+data: {mode: fast}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, labels: {app: web}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: localhost/busybox:1}]}
+";
+
+fn capstan(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn apply_get_and_delete_without_kubectl() {
+    let dir = temp_dir("capstan-client-").unwrap();
+    let _up = CapstanUp::start(
+        Path::new(env!("CARGO_BIN_EXE_capstan")),
+        &[std::ffi::OsStr::new("--data-dir"), dir.path().as_os_str()],
+    )
+    .unwrap();
+    let kc = dir.path().join("kubeconfig");
+    let manifests = temp_dir("capstan-client-files-").unwrap();
+    let file = manifests.path().join("app.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+    let f = file.to_str().unwrap();
+
+    let applied = "configmap/settings serverside-applied\ndeployment.apps/web serverside-applied\n";
+    assert_eq!(ok(capstan(&kc, &["apply", "-f", f], None)), applied);
+    // Again, and from a directory: idempotent.
+    assert_eq!(
+        ok(capstan(
+            &kc,
+            &["apply", "-f", manifests.path().to_str().unwrap()],
+            None
+        )),
+        applied
+    );
+
+    let table = ok(capstan(&kc, &["get", "deploy"], None));
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert!(lines.next().unwrap().starts_with("web "), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&ok(capstan(
+        &kc,
+        &["get", "configmaps", "settings", "-o", "json"],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(json["data"]["mode"], "fast");
+    assert_eq!(json["metadata"]["managedFields"][0]["manager"], "capstan");
+    assert_eq!(
+        ok(capstan(
+            &kc,
+            &["get", "cm", "-l", "app=web", "-o", "name"],
+            None
+        )),
+        "configmap/settings\n"
+    );
+    assert_eq!(
+        ok(capstan(
+            &kc,
+            &["get", "deployments.apps", "-o", "name"],
+            None
+        )),
+        "deployment.apps/web\n"
+    );
+
+    // A changed manifest from stdin; a conflict with another manager's field.
+    ok(capstan(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&MANIFEST.replace("replicas: 2", "replicas: 3")),
+    ));
+    let out = capstan(
+        &kc,
+        &["apply", "--field-manager", "other", "-f", "-"],
+        Some(&MANIFEST.replace("replicas: 2", "replicas: 9")),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("conflict with \"capstan\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_str(&ok(capstan(
+        &kc,
+        &["get", "deploy", "web", "-o", "json"],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(d["spec"]["replicas"], 3);
+
+    let err = capstan(&kc, &["get", "nosuchthing"], None);
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr)
+            .contains("doesn't have a resource type \"nosuchthing\"")
+    );
+
+    assert_eq!(
+        ok(capstan(&kc, &["delete", "-f", f], None)),
+        "configmap \"settings\" deleted\ndeployment.apps \"web\" deleted\n"
+    );
+    for kind in ["cm", "deploy"] {
+        assert_eq!(
+            ok(capstan(&kc, &["get", kind, "-o", "name"], None)),
+            "",
+            "{kind}"
+        );
+    }
+}
