@@ -20,12 +20,32 @@ pub struct UpArgs {
     /// Address to serve the API on (plain HTTP: keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+    /// Which node agent runs pods: `none` starts none (the only choice until the node agent
+    /// exists; `cri` and `process` are refused by name).
+    #[arg(long, value_enum, default_value = "none")]
+    pub runtime: Runtime,
     /// Service ClusterIPs are allocated from this IPv4 range.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cidr: capstan_apiserver::ipalloc::ServiceCidr,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// Pods through containerd's CRI.
+    Cri,
+    /// Pods as plain child processes.
+    Process,
+    /// No node agent.
+    None,
+}
+
 pub async fn run(args: UpArgs) -> Result<()> {
+    if args.runtime != Runtime::None {
+        bail!(
+            "--runtime {:?} needs the node agent, which is not built yet; use --runtime none",
+            args.runtime
+        );
+    }
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
     let store = metrics.wrap(args.store.open(Some(CompactionPolicy::default())).await?);

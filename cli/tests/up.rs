@@ -116,6 +116,16 @@ fn up_refuses_contradictory_store_flags() {
 }
 
 #[test]
+fn up_refuses_a_runtime_it_does_not_have_yet() {
+    let out = capstan()
+        .args(["up", "--listen", "127.0.0.1:0", "--runtime", "cri"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node agent, which is not built yet"));
+}
+
+#[test]
 fn up_on_an_unreachable_etcd_fails_fast_and_says_where() {
     let port = capstan_testkit::free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");
