@@ -1,5 +1,6 @@
 //! The `capstan` binary. Start at [`Command`]: each subcommand lives in its own module.
-//! - `up`: the single-machine cluster (today: the store and the Kubernetes API server).
+//! - `up`: the single-machine cluster (today: the store and the Kubernetes API server);
+//!   `apiserver`: the API server alone (the same today; `up` grows controllers and an agent).
 //! - `store`: look inside a store (either backend), like etcdctl.
 //! - `bench`: benchmarks with their raw floors measured in the same run.
 //! - `apply`, `get`, `delete`: kubectl's everyday verbs, for machines without kubectl.
@@ -23,8 +24,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a single-machine Capstan: the object store and the Kubernetes API server.
+    /// Run a single-machine Capstan: the object store and the Kubernetes API server (controllers
+    /// and the node agent join as they are built).
     Up(up::UpArgs),
+    /// Run the Kubernetes API server alone, over the embedded store or an etcd cluster.
+    Apiserver(up::UpArgs),
     /// Inspect or maintain a store directly (get, list, watch, compact, status).
     Store(store_cmd::StoreCmd),
     /// Run a benchmark and print a Markdown report.
@@ -48,7 +52,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) | Command::Apiserver(args) => up::run(args).await,
             Command::Store(cmd) => store_cmd::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,

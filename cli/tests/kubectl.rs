@@ -281,6 +281,29 @@ fn suite(c: &Cluster) {
         "{err}"
     );
 
+    // diff: the file merged into the live objects (exit code 1): the scaled replicas and the
+    // patched image go back, the file's data key is added; and diff changes nothing.
+    let diff = c.kubectl(&["diff", "-f", m]);
+    assert_eq!(
+        diff.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    let text = String::from_utf8_lossy(&diff.stdout);
+    for line in [
+        "-  replicas: 5",
+        "+  replicas: 2",
+        "+      - image: localhost/busybox:1",
+        "+  mode: fast",
+    ] {
+        assert!(text.contains(line), "{line:?} not in {text}");
+    }
+    assert_eq!(
+        c.json(&["get", "cm", "settings"])["data"],
+        serde_json::json!({"only": "this"})
+    );
+
     // --dry-run=server changes nothing.
     c.ok(&["delete", "cm", "settings", "--dry-run=server"]);
     c.ok(&["get", "cm", "settings"]);
