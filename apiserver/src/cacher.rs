@@ -108,6 +108,9 @@ impl Cacher {
             stop_tx,
         });
         let weak = Arc::downgrade(&cacher);
+        // The task holds a strong reference while it syncs: a cacher ends through `stop()`
+        // (ApiServer's Drop calls it), not by being dropped. Removing a resource at run time
+        // (CRDs) must call stop().
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -224,6 +227,8 @@ impl Cacher {
             (Kind::Deleted, _) => {
                 let Some(prev) = st.objects.remove(&key) else {
                     st.rv = rv;
+                    drop(st);
+                    self.rv_tx.send_replace(rv);
                     return;
                 };
                 let mut gone = (*prev).clone();

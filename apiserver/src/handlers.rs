@@ -85,10 +85,12 @@ impl Params {
     fn resource_version(&self) -> ApiResult<Option<i64>> {
         match self.get("resourceVersion") {
             None | Some("0") => Ok(None),
-            Some(v) => v
-                .parse::<i64>()
-                .map(Some)
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}"))),
+            Some(v) => match v.parse::<i64>() {
+                Ok(rv) if rv > 0 => Ok(Some(rv)),
+                _ => Err(ApiError::bad_request(format!(
+                    "invalid resourceVersion {v:?}"
+                ))),
+            },
         }
     }
 }
@@ -259,8 +261,14 @@ impl ApiServer {
         let filter = Filter::from_params(&t.info, p)?;
         let limit = p.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
         let cont = p.get("continue");
-        let exact = p.get("resourceVersionMatch") == Some("Exact");
         let rv = p.resource_version()?;
+        // Exact when asked for, and — Kubernetes' legacy rule — for a paginated list naming a
+        // resourceVersion without a match mode.
+        let exact = p.get("resourceVersionMatch") == Some("Exact")
+            || (limit.is_some()
+                && cont.is_none()
+                && rv.is_some()
+                && p.get("resourceVersionMatch").is_none());
         if let Some(m) = p.get("resourceVersionMatch")
             && !matches!(m, "Exact" | "NotOlderThan")
         {
@@ -300,6 +308,29 @@ impl ApiServer {
                     .map(|o| (*o).clone())
                     .collect();
                 return Ok((items, rev, None));
+            }
+            // A resourceVersion newer than the store: wait for it (3 s, as Kubernetes does),
+            // never answer with an older state.
+            if let Some(r) = rv {
+                let current = self
+                    .store
+                    .current_revision()
+                    .await
+                    .map_err(|e| from_storage(e, t.info.group, t.info.plural, ""))?;
+                if r > current {
+                    if !cacher.wait_for(r, Duration::from_secs(3)).await {
+                        return Err(ApiError::timeout(format!(
+                            "Too large resource version: {r}, current: {current}"
+                        )));
+                    }
+                    let (items, rev) = cacher.list(&prefix);
+                    let items = items
+                        .into_iter()
+                        .filter(|o| filter.matches(&t.info, o))
+                        .map(|o| (*o).clone())
+                        .collect();
+                    return Ok((items, rev, None));
+                }
             }
         }
         self.list_from_store(
@@ -456,56 +487,45 @@ impl ApiServer {
         if dry_run {
             return Ok(obj);
         }
-        let allocated = if is_service(info) {
-            self.allocate_cluster_ip(&mut obj, &name).await?
-        } else {
-            None
-        };
-        match self.store.create(&info.key_of(&obj), encode(&obj)?).await {
-            Ok(kv) => Ok(with_rv(obj, kv.mod_revision)),
-            Err(e) => {
-                if let Some(ip) = allocated {
-                    self.ips.release(&ip).await;
+        let key = info.key_of(&obj);
+        if is_service(info) {
+            // Claiming an IP and storing the Service run to completion in their own task: a
+            // client that disconnects in between must not leave the IP claimed.
+            let (ips, store, group, plural) = (
+                self.ips.clone(),
+                self.store.clone(),
+                info.group,
+                info.plural,
+            );
+            let task = tokio::spawn(async move {
+                let allocated = allocate_cluster_ip(&ips, &mut obj, &name).await?;
+                let stored = match encode(&obj) {
+                    Ok(bytes) => store
+                        .create(&key, bytes)
+                        .await
+                        .map_err(|e| from_storage(e, group, plural, &name)),
+                    Err(e) => Err(e),
+                };
+                match stored {
+                    Ok(kv) => Ok(with_rv(obj, kv.mod_revision)),
+                    Err(e) => {
+                        if let Some(ip) = allocated {
+                            ips.release(&ip).await;
+                        }
+                        Err(e)
+                    }
                 }
-                Err(from_storage(e, info.group, info.plural, &name))
-            }
+            });
+            return task
+                .await
+                .map_err(|e| ApiError::internal(format!("create task failed: {e}")))?;
         }
-    }
-
-    /// Gives a new Service its ClusterIP (the requested one, or a free one), unless it is
-    /// headless (`None`) or an ExternalName. Returns the IP it claimed.
-    async fn allocate_cluster_ip(&self, svc: &mut Value, name: &str) -> ApiResult<Option<String>> {
-        if svc["spec"]["type"] == "ExternalName" {
-            return Ok(None);
-        }
-        let wanted = svc["spec"]["clusterIP"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
-        if wanted.as_deref() == Some("None") {
-            object::set_path(svc, &["spec", "clusterIPs"], json!(["None"]));
-            return Ok(None);
-        }
-        let owner = format!("{}/{name}", svc.namespace().unwrap_or_default());
-        let ip = self
-            .ips
-            .allocate(wanted.as_deref(), &owner)
+        let kv = self
+            .store
+            .create(&key, encode(&obj)?)
             .await
-            .map_err(|mut e| {
-                if let Some(d) = e.details.as_mut() {
-                    d.name = name.to_string();
-                }
-                e.message = e
-                    .message
-                    .replace("Service \"\"", &format!("Service \"{name}\""));
-                e
-            })?;
-        let ip = ip.to_string();
-        object::set_path(svc, &["spec", "clusterIP"], json!(ip));
-        object::set_path(svc, &["spec", "clusterIPs"], json!([ip]));
-        object::set_path(svc, &["spec", "ipFamilies"], json!(["IPv4"]));
-        object::set_path(svc, &["spec", "ipFamilyPolicy"], json!("SingleStack"));
-        Ok(Some(ip))
+            .map_err(|e| from_storage(e, info.group, info.plural, &name))?;
+        Ok(with_rv(obj, kv.mod_revision))
     }
 
     /// What deleting an object frees: a Service's ClusterIP.
@@ -817,7 +837,7 @@ impl ApiServer {
             let now = object::now();
             match self.live(t).await {
                 Err(e) if e.code == 404 => {
-                    let Ok(obj) = crate::ssa::apply(
+                    let obj = crate::ssa::apply(
                         info.kind,
                         &api_version,
                         None,
@@ -825,11 +845,8 @@ impl ApiServer {
                         manager,
                         force,
                         &now,
-                    ) else {
-                        return Err(ApiError::internal(
-                            "apply to a missing object cannot conflict",
-                        ));
-                    };
+                    )
+                    .map_err(|e| apply_error(info, &name, e))?;
                     let collection = Target {
                         name: None,
                         subresource: None,
@@ -854,7 +871,7 @@ impl ApiServer {
                         force,
                         &now,
                     )
-                    .map_err(|c| apply_conflict(info, &name, c))?;
+                    .map_err(|e| apply_error(info, &name, e))?;
                     // kubectl migrating from client-side apply: keep last-applied in sync.
                     const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
                     if manager == "kubectl"
@@ -1212,7 +1229,8 @@ impl ApiServer {
         let filter = Filter::from_params(&t.info, p)?;
         let timeout = p
             .int("timeoutSeconds")?
-            .map(|s| Duration::from_secs(s.max(0) as u64))
+            .filter(|s| *s > 0) // 0 means the default, as in Kubernetes
+            .map(|s| Duration::from_secs(s as u64))
             .unwrap_or(DEFAULT_WATCH_TIMEOUT);
         let bookmarks = p.flag("allowWatchBookmarks");
         let cacher = self.cacher(&t.info);
@@ -1296,7 +1314,9 @@ impl ApiServer {
                     _ = &mut deadline => return,
                     _ = tx.closed() => return,
                     _ = tick.tick(), if bookmarks && !table => {
-                        let rv = cacher.revision().max(last_rv);
+                        // Only what this watcher has been sent: the cache may be ahead of
+                        // events still queued for it, and a bookmark must never skip them.
+                        let rv = last_rv;
                         let line = json!({"type": "BOOKMARK", "object": {"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv.to_string()}}});
                         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
                         bytes.push(b'\n');
@@ -1342,6 +1362,15 @@ fn translate<'a>(
     }
 }
 
+fn apply_error(info: &ResourceInfo, name: &str, e: crate::ssa::ApplyError) -> ApiError {
+    match e {
+        crate::ssa::ApplyError::Conflicts(c) => apply_conflict(info, name, c),
+        crate::ssa::ApplyError::Invalid(why) => ApiError::bad_request(format!(
+            "the applied configuration cannot be applied: {why}"
+        )),
+    }
+}
+
 /// A 409 listing each conflicting field and its manager, in kube-apiserver's words.
 fn apply_conflict(
     info: &ResourceInfo,
@@ -1375,6 +1404,45 @@ fn apply_conflict(
             .collect();
     }
     e
+}
+
+/// Gives a new Service its ClusterIP (the requested one, or a free one), unless it is
+/// headless (`None`) or an ExternalName. Returns the IP it claimed.
+async fn allocate_cluster_ip(
+    ips: &crate::ipalloc::Allocator,
+    svc: &mut Value,
+    name: &str,
+) -> ApiResult<Option<String>> {
+    if svc["spec"]["type"] == "ExternalName" {
+        return Ok(None);
+    }
+    let wanted = svc["spec"]["clusterIP"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    if wanted.as_deref() == Some("None") {
+        object::set_path(svc, &["spec", "clusterIPs"], json!(["None"]));
+        return Ok(None);
+    }
+    let owner = format!("{}/{name}", svc.namespace().unwrap_or_default());
+    let ip = ips
+        .allocate(wanted.as_deref(), &owner)
+        .await
+        .map_err(|mut e| {
+            if let Some(d) = e.details.as_mut() {
+                d.name = name.to_string();
+            }
+            e.message = e
+                .message
+                .replace("Service \"\"", &format!("Service \"{name}\""));
+            e
+        })?;
+    let ip = ip.to_string();
+    object::set_path(svc, &["spec", "clusterIP"], json!(ip));
+    object::set_path(svc, &["spec", "clusterIPs"], json!([ip]));
+    object::set_path(svc, &["spec", "ipFamilies"], json!(["IPv4"]));
+    object::set_path(svc, &["spec", "ipFamilyPolicy"], json!("SingleStack"));
+    Ok(Some(ip))
 }
 
 fn is_service(info: &ResourceInfo) -> bool {

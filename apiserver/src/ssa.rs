@@ -346,6 +346,50 @@ pub struct Conflict {
     pub api_version: String,
 }
 
+/// Why an apply was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApplyError {
+    /// Fields other managers own with other values (a 409 unless forced).
+    Conflicts(Vec<Conflict>),
+    /// The configuration cannot be applied (a 400).
+    Invalid(String),
+}
+
+/// Whether `path` differs between two objects. For a list item itself (`.`) only its presence
+/// counts: what changes inside it belongs to its fields.
+fn differs(a: &Value, b: &Value, path: &[Step]) -> bool {
+    if path.last() == Some(&Step::Dot) {
+        lookup(a, path).is_some() != lookup(b, path).is_some()
+    } else {
+        lookup(a, path) != lookup(b, path)
+    }
+}
+
+/// A merge key field of a list item (`k:{"name":"web"}` / `f:name`): it goes with the item.
+fn is_key_field(path: &[Step]) -> bool {
+    match path {
+        [.., Step::Key(k), Step::Field(f)] => {
+            serde_json::from_str::<Map<String, Value>>(k).is_ok_and(|m| m.contains_key(f))
+        }
+        _ => false,
+    }
+}
+
+/// The first `$` directive key anywhere in `v` (not allowed in an applied configuration).
+fn directive(v: &Value) -> Option<String> {
+    match v {
+        Value::Object(m) => m.iter().find_map(|(k, v)| {
+            if k.starts_with('$') {
+                Some(k.clone())
+            } else {
+                directive(v)
+            }
+        }),
+        Value::Array(a) => a.iter().find_map(directive),
+        _ => None,
+    }
+}
+
 /// The result of applying `applied` by `manager` to `live` (None: the object does not exist).
 pub fn apply(
     kind: &str,
@@ -355,7 +399,12 @@ pub fn apply(
     manager: &str,
     force: bool,
     now: &str,
-) -> Result<Value, Vec<Conflict>> {
+) -> Result<Value, ApplyError> {
+    if let Some(d) = directive(applied) {
+        return Err(ApplyError::Invalid(format!(
+            "{d} is a patch directive, not allowed in an applied configuration"
+        )));
+    }
     let set = field_set(kind, applied);
     let Some(live) = live else {
         let mut obj = applied.clone();
@@ -380,7 +429,7 @@ pub fn apply(
         .filter(|e| !(e.manager == manager && e.operation == "Apply"))
     {
         for path in set.intersection(&e.fields) {
-            if lookup(applied, path) != lookup(live, path) {
+            if differs(applied, live, path) {
                 conflicts.push(Conflict {
                     path: display(path),
                     manager: e.manager.clone(),
@@ -390,7 +439,7 @@ pub fn apply(
         }
     }
     if !conflicts.is_empty() && !force {
-        return Err(conflicts);
+        return Err(ApplyError::Conflicts(conflicts));
     }
     let previous: FieldSet = all
         .iter()
@@ -415,16 +464,27 @@ pub fn apply(
     if let Some(m) = config.as_object_mut() {
         m.remove("status"); // the main resource's apply never writes status
     }
-    let mut merged = smp::apply(kind, live, &config).unwrap_or_else(|_| live.clone());
+    let mut merged = smp::apply(kind, live, &config).map_err(|e| ApplyError::Invalid(e.0))?;
     // Whole list items first: removing an item's key field first would leave it unfindable.
     let gone: Vec<&Path> = previous
         .difference(&set)
         .filter(|p| !others.contains(*p))
         .collect();
+    // An item goes only if nobody else owns anything inside it; otherwise just this
+    // manager's fields inside it go (never its key).
     for path in gone.iter().filter(|p| p.last() == Some(&Step::Dot)) {
-        remove(&mut merged, path);
+        let item = &path[..path.len() - 1];
+        if !others
+            .iter()
+            .any(|o| o.len() > item.len() && o.starts_with(item))
+        {
+            remove(&mut merged, path);
+        }
     }
-    for path in gone.iter().filter(|p| p.last() != Some(&Step::Dot)) {
+    for path in gone
+        .iter()
+        .filter(|p| p.last() != Some(&Step::Dot) && !is_key_field(p))
+    {
         remove(&mut merged, path);
         // A map left empty by the removal goes too (as `labels: {}` is omitted in Kubernetes).
         let mut parent = &path[..path.len() - 1];
@@ -479,7 +539,7 @@ pub fn track_update(
     let after = field_set(kind, new);
     let changed: FieldSet = after
         .iter()
-        .filter(|p| old.is_none_or(|o| lookup(o, p) != lookup(new, p)))
+        .filter(|p| old.is_none_or(|o| differs(o, new, p)))
         .cloned()
         .collect();
     let removed: FieldSet = old
@@ -594,11 +654,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err,
-            [Conflict {
+            ApplyError::Conflicts(vec![Conflict {
                 path: ".spec.replicas".into(),
                 manager: "alice".into(),
                 api_version: "apps/v1".into()
-            }]
+            }])
         );
         let forced = apply(
             "Deployment",
@@ -672,7 +732,10 @@ mod tests {
             false,
             "t3",
         );
-        assert_eq!(again.unwrap_err()[0].manager, "kubectl-scale");
+        match again.unwrap_err() {
+            ApplyError::Conflicts(c) => assert_eq!(c[0].manager, "kubectl-scale"),
+            other => panic!("{other:?}"),
+        }
         // A write that changes nothing leaves managedFields byte for byte.
         let mut same = scaled.clone();
         track_update(
@@ -684,6 +747,97 @@ mod tests {
             "t4",
         );
         assert_eq!(same, scaled);
+    }
+
+    #[test]
+    fn a_change_inside_a_list_item_does_not_take_the_item() {
+        // Found in review: an update inside a container took the container's `.`, and the next
+        // apply of the same container conflicted on the whole item.
+        let cfg = deploy(2, json!([{"name": "web", "image": "a"}]));
+        let live = apply("Deployment", "apps/v1", None, &cfg, "alice", false, "t").unwrap();
+        let mut edited = live.clone();
+        edited["spec"]["template"]["spec"]["containers"][0]["env"] =
+            json!([{"name": "X", "value": "1"}]);
+        track_update(
+            "Deployment",
+            "apps/v1",
+            "bob",
+            Some(&live),
+            &mut edited,
+            "t2",
+        );
+        let again = apply(
+            "Deployment",
+            "apps/v1",
+            Some(&edited),
+            &cfg,
+            "alice",
+            false,
+            "t3",
+        )
+        .unwrap();
+        assert_eq!(
+            again["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"],
+            "X"
+        );
+        // Alice stops applying the container; Bob's env keeps it, with its name.
+        let bare = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}});
+        let out = apply(
+            "Deployment",
+            "apps/v1",
+            Some(&again),
+            &bare,
+            "alice",
+            false,
+            "t4",
+        )
+        .unwrap();
+        let c = &out["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            (c["name"].as_str(), c.get("image")),
+            (Some("web"), None),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn directives_and_unmergeable_configurations_are_refused() {
+        let live = apply(
+            "Deployment",
+            "apps/v1",
+            None,
+            &deploy(2, json!([{"name": "web"}])),
+            "alice",
+            false,
+            "t",
+        )
+        .unwrap();
+        let directive = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "$patch": "delete"}]}}}});
+        assert!(matches!(
+            apply(
+                "Deployment",
+                "apps/v1",
+                Some(&live),
+                &directive,
+                "alice",
+                false,
+                "t"
+            ),
+            Err(ApplyError::Invalid(_))
+        ));
+        let nameless = deploy(2, json!([{"image": "x"}]));
+        assert!(matches!(
+            apply(
+                "Deployment",
+                "apps/v1",
+                Some(&live),
+                &nameless,
+                "alice",
+                false,
+                "t"
+            ),
+            Err(ApplyError::Invalid(_))
+        ));
     }
 
     #[test]

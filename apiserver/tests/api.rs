@@ -1482,3 +1482,57 @@ async fn server_side_apply_tracks_owners_conflicts_and_removals() {
     );
     assert_eq!(code, 422);
 }
+
+/// Review findings on list/watch parameters: a resourceVersion newer than the store is a 504
+/// after waiting, never an older list; `limit` with a resourceVersion reads that exact snapshot;
+/// a negative resourceVersion is a 400; `timeoutSeconds=0` means the default, not "end now".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_watch_resource_version_rules() {
+    let c = TestCluster::start().await;
+    let addr = c.addr.to_string();
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let first = api
+        .create(&PostParams::default(), &cm("a", &[]))
+        .await
+        .unwrap();
+    let rv: i64 = first.metadata.resource_version.unwrap().parse().unwrap();
+    api.create(&PostParams::default(), &cm("b", &[]))
+        .await
+        .unwrap();
+    let path = "/api/v1/namespaces/default/configmaps";
+
+    let (code, body) = http_get(&addr, &format!("{path}?resourceVersion={}", rv + 1000)).unwrap();
+    assert_eq!(code, 504, "{body}");
+    let (code, body) = http_get(&addr, &format!("{path}?limit=10&resourceVersion={rv}")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a"], "the snapshot at {rv}, before b");
+    assert_eq!(
+        http_get(&addr, &format!("{path}?resourceVersion=-5"))
+            .unwrap()
+            .0,
+        400
+    );
+
+    // timeoutSeconds=0: the watch stays open (the next write arrives on it).
+    let mut w = api
+        .watch(&WatchParams::default().timeout(0), &rv.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(10), w.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("b")),
+        other => panic!("{other:?}"),
+    }
+}

@@ -66,35 +66,54 @@ enum Outcome {
 }
 
 pub(super) fn run(inner: Arc<Inner>, mut ops: mpsc::Receiver<Op>) {
-    while let Some(first) = ops.blocking_recv() {
-        let mut batch = Vec::with_capacity(16);
-        let mut bytes = first.value_len();
-        batch.push(first);
-        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
-            match ops.try_recv() {
-                Ok(op) => {
-                    bytes += op.value_len();
-                    batch.push(op);
+    // Compactions in progress, oldest first. Each pass of the loop applies the writes waiting
+    // (one batch) and then one chunk of the oldest compaction, so a long compaction never holds
+    // writes up for more than a chunk.
+    let mut compactions: std::collections::VecDeque<(Revision, oneshot::Sender<Result<()>>)> =
+        std::collections::VecDeque::new();
+    loop {
+        let first = if compactions.is_empty() {
+            match ops.blocking_recv() {
+                Some(op) => Some(op),
+                None => break,
+            }
+        } else {
+            ops.try_recv().ok()
+        };
+        if let Some(first) = first {
+            let mut batch = Vec::with_capacity(16);
+            let mut bytes = first.value_len();
+            batch.push(first);
+            while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+                match ops.try_recv() {
+                    Ok(op) => {
+                        bytes += op.value_len();
+                        batch.push(op);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            let writes: Vec<Op> = batch
+                .into_iter()
+                .filter_map(|op| match op {
+                    Op::Compact { revision, reply } => {
+                        compactions.push_back((revision, reply));
+                        None
+                    }
+                    other => Some(other),
+                })
+                .collect();
+            if !writes.is_empty() {
+                apply_batch(&inner, writes);
             }
         }
-        let mut compactions = Vec::new();
-        let writes: Vec<Op> = batch
-            .into_iter()
-            .filter_map(|op| match op {
-                Op::Compact { revision, reply } => {
-                    compactions.push((revision, reply));
-                    None
-                }
-                other => Some(other),
-            })
-            .collect();
-        if !writes.is_empty() {
-            apply_batch(&inner, writes);
-        }
-        for (revision, reply) in compactions {
-            let _ = reply.send(compact(&inner, revision));
+        if let Some((target, _)) = compactions.front() {
+            let outcome = compact_chunk(&inner, *target);
+            if !matches!(outcome, Ok(false))
+                && let Some((_, reply)) = compactions.pop_front()
+            {
+                let _ = reply.send(outcome.map(|_| ()));
+            }
         }
     }
     tracing::debug!("embedded store writer stopped");
@@ -316,63 +335,61 @@ fn op_key(op: &Op) -> &str {
 /// 9 survives (it is `a` as of 10), 12 is ≥ 10 so the tombstone and its prev (9) stay for watchers
 /// resuming at 10. A later compact(13) walks 10..13: record 12 supersedes 9 (deleted) and is a
 /// tombstone (deleted).
-fn compact(inner: &Inner, target: Revision) -> Result<()> {
-    loop {
-        let txn = inner.db.begin_write().map_err(redb_err("begin write"))?;
-        let (done, point);
+/// One chunk (one transaction, at most COMPACTION_CHUNK records) of a compaction to `target`;
+/// Ok(true) once the compaction point has reached it.
+fn compact_chunk(inner: &Inner, target: Revision) -> Result<bool> {
+    let txn = inner.db.begin_write().map_err(redb_err("begin write"))?;
+    let (done, point);
+    {
+        let mut revs = txn.open_table(REVS).map_err(redb_err("open revs"))?;
+        let mut meta = txn.open_table(META).map_err(redb_err("open meta"))?;
+        let compacted = meta
+            .get(META_COMPACTED)
+            .map_err(redb_err("read compaction point"))?
+            .map_or(1, |v| v.value());
+        let current = meta
+            .get(META_CURRENT)
+            .map_err(redb_err("read revision"))?
+            .map_or(1, |v| v.value());
+        if target > current {
+            return Err(StorageError::FutureRevision {
+                requested: target,
+                current,
+            });
+        }
+        if target <= compacted {
+            return Ok(true);
+        }
+        let mut walked = Vec::with_capacity(COMPACTION_CHUNK.min(1024));
+        for entry in revs
+            .range(compacted..target)
+            .map_err(redb_err("scan revs"))?
+            .take(COMPACTION_CHUNK)
         {
-            let mut revs = txn.open_table(REVS).map_err(redb_err("open revs"))?;
-            let mut meta = txn.open_table(META).map_err(redb_err("open meta"))?;
-            let compacted = meta
-                .get(META_COMPACTED)
-                .map_err(redb_err("read compaction point"))?
-                .map_or(1, |v| v.value());
-            let current = meta
-                .get(META_CURRENT)
-                .map_err(redb_err("read revision"))?
-                .map_or(1, |v| v.value());
-            if target > current {
-                return Err(StorageError::FutureRevision {
-                    requested: target,
-                    current,
-                });
-            }
-            if target <= compacted {
-                return Ok(());
-            }
-            let mut walked = Vec::with_capacity(COMPACTION_CHUNK.min(1024));
-            for entry in revs
-                .range(compacted..target)
-                .map_err(redb_err("scan revs"))?
-                .take(COMPACTION_CHUNK)
-            {
-                let (rev, bytes) = entry.map_err(redb_err("scan revs"))?;
-                let rev = rev.value();
-                let rec = record::decode(rev, bytes.value())?;
-                walked.push((rev, rec.kind, rec.prev_revision));
-            }
-            let next_point = if walked.len() == COMPACTION_CHUNK {
-                walked.last().map_or(target, |(rev, _, _)| rev + 1)
-            } else {
-                target
-            };
-            for (rev, kind, prev) in &walked {
-                if *prev != 0 {
-                    revs.remove(*prev).map_err(redb_err("delete record"))?;
-                }
-                if *kind == Kind::Delete {
-                    revs.remove(*rev).map_err(redb_err("delete record"))?;
-                }
-            }
-            meta.insert(META_COMPACTED, next_point)
-                .map_err(redb_err("write compaction point"))?;
-            done = next_point == target;
-            point = next_point;
+            let (rev, bytes) = entry.map_err(redb_err("scan revs"))?;
+            let rev = rev.value();
+            let rec = record::decode(rev, bytes.value())?;
+            walked.push((rev, rec.kind, rec.prev_revision));
         }
-        txn.commit().map_err(redb_err("commit compaction"))?;
-        inner.compacted.store(point, Ordering::Release);
-        if done {
-            return Ok(());
+        let next_point = if walked.len() == COMPACTION_CHUNK {
+            walked.last().map_or(target, |(rev, _, _)| rev + 1)
+        } else {
+            target
+        };
+        for (rev, kind, prev) in &walked {
+            if *prev != 0 {
+                revs.remove(*prev).map_err(redb_err("delete record"))?;
+            }
+            if *kind == Kind::Delete {
+                revs.remove(*rev).map_err(redb_err("delete record"))?;
+            }
         }
+        meta.insert(META_COMPACTED, next_point)
+            .map_err(redb_err("write compaction point"))?;
+        done = next_point == target;
+        point = next_point;
     }
+    txn.commit().map_err(redb_err("commit compaction"))?;
+    inner.compacted.store(point, Ordering::Release);
+    Ok(done)
 }
