@@ -692,12 +692,7 @@ impl ApiServer {
                 Err(e) => return Err(from_storage(e, info.group, info.plural, &name)),
             }
         }
-        Err(ApiError::conflict(
-            info.group,
-            info.plural,
-            &name,
-            "too many concurrent writers; try again",
-        ))
+        Err(too_many_writers(info, &name))
     }
 
     /// PATCH: JSON Patch, JSON merge patch and (built-ins) strategic merge patch; server-side
@@ -901,12 +896,7 @@ impl ApiServer {
                 other => other.map(|o| (false, o)),
             };
         }
-        Err(ApiError::conflict(
-            info.group,
-            info.plural,
-            &name,
-            "too many concurrent writers; try again",
-        ))
+        Err(too_many_writers(info, &name))
     }
 
     /// DELETE: immediate, or — with finalizers, a propagation policy that needs the garbage
@@ -1028,12 +1018,7 @@ impl ApiServer {
                 Err(e) => return Err(from_storage(e, info.group, info.plural, &name)),
             }
         }
-        Err(ApiError::conflict(
-            info.group,
-            info.plural,
-            &name,
-            "too many concurrent writers; try again",
-        ))
+        Err(too_many_writers(info, &name))
     }
 
     /// DELETE on a collection: every object matching the selectors, one by one.
@@ -1443,6 +1428,16 @@ async fn allocate_cluster_ip(
     object::set_path(svc, &["spec", "ipFamilies"], json!(["IPv4"]));
     object::set_path(svc, &["spec", "ipFamilyPolicy"], json!("SingleStack"));
     Ok(Some(ip))
+}
+
+/// A write that lost every compare-and-swap retry.
+fn too_many_writers(info: &ResourceInfo, name: &str) -> ApiError {
+    ApiError::conflict(
+        info.group,
+        info.plural,
+        name,
+        "too many concurrent writers; try again",
+    )
 }
 
 fn is_service(info: &ResourceInfo) -> bool {

@@ -290,6 +290,19 @@ pub struct Entry {
     pub fields: FieldSet,
 }
 
+impl Entry {
+    /// `manager`'s Apply entry owning `fields`.
+    fn apply(manager: &str, api_version: &str, now: &str, fields: FieldSet) -> Entry {
+        Entry {
+            manager: manager.into(),
+            operation: "Apply".into(),
+            api_version: api_version.into(),
+            time: now.into(),
+            fields,
+        }
+    }
+}
+
 pub fn entries(obj: &Value) -> Vec<Entry> {
     obj.pointer("/metadata/managedFields")
         .and_then(Value::as_array)
@@ -408,13 +421,7 @@ pub fn apply(
     let set = field_set(kind, applied);
     let Some(live) = live else {
         let mut obj = applied.clone();
-        let entry = Entry {
-            manager: manager.into(),
-            operation: "Apply".into(),
-            api_version: api_version.into(),
-            time: now.into(),
-            fields: set,
-        };
+        let entry = Entry::apply(manager, api_version, now, set);
         crate::object::set_path(
             &mut obj,
             &["metadata", "managedFields"],
@@ -498,13 +505,7 @@ pub fn apply(
         }
     }
     all.retain(|e| !(e.manager == manager && e.operation == "Apply"));
-    all.push(Entry {
-        manager: manager.into(),
-        operation: "Apply".into(),
-        api_version: api_version.into(),
-        time: now.into(),
-        fields: set,
-    });
+    all.push(Entry::apply(manager, api_version, now, set));
     crate::object::set_path(
         &mut merged,
         &["metadata", "managedFields"],
