@@ -695,8 +695,9 @@ impl ApiServer {
         Err(too_many_writers(info, &name))
     }
 
-    /// PATCH: JSON Patch, JSON merge patch and (built-ins) strategic merge patch; server-side
-    /// apply is refused by name until it is implemented.
+    /// PATCH: JSON Patch, JSON merge patch and (built-ins) strategic merge patch. Server-side
+    /// apply on the object itself is [`ApiServer::server_side_apply`]; on subresources it is
+    /// refused by name.
     pub async fn patch(
         &self,
         t: &Target,
