@@ -144,7 +144,7 @@ impl Cacher {
         let revision = loop {
             let page = store.list(&prefix, opts.clone()).await?;
             for kv in &page.items {
-                match decode(&kv.value, kv.mod_revision) {
+                match self.info.decode(&kv.value, kv.mod_revision) {
                     Some(v) => {
                         objects.insert(kv.key.clone(), Arc::new(v));
                     }
@@ -179,7 +179,7 @@ impl Cacher {
             match item? {
                 Event::Progress { revision } => self.advance(revision),
                 Event::Put { kv, prev } => {
-                    let Some(obj) = decode(&kv.value, kv.mod_revision) else {
+                    let Some(obj) = self.info.decode(&kv.value, kv.mod_revision) else {
                         tracing::error!(key = %kv.key, "stored object is not a JSON object; skipped");
                         self.advance(kv.mod_revision);
                         continue;
@@ -287,6 +287,17 @@ impl Cacher {
         })
         .await
         .is_ok()
+    }
+
+    /// A receiver that changes whenever the cache's revision moves (for in-process consumers
+    /// such as the CRD controller).
+    pub fn subscribe_revision(&self) -> watch::Receiver<i64> {
+        self.rv_tx.subscribe()
+    }
+
+    /// Whether the first list has completed.
+    pub fn is_ready(&self) -> bool {
+        self.state.read().map(|s| s.ready).unwrap_or(false)
     }
 
     /// The revision the cache reflects (0 until the first list).

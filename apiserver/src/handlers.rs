@@ -133,8 +133,8 @@ pub fn strict_check(t: &Target, p: &Params, obj: &Value) -> ApiResult<()> {
     Err(ApiError::bad_request(format!(
         "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
         list.join(", "),
-        kind = t.info.kind,
-        version = t.info.version
+        kind = &t.info.kind,
+        version = &t.info.version
     )))
 }
 
@@ -186,8 +186,13 @@ impl Filter {
     }
 }
 
-fn encode(obj: &Value) -> ApiResult<Bytes> {
+/// The stored form of an object: no resourceVersion (the store's revision is), and the
+/// resource's storage version as its apiVersion (conversion strategy None).
+fn encode(info: &ResourceInfo, obj: &Value) -> ApiResult<Bytes> {
     let mut stored = obj.clone();
+    if info.version != info.storage_version {
+        stored["apiVersion"] = json!(info.storage_api_version());
+    }
     stored.remove_meta("resourceVersion");
     stored.remove_meta("selfLink");
     serde_json::to_vec(&stored)
@@ -217,7 +222,7 @@ fn name_of(t: &Target) -> &str {
 
 impl ApiServer {
     fn invalid(&self, t: &Target, name: &str, causes: Vec<FieldError>) -> ApiError {
-        ApiError::invalid(t.info.group, t.info.kind, name, causes)
+        ApiError::invalid(&t.info.group, &t.info.kind, name, causes)
     }
 
     /// The live object and its mod_revision.
@@ -228,9 +233,9 @@ impl ApiServer {
             .store
             .get(&key)
             .await
-            .map_err(|e| from_storage(e, t.info.group, t.info.plural, name))?
-            .ok_or_else(|| ApiError::not_found(t.info.group, t.info.plural, name))?;
-        let obj = cacher::decode(&kv.value, kv.mod_revision).ok_or_else(|| {
+            .map_err(|e| from_storage(e, &t.info.group, &t.info.plural, name))?
+            .ok_or_else(|| ApiError::not_found(&t.info.group, &t.info.plural, name))?;
+        let obj = t.info.decode(&kv.value, kv.mod_revision).ok_or_else(|| {
             ApiError::internal(format!("stored object {key} is not a JSON object"))
         })?;
         Ok((obj, kv.mod_revision))
@@ -245,7 +250,7 @@ impl ApiServer {
                 let name = name_of(t);
                 return match cacher.get(&t.info.key(t.namespace.as_deref(), name)) {
                     Some(obj) => Ok((*obj).clone()),
-                    None => Err(ApiError::not_found(t.info.group, t.info.plural, name)),
+                    None => Err(ApiError::not_found(&t.info.group, &t.info.plural, name)),
                 };
             }
         }
@@ -294,7 +299,7 @@ impl ApiServer {
                         .store
                         .current_revision()
                         .await
-                        .map_err(|e| from_storage(e, t.info.group, t.info.plural, ""))?,
+                        .map_err(|e| from_storage(e, &t.info.group, &t.info.plural, ""))?,
                 },
                 (Some(_), None) => 0,
             };
@@ -316,7 +321,7 @@ impl ApiServer {
                     .store
                     .current_revision()
                     .await
-                    .map_err(|e| from_storage(e, t.info.group, t.info.plural, ""))?;
+                    .map_err(|e| from_storage(e, &t.info.group, &t.info.plural, ""))?;
                 if r > current {
                     if !cacher.wait_for(r, Duration::from_secs(3)).await {
                         return Err(ApiError::timeout(format!(
@@ -385,11 +390,11 @@ impl ApiServer {
                     capstan_storage::StorageError::Compacted { .. } if cont.is_some() => {
                         ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
                     }
-                    e => from_storage(e, t.info.group, t.info.plural, ""),
+                    e => from_storage(e, &t.info.group, &t.info.plural, ""),
                 })?;
             revision = Some(page.revision);
             for (i, kv) in page.items.iter().enumerate() {
-                let Some(obj) = cacher::decode(&kv.value, kv.mod_revision) else {
+                let Some(obj) = t.info.decode(&kv.value, kv.mod_revision) else {
                     continue;
                 };
                 if filter.matches(&t.info, &obj) {
@@ -412,8 +417,15 @@ impl ApiServer {
     pub async fn create(&self, t: &Target, mut obj: Value, p: &Params) -> ApiResult<Value> {
         let dry_run = p.dry_run()?;
         let info = &t.info;
+        if info.terminating {
+            return Err(ApiError::method_not_allowed(format!(
+                "create not allowed while custom resource definition is terminating: {}",
+                crate::errors::qualified(&info.group, &info.plural)
+            )));
+        }
         check_type(info, &mut obj)?;
         strict_check(t, p, &obj)?;
+        info.strategy.canonicalize(&mut obj);
         if info.namespaced {
             let ns = t
                 .namespace
@@ -464,7 +476,7 @@ impl ApiServer {
             .is_none_or(|mf| mf.as_array().is_none_or(Vec::is_empty))
         {
             crate::ssa::track_update(
-                info.kind,
+                &info.kind,
                 &info.api_version(),
                 p.manager(),
                 None,
@@ -494,16 +506,17 @@ impl ApiServer {
             let (ips, store, group, plural) = (
                 self.ips.clone(),
                 self.store.clone(),
-                info.group,
-                info.plural,
+                info.group.clone(),
+                info.plural.clone(),
             );
+            let svc_info = t.info.clone();
             let task = tokio::spawn(async move {
                 let allocated = allocate_cluster_ip(&ips, &mut obj, &name).await?;
-                let stored = match encode(&obj) {
+                let stored = match encode(&svc_info, &obj) {
                     Ok(bytes) => store
                         .create(&key, bytes)
                         .await
-                        .map_err(|e| from_storage(e, group, plural, &name)),
+                        .map_err(|e| from_storage(e, &group, &plural, &name)),
                     Err(e) => Err(e),
                 };
                 match stored {
@@ -522,9 +535,9 @@ impl ApiServer {
         }
         let kv = self
             .store
-            .create(&key, encode(&obj)?)
+            .create(&key, encode(info, &obj)?)
             .await
-            .map_err(|e| from_storage(e, info.group, info.plural, &name))?;
+            .map_err(|e| from_storage(e, &info.group, &info.plural, &name))?;
         Ok(with_rv(obj, kv.mod_revision))
     }
 
@@ -622,20 +635,21 @@ impl ApiServer {
                 && expected != rev
             {
                 return Err(ApiError::conflict(
-                    info.group,
-                    info.plural,
+                    &info.group,
+                    &info.plural,
                     &name,
                     "the object has been modified; please apply your changes to the latest version and try again",
                 ));
             }
             let mut new = transform(&live)?;
+            info.strategy.canonicalize(&mut new);
             preserve_meta(&live, &mut new)?;
             if is_service(info) {
                 keep_cluster_ip(&live, &mut new, &name)?;
             }
             if let Some(m) = manager {
                 crate::ssa::track_update(
-                    info.kind,
+                    &info.kind,
                     &info.api_version(),
                     m,
                     Some(&live),
@@ -672,7 +686,7 @@ impl ApiServer {
                     {
                         continue;
                     }
-                    Err(e) => Err(from_storage(e, info.group, info.plural, &name)),
+                    Err(e) => Err(from_storage(e, &info.group, &info.plural, &name)),
                 };
             }
             let mut unchanged = live.clone();
@@ -682,14 +696,14 @@ impl ApiServer {
             }
             match self
                 .store
-                .update(&info.key_of(&new), encode(&new)?, rev)
+                .update(&info.key_of(&new), encode(info, &new)?, rev)
                 .await
             {
                 Ok(kv) => return Ok(with_rv(new, kv.mod_revision)),
                 Err(capstan_storage::StorageError::Conflict { .. }) if precondition.is_none() => {
                     continue;
                 }
-                Err(e) => return Err(from_storage(e, info.group, info.plural, &name)),
+                Err(e) => return Err(from_storage(e, &info.group, &info.plural, &name)),
             }
         }
         Err(too_many_writers(info, &name))
@@ -745,7 +759,7 @@ impl ApiServer {
                     details: None,
                 })?,
                 (None, PatchKind::Strategic) => {
-                    doc = crate::smp::apply(info.kind, &doc, &patch).map_err(|e| {
+                    doc = crate::smp::apply(&info.kind, &doc, &patch).map_err(|e| {
                         ApiError::bad_request(format!(
                             "the strategic merge patch could not be applied: {}",
                             e.0
@@ -834,7 +848,7 @@ impl ApiServer {
             match self.live(t).await {
                 Err(e) if e.code == 404 => {
                     let obj = crate::ssa::apply(
-                        info.kind,
+                        &info.kind,
                         &api_version,
                         None,
                         &applied,
@@ -859,7 +873,7 @@ impl ApiServer {
             let updated = self
                 .guaranteed_update(t, None, p.dry_run()?, None, |live| {
                     let mut out = crate::ssa::apply(
-                        info.kind,
+                        &info.kind,
                         &api_version,
                         Some(live),
                         &applied,
@@ -939,8 +953,8 @@ impl ApiServer {
                 && live.meta_str("uid") != Some(uid)
             {
                 return Err(ApiError::conflict(
-                    info.group,
-                    info.plural,
+                    &info.group,
+                    &info.plural,
                     &name,
                     &format!(
                         "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
@@ -954,8 +968,8 @@ impl ApiServer {
                 && want != rev.to_string()
             {
                 return Err(ApiError::conflict(
-                    info.group,
-                    info.plural,
+                    &info.group,
+                    &info.plural,
                     &name,
                     &format!(
                         "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
@@ -991,7 +1005,7 @@ impl ApiServer {
                         return Ok(with_rv(live, del_rev));
                     }
                     Err(capstan_storage::StorageError::Conflict { .. }) => continue,
-                    Err(e) => return Err(from_storage(e, info.group, info.plural, &name)),
+                    Err(e) => return Err(from_storage(e, &info.group, &info.plural, &name)),
                 }
             }
             if live.is_deleting() && finalizers == live.finalizers() {
@@ -1011,12 +1025,12 @@ impl ApiServer {
             }
             match self
                 .store
-                .update(&info.key_of(&marked), encode(&marked)?, rev)
+                .update(&info.key_of(&marked), encode(info, &marked)?, rev)
                 .await
             {
                 Ok(kv) => return Ok(with_rv(marked, kv.mod_revision)),
                 Err(capstan_storage::StorageError::Conflict { .. }) => continue,
-                Err(e) => return Err(from_storage(e, info.group, info.plural, &name)),
+                Err(e) => return Err(from_storage(e, &info.group, &info.plural, &name)),
             }
         }
         Err(too_many_writers(info, &name))
@@ -1045,7 +1059,7 @@ impl ApiServer {
             }
         }
         Ok(json!({
-            "kind": format!("{}List", t.info.kind),
+            "kind": t.info.list_kind,
             "apiVersion": t.info.api_version(),
             "metadata": {},
             "items": deleted,
@@ -1094,7 +1108,7 @@ impl ApiServer {
 
     /// GET .../scale: the autoscaling/v1 Scale view of spec.replicas.
     pub async fn get_scale(&self, t: &Target) -> ApiResult<Value> {
-        Ok(scale_of(&self.get(t).await?))
+        Ok(scale_of(&t.info, &self.get(t).await?))
     }
 
     /// PUT or PATCH (merge or JSON patch) .../scale: changes spec.replicas only.
@@ -1105,11 +1119,16 @@ impl ApiServer {
         body: Bytes,
         p: &Params,
     ) -> ApiResult<Value> {
+        let paths = t
+            .info
+            .scale
+            .clone()
+            .ok_or_else(|| ApiError::internal("the resource has no scale subresource"))?;
         let (live, _) = self.live(t).await?;
         let scale = match content_type {
             None => parse_body(&body)?,
             Some(ct) => {
-                let mut doc = scale_of(&live);
+                let mut doc = scale_of(&t.info, &live);
                 let patch: Value = serde_json::from_slice(&body).map_err(|e| {
                     ApiError::bad_request(format!("the patch is not valid JSON: {e}"))
                 })?;
@@ -1164,11 +1183,12 @@ impl ApiServer {
         let updated = self
             .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
                 let mut new = live.clone();
-                object::set_path(&mut new, &["spec", "replicas"], json!(replicas));
+                let path: Vec<&str> = paths.spec_replicas.split('/').skip(1).collect();
+                object::set_path(&mut new, &path, json!(replicas));
                 Ok(new)
             })
             .await?;
-        Ok(scale_of(&updated))
+        Ok(scale_of(&t.info, &updated))
     }
 
     /// A client watch, as a stream of JSON lines.
@@ -1232,7 +1252,7 @@ impl ApiServer {
                             .store
                             .current_revision()
                             .await
-                            .map_err(|e| from_storage(e, t.info.group, t.info.plural, ""))?,
+                            .map_err(|e| from_storage(e, &t.info.group, &t.info.plural, ""))?,
                     },
                 };
                 cacher.watch_at_least(None, min).await?
@@ -1287,7 +1307,7 @@ impl ApiServer {
             }
             if initial_end {
                 last_rv = last_rv.max(snapshot_rv);
-                let line = json!({"type": "BOOKMARK", "object": {"kind": info.kind, "apiVersion": info.api_version(),
+                let line = json!({"type": "BOOKMARK", "object": {"kind": &info.kind, "apiVersion": info.api_version(),
                     "metadata": {"resourceVersion": last_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}});
                 let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
                 bytes.push(b'\n');
@@ -1303,7 +1323,7 @@ impl ApiServer {
                         // Only what this watcher has been sent: the cache may be ahead of
                         // events still queued for it, and a bookmark must never skip them.
                         let rv = last_rv;
-                        let line = json!({"type": "BOOKMARK", "object": {"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv.to_string()}}});
+                        let line = json!({"type": "BOOKMARK", "object": {"kind": &info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv.to_string()}}});
                         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
                         bytes.push(b'\n');
                         if tx.send(Bytes::from(bytes)).await.is_err() { return; }
@@ -1373,7 +1393,7 @@ fn apply_conflict(
         })
         .collect();
     let n = conflicts.len();
-    let mut e = ApiError::conflict(info.group, info.plural, name, "");
+    let mut e = ApiError::conflict(&info.group, &info.plural, name, "");
     e.message = format!(
         "Apply failed with {n} conflict{}: {}",
         if n == 1 { "" } else { "s" },
@@ -1434,8 +1454,8 @@ async fn allocate_cluster_ip(
 /// A write that lost every compare-and-swap retry.
 fn too_many_writers(info: &ResourceInfo, name: &str) -> ApiError {
     ApiError::conflict(
-        info.group,
-        info.plural,
+        &info.group,
+        &info.plural,
         name,
         "too many concurrent writers; try again",
     )
@@ -1525,10 +1545,10 @@ fn check_type(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
         Some(k) if k != info.kind => {
             return Err(ApiError::bad_request(format!(
                 "the kind in the data ({k}) does not match the expected kind ({})",
-                info.kind
+                &info.kind
             )));
         }
-        _ => obj["kind"] = json!(info.kind),
+        _ => obj["kind"] = json!(&info.kind),
     }
     Ok(())
 }
@@ -1576,15 +1596,31 @@ fn preserve_meta(live: &Value, new: &mut Value) -> ApiResult<()> {
     Ok(())
 }
 
-fn scale_of(obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .and_then(|ls| Selector::from_label_selector(&ls).ok())
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+/// The autoscaling/v1 Scale view of an object, read where the resource's scale paths say.
+fn scale_of(info: &ResourceInfo, obj: &Value) -> Value {
+    let workload = crate::registry::ScalePaths::workload();
+    let paths = info.scale.as_ref().unwrap_or(&workload);
+    let selector = match &paths.selector {
+        Some(crate::registry::SelectorAt::LabelSelector(at)) => obj
+            .pointer(at)
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .and_then(|ls| Selector::from_label_selector(&ls).ok())
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        Some(crate::registry::SelectorAt::String(at)) => obj
+            .pointer(at)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        None => String::new(),
+    };
     let meta = obj.meta();
     let pick = |k: &str| meta.and_then(|m| m.get(k)).cloned().unwrap_or(Value::Null);
+    let spec_default = if info.group.is_empty() || info.group == "apps" {
+        1
+    } else {
+        0
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1595,9 +1631,9 @@ fn scale_of(obj: &Value) -> Value {
             "resourceVersion": pick("resourceVersion"),
             "creationTimestamp": pick("creationTimestamp"),
         },
-        "spec": { "replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1) },
+        "spec": { "replicas": obj.pointer(&paths.spec_replicas).and_then(Value::as_i64).unwrap_or(spec_default) },
         "status": {
-            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "replicas": obj.pointer(&paths.status_replicas).and_then(Value::as_i64).unwrap_or(0),
             "selector": selector,
         },
     })
@@ -1626,7 +1662,7 @@ fn patch_kind(content_type: &str, info: &ResourceInfo) -> ApiResult<PatchKind> {
         }
         "application/strategic-merge-patch+json" => Err(ApiError::unsupported_media_type(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json (strategic merge patch is not supported for {})",
-            crate::errors::qualified(info.group, info.plural)
+            crate::errors::qualified(&info.group, &info.plural)
         ))),
         "application/apply-patch+yaml" => Ok(PatchKind::Apply),
         other => Err(ApiError::unsupported_media_type(format!(

@@ -8,6 +8,7 @@
 //! bodies.
 
 pub mod cacher;
+pub mod crd;
 pub mod errors;
 pub mod handlers;
 pub mod ipalloc;
@@ -46,9 +47,9 @@ pub struct ApiServer {
     cachers: RwLock<HashMap<String, Arc<Cacher>>>,
     metrics: Option<RequestMetrics>,
     pub prometheus: Metrics,
-    /// The /openapi/v3 root and documents, generated once (the registry holds only built-ins;
-    /// custom resources will have to invalidate this).
-    openapi: std::sync::OnceLock<(Value, HashMap<String, Value>)>,
+    /// The /openapi/v3 root and documents, built on demand for one registry generation
+    /// (CustomResourceDefinitions change the registry, which makes them stale).
+    openapi: RwLock<Option<(u64, Arc<OpenApiDocs>)>>,
     /// Service ClusterIPs.
     pub ips: ipalloc::Allocator,
 }
@@ -127,7 +128,7 @@ impl ApiServer {
             cachers: RwLock::new(HashMap::new()),
             metrics: Some(metrics),
             prometheus,
-            openapi: std::sync::OnceLock::new(),
+            openapi: RwLock::new(None),
             ips: ipalloc::Allocator::new(cidr, store.clone()),
             store,
         });
@@ -152,12 +153,13 @@ impl ApiServer {
                 Err(e) => return Err(e),
             }
         }
+        crd::controller::CrdController::start(&api).await?;
         Ok(api)
     }
 
     /// The watch cache of a resource (started on first use).
     pub fn cacher(&self, info: &Arc<ResourceInfo>) -> Arc<Cacher> {
-        let key = format!("{}/{}", info.api_version(), info.plural);
+        let key = format!("{}/{}", info.api_version(), &info.plural);
         if let Some(c) = self.cachers.read().ok().and_then(|m| m.get(&key).cloned()) {
             return c;
         }
@@ -165,6 +167,15 @@ impl ApiServer {
         map.entry(key)
             .or_insert_with(|| Cacher::start(info.clone(), self.store.clone()))
             .clone()
+    }
+
+    /// Stops and forgets the watch cache of a resource that is no longer served (its client
+    /// watches end; clients re-watch and find the resource gone or changed).
+    pub fn drop_cacher(&self, info: &ResourceInfo) {
+        let key = format!("{}/{}", info.api_version(), info.plural);
+        if let Some(c) = self.cachers.write().ok().and_then(|mut m| m.remove(&key)) {
+            c.stop();
+        }
     }
 
     /// Ready once every watch cache has listed.
@@ -248,12 +259,12 @@ async fn api_versions() -> Response {
 }
 
 fn group_entry(api: &ApiServer, group: &str) -> Value {
-    let mut versions: Vec<&str> = api
+    let mut versions: Vec<String> = api
         .registry
         .all()
         .iter()
         .filter(|r| r.group == group)
-        .map(|r| r.version)
+        .map(|r| r.version.clone())
         .collect();
     versions.sort();
     versions.dedup();
@@ -269,11 +280,11 @@ fn group_entry(api: &ApiServer, group: &str) -> Value {
 }
 
 async fn api_groups(State(api): State<Arc<ApiServer>>) -> Response {
-    let mut groups: Vec<&str> = api
+    let mut groups: Vec<String> = api
         .registry
         .all()
         .iter()
-        .map(|r| r.group)
+        .map(|r| r.group.clone())
         .filter(|g| !g.is_empty())
         .collect();
     groups.sort();
@@ -307,7 +318,7 @@ fn resource_list(api: &ApiServer, group: &str, version: &str) -> Option<Value> {
     if infos.is_empty() {
         return None;
     }
-    infos.sort_by_key(|r| r.plural);
+    infos.sort_by(|a, b| a.plural.cmp(&b.plural));
     for r in infos {
         resources.push(json!({
             "name": r.plural,
@@ -324,9 +335,9 @@ fn resource_list(api: &ApiServer, group: &str, version: &str) -> Option<Value> {
             })
         };
         if r.status {
-            resources.push(sub("status", r.kind, &["get", "patch", "update"]));
+            resources.push(sub("status", &r.kind, &["get", "patch", "update"]));
         }
-        if r.scale {
+        if r.scale.is_some() {
             let mut s = sub("scale", "Scale", &["get", "patch", "update"]);
             s["group"] = json!("autoscaling");
             s["version"] = json!("v1");
@@ -366,21 +377,24 @@ async fn group_resources(
     }
 }
 
+/// The /openapi/v3 root and its per-group-version documents.
+type OpenApiDocs = (Value, HashMap<String, Value>);
+
 impl ApiServer {
-    fn openapi(&self) -> &(Value, HashMap<String, Value>) {
-        self.openapi.get_or_init(|| {
-            let root = openapi::root(&self.registry);
-            let docs = root["paths"]
-                .as_object()
-                .map(|paths| {
-                    paths
-                        .keys()
-                        .filter_map(|gv| Some((gv.clone(), openapi::document(&self.registry, gv)?)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (root, docs)
-        })
+    fn openapi(&self) -> Arc<OpenApiDocs> {
+        let generation = self.registry.generation();
+        if let Ok(cached) = self.openapi.read()
+            && let Some((g, docs)) = cached.as_ref()
+            && *g == generation
+        {
+            return docs.clone();
+        }
+        let (root, docs) = openapi::build(&self.registry);
+        let built = Arc::new((root, docs));
+        if let Ok(mut cached) = self.openapi.write() {
+            *cached = Some((generation, built.clone()));
+        }
+        built
     }
 }
 
@@ -488,7 +502,7 @@ fn resolve(api: &ApiServer, group: &str, version: &str, rest: &str) -> ApiResult
     if let Some(s) = &sub {
         let known = match s.as_str() {
             "status" => info.status,
-            "scale" => info.scale,
+            "scale" => info.scale.is_some(),
             "binding" => info.group.is_empty() && info.plural == "pods",
             "finalize" => info.group.is_empty() && info.plural == "namespaces",
             _ => false,
@@ -567,22 +581,25 @@ async fn dispatch(
         None => target.info.plural.to_string(),
     };
     let response = serve(&api, &method, &target, verb, &p, &headers, body).await;
-    let response = match response {
+    let mut response = match response {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if let Some(w) = &target.info.deprecation {
+        response = with_warnings(response, std::slice::from_ref(w));
+    }
     if let Some(m) = &api.metrics {
         m.total
             .with_label_values(&[
                 verb,
-                target.info.group,
+                &target.info.group,
                 &resource,
                 response.status().as_str(),
             ])
             .inc();
         if verb != "watch" {
             m.duration
-                .with_label_values(&[verb, target.info.group, &resource])
+                .with_label_values(&[verb, &target.info.group, &resource])
                 .observe(started.elapsed().as_secs_f64());
         }
     }
@@ -650,11 +667,11 @@ async fn serve(
     if matches!(verb, "update" | "patch") && t.name.is_none() {
         return Err(ApiError::method_not_allowed(format!(
             "{method} is not supported on a collection of {}: name the object",
-            t.info.plural
+            &t.info.plural
         )));
     }
     let ok = |v: Value| -> ApiResult<Response> {
-        let v = if table && v.get("kind").and_then(Value::as_str) == Some(t.info.kind) {
+        let v = if table && v.get("kind").and_then(Value::as_str) == Some(&t.info.kind) {
             crate::table::render(
                 &t.info.strategy.table(),
                 std::slice::from_ref(&v),
@@ -719,7 +736,7 @@ async fn serve(
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
-                    "kind": format!("{}List", t.info.kind),
+                    "kind": t.info.list_kind,
                     "apiVersion": t.info.api_version(),
                     "metadata": meta,
                     "items": items,
@@ -800,7 +817,7 @@ async fn serve(
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported on {}{}{}",
-            t.info.plural,
+            &t.info.plural,
             if t.name.is_some() { "/NAME" } else { "" },
             sub.map(|s| format!("/{s}")).unwrap_or_default()
         ))),

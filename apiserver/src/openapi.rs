@@ -7,7 +7,7 @@
 //! - each kind's schema tagged with its GVK (for `kubectl explain`) and the list fields' patch
 //!   metadata (`x-kubernetes-patch-merge-key`/`-strategy`, `x-kubernetes-list-type`/`-map-keys`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use schemars::generate::SchemaSettings;
@@ -28,24 +28,36 @@ fn gv_path(group: &str, version: &str) -> String {
 fn group_versions(registry: &Registry) -> BTreeMap<String, Vec<std::sync::Arc<ResourceInfo>>> {
     let mut gvs: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for r in registry.all() {
-        gvs.entry(gv_path(r.group, r.version)).or_default().push(r);
+        gvs.entry(gv_path(&r.group, &r.version))
+            .or_default()
+            .push(r);
     }
     gvs
 }
 
-/// The root: `{"paths": {"apis/apps/v1": {"serverRelativeURL": "/openapi/v3/apis/apps/v1?hash=…"}}}`.
-pub fn root(registry: &Registry) -> Value {
+/// The root (`{"paths": {"apis/apps/v1": {"serverRelativeURL": "/openapi/v3/apis/apps/v1?hash=…"}}}`)
+/// and every group/version's document, keyed like the root's paths.
+pub fn build(registry: &Registry) -> (Value, HashMap<String, Value>) {
     let mut paths = Map::new();
+    let mut docs = HashMap::new();
     for key in group_versions(registry).keys() {
-        let doc = document(registry, key).unwrap_or(Value::Null);
+        let Some(doc) = document(registry, key) else {
+            continue;
+        };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         doc.to_string().hash(&mut h);
         paths.insert(
             key.clone(),
             json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={:016X}", h.finish())}),
         );
+        docs.insert(key.clone(), doc);
     }
-    json!({ "paths": paths })
+    (json!({ "paths": paths }), docs)
+}
+
+/// The root document alone.
+pub fn root(registry: &Registry) -> Value {
+    build(registry).0
 }
 
 fn param(name: &str, description: &str) -> Value {

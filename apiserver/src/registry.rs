@@ -4,6 +4,7 @@
 //! run time through the same type, so every handler serves both alike.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use capstan_api::validation::FieldError;
@@ -15,21 +16,64 @@ use crate::strategy::{self, Strategy};
 /// One served resource (a group/version/plural).
 #[derive(Clone)]
 pub struct ResourceInfo {
-    pub group: &'static str,
-    pub version: &'static str,
-    pub kind: &'static str,
-    pub plural: &'static str,
-    pub singular: &'static str,
-    pub short_names: &'static [&'static str],
-    pub categories: &'static [&'static str],
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub plural: String,
+    pub singular: String,
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
     pub namespaced: bool,
     /// Has a /status subresource: the main endpoint ignores status, /status ignores the rest.
     pub status: bool,
-    /// Has a /scale subresource (autoscaling/v1 Scale over spec.replicas).
-    pub scale: bool,
+    /// Has a /scale subresource (autoscaling/v1 Scale), with where its fields live.
+    pub scale: Option<ScalePaths>,
     /// Accepts strategic merge patches (built-ins; custom resources answer 415, as in Kubernetes).
     pub strategic_merge: bool,
+    /// The version objects are stored at. Versions of one resource share one store prefix; with
+    /// conversion strategy None only `apiVersion` differs between them.
+    pub storage_version: String,
+    /// A `Warning` header sent with every response of this version (deprecated CRD versions).
+    pub deprecation: Option<String>,
+    /// Where objects live in the store: `pods/` for built-ins, `GROUP/PLURAL/` for custom
+    /// resources (kube-apiserver's etcd layout).
+    pub store_prefix: String,
+    /// The resource's CRD is being deleted: reads and deletes are served, creates are not.
+    pub terminating: bool,
+    /// `PodList`, `WidgetList`.
+    pub list_kind: String,
     pub strategy: Arc<dyn Strategy>,
+}
+
+/// Where a /scale subresource reads and writes (JSON pointers into the object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScalePaths {
+    /// `/spec/replicas`: written by PUT/PATCH of the Scale.
+    pub spec_replicas: String,
+    /// `/status/replicas`.
+    pub status_replicas: String,
+    /// Where the label selector is. Built-ins hold a metav1.LabelSelector at `/spec/selector`;
+    /// custom resources name a string field holding the serialized selector.
+    pub selector: Option<SelectorAt>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SelectorAt {
+    /// A metav1.LabelSelector object (built-in workloads).
+    LabelSelector(String),
+    /// A string already in selector syntax (CRDs' labelSelectorPath).
+    String(String),
+}
+
+impl ScalePaths {
+    /// The built-in workloads' layout: spec.replicas, status.replicas, spec.selector.
+    pub fn workload() -> ScalePaths {
+        ScalePaths {
+            spec_replicas: "/spec/replicas".into(),
+            status_replicas: "/status/replicas".into(),
+            selector: Some(SelectorAt::LabelSelector("/spec/selector".into())),
+        }
+    }
 }
 
 impl std::fmt::Debug for ResourceInfo {
@@ -52,17 +96,33 @@ pub const VERBS: &[&str] = &[
 impl ResourceInfo {
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
+        api_version(&self.group, &self.version)
+    }
+
+    /// The apiVersion objects are stored with.
+    pub fn storage_api_version(&self) -> String {
+        api_version(&self.group, &self.storage_version)
+    }
+
+    /// A stored object as this version serves it. Versions of a resource differ only in
+    /// `apiVersion` (conversion strategy None), so that is all that changes.
+    pub fn decode(&self, bytes: &[u8], rv: i64) -> Option<Value> {
+        let mut obj = crate::cacher::decode(bytes, rv)?;
+        if obj.get("apiVersion").and_then(Value::as_str) != Some(&self.api_version()) {
+            obj["apiVersion"] = Value::String(self.api_version());
         }
+        self.strategy.canonicalize(&mut obj);
+        Some(obj)
+    }
+
+    pub fn is(&self, group: &str, plural: &str) -> bool {
+        self.group == group && self.plural == plural
     }
 
     /// The store prefix of every object of this resource, as kube-apiserver lays out etcd:
     /// `pods/`, `deployments/`; custom resources add their group.
     pub fn prefix(&self) -> String {
-        format!("{}/", self.plural)
+        self.store_prefix.clone()
     }
 
     /// The store prefix for a list: one namespace, or every object.
@@ -93,10 +153,22 @@ impl ResourceInfo {
     }
 }
 
+/// `v1` or `apps/v1`.
+pub fn api_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
 /// The served resources, looked up by group/version/plural (and by short name for clients).
 #[derive(Debug, Default)]
 pub struct Registry {
     by_gvr: RwLock<BTreeMap<(String, String, String), Arc<ResourceInfo>>>,
+    /// Bumped by every add and remove: discovery and OpenAPI documents built at an older
+    /// generation are stale.
+    generation: AtomicU64,
 }
 
 impl Registry {
@@ -113,14 +185,33 @@ impl Registry {
         if let Ok(mut map) = self.by_gvr.write() {
             map.insert(
                 (
-                    info.group.to_string(),
-                    info.version.to_string(),
-                    info.plural.to_string(),
+                    info.group.clone(),
+                    info.version.clone(),
+                    info.plural.clone(),
                 ),
                 info.clone(),
             );
         }
+        self.generation.fetch_add(1, Ordering::SeqCst);
         info
+    }
+
+    /// Stops serving a resource; returns what was served.
+    pub fn remove(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
+        let removed = self.by_gvr.write().ok()?.remove(&(
+            group.to_string(),
+            version.to_string(),
+            plural.to_string(),
+        ));
+        if removed.is_some() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        removed
+    }
+
+    /// Changes with every add and remove.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
@@ -156,17 +247,22 @@ fn res(
     strategy: Arc<dyn Strategy>,
 ) -> ResourceInfo {
     ResourceInfo {
-        group,
-        version,
-        kind,
-        plural,
-        singular: Box::leak(kind.to_ascii_lowercase().into_boxed_str()),
-        short_names,
-        categories: &[],
+        group: group.into(),
+        version: version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        singular: kind.to_ascii_lowercase(),
+        short_names: short_names.iter().map(|s| s.to_string()).collect(),
+        categories: Vec::new(),
         namespaced,
         status,
-        scale: false,
+        scale: None,
         strategic_merge: true,
+        storage_version: version.into(),
+        deprecation: None,
+        store_prefix: format!("{plural}/"),
+        terminating: false,
+        list_kind: format!("{kind}List"),
         strategy,
     }
 }
@@ -181,7 +277,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     use strategy::{Builtin, NameRule};
 
-    let all = &["all"];
+    let all = vec!["all".to_string()];
     let mut pods = res(
         ("", "v1", "Pod"),
         "pods",
@@ -203,7 +299,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .table(crate::table::pods)
             .arc(),
     );
-    pods.categories = all;
+    pods.categories = all.clone();
     let mut services = res(
         ("", "v1", "Service"),
         "services",
@@ -217,7 +313,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .reset_status_on_create()
             .arc(),
     );
-    services.categories = all;
+    services.categories = all.clone();
     let mut deployments = res(
         ("apps", "v1", "Deployment"),
         "deployments",
@@ -230,8 +326,8 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .reset_status_on_create()
             .arc(),
     );
-    deployments.categories = all;
-    deployments.scale = true;
+    deployments.categories = all.clone();
+    deployments.scale = Some(ScalePaths::workload());
     let mut replicasets = res(
         ("apps", "v1", "ReplicaSet"),
         "replicasets",
@@ -244,8 +340,8 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .reset_status_on_create()
             .arc(),
     );
-    replicasets.categories = all;
-    replicasets.scale = true;
+    replicasets.categories = all.clone();
+    replicasets.scale = Some(ScalePaths::workload());
     let mut hpa = res(
         ("autoscaling", "v2", "HorizontalPodAutoscaler"),
         "horizontalpodautoscalers",
@@ -257,7 +353,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .reset_status_on_create()
             .arc(),
     );
-    hpa.categories = all;
+    hpa.categories = all.clone();
 
     vec![
         res(
@@ -376,6 +472,10 @@ pub fn builtins() -> Vec<ResourceInfo> {
             false,
             true,
             Builtin::of::<apiext::CustomResourceDefinition>()
+                .validate_with(crate::crd::definition::validate)
+                .on_create(crate::crd::definition::on_create)
+                .on_update(crate::crd::definition::default_spec)
+                .reset_status_on_create()
                 .table(crate::table::crds)
                 .arc(),
         ),

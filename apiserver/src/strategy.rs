@@ -24,6 +24,9 @@ pub trait Strategy: Send + Sync {
     fn validate(&self, obj: &Value) -> Vec<FieldError>;
     /// Defaults and resets applied to a new object before it is stored.
     fn prepare_for_create(&self, _obj: &mut Value) {}
+    /// Normalization applied to every object written and read: custom resources prune
+    /// unknown fields and apply schema defaults here; built-ins apply update defaults.
+    fn canonicalize(&self, _obj: &mut Value) {}
     fn name_rule(&self) -> NameRule {
         NameRule::Subdomain
     }
@@ -61,6 +64,7 @@ pub struct Builtin {
     schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
     extra: Option<Check>,
     on_create: Option<fn(&mut Value)>,
+    on_update: Option<fn(&mut Value)>,
     fields: &'static [(&'static str, &'static str)],
     names: NameRule,
     table: Table,
@@ -79,6 +83,7 @@ impl Builtin {
             schema: |g| g.subschema_for::<T>(),
             extra: None,
             on_create: None,
+            on_update: None,
             fields: &[],
             names: NameRule::Subdomain,
             table: crate::table::default_table(),
@@ -96,6 +101,11 @@ impl Builtin {
     }
     pub fn on_create(mut self, f: fn(&mut Value)) -> Self {
         self.on_create = Some(f);
+        self
+    }
+    /// Defaults applied to every write (after the body is decoded, before validation).
+    pub fn on_update(mut self, f: fn(&mut Value)) -> Self {
+        self.on_update = Some(f);
         self
     }
     pub fn names(mut self, rule: NameRule) -> Self {
@@ -185,6 +195,12 @@ impl Strategy for Builtin {
 
     fn name_rule(&self) -> NameRule {
         self.names
+    }
+
+    fn canonicalize(&self, obj: &mut Value) {
+        if let Some(f) = self.on_update {
+            f(obj);
+        }
     }
 
     fn field(&self, obj: &Value, field: &str) -> Option<String> {

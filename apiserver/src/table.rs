@@ -5,17 +5,61 @@ use serde_json::{Value, json};
 
 use crate::object::ObjectExt;
 
-#[derive(Clone, Debug)]
+/// A row's cells after the name, computed from an object.
+pub type RowFn = std::sync::Arc<dyn Fn(&Value) -> Vec<Value> + Send + Sync>;
+
+/// One column of a Table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    pub name: String,
+    /// string, integer, number, boolean or date.
+    pub ty: String,
+    /// Shown only with `-o wide` when > 0.
+    pub priority: u8,
+    pub description: String,
+}
+
+#[derive(Clone)]
 pub struct Table {
-    /// (name, type, priority, description)
-    pub columns: Vec<(&'static str, &'static str, u8)>,
-    pub row: fn(&Value) -> Vec<Value>,
+    pub columns: Vec<Column>,
+    pub row: RowFn,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("columns", &self.columns)
+            .finish()
+    }
+}
+
+impl Table {
+    /// A table whose first column is the object's name.
+    pub fn new(columns: Vec<Column>, row: RowFn) -> Table {
+        let mut cols = vec![Column {
+            name: "Name".into(),
+            ty: "string".into(),
+            priority: 0,
+            description: "Name must be unique within a namespace.".into(),
+        }];
+        cols.extend(columns);
+        Table { columns: cols, row }
+    }
 }
 
 fn table(columns: &[(&'static str, &'static str, u8)], row: fn(&Value) -> Vec<Value>) -> Table {
-    let mut cols = vec![("Name", "string", 0)];
-    cols.extend_from_slice(columns);
-    Table { columns: cols, row }
+    Table::new(
+        columns
+            .iter()
+            .map(|(name, ty, priority)| Column {
+                name: name.to_string(),
+                ty: ty.to_string(),
+                priority: *priority,
+                description: String::new(),
+            })
+            .collect(),
+        std::sync::Arc::new(row),
+    )
 }
 
 /// Renders objects as a Table. `include` is `includeObject`: None (default: partial metadata),
@@ -30,13 +74,14 @@ pub fn render(
     let columns: Vec<Value> = t
         .columns
         .iter()
-        .map(|(name, ty, priority)| {
+        .enumerate()
+        .map(|(i, c)| {
             json!({
-                "name": name,
-                "type": ty,
-                "format": if *name == "Name" { "name" } else { "" },
-                "description": "",
-                "priority": priority,
+                "name": c.name,
+                "type": c.ty,
+                "format": if i == 0 { "name" } else { "" },
+                "description": c.description,
+                "priority": c.priority,
             })
         })
         .collect();

@@ -1,0 +1,593 @@
+//! The CRD controller every API server replica runs (apiextensions-apiserver's naming,
+//! establishing, finalizing and storage-version controllers, folded into one level-triggered
+//! loop). Its input is the CRD watch cache, so every replica sharing a store converges on the
+//! same served set: no replica-to-replica messages, no restart.
+//!
+//! Each pass, over all CRDs at once:
+//! 1. **names**: CRDs are ordered — those whose `status.acceptedNames` already hold their names
+//!    first, then by creation time and name — and each takes its plural, singular, kind,
+//!    listKind and short names in its group unless an earlier CRD (or a built-in) holds one.
+//!    A conflict sets NamesAccepted=False with the name in use, and the CRD is not served;
+//! 2. **serve**: accepted CRDs are registered, one resource per served version; a change of
+//!    spec re-registers (the old watch cache stops, so schema changes apply to cached objects);
+//!    CRDs gone or no longer accepted are unregistered;
+//! 3. **status**: NamesAccepted, Established, Terminating, acceptedNames and storedVersions are
+//!    written when they differ from what is stored (every replica computes the same result, so
+//!    concurrent replicas do not fight);
+//! 4. **cleanup**: a CRD being deleted serves reads and deletes only; its instances are
+//!    deleted (honouring their own finalizers), then its cleanup finalizer is removed and the
+//!    store deletes it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::CLEANUP_FINALIZER;
+use super::definition::{self, Names};
+use crate::ApiServer;
+use crate::errors::ApiResult;
+use crate::handlers::{Params, Target};
+use crate::object::{self, ObjectExt};
+use crate::registry::ResourceInfo;
+
+const CRD_GROUP: &str = "apiextensions.k8s.io";
+const CRDS: &str = "customresourcedefinitions";
+
+/// What one CRD currently registers.
+struct Served {
+    fingerprint: String,
+    infos: Vec<Arc<ResourceInfo>>,
+}
+
+/// The controller's memory between passes.
+pub struct CrdController {
+    api: Weak<ApiServer>,
+    served: HashMap<String, Served>,
+    /// The built-in names per group, which no CRD may take.
+    builtin_names: HashMap<String, HashSet<String>>,
+    /// CRDs (by uid) whose instances are being deleted.
+    cleanups: Arc<Mutex<HashSet<String>>>,
+    /// (name, resourceVersion) of every CRD at the last pass: a pass with the same set does
+    /// nothing new (progress notifications move the revision too).
+    last_seen: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for CrdController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrdController")
+            .field("served", &self.served.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The outcome of the names pass for one CRD.
+#[derive(Debug, Clone, PartialEq)]
+struct Verdict {
+    names: Names,
+    conflict: Option<String>,
+}
+
+impl CrdController {
+    /// Starts the controller: waits for the CRD cache, serves every accepted CRD before
+    /// returning (so a restarted server serves custom resources as soon as it is ready), then
+    /// follows changes in a task.
+    pub async fn start(api: &Arc<ApiServer>) -> ApiResult<()> {
+        let crd_info = api
+            .registry
+            .get(CRD_GROUP, "v1", CRDS)
+            .ok_or_else(|| crate::errors::ApiError::internal("CRDs are not registered"))?;
+        let cacher = api.cacher(&crd_info);
+        let mut rx = cacher.subscribe_revision();
+        if !cacher.wait_for(0, Duration::from_secs(30)).await {
+            return Err(crate::errors::ApiError::timeout(
+                "the CRD watch cache did not list within 30s",
+            ));
+        }
+        let mut builtin_names: HashMap<String, HashSet<String>> = HashMap::new();
+        for r in api.registry.all() {
+            let set = builtin_names.entry(r.group.clone()).or_default();
+            set.insert(r.plural.clone());
+            set.insert(r.singular.clone());
+            set.insert(r.kind.to_ascii_lowercase());
+            set.extend(r.short_names.iter().cloned());
+        }
+        let mut ctl = CrdController {
+            api: Arc::downgrade(api),
+            served: HashMap::new(),
+            builtin_names,
+            cleanups: Arc::new(Mutex::new(HashSet::new())),
+            last_seen: Vec::new(),
+        };
+        ctl.pass(api, &cacher.list("").0).await;
+        let weak_cacher = Arc::downgrade(&cacher);
+        drop(cacher);
+        tokio::spawn(async move {
+            loop {
+                // Woken by any CRD change; the timer retries failed status writes and
+                // notices finished cleanups.
+                let changed = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
+                if matches!(changed, Ok(Err(_))) {
+                    return; // the cache is gone: the server stopped
+                }
+                let (Some(api), Some(cacher)) = (ctl.api.upgrade(), weak_cacher.upgrade()) else {
+                    return;
+                };
+                let objects = cacher.list("").0;
+                drop(cacher);
+                ctl.pass(&api, &objects).await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn pass(&mut self, api: &Arc<ApiServer>, crds: &[Arc<Value>]) {
+        let seen: Vec<(String, String)> = crds
+            .iter()
+            .map(|c| {
+                (
+                    c.name().unwrap_or_default().to_string(),
+                    c.meta_str("resourceVersion")
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let quiet = seen == self.last_seen;
+        self.last_seen = seen;
+        if quiet {
+            // Nothing changed; only retry what may have failed (status writes).
+            self.write_statuses(api, crds, &self.verdicts(crds)).await;
+            return;
+        }
+        let verdicts = self.verdicts(crds);
+        self.serve(api, crds, &verdicts);
+        self.write_statuses(api, crds, &verdicts).await;
+        for crd in crds {
+            if crd.is_deleting() && crd.finalizers().iter().any(|f| f == CLEANUP_FINALIZER) {
+                self.start_cleanup(api, crd);
+            }
+        }
+    }
+
+    /// Step 1: who gets which names.
+    fn verdicts(&self, crds: &[Arc<Value>]) -> BTreeMap<String, Verdict> {
+        let mut order: Vec<&Arc<Value>> = crds.iter().collect();
+        let key = |c: &Value| {
+            let names = Names::of(&c["spec"]["names"]);
+            let accepted = Names::of(&c["status"]["acceptedNames"]);
+            let holds =
+                accepted == names && condition(c, "NamesAccepted").is_some_and(|s| s == "True");
+            (
+                !holds,
+                c.meta_str("creationTimestamp")
+                    .unwrap_or_default()
+                    .to_string(),
+                c.name().unwrap_or_default().to_string(),
+            )
+        };
+        order.sort_by_key(|c| key(c));
+        let mut taken: HashMap<String, HashSet<String>> = self.builtin_names.clone();
+        let mut out = BTreeMap::new();
+        for crd in order {
+            let name = crd.name().unwrap_or_default().to_string();
+            let group = crd["spec"]["group"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let names = Names::of(&crd["spec"]["names"]);
+            let used = taken.entry(group).or_default();
+            let mut wanted = vec![
+                names.plural.clone(),
+                names.singular.clone(),
+                names.kind.to_ascii_lowercase(),
+                names.list_kind.to_ascii_lowercase(),
+            ];
+            wanted.extend(names.short_names.iter().cloned());
+            let conflict = wanted
+                .iter()
+                .find(|n| used.contains(*n))
+                .map(|n| format!("{n:?} is already in use"));
+            if conflict.is_none() {
+                used.extend(wanted);
+            }
+            out.insert(name, Verdict { names, conflict });
+        }
+        out
+    }
+
+    /// Step 2: register what is accepted, unregister what is not.
+    fn serve(
+        &mut self,
+        api: &ApiServer,
+        crds: &[Arc<Value>],
+        verdicts: &BTreeMap<String, Verdict>,
+    ) {
+        let mut keep = BTreeSet::new();
+        for crd in crds {
+            let name = crd.name().unwrap_or_default().to_string();
+            let Some(v) = verdicts.get(&name) else {
+                continue;
+            };
+            if v.conflict.is_some() {
+                continue;
+            }
+            let terminating = crd.is_deleting();
+            let fingerprint = json!([crd["spec"], v.names.to_json(), terminating]).to_string();
+            keep.insert(name.clone());
+            if self
+                .served
+                .get(&name)
+                .is_some_and(|s| s.fingerprint == fingerprint)
+            {
+                continue;
+            }
+            let infos = match definition::resources_of(crd, &v.names, terminating) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(crd = name, error = e, "not serving an invalid CRD");
+                    keep.remove(&name);
+                    continue;
+                }
+            };
+            if let Some(old) = self.served.remove(&name) {
+                unregister(api, &old.infos);
+            }
+            let mut registered = Vec::new();
+            for info in infos {
+                let info = api.registry.add(info);
+                api.cacher(&info);
+                registered.push(info);
+            }
+            tracing::info!(
+                crd = name,
+                versions = ?registered.iter().map(|i| i.version.as_str()).collect::<Vec<_>>(),
+                terminating,
+                "serving custom resource"
+            );
+            self.served.insert(
+                name,
+                Served {
+                    fingerprint,
+                    infos: registered,
+                },
+            );
+        }
+        let gone: Vec<String> = self
+            .served
+            .keys()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(old) = self.served.remove(&name) {
+                tracing::info!(crd = name, "no longer serving custom resource");
+                unregister(api, &old.infos);
+            }
+        }
+    }
+
+    /// Step 3: conditions, acceptedNames and storedVersions.
+    async fn write_statuses(
+        &self,
+        api: &Arc<ApiServer>,
+        crds: &[Arc<Value>],
+        verdicts: &BTreeMap<String, Verdict>,
+    ) {
+        let Some(info) = api.registry.get(CRD_GROUP, "v1", CRDS) else {
+            return;
+        };
+        for crd in crds {
+            let name = crd.name().unwrap_or_default().to_string();
+            let Some(verdict) = verdicts.get(&name) else {
+                continue;
+            };
+            let served = self.served.contains_key(&name);
+            let desired = desired_status(crd, verdict, served);
+            if same_status(&crd["status"], &desired) {
+                continue;
+            }
+            let target = Target {
+                info: info.clone(),
+                namespace: None,
+                name: Some(name.clone()),
+                subresource: Some("status".into()),
+            };
+            let result = api
+                .guaranteed_update(&target, None, false, None, |live| {
+                    let mut new = live.clone();
+                    new["status"] = desired_status(live, verdict, served);
+                    Ok(new)
+                })
+                .await;
+            if let Err(e) = result
+                && e.code != 404
+            {
+                tracing::warn!(crd = name, error = %e.message, "writing CRD status failed; will retry");
+            }
+        }
+    }
+
+    /// Step 4: delete every instance, then let the CRD go.
+    fn start_cleanup(&self, api: &Arc<ApiServer>, crd: &Value) {
+        let uid = crd.meta_str("uid").unwrap_or_default().to_string();
+        {
+            let Ok(mut running) = self.cleanups.lock() else {
+                return;
+            };
+            if !running.insert(uid.clone()) {
+                return;
+            }
+        }
+        let names = Names::of(&crd["spec"]["names"]);
+        let infos = definition::resources_of(crd, &names, true).unwrap_or_default();
+        let name = crd.name().unwrap_or_default().to_string();
+        let weak = Arc::downgrade(api);
+        let cleanups = self.cleanups.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let Some(api) = weak.upgrade() else { break };
+                match cleanup_step(&api, &name, infos.first()).await {
+                    Ok(true) => break,
+                    Ok(false) => backoff = Duration::from_millis(250),
+                    Err(e) => {
+                        tracing::warn!(crd = name, error = %e.message, "deleting custom resources failed; retrying");
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                drop(api);
+                tokio::time::sleep(backoff).await;
+            }
+            if let Ok(mut running) = cleanups.lock() {
+                running.remove(&uid);
+            }
+        });
+    }
+}
+
+fn unregister(api: &ApiServer, infos: &[Arc<ResourceInfo>]) {
+    for info in infos {
+        api.registry
+            .remove(&info.group, &info.version, &info.plural);
+        api.drop_cacher(info);
+    }
+}
+
+/// One round of a CRD's cleanup. Ok(true) once its instances are gone and its finalizer is
+/// removed.
+async fn cleanup_step(
+    api: &Arc<ApiServer>,
+    crd: &str,
+    info: Option<&ResourceInfo>,
+) -> ApiResult<bool> {
+    if let Some(info) = info {
+        let info = Arc::new(info.clone());
+        let page = api
+            .store
+            .list(&info.prefix(), capstan_storage::ListOptions::default())
+            .await
+            .map_err(|e| crate::errors::from_storage(e, &info.group, &info.plural, ""))?;
+        if !page.items.is_empty() {
+            for kv in &page.items {
+                let Some(obj) = info.decode(&kv.value, kv.mod_revision) else {
+                    continue;
+                };
+                if obj.is_deleting() {
+                    continue; // waiting for its own finalizers
+                }
+                let target = Target {
+                    info: info.clone(),
+                    namespace: obj.namespace().map(str::to_string),
+                    name: obj.name().map(str::to_string),
+                    subresource: None,
+                };
+                match api.delete(&target, &Bytes::new(), &Params::default()).await {
+                    Ok(_) => {}
+                    Err(e) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(false);
+        }
+    }
+    let Some(crd_info) = api.registry.get(CRD_GROUP, "v1", CRDS) else {
+        return Ok(true);
+    };
+    let target = Target {
+        info: crd_info,
+        namespace: None,
+        name: Some(crd.to_string()),
+        subresource: None,
+    };
+    match api
+        .guaranteed_update(&target, None, false, None, |live| {
+            let mut new = live.clone();
+            let kept: Vec<String> = live
+                .finalizers()
+                .into_iter()
+                .filter(|f| f != CLEANUP_FINALIZER)
+                .collect();
+            new.set_meta("finalizers", json!(kept));
+            Ok(new)
+        })
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.code == 404 => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+fn condition<'v>(crd: &'v Value, ty: &str) -> Option<&'v str> {
+    crd["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)?
+        .get("status")?
+        .as_str()
+}
+
+/// The status a CRD should have; conditions keep their lastTransitionTime while their status
+/// does not change.
+fn desired_status(crd: &Value, verdict: &Verdict, served: bool) -> Value {
+    let now = object::now();
+    let old = crd["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let cond = |ty: &str, status: bool, reason: &str, message: &str| {
+        let status = if status { "True" } else { "False" };
+        let since = old
+            .iter()
+            .find(|c| c["type"] == ty && c["status"] == status)
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .unwrap_or_else(|| json!(now));
+        json!({"type": ty, "status": status, "reason": reason, "message": message, "lastTransitionTime": since})
+    };
+    let mut conditions = Vec::new();
+    match &verdict.conflict {
+        None => conditions.push(cond(
+            "NamesAccepted",
+            true,
+            "NoConflicts",
+            "no conflicts found",
+        )),
+        Some(c) => conditions.push(cond("NamesAccepted", false, "NameConflict", c)),
+    }
+    if served {
+        conditions.push(cond(
+            "Established",
+            true,
+            "InitialNamesAccepted",
+            "the initial names have been accepted",
+        ));
+    } else {
+        conditions.push(cond(
+            "Established",
+            false,
+            "NotAccepted",
+            "not all names are accepted",
+        ));
+    }
+    if crd.is_deleting() {
+        conditions.push(cond(
+            "Terminating",
+            true,
+            "InstanceDeletionInProgress",
+            "CustomResource deletion is in progress",
+        ));
+    }
+    let accepted = if verdict.conflict.is_none() {
+        verdict.names.to_json()
+    } else {
+        crd["status"]
+            .get("acceptedNames")
+            .cloned()
+            .unwrap_or_else(|| json!({"plural": "", "kind": ""}))
+    };
+    let mut stored: Vec<String> = crd["status"]["storedVersions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(v) = crd["spec"]["versions"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["storage"] == true))
+        .and_then(|v| v["name"].as_str())
+        && !stored.iter().any(|s| s == v)
+    {
+        stored.push(v.to_string());
+    }
+    json!({"conditions": conditions, "acceptedNames": accepted, "storedVersions": stored})
+}
+
+/// Equal but for condition timestamps.
+fn same_status(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(cs) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+            for c in cs {
+                if let Some(m) = c.as_object_mut() {
+                    m.remove("lastTransitionTime");
+                }
+            }
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crd(name: &str, plural: &str, kind: &str, created: &str) -> Arc<Value> {
+        Arc::new(
+            json!({"metadata": {"name": format!("{plural}.example.com"), "creationTimestamp": created, "resourceVersion": "1", "uid": name},
+            "spec": {"group": "example.com", "names": {"plural": plural, "kind": kind}}}),
+        )
+    }
+
+    fn ctl() -> CrdController {
+        let mut builtin = HashMap::new();
+        builtin.insert("".to_string(), HashSet::from(["pods".to_string()]));
+        CrdController {
+            api: Weak::new(),
+            served: HashMap::new(),
+            builtin_names: builtin,
+            cleanups: Arc::default(),
+            last_seen: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_earlier_crd_keeps_a_contested_name() {
+        let a = crd("a", "widgets", "Widget", "2024-01-01T00:00:00Z");
+        let b = crd("b", "gadgets", "Widget", "2024-01-02T00:00:00Z");
+        let v = ctl().verdicts(&[b.clone(), a.clone()]);
+        assert_eq!(v["widgets.example.com"].conflict, None);
+        assert_eq!(
+            v["gadgets.example.com"].conflict.as_deref(),
+            Some("\"widget\" is already in use")
+        );
+    }
+
+    #[test]
+    fn a_crd_holding_its_accepted_names_wins_over_an_older_newcomer() {
+        let mut holder = (*crd("a", "widgets", "Widget", "2024-01-05T00:00:00Z")).clone();
+        holder["status"] = json!({"acceptedNames": {"plural": "widgets", "kind": "Widget"},
+            "conditions": [{"type": "NamesAccepted", "status": "True"}]});
+        let older = crd("b", "widgets2", "Widget", "2024-01-01T00:00:00Z");
+        let v = ctl().verdicts(&[older, Arc::new(holder)]);
+        assert_eq!(v["widgets.example.com"].conflict, None);
+        assert!(v["widgets2.example.com"].conflict.is_some());
+    }
+
+    #[test]
+    fn status_reports_conditions_and_stored_versions() {
+        let c = json!({"metadata": {"name": "w"}, "spec": {"versions": [{"name": "v1", "storage": true}]},
+            "status": {"storedVersions": ["v1beta1"]}});
+        let verdict = Verdict {
+            names: Names::of(&json!({"plural": "widgets", "kind": "Widget"})),
+            conflict: None,
+        };
+        let s = desired_status(&c, &verdict, true);
+        assert_eq!(s["storedVersions"], json!(["v1beta1", "v1"]));
+        assert_eq!(s["conditions"][1]["type"], "Established");
+        assert_eq!(s["conditions"][1]["status"], "True");
+        assert_eq!(s["acceptedNames"]["listKind"], "WidgetList");
+        let again = desired_status(
+            &json!({"spec": c["spec"], "status": s.clone()}),
+            &verdict,
+            true,
+        );
+        assert!(same_status(&s, &again));
+    }
+}
