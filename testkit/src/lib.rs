@@ -242,6 +242,17 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(u16, String)> {
+    http_exchange(addr, method, path, headers, body).map(|(status, _, body)| (status, body))
+}
+
+/// As [`http_request`], also returning the response's header lines (`name: value`).
+pub fn http_exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<String>, String)> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut head = format!(
@@ -266,7 +277,8 @@ pub fn http_request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_string()))
+    let header_lines = head.lines().skip(1).map(str::to_string).collect();
+    Ok((status, header_lines, body.to_string()))
 }
 
 /// Polls `check` every 20 ms until it returns true or `within` passes.

@@ -37,6 +37,12 @@ impl TestCluster {
         Self::on_with_cidr(store, dir, "10.96.0.0/12").await
     }
 
+    /// A second API server on another cluster's store (a replica).
+    pub async fn on_store(store: Arc<dyn Storage>) -> TestCluster {
+        let dir = capstan_testkit::temp_dir("capstan-replica-").unwrap();
+        Self::on(store, dir).await
+    }
+
     /// A cluster whose Services get ClusterIPs from `cidr`.
     pub async fn with_service_cidr(cidr: &str) -> TestCluster {
         let dir = capstan_testkit::temp_dir("capstan-apiserver-").unwrap();
