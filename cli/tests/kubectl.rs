@@ -539,3 +539,164 @@ spec:
         "configmap/settings unchanged\ndeployment.apps/web unchanged\n"
     );
 }
+
+/// Custom resources with kubectl: apply a CRD, valid and invalid CRs, printer columns, short
+/// names and categories, status and scale subresources, explain, field selectors, deprecated
+/// versions, server-side apply, then delete the CRD and its instances.
+#[test]
+fn kubectl_drives_custom_resources() {
+    let c = Cluster::start(None);
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    let crd = examples.join("widgets-crd.yaml");
+    let crs = examples.join("widgets.yaml");
+    assert_eq!(
+        c.ok(&["apply", "-f", crd.to_str().unwrap()]),
+        "customresourcedefinition.apiextensions.k8s.io/widgets.example.com created\n"
+    );
+    c.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        "crd/widgets.example.com",
+    ]);
+    assert_eq!(
+        c.ok(&["apply", "-f", crs.to_str().unwrap()]),
+        "widget.example.com/small created\nwidget.example.com/large created\n"
+    );
+    let table = c.ok(&["get", "widgets"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "SIZE", "COLOR", "REPLICAS", "AGE"],
+        "{table}"
+    );
+    let small: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("small"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &small[..4],
+        ["small", "2", "red", "1"],
+        "defaults applied: {table}"
+    );
+    assert!(c.ok(&["get", "wd", "-o", "wide"]).contains("PHASE"));
+    assert!(c.ok(&["get", "all"]).contains("widget.example.com/small"));
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "widgets",
+            "--field-selector",
+            "spec.color=blue",
+            "-o",
+            "name"
+        ]),
+        "widget.example.com/large\n"
+    );
+
+    // Invalid objects: every failing field, in kubectl's usual form; nothing stored.
+    let bad = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {size: 11, color: purple, owner: Bad-Owner}\n";
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(bad));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("The Widget \"bad\" is invalid"), "{err}");
+    for field in ["spec.size", "spec.color", "spec.owner"] {
+        assert!(err.contains(field), "{field} missing: {err}");
+    }
+    // kubectl's default strict validation, done by the server.
+    let unknown = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: odd}\nspec: {size: 1, shade: dark}\n";
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(unknown));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("unknown field \"spec.shade\""), "{err}");
+    c.fails(&["get", "widget", "bad"]);
+
+    // Client-side apply of an edit (merge patch: no strategic merge for CRs).
+    let edited = std::fs::read_to_string(&crs)
+        .unwrap()
+        .replace("  owner: ops\n", "")
+        .replace("size: 9", "size: 8");
+    assert_eq!(
+        c.kubectl_stdin(&["apply", "-f", "-"], Some(&edited))
+            .status
+            .code(),
+        Some(0)
+    );
+    let large = c.json(&["get", "widget", "large"]);
+    assert_eq!(large["spec"]["size"], 8);
+    assert!(
+        large["spec"].get("owner").is_none(),
+        "removed from the file: removed"
+    );
+
+    // Status subresource; strategic merge refused; scale.
+    c.ok(&[
+        "patch",
+        "widget",
+        "small",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Ready","replicas":1,"selector":"app=small"}}"#,
+    ]);
+    assert_eq!(
+        c.ok(&["get", "widget", "small", "-o", "jsonpath={.status.phase}"]),
+        "Ready"
+    );
+    let err = c.fails(&[
+        "patch",
+        "widget",
+        "small",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{"size":3}}"#,
+    ]);
+    assert!(
+        err.contains("strategic merge patch is not supported"),
+        "{err}"
+    );
+    assert_eq!(
+        c.ok(&["scale", "widget", "small", "--replicas=3"]),
+        "widget.example.com/small scaled\n"
+    );
+    assert_eq!(c.json(&["get", "widget", "small"])["spec"]["replicas"], 3);
+
+    // explain reads the schema from /openapi/v3.
+    let explain = c.ok(&["explain", "widget.spec.size"]);
+    assert!(explain.contains("How big, from 1 to 10."), "{explain}");
+
+    // A deprecated version warns; server-side apply works on CRs.
+    let out = c.kubectl(&["get", "widgets.v1beta1.example.com"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("example.com/v1beta1 Widget is deprecated; use example.com/v1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crs.to_str().unwrap()
+        ]),
+        "widget.example.com/small serverside-applied\nwidget.example.com/large serverside-applied\n"
+    );
+
+    // Deleting the CRD deletes its instances, then the type is gone.
+    assert_eq!(
+        c.ok(&["delete", "crd", "widgets.example.com", "--timeout=20s"]),
+        "customresourcedefinition.apiextensions.k8s.io \"widgets.example.com\" deleted\n"
+    );
+    // (kubectl's discovery cache may still name the type: then the list itself is a 404.)
+    let err = c.fails(&["get", "widgets"]);
+    assert!(
+        err.contains("the server doesn't have a resource type \"widgets\"")
+            || err.contains("the server could not find the requested resource"),
+        "{err}"
+    );
+}
