@@ -4,7 +4,7 @@ DATA_DIR ?= .capstan
 LISTEN   ?= 127.0.0.1:6443
 NEXTEST  := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: run test e2e bench lint fmt deps build clean
+.PHONY: run test e2e bench lint fmt crds deps build clean
 
 ## run: a single-machine Capstan on the embedded store in $(DATA_DIR)
 run: deps
@@ -30,6 +30,12 @@ endif
 bench: deps
 	$(CARGO) run --release -p capstan -- bench store
 	$(CARGO) run --release -p capstan -- bench api
+	$(CARGO) run --release -p capstan -- bench crd
+
+## crds: regenerate manifests/crds/ from the types in api/src/crds (a test fails when stale)
+crds:
+	rm -f manifests/crds/*.yaml
+	$(CARGO) run -p capstan -- crd print --dir manifests/crds
 
 ## lint: formatting and clippy, as CI checks them
 lint:

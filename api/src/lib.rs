@@ -1,7 +1,9 @@
-//! Capstan's API types: the Kubernetes built-ins (re-exported from k8s-openapi), label and field
-//! [`selectors`], and the [`validation`] rules for names, labels and annotations. No I/O, no async:
+//! Capstan's API types: the Kubernetes built-ins (re-exported from k8s-openapi), Capstan's own
+//! custom resources ([`crds`]), label and field [`selectors`], and the [`validation`] rules for
+//! names, labels and annotations. No I/O, no async:
 //! the API server, the controllers and the node agent all build on this crate.
 
+pub mod crds;
 pub mod selectors;
 pub mod validation;
 

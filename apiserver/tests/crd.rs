@@ -832,3 +832,40 @@ impl ApiOnly {
         ApiOnly { api }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capstans_own_crds_are_structural_and_served() {
+    let c = TestCluster::start().await;
+    for crd in capstan_api::crds::all() {
+        create_crd(&c, serde_json::to_value(&crd).unwrap()).await;
+    }
+    let gs: Api<capstan_api::crds::GitSync> = Api::namespaced(c.client.clone(), "default");
+    let created = gs
+        .create(
+            &PostParams::default(),
+            &capstan_api::crds::GitSync::new(
+                "site",
+                capstan_api::crds::GitSyncSpec {
+                    repo: "file:///srv/site.git".into(),
+                    interval: Some("30s".into()),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.spec.interval.as_deref(), Some("30s"));
+    let mut bad = created.clone();
+    bad.spec.repo = String::new();
+    bad.spec.interval = Some("soon".into());
+    let (code, _, message) = api_error(
+        gs.replace("site", &PostParams::default(), &bad)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422, "{message}");
+    assert!(
+        message.contains("spec.repo") && message.contains("spec.interval"),
+        "{message}"
+    );
+}

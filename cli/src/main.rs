@@ -3,10 +3,12 @@
 //!   `apiserver`: the API server alone (the same today; `up` grows controllers and an agent).
 //! - `store`: look inside a store (either backend), like etcdctl.
 //! - `bench`: benchmarks with their raw floors measured in the same run.
+//! - `crd print`: Capstan's own CRDs as YAML, generated from api/.
 //! - `apply`, `get`, `delete`: kubectl's everyday verbs, for machines without kubectl.
 
 mod bench;
 mod client_cmd;
+mod crd_cmd;
 mod store_args;
 mod store_cmd;
 mod up;
@@ -33,6 +35,8 @@ enum Command {
     Store(store_cmd::StoreCmd),
     /// Run a benchmark and print a Markdown report.
     Bench(bench::BenchCmd),
+    /// Capstan's own CustomResourceDefinitions (`crd print`), generated from api/.
+    Crd(crd_cmd::CrdCmd),
     #[command(flatten)]
     Client(client_cmd::ClientCmd),
 }
@@ -55,6 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) | Command::Apiserver(args) => up::run(args).await,
             Command::Store(cmd) => store_cmd::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Crd(cmd) => crd_cmd::run(cmd),
             Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,
         }
     });
