@@ -879,6 +879,26 @@ fn is_integer(v: &Value) -> bool {
     }
 }
 
+/// A text equal for values [`json_eq`] calls equal (numbers compare by value: 1 == 1.0).
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("n{}", f as i64),
+            Some(f) => format!("n{f}"),
+            None => format!("n{n}"),
+        },
+        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        Value::Object(m) => format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("{k:?}:{}", canonical(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
@@ -1143,15 +1163,14 @@ impl Validator<'_> {
         }
         match s.list_type {
             Some(ListType::Set) => {
-                let mut seen: Vec<&Value> = Vec::new();
+                // Linear: items are compared by a canonical text (numbers by value).
+                let mut seen = std::collections::HashSet::new();
                 for (i, item) in items.iter().enumerate() {
-                    if seen.iter().any(|s| json_eq(s, item)) {
+                    if !seen.insert(canonical(item)) {
                         self.errs.push(err(
                             &format!("{shown}[{i}]"),
                             format!("Duplicate value: {}", show(item)),
                         ));
-                    } else {
-                        seen.push(item);
                     }
                 }
                 let _ = v;
@@ -1162,7 +1181,7 @@ impl Validator<'_> {
                     let key: Vec<String> = s
                         .list_map_keys
                         .iter()
-                        .map(|k| item.get(k).map(|v| v.to_string()).unwrap_or_default())
+                        .map(|k| item.get(k).map(canonical).unwrap_or_default())
                         .collect();
                     if !seen.insert(key.clone()) {
                         let shown_key: Vec<String> = s
