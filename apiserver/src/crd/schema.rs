@@ -726,36 +726,42 @@ fn prune_object(
     keep: &[&str],
     dropped: &mut Option<&mut Vec<String>>,
 ) {
-    let keys: Vec<String> = map.keys().cloned().collect();
-    for k in keys {
+    let track = dropped.is_some();
+    // Pass 1: drop unknown fields, and nulls in non-nullable fields without a default.
+    map.retain(|k, v| {
         if keep.contains(&k.as_str()) {
+            return true;
+        }
+        let keep_it = match s.properties.get(k).or(s.additional.as_deref()) {
+            Some(c) => !(v.is_null() && !c.nullable && c.default.is_none()),
+            None => s.preserve_unknown,
+        };
+        if !keep_it
+            && track
+            && !s.properties.contains_key(k)
+            && s.additional.is_none()
+            && let Some(d) = dropped.as_deref_mut()
+        {
+            d.push(join(path, k));
+        }
+        keep_it
+    });
+    // Pass 2: recurse into the fields the schema describes.
+    for (k, v) in map.iter_mut() {
+        if keep.contains(&k.as_str()) || !(v.is_object() || v.is_array()) {
             continue;
         }
+        let Some(c) = s.properties.get(k).or(s.additional.as_deref()) else {
+            continue;
+        };
         let len = path.len();
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(&k);
-        let child = s.properties.get(&k).or(s.additional.as_deref());
-        match child {
-            Some(c) => {
-                let remove = map
-                    .get(&k)
-                    .is_some_and(|v| v.is_null() && !c.nullable && c.default.is_none());
-                if remove {
-                    map.remove(&k);
-                } else if let Some(v) = map.get_mut(&k) {
-                    prune_value(c, v, path, dropped);
-                }
+        if track {
+            if !path.is_empty() {
+                path.push('.');
             }
-            None if s.preserve_unknown => {}
-            None => {
-                map.remove(&k);
-                if let Some(d) = dropped.as_deref_mut() {
-                    d.push(path.clone());
-                }
-            }
+            path.push_str(k);
         }
+        prune_value(c, v, path, dropped);
         path.truncate(len);
     }
 }
@@ -779,9 +785,15 @@ fn prune_value(
         }
         Value::Array(items) => {
             if let Some(item_schema) = &s.items {
+                let track = dropped.is_some();
                 for (i, item) in items.iter_mut().enumerate() {
+                    if !(item.is_object() || item.is_array()) {
+                        continue;
+                    }
                     let len = path.len();
-                    path.push_str(&format!("[{i}]"));
+                    if track {
+                        path.push_str(&format!("[{i}]"));
+                    }
                     prune_value(item_schema, item, path, dropped);
                     path.truncate(len);
                 }
@@ -887,7 +899,10 @@ fn canonical(v: &Value) -> String {
             Some(f) => format!("n{f}"),
             None => format!("n{n}"),
         },
-        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
         Value::Object(m) => format!(
             "{{{}}}",
             m.iter()

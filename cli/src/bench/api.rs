@@ -44,7 +44,7 @@ pub struct ApiBench {
     scratch: std::path::PathBuf,
 }
 
-type Http = Client<HttpConnector, Full<Bytes>>;
+pub type Http = Client<HttpConnector, Full<Bytes>>;
 
 /// A ConfigMap of about 400 bytes of JSON.
 fn configmap(ns: &str, name: &str) -> Bytes {
@@ -75,7 +75,7 @@ async fn call(
     Ok((status, body))
 }
 
-async fn expect(
+pub async fn expect(
     http: &Http,
     method: &str,
     url: &str,

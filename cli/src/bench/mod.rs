@@ -3,6 +3,7 @@
 //! commands are recorded in docs/benchmarks.md. Build with --release before trusting numbers.
 
 mod api;
+mod crd;
 mod store;
 
 use std::future::Future;
@@ -27,12 +28,16 @@ enum Which {
     /// The API server: creates/gets/lists at 1, 16 and 64 clients against the raw store, watch
     /// fan-out to 1,000 watchers, idle RSS of `capstan up` — on both store backends.
     Api(api::ApiBench),
+    /// Custom resources: schema validation cost per object (50 fields) and creates/s of CRs
+    /// against ConfigMaps of the same size and the raw store, in one run.
+    Crd(crd::CrdBench),
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd.which {
         Which::Store(b) => store::run(b).await,
         Which::Api(b) => api::run(b).await,
+        Which::Crd(b) => crd::run(b).await,
     }
 }
 
