@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use capstan_testkit::{CapstanUp, temp_dir};
 
@@ -155,4 +156,42 @@ fn apply_get_and_delete_without_kubectl() {
             "{kind}"
         );
     }
+}
+
+/// `capstan apply/get/delete` find custom resources through discovery like built-ins.
+#[test]
+fn custom_resources_without_kubectl() {
+    let dir = temp_dir("capstan-client-crd-").unwrap();
+    let _up = CapstanUp::start(
+        Path::new(env!("CARGO_BIN_EXE_capstan")),
+        &[std::ffi::OsStr::new("--data-dir"), dir.path().as_os_str()],
+    )
+    .unwrap();
+    let kc = dir.path().join("kubeconfig");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    let crd = examples.join("widgets-crd.yaml");
+    assert_eq!(
+        ok(capstan(&kc, &["apply", "-f", crd.to_str().unwrap()], None)),
+        "customresourcedefinition.apiextensions.k8s.io/widgets.example.com serverside-applied\n"
+    );
+    capstan_testkit::eventually(Duration::from_secs(5), "widgets served", || {
+        capstan(&kc, &["get", "widgets"], None).status.success()
+    })
+    .unwrap();
+    let crs = examples.join("widgets.yaml");
+    assert_eq!(
+        ok(capstan(&kc, &["apply", "-f", crs.to_str().unwrap()], None)),
+        "widget.example.com/small serverside-applied\nwidget.example.com/large serverside-applied\n"
+    );
+    let table = ok(capstan(&kc, &["get", "wd"], None));
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SIZE", "COLOR", "REPLICAS", "AGE"], "{table}");
+    assert_eq!(
+        ok(capstan(&kc, &["get", "widgets.example.com", "-o", "name"], None)),
+        "widget.example.com/large\nwidget.example.com/small\n"
+    );
+    assert_eq!(
+        ok(capstan(&kc, &["delete", "-f", crs.to_str().unwrap()], None)),
+        "widget.example.com \"small\" deleted\nwidget.example.com \"large\" deleted\n"
+    );
 }
