@@ -532,6 +532,29 @@ async fn versions_share_storage_and_deprecated_ones_warn() {
         }
     })
     .await;
+    // Updating a CRD changes what is served: v1 stops being served, within a second.
+    crds.patch(
+        "widgets.example.com",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "replace", "path": "/spec/versions/0/served", "value": false}
+            ]))
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    until(Duration::from_secs(1), "v1 no longer served", || async {
+        !served(c.addr, "/apis/example.com/v1").await
+    })
+    .await;
+    assert!(served(c.addr, "/apis/example.com/v1beta1").await);
+    // The objects are still there, at the version still served.
+    assert_eq!(
+        beta.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

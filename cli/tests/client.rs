@@ -185,9 +185,17 @@ fn custom_resources_without_kubectl() {
     );
     let table = ok(capstan(&kc, &["get", "wd"], None));
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "SIZE", "COLOR", "REPLICAS", "AGE"], "{table}");
     assert_eq!(
-        ok(capstan(&kc, &["get", "widgets.example.com", "-o", "name"], None)),
+        header,
+        ["NAME", "SIZE", "COLOR", "REPLICAS", "AGE"],
+        "{table}"
+    );
+    assert_eq!(
+        ok(capstan(
+            &kc,
+            &["get", "widgets.example.com", "-o", "name"],
+            None
+        )),
         "widget.example.com/large\nwidget.example.com/small\n"
     );
     assert_eq!(

@@ -700,3 +700,61 @@ fn kubectl_drives_custom_resources() {
         "{err}"
     );
 }
+
+/// Two API servers on one etcd: a CRD applied through one is served by the other within a
+/// second, and deleting it through the other removes it from both.
+#[test]
+fn a_crd_reaches_every_api_server_sharing_etcd() {
+    let etcd = EtcdProcess::start().unwrap();
+    let start = || {
+        let dir = temp_dir("capstan-replica-").unwrap();
+        let args = [
+            "--data-dir".to_string(),
+            dir.path().display().to_string(),
+            "--store".into(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            etcd.endpoint.clone(),
+        ];
+        let up = CapstanUp::start(Path::new(env!("CARGO_BIN_EXE_capstan")), &args).unwrap();
+        (up, dir)
+    };
+    let (a, a_dir) = start();
+    let (b, b_dir) = start();
+    let kubectl = |dir: &tempfile::TempDir, args: &[&str]| {
+        let out = Command::new(kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(dir.path().join("kubeconfig"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/widgets-crd.yaml");
+    kubectl(&a_dir, &["apply", "-f", crd.to_str().unwrap()]);
+    let started = std::time::Instant::now();
+    capstan_testkit::eventually(Duration::from_secs(1), "served by the other server", || {
+        capstan_testkit::http_get(&b.addr, "/apis/example.com/v1/namespaces/default/widgets")
+            .is_ok_and(|(code, _)| code == 200)
+    })
+    .unwrap();
+    eprintln!(
+        "the second API server served the CRD after {:?}",
+        started.elapsed()
+    );
+    kubectl(
+        &b_dir,
+        &["delete", "crd", "widgets.example.com", "--timeout=20s"],
+    );
+    for up in [&a, &b] {
+        capstan_testkit::eventually(Duration::from_secs(2), "gone everywhere", || {
+            capstan_testkit::http_get(&up.addr, "/apis/example.com/v1")
+                .is_ok_and(|(code, _)| code == 404)
+        })
+        .unwrap();
+    }
+}
