@@ -2,7 +2,8 @@
 //! each request into a [`handlers::Target`] (resource, namespace, name, subresource — like
 //! kube-apiserver's RequestInfo) and hands it to the verb in [`handlers`]. Resources come from the
 //! [`registry`]; LIST and WATCH are served by one [`cacher::Cacher`] per resource; errors are
-//! [`errors::ApiError`] → metav1.Status.
+//! [`errors::ApiError`] → metav1.Status. CustomResourceDefinitions become served resources
+//! through [`crd`], whose controller runs inside every server.
 //!
 //! Not yet here (and refused by name, never ignored): /openapi/v2 (protobuf), protobuf request
 //! bodies.

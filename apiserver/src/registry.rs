@@ -1,7 +1,7 @@
 //! The one generic registry: every served resource is a [`ResourceInfo`] — its names, scope,
 //! verbs, subresources and its [`Strategy`] (validation, defaulting, field selectors, table
-//! columns). Built-ins are listed in [`builtins`]; CustomResourceDefinitions will add entries at
-//! run time through the same type, so every handler serves both alike.
+//! columns). Built-ins are listed in [`builtins`]; the CRD controller ([`crate::crd`]) adds and
+//! removes entries at run time through the same type, so every handler serves both alike.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

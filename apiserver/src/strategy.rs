@@ -1,6 +1,7 @@
 //! Per-resource behaviour, kube-apiserver's "strategy": how an object is validated, defaulted on
 //! create, which fields selectors can use, and how it prints as a table row. Built-ins use
-//! [`Builtin`], configured in `registry::builtins`; custom resources will have their own.
+//! [`Builtin`], configured in `registry::builtins`; custom resources use
+//! [`crate::crd::strategy::CustomStrategy`].
 
 use std::sync::Arc;
 
