@@ -5,8 +5,7 @@
 //! [`errors::ApiError`] → metav1.Status. CustomResourceDefinitions become served resources
 //! through [`crd`], whose controller runs inside every server.
 //!
-//! Not yet here (and refused by name, never ignored): /openapi/v2 (protobuf), protobuf request
-//! bodies.
+//! Not yet here (and refused by name, never ignored): protobuf request bodies.
 
 pub mod cacher;
 pub mod crd;
@@ -15,6 +14,7 @@ pub mod handlers;
 pub mod ipalloc;
 pub mod object;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod registry;
 pub mod smp;
 pub mod ssa;
@@ -51,6 +51,8 @@ pub struct ApiServer {
     /// The /openapi/v3 root and documents, built on demand for one registry generation
     /// (CustomResourceDefinitions change the registry, which makes them stale).
     openapi: RwLock<Option<(u64, Arc<OpenApiDocs>)>>,
+    /// /openapi/v2 as JSON and as gnostic protobuf, derived from the v3 documents.
+    openapi_v2: RwLock<Option<(u64, Arc<SwaggerDocs>)>>,
     /// Service ClusterIPs.
     pub ips: ipalloc::Allocator,
 }
@@ -130,6 +132,7 @@ impl ApiServer {
             metrics: Some(metrics),
             prometheus,
             openapi: RwLock::new(None),
+            openapi_v2: RwLock::new(None),
             ips: ipalloc::Allocator::new(cidr, store.clone()),
             store,
         });
@@ -203,6 +206,7 @@ pub fn router(api: Arc<ApiServer>) -> Router {
         .route("/apis/{group}/{version}", get(group_resources))
         .route("/api/v1/{*rest}", any(core_dispatch))
         .route("/apis/{group}/{version}/{*rest}", any(group_dispatch))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_root))
         .route("/openapi/v3/{*gv}", get(openapi_document))
         .route("/healthz", get(readyz))
@@ -380,6 +384,8 @@ async fn group_resources(
 
 /// The /openapi/v3 root and its per-group-version documents.
 type OpenApiDocs = (Value, HashMap<String, Value>);
+/// /openapi/v2: the Swagger JSON and its gnostic protobuf encoding.
+type SwaggerDocs = (Value, Vec<u8>);
 
 impl ApiServer {
     fn openapi(&self) -> Arc<OpenApiDocs> {
@@ -396,6 +402,47 @@ impl ApiServer {
             *cached = Some((generation, built.clone()));
         }
         built
+    }
+}
+
+impl ApiServer {
+    fn openapi_v2(&self) -> Arc<SwaggerDocs> {
+        let generation = self.registry.generation();
+        if let Ok(cached) = self.openapi_v2.read()
+            && let Some((g, doc)) = cached.as_ref()
+            && *g == generation
+        {
+            return doc.clone();
+        }
+        let swagger = openapi_v2::swagger(&self.openapi().1);
+        let proto = openapi_v2::to_protobuf(&swagger);
+        let built = Arc::new((swagger, proto));
+        if let Ok(mut cached) = self.openapi_v2.write() {
+            *cached = Some((generation, built.clone()));
+        }
+        built
+    }
+}
+
+/// GET /openapi/v2: protobuf when asked for (kubectl), else JSON.
+async fn openapi_v2(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let doc = api.openapi_v2();
+    if accept.contains("protobuf") {
+        (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            )],
+            doc.1.clone(),
+        )
+            .into_response()
+    } else {
+        json_response(StatusCode::OK, &doc.0)
     }
 }
 

@@ -790,6 +790,38 @@ async fn tables_selectors_and_openapi_cover_custom_resources() {
         &doc["paths"]["/apis/example.com/v1/namespaces/{namespace}/widgets/{name}"]["patch"];
     assert!(patch["requestBody"]["content"]["application/merge-patch+json"].is_object());
     assert!(patch["requestBody"]["content"]["application/strategic-merge-patch+json"].is_null());
+
+    // ... and in /openapi/v2 (JSON here; kubectl reads its protobuf form in the e2e suite).
+    let (code, v2) = http_request(
+        &addr,
+        "GET",
+        "/openapi/v2",
+        &[("Accept", "application/json")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let v2: Value = serde_json::from_str(&v2).unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    let w = &v2["definitions"]["com.example.v1.Widget"];
+    assert_eq!(w["x-kubernetes-group-version-kind"][0]["kind"], "Widget");
+    assert_eq!(
+        w["properties"]["metadata"]["$ref"],
+        "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    );
+    let (code, proto) = http_request(
+        &addr,
+        "GET",
+        "/openapi/v2",
+        &[(
+            "Accept",
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        )],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    assert!(proto.contains("com.example.v1.Widget"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -382,6 +382,16 @@ fn suite(c: &Cluster) {
     // explain reads /openapi/v3.
     let explain = c.ok(&["explain", "deployment.spec.replicas"]);
     assert!(explain.contains("FIELD: replicas <integer>"), "{explain}");
+    // ... and the protobuf /openapi/v2 when asked to.
+    let explain = c.ok(&[
+        "explain",
+        "--output=plaintext-openapiv2",
+        "deployment.spec.template.spec.containers",
+    ]);
+    assert!(
+        explain.contains("RESOURCE: containers <[]Object>"),
+        "{explain}"
+    );
     // Generators (create configmap/namespace/deployment) send protobuf, not served yet.
     let err = c.fails(&["create", "configmap", "gen", "--from-literal=a=b"]);
     assert!(
@@ -666,6 +676,8 @@ fn kubectl_drives_custom_resources() {
     // explain reads the schema from /openapi/v3.
     let explain = c.ok(&["explain", "widget.spec.size"]);
     assert!(explain.contains("How big, from 1 to 10."), "{explain}");
+    let explain = c.ok(&["explain", "--output=plaintext-openapiv2", "widget.spec"]);
+    assert!(explain.contains("size\t<integer> -required-"), "{explain}");
 
     // A deprecated version warns; server-side apply works on CRs.
     let out = c.kubectl(&["get", "widgets.v1beta1.example.com"]);
