@@ -719,6 +719,19 @@ impl ApiServer {
         body: Bytes,
         p: &Params,
     ) -> ApiResult<Value> {
+        self.patch_with_warnings(t, content_type, body, p)
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// As [`ApiServer::patch`], with the `fieldValidation=Warn` warnings for the patched object.
+    pub async fn patch_with_warnings(
+        &self,
+        t: &Target,
+        content_type: &str,
+        body: Bytes,
+        p: &Params,
+    ) -> ApiResult<(Value, Vec<String>)> {
         let kind = patch_kind(content_type, &t.info)?;
         if kind == PatchKind::Apply {
             return Err(ApiError::unsupported_media_type(
@@ -749,7 +762,8 @@ impl ApiServer {
             .transpose()?;
         let status_only = t.subresource.as_deref() == Some("status");
         let info = t.info.clone();
-        self.guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
+        let warnings = std::sync::Mutex::new(Vec::new());
+        let patched = self.guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
             let mut doc = live.clone();
             match (&json_patch, kind) {
                 (Some(ops), _) => json_patch::patch(&mut doc, ops).map_err(|e| ApiError {
@@ -774,6 +788,9 @@ impl ApiServer {
                 ));
             }
             strict_check(t, p, &doc)?;
+            if let Ok(mut w) = warnings.lock() {
+                *w = unknown_field_warnings(t, p, &doc)?;
+            }
             if doc.name() != live.name() || doc.namespace() != live.namespace() {
                 return Err(ApiError::bad_request(
                     "a patch cannot change metadata.name or metadata.namespace",
@@ -781,7 +798,8 @@ impl ApiServer {
             }
             Ok(status_rules(&info, live, doc, status_only))
         })
-        .await
+        .await?;
+        Ok((patched, warnings.into_inner().unwrap_or_default()))
     }
 
     /// Server-side apply (see [`crate::ssa`]): creates the object when it is missing (true), or
@@ -791,7 +809,7 @@ impl ApiServer {
         t: &Target,
         body: &Bytes,
         p: &Params,
-    ) -> ApiResult<(bool, Value)> {
+    ) -> ApiResult<(bool, Value, Vec<String>)> {
         let info = &t.info;
         let name = name_of(t).to_string();
         let manager = p.get("fieldManager").ok_or_else(|| {
@@ -842,6 +860,7 @@ impl ApiServer {
             ));
         }
         strict_check(t, p, &applied)?;
+        let warnings = unknown_field_warnings(t, p, &applied)?;
         let api_version = info.api_version();
         for _ in 0..4 {
             let now = object::now();
@@ -864,7 +883,7 @@ impl ApiServer {
                     };
                     match self.create(&collection, obj, p).await {
                         Err(e) if e.reason == "AlreadyExists" => continue, // lost a race: merge instead
-                        other => return other.map(|o| (true, o)),
+                        other => return other.map(|o| (true, o, warnings.clone())),
                     }
                 }
                 Err(e) => return Err(e),
@@ -908,7 +927,7 @@ impl ApiServer {
                 .await;
             return match updated {
                 Err(e) if e.code == 404 => continue, // deleted meanwhile: create it
-                other => other.map(|o| (false, o)),
+                other => other.map(|o| (false, o, warnings.clone())),
             };
         }
         Err(too_many_writers(info, &name))

@@ -838,16 +838,20 @@ async fn serve(
         }
         ("patch", None) if handlers::is_apply(&content_type(headers)) => {
             let body = read_body(body).await?;
-            let (created, obj) = api.server_side_apply(t, &body, p).await?;
-            if created {
-                Ok(json_response(StatusCode::CREATED, &obj))
+            let (created, obj, warnings) = api.server_side_apply(t, &body, p).await?;
+            let resp = if created {
+                json_response(StatusCode::CREATED, &obj)
             } else {
-                ok(obj)
-            }
+                ok(obj)?
+            };
+            Ok(with_warnings(resp, &warnings))
         }
         ("patch", None | Some("status")) => {
             let body = read_body(body).await?;
-            ok(api.patch(t, &content_type(headers), body, p).await?)
+            let (patched, warnings) = api
+                .patch_with_warnings(t, &content_type(headers), body, p)
+                .await?;
+            Ok(with_warnings(ok(patched)?, &warnings))
         }
         ("patch", Some("scale")) => {
             let body = read_body(body).await?;

@@ -1122,6 +1122,30 @@ async fn field_validation_strict_warn_and_ignore() {
     )
     .unwrap();
     assert_eq!(code, 400, "{resp}");
+    // Warn on patches and on server-side apply: accepted, with a warning per unknown field.
+    for (ct, patch) in [
+        ("application/merge-patch+json", r#"{"spec":{"x":1}}"#),
+        (
+            "application/apply-patch+yaml",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"i"},"spec":{"x":1}}"#,
+        ),
+    ] {
+        let (code, headers, resp) = capstan_testkit::http_exchange(
+            &addr,
+            "PATCH",
+            &format!("{path}/i?fieldValidation=Warn&fieldManager=t"),
+            &[("Content-Type", ct)],
+            patch.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{ct}: {resp}");
+        assert!(
+            headers
+                .iter()
+                .any(|h| h.to_ascii_lowercase() == "warning: 299 - \"unknown field 'spec'\""),
+            "{ct}: {headers:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
