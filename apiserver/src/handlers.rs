@@ -658,11 +658,16 @@ impl ApiServer {
                 );
             }
             let generation = live["metadata"]["generation"].as_i64().unwrap_or(1);
-            let generation = if object::spec_of(&new) != object::spec_of(&live) {
-                generation + 1
+            // The generation follows the spec: everything but metadata and, when a status
+            // subresource owns it, status (so a custom resource without one bumps on status
+            // changes too, as in Kubernetes).
+            let changed = if info.status {
+                object::spec_of(&new) != object::spec_of(&live)
             } else {
-                generation
+                new.get("status") != live.get("status")
+                    || object::spec_of(&new) != object::spec_of(&live)
             };
+            let generation = if changed { generation + 1 } else { generation };
             new.set_meta("generation", json!(generation));
             let errs = info.validate(&new);
             if !errs.is_empty() {
@@ -763,42 +768,43 @@ impl ApiServer {
         let status_only = t.subresource.as_deref() == Some("status");
         let info = t.info.clone();
         let warnings = std::sync::Mutex::new(Vec::new());
-        let patched = self.guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
-            let mut doc = live.clone();
-            match (&json_patch, kind) {
-                (Some(ops), _) => json_patch::patch(&mut doc, ops).map_err(|e| ApiError {
-                    code: 422,
-                    reason: "Invalid",
-                    message: format!("the JSON patch could not be applied: {e}"),
-                    details: None,
-                })?,
-                (None, PatchKind::Strategic) => {
-                    doc = crate::smp::apply(&info.kind, &doc, &patch).map_err(|e| {
-                        ApiError::bad_request(format!(
-                            "the strategic merge patch could not be applied: {}",
-                            e.0
-                        ))
-                    })?
+        let patched = self
+            .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
+                let mut doc = live.clone();
+                match (&json_patch, kind) {
+                    (Some(ops), _) => json_patch::patch(&mut doc, ops).map_err(|e| ApiError {
+                        code: 422,
+                        reason: "Invalid",
+                        message: format!("the JSON patch could not be applied: {e}"),
+                        details: None,
+                    })?,
+                    (None, PatchKind::Strategic) => {
+                        doc = crate::smp::apply(&info.kind, &doc, &patch).map_err(|e| {
+                            ApiError::bad_request(format!(
+                                "the strategic merge patch could not be applied: {}",
+                                e.0
+                            ))
+                        })?
+                    }
+                    (None, _) => json_patch::merge(&mut doc, &patch),
                 }
-                (None, _) => json_patch::merge(&mut doc, &patch),
-            }
-            if !doc.is_object() {
-                return Err(ApiError::bad_request(
-                    "the patched object is not a JSON object",
-                ));
-            }
-            strict_check(t, p, &doc)?;
-            if let Ok(mut w) = warnings.lock() {
-                *w = unknown_field_warnings(t, p, &doc)?;
-            }
-            if doc.name() != live.name() || doc.namespace() != live.namespace() {
-                return Err(ApiError::bad_request(
-                    "a patch cannot change metadata.name or metadata.namespace",
-                ));
-            }
-            Ok(status_rules(&info, live, doc, status_only))
-        })
-        .await?;
+                if !doc.is_object() {
+                    return Err(ApiError::bad_request(
+                        "the patched object is not a JSON object",
+                    ));
+                }
+                strict_check(t, p, &doc)?;
+                if let Ok(mut w) = warnings.lock() {
+                    *w = unknown_field_warnings(t, p, &doc)?;
+                }
+                if doc.name() != live.name() || doc.namespace() != live.namespace() {
+                    return Err(ApiError::bad_request(
+                        "a patch cannot change metadata.name or metadata.namespace",
+                    ));
+                }
+                Ok(status_rules(&info, live, doc, status_only))
+            })
+            .await?;
         Ok((patched, warnings.into_inner().unwrap_or_default()))
     }
 

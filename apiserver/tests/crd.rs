@@ -474,6 +474,19 @@ async fn versions_share_storage_and_deprecated_ones_warn() {
     );
     let b = beta.get("b").await.unwrap();
     assert_eq!(b.types.unwrap().api_version, "example.com/v1beta1");
+    // v1beta1 has no status subresource: status is written through the object, and bumps the
+    // generation like any other change.
+    let generation = b.metadata.generation.unwrap();
+    let patched = beta
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Seen"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data["status"]["phase"], "Seen");
+    assert_eq!(patched.metadata.generation, Some(generation + 1));
 
     let (code, headers, _) = http_exchange(
         &c.addr.to_string(),
