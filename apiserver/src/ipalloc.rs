@@ -3,9 +3,12 @@
 //! Each allocated IP is a key `serviceips/<ip>` in the store, claimed with a compare-and-swap
 //! create, so API server replicas sharing one store never hand out the same IP (Kubernetes keeps
 //! IPAddress objects for the same reason). An IP is released when its Service is deleted. A
-//! crash between claiming an IP and storing the Service leaves the IP claimed: Kubernetes runs a
-//! repair loop for that; Capstan does not yet.
+//! crash between claiming an IP and storing the Service leaves the IP claimed: [`Allocator::repair`]
+//! (run every minute by the API server, like kube-apiserver's repair controller) releases a
+//! claim no Service uses once it has seen it unused on two consecutive runs, so an allocation in
+//! flight is never taken back.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -142,6 +145,67 @@ impl Allocator {
             "no free ClusterIP found in {} (range nearly full)",
             self.cidr
         )))
+    }
+
+    /// One repair pass: returns the claims no Service uses now; releases those that were unused
+    /// in the previous pass too (`previously_leaked`) and are unchanged since.
+    pub async fn repair(&self, previously_leaked: &HashSet<String>) -> ApiResult<HashSet<String>> {
+        let claims = self
+            .store
+            .list(PREFIX, Default::default())
+            .await
+            .map_err(|e| from_storage(e, "", "services", ""))?;
+        // Services are read after the claims: a Service stored in between is seen as a user.
+        let services = self
+            .store
+            .list("services/", Default::default())
+            .await
+            .map_err(|e| from_storage(e, "", "services", ""))?;
+        let mut used = HashSet::new();
+        for kv in &services.items {
+            if let Ok(svc) = serde_json::from_slice::<serde_json::Value>(&kv.value)
+                && let Some(ip) = svc["spec"]["clusterIP"].as_str()
+            {
+                used.insert(ip.to_string());
+            }
+        }
+        let mut leaked = HashSet::new();
+        for kv in &claims.items {
+            let ip = kv.key.trim_start_matches(PREFIX).to_string();
+            if used.contains(&ip) {
+                continue;
+            }
+            if previously_leaked.contains(&ip) {
+                match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                    Ok(_) => tracing::info!(ip, "released a ClusterIP no Service uses"),
+                    Err(StorageError::NotFound { .. } | StorageError::Conflict { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(ip, error = %e, "could not release a leaked ClusterIP")
+                    }
+                }
+            } else {
+                leaked.insert(ip);
+            }
+        }
+        Ok(leaked)
+    }
+
+    /// Runs [`Allocator::repair`] every `interval` until the store is dropped.
+    pub fn spawn_repair(&self, interval: std::time::Duration) {
+        let store = Arc::downgrade(&self.store);
+        let cidr = self.cidr;
+        tokio::spawn(async move {
+            let mut leaked = HashSet::new();
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(store) = store.upgrade() else { return };
+                let alloc = Allocator { cidr, store };
+                match alloc.repair(&leaked).await {
+                    Ok(now) => leaked = now,
+                    Err(e) => tracing::warn!(error = %e.message, "ClusterIP repair failed"),
+                }
+            }
+        });
     }
 
     /// Releases an IP (idempotent).

@@ -158,6 +158,7 @@ impl ApiServer {
             }
         }
         crd::controller::CrdController::start(&api).await?;
+        api.ips.spawn_repair(Duration::from_secs(60));
         Ok(api)
     }
 

@@ -1560,3 +1560,63 @@ async fn list_and_watch_resource_version_rules() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_ip_claimed_by_no_service_is_repaired_on_the_second_pass() {
+    use k8s_openapi::api::core::v1::Service;
+    let c = TestCluster::start().await;
+    let api: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let svc: Service = serde_json::from_value(
+        json!({"metadata": {"name": "real"}, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .unwrap();
+    let ip = api
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
+    // A crash between claiming an IP and storing its Service leaves this behind.
+    c.store
+        .create("serviceips/10.96.0.50", bytes::Bytes::from("default/ghost"))
+        .await
+        .unwrap();
+    let first = c.api.ips.repair(&Default::default()).await.unwrap();
+    assert_eq!(
+        first,
+        std::collections::HashSet::from(["10.96.0.50".to_string()])
+    );
+    assert!(
+        c.store
+            .get("serviceips/10.96.0.50")
+            .await
+            .unwrap()
+            .is_some(),
+        "kept after one pass"
+    );
+    let second = c.api.ips.repair(&first).await.unwrap();
+    assert!(second.is_empty());
+    assert!(
+        c.store
+            .get("serviceips/10.96.0.50")
+            .await
+            .unwrap()
+            .is_none(),
+        "released"
+    );
+    assert!(
+        c.store
+            .get(&format!("serviceips/{ip}"))
+            .await
+            .unwrap()
+            .is_some(),
+        "in use: kept"
+    );
+    // The released IP can be asked for again.
+    let mut again = svc.clone();
+    again.metadata.name = Some("again".into());
+    again.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.50".into());
+    api.create(&PostParams::default(), &again).await.unwrap();
+}
