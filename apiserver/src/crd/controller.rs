@@ -47,7 +47,7 @@ pub struct CrdController {
     api: Weak<ApiServer>,
     served: HashMap<String, Served>,
     /// The built-in names per group, which no CRD may take.
-    builtin_names: HashMap<String, HashSet<String>>,
+    builtin_names: HashMap<String, Taken>,
     /// CRDs (by uid) whose instances are being deleted.
     cleanups: Arc<Mutex<HashSet<String>>>,
     /// (name, resourceVersion) of every CRD at the last pass: a pass with the same set does
@@ -66,8 +66,54 @@ impl std::fmt::Debug for CrdController {
 /// The outcome of the names pass for one CRD.
 #[derive(Debug, Clone, PartialEq)]
 struct Verdict {
+    /// What the spec asks for.
     names: Names,
+    /// What it is served under: the spec's names when they are free, else the names it was
+    /// accepted with earlier (a CRD keeps serving when an edit asks for a name in use), else none.
+    accepted: Option<Names>,
     conflict: Option<String>,
+}
+
+/// The names taken in one group, with who holds each ("" for a built-in). Resource names
+/// (plural, singular, short names) and kinds (kind, listKind) are separate spaces, as in
+/// Kubernetes.
+#[derive(Debug, Clone, Default)]
+struct Taken {
+    resources: HashMap<String, String>,
+    kinds: HashMap<String, String>,
+}
+
+impl Taken {
+    fn reserve(&mut self, names: &Names, owner: &str) {
+        for n in resource_names(names) {
+            self.resources.entry(n).or_insert_with(|| owner.to_string());
+        }
+        for k in [&names.kind, &names.list_kind] {
+            self.kinds.entry(k.clone()).or_insert_with(|| owner.to_string());
+        }
+    }
+
+    /// The first name of `names` someone other than `owner` holds.
+    fn conflict(&self, names: &Names, owner: &str) -> Option<String> {
+        let held = |m: &HashMap<String, String>, n: &String| m.get(n).is_some_and(|o| o != owner);
+        resource_names(names)
+            .iter()
+            .find(|n| held(&self.resources, n))
+            .or_else(|| [&names.kind, &names.list_kind].into_iter().find(|k| held(&self.kinds, k)))
+            .map(|n| format!("{n:?} is already in use"))
+    }
+}
+
+fn resource_names(n: &Names) -> Vec<String> {
+    let mut v = vec![n.plural.clone(), n.singular.clone()];
+    v.extend(n.short_names.iter().cloned());
+    v
+}
+
+/// The names a CRD was accepted with, if any.
+fn accepted_of(crd: &Value) -> Option<Names> {
+    let n = Names::of(crd["status"].get("acceptedNames")?);
+    (!n.plural.is_empty() && !n.kind.is_empty()).then_some(n)
 }
 
 impl CrdController {
@@ -86,13 +132,20 @@ impl CrdController {
                 "the CRD watch cache did not list within 30s",
             ));
         }
-        let mut builtin_names: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut builtin_names: HashMap<String, Taken> = HashMap::new();
         for r in api.registry.all() {
-            let set = builtin_names.entry(r.group.clone()).or_default();
-            set.insert(r.plural.clone());
-            set.insert(r.singular.clone());
-            set.insert(r.kind.to_ascii_lowercase());
-            set.extend(r.short_names.iter().cloned());
+            let names = Names {
+                plural: r.plural.clone(),
+                singular: r.singular.clone(),
+                kind: r.kind.clone(),
+                list_kind: r.list_kind.clone(),
+                short_names: r.short_names.clone(),
+                categories: Vec::new(),
+            };
+            builtin_names
+                .entry(r.group.clone())
+                .or_default()
+                .reserve(&names, "");
         }
         let mut ctl = CrdController {
             api: Arc::downgrade(api),
@@ -152,48 +205,47 @@ impl CrdController {
         }
     }
 
-    /// Step 1: who gets which names.
+    /// Step 1: who gets which names. Names already accepted stay with their holder; new names
+    /// go to the earliest CRD (by creation time, then name) asking for them.
     fn verdicts(&self, crds: &[Arc<Value>]) -> BTreeMap<String, Verdict> {
         let mut order: Vec<&Arc<Value>> = crds.iter().collect();
-        let key = |c: &Value| {
-            let names = Names::of(&c["spec"]["names"]);
-            let accepted = Names::of(&c["status"]["acceptedNames"]);
-            let holds =
-                accepted == names && condition(c, "NamesAccepted").is_some_and(|s| s == "True");
+        order.sort_by_key(|c| {
             (
-                !holds,
-                c.meta_str("creationTimestamp")
-                    .unwrap_or_default()
-                    .to_string(),
+                c.meta_str("creationTimestamp").unwrap_or_default().to_string(),
                 c.name().unwrap_or_default().to_string(),
             )
-        };
-        order.sort_by_key(|c| key(c));
-        let mut taken: HashMap<String, HashSet<String>> = self.builtin_names.clone();
+        });
+        let group_of = |c: &Value| c["spec"]["group"].as_str().unwrap_or_default().to_string();
+        let mut taken: HashMap<String, Taken> = self.builtin_names.clone();
+        for crd in &order {
+            if let Some(acc) = accepted_of(crd) {
+                taken
+                    .entry(group_of(crd))
+                    .or_default()
+                    .reserve(&acc, crd.name().unwrap_or_default());
+            }
+        }
         let mut out = BTreeMap::new();
         for crd in order {
             let name = crd.name().unwrap_or_default().to_string();
-            let group = crd["spec"]["group"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
             let names = Names::of(&crd["spec"]["names"]);
-            let used = taken.entry(group).or_default();
-            let mut wanted = vec![
-                names.plural.clone(),
-                names.singular.clone(),
-                names.kind.to_ascii_lowercase(),
-                names.list_kind.to_ascii_lowercase(),
-            ];
-            wanted.extend(names.short_names.iter().cloned());
-            let conflict = wanted
-                .iter()
-                .find(|n| used.contains(*n))
-                .map(|n| format!("{n:?} is already in use"));
-            if conflict.is_none() {
-                used.extend(wanted);
-            }
-            out.insert(name, Verdict { names, conflict });
+            let group = taken.entry(group_of(crd)).or_default();
+            let conflict = group.conflict(&names, &name);
+            let accepted = match conflict {
+                None => {
+                    group.reserve(&names, &name);
+                    Some(names.clone())
+                }
+                Some(_) => accepted_of(crd),
+            };
+            out.insert(
+                name,
+                Verdict {
+                    names,
+                    accepted,
+                    conflict,
+                },
+            );
         }
         out
     }
@@ -211,11 +263,11 @@ impl CrdController {
             let Some(v) = verdicts.get(&name) else {
                 continue;
             };
-            if v.conflict.is_some() {
+            let Some(accepted) = &v.accepted else {
                 continue;
-            }
+            };
             let terminating = crd.is_deleting();
-            let fingerprint = json!([crd["spec"], v.names.to_json(), terminating]).to_string();
+            let fingerprint = json!([crd["spec"], accepted.to_json(), terminating]).to_string();
             keep.insert(name.clone());
             if self
                 .served
@@ -224,7 +276,7 @@ impl CrdController {
             {
                 continue;
             }
-            let infos = match definition::resources_of(crd, &v.names, terminating) {
+            let infos = match definition::resources_of(crd, accepted, terminating) {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!(crd = name, error = e, "not serving an invalid CRD");
@@ -457,7 +509,8 @@ fn desired_status(crd: &Value, verdict: &Verdict, served: bool) -> Value {
         )),
         Some(c) => conditions.push(cond("NamesAccepted", false, "NameConflict", c)),
     }
-    if served {
+    if served || condition(crd, "Established") == Some("True") {
+        // Once established, a CRD stays established (a later name conflict does not undo it).
         conditions.push(cond(
             "Established",
             true,
@@ -480,14 +533,11 @@ fn desired_status(crd: &Value, verdict: &Verdict, served: bool) -> Value {
             "CustomResource deletion is in progress",
         ));
     }
-    let accepted = if verdict.conflict.is_none() {
-        verdict.names.to_json()
-    } else {
-        crd["status"]
-            .get("acceptedNames")
-            .cloned()
-            .unwrap_or_else(|| json!({"plural": "", "kind": ""}))
-    };
+    let accepted = verdict
+        .accepted
+        .as_ref()
+        .map(Names::to_json)
+        .unwrap_or_else(|| json!({"plural": "", "kind": ""}));
     let mut stored: Vec<String> = crd["status"]["storedVersions"]
         .as_array()
         .map(|a| {
@@ -537,7 +587,9 @@ mod tests {
 
     fn ctl() -> CrdController {
         let mut builtin = HashMap::new();
-        builtin.insert("".to_string(), HashSet::from(["pods".to_string()]));
+        let mut core = Taken::default();
+        core.reserve(&Names::of(&json!({"plural": "pods", "kind": "Pod"})), "");
+        builtin.insert("".to_string(), core);
         CrdController {
             api: Weak::new(),
             served: HashMap::new(),
@@ -545,6 +597,12 @@ mod tests {
             cleanups: Arc::default(),
             last_seen: Vec::new(),
         }
+    }
+
+    fn accepted(mut c: Value) -> Arc<Value> {
+        c["status"] = json!({"acceptedNames": c["spec"]["names"].clone(),
+            "conditions": [{"type": "NamesAccepted", "status": "True"}, {"type": "Established", "status": "True"}]});
+        Arc::new(c)
     }
 
     #[test]
@@ -555,27 +613,55 @@ mod tests {
         assert_eq!(v["widgets.example.com"].conflict, None);
         assert_eq!(
             v["gadgets.example.com"].conflict.as_deref(),
-            Some("\"widget\" is already in use")
+            Some("\"widget\" is already in use"),
+            "the singular, defaulted from the kind"
         );
+        assert_eq!(v["gadgets.example.com"].accepted, None);
     }
 
     #[test]
     fn a_crd_holding_its_accepted_names_wins_over_an_older_newcomer() {
-        let mut holder = (*crd("a", "widgets", "Widget", "2024-01-05T00:00:00Z")).clone();
-        holder["status"] = json!({"acceptedNames": {"plural": "widgets", "kind": "Widget"},
-            "conditions": [{"type": "NamesAccepted", "status": "True"}]});
+        let holder = accepted((*crd("a", "widgets", "Widget", "2024-01-05T00:00:00Z")).clone());
         let older = crd("b", "widgets2", "Widget", "2024-01-01T00:00:00Z");
-        let v = ctl().verdicts(&[older, Arc::new(holder)]);
+        let v = ctl().verdicts(&[older, holder]);
         assert_eq!(v["widgets.example.com"].conflict, None);
         assert!(v["widgets2.example.com"].conflict.is_some());
+    }
+
+    #[test]
+    fn an_edit_into_a_conflict_keeps_serving_the_accepted_names() {
+        let a = accepted((*crd("a", "widgets", "Widget", "2024-01-01T00:00:00Z")).clone());
+        let mut b = (*crd("b", "gadgets", "Gadget", "2024-01-02T00:00:00Z")).clone();
+        b["spec"]["names"]["shortNames"] = json!(["g"]);
+        let b = accepted(b);
+        let mut edited = (*a).clone();
+        edited["spec"]["names"]["shortNames"] = json!(["w", "g"]);
+        let v = ctl().verdicts(&[Arc::new(edited.clone()), b]);
+        let va = &v["widgets.example.com"];
+        assert_eq!(va.conflict.as_deref(), Some("\"g\" is already in use"));
+        assert_eq!(va.accepted.as_ref().unwrap().short_names, Vec::<String>::new());
+        let status = desired_status(&edited, va, true);
+        assert_eq!(status["conditions"][0]["status"], "False");
+        assert_eq!(status["conditions"][1]["status"], "True", "still established");
+    }
+
+    #[test]
+    fn resource_names_and_kinds_are_separate_spaces() {
+        // Kind "Backup" and a plural "backups" do not collide.
+        let a = crd("a", "backupjobs", "Backup", "2024-01-01T00:00:00Z");
+        let b = crd("b", "backups", "BackupV2", "2024-01-02T00:00:00Z");
+        let v = ctl().verdicts(&[a, b]);
+        assert!(v.values().all(|v| v.conflict.is_none()), "{v:?}");
     }
 
     #[test]
     fn status_reports_conditions_and_stored_versions() {
         let c = json!({"metadata": {"name": "w"}, "spec": {"versions": [{"name": "v1", "storage": true}]},
             "status": {"storedVersions": ["v1beta1"]}});
+        let names = Names::of(&json!({"plural": "widgets", "kind": "Widget"}));
         let verdict = Verdict {
-            names: Names::of(&json!({"plural": "widgets", "kind": "Widget"})),
+            names: names.clone(),
+            accepted: Some(names),
             conflict: None,
         };
         let s = desired_status(&c, &verdict, true);
