@@ -669,7 +669,8 @@ impl ApiServer {
             };
             let generation = if changed { generation + 1 } else { generation };
             new.set_meta("generation", json!(generation));
-            let errs = info.validate(&new);
+            let mut errs = info.validate(&new);
+            errs.extend(info.strategy.validate_update(&new, &live));
             if !errs.is_empty() {
                 return Err(self.invalid(t, &name, errs));
             }

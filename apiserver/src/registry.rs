@@ -473,6 +473,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
             Builtin::of::<apiext::CustomResourceDefinition>()
                 .validate_with(crate::crd::definition::validate)
+                .validate_update_with(crate::crd::definition::validate_update)
                 .on_create(crate::crd::definition::on_create)
                 .on_update(crate::crd::definition::default_spec)
                 .reset_status_on_create()

@@ -23,6 +23,10 @@ pub enum NameRule {
 pub trait Strategy: Send + Sync {
     /// Resource-specific validation of a whole object (after metadata checks).
     fn validate(&self, obj: &Value) -> Vec<FieldError>;
+    /// Extra rules for an update (immutable fields), given the live object.
+    fn validate_update(&self, _new: &Value, _old: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
     /// Defaults and resets applied to a new object before it is stored.
     fn prepare_for_create(&self, _obj: &mut Value) {}
     /// Normalization applied to every object written and read: custom resources prune
@@ -66,6 +70,7 @@ pub struct Builtin {
     extra: Option<Check>,
     on_create: Option<fn(&mut Value)>,
     on_update: Option<fn(&mut Value)>,
+    update_rules: Option<fn(&Value, &Value) -> Vec<FieldError>>,
     fields: &'static [(&'static str, &'static str)],
     names: NameRule,
     table: Table,
@@ -85,6 +90,7 @@ impl Builtin {
             extra: None,
             on_create: None,
             on_update: None,
+            update_rules: None,
             fields: &[],
             names: NameRule::Subdomain,
             table: crate::table::default_table(),
@@ -102,6 +108,11 @@ impl Builtin {
     }
     pub fn on_create(mut self, f: fn(&mut Value)) -> Self {
         self.on_create = Some(f);
+        self
+    }
+    /// Rules checked on updates only (new, old): immutable fields.
+    pub fn validate_update_with(mut self, f: fn(&Value, &Value) -> Vec<FieldError>) -> Self {
+        self.update_rules = Some(f);
         self
     }
     /// Defaults applied to every write (after the body is decoded, before validation).
@@ -202,6 +213,10 @@ impl Strategy for Builtin {
         if let Some(f) = self.on_update {
             f(obj);
         }
+    }
+
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        self.update_rules.map(|f| f(new, old)).unwrap_or_default()
     }
 
     fn field(&self, obj: &Value, field: &str) -> Option<String> {

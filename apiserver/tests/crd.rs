@@ -597,6 +597,33 @@ async fn invalid_and_conflicting_crds_are_refused_or_reported() {
     );
 
     create_crd(&c, widget_crd("Namespaced")).await;
+    // Once established: scope and kind are immutable, stored versions cannot be dropped.
+    for (ops, want) in [
+        (
+            json!([{"op": "replace", "path": "/spec/scope", "value": "Cluster"}]),
+            "spec.scope",
+        ),
+        (
+            json!([{"op": "replace", "path": "/spec/names/kind", "value": "Gadget"}]),
+            "spec.names.kind",
+        ),
+        (
+            json!([{"op": "remove", "path": "/spec/versions/0"}, {"op": "replace", "path": "/spec/versions/0/storage", "value": true}]),
+            "status.storedVersions[0]",
+        ),
+    ] {
+        let (code, _, message) = api_error(
+            crds.patch(
+                "widgets.example.com",
+                &PatchParams::default(),
+                &Patch::Json::<()>(serde_json::from_value(ops).unwrap()),
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(code, 422, "{message}");
+        assert!(message.contains(want), "{want}: {message}");
+    }
     // A second CRD wanting the kind Widget in the same group is stored but not accepted.
     let mut rival = widget_crd("Namespaced");
     rival["metadata"]["name"] = json!("gizmos.example.com");

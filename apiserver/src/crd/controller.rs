@@ -89,7 +89,9 @@ impl Taken {
             self.resources.entry(n).or_insert_with(|| owner.to_string());
         }
         for k in [&names.kind, &names.list_kind] {
-            self.kinds.entry(k.clone()).or_insert_with(|| owner.to_string());
+            self.kinds
+                .entry(k.clone())
+                .or_insert_with(|| owner.to_string());
         }
     }
 
@@ -99,7 +101,11 @@ impl Taken {
         resource_names(names)
             .iter()
             .find(|n| held(&self.resources, n))
-            .or_else(|| [&names.kind, &names.list_kind].into_iter().find(|k| held(&self.kinds, k)))
+            .or_else(|| {
+                [&names.kind, &names.list_kind]
+                    .into_iter()
+                    .find(|k| held(&self.kinds, k))
+            })
             .map(|n| format!("{n:?} is already in use"))
     }
 }
@@ -211,7 +217,9 @@ impl CrdController {
         let mut order: Vec<&Arc<Value>> = crds.iter().collect();
         order.sort_by_key(|c| {
             (
-                c.meta_str("creationTimestamp").unwrap_or_default().to_string(),
+                c.meta_str("creationTimestamp")
+                    .unwrap_or_default()
+                    .to_string(),
                 c.name().unwrap_or_default().to_string(),
             )
         });
@@ -639,10 +647,16 @@ mod tests {
         let v = ctl().verdicts(&[Arc::new(edited.clone()), b]);
         let va = &v["widgets.example.com"];
         assert_eq!(va.conflict.as_deref(), Some("\"g\" is already in use"));
-        assert_eq!(va.accepted.as_ref().unwrap().short_names, Vec::<String>::new());
+        assert_eq!(
+            va.accepted.as_ref().unwrap().short_names,
+            Vec::<String>::new()
+        );
         let status = desired_status(&edited, va, true);
         assert_eq!(status["conditions"][0]["status"], "False");
-        assert_eq!(status["conditions"][1]["status"], "True", "still established");
+        assert_eq!(
+            status["conditions"][1]["status"], "True",
+            "still established"
+        );
     }
 
     #[test]

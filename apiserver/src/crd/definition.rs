@@ -276,6 +276,67 @@ pub fn validate(obj: &Value) -> Vec<FieldError> {
     errs
 }
 
+/// Rules for updating a CRD (apiextensions' update validation): the scope never changes, the
+/// kind and listKind stay once the CRD is established, and every version objects may be stored
+/// at (`status.storedVersions`) stays in `spec.versions`.
+pub fn validate_update(new: &Value, old: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let immutable = |errs: &mut Vec<FieldError>, field: &str, ptr: &str| {
+        let (n, o) = (str_at(new, ptr), str_at(old, ptr));
+        if n != o {
+            errs.push(invalid(field, n.unwrap_or_default(), "field is immutable"));
+        }
+    };
+    immutable(&mut errs, "spec.scope", "/spec/scope");
+    let established = old["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+    });
+    if established {
+        let (n, o) = (
+            Names::of(new.pointer("/spec/names").unwrap_or(&Value::Null)),
+            Names::of(old.pointer("/spec/names").unwrap_or(&Value::Null)),
+        );
+        if n.kind != o.kind {
+            errs.push(invalid(
+                "spec.names.kind",
+                &n.kind,
+                "field is immutable once the CRD is established",
+            ));
+        }
+        if n.list_kind != o.list_kind {
+            errs.push(invalid(
+                "spec.names.listKind",
+                &n.list_kind,
+                "field is immutable once the CRD is established",
+            ));
+        }
+    }
+    let versions: Vec<&str> = new["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for (i, stored) in new["status"]["storedVersions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(s) = stored.as_str()
+            && !versions.contains(&s)
+        {
+            errs.push(invalid(
+                format!("status.storedVersions[{i}]"),
+                s,
+                "must appear in spec.versions",
+            ));
+        }
+    }
+    errs
+}
+
 fn check_version(v: &Value, path: &str, errs: &mut Vec<FieldError>) {
     match v.pointer("/schema/openAPIV3Schema") {
         None | Some(Value::Null) => errs.push(err(
