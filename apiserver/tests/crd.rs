@@ -215,6 +215,21 @@ async fn a_crd_is_served_within_a_second_and_gone_after_delete() {
     assert_eq!(got.metadata.generation, Some(2));
 
     // Deleting the CRD deletes its instances first, then the CRD; then it is not served.
+    // Even what the API cannot reach goes: an undecodable value, an object under a foreign key.
+    c.store
+        .create(
+            "example.com/widgets/default/junk",
+            bytes::Bytes::from("not json"),
+        )
+        .await
+        .unwrap();
+    c.store
+        .create(
+            "example.com/widgets/default/misfiled",
+            bytes::Bytes::from(r#"{"apiVersion":"example.com/v1","kind":"Widget","metadata":{"name":"other","namespace":"default"}}"#),
+        )
+        .await
+        .unwrap();
     crds.delete("widgets.example.com", &DeleteParams::default())
         .await
         .unwrap();

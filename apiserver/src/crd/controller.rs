@@ -432,7 +432,23 @@ async fn cleanup_step(
             .map_err(|e| crate::errors::from_storage(e, &info.group, &info.plural, ""))?;
         if !page.items.is_empty() {
             for kv in &page.items {
+                // What the API cannot reach (undecodable, or stored under a key its name does
+                // not map to) is removed from the store directly: nothing else could delete it.
+                let raw_delete = || async {
+                    match api.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                        Ok(_)
+                        | Err(capstan_storage::StorageError::NotFound { .. })
+                        | Err(capstan_storage::StorageError::Conflict { .. }) => Ok(()),
+                        Err(e) => Err(crate::errors::from_storage(
+                            e,
+                            &info.group,
+                            &info.plural,
+                            "",
+                        )),
+                    }
+                };
                 let Some(obj) = info.decode(&kv.value, kv.mod_revision) else {
+                    raw_delete().await?;
                     continue;
                 };
                 if obj.is_deleting() {
@@ -444,6 +460,10 @@ async fn cleanup_step(
                     name: obj.name().map(str::to_string),
                     subresource: None,
                 };
+                if info.key_of(&obj) != kv.key {
+                    raw_delete().await?;
+                    continue;
+                }
                 match api.delete(&target, &Bytes::new(), &Params::default()).await {
                     Ok(_) => {}
                     Err(e) if e.code == 404 || e.code == 409 => {}
