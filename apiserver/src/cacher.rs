@@ -289,6 +289,11 @@ impl Cacher {
         .is_ok()
     }
 
+    /// The resource this cache serves.
+    pub fn info(&self) -> &Arc<ResourceInfo> {
+        &self.info
+    }
+
     /// A receiver that changes whenever the cache's revision moves (for in-process consumers
     /// such as the CRD controller).
     pub fn subscribe_revision(&self) -> watch::Receiver<i64> {

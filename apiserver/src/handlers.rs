@@ -245,7 +245,7 @@ impl ApiServer {
     /// revision (known without I/O on the embedded store), else from the store.
     pub async fn get(&self, t: &Target) -> ApiResult<Value> {
         if let Some(current) = self.store.revision_hint() {
-            let cacher = self.cacher(&t.info);
+            let cacher = self.cacher(&t.info)?;
             if cacher.wait_for(current, Duration::from_millis(50)).await {
                 let name = name_of(t);
                 return match cacher.get(&t.info.key(t.namespace.as_deref(), name)) {
@@ -288,7 +288,7 @@ impl ApiServer {
         }
         let prefix = t.info.list_prefix(t.namespace.as_deref());
         if limit.is_none() && cont.is_none() && !exact {
-            let cacher = self.cacher(&t.info);
+            let cacher = self.cacher(&t.info)?;
             // resourceVersion "0": any state is fine. Unset: at least the store's current one.
             let needed = match (p.get("resourceVersion"), rv) {
                 (Some("0"), _) => 0,
@@ -558,7 +558,7 @@ impl ApiServer {
         let cached = self
             .registry
             .get("", "v1", "namespaces")
-            .map(|info| self.cacher(&info))
+            .and_then(|info| self.cacher(&info).ok())
             .and_then(|c| c.get(&key));
         let ns_obj = match cached {
             Some(o) => Some((*o).clone()),
@@ -1265,7 +1265,7 @@ impl ApiServer {
             .map(|s| Duration::from_secs(s as u64))
             .unwrap_or(DEFAULT_WATCH_TIMEOUT);
         let bookmarks = p.flag("allowWatchBookmarks");
-        let cacher = self.cacher(&t.info);
+        let cacher = self.cacher(&t.info)?;
         let rv = p.resource_version()?;
         let (initial, mut live, snapshot_rv) = match send_initial {
             // The state at (at least) the given RV — or, unset, the store's current one.

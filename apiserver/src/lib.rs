@@ -137,7 +137,7 @@ impl ApiServer {
             store,
         });
         for info in api.registry.all() {
-            api.cacher(&info);
+            api.cacher(&info)?;
         }
         let ns_info = api
             .registry
@@ -162,16 +162,37 @@ impl ApiServer {
         Ok(api)
     }
 
-    /// The watch cache of a resource (started on first use).
-    pub fn cacher(&self, info: &Arc<ResourceInfo>) -> Arc<Cacher> {
-        let key = format!("{}/{}", info.api_version(), &info.plural);
-        if let Some(c) = self.cachers.read().ok().and_then(|m| m.get(&key).cloned()) {
-            return c;
+    /// The watch cache of a resource (started on first use). Only the resource the registry
+    /// serves now has one: a request that resolved a resource just before it was removed or
+    /// replaced (a CRD deleted or changed) gets a 404 rather than a cache nobody would stop or
+    /// one with the old schema.
+    pub fn cacher(&self, info: &Arc<ResourceInfo>) -> ApiResult<Arc<Cacher>> {
+        let key = format!("{}/{}", info.api_version(), info.plural);
+        if let Some(c) = self.cachers.read().ok().and_then(|m| m.get(&key).cloned())
+            && Arc::ptr_eq(c.info(), info)
+        {
+            return Ok(c);
         }
-        let mut map = self.cachers.write().expect("cachers lock");
-        map.entry(key)
-            .or_insert_with(|| Cacher::start(info.clone(), self.store.clone()))
-            .clone()
+        let current = self
+            .registry
+            .get(&info.group, &info.version, &info.plural)
+            .is_some_and(|c| Arc::ptr_eq(&c, info));
+        if !current {
+            return Err(not_found());
+        }
+        let mut map = self
+            .cachers
+            .write()
+            .map_err(|_| ApiError::internal("cachers lock poisoned"))?;
+        if let Some(c) = map.get(&key) {
+            if Arc::ptr_eq(c.info(), info) {
+                return Ok(c.clone());
+            }
+            c.stop();
+        }
+        let c = Cacher::start(info.clone(), self.store.clone());
+        map.insert(key, c.clone());
+        Ok(c)
     }
 
     /// Stops and forgets the watch cache of a resource that is no longer served (its client
@@ -188,7 +209,10 @@ impl ApiServer {
         let deadline = Instant::now() + within;
         for info in self.registry.all() {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !self.cacher(&info).wait_for(0, left).await {
+            let Ok(cacher) = self.cacher(&info) else {
+                continue; // removed meanwhile
+            };
+            if !cacher.wait_for(0, left).await {
                 return false;
             }
         }

@@ -230,6 +230,7 @@ async fn a_crd_is_served_within_a_second_and_gone_after_delete() {
         )
         .await
         .unwrap();
+    let old_info = c.api.registry.get("example.com", "v1", "widgets").unwrap();
     crds.delete("widgets.example.com", &DeleteParams::default())
         .await
         .unwrap();
@@ -244,6 +245,8 @@ async fn a_crd_is_served_within_a_second_and_gone_after_delete() {
         || async { !served(c.addr, "/apis/example.com/v1").await },
     )
     .await;
+    // A request that resolved the resource before it went gets a 404, not a new watch cache.
+    assert_eq!(c.api.cacher(&old_info).unwrap_err().code, 404);
     assert!(
         c.store
             .list("example.com/widgets/", Default::default())

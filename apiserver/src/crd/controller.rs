@@ -131,7 +131,7 @@ impl CrdController {
             .registry
             .get(CRD_GROUP, "v1", CRDS)
             .ok_or_else(|| crate::errors::ApiError::internal("CRDs are not registered"))?;
-        let cacher = api.cacher(&crd_info);
+        let cacher = api.cacher(&crd_info)?;
         let mut rx = cacher.subscribe_revision();
         if !cacher.wait_for(0, Duration::from_secs(30)).await {
             return Err(crate::errors::ApiError::timeout(
@@ -298,7 +298,7 @@ impl CrdController {
             let mut registered = Vec::new();
             for info in infos {
                 let info = api.registry.add(info);
-                api.cacher(&info);
+                let _ = api.cacher(&info);
                 registered.push(info);
             }
             tracing::info!(
