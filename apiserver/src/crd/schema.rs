@@ -282,6 +282,7 @@ impl Parser<'_> {
                 "nullable",
                 "additionalProperties",
                 "description",
+                "title",
                 "x-kubernetes-preserve-unknown-fields",
                 "x-kubernetes-int-or-string",
                 "x-kubernetes-embedded-resource",
@@ -562,33 +563,57 @@ impl Parser<'_> {
         }
         self.check_lists(&s, path);
         if !in_junctor {
-            // Properties named in a junctor must exist outside it (so pruning, which only
-            // looks at the structural skeleton, keeps them).
-            let mut junctors: Vec<(&str, &Schema)> = Vec::new();
+            // Everything a junctor describes (properties, items, additionalProperties, at any
+            // depth, in nested junctors too) must exist in the structural skeleton outside it,
+            // so pruning, which only looks at the skeleton, keeps what the junctor validates.
             for (k, list) in [
                 ("allOf", &s.all_of),
                 ("anyOf", &s.any_of),
                 ("oneOf", &s.one_of),
             ] {
                 for j in list {
-                    junctors.push((k, j));
+                    self.check_covered(j, &s, &format!("{path}.{k}[*]"));
                 }
             }
             if let Some(n) = &s.not {
-                junctors.push(("not", n));
-            }
-            for (k, j) in junctors {
-                for name in j.properties.keys() {
-                    if !s.properties.contains_key(name) {
-                        self.errs.push(forbidden(
-                            &format!("{path}.{k}[*].properties[{name}]"),
-                            "must have a corresponding property outside of allOf, anyOf, oneOf or not",
-                        ));
-                    }
-                }
+                self.check_covered(n, &s, &format!("{path}.not"));
             }
         }
         s
+    }
+
+    fn check_covered(&mut self, j: &Schema, skeleton: &Schema, at: &str) {
+        const MISSING: &str =
+            "must have a corresponding property outside of allOf, anyOf, oneOf or not";
+        for (name, jp) in &j.properties {
+            let here = format!("{at}.properties[{name}]");
+            match skeleton.properties.get(name) {
+                Some(sp) => self.check_covered(jp, sp, &here),
+                None => self.errs.push(forbidden(&here, MISSING)),
+            }
+        }
+        if let Some(ji) = &j.items {
+            match &skeleton.items {
+                Some(si) => self.check_covered(ji, si, &format!("{at}.items")),
+                None => self.errs.push(forbidden(&format!("{at}.items"), MISSING)),
+            }
+        }
+        if let Some(ja) = &j.additional {
+            match &skeleton.additional {
+                Some(sa) => self.check_covered(ja, sa, &format!("{at}.additionalProperties")),
+                None => self
+                    .errs
+                    .push(forbidden(&format!("{at}.additionalProperties"), MISSING)),
+            }
+        }
+        for (k, list) in [("allOf", &j.all_of), ("anyOf", &j.any_of), ("oneOf", &j.one_of)] {
+            for nested in list {
+                self.check_covered(nested, skeleton, &format!("{at}.{k}[*]"));
+            }
+        }
+        if let Some(n) = &j.not {
+            self.check_covered(n, skeleton, &format!("{at}.not"));
+        }
     }
 
     fn check_lists(&mut self, s: &Schema, path: &str) {
@@ -1616,6 +1641,8 @@ mod tests {
             "l": {"type": "integer", "default": "nope"},
             "m": {"type": "object", "properties": {"n": {"type": "string"}}, "anyOf": [{"properties": {"o": {"type": "string"}}}]},
             "p": {"type": "array", "items": {"type": "string"}, "uniqueItems": true},
+            "q": {"type": "object", "properties": {"r": {"type": "object"}},
+                  "anyOf": [{"properties": {"r": {"properties": {"s": {"required": ["t"]}}}}}]},
         }}));
         let text = errs.join("\n");
         for want in [
@@ -1629,6 +1656,7 @@ mod tests {
             "schema.properties[j].items.required: Required value",
             "schema.properties[m].anyOf[*].properties[o]: Forbidden",
             "schema.properties[p].uniqueItems: Forbidden",
+            "schema.properties[q].anyOf[*].properties[r].properties[s]: Forbidden",
         ] {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
