@@ -1178,10 +1178,19 @@ impl ApiServer {
                 doc
             }
         };
-        let replicas = scale
-            .pointer("/spec/replicas")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
+        // A PUT without spec.replicas means 0 (as Kubernetes decodes it); anything but an
+        // int32 is refused, never read as 0.
+        let replicas = match scale.pointer("/spec/replicas") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_i64()
+                .filter(|n| i32::try_from(*n).is_ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Scale in version \"v1\" cannot be handled as a Scale: spec.replicas must be a 32-bit integer, not {v}"
+                    ))
+                })?,
+        };
         if replicas < 0 {
             return Err(ApiError::invalid(
                 "autoscaling",
@@ -1209,7 +1218,13 @@ impl ApiServer {
         let updated = self
             .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
                 let mut new = live.clone();
-                let path: Vec<&str> = paths.spec_replicas.split('/').skip(1).collect();
+                let path: Vec<String> = paths
+                    .spec_replicas
+                    .split('/')
+                    .skip(1)
+                    .map(|p| p.replace("~1", "/").replace("~0", "~"))
+                    .collect();
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
                 object::set_path(&mut new, &path, json!(replicas));
                 Ok(new)
             })

@@ -461,6 +461,20 @@ async fn status_and_scale_subresources_split_writes() {
     .await
     .unwrap();
     assert_eq!(w.get("s").await.unwrap().data["spec"]["replicas"], 7);
+    // Replicas that are not an int32 are refused, never read as 0.
+    for bad in [json!("3"), json!(2.5), json!(4_294_967_296i64)] {
+        let (code, _, message) = api_error(
+            w.patch_scale(
+                "s",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": bad}})),
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(code, 400, "{message}");
+    }
+    assert_eq!(w.get("s").await.unwrap().data["spec"]["replicas"], 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

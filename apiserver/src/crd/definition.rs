@@ -42,6 +42,17 @@ fn str_at<'v>(v: &'v Value, ptr: &str) -> Option<&'v str> {
         .filter(|s| !s.is_empty())
 }
 
+/// A plain `.a.b.c` path: the only form scale paths and selectable fields take.
+fn is_dotted(p: &str) -> bool {
+    p.starts_with('.')
+        && p[1..].split('.').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+}
+
 /// A CamelCase identifier: kind and listKind.
 fn is_kind(s: &str) -> bool {
     s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -379,7 +390,7 @@ fn check_version(v: &Value, path: &str, errs: &mut Vec<FieldError>) {
                 None if required => errs.push(err(format!("{sp}.{field}"), "Required value")),
                 None => {}
                 Some(p) => match JsonPath::parse(p).ok().and_then(|j| j.as_pointer()) {
-                    Some(_) if p.starts_with(prefix) => {
+                    Some(_) if p.starts_with(prefix) && is_dotted(p) => {
                         if field == "labelSelectorPath"
                             && !(p.starts_with(".spec.") || p.starts_with(".status."))
                         {
@@ -434,11 +445,7 @@ fn check_version(v: &Value, path: &str, errs: &mut Vec<FieldError>) {
         for (i, f) in fields.iter().enumerate() {
             let fp = format!("{path}.selectableFields[{i}].jsonPath");
             match str_at(f, "/jsonPath") {
-                Some(p)
-                    if JsonPath::parse(p)
-                        .ok()
-                        .and_then(|j| j.as_pointer())
-                        .is_some() => {}
+                Some(p) if is_dotted(p) => {}
                 Some(p) => errs.push(invalid(
                     fp,
                     p,
@@ -638,7 +645,8 @@ mod tests {
                 "names": {"plural": "Widgets", "kind": "wid get"},
                 "versions": [
                     {"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "properties": {"a": {}}}},
-                     "subresources": {"scale": {"specReplicasPath": ".status.x", "statusReplicasPath": ".status.r"}},
+                     "subresources": {"scale": {"specReplicasPath": ".status.x", "statusReplicasPath": ".status['a/b']"}},
+                     "selectableFields": [{"jsonPath": "{.spec.color}"}],
                      "additionalPrinterColumns": [{"name": "X", "type": "float", "jsonPath": "spec"}]},
                     {"name": "v1", "served": true, "storage": true}
                 ]}
@@ -655,6 +663,8 @@ mod tests {
             "spec.versions",
             "spec.versions[0].schema.openAPIV3Schema.properties[a].type",
             "spec.versions[0].subresources.scale.specReplicasPath",
+            "spec.versions[0].subresources.scale.statusReplicasPath",
+            "spec.versions[0].selectableFields[0].jsonPath",
             "spec.versions[0].additionalPrinterColumns[0].type",
             "spec.versions[0].additionalPrinterColumns[0].jsonPath",
             "spec.versions[1].schema.openAPIV3Schema",
