@@ -28,6 +28,7 @@ fn widget_crd(scope: &str) -> Value {
             "versions": [
                 {"name": "v1", "served": true, "storage": true,
                  "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}}},
                     "spec": {"type": "object", "required": ["size"], "properties": {
                         "size": {"type": "integer", "minimum": 1, "maximum": 10},
                         "color": {"type": "string", "enum": ["red", "green", "blue"], "default": "red"},
@@ -392,6 +393,41 @@ async fn custom_resources_are_validated_pruned_and_defaulted() {
             .iter()
             .any(|m| m.manager.as_deref() == Some("tester"))
     );
+
+    // The schema's metadata.name rule holds; metadata keeps ObjectMeta's fields only.
+    let (code, _, message) = api_error(
+        w.create(
+            &PostParams::default(),
+            &widget("a-name-longer-than-twenty", json!({"size": 1})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code, 422, "{message}");
+    assert!(message.contains("metadata.name"), "{message}");
+    let odd = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "meta", "bogus": {"x": 1}}, "spec": {"size": 1}});
+    let (code, body) = http_request(
+        &addr,
+        "POST",
+        "/apis/example.com/v1/namespaces/default/widgets?fieldValidation=Strict",
+        &[("Content-Type", "application/json")],
+        odd.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("metadata.bogus"), "{body}");
+    let (code, body) = http_request(
+        &addr,
+        "POST",
+        "/apis/example.com/v1/namespaces/default/widgets",
+        &[("Content-Type", "application/json")],
+        odd.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    assert!(w.get("meta").await.unwrap().metadata.name.is_some());
+    assert!(!body.contains("bogus"), "{body}");
 
     // dryRun validates and stores nothing.
     w.create(

@@ -30,6 +30,25 @@ use capstan_api::validation::FieldError;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+/// The fields of metav1.ObjectMeta: a custom resource's metadata keeps these and no others.
+const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
 /// Schema nodes visited per validation before it is abandoned as too complex.
 pub const VALIDATION_BUDGET: u64 = 2_000_000;
 /// How deep a schema may nest (serde_json already stops JSON at 128 levels).
@@ -204,6 +223,16 @@ impl Schema {
         let keep = ["apiVersion", "kind", "metadata"];
         let mut path = String::new();
         prune_object(self, map, &mut path, &keep, &mut dropped);
+        // metadata is an ObjectMeta, whatever the schema says: only its fields are kept.
+        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+            meta.retain(|k, _| {
+                let known = OBJECT_META_FIELDS.contains(&k.as_str());
+                if !known && let Some(d) = dropped.as_deref_mut() {
+                    d.push(format!("metadata.{k}"));
+                }
+                known
+            });
+        }
     }
 
     pub fn default_root(&self, obj: &mut Value) {
@@ -236,6 +265,20 @@ impl Schema {
                 path.clear();
                 path.push_str(k);
                 v.validate(sub, child, &mut path);
+            }
+        }
+        // The schema may constrain metadata.name and metadata.generateName (only those).
+        if let Some(meta_schema) = self.properties.get("metadata") {
+            for field in ["name", "generateName"] {
+                if let (Some(fs), Some(value)) = (
+                    meta_schema.properties.get(field),
+                    obj.pointer(&format!("/metadata/{field}")),
+                ) {
+                    path.clear();
+                    path.push_str("metadata.");
+                    path.push_str(field);
+                    v.validate(fs, value, &mut path);
+                }
             }
         }
         path.clear();
@@ -1575,10 +1618,11 @@ mod tests {
         assert!(obj["spec"].get("bogus").is_none());
         assert!(obj.get("junk").is_none());
         assert_eq!(obj["spec"]["extra"]["anything"], json!([1]));
-        assert_eq!(
-            obj["metadata"]["whatever"], 1,
-            "metadata is the server's, not pruned here"
+        assert!(
+            obj["metadata"].get("whatever").is_none(),
+            "metadata keeps ObjectMeta's fields only"
         );
+        assert_eq!(obj["metadata"]["name"], "a");
         assert!(obj["spec"]["note"].is_null());
     }
 
