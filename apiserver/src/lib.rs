@@ -288,6 +288,33 @@ async fn api_versions() -> Response {
     )
 }
 
+/// Kubernetes' version priority as a sort key (smaller first): GA before beta before alpha,
+/// higher numbers first (v2, v1, v1beta2, v1beta1, v1alpha1), then anything else by name.
+fn version_priority(v: &str) -> (u8, i64, i64, String) {
+    let parsed = v.strip_prefix('v').and_then(|rest| {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let major: i64 = rest[..digits].parse().ok()?;
+        let tail = &rest[digits..];
+        if tail.is_empty() {
+            return Some((0, major, 0));
+        }
+        let (level, n) = if let Some(n) = tail.strip_prefix("beta") {
+            (1, n)
+        } else if let Some(n) = tail.strip_prefix("alpha") {
+            (2, n)
+        } else {
+            return None;
+        };
+        Some((level, major, n.parse().ok()?))
+    });
+    match parsed {
+        Some((level, major, minor)) => (level, -major, -minor, String::new()),
+        None => (3, 0, 0, v.to_string()),
+    }
+}
+
 fn group_entry(api: &ApiServer, group: &str) -> Value {
     let mut versions: Vec<String> = api
         .registry
@@ -296,7 +323,7 @@ fn group_entry(api: &ApiServer, group: &str) -> Value {
         .filter(|r| r.group == group)
         .map(|r| r.version.clone())
         .collect();
-    versions.sort();
+    versions.sort_by(|a, b| version_priority(a).cmp(&version_priority(b)));
     versions.dedup();
     let vs: Vec<Value> = versions
         .iter()
@@ -898,5 +925,24 @@ async fn serve(
             if t.name.is_some() { "/NAME" } else { "" },
             sub.map(|s| format!("/{s}")).unwrap_or_default()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_sort_by_kubernetes_priority() {
+        let mut v = vec![
+            "v1alpha1", "v1beta1", "foo", "v2", "v1", "v1beta2", "v10", "v2alpha3", "bar",
+        ];
+        v.sort_by_key(|x| version_priority(x));
+        assert_eq!(
+            v,
+            [
+                "v10", "v2", "v1", "v1beta2", "v1beta1", "v2alpha3", "v1alpha1", "bar", "foo"
+            ]
+        );
     }
 }
