@@ -323,7 +323,7 @@ fn group_entry(api: &ApiServer, group: &str) -> Value {
         .filter(|r| r.group == group)
         .map(|r| r.version.clone())
         .collect();
-    versions.sort_by(|a, b| version_priority(a).cmp(&version_priority(b)));
+    versions.sort_by_key(|v| version_priority(v));
     versions.dedup();
     let vs: Vec<Value> = versions
         .iter()
