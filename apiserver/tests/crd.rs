@@ -859,6 +859,30 @@ async fn tables_selectors_and_openapi_cover_custom_resources() {
     assert_eq!(table["rows"][0]["cells"][2], "green");
     assert!(table["rows"][0]["cells"][3].is_null());
 
+    // Pagination and label selectors work as for built-ins.
+    let page = w.list(&ListParams::default().limit(1)).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let token = page.metadata.continue_.clone().expect("a continue token");
+    let rest = w
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_ne!(rest.items[0].metadata.name, page.items[0].metadata.name);
+    assert!(rest.metadata.continue_.is_none_or(|c| c.is_empty()));
+    w.patch(
+        "r",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"hue": "warm"}}})),
+    )
+    .await
+    .unwrap();
+    let warm = w
+        .list(&ListParams::default().labels("hue=warm"))
+        .await
+        .unwrap();
+    assert_eq!(warm.items.len(), 1);
+
     // selectableFields extend field selectors; others are refused.
     let red = w
         .list(&ListParams::default().fields("spec.color=red"))
