@@ -160,7 +160,7 @@ impl CrdController {
             cleanups: Arc::new(Mutex::new(HashSet::new())),
             last_seen: Vec::new(),
         };
-        ctl.pass(api, &cacher.list("").0).await;
+        ctl.pass(api, &cacher.list("").0, false).await;
         let weak_cacher = Arc::downgrade(&cacher);
         drop(cacher);
         tokio::spawn(async move {
@@ -171,18 +171,23 @@ impl CrdController {
                 if matches!(changed, Ok(Err(_))) {
                     return; // the cache is gone: the server stopped
                 }
+                // The revision also moves with writes to other resources (progress
+                // notifications): those wake-ups cost one comparison of resourceVersions.
+                let retry = changed.is_err();
                 let (Some(api), Some(cacher)) = (ctl.api.upgrade(), weak_cacher.upgrade()) else {
                     return;
                 };
                 let objects = cacher.list("").0;
                 drop(cacher);
-                ctl.pass(&api, &objects).await;
+                ctl.pass(&api, &objects, retry).await;
             }
         });
         Ok(())
     }
 
-    async fn pass(&mut self, api: &Arc<ApiServer>, crds: &[Arc<Value>]) {
+    /// One reconcile over every CRD. `retry` (the periodic wake-up) also rewrites statuses that
+    /// failed to be written when nothing changed since.
+    async fn pass(&mut self, api: &Arc<ApiServer>, crds: &[Arc<Value>], retry: bool) {
         let seen: Vec<(String, String)> = crds
             .iter()
             .map(|c| {
@@ -197,8 +202,9 @@ impl CrdController {
         let quiet = seen == self.last_seen;
         self.last_seen = seen;
         if quiet {
-            // Nothing changed; only retry what may have failed (status writes).
-            self.write_statuses(api, crds, &self.verdicts(crds)).await;
+            if retry {
+                self.write_statuses(api, crds, &self.verdicts(crds)).await;
+            }
             return;
         }
         let verdicts = self.verdicts(crds);
