@@ -25,7 +25,9 @@ use crate::registry::ResourceInfo;
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Default watch length when the client names none (kube-apiserver picks 30–60 minutes).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
-const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a watch with allowWatchBookmarks gets a BOOKMARK (kube-apiserver: about a minute;
+/// client-go expects them within its watch timeout).
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What one request is about (kube-apiserver's RequestInfo, after the resource was resolved).
 #[derive(Debug, Clone)]
@@ -1280,6 +1282,7 @@ impl ApiServer {
             .map(|s| Duration::from_secs(s as u64))
             .unwrap_or(DEFAULT_WATCH_TIMEOUT);
         let bookmarks = p.flag("allowWatchBookmarks");
+        let bookmark_every = self.bookmark_interval();
         let cacher = self.cacher(&t.info)?;
         let rv = p.resource_version()?;
         let (initial, mut live, snapshot_rv) = match send_initial {
@@ -1313,7 +1316,7 @@ impl ApiServer {
         tokio::spawn(async move {
             let deadline = tokio::time::sleep(timeout);
             tokio::pin!(deadline);
-            let mut tick = tokio::time::interval(BOOKMARK_INTERVAL);
+            let mut tick = tokio::time::interval(bookmark_every);
             tick.reset();
             let mut last_rv = 0;
             let in_scope = |o: &Value| {
@@ -1346,8 +1349,10 @@ impl ApiServer {
                     return;
                 }
             }
+            // The initial events bring the watcher to the snapshot's revision (even when none
+            // passed its filter): bookmarks start from there, never from 0.
+            last_rv = last_rv.max(snapshot_rv);
             if initial_end {
-                last_rv = last_rv.max(snapshot_rv);
                 let line = json!({"type": "BOOKMARK", "object": {"kind": &info.kind, "apiVersion": info.api_version(),
                     "metadata": {"resourceVersion": last_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}});
                 let mut bytes = serde_json::to_vec(&line).unwrap_or_default();

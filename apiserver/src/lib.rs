@@ -55,6 +55,8 @@ pub struct ApiServer {
     openapi_v2: RwLock<Option<(u64, Arc<SwaggerDocs>)>>,
     /// Service ClusterIPs.
     pub ips: ipalloc::Allocator,
+    /// Milliseconds between watch bookmarks ([`handlers::BOOKMARK_INTERVAL`] unless changed).
+    bookmark_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -133,6 +135,9 @@ impl ApiServer {
             prometheus,
             openapi: RwLock::new(None),
             openapi_v2: RwLock::new(None),
+            bookmark_ms: std::sync::atomic::AtomicU64::new(
+                handlers::BOOKMARK_INTERVAL.as_millis() as u64
+            ),
             ips: ipalloc::Allocator::new(cidr, store.clone()),
             store,
         });
@@ -193,6 +198,23 @@ impl ApiServer {
         let c = Cacher::start(info.clone(), self.store.clone());
         map.insert(key, c.clone());
         Ok(c)
+    }
+
+    /// How often watches that allow bookmarks get one.
+    pub fn bookmark_interval(&self) -> Duration {
+        Duration::from_millis(
+            self.bookmark_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(10),
+        )
+    }
+
+    /// Changes the bookmark interval (tests use a short one).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        self.bookmark_ms.store(
+            every.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Stops and forgets the watch cache of a resource that is no longer served (its client

@@ -1620,3 +1620,55 @@ async fn a_cluster_ip_claimed_by_no_service_is_repaired_on_the_second_pass() {
     again.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.50".into());
     api.create(&PostParams::default(), &again).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_carry_the_watch_past_changes_it_does_not_see() {
+    let c = TestCluster::start().await;
+    c.api.set_bookmark_interval(Duration::from_millis(100));
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let start: i64 = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut events = cms
+        .watch(&WatchParams::default(), &start.to_string()) // bookmarks on by default
+        .await
+        .unwrap()
+        .boxed();
+    let bookmark_rv = |e: WatchEvent<ConfigMap>| -> i64 {
+        match e {
+            WatchEvent::Bookmark(b) => b.metadata.resource_version.parse().unwrap(),
+            other => panic!("expected only bookmarks, got {other:?}"),
+        }
+    };
+    // The first bookmark is at the watch's start, never 0.
+    let first = bookmark_rv(events.try_next().await.unwrap().unwrap());
+    assert!(first >= start, "{first} < {start}");
+    // A change in another namespace is not sent, but bookmarks move past it.
+    let other: Api<ConfigMap> = Api::namespaced(c.client.clone(), "kube-system");
+    let written: i64 = other
+        .create(&PostParams::default(), &cm("elsewhere", &[]))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rv = bookmark_rv(events.try_next().await.unwrap().unwrap());
+        if rv >= written {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no bookmark reached {written}"
+        );
+    }
+}
