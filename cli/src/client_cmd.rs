@@ -83,6 +83,7 @@ struct Resource {
     namespaced: bool,
     singular: String,
     short: Vec<String>,
+    categories: Vec<String>,
 }
 
 impl Resource {
@@ -151,6 +152,13 @@ async fn discover(client: &kube::Client) -> Result<Vec<Resource>> {
                     .filter_map(Value::as_str)
                     .map(str::to_string)
                     .collect(),
+                categories: r["categories"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
             });
         }
     }
@@ -172,6 +180,38 @@ fn resolve<'a>(resources: &'a [Resource], name: &str) -> Result<&'a Resource> {
                     || r.short.contains(&name))
         })
         .ok_or_else(|| anyhow!("the server doesn't have a resource type \"{name}\""))
+}
+
+/// `a,b` lists several types; a category (`all`) stands for every type in it.
+fn resolve_many<'a>(resources: &'a [Resource], spec: &str) -> Result<Vec<&'a Resource>> {
+    let mut out: Vec<&Resource> = Vec::new();
+    for token in spec.split(',').filter(|t| !t.is_empty()) {
+        let found = match resolve(resources, token) {
+            Ok(r) => vec![r],
+            Err(e) => {
+                let in_category: Vec<&Resource> = resources
+                    .iter()
+                    .filter(|r| r.categories.iter().any(|c| c == token))
+                    .collect();
+                if in_category.is_empty() {
+                    return Err(e);
+                }
+                in_category
+            }
+        };
+        for r in found {
+            if !out
+                .iter()
+                .any(|o| o.ar.plural == r.ar.plural && o.ar.group == r.ar.group)
+            {
+                out.push(r);
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("name a resource type");
+    }
+    Ok(out)
 }
 
 fn by_kind<'a>(resources: &'a [Resource], api_version: &str, kind: &str) -> Result<&'a Resource> {
@@ -304,53 +344,92 @@ pub async fn run(args: ClientArgs, cmd: ClientCmd) -> Result<()> {
             all_namespaces,
             output,
         } => {
-            let r = resolve(&resources, &resource)?;
-            let mut path = r.base();
-            if r.namespaced && !all_namespaces {
-                path.push_str(&format!("/namespaces/{ns}"));
-            }
-            path.push_str(&format!("/{}", r.ar.plural));
-            if let Some(n) = &name {
-                path.push_str(&format!("/{n}"));
-            }
-            if let Some(sel) = &selector {
-                path.push_str(&format!("?labelSelector={}", encode(sel)));
-            }
-            match output {
-                Output::Table | Output::Wide => {
-                    let req = Request::get(&path)
-                        .header(
-                            header::ACCEPT,
-                            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-                        )
-                        .body(Vec::new())?;
-                    let table: Value = client.request(req).await?;
-                    print_table(
-                        &table,
-                        output == Output::Wide,
-                        all_namespaces && r.namespaced,
-                    );
+            let types = resolve_many(&resources, &resource)?;
+            let several = types.len() > 1;
+            let mut printed_any = false;
+            let mut all_items = Vec::new();
+            for (i, r) in types.iter().enumerate() {
+                let mut path = r.base();
+                if r.namespaced && !all_namespaces {
+                    path.push_str(&format!("/namespaces/{ns}"));
                 }
-                Output::Json | Output::Yaml | Output::Name => {
-                    let v = get_json(&client, &path).await?;
-                    match output {
-                        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                        Output::Yaml => print!("{}", serde_yaml::to_string(&v)?),
-                        _ => {
-                            let items = if name.is_some() {
-                                vec![v]
-                            } else {
-                                v["items"].as_array().cloned().unwrap_or_default()
-                            };
-                            for o in items {
+                path.push_str(&format!("/{}", r.ar.plural));
+                if let Some(n) = &name {
+                    path.push_str(&format!("/{n}"));
+                }
+                if let Some(sel) = &selector {
+                    path.push_str(&format!("?labelSelector={}", encode(sel)));
+                }
+                match output {
+                    Output::Table | Output::Wide => {
+                        let req = Request::get(&path)
+                            .header(
+                                header::ACCEPT,
+                                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+                            )
+                            .body(Vec::new())?;
+                        let mut table: Value = client.request(req).await?;
+                        if several {
+                            // kubectl's form with several types: `deployment.apps/web`.
+                            for row in table["rows"].as_array_mut().into_iter().flatten() {
+                                if let Some(Value::String(n)) = row["cells"].get_mut(0) {
+                                    *n = format!("{}/{n}", r.display());
+                                }
+                            }
+                        }
+                        let has_rows = table["rows"].as_array().is_some_and(|a| !a.is_empty());
+                        if has_rows {
+                            if printed_any {
+                                println!();
+                            }
+                            print_table(
+                                &table,
+                                output == Output::Wide,
+                                all_namespaces && r.namespaced,
+                            );
+                            printed_any = true;
+                        }
+                        if !printed_any && i + 1 == types.len() {
+                            eprintln!("No resources found.");
+                        }
+                    }
+                    Output::Json | Output::Yaml | Output::Name => {
+                        let v = get_json(&client, &path).await?;
+                        let items = if name.is_some() {
+                            vec![v.clone()]
+                        } else {
+                            v["items"].as_array().cloned().unwrap_or_default()
+                        };
+                        if output == Output::Name {
+                            for o in &items {
                                 println!(
                                     "{}/{}",
                                     r.display(),
                                     o["metadata"]["name"].as_str().unwrap_or_default()
                                 );
                             }
+                        } else if !several {
+                            // One type: exactly what the server returned (object or list).
+                            match output {
+                                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                                _ => print!("{}", serde_yaml::to_string(&v)?),
+                            }
+                        } else {
+                            all_items.extend(items.into_iter().map(|mut o| {
+                                // List items carry no apiVersion/kind; name them, as kubectl does.
+                                o["apiVersion"] = Value::String(r.ar.api_version.clone());
+                                o["kind"] = Value::String(r.ar.kind.clone());
+                                o
+                            }));
                         }
                     }
+                }
+            }
+            if several && matches!(output, Output::Json | Output::Yaml) {
+                let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": all_items});
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                    _ => print!("{}", serde_yaml::to_string(&list)?),
                 }
             }
         }

@@ -113,6 +113,22 @@ fn apply_get_and_delete_without_kubectl() {
         "deployment.apps/web\n"
     );
 
+    // Several types at once, and a category.
+    assert_eq!(
+        ok(capstan(&kc, &["get", "cm,deploy", "-o", "name"], None)),
+        "configmap/settings\ndeployment.apps/web\n"
+    );
+    let all = ok(capstan(&kc, &["get", "all"], None));
+    assert!(all.contains("deployment.apps/web"), "{all}");
+    assert!(
+        !all.contains("configmap/"),
+        "configmaps are not in `all`: {all}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(capstan(&kc, &["get", "cm,deploy", "-o", "json"], None))).unwrap();
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"][1]["kind"], "Deployment");
+
     // A changed manifest from stdin; a conflict with another manager's field.
     ok(capstan(
         &kc,
