@@ -488,7 +488,11 @@ impl ApiServer {
         }
         obj.set_meta("uid", json!(uuid::Uuid::new_v4().to_string()));
         obj.set_meta("creationTimestamp", json!(object::now()));
-        obj.set_meta("generation", json!(1));
+        if info.strategy.tracks_generation() {
+            obj.set_meta("generation", json!(1));
+        } else {
+            obj.remove_meta("generation");
+        }
         info.strategy.prepare_for_create(&mut obj);
         let errs = info.validate(&obj);
         if !errs.is_empty() {
@@ -659,18 +663,22 @@ impl ApiServer {
                     &object::now(),
                 );
             }
-            let generation = live["metadata"]["generation"].as_i64().unwrap_or(1);
-            // The generation follows the spec: everything but metadata and, when a status
-            // subresource owns it, status (so a custom resource without one bumps on status
-            // changes too, as in Kubernetes).
-            let changed = if info.status {
-                object::spec_of(&new) != object::spec_of(&live)
+            if info.strategy.tracks_generation() {
+                // The generation follows the spec: everything but metadata and, when a status
+                // subresource owns it, status (so a custom resource without one bumps on
+                // status changes too, as in Kubernetes).
+                let generation = live["metadata"]["generation"].as_i64().unwrap_or(1);
+                let changed = if info.status {
+                    object::spec_of(&new) != object::spec_of(&live)
+                } else {
+                    new.get("status") != live.get("status")
+                        || object::spec_of(&new) != object::spec_of(&live)
+                };
+                let generation = if changed { generation + 1 } else { generation };
+                new.set_meta("generation", json!(generation));
             } else {
-                new.get("status") != live.get("status")
-                    || object::spec_of(&new) != object::spec_of(&live)
-            };
-            let generation = if changed { generation + 1 } else { generation };
-            new.set_meta("generation", json!(generation));
+                new.remove_meta("generation");
+            }
             let mut errs = info.validate(&new);
             errs.extend(info.strategy.validate_update(&new, &live));
             if !errs.is_empty() {

@@ -323,6 +323,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         Builtin::of::<apps::Deployment>()
             .validate_with(strategy::validate_workload)
             .table(crate::table::deployments)
+            .generation()
             .reset_status_on_create()
             .arc(),
     );
@@ -337,6 +338,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         Builtin::of::<apps::ReplicaSet>()
             .validate_with(strategy::validate_workload)
             .table(crate::table::replicasets)
+            .generation()
             .reset_status_on_create()
             .arc(),
     );
@@ -350,6 +352,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         true,
         Builtin::of::<autoscaling::HorizontalPodAutoscaler>()
             .table(crate::table::hpas)
+            .generation()
             .reset_status_on_create()
             .arc(),
     );
@@ -473,6 +476,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
             Builtin::of::<apiext::CustomResourceDefinition>()
                 .validate_with(crate::crd::definition::validate)
+                .generation()
                 .validate_update_with(crate::crd::definition::validate_update)
                 .on_create(crate::crd::definition::on_create)
                 .on_update(crate::crd::definition::default_spec)

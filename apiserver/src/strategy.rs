@@ -23,6 +23,11 @@ pub enum NameRule {
 pub trait Strategy: Send + Sync {
     /// Resource-specific validation of a whole object (after metadata checks).
     fn validate(&self, obj: &Value) -> Vec<FieldError>;
+    /// Whether objects carry metadata.generation, bumped on spec changes (workloads, CRDs and
+    /// custom resources do; ConfigMaps, Secrets, Namespaces and the like do not).
+    fn tracks_generation(&self) -> bool {
+        false
+    }
     /// Extra rules for an update (immutable fields), given the live object.
     fn validate_update(&self, _new: &Value, _old: &Value) -> Vec<FieldError> {
         Vec::new()
@@ -75,6 +80,7 @@ pub struct Builtin {
     names: NameRule,
     table: Table,
     reset_status: bool,
+    generation: bool,
 }
 
 impl Builtin {
@@ -95,6 +101,7 @@ impl Builtin {
             names: NameRule::Subdomain,
             table: crate::table::default_table(),
             reset_status: false,
+            generation: false,
         }
     }
     /// Selectable fields beyond metadata.name/namespace: (selector name, JSON pointer).
@@ -126,6 +133,11 @@ impl Builtin {
     }
     pub fn table(mut self, t: fn() -> Table) -> Self {
         self.table = t();
+        self
+    }
+    /// Objects carry metadata.generation (bumped on spec changes).
+    pub fn generation(mut self) -> Self {
+        self.generation = true;
         self
     }
     pub fn reset_status_on_create(mut self) -> Self {
@@ -213,6 +225,10 @@ impl Strategy for Builtin {
         if let Some(f) = self.on_update {
             f(obj);
         }
+    }
+
+    fn tracks_generation(&self) -> bool {
+        self.generation
     }
 
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {

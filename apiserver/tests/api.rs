@@ -46,6 +46,10 @@ async fn configmaps_round_trip_with_server_owned_metadata() {
     let rv: i64 = meta.resource_version.as_deref().unwrap().parse().unwrap();
     assert!(rv > 0);
     assert_eq!(meta.namespace.as_deref(), Some("default"));
+    assert_eq!(
+        meta.generation, None,
+        "ConfigMaps have no generation, as in Kubernetes"
+    );
 
     let got = api.get("a").await.unwrap();
     assert_eq!(got.metadata.uid, created.metadata.uid);

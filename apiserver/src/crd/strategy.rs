@@ -130,6 +130,10 @@ impl Strategy for CustomStrategy {
         self.status
     }
 
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+
     fn prepare_for_create(&self, obj: &mut Value) {
         if self.status
             && let Some(m) = obj.as_object_mut()
