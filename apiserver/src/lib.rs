@@ -167,10 +167,11 @@ impl ApiServer {
         Ok(api)
     }
 
-    /// The watch cache of a resource (started on first use). Only the resource the registry
-    /// serves now has one: a request that resolved a resource just before it was removed or
-    /// replaced (a CRD deleted or changed) gets a 404 rather than a cache nobody would stop or
-    /// one with the old schema.
+    /// The watch cache of a resource (started on first use). Only the definition the registry
+    /// serves now has one: a request that resolved a resource just before it was replaced (a
+    /// CRD changed) is served by the current definition's cache, and one that resolved a
+    /// resource since removed gets a 404 — never a cache nobody would stop, or one with an old
+    /// schema.
     pub fn cacher(&self, info: &Arc<ResourceInfo>) -> ApiResult<Arc<Cacher>> {
         let key = format!("{}/{}", info.api_version(), info.plural);
         if let Some(c) = self.cachers.read().ok().and_then(|m| m.get(&key).cloned())
@@ -178,26 +179,39 @@ impl ApiServer {
         {
             return Ok(c);
         }
-        let current = self
-            .registry
-            .get(&info.group, &info.version, &info.plural)
-            .is_some_and(|c| Arc::ptr_eq(&c, info));
-        if !current {
-            return Err(not_found());
-        }
         let mut map = self
             .cachers
             .write()
             .map_err(|_| ApiError::internal("cachers lock poisoned"))?;
+        // Checked under the cachers lock (lock order: cachers, then registry; the registry
+        // never takes the cachers lock): the resource the registry serves now. A request that
+        // resolved an older definition of it is served by the current one.
+        let current = self
+            .registry
+            .get(&info.group, &info.version, &info.plural)
+            .ok_or_else(not_found)?;
         if let Some(c) = map.get(&key) {
-            if Arc::ptr_eq(c.info(), info) {
+            if Arc::ptr_eq(c.info(), &current) {
                 return Ok(c.clone());
             }
             c.stop();
         }
-        let c = Cacher::start(info.clone(), self.store.clone());
+        let c = Cacher::start(current, self.store.clone());
         map.insert(key, c.clone());
         Ok(c)
+    }
+
+    /// Stops and forgets the watch cache of a resource that is no longer served (its client
+    /// watches end; clients re-watch and find the resource gone or changed). A cache already
+    /// rebuilt for a newer definition is left alone.
+    pub fn drop_cacher(&self, info: &Arc<ResourceInfo>) {
+        let key = format!("{}/{}", info.api_version(), info.plural);
+        if let Ok(mut m) = self.cachers.write()
+            && m.get(&key).is_some_and(|c| Arc::ptr_eq(c.info(), info))
+            && let Some(c) = m.remove(&key)
+        {
+            c.stop();
+        }
     }
 
     /// How often watches that allow bookmarks get one.
@@ -215,15 +229,6 @@ impl ApiServer {
             every.as_millis() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-    }
-
-    /// Stops and forgets the watch cache of a resource that is no longer served (its client
-    /// watches end; clients re-watch and find the resource gone or changed).
-    pub fn drop_cacher(&self, info: &ResourceInfo) {
-        let key = format!("{}/{}", info.api_version(), info.plural);
-        if let Some(c) = self.cachers.write().ok().and_then(|mut m| m.remove(&key)) {
-            c.stop();
-        }
     }
 
     /// Ready once every watch cache has listed.

@@ -164,16 +164,21 @@ impl CrdController {
         let weak_cacher = Arc::downgrade(&cacher);
         drop(cacher);
         tokio::spawn(async move {
+            let mut last_retry = std::time::Instant::now();
             loop {
-                // Woken by any CRD change; the timer retries failed status writes and
-                // notices finished cleanups.
+                // Woken by any CRD change; every 2 s a pass also retries status writes that
+                // failed (a busy cluster wakes this loop constantly, so the retry has its own
+                // clock rather than waiting for a quiet moment).
                 let changed = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
                 if matches!(changed, Ok(Err(_))) {
                     return; // the cache is gone: the server stopped
                 }
                 // The revision also moves with writes to other resources (progress
                 // notifications): those wake-ups cost one comparison of resourceVersions.
-                let retry = changed.is_err();
+                let retry = last_retry.elapsed() >= Duration::from_secs(2);
+                if retry {
+                    last_retry = std::time::Instant::now();
+                }
                 let (Some(api), Some(cacher)) = (ctl.api.upgrade(), weak_cacher.upgrade()) else {
                     return;
                 };
@@ -250,7 +255,10 @@ impl CrdController {
                     group.reserve(&names, &name);
                     Some(names.clone())
                 }
-                Some(_) => accepted_of(crd),
+                // Keep serving the names accepted earlier — unless someone else holds them
+                // too (two replicas that accepted from different views): then the order
+                // decides, as for new names.
+                Some(_) => accepted_of(crd).filter(|acc| group.conflict(acc, &name).is_none()),
             };
             out.insert(
                 name,
@@ -298,14 +306,21 @@ impl CrdController {
                     continue;
                 }
             };
-            if let Some(old) = self.served.remove(&name) {
-                unregister(api, &old.infos);
-            }
+            // The new resources replace the old ones in place (no moment where an existing
+            // version is not served); versions no longer served go afterwards.
             let mut registered = Vec::new();
             for info in infos {
                 let info = api.registry.add(info);
-                let _ = api.cacher(&info);
+                let _ = api.cacher(&info); // replaces a cache built for the old spec
                 registered.push(info);
+            }
+            if let Some(old) = self.served.remove(&name) {
+                let gone: Vec<Arc<ResourceInfo>> = old
+                    .infos
+                    .into_iter()
+                    .filter(|o| !registered.iter().any(|n| n.version == o.version))
+                    .collect();
+                unregister(api, &gone);
             }
             tracing::info!(
                 crd = name,
