@@ -403,6 +403,13 @@ impl CrdController {
             }
         }
         let names = Names::of(&crd["spec"]["names"]);
+        // Where the instances are does not depend on the definition being usable: a CRD that
+        // no longer validates still has its instances deleted (directly from the store).
+        let prefix = format!(
+            "{}/{}/",
+            crd["spec"]["group"].as_str().unwrap_or_default(),
+            names.plural
+        );
         let infos = definition::resources_of(crd, &names, true).unwrap_or_default();
         let name = crd.name().unwrap_or_default().to_string();
         let weak = Arc::downgrade(api);
@@ -411,7 +418,7 @@ impl CrdController {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let Some(api) = weak.upgrade() else { break };
-                match cleanup_step(&api, &name, infos.first()).await {
+                match cleanup_step(&api, &name, &prefix, infos.first()).await {
                     Ok(true) => break,
                     Ok(false) => backoff = Duration::from_millis(250),
                     Err(e) => {
@@ -442,57 +449,56 @@ fn unregister(api: &ApiServer, infos: &[Arc<ResourceInfo>]) {
 async fn cleanup_step(
     api: &Arc<ApiServer>,
     crd: &str,
+    prefix: &str,
     info: Option<&ResourceInfo>,
 ) -> ApiResult<bool> {
-    if let Some(info) = info {
-        let info = Arc::new(info.clone());
-        let page = api
-            .store
-            .list(&info.prefix(), capstan_storage::ListOptions::default())
-            .await
-            .map_err(|e| crate::errors::from_storage(e, &info.group, &info.plural, ""))?;
-        if !page.items.is_empty() {
-            for kv in &page.items {
-                // What the API cannot reach (undecodable, or stored under a key its name does
-                // not map to) is removed from the store directly: nothing else could delete it.
-                let raw_delete = || async {
-                    match api.store.delete(&kv.key, Some(kv.mod_revision)).await {
-                        Ok(_)
-                        | Err(capstan_storage::StorageError::NotFound { .. })
-                        | Err(capstan_storage::StorageError::Conflict { .. }) => Ok(()),
-                        Err(e) => Err(crate::errors::from_storage(
-                            e,
-                            &info.group,
-                            &info.plural,
-                            "",
-                        )),
-                    }
-                };
-                let Some(obj) = info.decode(&kv.value, kv.mod_revision) else {
-                    raw_delete().await?;
-                    continue;
-                };
-                if obj.is_deleting() {
-                    continue; // waiting for its own finalizers
+    let page = api
+        .store
+        .list(prefix, capstan_storage::ListOptions::default())
+        .await
+        .map_err(|e| crate::errors::from_storage(e, CRD_GROUP, CRDS, crd))?;
+    if !page.items.is_empty() {
+        let info = info.map(|i| Arc::new(i.clone()));
+        for kv in &page.items {
+            // What the API cannot reach (no usable definition, undecodable, or stored under a
+            // key its name does not map to) is removed from the store directly: nothing else
+            // could delete it.
+            let raw_delete = || async {
+                match api.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                    Ok(_)
+                    | Err(capstan_storage::StorageError::NotFound { .. })
+                    | Err(capstan_storage::StorageError::Conflict { .. }) => Ok(()),
+                    Err(e) => Err(crate::errors::from_storage(e, CRD_GROUP, CRDS, crd)),
                 }
-                let target = Target {
-                    info: info.clone(),
-                    namespace: obj.namespace().map(str::to_string),
-                    name: obj.name().map(str::to_string),
-                    subresource: None,
-                };
-                if info.key_of(&obj) != kv.key {
-                    raw_delete().await?;
-                    continue;
-                }
-                match api.delete(&target, &Bytes::new(), &Params::default()).await {
-                    Ok(_) => {}
-                    Err(e) if e.code == 404 || e.code == 409 => {}
-                    Err(e) => return Err(e),
-                }
+            };
+            let Some(info) = &info else {
+                raw_delete().await?;
+                continue;
+            };
+            let Some(obj) = info.decode(&kv.value, kv.mod_revision) else {
+                raw_delete().await?;
+                continue;
+            };
+            if info.key_of(&obj) != kv.key {
+                raw_delete().await?;
+                continue;
             }
-            return Ok(false);
+            if obj.is_deleting() {
+                continue; // waiting for its own finalizers
+            }
+            let target = Target {
+                info: info.clone(),
+                namespace: obj.namespace().map(str::to_string),
+                name: obj.name().map(str::to_string),
+                subresource: None,
+            };
+            match api.delete(&target, &Bytes::new(), &Params::default()).await {
+                Ok(_) => {}
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
         }
+        return Ok(false);
     }
     let Some(crd_info) = api.registry.get(CRD_GROUP, "v1", CRDS) else {
         return Ok(true);
