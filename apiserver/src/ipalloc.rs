@@ -5,10 +5,11 @@
 //! IPAddress objects for the same reason). An IP is released when its Service is deleted. A
 //! crash between claiming an IP and storing the Service leaves the IP claimed: [`Allocator::repair`]
 //! (run every minute by the API server, like kube-apiserver's repair controller) releases a
-//! claim no Service uses once it has seen it unused on two consecutive runs, so an allocation in
-//! flight is never taken back.
+//! claim no Service uses once it has seen it unused, unchanged, on two consecutive runs, so an
+//! allocation in flight is never taken back; it also re-claims the IP of a Service whose claim
+//! was lost.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -147,9 +148,14 @@ impl Allocator {
         )))
     }
 
-    /// One repair pass: returns the claims no Service uses now; releases those that were unused
-    /// in the previous pass too (`previously_leaked`) and are unchanged since.
-    pub async fn repair(&self, previously_leaked: &HashSet<String>) -> ApiResult<HashSet<String>> {
+    /// One repair pass. Returns the claims no Service uses now, with the revision each was
+    /// seen at; releases a claim only if the previous pass saw it unused at the same revision
+    /// (`previously_leaked`) — a claim made again in between (a new Service on its way) is
+    /// left alone. Also claims the IPs of stored Services that hold none (a lost claim).
+    pub async fn repair(
+        &self,
+        previously_leaked: &HashMap<String, i64>,
+    ) -> ApiResult<HashMap<String, i64>> {
         let claims = self
             .store
             .list(PREFIX, Default::default())
@@ -161,21 +167,40 @@ impl Allocator {
             .list("services/", Default::default())
             .await
             .map_err(|e| from_storage(e, "", "services", ""))?;
-        let mut used = HashSet::new();
+        let mut used: HashMap<String, String> = HashMap::new();
         for kv in &services.items {
             if let Ok(svc) = serde_json::from_slice::<serde_json::Value>(&kv.value)
                 && let Some(ip) = svc["spec"]["clusterIP"].as_str()
             {
-                used.insert(ip.to_string());
+                let owner = kv.key.trim_start_matches("services/").to_string();
+                used.insert(ip.to_string(), owner);
             }
         }
-        let mut leaked = HashSet::new();
+        let claimed: HashSet<String> = claims
+            .items
+            .iter()
+            .map(|kv| kv.key.trim_start_matches(PREFIX).to_string())
+            .collect();
+        for (ip, owner) in &used {
+            if let Ok(addr) = ip.parse::<Ipv4Addr>()
+                && self.cidr.offset_of(addr).is_some()
+                && !claimed.contains(ip)
+                && self.claim(addr, owner).await?
+            {
+                tracing::info!(
+                    ip,
+                    owner,
+                    "claimed the ClusterIP of a Service that had lost its claim"
+                );
+            }
+        }
+        let mut leaked = HashMap::new();
         for kv in &claims.items {
             let ip = kv.key.trim_start_matches(PREFIX).to_string();
-            if used.contains(&ip) {
+            if used.contains_key(&ip) {
                 continue;
             }
-            if previously_leaked.contains(&ip) {
+            if previously_leaked.get(&ip) == Some(&kv.mod_revision) {
                 match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                     Ok(_) => tracing::info!(ip, "released a ClusterIP no Service uses"),
                     Err(StorageError::NotFound { .. } | StorageError::Conflict { .. }) => {}
@@ -184,7 +209,7 @@ impl Allocator {
                     }
                 }
             } else {
-                leaked.insert(ip);
+                leaked.insert(ip, kv.mod_revision);
             }
         }
         Ok(leaked)
@@ -195,7 +220,7 @@ impl Allocator {
         let store = Arc::downgrade(&self.store);
         let cidr = self.cidr;
         tokio::spawn(async move {
-            let mut leaked = HashSet::new();
+            let mut leaked = HashMap::new();
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(store) = store.upgrade() else { return };

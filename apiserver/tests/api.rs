@@ -1589,8 +1589,9 @@ async fn a_cluster_ip_claimed_by_no_service_is_repaired_on_the_second_pass() {
         .unwrap();
     let first = c.api.ips.repair(&Default::default()).await.unwrap();
     assert_eq!(
-        first,
-        std::collections::HashSet::from(["10.96.0.50".to_string()])
+        first.keys().collect::<Vec<_>>(),
+        vec!["10.96.0.50"],
+        "only the unused claim"
     );
     assert!(
         c.store
@@ -1600,8 +1601,28 @@ async fn a_cluster_ip_claimed_by_no_service_is_repaired_on_the_second_pass() {
             .is_some(),
         "kept after one pass"
     );
+    // Claimed again in between (a new Service on its way): not released on the second pass.
+    let again_claimed = c.store.get("serviceips/10.96.0.50").await.unwrap().unwrap();
+    c.store
+        .update(
+            "serviceips/10.96.0.50",
+            bytes::Bytes::from("default/newcomer"),
+            again_claimed.mod_revision,
+        )
+        .await
+        .unwrap();
     let second = c.api.ips.repair(&first).await.unwrap();
-    assert!(second.is_empty());
+    assert!(
+        c.store
+            .get("serviceips/10.96.0.50")
+            .await
+            .unwrap()
+            .is_some(),
+        "re-claimed: kept"
+    );
+    // Unused and unchanged for a whole pass: released.
+    let third = c.api.ips.repair(&second).await.unwrap();
+    assert!(third.is_empty());
     assert!(
         c.store
             .get("serviceips/10.96.0.50")
@@ -1617,6 +1638,20 @@ async fn a_cluster_ip_claimed_by_no_service_is_repaired_on_the_second_pass() {
             .unwrap()
             .is_some(),
         "in use: kept"
+    );
+    // A Service whose claim was lost gets it back.
+    c.store
+        .delete(&format!("serviceips/{ip}"), None)
+        .await
+        .unwrap();
+    c.api.ips.repair(&Default::default()).await.unwrap();
+    assert!(
+        c.store
+            .get(&format!("serviceips/{ip}"))
+            .await
+            .unwrap()
+            .is_some(),
+        "re-claimed"
     );
     // The released IP can be asked for again.
     let mut again = svc.clone();
