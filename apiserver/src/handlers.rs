@@ -427,6 +427,7 @@ impl ApiServer {
         }
         check_type(info, &mut obj)?;
         strict_check(t, p, &obj)?;
+        info.strategy.prune_unknown(&mut obj);
         info.strategy.canonicalize(&mut obj);
         if info.namespaced {
             let ns = t
@@ -648,6 +649,7 @@ impl ApiServer {
                 ));
             }
             let mut new = transform(&live)?;
+            info.strategy.prune_unknown(&mut new);
             info.strategy.canonicalize(&mut new);
             preserve_meta(&live, &mut new)?;
             if is_service(info) {
@@ -878,6 +880,8 @@ impl ApiServer {
         }
         strict_check(t, p, &applied)?;
         let warnings = unknown_field_warnings(t, p, &applied)?;
+        // The manager owns only fields the type has.
+        info.strategy.prune_unknown(&mut applied);
         let api_version = info.api_version();
         for _ in 0..4 {
             let now = object::now();

@@ -736,7 +736,10 @@ async fn dispatch(
 
 /// Adds `Warning: 299 - "…"` headers (fieldValidation=Warn), as kube-apiserver sends them.
 fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
-    for w in warnings {
+    // At most 50 distinct warnings of at most 256 characters, like kube-apiserver's limits.
+    let mut seen = std::collections::HashSet::new();
+    for w in warnings.iter().filter(|w| seen.insert(*w)).take(50) {
+        let w: String = w.chars().take(256).collect();
         let text = format!("299 - \"{}\"", w.replace('"', "'"));
         if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
             resp.headers_mut().append("warning", v);

@@ -23,6 +23,10 @@ pub enum NameRule {
 pub trait Strategy: Send + Sync {
     /// Resource-specific validation of a whole object (after metadata checks).
     fn validate(&self, obj: &Value) -> Vec<FieldError>;
+    /// Drops the fields the type does not know from a written object (what decoding into the
+    /// Go type does in kube-apiserver). Runs before field ownership is computed, so nobody owns
+    /// a field that is not there.
+    fn prune_unknown(&self, _obj: &mut Value) {}
     /// Whether objects carry metadata.generation, bumped on spec changes (workloads, CRDs and
     /// custom resources do; ConfigMaps, Secrets, Namespaces and the like do not).
     fn tracks_generation(&self) -> bool {
@@ -154,6 +158,27 @@ fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(obj: &Value) -> 
     serde_json::to_value(T::deserialize(obj).ok()?).ok()
 }
 
+/// Removes from `given` what is absent from `known` (its typed round trip): the mutating twin of
+/// [`unknown_paths`]. Nulls are left alone (a typed round trip drops them for known fields too).
+pub fn prune_unknown_values(given: &mut Value, known: &Value) {
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => {
+            g.retain(|key, v| k.contains_key(key) || v.is_null());
+            for (key, v) in g.iter_mut() {
+                if let Some(kv) = k.get(key) {
+                    prune_unknown_values(v, kv);
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(k)) => {
+            for (gv, kv) in g.iter_mut().zip(k) {
+                prune_unknown_values(gv, kv);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Paths present (and not null) in `given` but absent from `known`.
 pub fn unknown_paths(given: &Value, known: &Value, path: &str, out: &mut Vec<String>) {
     let join = |k: &str| {
@@ -229,6 +254,12 @@ impl Strategy for Builtin {
 
     fn tracks_generation(&self) -> bool {
         self.generation
+    }
+
+    fn prune_unknown(&self, obj: &mut Value) {
+        if let Some(known) = (self.roundtrip)(obj) {
+            prune_unknown_values(obj, &known);
+        }
     }
 
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {

@@ -1107,6 +1107,12 @@ async fn field_validation_strict_warn_and_ignore() {
 
     let (code, _) = http_request(&addr, "POST", path, &ct, body("i").as_bytes()).unwrap();
     assert_eq!(code, 201);
+    // Not strict: unknown fields are dropped, not stored, and nobody owns them.
+    let (_, stored) = http_get(&addr, &format!("{path}/i")).unwrap();
+    assert!(
+        !stored.contains("dta") && !stored.contains("colour"),
+        "{stored}"
+    );
     let (code, _) = http_request(
         &addr,
         "POST",

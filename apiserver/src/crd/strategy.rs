@@ -134,6 +134,10 @@ impl Strategy for CustomStrategy {
         true
     }
 
+    fn prune_unknown(&self, obj: &mut Value) {
+        self.schema.prune_root(obj, None);
+    }
+
     fn prepare_for_create(&self, obj: &mut Value) {
         if self.status
             && let Some(m) = obj.as_object_mut()
