@@ -348,81 +348,93 @@ pub async fn run(args: ClientArgs, cmd: ClientCmd) -> Result<()> {
             let several = types.len() > 1;
             let mut printed_any = false;
             let mut all_items = Vec::new();
+            let mut errors = 0;
             for (i, r) in types.iter().enumerate() {
-                let mut path = r.base();
-                if r.namespaced && !all_namespaces {
-                    path.push_str(&format!("/namespaces/{ns}"));
-                }
-                path.push_str(&format!("/{}", r.ar.plural));
-                if let Some(n) = &name {
-                    path.push_str(&format!("/{n}"));
-                }
-                if let Some(sel) = &selector {
-                    path.push_str(&format!("?labelSelector={}", encode(sel)));
-                }
-                match output {
-                    Output::Table | Output::Wide => {
-                        let req = Request::get(&path)
-                            .header(
-                                header::ACCEPT,
-                                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-                            )
-                            .body(Vec::new())?;
-                        let mut table: Value = client.request(req).await?;
-                        if several {
-                            // kubectl's form with several types: `deployment.apps/web`.
-                            for row in table["rows"].as_array_mut().into_iter().flatten() {
-                                if let Some(Value::String(n)) = row["cells"].get_mut(0) {
-                                    *n = format!("{}/{n}", r.display());
+                let result: Result<()> = async {
+                    let mut path = r.base();
+                    if r.namespaced && !all_namespaces {
+                        path.push_str(&format!("/namespaces/{ns}"));
+                    }
+                    path.push_str(&format!("/{}", r.ar.plural));
+                    if let Some(n) = &name {
+                        path.push_str(&format!("/{n}"));
+                    }
+                    if let Some(sel) = &selector {
+                        path.push_str(&format!("?labelSelector={}", encode(sel)));
+                    }
+                    match output {
+                        Output::Table | Output::Wide => {
+                            let req = Request::get(&path)
+                                .header(
+                                    header::ACCEPT,
+                                    "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+                                )
+                                .body(Vec::new())?;
+                            let mut table: Value = client.request(req).await?;
+                            if several {
+                                // kubectl's form with several types: `deployment.apps/web`.
+                                for row in table["rows"].as_array_mut().into_iter().flatten() {
+                                    if let Some(Value::String(n)) = row["cells"].get_mut(0) {
+                                        *n = format!("{}/{n}", r.display());
+                                    }
                                 }
                             }
-                        }
-                        let has_rows = table["rows"].as_array().is_some_and(|a| !a.is_empty());
-                        if has_rows {
-                            if printed_any {
-                                println!();
-                            }
-                            print_table(
-                                &table,
-                                output == Output::Wide,
-                                all_namespaces && r.namespaced,
-                            );
-                            printed_any = true;
-                        }
-                        if !printed_any && i + 1 == types.len() {
-                            eprintln!("No resources found.");
-                        }
-                    }
-                    Output::Json | Output::Yaml | Output::Name => {
-                        let v = get_json(&client, &path).await?;
-                        let items = if name.is_some() {
-                            vec![v.clone()]
-                        } else {
-                            v["items"].as_array().cloned().unwrap_or_default()
-                        };
-                        if output == Output::Name {
-                            for o in &items {
-                                println!(
-                                    "{}/{}",
-                                    r.display(),
-                                    o["metadata"]["name"].as_str().unwrap_or_default()
+                            let has_rows = table["rows"].as_array().is_some_and(|a| !a.is_empty());
+                            if has_rows {
+                                if printed_any {
+                                    println!();
+                                }
+                                print_table(
+                                    &table,
+                                    output == Output::Wide,
+                                    all_namespaces && r.namespaced,
                                 );
+                                printed_any = true;
                             }
-                        } else if !several {
-                            // One type: exactly what the server returned (object or list).
-                            match output {
-                                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                                _ => print!("{}", serde_yaml::to_string(&v)?),
+                            if !printed_any && i + 1 == types.len() {
+                                eprintln!("No resources found.");
                             }
-                        } else {
-                            all_items.extend(items.into_iter().map(|mut o| {
-                                // List items carry no apiVersion/kind; name them, as kubectl does.
-                                o["apiVersion"] = Value::String(r.ar.api_version.clone());
-                                o["kind"] = Value::String(r.ar.kind.clone());
-                                o
-                            }));
+                        }
+                        Output::Json | Output::Yaml | Output::Name => {
+                            let v = get_json(&client, &path).await?;
+                            let items = if name.is_some() {
+                                vec![v.clone()]
+                            } else {
+                                v["items"].as_array().cloned().unwrap_or_default()
+                            };
+                            if output == Output::Name {
+                                for o in &items {
+                                    println!(
+                                        "{}/{}",
+                                        r.display(),
+                                        o["metadata"]["name"].as_str().unwrap_or_default()
+                                    );
+                                }
+                            } else if !several {
+                                // One type: exactly what the server returned (object or list).
+                                match output {
+                                    Output::Json => {
+                                        println!("{}", serde_json::to_string_pretty(&v)?)
+                                    }
+                                    _ => print!("{}", serde_yaml::to_string(&v)?),
+                                }
+                            } else {
+                                all_items.extend(items.into_iter().map(|mut o| {
+                                    // List items carry no apiVersion/kind; name them, as kubectl does.
+                                    o["apiVersion"] = Value::String(r.ar.api_version.clone());
+                                    o["kind"] = Value::String(r.ar.kind.clone());
+                                    o
+                                }));
+                            }
                         }
                     }
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = result {
+                    // Like kubectl: report it, show what the other types have, fail at the end.
+                    errors += 1;
+                    eprintln!("error: {}: {e:#}", r.display());
                 }
             }
             if several && matches!(output, Output::Json | Output::Yaml) {
@@ -431,6 +443,9 @@ pub async fn run(args: ClientArgs, cmd: ClientCmd) -> Result<()> {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
                     _ => print!("{}", serde_yaml::to_string(&list)?),
                 }
+            }
+            if errors > 0 {
+                bail!("{errors} of {} resource type(s) failed", types.len());
             }
         }
         ClientCmd::Delete {

@@ -124,6 +124,11 @@ fn apply_get_and_delete_without_kubectl() {
         !all.contains("configmap/"),
         "configmaps are not in `all`: {all}"
     );
+    // One type lacking the name: the others are still shown, then the command fails.
+    let out = capstan(&kc, &["get", "cm,deploy", "settings", "-o", "name"], None);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configmap/settings\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deployment.apps"));
     let list: serde_json::Value =
         serde_json::from_str(&ok(capstan(&kc, &["get", "cm,deploy", "-o", "json"], None))).unwrap();
     assert_eq!(list["kind"], "List");
