@@ -195,6 +195,9 @@ fn encode(info: &ResourceInfo, obj: &Value) -> ApiResult<Bytes> {
     if info.version != info.storage_version {
         stored["apiVersion"] = json!(info.storage_api_version());
     }
+    if let Some(c) = &info.conversion {
+        (c.to_storage)(&mut stored);
+    }
     stored.remove_meta("resourceVersion");
     stored.remove_meta("selfLink");
     serde_json::to_vec(&stored)

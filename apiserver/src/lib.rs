@@ -10,6 +10,7 @@
 pub mod cacher;
 pub mod crd;
 pub mod errors;
+pub mod events;
 pub mod handlers;
 pub mod ipalloc;
 pub mod object;

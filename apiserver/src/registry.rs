@@ -42,7 +42,17 @@ pub struct ResourceInfo {
     pub terminating: bool,
     /// `PodList`, `WidgetList`.
     pub list_kind: String,
+    /// Field-level conversion between this view and the stored shape (events.k8s.io/v1 Events
+    /// over core/v1 ones); None: only apiVersion differs.
+    pub conversion: Option<Conversion>,
     pub strategy: Arc<dyn Strategy>,
+}
+
+/// How a resource view maps to the stored shape of objects it shares with another resource.
+#[derive(Clone, Copy, Debug)]
+pub struct Conversion {
+    pub to_storage: fn(&mut Value),
+    pub from_storage: fn(&mut Value),
 }
 
 /// Where a /scale subresource reads and writes (JSON pointers into the object).
@@ -108,6 +118,9 @@ impl ResourceInfo {
     /// `apiVersion` (conversion strategy None), so that is all that changes.
     pub fn decode(&self, bytes: &[u8], rv: i64) -> Option<Value> {
         let mut obj = crate::cacher::decode(bytes, rv)?;
+        if let Some(c) = &self.conversion {
+            (c.from_storage)(&mut obj);
+        }
         if obj.get("apiVersion").and_then(Value::as_str) != Some(&self.api_version()) {
             obj["apiVersion"] = Value::String(self.api_version());
         }
@@ -263,8 +276,29 @@ fn res(
         store_prefix: format!("{plural}/"),
         terminating: false,
         list_kind: format!("{kind}List"),
+        conversion: None,
         strategy,
     }
+}
+
+/// events.k8s.io/v1 Events: the core/v1 Events seen through kube-apiserver's field mapping
+/// (one store prefix; see [`crate::events`]).
+fn events_v1() -> ResourceInfo {
+    use k8s_openapi::api::events::v1 as events;
+    let mut info = res(
+        ("events.k8s.io", "v1", "Event"),
+        "events",
+        &["ev"],
+        true,
+        false,
+        strategy::Builtin::of::<events::Event>().arc(),
+    );
+    info.store_prefix = "events/".into();
+    info.conversion = Some(Conversion {
+        to_storage: crate::events::to_core,
+        from_storage: crate::events::from_core,
+    });
+    info
 }
 
 /// The built-in resources Capstan serves, typed with k8s-openapi.
@@ -448,6 +482,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         deployments,
         replicasets,
         hpa,
+        events_v1(),
         res(
             ("coordination.k8s.io", "v1", "Lease"),
             "leases",

@@ -913,7 +913,8 @@ async fn discovery_lists_every_resource_with_its_subresources() {
             "apps",
             "autoscaling",
             "coordination.k8s.io",
-            "discovery.k8s.io"
+            "discovery.k8s.io",
+            "events.k8s.io"
         ]
     );
     let apps = get("/apis/apps/v1");
@@ -1716,4 +1717,70 @@ async fn bookmarks_carry_the_watch_past_changes_it_does_not_see() {
             "no bookmark reached {written}"
         );
     }
+}
+
+/// kube-rs's event recorder writes events.k8s.io/v1; the same events are core/v1 Events for
+/// `kubectl describe` and friends (one store, kube-apiserver's field mapping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_k8s_io_and_core_events_are_the_same_objects() {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let c = TestCluster::start().await;
+    let recorder = Recorder::new(
+        c.client.clone(),
+        Reporter {
+            controller: "capstan-test".into(),
+            instance: Some("test-1".into()),
+        },
+    );
+    let pod = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some("web".into()),
+        namespace: Some("default".into()),
+        uid: Some("0000-1111".into()),
+        ..Default::default()
+    };
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "BackOff".into(),
+        note: Some("Back-off restarting failed container".into()),
+        action: "Restart".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &pod).await.unwrap();
+    recorder.publish(&ev, &pod).await.unwrap(); // the second one becomes a series
+    let core: Api<CoreEvent> = Api::namespaced(c.client.clone(), "default");
+    let listed = core
+        .list(&ListParams::default().fields("involvedObject.name=web"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1, "{listed:?}");
+    let e = &listed.items[0];
+    assert_eq!(
+        e.message.as_deref(),
+        Some("Back-off restarting failed container")
+    );
+    assert_eq!(e.reason.as_deref(), Some("BackOff"));
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    assert_eq!(e.reporting_component.as_deref(), Some("capstan-test"));
+    assert_eq!(e.involved_object.kind.as_deref(), Some("Pod"));
+    assert_eq!(e.series.as_ref().map(|s| s.count), Some(Some(2)));
+    // And a core/v1 Event reads back through events.k8s.io/v1.
+    let raw: Value = serde_json::from_str(
+        &http_get(
+            &c.addr.to_string(),
+            &format!(
+                "/apis/events.k8s.io/v1/namespaces/default/events/{}",
+                e.metadata.name.as_deref().unwrap()
+            ),
+        )
+        .unwrap()
+        .1,
+    )
+    .unwrap();
+    assert_eq!(raw["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(raw["regarding"]["name"], "web");
+    assert_eq!(raw["note"], "Back-off restarting failed container");
+    assert!(raw.get("message").is_none() && raw.get("involvedObject").is_none());
 }

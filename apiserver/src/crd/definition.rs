@@ -584,6 +584,7 @@ pub fn resources_of(
             store_prefix: format!("{group}/{}/", names.plural),
             terminating,
             list_kind: names.list_kind.clone(),
+            conversion: None,
             strategy: Arc::new(strategy),
         });
     }
