@@ -275,7 +275,7 @@ fn read_objects(files: &[PathBuf]) -> Result<Vec<Value>> {
     Ok(objects)
 }
 
-async fn client(args: &ClientArgs) -> Result<kube::Client> {
+pub async fn client(args: &ClientArgs) -> Result<kube::Client> {
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;

@@ -4,11 +4,13 @@
 //! - `store`: look inside a store (either backend), like etcdctl.
 //! - `bench`: benchmarks with their raw floors measured in the same run.
 //! - `crd print`: Capstan's own CRDs as YAML, generated from api/.
+//! - `sim`: simulated nodes for exercising the control plane without machines.
 //! - `apply`, `get`, `delete`: kubectl's everyday verbs, for machines without kubectl.
 
 mod bench;
 mod client_cmd;
 mod crd_cmd;
+mod sim_cmd;
 mod store_args;
 mod store_cmd;
 mod up;
@@ -37,6 +39,8 @@ enum Command {
     Bench(bench::BenchCmd),
     /// Capstan's own CustomResourceDefinitions (`crd print`), generated from api/.
     Crd(crd_cmd::CrdCmd),
+    /// Simulated nodes (kwok-like): register, renew Leases, run bound pods without containers.
+    Sim(sim_cmd::SimArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCmd),
 }
@@ -60,6 +64,7 @@ fn main() -> std::process::ExitCode {
             Command::Store(cmd) => store_cmd::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Crd(cmd) => crd_cmd::run(cmd),
+            Command::Sim(args) => sim_cmd::run(cli.client, args).await,
             Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,
         }
     });

@@ -1,8 +1,11 @@
 //! Harnesses for Capstan's tests and benchmarks. Start with [`EtcdProcess`]: a real etcd on free
-//! loopback ports with its own temporary data dir, stopped by its pid when dropped.
+//! loopback ports with its own temporary data dir, stopped by its pid when dropped. [`sim`] runs
+//! simulated nodes (kwok-like) against any API server.
 //!
 //! Nothing here is mocked: the tests that use it talk to the etcd binary Debian ships
 //! (`apt-get install etcd-server`), found as `$CAPSTAN_ETCD_BIN`, else `etcd` on PATH.
+
+pub mod sim;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
