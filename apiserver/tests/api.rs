@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use capstan_testkit::{http_get, http_request};
-use common::TestCluster;
+use common::{TestCluster, api_error};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
@@ -23,13 +23,6 @@ fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
         "data": {"k": "v"},
     }))
     .unwrap()
-}
-
-fn api_error(e: kube::Error) -> (u16, String, String) {
-    match e {
-        kube::Error::Api(s) => (s.code, s.reason, s.message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

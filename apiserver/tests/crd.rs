@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capstan_testkit::{http_exchange, http_get, http_request};
-use common::TestCluster;
+use common::{TestCluster, api_error, until};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -62,27 +62,6 @@ fn widget(name: &str, spec: Value) -> DynamicObject {
     serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget",
         "metadata": {"name": name}, "spec": spec}))
     .unwrap()
-}
-
-fn api_error(e: kube::Error) -> (u16, String, String) {
-    match e {
-        kube::Error::Api(s) => (s.code, s.reason, s.message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-/// Polls `check` (every 10 ms) until it is true; panics naming `what` after `within`.
-async fn until<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
 }
 
 async fn served(addr: std::net::SocketAddr, path: &'static str) -> bool {

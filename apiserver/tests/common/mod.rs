@@ -87,3 +87,26 @@ impl TestCluster {
         format!("http://{}{path}", self.addr)
     }
 }
+
+/// The (code, reason, message) of an API error; panics on any other error.
+pub fn api_error(e: kube::Error) -> (u16, String, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason, s.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Polls `check` (every 10 ms) until it is true; panics naming `what` after `within`. Returns
+/// how long it took.
+pub async fn until<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
