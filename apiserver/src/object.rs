@@ -58,16 +58,7 @@ impl ObjectExt for Value {
     }
 
     fn finalizers(&self) -> Vec<String> {
-        self.meta()
-            .and_then(|m| m.get("finalizers"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
+        strings(self.meta().and_then(|m| m.get("finalizers")))
     }
 
     fn set_meta(&mut self, field: &str, v: Value) {
@@ -95,6 +86,18 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
 
 /// Sets `v` at `path` (e.g. ["spec", "nodeName"]), turning anything on the way that is not an
 /// object into one: never panics, whatever shape a stored or patched object has.
+/// The strings of a JSON array (anything else, and non-strings in it, count as nothing).
+pub fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn set_path(obj: &mut Value, path: &[&str], v: Value) {
     let mut node = obj;
     for key in path {

@@ -114,6 +114,16 @@ async fn get_json(client: &kube::Client, path: &str) -> Result<Value> {
         .with_context(|| format!("GET {path}"))
 }
 
+/// The strings of a JSON array.
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
 /// Reads the legacy discovery documents (preferred version of each group).
 async fn discover(client: &kube::Client) -> Result<Vec<Resource>> {
     let mut lists = vec![get_json(client, "/api/v1").await?];
@@ -145,20 +155,8 @@ async fn discover(client: &kube::Client) -> Result<Vec<Resource>> {
                 },
                 namespaced: r["namespaced"].as_bool().unwrap_or(true),
                 singular: r["singularName"].as_str().unwrap_or_default().to_string(),
-                short: r["shortNames"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect(),
-                categories: r["categories"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect(),
+                short: strings(&r["shortNames"]),
+                categories: strings(&r["categories"]),
             });
         }
     }

@@ -593,15 +593,7 @@ fn desired_status(crd: &Value, verdict: &Verdict, served: bool) -> Value {
         .as_ref()
         .map(Names::to_json)
         .unwrap_or_else(|| json!({"plural": "", "kind": ""}));
-    let mut stored: Vec<String> = crd["status"]["storedVersions"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut stored = object::strings(crd["status"].get("storedVersions"));
     if let Some(v) = crd["spec"]["versions"]
         .as_array()
         .and_then(|vs| vs.iter().find(|v| v["storage"] == true))

@@ -79,18 +79,7 @@ impl Names {
                 .unwrap_or_default()
                 .to_string()
         };
-        let list = |k: &str| -> Vec<String> {
-            names
-                .get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let list = |k: &str| crate::object::strings(names.get(k));
         let kind = s("kind");
         let singular = match s("singular") {
             x if x.is_empty() => kind.to_ascii_lowercase(),

@@ -604,16 +604,7 @@ impl Parser<'_> {
                 "Invalid value: must be a string",
             )),
         }
-        if let Some(keys) = m
-            .get("x-kubernetes-list-map-keys")
-            .and_then(Value::as_array)
-        {
-            s.list_map_keys = keys
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect();
-        }
+        s.list_map_keys = crate::object::strings(m.get("x-kubernetes-list-map-keys"));
         self.check_lists(&s, path);
         if !in_junctor {
             // Everything a junctor describes (properties, items, additionalProperties, at any
