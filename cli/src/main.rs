@@ -1,6 +1,6 @@
 //! The `capstan` binary. Start at [`Command`]: each subcommand lives in its own module.
-//! - `up`: the single-machine cluster (today: the store and the Kubernetes API server);
-//!   `apiserver`: the API server alone (the same today; `up` grows controllers and an agent).
+//! - `up`: the single-machine cluster (the store, the Kubernetes API server and the controller
+//!   manager); `apiserver`: the API server alone; `controllers`: the controller manager alone.
 //! - `store`: look inside a store (either backend), like etcdctl.
 //! - `bench`: benchmarks with their raw floors measured in the same run.
 //! - `crd print`: Capstan's own CRDs as YAML, generated from api/.
@@ -9,6 +9,7 @@
 
 mod bench;
 mod client_cmd;
+mod controllers_cmd;
 mod crd_cmd;
 mod sim_cmd;
 mod store_args;
@@ -28,11 +29,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a single-machine Capstan: the object store and the Kubernetes API server (controllers
-    /// and the node agent join as they are built).
+    /// Run a single-machine Capstan: the object store, the Kubernetes API server and the
+    /// controllers (the node agent joins when it is built).
     Up(up::UpArgs),
     /// Run the Kubernetes API server alone, over the embedded store or an etcd cluster.
     Apiserver(up::UpArgs),
+    /// Run the controller manager (deployment, replicaset, scheduler) against a cluster.
+    Controllers(controllers_cmd::ControllersArgs),
     /// Inspect or maintain a store directly (get, list, watch, compact, status).
     Store(store_cmd::StoreCmd),
     /// Run a benchmark and print a Markdown report.
@@ -60,7 +63,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) | Command::Apiserver(args) => up::run(args).await,
+            Command::Up(args) => up::run(args, true).await,
+            Command::Apiserver(args) => up::run(args, false).await,
+            Command::Controllers(args) => controllers_cmd::run(cli.client, args).await,
             Command::Store(cmd) => store_cmd::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Crd(cmd) => crd_cmd::run(cmd),

@@ -1,6 +1,7 @@
-//! `capstan up`: the single-machine Capstan — the object store and the Kubernetes API server
-//! over it (controllers and the node agent join here as they are built). Writes
-//! `DATA_DIR/kubeconfig` for kubectl and prints one line once /readyz answers.
+//! `capstan up`: the single-machine Capstan — the object store, the Kubernetes API server over
+//! it, and the controller manager talking to that server over HTTP like any client (the node
+//! agent joins here when it is built). Writes `DATA_DIR/kubeconfig` for kubectl and prints one
+//! line once /readyz answers. `capstan apiserver` is the same without the controllers.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,6 +28,8 @@ pub struct UpArgs {
     /// Service ClusterIPs are allocated from this IPv4 range.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cidr: capstan_apiserver::ipalloc::ServiceCidr,
+    #[command(flatten)]
+    pub manager: crate::controllers_cmd::ManagerArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -39,7 +42,7 @@ pub enum Runtime {
     None,
 }
 
-pub async fn run(args: UpArgs) -> Result<()> {
+pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     if args.runtime != Runtime::None {
         bail!(
             "--runtime {:?} needs the node agent, which is not built yet; use --runtime none",
@@ -61,7 +64,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     let kubeconfig = args.store.data_dir.join("kubeconfig");
     write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
-    let app = capstan_apiserver::router(api);
+    let app = capstan_apiserver::router(api.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
@@ -72,6 +75,16 @@ pub async fn run(args: UpArgs) -> Result<()> {
         store.backend(),
         kubeconfig.display()
     );
+    if with_controllers {
+        let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
+        let client = kube::Client::try_from(config).context("client for the controllers")?;
+        let (manager, registry) = (args.manager.clone(), api.prometheus.clone());
+        tokio::spawn(async move {
+            if let Err(e) = manager.run(client, &registry, shutdown_signal()).await {
+                tracing::error!(error = %e, "the controller manager failed");
+            }
+        });
+    }
     server.await.context("server task")?.context("serving")?;
     tracing::info!("shutting down");
     Ok(())

@@ -4,6 +4,7 @@
 
 mod api;
 mod crd;
+mod schedule;
 mod store;
 
 use std::future::Future;
@@ -31,6 +32,9 @@ enum Which {
     /// Custom resources: schema validation cost per object (50 fields) and creates/s of CRs
     /// against ConfigMaps of the same size and the raw store, in one run.
     Crd(crd::CrdBench),
+    /// The scheduler (spread, binpack) on simulated nodes against the raw binding writes, and a
+    /// Deployment of 1,000 replicas rolled from one template to another.
+    Schedule(schedule::ScheduleBench),
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
@@ -38,6 +42,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Store(b) => store::run(b).await,
         Which::Api(b) => api::run(b).await,
         Which::Crd(b) => crd::run(b).await,
+        Which::Schedule(b) => schedule::run(b).await,
     }
 }
 

@@ -1,0 +1,164 @@
+//! `capstan controllers`: the controller manager — the chosen controllers against the cluster
+//! in the kubeconfig, one leader among replicas (a Lease in kube-system), /metrics served.
+//! `capstan up` runs the same manager in-process against its own API server.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use capstan_controllers::runtime::leader::{LeaderElection, Timings};
+use capstan_controllers::scheduler::{self, Strategy};
+use capstan_controllers::{ALL, Manager};
+use clap::Args;
+
+use crate::client_cmd::{ClientArgs, client};
+
+#[derive(Clone, Debug, Args)]
+pub struct ManagerArgs {
+    /// Controllers to run, comma-separated (`all`, or any of: deployment, replicaset, scheduler;
+    /// `none` runs none).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub controllers: Vec<String>,
+    /// Elect one leader among replicas through the Lease kube-system/capstan-controller-manager.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Lease duration in seconds (renew deadline is 2/3 of it, retries every 2/15).
+    #[arg(long, default_value_t = 15)]
+    pub leader_elect_lease_seconds: u64,
+    /// Scheduler profiles as schedulerName=strategy (spread, binpack, random); added to the
+    /// defaults default-scheduler=spread, binpack-scheduler=binpack, random-scheduler=random.
+    #[arg(long = "scheduler-profile", value_delimiter = ',')]
+    pub scheduler_profiles: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllersArgs {
+    #[command(flatten)]
+    pub manager: ManagerArgs,
+    /// Where /metrics (and /healthz) are served.
+    #[arg(long, default_value = "127.0.0.1:10257")]
+    pub metrics_listen: SocketAddr,
+}
+
+impl ManagerArgs {
+    pub fn names(&self) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        for n in &self.controllers {
+            match n.as_str() {
+                "all" => out.extend(ALL.iter().map(|s| s.to_string())),
+                "none" | "" => {}
+                other if ALL.contains(&other) => {
+                    out.insert(other.to_string());
+                }
+                other => {
+                    return Err(anyhow!(
+                        "unknown controller {other:?}; known: {}",
+                        ALL.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn scheduler_config(&self) -> Result<scheduler::Config> {
+        let mut cfg = scheduler::Config::default();
+        for p in &self.scheduler_profiles {
+            let (name, strategy) = p
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--scheduler-profile {p:?}: expected NAME=STRATEGY"))?;
+            let strategy: Strategy = strategy.parse().map_err(|e: String| anyhow!(e))?;
+            cfg = cfg.profile(name, strategy);
+        }
+        Ok(cfg)
+    }
+
+    /// Runs the manager (under leader election when asked) until `shutdown` resolves.
+    pub async fn run(
+        &self,
+        client: kube::Client,
+        registry: &prometheus::Registry,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let names = self.names()?;
+        if names.is_empty() {
+            shutdown.await;
+            return Ok(());
+        }
+        let sched = self.scheduler_config()?;
+        let election_registry = registry.clone();
+        let registry = registry.clone();
+        let lead = {
+            let client = client.clone();
+            let names = names.clone();
+            move || {
+                let m = Manager::with_scheduler(client.clone(), &registry, sched.clone());
+                let names = names.clone();
+                async move {
+                    if let Err(e) = m.run(&names).await {
+                        tracing::error!(error = %e, "controller manager stopped");
+                    }
+                }
+            }
+        };
+        if !self.leader_elect {
+            tokio::select! {
+                _ = lead() => {},
+                _ = shutdown => {},
+            }
+            return Ok(());
+        }
+        let secs = self.leader_elect_lease_seconds.max(3);
+        let timings = Timings {
+            lease_duration: std::time::Duration::from_secs(secs),
+            renew_deadline: std::time::Duration::from_millis(secs * 1000 * 2 / 3),
+            retry_period: std::time::Duration::from_millis((secs * 1000 * 2 / 15).max(200)),
+        };
+        let identity = format!(
+            "{}_{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "capstan".into()),
+            std::process::id()
+        );
+        let election = LeaderElection::new(
+            client,
+            "kube-system",
+            "capstan-controller-manager",
+            &identity,
+            timings,
+        )
+        .with_metrics(&election_registry);
+        tracing::info!(%identity, controllers = ?names, "campaigning for the controller-manager lease");
+        election.run(lead, shutdown).await;
+        Ok(())
+    }
+}
+
+pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
+    let client = client(&client_args).await?;
+    let registry = prometheus::Registry::new();
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("listening on {}", args.metrics_listen))?;
+    let metrics_registry = Arc::new(registry.clone());
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let r = metrics_registry.clone();
+                async move {
+                    use prometheus::Encoder;
+                    let mut buf = Vec::new();
+                    let _ = prometheus::TextEncoder::new().encode(&r.gather(), &mut buf);
+                    String::from_utf8_lossy(&buf).into_owned()
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    args.manager
+        .run(client, &registry, crate::up::shutdown_signal())
+        .await
+}

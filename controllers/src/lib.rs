@@ -1,0 +1,180 @@
+//! Capstan's controllers: independent, level-triggered reconcilers built on kube-rs's runtime,
+//! talking to the API server only through the API (so they run against any Kubernetes too).
+//!
+//! Start at [`Manager`]: it owns the client, one shared [`Informers`] set (one watch per resource
+//! per process), the metrics, and runs the controllers chosen by name ([`ALL`]); with leader
+//! election ([`runtime::leader`]) only one replica of a manager acts at a time.
+//! - [`replicaset`]: keeps N pods per ReplicaSet (expectations, adoption, deletion ranking).
+//! - [`deployment`]: rolls ReplicaSets (rolling update, recreate, revisions, progress).
+//! - [`scheduler`]: binds pending pods to nodes (filters, spread/binpack/random scoring).
+//!
+//! Each controller keeps its decisions in pure functions (`plan.rs`, `rolling.rs`, ...) that are
+//! table-tested without I/O, and applies them in a thin async step.
+
+pub mod deployment;
+mod error;
+pub mod podutil;
+pub mod replicaset;
+pub mod runtime;
+pub mod scheduler;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use kube::runtime::watcher;
+
+pub use error::{Error, Result};
+use runtime::{Informer, Metrics};
+
+/// Every controller, by the name `--controllers` takes.
+pub const ALL: &[&str] = &[deployment::NAME, replicaset::NAME, scheduler::NAME];
+
+/// The shared informers of one process: created (and started) on first use, then handed to
+/// every controller that asks.
+pub struct Informers {
+    client: kube::Client,
+    pods: OnceLock<Arc<Informer<Pod>>>,
+    replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
+    deployments: OnceLock<Arc<Informer<Deployment>>>,
+    nodes: OnceLock<Arc<Informer<Node>>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Informers {
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().map(std::mem::take).unwrap_or_default() {
+            t.abort();
+        }
+    }
+}
+
+impl Informers {
+    pub fn new(client: kube::Client) -> Self {
+        Informers {
+            client,
+            pods: OnceLock::new(),
+            replicasets: OnceLock::new(),
+            deployments: OnceLock::new(),
+            nodes: OnceLock::new(),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn start<K>(&self, api: Api<K>) -> Arc<Informer<K>>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + kube::runtime::reflector::Lookup<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let inf = Informer::new(api, watcher::Config::default());
+        let task = tokio::spawn(inf.clone().run());
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        inf
+    }
+
+    pub fn pods(&self) -> Arc<Informer<Pod>> {
+        self.pods
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn replicasets(&self) -> Arc<Informer<ReplicaSet>> {
+        self.replicasets
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn deployments(&self) -> Arc<Informer<Deployment>> {
+        self.deployments
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn nodes(&self) -> Arc<Informer<Node>> {
+        self.nodes
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+}
+
+impl std::fmt::Debug for Informers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Informers").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("scheduler", &self.scheduler)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One controller manager: a client, its informers, its metrics, and which controllers to run.
+pub struct Manager {
+    pub client: kube::Client,
+    pub informers: Informers,
+    pub metrics: Metrics,
+    pub scheduler: scheduler::Config,
+}
+
+impl Manager {
+    pub fn new(client: kube::Client, registry: &prometheus::Registry) -> Arc<Manager> {
+        Self::with_scheduler(client, registry, scheduler::Config::default())
+    }
+
+    pub fn with_scheduler(
+        client: kube::Client,
+        registry: &prometheus::Registry,
+        scheduler: scheduler::Config,
+    ) -> Arc<Manager> {
+        let metrics = Metrics::register(registry);
+        Arc::new(Manager {
+            informers: Informers::new(client.clone()),
+            client,
+            metrics,
+            scheduler: scheduler.with_metrics(registry),
+        })
+    }
+
+    /// Runs the named controllers until dropped. Unknown names are an error, by name.
+    pub async fn run(self: Arc<Self>, names: &BTreeSet<String>) -> Result<()> {
+        if let Some(bad) = names.iter().find(|n| !ALL.contains(&n.as_str())) {
+            return Err(Error::invalid(
+                "--controllers",
+                format!("unknown controller {bad:?}; known: {}", ALL.join(", ")),
+            ));
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for name in names {
+            let m = self.clone();
+            match name.as_str() {
+                replicaset::NAME => set.spawn(replicaset::run(m)),
+                deployment::NAME => set.spawn(deployment::run(m)),
+                scheduler::NAME => set.spawn(scheduler::run(m)),
+                _ => continue,
+            };
+            tracing::info!(controller = %name, "started");
+        }
+        while let Some(r) = set.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "a controller task ended");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// All controllers, as a set for [`Manager::run`].
+pub fn all() -> BTreeSet<String> {
+    ALL.iter().map(|s| s.to_string()).collect()
+}

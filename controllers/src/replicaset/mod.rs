@@ -1,0 +1,400 @@
+//! The ReplicaSet controller: keeps `spec.replicas` pods matching the template running.
+//! Decisions are in [`plan`] (pure, table-tested); this module feeds it from the informers and
+//! applies it through the API:
+//! - claims: orphans matching the selector are adopted (after re-reading the ReplicaSet, so a
+//!   ReplicaSet being deleted never adopts), pods that stop matching are released;
+//! - creates and deletes go through [`Expectations`]: before creating N pods it expects N
+//!   additions and does nothing more for that ReplicaSet until the informer has shown them, so a
+//!   slow watch never causes over-creation; creates go in slow-start batches (1, 2, 4, ...) and
+//!   stop at the first failure, as Kubernetes' do;
+//! - status (replicas, fullyLabeled, ready, available after minReadySeconds, observedGeneration,
+//!   ReplicaFailure) is written through /status with the resourceVersion read.
+
+pub mod plan;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde_json::json;
+
+use crate::error::is_not_found;
+use crate::podutil::{self, controller_owner_ref, controller_ref, selects};
+use crate::runtime::{Change, Expectations, Reconcile, Recorder, drive};
+use crate::{Error, Manager};
+
+pub const NAME: &str = "replicaset";
+
+struct ReplicaSetController {
+    client: kube::Client,
+    pods: Store<Pod>,
+    expectations: Arc<Expectations>,
+    recorder: Recorder,
+    /// The last create/delete failure per ReplicaSet (shown as ReplicaFailure).
+    failures: Mutex<HashMap<String, String>>,
+}
+
+/// Runs the controller until dropped.
+pub async fn run(m: Arc<Manager>) {
+    let rs_informer = m.informers.replicasets();
+    let pod_informer = m.informers.pods();
+    let me = Arc::new(ReplicaSetController {
+        client: m.client.clone(),
+        pods: pod_informer.store(),
+        expectations: Arc::new(Expectations::default()),
+        recorder: Recorder::new(m.client.clone(), "replicaset-controller"),
+        failures: Mutex::new(HashMap::new()),
+    });
+    let exp = me.expectations.clone();
+    let pod_changes = pod_informer.subscribe().map(move |c| {
+        observe(&exp, &c);
+        c.into_object()
+    });
+    let rs_store = rs_informer.store();
+    let lookup = rs_store.clone();
+    let controller = Controller::for_shared_stream(rs_informer.objects(), rs_store.clone())
+        .watches_shared_stream(pod_changes, move |pod| owners_of(&lookup, &pod));
+    // Never act on a partial picture of the pods.
+    pod_informer.wait_synced().await;
+    rs_informer.wait_synced().await;
+    drive(NAME, controller, me, m.metrics.clone()).await;
+}
+
+/// Lowers expectations from what the pod informer saw.
+fn observe(exp: &Expectations, change: &Change<Pod>) {
+    let pod = change.object();
+    let Some(owner) = controller_ref(&pod.metadata).filter(|r| r.kind == "ReplicaSet") else {
+        return;
+    };
+    let key = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        owner.name
+    );
+    let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    match change {
+        Change::Added(_) => {
+            exp.creation_observed(&key);
+            if pod.metadata.deletion_timestamp.is_some() {
+                exp.deletion_observed(&key, uid);
+            }
+        }
+        Change::Modified(_) if pod.metadata.deletion_timestamp.is_some() => {
+            exp.deletion_observed(&key, uid)
+        }
+        Change::Modified(_) => {}
+        Change::Deleted(_) => exp.deletion_observed(&key, uid),
+    }
+}
+
+/// The ReplicaSets a pod change concerns: its controller, or (an orphan) every ReplicaSet of its
+/// namespace whose selector matches it.
+fn owners_of(rs_store: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    match controller_ref(&pod.metadata) {
+        Some(r) if r.kind == "ReplicaSet" && r.api_version.starts_with("apps/") => {
+            vec![ObjectRef::new(&r.name).within(ns)]
+        }
+        Some(_) => vec![],
+        None => rs_store
+            .state_filter(|rs| {
+                rs.metadata.namespace.as_deref() == Some(ns)
+                    && selects(
+                        rs.spec.as_ref().map(|s| &s.selector),
+                        pod.metadata.labels.as_ref(),
+                    )
+            })
+            .iter()
+            .map(|rs| ObjectRef::from_obj(&**rs))
+            .collect(),
+    }
+}
+
+impl Reconcile<ReplicaSet> for ReplicaSetController {
+    async fn reconcile(&self, rs: Arc<ReplicaSet>) -> Result<Action, Error> {
+        let key = podutil::key(&rs.metadata);
+        let ns = rs.metadata.namespace.clone().unwrap_or_default();
+        let name = rs.metadata.name.clone().unwrap_or_default();
+        let may_manage = self.expectations.satisfied(&key);
+        if may_manage {
+            // Satisfied or expired: start counting afresh.
+            self.expectations.forget(&key);
+        }
+        let pods = self
+            .pods
+            .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()));
+        let failure = self.failure(&key);
+        let now = Timestamp::now();
+        let plan = plan::plan(&rs, &pods, may_manage, failure.as_deref(), now);
+        let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+
+        if !plan.adopt.is_empty() {
+            self.adopt(&rs, &pod_api, &plan.adopt).await?;
+        }
+        for pod in &plan.release {
+            release(&rs, &pod_api, pod).await?;
+        }
+        let mut manage_error: Option<String> = None;
+        if plan.create > 0 {
+            if let Err(e) = self.create_pods(&rs, &key, &pod_api, plan.create).await {
+                manage_error = Some(e);
+            }
+        } else if !plan.delete.is_empty()
+            && let Err(e) = self.delete_pods(&rs, &key, &pod_api, &plan.delete).await
+        {
+            manage_error = Some(e);
+        }
+        let changed_failure = if may_manage {
+            self.set_failure(&key, manage_error.clone())
+        } else {
+            false
+        };
+        if let Some(mut status) = plan.status {
+            if changed_failure {
+                // Recompute the condition with the outcome of this pass.
+                let active: Vec<_> = plan::claim(&rs, &pods)
+                    .owned
+                    .into_iter()
+                    .filter(|p| podutil::is_active(p))
+                    .collect();
+                status = plan::status(&rs, &active, manage_error.as_deref(), now);
+            }
+            let mut updated = (*rs).clone();
+            updated.status = Some(status);
+            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &ns);
+            api.replace_status(&name, &PostParams::default(), &updated)
+                .await?;
+        }
+        if let Some(e) = manage_error {
+            return Err(Error::Other(e));
+        }
+        // A ready pod becomes available after minReadySeconds: look again then.
+        let min_ready = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0);
+        if min_ready > 0 {
+            let soonest = pods
+                .iter()
+                .filter(|p| {
+                    controller_ref(&p.metadata)
+                        .is_some_and(|r| Some(&r.uid) == rs.metadata.uid.as_ref())
+                })
+                .filter_map(|p| podutil::available_in(p, min_ready, now))
+                .min();
+            if let Some(d) = soonest {
+                let d = std::time::Duration::try_from(d).unwrap_or_default();
+                return Ok(Action::requeue(d + std::time::Duration::from_millis(50)));
+            }
+        }
+        Ok(Action::await_change())
+    }
+}
+
+impl ReplicaSetController {
+    fn failure(&self, key: &str) -> Option<String> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Records the outcome of a manage pass; true when it changed.
+    fn set_failure(&self, key: &str, error: Option<String>) -> bool {
+        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(e) => m.insert(key.to_string(), e.clone()).as_ref() != Some(&e),
+            None => m.remove(key).is_some(),
+        }
+    }
+
+    /// Takes orphans, after checking with the API (not the cache) that the ReplicaSet still
+    /// exists under the same UID and is not being deleted.
+    async fn adopt(
+        &self,
+        rs: &ReplicaSet,
+        pod_api: &Api<Pod>,
+        pods: &[Arc<Pod>],
+    ) -> Result<(), Error> {
+        let ns = rs.metadata.namespace.as_deref().unwrap_or("");
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
+        let fresh = api.get(rs.metadata.name.as_deref().unwrap_or("")).await?;
+        if fresh.metadata.uid != rs.metadata.uid || fresh.metadata.deletion_timestamp.is_some() {
+            return Ok(());
+        }
+        let owner = controller_owner_ref(rs);
+        for pod in pods {
+            let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+            refs.push(owner.clone());
+            let patch = json!({"metadata": {
+                "ownerReferences": refs,
+                "resourceVersion": pod.metadata.resource_version,
+            }});
+            match pod_api
+                .patch(
+                    pod.metadata.name.as_deref().unwrap_or(""),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_pods(
+        &self,
+        rs: &ReplicaSet,
+        key: &str,
+        pod_api: &Api<Pod>,
+        n: usize,
+    ) -> Result<(), String> {
+        let pod = pod_from_template(rs);
+        self.expectations.expect_creations(key, n);
+        let (mut remaining, mut batch) = (n, 1usize);
+        while remaining > 0 {
+            let size = batch.min(remaining);
+            let pp = PostParams::default();
+            let results = join_all((0..size).map(|_| pod_api.create(&pp, &pod))).await;
+            remaining -= size;
+            let mut first_error = None;
+            for r in results {
+                match r {
+                    Ok(p) => self.recorder.normal(
+                        rs,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", p.metadata.name.unwrap_or_default()),
+                    ),
+                    Err(e) => {
+                        self.expectations.creation_observed(key);
+                        first_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                for _ in 0..remaining {
+                    self.expectations.creation_observed(key);
+                }
+                let msg = format!("creating pods failed: {e}");
+                self.recorder.warning(rs, "FailedCreate", msg.clone());
+                return Err(msg);
+            }
+            batch *= 2;
+        }
+        Ok(())
+    }
+
+    async fn delete_pods(
+        &self,
+        rs: &ReplicaSet,
+        key: &str,
+        pod_api: &Api<Pod>,
+        pods: &[Arc<Pod>],
+    ) -> Result<(), String> {
+        let uids: Vec<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        self.expectations.expect_deletions(key, uids);
+        let results = join_all(pods.iter().map(|p| async move {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: p.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            (p, name.clone(), pod_api.delete(&name, &dp).await)
+        }))
+        .await;
+        let mut first_error = None;
+        for (p, name, r) in results {
+            match r {
+                Ok(_) => {
+                    self.recorder
+                        .normal(rs, "SuccessfulDelete", format!("Deleted pod: {name}"))
+                }
+                Err(e) => {
+                    self.expectations
+                        .deletion_observed(key, p.metadata.uid.as_deref().unwrap_or(""));
+                    if !is_not_found(&e) {
+                        first_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => {
+                let msg = format!("deleting pods failed: {e}");
+                self.recorder.warning(rs, "FailedDelete", msg.clone());
+                Err(msg)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Drops our controller reference from a pod that no longer matches.
+async fn release(rs: &ReplicaSet, pod_api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
+    let uid = rs.metadata.uid.as_deref().unwrap_or("");
+    let refs: Vec<_> = pod
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.uid != uid)
+        .collect();
+    let patch = json!({"metadata": {
+        "ownerReferences": if refs.is_empty() { serde_json::Value::Null } else { json!(refs) },
+        "resourceVersion": pod.metadata.resource_version,
+    }});
+    match pod_api
+        .patch(
+            pod.metadata.name.as_deref().unwrap_or(""),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A pod for `rs`: the template's labels, annotations, finalizers and spec, named
+/// `{rs}-{random}` by the API server, controlled by the ReplicaSet.
+pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
+    let template = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
+    let tm = template.metadata.unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", rs.metadata.name.as_deref().unwrap_or(""))),
+            namespace: rs.metadata.namespace.clone(),
+            labels: tm.labels,
+            annotations: tm.annotations,
+            finalizers: tm.finalizers,
+            owner_references: Some(vec![controller_owner_ref(rs)]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    }
+}

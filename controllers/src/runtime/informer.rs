@@ -1,0 +1,230 @@
+//! Shared informers: one watch per resource per process, an in-memory store (kube's reflector
+//! store) and a fan-out of changes to every subscriber.
+//!
+//! Why not kube's shared store alone: its broadcast carries no deletions and does not say
+//! whether an object is new. Controllers need both — the ReplicaSet controller must hear that a
+//! pod vanished (to replace it) and count pods it sees *added* (expectations) — so the informer
+//! tells each subscriber what happened, like client-go's OnAdd / OnUpdate / OnDelete:
+//! - [`Change::Added`]: the object was not in the store before;
+//! - [`Change::Modified`]: it was;
+//! - [`Change::Deleted`]: it left the store (a watch DELETED, or missing from a relist — client-go's
+//!   DeletedFinalStateUnknown — carrying the last state seen).
+//!
+//! The store is updated *before* subscribers hear of a change, so a reconcile triggered by a
+//! change always reads a store that already holds it. Subscribers get unbounded queues (as
+//! client-go's processorListener has): a slow controller delays only itself. Subscribing after the
+//! informer started first replays the current store as `Added`, atomically with later changes.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{Stream, StreamExt};
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector::Lookup};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+/// What happened to one object.
+#[derive(Debug, Clone)]
+pub enum Change<K> {
+    Added(Arc<K>),
+    Modified(Arc<K>),
+    Deleted(Arc<K>),
+}
+
+impl<K> Change<K> {
+    pub fn object(&self) -> &Arc<K> {
+        match self {
+            Change::Added(o) | Change::Modified(o) | Change::Deleted(o) => o,
+        }
+    }
+    pub fn into_object(self) -> Arc<K> {
+        match self {
+            Change::Added(o) | Change::Modified(o) | Change::Deleted(o) => o,
+        }
+    }
+}
+
+/// One watch on a resource, its store and its subscribers.
+pub struct Informer<K>
+where
+    K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone + 'static,
+{
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Mutex<Option<Writer<K>>>,
+    store: Store<K>,
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<Change<K>>>>,
+    synced: tokio::sync::watch::Sender<bool>,
+}
+
+impl<K> Debug for Informer<K>
+where
+    K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone + 'static,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Informer")
+            .field("kind", &<K as Resource>::kind(&()))
+            .field("objects", &self.store.len())
+            .finish()
+    }
+}
+
+impl<K> Informer<K>
+where
+    K: Resource<DynamicType = ()>
+        + Lookup<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    pub fn new(api: Api<K>, config: watcher::Config) -> Arc<Self> {
+        let writer = Writer::new(());
+        let store = writer.as_reader();
+        Arc::new(Informer {
+            api,
+            config,
+            writer: Mutex::new(Some(writer)),
+            store,
+            subscribers: Mutex::new(Vec::new()),
+            synced: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// Resolves once the first list is in the store. (Use this rather than kube's
+    /// `Store::wait_until_ready`, which wakes only one of several concurrent waiters.)
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// The informer's store (a cheap handle). Wait for [`Informer::wait_synced`] before
+    /// trusting it to be complete.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Every change from now on; if the informer already holds objects, they come first as
+    /// `Added`.
+    pub fn subscribe(&self) -> impl Stream<Item = Change<K>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        for obj in self.store.state() {
+            let _ = tx.send(Change::Added(obj));
+        }
+        subs.push(tx);
+        drop(subs);
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+    }
+
+    /// Subscribe, keeping only the objects (for kube's `*_shared_stream` controller inputs).
+    pub fn objects(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.subscribe().map(Change::into_object)
+    }
+
+    /// Drives the watch until the returned future is dropped. Call once.
+    pub async fn run(self: Arc<Self>) {
+        let Some(mut writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            tracing::error!(kind = %<K as Resource>::kind(&()), "informer started twice");
+            return;
+        };
+        let mut events = watcher(self.api.clone(), self.config.clone())
+            .default_backoff()
+            .boxed();
+        // Objects of a relist in progress (watcher Init .. InitDone).
+        let mut relist: Option<HashMap<ObjectRef<K>, ()>> = None;
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(kind = %<K as Resource>::kind(&()), error = %e, "watch failed; retrying with backoff");
+                    continue;
+                }
+            };
+            let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+            match &event {
+                watcher::Event::Apply(obj) => {
+                    let key = ObjectRef::from_obj(obj);
+                    let existed = self.store.get(&key).is_some();
+                    writer.apply_watcher_event(&event);
+                    if let Some(o) = self.store.get(&key) {
+                        let change = if existed {
+                            Change::Modified(o)
+                        } else {
+                            Change::Added(o)
+                        };
+                        send(&mut subs, change);
+                    }
+                }
+                watcher::Event::Delete(obj) => {
+                    writer.apply_watcher_event(&event);
+                    send(&mut subs, Change::Deleted(Arc::new(obj.clone())));
+                }
+                watcher::Event::Init => {
+                    writer.apply_watcher_event(&event);
+                    relist = Some(HashMap::new());
+                }
+                watcher::Event::InitApply(obj) => {
+                    writer.apply_watcher_event(&event);
+                    if let Some(r) = relist.as_mut() {
+                        r.insert(ObjectRef::from_obj(obj), ());
+                    }
+                }
+                watcher::Event::InitDone => {
+                    tracing::debug!(kind = %<K as Resource>::kind(&()), "informer synced");
+                    let before: HashMap<ObjectRef<K>, Arc<K>> = self
+                        .store
+                        .state()
+                        .into_iter()
+                        .map(|o| (ObjectRef::from_obj(&*o), o))
+                        .collect();
+                    writer.apply_watcher_event(&event);
+                    self.synced.send_replace(true);
+                    let listed = relist.take().unwrap_or_default();
+                    for (key, old) in &before {
+                        if !listed.contains_key(key) {
+                            send(&mut subs, Change::Deleted(old.clone()));
+                        }
+                    }
+                    for obj in self.store.state() {
+                        let key = ObjectRef::from_obj(&*obj);
+                        match before.get(&key) {
+                            Some(old) if same_version(&**old, &*obj) => {}
+                            Some(_) => send(&mut subs, Change::Modified(obj)),
+                            None => send(&mut subs, Change::Added(obj)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn same_version<K: Resource>(a: &K, b: &K) -> bool {
+    a.meta().resource_version.is_some() && a.meta().resource_version == b.meta().resource_version
+}
+
+fn send<K>(subs: &mut Vec<mpsc::UnboundedSender<Change<K>>>, change: Change<K>) {
+    subs.retain(|tx| !tx.is_closed());
+    if let Some((last, rest)) = subs.split_last() {
+        for tx in rest {
+            let _ = tx.send(clone_change(&change));
+        }
+        let _ = last.send(change);
+    }
+}
+
+fn clone_change<K>(c: &Change<K>) -> Change<K> {
+    match c {
+        Change::Added(o) => Change::Added(o.clone()),
+        Change::Modified(o) => Change::Modified(o.clone()),
+        Change::Deleted(o) => Change::Deleted(o.clone()),
+    }
+}

@@ -1,0 +1,358 @@
+//! Filters: can this pod run on this node? Each failing check names its reason in kube-
+//! scheduler's words, so "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) had untolerated
+//! taint {dedicated: gpu}." reads as it does on Kubernetes.
+//!
+//! Checks, in order (the first failing group decides): cordoned, not Ready, nodeSelector and
+//! required node affinity, NoSchedule/NoExecute taints, cpu/memory/pods (all insufficient ones
+//! are named), hostPort conflicts, required pod anti-affinity (both the incoming pod's terms and
+//! those of pods already placed), DoNotSchedule topology spread constraints.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use capstan_api::Selector;
+use k8s_openapi::api::core::v1::{
+    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint, Toleration,
+    TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::cache::{Cache, NodeInfo};
+use super::resources::{Resources, pod_requests};
+
+/// What the filters need of the pod being scheduled, computed once per attempt.
+#[derive(Debug)]
+pub struct PodFacts<'a> {
+    pub pod: &'a Pod,
+    pub namespace: &'a str,
+    pub requests: Resources,
+    pub host_ports: Vec<(String, i32, String)>,
+    /// Forbidden (topologyKey, value) domains from anti-affinity, both directions.
+    pub forbidden: HashSet<(String, String)>,
+    /// Hard spread constraints: (constraint, counts per domain value, min count).
+    pub spread: Vec<(&'a TopologySpreadConstraint, HashMap<String, i64>, i64)>,
+}
+
+impl<'a> PodFacts<'a> {
+    pub fn new(pod: &'a Pod, cache: &Cache) -> Self {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("");
+        let host_ports = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let hp = p.host_port.filter(|hp| *hp > 0)?;
+                Some((
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    hp,
+                    p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                ))
+            })
+            .collect();
+        let mut facts = PodFacts {
+            pod,
+            namespace,
+            requests: pod_requests(pod, false),
+            host_ports,
+            forbidden: HashSet::new(),
+            spread: Vec::new(),
+        };
+        facts.anti_affinity(cache);
+        facts.spread_counts(cache);
+        facts
+    }
+
+    fn anti_affinity(&mut self, cache: &Cache) {
+        let own_terms: &[PodAffinityTerm] = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_deref()
+            })
+            .unwrap_or(&[]);
+        if own_terms.is_empty() && cache.with_anti_affinity == 0 {
+            return;
+        }
+        let labels = self.pod.metadata.labels.clone().unwrap_or_default();
+        for info in cache.nodes.values() {
+            let node_labels = info.labels();
+            for placed in info.pods.values() {
+                // The incoming pod's terms against pods already placed.
+                for term in own_terms {
+                    if term_matches(term, self.namespace, &placed.namespace, &placed.labels)
+                        && let Some(v) = node_labels.and_then(|l| l.get(&term.topology_key))
+                    {
+                        self.forbidden
+                            .insert((term.topology_key.clone(), v.clone()));
+                    }
+                }
+                // Placed pods' terms against the incoming pod.
+                let Some(other) = placed.pod.as_ref() else {
+                    continue;
+                };
+                let terms = other
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.affinity.as_ref())
+                    .and_then(|a| a.pod_anti_affinity.as_ref())
+                    .and_then(|a| {
+                        a.required_during_scheduling_ignored_during_execution
+                            .as_deref()
+                    })
+                    .unwrap_or(&[]);
+                for term in terms {
+                    if term_matches(term, &placed.namespace, self.namespace, &labels)
+                        && let Some(v) = node_labels.and_then(|l| l.get(&term.topology_key))
+                    {
+                        self.forbidden
+                            .insert((term.topology_key.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn spread_counts(&mut self, cache: &Cache) {
+        let constraints: &'a [TopologySpreadConstraint] = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.topology_spread_constraints.as_deref())
+            .unwrap_or(&[]);
+        for c in constraints
+            .iter()
+            .filter(|c| c.when_unsatisfiable == "DoNotSchedule")
+        {
+            let mut counts: HashMap<String, i64> = HashMap::new();
+            for info in cache.candidates() {
+                if !node_affinity_fits(self.pod, info) {
+                    continue;
+                }
+                let Some(v) = info.labels().and_then(|l| l.get(&c.topology_key)) else {
+                    continue;
+                };
+                let n = info
+                    .pods
+                    .values()
+                    .filter(|p| {
+                        p.namespace == self.namespace
+                            && selector_matches(c.label_selector.as_ref(), &p.labels)
+                    })
+                    .count() as i64;
+                *counts.entry(v.clone()).or_default() += n;
+            }
+            let min = counts.values().copied().min().unwrap_or(0);
+            self.spread.push((c, counts, min));
+        }
+    }
+}
+
+fn selector_matches(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(sel) = sel else { return false };
+    Selector::from_label_selector(sel).is_ok_and(|s| s.matches_map(labels))
+}
+
+fn term_matches(
+    term: &PodAffinityTerm,
+    term_ns: &str,
+    pod_ns: &str,
+    pod_labels: &BTreeMap<String, String>,
+) -> bool {
+    let in_ns = match term.namespaces.as_deref() {
+        Some(list) if !list.is_empty() => list.iter().any(|n| n == pod_ns),
+        _ => term.namespace_selector.is_some() || term_ns == pod_ns,
+    };
+    in_ns && selector_matches(term.label_selector.as_ref(), pod_labels)
+}
+
+/// The reasons `node` cannot take the pod; empty when it can.
+pub fn filter(f: &PodFacts<'_>, node: &NodeInfo) -> Vec<String> {
+    if node.unschedulable() && !tolerates_unschedulable(f.pod) {
+        return vec!["node(s) were unschedulable".into()];
+    }
+    if !node.ready() {
+        return vec!["node(s) were not ready".into()];
+    }
+    if !node_affinity_fits(f.pod, node) {
+        return vec!["node(s) didn't match Pod's node affinity/selector".into()];
+    }
+    if let Some(t) = untolerated_taint(f.pod, node.taints()) {
+        return vec![format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            t.key,
+            t.value.as_deref().unwrap_or("")
+        )];
+    }
+    let mut reasons = Vec::new();
+    let free = |alloc: i64, used: i64| alloc - used;
+    if f.requests.cpu_milli > 0
+        && f.requests.cpu_milli > free(node.allocatable.cpu_milli, node.requested.cpu_milli)
+    {
+        reasons.push("Insufficient cpu".to_string());
+    }
+    if f.requests.memory > 0
+        && f.requests.memory > free(node.allocatable.memory, node.requested.memory)
+    {
+        reasons.push("Insufficient memory".to_string());
+    }
+    if node.requested.pods + 1 > node.allocatable.pods {
+        reasons.push("Too many pods".to_string());
+    }
+    if !reasons.is_empty() {
+        return reasons;
+    }
+    if !f.host_ports.is_empty() {
+        let conflict = node.pods.values().any(|p| {
+            p.host_ports.iter().any(|(proto, port, ip)| {
+                f.host_ports.iter().any(|(p2, port2, ip2)| {
+                    proto == p2
+                        && port == port2
+                        && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0")
+                })
+            })
+        });
+        if conflict {
+            return vec!["node(s) didn't have free ports for the requested pod ports".into()];
+        }
+    }
+    if !f.forbidden.is_empty()
+        && let Some(labels) = node.labels()
+        && f.forbidden.iter().any(|(k, v)| labels.get(k) == Some(v))
+    {
+        return vec!["node(s) didn't match pod anti-affinity rules".into()];
+    }
+    for (c, counts, min) in &f.spread {
+        let Some(v) = node.labels().and_then(|l| l.get(&c.topology_key)) else {
+            return vec![
+                "node(s) didn't match pod topology spread constraints (missing required label)"
+                    .into(),
+            ];
+        };
+        let here = counts.get(v).copied().unwrap_or(0);
+        if here + 1 - min > c.max_skew as i64 {
+            return vec!["node(s) didn't match pod topology spread constraints".into()];
+        }
+    }
+    vec![]
+}
+
+fn tolerates_unschedulable(pod: &Pod) -> bool {
+    let t = Taint {
+        key: "node.kubernetes.io/unschedulable".into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    tolerations(pod).iter().any(|tol| tolerates(tol, &t))
+}
+
+fn tolerations(pod: &Pod) -> &[Toleration] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or(&[])
+}
+
+/// The first NoSchedule/NoExecute taint none of the pod's tolerations tolerates.
+pub fn untolerated_taint<'t>(pod: &Pod, taints: &'t [Taint]) -> Option<&'t Taint> {
+    let tols = tolerations(pod);
+    taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|t| !tols.iter().any(|tol| tolerates(tol, t)))
+}
+
+/// v1.Toleration.ToleratesTaint.
+pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
+    if let Some(e) = tol.effect.as_deref()
+        && !e.is_empty()
+        && e != taint.effect
+    {
+        return false;
+    }
+    let key = tol.key.as_deref().unwrap_or("");
+    match tol.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => key.is_empty() || key == taint.key,
+        _ => {
+            key == taint.key
+                && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
+    }
+}
+
+/// nodeSelector and requiredDuringScheduling node affinity (terms ORed, expressions ANDed).
+pub fn node_affinity_fits(pod: &Pod, node: &NodeInfo) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return true;
+    };
+    let empty = BTreeMap::new();
+    let labels = node.labels().unwrap_or(&empty);
+    if let Some(sel) = spec.node_selector.as_ref()
+        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    let terms = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.as_slice());
+    match terms {
+        None => true,
+        Some(terms) => terms.iter().any(|t| term_fits(t, labels, &node.name)),
+    }
+}
+
+fn term_fits(t: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
+    let exprs = t.match_expressions.as_deref().unwrap_or(&[]);
+    let fields = t.match_fields.as_deref().unwrap_or(&[]);
+    if exprs.is_empty() && fields.is_empty() {
+        return false; // an empty term matches nothing
+    }
+    exprs
+        .iter()
+        .all(|r| requirement(r, labels.get(&r.key).map(String::as_str)))
+        && fields.iter().all(|r| {
+            let v = (r.key == "metadata.name").then_some(name);
+            requirement(r, v)
+        })
+}
+
+fn requirement(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or(&[]);
+    let num = |s: &str| s.parse::<i64>().ok();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => match (value.and_then(num), values.first().and_then(|x| num(x))) {
+            (Some(v), Some(x)) => v > x,
+            _ => false,
+        },
+        "Lt" => match (value.and_then(num), values.first().and_then(|x| num(x))) {
+            (Some(v), Some(x)) => v < x,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) had untolerated taint {a: b}."
+pub fn fit_error(total: usize, reasons: &HashMap<String, usize>) -> String {
+    let mut parts: Vec<(&String, &usize)> = reasons.iter().collect();
+    parts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let list: Vec<String> = parts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    if list.is_empty() {
+        format!("0/{total} nodes are available.")
+    } else {
+        format!("0/{total} nodes are available: {}.", list.join(", "))
+    }
+}

@@ -1,0 +1,548 @@
+//! The scheduler: binds pods that have no node to one, through pods/binding.
+//!
+//! One task owns the queue and the [`cache`]: it takes a pending pod, runs every [`filter`] on
+//! every node, picks among the feasible ones with the profile's [`score`] strategy, *assumes*
+//! the pod onto that node in the cache, and hands the binding to a pool of concurrent writers —
+//! so decisions are sequential (no double booking) while the API writes overlap. A failed bind
+//! forgets the assumption and retries the pod with backoff.
+//!
+//! Pods that fit nowhere get PodScheduled=False (reason Unschedulable, kube-scheduler's
+//! "0/N nodes are available: ..." message) and a FailedScheduling event, and wait parked: they
+//! are retried when the cluster changes (a node added or updated, a pod deleted or finished),
+//! after a per-pod backoff of 1 s doubling to 10 s, and at the latest every minute — never in a
+//! busy loop.
+//!
+//! Profiles: a pod's `spec.schedulerName` picks a profile (`default-scheduler` → spread,
+//! `binpack-scheduler` → binpack, `random-scheduler` → random by default; configurable). Pods
+//! naming another scheduler are left to it. Not done: priorities and preemption (FIFO queue),
+//! required pod affinity (anti-affinity is), preferred (soft) affinities.
+
+pub mod cache;
+pub mod filter;
+pub mod resources;
+pub mod score;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
+use serde_json::json;
+
+use crate::Manager;
+use crate::podutil;
+use crate::runtime::{Change, Recorder};
+use cache::Cache;
+use filter::{PodFacts, fit_error};
+pub use score::Strategy;
+
+pub const NAME: &str = "scheduler";
+pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+
+const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const FLUSH_UNSCHEDULABLE: Duration = Duration::from_secs(60);
+
+/// The scheduler's configuration: profiles by schedulerName, and how many bindings may be in
+/// flight at once.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub profiles: BTreeMap<String, Strategy>,
+    pub parallel_binds: usize,
+    metrics: Option<SchedulerMetrics>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut profiles = BTreeMap::new();
+        profiles.insert(DEFAULT_SCHEDULER.to_string(), Strategy::Spread);
+        profiles.insert("binpack-scheduler".to_string(), Strategy::Binpack);
+        profiles.insert("random-scheduler".to_string(), Strategy::Random);
+        Config {
+            profiles,
+            parallel_binds: 64,
+            metrics: None,
+        }
+    }
+}
+
+impl Config {
+    /// Sets (or adds) a profile.
+    pub fn profile(mut self, scheduler_name: &str, strategy: Strategy) -> Self {
+        self.profiles.insert(scheduler_name.to_string(), strategy);
+        self
+    }
+
+    pub fn with_metrics(mut self, registry: &prometheus::Registry) -> Self {
+        self.metrics = Some(SchedulerMetrics::register(registry));
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SchedulerMetrics {
+    attempts: IntCounterVec,
+    e2e: Histogram,
+    pending: IntGaugeVec,
+}
+
+impl SchedulerMetrics {
+    fn register(r: &prometheus::Registry) -> Self {
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "scheduler_schedule_attempts_total",
+                "Scheduling attempts by result and profile",
+            ),
+            &["result", "profile"],
+        )
+        .expect("valid metric");
+        let e2e = Histogram::with_opts(
+            HistogramOpts::new(
+                "scheduler_pod_scheduling_duration_seconds",
+                "From pod creation to a successful binding",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).unwrap_or_default()),
+        )
+        .expect("valid metric");
+        let pending = IntGaugeVec::new(
+            Opts::new("scheduler_pending_pods", "Pods waiting, by queue"),
+            &["queue"],
+        )
+        .expect("valid metric");
+        let _ = r.register(Box::new(attempts.clone()));
+        let _ = r.register(Box::new(e2e.clone()));
+        let _ = r.register(Box::new(pending.clone()));
+        SchedulerMetrics {
+            attempts,
+            e2e,
+            pending,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Parked {
+    key: ObjectRef<Pod>,
+    attempts: u32,
+    not_before: Instant,
+    parked_at: Instant,
+    /// The cluster changed since it was parked.
+    woken: bool,
+}
+
+struct BindOutcome {
+    uid: String,
+    key: ObjectRef<Pod>,
+    result: Result<(), kube::Error>,
+}
+
+struct Scheduler {
+    client: kube::Client,
+    config: Config,
+    pods: Store<Pod>,
+    cache: Cache,
+    queue: VecDeque<(ObjectRef<Pod>, String)>,
+    queued: HashSet<String>,
+    parked: HashMap<String, Parked>,
+    attempts: HashMap<String, u32>,
+    in_flight: HashSet<String>,
+    recorder: Recorder,
+    binds: Arc<tokio::sync::Semaphore>,
+    outcomes: tokio::sync::mpsc::UnboundedSender<BindOutcome>,
+}
+
+pub async fn run(m: Arc<Manager>) {
+    let pod_inf = m.informers.pods();
+    let node_inf = m.informers.nodes();
+    let mut pod_changes = pod_inf.subscribe().boxed();
+    let mut node_changes = node_inf.subscribe().boxed();
+    pod_inf.wait_synced().await;
+    node_inf.wait_synced().await;
+    tracing::info!(
+        nodes = node_inf.store().len(),
+        pods = pod_inf.store().len(),
+        "scheduler caches synced"
+    );
+    let (tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let mut s = Scheduler {
+        client: m.client.clone(),
+        config: m.scheduler.clone(),
+        pods: pod_inf.store(),
+        cache: Cache::default(),
+        queue: VecDeque::new(),
+        queued: HashSet::new(),
+        parked: HashMap::new(),
+        attempts: HashMap::new(),
+        in_flight: HashSet::new(),
+        recorder: Recorder::new(m.client.clone(), "default-scheduler"),
+        binds: Arc::new(tokio::sync::Semaphore::new(
+            m.scheduler.parallel_binds.max(1),
+        )),
+        outcomes: tx,
+    };
+    loop {
+        // Take in everything that already happened, so decisions see a current cache.
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            while let Some(Some(c)) = node_changes.next().now_or_never() {
+                s.on_node(c);
+                progressed = true;
+            }
+            while let Some(Some(c)) = pod_changes.next().now_or_never() {
+                s.on_pod(c);
+                progressed = true;
+            }
+            while let Ok(o) = outcomes.try_recv() {
+                s.on_bind(o);
+                progressed = true;
+            }
+        }
+        s.report();
+        if let Some((key, uid)) = s.queue.pop_front() {
+            s.queued.remove(&uid);
+            s.schedule_one(key, uid).await;
+            continue;
+        }
+        let wake = s.next_retry();
+        tokio::select! {
+            c = pod_changes.next() => match c {
+                Some(c) => s.on_pod(c),
+                None => return,
+            },
+            c = node_changes.next() => match c {
+                Some(c) => s.on_node(c),
+                None => return,
+            },
+            Some(o) = outcomes.recv() => s.on_bind(o),
+            _ = sleep_until(wake) => s.retry_due(),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Scheduler {
+    fn ours(&self, pod: &Pod) -> Option<Strategy> {
+        let name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or(DEFAULT_SCHEDULER);
+        self.config.profiles.get(name).copied()
+    }
+
+    fn on_node(&mut self, change: Change<k8s_openapi::api::core::v1::Node>) {
+        match change {
+            Change::Deleted(n) => self
+                .cache
+                .remove_node(n.metadata.name.as_deref().unwrap_or("")),
+            Change::Added(n) | Change::Modified(n) => self.cache.set_node(n),
+        }
+        self.wake_parked();
+    }
+
+    fn on_pod(&mut self, change: Change<Pod>) {
+        let deleted = matches!(change, Change::Deleted(_));
+        let pod = change.into_object();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let node = podutil::node_name(&pod).map(str::to_string);
+        if deleted {
+            let freed = self.cache.is_placed(&uid);
+            self.cache.remove_pod(&uid);
+            self.forget_pending(&uid);
+            if freed {
+                self.wake_parked();
+            }
+            return;
+        }
+        match node {
+            Some(node) => {
+                self.forget_pending(&uid);
+                let finished = matches!(podutil::phase(&pod), "Succeeded" | "Failed");
+                if finished {
+                    if self.cache.is_placed(&uid) {
+                        self.cache.remove_pod(&uid);
+                        self.wake_parked();
+                    }
+                } else if !self.in_flight.contains(&uid) {
+                    self.cache.add_pod(&pod, &node, false);
+                }
+            }
+            None => {
+                if pod.metadata.deletion_timestamp.is_some() || self.ours(&pod).is_none() {
+                    return;
+                }
+                if self.queued.contains(&uid)
+                    || self.parked.contains_key(&uid)
+                    || self.in_flight.contains(&uid)
+                {
+                    return;
+                }
+                self.queued.insert(uid.clone());
+                self.queue.push_back((ObjectRef::from_obj(&*pod), uid));
+            }
+        }
+    }
+
+    fn forget_pending(&mut self, uid: &str) {
+        self.queued.remove(uid);
+        self.parked.remove(uid);
+        self.attempts.remove(uid);
+    }
+
+    fn wake_parked(&mut self) {
+        for p in self.parked.values_mut() {
+            p.woken = true;
+        }
+        self.retry_due();
+    }
+
+    /// Moves parked pods whose backoff is over and that were woken (or waited a minute).
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| {
+                (p.woken && p.not_before <= now) || p.parked_at + FLUSH_UNSCHEDULABLE <= now
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in due {
+            if let Some(p) = self.parked.remove(&uid) {
+                self.attempts.insert(uid.clone(), p.attempts);
+                self.queued.insert(uid.clone());
+                self.queue.push_back((p.key, uid));
+            }
+        }
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.parked
+            .values()
+            .map(|p| {
+                let flush = p.parked_at + FLUSH_UNSCHEDULABLE;
+                if p.woken {
+                    p.not_before.min(flush)
+                } else {
+                    flush
+                }
+            })
+            .min()
+    }
+
+    fn park(&mut self, key: ObjectRef<Pod>, uid: String, woken: bool) {
+        let attempts = self.attempts.remove(&uid).unwrap_or(0) + 1;
+        let backoff = BACKOFF_INITIAL
+            .saturating_mul(1 << (attempts - 1).min(8))
+            .min(BACKOFF_MAX);
+        let now = Instant::now();
+        self.parked.insert(
+            uid,
+            Parked {
+                key,
+                attempts,
+                not_before: now + backoff,
+                parked_at: now,
+                woken,
+            },
+        );
+    }
+
+    async fn schedule_one(&mut self, key: ObjectRef<Pod>, uid: String) {
+        // Always decide on the latest state of the pod.
+        let Some(pod) = self.pods.get(&key) else {
+            return;
+        };
+        if pod.metadata.uid.as_deref() != Some(uid.as_str())
+            || podutil::node_name(&pod).is_some()
+            || pod.metadata.deletion_timestamp.is_some()
+            || self.in_flight.contains(&uid)
+        {
+            return;
+        }
+        let Some(strategy) = self.ours(&pod) else {
+            return;
+        };
+        tracing::debug!(pod = %key, "scheduling");
+        let profile = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.clone())
+            .unwrap_or_else(|| DEFAULT_SCHEDULER.into());
+        let facts = PodFacts::new(&pod, &self.cache);
+        let mut reasons: HashMap<String, usize> = HashMap::new();
+        let mut feasible = Vec::new();
+        let mut total = 0;
+        for n in self.cache.candidates() {
+            total += 1;
+            let r = filter::filter(&facts, n);
+            if r.is_empty() {
+                feasible.push(n);
+            } else {
+                for x in r {
+                    *reasons.entry(x).or_default() += 1;
+                }
+            }
+        }
+        if feasible.is_empty() {
+            let message = fit_error(total, &reasons);
+            if let Some(m) = &self.config.metrics {
+                m.attempts
+                    .with_label_values(&["unschedulable", &profile])
+                    .inc();
+            }
+            tracing::debug!(pod = %key, %message, "unschedulable");
+            self.report_unschedulable(&pod, message);
+            self.park(key, uid, false);
+            return;
+        }
+        let scoring = resources::pod_requests(&pod, true);
+        let owner = podutil::controller_ref(&pod.metadata).map(|r| r.uid.clone());
+        let node = score::pick(strategy, &feasible, &scoring, owner.as_deref())
+            .name
+            .clone();
+        drop(facts);
+        self.cache.add_pod(&pod, &node, true);
+        self.in_flight.insert(uid.clone());
+        if let Some(m) = &self.config.metrics {
+            m.attempts.with_label_values(&["scheduled", &profile]).inc();
+        }
+        let Ok(permit) = self.binds.clone().acquire_owned().await else {
+            return;
+        };
+        let (client, tx, recorder, metrics) = (
+            self.client.clone(),
+            self.outcomes.clone(),
+            self.recorder.clone(),
+            self.config.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            let result = bind(&client, &pod, &node).await;
+            drop(permit);
+            if result.is_ok() {
+                if let (Some(m), Some(created)) =
+                    (metrics, pod.metadata.creation_timestamp.as_ref())
+                {
+                    let secs = jiff::Timestamp::now()
+                        .duration_since(created.0)
+                        .as_secs_f64();
+                    m.e2e.observe(secs.max(0.0));
+                }
+                recorder.normal(
+                    &*pod,
+                    "Scheduled",
+                    format!(
+                        "Successfully assigned {}/{} to {node}",
+                        pod.metadata.namespace.as_deref().unwrap_or(""),
+                        pod.metadata.name.as_deref().unwrap_or("")
+                    ),
+                );
+            }
+            let _ = tx.send(BindOutcome { uid, key, result });
+        });
+    }
+
+    fn on_bind(&mut self, o: BindOutcome) {
+        self.in_flight.remove(&o.uid);
+        match o.result {
+            Ok(()) => {
+                self.attempts.remove(&o.uid);
+            }
+            Err(e) => {
+                self.cache.remove_pod(&o.uid);
+                let gone = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+                if gone {
+                    // Deleted, or bound by someone else: the watch tells the rest.
+                    tracing::debug!(pod = %o.key, error = %e, "binding not needed any more");
+                } else {
+                    tracing::warn!(pod = %o.key, error = %e, "binding failed; retrying with backoff");
+                    if let Some(m) = &self.config.metrics {
+                        m.attempts.with_label_values(&["error", ""]).inc();
+                    }
+                    self.park(o.key, o.uid, true);
+                }
+            }
+        }
+    }
+
+    /// PodScheduled=False with the reasons (written only when the message changes) and a
+    /// FailedScheduling event.
+    fn report_unschedulable(&self, pod: &Arc<Pod>, message: String) {
+        let current = podutil::condition(pod, "PodScheduled");
+        let unchanged = current
+            .is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message.as_str()));
+        self.recorder
+            .warning(&**pod, "FailedScheduling", message.clone());
+        if unchanged {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+        );
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        tokio::spawn(async move {
+            let now = jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            let patch = json!({"status": {"conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": message, "lastTransitionTime": now, "lastProbeTime": null,
+            }]}});
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+            {
+                tracing::debug!(pod = %name, error = %e, "writing PodScheduled=False failed");
+            }
+        });
+    }
+
+    fn report(&self) {
+        if let Some(m) = &self.config.metrics {
+            m.pending
+                .with_label_values(&["active"])
+                .set(self.queue.len() as i64);
+            m.pending
+                .with_label_values(&["unschedulable"])
+                .set(self.parked.len() as i64);
+        }
+    }
+}
+
+/// POST pods/NAME/binding.
+async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    let name = pod.metadata.name.as_deref().unwrap_or("");
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.to_string()),
+            ..Default::default()
+        },
+    };
+    let _: serde_json::Value = api
+        .create_subresource("binding", name, &PostParams::default(), &binding)
+        .await?;
+    Ok(())
+}

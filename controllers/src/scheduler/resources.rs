@@ -1,0 +1,134 @@
+//! Resource quantities and what a pod asks for (the scheduler's resource accounting).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// CPU in millicores, memory and ephemeral storage in bytes, and a pod count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_milli: i64,
+    pub memory: i64,
+    pub pods: i64,
+}
+
+impl Resources {
+    pub fn add(&mut self, o: &Resources) {
+        self.cpu_milli += o.cpu_milli;
+        self.memory += o.memory;
+        self.pods += o.pods;
+    }
+    pub fn sub(&mut self, o: &Resources) {
+        self.cpu_milli -= o.cpu_milli;
+        self.memory -= o.memory;
+        self.pods -= o.pods;
+    }
+}
+
+/// Parses a Kubernetes quantity ("100m", "1.5", "2Gi", "1e3", "500M") scaled by `scale` (1000
+/// for millis, 1 for plain units); None when malformed.
+pub fn parse(q: &str, scale: f64) -> Option<i64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let base: f64 = num.parse().ok()?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let v = (base * mult * scale).ceil();
+    v.is_finite().then_some(v as i64)
+}
+
+fn of(map: Option<&BTreeMap<String, Quantity>>, zero_default: bool) -> Resources {
+    let get = |k: &str, scale: f64| map.and_then(|m| m.get(k)).and_then(|q| parse(&q.0, scale));
+    let cpu = get("cpu", 1000.0);
+    let mem = get("memory", 1.0);
+    Resources {
+        // Kubernetes scores request-less containers as 100m / 200Mi so they still spread.
+        cpu_milli: cpu.unwrap_or(if zero_default { 100 } else { 0 }),
+        memory: mem.unwrap_or(if zero_default { 200 * 1024 * 1024 } else { 0 }),
+        pods: 0,
+    }
+}
+
+fn container(c: &Container, non_zero: bool) -> Resources {
+    of(
+        c.resources.as_ref().and_then(|r| r.requests.as_ref()),
+        non_zero,
+    )
+}
+
+/// What a pod requests: the larger of (sum of app containers) and (each init container), plus
+/// overhead, and one pod. `non_zero` gives request-less containers the scoring defaults.
+pub fn pod_requests(pod: &Pod, non_zero: bool) -> Resources {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Resources {
+            pods: 1,
+            ..Default::default()
+        };
+    };
+    let mut sum = Resources::default();
+    for c in &spec.containers {
+        sum.add(&container(c, non_zero));
+    }
+    for c in spec.init_containers.iter().flatten() {
+        let r = container(c, false);
+        sum.cpu_milli = sum.cpu_milli.max(r.cpu_milli);
+        sum.memory = sum.memory.max(r.memory);
+    }
+    if let Some(o) = spec.overhead.as_ref() {
+        sum.add(&of(Some(o), false));
+    }
+    sum.pods = 1;
+    sum
+}
+
+/// A node's allocatable resources (capacity when allocatable is missing).
+pub fn allocatable(node: &k8s_openapi::api::core::v1::Node) -> Resources {
+    let st = node.status.as_ref();
+    let map = st
+        .and_then(|s| s.allocatable.as_ref())
+        .or_else(|| st.and_then(|s| s.capacity.as_ref()));
+    let get = |k: &str, scale: f64| map.and_then(|m| m.get(k)).and_then(|q| parse(&q.0, scale));
+    Resources {
+        cpu_milli: get("cpu", 1000.0).unwrap_or(0),
+        memory: get("memory", 1.0).unwrap_or(0),
+        pods: get("pods", 1.0).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse_with_every_suffix() {
+        assert_eq!(parse("100m", 1000.0), Some(100));
+        assert_eq!(parse("1.5", 1000.0), Some(1500));
+        assert_eq!(parse("2", 1000.0), Some(2000));
+        assert_eq!(parse("2Gi", 1.0), Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse("500M", 1.0), Some(500_000_000));
+        assert_eq!(parse("1e3", 1.0), Some(1000));
+        assert_eq!(parse("128974848", 1.0), Some(128_974_848));
+        assert_eq!(parse("12x", 1.0), None);
+        assert_eq!(parse("", 1.0), None);
+    }
+}

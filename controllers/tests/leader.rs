@@ -1,0 +1,106 @@
+//! Leader election through a Lease against a real in-process API server.
+
+#[path = "../../apiserver/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use capstan_controllers::runtime::leader::{LeaderElection, Timings};
+use common::{TestCluster, until};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+
+fn timings() -> Timings {
+    Timings {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1300),
+        retry_period: Duration::from_millis(200),
+    }
+}
+
+/// Runs a candidate that counts itself as leading while its work runs.
+fn candidate(
+    client: kube::Client,
+    id: &str,
+    leading: Arc<AtomicUsize>,
+    max: Arc<AtomicUsize>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let e = LeaderElection::new(client, "kube-system", "test-lease", id, timings());
+    let task = tokio::spawn(async move {
+        e.run(
+            || {
+                let (leading, max) = (leading.clone(), max.clone());
+                async move {
+                    let n = leading.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(n, Ordering::SeqCst);
+                    struct Done(Arc<AtomicUsize>);
+                    impl Drop for Done {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _done = Done(leading);
+                    std::future::pending::<()>().await
+                }
+            },
+            async {
+                let _ = rx.await;
+            },
+        )
+        .await
+    });
+    (task, tx)
+}
+
+async fn holder(api: &Api<Lease>) -> Option<String> {
+    api.get("test-lease")
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_candidate_leads_and_another_takes_over_on_release_or_crash() {
+    let c = TestCluster::start().await;
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-system");
+    let (leading, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, stop_a) = candidate(c.client.clone(), "a", leading.clone(), max.clone());
+    until(Duration::from_secs(5), "a leads", || async {
+        holder(&leases).await.as_deref() == Some("a")
+    })
+    .await;
+    let (b, _stop_b) = candidate(c.client.clone(), "b", leading.clone(), max.clone());
+    let (c2, _stop_c) = candidate(c.client.clone(), "c", leading.clone(), max.clone());
+    // Standbys stay standing by while a renews (a few lease durations).
+    for _ in 0..3 {
+        tokio::time::sleep(timings().lease_duration).await;
+        assert_eq!(holder(&leases).await.as_deref(), Some("a"));
+    }
+    // A clean stop releases the lease: a standby takes over well within a lease duration.
+    stop_a.send(()).unwrap();
+    a.await.unwrap();
+    let took = until(Duration::from_secs(2), "a standby leads", || async {
+        matches!(holder(&leases).await.as_deref(), Some("b") | Some("c"))
+    })
+    .await;
+    assert!(took < timings().lease_duration, "took {took:?}");
+    let next = holder(&leases).await.unwrap();
+    // A crash (no release): the other takes over after the lease expires.
+    let (crashed, survivor) = if next == "b" { (b, "c") } else { (c2, "b") };
+    crashed.abort();
+    until(Duration::from_secs(6), "the survivor leads", || async {
+        holder(&leases).await.as_deref() == Some(survivor)
+    })
+    .await;
+    assert_eq!(max.load(Ordering::SeqCst), 1, "never two leaders at once");
+    let lease = leases.get("test-lease").await.unwrap().spec.unwrap();
+    assert!(lease.lease_transitions.unwrap() >= 2);
+}
