@@ -1,8 +1,7 @@
 //! `capstan apply | get | delete` against `capstan up`: kubectl's everyday verbs without kubectl.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use capstan_testkit::{CapstanUp, temp_dir};
@@ -24,28 +23,12 @@ spec:
 ";
 
 fn capstan(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
+    capstan_testkit::client_command(
+        Path::new(env!("CARGO_BIN_EXE_capstan")),
+        kubeconfig,
+        args,
+        stdin,
+    )
 }
 
 fn ok(out: Output) -> String {

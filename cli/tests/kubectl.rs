@@ -2,19 +2,12 @@
 //! not served yet (protobuf request bodies) is asserted to fail with
 //! a clear message, so the gap is visible and the day it closes these tests must change.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use capstan_testkit::{CapstanUp, EtcdProcess, line_channel, temp_dir};
+use capstan_testkit::{CapstanUp, EtcdProcess, kubectl, kubectl_bin, line_channel, temp_dir};
 use serde_json::Value;
-
-fn kubectl_bin() -> PathBuf {
-    std::env::var_os("CAPSTAN_KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("kubectl"))
-}
 
 /// `capstan up` plus a kubectl bound to its kubeconfig; both stopped by pid on drop.
 struct Cluster {
@@ -50,28 +43,7 @@ impl Cluster {
     }
 
     fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(kubectl_bin())
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl not found: install it or set CAPSTAN_KUBECTL");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
+        kubectl(&self.kubeconfig, args, stdin)
     }
 
     /// Runs kubectl, asserts success, returns stdout.

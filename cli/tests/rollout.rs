@@ -3,16 +3,10 @@
 //! restart, scale, and a blue/green Service flip.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use capstan_testkit::{CapstanUp, eventually, temp_dir};
-
-fn kubectl_bin() -> PathBuf {
-    std::env::var_os("CAPSTAN_KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("kubectl"))
-}
+use capstan_testkit::{CapstanUp, eventually, kubectl, temp_dir};
 
 struct Cluster {
     sim: Child,
@@ -56,39 +50,13 @@ impl Cluster {
         c
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(kubectl_bin())
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl not found: install it or set CAPSTAN_KUBECTL");
-        if let Some(text) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
-    }
-
     /// Runs kubectl and returns stdout; panics with stderr on failure.
     fn ok(&self, args: &[&str]) -> String {
         self.ok_stdin(args, None)
     }
 
     fn ok_stdin(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.run(args, stdin);
+        let out = kubectl(&self.kubeconfig, args, stdin);
         assert!(
             out.status.success(),
             "kubectl {args:?} failed: {}{}",

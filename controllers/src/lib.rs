@@ -11,6 +11,7 @@
 //! Each controller keeps its decisions in pure functions (`plan.rs`, `rolling.rs`, ...) that are
 //! table-tested without I/O, and applies them in a thin async step.
 
+pub mod claims;
 pub mod deployment;
 mod error;
 pub mod podutil;

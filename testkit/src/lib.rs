@@ -359,3 +359,49 @@ impl Drop for CapstanUp {
         let _ = self.child.wait();
     }
 }
+
+/// The kubectl the tests drive: `$CAPSTAN_KUBECTL`, else `kubectl` on PATH.
+pub fn kubectl_bin() -> PathBuf {
+    std::env::var_os("CAPSTAN_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+/// Runs kubectl against `kubeconfig` with `args`, feeding `stdin` when given.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    client_command(&kubectl_bin(), kubeconfig, args, stdin)
+}
+
+/// Runs a kubeconfig-taking client (kubectl, `capstan get`...) to completion, feeding `stdin`
+/// when given.
+pub fn client_command(
+    program: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    let mut child = Command::new(program)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}); for kubectl install it or set CAPSTAN_KUBECTL",
+                program.display()
+            )
+        });
+    if let Some(text) = stdin
+        && let Some(mut input) = child.stdin.take()
+    {
+        input.write_all(text.as_bytes()).expect("writing stdin");
+    }
+    child.wait_with_output().expect("waiting for the client")
+}

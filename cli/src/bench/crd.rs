@@ -6,23 +6,19 @@
 //!    1 and 64 clients, with the store's raw create of the same bytes as the floor, in one run on
 //!    the embedded store. Target: a CR costs under 1.3x a ConfigMap.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use axum::http::StatusCode;
 use bytes::Bytes;
-use capstan_apiserver::ApiServer;
 use capstan_apiserver::crd::schema::Schema;
-use capstan_storage::Storage;
-use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use clap::Args;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value, json};
 
 use super::api::{Http, expect};
-use super::{drive, ms};
+use super::{LocalServer, drive, ms};
 
 #[derive(Debug, Args)]
 pub struct CrdBench {
@@ -146,19 +142,8 @@ pub async fn run(b: CrdBench) -> Result<()> {
     let typed = t.elapsed();
 
     // 2. Creates over HTTP, CR vs ConfigMap vs raw store.
-    let scratch = tempfile::Builder::new()
-        .prefix("capstan-bench-crd-")
-        .tempdir_in(&b.scratch)?;
-    let mut opts = EmbeddedOptions::new(scratch.path());
-    opts.compaction = None;
-    let store: Arc<dyn Storage> = EmbeddedStore::open(opts).await?;
-    let api = ApiServer::new(store.clone(), prometheus::Registry::new())
-        .await
-        .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let server =
-        tokio::spawn(async move { axum::serve(listener, capstan_apiserver::router(api)).await });
+    let server = LocalServer::start(&b.scratch, "capstan-bench-crd-").await?;
+    let (base, store) = (server.url.clone(), server.store.clone());
     let http: Http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(usize::MAX)
         .build_http();
@@ -226,8 +211,7 @@ pub async fn run(b: CrdBench) -> Result<()> {
         rows.push((c, floor, cms, crs));
     }
     drop(http);
-    server.abort();
-    let _ = server.await;
+    drop(server);
 
     println!(
         "### capstan bench crd — 50-field schema, objects of {} B JSON, {} cores\n",

@@ -46,6 +46,48 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
+/// An API server on a fresh embedded store (no compaction) in a scratch directory, served on a
+/// free loopback port; stopped and removed when dropped.
+pub struct LocalServer {
+    pub url: String,
+    pub store: Arc<dyn capstan_storage::Storage>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LocalServer {
+    pub async fn start(scratch: &std::path::Path, prefix: &str) -> Result<LocalServer> {
+        use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(scratch)?;
+        let mut opts = EmbeddedOptions::new(dir.path());
+        opts.compaction = None;
+        let store: Arc<dyn capstan_storage::Storage> = EmbeddedStore::open(opts).await?;
+        let api = capstan_apiserver::ApiServer::new(store.clone(), prometheus::Registry::new())
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let task =
+            tokio::spawn(
+                async move { axum::serve(listener, capstan_apiserver::router(api)).await },
+            );
+        Ok(LocalServer {
+            url,
+            store,
+            task,
+            _dir: dir,
+        })
+    }
+}
+
 /// Runs `ops` calls of `op(i)` from `writers` concurrent tasks; returns the latencies.
 pub async fn drive<F, Fut>(writers: usize, ops: usize, op: F) -> Result<Samples>
 where

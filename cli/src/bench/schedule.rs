@@ -12,11 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use capstan_apiserver::ApiServer;
 use capstan_controllers::Manager;
 use capstan_controllers::scheduler::{Config, Strategy};
-use capstan_storage::Storage;
-use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use capstan_testkit::sim::{SimConfig, SimNodes};
 use clap::Args;
 use futures_util::StreamExt;
@@ -27,7 +24,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use super::{Samples, drive, ms};
+use super::{LocalServer, Samples, drive, ms};
 
 #[derive(Debug, Args)]
 pub struct ScheduleBench {
@@ -102,19 +99,8 @@ async fn wait_for(seen: &Bound, n: usize, within: Duration) -> Result<()> {
 }
 
 pub async fn run(b: ScheduleBench) -> Result<()> {
-    let scratch = tempfile::Builder::new()
-        .prefix("capstan-bench-schedule-")
-        .tempdir_in(&b.scratch)?;
-    let mut opts = EmbeddedOptions::new(scratch.path());
-    opts.compaction = None;
-    let store: Arc<dyn Storage> = EmbeddedStore::open(opts).await?;
-    let api = ApiServer::new(store.clone(), prometheus::Registry::new())
-        .await
-        .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let server =
-        tokio::spawn(async move { axum::serve(listener, capstan_apiserver::router(api)).await });
+    let server = LocalServer::start(&b.scratch, "capstan-bench-schedule-").await?;
+    let url = server.url.clone();
     let client = kube::Client::try_from(kube::Config::new(url.parse()?))?;
     let t = Instant::now();
     let sim = SimNodes::start(
@@ -309,7 +295,7 @@ pub async fn run(b: ScheduleBench) -> Result<()> {
         println!("\n({left} pods in the namespace after the roll.)");
     }
     drop(sim);
-    server.abort();
+    drop(server);
     Ok(())
 }
 

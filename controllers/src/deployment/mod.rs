@@ -26,8 +26,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
+use crate::claims;
 use crate::error::is_not_found;
-use crate::podutil::{controller_owner_ref, controller_ref, selects};
+use crate::podutil::{controller_owner_ref, controller_ref};
 use crate::runtime::{Reconcile, Recorder, drive};
 use crate::{Error, Manager};
 
@@ -54,7 +55,11 @@ pub async fn run(m: Arc<Manager>) {
     let (for_rs, for_pods) = (d_store.clone(), d_store.clone());
     let rs_lookup = rs_inf.store();
     let controller = Controller::for_shared_stream(d_inf.objects(), d_store.clone())
-        .watches_shared_stream(rs_inf.objects(), move |rs| owners_of(&for_rs, &rs))
+        .watches_shared_stream(rs_inf.objects(), move |rs| {
+            claims::owners_of(&for_rs, &rs.metadata, |d: &Deployment| {
+                d.spec.as_ref().map(|s| &s.selector)
+            })
+        })
         .watches_shared_stream(pod_inf.objects(), move |pod| {
             recreate_owner_of(&for_pods, &rs_lookup, &pod)
         });
@@ -62,27 +67,6 @@ pub async fn run(m: Arc<Manager>) {
     rs_inf.wait_synced().await;
     pod_inf.wait_synced().await;
     drive(NAME, controller, me, m.metrics.clone()).await;
-}
-
-/// The Deployments a ReplicaSet change concerns: its controller, or for an orphan every
-/// Deployment of its namespace selecting it.
-fn owners_of(d_store: &Store<Deployment>, rs: &ReplicaSet) -> Vec<ObjectRef<Deployment>> {
-    let ns = rs.metadata.namespace.as_deref().unwrap_or("");
-    match controller_ref(&rs.metadata) {
-        Some(r) if r.kind == "Deployment" => vec![ObjectRef::new(&r.name).within(ns)],
-        Some(_) => vec![],
-        None => d_store
-            .state_filter(|d| {
-                d.metadata.namespace.as_deref() == Some(ns)
-                    && selects(
-                        d.spec.as_ref().map(|s| &s.selector),
-                        rs.metadata.labels.as_ref(),
-                    )
-            })
-            .iter()
-            .map(|d| ObjectRef::from_obj(&**d))
-            .collect(),
-    }
 }
 
 /// A pod change matters to a Recreate Deployment (it waits for old pods to stop).
@@ -117,40 +101,14 @@ impl Reconcile<Deployment> for DeploymentController {
         let rs_api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &ns);
         let d_api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
 
-        if !plan.adopt.is_empty() {
-            let fresh = d_api.get(&name).await?;
-            if fresh.metadata.uid == d.metadata.uid && fresh.metadata.deletion_timestamp.is_none() {
-                let owner = controller_owner_ref(&*d);
-                for rs in &plan.adopt {
-                    let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
-                    refs.push(owner.clone());
-                    patch_rs(
-                        &rs_api,
-                        rs,
-                        json!({"metadata": {"ownerReferences": refs,
-                            "resourceVersion": rs.metadata.resource_version}}),
-                    )
-                    .await?;
-                }
+        if !plan.adopt.is_empty() && claims::can_adopt(&d_api, &*d).await? {
+            for rs in &plan.adopt {
+                claims::adopt(&rs_api, rs, controller_owner_ref(&*d)).await?;
             }
         }
         for rs in &plan.release {
             let uid = d.metadata.uid.as_deref().unwrap_or("");
-            let refs: Vec<_> = rs
-                .metadata
-                .owner_references
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| r.uid != uid)
-                .collect();
-            patch_rs(
-                &rs_api,
-                rs,
-                json!({"metadata": {"ownerReferences": if refs.is_empty() { serde_json::Value::Null } else { json!(refs) },
-                    "resourceVersion": rs.metadata.resource_version}}),
-            )
-            .await?;
+            claims::release(&rs_api, rs, uid).await?;
         }
         if let Some(rs) = &plan.create {
             self.create_replicaset(&d, &d_api, &rs_api, rs).await?;
@@ -160,10 +118,10 @@ impl Reconcile<Deployment> for DeploymentController {
                 .iter()
                 .find(|r| r.metadata.name.as_ref() == Some(rs_name))
         {
-            patch_rs(
+            claims::merge_patch(
                 &rs_api,
                 rs,
-                json!({"metadata": {"annotations": annotations,
+                &json!({"metadata": {"annotations": annotations,
                     "resourceVersion": rs.metadata.resource_version}}),
             )
             .await?;
@@ -186,10 +144,10 @@ impl Reconcile<Deployment> for DeploymentController {
             } else {
                 rs.metadata.resource_version.clone()
             };
-            patch_rs(
+            claims::merge_patch(
                 &rs_api,
                 rs,
-                json!({"metadata": {"annotations": ann, "resourceVersion": rv},
+                &json!({"metadata": {"annotations": ann, "resourceVersion": rv},
                        "spec": {"replicas": s.to}}),
             )
             .await?;
@@ -293,24 +251,5 @@ impl DeploymentController {
             }
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-async fn patch_rs(
-    api: &Api<ReplicaSet>,
-    rs: &ReplicaSet,
-    body: serde_json::Value,
-) -> Result<(), Error> {
-    match api
-        .patch(
-            rs.metadata.name.as_deref().unwrap_or(""),
-            &PatchParams::default(),
-            &Patch::Merge(&body),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }

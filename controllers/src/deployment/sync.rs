@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::progress;
 use super::util::{self, DESIRED_REPLICAS, MAX_REPLICAS, REVISION, TEMPLATE_HASH};
-use crate::podutil::{controller_owner_ref, controller_ref, selects};
-use crate::replicaset::plan::Claims;
+use crate::claims::{self, Claims};
+use crate::podutil::controller_owner_ref;
 
 /// A change of one ReplicaSet's size (with the annotations recording what it was sized for).
 #[derive(Debug, Clone, PartialEq)]
@@ -45,35 +45,9 @@ pub struct Plan {
     pub events: Vec<(&'static str, String)>,
 }
 
-/// The ReplicaSets a Deployment controls after claiming, and the claims to make.
+/// The ReplicaSets a Deployment controls after claiming its namespace's ReplicaSets.
 pub fn claim(d: &Deployment, rss: &[Arc<ReplicaSet>]) -> Claims<ReplicaSet> {
-    let uid = d.metadata.uid.as_deref().unwrap_or("");
-    let selector = d.spec.as_ref().map(|s| &s.selector);
-    let deleting = d.metadata.deletion_timestamp.is_some();
-    let (mut owned, mut adopt, mut release) = (vec![], vec![], vec![]);
-    for rs in rss {
-        let matches = selects(selector, rs.metadata.labels.as_ref());
-        match controller_ref(&rs.metadata) {
-            Some(r) if r.uid == uid => {
-                if matches || deleting {
-                    owned.push(rs.clone());
-                } else {
-                    release.push(rs.clone());
-                }
-            }
-            Some(_) => {}
-            None if matches && !deleting && rs.metadata.deletion_timestamp.is_none() => {
-                adopt.push(rs.clone());
-                owned.push(rs.clone());
-            }
-            None => {}
-        }
-    }
-    Claims {
-        owned,
-        adopt,
-        release,
-    }
+    claims::claim(&d.metadata, d.spec.as_ref().map(|s| &s.selector), rss)
 }
 
 /// The working picture of one pass: the new ReplicaSet (if any), the old ones, and sizes as this

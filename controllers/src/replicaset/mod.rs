@@ -21,13 +21,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use serde_json::json;
+use kube::runtime::reflector::Store;
 
+use crate::claims;
 use crate::error::is_not_found;
-use crate::podutil::{self, controller_owner_ref, controller_ref, selects};
+use crate::podutil::{self, controller_owner_ref, controller_ref};
 use crate::runtime::{Change, Expectations, Reconcile, Recorder, drive};
 use crate::{Error, Manager};
 
@@ -61,7 +61,11 @@ pub async fn run(m: Arc<Manager>) {
     let rs_store = rs_informer.store();
     let lookup = rs_store.clone();
     let controller = Controller::for_shared_stream(rs_informer.objects(), rs_store.clone())
-        .watches_shared_stream(pod_changes, move |pod| owners_of(&lookup, &pod));
+        .watches_shared_stream(pod_changes, move |pod| {
+            claims::owners_of(&lookup, &pod.metadata, |rs: &ReplicaSet| {
+                rs.spec.as_ref().map(|s| &s.selector)
+            })
+        });
     // Never act on a partial picture of the pods.
     pod_informer.wait_synced().await;
     rs_informer.wait_synced().await;
@@ -95,29 +99,6 @@ fn observe(exp: &Expectations, change: &Change<Pod>) {
     }
 }
 
-/// The ReplicaSets a pod change concerns: its controller, or (an orphan) every ReplicaSet of its
-/// namespace whose selector matches it.
-fn owners_of(rs_store: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-    match controller_ref(&pod.metadata) {
-        Some(r) if r.kind == "ReplicaSet" && r.api_version.starts_with("apps/") => {
-            vec![ObjectRef::new(&r.name).within(ns)]
-        }
-        Some(_) => vec![],
-        None => rs_store
-            .state_filter(|rs| {
-                rs.metadata.namespace.as_deref() == Some(ns)
-                    && selects(
-                        rs.spec.as_ref().map(|s| &s.selector),
-                        pod.metadata.labels.as_ref(),
-                    )
-            })
-            .iter()
-            .map(|rs| ObjectRef::from_obj(&**rs))
-            .collect(),
-    }
-}
-
 impl Reconcile<ReplicaSet> for ReplicaSetController {
     async fn reconcile(&self, rs: Arc<ReplicaSet>) -> Result<Action, Error> {
         let key = podutil::key(&rs.metadata);
@@ -136,11 +117,15 @@ impl Reconcile<ReplicaSet> for ReplicaSetController {
         let plan = plan::plan(&rs, &pods, may_manage, failure.as_deref(), now);
         let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
 
-        if !plan.adopt.is_empty() {
-            self.adopt(&rs, &pod_api, &plan.adopt).await?;
+        let rs_api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &ns);
+        if !plan.adopt.is_empty() && claims::can_adopt(&rs_api, &*rs).await? {
+            for pod in &plan.adopt {
+                claims::adopt(&pod_api, pod, controller_owner_ref(&*rs)).await?;
+            }
         }
         for pod in &plan.release {
-            release(&rs, &pod_api, pod).await?;
+            let uid = rs.metadata.uid.as_deref().unwrap_or("");
+            claims::release(&pod_api, pod, uid).await?;
         }
         let mut manage_error: Option<String> = None;
         if plan.create > 0 {
@@ -169,8 +154,8 @@ impl Reconcile<ReplicaSet> for ReplicaSetController {
             }
             let mut updated = (*rs).clone();
             updated.status = Some(status);
-            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &ns);
-            api.replace_status(&name, &PostParams::default(), &updated)
+            rs_api
+                .replace_status(&name, &PostParams::default(), &updated)
                 .await?;
         }
         if let Some(e) = manage_error {
@@ -216,44 +201,6 @@ impl ReplicaSetController {
             Some(e) => m.insert(key.to_string(), e.clone()).as_ref() != Some(&e),
             None => m.remove(key).is_some(),
         }
-    }
-
-    /// Takes orphans, after checking with the API (not the cache) that the ReplicaSet still
-    /// exists under the same UID and is not being deleted.
-    async fn adopt(
-        &self,
-        rs: &ReplicaSet,
-        pod_api: &Api<Pod>,
-        pods: &[Arc<Pod>],
-    ) -> Result<(), Error> {
-        let ns = rs.metadata.namespace.as_deref().unwrap_or("");
-        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
-        let fresh = api.get(rs.metadata.name.as_deref().unwrap_or("")).await?;
-        if fresh.metadata.uid != rs.metadata.uid || fresh.metadata.deletion_timestamp.is_some() {
-            return Ok(());
-        }
-        let owner = controller_owner_ref(rs);
-        for pod in pods {
-            let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-            refs.push(owner.clone());
-            let patch = json!({"metadata": {
-                "ownerReferences": refs,
-                "resourceVersion": pod.metadata.resource_version,
-            }});
-            match pod_api
-                .patch(
-                    pod.metadata.name.as_deref().unwrap_or(""),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
     }
 
     async fn create_pods(
@@ -343,35 +290,6 @@ impl ReplicaSetController {
             }
             None => Ok(()),
         }
-    }
-}
-
-/// Drops our controller reference from a pod that no longer matches.
-async fn release(rs: &ReplicaSet, pod_api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
-    let uid = rs.metadata.uid.as_deref().unwrap_or("");
-    let refs: Vec<_> = pod
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.uid != uid)
-        .collect();
-    let patch = json!({"metadata": {
-        "ownerReferences": if refs.is_empty() { serde_json::Value::Null } else { json!(refs) },
-        "resourceVersion": pod.metadata.resource_version,
-    }});
-    match pod_api
-        .patch(
-            pod.metadata.name.as_deref().unwrap_or(""),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -10,7 +10,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::podutil::{self, controller_ref, is_active, is_available, is_ready, selects};
+use crate::claims::{self, Claims};
+use crate::podutil::{self, is_active, is_available, is_ready};
 
 /// At most this many pods are created or deleted in one sync (Kubernetes' burstReplicas).
 pub const BURST_REPLICAS: usize = 500;
@@ -29,45 +30,9 @@ pub struct Plan {
     pub status: Option<ReplicaSetStatus>,
 }
 
-/// The outcome of claiming: what an owner controls (adopted ones included), the orphans to
-/// adopt, and the objects it controls but no longer selects, to release.
-#[derive(Debug)]
-pub struct Claims<T> {
-    pub owned: Vec<Arc<T>>,
-    pub adopt: Vec<Arc<T>>,
-    pub release: Vec<Arc<T>>,
-}
-
-/// What the ReplicaSet controls after claiming.
+/// What the ReplicaSet controls after claiming its namespace's pods.
 pub fn claim(rs: &ReplicaSet, pods: &[Arc<Pod>]) -> Claims<Pod> {
-    let uid = rs.metadata.uid.as_deref().unwrap_or_default();
-    let selector = rs.spec.as_ref().map(|s| &s.selector);
-    let rs_deleting = rs.metadata.deletion_timestamp.is_some();
-    let (mut owned, mut adopt, mut release) = (Vec::new(), Vec::new(), Vec::new());
-    for pod in pods {
-        let matches = selects(selector, pod.metadata.labels.as_ref());
-        match controller_ref(&pod.metadata) {
-            Some(r) if r.uid == uid => {
-                if matches || rs_deleting {
-                    owned.push(pod.clone());
-                } else {
-                    release.push(pod.clone());
-                }
-            }
-            Some(_) => {}
-            None => {
-                if matches && !rs_deleting && pod.metadata.deletion_timestamp.is_none() {
-                    adopt.push(pod.clone());
-                    owned.push(pod.clone());
-                }
-            }
-        }
-    }
-    Claims {
-        owned,
-        adopt,
-        release,
-    }
+    claims::claim(&rs.metadata, rs.spec.as_ref().map(|s| &s.selector), pods)
 }
 
 /// The whole decision. `may_manage` is false while expectations are pending or the ReplicaSet is

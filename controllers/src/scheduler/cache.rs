@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 
-use super::resources::{Resources, allocatable, pod_requests};
+use super::resources::{Resources, allocatable, host_ports, pod_requests};
 use crate::podutil;
 
 /// What the scheduler keeps of a pod placed on a node.
@@ -114,30 +114,8 @@ impl Cache {
     pub fn add_pod(&mut self, pod: &Arc<Pod>, node: &str, assumed: bool) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         self.remove_pod(&uid);
-        let ports = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.containers.iter())
-            .flat_map(|c| c.ports.iter().flatten())
-            .filter_map(|p| {
-                let hp = p.host_port.filter(|hp| *hp > 0)?;
-                Some((
-                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    hp,
-                    p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
-                ))
-            })
-            .collect();
-        let has_anti_affinity = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.affinity.as_ref())
-            .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .is_some_and(|t| !t.is_empty());
+        let ports = host_ports(pod);
+        let has_anti_affinity = !super::filter::anti_affinity_terms(pod).is_empty();
         let placed = PlacedPod {
             uid: uid.clone(),
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::cache::{Cache, NodeInfo};
-use super::resources::{Resources, pod_requests};
+use super::resources::{Resources, host_ports, pod_requests};
 
 /// What the filters need of the pod being scheduled, computed once per attempt.
 #[derive(Debug)]
@@ -35,20 +35,7 @@ pub struct PodFacts<'a> {
 impl<'a> PodFacts<'a> {
     pub fn new(pod: &'a Pod, cache: &Cache) -> Self {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("");
-        let host_ports = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.containers.iter())
-            .flat_map(|c| c.ports.iter().flatten())
-            .filter_map(|p| {
-                let hp = p.host_port.filter(|hp| *hp > 0)?;
-                Some((
-                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    hp,
-                    p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
-                ))
-            })
-            .collect();
+        let host_ports = host_ports(pod);
         let mut facts = PodFacts {
             pod,
             namespace,
@@ -63,17 +50,7 @@ impl<'a> PodFacts<'a> {
     }
 
     fn anti_affinity(&mut self, cache: &Cache) {
-        let own_terms: &[PodAffinityTerm] = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.affinity.as_ref())
-            .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_deref()
-            })
-            .unwrap_or(&[]);
+        let own_terms = anti_affinity_terms(self.pod);
         if own_terms.is_empty() && cache.with_anti_affinity == 0 {
             return;
         }
@@ -94,17 +71,7 @@ impl<'a> PodFacts<'a> {
                 let Some(other) = placed.pod.as_ref() else {
                     continue;
                 };
-                let terms = other
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.affinity.as_ref())
-                    .and_then(|a| a.pod_anti_affinity.as_ref())
-                    .and_then(|a| {
-                        a.required_during_scheduling_ignored_during_execution
-                            .as_deref()
-                    })
-                    .unwrap_or(&[]);
-                for term in terms {
+                for term in anti_affinity_terms(other) {
                     if term_matches(term, &placed.namespace, self.namespace, &labels)
                         && let Some(v) = node_labels.and_then(|l| l.get(&term.topology_key))
                     {
@@ -149,6 +116,19 @@ impl<'a> PodFacts<'a> {
             self.spread.push((c, counts, min));
         }
     }
+}
+
+/// A pod's required (hard) anti-affinity terms.
+pub fn anti_affinity_terms(pod: &Pod) -> &[PodAffinityTerm] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
+        .unwrap_or(&[])
 }
 
 fn selector_matches(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {

@@ -101,6 +101,23 @@ pub fn pod_requests(pod: &Pod, non_zero: bool) -> Resources {
     sum
 }
 
+/// The host ports a pod's containers ask for: (protocol, port, host IP), "0.0.0.0" for any.
+pub fn host_ports(pod: &Pod) -> Vec<(String, i32, String)> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let hp = p.host_port.filter(|hp| *hp > 0)?;
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                hp,
+                p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+            ))
+        })
+        .collect()
+}
+
 /// A node's allocatable resources (capacity when allocatable is missing).
 pub fn allocatable(node: &k8s_openapi::api::core::v1::Node) -> Resources {
     let st = node.status.as_ref();
