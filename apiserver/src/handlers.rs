@@ -1254,7 +1254,7 @@ impl ApiServer {
         &self,
         t: &Target,
         p: &Params,
-        table: bool,
+        view: View,
     ) -> ApiResult<impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + use<>>
     {
         // Streaming lists (KEP-3157): the current objects as ADDED, then a BOOKMARK annotated
@@ -1341,16 +1341,16 @@ impl ApiServer {
             let render = |e: &CacheEvent| -> Option<Bytes> {
                 let (kind, obj) =
                     translate(e, &|o: &Value| in_scope(o) && filter.matches(&info, o))?;
-                let object = if table {
-                    crate::table::render(
+                let object = match view {
+                    View::Table => crate::table::render(
                         &info.strategy.table(),
                         std::slice::from_ref(obj),
                         None,
                         &e.rv.to_string(),
                         None,
-                    )
-                } else {
-                    (*obj).clone()
+                    ),
+                    View::Metadata => partial_metadata(obj),
+                    View::Object => (*obj).clone(),
                 };
                 let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).ok()?;
                 line.push(b'\n');
@@ -1380,7 +1380,7 @@ impl ApiServer {
                 tokio::select! {
                     _ = &mut deadline => return,
                     _ = tx.closed() => return,
-                    _ = tick.tick(), if bookmarks && !table => {
+                    _ = tick.tick(), if bookmarks && view != View::Table => {
                         // Only what this watcher has been sent: the cache may be ahead of
                         // events still queued for it, and a bookmark must never skip them.
                         let rv = last_rv;
@@ -1581,6 +1581,25 @@ fn status_rules(info: &ResourceInfo, live: &Value, mut new: Value, status_only: 
         }
     }
     new
+}
+
+/// How a response shows objects (chosen by the client's Accept header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Object,
+    /// meta.k8s.io/v1 Table rows (kubectl get).
+    Table,
+    /// meta.k8s.io/v1 PartialObjectMetadata: the metadata alone.
+    Metadata,
+}
+
+/// An object as PartialObjectMetadata (what metadata-only informers ask for).
+pub fn partial_metadata(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
 }
 
 fn namespace_finalizers_pending(info: &ResourceInfo, obj: &Value) -> bool {

@@ -647,16 +647,32 @@ fn resolve(api: &ApiServer, group: &str, version: &str, rest: &str) -> ApiResult
     })
 }
 
-/// Whether the client asked for a Table (kubectl get's human output).
-fn wants_table(headers: &HeaderMap) -> bool {
-    headers
+/// How the client asked to see objects, from the first media type it accepts: a Table
+/// (kubectl get's human output), PartialObjectMetadata (metadata-only informers, such as the
+/// garbage collector's), or the objects themselves.
+fn view(headers: &HeaderMap) -> handlers::View {
+    let first = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| {
-            a.split(',')
-                .next()
-                .is_some_and(|first| first.contains("as=Table"))
-        })
+        .and_then(|a| a.split(',').next())
+        .unwrap_or_default();
+    let param = |k: &str| {
+        first
+            .split(';')
+            .skip(1)
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.trim())
+    };
+    match param("as") {
+        Some("Table") => handlers::View::Table,
+        Some("PartialObjectMetadata" | "PartialObjectMetadataList")
+            if param("g").is_none_or(|g| g == "meta.k8s.io") =>
+        {
+            handlers::View::Metadata
+        }
+        _ => handlers::View::Object,
+    }
 }
 
 fn accepts_json(headers: &HeaderMap) -> bool {
@@ -787,12 +803,13 @@ async fn serve(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    if !accepts_json(headers) && !wants_table(headers) {
+    let view = view(headers);
+    if !accepts_json(headers) && view != handlers::View::Table {
         return Err(ApiError::not_acceptable(
             "only application/json is served (and Tables for kubectl get)",
         ));
     }
-    let table = wants_table(headers);
+    let table = view == handlers::View::Table;
     let include = p.get("includeObject");
     let sub = t.subresource.as_deref();
     if matches!(verb, "update" | "patch") && t.name.is_none() {
@@ -802,8 +819,9 @@ async fn serve(
         )));
     }
     let ok = |v: Value| -> ApiResult<Response> {
-        let v = if table && v.get("kind").and_then(Value::as_str) == Some(&t.info.kind) {
-            crate::table::render(
+        let is_object = v.get("kind").and_then(Value::as_str) == Some(&t.info.kind);
+        let v = match view {
+            handlers::View::Table if is_object => crate::table::render(
                 &t.info.strategy.table(),
                 std::slice::from_ref(&v),
                 include,
@@ -811,15 +829,15 @@ async fn serve(
                     .as_str()
                     .unwrap_or_default(),
                 None,
-            )
-        } else {
-            v
+            ),
+            handlers::View::Metadata if is_object => handlers::partial_metadata(&v),
+            _ => v,
         };
         Ok(json_response(StatusCode::OK, &v))
     };
     match (verb, sub) {
         ("watch", None) => {
-            let stream = match api.watch(t, p, table).await {
+            let stream = match api.watch(t, p, view).await {
                 Ok(s) => s,
                 // An expired resourceVersion is 200, then one ERROR event carrying the 410
                 // Status: what client-go's reflector and kube-rs's watcher expect.
@@ -863,6 +881,18 @@ async fn serve(
             let mut meta = json!({"resourceVersion": rv.to_string()});
             if let Some(c) = cont {
                 meta["continue"] = json!(c);
+            }
+            if view == handlers::View::Metadata {
+                let items: Vec<Value> = items.iter().map(handlers::partial_metadata).collect();
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "kind": "PartialObjectMetadataList",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": meta,
+                        "items": items,
+                    }),
+                ));
             }
             Ok(json_response(
                 StatusCode::OK,

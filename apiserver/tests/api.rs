@@ -888,6 +888,73 @@ async fn kube_runtime_watcher_sees_initial_state_and_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_get_list_and_watch_carry_no_data() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    api.create(&PostParams::default(), &cm("m1", &[("app", "web")]))
+        .await
+        .unwrap();
+    // kube-rs's metadata verbs send Accept: application/json;as=PartialObjectMetadata(List).
+    let one = api.get_metadata("m1").await.unwrap();
+    assert_eq!(one.metadata.labels.unwrap()["app"], "web");
+    let list = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert!(list.metadata.resource_version.is_some());
+    // The raw bodies: kind PartialObjectMetadata(List), and no data field anywhere.
+    let (code, raw) = http_request(
+        &c.addr.to_string(),
+        "GET",
+        "/api/v1/namespaces/default/configmaps",
+        &[(
+            "accept",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+        )],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let body: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(body["kind"], "PartialObjectMetadataList");
+    assert_eq!(body["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(body["items"][0]["metadata"]["name"], "m1");
+    assert!(body["items"][0].get("data").is_none());
+    // A metadata watcher sees changes, deletions included, as metadata.
+    let meta_api: Api<kube::core::PartialObjectMeta<ConfigMap>> =
+        Api::namespaced(c.client.clone(), "default");
+    let mut stream = watcher(meta_api, watcher::Config::default()).boxed();
+    let api2 = api.clone();
+    let writer = tokio::spawn(async move {
+        api2.create(&PostParams::default(), &cm("m2", &[]))
+            .await
+            .unwrap();
+        api2.delete("m1", &DeleteParams::default()).await.unwrap();
+    });
+    let mut names = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, stream.try_next())
+            .await
+            .expect("metadata watcher stalled")
+            .unwrap()
+            .unwrap();
+        match ev {
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                assert_eq!(o.types.as_ref().unwrap().kind, "PartialObjectMetadata");
+                names.insert(o.metadata.name.unwrap());
+            }
+            watcher::Event::Delete(o) => {
+                names.remove(&o.metadata.name.unwrap());
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+        if names.len() == 1 && names.contains("m2") {
+            break;
+        }
+    }
+    writer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_lists_every_resource_with_its_subresources() {
     let c = TestCluster::start().await;
     let addr = c.addr.to_string();

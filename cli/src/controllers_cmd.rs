@@ -93,7 +93,11 @@ impl ManagerArgs {
             let client = client.clone();
             let names = names.clone();
             move || {
-                let m = Manager::with_scheduler(client.clone(), &registry, sched.clone());
+                let config = capstan_controllers::Config {
+                    scheduler: sched.clone(),
+                    ..Default::default()
+                };
+                let m = Manager::with_config(client.clone(), &registry, config);
                 let names = names.clone();
                 async move {
                     if let Err(e) = m.run(&names).await {

@@ -1,6 +1,6 @@
 //! Unmodified kubectl driving Deployments on `capstan up` (which runs the controllers), with
 //! `capstan sim` nodes playing the kubelets: rollout status / history / undo / pause / resume /
-//! restart, scale, and a blue/green Service flip.
+//! restart, scale, a blue/green Service flip, and deletion in every cascade mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -235,4 +235,100 @@ fn a_service_flips_from_blue_to_green_with_no_unavailable_pods() {
     // Retire blue.
     c.ok(&["scale", "deployment/web-blue", "--replicas=0"]);
     c.rollout_status("web-blue");
+}
+
+#[test]
+fn kubectl_delete_cascades_foreground_background_and_orphan_and_empties_namespaces() {
+    let c = Cluster::start();
+    let names = |what: &str, app: &str| -> usize {
+        c.ok(&["get", what, "-l", &format!("app={app}"), "-o", "name"])
+            .lines()
+            .count()
+    };
+    for app in ["fg", "bg", "orph"] {
+        c.ok_stdin(
+            &["apply", "-f", "-"],
+            Some(&deployment(
+                app,
+                &format!(r#"{{"app":"{app}"}}"#),
+                2,
+                "busybox:1",
+            )),
+        );
+    }
+    for app in ["fg", "bg", "orph"] {
+        c.rollout_status(app);
+    }
+
+    // Foreground: kubectl waits for the deployment, which goes only after its dependents.
+    c.ok(&[
+        "delete",
+        "deployment",
+        "fg",
+        "--cascade=foreground",
+        "--timeout=60s",
+    ]);
+    assert_eq!(names("rs", "fg"), 0);
+    assert_eq!(names("pods", "fg"), 0);
+
+    // Background (kubectl's default): the deployment goes first, the collector follows.
+    c.ok(&["delete", "deployment", "bg", "--timeout=60s"]);
+    eventually(
+        Duration::from_secs(30),
+        "bg's replicasets and pods collected",
+        || names("rs", "bg") == 0 && names("pods", "bg") == 0,
+    )
+    .unwrap();
+
+    // Orphan: the ReplicaSet and its pods stay, the ReplicaSet without an owner.
+    c.ok(&[
+        "delete",
+        "deployment",
+        "orph",
+        "--cascade=orphan",
+        "--timeout=60s",
+    ]);
+    assert_eq!(names("rs", "orph"), 1);
+    assert_eq!(names("pods", "orph"), 2);
+    let owners = c.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=orph",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences}",
+    ]);
+    assert_eq!(
+        owners.trim(),
+        "",
+        "orphaned ReplicaSet keeps no owner reference"
+    );
+
+    // A namespace: kubectl delete waits until everything in it, then it, is gone.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"scratch"}}"#),
+    );
+    c.ok_stdin(
+        &["apply", "-n", "scratch", "-f", "-"],
+        Some(&deployment("tmp", r#"{"app":"tmp"}"#, 2, "busybox:1")),
+    );
+    c.ok(&[
+        "rollout",
+        "status",
+        "-n",
+        "scratch",
+        "deployment/tmp",
+        "--timeout=60s",
+    ]);
+    c.ok(&["delete", "namespace", "scratch", "--timeout=60s"]);
+    let out = kubectl(&c.kubeconfig, &["get", "namespace", "scratch"], None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = c.ok(&["get", "pods,rs,deployments", "-n", "scratch", "-o", "name"]);
+    assert_eq!(left.trim(), "");
 }

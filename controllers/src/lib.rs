@@ -7,6 +7,9 @@
 //! - [`replicaset`]: keeps N pods per ReplicaSet (expectations, adoption, deletion ranking).
 //! - [`deployment`]: rolls ReplicaSets (rolling update, recreate, revisions, progress).
 //! - [`scheduler`]: binds pending pods to nodes (filters, spread/binpack/random scoring).
+//! - [`garbagecollector`]: deletes dependents whose owners are gone (background, foreground,
+//!   orphan propagation), for every resource discovery lists.
+//! - [`namespace`]: empties a terminating namespace, then finalizes it.
 //!
 //! Each controller keeps its decisions in pure functions (`plan.rs`, `rolling.rs`, ...) that are
 //! table-tested without I/O, and applies them in a thin async step.
@@ -14,6 +17,8 @@
 pub mod claims;
 pub mod deployment;
 mod error;
+pub mod garbagecollector;
+pub mod namespace;
 pub mod podutil;
 pub mod replicaset;
 pub mod runtime;
@@ -31,7 +36,13 @@ pub use error::{Error, Result};
 use runtime::{Informer, Metrics};
 
 /// Every controller, by the name `--controllers` takes.
-pub const ALL: &[&str] = &[deployment::NAME, replicaset::NAME, scheduler::NAME];
+pub const ALL: &[&str] = &[
+    deployment::NAME,
+    garbagecollector::NAME,
+    namespace::NAME,
+    replicaset::NAME,
+    scheduler::NAME,
+];
 
 /// The shared informers of one process: created (and started) on first use, then handed to
 /// every controller that asks.
@@ -124,26 +135,41 @@ impl std::fmt::Debug for Manager {
 pub struct Manager {
     pub client: kube::Client,
     pub informers: Informers,
+    /// What the API server serves, shared by the controllers that follow every resource.
+    pub discovery: Arc<runtime::Discovery>,
     pub metrics: Metrics,
+    /// Where controllers register their own metrics.
+    pub registry: prometheus::Registry,
     pub scheduler: scheduler::Config,
+    pub garbage_collector: garbagecollector::Config,
+}
+
+/// The settings of a manager's controllers.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub scheduler: scheduler::Config,
+    pub garbage_collector: garbagecollector::Config,
 }
 
 impl Manager {
     pub fn new(client: kube::Client, registry: &prometheus::Registry) -> Arc<Manager> {
-        Self::with_scheduler(client, registry, scheduler::Config::default())
+        Self::with_config(client, registry, Config::default())
     }
 
-    pub fn with_scheduler(
+    pub fn with_config(
         client: kube::Client,
         registry: &prometheus::Registry,
-        scheduler: scheduler::Config,
+        config: Config,
     ) -> Arc<Manager> {
         let metrics = Metrics::register(registry);
         Arc::new(Manager {
             informers: Informers::new(client.clone()),
+            discovery: Arc::new(runtime::Discovery::new(client.clone())),
             client,
             metrics,
-            scheduler: scheduler.with_metrics(registry),
+            registry: registry.clone(),
+            scheduler: config.scheduler.with_metrics(registry),
+            garbage_collector: config.garbage_collector,
         })
     }
 
@@ -162,6 +188,8 @@ impl Manager {
                 replicaset::NAME => set.spawn(replicaset::run(m)),
                 deployment::NAME => set.spawn(deployment::run(m)),
                 scheduler::NAME => set.spawn(scheduler::run(m)),
+                garbagecollector::NAME => set.spawn(garbagecollector::run(m)),
+                namespace::NAME => set.spawn(namespace::run(m)),
                 _ => continue,
             };
             tracing::info!(controller = %name, "started");

@@ -176,13 +176,16 @@ pub async fn run(b: ScheduleBench) -> Result<()> {
     );
 
     // 2. The scheduler, per strategy.
-    let manager = Manager::with_scheduler(
+    let manager = Manager::with_config(
         client.clone(),
         &prometheus::Registry::new(),
-        Config::default()
-            .profile("bench-spread", Strategy::Spread)
-            .profile("bench-binpack", Strategy::Binpack)
-            .profile("bench-random", Strategy::Random),
+        capstan_controllers::Config {
+            scheduler: Config::default()
+                .profile("bench-spread", Strategy::Spread)
+                .profile("bench-binpack", Strategy::Binpack)
+                .profile("bench-random", Strategy::Random),
+            ..Default::default()
+        },
     );
     let names = ["scheduler".to_string()].into_iter().collect();
     let m = manager.clone();

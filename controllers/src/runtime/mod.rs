@@ -3,11 +3,13 @@
 //! that error policy and those metrics.
 
 pub mod backoff;
+pub mod discovery;
 pub mod events;
 pub mod expectations;
 pub mod informer;
 pub mod leader;
 pub mod metrics;
+pub mod queue;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -21,10 +23,12 @@ use kube::runtime::reflector::ObjectRef;
 use serde::de::DeserializeOwned;
 
 pub use backoff::Backoffs;
+pub use discovery::Discovery;
 pub use events::Recorder;
 pub use expectations::Expectations;
 pub use informer::{Change, Informer};
 pub use metrics::Metrics;
+pub use queue::WorkQueue;
 
 use crate::Error;
 
