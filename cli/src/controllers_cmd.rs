@@ -30,6 +30,10 @@ pub struct ManagerArgs {
     /// defaults default-scheduler=spread, binpack-scheduler=binpack, random-scheduler=random.
     #[arg(long = "scheduler-profile", value_delimiter = ',')]
     pub scheduler_profiles: Vec<String>,
+    /// The scheduler stops filtering once this percentage of the nodes fit (at least 100
+    /// nodes; 100 looks at every node). Default: kube-scheduler's adaptive 50%-minus-1%-per-125-nodes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub scheduler_percentage_of_nodes_to_score: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +68,7 @@ impl ManagerArgs {
 
     fn scheduler_config(&self) -> Result<scheduler::Config> {
         let mut cfg = scheduler::Config::default();
+        cfg.percentage_of_nodes_to_score = self.scheduler_percentage_of_nodes_to_score;
         for p in &self.scheduler_profiles {
             let (name, strategy) = p
                 .split_once('=')

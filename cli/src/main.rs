@@ -7,6 +7,12 @@
 //! - `sim`: simulated nodes for exercising the control plane without machines.
 //! - `apply`, `get`, `delete`: kubectl's everyday verbs, for machines without kubectl.
 
+/// mimalloc instead of glibc's malloc: the API server allocates and frees many small JSON
+/// values from every worker thread, where glibc's arenas contend (measured in
+/// docs/benchmarks.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod client_cmd;
 mod controllers_cmd;

@@ -5,7 +5,9 @@
 //! 2. per strategy (spread, binpack): pods created by 64 clients while the scheduler runs —
 //!    pods/s from the first create to the last bind, p50/p99 of create-acknowledged → bound
 //!    seen on a watch, and placement quality (stddev of pods per node; nodes used);
-//! 3. a Deployment of N replicas rolled from one template to another (wall time).
+//! 3. a Deployment of N replicas rolled from one template to another (wall time);
+//! 4. that Deployment deleted in the foreground: the garbage collector removes its pods and
+//!    ReplicaSets, then it (wall time).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Binding, Namespace, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
@@ -292,10 +294,30 @@ pub async fn run(b: ScheduleBench) -> Result<()> {
             "| new template → rolled out (old ReplicaSet at 0) | {:.2} s |",
             rolled.as_secs_f64()
         );
-        ctl.abort();
+        // 4. The garbage collector: a foreground delete returns the Deployment to nothing,
+        // dependents first (the simulated kubelets confirm each pod's graceful deletion).
         let pods: Api<Pod> = Api::namespaced(client.clone(), "rollout");
+        let t = Instant::now();
+        deployments
+            .delete("big", &DeleteParams::foreground())
+            .await?;
+        loop {
+            if deployments.get_opt("big").await?.is_none() {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!("the deployment was not deleted within 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let deleted = t.elapsed();
         let left = pods.list(&ListParams::default()).await?.items.len();
-        println!("\n({left} pods in the namespace after the roll.)");
+        println!(
+            "| foreground delete → Deployment gone ({} pods and the ReplicaSets first; {left} pods left) | {:.2} s |",
+            b.rollout_replicas,
+            deleted.as_secs_f64()
+        );
+        ctl.abort();
     }
     drop(sim);
     drop(server);

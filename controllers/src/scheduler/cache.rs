@@ -170,6 +170,25 @@ impl Cache {
         self.placed.contains_key(uid)
     }
 
+    /// Whether `pod` is already counted, confirmed, on `node` with these labels: its status
+    /// changes (Running, Ready, ...) then change nothing the scheduler keeps.
+    pub fn is_current(&self, pod: &Pod, node: &str) -> bool {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        self.placed.get(uid).is_some_and(|n| n == node)
+            && self
+                .nodes
+                .get(node)
+                .and_then(|info| info.pods.get(uid))
+                .is_some_and(|p| {
+                    !p.assumed
+                        && pod
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .map_or(p.labels.is_empty(), |l| *l == p.labels)
+                })
+    }
+
     /// Candidate nodes: known from the API (not only from the pods on them).
     pub fn candidates(&self) -> impl Iterator<Item = &NodeInfo> {
         self.nodes.values().filter(|n| n.node.is_some())

@@ -54,6 +54,10 @@ const FLUSH_UNSCHEDULABLE: Duration = Duration::from_secs(60);
 pub struct Config {
     pub profiles: BTreeMap<String, Strategy>,
     pub parallel_binds: usize,
+    /// Stop filtering once this percentage of the nodes was found feasible (at least 100
+    /// nodes), as kube-scheduler's percentageOfNodesToScore; None: its adaptive default
+    /// (50% minus 1% per 125 nodes, at least 5%), 100: always look at every node.
+    pub percentage_of_nodes_to_score: Option<u32>,
     metrics: Option<SchedulerMetrics>,
 }
 
@@ -66,6 +70,7 @@ impl Default for Config {
         Config {
             profiles,
             parallel_binds: 64,
+            percentage_of_nodes_to_score: None,
             metrics: None,
         }
     }
@@ -76,6 +81,19 @@ impl Config {
     pub fn profile(mut self, scheduler_name: &str, strategy: Strategy) -> Self {
         self.profiles.insert(scheduler_name.to_string(), strategy);
         self
+    }
+
+    /// How many feasible nodes to find before scoring, out of `nodes`.
+    pub fn nodes_to_find(&self, nodes: usize) -> usize {
+        const MIN: usize = 100;
+        let pct = match self.percentage_of_nodes_to_score {
+            Some(p) if p > 0 => p.min(100) as usize,
+            _ => 50usize.saturating_sub(nodes / 125).max(5),
+        };
+        if nodes < MIN || pct >= 100 {
+            return nodes.max(1);
+        }
+        (nodes * pct / 100).max(MIN)
     }
 
     pub fn with_metrics(mut self, registry: &prometheus::Registry) -> Self {
@@ -151,6 +169,8 @@ struct Scheduler {
     parked: HashMap<String, Parked>,
     attempts: HashMap<String, u32>,
     in_flight: HashSet<String>,
+    /// Where the next search for feasible nodes starts (kube-scheduler's nextStartNodeIndex).
+    next_start: usize,
     recorder: Recorder,
     binds: Arc<tokio::sync::Semaphore>,
     outcomes: tokio::sync::mpsc::UnboundedSender<BindOutcome>,
@@ -179,6 +199,7 @@ pub async fn run(m: Arc<Manager>) {
         parked: HashMap::new(),
         attempts: HashMap::new(),
         in_flight: HashSet::new(),
+        next_start: 0,
         recorder: Recorder::new(m.client.clone(), "default-scheduler"),
         binds: Arc::new(tokio::sync::Semaphore::new(
             m.scheduler.parallel_binds.max(1),
@@ -275,7 +296,7 @@ impl Scheduler {
                         self.cache.remove_pod(&uid);
                         self.wake_parked();
                     }
-                } else if !self.in_flight.contains(&uid) {
+                } else if !self.in_flight.contains(&uid) && !self.cache.is_current(&pod, &node) {
                     self.cache.add_pod(&pod, &node, false);
                 }
             }
@@ -384,17 +405,33 @@ impl Scheduler {
         let facts = PodFacts::new(&pod, &self.cache);
         let mut reasons: HashMap<String, usize> = HashMap::new();
         let mut feasible = Vec::new();
-        let mut total = 0;
-        for n in self.cache.candidates() {
-            total += 1;
+        let candidates: Vec<&cache::NodeInfo> = self.cache.candidates().collect();
+        let total = candidates.len();
+        let want = self.config.nodes_to_find(total);
+        // Binpack always starts from the first node (it fills nodes in order, so the fullest
+        // that still fit come first); the others rotate the start so every node gets its turn.
+        let start = match strategy {
+            Strategy::Binpack => 0,
+            _ => self.next_start % total.max(1),
+        };
+        let mut looked = 0;
+        for i in 0..total {
+            let n = candidates[(start + i) % total];
+            looked += 1;
             let r = filter::filter(&facts, n);
             if r.is_empty() {
                 feasible.push(n);
+                if feasible.len() >= want {
+                    break;
+                }
             } else {
                 for x in r {
                     *reasons.entry(x).or_default() += 1;
                 }
             }
+        }
+        if strategy != Strategy::Binpack {
+            self.next_start = (start + looked) % total.max(1);
         }
         if feasible.is_empty() {
             let message = fit_error(total, &reasons);
@@ -545,4 +582,30 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), kube::
         .create_subresource("binding", name, &PostParams::default(), &binding)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_to_find_follows_kube_schedulers_adaptive_percentage() {
+        let c = Config::default();
+        assert_eq!(c.nodes_to_find(0), 1);
+        assert_eq!(c.nodes_to_find(50), 50, "small clusters: every node");
+        assert_eq!(c.nodes_to_find(150), 100, "never fewer than 100");
+        assert_eq!(c.nodes_to_find(1000), 420, "42% of 1,000");
+        assert_eq!(c.nodes_to_find(5000), 5000 * 10 / 100);
+        assert_eq!(c.nodes_to_find(10_000), 500, "5% floor");
+        let all = Config {
+            percentage_of_nodes_to_score: Some(100),
+            ..Config::default()
+        };
+        assert_eq!(all.nodes_to_find(1000), 1000);
+        let ten = Config {
+            percentage_of_nodes_to_score: Some(10),
+            ..Config::default()
+        };
+        assert_eq!(ten.nodes_to_find(2000), 200);
+    }
 }
