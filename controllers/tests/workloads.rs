@@ -581,6 +581,41 @@ async fn the_scheduler_honours_constraints_and_explains_failures() {
     })
     .await;
     assert!(pod_on(&pods, "huge").await.is_none());
+
+    // A parked pod that is itself changed is retried at once, not at the minute's flush:
+    // nothing else in the cluster changes here to wake it.
+    pods.create(
+        &PostParams::default(),
+        &bare_pod(
+            "wants-gpu",
+            json!({"nodeSelector": {"kubernetes.io/hostname": "sim-0"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    until(WAIT, "wants-gpu unschedulable", || async {
+        let p = pods.get("wants-gpu").await.unwrap();
+        p.status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+    })
+    .await;
+    pods.patch(
+        "wants-gpu",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"spec": {"tolerations": [
+            {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]}})),
+    )
+    .await
+    .unwrap();
+    until(
+        Duration::from_secs(15),
+        "wants-gpu placed after its update",
+        || async { pod_on(&pods, "wants-gpu").await.as_deref() == Some("sim-0") },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,6 +151,21 @@ struct Parked {
     parked_at: Instant,
     /// The cluster changed since it was parked.
     woken: bool,
+    /// What of the pod itself decides where it fits (spec, labels), when it was parked: an
+    /// update that changes it (a toleration added, labels changed) retries the pod.
+    fingerprint: u64,
+}
+
+/// A hash of what scheduling reads from the pod; status changes (our own PodScheduled=False
+/// included) leave it alone.
+fn fingerprint(pod: &Pod) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&pod.spec)
+        .unwrap_or_default()
+        .hash(&mut h);
+    pod.metadata.labels.hash(&mut h);
+    h.finish()
 }
 
 struct BindOutcome {
@@ -304,10 +319,15 @@ impl Scheduler {
                 if pod.metadata.deletion_timestamp.is_some() || self.ours(&pod).is_none() {
                     return;
                 }
-                if self.queued.contains(&uid)
-                    || self.parked.contains_key(&uid)
-                    || self.in_flight.contains(&uid)
-                {
+                if let Some(p) = self.parked.get_mut(&uid) {
+                    if p.fingerprint != fingerprint(&pod) {
+                        tracing::debug!(pod = %p.key, "parked pod changed; retrying it");
+                        p.woken = true;
+                        self.retry_due();
+                    }
+                    return;
+                }
+                if self.queued.contains(&uid) || self.in_flight.contains(&uid) {
                     return;
                 }
                 self.queued.insert(uid.clone());
@@ -364,6 +384,7 @@ impl Scheduler {
     }
 
     fn park(&mut self, key: ObjectRef<Pod>, uid: String, woken: bool) {
+        let fingerprint = self.pods.get(&key).map_or(0, |p| fingerprint(&p));
         let attempts = self.attempts.remove(&uid).unwrap_or(0) + 1;
         let backoff = BACKOFF_INITIAL
             .saturating_mul(1 << (attempts - 1).min(8))
@@ -377,6 +398,7 @@ impl Scheduler {
                 not_before: now + backoff,
                 parked_at: now,
                 woken,
+                fingerprint,
             },
         );
     }
