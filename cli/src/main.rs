@@ -13,6 +13,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod agent_cmd;
 mod bench;
 mod client_cmd;
 mod controllers_cmd;
@@ -50,13 +51,26 @@ enum Command {
     Crd(crd_cmd::CrdCmd),
     /// Simulated nodes (kwok-like): register, renew Leases, run bound pods without containers.
     Sim(sim_cmd::SimArgs),
+    /// Run the node agent: register this machine as a Node and run the pods bound to it.
+    Agent(agent_cmd::AgentCmd),
+    /// The process runtime's per-container shim (started by the agent, not by users).
+    #[command(hide = true)]
+    Shim {
+        /// The container's directory (its container.json).
+        dir: std::path::PathBuf,
+    },
     #[command(flatten)]
     Client(client_cmd::ClientCmd),
 }
 
 fn main() -> std::process::ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    if let Command::Shim { dir } = &cli.command {
+        // Synchronous, no async runtime: it lives as long as its container.
+        let code = capstan_node_agent::runtime::process::shim_main(dir);
+        return std::process::ExitCode::from(code.clamp(0, 255) as u8);
+    }
+    init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,6 +90,8 @@ fn main() -> std::process::ExitCode {
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Crd(cmd) => crd_cmd::run(cmd),
             Command::Sim(args) => sim_cmd::run(cli.client, args).await,
+            Command::Agent(cmd) => agent_cmd::run(cli.client, cmd).await,
+            Command::Shim { .. } => Ok(()),
             Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,
         }
     });

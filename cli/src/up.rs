@@ -21,10 +21,15 @@ pub struct UpArgs {
     /// Address to serve the API on (plain HTTP: keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
-    /// Which node agent runs pods: `none` starts none (the only choice until the node agent
-    /// exists; `cri` and `process` are refused by name).
-    #[arg(long, value_enum, default_value = "none")]
+    /// Which node agent runs pods: `auto` (containerd's CRI when present, else processes),
+    /// `cri`, `process`, or `none`.
+    #[arg(long, value_enum, default_value = "auto")]
     pub runtime: Runtime,
+    /// containerd's socket (for `--runtime cri|auto`).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub cri_socket: std::path::PathBuf,
+    #[command(flatten)]
+    pub agent: crate::agent_cmd::AgentArgs,
     /// Service ClusterIPs are allocated from this IPv4 range.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cidr: capstan_apiserver::ipalloc::ServiceCidr,
@@ -32,21 +37,12 @@ pub struct UpArgs {
     pub manager: crate::controllers_cmd::ManagerArgs,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Runtime {
-    /// Pods through containerd's CRI.
-    Cri,
-    /// Pods as plain child processes.
-    Process,
-    /// No node agent.
-    None,
-}
+pub use crate::agent_cmd::Runtime;
 
 pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
-    if args.runtime != Runtime::None {
+    if args.runtime == Runtime::Cri {
         bail!(
-            "--runtime {:?} needs the node agent, which is not built yet; use --runtime none",
-            args.runtime
+            "--runtime cri: the CRI runtime (containerd) is not built yet; use --runtime process"
         );
     }
     let registry = prometheus::Registry::new();
@@ -82,6 +78,28 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         tokio::spawn(async move {
             if let Err(e) = manager.run(client, &registry, shutdown_signal()).await {
                 tracing::error!(error = %e, "the controller manager failed");
+            }
+        });
+    }
+    if with_controllers && args.runtime != Runtime::None {
+        let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
+        let client = kube::Client::try_from(config).context("client for the node agent")?;
+        let mut agent = args.agent.clone();
+        if agent.root_dir == std::path::Path::new("/var/lib/capstan/agent") {
+            agent.root_dir = args.store.data_dir.join("agent");
+        }
+        let (runtime, socket) = (args.runtime, args.cri_socket.clone());
+        tokio::spawn(async move {
+            // Stops with the server (its pod watch would hold the graceful shutdown open);
+            // the pods keep running, as containers outlive a kubelet, and are adopted on the
+            // next start.
+            tokio::select! {
+                r = crate::agent_cmd::run_agent(client, runtime, &socket, agent) => {
+                    if let Err(e) = r {
+                        tracing::error!(error = format!("{e:#}"), "the node agent failed");
+                    }
+                }
+                _ = shutdown_signal() => tracing::info!("node agent stopping; its pods keep running"),
             }
         });
     }

@@ -323,8 +323,15 @@ pub struct CapstanUp {
 
 impl CapstanUp {
     pub fn start<S: AsRef<std::ffi::OsStr>>(bin: &Path, args: &[S]) -> Result<CapstanUp> {
+        // No node agent unless the test asks for one (`--runtime process`).
+        let wants_runtime = args.iter().any(|a| a.as_ref() == "--runtime");
         let mut child = Command::new(bin)
             .args(["up", "--listen", "127.0.0.1:0"])
+            .args(if wants_runtime {
+                &[][..]
+            } else {
+                &["--runtime", "none"][..]
+            })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,0 +1,311 @@
+//! The node agent with the process runtime, inside `capstan up --runtime process`, driven by
+//! kubectl: pods run as real processes, restart with their policy, report exit codes, run init
+//! containers first, read env from ConfigMaps, write CRI-format logs, are removed completely
+//! on delete, and survive the agent being killed and restarted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use capstan_testkit::{CapstanUp, eventually, kubectl, temp_dir};
+use serde_json::Value;
+
+const NODE: &str = "agent-e2e";
+
+struct Cluster {
+    up: Option<CapstanUp>,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = temp_dir("capstan-agent-").unwrap();
+        let mut c = Cluster {
+            up: None,
+            kubeconfig: dir.path().join("kubeconfig"),
+            dir,
+        };
+        c.boot();
+        c
+    }
+
+    fn boot(&mut self) {
+        let data = self.dir.path().display().to_string();
+        self.up = Some(
+            CapstanUp::start(
+                Path::new(env!("CARGO_BIN_EXE_capstan")),
+                &[
+                    "--data-dir",
+                    &data,
+                    "--runtime",
+                    "process",
+                    "--node-name",
+                    NODE,
+                ],
+            )
+            .unwrap(),
+        );
+        eventually(Duration::from_secs(30), "node Ready", || {
+            self.json(&["get", "node", NODE])
+                .is_some_and(|n| condition(&n, "Ready") == Some("True".into()))
+        })
+        .unwrap();
+    }
+
+    /// kill -9 of the whole `capstan up` (API server, controllers and agent).
+    fn kill(&mut self) {
+        self.up = None;
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = kubectl(&self.kubeconfig, args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Option<Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let out = kubectl(&self.kubeconfig, &a, None);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn pod(&self, name: &str) -> Option<Value> {
+        self.json(&["get", "pod", name])
+    }
+
+    /// The log of `container` of pod `name`, attempt `attempt` (the CRI log file).
+    fn log(&self, pod: &Value, container: &str, attempt: u32) -> String {
+        let m = &pod["metadata"];
+        let dir = self.root().join("pods").join(format!(
+            "{}_{}_{}",
+            m["namespace"].as_str().unwrap(),
+            m["name"].as_str().unwrap(),
+            m["uid"].as_str().unwrap()
+        ));
+        std::fs::read_to_string(dir.join(container).join(format!("{attempt}.log")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.up = None;
+        // The containers outlive the agent by design: stop what the test started, by pid.
+        kill_containers(&self.root().join("process/containers"));
+    }
+}
+
+fn kill_containers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path().join("pid.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        for pid in [v["pid"].as_i64(), v["shim_pid"].as_i64()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &format!("-{pid}"), &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn condition(obj: &Value, ty: &str) -> Option<String> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+fn container_status(pod: &Value, name: &str) -> Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn pid_of(root: &Path, container_id: &str) -> Option<i32> {
+    let id = container_id.strip_prefix("process://")?;
+    let text =
+        std::fs::read_to_string(root.join("process/containers").join(id).join("pid.json")).ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["pid"]
+        .as_i64()
+        .map(|p| p as i32)
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn pods_run_as_processes_restart_report_and_clean_up() {
+    let mut c = Cluster::start();
+    c.ok(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello-from-configmap}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - name: init
+    image: busybox
+    command: [sh, -c, "echo init-was-here > marker; echo init done"]
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c]
+    args: ["cat marker; echo $(GREETING) $POD_NAME; echo to-stderr >&2; exec sleep 3600"]
+    env:
+    - name: GREETING
+      valueFrom: {configMapKeyRef: {name: settings, key: greeting}}
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: fails}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: busybox, command: [sh, -c, "echo bye; exit 3"]}
+"#,
+        ),
+    );
+
+    // Running and Ready, with the host's IP, after its init container.
+    eventually(WAIT, "web Running and Ready", || {
+        c.pod("web").is_some_and(|p| {
+            p["status"]["phase"] == "Running" && condition(&p, "Ready") == Some("True".into())
+        })
+    })
+    .unwrap();
+    let web = c.pod("web").unwrap();
+    assert!(
+        web["status"]["podIP"]
+            .as_str()
+            .is_some_and(|ip| !ip.is_empty())
+    );
+    assert_eq!(web["status"]["hostIP"], web["status"]["podIP"]);
+    assert_eq!(web["status"]["qosClass"], "BestEffort");
+    assert_eq!(
+        web["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    assert_eq!(condition(&web, "Initialized"), Some("True".into()));
+    eventually(WAIT, "app output in its CRI log", || {
+        let log = c.log(&web, "app", 0);
+        log.contains(" stdout F init-was-here")
+            && log.contains(" stdout F hello-from-configmap web")
+            && log.contains(" stderr F to-stderr")
+    })
+    .unwrap();
+    assert!(c.log(&web, "init", 0).contains(" stdout F init done"));
+
+    // A restartPolicy Never pod that exits 3: Failed, with the exit code.
+    eventually(WAIT, "fails Failed", || {
+        c.pod("fails")
+            .is_some_and(|p| p["status"]["phase"] == "Failed")
+    })
+    .unwrap();
+    let fails = c.pod("fails").unwrap();
+    let t = &container_status(&fails, "c")["state"]["terminated"];
+    assert_eq!(t["exitCode"], 3);
+    assert_eq!(t["reason"], "Error");
+
+    // Kill the app's process: restarted (Always), restartCount 1, lastState says how it died.
+    let first_id = container_status(&web, "app")["containerID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = pid_of(&c.root(), &first_id).unwrap();
+    assert!(alive(pid));
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    eventually(WAIT, "app restarted", || {
+        c.pod("web").is_some_and(|p| {
+            let s = container_status(&p, "app");
+            s["restartCount"] == 1 && s["state"]["running"].is_object()
+        })
+    })
+    .unwrap();
+    let web = c.pod("web").unwrap();
+    let s = container_status(&web, "app");
+    assert_eq!(s["lastState"]["terminated"]["exitCode"], 137);
+    let second_id = s["containerID"].as_str().unwrap().to_string();
+    assert_ne!(second_id, first_id);
+    let second_pid = pid_of(&c.root(), &second_id).unwrap();
+
+    // kill -9 the whole of capstan up, start it again: the running pod is adopted, not restarted.
+    c.kill();
+    assert!(alive(second_pid), "containers outlive the agent");
+    c.boot();
+    // Give the restarted agent a few PLEG periods to (wrongly) act, then check nothing moved.
+    eventually(WAIT, "status rewritten by the new agent", || {
+        c.pod("web")
+            .is_some_and(|p| condition(&p, "Ready") == Some("True".into()))
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let web = c.pod("web").unwrap();
+    let s = container_status(&web, "app");
+    assert_eq!(s["restartCount"], 1, "{s}");
+    assert_eq!(s["containerID"].as_str(), Some(second_id.as_str()));
+    assert!(alive(second_pid));
+
+    // Delete: graceful stop, then the pod, its processes, sandbox and logs are all gone.
+    let uid = web["metadata"]["uid"].as_str().unwrap().to_string();
+    c.ok(&["delete", "pod", "web", "--timeout=60s"], None);
+    assert!(!alive(second_pid));
+    let sandboxes = std::fs::read_dir(c.root().join("process/sandboxes"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("sandbox.json")).is_ok_and(|s| s.contains(&uid))
+        })
+        .count();
+    assert_eq!(sandboxes, 0, "the sandbox is removed");
+    let logs = c.root().join("pods").join(format!("default_web_{uid}"));
+    assert!(!logs.exists(), "the log directory is removed");
+    c.ok(&["delete", "pod", "fails", "--timeout=60s"], None);
+    let left: Vec<_> = std::fs::read_dir(c.root().join("process/containers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "no container records left: {left:?}");
+}

@@ -1,0 +1,265 @@
+//! The agent's main loop: registers the node and keeps it alive, watches only the pods bound
+//! to it (fieldSelector spec.nodeName), gives each pod a worker, and runs the PLEG — a relist
+//! of the runtime every second that wakes the worker of any pod whose sandboxes or containers
+//! changed, and removes what belongs to no pod (pods deleted while the agent was down).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{Notify, watch};
+
+use crate::node::{self, NodeConfig};
+use crate::pod::env::ApiLookup;
+use crate::pod::worker::{Context, PodWorker, observe};
+use crate::runtime::{ContainerState, POD_UID, Runtime, SandboxState};
+
+pub const PLEG_PERIOD: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("registering node {node}: {source}")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+struct Handle {
+    pod: watch::Sender<Option<Arc<Pod>>>,
+    poke: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A node agent on runtime `R`.
+pub struct Agent<R> {
+    client: kube::Client,
+    runtime: Arc<R>,
+    node: NodeConfig,
+    log_root: PathBuf,
+    runtime_name: String,
+}
+
+impl<R> std::fmt::Debug for Agent<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.node.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> Agent<R> {
+    /// `runtime_name` is the containerID scheme (`process`, `containerd`); pod logs go under
+    /// `log_root`.
+    pub fn new(
+        client: kube::Client,
+        runtime: Arc<R>,
+        node: NodeConfig,
+        log_root: PathBuf,
+        runtime_name: &str,
+    ) -> Self {
+        Agent {
+            client,
+            runtime,
+            node,
+            log_root,
+            runtime_name: runtime_name.to_string(),
+        }
+    }
+
+    /// Registers the node, then runs until dropped.
+    pub async fn run(self) -> Result<(), AgentError> {
+        node::register(&self.client, &self.node)
+            .await
+            .map_err(|source| AgentError::Register {
+                node: self.node.name.clone(),
+                source,
+            })?;
+        let heartbeat = tokio::spawn(node::heartbeat(self.client.clone(), self.node.clone()));
+        let _stop_heartbeat = AbortOnDrop(heartbeat);
+        let ctx = Arc::new(Context {
+            client: self.client.clone(),
+            runtime: self.runtime.clone(),
+            lookup: ApiLookup {
+                client: self.client.clone(),
+            },
+            node: self.node.clone(),
+            log_root: self.log_root.clone(),
+            runtime_name: self.runtime_name.clone(),
+        });
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
+        let mut events = watcher(pods, cfg).default_backoff().boxed();
+        let mut workers: HashMap<String, Handle> = HashMap::new();
+        let mut listed: Option<HashSet<String>> = None;
+        let mut synced = false;
+        let mut pleg = tokio::time::interval(PLEG_PERIOD);
+        pleg.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_relist: HashMap<String, String> = HashMap::new();
+        let mut cleaning: HashSet<String> = HashSet::new();
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(Ok(watcher::Event::Init)) => listed = Some(HashSet::new()),
+                    Some(Ok(watcher::Event::InitApply(p))) => {
+                        if let (Some(seen), Some(uid)) = (listed.as_mut(), p.metadata.uid.clone()) {
+                            seen.insert(uid);
+                        }
+                        self.upsert(&ctx, &mut workers, p);
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        let seen = listed.take().unwrap_or_default();
+                        for (uid, h) in &workers {
+                            if !seen.contains(uid) {
+                                h.pod.send_replace(None);
+                            }
+                        }
+                        synced = true;
+                    }
+                    Some(Ok(watcher::Event::Apply(p))) => self.upsert(&ctx, &mut workers, p),
+                    Some(Ok(watcher::Event::Delete(p))) => {
+                        if let Some(h) = p.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
+                            h.pod.send_replace(None);
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "pod watch error"),
+                    None => return Ok(()),
+                },
+                _ = pleg.tick() => {
+                    workers.retain(|_, h| !h.task.is_finished());
+                    let snapshot = match self.relist().await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "runtime relist failed");
+                            continue;
+                        }
+                    };
+                    for (uid, fingerprint) in &snapshot {
+                        if last_relist.get(uid) != Some(fingerprint)
+                            && let Some(h) = workers.get(uid)
+                        {
+                            h.poke.notify_one();
+                        }
+                    }
+                    // Sandboxes of pods this node no longer has (deleted while we were down).
+                    if synced {
+                        for uid in snapshot.keys() {
+                            if !workers.contains_key(uid) && cleaning.insert(uid.clone()) {
+                                let (rt, uid) = (self.runtime.clone(), uid.clone());
+                                let log_root = self.log_root.clone();
+                                tokio::spawn(async move {
+                                    remove_orphan(&*rt, &uid, &log_root).await;
+                                });
+                            }
+                        }
+                        cleaning.retain(|uid| snapshot.contains_key(uid));
+                    }
+                    last_relist = snapshot;
+                }
+            }
+        }
+    }
+
+    fn upsert(
+        &self,
+        ctx: &Arc<Context<R, ApiLookup>>,
+        workers: &mut HashMap<String, Handle>,
+        pod: Pod,
+    ) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        let pod = Arc::new(pod);
+        if let Some(h) = workers.get(&uid)
+            && !h.task.is_finished()
+        {
+            h.pod.send_replace(Some(pod));
+            return;
+        }
+        let (tx, rx) = watch::channel(Some(pod));
+        let poke = Arc::new(Notify::new());
+        let worker = PodWorker::new(ctx.clone(), uid.clone());
+        let task = tokio::spawn(worker.run(rx, poke.clone()));
+        workers.insert(
+            uid,
+            Handle {
+                pod: tx,
+                poke,
+                task,
+            },
+        );
+    }
+
+    /// pod uid → a fingerprint of its sandboxes' and containers' states.
+    async fn relist(&self) -> Result<HashMap<String, String>, crate::runtime::RuntimeError> {
+        let sandboxes = self.runtime.list_sandboxes().await?;
+        let containers = self.runtime.list_containers().await?;
+        let mut out: HashMap<String, String> = HashMap::new();
+        let mut uid_of: HashMap<&str, &str> = HashMap::new();
+        for sb in &sandboxes {
+            let uid = sb
+                .config
+                .labels
+                .get(POD_UID)
+                .map(String::as_str)
+                .unwrap_or_default();
+            uid_of.insert(&sb.id, uid);
+            out.entry(uid.to_string())
+                .or_default()
+                .push_str(&format!("{}:{:?};", sb.id, sb.state));
+        }
+        let mut containers: Vec<_> = containers.iter().collect();
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+        for c in containers {
+            if let Some(uid) = uid_of.get(c.sandbox_id.as_str()) {
+                out.entry(uid.to_string())
+                    .or_default()
+                    .push_str(&format!("{}:{:?};", c.id, c.state));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Stops and removes everything of a pod the API no longer has.
+async fn remove_orphan<R: Runtime>(rt: &R, uid: &str, log_root: &std::path::Path) {
+    let Ok(obs) = observe(rt, uid).await else {
+        return;
+    };
+    tracing::info!(pod = %uid, sandboxes = obs.sandboxes.len(), "removing the sandboxes of a pod this node no longer runs");
+    for c in obs
+        .containers
+        .iter()
+        .filter(|c| c.state == ContainerState::Running)
+    {
+        if let Err(e) = rt.stop_container(&c.id, Duration::from_secs(2)).await {
+            tracing::warn!(pod = %uid, error = %e, "stopping an orphaned container failed");
+        }
+    }
+    for sb in &obs.sandboxes {
+        if sb.state == SandboxState::Ready {
+            let _ = rt.stop_sandbox(&sb.id).await;
+        }
+        if let Err(e) = rt.remove_sandbox(&sb.id).await {
+            tracing::warn!(pod = %uid, error = %e, "removing an orphaned sandbox failed");
+        }
+        let dir = sb.config.log_directory.clone();
+        if dir.starts_with(log_root) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,12 @@
+//! Capstan's node agent: a kubelet. Start at [`agent::Agent`]: it registers the node
+//! ([`node`]), watches the pods bound to it, and gives each a worker ([`pod::worker`]) that
+//! plans ([`pod::plan`]) and reports ([`pod::status`]) through a container runtime
+//! ([`runtime`]: processes today, containerd's CRI next).
+
+pub mod agent;
+pub mod node;
+pub mod pod;
+pub mod runtime;
+
+pub use agent::Agent;
+pub use node::NodeConfig;

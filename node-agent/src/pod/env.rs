@@ -1,0 +1,328 @@
+//! A container's environment and command line as the kubelet builds them: `env` values,
+//! `valueFrom` (fieldRef, configMapKeyRef, secretKeyRef), `envFrom` (configMapRef, secretRef
+//! with a prefix), then `$(VAR)` references expanded in env values, command and args
+//! (`$$(VAR)` escapes one).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::api::Api;
+
+/// Where a reference failed (becomes CreateContainerConfigError).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EnvError(pub String);
+
+/// Reads ConfigMaps and Secrets (the API, or a map in tests).
+pub trait Lookup: Send + Sync {
+    fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ConfigMap>, EnvError>> + Send;
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Secret>, EnvError>> + Send;
+}
+
+/// Lookups through the API server.
+#[derive(Clone)]
+pub struct ApiLookup {
+    pub client: kube::Client,
+}
+
+impl std::fmt::Debug for ApiLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiLookup").finish_non_exhaustive()
+    }
+}
+
+impl Lookup for ApiLookup {
+    async fn config_map(&self, namespace: &str, name: &str) -> Result<Option<ConfigMap>, EnvError> {
+        Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| EnvError(format!("reading configmap {namespace}/{name}: {e}")))
+    }
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, EnvError> {
+        Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| EnvError(format!("reading secret {namespace}/{name}: {e}")))
+    }
+}
+
+/// A pod field for fieldRef (Kubernetes' downward API fields).
+fn field(pod: &Pod, path: &str, host_ip: &str, pod_ip: &str) -> Result<String, EnvError> {
+    let meta = &pod.metadata;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| {
+        path.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix("']"))
+            .map(|k| map.and_then(|m| m.get(k)).cloned().unwrap_or_default())
+    };
+    if let Some(v) = keyed("metadata.labels['", meta.labels.as_ref()) {
+        return Ok(v);
+    }
+    if let Some(v) = keyed("metadata.annotations['", meta.annotations.as_ref()) {
+        return Ok(v);
+    }
+    Ok(match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => spec.node_name.unwrap_or_default(),
+        "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" => host_ip.to_string(),
+        "status.podIP" | "status.podIPs" => pod_ip.to_string(),
+        other => {
+            return Err(EnvError(format!(
+                "unsupported fieldRef fieldPath {other:?}"
+            )));
+        }
+    })
+}
+
+fn data_of_secret(s: &Secret) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    out.extend(s.string_data.clone().unwrap_or_default());
+    out
+}
+
+/// The environment of container `c` of `pod`, in order, references resolved.
+pub async fn environment(
+    pod: &Pod,
+    c: &Container,
+    host_ip: &str,
+    pod_ip: &str,
+    lookup: &impl Lookup,
+) -> Result<Vec<(String, String)>, EnvError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        env.retain(|(name, _)| *name != k);
+        env.push((k, v));
+    };
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(r) = &from.config_map_ref {
+            match lookup.config_map(ns, &r.name).await? {
+                Some(cm) => {
+                    for (k, v) in cm.data.unwrap_or_default() {
+                        set(&mut env, format!("{prefix}{k}"), v);
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(EnvError(format!("configmap {:?} not found", r.name))),
+            }
+        }
+        if let Some(r) = &from.secret_ref {
+            match lookup.secret(ns, &r.name).await? {
+                Some(s) => {
+                    for (k, v) in data_of_secret(&s) {
+                        set(&mut env, format!("{prefix}{k}"), v);
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(EnvError(format!("secret {:?} not found", r.name))),
+            }
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let value = match &e.value_from {
+            None => {
+                let so_far: BTreeMap<String, String> = env.iter().cloned().collect();
+                expand(e.value.as_deref().unwrap_or_default(), &so_far)
+            }
+            Some(src) => {
+                if let Some(f) = &src.field_ref {
+                    field(pod, &f.field_path, host_ip, pod_ip)?
+                } else if let Some(r) = &src.config_map_key_ref {
+                    let cm = lookup.config_map(ns, &r.name).await?;
+                    match cm.and_then(|cm| cm.data.and_then(|d| d.get(&r.key).cloned())) {
+                        Some(v) => v,
+                        None if r.optional == Some(true) => continue,
+                        None => {
+                            return Err(EnvError(format!(
+                                "couldn't find key {} in ConfigMap {}/{}",
+                                r.key,
+                                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                                r.name
+                            )));
+                        }
+                    }
+                } else if let Some(r) = &src.secret_key_ref {
+                    let s = lookup.secret(ns, &r.name).await?;
+                    match s.and_then(|s| data_of_secret(&s).get(&r.key).cloned()) {
+                        Some(v) => v,
+                        None if r.optional == Some(true) => continue,
+                        None => {
+                            return Err(EnvError(format!(
+                                "couldn't find key {} in Secret {}/{}",
+                                r.key,
+                                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                                r.name
+                            )));
+                        }
+                    }
+                } else {
+                    return Err(EnvError(format!(
+                        "env {:?}: resourceFieldRef is not supported yet",
+                        e.name
+                    )));
+                }
+            }
+        };
+        set(&mut env, e.name.clone(), value);
+    }
+    Ok(env)
+}
+
+/// Expands `$(VAR)` from `vars`; `$$` is a literal `$`; unknown references stay as written.
+pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'('
+                && let Some(end) = s[i + 2..].find(')')
+            {
+                let name = &s[i + 2..i + 2 + end];
+                match vars.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => out.push_str(&s[i..i + 3 + end]),
+                }
+                i += 3 + end;
+                continue;
+            }
+        }
+        let ch = s[i..].chars().next().unwrap_or_default();
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// command + args, with `$(VAR)` expanded from the container's environment.
+pub fn argv(c: &Container, env: &[(String, String)]) -> Vec<String> {
+    let vars: BTreeMap<String, String> = env.iter().cloned().collect();
+    c.command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .map(|a| expand(a, &vars))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Fixed(Vec<ConfigMap>, Vec<Secret>);
+
+    impl Lookup for Fixed {
+        async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, EnvError> {
+            assert_eq!(ns, "prod", "looked up in the pod's namespace");
+            Ok(self
+                .0
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(name))
+                .cloned())
+        }
+        async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>, EnvError> {
+            assert_eq!(ns, "prod", "looked up in the pod's namespace");
+            Ok(self
+                .1
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(name))
+                .cloned())
+        }
+    }
+
+    fn fixtures() -> Fixed {
+        Fixed(
+            vec![
+                serde_json::from_value(
+                    json!({"metadata": {"name": "cfg"}, "data": {"mode": "fast", "level": "3"}}),
+                )
+                .unwrap(),
+            ],
+            vec![
+                serde_json::from_value(
+                    json!({"metadata": {"name": "sec"}, "data": {"token": "czNjcjN0"}}),
+                )
+                .unwrap(),
+            ],
+        )
+    }
+
+    fn pod(container: serde_json::Value) -> (Pod, Container) {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "prod", "uid": "u-1", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [container]}
+        }))
+        .unwrap();
+        let c = p.spec.as_ref().unwrap().containers[0].clone();
+        (p, c)
+    }
+
+    #[tokio::test]
+    async fn values_field_refs_config_maps_secrets_and_expansion() {
+        let (p, c) = pod(json!({"name": "c",
+            "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+            "env": [
+                {"name": "A", "value": "1"},
+                {"name": "B", "value": "$(A)-$(CFG_mode)-$$(A)-$(NOPE)"},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
+                {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "none", "optional": true}}}
+            ],
+            "command": ["sh", "-c"], "args": ["echo $(POD) $(TOKEN)"]}));
+        let env = environment(&p, &c, "192.168.0.2", "10.0.0.9", &fixtures())
+            .await
+            .unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("CFG_level").as_deref(), Some("3"));
+        assert_eq!(get("B").as_deref(), Some("1-fast-$(A)-$(NOPE)"));
+        assert_eq!(get("POD").as_deref(), Some("web"));
+        assert_eq!(get("APP").as_deref(), Some("web"));
+        assert_eq!(get("NODE").as_deref(), Some("n1"));
+        assert_eq!(get("IP").as_deref(), Some("10.0.0.9"));
+        assert_eq!(get("MODE").as_deref(), Some("fast"));
+        assert_eq!(get("TOKEN").as_deref(), Some("s3cr3t"));
+        assert_eq!(get("MAYBE"), None);
+        assert_eq!(argv(&c, &env), ["sh", "-c", "echo web s3cr3t"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_reference_is_a_config_error_naming_it() {
+        let (p, c) = pod(json!({"name": "c", "env": [
+            {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "missing"}}}]}));
+        let err = environment(&p, &c, "", "", &fixtures()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "couldn't find key missing in ConfigMap prod/cfg"
+        );
+        let (p, c) = pod(json!({"name": "c", "envFrom": [{"secretRef": {"name": "gone"}}]}));
+        let err = environment(&p, &c, "", "", &fixtures()).await.unwrap_err();
+        assert_eq!(err.to_string(), "secret \"gone\" not found");
+    }
+}

@@ -1,0 +1,435 @@
+//! One pod's worker (kubelet's podWorkers + SyncPod): woken by a new version of the pod, by the
+//! PLEG seeing its containers change, or by a back-off expiring, it asks [`plan`] what to do,
+//! does it through the runtime, and writes the pod's status. When the pod is deleted it stops
+//! everything (graceful, then killed), confirms the deletion to the API server, and removes
+//! the sandbox, the containers and the pod's log directory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+
+use super::env::{self, Lookup};
+use super::plan::{self, Action, Backoffs, Kind, Observed};
+use super::status::{self, Waiting};
+use crate::node::NodeConfig;
+use crate::runtime::{
+    CONTAINER_NAME, ContainerConfig, ContainerState, POD_NAME, POD_NAMESPACE, POD_UID, Runtime,
+    RuntimeError, SandboxConfig, SandboxState,
+};
+
+/// What the worker needs of the agent.
+pub struct Context<R, L> {
+    pub client: kube::Client,
+    pub runtime: Arc<R>,
+    pub lookup: L,
+    pub node: NodeConfig,
+    /// Pod log directories live under here (`<namespace>_<name>_<uid>/`).
+    pub log_root: PathBuf,
+    /// The containerID scheme (`process://`, `containerd://`).
+    pub runtime_name: String,
+}
+
+impl<R, L> std::fmt::Debug for Context<R, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("node", &self.node.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Grace for a pod whose API object vanished before we stopped it (a forced delete).
+const FORCED_GRACE: Duration = Duration::from_secs(2);
+/// How soon a container whose start failed is tried again.
+const START_RETRY: Duration = Duration::from_secs(5);
+
+pub fn log_dir(root: &std::path::Path, pod: &Pod) -> PathBuf {
+    root.join(format!(
+        "{}_{}_{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    ))
+}
+
+/// What the runtime has for the pod with `uid`.
+pub async fn observe<R: Runtime>(runtime: &R, uid: &str) -> Result<Observed, RuntimeError> {
+    let mut sandboxes: Vec<_> = runtime
+        .list_sandboxes()
+        .await?
+        .into_iter()
+        .filter(|s| s.config.labels.get(POD_UID).map(String::as_str) == Some(uid))
+        .collect();
+    sandboxes.sort_by_key(|s| (s.config.attempt, s.created_at));
+    let ids: Vec<&str> = sandboxes.iter().map(|s| s.id.as_str()).collect();
+    let containers = runtime
+        .list_containers()
+        .await?
+        .into_iter()
+        .filter(|c| ids.contains(&c.sandbox_id.as_str()))
+        .collect();
+    Ok(Observed {
+        sandboxes,
+        containers,
+    })
+}
+
+pub struct PodWorker<R, L> {
+    ctx: Arc<Context<R, L>>,
+    uid: String,
+    backoffs: Backoffs,
+    waiting: Waiting,
+    written: Option<PodStatus>,
+    last: Option<Arc<Pod>>,
+}
+
+impl<R, L> std::fmt::Debug for PodWorker<R, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodWorker")
+            .field("uid", &self.uid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a sync ended.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Call again on the next change, or after this long at the latest.
+    Again(Option<Duration>),
+    /// The pod is gone and everything of it removed: the worker ends.
+    Done,
+}
+
+impl<R: Runtime, L: Lookup> PodWorker<R, L> {
+    pub fn new(ctx: Arc<Context<R, L>>, uid: String) -> Self {
+        PodWorker {
+            ctx,
+            uid,
+            backoffs: Backoffs::new(),
+            waiting: Waiting::new(),
+            written: None,
+            last: None,
+        }
+    }
+
+    /// Runs until the pod is gone and cleaned up. `pod` carries the latest version (None once
+    /// it is gone from the API); `poke` wakes it when the PLEG sees a change.
+    pub async fn run(mut self, mut pod: watch::Receiver<Option<Arc<Pod>>>, poke: Arc<Notify>) {
+        loop {
+            let current = pod.borrow_and_update().clone();
+            let outcome = match current {
+                Some(p) => {
+                    self.last = Some(p.clone());
+                    self.sync(&p).await
+                }
+                None => self.gone().await,
+            };
+            let wake = match outcome {
+                Ok(Outcome::Done) => return,
+                Ok(Outcome::Again(wake)) => wake,
+                Err(e) => {
+                    tracing::warn!(pod = %self.uid, error = %e, "pod sync failed; retrying");
+                    Some(Duration::from_secs(1))
+                }
+            };
+            let sleep = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600)));
+            tokio::select! {
+                r = pod.changed() => if r.is_err() { return },
+                _ = poke.notified() => {}
+                _ = sleep => {}
+            }
+        }
+    }
+
+    /// One SyncPod: plan, act, report.
+    pub async fn sync(&mut self, pod: &Pod) -> Result<Outcome, String> {
+        let rt = &self.ctx.runtime;
+        let obs = observe(&**rt, &self.uid).await.map_err(|e| e.to_string())?;
+        let now = jiff::Timestamp::now();
+        let actions = plan::plan(pod, &obs, &self.backoffs, now);
+        self.waiting.clear();
+        let mut wake: Option<Duration> = None;
+        let mut soonest = |d: Duration| wake = Some(wake.map_or(d, |w: Duration| w.min(d)));
+        let mut sandbox = obs
+            .sandbox()
+            .filter(|s| s.state == SandboxState::Ready)
+            .cloned();
+        for action in actions {
+            tracing::debug!(pod = %self.uid, ?action, "acting");
+            match action {
+                Action::KillPod => self.kill(pod, &obs, grace_of(pod)).await?,
+                Action::CreateSandbox { attempt } => {
+                    let cfg = SandboxConfig {
+                        name: pod.metadata.name.clone().unwrap_or_default(),
+                        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                        uid: self.uid.clone(),
+                        attempt,
+                        labels: identity(pod, None),
+                        host_network: pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.host_network)
+                            .unwrap_or(false),
+                        log_directory: log_dir(&self.ctx.log_root, pod),
+                    };
+                    sandbox = Some(rt.run_sandbox(&cfg).await.map_err(|e| e.to_string())?);
+                }
+                Action::Start {
+                    kind,
+                    name,
+                    attempt,
+                } => {
+                    let Some(sb) = sandbox.as_ref() else {
+                        return Err("no ready sandbox to start containers in".into());
+                    };
+                    if attempt > 0
+                        && let Some(old) = obs.latest(&name)
+                    {
+                        plan::record_restart(&mut self.backoffs, old);
+                    }
+                    let pod_ip = sb.ip.clone().unwrap_or_default();
+                    if let Err((reason, message)) = self
+                        .start(pod, &sb.id, &pod_ip, &kind, &name, attempt)
+                        .await
+                    {
+                        tracing::info!(pod = %self.uid, container = %name, %reason, %message, "container did not start");
+                        self.waiting.insert(name, (reason.into(), message));
+                        soonest(START_RETRY);
+                        if kind == Kind::Init {
+                            break;
+                        }
+                    }
+                }
+                Action::BackOff { name, remaining } => {
+                    let message = format!(
+                        "back-off {}s restarting failed container={name} pod={}_{}({})",
+                        plan::backoff_for(self.backoffs.get(&name).copied().unwrap_or(0)).as_secs(),
+                        pod.metadata.name.as_deref().unwrap_or_default(),
+                        pod.metadata.namespace.as_deref().unwrap_or_default(),
+                        self.uid
+                    );
+                    self.waiting
+                        .insert(name, ("CrashLoopBackOff".into(), message));
+                    soonest(remaining);
+                }
+                Action::Remove { id } => {
+                    rt.remove_container(&id).await.map_err(|e| e.to_string())?
+                }
+            }
+        }
+        let obs = observe(&**rt, &self.uid).await.map_err(|e| e.to_string())?;
+        if pod.metadata.deletion_timestamp.is_some() {
+            let stopped = obs
+                .containers
+                .iter()
+                .all(|c| c.state != ContainerState::Running)
+                && obs
+                    .sandboxes
+                    .iter()
+                    .all(|s| s.state == SandboxState::NotReady);
+            if stopped {
+                self.confirm_deletion(pod).await?;
+                self.cleanup(pod, &obs).await?;
+                return Ok(Outcome::Done);
+            }
+            return Ok(Outcome::Again(Some(Duration::from_millis(200))));
+        }
+        let status = status::pod_status(
+            pod,
+            &obs,
+            &self.waiting,
+            &self.ctx.node.host_ip,
+            &self.ctx.runtime_name,
+            now,
+        );
+        self.write_status(pod, status).await?;
+        Ok(Outcome::Again(wake))
+    }
+
+    async fn start(
+        &self,
+        pod: &Pod,
+        sandbox_id: &str,
+        pod_ip: &str,
+        kind: &Kind,
+        name: &str,
+        attempt: u32,
+    ) -> Result<(), (&'static str, String)> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let list = match kind {
+            Kind::Init => spec.init_containers.unwrap_or_default(),
+            Kind::App => spec.containers,
+        };
+        let Some(c) = list.into_iter().find(|c| c.name == name) else {
+            return Err((
+                "CreateContainerConfigError",
+                format!("no container {name:?} in the pod"),
+            ));
+        };
+        let env = env::environment(pod, &c, &self.ctx.node.host_ip, pod_ip, &self.ctx.lookup)
+            .await
+            .map_err(|e| ("CreateContainerConfigError", e.0))?;
+        let cfg = ContainerConfig {
+            name: name.to_string(),
+            attempt,
+            image: c.image.clone().unwrap_or_default(),
+            argv: env::argv(&c, &env),
+            env,
+            working_dir: c.working_dir.clone(),
+            labels: identity(pod, Some(name)),
+            log_path: format!("{name}/{attempt}.log"),
+        };
+        let rt = &self.ctx.runtime;
+        let created = rt
+            .create_container(sandbox_id, &cfg)
+            .await
+            .map_err(|e| match e {
+                RuntimeError::Config(m) => ("CreateContainerConfigError", m),
+                other => ("CreateContainerError", other.to_string()),
+            })?;
+        rt.start_container(&created.id)
+            .await
+            .map_err(|e| ("RunContainerError", e.to_string()))
+    }
+
+    /// Stops every running container (SIGTERM, `grace`, SIGKILL), then the sandbox.
+    async fn kill(&self, pod: &Pod, obs: &Observed, grace: Duration) -> Result<(), String> {
+        let rt = &self.ctx.runtime;
+        let running: Vec<_> = obs
+            .containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .collect();
+        let stops = running.iter().map(|c| rt.stop_container(&c.id, grace));
+        for r in futures_util::future::join_all(stops).await {
+            r.map_err(|e| e.to_string())?;
+        }
+        for sb in &obs.sandboxes {
+            rt.stop_sandbox(&sb.id).await.map_err(|e| e.to_string())?;
+        }
+        tracing::info!(pod = %self.uid, name = ?pod.metadata.name, "pod stopped");
+        Ok(())
+    }
+
+    /// Everything of the pod goes: sandboxes (their containers with them) and its logs.
+    async fn cleanup(&self, pod: &Pod, obs: &Observed) -> Result<(), String> {
+        for sb in &obs.sandboxes {
+            self.ctx
+                .runtime
+                .remove_sandbox(&sb.id)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let dir = log_dir(&self.ctx.log_root, pod);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("removing {}: {e}", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The pod vanished from the API (deleted while we were down, or forced): stop and remove.
+    async fn gone(&mut self) -> Result<Outcome, String> {
+        let obs = observe(&*self.ctx.runtime, &self.uid)
+            .await
+            .map_err(|e| e.to_string())?;
+        let pod = match &self.last {
+            Some(p) => (**p).clone(),
+            None => return Ok(Outcome::Done),
+        };
+        self.kill(&pod, &obs, FORCED_GRACE).await?;
+        let obs = observe(&*self.ctx.runtime, &self.uid)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.cleanup(&pod, &obs).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// Tells the API server the pod is stopped: delete with grace 0, for this uid only.
+    async fn confirm_deletion(&self, pod: &Pod) -> Result<(), String> {
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &dp)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(format!("confirming the deletion: {e}")),
+        }
+    }
+
+    async fn write_status(&mut self, pod: &Pod, status: PodStatus) -> Result<(), String> {
+        if self.written.as_ref() == Some(&status) || pod.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        match api
+            .patch_status(
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"uid": self.uid}, "status": status})),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.written = Some(status);
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(format!("writing the pod status: {e}")),
+        }
+    }
+}
+
+fn grace_of(pod: &Pod) -> Duration {
+    let secs = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or(pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30);
+    Duration::from_secs(secs.max(0) as u64)
+}
+
+/// The labels carrying a sandbox's or container's identity.
+fn identity(pod: &Pod, container: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert(
+        POD_UID.to_string(),
+        pod.metadata.uid.clone().unwrap_or_default(),
+    );
+    l.insert(
+        POD_NAME.to_string(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
+    l.insert(
+        POD_NAMESPACE.to_string(),
+        pod.metadata.namespace.clone().unwrap_or_default(),
+    );
+    if let Some(c) = container {
+        l.insert(CONTAINER_NAME.to_string(), c.to_string());
+    }
+    l
+}

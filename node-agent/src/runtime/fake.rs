@@ -1,0 +1,197 @@
+//! An in-memory runtime for the pod workers' tests: containers "run" until the test makes them
+//! exit ([`FakeRuntime::exit`]); every call is recorded ([`FakeRuntime::calls`]).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{
+    Container, ContainerConfig, ContainerState, Result, Runtime, RuntimeError, Sandbox,
+    SandboxConfig, SandboxState,
+};
+
+#[derive(Debug, Default)]
+struct State {
+    next: u64,
+    sandboxes: BTreeMap<String, Sandbox>,
+    containers: BTreeMap<String, Container>,
+    calls: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    state: Mutex<State>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The calls made so far, as "verb target" strings.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Makes a running container exit with `code` (137 with reason OOMKilled when `oom`).
+    pub fn exit(&self, id: &str, code: i32, oom: bool) {
+        let mut s = self.lock();
+        if let Some(c) = s.containers.get_mut(id) {
+            c.state = ContainerState::Exited;
+            c.exit_code = Some(code);
+            c.finished_at = Some(jiff::Timestamp::now());
+            c.reason = Some(
+                if oom {
+                    "OOMKilled"
+                } else if code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+                .into(),
+            );
+        }
+    }
+
+    /// The id of the newest container named `name`.
+    pub fn container_named(&self, name: &str) -> Option<String> {
+        self.lock()
+            .containers
+            .values()
+            .filter(|c| c.config.name == name)
+            .max_by_key(|c| (c.config.attempt, c.created_at))
+            .map(|c| c.id.clone())
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn version(&self) -> String {
+        "fake://0.1".into()
+    }
+
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<Sandbox> {
+        let mut s = self.lock();
+        s.next += 1;
+        let id = format!("sandbox-{}", s.next);
+        s.calls.push(format!("run_sandbox {}", config.name));
+        let sb = Sandbox {
+            id: id.clone(),
+            config: config.clone(),
+            state: SandboxState::Ready,
+            created_at: jiff::Timestamp::now(),
+            ip: Some(format!("10.88.0.{}", s.next % 250 + 2)),
+        };
+        s.sandboxes.insert(id, sb.clone());
+        Ok(sb)
+    }
+
+    async fn stop_sandbox(&self, id: &str) -> Result<()> {
+        let mut s = self.lock();
+        s.calls.push(format!("stop_sandbox {id}"));
+        for c in s.containers.values_mut().filter(|c| c.sandbox_id == id) {
+            if c.state == ContainerState::Running {
+                c.state = ContainerState::Exited;
+                c.exit_code = Some(137);
+                c.reason = Some("Error".into());
+                c.finished_at = Some(jiff::Timestamp::now());
+            }
+        }
+        if let Some(sb) = s.sandboxes.get_mut(id) {
+            sb.state = SandboxState::NotReady;
+        }
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        let mut s = self.lock();
+        s.calls.push(format!("remove_sandbox {id}"));
+        s.containers.retain(|_, c| c.sandbox_id != id);
+        s.sandboxes.remove(id);
+        Ok(())
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<Sandbox>> {
+        Ok(self.lock().sandboxes.values().cloned().collect())
+    }
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: &ContainerConfig,
+    ) -> Result<Container> {
+        let mut s = self.lock();
+        if !s.sandboxes.contains_key(sandbox_id) {
+            return Err(RuntimeError::NotFound {
+                what: "sandbox",
+                id: sandbox_id.into(),
+            });
+        }
+        if config.argv.first().is_some_and(|a| a == "fail-create") {
+            return Err(RuntimeError::Config("cannot create: fail-create".into()));
+        }
+        s.next += 1;
+        let id = format!("container-{}", s.next);
+        s.calls.push(format!(
+            "create_container {} {}",
+            config.name, config.attempt
+        ));
+        let c = Container {
+            id: id.clone(),
+            sandbox_id: sandbox_id.into(),
+            config: config.clone(),
+            state: ContainerState::Created,
+            created_at: jiff::Timestamp::now(),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            reason: None,
+            message: None,
+        };
+        s.containers.insert(id, c.clone());
+        Ok(c)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        let mut s = self.lock();
+        s.calls.push(format!("start_container {id}"));
+        let c = s
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: id.into(),
+            })?;
+        c.state = ContainerState::Running;
+        c.started_at = Some(jiff::Timestamp::now());
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &str, _grace: Duration) -> Result<()> {
+        let mut s = self.lock();
+        s.calls.push(format!("stop_container {id}"));
+        if let Some(c) = s.containers.get_mut(id)
+            && c.state == ContainerState::Running
+        {
+            c.state = ContainerState::Exited;
+            c.exit_code = Some(143);
+            c.reason = Some("Error".into());
+            c.finished_at = Some(jiff::Timestamp::now());
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        let mut s = self.lock();
+        s.calls.push(format!("remove_container {id}"));
+        s.containers.remove(id);
+        Ok(())
+    }
+
+    async fn list_containers(&self) -> Result<Vec<Container>> {
+        Ok(self.lock().containers.values().cloned().collect())
+    }
+}

@@ -1,0 +1,143 @@
+//! The container runtime as the agent sees it: CRI's RuntimeService, reduced to what the pod
+//! workers use (sandboxes, containers, their statuses). Implementations:
+//! - [`process::ProcessRuntime`]: each container is a process group started through a small
+//!   shim (`capstan shim`) that outlives the agent, writes CRI-format logs and records the exit;
+//! - [`fake::FakeRuntime`]: in memory, for the pod workers' unit tests;
+//! - the CRI client over containerd's socket (next: issue 6's CRI half).
+//!
+//! Identity lives in labels, as with CRI: every sandbox carries the pod's uid, name and
+//! namespace, every container its pod uid and container name, so a restarted agent adopts
+//! what is running instead of duplicating it.
+
+pub mod fake;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+
+/// Labels the agent puts on sandboxes and containers (Kubernetes' names).
+pub const POD_UID: &str = "io.kubernetes.pod.uid";
+pub const POD_NAME: &str = "io.kubernetes.pod.name";
+pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    /// The container cannot be created from its spec (CreateContainerConfigError).
+    #[error("{0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxConfig {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    /// How many sandboxes this pod had before (CRI's attempt).
+    pub attempt: u32,
+    pub labels: BTreeMap<String, String>,
+    pub host_network: bool,
+    pub log_directory: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sandbox {
+    pub id: String,
+    pub config: SandboxConfig,
+    pub state: SandboxState,
+    pub created_at: jiff::Timestamp,
+    /// The pod's IP in this sandbox (the host's for host-network sandboxes).
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub attempt: u32,
+    pub image: String,
+    /// The process to run: command then args (already merged with the image's defaults).
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Relative to the sandbox's log directory.
+    pub log_path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    pub id: String,
+    pub sandbox_id: String,
+    pub config: ContainerConfig,
+    pub state: ContainerState,
+    pub created_at: jiff::Timestamp,
+    pub started_at: Option<jiff::Timestamp>,
+    pub finished_at: Option<jiff::Timestamp>,
+    pub exit_code: Option<i32>,
+    /// Why it exited: Completed, Error, OOMKilled, ContainerStatusUnknown.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+/// CRI's RuntimeService, the part the agent uses.
+pub trait Runtime: Send + Sync + 'static {
+    /// The runtime's name and version, for the Node's nodeInfo.containerRuntimeVersion.
+    fn version(&self) -> String;
+
+    fn run_sandbox(&self, config: &SandboxConfig) -> impl Future<Output = Result<Sandbox>> + Send;
+    /// Stops every container of the sandbox (SIGKILL: graceful stops come first, per
+    /// container) and marks it NotReady. Idempotent.
+    fn stop_sandbox(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes a stopped sandbox and its containers. Idempotent.
+    fn remove_sandbox(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn list_sandboxes(&self) -> impl Future<Output = Result<Vec<Sandbox>>> + Send;
+
+    fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: &ContainerConfig,
+    ) -> impl Future<Output = Result<Container>> + Send;
+    fn start_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// SIGTERM, then SIGKILL after `grace`; returns once it has exited. Idempotent.
+    fn stop_container(
+        &self,
+        id: &str,
+        grace: std::time::Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn list_containers(&self) -> impl Future<Output = Result<Vec<Container>>> + Send;
+}
