@@ -692,10 +692,17 @@ impl ApiServer {
             if dry_run {
                 return Ok(with_rv(new, rev));
             }
-            // An object being deleted goes once its last finalizer is removed.
+            // An object being deleted goes once its last finalizer is removed — unless it is
+            // still in its grace period (a pod its node has not stopped yet: Kubernetes'
+            // ShouldDeleteDuringUpdate).
             if new.is_deleting()
                 && new.finalizers().is_empty()
                 && !namespace_finalizers_pending(info, &new)
+                && new
+                    .meta()
+                    .and_then(|m| m.get("deletionGracePeriodSeconds"))
+                    .and_then(Value::as_i64)
+                    .is_none_or(|g| g == 0)
             {
                 return match self.store.delete(&info.key_of(&new), Some(rev)).await {
                     Ok((_, del_rev)) => {
@@ -1020,11 +1027,21 @@ impl ApiServer {
                 ));
             }
             let mut finalizers = live.finalizers();
-            if let Some(f) = finalizer
-                && !finalizers.iter().any(|x| x == f)
-                && !live.is_deleting()
-            {
-                finalizers.push(f.to_string());
+            // The garbage collector's finalizers follow the policy: added on a first delete;
+            // on a later delete that names a policy, switched to it (Kubernetes lets a user
+            // turn a foreground deletion into an orphaning one, or release it).
+            if policy.is_some() || !live.is_deleting() {
+                if policy.is_some() {
+                    finalizers.retain(|x| {
+                        !matches!(x.as_str(), "foregroundDeletion" | "orphan")
+                            || Some(x.as_str()) == finalizer
+                    });
+                }
+                if let Some(f) = finalizer
+                    && !finalizers.iter().any(|x| x == f)
+                {
+                    finalizers.push(f.to_string());
+                }
             }
             let pod_grace = (info.group.is_empty()
                 && info.plural == "pods"

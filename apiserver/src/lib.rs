@@ -923,10 +923,20 @@ async fn serve(
             let body = read_body(body).await?;
             let mut obj = json_body(headers, &body)?;
             if sub == Some("finalize") {
-                // /finalize changes spec.finalizers only (the namespace controller's last step).
+                // /finalize changes spec.finalizers only (the namespace controller's last step),
+                // guarded by the resourceVersion sent, as any update.
                 let finalizers = obj["spec"]["finalizers"].clone();
+                let precondition = match obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                {
+                    Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                    })?),
+                    None => None,
+                };
                 let updated = api
-                    .guaranteed_update(t, None, p.dry_run()?, Some(p.manager()), |live| {
+                    .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
                         let mut new = live.clone();
                         let finalizers = if finalizers.is_null() {
                             json!([])

@@ -687,6 +687,26 @@ async fn pods_are_bound_once_and_deleted_gracefully_when_on_a_node() {
     api.delete("p", &DeleteParams::default()).await.unwrap();
     let dying = api.get("p").await.unwrap();
     assert_eq!(dying.metadata.deletion_grace_period_seconds, Some(30));
+    // Writes during the grace period (the kubelet's status, the collector's patches) do not
+    // delete it, though it has no finalizers.
+    api.patch_status(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    api.patch(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        api.get_opt("p").await.unwrap().is_some(),
+        "still in its grace period"
+    );
     api.delete(
         "p",
         &DeleteParams {
@@ -697,6 +717,30 @@ async fn pods_are_bound_once_and_deleted_gracefully_when_on_a_node() {
     .await
     .unwrap();
     assert!(api.get_opt("p").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_delete_switches_the_propagation_policy() {
+    let c = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    api.create(&PostParams::default(), &cm("a", &[]))
+        .await
+        .unwrap();
+    let finalizers = |o: &ConfigMap| o.metadata.finalizers.clone().unwrap_or_default();
+    api.delete("a", &DeleteParams::foreground()).await.unwrap();
+    assert_eq!(
+        finalizers(&api.get("a").await.unwrap()),
+        ["foregroundDeletion"]
+    );
+    // A user turns the foreground deletion into an orphaning one...
+    api.delete("a", &DeleteParams::orphan()).await.unwrap();
+    assert_eq!(finalizers(&api.get("a").await.unwrap()), ["orphan"]);
+    // ...a plain delete without a policy changes nothing...
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    assert_eq!(finalizers(&api.get("a").await.unwrap()), ["orphan"]);
+    // ...and an explicit Background one releases it: nothing holds it any more.
+    api.delete("a", &DeleteParams::background()).await.unwrap();
+    assert!(api.get_opt("a").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

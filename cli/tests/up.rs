@@ -123,7 +123,10 @@ fn up_refuses_a_runtime_it_does_not_have_yet() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the CRI runtime (containerd) is not built yet"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the CRI runtime (containerd) is not built yet")
+    );
 }
 
 #[test]

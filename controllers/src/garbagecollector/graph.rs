@@ -26,6 +26,21 @@ pub struct Identity {
     pub uid: String,
 }
 
+impl Identity {
+    /// Whether reference `r` from a dependent in `namespace` names this object: same group,
+    /// kind and name, and (for a namespaced object) the dependent's namespace.
+    pub fn matches(&self, r: &OwnerReference, namespace: Option<&str>) -> bool {
+        let group = |v: &str| v.split_once('/').map_or("", |(g, _)| g).to_string();
+        group(&self.api_version) == group(&r.api_version)
+            && self.kind == r.kind
+            && self.name == r.name
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| Some(ns) == namespace)
+    }
+}
+
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.namespace {
@@ -188,6 +203,12 @@ impl Graph {
             match self.nodes.get_mut(&o.uid) {
                 Some(owner) => {
                     owner.dependents.insert(uid.clone());
+                    // The reference names the owner's uid but not where it is (another
+                    // namespace, kind or name): the dependent must be checked against what it
+                    // names, not against this owner.
+                    if owner.observed && !owner.identity.matches(o, meta.namespace.as_deref()) {
+                        work.push(Work::AttemptToDelete(uid.clone()));
+                    }
                 }
                 None => {
                     self.nodes.insert(
@@ -225,6 +246,7 @@ impl Graph {
         let node = self.nodes.get_mut(&uid).expect("inserted above");
         if orphan {
             node.orphaning = true;
+            node.deleting_dependents = false;
             if !was_orphaning || !was_observed {
                 work.push(Work::AttemptToOrphan(uid.clone()));
             }
@@ -386,6 +408,17 @@ mod tests {
         let mut g = Graph::default();
         observe(&mut g, meta("a", &[], Some(FOREGROUND)));
         assert_eq!(observe(&mut g, meta("b", &[("a", true)], None)), [del("b")]);
+    }
+
+    #[test]
+    fn a_reference_naming_a_known_uid_at_other_coordinates_is_examined() {
+        let mut g = Graph::default();
+        observe(&mut g, meta("a", &[], None)); // default/n-a
+        let mut elsewhere = meta("b", &[("a", false)], None);
+        elsewhere.namespace = Some("other".into());
+        assert_eq!(g.observe("v1", "ConfigMap", &elsewhere, &src()), [del("b")]);
+        // The same reference from a's namespace is fine.
+        assert_eq!(observe(&mut g, meta("c", &[("a", false)], None)), []);
     }
 
     #[test]

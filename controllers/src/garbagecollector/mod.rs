@@ -111,20 +111,36 @@ impl GcMetrics {
     }
 }
 
-/// uids known to be gone (a bounded FIFO): spares re-reading a deleted owner for each of its
-/// thousand dependents. Safe because a uid is never reused.
+/// Owners known to be gone (a bounded FIFO), sparing a re-read of a deleted owner for each of
+/// its thousand dependents. Two kinds of keys, as Kubernetes' absentOwnerCache learned:
+/// - a uid whose deletion was observed: every reference to it dangles (uids are never reused);
+/// - a uid looked up at given coordinates (group, kind, namespace, name) and not found there:
+///   only references with the same coordinates dangle — a wrong reference elsewhere (a copied
+///   manifest in another namespace) must not condemn the dependents of a live owner.
 #[derive(Debug, Default)]
 struct Absent {
     set: HashSet<String>,
     order: VecDeque<String>,
 }
 
+/// The key of an owner looked up at these coordinates.
+fn coordinates(
+    uid: &str,
+    api_version: &str,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> String {
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    format!("{uid}|{group}|{kind}|{}|{name}", namespace.unwrap_or(""))
+}
+
 impl Absent {
     const CAP: usize = 10_000;
 
-    fn insert(&mut self, uid: &str) {
-        if self.set.insert(uid.to_string()) {
-            self.order.push_back(uid.to_string());
+    fn insert(&mut self, key: String) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
             if self.order.len() > Self::CAP
                 && let Some(old) = self.order.pop_front()
             {
@@ -133,8 +149,13 @@ impl Absent {
         }
     }
 
-    fn contains(&self, uid: &str) -> bool {
-        self.set.contains(uid)
+    /// A deletion of `uid` was observed.
+    fn deleted(&mut self, uid: &str) {
+        self.insert(uid.to_string());
+    }
+
+    fn contains(&self, uid: &str, coordinates: &str) -> bool {
+        self.set.contains(uid) || self.set.contains(coordinates)
     }
 }
 
@@ -275,6 +296,19 @@ impl GarbageCollector {
         self.absent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A CRD changed: re-read discovery once it is served (CRDs are served within a moment of
+    /// being created, and discovery refreshes at most once a second), so its resources are
+    /// watched without waiting for the periodic resync.
+    fn resync_soon(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            if let Some(gc) = weak.upgrade() {
+                gc.resync_now.notify_one();
+            }
+        });
+    }
+
     fn enqueue(&self, work: Vec<Work>) {
         for w in work {
             match w {
@@ -295,20 +329,45 @@ impl GarbageCollector {
             .map(|m| (m.key(), m))
             .collect();
         let mut monitors = self.lock_monitors();
+        let mut stopped = Vec::new();
         monitors.retain(|key, m| {
-            let keep = wanted.contains_key(key);
+            // A group version whose discovery failed this time is unknown, not gone.
+            let unknown = mapper
+                .failed
+                .iter()
+                .any(|gv| key.starts_with(&format!("{}/", gv)) || key.starts_with(&format!("/{gv}/")));
+            let keep = wanted.contains_key(key) || unknown;
             if !keep {
                 tracing::info!(resource = %key, "garbage collector: resource no longer served; stopping its watch");
                 m.task.abort();
+                stopped.push(key.clone());
             }
             keep
         });
+        // What a stopped watch delivered is gone with its resource (a deleted CRD's objects
+        // were deleted first): the graph forgets it, waking owners waiting on it.
+        for key in stopped {
+            let mut graph = self.lock_graph();
+            let work: Vec<Work> = graph
+                .observed_from(&key)
+                .into_iter()
+                .flat_map(|uid| graph.remove(&uid))
+                .collect();
+            drop(graph);
+            self.enqueue(work);
+        }
         for (key, mapping) in wanted {
             if monitors.contains_key(&key) {
                 continue;
             }
             let (tx, rx) = tokio::sync::watch::channel(false);
-            let task = tokio::spawn(self.clone().monitor(mapping, tx));
+            let task = tokio::spawn(Self::monitor(
+                Arc::downgrade(self),
+                self.client.clone(),
+                mapping,
+                tx,
+            ));
+            tracing::debug!(resource = %key, "garbage collector: watching");
             monitors.insert(key, Monitor { task, synced: rx });
         }
         self.metrics.monitors.set(monitors.len() as i64);
@@ -316,58 +375,71 @@ impl GarbageCollector {
     }
 
     /// One resource's metadata watch, feeding the graph.
+    /// Holds the collector weakly: when the collector goes (leadership lost), its `Drop`
+    /// aborts the monitors instead of the monitors keeping it alive.
     async fn monitor(
-        self: Arc<Self>,
+        gc: std::sync::Weak<Self>,
+        client: kube::Client,
         mapping: Arc<Mapping>,
         synced: tokio::sync::watch::Sender<bool>,
     ) {
-        let api: Api<PartialObjectMeta<DynamicObject>> =
-            Api::all_with(self.client.clone(), &mapping.resource);
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &mapping.resource);
         let source: Arc<str> = Arc::from(mapping.key());
         let (api_version, kind) = (&mapping.resource.api_version, &mapping.resource.kind);
         let mut events = watcher(api, watcher::Config::default())
             .default_backoff()
             .boxed();
         let mut listed: Option<HashSet<String>> = None;
+        let is_crd = mapping.resource.group == "apiextensions.k8s.io"
+            && mapping.resource.plural == "customresourcedefinitions";
         while let Some(ev) = events.next().await {
+            let Some(this) = gc.upgrade() else {
+                return;
+            };
             let work = match ev {
                 Ok(watcher::Event::Init) => {
                     listed = Some(HashSet::new());
                     Vec::new()
                 }
                 Ok(watcher::Event::InitApply(o)) => {
+                    if is_crd {
+                        this.resync_soon(); // a CRD newer than the discovery we started with
+                    }
                     if let (Some(seen), Some(uid)) = (listed.as_mut(), &o.metadata.uid) {
                         seen.insert(uid.clone());
                     }
-                    self.lock_graph()
+                    this.lock_graph()
                         .observe(api_version, kind, &o.metadata, &source)
                 }
                 Ok(watcher::Event::InitDone) => {
                     // What the list no longer returned was deleted while the watch was down.
                     let seen = listed.take().unwrap_or_default();
-                    let mut graph = self.lock_graph();
+                    let mut graph = this.lock_graph();
                     let gone: Vec<String> = graph
                         .observed_from(&source)
                         .into_iter()
                         .filter(|uid| !seen.contains(uid))
                         .collect();
-                    let mut absent = self.absent();
+                    let mut absent = this.absent();
                     let mut work = Vec::new();
                     for uid in gone {
-                        absent.insert(&uid);
+                        absent.deleted(&uid);
                         work.extend(graph.remove(&uid));
                     }
                     synced.send_replace(true);
                     work
                 }
                 Ok(watcher::Event::Apply(o)) => {
-                    self.lock_graph()
+                    if is_crd {
+                        this.resync_soon();
+                    }
+                    this.lock_graph()
                         .observe(api_version, kind, &o.metadata, &source)
                 }
                 Ok(watcher::Event::Delete(o)) => match &o.metadata.uid {
                     Some(uid) => {
-                        self.absent().insert(uid);
-                        self.lock_graph().remove(uid)
+                        this.absent().deleted(uid);
+                        this.lock_graph().remove(uid)
                     }
                     None => Vec::new(),
                 },
@@ -376,8 +448,8 @@ impl GarbageCollector {
                     Vec::new()
                 }
             };
-            self.metrics.nodes.set(self.lock_graph().len() as i64);
-            self.enqueue(work);
+            this.metrics.nodes.set(this.lock_graph().len() as i64);
+            this.enqueue(work);
         }
     }
 
@@ -456,19 +528,19 @@ impl GarbageCollector {
         if mapping.namespaced && id.namespace.is_none() {
             // A cluster-scoped dependent naming a namespaced owner: such an owner cannot be.
             if !node.observed {
-                self.absent().insert(uid);
                 let work = self.lock_graph().remove_virtual(uid);
                 self.enqueue(work);
             }
             return Ok(());
         }
-        let latest = self
-            .live(&mapping, id.namespace.as_deref(), &id.name, uid)
-            .await?;
+        let ns = id.namespace.as_deref().filter(|_| mapping.namespaced);
+        let latest = self.live(&mapping, ns, &id.name, uid).await?;
         let Some(latest) = latest else {
             if !node.observed {
-                // A virtual owner that does not exist: its dependents are dangling.
-                self.absent().insert(uid);
+                // A virtual owner not found where its first dependent said: those dependents
+                // are re-examined, each against its own reference.
+                self.absent()
+                    .insert(coordinates(uid, &id.api_version, &id.kind, ns, &id.name));
                 let work = self.lock_graph().remove_virtual(uid);
                 self.enqueue(work);
             }
@@ -485,10 +557,14 @@ impl GarbageCollector {
             }
             return Err(Error::Other(format!("{id} exists but is not observed yet")));
         }
-        if latest.deletion_timestamp.is_some() && has_finalizer(&latest, FOREGROUND) {
-            return self
-                .process_deleting_dependents(&node.identity, &mapping, &latest)
-                .await;
+        if latest.deletion_timestamp.is_some() {
+            if has_finalizer(&latest, FOREGROUND) {
+                return self
+                    .process_deleting_dependents(&node.identity, &mapping, &latest)
+                    .await;
+            }
+            // Already going (gracefully, or orphaning its dependents): nothing to decide.
+            return Ok(());
         }
         let owners = latest.owner_references.clone().unwrap_or_default();
         if owners.is_empty() {
@@ -544,7 +620,7 @@ impl GarbageCollector {
                     .await?;
             }
             return self
-                .delete(&mapping, id, PropagationPolicy::Foreground)
+                .delete(&mapping, id, &latest, PropagationPolicy::Foreground)
                 .await;
         }
         let policy = if has_finalizer(&latest, ORPHAN) {
@@ -554,7 +630,7 @@ impl GarbageCollector {
         } else {
             PropagationPolicy::Background
         };
-        self.delete(&mapping, id, policy).await
+        self.delete(&mapping, id, &latest, policy).await
     }
 
     /// Splits `owners` into solid (alive), dangling (gone, or a different object by now) and
@@ -570,11 +646,16 @@ impl GarbageCollector {
     )> {
         let (mut solid, mut dangling, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
         for o in owners {
-            if self.absent().contains(&o.uid) {
+            let mapping = self.mapping(&o.api_version, &o.kind).await?;
+            let ns = dependent
+                .namespace
+                .as_deref()
+                .filter(|_| mapping.namespaced);
+            let key = coordinates(&o.uid, &o.api_version, &o.kind, ns, &o.name);
+            if self.absent().contains(&o.uid, &key) {
                 dangling.push(o);
                 continue;
             }
-            let mapping = self.mapping(&o.api_version, &o.kind).await?;
             if mapping.namespaced && dependent.namespace.is_none() {
                 tracing::warn!(owner = %o.name, kind = %o.kind, dependent = ?dependent.name,
                     "a cluster-scoped object names a namespaced owner; the reference is invalid");
@@ -586,7 +667,7 @@ impl GarbageCollector {
                 .await?
             {
                 None => {
-                    self.absent().insert(&o.uid);
+                    self.absent().insert(key);
                     dangling.push(o);
                 }
                 Some(m) if m.deletion_timestamp.is_some() && has_finalizer(&m, FOREGROUND) => {
@@ -671,10 +752,13 @@ impl GarbageCollector {
         Ok(())
     }
 
+    /// Deletes `id` as it was when the decision was made (`latest`'s resourceVersion): if it
+    /// changed since — a controller adopted it — the 409 sends it back to be decided again.
     async fn delete(
         &self,
         mapping: &Mapping,
         id: &Identity,
+        latest: &ObjectMeta,
         policy: PropagationPolicy,
     ) -> Result<()> {
         let label = format!("{policy:?}");
@@ -682,7 +766,7 @@ impl GarbageCollector {
             propagation_policy: Some(policy),
             preconditions: Some(Preconditions {
                 uid: Some(id.uid.clone()),
-                resource_version: None,
+                resource_version: latest.resource_version.clone(),
             }),
             ..Default::default()
         };

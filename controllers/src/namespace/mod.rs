@@ -35,8 +35,9 @@ pub const FINALIZER: &str = "kubernetes";
 struct NamespaceController {
     client: kube::Client,
     discovery: Arc<Discovery>,
-    /// Passes made per terminating namespace, for the requeue back-off.
-    passes: Mutex<HashMap<String, u32>>,
+    /// Passes made per terminating namespace and when the last one was, for the back-off
+    /// (our own status writes wake the reconcile too; they must not make passes faster).
+    passes: Mutex<HashMap<String, (u32, std::time::Instant)>>,
 }
 
 pub async fn run(m: Arc<Manager>) {
@@ -64,6 +65,13 @@ impl Reconcile<Namespace> for NamespaceController {
             self.lock_passes().remove(&name);
             return Ok(Action::await_change());
         }
+        let passes = self.lock_passes().get(&name).copied();
+        if let Some((n, last)) = passes {
+            let wait = pass_interval(n).saturating_sub(last.elapsed());
+            if !wait.is_zero() {
+                return Ok(Action::requeue(wait));
+            }
+        }
         let remaining = self.delete_content(&name).await?;
         let conds = conditions(&remaining, ns.status.as_ref());
         let api: Api<Namespace> = Api::all(self.client.clone());
@@ -85,10 +93,9 @@ impl Reconcile<Namespace> for NamespaceController {
             // Content is going (graceful pods, other controllers' finalizers): look again soon,
             // backing off from 1 s to 15 s.
             let mut passes = self.lock_passes();
-            let n = passes.entry(name).or_insert(0);
-            *n = n.saturating_add(1);
-            let delay = Duration::from_millis(500u64 << (*n).min(5)).min(Duration::from_secs(15));
-            return Ok(Action::requeue(delay));
+            let entry = passes.entry(name).or_insert((0, std::time::Instant::now()));
+            *entry = (entry.0.saturating_add(1), std::time::Instant::now());
+            return Ok(Action::requeue(pass_interval(entry.0)));
         }
         self.lock_passes().remove(&name);
         // Empty: drop our finalizer (the API server deletes the namespace when none is left).
@@ -117,15 +124,24 @@ impl Reconcile<Namespace> for NamespaceController {
     }
 }
 
+/// The least time between two deletion passes over one namespace after `n` passes: 1 s
+/// doubling to 15 s.
+fn pass_interval(n: u32) -> Duration {
+    Duration::from_millis(500u64 << n.min(5)).min(Duration::from_secs(15))
+}
+
 impl NamespaceController {
-    fn lock_passes(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+    fn lock_passes(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, std::time::Instant)>> {
         self.passes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One deletion pass over every namespaced resource; what is still there after it.
     async fn delete_content(&self, ns: &str) -> Result<Remaining> {
         let mapper = self.discovery.refresh().await?;
-        let mut remaining = Remaining::default();
+        let mut remaining = Remaining {
+            discovery_failures: mapper.failed.clone(),
+            ..Default::default()
+        };
         let resources: Vec<Arc<Mapping>> = mapper
             .preferred_with(&["list", "delete"])
             .into_iter()

@@ -15,11 +15,14 @@ pub struct Remaining {
     pub finalizers: BTreeMap<String, usize>,
     /// Resources whose deletion or listing failed, with the error.
     pub failures: Vec<String>,
+    /// Group versions discovery could not read: their content is unknown, so the namespace
+    /// is not finalized until it can be checked.
+    pub discovery_failures: Vec<String>,
 }
 
 impl Remaining {
     pub fn is_empty(&self) -> bool {
-        self.resources.is_empty() && self.failures.is_empty()
+        self.resources.is_empty() && self.failures.is_empty() && self.discovery_failures.is_empty()
     }
 }
 
@@ -42,12 +45,25 @@ pub fn conditions(r: &Remaining, current: Option<&NamespaceStatus>) -> Option<Ve
             .join(", ")
     };
     let wanted = [
-        condition(
-            "NamespaceDeletionDiscoveryFailure",
-            false,
-            "ResourcesDiscovered",
-            "All resources successfully discovered".into(),
-        ),
+        if r.discovery_failures.is_empty() {
+            condition(
+                "NamespaceDeletionDiscoveryFailure",
+                false,
+                "ResourcesDiscovered",
+                "All resources successfully discovered".into(),
+            )
+        } else {
+            condition(
+                "NamespaceDeletionDiscoveryFailure",
+                true,
+                "DiscoveryFailed",
+                format!(
+                    "Discovery failed for some groups, {} failing: {}",
+                    r.discovery_failures.len(),
+                    r.discovery_failures.join(", ")
+                ),
+            )
+        },
         if r.failures.is_empty() {
             condition(
                 "NamespaceDeletionContentFailure",
@@ -156,7 +172,7 @@ mod tests {
         let r = Remaining {
             resources: BTreeMap::from([("pods.".into(), 2), ("widgets.example.com".into(), 1)]),
             finalizers: BTreeMap::from([("example.com/hold".into(), 1)]),
-            failures: vec![],
+            ..Default::default()
         };
         let conds = conditions(&r, None).unwrap();
         let by = |t: &str| conds.iter().find(|c| c["type"] == t).unwrap().clone();
@@ -187,6 +203,25 @@ mod tests {
         assert_eq!(
             by("NamespaceDeletionDiscoveryFailure")["lastTransitionTime"],
             "2026-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn a_discovery_failure_keeps_the_namespace_and_says_why() {
+        let r = Remaining {
+            discovery_failures: vec!["example.com/v1".into()],
+            ..Default::default()
+        };
+        assert!(!r.is_empty(), "not finalized while content is unknown");
+        let conds = conditions(&r, None).unwrap();
+        let c = conds
+            .iter()
+            .find(|c| c["type"] == "NamespaceDeletionDiscoveryFailure")
+            .unwrap();
+        assert_eq!(c["status"], "True");
+        assert_eq!(
+            c["message"],
+            "Discovery failed for some groups, 1 failing: example.com/v1"
         );
     }
 

@@ -47,6 +47,11 @@ pub struct RestMapper {
     /// version that is no longer served, the object is still reachable at another).
     by_group_kind: HashMap<(String, String), Arc<Mapping>>,
     all: Vec<Arc<Mapping>>,
+    /// Each resource once: at its group's preferred version when served there, else at the
+    /// first version that serves it (client-go's ServerPreferredResources).
+    preferred: Vec<Arc<Mapping>>,
+    /// Group versions whose discovery failed (their resources are unknown, not absent).
+    pub failed: Vec<String>,
 }
 
 impl RestMapper {
@@ -78,7 +83,12 @@ impl RestMapper {
                 }
             }
         }
-        Ok((RestMapper::from_lists(&lists), failed))
+        let mut mapper = RestMapper::from_lists(&lists);
+        mapper.failed = failed
+            .iter()
+            .filter_map(|f| f.split_once(':').map(|(gv, _)| gv.to_string()))
+            .collect();
+        Ok((mapper, failed))
     }
 
     /// Builds the mapper from discovery lists (each with whether it is its group's preferred
@@ -117,6 +127,29 @@ impl RestMapper {
                 m.all.push(mapping);
             }
         }
+        let mut chosen: HashMap<(String, String), Arc<Mapping>> = HashMap::new();
+        for mapping in &m.all {
+            let key = (
+                mapping.resource.group.clone(),
+                mapping.resource.plural.clone(),
+            );
+            match chosen.get(&key) {
+                Some(have) if have.preferred || !mapping.preferred => {}
+                _ => {
+                    chosen.insert(key, mapping.clone());
+                }
+            }
+        }
+        m.preferred = m
+            .all
+            .iter()
+            .filter(|x| {
+                chosen
+                    .get(&(x.resource.group.clone(), x.resource.plural.clone()))
+                    .is_some_and(|c| Arc::ptr_eq(c, x))
+            })
+            .cloned()
+            .collect();
         m
     }
 
@@ -134,11 +167,11 @@ impl RestMapper {
             .cloned()
     }
 
-    /// Every resource at its group's preferred version that supports all of `verbs`.
+    /// Every resource, once (at its preferred version), that supports all of `verbs`.
     pub fn preferred_with(&self, verbs: &[&str]) -> Vec<Arc<Mapping>> {
-        self.all
+        self.preferred
             .iter()
-            .filter(|m| m.preferred && m.supports(verbs))
+            .filter(|m| m.supports(verbs))
             .cloned()
             .collect()
     }
@@ -234,7 +267,10 @@ mod tests {
                 true,
             ),
             (
-                list("example.com/v1", json!([r("widgets", "Widget", true)])),
+                list(
+                    "example.com/v1",
+                    json!([r("widgets", "Widget", true), r("gadgets", "Gadget", true)]),
+                ),
                 false,
             ),
         ]);
@@ -264,6 +300,15 @@ mod tests {
             .iter()
             .map(|m| m.key())
             .collect();
-        assert_eq!(keys, ["/v1/pods", "/v1/nodes", "example.com/v2/widgets"]);
+        // A resource only served at a non-preferred version is still watched, there.
+        assert_eq!(
+            keys,
+            [
+                "/v1/pods",
+                "/v1/nodes",
+                "example.com/v2/widgets",
+                "example.com/v1/gadgets"
+            ]
+        );
     }
 }
