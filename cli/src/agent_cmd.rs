@@ -32,9 +32,10 @@ pub struct AgentArgs {
     /// The IP the node reports (default: the address of the route to the outside).
     #[arg(long)]
     pub node_ip: Option<String>,
-    /// Where the agent keeps its runtime state and pod logs.
-    #[arg(long, default_value = "/var/lib/capstan/agent")]
-    pub root_dir: PathBuf,
+    /// Where the agent keeps its runtime state and pod logs (default: /var/lib/capstan/agent;
+    /// DATA_DIR/agent inside `capstan up`).
+    #[arg(long)]
+    pub root_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
     /// Node labels as KEY=VALUE (repeat or comma-separate).
@@ -101,11 +102,14 @@ pub async fn run_agent(
             .with_context(|| format!("--node-label {l:?}: expected KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    std::fs::create_dir_all(&args.root_dir)
-        .with_context(|| format!("creating {}", args.root_dir.display()))?;
+    let root_dir = args
+        .root_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/capstan/agent"));
+    std::fs::create_dir_all(&root_dir)
+        .with_context(|| format!("creating {}", root_dir.display()))?;
     let exe = std::env::current_exe().context("locating the capstan binary for the shim")?;
     let rt = ProcessRuntime::new(
-        args.root_dir.join("process"),
+        root_dir.join("process"),
         vec![exe.display().to_string(), "shim".into()],
         &host_ip,
     )?;
@@ -115,16 +119,10 @@ pub async fn run_agent(
         labels,
         max_pods: args.max_pods,
         runtime_version: capstan_node_agent::runtime::Runtime::version(&rt),
-        root_dir: args.root_dir.clone(),
+        root_dir: root_dir.clone(),
     };
-    tracing::info!(node = %name, root = %args.root_dir.display(), "node agent starting (process runtime)");
-    let agent = Agent::new(
-        client,
-        Arc::new(rt),
-        node,
-        args.root_dir.join("pods"),
-        "process",
-    );
+    tracing::info!(node = %name, root = %root_dir.display(), "node agent starting (process runtime)");
+    let agent = Agent::new(client, Arc::new(rt), node, root_dir.join("pods"), "process");
     agent.run().await?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 
 /// mimalloc instead of glibc's malloc: the API server allocates and frees many small JSON
 /// values from every worker thread, where glibc's arenas contend (measured in
-/// docs/benchmarks.md, "Allocator").
+/// docs/benchmarks.md, the scheduler section: floor 1,724 → 2,712 binds/s).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -85,8 +85,8 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
         let client = kube::Client::try_from(config).context("client for the node agent")?;
         let mut agent = args.agent.clone();
-        if agent.root_dir == std::path::Path::new("/var/lib/capstan/agent") {
-            agent.root_dir = args.store.data_dir.join("agent");
+        if agent.root_dir.is_none() {
+            agent.root_dir = Some(args.store.data_dir.join("agent"));
         }
         let (runtime, socket) = (args.runtime, args.cri_socket.clone());
         tokio::spawn(async move {

@@ -491,9 +491,8 @@ async fn resources_served_only_at_a_non_preferred_version_are_collected_too() {
     .unwrap();
     let pp = PostParams::default();
     until_ok(|| gadgets.create(&pp, &g)).await;
-    // The collector learns of gadgets on its next discovery resync (30 s by default) or when
-    // something asks for them; wait until it has seen g, through its metric-free proxy: the
-    // dependent is collected once the owner goes.
+    // The collector starts watching gadgets on the discovery resync a CRD event triggers
+    // (within ~1 s, not the 30 s period); then g, dangling once its owner goes, is collected.
     api.delete("owner-of-g", &DeleteParams::foreground())
         .await
         .unwrap();
