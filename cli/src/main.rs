@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a single-machine Capstan: the object store, the Kubernetes API server and the
-    /// controllers (the node agent joins when it is built).
+    /// controllers and a node agent.
     Up(up::UpArgs),
     /// Run the Kubernetes API server alone, over the embedded store or an etcd cluster.
     Apiserver(up::UpArgs),
@@ -53,6 +53,9 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// Run the node agent: register this machine as a Node and run the pods bound to it.
     Agent(agent_cmd::AgentCmd),
+    /// Container images for the containerd runtime.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// The process runtime's per-container shim (started by the agent, not by users).
     #[command(hide = true)]
     Shim {
@@ -61,6 +64,12 @@ enum Command {
     },
     #[command(flatten)]
     Client(client_cmd::ClientCmd),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ImageCmd {
+    /// Import OCI archives (e.g. from e2e/images/build.sh) into containerd's k8s.io namespace.
+    Import(agent_cmd::ImageImportCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +100,7 @@ fn main() -> std::process::ExitCode {
             Command::Crd(cmd) => crd_cmd::run(cmd),
             Command::Sim(args) => sim_cmd::run(cli.client, args).await,
             Command::Agent(cmd) => agent_cmd::run(cli.client, cmd).await,
+            Command::Image(ImageCmd::Import(cmd)) => agent_cmd::image_import(cmd).await,
             Command::Shim { .. } => Ok(()),
             Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,
         }

@@ -21,13 +21,20 @@ pub struct UpArgs {
     /// Address to serve the API on (plain HTTP: keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
-    /// Which node agent runs pods: `auto` (containerd's CRI when present, else processes),
+    /// Which node agent runs pods: `auto` (containerd when installed, else processes),
     /// `cri`, `process`, or `none`.
     #[arg(long, value_enum, default_value = "auto")]
     pub runtime: Runtime,
-    /// containerd's socket (for `--runtime cri|auto`).
-    #[arg(long, default_value = "/run/containerd/containerd.sock")]
-    pub cri_socket: std::path::PathBuf,
+    /// Use the containerd at this socket; without it, `cri` and `auto` run their own under
+    /// DATA_DIR/containerd.
+    #[arg(long)]
+    pub cri_socket: Option<std::path::PathBuf>,
+    /// The pods' IPv4 range (the managed containerd's CNI config).
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub pod_cidr: String,
+    /// The bridge the pods attach to (the managed containerd's CNI config).
+    #[arg(long, default_value = "cni0")]
+    pub cni_bridge: String,
     #[command(flatten)]
     pub agent: crate::agent_cmd::AgentArgs,
     /// Service ClusterIPs are allocated from this IPv4 range.
@@ -40,10 +47,45 @@ pub struct UpArgs {
 pub use crate::agent_cmd::Runtime;
 
 pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
-    if args.runtime == Runtime::Cri {
-        bail!(
-            "--runtime cri: the CRI runtime (containerd) is not built yet; use --runtime process"
-        );
+    // Which runtime, and a containerd of our own when none was named.
+    let mut managed = None;
+    let mut runtime = if with_controllers {
+        args.runtime
+    } else {
+        Runtime::None
+    };
+    let mut cri_socket = args.cri_socket.clone().unwrap_or_default();
+    if matches!(runtime, Runtime::Cri | Runtime::Auto) && args.cri_socket.is_none() {
+        let root = rustix::process::geteuid().is_root();
+        if capstan_node_agent::containerd::available() && root {
+            let cfg = capstan_node_agent::containerd::Config {
+                dir: args.store.data_dir.join("containerd"),
+                pod_cidr: args.pod_cidr.clone(),
+                bridge: args.cni_bridge.clone(),
+                sandbox_image: "localhost/pause:1".into(),
+            };
+            let c = capstan_node_agent::containerd::start(&cfg).await?;
+            cri_socket = c.socket.clone();
+            managed = Some(c);
+            runtime = Runtime::Cri;
+        } else if runtime == Runtime::Cri {
+            bail!(
+                "--runtime cri: containerd, runc and the CNI plugins must be installed (apt-get install containerd runc containernetworking-plugins) and capstan must run as root; or name a running containerd with --cri-socket"
+            );
+        } else {
+            tracing::warn!(
+                "containerd is not installed (or capstan is not root): RUNNING PODS AS PLAIN PROCESSES (no images, no isolation)"
+            );
+            runtime = Runtime::Process;
+        }
+    } else if matches!(runtime, Runtime::Cri | Runtime::Auto) {
+        if tokio::net::UnixStream::connect(&cri_socket).await.is_err() {
+            bail!(
+                "--cri-socket {}: no containerd answers there",
+                cri_socket.display()
+            );
+        }
+        runtime = Runtime::Cri;
     }
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
@@ -81,14 +123,18 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             }
         });
     }
-    if with_controllers && args.runtime != Runtime::None {
+    if runtime != Runtime::None {
         let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
         let client = kube::Client::try_from(config).context("client for the node agent")?;
         let mut agent = args.agent.clone();
         if agent.root_dir.is_none() {
             agent.root_dir = Some(args.store.data_dir.join("agent"));
         }
-        let (runtime, socket) = (args.runtime, args.cri_socket.clone());
+        agent.port.get_or_insert(0);
+        if agent.image_dir.is_none() {
+            agent.image_dir = Some(args.store.data_dir.join("images"));
+        }
+        let socket = cri_socket.clone();
         tokio::spawn(async move {
             // Stops with the server (its pod watch would hold the graceful shutdown open);
             // the pods keep running, as containers outlive a kubelet, and are adopted on the
@@ -103,7 +149,13 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             }
         });
     }
-    server.await.context("server task")?.context("serving")?;
+    let served = server.await.context("server task");
+    if let Some(c) = managed {
+        // Its pods keep running (their shims outlive it) and are adopted on the next start.
+        tracing::info!(pid = c.pid, "stopping containerd; its pods keep running");
+        c.stop();
+    }
+    served?.context("serving")?;
     tracing::info!("shutting down");
     Ok(())
 }

@@ -88,7 +88,7 @@ impl Cluster {
     /// The log of `container` of pod `name`, attempt `attempt` (the CRI log file).
     fn log(&self, pod: &Value, container: &str, attempt: u32) -> String {
         let m = &pod["metadata"];
-        let dir = self.root().join("pods").join(format!(
+        let dir = self.root().join("logs").join(format!(
             "{}_{}_{}",
             m["namespace"].as_str().unwrap(),
             m["name"].as_str().unwrap(),
@@ -300,7 +300,7 @@ spec:
         })
         .count();
     assert_eq!(sandboxes, 0, "the sandbox is removed");
-    let logs = c.root().join("pods").join(format!("default_web_{uid}"));
+    let logs = c.root().join("logs").join(format!("default_web_{uid}"));
     assert!(!logs.exists(), "the log directory is removed");
     c.ok(&["delete", "pod", "fails", "--timeout=60s"], None);
     let left: Vec<_> = std::fs::read_dir(c.root().join("process/containers"))

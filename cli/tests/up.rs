@@ -117,16 +117,27 @@ fn up_refuses_contradictory_store_flags() {
 }
 
 #[test]
-fn up_refuses_a_runtime_it_does_not_have_yet() {
+fn up_refuses_a_containerd_socket_where_none_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nothing.sock");
     let out = capstan()
-        .args(["up", "--listen", "127.0.0.1:0", "--runtime", "cri"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "cri",
+            "--cri-socket",
+        ])
+        .arg(&sock)
+        .arg("--data-dir")
+        .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("the CRI runtime (containerd) is not built yet")
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no containerd answers there"), "{err}");
+    assert!(!dir.path().join("kubeconfig").exists(), "nothing started");
 }
 
 #[test]

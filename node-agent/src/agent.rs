@@ -18,6 +18,7 @@ use crate::node::{self, NodeConfig};
 use crate::pod::env::ApiLookup;
 use crate::pod::worker::{Context, PodWorker, observe};
 use crate::runtime::{ContainerState, POD_UID, Runtime, SandboxState};
+use crate::server::Metrics;
 
 pub const PLEG_PERIOD: Duration = Duration::from_secs(1);
 
@@ -44,6 +45,8 @@ pub struct Agent<R> {
     node: NodeConfig,
     log_root: PathBuf,
     runtime_name: String,
+    metrics: Metrics,
+    listener: Option<tokio::net::TcpListener>,
 }
 
 impl<R> std::fmt::Debug for Agent<R> {
@@ -70,11 +73,34 @@ impl<R: Runtime> Agent<R> {
             node,
             log_root,
             runtime_name: runtime_name.to_string(),
+            metrics: Metrics::new().expect("the agent's metrics are well-formed"),
+            listener: None,
         }
     }
 
+    /// Serves logs and metrics on `listener` (whose port the Node reports).
+    pub fn serve(mut self, listener: tokio::net::TcpListener) -> Self {
+        if let Ok(addr) = listener.local_addr() {
+            self.node.port = addr.port();
+        }
+        self.listener = Some(listener);
+        self
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Registers the node, then runs until dropped.
-    pub async fn run(self) -> Result<(), AgentError> {
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        let _stop_server = self.listener.take().map(|l| {
+            let app = crate::server::router(self.runtime.clone(), self.metrics.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "the agent's HTTP server failed");
+                }
+            }))
+        });
         node::register(&self.client, &self.node)
             .await
             .map_err(|source| AgentError::Register {
@@ -92,6 +118,11 @@ impl<R: Runtime> Agent<R> {
             node: self.node.clone(),
             log_root: self.log_root.clone(),
             runtime_name: self.runtime_name.clone(),
+            metrics: Some(self.metrics.clone()),
+            memory_capacity: {
+                let info = rustix::system::sysinfo();
+                (info.totalram as u128 * info.mem_unit as u128) as i64
+            },
         });
         let pods: Api<Pod> = Api::all(self.client.clone());
         let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
@@ -133,7 +164,10 @@ impl<R: Runtime> Agent<R> {
                 },
                 _ = pleg.tick() => {
                     workers.retain(|_, h| !h.task.is_finished());
-                    let snapshot = match self.relist().await {
+                    let timer = self.metrics.relist.start_timer();
+                    let relisted = self.relist().await;
+                    timer.observe_duration();
+                    let snapshot = match relisted {
                         Ok(s) => s,
                         Err(e) => {
                             tracing::warn!(error = %e, "runtime relist failed");
@@ -200,15 +234,30 @@ impl<R: Runtime> Agent<R> {
     async fn relist(&self) -> Result<HashMap<String, String>, crate::runtime::RuntimeError> {
         let sandboxes = self.runtime.list_sandboxes().await?;
         let containers = self.runtime.list_containers().await?;
+        self.metrics.pods.set(
+            sandboxes
+                .iter()
+                .filter(|s| s.state == SandboxState::Ready)
+                .count() as i64,
+        );
+        for state in [
+            ContainerState::Created,
+            ContainerState::Running,
+            ContainerState::Exited,
+            ContainerState::Unknown,
+        ] {
+            self.metrics
+                .containers
+                .with_label_values(&[&format!("{state:?}").to_lowercase()])
+                .set(containers.iter().filter(|c| c.state == state).count() as i64);
+        }
         let mut out: HashMap<String, String> = HashMap::new();
         let mut uid_of: HashMap<&str, &str> = HashMap::new();
         for sb in &sandboxes {
-            let uid = sb
-                .config
-                .labels
-                .get(POD_UID)
-                .map(String::as_str)
-                .unwrap_or_default();
+            // Sandboxes not made for a pod (another client of the same runtime) are not ours.
+            let Some(uid) = sb.config.labels.get(POD_UID).map(String::as_str) else {
+                continue;
+            };
             uid_of.insert(&sb.id, uid);
             out.entry(uid.to_string())
                 .or_default()

@@ -4,9 +4,12 @@
 //! ([`runtime`]: processes today, containerd's CRI next).
 
 pub mod agent;
+pub mod containerd;
+pub mod logs;
 pub mod node;
 pub mod pod;
 pub mod runtime;
+pub mod server;
 
 pub use agent::Agent;
 pub use node::NodeConfig;

@@ -24,6 +24,8 @@ pub struct NodeConfig {
     pub runtime_version: String,
     /// Where pod data lives (its filesystem's size is the ephemeral-storage capacity).
     pub root_dir: std::path::PathBuf,
+    /// The agent's HTTP port (logs, metrics): status.daemonEndpoints.kubeletEndpoint.
+    pub port: u16,
 }
 
 /// cpu, memory, pods and ephemeral-storage of this machine, as Quantity strings.
@@ -76,6 +78,7 @@ pub fn node_status(cfg: &NodeConfig) -> Value {
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "capstan agent is posting ready status"),
         ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.port}},
         "addresses": [
             {"type": "InternalIP", "address": cfg.host_ip},
             {"type": "Hostname", "address": cfg.name},

@@ -55,7 +55,12 @@ impl Lookup for ApiLookup {
 }
 
 /// A pod field for fieldRef (Kubernetes' downward API fields).
-fn field(pod: &Pod, path: &str, host_ip: &str, pod_ip: &str) -> Result<String, EnvError> {
+pub(crate) fn field(
+    pod: &Pod,
+    path: &str,
+    host_ip: &str,
+    pod_ip: &str,
+) -> Result<String, EnvError> {
     let meta = &pod.metadata;
     let spec = pod.spec.clone().unwrap_or_default();
     let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| {
@@ -85,7 +90,60 @@ fn field(pod: &Pod, path: &str, host_ip: &str, pod_ip: &str) -> Result<String, E
     })
 }
 
-fn data_of_secret(s: &Secret) -> BTreeMap<String, String> {
+/// A resourceFieldRef's value (limits.cpu, requests.memory, ...) divided by its divisor and
+/// rounded up, as the kubelet gives it; an unset limit is the node's capacity.
+pub(crate) fn resource_field(
+    pod: &Pod,
+    default_container: &str,
+    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+) -> Result<String, EnvError> {
+    use capstan_api::quantity::parse;
+    let name = r.container_name.as_deref().unwrap_or(default_container);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let c = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+        .ok_or_else(|| EnvError(format!("resourceFieldRef: no container {name:?}")))?;
+    let (which, res) = r
+        .resource
+        .split_once('.')
+        .ok_or_else(|| EnvError(format!("unsupported resource {:?}", r.resource)))?;
+    let res_ = c.resources.clone().unwrap_or_default();
+    let map = match which {
+        "limits" => res_.limits,
+        "requests" => res_.requests,
+        _ => None,
+    };
+    let set = map.and_then(|m| m.get(res).map(|q| q.0.clone()));
+    let cpu = res == "cpu";
+    if !cpu && res != "memory" && res != "ephemeral-storage" {
+        return Err(EnvError(format!("unsupported resource {:?}", r.resource)));
+    }
+    // Millicores for cpu, bytes otherwise.
+    let scale = if cpu { 1000.0 } else { 1.0 };
+    let value = match set {
+        Some(q) => parse(&q, scale),
+        None if which == "limits" && cpu => {
+            Some(std::thread::available_parallelism().map_or(1, |n| n.get()) as i64 * 1000)
+        }
+        None if which == "limits" && res == "memory" => {
+            let info = rustix::system::sysinfo();
+            Some((info.totalram as u128 * info.mem_unit as u128) as i64)
+        }
+        None => Some(0),
+    }
+    .ok_or_else(|| EnvError(format!("unparsable quantity for {:?}", r.resource)))?;
+    let divisor = match &r.divisor {
+        Some(d) => parse(&d.0, scale).filter(|d| *d > 0),
+        None => Some(if cpu { 1000 } else { 1 }),
+    }
+    .ok_or_else(|| EnvError(format!("invalid divisor for {:?}", r.resource)))?;
+    Ok(((value + divisor - 1) / divisor).to_string())
+}
+
+pub(crate) fn data_of_secret(s: &Secret) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = s
         .data
         .iter()
@@ -172,9 +230,11 @@ pub async fn environment(
                             )));
                         }
                     }
+                } else if let Some(r) = &src.resource_field_ref {
+                    resource_field(pod, &c.name, r)?
                 } else {
                     return Err(EnvError(format!(
-                        "env {:?}: resourceFieldRef is not supported yet",
+                        "env {:?}: valueFrom names no source",
                         e.name
                     )));
                 }

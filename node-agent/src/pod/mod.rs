@@ -3,5 +3,8 @@
 
 pub mod env;
 pub mod plan;
+pub mod probe;
+pub mod resources;
 pub mod status;
+pub mod volumes;
 pub mod worker;

@@ -91,6 +91,10 @@ pub enum Action {
     Remove {
         id: String,
     },
+    /// A stopped sandbox that is not the pod's newest (a failed or replaced one).
+    RemoveSandbox {
+        id: String,
+    },
 }
 
 /// Restart back-off per container name: how many back-offs it has had. A container that
@@ -110,6 +114,13 @@ pub fn plan(pod: &Pod, obs: &Observed, backoffs: &Backoffs, now: jiff::Timestamp
     let spec = pod.spec.clone().unwrap_or_default();
     let restart = Restart::of(pod);
     let mut actions = Vec::new();
+    // Garbage: stopped sandboxes older than the newest (their containers go with them).
+    let newest = obs.sandbox().map(|sb| sb.id.as_str());
+    for sb in &obs.sandboxes {
+        if sb.state == SandboxState::NotReady && Some(sb.id.as_str()) != newest {
+            actions.push(Action::RemoveSandbox { id: sb.id.clone() });
+        }
+    }
     // Garbage: exited attempts older than the two newest of their container (the newest is
     // the state, the one before it the lastState).
     if let Some(sb) = obs.sandbox() {
@@ -317,6 +328,7 @@ mod tests {
             exit_code: exit,
             reason: None,
             message: None,
+            image_ref: String::new(),
         }
     }
 

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::plan::{Observed, Restart, finished};
+use super::probe::Health;
 use crate::runtime::{Container, ContainerState};
 
 /// Why a container is waiting, when the worker knows better than the runtime (a failed
@@ -37,6 +38,7 @@ fn container_status(
     spec: &ContainerSpec,
     obs: &Observed,
     waiting: &Waiting,
+    health: &HashMap<String, Health>,
     runtime: &str,
 ) -> ContainerStatus {
     let latest = obs.latest(&spec.name);
@@ -71,14 +73,19 @@ fn container_status(
         (None, None) => wait("ContainerCreating", ""),
     };
     let running = latest.is_some_and(|c| c.state == ContainerState::Running);
+    // Containers without probes are ready and started while they run.
+    let h = latest.and_then(|c| health.get(&c.id));
     ContainerStatus {
         name: spec.name.clone(),
         image: spec.image.clone().unwrap_or_default(),
-        image_id: spec.image.clone().unwrap_or_default(),
+        image_id: latest
+            .map(|c| c.image_ref.clone())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_default(),
         container_id: latest.map(|c| format!("{runtime}://{}", c.id)),
         restart_count: latest.map_or(0, |c| c.config.attempt as i32),
-        ready: running,
-        started: Some(running),
+        ready: running && h.is_none_or(|h| h.ready),
+        started: Some(running && h.is_none_or(|h| h.started)),
         state: Some(state),
         last_state: Some(match previous {
             Some(p) if matches!(p.state, ContainerState::Exited | ContainerState::Unknown) => {
@@ -163,6 +170,7 @@ pub fn pod_status(
     pod: &Pod,
     obs: &Observed,
     waiting: &Waiting,
+    health: &HashMap<String, Health>,
     host_ip: &str,
     runtime: &str,
     now: jiff::Timestamp,
@@ -173,12 +181,12 @@ pub fn pod_status(
     let inits = spec.init_containers.clone().unwrap_or_default();
     let init_statuses: Vec<ContainerStatus> = inits
         .iter()
-        .map(|c| container_status(c, obs, waiting, runtime))
+        .map(|c| container_status(c, obs, waiting, health, runtime))
         .collect();
     let statuses: Vec<ContainerStatus> = spec
         .containers
         .iter()
-        .map(|c| container_status(c, obs, waiting, runtime))
+        .map(|c| container_status(c, obs, waiting, health, runtime))
         .collect();
     let initialized = init_statuses.iter().all(|s| {
         s.state
@@ -299,6 +307,7 @@ mod tests {
                     exit_code: exit,
                     reason: exit.map(|c| if c == 0 { "Completed" } else { "Error" }.to_string()),
                     message: None,
+                    image_ref: String::new(),
                 })
                 .collect(),
         }
@@ -309,6 +318,7 @@ mod tests {
             p,
             o,
             w,
+            &HashMap::new(),
             "192.168.1.10",
             "process",
             jiff::Timestamp::from_second(5).unwrap(),

@@ -4,7 +4,7 @@
 //! everything (graceful, then killed), confirms the deletion to the API server, and removes
 //! the sandbox, the containers and the pod's log directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +16,13 @@ use tokio::sync::{Notify, watch};
 
 use super::env::{self, Lookup};
 use super::plan::{self, Action, Backoffs, Kind, Observed};
+use super::probe::{Health, Prober};
 use super::status::{self, Waiting};
+use super::{resources, volumes};
 use crate::node::NodeConfig;
 use crate::runtime::{
-    CONTAINER_NAME, ContainerConfig, ContainerState, POD_NAME, POD_NAMESPACE, POD_UID, Runtime,
-    RuntimeError, SandboxConfig, SandboxState,
+    CONTAINER_NAME, ContainerConfig, ContainerState, POD_NAME, POD_NAMESPACE, POD_UID, PortMapping,
+    Runtime, RuntimeError, SandboxConfig, SandboxState,
 };
 
 /// What the worker needs of the agent.
@@ -33,6 +35,9 @@ pub struct Context<R, L> {
     pub log_root: PathBuf,
     /// The containerID scheme (`process://`, `containerd://`).
     pub runtime_name: String,
+    /// The machine's memory in bytes (Burstable containers' oom_score_adj).
+    pub memory_capacity: i64,
+    pub metrics: Option<crate::server::Metrics>,
 }
 
 impl<R, L> std::fmt::Debug for Context<R, L> {
@@ -86,6 +91,9 @@ pub struct PodWorker<R, L> {
     waiting: Waiting,
     written: Option<PodStatus>,
     last: Option<Arc<Pod>>,
+    prober: Option<Prober<R>>,
+    /// Image pull back-off: failures so far and when the next pull may be tried.
+    pulls: HashMap<String, (u32, tokio::time::Instant)>,
 }
 
 impl<R, L> std::fmt::Debug for PodWorker<R, L> {
@@ -114,12 +122,15 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
             waiting: Waiting::new(),
             written: None,
             last: None,
+            prober: None,
+            pulls: HashMap::new(),
         }
     }
 
     /// Runs until the pod is gone and cleaned up. `pod` carries the latest version (None once
     /// it is gone from the API); `poke` wakes it when the PLEG sees a change.
     pub async fn run(mut self, mut pod: watch::Receiver<Option<Arc<Pod>>>, poke: Arc<Notify>) {
+        self.prober = Some(Prober::new(self.ctx.runtime.clone(), poke.clone()));
         loop {
             let current = pod.borrow_and_update().clone();
             let outcome = match current {
@@ -129,6 +140,10 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
                 }
                 None => self.gone().await,
             };
+            if let Some(m) = &self.ctx.metrics {
+                let result = if outcome.is_ok() { "ok" } else { "error" };
+                m.syncs.with_label_values(&[result]).inc();
+            }
             let wake = match outcome {
                 Ok(Outcome::Done) => return,
                 Ok(Outcome::Again(wake)) => wake,
@@ -148,8 +163,30 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
 
     /// One SyncPod: plan, act, report.
     pub async fn sync(&mut self, pod: &Pod) -> Result<Outcome, String> {
-        let rt = &self.ctx.runtime;
-        let obs = observe(&**rt, &self.uid).await.map_err(|e| e.to_string())?;
+        let rt = self.ctx.runtime.clone();
+        let mut obs = observe(&*rt, &self.uid).await.map_err(|e| e.to_string())?;
+        // Containers whose liveness or startup probe failed are stopped; the plan then
+        // restarts them by the pod's restart policy.
+        if pod.metadata.deletion_timestamp.is_none() {
+            let health = self.probe(pod, &obs);
+            let mut killed = false;
+            for c in obs
+                .containers
+                .iter()
+                .filter(|c| c.state == ContainerState::Running)
+            {
+                if let Some(why) = health.get(&c.id).and_then(|h| h.failed.as_ref()) {
+                    tracing::info!(pod = %self.uid, container = %c.config.name, %why, "container failed its probe, will be restarted");
+                    rt.stop_container(&c.id, grace_of_container(pod))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    killed = true;
+                }
+            }
+            if killed {
+                obs = observe(&*rt, &self.uid).await.map_err(|e| e.to_string())?;
+            }
+        }
         let now = jiff::Timestamp::now();
         let actions = plan::plan(pod, &obs, &self.backoffs, now);
         self.waiting.clear();
@@ -176,6 +213,9 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
                             .and_then(|s| s.host_network)
                             .unwrap_or(false),
                         log_directory: log_dir(&self.ctx.log_root, pod),
+                        hostname: hostname(pod),
+                        port_mappings: port_mappings(pod),
+                        cgroup_parent: resources::cgroup_parent(pod),
                     };
                     sandbox = Some(rt.run_sandbox(&cfg).await.map_err(|e| e.to_string())?);
                 }
@@ -220,9 +260,12 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
                 Action::Remove { id } => {
                     rt.remove_container(&id).await.map_err(|e| e.to_string())?
                 }
+                Action::RemoveSandbox { id } => {
+                    rt.remove_sandbox(&id).await.map_err(|e| e.to_string())?
+                }
             }
         }
-        let obs = observe(&**rt, &self.uid).await.map_err(|e| e.to_string())?;
+        let obs = observe(&*rt, &self.uid).await.map_err(|e| e.to_string())?;
         if pod.metadata.deletion_timestamp.is_some() {
             let stopped = obs
                 .containers
@@ -239,20 +282,38 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
             }
             return Ok(Outcome::Again(Some(Duration::from_millis(200))));
         }
+        let health = self.probe(pod, &obs);
         let status = status::pod_status(
             pod,
             &obs,
             &self.waiting,
+            &health,
             &self.ctx.node.host_ip,
             &self.ctx.runtime_name,
             now,
         );
+        let running_now = status.phase.as_deref() == Some("Running");
+        let was_running = self
+            .written
+            .as_ref()
+            .or(pod.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some("Running");
         self.write_status(pod, status).await?;
+        if running_now
+            && !was_running
+            && let (Some(m), Some(created)) = (&self.ctx.metrics, &pod.metadata.creation_timestamp)
+        {
+            let secs = jiff::Timestamp::now()
+                .duration_since(created.0)
+                .as_secs_f64();
+            m.pod_start.observe(secs.max(0.0));
+        }
         Ok(Outcome::Again(wake))
     }
 
     async fn start(
-        &self,
+        &mut self,
         pod: &Pod,
         sandbox_id: &str,
         pod_ip: &str,
@@ -271,18 +332,46 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
                 format!("no container {name:?} in the pod"),
             ));
         };
+        let image = c.image.clone().unwrap_or_default();
+        self.ensure_image(&image, c.image_pull_policy.as_deref())
+            .await?;
         let env = env::environment(pod, &c, &self.ctx.node.host_ip, pod_ip, &self.ctx.lookup)
             .await
             .map_err(|e| ("CreateContainerConfigError", e.0))?;
+        let vols = volumes::prepare(
+            pod,
+            &self.ctx.node.root_dir,
+            &self.ctx.node.host_ip,
+            pod_ip,
+            &self.ctx.lookup,
+        )
+        .await
+        .map_err(|e| ("CreateContainerConfigError", e))?;
+        let mounts =
+            volumes::mounts(pod, &c, &vols).map_err(|e| ("CreateContainerConfigError", e))?;
+        let vars: BTreeMap<String, String> = env.iter().cloned().collect();
         let cfg = ContainerConfig {
             name: name.to_string(),
             attempt,
-            image: c.image.clone().unwrap_or_default(),
-            argv: env::argv(&c, &env),
+            image,
+            command: c
+                .command
+                .iter()
+                .flatten()
+                .map(|a| env::expand(a, &vars))
+                .collect(),
+            args: c
+                .args
+                .iter()
+                .flatten()
+                .map(|a| env::expand(a, &vars))
+                .collect(),
             env,
             working_dir: c.working_dir.clone(),
             labels: identity(pod, Some(name)),
             log_path: format!("{name}/{attempt}.log"),
+            mounts,
+            resources: resources::container_resources(pod, &c, self.ctx.memory_capacity),
         };
         let rt = &self.ctx.runtime;
         let created = rt
@@ -305,7 +394,17 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
             .iter()
             .filter(|c| c.state == ContainerState::Running)
             .collect();
-        let stops = running.iter().map(|c| rt.stop_container(&c.id, grace));
+        let pod_ip = obs.sandbox().and_then(|s| s.ip.clone()).unwrap_or_default();
+        let stops = running.iter().map(|c| {
+            let pod_ip = pod_ip.clone();
+            async move {
+                // preStop first, within the grace period; SIGTERM gets what is left.
+                let t0 = tokio::time::Instant::now();
+                super::probe::pre_stop(&**rt, pod, c, &pod_ip, grace).await;
+                rt.stop_container(&c.id, grace.saturating_sub(t0.elapsed()))
+                    .await
+            }
+        });
         for r in futures_util::future::join_all(stops).await {
             r.map_err(|e| e.to_string())?;
         }
@@ -325,12 +424,87 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let dir = log_dir(&self.ctx.log_root, pod);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("removing {}: {e}", dir.display()))
+        for dir in [
+            log_dir(&self.ctx.log_root, pod),
+            volumes::pod_dir(&self.ctx.node.root_dir, &self.uid),
+        ] {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("removing {}: {e}", dir.display()));
+                }
+                _ => {}
             }
-            _ => Ok(()),
+        }
+        Ok(())
+    }
+
+    /// The probes' view of the running containers of the current sandbox.
+    fn probe(&mut self, pod: &Pod, obs: &Observed) -> HashMap<String, Health> {
+        let Some(prober) = self.prober.as_mut() else {
+            return HashMap::new();
+        };
+        let sb = obs.sandbox();
+        let running: Vec<_> = obs
+            .containers
+            .iter()
+            .filter(|c| {
+                c.state == ContainerState::Running && sb.is_some_and(|s| s.id == c.sandbox_id)
+            })
+            .collect();
+        let ip = sb.and_then(|s| s.ip.clone()).unwrap_or_default();
+        prober.sync(pod, &running, &ip)
+    }
+
+    /// imagePullPolicy through CRI's ImageStatus (PullImage always goes to the network):
+    /// Never needs the image present, IfNotPresent pulls only when it is missing, Always pulls.
+    /// A failed pull backs off 10 s doubling to 5 min (ImagePullBackOff).
+    async fn ensure_image(
+        &mut self,
+        image: &str,
+        policy: Option<&str>,
+    ) -> Result<(), (&'static str, String)> {
+        if image.is_empty() {
+            return Err(("InvalidImageName", "the container names no image".into()));
+        }
+        let policy = policy.unwrap_or_else(|| default_pull_policy(image));
+        let rt = &self.ctx.runtime;
+        let present = rt
+            .image_status(image)
+            .await
+            .map_err(|e| ("ErrImagePull", format!("image status of {image:?}: {e}")))?;
+        match (policy, present) {
+            ("Never", Some(_)) | ("IfNotPresent", Some(_)) => return Ok(()),
+            ("Never", None) => {
+                return Err((
+                    "ErrImageNeverPull",
+                    format!("Container image {image:?} is not present with pull policy of Never"),
+                ));
+            }
+            _ => {}
+        }
+        let now = tokio::time::Instant::now();
+        if let Some((_, until)) = self.pulls.get(image)
+            && *until > now
+        {
+            return Err((
+                "ImagePullBackOff",
+                format!("Back-off pulling image {image:?}"),
+            ));
+        }
+        match rt.pull_image(image).await {
+            Ok(_) => {
+                self.pulls.remove(image);
+                Ok(())
+            }
+            Err(e) => {
+                let n = self.pulls.get(image).map_or(0, |(n, _)| *n);
+                self.pulls
+                    .insert(image.to_string(), (n + 1, now + plan::backoff_for(n)));
+                Err((
+                    "ErrImagePull",
+                    format!("failed to pull image {image:?}: {e}"),
+                ))
+            }
         }
     }
 
@@ -399,6 +573,56 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
             Err(e) => Err(format!("writing the pod status: {e}")),
         }
     }
+}
+
+/// Kubernetes' default: Always for `:latest` or untagged images, IfNotPresent otherwise.
+fn default_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn hostname(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default()
+}
+
+/// The pod's hostPorts, for CNI's portmap.
+fn port_mappings(pod: &Pod) -> Vec<PortMapping> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let host_port = p.host_port.filter(|hp| *hp > 0)?;
+            Some(PortMapping {
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                container_port: p.container_port,
+                host_port,
+                host_ip: p.host_ip.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// A probe-failed container's grace: the pod's terminationGracePeriodSeconds.
+fn grace_of_container(pod: &Pod) -> Duration {
+    let secs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    Duration::from_secs(secs.max(0) as u64)
 }
 
 fn grace_of(pod: &Pod) -> Duration {

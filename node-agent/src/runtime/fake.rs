@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{
-    Container, ContainerConfig, ContainerState, Result, Runtime, RuntimeError, Sandbox,
+    Container, ContainerConfig, ContainerState, ExecResult, Result, Runtime, RuntimeError, Sandbox,
     SandboxConfig, SandboxState,
 };
 
@@ -16,6 +16,10 @@ struct State {
     sandboxes: BTreeMap<String, Sandbox>,
     containers: BTreeMap<String, Container>,
     calls: Vec<String>,
+    /// Images that are not present (and cannot be pulled).
+    missing: std::collections::BTreeSet<String>,
+    /// Exit codes of exec probes, by container name (0 when unset).
+    exec_exit: BTreeMap<String, i32>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +59,16 @@ impl FakeRuntime {
                 .into(),
             );
         }
+    }
+
+    /// Makes `image` absent: ImageStatus says so and PullImage fails.
+    pub fn remove_image(&self, image: &str) {
+        self.lock().missing.insert(image.to_string());
+    }
+
+    /// Makes execs in containers named `name` exit with `code`.
+    pub fn set_exec_exit(&self, name: &str, code: i32) {
+        self.lock().exec_exit.insert(name.to_string(), code);
     }
 
     /// The id of the newest container named `name`.
@@ -130,7 +144,7 @@ impl Runtime for FakeRuntime {
                 id: sandbox_id.into(),
             });
         }
-        if config.argv.first().is_some_and(|a| a == "fail-create") {
+        if config.command.first().is_some_and(|a| a == "fail-create") {
             return Err(RuntimeError::Config("cannot create: fail-create".into()));
         }
         s.next += 1;
@@ -150,6 +164,7 @@ impl Runtime for FakeRuntime {
             exit_code: None,
             reason: None,
             message: None,
+            image_ref: format!("sha256:{}", config.image),
         };
         s.containers.insert(id, c.clone());
         Ok(c)
@@ -193,5 +208,43 @@ impl Runtime for FakeRuntime {
 
     async fn list_containers(&self) -> Result<Vec<Container>> {
         Ok(self.lock().containers.values().cloned().collect())
+    }
+
+    async fn exec_sync(&self, id: &str, cmd: &[String], _timeout: Duration) -> Result<ExecResult> {
+        let mut s = self.lock();
+        s.calls.push(format!("exec_sync {id} {}", cmd.join(" ")));
+        let c = s.containers.get(id).ok_or_else(|| RuntimeError::NotFound {
+            what: "container",
+            id: id.into(),
+        })?;
+        if c.state != ContainerState::Running {
+            return Err(RuntimeError::Rpc {
+                op: "exec",
+                message: format!("container {id} is not running"),
+            });
+        }
+        let exit_code = s.exec_exit.get(&c.config.name).copied().unwrap_or(0);
+        Ok(ExecResult {
+            exit_code,
+            ..Default::default()
+        })
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<String>> {
+        let mut s = self.lock();
+        s.calls.push(format!("image_status {image}"));
+        Ok((!s.missing.contains(image)).then(|| format!("sha256:{image}")))
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<String> {
+        let mut s = self.lock();
+        s.calls.push(format!("pull_image {image}"));
+        if s.missing.contains(image) {
+            return Err(RuntimeError::Rpc {
+                op: "pull image",
+                message: format!("failed to resolve reference {image:?}: no registry reachable"),
+            });
+        }
+        Ok(format!("sha256:{image}"))
     }
 }

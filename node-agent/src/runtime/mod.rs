@@ -3,12 +3,14 @@
 //! - [`process::ProcessRuntime`]: each container is a process group started through a small
 //!   shim (`capstan shim`) that outlives the agent, writes CRI-format logs and records the exit;
 //! - [`fake::FakeRuntime`]: in memory, for the pod workers' unit tests;
-//! - the CRI client over containerd's socket (next: issue 6's CRI half).
+//! - [`cri::CriRuntime`]: containerd (or any CRI runtime) over its unix socket, through
+//!   tonic and the `k8s-cri` protos.
 //!
 //! Identity lives in labels, as with CRI: every sandbox carries the pod's uid, name and
 //! namespace, every container its pod uid and container name, so a restarted agent adopts
 //! what is running instead of duplicating it.
 
+pub mod cri;
 pub mod fake;
 pub mod process;
 
@@ -29,6 +31,9 @@ pub enum RuntimeError {
     /// The container cannot be created from its spec (CreateContainerConfigError).
     #[error("{0}")]
     Config(String),
+    /// The runtime refused or failed a call (CRI's gRPC status).
+    #[error("{op}: {message}")]
+    Rpc { op: &'static str, message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -58,6 +63,47 @@ pub struct SandboxConfig {
     pub labels: BTreeMap<String, String>,
     pub host_network: bool,
     pub log_directory: PathBuf,
+    /// The pod's hostname (empty for host-network pods: they keep the node's).
+    pub hostname: String,
+    /// hostPort mappings (CNI's portmap).
+    pub port_mappings: Vec<PortMapping>,
+    /// The pod's cgroup (cgroupfs path such as `/kubepods/burstable/pod<uid>`).
+    pub cgroup_parent: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortMapping {
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+    pub container_port: i32,
+    pub host_port: i32,
+    pub host_ip: String,
+}
+
+/// A host path bind-mounted into a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mount {
+    pub container_path: String,
+    pub host_path: PathBuf,
+    pub readonly: bool,
+}
+
+/// Linux resources of a container, as CRI takes them (zero: unset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_shares: i64,
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
+    pub memory_limit_in_bytes: i64,
+    pub oom_score_adj: i64,
+}
+
+/// What an exec in a container returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,13 +127,17 @@ pub struct ContainerConfig {
     pub name: String,
     pub attempt: u32,
     pub image: String,
-    /// The process to run: command then args (already merged with the image's defaults).
-    pub argv: Vec<String>,
+    /// The container's command and args, `$(VAR)`-expanded; empty ones fall back to the image's
+    /// entrypoint and cmd (CRI) — the process runtime, which has no images, runs command+args.
+    pub command: Vec<String>,
+    pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// Relative to the sandbox's log directory.
     pub log_path: String,
+    pub mounts: Vec<Mount>,
+    pub resources: Resources,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -111,6 +161,8 @@ pub struct Container {
     /// Why it exited: Completed, Error, OOMKilled, ContainerStatusUnknown.
     pub reason: Option<String>,
     pub message: Option<String>,
+    /// The image it runs, resolved (`sha256:...`; the image name for the process runtime).
+    pub image_ref: String,
 }
 
 /// CRI's RuntimeService, the part the agent uses.
@@ -140,4 +192,16 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     fn list_containers(&self) -> impl Future<Output = Result<Vec<Container>>> + Send;
+    /// Runs `cmd` in a running container and waits for it (exec probes).
+    fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = Result<ExecResult>> + Send;
+
+    /// CRI's ImageService: the image's id when it is present, None when it is not.
+    fn image_status(&self, image: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Pulls `image` (CRI always goes to the network), returning its id.
+    fn pull_image(&self, image: &str) -> impl Future<Output = Result<String>> + Send;
 }

@@ -12,13 +12,14 @@
 //! host's). Resource limits are not applied yet (cgroups come with the CRI half of issue 6).
 
 use std::io::{BufRead, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Container, ContainerConfig, ContainerState, Result, Runtime, RuntimeError, Sandbox,
+    Container, ContainerConfig, ContainerState, ExecResult, Result, Runtime, RuntimeError, Sandbox,
     SandboxConfig, SandboxState,
 };
 
@@ -162,6 +163,7 @@ impl ProcessRuntime {
                 labels: f.labels,
                 host_network: f.host_network,
                 log_directory: f.log_directory,
+                ..Default::default()
             },
             state: f.state,
             created_at: f.created_at,
@@ -180,12 +182,13 @@ impl ProcessRuntime {
             config: ContainerConfig {
                 name: f.name,
                 attempt: f.attempt,
-                image: f.image,
-                argv: f.argv,
+                image: f.image.clone(),
+                command: f.argv,
                 env: f.env,
                 working_dir: f.working_dir,
                 labels: f.labels,
                 log_path: f.log_path,
+                ..Default::default()
             },
             state: ContainerState::Created,
             created_at: f.created_at,
@@ -194,6 +197,7 @@ impl ProcessRuntime {
             exit_code: None,
             reason: None,
             message: None,
+            image_ref: f.image,
         };
         match (exit, pid) {
             (Some(e), _) => {
@@ -324,10 +328,19 @@ impl Runtime for ProcessRuntime {
                 what: "sandbox",
                 id: sandbox_id.into(),
             })?;
-        if config.argv.is_empty() {
+        let argv: Vec<String> = config.command.iter().chain(&config.args).cloned().collect();
+        if argv.is_empty() {
             return Err(RuntimeError::Config(format!(
                 "container {:?}: the process runtime runs `command` (and `args`); none is set and there is no image entrypoint to fall back on",
                 config.name
+            )));
+        }
+        if let Some(m) = config.mounts.first() {
+            return Err(RuntimeError::Config(format!(
+                "container {:?}: the process runtime cannot mount volumes ({:?} at {}); volumeMounts need --runtime cri",
+                config.name,
+                m.host_path.display(),
+                m.container_path
             )));
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -347,7 +360,7 @@ impl Runtime for ProcessRuntime {
             name: config.name.clone(),
             attempt: config.attempt,
             image: config.image.clone(),
-            argv: config.argv.clone(),
+            argv,
             env,
             working_dir: Some(config.working_dir.clone().unwrap_or_else(|| {
                 self.sandbox_dir(sandbox_id)
@@ -459,6 +472,54 @@ impl Runtime for ProcessRuntime {
             .iter()
             .filter_map(|id| self.load_container(id))
             .collect())
+    }
+
+    /// Runs `cmd` on the host with the container's environment and working directory.
+    async fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecResult> {
+        let f: ContainerFile = read_json(&self.container_dir(id).join("container.json"))
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: id.into(),
+            })?;
+        let (program, args) = cmd
+            .split_first()
+            .ok_or_else(|| RuntimeError::Config("exec: empty command".into()))?;
+        let mut c = tokio::process::Command::new(program);
+        c.args(args)
+            .env_clear()
+            .envs(f.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(dir) = &f.working_dir {
+            c.current_dir(dir);
+        }
+        match tokio::time::timeout(timeout, c.output()).await {
+            Ok(Ok(out)) => Ok(ExecResult {
+                exit_code: out
+                    .status
+                    .code()
+                    .unwrap_or(128 + out.status.signal().unwrap_or(9)),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            }),
+            Ok(Err(e)) => Err(RuntimeError::Rpc {
+                op: "exec",
+                message: format!("starting {program:?}: {e}"),
+            }),
+            Err(_) => Err(RuntimeError::Rpc {
+                op: "exec",
+                message: format!("command {cmd:?} timed out after {timeout:?}"),
+            }),
+        }
+    }
+
+    /// Processes have no images: every image "is present".
+    async fn image_status(&self, image: &str) -> Result<Option<String>> {
+        Ok(Some(image.to_string()))
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<String> {
+        Ok(image.to_string())
     }
 }
 

@@ -1,0 +1,469 @@
+//! Pod volumes on the node: each is a directory under the pod's own
+//! (`<root>/pods/<uid>/volumes/<plugin>/<name>`, kubelet's layout) or a host path, bind-mounted
+//! into the containers that name it. emptyDir is a directory (medium Memory too: no tmpfs is
+//! mounted, its contents live on the node's disk); configMap, secret and downwardAPI are files
+//! written from the API's objects each time a container starts (a restarted container sees
+//! the current data; running ones are not updated in place); hostPath checks or creates what
+//! its `type` asks for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
+
+use super::env::{self, Lookup};
+use crate::runtime::Mount;
+
+/// Where the pod's volumes live.
+pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
+    root.join("pods").join(uid)
+}
+
+/// A relative path inside a volume, refusing absolute paths and `..` (the API validates this
+/// too; the agent does not trust it).
+fn relative(path: &str) -> Result<&Path, String> {
+    let p = Path::new(path);
+    if path.is_empty()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "invalid path {path:?}: must be relative, without '..'"
+        ));
+    }
+    Ok(p)
+}
+
+fn write_file(dir: &Path, rel: &str, data: &[u8], mode: i32) -> Result<(), String> {
+    let path = dir.join(relative(rel)?);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("f")
+    ));
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    f.write_all(data)
+        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode((mode & 0o777) as u32))
+        .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Writes `data` (key → bytes) as files: every key, or only `items` (key → path, mode).
+fn project(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: i32,
+    what: &str,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    match items {
+        Some(items) => {
+            for it in items {
+                let bytes = data
+                    .get(&it.key)
+                    .ok_or_else(|| format!("configuration key {:?} not found in {what}", it.key))?;
+                write_file(dir, &it.path, bytes, it.mode.unwrap_or(default_mode))?;
+            }
+        }
+        None => {
+            for (k, bytes) in data {
+                write_file(dir, k, bytes, default_mode)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prepares every volume of the pod and returns where each one is on the host.
+pub async fn prepare(
+    pod: &Pod,
+    root: &Path,
+    host_ip: &str,
+    pod_ip: &str,
+    lookup: &impl Lookup,
+) -> Result<HashMap<String, PathBuf>, String> {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let base = pod_dir(root, uid).join("volumes");
+    let mut out = HashMap::new();
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let path = prepare_one(pod, v, &base, ns, host_ip, pod_ip, lookup)
+            .await
+            .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        out.insert(v.name.clone(), path);
+    }
+    Ok(out)
+}
+
+async fn prepare_one(
+    pod: &Pod,
+    v: &Volume,
+    base: &Path,
+    ns: &str,
+    host_ip: &str,
+    pod_ip: &str,
+    lookup: &impl Lookup,
+) -> Result<PathBuf, String> {
+    let name = relative(&v.name)?;
+    if v.empty_dir.is_some() {
+        let dir = base.join("kubernetes.io~empty-dir").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+        return Ok(dir);
+    }
+    if let Some(src) = &v.config_map {
+        let dir = base.join("kubernetes.io~configmap").join(name);
+        let data = match lookup.config_map(ns, &src.name).await.map_err(|e| e.0)? {
+            Some(cm) => {
+                let mut d: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                d.extend(
+                    cm.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                );
+                d
+            }
+            None if src.optional == Some(true) => BTreeMap::new(),
+            None => return Err(format!("configmap {:?} not found", src.name)),
+        };
+        let what = format!("ConfigMap {ns}/{}", src.name);
+        project(
+            &dir,
+            &data,
+            src.items.as_ref(),
+            src.default_mode.unwrap_or(0o644),
+            &what,
+        )?;
+        return Ok(dir);
+    }
+    if let Some(src) = &v.secret {
+        let secret_name = src.secret_name.clone().unwrap_or_default();
+        let dir = base.join("kubernetes.io~secret").join(name);
+        let data = match lookup.secret(ns, &secret_name).await.map_err(|e| e.0)? {
+            Some(s) => {
+                let mut d: BTreeMap<String, Vec<u8>> = s
+                    .data
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                d.extend(
+                    s.string_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes())),
+                );
+                d
+            }
+            None if src.optional == Some(true) => BTreeMap::new(),
+            None => return Err(format!("secret {secret_name:?} not found")),
+        };
+        let what = format!("Secret {ns}/{secret_name}");
+        project(
+            &dir,
+            &data,
+            src.items.as_ref(),
+            src.default_mode.unwrap_or(0o644),
+            &what,
+        )?;
+        return Ok(dir);
+    }
+    if let Some(src) = &v.downward_api {
+        let dir = base.join("kubernetes.io~downward-api").join(name);
+        let mut data = BTreeMap::new();
+        let mut items = Vec::new();
+        for it in src.items.iter().flatten() {
+            let value = if let Some(f) = &it.field_ref {
+                match f.field_path.as_str() {
+                    "metadata.labels" => kv_lines(pod.metadata.labels.as_ref()),
+                    "metadata.annotations" => kv_lines(pod.metadata.annotations.as_ref()),
+                    path => env::field(pod, path, host_ip, pod_ip).map_err(|e| e.0)?,
+                }
+            } else if let Some(r) = &it.resource_field_ref {
+                if r.container_name.is_none() {
+                    return Err(format!("{}: resourceFieldRef needs containerName", it.path));
+                }
+                env::resource_field(pod, "", r).map_err(|e| e.0)?
+            } else {
+                return Err(format!(
+                    "{}: neither fieldRef nor resourceFieldRef",
+                    it.path
+                ));
+            };
+            data.insert(it.path.clone(), value.into_bytes());
+            items.push(KeyToPath {
+                key: it.path.clone(),
+                path: it.path.clone(),
+                mode: it.mode,
+            });
+        }
+        project(
+            &dir,
+            &data,
+            Some(&items),
+            src.default_mode.unwrap_or(0o644),
+            "downwardAPI",
+        )?;
+        return Ok(dir);
+    }
+    if let Some(src) = &v.host_path {
+        let path = PathBuf::from(&src.path);
+        if !path.is_absolute() {
+            return Err(format!("hostPath {:?} must be absolute", src.path));
+        }
+        let exists = path.exists();
+        match src.type_.as_deref().unwrap_or_default() {
+            "" => {}
+            "DirectoryOrCreate" => {
+                if !exists {
+                    std::fs::create_dir_all(&path)
+                        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+                }
+            }
+            "FileOrCreate" => {
+                if !exists {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+                }
+            }
+            "Directory" if !path.is_dir() => {
+                return Err(format!(
+                    "hostPath type check failed: {} is not a directory",
+                    src.path
+                ));
+            }
+            "File" if !path.is_file() => {
+                return Err(format!(
+                    "hostPath type check failed: {} is not a file",
+                    src.path
+                ));
+            }
+            "Socket" | "CharDevice" | "BlockDevice" if !exists => {
+                return Err(format!(
+                    "hostPath type check failed: {} does not exist",
+                    src.path
+                ));
+            }
+            "Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice" => {}
+            other => return Err(format!("unknown hostPath type {other:?}")),
+        }
+        return Ok(path);
+    }
+    Err("this volume type is not supported by Capstan's node agent (emptyDir, configMap, secret, downwardAPI and hostPath are)".into())
+}
+
+/// `key="value"` lines, sorted, as the downward API writes labels and annotations.
+fn kv_lines(map: Option<&BTreeMap<String, String>>) -> String {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v:?}\n"))
+        .collect()
+}
+
+/// The container's mounts from its volumeMounts. configMap, secret and downwardAPI volumes are
+/// mounted read-only, as Kubernetes does.
+pub fn mounts(
+    pod: &Pod,
+    c: &Container,
+    volumes: &HashMap<String, PathBuf>,
+) -> Result<Vec<Mount>, String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let host = volumes.get(&m.name).ok_or_else(|| {
+            format!(
+                "volumeMount {:?}: no volume of that name in the pod",
+                m.name
+            )
+        })?;
+        let v = spec.volumes.iter().flatten().find(|v| v.name == m.name);
+        let projected = v.is_some_and(|v| {
+            v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some()
+        });
+        let mut host_path = host.clone();
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            host_path = host_path.join(relative(sub).map_err(|e| format!("subPath: {e}"))?);
+            if !host_path.exists() {
+                std::fs::create_dir_all(&host_path)
+                    .map_err(|e| format!("creating {}: {e}", host_path.display()))?;
+            }
+        }
+        out.push(Mount {
+            container_path: m.mount_path.clone(),
+            host_path,
+            readonly: m.read_only.unwrap_or(false) || projected,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use serde_json::json;
+
+    struct Fixed;
+
+    impl Lookup for Fixed {
+        async fn config_map(
+            &self,
+            _: &str,
+            name: &str,
+        ) -> Result<Option<ConfigMap>, env::EnvError> {
+            Ok((name == "cfg").then(|| {
+                serde_json::from_value(
+                    json!({"metadata": {"name": "cfg"}, "data": {"a.conf": "alpha", "b": "beta"}}),
+                )
+                .unwrap()
+            }))
+        }
+        async fn secret(&self, _: &str, name: &str) -> Result<Option<Secret>, env::EnvError> {
+            Ok((name == "s").then(|| {
+                serde_json::from_value(
+                    json!({"metadata": {"name": "s"}, "data": {"token": "czNjcjN0"}}),
+                )
+                .unwrap()
+            }))
+        }
+    }
+
+    fn pod(volumes: serde_json::Value, mounts: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "web", "tier": "f"}},
+            "spec": {"volumes": volumes, "containers": [{"name": "c", "image": "i", "volumeMounts": mounts,
+                "resources": {"limits": {"memory": "64Mi"}}}]}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_supported_volume_is_materialized_and_mounted() {
+        let root = tempfile::tempdir().unwrap();
+        let host = root.path().join("host/data");
+        let p = pod(
+            json!([
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "conf", "configMap": {"name": "cfg", "items": [{"key": "a.conf", "path": "etc/a.conf", "mode": 0o600}]}},
+                {"name": "all", "configMap": {"name": "cfg"}},
+                {"name": "sec", "secret": {"secretName": "s"}},
+                {"name": "info", "downwardAPI": {"items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                    {"path": "mem", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"}}]}},
+                {"name": "h", "hostPath": {"path": host.to_str().unwrap(), "type": "DirectoryOrCreate"}}
+            ]),
+            json!([
+                {"name": "scratch", "mountPath": "/scratch"},
+                {"name": "conf", "mountPath": "/etc/conf"},
+                {"name": "sec", "mountPath": "/sec"},
+                {"name": "h", "mountPath": "/h", "subPath": "sub", "readOnly": true}
+            ]),
+        );
+        let vols = prepare(&p, root.path(), "10.0.0.1", "10.88.0.2", &Fixed)
+            .await
+            .unwrap();
+        let base = root.path().join("pods/u1/volumes");
+        assert!(base.join("kubernetes.io~empty-dir/scratch").is_dir());
+        let a = base.join("kubernetes.io~configmap/conf/etc/a.conf");
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "alpha");
+        assert_eq!(
+            std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(
+            !base.join("kubernetes.io~configmap/conf/b").exists(),
+            "items select keys"
+        );
+        assert_eq!(
+            std::fs::read_to_string(base.join("kubernetes.io~configmap/all/b")).unwrap(),
+            "beta"
+        );
+        assert_eq!(
+            std::fs::read_to_string(base.join("kubernetes.io~secret/sec/token")).unwrap(),
+            "s3cr3t"
+        );
+        let info = base.join("kubernetes.io~downward-api/info");
+        assert_eq!(
+            std::fs::read_to_string(info.join("labels")).unwrap(),
+            "app=\"web\"\ntier=\"f\"\n"
+        );
+        assert_eq!(std::fs::read_to_string(info.join("name")).unwrap(), "p");
+        assert_eq!(std::fs::read_to_string(info.join("mem")).unwrap(), "64");
+        assert!(host.is_dir(), "DirectoryOrCreate created it");
+
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let m = mounts(&p, c, &vols).unwrap();
+        assert_eq!(m.len(), 4);
+        assert!(!m[0].readonly);
+        assert!(m[1].readonly, "configMap volumes are read-only");
+        assert_eq!(m[3].host_path, host.join("sub"));
+        assert!(m[3].readonly && host.join("sub").is_dir());
+    }
+
+    #[tokio::test]
+    async fn missing_sources_and_bad_paths_are_clear_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                json!([{"name": "v", "configMap": {"name": "nope"}}]),
+                "configmap \"nope\" not found",
+            ),
+            (
+                json!([{"name": "v", "secret": {"secretName": "nope"}}]),
+                "secret \"nope\" not found",
+            ),
+            (
+                json!([{"name": "v", "configMap": {"name": "cfg", "items": [{"key": "a.conf", "path": "../x"}]}}]),
+                "must be relative",
+            ),
+            (
+                json!([{"name": "v", "configMap": {"name": "cfg", "items": [{"key": "zz", "path": "x"}]}}]),
+                "key \"zz\" not found",
+            ),
+            (
+                json!([{"name": "v", "hostPath": {"path": "/nonexistent/x", "type": "Directory"}}]),
+                "not a directory",
+            ),
+            (
+                json!([{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}]),
+                "not supported",
+            ),
+        ];
+        for (vols, want) in cases {
+            let p = pod(vols, json!([]));
+            let err = prepare(&p, root.path(), "", "", &Fixed).await.unwrap_err();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+            assert!(err.starts_with("volume \"v\""), "{err}");
+        }
+        let p = pod(
+            json!([{"name": "v", "configMap": {"name": "nope", "optional": true}}]),
+            json!([]),
+        );
+        prepare(&p, root.path(), "", "", &Fixed).await.unwrap();
+        let p = pod(json!([]), json!([{"name": "ghost", "mountPath": "/g"}]));
+        let err = mounts(&p, &p.spec.as_ref().unwrap().containers[0], &HashMap::new()).unwrap_err();
+        assert!(err.contains("no volume of that name"), "{err}");
+    }
+}

@@ -1,0 +1,797 @@
+//! The CRI runtime: containerd (or any CRI v1 runtime) over its unix socket, with tonic and the
+//! `k8s-cri` protos.
+//!
+//! What CRI does not keep for us rides along in annotations: the sandbox's log directory,
+//! host-network flag and cgroup parent; the container's image as the pod spec wrote it and its
+//! log path relative to the sandbox's. ListContainers lacks exit codes and times, so each
+//! container's ContainerStatus is fetched once per state it reaches and cached (an exited or
+//! running container's status does not change), which keeps the PLEG's relist to two RPCs a
+//! second plus one per container that changed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{
+    Container, ContainerConfig, ContainerState, ExecResult, Result, Runtime, RuntimeError, Sandbox,
+    SandboxConfig, SandboxState,
+};
+
+const LOG_DIRECTORY: &str = "io.capstan.sandbox.log-directory";
+const HOST_NETWORK: &str = "io.capstan.sandbox.host-network";
+const CGROUP_PARENT: &str = "io.capstan.sandbox.cgroup-parent";
+const IMAGE: &str = "io.capstan.container.image";
+const LOG_PATH: &str = "io.capstan.container.log-path";
+
+/// How long a plain CRI call may take (not stops and execs, which carry their own time).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A CRI runtime reached over a unix socket.
+pub struct CriRuntime {
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    version: String,
+    cgroup_root: PathBuf,
+    /// ContainerStatus by container id, with the state it was fetched in.
+    containers: Mutex<HashMap<String, Container>>,
+    /// Sandbox IPs by sandbox id (fixed for a sandbox's life).
+    ips: Mutex<HashMap<String, Option<String>>>,
+}
+
+impl std::fmt::Debug for CriRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CriRuntime")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+fn rpc(op: &'static str) -> impl Fn(tonic::Status) -> RuntimeError {
+    move |s| {
+        if s.code() == tonic::Code::NotFound {
+            RuntimeError::NotFound {
+                what: op,
+                id: s.message().to_string(),
+            }
+        } else {
+            RuntimeError::Rpc {
+                op,
+                message: s.message().to_string(),
+            }
+        }
+    }
+}
+
+fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+fn ts(nanos: i64) -> Option<jiff::Timestamp> {
+    (nanos > 0)
+        .then(|| jiff::Timestamp::from_nanosecond(nanos as i128).ok())
+        .flatten()
+}
+
+/// CRI's enum values (k8s-cri keeps them as i32 on the wire types).
+mod wire {
+    pub const SANDBOX_READY: i32 = 0;
+    pub const CONTAINER_CREATED: i32 = 0;
+    pub const CONTAINER_RUNNING: i32 = 1;
+    pub const CONTAINER_EXITED: i32 = 2;
+    pub const NAMESPACE_POD: i32 = 0;
+    pub const NAMESPACE_CONTAINER: i32 = 1;
+    pub const NAMESPACE_NODE: i32 = 2;
+    pub fn protocol(p: &str) -> i32 {
+        match p {
+            "UDP" => 1,
+            "SCTP" => 2,
+            _ => 0,
+        }
+    }
+}
+
+fn container_state(v: i32) -> ContainerState {
+    match v {
+        wire::CONTAINER_CREATED => ContainerState::Created,
+        wire::CONTAINER_RUNNING => ContainerState::Running,
+        wire::CONTAINER_EXITED => ContainerState::Exited,
+        _ => ContainerState::Unknown,
+    }
+}
+
+impl CriRuntime {
+    /// Connects to the CRI socket at `socket` and asks for the runtime's version. Pod cgroups
+    /// are looked for under `cgroup_root` (normally /sys/fs/cgroup) when a sandbox is removed.
+    pub async fn connect(socket: &Path, cgroup_root: &Path) -> Result<Self> {
+        let path = socket.to_path_buf();
+        let channel = Endpoint::try_from("http://[::]:50051")
+            .map_err(|e| RuntimeError::Rpc {
+                op: "connect",
+                message: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .map_err(|e| RuntimeError::Rpc {
+                op: "connect",
+                message: format!("{}: {e}", socket.display()),
+            })?;
+        let mut runtime = RuntimeServiceClient::new(channel.clone());
+        let images = ImageServiceClient::new(channel);
+        let v = runtime
+            .version(request(
+                cri::VersionRequest {
+                    version: "v1".into(),
+                },
+                Duration::from_secs(5),
+            ))
+            .await
+            .map_err(|s| RuntimeError::Rpc {
+                op: "version",
+                message: format!(
+                    "{} does not answer CRI v1: {}",
+                    socket.display(),
+                    s.message()
+                ),
+            })?
+            .into_inner();
+        Ok(CriRuntime {
+            runtime,
+            images,
+            version: format!("{}://{}", v.runtime_name, v.runtime_version),
+            cgroup_root: cgroup_root.to_path_buf(),
+            containers: Mutex::new(HashMap::new()),
+            ips: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether the runtime reports its network ready (a CNI config is loaded).
+    pub async fn network_ready(&self) -> Result<bool> {
+        let st = self
+            .runtime
+            .clone()
+            .status(request(cri::StatusRequest { verbose: false }, CALL_TIMEOUT))
+            .await
+            .map_err(rpc("status"))?
+            .into_inner();
+        Ok(st
+            .status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .any(|c| c.r#type == "NetworkReady" && c.status))
+    }
+
+    async fn sandbox_ip(&self, id: &str) -> Result<Option<String>> {
+        if let Some(ip) = self.lock_ips().get(id) {
+            return Ok(ip.clone());
+        }
+        let st = self
+            .runtime
+            .clone()
+            .pod_sandbox_status(request(
+                cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: id.to_string(),
+                    verbose: false,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("sandbox"))?
+            .into_inner();
+        let ip = st
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty());
+        self.lock_ips().insert(id.to_string(), ip.clone());
+        Ok(ip)
+    }
+
+    fn lock_ips(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<String>>> {
+        self.ips.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes the pod's cgroup directories (containerd leaves them): every hierarchy on v1,
+    /// the unified tree on v2. Only empty directories go (rmdir), so nothing alive is touched.
+    fn remove_cgroup(&self, parent: &str) {
+        let rel = parent.trim_start_matches('/');
+        if rel.is_empty() || rel.split('/').any(|p| p == "..") {
+            return;
+        }
+        let mut dirs = vec![self.cgroup_root.join(rel)];
+        if let Ok(rd) = std::fs::read_dir(&self.cgroup_root) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path().join(rel));
+                }
+            }
+        }
+        for d in dirs {
+            match std::fs::remove_dir(&d) {
+                Ok(()) => tracing::debug!(dir = %d.display(), "removed the pod cgroup"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(dir = %d.display(), error = %e, "removing a pod cgroup"),
+            }
+        }
+    }
+
+    fn sandbox_of(&self, sb: cri::PodSandbox, ip: Option<String>) -> Sandbox {
+        let meta = sb.metadata.unwrap_or_default();
+        let ann = &sb.annotations;
+        Sandbox {
+            config: SandboxConfig {
+                name: meta.name,
+                namespace: meta.namespace,
+                uid: meta.uid,
+                attempt: meta.attempt,
+                labels: sb.labels.into_iter().collect(),
+                host_network: ann.get(HOST_NETWORK).is_some_and(|v| v == "true"),
+                log_directory: ann
+                    .get(LOG_DIRECTORY)
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+                cgroup_parent: ann.get(CGROUP_PARENT).cloned().unwrap_or_default(),
+                ..Default::default()
+            },
+            id: sb.id,
+            state: if sb.state == wire::SANDBOX_READY {
+                SandboxState::Ready
+            } else {
+                SandboxState::NotReady
+            },
+            created_at: ts(sb.created_at).unwrap_or_default(),
+            ip,
+        }
+    }
+
+    async fn container_status(&self, listed: &cri::Container) -> Result<Container> {
+        let st = self
+            .runtime
+            .clone()
+            .container_status(request(
+                cri::ContainerStatusRequest {
+                    container_id: listed.id.clone(),
+                    verbose: false,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("container"))?
+            .into_inner()
+            .status
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: listed.id.clone(),
+            })?;
+        let meta = st.metadata.unwrap_or_default();
+        let state = container_state(st.state);
+        let exited = state == ContainerState::Exited;
+        Ok(Container {
+            id: st.id,
+            sandbox_id: listed.pod_sandbox_id.clone(),
+            config: ContainerConfig {
+                name: meta.name,
+                attempt: meta.attempt,
+                image: st
+                    .annotations
+                    .get(IMAGE)
+                    .cloned()
+                    .or_else(|| st.image.map(|i| i.image))
+                    .unwrap_or_default(),
+                labels: st.labels.into_iter().collect(),
+                log_path: st.annotations.get(LOG_PATH).cloned().unwrap_or_default(),
+                ..Default::default()
+            },
+            state,
+            created_at: ts(st.created_at).unwrap_or_default(),
+            started_at: ts(st.started_at),
+            finished_at: ts(st.finished_at),
+            exit_code: exited.then_some(st.exit_code),
+            reason: (!st.reason.is_empty()).then_some(st.reason),
+            message: (!st.message.is_empty()).then_some(st.message),
+            image_ref: st.image_ref,
+        })
+    }
+}
+
+impl Runtime for CriRuntime {
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<Sandbox> {
+        std::fs::create_dir_all(&config.log_directory).map_err(|e| {
+            RuntimeError::io(format!("creating {}", config.log_directory.display()), e)
+        })?;
+        let mut annotations = HashMap::new();
+        annotations.insert(
+            LOG_DIRECTORY.to_string(),
+            config.log_directory.display().to_string(),
+        );
+        annotations.insert(HOST_NETWORK.to_string(), config.host_network.to_string());
+        annotations.insert(CGROUP_PARENT.to_string(), config.cgroup_parent.clone());
+        let network = if config.host_network {
+            wire::NAMESPACE_NODE
+        } else {
+            wire::NAMESPACE_POD
+        };
+        let sandbox_config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: config.name.clone(),
+                uid: config.uid.clone(),
+                namespace: config.namespace.clone(),
+                attempt: config.attempt,
+            }),
+            // Host-network sandboxes must leave the hostname to the node.
+            hostname: if config.host_network {
+                String::new()
+            } else {
+                config.hostname.clone()
+            },
+            log_directory: config.log_directory.display().to_string(),
+            port_mappings: config
+                .port_mappings
+                .iter()
+                .map(|p| cri::PortMapping {
+                    protocol: wire::protocol(&p.protocol),
+                    container_port: p.container_port,
+                    host_port: p.host_port,
+                    host_ip: p.host_ip.clone(),
+                })
+                .collect(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations,
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: config.cgroup_parent.clone(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network,
+                        pid: wire::NAMESPACE_CONTAINER,
+                        ipc: wire::NAMESPACE_POD,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .runtime
+            .clone()
+            .run_pod_sandbox(request(
+                cri::RunPodSandboxRequest {
+                    config: Some(sandbox_config),
+                    runtime_handler: String::new(),
+                },
+                Duration::from_secs(120),
+            ))
+            .await
+            .map_err(rpc("run sandbox"))?
+            .into_inner()
+            .pod_sandbox_id;
+        let ip = self.sandbox_ip(&id).await?;
+        Ok(Sandbox {
+            id,
+            config: config.clone(),
+            state: SandboxState::Ready,
+            created_at: jiff::Timestamp::now(),
+            ip,
+        })
+    }
+
+    async fn stop_sandbox(&self, id: &str) -> Result<()> {
+        match self
+            .runtime
+            .clone()
+            .stop_pod_sandbox(request(
+                cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.to_string(),
+                },
+                Duration::from_secs(120),
+            ))
+            .await
+            .map_err(rpc("stop sandbox"))
+        {
+            Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        let status = self
+            .runtime
+            .clone()
+            .pod_sandbox_status(request(
+                cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: id.to_string(),
+                    verbose: false,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await;
+        let parent = match status {
+            Ok(r) => r
+                .into_inner()
+                .status
+                .and_then(|s| s.annotations.get(CGROUP_PARENT).cloned()),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+            Err(s) => return Err(rpc("sandbox")(s)),
+        };
+        match self
+            .runtime
+            .clone()
+            .remove_pod_sandbox(request(
+                cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: id.to_string(),
+                },
+                Duration::from_secs(120),
+            ))
+            .await
+            .map_err(rpc("remove sandbox"))
+        {
+            Ok(_) | Err(RuntimeError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.lock_ips().remove(id);
+        if let Some(parent) = parent {
+            self.remove_cgroup(&parent);
+        }
+        Ok(())
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<Sandbox>> {
+        let items = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(request(
+                cri::ListPodSandboxRequest { filter: None },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("list sandboxes"))?
+            .into_inner()
+            .items;
+        let live: std::collections::HashSet<&str> = items.iter().map(|s| s.id.as_str()).collect();
+        self.lock_ips().retain(|id, _| live.contains(id.as_str()));
+        let mut out = Vec::with_capacity(items.len());
+        for sb in items {
+            let ip = if sb.state == wire::SANDBOX_READY {
+                match self.sandbox_ip(&sb.id).await {
+                    Ok(ip) => ip,
+                    Err(RuntimeError::NotFound { .. }) => continue, // removed meanwhile
+                    Err(e) => return Err(e),
+                }
+            } else {
+                self.lock_ips().get(&sb.id).cloned().flatten()
+            };
+            out.push(self.sandbox_of(sb, ip));
+        }
+        out.sort_by_key(|s| (s.created_at, s.config.attempt));
+        Ok(out)
+    }
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: &ContainerConfig,
+    ) -> Result<Container> {
+        // The sandbox's config is needed again by CRI (containerd reads its log directory and
+        // namespaces from it).
+        let st = self
+            .runtime
+            .clone()
+            .pod_sandbox_status(request(
+                cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: sandbox_id.to_string(),
+                    verbose: false,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("sandbox"))?
+            .into_inner()
+            .status
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "sandbox",
+                id: sandbox_id.to_string(),
+            })?;
+        let meta = st.metadata.clone().unwrap_or_default();
+        let log_directory = st
+            .annotations
+            .get(LOG_DIRECTORY)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(dir) = Path::new(&log_directory).join(&config.log_path).parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+        }
+        let sandbox_config = cri::PodSandboxConfig {
+            metadata: Some(meta),
+            log_directory: log_directory.clone(),
+            labels: st.labels.clone(),
+            annotations: st.annotations.clone(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: st
+                    .annotations
+                    .get(CGROUP_PARENT)
+                    .cloned()
+                    .unwrap_or_default(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut annotations = HashMap::new();
+        annotations.insert(IMAGE.to_string(), config.image.clone());
+        annotations.insert(LOG_PATH.to_string(), config.log_path.clone());
+        let r = &config.resources;
+        let container_config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: config.name.clone(),
+                attempt: config.attempt,
+            }),
+            image: Some(cri::ImageSpec {
+                image: config.image.clone(),
+                ..Default::default()
+            }),
+            command: config.command.clone(),
+            args: config.args.clone(),
+            working_dir: config.working_dir.clone().unwrap_or_default(),
+            envs: config
+                .env
+                .iter()
+                .map(|(k, v)| cri::KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            mounts: config
+                .mounts
+                .iter()
+                .map(|m| cri::Mount {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.display().to_string(),
+                    readonly: m.readonly,
+                    ..Default::default()
+                })
+                .collect(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations,
+            log_path: config.log_path.clone(),
+            linux: Some(cri::LinuxContainerConfig {
+                resources: Some(cri::LinuxContainerResources {
+                    cpu_period: r.cpu_period,
+                    cpu_quota: r.cpu_quota,
+                    cpu_shares: r.cpu_shares,
+                    memory_limit_in_bytes: r.memory_limit_in_bytes,
+                    oom_score_adj: r.oom_score_adj,
+                    ..Default::default()
+                }),
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: if st
+                            .annotations
+                            .get(HOST_NETWORK)
+                            .is_some_and(|v| v == "true")
+                        {
+                            wire::NAMESPACE_NODE
+                        } else {
+                            wire::NAMESPACE_POD
+                        },
+                        pid: wire::NAMESPACE_CONTAINER,
+                        ipc: wire::NAMESPACE_POD,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .runtime
+            .clone()
+            .create_container(request(
+                cri::CreateContainerRequest {
+                    pod_sandbox_id: sandbox_id.to_string(),
+                    config: Some(container_config),
+                    sandbox_config: Some(sandbox_config),
+                },
+                Duration::from_secs(120),
+            ))
+            .await
+            .map_err(rpc("create container"))?
+            .into_inner()
+            .container_id;
+        Ok(Container {
+            id,
+            sandbox_id: sandbox_id.to_string(),
+            config: config.clone(),
+            state: ContainerState::Created,
+            created_at: jiff::Timestamp::now(),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            reason: None,
+            message: None,
+            image_ref: String::new(),
+        })
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        self.runtime
+            .clone()
+            .start_container(request(
+                cri::StartContainerRequest {
+                    container_id: id.to_string(),
+                },
+                Duration::from_secs(120),
+            ))
+            .await
+            .map_err(rpc("start container"))?;
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        match self
+            .runtime
+            .clone()
+            .stop_container(request(
+                cri::StopContainerRequest {
+                    container_id: id.to_string(),
+                    timeout: grace.as_secs() as i64,
+                },
+                grace + Duration::from_secs(60),
+            ))
+            .await
+            .map_err(rpc("stop container"))
+        {
+            Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        match self
+            .runtime
+            .clone()
+            .remove_container(request(
+                cri::RemoveContainerRequest {
+                    container_id: id.to_string(),
+                },
+                Duration::from_secs(120),
+            ))
+            .await
+            .map_err(rpc("remove container"))
+        {
+            Ok(_) | Err(RuntimeError::NotFound { .. }) => {
+                self.lock_containers().remove(id);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_containers(&self) -> Result<Vec<Container>> {
+        let items = self
+            .runtime
+            .clone()
+            .list_containers(request(
+                cri::ListContainersRequest { filter: None },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("list containers"))?
+            .into_inner()
+            .containers;
+        let live: std::collections::HashSet<&str> = items.iter().map(|c| c.id.as_str()).collect();
+        self.lock_containers()
+            .retain(|id, _| live.contains(id.as_str()));
+        let mut out = Vec::with_capacity(items.len());
+        for listed in &items {
+            let state = container_state(listed.state);
+            let cached = self
+                .lock_containers()
+                .get(&listed.id)
+                .filter(|c| c.state == state)
+                .cloned();
+            let c = match cached {
+                Some(c) => c,
+                None => match self.container_status(listed).await {
+                    Ok(c) => {
+                        if matches!(c.state, ContainerState::Running | ContainerState::Exited) {
+                            self.lock_containers().insert(c.id.clone(), c.clone());
+                        }
+                        c
+                    }
+                    Err(RuntimeError::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    async fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecResult> {
+        let r = self
+            .runtime
+            .clone()
+            .exec_sync(request(
+                cri::ExecSyncRequest {
+                    container_id: id.to_string(),
+                    cmd: cmd.to_vec(),
+                    timeout: timeout.as_secs().max(1) as i64,
+                },
+                timeout + Duration::from_secs(5),
+            ))
+            .await
+            .map_err(rpc("exec"))?
+            .into_inner();
+        Ok(ExecResult {
+            exit_code: r.exit_code,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        })
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<String>> {
+        let r = self
+            .images
+            .clone()
+            .image_status(request(
+                cri::ImageStatusRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.to_string(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("image status"))?
+            .into_inner();
+        Ok(r.image.map(|i| i.id).filter(|id| !id.is_empty()))
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<String> {
+        let r = self
+            .images
+            .clone()
+            .pull_image(request(
+                cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.to_string(),
+                        ..Default::default()
+                    }),
+                    auth: None,
+                    sandbox_config: None,
+                },
+                Duration::from_secs(300),
+            ))
+            .await
+            .map_err(rpc("pull image"))?
+            .into_inner();
+        Ok(r.image_ref)
+    }
+}
