@@ -16,6 +16,7 @@ pub mod ipalloc;
 pub mod object;
 pub mod openapi;
 pub mod openapi_v2;
+pub mod podlog;
 pub mod registry;
 pub mod smp;
 pub mod ssa;
@@ -430,6 +431,7 @@ fn resource_list(api: &ApiServer, group: &str, version: &str) -> Option<Value> {
         }
         if r.group.is_empty() && r.plural == "pods" {
             resources.push(sub("binding", "Binding", &["create"]));
+            resources.push(sub("log", "Pod", &["get"]));
         }
         if r.group.is_empty() && r.plural == "namespaces" {
             resources.push(sub("finalize", "Namespace", &["update"]));
@@ -631,7 +633,7 @@ fn resolve(api: &ApiServer, group: &str, version: &str, rest: &str) -> ApiResult
         let known = match s.as_str() {
             "status" => info.status,
             "scale" => info.scale.is_some(),
-            "binding" => info.group.is_empty() && info.plural == "pods",
+            "binding" | "log" => info.group.is_empty() && info.plural == "pods",
             "finalize" => info.group.is_empty() && info.plural == "namespaces",
             _ => false,
         };
@@ -803,6 +805,14 @@ async fn serve(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    if t.subresource.as_deref() == Some("log") {
+        if verb != "get" {
+            return Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on pods/log"
+            )));
+        }
+        return api.pod_log(t, p).await;
+    }
     let view = view(headers);
     if !accepts_json(headers) && view != handlers::View::Table {
         return Err(ApiError::not_acceptable(

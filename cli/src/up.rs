@@ -47,45 +47,28 @@ pub struct UpArgs {
 pub use crate::agent_cmd::Runtime;
 
 pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
-    // Which runtime, and a containerd of our own when none was named.
-    let mut managed = None;
+    // A named containerd must answer before anything starts; our own one starts last, once
+    // the API server is up (a failed start leaves nothing behind).
     let mut runtime = if with_controllers {
         args.runtime
     } else {
         Runtime::None
     };
-    let mut cri_socket = args.cri_socket.clone().unwrap_or_default();
-    if matches!(runtime, Runtime::Cri | Runtime::Auto) && args.cri_socket.is_none() {
-        let root = rustix::process::geteuid().is_root();
-        if capstan_node_agent::containerd::available() && root {
-            let cfg = capstan_node_agent::containerd::Config {
-                dir: args.store.data_dir.join("containerd"),
-                pod_cidr: args.pod_cidr.clone(),
-                bridge: args.cni_bridge.clone(),
-                sandbox_image: "localhost/pause:1".into(),
-            };
-            let c = capstan_node_agent::containerd::start(&cfg).await?;
-            cri_socket = c.socket.clone();
-            managed = Some(c);
-            runtime = Runtime::Cri;
-        } else if runtime == Runtime::Cri {
-            bail!(
-                "--runtime cri: containerd, runc and the CNI plugins must be installed (apt-get install containerd runc containernetworking-plugins) and capstan must run as root; or name a running containerd with --cri-socket"
-            );
-        } else {
-            tracing::warn!(
-                "containerd is not installed (or capstan is not root): RUNNING PODS AS PLAIN PROCESSES (no images, no isolation)"
-            );
-            runtime = Runtime::Process;
-        }
-    } else if matches!(runtime, Runtime::Cri | Runtime::Auto) {
-        if tokio::net::UnixStream::connect(&cri_socket).await.is_err() {
+    if let (Runtime::Cri | Runtime::Auto, Some(sock)) = (runtime, &args.cri_socket) {
+        if tokio::net::UnixStream::connect(sock).await.is_err() {
             bail!(
                 "--cri-socket {}: no containerd answers there",
-                cri_socket.display()
+                sock.display()
             );
         }
         runtime = Runtime::Cri;
+    }
+    let managed_possible =
+        capstan_node_agent::containerd::available() && rustix::process::geteuid().is_root();
+    if runtime == Runtime::Cri && args.cri_socket.is_none() && !managed_possible {
+        bail!(
+            "--runtime cri: containerd, runc and the CNI plugins must be installed (apt-get install containerd runc containernetworking-plugins) and capstan must run as root; or name a running containerd with --cri-socket"
+        );
     }
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
@@ -122,6 +105,27 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
                 tracing::error!(error = %e, "the controller manager failed");
             }
         });
+    }
+    let mut managed = None;
+    let mut cri_socket = args.cri_socket.clone().unwrap_or_default();
+    if matches!(runtime, Runtime::Cri | Runtime::Auto) && args.cri_socket.is_none() {
+        if managed_possible {
+            let cfg = capstan_node_agent::containerd::Config {
+                dir: args.store.data_dir.join("containerd"),
+                pod_cidr: args.pod_cidr.clone(),
+                bridge: args.cni_bridge.clone(),
+                sandbox_image: "localhost/pause:1".into(),
+            };
+            let c = capstan_node_agent::containerd::start(&cfg).await?;
+            cri_socket = c.socket.clone();
+            managed = Some(c);
+            runtime = Runtime::Cri;
+        } else {
+            tracing::warn!(
+                "containerd is not installed (or capstan is not root): RUNNING PODS AS PLAIN PROCESSES (no images, no isolation)"
+            );
+            runtime = Runtime::Process;
+        }
     }
     if runtime != Runtime::None {
         let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);

@@ -118,14 +118,31 @@ fn kill_containers(dir: &Path) {
         let Ok(v) = serde_json::from_str::<Value>(&text) else {
             continue;
         };
-        for pid in [v["pid"].as_i64(), v["shim_pid"].as_i64()]
-            .into_iter()
-            .flatten()
+        // Only processes that are still the ones recorded (a pid may have been reused).
+        use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+        let stat_ticks = |pid: i64| -> Option<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(19)?
+                .parse()
+                .ok()
+        };
+        if let (Some(pid), Some(ticks)) = (v["pid"].as_i64(), v["start_ticks"].as_u64())
+            && pid > 1
+            && stat_ticks(pid) == Some(ticks)
+            && let Some(p) = Pid::from_raw(pid as i32)
         {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &format!("-{pid}"), &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
+            let _ = kill_process_group(p, Signal::KILL);
+            let _ = kill_process(p, Signal::KILL);
+        }
+        if let Some(shim) = v["shim_pid"].as_i64().filter(|p| *p > 1)
+            && std::fs::read_to_string(format!("/proc/{shim}/cmdline"))
+                .is_ok_and(|c| c.contains("capstan") && c.contains("shim"))
+            && let Some(p) = Pid::from_raw(shim as i32)
+        {
+            let _ = kill_process(p, Signal::KILL);
         }
     }
 }
@@ -194,6 +211,18 @@ spec:
       valueFrom: {configMapKeyRef: {name: settings, key: greeting}}
     - name: POD_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    readinessProbe: {exec: {command: [test, -f, marker]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: flaky}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, "touch healthy; sleep 2; rm healthy; exec sleep 3600"]
+    livenessProbe: {exec: {command: [test, -f, healthy]}, periodSeconds: 1, failureThreshold: 1}
 ---
 apiVersion: v1
 kind: Pod
@@ -234,6 +263,29 @@ spec:
     })
     .unwrap();
     assert!(c.log(&web, "init", 0).contains(" stdout F init done"));
+    // The same through the API server's pods/log and the agent's endpoint.
+    // (stdout and stderr are separate pipes: their relative order is not fixed)
+    let mut lines: Vec<String> = c
+        .ok(&["logs", "web"], None)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["hello-from-configmap web", "init-was-here", "to-stderr"]
+    );
+    assert_eq!(c.ok(&["logs", "web", "-c", "init"], None), "init done\n");
+
+    // A liveness probe that starts failing: the container is restarted.
+    eventually(WAIT, "flaky restarted by its liveness probe", || {
+        c.pod("flaky").is_some_and(|p| {
+            container_status(&p, "app")["restartCount"]
+                .as_i64()
+                .is_some_and(|n| n >= 1)
+        })
+    })
+    .unwrap();
 
     // A restartPolicy Never pod that exits 3: Failed, with the exit code.
     eventually(WAIT, "fails Failed", || {
@@ -270,6 +322,11 @@ spec:
     let second_id = s["containerID"].as_str().unwrap().to_string();
     assert_ne!(second_id, first_id);
     let second_pid = pid_of(&c.root(), &second_id).unwrap();
+    // The first attempt's output is the previous log.
+    assert!(
+        c.ok(&["logs", "web", "--previous"], None)
+            .contains("hello-from-configmap web\n")
+    );
 
     // kill -9 the whole of capstan up, start it again: the running pod is adopted, not restarted.
     c.kill();
@@ -302,7 +359,7 @@ spec:
     assert_eq!(sandboxes, 0, "the sandbox is removed");
     let logs = c.root().join("logs").join(format!("default_web_{uid}"));
     assert!(!logs.exists(), "the log directory is removed");
-    c.ok(&["delete", "pod", "fails", "--timeout=60s"], None);
+    c.ok(&["delete", "pod", "fails", "flaky", "--timeout=60s"], None);
     let left: Vec<_> = std::fs::read_dir(c.root().join("process/containers"))
         .unwrap()
         .flatten()

@@ -86,7 +86,15 @@ fn a_second_up_on_the_same_data_dir_fails_and_names_it() {
     let data = dir.path().to_str().unwrap();
     let _first = up(&["--data-dir", data]);
     let out = capstan()
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir", data])
+        .args([
+            "up",
+            "--runtime",
+            "none",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -394,7 +394,14 @@ async fn idle_rss(scratch: &std::path::Path) -> Result<u64> {
         .prefix("capstan-rss-")
         .tempdir_in(scratch)?;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "up",
+            "--runtime",
+            "none",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -199,7 +199,9 @@ impl Tracker {
         let (delay, period, timeout, failure_threshold, success_threshold) = timing(&probe);
         Tracker {
             probe,
-            due: started + delay,
+            // A container adopted long after its start is probed from now on, not once per
+            // period it has been running.
+            due: (started + delay).max(tokio::time::Instant::now()),
             period,
             timeout,
             failure_threshold,

@@ -134,23 +134,35 @@ impl CriRuntime {
             })?;
         let mut runtime = RuntimeServiceClient::new(channel.clone());
         let images = ImageServiceClient::new(channel);
-        let v = runtime
-            .version(request(
-                cri::VersionRequest {
-                    version: "v1".into(),
-                },
-                Duration::from_secs(5),
-            ))
-            .await
-            .map_err(|s| RuntimeError::Rpc {
-                op: "version",
-                message: format!(
-                    "{} does not answer CRI v1: {}",
-                    socket.display(),
-                    s.message()
-                ),
-            })?
-            .into_inner();
+        // A containerd that just started accepts connections before its CRI plugin serves.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let v = loop {
+            match runtime
+                .version(request(
+                    cri::VersionRequest {
+                        version: "v1".into(),
+                    },
+                    Duration::from_secs(5),
+                ))
+                .await
+            {
+                Ok(v) => break v.into_inner(),
+                Err(s) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %s.message(), "CRI not serving yet");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(s) => {
+                    return Err(RuntimeError::Rpc {
+                        op: "version",
+                        message: format!(
+                            "{} does not answer CRI v1: {}",
+                            socket.display(),
+                            s.message()
+                        ),
+                    });
+                }
+            }
+        };
         Ok(CriRuntime {
             runtime,
             images,

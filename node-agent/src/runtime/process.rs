@@ -122,7 +122,10 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 fn signal_group(pid: i32, sig: rustix::process::Signal) {
-    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+    // Never pid 1 or below: kill(-1) would signal every process we may signal.
+    if pid > 1
+        && let Some(p) = rustix::process::Pid::from_raw(pid)
+    {
         let _ = rustix::process::kill_process_group(p, sig);
     }
 }
@@ -432,7 +435,7 @@ impl Runtime for ProcessRuntime {
             return Ok(());
         }
         use rustix::process::Signal;
-        if !grace.is_zero() {
+        if !grace.is_zero() && alive(pid.pid, pid.start_ticks) {
             signal_group(pid.pid, Signal::TERM);
             let deadline = tokio::time::Instant::now() + grace;
             while !exited(&dir) && tokio::time::Instant::now() < deadline {

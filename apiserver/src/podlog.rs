@@ -1,0 +1,183 @@
+//! pods/log: the API server finds the pod's node and proxies the request to that node agent's
+//! `/containerLogs/{namespace}/{pod}/{container}` (kube-apiserver's LogREST), streaming the
+//! answer back — so `kubectl logs` (-f, --tail, --since, --timestamps, -c, --previous) works.
+//! Plain HTTP to the node's InternalIP and kubeletEndpoint port, unauthenticated until the
+//! security issue.
+
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::ApiServer;
+use crate::errors::{ApiError, ApiResult};
+use crate::handlers::{Params, Target};
+
+fn client() -> &'static Client<HttpConnector, Empty<Bytes>> {
+    static C: OnceLock<Client<HttpConnector, Empty<Bytes>>> = OnceLock::new();
+    C.get_or_init(|| {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        Client::builder(TokioExecutor::new()).build(http)
+    })
+}
+
+/// The query parameters passed on, checked as kube-apiserver checks PodLogOptions.
+const PASSED: &[&str] = &[
+    "follow",
+    "previous",
+    "timestamps",
+    "tailLines",
+    "sinceSeconds",
+    "sinceTime",
+    "limitBytes",
+];
+
+fn names(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+impl ApiServer {
+    pub async fn pod_log(&self, t: &Target, p: &Params) -> ApiResult<Response> {
+        let pod_target = Target {
+            subresource: None,
+            ..t.clone()
+        };
+        let pod = self.get(&pod_target).await?;
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let containers = names(pod["spec"].get("containers"));
+        let inits = names(pod["spec"].get("initContainers"));
+        let container = match p.get("container") {
+            Some(c) if containers.iter().chain(&inits).any(|n| n == c) => c.to_string(),
+            Some(c) => {
+                return Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )));
+            }
+            None if containers.len() == 1 => containers[0].clone(),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                )));
+            }
+        };
+        for k in ["tailLines", "sinceSeconds", "limitBytes"] {
+            if let Some(v) = p.get(k)
+                && v.parse::<i64>().is_err()
+            {
+                return Err(ApiError::bad_request(format!(
+                    "{k}: {v:?} is not an integer"
+                )));
+            }
+        }
+        if p.get("sinceSeconds").is_some() && p.get("sinceTime").is_some() {
+            return Err(ApiError::bad_request(
+                "at most one of sinceTime or sinceSeconds may be specified",
+            ));
+        }
+        let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+            return Err(ApiError::bad_request(format!(
+                "pod {name} does not have a host assigned"
+            )));
+        };
+        let nodes = self
+            .registry
+            .get("", "v1", "nodes")
+            .ok_or_else(|| ApiError::internal("nodes are not served"))?;
+        let node = self
+            .get(&Target {
+                info: nodes,
+                namespace: None,
+                name: Some(node_name.to_string()),
+                subresource: None,
+            })
+            .await?;
+        let st = &node["status"];
+        let ip = st["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("node {node_name} reports no InternalIP"))
+            })?;
+        let port = st["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "node {node_name} reports no kubelet endpoint: its agent does not serve logs"
+                ))
+            })?;
+        let mut query = String::new();
+        for k in PASSED {
+            if let Some(v) = p.get(k) {
+                query.push(if query.is_empty() { '?' } else { '&' });
+                query.push_str(k);
+                query.push('=');
+                query.push_str(&percent(v));
+            }
+        }
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        let url = format!(
+            "http://{host}:{port}/containerLogs/{}/{}/{}{query}",
+            percent(namespace),
+            percent(name),
+            percent(&container)
+        );
+        let uri: axum::http::Uri = url
+            .parse()
+            .map_err(|e| ApiError::internal(format!("{url}: {e}")))?;
+        let resp = client().get(uri).await.map_err(|e| {
+            ApiError::unavailable(format!(
+                "the node agent of {node_name} ({host}:{port}) does not answer: {e}"
+            ))
+        })?;
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or_else(|| header::HeaderValue::from_static("text/plain"));
+        Response::builder()
+            .status(if status.is_success() {
+                StatusCode::OK
+            } else {
+                status
+            })
+            .header(header::CONTENT_TYPE, ct)
+            .body(Body::new(resp.into_body()))
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
