@@ -6,8 +6,12 @@ NEXTEST  := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: run test e2e bench lint fmt crds deps build clean
 
-## run: a single-machine Capstan on the embedded store in $(DATA_DIR)
+## run: a single-machine Capstan on the embedded store in $(DATA_DIR); pods run on containerd
+## (started under $(DATA_DIR)/containerd, busybox and pause images built and imported) when it
+## is installed and this runs as root, else as plain processes
 run: deps
+	@if command -v containerd >/dev/null && command -v umoci >/dev/null && command -v skopeo >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  bash e2e/images/build.sh $(DATA_DIR)/images; fi
 	$(CARGO) run --release -p capstan -- up --data-dir $(DATA_DIR) --listen $(LISTEN)
 
 ## test: every test (unit, conformance against embedded and real etcd, binary e2e)

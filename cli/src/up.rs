@@ -165,7 +165,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
 }
 
 /// A kubeconfig pointing kubectl at this server over plain HTTP.
-fn write_kubeconfig(path: &Path, server: &str) -> Result<()> {
+pub(crate) fn write_kubeconfig(path: &Path, server: &str) -> Result<()> {
     let text = format!(
         "apiVersion: v1
 kind: Config

@@ -4,6 +4,7 @@
 
 mod api;
 mod crd;
+mod pods;
 mod schedule;
 mod store;
 
@@ -35,6 +36,9 @@ enum Which {
     /// The scheduler (spread, binpack) on simulated nodes against the raw binding writes, and a
     /// Deployment of 1,000 replicas rolled from one template to another.
     Schedule(schedule::ScheduleBench),
+    /// Pod startup on containerd (1 pod, 30 at once) against raw CRI and `ctr run -d`, and the
+    /// agent's RSS with 30 pods.
+    Pods(pods::PodsBench),
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
@@ -43,6 +47,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Api(b) => api::run(b).await,
         Which::Crd(b) => crd::run(b).await,
         Which::Schedule(b) => schedule::run(b).await,
+        Which::Pods(b) => pods::run(b).await,
     }
 }
 
