@@ -30,12 +30,13 @@ else
 	$(CARGO) test -p capstan --tests
 endif
 
-## bench: the store, API, CRD and scheduling benchmarks (release build); see docs/benchmarks.md
+## bench: the store, API, CRD, scheduling and pod startup benchmarks (release build); see docs/benchmarks.md
 bench: deps
 	$(CARGO) run --release -p capstan -- bench store
 	$(CARGO) run --release -p capstan -- bench api
 	$(CARGO) run --release -p capstan -- bench crd
 	$(CARGO) run --release -p capstan -- bench schedule
+	$(CARGO) run --release -p capstan -- bench pods
 
 ## crds: regenerate manifests/crds/ from the types in api/src/crds (a test fails when stale)
 crds:

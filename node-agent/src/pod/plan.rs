@@ -363,6 +363,24 @@ mod tests {
     }
 
     #[test]
+    fn stopped_sandboxes_older_than_the_newest_are_removed() {
+        let obs = Observed {
+            sandboxes: vec![
+                sandbox("old", SandboxState::NotReady),
+                sandbox("new", SandboxState::NotReady),
+            ],
+            containers: vec![],
+        };
+        let actions = plan(&two_apps("Always"), &obs, &Backoffs::new(), now());
+        assert_eq!(actions[0], Action::RemoveSandbox { id: "old".into() });
+        assert!(
+            !actions.contains(&Action::RemoveSandbox { id: "new".into() }),
+            "the newest stays: it carries the pod's last state"
+        );
+        assert!(actions.contains(&Action::CreateSandbox { attempt: 2 }));
+    }
+
+    #[test]
     fn init_containers_run_one_at_a_time_before_the_apps() {
         let p = pod(
             json!({"initContainers": [{"name": "i1"}, {"name": "i2"}], "containers": [{"name": "a"}]}),

@@ -481,3 +481,153 @@ pub async fn pre_stop<R: Runtime>(
 pub fn is_running(c: &Container) -> bool {
     c.state == ContainerState::Running
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::{ContainerConfig, SandboxConfig};
+    use serde_json::json;
+
+    fn pod(container: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "uid": "u"},
+            "spec": {"containers": [container]}
+        }))
+        .unwrap()
+    }
+
+    async fn running(rt: &FakeRuntime) -> Container {
+        let sb = rt.run_sandbox(&SandboxConfig::default()).await.unwrap();
+        let cfg = ContainerConfig {
+            name: "app".into(),
+            ..Default::default()
+        };
+        let c = rt.create_container(&sb.id, &cfg).await.unwrap();
+        rt.start_container(&c.id).await.unwrap();
+        rt.list_containers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|x| x.id == c.id)
+            .unwrap()
+    }
+
+    /// Lets the probe tasks run until the clock reaches `t` (time is paused: no real waiting).
+    async fn at(t: Duration) {
+        tokio::time::sleep(t).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_follows_its_thresholds() {
+        let rt = Arc::new(FakeRuntime::new());
+        let c = running(&rt).await;
+        let p = pod(json!({"name": "app", "image": "i", "readinessProbe": {
+            "exec": {"command": ["check"]}, "initialDelaySeconds": 5, "periodSeconds": 2,
+            "failureThreshold": 2, "successThreshold": 2}}));
+        let poke = Arc::new(Notify::new());
+        let mut prober = Prober::new(rt.clone(), poke.clone());
+        let h = prober.sync(&p, &[&c], "10.0.0.2");
+        assert!(!h[&c.id].ready, "unready until the probe succeeds");
+        assert!(h[&c.id].started, "no startup probe: started");
+        at(Duration::from_secs(5)).await; // first success (delay 5 s)
+        assert!(
+            !prober.sync(&p, &[&c], "")[&c.id].ready,
+            "one success of two"
+        );
+        at(Duration::from_secs(2)).await; // second success
+        assert!(prober.sync(&p, &[&c], "")[&c.id].ready);
+        rt.set_exec_exit("app", 1);
+        at(Duration::from_secs(2)).await;
+        assert!(
+            prober.sync(&p, &[&c], "")[&c.id].ready,
+            "one failure of two"
+        );
+        at(Duration::from_secs(2)).await;
+        let h = prober.sync(&p, &[&c], "");
+        assert!(!h[&c.id].ready, "two failures: unready");
+        assert_eq!(
+            h[&c.id].failed, None,
+            "readiness never restarts a container"
+        );
+        let execs = rt
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("exec_sync"))
+            .count();
+        assert_eq!(execs, 4, "one exec per period after the initial delay");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn startup_gates_liveness_and_a_failing_liveness_asks_for_a_restart() {
+        let rt = Arc::new(FakeRuntime::new());
+        let c = running(&rt).await;
+        let p = pod(json!({"name": "app", "image": "i",
+            "startupProbe": {"exec": {"command": ["up"]}, "periodSeconds": 1, "failureThreshold": 30},
+            "livenessProbe": {"exec": {"command": ["alive"]}, "periodSeconds": 3, "failureThreshold": 2}}));
+        let poke = Arc::new(Notify::new());
+        let mut prober = Prober::new(rt.clone(), poke.clone());
+        let h = prober.sync(&p, &[&c], "");
+        assert!(
+            !h[&c.id].started && !h[&c.id].ready,
+            "not started before the startup probe"
+        );
+        at(Duration::from_millis(10)).await;
+        let h = prober.sync(&p, &[&c], "");
+        assert!(
+            h[&c.id].started && h[&c.id].ready,
+            "started (and ready: no readiness probe)"
+        );
+        let calls = rt.calls();
+        let first_up = calls.iter().position(|c| c.ends_with(" up"));
+        let first_alive = calls.iter().position(|c| c.ends_with(" alive"));
+        assert!(
+            first_up.is_some() && first_alive.is_none_or(|a| Some(a) > first_up),
+            "liveness waits for the startup probe: {calls:?}"
+        );
+        rt.set_exec_exit("app", 1);
+        at(Duration::from_secs(3)).await;
+        assert_eq!(
+            prober.sync(&p, &[&c], "")[&c.id].failed,
+            None,
+            "one failure of two"
+        );
+        at(Duration::from_secs(3)).await;
+        let failed = prober.sync(&p, &[&c], "")[&c.id].failed.clone();
+        assert!(
+            failed
+                .as_deref()
+                .is_some_and(|m| m.starts_with("Liveness probe failed")),
+            "{failed:?}"
+        );
+        // A container that stops running is no longer probed.
+        prober.sync(&p, &[], "");
+        let before = rt.calls().len();
+        at(Duration::from_secs(30)).await;
+        assert_eq!(rt.calls().len(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_startup_probe_that_never_succeeds_fails_the_container() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.set_exec_exit("app", 3);
+        let c = running(&rt).await;
+        let p = pod(json!({"name": "app", "image": "i",
+            "startupProbe": {"exec": {"command": ["up"]}, "periodSeconds": 1, "failureThreshold": 3}}));
+        let mut prober = Prober::new(rt.clone(), Arc::new(Notify::new()));
+        prober.sync(&p, &[&c], "");
+        at(Duration::from_millis(2500)).await;
+        let h = prober.sync(&p, &[&c], "");
+        assert!(
+            h[&c.id]
+                .failed
+                .as_deref()
+                .is_some_and(|m| m.starts_with("Startup probe failed")),
+            "{h:?}"
+        );
+        assert!(!h[&c.id].started);
+    }
+}
