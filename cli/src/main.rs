@@ -73,6 +73,12 @@ enum ImageCmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // The node agent is small and long-lived on every node: with transparent huge pages the
+    // allocator's eagerly committed arenas fault in 2 MiB at a time (~8 MiB of RSS for nothing,
+    // measured). Set before the arenas are touched, so first thing.
+    if std::env::args_os().any(|a| a == "agent") {
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
     let cli = Cli::parse();
     if let Command::Shim { dir } = &cli.command {
         // Synchronous, no async runtime: it lives as long as its container.
