@@ -17,6 +17,7 @@ pub mod object;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod podlog;
+pub mod protobuf;
 pub mod registry;
 pub mod smp;
 pub mod ssa;
@@ -785,15 +786,29 @@ fn content_type(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-fn json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+/// A write's body as JSON. Protobuf bodies (client-go's typed clients) are decoded to the JSON a
+/// Go client would have sent; `api_version`/`kind` are what the endpoint takes, for envelopes
+/// that leave their TypeMeta empty.
+fn json_body(headers: &HeaderMap, body: &Bytes, api_version: &str, kind: &str) -> ApiResult<Value> {
     let ct = content_type(headers);
     let mt = ct.split(';').next().unwrap_or_default().trim();
-    if !matches!(mt, "application/json" | "") {
-        return Err(ApiError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format ({mt}) - accepted media types include: application/json"
-        )));
+    match mt {
+        "application/json" | "" => handlers::parse_body(body),
+        protobuf::MEDIA_TYPE => protobuf::to_json(body, api_version, kind),
+        _ => Err(ApiError::unsupported_media_type(format!(
+            "the body of the request was in an unknown format ({mt}) - accepted media types include: application/json, {}",
+            protobuf::MEDIA_TYPE
+        ))),
     }
-    handlers::parse_body(body)
+}
+
+/// A body handed on as bytes (DeleteOptions, Scale): protobuf ones become JSON first.
+fn json_bytes(headers: &HeaderMap, body: Bytes, api_version: &str, kind: &str) -> ApiResult<Bytes> {
+    if protobuf::is_protobuf(&content_type(headers)) {
+        let value = protobuf::to_json(&body, api_version, kind)?;
+        return Ok(Bytes::from(serde_json::to_vec(&value).unwrap_or_default()));
+    }
+    Ok(body)
 }
 
 async fn serve(
@@ -916,7 +931,7 @@ async fn serve(
         }
         ("create", None) if t.name.is_none() => {
             let body = read_body(body).await?;
-            let obj = json_body(headers, &body)?;
+            let obj = json_body(headers, &body, &t.info.api_version(), &t.info.kind)?;
             let warnings = handlers::unknown_field_warnings(t, p, &obj)?;
             let created = api.create(t, obj, p).await?;
             Ok(with_warnings(
@@ -926,12 +941,14 @@ async fn serve(
         }
         ("create", Some("binding")) => {
             let body = read_body(body).await?;
-            let status = api.bind(t, json_body(headers, &body)?, p).await?;
+            let status = api
+                .bind(t, json_body(headers, &body, "v1", "Binding")?, p)
+                .await?;
             Ok(json_response(StatusCode::CREATED, &status))
         }
         ("update", None | Some("status") | Some("finalize")) => {
             let body = read_body(body).await?;
-            let mut obj = json_body(headers, &body)?;
+            let mut obj = json_body(headers, &body, &t.info.api_version(), &t.info.kind)?;
             if sub == Some("finalize") {
                 // /finalize changes spec.finalizers only (the namespace controller's last step),
                 // guarded by the resourceVersion sent, as any update.
@@ -966,7 +983,7 @@ async fn serve(
             Ok(with_warnings(ok(api.update(t, obj, p).await?)?, &warnings))
         }
         ("update", Some("scale")) => {
-            let body = read_body(body).await?;
+            let body = json_bytes(headers, read_body(body).await?, "autoscaling/v1", "Scale")?;
             ok(api.update_scale(t, None, body, p).await?)
         }
         ("patch", None) if handlers::is_apply(&content_type(headers)) => {
@@ -993,11 +1010,11 @@ async fn serve(
                 .await?)
         }
         ("delete", None) => {
-            let body = read_body(body).await?;
+            let body = json_bytes(headers, read_body(body).await?, "v1", "DeleteOptions")?;
             ok(api.delete(t, &body, p).await?)
         }
         ("deletecollection", None) => {
-            let body = read_body(body).await?;
+            let body = json_bytes(headers, read_body(body).await?, "v1", "DeleteOptions")?;
             ok(api.delete_collection(t, &body, p).await?)
         }
         _ => Err(ApiError::method_not_allowed(format!(

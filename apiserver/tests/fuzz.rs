@@ -351,3 +351,78 @@ async fn random_selectors_and_query_parameters_are_200_or_400() {
     .await
     .unwrap();
 }
+
+/// Protobuf bodies (client-go's typed clients): real kubectl bodies, corrupted. Every answer is
+/// a success or a 4xx Status, and a refused one stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_protobuf_bodies_are_accepted_or_refused_with_a_status() {
+    let c = TestCluster::start().await;
+    let addr = c.addr.to_string();
+    let seed = 0x5eed_0004;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/protobuf/testdata");
+    let cases: Vec<(Vec<u8>, &str)> = [
+        ("configmaps", "/api/v1/namespaces/default/configmaps"),
+        ("secrets", "/api/v1/namespaces/default/secrets"),
+        (
+            "deployments",
+            "/apis/apps/v1/namespaces/default/deployments",
+        ),
+        ("services", "/api/v1/namespaces/default/services"),
+        (
+            "serviceaccounts",
+            "/api/v1/namespaces/default/serviceaccounts",
+        ),
+    ]
+    .into_iter()
+    .map(|(f, p)| (std::fs::read(format!("{dir}/{f}.pb")).unwrap(), p))
+    .collect();
+    let ct = [("Content-Type", "application/vnd.kubernetes.protobuf")];
+    tokio::task::spawn_blocking(move || {
+        let count = |path: &str| {
+            let (code, body) = http_request(&addr, "GET", path, &[], b"").unwrap();
+            assert_eq!(code, 200);
+            serde_json::from_str::<Value>(&body).unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .len()
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for i in 0..300 {
+            let (body, path) = &cases[rng.usize(..cases.len())];
+            let mut b = body.clone();
+            if i % 3 == 0 {
+                b.truncate(rng.usize(0..=b.len()));
+            } else {
+                for _ in 0..rng.usize(1..4) {
+                    let at = rng.usize(..b.len());
+                    b[at] = rng.u8(..);
+                }
+            }
+            let before = count(path);
+            let (code, resp) = http_request(&addr, "POST", path, &ct, &b).unwrap();
+            check(&format!("protobuf create #{i} {b:?}"), seed, code, &resp);
+            if code == 201 {
+                accepted += 1;
+                let created: Value = serde_json::from_str(&resp).unwrap();
+                let name = created["metadata"]["name"].as_str().unwrap();
+                let (code, _) =
+                    http_request(&addr, "DELETE", &format!("{path}/{name}"), &[], b"").unwrap();
+                assert_eq!(code, 200, "seed {seed}");
+            } else {
+                refused += 1;
+                assert_eq!(
+                    count(path),
+                    before,
+                    "seed {seed}: a refused body stored something"
+                );
+            }
+        }
+        assert!(
+            accepted > 0 && refused > 0,
+            "{accepted} accepted, {refused} refused"
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -364,12 +364,135 @@ fn suite(c: &Cluster) {
         explain.contains("RESOURCE: containers <[]Object>"),
         "{explain}"
     );
-    // Generators (create configmap/namespace/deployment) send protobuf, not served yet.
-    let err = c.fails(&["create", "configmap", "gen", "--from-literal=a=b"]);
-    assert!(
-        err.contains("UnsupportedMediaType") || err.contains("unknown format"),
-        "{err}"
+    // Generators send protobuf bodies (client-go's typed clients).
+    assert_eq!(
+        c.ok(&["create", "namespace", "gen"]),
+        "namespace/gen created\n"
     );
+    assert_eq!(c.json(&["get", "ns", "gen"])["status"]["phase"], "Active");
+    c.ok(&[
+        "create",
+        "-n",
+        "gen",
+        "configmap",
+        "cm",
+        "--from-literal=a=b",
+        "--from-literal=empty=",
+    ]);
+    assert_eq!(
+        c.json(&["get", "-n", "gen", "cm", "cm"])["data"],
+        serde_json::json!({"a": "b", "empty": ""})
+    );
+    c.ok(&[
+        "create",
+        "-n",
+        "gen",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=pw=hunter2",
+    ]);
+    assert_eq!(
+        c.json(&["get", "-n", "gen", "secret", "s"])["data"]["pw"],
+        "aHVudGVyMg=="
+    );
+    // --replicas=0 is an explicit 0 (a pointer in Go), not "unset, default 1".
+    c.ok(&[
+        "create",
+        "-n",
+        "gen",
+        "deployment",
+        "app",
+        "--image=busybox",
+        "--replicas=0",
+        "--port=80",
+        "--",
+        "httpd",
+        "-f",
+    ]);
+    let d = c.json(&["get", "-n", "gen", "deploy", "app"]);
+    assert_eq!(d["spec"]["replicas"], 0);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["command"],
+        serde_json::json!(["httpd", "-f"])
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"],
+        serde_json::json!([{"containerPort": 80}])
+    );
+    c.ok(&[
+        "create",
+        "-n",
+        "gen",
+        "service",
+        "clusterip",
+        "app",
+        "--tcp=80:8080",
+        "--tcp=443:https",
+    ]);
+    let svc = c.json(&["get", "-n", "gen", "svc", "app"]);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["ports"][1]["targetPort"], "https");
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.contains('.'))
+    );
+    c.ok(&["create", "-n", "gen", "serviceaccount", "robot"]);
+    // Server-side dry run through protobuf stores nothing; errors are the JSON path's.
+    c.ok(&[
+        "create",
+        "-n",
+        "gen",
+        "configmap",
+        "dry",
+        "--dry-run=server",
+    ]);
+    let _ = c.fails(&["get", "-n", "gen", "cm", "dry"]);
+    let err = c.fails(&["create", "-n", "gen", "configmap", "cm"]);
+    assert!(err.contains("configmaps \"cm\" already exists"), "{err}");
+    let err = c.fails(&["create", "-n", "missing", "configmap", "cm"]);
+    assert!(err.contains("namespaces \"missing\" not found"), "{err}");
+    let err = c.fails(&[
+        "create",
+        "-n",
+        "gen",
+        "deployment",
+        "Bad_Name",
+        "--image=busybox",
+    ]);
+    assert!(err.contains("is invalid"), "{err}");
+    let _ = c.fails(&["get", "-n", "gen", "deploy", "Bad_Name"]);
+    // `kubectl drain --disable-eviction` deletes pods with a protobuf DeleteOptions body.
+    let out = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            r#"{"apiVersion":"v1","kind":"List","items":[
+                {"apiVersion":"v1","kind":"Node","metadata":{"name":"drained"}},
+                {"apiVersion":"v1","kind":"Pod","metadata":{"name":"doomed","namespace":"gen"},
+                 "spec":{"nodeName":"drained","containers":[{"name":"c","image":"busybox"}]}}]}"#,
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = c.ok(&[
+        "drain",
+        "drained",
+        "--disable-eviction",
+        "--force",
+        "--grace-period=0",
+        "--timeout=30s",
+    ]);
+    assert!(
+        out.contains("pod/doomed deleted") && out.contains("node/drained drained"),
+        "{out}"
+    );
+    let _ = c.fails(&["get", "-n", "gen", "pod", "doomed"]);
+    c.ok(&["delete", "node", "drained"]);
+    c.ok(&["delete", "namespace", "gen", "--wait=false"]);
 
     // delete by name and by selector.
     assert_eq!(c.ok(&["delete", "svc", "web"]), "service \"web\" deleted\n");
@@ -394,16 +517,7 @@ fn kubectl_works_against_capstan_on_etcd() {
 #[test]
 fn kubectl_get_watch_streams_changes() {
     let c = Cluster::start(None);
-    // `kubectl create namespace` (a generator) sends protobuf, not served yet; -f sends JSON.
-    let out = c.kubectl_stdin(
-        &["create", "--validate=false", "-f", "-"],
-        Some(r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"watched"}}"#),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.ok(&["create", "namespace", "watched"]);
     let mut w = Command::new(kubectl_bin())
         .arg("--kubeconfig")
         .arg(&c.kubeconfig)
