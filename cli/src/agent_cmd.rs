@@ -187,7 +187,12 @@ pub async fn run_agent(
                 runtime_version: capstan_node_agent::runtime::Runtime::version(&rt),
                 ..node
             };
-            tracing::info!(node = %name, root = %root_dir.display(), "node agent starting (process runtime)");
+            tracing::info!(node = %name, root = %root_dir.display(), limits = rt.applies_limits(), "node agent starting (process runtime)");
+            if !rt.applies_limits() {
+                tracing::warn!(
+                    "process runtime: /sys/fs/cgroup is not a writable cgroup v2 tree with cpu and memory, so containers run WITHOUT their CPU and memory limits"
+                );
+            }
             Agent::new(client, Arc::new(rt), node, log_root, "process")
                 .serve(listener)
                 .run()

@@ -144,6 +144,29 @@ fn kill_containers(dir: &Path) {
         {
             let _ = kill_process(p, Signal::KILL);
         }
+        // The container's cgroups and its pod's (only capstan-* dirs and their parents; rmdir
+        // removes nothing that still holds a process).
+        let cgroups = std::fs::read_to_string(e.path().join("container.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|c| c["cgroups"].as_array().cloned())
+            .unwrap_or_default();
+        for cg in cgroups.iter().filter_map(Value::as_str).map(Path::new) {
+            if cg
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("capstan-"))
+            {
+                for _ in 0..100 {
+                    if std::fs::remove_dir(cg).is_ok() || !cg.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Some(pod) = cg.parent() {
+                    let _ = std::fs::remove_dir(pod);
+                }
+            }
+        }
     }
 }
 
@@ -365,4 +388,146 @@ spec:
         .flatten()
         .collect();
     assert!(left.is_empty(), "no container records left: {left:?}");
+}
+
+/// Limits through cgroups (v2, or v1's cpu and memory hierarchies; root — CI requires it): the
+/// process runs in its own cgroup under the pod's, with the limits written; a memory hog is
+/// OOMKilled; delete removes the cgroups.
+#[test]
+fn process_pods_get_their_limits_through_cgroups() {
+    let cgroups = Path::new("/sys/fs/cgroup");
+    let v2 = cgroups.join("cgroup.controllers").exists();
+    let usable = rustix::process::geteuid().is_root()
+        && if v2 {
+            std::fs::read_to_string(cgroups.join("cgroup.controllers"))
+                .is_ok_and(|c| c.contains("memory") && c.contains("cpu"))
+        } else {
+            cgroups.join("cpu/cpu.shares").exists()
+                && cgroups.join("memory/memory.limit_in_bytes").exists()
+        };
+    if !usable {
+        assert!(
+            std::env::var_os("CAPSTAN_REQUIRE_CONTAINERD").is_none(),
+            "CI must run this suite as root with cgroups"
+        );
+        eprintln!("skipped: needs root and cgroups with cpu and memory");
+        return;
+    }
+    let c = Cluster::start();
+    c.ok(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: limited}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: busybox
+    command: [sleep, "3600"]
+    resources:
+      limits: {cpu: 500m, memory: 64Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, "dd if=/dev/zero of=/dev/null bs=64M count=1"]
+    resources:
+      limits: {memory: 16Mi}
+"#,
+        ),
+    );
+    eventually(WAIT, "limited Running", || {
+        c.pod("limited")
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    })
+    .unwrap();
+    let limited = c.pod("limited").unwrap();
+    assert_eq!(limited["status"]["qosClass"], "Guaranteed");
+    let uid = limited["metadata"]["uid"].as_str().unwrap().to_string();
+    let id = container_status(&limited, "app")["containerID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = pid_of(&c.root(), &id).unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // The process's path in a hierarchy: "0::/..." on v2, "N:memory:/..." on v1.
+    let path_in = |controller: &str| {
+        own.lines()
+            .find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+                (names.split(',').any(|n| n == controller)
+                    || (controller.is_empty() && names.is_empty()))
+                .then(|| path.to_string())
+            })
+            .unwrap_or_else(|| panic!("no {controller:?} line in {own}"))
+    };
+    let expected = format!(
+        "/kubepods/pod{uid}/capstan-{}",
+        id.strip_prefix("process://").unwrap()
+    );
+    let read = |dir: PathBuf, f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    if v2 {
+        assert_eq!(path_in(""), expected);
+        let cg = cgroups.join(expected.trim_start_matches('/'));
+        assert_eq!(read(cg.clone(), "cpu.max"), "50000 100000");
+        assert_eq!(read(cg, "memory.max"), (64u64 << 20).to_string());
+    } else {
+        assert_eq!(path_in("memory"), expected);
+        assert_eq!(path_in("cpu"), expected);
+        let rel = expected.trim_start_matches('/');
+        assert_eq!(
+            read(cgroups.join("cpu").join(rel), "cpu.cfs_quota_us"),
+            "50000"
+        );
+        assert_eq!(
+            read(cgroups.join("memory").join(rel), "memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+    }
+    // Guaranteed: the kernel is asked to spare it (-997), where lowering a score is allowed
+    // (CAP_SYS_RESOURCE; some sandboxes refuse it even to root: then the score is inherited).
+    let may_lower = std::fs::write("/proc/self/oom_score_adj", "-1").is_ok();
+    let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+    let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(adj.trim(), if may_lower { "-997" } else { "0" });
+
+    eventually(WAIT, "hog OOMKilled", || {
+        c.pod("hog")
+            .is_some_and(|p| p["status"]["phase"] == "Failed")
+    })
+    .unwrap();
+    let hog = c.pod("hog").unwrap();
+    let t = &container_status(&hog, "app")["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{t}");
+    assert_eq!(t["exitCode"], 137);
+    let hog_uid = hog["metadata"]["uid"].as_str().unwrap().to_string();
+
+    c.ok(&["delete", "pod", "limited", "hog", "--timeout=60s"], None);
+    assert!(!alive(pid));
+    let hierarchies: Vec<PathBuf> = if v2 {
+        vec![cgroups.to_path_buf()]
+    } else {
+        vec![cgroups.join("cpu"), cgroups.join("memory")]
+    };
+    eventually(Duration::from_secs(20), "pod cgroups removed", || {
+        hierarchies.iter().all(|h| {
+            !h.join(format!("kubepods/pod{uid}")).exists()
+                && !h.join(format!("kubepods/burstable/pod{hog_uid}")).exists()
+        })
+    })
+    .unwrap();
 }

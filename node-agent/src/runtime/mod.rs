@@ -89,7 +89,7 @@ pub struct Mount {
 }
 
 /// Linux resources of a container, as CRI takes them (zero: unset).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     pub cpu_shares: i64,
     pub cpu_quota: i64,

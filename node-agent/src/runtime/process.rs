@@ -9,7 +9,16 @@
 //! and outlives the agent: everything the runtime knows is in files under its root
 //! (`sandboxes/ID/sandbox.json`, `containers/ID/{container,pid,exit}.json`), so a restarted
 //! agent lists and adopts what is running. Pods share the host's network (the pod IP is the
-//! host's). Resource limits are not applied yet (cgroups come with the CRI half of issue 6).
+//! host's).
+//!
+//! Limits go through cgroups where they are writable (root), v2 or v1's cpu and memory
+//! hierarchies: each container gets `<pod cgroup>/capstan-<id>` under the same `/kubepods/...`
+//! parents the CRI runtime uses, with runc's conversions (`cpu.weight`/`cpu.max`/`memory.max`,
+//! or `cpu.shares`/`cpu.cfs_quota_us`/`memory.limit_in_bytes`; swap capped); the process enters
+//! them before it execs (the shim starts it through `capstan shim-exec`, which joins the
+//! cgroups and sets oom_score_adj, then execs the command), so nothing it allocates escapes the
+//! limit. An OOM kill reads back as `OOMKilled`; stopping kills the whole cgroup on v2. Without
+//! writable cgroups (non-root) containers run unlimited, and the agent says so at start-up.
 
 use std::io::{BufRead, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -33,6 +42,141 @@ pub struct ProcessRuntime {
     /// The shim: a program and the arguments before the container directory.
     shim: Vec<String>,
     host_ip: String,
+    /// The cgroup hierarchies limits go to ([`cgroup_roots`]; empty: they cannot, here).
+    cgroup_roots: Vec<PathBuf>,
+}
+
+/// The cgroup hierarchies limits are written to: `/sys/fs/cgroup` when it is a cgroup v2 tree
+/// offering cpu and memory, else the v1 `cpu` and `memory` hierarchies under it — if this
+/// process may write to them (root). Empty: limits cannot be applied here.
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    let writable = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+    if let Ok(controllers) = std::fs::read_to_string(base.join("cgroup.controllers")) {
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        return if has("cpu") && has("memory") && writable(base) {
+            vec![base.to_path_buf()]
+        } else {
+            Vec::new()
+        };
+    }
+    let (cpu, memory) = (base.join("cpu"), base.join("memory"));
+    if cpu.join("cpu.shares").exists()
+        && memory.join("memory.limit_in_bytes").exists()
+        && writable(&cpu)
+        && writable(&memory)
+    {
+        vec![cpu, memory]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Creates `dir` and its missing parents under the hierarchy `root`. On cgroup v2 the cpu and
+/// memory controllers are enabled for the children of every level (a cgroup only gets what its
+/// parent enables); v1 hierarchies need nothing more than the directories.
+fn ensure_cgroup(root: &Path, dir: &Path) -> std::io::Result<()> {
+    let v2 = root.join("cgroup.controllers").exists();
+    let rel = dir.strip_prefix(root).map_err(std::io::Error::other)?;
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        if v2 {
+            let control = at.join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+            for c in ["cpu", "memory"] {
+                if !enabled.split_whitespace().any(|x| x == c) {
+                    std::fs::write(&control, format!("+{c}"))?;
+                }
+            }
+        }
+        at.push(part);
+        match std::fs::create_dir(&at) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes a container's limits into one of its cgroup directories, in whichever interface the
+/// directory offers (runc's conversions): v2 `cpu.weight`/`cpu.max`/`memory.max`, v1
+/// `cpu.shares`/`cpu.cfs_quota_us`/`memory.limit_in_bytes`. Swap is capped so that going over
+/// the memory limit is an OOM kill, as under the kubelet (which runs without swap).
+fn write_limits(dir: &Path, r: &super::Resources) -> std::io::Result<()> {
+    let has = |f: &str| dir.join(f).exists();
+    let write = |f: &str, v: String| std::fs::write(dir.join(f), v);
+    let period = if r.cpu_period > 0 {
+        r.cpu_period
+    } else {
+        100_000
+    };
+    if has("cpu.max") {
+        if r.cpu_shares > 0 {
+            // cpu.shares 2..262144 onto cpu.weight 1..10000.
+            let shares = r.cpu_shares.clamp(2, 262_144);
+            write(
+                "cpu.weight",
+                (1 + ((shares - 2) * 9999) / 262_142).to_string(),
+            )?;
+        }
+        let quota = if r.cpu_quota > 0 {
+            r.cpu_quota.to_string()
+        } else {
+            "max".to_string()
+        };
+        write("cpu.max", format!("{quota} {period}"))?;
+    }
+    if has("cpu.shares") {
+        if r.cpu_shares > 0 {
+            write("cpu.shares", r.cpu_shares.clamp(2, 262_144).to_string())?;
+        }
+        write("cpu.cfs_period_us", period.to_string())?;
+        let quota = if r.cpu_quota > 0 { r.cpu_quota } else { -1 };
+        write("cpu.cfs_quota_us", quota.to_string())?;
+    }
+    if r.memory_limit_in_bytes > 0 {
+        let limit = r.memory_limit_in_bytes.to_string();
+        if has("memory.max") {
+            write("memory.max", limit.clone())?;
+            if has("memory.swap.max") {
+                write("memory.swap.max", "0".into())?;
+            }
+        }
+        if has("memory.limit_in_bytes") {
+            write("memory.limit_in_bytes", limit.clone())?;
+            if has("memory.memsw.limit_in_bytes") {
+                write("memory.memsw.limit_in_bytes", limit)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many times the kernel OOM-killed in this cgroup (v2 `memory.events`, v1
+/// `memory.oom_control`; 0 for a directory of another controller).
+fn oom_kills(dir: &Path) -> u64 {
+    ["memory.events", "memory.oom_control"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Removes an empty cgroup (its processes gone); a busy one is retried briefly, since the
+/// kernel releases a cgroup a moment after its last process is reaped.
+fn remove_cgroup(dir: &Path) {
+    for _ in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    tracing::warn!(dir = %dir.display(), "a container cgroup could not be removed");
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +190,8 @@ struct SandboxFile {
     log_directory: PathBuf,
     state: SandboxState,
     created_at: jiff::Timestamp,
+    #[serde(default)]
+    cgroup_parent: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,6 +208,11 @@ struct ContainerFile {
     /// Where the shim writes the log (the sandbox's log directory joined with log_path).
     log_file: PathBuf,
     created_at: jiff::Timestamp,
+    #[serde(default)]
+    resources: super::Resources,
+    /// The container's own cgroup directories (one per hierarchy), when limits apply here.
+    #[serde(default)]
+    cgroups: Vec<PathBuf>,
 }
 
 /// Written by the shim once the process runs.
@@ -143,7 +294,30 @@ impl ProcessRuntime {
             root,
             shim,
             host_ip: host_ip.to_string(),
+            cgroup_roots: cgroup_roots(),
         })
+    }
+
+    /// Whether containers get their resource limits here (cgroup v2, writable).
+    pub fn applies_limits(&self) -> bool {
+        !self.cgroup_roots.is_empty()
+    }
+
+    /// The pod's cgroup directories (one per hierarchy), if limits apply and the sandbox has a
+    /// parent.
+    fn pod_cgroups(&self, parent: &str) -> Vec<PathBuf> {
+        let rel = parent.trim_start_matches('/');
+        if rel.is_empty()
+            || rel
+                .split('/')
+                .any(|p| p == ".." || p == "." || p.is_empty())
+        {
+            return Vec::new();
+        }
+        self.cgroup_roots
+            .iter()
+            .map(|root| root.join(rel))
+            .collect()
     }
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {
@@ -166,6 +340,7 @@ impl ProcessRuntime {
                 labels: f.labels,
                 host_network: f.host_network,
                 log_directory: f.log_directory,
+                cgroup_parent: f.cgroup_parent,
                 ..Default::default()
             },
             state: f.state,
@@ -276,6 +451,7 @@ impl Runtime for ProcessRuntime {
             log_directory: config.log_directory.clone(),
             state: SandboxState::Ready,
             created_at: jiff::Timestamp::now(),
+            cgroup_parent: config.cgroup_parent.clone(),
         };
         write_json(&dir.join("sandbox.json"), &f)
             .map_err(|e| RuntimeError::io("writing sandbox.json", e))?;
@@ -299,6 +475,11 @@ impl Runtime for ProcessRuntime {
         for c in self.list_containers().await? {
             if c.sandbox_id == id {
                 self.remove_container(&c.id).await?;
+            }
+        }
+        if let Some(sb) = self.load_sandbox(id) {
+            for cg in self.pod_cgroups(&sb.config.cgroup_parent) {
+                remove_cgroup(&cg);
             }
         }
         let dir = self.sandbox_dir(id);
@@ -375,6 +556,12 @@ impl Runtime for ProcessRuntime {
             log_path: config.log_path.clone(),
             log_file: sb.config.log_directory.join(&config.log_path),
             created_at: jiff::Timestamp::now(),
+            resources: config.resources,
+            cgroups: self
+                .pod_cgroups(&sb.config.cgroup_parent)
+                .into_iter()
+                .map(|pod| pod.join(format!("capstan-{id}")))
+                .collect(),
         };
         write_json(&dir.join("container.json"), &f)
             .map_err(|e| RuntimeError::io("writing container.json", e))?;
@@ -391,6 +578,16 @@ impl Runtime for ProcessRuntime {
                 what: "container",
                 id: id.into(),
             });
+        }
+        let f: Option<ContainerFile> = read_json(&dir.join("container.json"));
+        if let Some(f) = &f {
+            for (root, cg) in self.cgroup_roots.iter().zip(&f.cgroups) {
+                ensure_cgroup(root, cg)
+                    .and_then(|()| write_limits(cg, &f.resources))
+                    .map_err(|e| {
+                        RuntimeError::io(format!("setting up the cgroup {}", cg.display()), e)
+                    })?;
+            }
         }
         let (program, args) = self
             .shim
@@ -442,10 +639,19 @@ impl Runtime for ProcessRuntime {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        let cgroups = read_json::<ContainerFile>(&dir.join("container.json"))
+            .map(|f| f.cgroups)
+            .unwrap_or_default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !exited(&dir) {
             if alive(pid.pid, pid.start_ticks) {
                 signal_group(pid.pid, Signal::KILL);
+                // Whatever left the process group is still in the cgroup (v2 can kill it all).
+                for cg in &cgroups {
+                    if cg.join("cgroup.kill").exists() {
+                        let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+                    }
+                }
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(RuntimeError::io(
@@ -461,6 +667,12 @@ impl Runtime for ProcessRuntime {
     async fn remove_container(&self, id: &str) -> Result<()> {
         self.stop_container(id, Duration::ZERO).await?;
         let dir = self.container_dir(id);
+        if let Some(f) = read_json::<ContainerFile>(&dir.join("container.json")) {
+            let _ = tokio::task::spawn_blocking(move || {
+                f.cgroups.iter().for_each(|cg| remove_cgroup(cg))
+            })
+            .await;
+        }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(RuntimeError::io(format!("removing {}", dir.display()), e))
@@ -608,9 +820,28 @@ pub fn shim_main(dir: &Path) -> i32 {
             return 128;
         }
     };
-    let mut cmd = std::process::Command::new(&f.argv[0]);
-    cmd.args(&f.argv[1..])
-        .env_clear()
+    // With a cgroup, the command starts through `capstan shim-exec`, which joins the cgroup
+    // (and sets oom_score_adj) and then execs it: limited from its first instruction.
+    let mut cmd = match std::env::current_exe() {
+        Ok(exe) if !f.cgroups.is_empty() => {
+            let mut c = std::process::Command::new(exe);
+            c.arg("shim-exec");
+            for cg in &f.cgroups {
+                c.arg("--cgroup").arg(cg);
+            }
+            c.arg("--oom-score-adj")
+                .arg(f.resources.oom_score_adj.to_string())
+                .arg("--")
+                .args(&f.argv);
+            c
+        }
+        _ => {
+            let mut c = std::process::Command::new(&f.argv[0]);
+            c.args(&f.argv[1..]);
+            c
+        }
+    };
+    cmd.env_clear()
         .envs(f.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -663,11 +894,164 @@ pub fn shim_main(dir: &Path) -> i32 {
         },
         Err(_) => (137, None),
     };
+    // An OOM kill anywhere in the container's cgroup (its command, or a child whose death a
+    // shell turned into exit code 137) makes it OOMKilled, as containerd reports it.
+    let oom = code != 0 && f.cgroups.iter().any(|cg| oom_kills(cg) > 0);
     record_exit(
         code,
         signal,
-        if code == 0 { "Completed" } else { "Error" },
+        match (code, oom) {
+            (_, true) => "OOMKilled",
+            (0, _) => "Completed",
+            _ => "Error",
+        },
         None,
     );
     code
+}
+
+/// `capstan shim-exec --cgroup DIR... --oom-score-adj N -- ARGV...`: joins the cgroups (one
+/// per hierarchy), sets the OOM score adjustment and execs ARGV (same pid, environment,
+/// directory and process group). Returns only if that fails, with the exit code to use (the
+/// message goes to stderr, which is the container's log).
+pub fn shim_exec(cgroups: &[PathBuf], oom_score_adj: i64, argv: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    for cg in cgroups {
+        // "0" is the writing process itself.
+        if let Err(e) = std::fs::write(cg.join("cgroup.procs"), "0") {
+            eprintln!("capstan: cannot join the cgroup {}: {e}", cg.display());
+            return 128;
+        }
+    }
+    // Lowering the score needs CAP_SYS_RESOURCE; without it the inherited score stays, as
+    // containerd's restrict_oom_score_adj does (raising is always allowed).
+    if oom_score_adj != 0 {
+        let _ = std::fs::write("/proc/self/oom_score_adj", oom_score_adj.to_string());
+    }
+    let Some((program, args)) = argv.split_first() else {
+        eprintln!("capstan: shim-exec: no command");
+        return 128;
+    };
+    let err = std::process::Command::new(program).args(args).exec();
+    // The shim reported a start failure of its own command as 128 with the error; the same here.
+    eprintln!("failed to start {program:?}: {err}");
+    128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_written_as_runc_converts_them_for_cgroup_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["cpu.max", "memory.max", "memory.swap.max"] {
+            std::fs::write(dir.path().join(f), "max").unwrap();
+        }
+        let r = crate::runtime::Resources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 64 << 20,
+            oom_score_adj: -997,
+        };
+        write_limits(dir.path(), &r).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert_eq!(read("cpu.weight"), "20"); // 1 + (510 * 9999) / 262142
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        // No limits: an unlimited quota, nothing else written.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.max"), "x").unwrap();
+        write_limits(dir.path(), &crate::runtime::Resources::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cpu.max")).unwrap(),
+            "max 100000"
+        );
+        assert!(!dir.path().join("memory.max").exists());
+        assert!(!dir.path().join("cpu.weight").exists());
+    }
+
+    #[test]
+    fn limits_are_written_to_cgroup_v1_hierarchies() {
+        let r = crate::runtime::Resources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 64 << 20,
+            oom_score_adj: 0,
+        };
+        let cpu = tempfile::tempdir().unwrap();
+        for f in ["cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us"] {
+            std::fs::write(cpu.path().join(f), "0").unwrap();
+        }
+        write_limits(cpu.path(), &r).unwrap();
+        let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        assert_eq!(read(cpu.path(), "cpu.shares"), "512");
+        assert_eq!(read(cpu.path(), "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read(cpu.path(), "cpu.cfs_period_us"), "100000");
+        assert!(!cpu.path().join("memory.limit_in_bytes").exists());
+        let memory = tempfile::tempdir().unwrap();
+        for f in ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"] {
+            std::fs::write(memory.path().join(f), "0").unwrap();
+        }
+        write_limits(memory.path(), &r).unwrap();
+        assert_eq!(
+            read(memory.path(), "memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read(memory.path(), "memory.memsw.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert!(!memory.path().join("cpu.shares").exists());
+    }
+
+    #[test]
+    fn pod_cgroups_stay_under_the_root() {
+        let rt = ProcessRuntime {
+            root: PathBuf::from("/nonexistent"),
+            shim: vec![],
+            host_ip: "127.0.0.1".into(),
+            cgroup_roots: vec![
+                PathBuf::from("/sys/fs/cgroup/cpu"),
+                PathBuf::from("/sys/fs/cgroup/memory"),
+            ],
+        };
+        assert_eq!(
+            rt.pod_cgroups("/kubepods/burstable/podu1"),
+            [
+                PathBuf::from("/sys/fs/cgroup/cpu/kubepods/burstable/podu1"),
+                PathBuf::from("/sys/fs/cgroup/memory/kubepods/burstable/podu1"),
+            ]
+        );
+        assert!(rt.pod_cgroups("").is_empty());
+        assert!(rt.pod_cgroups("/kubepods/../../etc").is_empty());
+        assert!(rt.pod_cgroups("/kubepods//x").is_empty());
+        let without = ProcessRuntime {
+            cgroup_roots: Vec::new(),
+            ..rt
+        };
+        assert!(without.pod_cgroups("/kubepods/podu1").is_empty());
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_memory_events() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(oom_kills(dir.path()), 0);
+        std::fs::write(
+            dir.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(dir.path()), 1);
+        let v1 = tempfile::tempdir().unwrap();
+        std::fs::write(
+            v1.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(v1.path()), 2);
+    }
 }
