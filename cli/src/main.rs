@@ -100,7 +100,7 @@ fn main() -> std::process::ExitCode {
         {
             use std::os::unix::process::CommandExt;
             let err = std::process::Command::new(exe)
-                .args(std::env::args_os().skip(1))
+                .args(&args[1..])
                 .env(LAZY, "0")
                 .exec();
             eprintln!("capstan: re-exec with {LAZY}=0 failed ({err}); going on");

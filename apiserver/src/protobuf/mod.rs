@@ -246,8 +246,8 @@ fn go_duration(nanos: i64) -> String {
     }
 }
 
-const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.";
-const APIEXT: &str = "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.";
+const SCHEMA_PROPS: &str =
+    "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps";
 
 /// Non-pointer `omitempty` numbers and booleans of the built-in types (Go struct fields, so
 /// always on the protobuf wire): left out when zero, as Go's JSON leaves them out. Pointer
@@ -316,34 +316,30 @@ fn last_varint(fs: &[RawField<'_>], tag: u32) -> Option<u64> {
 
 /// Messages whose JSON form is not an object of their fields.
 fn special(buf: &[u8], name: &str, depth: u32) -> Result<Option<Value>, WireError> {
-    let Some(short) = name
-        .strip_prefix(META)
-        .or_else(|| name.strip_prefix(APIEXT))
-        .or_else(|| name.strip_prefix("io.k8s.apimachinery.pkg.api.resource."))
-        .or_else(|| name.strip_prefix("io.k8s.apimachinery.pkg.util.intstr."))
-        .or_else(|| name.strip_prefix("io.k8s.apimachinery.pkg.runtime."))
-    else {
+    let Some((package, short)) = name.rsplit_once('.') else {
         return Ok(None);
     };
-    let value = match (name, short) {
-        (_, "Time") if name.starts_with(META) => timestamp(buf, false)?,
-        (_, "MicroTime") if name.starts_with(META) => timestamp(buf, true)?,
-        (_, "Duration") if name.starts_with(META) => {
+    const META_PKG: &str = "io.k8s.apimachinery.pkg.apis.meta.v1";
+    const APIEXT_PKG: &str = "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1";
+    let value = match (package, short) {
+        (META_PKG, "Time") => timestamp(buf, false)?,
+        (META_PKG, "MicroTime") => timestamp(buf, true)?,
+        (META_PKG, "Duration") => {
             let fs = fields(buf)?;
             Value::String(go_duration(last_varint(&fs, 1).unwrap_or(0) as i64))
         }
-        (_, "FieldsV1") if name.starts_with(META) => {
-            json_bytes(last_bytes(&fields(buf)?, 1).unwrap_or_default())?
+        (META_PKG, "FieldsV1") => json_bytes(last_bytes(&fields(buf)?, 1).unwrap_or_default())?,
+        ("io.k8s.apimachinery.pkg.api.resource", "Quantity") => {
+            Value::String(string(last_bytes(&fields(buf)?, 1).unwrap_or_default())?)
         }
-        (_, "Quantity") => Value::String(string(last_bytes(&fields(buf)?, 1).unwrap_or_default())?),
-        (_, "IntOrString") => {
+        ("io.k8s.apimachinery.pkg.util.intstr", "IntOrString") => {
             let fs = fields(buf)?;
             match last_varint(&fs, 1).unwrap_or(0) {
                 0 => Value::from(last_varint(&fs, 2).unwrap_or(0) as i64 as i32),
                 _ => Value::String(string(last_bytes(&fs, 3).unwrap_or_default())?),
             }
         }
-        (_, "RawExtension") => {
+        ("io.k8s.apimachinery.pkg.runtime", "RawExtension") => {
             let fs = fields(buf)?;
             let raw = last_bytes(&fs, 1).unwrap_or_default();
             if raw.starts_with(MAGIC) {
@@ -351,37 +347,38 @@ fn special(buf: &[u8], name: &str, depth: u32) -> Result<Option<Value>, WireErro
             }
             json_bytes(raw)?
         }
-        (_, "JSON") if name.starts_with(APIEXT) => {
-            json_bytes(last_bytes(&fields(buf)?, 1).unwrap_or_default())?
-        }
-        (_, "JSONSchemaPropsOrArray") if name.starts_with(APIEXT) => {
+        (APIEXT_PKG, "JSON") => json_bytes(last_bytes(&fields(buf)?, 1).unwrap_or_default())?,
+        (APIEXT_PKG, "JSONSchemaPropsOrArray") => {
             // schema = 1, jsonSchemas = 2 (repeated): an array when the list is set.
             let fs = fields(buf)?;
-            let props = format!("{APIEXT}JSONSchemaProps");
             let list: Vec<&[u8]> = fs
                 .iter()
                 .filter(|f| f.tag == 2)
                 .filter_map(|f| f.bytes)
                 .collect();
             if list.is_empty() {
-                message(last_bytes(&fs, 1).unwrap_or_default(), &props, depth + 1)?
+                message(
+                    last_bytes(&fs, 1).unwrap_or_default(),
+                    SCHEMA_PROPS,
+                    depth + 1,
+                )?
             } else {
                 Value::Array(
                     list.iter()
-                        .map(|b| message(b, &props, depth + 1))
+                        .map(|b| message(b, SCHEMA_PROPS, depth + 1))
                         .collect::<Result<_, _>>()?,
                 )
             }
         }
-        (_, "JSONSchemaPropsOrBool") if name.starts_with(APIEXT) => {
+        (APIEXT_PKG, "JSONSchemaPropsOrBool") => {
             // allows = 1, schema = 2: the schema when set, else the boolean.
             let fs = fields(buf)?;
             match last_bytes(&fs, 2) {
-                Some(schema) => message(schema, &format!("{APIEXT}JSONSchemaProps"), depth + 1)?,
+                Some(schema) => message(schema, SCHEMA_PROPS, depth + 1)?,
                 None => Value::Bool(last_varint(&fs, 1).unwrap_or(0) != 0),
             }
         }
-        (_, "JSONSchemaPropsOrStringArray") if name.starts_with(APIEXT) => {
+        (APIEXT_PKG, "JSONSchemaPropsOrStringArray") => {
             // schema = 1, property = 2 (repeated strings): the list when set.
             let fs = fields(buf)?;
             let list: Vec<&[u8]> = fs
@@ -392,7 +389,7 @@ fn special(buf: &[u8], name: &str, depth: u32) -> Result<Option<Value>, WireErro
             if list.is_empty() {
                 message(
                     last_bytes(&fs, 1).unwrap_or_default(),
-                    &format!("{APIEXT}JSONSchemaProps"),
+                    SCHEMA_PROPS,
                     depth + 1,
                 )?
             } else {

@@ -478,9 +478,11 @@ impl Runtime for ProcessRuntime {
             }
         }
         if let Some(sb) = self.load_sandbox(id) {
-            for cg in self.pod_cgroups(&sb.config.cgroup_parent) {
-                remove_cgroup(&cg);
-            }
+            let cgroups = self.pod_cgroups(&sb.config.cgroup_parent);
+            let _ = tokio::task::spawn_blocking(move || {
+                cgroups.iter().for_each(|cg| remove_cgroup(cg))
+            })
+            .await;
         }
         let dir = self.sandbox_dir(id);
         match std::fs::remove_dir_all(&dir) {
