@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, watch};
 
 use crate::node::{self, NodeConfig};
-use crate::pod::env::ApiLookup;
+use crate::pod::env::KubeApi;
 use crate::pod::worker::{Context, PodWorker, observe};
 use crate::runtime::{ContainerState, POD_UID, Runtime, SandboxState};
 use crate::server::Metrics;
@@ -110,9 +110,8 @@ impl<R: Runtime> Agent<R> {
         let heartbeat = tokio::spawn(node::heartbeat(self.client.clone(), self.node.clone()));
         let _stop_heartbeat = AbortOnDrop(heartbeat);
         let ctx = Arc::new(Context {
-            client: self.client.clone(),
             runtime: self.runtime.clone(),
-            lookup: ApiLookup {
+            api: KubeApi {
                 client: self.client.clone(),
             },
             node: self.node.clone(),
@@ -202,7 +201,7 @@ impl<R: Runtime> Agent<R> {
 
     fn upsert(
         &self,
-        ctx: &Arc<Context<R, ApiLookup>>,
+        ctx: &Arc<Context<R, KubeApi>>,
         workers: &mut HashMap<String, Handle>,
         pod: Pod,
     ) {

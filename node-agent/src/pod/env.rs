@@ -27,19 +27,20 @@ pub trait Lookup: Send + Sync {
     ) -> impl Future<Output = Result<Option<Secret>, EnvError>> + Send;
 }
 
-/// Lookups through the API server.
+/// The API server, through kube's client: lookups here, the pod worker's writes in
+/// [`super::worker::PodApi`].
 #[derive(Clone)]
-pub struct ApiLookup {
+pub struct KubeApi {
     pub client: kube::Client,
 }
 
-impl std::fmt::Debug for ApiLookup {
+impl std::fmt::Debug for KubeApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiLookup").finish_non_exhaustive()
+        f.debug_struct("KubeApi").finish_non_exhaustive()
     }
 }
 
-impl Lookup for ApiLookup {
+impl Lookup for KubeApi {
     async fn config_map(&self, namespace: &str, name: &str) -> Result<Option<ConfigMap>, EnvError> {
         Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
             .get_opt(name)

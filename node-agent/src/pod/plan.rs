@@ -237,7 +237,11 @@ fn restart_or_wait(
     now: jiff::Timestamp,
 ) {
     let name = c.config.name.clone();
-    if let (Some(n), Some(finished)) = (backoffs.get(&name), c.finished_at) {
+    // A container that ran for 10 minutes restarts at once (kubelet's back-off entry has
+    // expired by then); its next crash backs off from 10 s again (record_restart).
+    if let (Some(n), Some(finished)) = (backoffs.get(&name), c.finished_at)
+        && ran(c) < BACKOFF_RESET
+    {
         let delay = jiff::SignedDuration::try_from(backoff_for(*n)).unwrap_or_default();
         let not_before = finished.checked_add(delay).unwrap_or(finished);
         if not_before > now {
@@ -273,15 +277,19 @@ pub fn finished(pod: &Pod, obs: &Observed, restart: Restart) -> bool {
         })
 }
 
+/// How long an exited container ran.
+fn ran(c: &Container) -> Duration {
+    match (c.started_at, c.finished_at) {
+        (Some(s), Some(f)) => f.duration_since(s).unsigned_abs(),
+        _ => Duration::ZERO,
+    }
+}
+
 /// Records a restart of container `c` (it exited and is started again): its next restart
 /// waits twice as long, unless it ran long enough (10 min) for the back-off to be forgotten.
 pub fn record_restart(backoffs: &mut Backoffs, c: &Container) {
-    let ran = match (c.started_at, c.finished_at) {
-        (Some(s), Some(f)) => f.duration_since(s).unsigned_abs(),
-        _ => Duration::ZERO,
-    };
     let n = match backoffs.get(&c.config.name) {
-        Some(n) if ran < BACKOFF_RESET => n + 1,
+        Some(n) if ran(c) < BACKOFF_RESET => n + 1,
         _ => 0,
     };
     backoffs.insert(c.config.name.clone(), n);

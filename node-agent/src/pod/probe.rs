@@ -141,7 +141,7 @@ impl<R: Runtime> Prober<R> {
                         .filter_map(|p| Some((p.name.clone()?, p.container_port)))
                         .collect(),
                 };
-                let started_at = c.started_at.unwrap_or_else(jiff::Timestamp::now);
+                let started_at = c.started_at.unwrap_or_else(|| self.runtime.now());
                 let task = tokio::spawn(run(
                     self.runtime.clone(),
                     probes,
@@ -236,9 +236,7 @@ async fn run<R: Runtime>(
     poke: Arc<Notify>,
 ) {
     // Delays count from the container's start (which may be before the agent restarted).
-    let since_start = jiff::Timestamp::now()
-        .duration_since(started_at)
-        .unsigned_abs();
+    let since_start = runtime.now().duration_since(started_at).unsigned_abs();
     let t0 = tokio::time::Instant::now()
         .checked_sub(since_start)
         .unwrap_or_else(tokio::time::Instant::now);

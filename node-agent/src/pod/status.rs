@@ -40,7 +40,14 @@ fn container_status(
     waiting: &Waiting,
     health: &HashMap<String, Health>,
     runtime: &str,
+    has_inits: bool,
 ) -> ContainerStatus {
+    // Not created yet: kubelet says PodInitializing in pods with init containers.
+    let creating = if has_inits {
+        "PodInitializing"
+    } else {
+        "ContainerCreating"
+    };
     let latest = obs.latest(&spec.name);
     let previous = latest.and_then(|l| {
         obs.containers
@@ -70,7 +77,7 @@ fn container_status(
             },
             ContainerState::Created => wait("ContainerCreating", ""),
         },
-        (None, None) => wait("ContainerCreating", ""),
+        (None, None) => wait(creating, ""),
     };
     let running = latest.is_some_and(|c| c.state == ContainerState::Running);
     // Containers without probes are ready and started while they run.
@@ -181,12 +188,12 @@ pub fn pod_status(
     let inits = spec.init_containers.clone().unwrap_or_default();
     let init_statuses: Vec<ContainerStatus> = inits
         .iter()
-        .map(|c| container_status(c, obs, waiting, health, runtime))
+        .map(|c| container_status(c, obs, waiting, health, runtime, !inits.is_empty()))
         .collect();
     let statuses: Vec<ContainerStatus> = spec
         .containers
         .iter()
-        .map(|c| container_status(c, obs, waiting, health, runtime))
+        .map(|c| container_status(c, obs, waiting, health, runtime, !inits.is_empty()))
         .collect();
     let initialized = init_statuses.iter().all(|s| {
         s.state

@@ -5,6 +5,7 @@
 //! the sandbox, the containers and the pod's log directory.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,11 +26,73 @@ use crate::runtime::{
     Runtime, RuntimeError, SandboxConfig, SandboxState,
 };
 
+/// What the worker reads from and writes to the API server: kube's client in the agent
+/// ([`env::KubeApi`]), memory in the worker's tests.
+pub trait PodApi: Lookup {
+    /// Merge-patches the pod's status, guarded by its uid; a pod already gone is no error.
+    fn write_status(
+        &self,
+        pod: &Pod,
+        uid: &str,
+        status: &PodStatus,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Tells the API server the pod is stopped: delete with grace 0 for this uid only; a pod
+    /// already gone (or replaced by another uid) is no error.
+    fn confirm_deletion(
+        &self,
+        pod: &Pod,
+        uid: &str,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl PodApi for env::KubeApi {
+    async fn write_status(&self, pod: &Pod, uid: &str, status: &PodStatus) -> Result<(), String> {
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        match api
+            .patch_status(
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"uid": uid}, "status": status})),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(format!("writing the pod status: {e}")),
+        }
+    }
+
+    async fn confirm_deletion(&self, pod: &Pod, uid: &str) -> Result<(), String> {
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &dp)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(format!("confirming the deletion: {e}")),
+        }
+    }
+}
+
 /// What the worker needs of the agent.
-pub struct Context<R, L> {
-    pub client: kube::Client,
+pub struct Context<R, A> {
     pub runtime: Arc<R>,
-    pub lookup: L,
+    pub api: A,
     pub node: NodeConfig,
     /// Pod log directories live under here (`<namespace>_<name>_<uid>/`).
     pub log_root: PathBuf,
@@ -40,7 +103,7 @@ pub struct Context<R, L> {
     pub metrics: Option<crate::server::Metrics>,
 }
 
-impl<R, L> std::fmt::Debug for Context<R, L> {
+impl<R, A> std::fmt::Debug for Context<R, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("node", &self.node.name)
@@ -84,8 +147,8 @@ pub async fn observe<R: Runtime>(runtime: &R, uid: &str) -> Result<Observed, Run
     })
 }
 
-pub struct PodWorker<R, L> {
-    ctx: Arc<Context<R, L>>,
+pub struct PodWorker<R, A> {
+    ctx: Arc<Context<R, A>>,
     uid: String,
     backoffs: Backoffs,
     waiting: Waiting,
@@ -96,7 +159,7 @@ pub struct PodWorker<R, L> {
     pulls: HashMap<String, (u32, tokio::time::Instant)>,
 }
 
-impl<R, L> std::fmt::Debug for PodWorker<R, L> {
+impl<R, A> std::fmt::Debug for PodWorker<R, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PodWorker")
             .field("uid", &self.uid)
@@ -113,8 +176,8 @@ pub enum Outcome {
     Done,
 }
 
-impl<R: Runtime, L: Lookup> PodWorker<R, L> {
-    pub fn new(ctx: Arc<Context<R, L>>, uid: String) -> Self {
+impl<R: Runtime, A: PodApi> PodWorker<R, A> {
+    pub fn new(ctx: Arc<Context<R, A>>, uid: String) -> Self {
         PodWorker {
             ctx,
             uid,
@@ -187,7 +250,7 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
                 obs = observe(&*rt, &self.uid).await.map_err(|e| e.to_string())?;
             }
         }
-        let now = jiff::Timestamp::now();
+        let now = rt.now();
         let actions = plan::plan(pod, &obs, &self.backoffs, now);
         self.waiting.clear();
         let mut wake: Option<Duration> = None;
@@ -335,7 +398,7 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
         let image = c.image.clone().unwrap_or_default();
         self.ensure_image(&image, c.image_pull_policy.as_deref())
             .await?;
-        let env = env::environment(pod, &c, &self.ctx.node.host_ip, pod_ip, &self.ctx.lookup)
+        let env = env::environment(pod, &c, &self.ctx.node.host_ip, pod_ip, &self.ctx.api)
             .await
             .map_err(|e| ("CreateContainerConfigError", e.0))?;
         let vols = volumes::prepare(
@@ -343,7 +406,7 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
             &self.ctx.node.root_dir,
             &self.ctx.node.host_ip,
             pod_ip,
-            &self.ctx.lookup,
+            &self.ctx.api,
         )
         .await
         .map_err(|e| ("CreateContainerConfigError", e))?;
@@ -525,53 +588,17 @@ impl<R: Runtime, L: Lookup> PodWorker<R, L> {
         Ok(Outcome::Done)
     }
 
-    /// Tells the API server the pod is stopped: delete with grace 0, for this uid only.
     async fn confirm_deletion(&self, pod: &Pod) -> Result<(), String> {
-        let api: Api<Pod> = Api::namespaced(
-            self.ctx.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        );
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(self.uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api
-            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &dp)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-            Err(e) => Err(format!("confirming the deletion: {e}")),
-        }
+        self.ctx.api.confirm_deletion(pod, &self.uid).await
     }
 
     async fn write_status(&mut self, pod: &Pod, status: PodStatus) -> Result<(), String> {
         if self.written.as_ref() == Some(&status) || pod.status.as_ref() == Some(&status) {
             return Ok(());
         }
-        let api: Api<Pod> = Api::namespaced(
-            self.ctx.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        );
-        match api
-            .patch_status(
-                pod.metadata.name.as_deref().unwrap_or_default(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"uid": self.uid}, "status": status})),
-            )
-            .await
-        {
-            Ok(_) => {
-                self.written = Some(status);
-                Ok(())
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(format!("writing the pod status: {e}")),
-        }
+        self.ctx.api.write_status(pod, &self.uid, &status).await?;
+        self.written = Some(status);
+        Ok(())
     }
 }
 
@@ -657,3 +684,7 @@ fn identity(pod: &Pod, container: Option<&str>) -> BTreeMap<String, String> {
     }
     l
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;

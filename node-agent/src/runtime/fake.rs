@@ -1,5 +1,6 @@
 //! An in-memory runtime for the pod workers' tests: containers "run" until the test makes them
-//! exit ([`FakeRuntime::exit`]); every call is recorded ([`FakeRuntime::calls`]).
+//! exit ([`FakeRuntime::exit`]); every call is recorded ([`FakeRuntime::calls`]). Its clock
+//! is tokio's, anchored to the wall clock when it was made, so tests pause and advance time.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -22,9 +23,20 @@ struct State {
     exec_exit: BTreeMap<String, i32>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeRuntime {
     state: Mutex<State>,
+    /// The clock's anchor: this wall time was tokio's `Instant` then.
+    anchor: (jiff::Timestamp, tokio::time::Instant),
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        FakeRuntime {
+            state: Mutex::default(),
+            anchor: (jiff::Timestamp::now(), tokio::time::Instant::now()),
+        }
+    }
 }
 
 impl FakeRuntime {
@@ -43,11 +55,12 @@ impl FakeRuntime {
 
     /// Makes a running container exit with `code` (137 with reason OOMKilled when `oom`).
     pub fn exit(&self, id: &str, code: i32, oom: bool) {
+        let now = self.now();
         let mut s = self.lock();
         if let Some(c) = s.containers.get_mut(id) {
             c.state = ContainerState::Exited;
             c.exit_code = Some(code);
-            c.finished_at = Some(jiff::Timestamp::now());
+            c.finished_at = Some(now);
             c.reason = Some(
                 if oom {
                     "OOMKilled"
@@ -87,7 +100,14 @@ impl Runtime for FakeRuntime {
         "fake://0.1".into()
     }
 
+    fn now(&self) -> jiff::Timestamp {
+        let (wall, mono) = self.anchor;
+        let since = jiff::SignedDuration::try_from(mono.elapsed()).unwrap_or_default();
+        wall.checked_add(since).unwrap_or(wall)
+    }
+
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<Sandbox> {
+        let now = self.now();
         let mut s = self.lock();
         s.next += 1;
         let id = format!("sandbox-{}", s.next);
@@ -96,7 +116,7 @@ impl Runtime for FakeRuntime {
             id: id.clone(),
             config: config.clone(),
             state: SandboxState::Ready,
-            created_at: jiff::Timestamp::now(),
+            created_at: now,
             ip: Some(format!("10.88.0.{}", s.next % 250 + 2)),
         };
         s.sandboxes.insert(id, sb.clone());
@@ -104,6 +124,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn stop_sandbox(&self, id: &str) -> Result<()> {
+        let now = self.now();
         let mut s = self.lock();
         s.calls.push(format!("stop_sandbox {id}"));
         for c in s.containers.values_mut().filter(|c| c.sandbox_id == id) {
@@ -111,7 +132,7 @@ impl Runtime for FakeRuntime {
                 c.state = ContainerState::Exited;
                 c.exit_code = Some(137);
                 c.reason = Some("Error".into());
-                c.finished_at = Some(jiff::Timestamp::now());
+                c.finished_at = Some(now);
             }
         }
         if let Some(sb) = s.sandboxes.get_mut(id) {
@@ -137,6 +158,7 @@ impl Runtime for FakeRuntime {
         sandbox_id: &str,
         config: &ContainerConfig,
     ) -> Result<Container> {
+        let now = self.now();
         let mut s = self.lock();
         if !s.sandboxes.contains_key(sandbox_id) {
             return Err(RuntimeError::NotFound {
@@ -158,7 +180,7 @@ impl Runtime for FakeRuntime {
             sandbox_id: sandbox_id.into(),
             config: config.clone(),
             state: ContainerState::Created,
-            created_at: jiff::Timestamp::now(),
+            created_at: now,
             started_at: None,
             finished_at: None,
             exit_code: None,
@@ -171,6 +193,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn start_container(&self, id: &str) -> Result<()> {
+        let now = self.now();
         let mut s = self.lock();
         s.calls.push(format!("start_container {id}"));
         let c = s
@@ -181,11 +204,12 @@ impl Runtime for FakeRuntime {
                 id: id.into(),
             })?;
         c.state = ContainerState::Running;
-        c.started_at = Some(jiff::Timestamp::now());
+        c.started_at = Some(now);
         Ok(())
     }
 
     async fn stop_container(&self, id: &str, _grace: Duration) -> Result<()> {
+        let now = self.now();
         let mut s = self.lock();
         s.calls.push(format!("stop_container {id}"));
         if let Some(c) = s.containers.get_mut(id)
@@ -194,7 +218,7 @@ impl Runtime for FakeRuntime {
             c.state = ContainerState::Exited;
             c.exit_code = Some(143);
             c.reason = Some("Error".into());
-            c.finished_at = Some(jiff::Timestamp::now());
+            c.finished_at = Some(now);
         }
         Ok(())
     }

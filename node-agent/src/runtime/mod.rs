@@ -170,6 +170,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// The runtime's name and version, for the Node's nodeInfo.containerRuntimeVersion.
     fn version(&self) -> String;
 
+    /// The time on the runtime's clock, which stamps containers' start and finish: back-offs
+    /// and probe delays are measured against it. The wall clock, but for the fake runtime,
+    /// whose clock follows tokio's (paused in tests).
+    fn now(&self) -> jiff::Timestamp {
+        jiff::Timestamp::now()
+    }
+
     fn run_sandbox(&self, config: &SandboxConfig) -> impl Future<Output = Result<Sandbox>> + Send;
     /// Stops every container of the sandbox (SIGKILL: graceful stops come first, per
     /// container) and marks it NotReady. Idempotent.
