@@ -16,6 +16,7 @@ pub mod ipalloc;
 pub mod object;
 pub mod openapi;
 pub mod openapi_v2;
+pub mod podexec;
 pub mod podlog;
 pub mod protobuf;
 pub mod registry;
@@ -259,6 +260,14 @@ pub fn router(api: Arc<ApiServer>) -> Router {
         .route("/api/v1", get(core_resources))
         .route("/apis/{group}", get(group_info))
         .route("/apis/{group}/{version}", get(group_resources))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            any(podexec::pod_exec),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/{sub}",
+            any(pod_subresource),
+        )
         .route("/api/v1/{*rest}", any(core_dispatch))
         .route("/apis/{group}/{version}/{*rest}", any(group_dispatch))
         .route("/openapi/v2", get(openapi_v2))
@@ -433,6 +442,7 @@ fn resource_list(api: &ApiServer, group: &str, version: &str) -> Option<Value> {
         if r.group.is_empty() && r.plural == "pods" {
             resources.push(sub("binding", "Binding", &["create"]));
             resources.push(sub("log", "Pod", &["get"]));
+            resources.push(sub("exec", "PodExecOptions", &["create", "get"]));
         }
         if r.group.is_empty() && r.plural == "namespaces" {
             resources.push(sub("finalize", "Namespace", &["update"]));
@@ -572,6 +582,36 @@ async fn metrics(State(api): State<Arc<ApiServer>>) -> Response {
 }
 
 type Q = Query<HashMap<String, String>>;
+
+/// Pods' subresources: attach and portforward are refused clearly (exec has its own route),
+/// the rest go the common way.
+async fn pod_subresource(
+    State(api): State<Arc<ApiServer>>,
+    method: Method,
+    Path((namespace, name, sub)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if matches!(sub.as_str(), "attach" | "portforward" | "proxy") {
+        return ApiError::bad_request(format!(
+            "pods/{sub} is not supported by this API server; kubectl exec and kubectl logs are"
+        ))
+        .into_response();
+    }
+    let rest = format!("namespaces/{namespace}/pods/{name}/{sub}");
+    dispatch(
+        api,
+        method,
+        String::new(),
+        "v1".into(),
+        rest,
+        q,
+        headers,
+        body,
+    )
+    .await
+}
 
 async fn core_dispatch(
     State(api): State<Arc<ApiServer>>,

@@ -48,46 +48,29 @@ fn names(list: Option<&Value>) -> Vec<String> {
         .collect()
 }
 
+/// The container a pods/log or pods/exec request means: the one named (it must exist), else
+/// the pod's only container.
+pub(crate) fn choose_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let containers = names(pod["spec"].get("containers"));
+    let inits = names(pod["spec"].get("initContainers"));
+    match asked {
+        Some(c) if containers.iter().chain(&inits).any(|n| n == c) => Ok(c.to_string()),
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None if containers.len() == 1 => Ok(containers[0].clone()),
+        None => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            containers.join(" ")
+        ))),
+    }
+}
+
 impl ApiServer {
-    pub async fn pod_log(&self, t: &Target, p: &Params) -> ApiResult<Response> {
-        let pod_target = Target {
-            subresource: None,
-            ..t.clone()
-        };
-        let pod = self.get(&pod_target).await?;
+    /// Where the agent of the pod's node listens: (host for a URL, port, node name).
+    pub(crate) async fn node_endpoint(&self, pod: &Value) -> ApiResult<(String, u64, String)> {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-        let containers = names(pod["spec"].get("containers"));
-        let inits = names(pod["spec"].get("initContainers"));
-        let container = match p.get("container") {
-            Some(c) if containers.iter().chain(&inits).any(|n| n == c) => c.to_string(),
-            Some(c) => {
-                return Err(ApiError::bad_request(format!(
-                    "container {c} is not valid for pod {name}"
-                )));
-            }
-            None if containers.len() == 1 => containers[0].clone(),
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "a container name must be specified for pod {name}, choose one of: [{}]",
-                    containers.join(" ")
-                )));
-            }
-        };
-        for k in ["tailLines", "sinceSeconds", "limitBytes"] {
-            if let Some(v) = p.get(k)
-                && v.parse::<i64>().is_err()
-            {
-                return Err(ApiError::bad_request(format!(
-                    "{k}: {v:?} is not an integer"
-                )));
-            }
-        }
-        if p.get("sinceSeconds").is_some() && p.get("sinceTime").is_some() {
-            return Err(ApiError::bad_request(
-                "at most one of sinceTime or sinceSeconds may be specified",
-            ));
-        }
         let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
             return Err(ApiError::bad_request(format!(
                 "pod {name} does not have a host assigned"
@@ -120,9 +103,41 @@ impl ApiServer {
             .filter(|p| *p > 0)
             .ok_or_else(|| {
                 ApiError::bad_request(format!(
-                    "node {node_name} reports no kubelet endpoint: its agent does not serve logs"
+                    "node {node_name} reports no kubelet endpoint: its agent does not serve logs or exec"
                 ))
             })?;
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        Ok((host, port, node_name.to_string()))
+    }
+
+    pub async fn pod_log(&self, t: &Target, p: &Params) -> ApiResult<Response> {
+        let pod_target = Target {
+            subresource: None,
+            ..t.clone()
+        };
+        let pod = self.get(&pod_target).await?;
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let container = choose_container(&pod, p.get("container"))?;
+        for k in ["tailLines", "sinceSeconds", "limitBytes"] {
+            if let Some(v) = p.get(k)
+                && v.parse::<i64>().is_err()
+            {
+                return Err(ApiError::bad_request(format!(
+                    "{k}: {v:?} is not an integer"
+                )));
+            }
+        }
+        if p.get("sinceSeconds").is_some() && p.get("sinceTime").is_some() {
+            return Err(ApiError::bad_request(
+                "at most one of sinceTime or sinceSeconds may be specified",
+            ));
+        }
+        let (host, port, node_name) = self.node_endpoint(&pod).await?;
         let mut query = String::new();
         for k in PASSED {
             if let Some(v) = p.get(k) {
@@ -132,11 +147,6 @@ impl ApiServer {
                 query.push_str(&percent(v));
             }
         }
-        let host = if ip.contains(':') {
-            format!("[{ip}]")
-        } else {
-            ip.to_string()
-        };
         let url = format!(
             "http://{host}:{port}/containerLogs/{}/{}/{}{query}",
             percent(namespace),
@@ -170,7 +180,7 @@ impl ApiServer {
 }
 
 /// Percent-encodes everything but unreserved characters.
-fn percent(s: &str) -> String {
+pub(crate) fn percent(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

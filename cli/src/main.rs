@@ -70,6 +70,9 @@ enum Command {
         cgroup: Vec<std::path::PathBuf>,
         #[arg(long, allow_hyphen_values = true)]
         oom_score_adj: i64,
+        /// Start a session whose controlling terminal is stdin (`kubectl exec -t`).
+        #[arg(long)]
+        tty: bool,
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
@@ -110,11 +113,13 @@ fn main() -> std::process::ExitCode {
     if let Command::ShimExec {
         cgroup,
         oom_score_adj,
+        tty,
         argv,
     } = &cli.command
     {
         // Returns only when the exec failed.
-        let code = capstan_node_agent::runtime::process::shim_exec(cgroup, *oom_score_adj, argv);
+        let code =
+            capstan_node_agent::runtime::process::shim_exec(cgroup, *oom_score_adj, *tty, argv);
         return std::process::ExitCode::from(code.clamp(0, 255) as u8);
     }
     if let Command::Shim { dir } = &cli.command {

@@ -298,6 +298,24 @@ spec:
         lines,
         ["hello-from-configmap web", "init-was-here", "to-stderr"]
     );
+
+    // kubectl exec through pods/exec and the agent: the container's working directory and
+    // environment, exit codes, stdin to its end, a terminal, a client that goes away.
+    assert_eq!(
+        c.ok(
+            &[
+                "exec",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "cat marker; echo $GREETING"
+            ],
+            None
+        ),
+        "init-was-here\nhello-from-configmap\n"
+    );
+    capstan_testkit::check_kubectl_exec(&c.kubeconfig, "web", "424242");
     assert_eq!(c.ok(&["logs", "web", "-c", "init"], None), "init done\n");
 
     // A liveness probe that starts failing: the container is restarted.

@@ -374,6 +374,21 @@ fn pods_run_on_containerd_with_probes_limits_logs_and_clean_up() {
     }
     eprintln!("web ready after {:?}", t0.elapsed());
 
+    // kubectl exec runs inside the container (its hostname is the pod's name) through
+    // containerd's tasks: exit codes, stdin to its end, a terminal, a client that goes away;
+    // the FIFOs are gone afterwards.
+    let second = web[1]["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(
+        c.ok(&["exec", &second, "--", "hostname"], None).trim(),
+        second
+    );
+    capstan_testkit::check_kubectl_exec(&c.kubeconfig, &second, "424243");
+    let fifos = std::env::temp_dir().join("capstan-exec");
+    eventually(Duration::from_secs(30), "exec FIFOs removed", || {
+        std::fs::read_dir(&fifos).map_or(true, |d| d.count() == 0)
+    })
+    .unwrap();
+
     // The limits landed in the container's cgroup.
     let first = web[0]["metadata"]["name"].as_str().unwrap().to_string();
     let uid = web[0]["metadata"]["uid"].as_str().unwrap().to_string();

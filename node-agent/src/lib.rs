@@ -1,10 +1,12 @@
 //! Capstan's node agent: a kubelet. Start at [`agent::Agent`]: it registers the node
 //! ([`node`]), watches the pods bound to it, and gives each a worker ([`pod::worker`]) that
 //! plans ([`pod::plan`]) and reports ([`pod::status`]) through a container runtime
-//! ([`runtime`]: processes today, containerd's CRI next).
+//! ([`runtime`]: containerd's CRI, or plain processes). `kubectl logs` and `kubectl exec`
+//! reach it through [`server`].
 
 pub mod agent;
 pub mod containerd;
+pub mod exec_ws;
 pub mod logs;
 pub mod node;
 pub mod pod;

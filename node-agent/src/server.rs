@@ -1,5 +1,6 @@
 //! The agent's HTTP endpoint (kubelet's port): `/containerLogs/{namespace}/{pod}/{container}`
-//! for the API server's pods/log, `/metrics`, `/healthz`. Plain HTTP and unauthenticated
+//! for the API server's pods/log, `/exec/{namespace}/{pod}/{container}` (a WebSocket, see
+//! [`crate::exec_ws`]) for pods/exec, `/metrics`, `/healthz`. Plain HTTP and unauthenticated
 //! until the security issue: it listens on the node's IP only.
 
 use std::collections::HashMap;
@@ -75,8 +76,8 @@ impl Metrics {
     }
 }
 
-struct Served<R> {
-    runtime: Arc<R>,
+pub(crate) struct Served<R> {
+    pub(crate) runtime: Arc<R>,
     metrics: Metrics,
 }
 
@@ -87,12 +88,16 @@ pub fn router<R: Runtime>(runtime: Arc<R>, metrics: Metrics) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs::<R>),
         )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(crate::exec_ws::exec::<R>),
+        )
         .route("/metrics", get(metrics_text::<R>))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Arc::new(Served { runtime, metrics }))
 }
 
-fn status(code: StatusCode, reason: &str, message: String) -> Response {
+pub(crate) fn status(code: StatusCode, reason: &str, message: String) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],

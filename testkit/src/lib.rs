@@ -412,3 +412,141 @@ pub fn client_command(
     }
     child.wait_with_output().expect("waiting for the client")
 }
+
+/// Runs `cmd` with `input` on its stdin, killing it if it has not finished within `within`
+/// (an exec whose stdin never ends would hang a test forever).
+pub fn output_within(mut cmd: Command, input: &[u8], within: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(within).is_err() {
+            signal(pid, "KILL");
+            return true;
+        }
+        false
+    });
+    let out = child.wait_with_output().expect("waiting for the client");
+    let _ = done_tx.send(());
+    let killed = watchdog.join().unwrap_or(false);
+    let _ = writer.join();
+    assert!(!killed, "{cmd:?} did not finish within {within:?}");
+    out
+}
+
+/// Pids of the processes whose command line is exactly `argv`.
+pub fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// `kubectl exec` against `pod` (running, with `sh`): the exit code comes back, stdout and
+/// stderr stay apart, stdin reaches its end (`-i`), `-t` gets a terminal (through script(1)
+/// when installed), a wrong container is refused, and a client that goes away takes its
+/// command with it. `marker` must be unique to the caller (a `sleep` argument).
+pub fn check_kubectl_exec(kubeconfig: &Path, pod: &str, marker: &str) {
+    let exec = |args: &[&str]| {
+        let mut c = Command::new(kubectl_bin());
+        c.arg("--kubeconfig").arg(kubeconfig).arg("exec").args(args);
+        c
+    };
+    let within = Duration::from_secs(60);
+    let out = output_within(
+        exec(&[
+            pod,
+            "--",
+            "sh",
+            "-c",
+            "echo out-$((6*7)); echo err >&2; exit 3",
+        ]),
+        b"",
+        within,
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(3), "exit code: {stdout} / {stderr}");
+    assert_eq!(stdout, "out-42\n");
+    assert!(stderr.lines().any(|l| l == "err"), "{stderr}");
+    assert!(
+        stderr.contains("command terminated with exit code 3"),
+        "{stderr}"
+    );
+
+    // stdin to its end: wc only answers once it sees end of input.
+    let input = "0123456789\n".repeat(10_000);
+    let out = output_within(
+        exec(&["-i", pod, "--", "wc", "-c"]),
+        input.as_bytes(),
+        within,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "110000");
+
+    if Path::new("/usr/bin/script").exists() {
+        let line = format!(
+            "{} --kubeconfig {} exec -it {pod} -- sh -c 'tty; echo tty-ok'",
+            kubectl_bin().display(),
+            kubeconfig.display()
+        );
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"]);
+        let out = output_within(c, b"", within);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("/dev/pts/") && text.contains("tty-ok"),
+            "{text}"
+        );
+    }
+
+    let out = output_within(exec(&[pod, "-c", "no-such", "--", "true"]), b"", within);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container no-such is not valid"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The client is killed mid-command: the command goes too.
+    let mut client = exec(&[pod, "--", "sleep", marker])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl exec");
+    let running = eventually(within, "the exec'd sleep runs", || {
+        !pids_running(&["sleep", marker]).is_empty()
+    });
+    let _ = client.kill();
+    let _ = client.wait();
+    running.unwrap();
+    eventually(within, "the exec'd sleep is gone with its client", || {
+        pids_running(&["sleep", marker]).is_empty()
+    })
+    .unwrap();
+}

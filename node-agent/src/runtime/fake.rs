@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{
-    Container, ContainerConfig, ContainerState, ExecResult, Result, Runtime, RuntimeError, Sandbox,
-    SandboxConfig, SandboxState,
+    Container, ContainerConfig, ContainerState, ExecRequest, ExecResult, ExecSession, Result,
+    Runtime, RuntimeError, Sandbox, SandboxConfig, SandboxState,
 };
 
 #[derive(Debug, Default)]
@@ -252,6 +252,62 @@ impl Runtime for FakeRuntime {
             exit_code,
             ..Default::default()
         })
+    }
+
+    /// `cat` copies stdin to stdout; anything else prints its command line on stdout, then
+    /// `err` on stderr — or, with a terminal, the first size it is sent — and exits like the
+    /// container's exec probes.
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecSession> {
+        let code = {
+            let mut s = self.lock();
+            s.calls.push(format!("exec {id} {}", req.command.join(" ")));
+            let c = s.containers.get(id).ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: id.into(),
+            })?;
+            if c.state != ContainerState::Running {
+                return Err(RuntimeError::Rpc {
+                    op: "exec",
+                    message: format!("container {id} is not running"),
+                });
+            }
+            s.exec_exit.get(&c.config.name).copied().unwrap_or(0)
+        };
+        let (session, ends) = super::exec::session(req);
+        let (cmd, tty) = (req.command.clone(), req.tty);
+        tokio::spawn(async move {
+            let super::exec::RuntimeEnds {
+                stdin,
+                stdout,
+                stderr,
+                mut resize,
+                exit,
+            } = ends;
+            let say = |tx: &Option<tokio::sync::mpsc::Sender<bytes::Bytes>>, text: String| {
+                let tx = tx.clone();
+                async move {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(text.into()).await;
+                    }
+                }
+            };
+            if cmd == ["cat"] {
+                if let Some(mut rx) = stdin {
+                    while let Some(b) = rx.recv().await {
+                        say(&stdout, String::from_utf8_lossy(&b).into_owned()).await;
+                    }
+                }
+            } else {
+                say(&stdout, format!("{}\n", cmd.join(" "))).await;
+                say(&stderr, "err\n".into()).await;
+                if tty && let Some(sz) = resize.recv().await {
+                    say(&stdout, format!("size {}x{}\n", sz.width, sz.height)).await;
+                }
+            }
+            drop((stdout, stderr));
+            let _ = exit.send(Ok(code));
+        });
+        Ok(session)
     }
 
     async fn image_status(&self, image: &str) -> Result<Option<String>> {

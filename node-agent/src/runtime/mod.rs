@@ -10,7 +10,9 @@
 //! namespace, every container its pod uid and container name, so a restarted agent adopts
 //! what is running instead of duplicating it.
 
+mod containerd_tasks;
 pub mod cri;
+pub mod exec;
 pub mod fake;
 pub mod process;
 
@@ -105,6 +107,8 @@ pub struct ExecResult {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
 }
+
+pub use exec::{ExecRequest, ExecSession};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SandboxState {
@@ -206,6 +210,11 @@ pub trait Runtime: Send + Sync + 'static {
         cmd: &[String],
         timeout: std::time::Duration,
     ) -> impl Future<Output = Result<ExecResult>> + Send;
+
+    /// Starts `req.command` in a running container with the streams it asks for (`kubectl
+    /// exec`). Dropping the session kills the command if it still runs.
+    fn exec(&self, id: &str, req: &ExecRequest)
+    -> impl Future<Output = Result<ExecSession>> + Send;
 
     /// CRI's ImageService: the image's id when it is present, None when it is not.
     fn image_status(&self, image: &str) -> impl Future<Output = Result<Option<String>>> + Send;

@@ -28,8 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Container, ContainerConfig, ContainerState, ExecResult, Result, Runtime, RuntimeError, Sandbox,
-    SandboxConfig, SandboxState,
+    Container, ContainerConfig, ContainerState, ExecRequest, ExecResult, ExecSession, Result,
+    Runtime, RuntimeError, Sandbox, SandboxConfig, SandboxState,
 };
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -691,6 +691,161 @@ impl Runtime for ProcessRuntime {
             .collect())
     }
 
+    /// `kubectl exec`: the command runs on the host like the container's own process — its
+    /// environment, working directory and cgroups (through `capstan shim-exec`) — in a
+    /// process group of its own, with pipes or, for `-t`, a pseudo-terminal.
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecSession> {
+        let f: ContainerFile = read_json(&self.container_dir(id).join("container.json"))
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: id.into(),
+            })?;
+        if self.load_container(id).map(|c| c.state) != Some(ContainerState::Running) {
+            return Err(RuntimeError::Rpc {
+                op: "exec",
+                message: format!("container {id} is not running"),
+            });
+        }
+        if req.command.is_empty() {
+            return Err(RuntimeError::Config("exec: empty command".into()));
+        }
+        let trampoline = match self.shim.as_slice() {
+            [program, sub, ..] if sub == "shim" => Some(program.clone()),
+            _ => None,
+        };
+        let mut c = match &trampoline {
+            Some(program) if req.tty || !f.cgroups.is_empty() => {
+                let mut c = tokio::process::Command::new(program);
+                c.arg("shim-exec");
+                for cg in &f.cgroups {
+                    c.arg("--cgroup").arg(cg);
+                }
+                if req.tty {
+                    c.arg("--tty");
+                }
+                c.arg("--oom-score-adj")
+                    .arg(f.resources.oom_score_adj.to_string())
+                    .arg("--")
+                    .args(&req.command);
+                c
+            }
+            _ if req.tty => {
+                return Err(RuntimeError::Config(
+                    "exec: a terminal needs the capstan shim, which this runtime lacks".into(),
+                ));
+            }
+            _ => {
+                let mut c = tokio::process::Command::new(&req.command[0]);
+                c.args(&req.command[1..]);
+                c
+            }
+        };
+        c.env_clear()
+            .envs(f.env.iter().map(|(k, v)| (k, v)))
+            .kill_on_drop(false);
+        if let Some(dir) = &f.working_dir {
+            c.current_dir(dir);
+        }
+        let (session, ends) = super::exec::session(req);
+        let io_err = |e| RuntimeError::io("exec: opening a pseudo-terminal", e);
+        // A terminal: the command gets the slave on all three streams and makes it its
+        // controlling terminal (shim-exec --tty); we keep the master.
+        let master = if req.tty {
+            let (master, slave) = open_pty().map_err(io_err)?;
+            let slave = std::fs::File::from(slave);
+            c.stdin(slave.try_clone().map_err(io_err)?)
+                .stdout(slave.try_clone().map_err(io_err)?)
+                .stderr(slave);
+            Some(std::fs::File::from(master))
+        } else {
+            let piped = |on: bool| {
+                if on {
+                    std::process::Stdio::piped()
+                } else {
+                    std::process::Stdio::null()
+                }
+            };
+            c.stdin(piped(req.stdin))
+                .stdout(piped(req.stdout))
+                .stderr(piped(req.stderr))
+                .process_group(0);
+            None
+        };
+        let mut child = c.spawn().map_err(|e| RuntimeError::Rpc {
+            op: "exec",
+            message: format!("starting {:?}: {e}", req.command[0]),
+        })?;
+        // The slave's copies in `c` must close, or the terminal never reports its end.
+        drop(c);
+        let pid = child.id().map(|p| p as i32);
+        let super::exec::RuntimeEnds {
+            stdin,
+            stdout,
+            stderr,
+            mut resize,
+            exit,
+        } = ends;
+        let mut pumps = tokio::task::JoinSet::new();
+        if let Some(m) = master {
+            let reader = m.try_clone().map_err(io_err)?;
+            let writer = m.try_clone().map_err(io_err)?;
+            if let Some(tx) = stdout {
+                pumps.spawn(super::exec::pump(tokio::fs::File::from_std(reader), tx));
+            }
+            if let Some(rx) = stdin {
+                tokio::spawn(super::exec::feed(rx, tokio::fs::File::from_std(writer)));
+            }
+            let size = m;
+            tokio::spawn(async move {
+                while let Some(sz) = resize.recv().await {
+                    let _ = rustix::termios::tcsetwinsize(
+                        &size,
+                        rustix::termios::Winsize {
+                            ws_row: sz.height,
+                            ws_col: sz.width,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        },
+                    );
+                }
+                // The session is gone: kill what is left of the command.
+                if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+            });
+        } else {
+            if let (Some(tx), Some(out)) = (stdout, child.stdout.take()) {
+                pumps.spawn(super::exec::pump(out, tx));
+            }
+            if let (Some(tx), Some(err)) = (stderr, child.stderr.take()) {
+                pumps.spawn(super::exec::pump(err, tx));
+            }
+            if let (Some(rx), Some(w)) = (stdin, child.stdin.take()) {
+                tokio::spawn(super::exec::feed(rx, w));
+            }
+            tokio::spawn(async move {
+                while resize.recv().await.is_some() {}
+                if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+            });
+        }
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(st) => Ok(st.code().unwrap_or(128 + st.signal().unwrap_or(9))),
+                Err(e) => Err(format!("waiting for the command: {e}")),
+            };
+            // What it wrote before exiting still goes out, within a bound.
+            let _ = tokio::time::timeout(super::exec::DRAIN, async {
+                while pumps.join_next().await.is_some() {}
+            })
+            .await;
+            pumps.abort_all();
+            let _ = exit.send(code);
+        });
+        Ok(session)
+    }
+
     /// Runs `cmd` on the host with the container's environment and working directory.
     async fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecResult> {
         let f: ContainerFile = read_json(&self.container_dir(id).join("container.json"))
@@ -916,8 +1071,35 @@ pub fn shim_main(dir: &Path) -> i32 {
 /// per hierarchy), sets the OOM score adjustment and execs ARGV (same pid, environment,
 /// directory and process group). Returns only if that fails, with the exit code to use (the
 /// message goes to stderr, which is the container's log).
-pub fn shim_exec(cgroups: &[PathBuf], oom_score_adj: i64, argv: &[String]) -> i32 {
+/// A pseudo-terminal: (master, slave).
+fn open_pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::pty::OpenptFlags;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    let name = rustix::pty::ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    Ok((master, slave))
+}
+
+pub fn shim_exec(cgroups: &[PathBuf], oom_score_adj: i64, tty: bool, argv: &[String]) -> i32 {
     use std::os::unix::process::CommandExt;
+    // `kubectl exec -t`: a session of its own whose controlling terminal is the pty on stdin.
+    if tty {
+        if let Err(e) = rustix::process::setsid() {
+            eprintln!("capstan: setsid: {e}");
+            return 128;
+        }
+        if let Err(e) = rustix::process::ioctl_tiocsctty(std::io::stdin()) {
+            eprintln!("capstan: cannot take the terminal: {e}");
+            return 128;
+        }
+    }
     for cg in cgroups {
         // "0" is the writing process itself.
         if let Err(e) = std::fs::write(cg.join("cgroup.procs"), "0") {

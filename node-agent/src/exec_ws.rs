@@ -1,0 +1,505 @@
+//! `kubectl exec` on the agent: `/exec/{namespace}/{pod}/{container}?command=…&stdin=…`,
+//! upgraded to a WebSocket by the API server's pods/exec proxy. Kubernetes' channel protocol:
+//! every binary message starts with its stream — 0 stdin, 1 stdout, 2 stderr, 3 the final
+//! Status, 4 terminal resizes (`{"Width":…,"Height":…}`) — and in `v5.channel.k8s.io` (kubectl
+//! ≥ 1.30) a message `[255, n]` closes stream n, which is how stdin ends. `v4.channel.k8s.io`
+//! is the same without the close (its stdin never ends).
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::runtime::exec::{TermSize, exit_status};
+use crate::runtime::{
+    CONTAINER_NAME, ContainerState, ExecRequest, ExecSession, POD_NAME, POD_NAMESPACE, Runtime,
+};
+use crate::server::{Served, status};
+
+pub const V5: &str = "v5.channel.k8s.io";
+pub const V4: &str = "v4.channel.k8s.io";
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+/// The request's query as kubelet reads it: repeated `command`, boolean streams.
+pub fn parse(query: &str) -> Result<ExecRequest, String> {
+    let mut req = ExecRequest::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = unescape(v).ok_or_else(|| format!("{k}: malformed percent-encoding"))?;
+        let on = || matches!(v.as_str(), "true" | "1");
+        match k {
+            "command" => req.command.push(v),
+            "stdin" => req.stdin = on(),
+            "stdout" => req.stdout = on(),
+            "stderr" => req.stderr = on(),
+            "tty" => req.tty = on(),
+            _ => {}
+        }
+    }
+    if req.command.is_empty() {
+        return Err("you must specify at least one command for the container".into());
+    }
+    if !(req.stdin || req.stdout || req.stderr) {
+        return Err("you must specify at least 1 of stdin, stdout, stderr".into());
+    }
+    Ok(req)
+}
+
+/// Percent-decoding (`+` is a space, as Go's ParseQuery reads it); None when malformed or not
+/// UTF-8.
+fn unescape(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            b'+' => b' ',
+            b => b,
+        });
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The first protocol the client offers that we speak.
+fn protocol(headers: &HeaderMap) -> Option<&'static str> {
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| [V5, V4].into_iter().find(|ours| *ours == p))
+}
+
+pub(crate) async fn exec<R: Runtime>(
+    State(s): State<Arc<Served<R>>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let req = match parse(query.as_deref().unwrap_or_default()) {
+        Ok(r) => r,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e),
+    };
+    let Ok(ws) = ws else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "exec needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io)".into(),
+        );
+    };
+    let Some(proto) = protocol(&headers) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "no supported WebSocket subprotocol offered: this node speaks {V5} and {V4} (kubectl 1.30 or newer)"
+            ),
+        );
+    };
+    let id = match running_container(&*s.runtime, &namespace, &pod, &container).await {
+        Ok(id) => id,
+        Err((code, reason, msg)) => return status(code, reason, msg),
+    };
+    let rt = s.runtime.clone();
+    ws.protocols([proto]).on_upgrade(move |socket| async move {
+        let started = rt.exec(&id, &req).await;
+        tracing::info!(%namespace, %pod, %container, command = ?req.command, tty = req.tty, ok = started.is_ok(), "exec");
+        serve(socket, proto == V5, &req.command, started.map_err(|e| e.to_string())).await;
+    })
+}
+
+/// The id of the running instance of `container` in the pod's newest sandbox.
+async fn running_container<R: Runtime>(
+    rt: &R,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<String, (StatusCode, &'static str, String)> {
+    let unavailable = |e: crate::runtime::RuntimeError| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            e.to_string(),
+        )
+    };
+    let sandboxes = rt.list_sandboxes().await.map_err(unavailable)?;
+    let sb = sandboxes
+        .iter()
+        .filter(|sb| {
+            sb.config.labels.get(POD_NAMESPACE).map(String::as_str) == Some(namespace)
+                && sb.config.labels.get(POD_NAME).map(String::as_str) == Some(pod)
+        })
+        .max_by_key(|sb| (sb.config.attempt, sb.created_at))
+        .ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("pod {namespace}/{pod} has no sandbox on this node"),
+            )
+        })?;
+    rt.list_containers()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .filter(|c| {
+            c.sandbox_id == sb.id
+                && c.config.labels.get(CONTAINER_NAME).map(String::as_str) == Some(container)
+        })
+        .max_by_key(|c| (c.config.attempt, c.created_at))
+        .filter(|c| c.state == ContainerState::Running)
+        .map(|c| c.id)
+        .ok_or_else(|| {
+            (
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("container {container} is not running in pod {namespace}/{pod}"),
+            )
+        })
+}
+
+async fn next(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn frame(channel: u8, data: &[u8]) -> Message {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(channel);
+    v.extend_from_slice(data);
+    Message::Binary(v.into())
+}
+
+/// One exec over the WebSocket: input and resizes in, output out, then the Status and a
+/// normal close. The client going away drops the session, which kills the command.
+pub async fn serve(
+    mut ws: WebSocket,
+    v5: bool,
+    command: &[String],
+    started: Result<ExecSession, String>,
+) {
+    let session = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let st = exit_status(command, &Err(e));
+            let _ = ws.send(frame(ERROR, st.to_string().as_bytes())).await;
+            let _ = ws.send(Message::Close(Some(normal()))).await;
+            return;
+        }
+    };
+    let ExecSession {
+        mut stdin,
+        mut stdout,
+        mut stderr,
+        resize,
+        mut exit,
+    } = session;
+    let mut result = None;
+    while stdout.is_some() || stderr.is_some() || result.is_none() {
+        tokio::select! {
+            msg = ws.recv() => match msg {
+                Some(Ok(Message::Binary(b))) => match b.first() {
+                    Some(&STDIN) => {
+                        if let Some(tx) = &stdin
+                            && tx.send(b.slice(1..)).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    Some(&RESIZE) => {
+                        if let Ok(sz) = serde_json::from_slice::<TermSize>(&b[1..]) {
+                            let _ = resize.try_send(sz);
+                        }
+                    }
+                    Some(&CLOSE) if v5 && b.get(1) == Some(&STDIN) => stdin = None,
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            out = next(&mut stdout) => match out {
+                Some(b) => if ws.send(frame(STDOUT, &b)).await.is_err() { return },
+                None => stdout = None,
+            },
+            err = next(&mut stderr) => match err {
+                Some(b) => if ws.send(frame(STDERR, &b)).await.is_err() { return },
+                None => stderr = None,
+            },
+            r = &mut exit, if result.is_none() => {
+                result = Some(r.unwrap_or_else(|_| Err("the runtime lost the command".into())));
+            }
+        }
+    }
+    drop(stdin);
+    let st = exit_status(command, &result.unwrap_or(Ok(0)));
+    let _ = ws.send(frame(ERROR, st.to_string().as_bytes())).await;
+    let _ = ws.send(Message::Close(Some(normal()))).await;
+    // Let the close handshake finish: the client answers with its own close.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn normal() -> CloseFrame {
+    CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::{ContainerConfig, SandboxConfig};
+    use futures_util::{SinkExt, StreamExt};
+    use std::collections::BTreeMap;
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+    type Client = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+    /// The agent's endpoint on a loopback port, over the fake runtime with pod default/p's
+    /// container `app` running.
+    async fn agent() -> (std::net::SocketAddr, Arc<FakeRuntime>) {
+        let rt = Arc::new(FakeRuntime::new());
+        let labels = |c: Option<&str>| {
+            let mut l = std::collections::BTreeMap::new();
+            l.insert(POD_NAMESPACE.to_string(), "default".to_string());
+            l.insert(POD_NAME.to_string(), "p".to_string());
+            if let Some(c) = c {
+                l.insert(CONTAINER_NAME.to_string(), c.to_string());
+            }
+            l
+        };
+        let sb = rt
+            .run_sandbox(&SandboxConfig {
+                labels: labels(None),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for name in ["app", "stopped"] {
+            let c = rt
+                .create_container(
+                    &sb.id,
+                    &ContainerConfig {
+                        name: name.into(),
+                        labels: labels(Some(name)),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            rt.start_container(&c.id).await.unwrap();
+            if name == "stopped" {
+                rt.exit(&c.id, 0, false);
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = crate::server::router(rt.clone(), crate::server::Metrics::new().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, rt)
+    }
+
+    async fn connect(
+        addr: std::net::SocketAddr,
+        query: &str,
+        protocols: &str,
+    ) -> Result<(Client, String), tungstenite::Error> {
+        let mut req = format!("ws://{addr}/exec/default/p/app?{query}")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse().unwrap());
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (ws, resp) = tokio_tungstenite::client_async(req, stream).await?;
+        let proto = resp.headers()["sec-websocket-protocol"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        Ok((ws, proto))
+    }
+
+    /// Everything the server sends until it closes, by channel.
+    async fn drain(ws: &mut Client) -> BTreeMap<u8, Vec<u8>> {
+        let mut got: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
+        while let Some(m) = ws.next().await {
+            match m.unwrap() {
+                tungstenite::Message::Binary(b) => {
+                    got.entry(b[0]).or_default().extend_from_slice(&b[1..])
+                }
+                tungstenite::Message::Close(f) => {
+                    assert_eq!(f.map(|f| u16::from(f.code)), Some(1000));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        got
+    }
+
+    fn binary(channel: u8, data: &[u8]) -> tungstenite::Message {
+        tungstenite::Message::Binary([&[channel], data].concat().into())
+    }
+
+    #[tokio::test]
+    async fn v5_closes_stdin_and_reports_success() {
+        let (addr, _rt) = agent().await;
+        let (mut ws, proto) = connect(
+            addr,
+            "command=cat&stdin=true&stdout=true",
+            &format!("{V5}, {V4}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(proto, V5);
+        ws.send(binary(STDIN, b"hello ")).await.unwrap();
+        ws.send(binary(STDIN, b"world")).await.unwrap();
+        ws.send(binary(CLOSE, &[STDIN])).await.unwrap();
+        let got = drain(&mut ws).await;
+        assert_eq!(got[&STDOUT], b"hello world");
+        let st: serde_json::Value = serde_json::from_slice(&got[&ERROR]).unwrap();
+        assert_eq!(st["status"], "Success");
+    }
+
+    #[tokio::test]
+    async fn v4_streams_resizes_and_exit_codes() {
+        let (addr, rt) = agent().await;
+        rt.set_exec_exit("app", 7);
+        let q = "command=sh&command=-c&command=exit%207&stdout=true&stderr=true";
+        let (mut ws, proto) = connect(addr, q, V4).await.unwrap();
+        assert_eq!(proto, V4);
+        let got = drain(&mut ws).await;
+        assert_eq!(got[&STDOUT], b"sh -c exit 7\n");
+        assert_eq!(got[&STDERR], b"err\n");
+        let st: serde_json::Value = serde_json::from_slice(&got[&ERROR]).unwrap();
+        assert_eq!(st["details"]["causes"][0]["message"], "7");
+
+        // A terminal: the size the client sends reaches the runtime.
+        let (mut ws, _) = connect(addr, "command=sh&stdout=true&tty=true", V4)
+            .await
+            .unwrap();
+        ws.send(binary(RESIZE, br#"{"Width":120,"Height":40}"#))
+            .await
+            .unwrap();
+        let got = drain(&mut ws).await;
+        assert_eq!(got[&STDOUT], b"sh\nsize 120x40\n");
+        assert!(
+            !got.contains_key(&STDERR),
+            "a terminal has no separate stderr"
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_come_before_the_upgrade() {
+        let (addr, _rt) = agent().await;
+        let status_of = |r: Result<(Client, String), tungstenite::Error>| match r {
+            Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            other => panic!("expected an HTTP refusal, got {:?}", other.map(|(_, p)| p)),
+        };
+        assert_eq!(
+            status_of(connect(addr, "command=ls&stdout=true", "channel.k8s.io").await),
+            400
+        );
+        assert_eq!(status_of(connect(addr, "stdout=true", V5).await), 400);
+        let q = "command=ls&stdout=true";
+        let mut req = format!("ws://{addr}/exec/default/p/stopped?{q}")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-protocol", V5.parse().unwrap());
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let r = tokio_tungstenite::client_async(req, stream).await;
+        assert!(
+            matches!(r, Err(tungstenite::Error::Http(ref resp)) if resp.status() == 400),
+            "not running"
+        );
+        let mut req = format!("ws://{addr}/exec/default/other/app?{q}")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-protocol", V5.parse().unwrap());
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let r = tokio_tungstenite::client_async(req, stream).await;
+        assert!(
+            matches!(r, Err(tungstenite::Error::Http(ref resp)) if resp.status() == 404),
+            "no such pod"
+        );
+    }
+
+    #[test]
+    fn the_query_is_read_as_kubelet_reads_it() {
+        let r = parse("command=sh&command=-c&command=echo%20hi%3B+exit%203&container=app&stdin=true&stdout=true&stderr=false&tty=1").unwrap();
+        assert_eq!(r.command, ["sh", "-c", "echo hi; exit 3"]);
+        assert!(r.stdin && r.stdout && !r.stderr && r.tty);
+        assert!(
+            parse("stdout=true")
+                .unwrap_err()
+                .contains("at least one command")
+        );
+        assert!(
+            parse("command=ls")
+                .unwrap_err()
+                .contains("at least 1 of stdin")
+        );
+        assert!(parse("command=%zz&stdout=true").is_err());
+        assert!(parse("command=%ff&stdout=true").is_err(), "not UTF-8");
+        assert!(parse("command=%4&stdout=true").is_err());
+    }
+
+    #[test]
+    fn the_protocol_is_the_clients_first_one_we_speak() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "sec-websocket-protocol",
+            "v6.channel.k8s.io, v4.channel.k8s.io".parse().unwrap(),
+        );
+        h.append("sec-websocket-protocol", V5.parse().unwrap());
+        assert_eq!(protocol(&h), Some(V4));
+        let mut h = HeaderMap::new();
+        h.append(
+            "sec-websocket-protocol",
+            "SPDY/3.1+portforward.k8s.io, channel.k8s.io"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(protocol(&h), None);
+    }
+
+    #[test]
+    fn exit_codes_become_the_status_kubectl_reads() {
+        let cmd = ["sh".to_string(), "-c".into(), "exit 3".into()];
+        assert_eq!(exit_status(&cmd, &Ok(0))["status"], "Success");
+        let st = exit_status(&cmd, &Ok(3));
+        assert_eq!(st["reason"], "NonZeroExitCode");
+        assert_eq!(st["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(st["details"]["causes"][0]["message"], "3");
+        let st = exit_status(&cmd, &Err("executable file not found".into()));
+        assert_eq!(
+            (st["reason"].as_str(), st["code"].as_i64()),
+            (Some("InternalError"), Some(500))
+        );
+    }
+}
