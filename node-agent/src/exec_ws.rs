@@ -12,6 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::runtime::exec::{TermSize, exit_status};
@@ -187,78 +188,95 @@ fn frame(channel: u8, data: &[u8]) -> Message {
 }
 
 /// One exec over the WebSocket: input and resizes in, output out, then the Status and a
-/// normal close. The client going away drops the session, which kills the command.
+/// normal close. The two directions run side by side — input waiting on a busy command never
+/// holds up its output — and the client going away drops the session, which kills the command.
 pub async fn serve(
-    mut ws: WebSocket,
+    ws: WebSocket,
     v5: bool,
     command: &[String],
     started: Result<ExecSession, String>,
 ) {
+    let (mut sink, mut stream) = ws.split();
     let session = match started {
         Ok(s) => s,
         Err(e) => {
             let st = exit_status(command, &Err(e));
-            let _ = ws.send(frame(ERROR, st.to_string().as_bytes())).await;
-            let _ = ws.send(Message::Close(Some(normal()))).await;
+            let _ = sink.send(frame(ERROR, st.to_string().as_bytes())).await;
+            let _ = sink.send(Message::Close(Some(normal()))).await;
             return;
         }
     };
     let ExecSession {
-        mut stdin,
+        stdin,
         mut stdout,
         mut stderr,
         resize,
         mut exit,
     } = session;
-    let mut result = None;
-    while stdout.is_some() || stderr.is_some() || result.is_none() {
-        tokio::select! {
-            msg = ws.recv() => match msg {
-                Some(Ok(Message::Binary(b))) => match b.first() {
-                    Some(&STDIN) => {
-                        if let Some(tx) = &stdin
-                            && tx.send(b.slice(1..)).await.is_err()
-                        {
-                            stdin = None;
-                        }
+    // Client → command. Ends (dropping stdin and the resize channel) when the client closes.
+    let input = async move {
+        let mut stdin = stdin;
+        while let Some(Ok(msg)) = stream.next().await {
+            let Message::Binary(b) = msg else {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+                continue;
+            };
+            match b.first() {
+                Some(&STDIN) => {
+                    if let Some(tx) = &stdin
+                        && tx.send(b.slice(1..)).await.is_err()
+                    {
+                        stdin = None;
                     }
-                    Some(&RESIZE) => {
-                        if let Ok(sz) = serde_json::from_slice::<TermSize>(&b[1..]) {
-                            let _ = resize.try_send(sz);
-                        }
+                }
+                Some(&RESIZE) => {
+                    if let Ok(sz) = serde_json::from_slice::<TermSize>(&b[1..]) {
+                        let _ = resize.try_send(sz);
                     }
-                    Some(&CLOSE) if v5 && b.get(1) == Some(&STDIN) => stdin = None,
-                    _ => {}
-                },
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => {}
-            },
-            out = next(&mut stdout) => match out {
-                Some(b) => if ws.send(frame(STDOUT, &b)).await.is_err() { return },
-                None => stdout = None,
-            },
-            err = next(&mut stderr) => match err {
-                Some(b) => if ws.send(frame(STDERR, &b)).await.is_err() { return },
-                None => stderr = None,
-            },
-            r = &mut exit, if result.is_none() => {
-                result = Some(r.unwrap_or_else(|_| Err("the runtime lost the command".into())));
+                }
+                Some(&CLOSE) if v5 && b.get(1) == Some(&STDIN) => stdin = None,
+                _ => {}
             }
+        }
+    };
+    // Command → client: output until both streams end and the exit is known, then the Status.
+    let output = async {
+        let mut result = None;
+        while stdout.is_some() || stderr.is_some() || result.is_none() {
+            let (channel, data) = tokio::select! {
+                out = next(&mut stdout) => match out {
+                    Some(b) => (STDOUT, b),
+                    None => { stdout = None; continue }
+                },
+                err = next(&mut stderr) => match err {
+                    Some(b) => (STDERR, b),
+                    None => { stderr = None; continue }
+                },
+                r = &mut exit, if result.is_none() => {
+                    result = Some(r.unwrap_or_else(|_| Err("the runtime lost the command".into())));
+                    continue;
+                }
+            };
+            if sink.send(frame(channel, &data)).await.is_err() {
+                return false;
+            }
+        }
+        let st = exit_status(command, &result.unwrap_or(Ok(0)));
+        let _ = sink.send(frame(ERROR, st.to_string().as_bytes())).await;
+        let _ = sink.send(Message::Close(Some(normal()))).await;
+        true
+    };
+    tokio::pin!(input);
+    tokio::select! {
+        // The client went away first: returning drops the session.
+        () = &mut input => {}
+        // Done: wait (briefly) for the client's close to finish the handshake.
+        finished = output => if finished {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), input).await;
         }
     }
-    drop(stdin);
-    let st = exit_status(command, &result.unwrap_or(Ok(0)));
-    let _ = ws.send(frame(ERROR, st.to_string().as_bytes())).await;
-    let _ = ws.send(Message::Close(Some(normal()))).await;
-    // Let the close handshake finish: the client answers with its own close.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while let Some(Ok(m)) = ws.recv().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 fn normal() -> CloseFrame {
@@ -382,6 +400,48 @@ mod tests {
         assert_eq!(got[&STDOUT], b"hello world");
         let st: serde_json::Value = serde_json::from_slice(&got[&ERROR]).unwrap();
         assert_eq!(st["status"], "Success");
+    }
+
+    /// Input and output flow at once: a command that echoes more than any buffer holds while
+    /// input keeps arriving must not wedge the session.
+    #[tokio::test]
+    async fn input_and_output_flow_at_once() {
+        let (addr, _rt) = agent().await;
+        let (ws, _) = connect(addr, "command=cat&stdin=true&stdout=true", V5)
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = ws.split();
+        let chunk = vec![b'x'; 16 * 1024];
+        let send = async move {
+            for _ in 0..256 {
+                tx.send(binary(STDIN, &chunk)).await.unwrap();
+            }
+            tx.send(binary(CLOSE, &[STDIN])).await.unwrap();
+            tx
+        };
+        let recv = async move {
+            let mut n = 0;
+            let mut status = None;
+            while let Some(m) = rx.next().await {
+                match m.unwrap() {
+                    tungstenite::Message::Binary(b) if b[0] == STDOUT => n += b.len() - 1,
+                    tungstenite::Message::Binary(b) if b[0] == ERROR => {
+                        status = Some(serde_json::from_slice::<serde_json::Value>(&b[1..]).unwrap())
+                    }
+                    tungstenite::Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            (n, status)
+        };
+        let (_, (n, status)) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures_util::future::join(send, recv),
+        )
+        .await
+        .expect("the session does not wedge");
+        assert_eq!(n, 256 * 16 * 1024);
+        assert_eq!(status.unwrap()["status"], "Success");
     }
 
     #[tokio::test]
