@@ -786,6 +786,8 @@ impl Runtime for ProcessRuntime {
             exit,
         } = ends;
         let mut pumps = tokio::task::JoinSet::new();
+        // The terminal's master stays here for resizes.
+        let mut size = None;
         if let Some(m) = master {
             let reader = m.try_clone().map_err(io_err)?;
             let writer = m.try_clone().map_err(io_err)?;
@@ -795,24 +797,7 @@ impl Runtime for ProcessRuntime {
             if let Some(rx) = stdin {
                 tokio::spawn(super::exec::feed(rx, tokio::fs::File::from_std(writer)));
             }
-            let size = m;
-            tokio::spawn(async move {
-                while let Some(sz) = resize.recv().await {
-                    let _ = rustix::termios::tcsetwinsize(
-                        &size,
-                        rustix::termios::Winsize {
-                            ws_row: sz.height,
-                            ws_col: sz.width,
-                            ws_xpixel: 0,
-                            ws_ypixel: 0,
-                        },
-                    );
-                }
-                // The session is gone: kill what is left of the command.
-                if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                }
-            });
+            size = Some(m);
         } else {
             if let (Some(tx), Some(out)) = (stdout, child.stdout.take()) {
                 pumps.spawn(super::exec::pump(out, tx));
@@ -823,18 +808,45 @@ impl Runtime for ProcessRuntime {
             if let (Some(rx), Some(w)) = (stdin, child.stdin.take()) {
                 tokio::spawn(super::exec::feed(rx, w));
             }
-            tokio::spawn(async move {
-                while resize.recv().await.is_some() {}
-                if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                }
-            });
         }
+        // One task owns the child: resizes, the kill when the session goes away (before the
+        // child is reaped, so its pid and process group cannot have been reused), the exit.
         tokio::spawn(async move {
-            let code = match child.wait().await {
+            let mut gone = false;
+            let status = loop {
+                tokio::select! {
+                    st = child.wait() => break st,
+                    sz = resize.recv(), if !gone => match (sz, &size) {
+                        (Some(sz), Some(master)) => {
+                            let _ = rustix::termios::tcsetwinsize(
+                                master,
+                                rustix::termios::Winsize {
+                                    ws_row: sz.height,
+                                    ws_col: sz.width,
+                                    ws_xpixel: 0,
+                                    ws_ypixel: 0,
+                                },
+                            );
+                        }
+                        (Some(_), None) => {}
+                        (None, _) => {
+                            gone = true;
+                            if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
+                                let _ = rustix::process::kill_process_group(
+                                    pid,
+                                    rustix::process::Signal::KILL,
+                                );
+                            }
+                            let _ = child.start_kill();
+                        }
+                    },
+                }
+            };
+            let code = match status {
                 Ok(st) => Ok(st.code().unwrap_or(128 + st.signal().unwrap_or(9))),
                 Err(e) => Err(format!("waiting for the command: {e}")),
             };
+            drop(size);
             // What it wrote before exiting still goes out, within a bound.
             let _ = tokio::time::timeout(super::exec::DRAIN, async {
                 while pumps.join_next().await.is_some() {}
