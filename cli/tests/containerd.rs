@@ -314,7 +314,10 @@ spec:
   containers:
   - name: app
     image: localhost/busybox:1
-    command: ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+    # containerd (1.6, cgroup v1) watches a task's OOM events only once the task has started:
+    # a process killed in its first milliseconds reads back as Error, not OOMKilled (seen in
+    # CI). The hog lets the watch settle first.
+    command: ["sh", "-c", "sleep 1; exec dd if=/dev/zero of=/dev/null bs=64M count=1"]
     resources: {limits: {memory: 16Mi}}
 ---
 apiVersion: v1

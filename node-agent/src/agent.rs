@@ -229,7 +229,8 @@ impl<R: Runtime> Agent<R> {
         );
     }
 
-    /// pod uid → a fingerprint of its sandboxes' and containers' states.
+    /// pod uid → a fingerprint of its sandboxes' and containers' states (and exit reasons: the
+    /// runtime may amend one, such as a late OOMKilled).
     async fn relist(&self) -> Result<HashMap<String, String>, crate::runtime::RuntimeError> {
         let sandboxes = self.runtime.list_sandboxes().await?;
         let containers = self.runtime.list_containers().await?;
@@ -268,7 +269,7 @@ impl<R: Runtime> Agent<R> {
             if let Some(uid) = uid_of.get(c.sandbox_id.as_str()) {
                 out.entry(uid.to_string())
                     .or_default()
-                    .push_str(&format!("{}:{:?};", c.id, c.state));
+                    .push_str(&format!("{}:{:?}:{:?};", c.id, c.state, c.reason));
             }
         }
         Ok(out)

@@ -4,9 +4,9 @@
 //! What CRI does not keep for us rides along in annotations: the sandbox's log directory,
 //! host-network flag and cgroup parent; the container's image as the pod spec wrote it and its
 //! log path relative to the sandbox's. ListContainers lacks exit codes and times, so each
-//! container's ContainerStatus is fetched once per state it reaches and cached (an exited or
-//! running container's status does not change), which keeps the PLEG's relist to two RPCs a
-//! second plus one per container that changed.
+//! container's ContainerStatus is fetched once per state it reaches and cached (a running
+//! container's status does not change, nor an exited one's a few seconds after its exit),
+//! which keeps the PLEG's relist to two RPCs a second plus one per container that changed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,6 +101,23 @@ mod wire {
             "SCTP" => 2,
             _ => 0,
         }
+    }
+}
+
+/// How long after an exit containerd may still amend it: its OOM event can be handled after
+/// the exit event, turning `Error` into `OOMKilled` (seen with a process killed in its first
+/// milliseconds).
+const EXIT_SETTLES: Duration = Duration::from_secs(5);
+
+/// Whether a container's status will not change while it stays in its state (so it can be
+/// cached): running ones, and exited ones once their exit has settled.
+fn settled(c: &Container) -> bool {
+    match c.state {
+        ContainerState::Running => true,
+        ContainerState::Exited => c.finished_at.is_some_and(|f| {
+            jiff::Timestamp::now().duration_since(f).unsigned_abs() >= EXIT_SETTLES
+        }),
+        _ => false,
     }
 }
 
@@ -737,7 +754,7 @@ impl Runtime for CriRuntime {
                 Some(c) => c,
                 None => match self.container_status(listed).await {
                     Ok(c) => {
-                        if matches!(c.state, ContainerState::Running | ContainerState::Exited) {
+                        if settled(&c) {
                             self.lock_containers().insert(c.id.clone(), c.clone());
                         }
                         c
