@@ -55,14 +55,6 @@ pub async fn pod_exec(
     }
 }
 
-fn first<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
-}
-
 async fn exec(
     api: &ApiServer,
     namespace: &str,
@@ -88,11 +80,16 @@ async fn exec(
             subresource: None,
         })
         .await?;
-    let asked = first(query, "container")
-        .map(|c| percent_decode(c).ok_or_else(|| ApiError::bad_request("container: malformed")))
-        .transpose()?;
-    let container = choose_container(&pod, asked.as_deref())?;
-    if first(query, "command").is_none() {
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad_request(format!("the query: {e}")))?;
+    let param = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let container = choose_container(&pod, param("container"))?;
+    if param("command").is_none() {
         return Err(ApiError::bad_request(
             "you must specify at least one command for the container",
         ));
@@ -202,22 +199,6 @@ async fn exec(
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut b = s.bytes();
-    while let Some(c) = b.next() {
-        out.push(match c {
-            b'%' => {
-                let h = [b.next()?, b.next()?];
-                u8::from_str_radix(std::str::from_utf8(&h).ok()?, 16).ok()?
-            }
-            b'+' => b' ',
-            c => c,
-        });
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,16 +208,5 @@ mod tests {
         for h in REQUEST_HEADERS.iter().chain(RESPONSE_HEADERS) {
             assert!(header::HeaderName::from_bytes(h.as_bytes()).is_ok(), "{h}");
         }
-    }
-
-    #[test]
-    fn query_values_are_read_as_go_reads_them() {
-        assert_eq!(
-            first("command=ls&container=a%2Db", "container"),
-            Some("a%2Db")
-        );
-        assert_eq!(percent_decode("a%2Db+c").as_deref(), Some("a-b c"));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(first("stdout=true", "command"), None);
     }
 }
