@@ -275,3 +275,13 @@ pub fn from_storage(e: StorageError, group: &str, plural: &str, name: &str) -> A
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// 404 for a path the server does not serve (no such route or resource).
+pub fn route_not_found() -> ApiError {
+    ApiError {
+        code: 404,
+        reason: "NotFound",
+        message: "the server could not find the requested resource".into(),
+        details: None,
+    }
+}

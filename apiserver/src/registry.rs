@@ -11,7 +11,7 @@ use capstan_api::validation::FieldError;
 use serde_json::Value;
 
 use crate::object::{self, ObjectExt};
-use crate::strategy::{self, Strategy};
+use crate::strategy::{self, StorageHooks, Strategy};
 
 /// One served resource (a group/version/plural).
 #[derive(Clone)]
@@ -46,6 +46,9 @@ pub struct ResourceInfo {
     /// over core/v1 ones); None: only apiVersion differs.
     pub conversion: Option<Conversion>,
     pub strategy: Arc<dyn Strategy>,
+    /// Work around the store write that this resource needs (a Service's ClusterIP); None for
+    /// most resources.
+    pub hooks: Option<Arc<dyn StorageHooks>>,
 }
 
 /// How a resource view maps to the stored shape of objects it shares with another resource.
@@ -117,7 +120,7 @@ impl ResourceInfo {
     /// A stored object as this version serves it. Versions of a resource differ only in
     /// `apiVersion` (conversion strategy None), so that is all that changes.
     pub fn decode(&self, bytes: &[u8], rv: i64) -> Option<Value> {
-        let mut obj = crate::cacher::decode(bytes, rv)?;
+        let mut obj = crate::watch_cache::decode(bytes, rv)?;
         if let Some(c) = &self.conversion {
             (c.from_storage)(&mut obj);
         }
@@ -209,6 +212,22 @@ impl Registry {
         info
     }
 
+    /// Gives a served resource its storage hooks (the server's allocators are made after the
+    /// registry). False when the resource is not served.
+    pub fn attach_hooks(
+        &self,
+        (group, version, plural): (&str, &str, &str),
+        hooks: Arc<dyn StorageHooks>,
+    ) -> bool {
+        let Some(info) = self.get(group, version, plural) else {
+            return false;
+        };
+        let mut with = (*info).clone();
+        with.hooks = Some(hooks);
+        self.add(with);
+        true
+    }
+
     /// Stops serving a resource; returns what was served.
     pub fn remove(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
         let removed = self.by_gvr.write().ok()?.remove(&(
@@ -278,6 +297,7 @@ fn res(
         list_kind: format!("{kind}List"),
         conversion: None,
         strategy,
+        hooks: None,
     }
 }
 

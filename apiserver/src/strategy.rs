@@ -8,6 +8,7 @@ use std::sync::Arc;
 use capstan_api::validation::{self, FieldError};
 use serde_json::{Value, json};
 
+use crate::errors::ApiResult;
 use crate::object::ObjectExt;
 use crate::table::Table;
 
@@ -66,6 +67,26 @@ pub trait Strategy: Send + Sync {
     ) -> Option<schemars::Schema> {
         None
     }
+}
+
+/// Work a resource needs around the generic store write — kube-apiserver's BeginCreate /
+/// BeginUpdate / AfterDelete decorators on a resource's REST storage. A Service's ClusterIP
+/// ([`crate::service::ServiceHooks`]) is the example: claimed before the object is stored,
+/// released when the write fails or the object is gone. Resources without hooks skip all of it.
+#[async_trait::async_trait]
+pub trait StorageHooks: Send + Sync + std::fmt::Debug {
+    /// Before a new object (named, validated) is stored: claims what it needs and records it
+    /// in the object. The create runs to completion in its own task once this is called, so a
+    /// client going away cannot leave a claim behind.
+    async fn begin_create(&self, obj: &mut Value) -> ApiResult<()>;
+    /// The store refused the object after [`StorageHooks::begin_create`] succeeded: releases
+    /// what it claimed.
+    async fn abort_create(&self, obj: &Value);
+    /// Before an update is validated: carries over, or refuses changes to, what the live object
+    /// holds.
+    fn begin_update(&self, live: &Value, new: &mut Value) -> ApiResult<()>;
+    /// After the object left the store: releases what it held.
+    async fn after_delete(&self, obj: &Value);
 }
 
 type Check = fn(&Value) -> Vec<FieldError>;

@@ -39,7 +39,7 @@ pub struct UpArgs {
     pub agent: crate::agent_cmd::AgentArgs,
     /// Service ClusterIPs are allocated from this IPv4 range.
     #[arg(long, default_value = "10.96.0.0/12")]
-    pub service_cidr: capstan_apiserver::ipalloc::ServiceCidr,
+    pub service_cidr: capstan_apiserver::service::cluster_ip::ServiceCidr,
     #[command(flatten)]
     pub manager: crate::controllers_cmd::ManagerArgs,
 }

@@ -29,9 +29,9 @@ use super::CLEANUP_FINALIZER;
 use super::definition::{self, Names};
 use crate::ApiServer;
 use crate::errors::ApiResult;
-use crate::handlers::{Params, Target};
 use crate::object::{self, ObjectExt};
 use crate::registry::ResourceInfo;
+use crate::request::{Params, Target};
 
 const CRD_GROUP: &str = "apiextensions.k8s.io";
 const CRDS: &str = "customresourcedefinitions";

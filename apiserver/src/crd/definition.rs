@@ -575,6 +575,7 @@ pub fn resources_of(
             list_kind: names.list_kind.clone(),
             conversion: None,
             strategy: Arc::new(strategy),
+            hooks: None,
         });
     }
     Ok(out)

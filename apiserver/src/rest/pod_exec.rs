@@ -17,8 +17,8 @@ use hyper_util::rt::TokioIo;
 
 use crate::ApiServer;
 use crate::errors::{ApiError, ApiResult};
-use crate::handlers::Target;
-use crate::podlog::{choose_container, percent};
+use crate::request::Target;
+use crate::rest::pod_log::{choose_container, percent};
 
 /// The headers of a WebSocket handshake, passed on both ways.
 const REQUEST_HEADERS: &[&str] = &[

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::ApiServer;
 use crate::errors::{ApiError, ApiResult};
-use crate::handlers::{Params, Target};
+use crate::request::{Params, Target};
 
 fn client() -> &'static Client<HttpConnector, Empty<Bytes>> {
     static C: OnceLock<Client<HttpConnector, Empty<Bytes>>> = OnceLock::new();

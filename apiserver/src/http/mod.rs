@@ -1,0 +1,62 @@
+//! The HTTP face: the [`router`] (discovery, OpenAPI, every resource verb through
+//! [`dispatch`], the operational endpoints), request resolution ([`resolve`]) and content
+//! negotiation ([`negotiate`]).
+
+pub mod dispatch;
+pub mod negotiate;
+pub mod resolve;
+pub mod system;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::Value;
+
+use crate::ApiServer;
+use crate::{discovery, openapi, rest};
+
+/// The HTTP surface: discovery, every resource verb, and the operational endpoints.
+pub fn router(api: Arc<ApiServer>) -> Router {
+    Router::new()
+        .route("/version", get(system::version))
+        .route("/api", get(discovery::api_versions))
+        .route("/apis", get(discovery::api_groups))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis/{group}", get(discovery::group_info))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            any(rest::pod_exec::pod_exec),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/{sub}",
+            any(dispatch::pod_subresource),
+        )
+        .route("/api/v1/{*rest}", any(dispatch::core_dispatch))
+        .route(
+            "/apis/{group}/{version}/{*rest}",
+            any(dispatch::group_dispatch),
+        )
+        .route("/openapi/v2", get(openapi::openapi_v2))
+        .route("/openapi/v3", get(openapi::openapi_root))
+        .route("/openapi/v3/{*gv}", get(openapi::openapi_document))
+        .route("/healthz", get(system::readyz))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .fallback(|| async { crate::errors::route_not_found() })
+        .with_state(api)
+}
+
+/// A JSON response with `code`.
+pub fn json_response(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response()
+}

@@ -1,0 +1,418 @@
+//! managedFields: which field manager owns which fields (structured-merge-diff's FieldsV1 sets,
+//! `{"f:spec": {"f:replicas": {}}}`; keyed list items as `k:{"name":"web"}`, set members as
+//! `v:<json>`), and how a non-apply write (POST, PUT, PATCH) is recorded ([`track_update`]): the
+//! writer's `Update` entry gains the fields it changed, taken from everyone else. Server-side
+//! apply's merge and conflicts are in [`super::apply`].
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::patch::strategic::{self, ListStrategy};
+
+/// One step of a field path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// `f:name`
+    Field(String),
+    /// `k:{"name":"web"}`: the list item with these key values.
+    Key(String),
+    /// `v:"x"`: a member of a set-like list.
+    Value(String),
+    /// `.`: the list item itself.
+    Dot,
+}
+
+pub type Path = Vec<Step>;
+pub type FieldSet = BTreeSet<Path>;
+
+/// The leaf fields of `obj` (a kind's object), skipping what the server owns.
+pub fn field_set(kind: &str, obj: &Value) -> FieldSet {
+    let mut out = FieldSet::new();
+    if let Some(m) = obj.as_object() {
+        for (k, v) in m {
+            if matches!(k.as_str(), "apiVersion" | "kind" | "status") {
+                continue;
+            }
+            if k == "metadata" {
+                for (mk, mv) in v.as_object().into_iter().flatten() {
+                    if matches!(
+                        mk.as_str(),
+                        "labels" | "annotations" | "finalizers" | "ownerReferences"
+                    ) {
+                        walk(
+                            kind,
+                            &mut vec!["metadata", mk],
+                            mv,
+                            &mut vec![Step::Field("metadata".into()), Step::Field(mk.clone())],
+                            &mut out,
+                        );
+                    }
+                }
+                continue;
+            }
+            walk(
+                kind,
+                &mut vec![k.as_str()],
+                v,
+                &mut vec![Step::Field(k.clone())],
+                &mut out,
+            );
+        }
+    }
+    out
+}
+
+fn walk<'a>(
+    kind: &str,
+    names: &mut Vec<&'a str>,
+    v: &'a Value,
+    path: &mut Path,
+    out: &mut FieldSet,
+) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                names.push(k);
+                path.push(Step::Field(k.clone()));
+                walk(kind, names, child, path, out);
+                path.pop();
+                names.pop();
+            }
+        }
+        Value::Array(items) => match strategic::strategy_for(kind, names) {
+            ListStrategy::MergeByKey(key) => {
+                for item in items {
+                    let Some(id) = item.get(key) else { continue };
+                    let mut k = Map::new();
+                    k.insert(key.to_string(), id.clone());
+                    path.push(Step::Key(Value::Object(k).to_string()));
+                    let mut dot = path.clone();
+                    dot.push(Step::Dot);
+                    out.insert(dot);
+                    for (k, child) in item.as_object().into_iter().flatten() {
+                        names.push(k);
+                        path.push(Step::Field(k.clone()));
+                        walk(kind, names, child, path, out);
+                        path.pop();
+                        names.pop();
+                    }
+                    path.pop();
+                }
+            }
+            ListStrategy::MergeScalars => {
+                for item in items {
+                    let mut p = path.clone();
+                    p.push(Step::Value(item.to_string()));
+                    out.insert(p);
+                }
+            }
+            ListStrategy::Replace => {
+                out.insert(path.clone());
+            }
+        },
+        _ => {
+            out.insert(path.clone());
+        }
+    }
+}
+
+/// Whether a list item carries every key value of a `k:{...}` step.
+fn item_matches(item: &Value, key: &Map<String, Value>) -> bool {
+    key.iter().all(|(k, v)| item.get(k) == Some(v))
+}
+
+/// The value at `path` in `obj` (for `Dot`, the item; for `Value`, the member).
+pub(crate) fn lookup<'a>(obj: &'a Value, path: &[Step]) -> Option<&'a Value> {
+    let mut node = obj;
+    for step in path {
+        node = match step {
+            Step::Field(f) => node.get(f)?,
+            Step::Key(k) => {
+                let key: Map<String, Value> = serde_json::from_str(k).ok()?;
+                node.as_array()?
+                    .iter()
+                    .find(|item| item_matches(item, &key))?
+            }
+            Step::Value(v) => {
+                let want: Value = serde_json::from_str(v).ok()?;
+                node.as_array()?.iter().find(|x| **x == want)?
+            }
+            Step::Dot => node,
+        };
+    }
+    Some(node)
+}
+
+/// Removes the field at `path` from `obj` (a list item when the path ends in `.`).
+pub(crate) fn remove(obj: &mut Value, path: &[Step]) {
+    let Some((last, parent)) = path.split_last() else {
+        return;
+    };
+    let (target, parent) = match last {
+        Step::Dot => match parent.split_last() {
+            Some((item @ Step::Key(_), grand)) => (item, grand),
+            _ => return,
+        },
+        other => (other, parent),
+    };
+    let mut node = obj;
+    for step in parent {
+        let next = match step {
+            Step::Field(f) => node.get_mut(f),
+            Step::Key(k) => {
+                let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
+                    return;
+                };
+                node.as_array_mut()
+                    .and_then(|a| a.iter_mut().find(|item| item_matches(item, &key)))
+            }
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return,
+        }
+    }
+    match target {
+        Step::Field(f) => {
+            if let Some(m) = node.as_object_mut() {
+                m.remove(f);
+            }
+        }
+        Step::Key(k) => {
+            if let (Ok(key), Some(a)) = (
+                serde_json::from_str::<Map<String, Value>>(k),
+                node.as_array_mut(),
+            ) {
+                a.retain(|item| !item_matches(item, &key));
+            }
+        }
+        Step::Value(v) => {
+            if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(v), node.as_array_mut()) {
+                a.retain(|x| *x != want);
+            }
+        }
+        Step::Dot => {}
+    }
+}
+
+/// FieldsV1 JSON of a set.
+pub fn to_fields_v1(set: &FieldSet) -> Value {
+    let mut root = Map::new();
+    for path in set {
+        let mut node = &mut root;
+        for step in path {
+            let key = match step {
+                Step::Field(f) => format!("f:{f}"),
+                Step::Key(k) => format!("k:{k}"),
+                Step::Value(v) => format!("v:{v}"),
+                Step::Dot => ".".to_string(),
+            };
+            node = node
+                .entry(key)
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("built as objects");
+        }
+    }
+    Value::Object(root)
+}
+
+/// The set a FieldsV1 JSON describes (its leaves).
+pub fn from_fields_v1(v: &Value) -> FieldSet {
+    fn go(v: &Value, path: &mut Path, out: &mut FieldSet) {
+        let Some(m) = v.as_object() else { return };
+        if m.is_empty() && !path.is_empty() {
+            out.insert(path.clone());
+            return;
+        }
+        for (k, child) in m {
+            let step = if let Some(f) = k.strip_prefix("f:") {
+                Step::Field(f.to_string())
+            } else if let Some(key) = k.strip_prefix("k:") {
+                Step::Key(key.to_string())
+            } else if let Some(val) = k.strip_prefix("v:") {
+                Step::Value(val.to_string())
+            } else if k == "." {
+                Step::Dot
+            } else {
+                continue;
+            };
+            path.push(step);
+            go(child, path, out);
+            path.pop();
+        }
+    }
+    let mut out = FieldSet::new();
+    go(v, &mut Vec::new(), &mut out);
+    out
+}
+
+/// `.spec.replicas`, `.spec.template.spec.containers[name="web"].image`, as kube prints paths.
+pub fn display(path: &Path) -> String {
+    let mut s = String::new();
+    for step in path {
+        match step {
+            Step::Field(f) => {
+                s.push('.');
+                s.push_str(f);
+            }
+            Step::Key(k) => {
+                let key: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+                let inner: Vec<String> = key.iter().map(|(kk, kv)| format!("{kk}={kv}")).collect();
+                s.push_str(&format!("[{}]", inner.join(",")));
+            }
+            Step::Value(v) => s.push_str(&format!("[{v}]")),
+            Step::Dot => {}
+        }
+    }
+    s
+}
+
+/// One managedFields entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub manager: String,
+    pub operation: String,
+    pub api_version: String,
+    pub time: String,
+    pub fields: FieldSet,
+}
+
+impl Entry {
+    /// `manager`'s Apply entry owning `fields`.
+    pub fn apply(manager: &str, api_version: &str, now: &str, fields: FieldSet) -> Entry {
+        Entry {
+            manager: manager.into(),
+            operation: "Apply".into(),
+            api_version: api_version.into(),
+            time: now.into(),
+            fields,
+        }
+    }
+}
+
+pub fn entries(obj: &Value) -> Vec<Entry> {
+    obj.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some(Entry {
+                manager: e.get("manager")?.as_str()?.to_string(),
+                operation: e
+                    .get("operation")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Update")
+                    .to_string(),
+                api_version: e
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                time: e
+                    .get("time")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                fields: e.get("fieldsV1").map(from_fields_v1).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+pub fn entries_json(entries: &[Entry]) -> Value {
+    Value::Array(
+        entries
+            .iter()
+            .filter(|e| !e.fields.is_empty())
+            .map(|e| {
+                json!({
+                    "manager": e.manager,
+                    "operation": e.operation,
+                    "apiVersion": e.api_version,
+                    "time": e.time,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": to_fields_v1(&e.fields),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Whether `path` differs between two objects. For a list item itself (`.`) only its presence
+/// counts: what changes inside it belongs to its fields.
+pub(crate) fn differs(a: &Value, b: &Value, path: &[Step]) -> bool {
+    if path.last() == Some(&Step::Dot) {
+        lookup(a, path).is_some() != lookup(b, path).is_some()
+    } else {
+        lookup(a, path) != lookup(b, path)
+    }
+}
+
+/// Records a non-apply write by `manager` from `old` (None: a create) to `new` in
+/// `new`'s managedFields: the fields it changed become its own (`operation: Update`), fields it
+/// removed are no one's. A write that changes no field leaves managedFields exactly as they were.
+pub fn track_update(
+    kind: &str,
+    api_version: &str,
+    manager: &str,
+    old: Option<&Value>,
+    new: &mut Value,
+    now: &str,
+) {
+    let old_mf = old
+        .and_then(|o| o.pointer("/metadata/managedFields"))
+        .cloned();
+    let new_mf = new.pointer("/metadata/managedFields").cloned();
+    // managedFields the client changed (kubectl's migration to SSA does) are taken as given;
+    // otherwise the live ones stand, whatever the request carried.
+    let base_json = match (&old_mf, &new_mf) {
+        (Some(o), Some(n)) if o != n => n.clone(),
+        (Some(o), _) => o.clone(),
+        (None, Some(n)) => n.clone(),
+        (None, None) => Value::Array(Vec::new()),
+    };
+    let after = field_set(kind, new);
+    let changed: FieldSet = after
+        .iter()
+        .filter(|p| old.is_none_or(|o| differs(o, new, p)))
+        .cloned()
+        .collect();
+    let removed: FieldSet = old
+        .map(|o| field_set(kind, o).difference(&after).cloned().collect())
+        .unwrap_or_default();
+    if changed.is_empty() && removed.is_empty() {
+        if base_json.as_array().is_some_and(|a| !a.is_empty()) {
+            crate::object::set_path(new, &["metadata", "managedFields"], base_json);
+        } else if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+        }
+        return;
+    }
+    let mut wrapper = json!({"metadata": {"managedFields": base_json}});
+    let mut all = entries(&wrapper);
+    for e in all.iter_mut() {
+        e.fields
+            .retain(|p| !changed.contains(p) && !removed.contains(p));
+    }
+    match all
+        .iter_mut()
+        .find(|e| e.manager == manager && e.operation == "Update" && e.api_version == api_version)
+    {
+        Some(e) => {
+            e.fields.extend(changed);
+            e.time = now.to_string();
+        }
+        None => all.push(Entry {
+            manager: manager.into(),
+            operation: "Update".into(),
+            api_version: api_version.into(),
+            time: now.into(),
+            fields: changed,
+        }),
+    }
+    wrapper = entries_json(&all);
+    crate::object::set_path(new, &["metadata", "managedFields"], wrapper);
+}

@@ -1,0 +1,172 @@
+//! POST: a new object (generateName, namespace checks, managedFields, uid, generation, the
+//! strategy's create rules, validation), stored with create-if-absent.
+
+use capstan_api::validation::FieldError;
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::errors::{ApiError, ApiResult, from_storage};
+use crate::object::{self, ObjectExt};
+use crate::request::{Params, Target};
+use crate::watch_cache;
+
+use super::field_validation::strict_check;
+use super::{check_type, encode, with_rv};
+
+impl ApiServer {
+    /// Creates an object; `dry_run` validates and returns it without storing.
+    pub async fn create(&self, t: &Target, mut obj: Value, p: &Params) -> ApiResult<Value> {
+        let dry_run = p.dry_run()?;
+        let info = &t.info;
+        if info.terminating {
+            return Err(ApiError::method_not_allowed(format!(
+                "create not allowed while custom resource definition is terminating: {}",
+                crate::errors::qualified(&info.group, &info.plural)
+            )));
+        }
+        check_type(info, &mut obj)?;
+        strict_check(t, p, &obj)?;
+        info.strategy.prune_unknown(&mut obj);
+        info.strategy.canonicalize(&mut obj);
+        if info.namespaced {
+            let ns = t
+                .namespace
+                .clone()
+                .ok_or_else(|| ApiError::method_not_allowed("namespaced resources are created in a namespace: POST /.../namespaces/{namespace}/{resource}"))?;
+            match obj.namespace() {
+                Some(given) if given != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => obj.set_meta("namespace", json!(ns)),
+            }
+        } else {
+            obj.remove_meta("namespace");
+        }
+        if obj.name().is_none() {
+            match obj.meta_str("generateName").filter(|g| !g.is_empty()) {
+                Some(prefix) => {
+                    let name = object::generate_name(prefix);
+                    obj.set_meta("name", json!(name));
+                }
+                None => {
+                    return Err(self.invalid(
+                        t,
+                        "",
+                        vec![FieldError {
+                            field: "metadata.name".into(),
+                            value: String::new(),
+                            message: "Required value: name or generateName is required".into(),
+                        }],
+                    ));
+                }
+            }
+        }
+        let name = obj.name().unwrap_or_default().to_string();
+        for field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            obj.remove_meta(field);
+        }
+        if obj
+            .meta()
+            .and_then(|m| m.get("managedFields"))
+            .is_none_or(|mf| mf.as_array().is_none_or(Vec::is_empty))
+        {
+            crate::patch::managed_fields::track_update(
+                &info.kind,
+                &info.api_version(),
+                p.manager(),
+                None,
+                &mut obj,
+                &object::now(),
+            );
+        }
+        obj.set_meta("uid", json!(uuid::Uuid::new_v4().to_string()));
+        obj.set_meta("creationTimestamp", json!(object::now()));
+        if info.strategy.tracks_generation() {
+            obj.set_meta("generation", json!(1));
+        } else {
+            obj.remove_meta("generation");
+        }
+        info.strategy.prepare_for_create(&mut obj);
+        let errs = info.validate(&obj);
+        if !errs.is_empty() {
+            return Err(self.invalid(t, &name, errs));
+        }
+        if info.namespaced {
+            self.check_namespace(obj.namespace().unwrap_or_default())
+                .await?;
+        }
+        if dry_run {
+            return Ok(obj);
+        }
+        let key = info.key_of(&obj);
+        if let Some(hooks) = info.hooks.clone() {
+            // The hooks' claim and the store write run to completion in their own task: a
+            // client that disconnects in between must not leave a claim behind.
+            let (store, info) = (self.store.clone(), info.clone());
+            let task = tokio::spawn(async move {
+                hooks.begin_create(&mut obj).await?;
+                let stored = match encode(&info, &obj) {
+                    Ok(bytes) => store
+                        .create(&key, bytes)
+                        .await
+                        .map_err(|e| from_storage(e, &info.group, &info.plural, &name)),
+                    Err(e) => Err(e),
+                };
+                match stored {
+                    Ok(kv) => Ok(with_rv(obj, kv.mod_revision)),
+                    Err(e) => {
+                        hooks.abort_create(&obj).await;
+                        Err(e)
+                    }
+                }
+            });
+            return task
+                .await
+                .map_err(|e| ApiError::internal(format!("create task failed: {e}")))?;
+        }
+        let kv = self
+            .store
+            .create(&key, encode(info, &obj)?)
+            .await
+            .map_err(|e| from_storage(e, &info.group, &info.plural, &name))?;
+        Ok(with_rv(obj, kv.mod_revision))
+    }
+
+    /// Namespaced objects are created only in namespaces that exist and are not terminating.
+    async fn check_namespace(&self, ns: &str) -> ApiResult<()> {
+        let key = format!("namespaces/{ns}");
+        let cached = self
+            .registry
+            .get("", "v1", "namespaces")
+            .and_then(|info| self.cacher(&info).ok())
+            .and_then(|c| c.get(&key));
+        let ns_obj = match cached {
+            Some(o) => Some((*o).clone()),
+            None => self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| from_storage(e, "", "namespaces", ns))?
+                .and_then(|kv| watch_cache::decode(&kv.value, kv.mod_revision)),
+        };
+        match ns_obj {
+            None => Err(ApiError::not_found("", "namespaces", ns)),
+            Some(o) if o.is_deleting() => Err(ApiError {
+                code: 403,
+                reason: "Forbidden",
+                message: format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+                details: None,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! PATCH with JSON Patch, JSON merge patch and (built-ins) strategic merge patch, through
+//! [`ApiServer::guaranteed_update`]. The patch engines are in [`crate::patch`]; server-side apply
+//! is [`super::apply`].
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::ApiServer;
+use crate::errors::{ApiError, ApiResult};
+use crate::object::ObjectExt;
+use crate::patch::{PatchKind, json, merge, patch_kind};
+use crate::request::{Params, Target};
+
+use super::field_validation::{strict_check, unknown_field_warnings};
+use super::status_rules;
+
+impl ApiServer {
+    /// PATCH: JSON Patch, JSON merge patch and (built-ins) strategic merge patch. Server-side
+    /// apply on the object itself is [`ApiServer::server_side_apply`]; on subresources it is
+    /// refused by name.
+    pub async fn patch(
+        &self,
+        t: &Target,
+        content_type: &str,
+        body: Bytes,
+        p: &Params,
+    ) -> ApiResult<Value> {
+        self.patch_with_warnings(t, content_type, body, p)
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// As [`ApiServer::patch`], with the `fieldValidation=Warn` warnings for the patched object.
+    pub async fn patch_with_warnings(
+        &self,
+        t: &Target,
+        content_type: &str,
+        body: Bytes,
+        p: &Params,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        let kind = patch_kind(content_type, &t.info)?;
+        if kind == PatchKind::Apply {
+            return Err(ApiError::unsupported_media_type(
+                "server-side apply is served on the object itself, not on its subresources yet",
+            ));
+        }
+        let patch: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+        let json_patch = match kind {
+            PatchKind::Json => Some(json::parse(&patch)?),
+            PatchKind::Merge | PatchKind::Strategic | PatchKind::Apply => {
+                merge::check(&patch)?;
+                None
+            }
+        };
+        let precondition = patch
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(|s| {
+                s.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}")))
+            })
+            .transpose()?;
+        let status_only = t.subresource.as_deref() == Some("status");
+        let info = t.info.clone();
+        let warnings = std::sync::Mutex::new(Vec::new());
+        let patched = self
+            .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
+                let mut doc = live.clone();
+                match (&json_patch, kind) {
+                    (Some(ops), _) => json::apply(&mut doc, ops).map_err(|e| ApiError {
+                        code: 422,
+                        reason: "Invalid",
+                        message: format!("the JSON patch could not be applied: {e}"),
+                        details: None,
+                    })?,
+                    (None, PatchKind::Strategic) => {
+                        doc = crate::patch::strategic::apply(&info.kind, &doc, &patch).map_err(
+                            |e| {
+                                ApiError::bad_request(format!(
+                                    "the strategic merge patch could not be applied: {}",
+                                    e.0
+                                ))
+                            },
+                        )?
+                    }
+                    (None, _) => merge::apply(&mut doc, &patch),
+                }
+                if !doc.is_object() {
+                    return Err(ApiError::bad_request(
+                        "the patched object is not a JSON object",
+                    ));
+                }
+                strict_check(t, p, &doc)?;
+                if let Ok(mut w) = warnings.lock() {
+                    *w = unknown_field_warnings(t, p, &doc)?;
+                }
+                if doc.name() != live.name() || doc.namespace() != live.namespace() {
+                    return Err(ApiError::bad_request(
+                        "a patch cannot change metadata.name or metadata.namespace",
+                    ));
+                }
+                Ok(status_rules(&info, live, doc, status_only))
+            })
+            .await?;
+        Ok((patched, warnings.into_inner().unwrap_or_default()))
+    }
+}

@@ -1,0 +1,205 @@
+//! PUT, and the read-transform-validate-CAS loop every write shares (kube-apiserver's
+//! GuaranteedUpdate): server-owned metadata kept, generation bumped on spec changes, finalizers
+//! honoured, unchanged objects not rewritten.
+
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::errors::{ApiError, ApiResult, from_storage};
+use crate::object::{self, ObjectExt};
+use crate::request::{Params, Target};
+
+use super::field_validation::strict_check;
+use super::{
+    check_type, encode, name_of, namespace_finalizers_pending, status_rules, too_many_writers,
+    with_rv,
+};
+
+impl ApiServer {
+    /// PUT (whole object, or its status with subresource "status").
+    pub async fn update(&self, t: &Target, body: Value, p: &Params) -> ApiResult<Value> {
+        let name = name_of(t).to_string();
+        if body.name().is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                body.name().unwrap_or_default()
+            )));
+        }
+        if let (Some(ns), Some(given)) = (&t.namespace, body.namespace())
+            && t.info.namespaced
+            && given != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let precondition =
+            match body.meta_str("resourceVersion").filter(|s| !s.is_empty()) {
+                Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?),
+                None => None,
+            };
+        let status_only = t.subresource.as_deref() == Some("status");
+        self.guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
+            let mut new = body.clone();
+            check_type(&t.info, &mut new)?;
+            strict_check(t, p, &new)?;
+            Ok(status_rules(&t.info, live, new, status_only))
+        })
+        .await
+    }
+
+    /// Read, transform, validate, compare-and-swap; retried on a lost race unless the client
+    /// named the resourceVersion it expects.
+    pub async fn guaranteed_update(
+        &self,
+        t: &Target,
+        precondition: Option<i64>,
+        dry_run: bool,
+        manager: Option<&str>,
+        transform: impl Fn(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<Value> {
+        let name = name_of(t).to_string();
+        let info = &t.info;
+        for _ in 0..16 {
+            let (live, rev) = self.live(t).await?;
+            if let Some(expected) = precondition
+                && expected != rev
+            {
+                return Err(ApiError::conflict(
+                    &info.group,
+                    &info.plural,
+                    &name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            let mut new = transform(&live)?;
+            info.strategy.prune_unknown(&mut new);
+            info.strategy.canonicalize(&mut new);
+            preserve_meta(&live, &mut new)?;
+            if let Some(hooks) = &info.hooks {
+                hooks.begin_update(&live, &mut new)?;
+            }
+            if let Some(m) = manager {
+                crate::patch::managed_fields::track_update(
+                    &info.kind,
+                    &info.api_version(),
+                    m,
+                    Some(&live),
+                    &mut new,
+                    &object::now(),
+                );
+            }
+            if info.strategy.tracks_generation() {
+                // The generation follows the spec: everything but metadata and, when a status
+                // subresource owns it, status (so a custom resource without one bumps on
+                // status changes too, as in Kubernetes).
+                let generation = live["metadata"]["generation"].as_i64().unwrap_or(1);
+                let changed = if info.status {
+                    object::spec_of(&new) != object::spec_of(&live)
+                } else {
+                    new.get("status") != live.get("status")
+                        || object::spec_of(&new) != object::spec_of(&live)
+                };
+                let generation = if changed { generation + 1 } else { generation };
+                new.set_meta("generation", json!(generation));
+            } else {
+                new.remove_meta("generation");
+            }
+            let mut errs = info.validate(&new);
+            errs.extend(info.strategy.validate_update(&new, &live));
+            if !errs.is_empty() {
+                return Err(self.invalid(t, &name, errs));
+            }
+            if dry_run {
+                return Ok(with_rv(new, rev));
+            }
+            // An object being deleted goes once its last finalizer is removed — unless it is
+            // still in its grace period (a pod its node has not stopped yet: Kubernetes'
+            // ShouldDeleteDuringUpdate).
+            if new.is_deleting()
+                && new.finalizers().is_empty()
+                && !namespace_finalizers_pending(info, &new)
+                && new
+                    .meta()
+                    .and_then(|m| m.get("deletionGracePeriodSeconds"))
+                    .and_then(Value::as_i64)
+                    .is_none_or(|g| g == 0)
+            {
+                return match self.store.delete(&info.key_of(&new), Some(rev)).await {
+                    Ok((_, del_rev)) => {
+                        self.after_delete(info, &new).await;
+                        Ok(with_rv(new, del_rev))
+                    }
+                    Err(capstan_storage::StorageError::Conflict { .. })
+                        if precondition.is_none() =>
+                    {
+                        continue;
+                    }
+                    Err(e) => Err(from_storage(e, &info.group, &info.plural, &name)),
+                };
+            }
+            let mut unchanged = live.clone();
+            unchanged.remove_meta("resourceVersion");
+            if new == unchanged {
+                return Ok(live); // nothing changed: no write, same resourceVersion
+            }
+            match self
+                .store
+                .update(&info.key_of(&new), encode(info, &new)?, rev)
+                .await
+            {
+                Ok(kv) => return Ok(with_rv(new, kv.mod_revision)),
+                Err(capstan_storage::StorageError::Conflict { .. }) if precondition.is_none() => {
+                    continue;
+                }
+                Err(e) => return Err(from_storage(e, &info.group, &info.plural, &name)),
+            }
+        }
+        Err(too_many_writers(info, &name))
+    }
+}
+
+/// Metadata the server owns survives every update: uid, creation time, deletion state, name
+/// and namespace. A client-given uid that differs is a precondition failure.
+fn preserve_meta(live: &Value, new: &mut Value) -> ApiResult<()> {
+    if let (Some(given), Some(uid)) = (new.meta_str("uid"), live.meta_str("uid"))
+        && !given.is_empty()
+        && given != uid
+    {
+        return Err(ApiError::conflict(
+            "",
+            "",
+            live.name().unwrap_or_default(),
+            &format!(
+                "Precondition failed: UID in precondition: {given}, UID in object meta: {uid}"
+            ),
+        ));
+    }
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "name",
+        "namespace",
+    ] {
+        match live.meta().and_then(|m| m.get(field)) {
+            Some(v) => new.set_meta(field, v.clone()),
+            None => new.remove_meta(field),
+        }
+    }
+    // Finalizers can only be removed once deletion started, never added back.
+    if live.is_deleting() {
+        let allowed = live.finalizers();
+        let kept: Vec<String> = new
+            .finalizers()
+            .into_iter()
+            .filter(|f| allowed.contains(f))
+            .collect();
+        new.set_meta("finalizers", json!(kept));
+    }
+    new.remove_meta("resourceVersion");
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! WATCH: a client watch served from the resource's watch cache as newline-delimited JSON
+//! events (ADDED/MODIFIED/DELETED, BOOKMARKs, streaming lists' initial-events-end). An expired
+//! resourceVersion is answered with an ERROR event carrying a 410 by the HTTP layer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use capstan_api::validation::FieldError;
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::errors::{ApiError, ApiResult, from_storage};
+use crate::object::ObjectExt;
+use crate::request::{Params, Target, View, partial_metadata};
+use crate::watch_cache::{CacheEvent, Kind};
+
+use super::filter::Filter;
+
+/// Default watch length when the client names none (kube-apiserver picks 30–60 minutes).
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// How often a watch with allowWatchBookmarks gets a BOOKMARK (kube-apiserver: about a minute;
+/// client-go expects them within its watch timeout).
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+
+impl ApiServer {
+    /// A client watch, as a stream of JSON lines.
+    pub async fn watch(
+        &self,
+        t: &Target,
+        p: &Params,
+        view: View,
+    ) -> ApiResult<impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + use<>>
+    {
+        // Streaming lists (KEP-3157): the current objects as ADDED, then a BOOKMARK annotated
+        // k8s.io/initial-events-end, then changes. Kubernetes' rules for the parameters apply.
+        let send_initial = match p.get("sendInitialEvents") {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid sendInitialEvents {other:?}"
+                )));
+            }
+        };
+        if send_initial == Some(true) {
+            let mut causes = Vec::new();
+            if p.get("resourceVersionMatch") != Some("NotOlderThan") {
+                causes.push(FieldError {
+                    field: "resourceVersionMatch".into(),
+                    value: p.get("resourceVersionMatch").unwrap_or_default().into(),
+                    message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+                });
+            }
+            if !p.flag("allowWatchBookmarks") {
+                causes.push(FieldError {
+                    field: "allowWatchBookmarks".into(),
+                    value: String::new(),
+                    message: "Required value: sendInitialEvents requires allowWatchBookmarks=true"
+                        .into(),
+                });
+            }
+            if !causes.is_empty() {
+                return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes));
+            }
+        }
+        let filter = Filter::from_params(&t.info, p)?;
+        let timeout = p
+            .int("timeoutSeconds")?
+            .filter(|s| *s > 0) // 0 means the default, as in Kubernetes
+            .map(|s| Duration::from_secs(s as u64))
+            .unwrap_or(DEFAULT_WATCH_TIMEOUT);
+        let bookmarks = p.flag("allowWatchBookmarks");
+        let bookmark_every = self.bookmark_interval();
+        let cacher = self.cacher(&t.info)?;
+        let rv = p.resource_version()?;
+        let (initial, mut live, snapshot_rv) = match send_initial {
+            // The state at (at least) the given RV — or, unset, the store's current one.
+            Some(true) => {
+                let min = match rv {
+                    Some(r) => r,
+                    None => match self.store.revision_hint() {
+                        Some(r) => r,
+                        None => self
+                            .store
+                            .current_revision()
+                            .await
+                            .map_err(|e| from_storage(e, &t.info.group, &t.info.plural, ""))?,
+                    },
+                };
+                cacher.watch_at_least(None, min).await?
+            }
+            // Explicitly no initial events: from the RV, or from now.
+            Some(false) => {
+                let (events, rx, at) = cacher.watch(rv).await?;
+                (if rv.is_none() { Vec::new() } else { events }, rx, at)
+            }
+            None => cacher.watch(rv).await?,
+        };
+        let initial_end = send_initial == Some(true);
+        let info = t.info.clone();
+        let ns_prefix = t.info.list_prefix(t.namespace.as_deref());
+        let name = t.name.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        tokio::spawn(async move {
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            let mut tick = tokio::time::interval(bookmark_every);
+            tick.reset();
+            let mut last_rv = 0;
+            let in_scope = |o: &Value| {
+                info.key_of(o).starts_with(&ns_prefix)
+                    && name.as_deref().is_none_or(|n| o.name() == Some(n))
+            };
+            let render = |e: &CacheEvent| -> Option<Bytes> {
+                let (kind, obj) =
+                    translate(e, &|o: &Value| in_scope(o) && filter.matches(&info, o))?;
+                let object = match view {
+                    View::Table => crate::table::render(
+                        &info.strategy.table(),
+                        std::slice::from_ref(obj),
+                        None,
+                        &e.rv.to_string(),
+                        None,
+                    ),
+                    View::Metadata => partial_metadata(obj),
+                    View::Object => (*obj).clone(),
+                };
+                let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).ok()?;
+                line.push(b'\n');
+                Some(Bytes::from(line))
+            };
+            for e in &initial {
+                last_rv = last_rv.max(e.rv);
+                if let Some(line) = render(e)
+                    && tx.send(line).await.is_err()
+                {
+                    return;
+                }
+            }
+            // The initial events bring the watcher to the snapshot's revision (even when none
+            // passed its filter): bookmarks start from there, never from 0.
+            last_rv = last_rv.max(snapshot_rv);
+            if initial_end {
+                let line = json!({"type": "BOOKMARK", "object": {"kind": &info.kind, "apiVersion": info.api_version(),
+                    "metadata": {"resourceVersion": last_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}});
+                let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+                bytes.push(b'\n');
+                if tx.send(Bytes::from(bytes)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => return,
+                    _ = tx.closed() => return,
+                    _ = tick.tick(), if bookmarks && view != View::Table => {
+                        // Only what this watcher has been sent: the cache may be ahead of
+                        // events still queued for it, and a bookmark must never skip them.
+                        let rv = last_rv;
+                        let line = json!({"type": "BOOKMARK", "object": {"kind": &info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv.to_string()}}});
+                        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+                        bytes.push(b'\n');
+                        if tx.send(Bytes::from(bytes)).await.is_err() { return; }
+                    }
+                    ev = live.recv() => match ev {
+                        Ok(e) => {
+                            last_rv = e.rv;
+                            if let Some(line) = render(&e)
+                                && tx.send(line).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        // Too slow, or the cache relisted: end the watch; the client re-watches
+                        // from its last resourceVersion (or relists on 410).
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(b), rx))
+        }))
+    }
+}
+
+/// What a client watching with a filter sees of one event: an object entering the filter is
+/// ADDED, one leaving it is DELETED (kube-apiserver's cacheWatcher does the same).
+fn translate<'a>(
+    e: &'a CacheEvent,
+    pass: &dyn Fn(&Value) -> bool,
+) -> Option<(&'static str, &'a Value)> {
+    let now = pass(&e.object);
+    let before = e.prev.as_deref().is_some_and(pass);
+    match e.kind {
+        Kind::Added if now => Some(("ADDED", &e.object)),
+        Kind::Modified if now && before => Some(("MODIFIED", &e.object)),
+        Kind::Modified if now => Some(("ADDED", &e.object)),
+        Kind::Modified if before => Some(("DELETED", &e.object)),
+        Kind::Deleted if before || now => Some(("DELETED", &e.object)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn filtered_watchers_see_objects_enter_and_leave() {
+        let obj = |app: &str| Arc::new(json!({"metadata": {"labels": {"app": app}}}));
+        let pass = |o: &Value| o["metadata"]["labels"]["app"] == "web";
+        let ev = |kind, now, prev| CacheEvent {
+            kind,
+            rv: 2,
+            object: now,
+            prev,
+        };
+        assert_eq!(
+            translate(&ev(Kind::Modified, obj("web"), Some(obj("db"))), &pass)
+                .unwrap()
+                .0,
+            "ADDED"
+        );
+        assert_eq!(
+            translate(&ev(Kind::Modified, obj("db"), Some(obj("web"))), &pass)
+                .unwrap()
+                .0,
+            "DELETED"
+        );
+        assert_eq!(
+            translate(&ev(Kind::Modified, obj("web"), Some(obj("web"))), &pass)
+                .unwrap()
+                .0,
+            "MODIFIED"
+        );
+        assert!(translate(&ev(Kind::Modified, obj("db"), Some(obj("db"))), &pass).is_none());
+        assert!(translate(&ev(Kind::Added, obj("db"), None), &pass).is_none());
+    }
+}
