@@ -1,26 +1,147 @@
-//! Discovery: `/api`, `/apis`, `/api/v1`, `/apis/{group}` and `/apis/{group}/{version}` (legacy
-//! APIVersions, APIGroupList, APIGroup and APIResourceList with every resource's subresources).
+//! Discovery: `/api`, `/apis`, `/api/v1`, `/apis/{group}` and `/apis/{group}/{version}`.
+//!
+//! Two forms of the same model ([`resources`]: each resource with its subresources):
+//! - legacy: APIVersions, APIGroupList, APIGroup and APIResourceList (subresources as
+//!   `plural/sub` entries);
+//! - aggregated (KEP-3352): one `APIGroupDiscoveryList` for `/api` or `/apis` when the client's
+//!   Accept header asks for `application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList`
+//!   (kubectl ≥ 1.30, current client-go) or `v=v2beta1` (kubectl 1.27–1.29), answered with that
+//!   Content-Type; anything else gets the legacy documents.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::ApiServer;
 use crate::http::json_response;
-use crate::registry;
+use crate::registry::{self, ResourceInfo};
 
-pub async fn api_versions() -> Response {
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": "APIVersions",
-            "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
-        }),
-    )
+/// A subresource as discovery shows it.
+#[derive(Debug, Clone)]
+struct Subresource {
+    name: &'static str,
+    /// The (group, version, kind) it answers with.
+    kind: (String, String, String),
+    verbs: &'static [&'static str],
+}
+
+/// A resource as discovery shows it.
+#[derive(Debug, Clone)]
+struct Resource {
+    plural: String,
+    singular: String,
+    kind: String,
+    namespaced: bool,
+    verbs: &'static [&'static str],
+    short_names: Vec<String>,
+    categories: Vec<String>,
+    subresources: Vec<Subresource>,
+}
+
+const GET_PATCH_UPDATE: &[&str] = &["get", "patch", "update"];
+
+fn subresources_of(r: &ResourceInfo) -> Vec<Subresource> {
+    let own = |name: &'static str, kind: &str, verbs: &'static [&'static str]| Subresource {
+        name,
+        kind: (r.group.clone(), r.version.clone(), kind.to_string()),
+        verbs,
+    };
+    let mut out = Vec::new();
+    if r.status {
+        out.push(own("status", &r.kind, GET_PATCH_UPDATE));
+    }
+    if r.scale.is_some() {
+        out.push(Subresource {
+            name: "scale",
+            kind: ("autoscaling".into(), "v1".into(), "Scale".into()),
+            verbs: GET_PATCH_UPDATE,
+        });
+    }
+    if r.group.is_empty() && r.plural == "pods" {
+        out.push(own("binding", "Binding", &["create"]));
+        out.push(own("log", "Pod", &["get"]));
+        out.push(own("exec", "PodExecOptions", &["create", "get"]));
+    }
+    for (name, _) in r.strategy.subresource_fields() {
+        out.push(own(name, &r.kind, GET_PATCH_UPDATE));
+    }
+    if r.group.is_empty() && r.plural == "namespaces" {
+        out.push(own("finalize", "Namespace", &["update"]));
+    }
+    out
+}
+
+/// The resources served at one group/version, by name (None: the group/version is not served).
+fn resources(api: &ApiServer, group: &str, version: &str) -> Option<Vec<Resource>> {
+    let mut infos: Vec<_> = api
+        .registry
+        .all()
+        .into_iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if infos.is_empty() {
+        return None;
+    }
+    infos.sort_by(|a, b| a.plural.cmp(&b.plural));
+    let mut out: Vec<Resource> = infos
+        .iter()
+        .map(|r| Resource {
+            plural: r.plural.clone(),
+            singular: r.singular.clone(),
+            kind: r.kind.clone(),
+            namespaced: r.namespaced,
+            verbs: registry::VERBS,
+            short_names: r.short_names.clone(),
+            categories: r.categories.clone(),
+            subresources: subresources_of(r),
+        })
+        .collect();
+    if group.is_empty() && version == "v1" {
+        // Computed on request, never stored (rest::component_status).
+        out.push(Resource {
+            plural: "componentstatuses".into(),
+            singular: "componentstatus".into(),
+            kind: "ComponentStatus".into(),
+            namespaced: false,
+            verbs: &["get", "list"],
+            short_names: vec!["cs".into()],
+            categories: Vec::new(),
+            subresources: Vec::new(),
+        });
+        out.sort_by(|a, b| a.plural.cmp(&b.plural));
+    }
+    Some(out)
+}
+
+/// A group's versions, preferred first.
+fn versions_of(api: &ApiServer, group: &str) -> Vec<String> {
+    let mut versions: Vec<String> = api
+        .registry
+        .all()
+        .iter()
+        .filter(|r| r.group == group)
+        .map(|r| r.version.clone())
+        .collect();
+    versions.sort_by_key(|v| version_priority(v));
+    versions.dedup();
+    versions
+}
+
+/// The served API groups (not the core group), sorted.
+fn groups(api: &ApiServer) -> Vec<String> {
+    let mut groups: Vec<String> = api
+        .registry
+        .all()
+        .iter()
+        .map(|r| r.group.clone())
+        .filter(|g| !g.is_empty())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    groups
 }
 
 /// Kubernetes' version priority as a sort key (smaller first): GA before beta before alpha,
@@ -50,17 +171,10 @@ fn version_priority(v: &str) -> (u8, i64, i64, String) {
     }
 }
 
+// ---- legacy discovery
+
 fn group_entry(api: &ApiServer, group: &str) -> Value {
-    let mut versions: Vec<String> = api
-        .registry
-        .all()
-        .iter()
-        .filter(|r| r.group == group)
-        .map(|r| r.version.clone())
-        .collect();
-    versions.sort_by_key(|v| version_priority(v));
-    versions.dedup();
-    let vs: Vec<Value> = versions
+    let vs: Vec<Value> = versions_of(api, group)
         .iter()
         .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
         .collect();
@@ -71,23 +185,169 @@ fn group_entry(api: &ApiServer, group: &str) -> Value {
     })
 }
 
-pub async fn api_groups(State(api): State<Arc<ApiServer>>) -> Response {
-    let mut groups: Vec<String> = api
-        .registry
-        .all()
+/// The APIResourceList of one group/version: each resource, then its subresources as
+/// `plural/sub` entries.
+fn resource_list(api: &ApiServer, group: &str, version: &str) -> Option<Value> {
+    let mut list = Vec::new();
+    for r in resources(api, group, version)? {
+        list.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": r.verbs,
+            "shortNames": r.short_names,
+            "categories": r.categories,
+        }));
+        for s in &r.subresources {
+            let mut e = json!({
+                "name": format!("{}/{}", r.plural, s.name), "singularName": "",
+                "namespaced": r.namespaced, "kind": s.kind.2, "verbs": s.verbs,
+            });
+            if s.kind.0 != group || s.kind.1 != version {
+                e["group"] = json!(s.kind.0);
+                e["version"] = json!(s.kind.1);
+            }
+            list.push(e);
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
+}
+
+// ---- aggregated discovery
+
+/// Which aggregated discovery version the client asked for first, if any.
+fn aggregated_version(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    for media in accept.split(',') {
+        let mut parts = media.split(';').map(str::trim);
+        let mt = parts.next().unwrap_or_default();
+        let params: Vec<(&str, &str)> = parts.filter_map(|p| p.split_once('=')).collect();
+        let param = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        if mt == "application/json"
+            && param("g") == Some("apidiscovery.k8s.io")
+            && param("as") == Some("APIGroupDiscoveryList")
+        {
+            match param("v") {
+                Some("v2") => return Some("v2"),
+                Some("v2beta1") => return Some("v2beta1"),
+                _ => continue,
+            }
+        }
+        if matches!(mt, "application/json" | "*/*" | "application/*") {
+            return None; // the client prefers the legacy documents
+        }
+    }
+    None
+}
+
+fn discovery_kind(g: &str, v: &str, k: &str) -> Value {
+    json!({"group": g, "version": v, "kind": k})
+}
+
+/// One APIGroupDiscovery: the group's versions, preferred first, each with its resources.
+fn group_discovery(api: &ApiServer, group: &str) -> Value {
+    let versions: Vec<Value> = versions_of(api, group)
         .iter()
-        .map(|r| r.group.clone())
-        .filter(|g| !g.is_empty())
+        .filter_map(|v| {
+            let resources: Vec<Value> = resources(api, group, v)?
+                .into_iter()
+                .map(|r| {
+                    let subs: Vec<Value> = r
+                        .subresources
+                        .iter()
+                        .map(|s| {
+                            json!({
+                                "subresource": s.name,
+                                "responseKind": discovery_kind(&s.kind.0, &s.kind.1, &s.kind.2),
+                                "verbs": s.verbs,
+                            })
+                        })
+                        .collect();
+                    let mut e = json!({
+                        "resource": r.plural,
+                        "responseKind": discovery_kind(group, v, &r.kind),
+                        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": r.singular,
+                        "verbs": r.verbs,
+                    });
+                    if !r.short_names.is_empty() {
+                        e["shortNames"] = json!(r.short_names);
+                    }
+                    if !r.categories.is_empty() {
+                        e["categories"] = json!(r.categories);
+                    }
+                    if !subs.is_empty() {
+                        e["subresources"] = json!(subs);
+                    }
+                    Some(e)
+                })
+                .collect::<Option<Vec<Value>>>()?;
+            Some(json!({"version": v, "resources": resources, "freshness": "Current"}))
+        })
         .collect();
-    groups.sort();
-    groups.dedup();
-    let groups: Vec<Value> = groups.iter().map(|g| group_entry(&api, g)).collect();
+    json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+}
+
+fn aggregated(version: &str, items: Vec<Value>) -> Response {
+    let media =
+        format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+    let body = json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    });
+    let mut resp = json_response(StatusCode::OK, &body);
+    if let Ok(v) = HeaderValue::from_str(&media) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    resp
+}
+
+// ---- handlers
+
+/// GET /api
+pub async fn api_versions(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -> Response {
+    if let Some(v) = aggregated_version(&headers) {
+        return aggregated(v, vec![group_discovery(&api, "")]);
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+        }),
+    )
+}
+
+/// GET /apis
+pub async fn api_groups(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -> Response {
+    if let Some(v) = aggregated_version(&headers) {
+        let items = groups(&api)
+            .iter()
+            .map(|g| group_discovery(&api, g))
+            .collect();
+        return aggregated(v, items);
+    }
+    let groups: Vec<Value> = groups(&api).iter().map(|g| group_entry(&api, g)).collect();
     json_response(
         StatusCode::OK,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
     )
 }
 
+/// GET /apis/{group}
 pub async fn group_info(State(api): State<Arc<ApiServer>>, Path(group): Path<String>) -> Response {
     if !api.registry.serves(&group, None) {
         return crate::errors::route_not_found().into_response();
@@ -98,62 +358,7 @@ pub async fn group_info(State(api): State<Arc<ApiServer>>, Path(group): Path<Str
     json_response(StatusCode::OK, &g)
 }
 
-/// The APIResourceList of one group/version, with each resource's subresources.
-fn resource_list(api: &ApiServer, group: &str, version: &str) -> Option<Value> {
-    let mut resources = Vec::new();
-    let mut infos: Vec<_> = api
-        .registry
-        .all()
-        .into_iter()
-        .filter(|r| r.group == group && r.version == version)
-        .collect();
-    if infos.is_empty() {
-        return None;
-    }
-    infos.sort_by(|a, b| a.plural.cmp(&b.plural));
-    for r in infos {
-        resources.push(json!({
-            "name": r.plural,
-            "singularName": r.singular,
-            "namespaced": r.namespaced,
-            "kind": r.kind,
-            "verbs": registry::VERBS,
-            "shortNames": r.short_names,
-            "categories": r.categories,
-        }));
-        let sub = |name: &str, kind: &str, verbs: &[&str]| {
-            json!({
-                "name": format!("{}/{name}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs,
-            })
-        };
-        if r.status {
-            resources.push(sub("status", &r.kind, &["get", "patch", "update"]));
-        }
-        if r.scale.is_some() {
-            let mut s = sub("scale", "Scale", &["get", "patch", "update"]);
-            s["group"] = json!("autoscaling");
-            s["version"] = json!("v1");
-            resources.push(s);
-        }
-        if r.group.is_empty() && r.plural == "pods" {
-            resources.push(sub("binding", "Binding", &["create"]));
-            resources.push(sub("log", "Pod", &["get"]));
-            resources.push(sub("exec", "PodExecOptions", &["create", "get"]));
-        }
-        if r.group.is_empty() && r.plural == "namespaces" {
-            resources.push(sub("finalize", "Namespace", &["update"]));
-        }
-    }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-    )
-}
-
+/// GET /api/v1
 pub async fn core_resources(State(api): State<Arc<ApiServer>>) -> Response {
     match resource_list(&api, "", "v1") {
         Some(l) => json_response(StatusCode::OK, &l),
@@ -161,6 +366,7 @@ pub async fn core_resources(State(api): State<Arc<ApiServer>>) -> Response {
     }
 }
 
+/// GET /apis/{group}/{version}
 pub async fn group_resources(
     State(api): State<Arc<ApiServer>>,
     Path((group, version)): Path<(String, String)>,
@@ -174,6 +380,27 @@ pub async fn group_resources(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn aggregated_discovery_is_chosen_only_when_asked_for_first() {
+        let kubectl_133 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(&accept(kubectl_133)), Some("v2"));
+        let kubectl_128 = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(&accept(kubectl_128)), Some("v2beta1"));
+        assert_eq!(aggregated_version(&accept("application/json")), None);
+        assert_eq!(aggregated_version(&HeaderMap::new()), None);
+        let legacy_first = "application/json, application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+        assert_eq!(aggregated_version(&accept(legacy_first)), None);
+        let unknown_version =
+            "application/json;g=apidiscovery.k8s.io;v=v3;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(&accept(unknown_version)), None);
+    }
 
     #[test]
     fn versions_sort_by_kubernetes_priority() {

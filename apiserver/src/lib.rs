@@ -13,9 +13,12 @@
 //! Also served: [`discovery`], [`openapi`] (v3 and v2), protobuf request bodies ([`protobuf`]),
 //! Tables ([`table`]), events.k8s.io over core Events ([`events`]) and request [`metrics`].
 
+pub mod apiservice;
 pub mod body;
+pub mod configdata;
 pub mod crd;
 pub mod discovery;
+pub mod ephemeral_containers;
 pub mod errors;
 pub mod events;
 pub mod http;
@@ -151,6 +154,8 @@ impl ApiServer {
             }
         }
         crd::controller::CrdController::start(&api).await?;
+        apiservice::sync(&api).await?;
+        apiservice::spawn(&api);
         api.ips.spawn_repair(Duration::from_secs(60));
         Ok(api)
     }

@@ -113,6 +113,23 @@ pub fn set_path(obj: &mut Value, path: &[&str], v: Value) {
     *node = v;
 }
 
+/// Removes the field at `path` (nothing when it is absent).
+pub fn remove_path(obj: &mut Value, path: &[&str]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = obj;
+    for key in parents {
+        match node.get_mut(*key) {
+            Some(next) => node = next,
+            None => return,
+        }
+    }
+    if let Some(m) = node.as_object_mut() {
+        m.remove(*last);
+    }
+}
+
 /// Metadata rules every object follows: a valid name, labels and annotations as string maps
 /// with valid keys and values, finalizers as qualified names.
 pub fn validate_meta(obj: &Value, namespaced: bool, names: NameRule) -> Vec<FieldError> {
@@ -122,6 +139,13 @@ pub fn validate_meta(obj: &Value, namespaced: bool, names: NameRule) -> Vec<Fiel
     let check = match names {
         NameRule::Subdomain => validation::dns1123_subdomain(name),
         NameRule::Label => validation::dns1123_label(name),
+        // `v1.apps`, and `v1.` for the core group.
+        NameRule::VersionDotGroup => match name.split_once('.') {
+            Some((version, "")) => validation::dns1123_label(version),
+            Some((version, group)) => validation::dns1123_label(version)
+                .and_then(|()| validation::dns1123_subdomain(group)),
+            None => Err("must be VERSION.GROUP (VERSION. for the core group)".into()),
+        },
     };
     if let Err(m) = check {
         errs.push(FieldError {

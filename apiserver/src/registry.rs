@@ -185,6 +185,8 @@ pub struct Registry {
     /// Bumped by every add and remove: discovery and OpenAPI documents built at an older
     /// generation are stale.
     generation: AtomicU64,
+    /// The generation, for tasks that follow changes (APIService registration).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Registry {
@@ -208,7 +210,8 @@ impl Registry {
                 info.clone(),
             );
         }
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.changes.send_replace(g);
         info
     }
 
@@ -236,9 +239,15 @@ impl Registry {
             plural.to_string(),
         ));
         if removed.is_some() {
-            self.generation.fetch_add(1, Ordering::SeqCst);
+            let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+            self.changes.send_replace(g);
         }
         removed
+    }
+
+    /// Follows the registry: the receiver sees every later add and remove.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Changes with every add and remove.
@@ -349,6 +358,8 @@ pub fn builtins() -> Vec<ResourceInfo> {
                 ("status.nominatedNodeName", "/status/nominatedNodeName"),
             ])
             .validate_with(strategy::validate_pod)
+            .validate_update_with(crate::ephemeral_containers::validate_update)
+            .subresource_fields(&[("ephemeralcontainers", crate::ephemeral_containers::PATH)])
             .on_create(strategy::pod_on_create)
             .table(crate::table::pods)
             .arc(),
@@ -456,6 +467,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
             false,
             Builtin::of::<core::ConfigMap>()
+                .validate_with(crate::configdata::validate_configmap)
                 .table(crate::table::configmaps)
                 .arc(),
         ),
@@ -467,6 +479,8 @@ pub fn builtins() -> Vec<ResourceInfo> {
             false,
             Builtin::of::<core::Secret>()
                 .fields(&[("type", "/type")])
+                .validate_with(crate::configdata::validate_secret)
+                .on_update(crate::configdata::merge_string_data)
                 .table(crate::table::secrets)
                 .arc(),
         ),
@@ -521,6 +535,18 @@ pub fn builtins() -> Vec<ResourceInfo> {
             false,
             Builtin::of::<discovery::EndpointSlice>()
                 .table(crate::table::endpointslices)
+                .arc(),
+        ),
+        res(
+            ("apiregistration.k8s.io", "v1", "APIService"),
+            "apiservices",
+            &[],
+            false,
+            true,
+            Builtin::of::<k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>()
+                .names(NameRule::VersionDotGroup)
+                .validate_with(crate::apiservice::validate)
+                .table(crate::table::apiservices)
                 .arc(),
         ),
         res(

@@ -19,6 +19,8 @@ pub enum NameRule {
     Subdomain,
     /// RFC 1123 label (namespaces, services).
     Label,
+    /// `VERSION.GROUP`, the group possibly empty (APIServices: `v1.apps`, `v1.`).
+    VersionDotGroup,
 }
 
 pub trait Strategy: Send + Sync {
@@ -59,6 +61,12 @@ pub trait Strategy: Send + Sync {
     /// Paths of fields the type does not know (`spec.foo`), for fieldValidation.
     fn unknown_fields(&self, _obj: &Value) -> Vec<String> {
         Vec::new()
+    }
+    /// Fields only a subresource writes, besides status: `(subresource, path)`. The object's own
+    /// endpoint keeps their live value; the subresource changes only them (pods'
+    /// `ephemeralcontainers` and `spec.ephemeralContainers`).
+    fn subresource_fields(&self) -> &'static [(&'static str, &'static [&'static str])] {
+        &[]
     }
     /// The OpenAPI schema of the object (a `$ref` into the generator's definitions).
     fn openapi_schema(
@@ -102,6 +110,10 @@ pub struct Builtin {
     on_update: Option<fn(&mut Value)>,
     update_rules: Option<fn(&Value, &Value) -> Vec<FieldError>>,
     fields: &'static [(&'static str, &'static str)],
+    /// Each selectable field's value when the object leaves it unset: its type's zero value
+    /// (`""`, `"false"`, `"0"`), as Kubernetes' field sets are built from typed Go structs.
+    field_zeros: Vec<&'static str>,
+    subresource_fields: &'static [(&'static str, &'static [&'static str])],
     names: NameRule,
     table: Table,
     reset_status: bool,
@@ -123,6 +135,8 @@ impl Builtin {
             on_update: None,
             update_rules: None,
             fields: &[],
+            field_zeros: Vec::new(),
+            subresource_fields: &[],
             names: NameRule::Subdomain,
             table: crate::table::default_table(),
             reset_status: false,
@@ -131,6 +145,12 @@ impl Builtin {
     }
     /// Selectable fields beyond metadata.name/namespace: (selector name, JSON pointer).
     pub fn fields(mut self, f: &'static [(&'static str, &'static str)]) -> Self {
+        let mut generator = schemars::SchemaGenerator::default();
+        let root = (self.schema)(&mut generator);
+        self.field_zeros = f
+            .iter()
+            .map(|(_, ptr)| zero_value(root.as_value(), generator.definitions(), ptr))
+            .collect();
         self.fields = f;
         self
     }
@@ -150,6 +170,14 @@ impl Builtin {
     /// Defaults applied to every write (after the body is decoded, before validation).
     pub fn on_update(mut self, f: fn(&mut Value)) -> Self {
         self.on_update = Some(f);
+        self
+    }
+    /// Fields written only through a subresource (see [`Strategy::subresource_fields`]).
+    pub fn subresource_fields(
+        mut self,
+        owned: &'static [(&'static str, &'static [&'static str])],
+    ) -> Self {
+        self.subresource_fields = owned;
         self
     }
     pub fn names(mut self, rule: NameRule) -> Self {
@@ -175,6 +203,47 @@ impl Builtin {
 }
 
 /// The object decoded as `T` and encoded again: what `T` knows of it.
+/// The zero value of the field at JSON pointer `ptr` in a type's schema (following `$ref`s into
+/// `definitions`): `"false"` for booleans, `"0"` for numbers, `""` for anything else.
+fn zero_value(
+    root: &Value,
+    definitions: &serde_json::Map<String, Value>,
+    ptr: &str,
+) -> &'static str {
+    fn resolve<'a>(mut s: &'a Value, definitions: &'a serde_json::Map<String, Value>) -> &'a Value {
+        for _ in 0..32 {
+            let Some(name) = s
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.rsplit('/').next())
+            else {
+                break;
+            };
+            match definitions.get(name) {
+                Some(def) => s = def,
+                None => break,
+            }
+        }
+        s
+    }
+    let mut node = resolve(root, definitions);
+    for step in ptr.split('/').skip(1) {
+        match node.get("properties").and_then(|p| p.get(step)) {
+            Some(next) => node = resolve(next, definitions),
+            None => return "",
+        }
+    }
+    let ty = match node.get("type") {
+        Some(Value::Array(types)) => types.iter().find(|t| *t != "null").cloned(),
+        other => other.cloned(),
+    };
+    match ty.as_ref().and_then(Value::as_str) {
+        Some("boolean") => "false",
+        Some("integer" | "number") => "0",
+        _ => "",
+    }
+}
+
 fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(obj: &Value) -> Option<Value> {
     serde_json::to_value(T::deserialize(obj).ok()?).ok()
 }
@@ -293,12 +362,17 @@ impl Strategy for Builtin {
             "metadata.namespace" => return Some(obj.namespace().unwrap_or_default().to_string()),
             _ => {}
         }
-        let (_, ptr) = self.fields.iter().find(|(f, _)| *f == field)?;
-        Some(match obj.pointer(ptr) {
+        let i = self.fields.iter().position(|(f, _)| *f == field)?;
+        Some(match obj.pointer(self.fields[i].1) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Bool(b)) => b.to_string(),
             Some(Value::Number(n)) => n.to_string(),
-            _ => String::new(),
+            _ => self
+                .field_zeros
+                .get(i)
+                .copied()
+                .unwrap_or_default()
+                .to_string(),
         })
     }
 
@@ -313,6 +387,10 @@ impl Strategy for Builtin {
 
     fn reset_status_on_create(&self) -> bool {
         self.reset_status
+    }
+
+    fn subresource_fields(&self) -> &'static [(&'static str, &'static [&'static str])] {
+        self.subresource_fields
     }
 
     fn unknown_fields(&self, obj: &Value) -> Vec<String> {
@@ -393,7 +471,9 @@ fn validate_pod_spec(path: &str, spec: &Value) -> Vec<FieldError> {
 }
 
 pub fn validate_pod(obj: &Value) -> Vec<FieldError> {
-    validate_pod_spec("spec", &obj["spec"])
+    let mut errs = validate_pod_spec("spec", &obj["spec"]);
+    errs.extend(crate::ephemeral_containers::validate(&obj["spec"]));
+    errs
 }
 
 /// Deployments and ReplicaSets: replicas ≥ 0, a non-empty selector that matches the template's
@@ -537,6 +617,31 @@ mod tests {
                 "spec.replicaz",
                 "spec.template.spec.containers[0].imagee"
             ]
+        );
+    }
+
+    #[test]
+    fn unset_selectable_fields_read_as_their_zero_value() {
+        let nodes = Builtin::of::<k8s_openapi::api::core::v1::Node>()
+            .fields(&[("spec.unschedulable", "/spec/unschedulable")]);
+        let never_set = json!({"metadata": {"name": "a"}, "spec": {}});
+        assert_eq!(
+            nodes.field(&never_set, "spec.unschedulable").as_deref(),
+            Some("false")
+        );
+        let cordoned = json!({"metadata": {"name": "b"}, "spec": {"unschedulable": true}});
+        assert_eq!(
+            nodes.field(&cordoned, "spec.unschedulable").as_deref(),
+            Some("true")
+        );
+        let pods = Builtin::of::<k8s_openapi::api::core::v1::Pod>().fields(&[
+            ("spec.nodeName", "/spec/nodeName"),
+            ("spec.priority", "/spec/priority"),
+        ]);
+        assert_eq!(pods.field(&never_set, "spec.nodeName").as_deref(), Some(""));
+        assert_eq!(
+            pods.field(&never_set, "spec.priority").as_deref(),
+            Some("0")
         );
     }
 

@@ -478,6 +478,32 @@ pub fn leases() -> Table {
     })
 }
 
+/// kubectl get apiservices: NAME SERVICE AVAILABLE AGE.
+pub fn apiservices() -> Table {
+    table(
+        &[
+            ("Service", "string", 0),
+            ("Available", "string", 0),
+            ("Age", "string", 0),
+        ],
+        |o| {
+            let service = match o["spec"]["service"].as_object() {
+                Some(svc) => format!("{}/{}", s(&svc["namespace"]), s(&svc["name"])),
+                None => "Local".into(),
+            };
+            let available = o["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Available"))
+                .map(|c| match c["status"].as_str() {
+                    Some("True") => "True".to_string(),
+                    other => format!("{} ({})", other.unwrap_or("Unknown"), s(&c["reason"])),
+                })
+                .unwrap_or_else(|| "Unknown".into());
+            vec![json!(service), json!(available), age(o)]
+        },
+    )
+}
+
 pub fn hpas() -> Table {
     table(
         &[

@@ -1014,6 +1014,7 @@ async fn discovery_lists_every_resource_with_its_subresources() {
         groups,
         [
             "apiextensions.k8s.io",
+            "apiregistration.k8s.io",
             "apps",
             "autoscaling",
             "coordination.k8s.io",

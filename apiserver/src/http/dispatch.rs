@@ -88,6 +88,16 @@ pub async fn group_dispatch(
     dispatch(api, method, group, version, rest, q, headers, body).await
 }
 
+/// Whether `sub` is a subresource that writes fields of the object (pods/ephemeralcontainers),
+/// served like /status.
+fn owns_fields(t: &Target, sub: &str) -> bool {
+    t.info
+        .strategy
+        .subresource_fields()
+        .iter()
+        .any(|(name, _)| *name == sub)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
     api: Arc<ApiServer>,
@@ -234,6 +244,7 @@ async fn serve(
                 .map_err(|e| ApiError::internal(e.to_string()))?)
         }
         ("get", None | Some("status")) => ok(api.get(t).await?),
+        ("get", Some(s)) if owns_fields(t, s) => ok(api.get(t).await?),
         ("get", Some("scale")) => ok(api.get_scale(t).await?),
         ("list", None) => {
             let (items, rv, cont) = api.list(t, p).await?;
@@ -292,7 +303,9 @@ async fn serve(
                 .await?;
             Ok(json_response(StatusCode::CREATED, &status))
         }
-        ("update", None | Some("status") | Some("finalize")) => {
+        ("update", sub)
+            if sub.is_none_or(|s| matches!(s, "status" | "finalize") || owns_fields(t, s)) =>
+        {
             let body = read_body(body).await?;
             let mut obj = json_body(headers, &body, &t.info.api_version(), &t.info.kind)?;
             if sub == Some("finalize") {
@@ -342,7 +355,7 @@ async fn serve(
             };
             Ok(with_warnings(resp, &warnings))
         }
-        ("patch", None | Some("status")) => {
+        ("patch", sub) if sub.is_none_or(|s| s == "status" || owns_fields(t, s)) => {
             let body = read_body(body).await?;
             let (patched, warnings) = api
                 .patch_with_warnings(t, &content_type(headers), body, p)

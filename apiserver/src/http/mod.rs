@@ -35,6 +35,14 @@ pub fn router(api: Arc<ApiServer>) -> Router {
             "/api/v1/namespaces/{namespace}/pods/{name}/{sub}",
             any(dispatch::pod_subresource),
         )
+        .route(
+            "/api/v1/componentstatuses",
+            get(rest::component_status::list).fallback(read_only),
+        )
+        .route(
+            "/api/v1/componentstatuses/{name}",
+            get(rest::component_status::get).fallback(read_only),
+        )
         .route("/api/v1/{*rest}", any(dispatch::core_dispatch))
         .route(
             "/apis/{group}/{version}/{*rest}",
@@ -49,6 +57,14 @@ pub fn router(api: Arc<ApiServer>) -> Router {
         .route("/metrics", get(system::metrics))
         .fallback(|| async { crate::errors::route_not_found() })
         .with_state(api)
+}
+
+/// 405 for a write to a resource that is only read (componentstatuses).
+async fn read_only(method: axum::http::Method) -> Response {
+    crate::errors::ApiError::method_not_allowed(format!(
+        "{method} is not supported: this resource is read-only"
+    ))
+    .into_response()
 }
 
 /// A JSON response with `code`.

@@ -36,7 +36,11 @@ pub fn resolve(api: &ApiServer, group: &str, version: &str, rest: &str) -> ApiRe
             "scale" => info.scale.is_some(),
             "binding" | "log" => info.group.is_empty() && info.plural == "pods",
             "finalize" => info.group.is_empty() && info.plural == "namespaces",
-            _ => false,
+            other => info
+                .strategy
+                .subresource_fields()
+                .iter()
+                .any(|(name, _)| *name == other),
         };
         if !known {
             return Err(crate::errors::route_not_found());

@@ -60,6 +60,16 @@ impl ApiServer {
             ));
         }
         check_type(info, &mut applied)?;
+        // A configuration that leaves out its name or namespace takes them from the URL, as in
+        // Kubernetes; one that names others is refused.
+        if applied.name().is_none_or(str::is_empty) {
+            applied.set_meta("name", json!(name));
+        }
+        if let Some(ns) = &t.namespace
+            && applied.namespace().is_none_or(str::is_empty)
+        {
+            applied.set_meta("namespace", json!(ns));
+        }
         if applied.name() != Some(name.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "the name of the applied object ({}) does not match the name on the URL ({name})",

@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod binding;
+pub mod component_status;
 pub mod continue_token;
 pub mod create;
 pub mod delete;
@@ -31,7 +32,7 @@ use serde_json::{Value, json};
 
 use crate::ApiServer;
 use crate::errors::{ApiError, ApiResult, from_storage};
-use crate::object::ObjectExt;
+use crate::object::{self, ObjectExt};
 use crate::registry::ResourceInfo;
 use crate::request::Target;
 
@@ -100,27 +101,64 @@ fn too_many_writers(info: &ResourceInfo, name: &str) -> ApiError {
     )
 }
 
-/// The status subresource's split: a write to /status changes only status (the rest comes from
-/// the live object); a write to the object itself keeps the live status.
-fn status_rules(info: &ResourceInfo, live: &Value, mut new: Value, status_only: bool) -> Value {
-    if status_only {
-        let mut merged = live.clone();
-        merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-        return merged;
-    }
-    if info.status
-        && let Some(m) = new.as_object_mut()
-    {
-        match live.get("status") {
-            Some(s) => {
-                m.insert("status".into(), s.clone());
+/// The subresources' split of an object: a write to /status changes only status, a write to a
+/// subresource that owns other fields (pods/ephemeralcontainers) only those — the rest comes from
+/// the live object; a write to the object itself keeps the live status and subresource-owned
+/// fields.
+fn subresource_rules(
+    info: &ResourceInfo,
+    live: &Value,
+    mut new: Value,
+    sub: Option<&str>,
+) -> Value {
+    let owned = info.strategy.subresource_fields();
+    match sub {
+        Some("status") => {
+            let mut merged = live.clone();
+            merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+            merged
+        }
+        Some(s) => {
+            let mut merged = live.clone();
+            for (_, path) in owned.iter().filter(|(name, _)| *name == s) {
+                copy_path(&new, &mut merged, path);
             }
+            merged
+        }
+        None => {
+            if info.status
+                && let Some(m) = new.as_object_mut()
+            {
+                match live.get("status") {
+                    Some(s) => {
+                        m.insert("status".into(), s.clone());
+                    }
+                    None => {
+                        m.remove("status");
+                    }
+                }
+            }
+            for (_, path) in owned {
+                copy_path(live, &mut new, path);
+            }
+            new
+        }
+    }
+}
+
+/// Sets `path` in `to` to its value in `from`, or removes it when `from` has none.
+fn copy_path(from: &Value, to: &mut Value, path: &[&str]) {
+    let mut at = from;
+    for step in path {
+        match at.get(*step) {
+            Some(v) => at = v,
             None => {
-                m.remove("status");
+                object::remove_path(to, path);
+                return;
             }
         }
     }
-    new
+    object::set_path(to, path, at.clone());
 }
 
 fn namespace_finalizers_pending(info: &ResourceInfo, obj: &Value) -> bool {

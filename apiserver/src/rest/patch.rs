@@ -12,7 +12,7 @@ use crate::patch::{PatchKind, json, merge, patch_kind};
 use crate::request::{Params, Target};
 
 use super::field_validation::{strict_check, unknown_field_warnings};
-use super::status_rules;
+use super::subresource_rules;
 
 impl ApiServer {
     /// PATCH: JSON Patch, JSON merge patch and (built-ins) strategic merge patch. Server-side
@@ -61,7 +61,7 @@ impl ApiServer {
                     .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}")))
             })
             .transpose()?;
-        let status_only = t.subresource.as_deref() == Some("status");
+        let sub = t.subresource.clone();
         let info = t.info.clone();
         let warnings = std::sync::Mutex::new(Vec::new());
         let patched = self
@@ -100,7 +100,7 @@ impl ApiServer {
                         "a patch cannot change metadata.name or metadata.namespace",
                     ));
                 }
-                Ok(status_rules(&info, live, doc, status_only))
+                Ok(subresource_rules(&info, live, doc, sub.as_deref()))
             })
             .await?;
         Ok((patched, warnings.into_inner().unwrap_or_default()))

@@ -20,7 +20,7 @@ use crate::ApiServer;
 use crate::errors::{ApiError, ApiResult};
 use crate::request::{Params, Target};
 
-fn client() -> &'static Client<HttpConnector, Empty<Bytes>> {
+pub(crate) fn client() -> &'static Client<HttpConnector, Empty<Bytes>> {
     static C: OnceLock<Client<HttpConnector, Empty<Bytes>>> = OnceLock::new();
     C.get_or_init(|| {
         let mut http = HttpConnector::new();

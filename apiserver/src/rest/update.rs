@@ -11,7 +11,7 @@ use crate::request::{Params, Target};
 
 use super::field_validation::strict_check;
 use super::{
-    check_type, encode, name_of, namespace_finalizers_pending, status_rules, too_many_writers,
+    check_type, encode, name_of, namespace_finalizers_pending, subresource_rules, too_many_writers,
     with_rv,
 };
 
@@ -40,12 +40,12 @@ impl ApiServer {
                 })?),
                 None => None,
             };
-        let status_only = t.subresource.as_deref() == Some("status");
+        let sub = t.subresource.clone();
         self.guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
             let mut new = body.clone();
             check_type(&t.info, &mut new)?;
             strict_check(t, p, &new)?;
-            Ok(status_rules(&t.info, live, new, status_only))
+            Ok(subresource_rules(&t.info, live, new, sub.as_deref()))
         })
         .await
     }
