@@ -196,7 +196,7 @@ fn main() {
             .expect("a $ref")
             .to_string()
     };
-    for r in capstan_apiserver::registry::builtins() {
+    for r in capstan_apiserver::builtins::builtins() {
         if let Some(schema) = r.strategy.openapi_schema(&mut generator) {
             kinds.insert((r.api_version(), r.kind.clone(), ref_name(&schema)));
         }

@@ -100,7 +100,7 @@ fn resources(api: &ApiServer, group: &str, version: &str) -> Option<Vec<Resource
         })
         .collect();
     if group.is_empty() && version == "v1" {
-        // Computed on request, never stored (rest::component_status).
+        // Computed on request, never stored (http::component_status).
         out.push(Resource {
             plural: "componentstatuses".into(),
             singular: "componentstatus".into(),

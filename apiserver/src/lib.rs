@@ -15,6 +15,7 @@
 
 pub mod apiservice;
 pub mod body;
+pub mod builtins;
 pub mod configdata;
 pub mod crd;
 pub mod discovery;
@@ -114,7 +115,7 @@ impl ApiServer {
         let metrics = RequestMetrics::register(&prometheus)
             .map_err(|e| ApiError::internal(format!("registering metrics: {e}")))?;
         let ips = service::cluster_ip::Allocator::new(cidr, store.clone());
-        let registry = Registry::with_builtins();
+        let registry = Registry::with(crate::builtins::builtins());
         registry.attach_hooks(
             ("", "v1", "services"),
             Arc::new(service::ServiceHooks::new(ips.clone())),

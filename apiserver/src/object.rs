@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use capstan_api::validation::{self, FieldError};
 use serde_json::{Map, Value};
 
-use crate::strategy::NameRule;
-
 pub trait ObjectExt {
     fn meta(&self) -> Option<&Map<String, Value>>;
     fn meta_mut(&mut self) -> &mut Map<String, Value>;
@@ -113,6 +111,17 @@ pub fn set_path(obj: &mut Value, path: &[&str], v: Value) {
     *node = v;
 }
 
+/// Decodes a stored value and stamps it with its resourceVersion.
+pub fn decode(bytes: &[u8], rv: i64) -> Option<Value> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(mut v) if v.is_object() => {
+            v.set_meta("resourceVersion", Value::String(rv.to_string()));
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
 /// Removes the field at `path` (nothing when it is absent).
 pub fn remove_path(obj: &mut Value, path: &[&str]) {
     let Some((last, parents)) = path.split_last() else {
@@ -128,6 +137,17 @@ pub fn remove_path(obj: &mut Value, path: &[&str]) {
     if let Some(m) = node.as_object_mut() {
         m.remove(*last);
     }
+}
+
+/// Which rule object names follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameRule {
+    /// RFC 1123 subdomain (most resources).
+    Subdomain,
+    /// RFC 1123 label (namespaces, services).
+    Label,
+    /// `VERSION.GROUP`, the group possibly empty (APIServices: `v1.apps`, `v1.`).
+    VersionDotGroup,
 }
 
 /// Metadata rules every object follows: a valid name, labels and annotations as string maps

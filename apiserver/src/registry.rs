@@ -1,6 +1,6 @@
 //! The one generic registry: every served resource is a [`ResourceInfo`] — its names, scope,
 //! verbs, subresources and its [`Strategy`] (validation, defaulting, field selectors, table
-//! columns). Built-ins are listed in [`builtins`]; the CRD controller ([`crate::crd`]) adds and
+//! columns). Built-ins are listed in [`crate::builtins`]; the CRD controller ([`crate::crd`]) adds and
 //! removes entries at run time through the same type, so every handler serves both alike.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use capstan_api::validation::FieldError;
 use serde_json::Value;
 
 use crate::object::{self, ObjectExt};
-use crate::strategy::{self, StorageHooks, Strategy};
+use crate::strategy::{StorageHooks, Strategy};
 
 /// One served resource (a group/version/plural).
 #[derive(Clone)]
@@ -120,7 +120,7 @@ impl ResourceInfo {
     /// A stored object as this version serves it. Versions of a resource differ only in
     /// `apiVersion` (conversion strategy None), so that is all that changes.
     pub fn decode(&self, bytes: &[u8], rv: i64) -> Option<Value> {
-        let mut obj = crate::watch_cache::decode(bytes, rv)?;
+        let mut obj = object::decode(bytes, rv)?;
         if let Some(c) = &self.conversion {
             (c.from_storage)(&mut obj);
         }
@@ -190,9 +190,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn with_builtins() -> Registry {
+    /// A registry serving `infos` (the server starts with [`crate::builtins::builtins`]).
+    pub fn with(infos: Vec<ResourceInfo>) -> Registry {
         let r = Registry::default();
-        for info in builtins() {
+        for info in infos {
             r.add(info);
         }
         r
@@ -276,294 +277,4 @@ impl Registry {
             .iter()
             .any(|r| r.group == group && version.is_none_or(|v| v == r.version))
     }
-}
-
-/// A built-in resource: (group, version, kind), plural, short names, scope, status subresource.
-fn res(
-    (group, version, kind): (&'static str, &'static str, &'static str),
-    plural: &'static str,
-    short_names: &'static [&'static str],
-    namespaced: bool,
-    status: bool,
-    strategy: Arc<dyn Strategy>,
-) -> ResourceInfo {
-    ResourceInfo {
-        group: group.into(),
-        version: version.into(),
-        kind: kind.into(),
-        plural: plural.into(),
-        singular: kind.to_ascii_lowercase(),
-        short_names: short_names.iter().map(|s| s.to_string()).collect(),
-        categories: Vec::new(),
-        namespaced,
-        status,
-        scale: None,
-        strategic_merge: true,
-        storage_version: version.into(),
-        deprecation: None,
-        store_prefix: format!("{plural}/"),
-        terminating: false,
-        list_kind: format!("{kind}List"),
-        conversion: None,
-        strategy,
-        hooks: None,
-    }
-}
-
-/// events.k8s.io/v1 Events: the core/v1 Events seen through kube-apiserver's field mapping
-/// (one store prefix; see [`crate::events`]).
-fn events_v1() -> ResourceInfo {
-    use k8s_openapi::api::events::v1 as events;
-    let mut info = res(
-        ("events.k8s.io", "v1", "Event"),
-        "events",
-        &["ev"],
-        true,
-        false,
-        strategy::Builtin::of::<events::Event>().arc(),
-    );
-    info.store_prefix = "events/".into();
-    info.conversion = Some(Conversion {
-        to_storage: crate::events::to_core,
-        from_storage: crate::events::from_core,
-    });
-    info
-}
-
-/// The built-in resources Capstan serves, typed with k8s-openapi.
-pub fn builtins() -> Vec<ResourceInfo> {
-    use k8s_openapi::api::apps::v1 as apps;
-    use k8s_openapi::api::autoscaling::v2 as autoscaling;
-    use k8s_openapi::api::coordination::v1 as coordination;
-    use k8s_openapi::api::core::v1 as core;
-    use k8s_openapi::api::discovery::v1 as discovery;
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
-    use strategy::{Builtin, NameRule};
-
-    let all = vec!["all".to_string()];
-    let mut pods = res(
-        ("", "v1", "Pod"),
-        "pods",
-        &["po"],
-        true,
-        true,
-        Builtin::of::<core::Pod>()
-            .fields(&[
-                ("spec.nodeName", "/spec/nodeName"),
-                ("status.phase", "/status/phase"),
-                ("spec.restartPolicy", "/spec/restartPolicy"),
-                ("spec.schedulerName", "/spec/schedulerName"),
-                ("spec.serviceAccountName", "/spec/serviceAccountName"),
-                ("status.podIP", "/status/podIP"),
-                ("status.nominatedNodeName", "/status/nominatedNodeName"),
-            ])
-            .validate_with(strategy::validate_pod)
-            .validate_update_with(crate::ephemeral_containers::validate_update)
-            .subresource_fields(&[("ephemeralcontainers", crate::ephemeral_containers::PATH)])
-            .on_create(strategy::pod_on_create)
-            .table(crate::table::pods)
-            .arc(),
-    );
-    pods.categories = all.clone();
-    let mut services = res(
-        ("", "v1", "Service"),
-        "services",
-        &["svc"],
-        true,
-        true,
-        Builtin::of::<core::Service>()
-            .names(NameRule::Label)
-            .on_create(strategy::service_on_create)
-            .table(crate::table::services)
-            .reset_status_on_create()
-            .arc(),
-    );
-    services.categories = all.clone();
-    let mut deployments = res(
-        ("apps", "v1", "Deployment"),
-        "deployments",
-        &["deploy"],
-        true,
-        true,
-        Builtin::of::<apps::Deployment>()
-            .validate_with(strategy::validate_workload)
-            .table(crate::table::deployments)
-            .generation()
-            .reset_status_on_create()
-            .arc(),
-    );
-    deployments.categories = all.clone();
-    deployments.scale = Some(ScalePaths::workload());
-    let mut replicasets = res(
-        ("apps", "v1", "ReplicaSet"),
-        "replicasets",
-        &["rs"],
-        true,
-        true,
-        Builtin::of::<apps::ReplicaSet>()
-            .validate_with(strategy::validate_workload)
-            .table(crate::table::replicasets)
-            .generation()
-            .reset_status_on_create()
-            .arc(),
-    );
-    replicasets.categories = all.clone();
-    replicasets.scale = Some(ScalePaths::workload());
-    let mut hpa = res(
-        ("autoscaling", "v2", "HorizontalPodAutoscaler"),
-        "horizontalpodautoscalers",
-        &["hpa"],
-        true,
-        true,
-        Builtin::of::<autoscaling::HorizontalPodAutoscaler>()
-            .table(crate::table::hpas)
-            .generation()
-            .reset_status_on_create()
-            .arc(),
-    );
-    hpa.categories = all.clone();
-
-    vec![
-        res(
-            ("", "v1", "Namespace"),
-            "namespaces",
-            &["ns"],
-            false,
-            true,
-            Builtin::of::<core::Namespace>()
-                .names(NameRule::Label)
-                .fields(&[("status.phase", "/status/phase")])
-                .on_create(strategy::namespace_on_create)
-                .table(crate::table::namespaces)
-                .arc(),
-        ),
-        pods,
-        services,
-        res(
-            ("", "v1", "Endpoints"),
-            "endpoints",
-            &["ep"],
-            true,
-            false,
-            Builtin::of::<core::Endpoints>()
-                .table(crate::table::endpoints)
-                .arc(),
-        ),
-        res(
-            ("", "v1", "Node"),
-            "nodes",
-            &["no"],
-            false,
-            true,
-            Builtin::of::<core::Node>()
-                .fields(&[("spec.unschedulable", "/spec/unschedulable")])
-                .table(crate::table::nodes)
-                .arc(),
-        ),
-        res(
-            ("", "v1", "ConfigMap"),
-            "configmaps",
-            &["cm"],
-            true,
-            false,
-            Builtin::of::<core::ConfigMap>()
-                .validate_with(crate::configdata::validate_configmap)
-                .table(crate::table::configmaps)
-                .arc(),
-        ),
-        res(
-            ("", "v1", "Secret"),
-            "secrets",
-            &[],
-            true,
-            false,
-            Builtin::of::<core::Secret>()
-                .fields(&[("type", "/type")])
-                .validate_with(crate::configdata::validate_secret)
-                .on_update(crate::configdata::merge_string_data)
-                .table(crate::table::secrets)
-                .arc(),
-        ),
-        res(
-            ("", "v1", "Event"),
-            "events",
-            &["ev"],
-            true,
-            false,
-            Builtin::of::<core::Event>()
-                .fields(&[
-                    ("involvedObject.kind", "/involvedObject/kind"),
-                    ("involvedObject.name", "/involvedObject/name"),
-                    ("involvedObject.namespace", "/involvedObject/namespace"),
-                    ("involvedObject.uid", "/involvedObject/uid"),
-                    ("reason", "/reason"),
-                    ("type", "/type"),
-                    ("source", "/source/component"),
-                ])
-                .table(crate::table::events)
-                .arc(),
-        ),
-        res(
-            ("", "v1", "ServiceAccount"),
-            "serviceaccounts",
-            &["sa"],
-            true,
-            false,
-            Builtin::of::<core::ServiceAccount>()
-                .table(crate::table::serviceaccounts)
-                .arc(),
-        ),
-        deployments,
-        replicasets,
-        hpa,
-        events_v1(),
-        res(
-            ("coordination.k8s.io", "v1", "Lease"),
-            "leases",
-            &[],
-            true,
-            false,
-            Builtin::of::<coordination::Lease>()
-                .table(crate::table::leases)
-                .arc(),
-        ),
-        res(
-            ("discovery.k8s.io", "v1", "EndpointSlice"),
-            "endpointslices",
-            &[],
-            true,
-            false,
-            Builtin::of::<discovery::EndpointSlice>()
-                .table(crate::table::endpointslices)
-                .arc(),
-        ),
-        res(
-            ("apiregistration.k8s.io", "v1", "APIService"),
-            "apiservices",
-            &[],
-            false,
-            true,
-            Builtin::of::<k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>()
-                .names(NameRule::VersionDotGroup)
-                .validate_with(crate::apiservice::validate)
-                .table(crate::table::apiservices)
-                .arc(),
-        ),
-        res(
-            ("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-            "customresourcedefinitions",
-            &["crd", "crds"],
-            false,
-            true,
-            Builtin::of::<apiext::CustomResourceDefinition>()
-                .validate_with(crate::crd::definition::validate)
-                .generation()
-                .validate_update_with(crate::crd::definition::validate_update)
-                .on_create(crate::crd::definition::on_create)
-                .on_update(crate::crd::definition::default_spec)
-                .reset_status_on_create()
-                .table(crate::table::crds)
-                .arc(),
-        ),
-    ]
 }

@@ -12,16 +12,7 @@ use crate::errors::ApiResult;
 use crate::object::ObjectExt;
 use crate::table::Table;
 
-/// Which rule object names follow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NameRule {
-    /// RFC 1123 subdomain (most resources).
-    Subdomain,
-    /// RFC 1123 label (namespaces, services).
-    Label,
-    /// `VERSION.GROUP`, the group possibly empty (APIServices: `v1.apps`, `v1.`).
-    VersionDotGroup,
-}
+pub use crate::object::NameRule;
 
 pub trait Strategy: Send + Sync {
     /// Resource-specific validation of a whole object (after metadata checks).

@@ -83,17 +83,6 @@ impl std::fmt::Debug for Cacher {
     }
 }
 
-/// Decodes a stored value and stamps it with its resourceVersion.
-pub fn decode(bytes: &[u8], rv: i64) -> Option<Value> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(mut v) if v.is_object() => {
-            v.set_meta("resourceVersion", Value::String(rv.to_string()));
-            Some(v)
-        }
-        _ => None,
-    }
-}
-
 impl Cacher {
     /// Creates the cache and starts filling it from `store`.
     pub fn start(info: Arc<ResourceInfo>, store: Arc<dyn Storage>) -> Arc<Cacher> {

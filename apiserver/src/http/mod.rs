@@ -2,6 +2,7 @@
 //! [`dispatch`], the operational endpoints), request resolution ([`resolve`]) and content
 //! negotiation ([`negotiate`]).
 
+pub mod component_status;
 pub mod dispatch;
 pub mod negotiate;
 pub mod resolve;
@@ -37,11 +38,11 @@ pub fn router(api: Arc<ApiServer>) -> Router {
         )
         .route(
             "/api/v1/componentstatuses",
-            get(rest::component_status::list).fallback(read_only),
+            get(component_status::list).fallback(read_only),
         )
         .route(
             "/api/v1/componentstatuses/{name}",
-            get(rest::component_status::get).fallback(read_only),
+            get(component_status::get).fallback(read_only),
         )
         .route("/api/v1/{*rest}", any(dispatch::core_dispatch))
         .route(

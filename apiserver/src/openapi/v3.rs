@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn documents_tag_kinds_operations_and_patch_metadata() {
-        let reg = Registry::with_builtins();
+        let reg = Registry::with(crate::builtins::builtins());
         let root = root(&reg);
         assert!(
             root["paths"]["apis/apps/v1"]["serverRelativeURL"]

@@ -245,7 +245,7 @@ fn times_and_durations_read_as_go_writes_them() {
 #[test]
 fn every_served_field_has_a_number() {
     let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
-    for r in crate::registry::builtins() {
+    for r in crate::builtins::builtins() {
         let _ = r.strategy.openapi_schema(&mut generator);
     }
     let defs = generator.take_definitions(true);

@@ -16,7 +16,7 @@ use super::field_validation::{strict_check, unknown_field_warnings};
 use super::{check_type, name_of, too_many_writers};
 
 impl ApiServer {
-    /// Server-side apply (see [`crate::ssa`]): creates the object when it is missing (true), or
+    /// Server-side apply (see [`crate::patch::apply`]): creates the object when it is missing (true), or
     /// merges the applied configuration into it under the field manager's ownership.
     pub async fn server_side_apply(
         &self,

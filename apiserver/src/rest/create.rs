@@ -8,7 +8,6 @@ use crate::ApiServer;
 use crate::errors::{ApiError, ApiResult, from_storage};
 use crate::object::{self, ObjectExt};
 use crate::request::{Params, Target};
-use crate::watch_cache;
 
 use super::field_validation::strict_check;
 use super::{check_type, encode, with_rv};
@@ -154,7 +153,7 @@ impl ApiServer {
                 .get(&key)
                 .await
                 .map_err(|e| from_storage(e, "", "namespaces", ns))?
-                .and_then(|kv| watch_cache::decode(&kv.value, kv.mod_revision)),
+                .and_then(|kv| object::decode(&kv.value, kv.mod_revision)),
         };
         match ns_obj {
             None => Err(ApiError::not_found("", "namespaces", ns)),

@@ -11,7 +11,6 @@
 
 pub mod apply;
 pub mod binding;
-pub mod component_status;
 pub mod continue_token;
 pub mod create;
 pub mod delete;

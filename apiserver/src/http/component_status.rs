@@ -14,10 +14,10 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
+use super::json_response;
+use super::negotiate::{view, with_warnings};
 use crate::ApiServer;
 use crate::errors::ApiError;
-use crate::http::json_response;
-use crate::http::negotiate::{view, with_warnings};
 use crate::request::View;
 use crate::table::{Column, Table};
 
@@ -55,7 +55,7 @@ async fn probe(api: &ApiServer, p: Probe) -> (bool, String, String) {
         Probe::Http(url) => {
             let get = async {
                 let uri: axum::http::Uri = url.parse().map_err(|e| format!("{e}"))?;
-                let resp = super::pod_log::client()
+                let resp = crate::rest::pod_log::client()
                     .get(uri)
                     .await
                     .map_err(|e| format!("Get \"{url}\": {e}"))?;
