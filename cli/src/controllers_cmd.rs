@@ -168,6 +168,6 @@ pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
         let _ = axum::serve(listener, app).await;
     });
     args.manager
-        .run(client, &registry, crate::up::shutdown_signal())
+        .run(client, &registry, crate::signals::shutdown_signal())
         .await
 }

@@ -18,6 +18,7 @@ mod bench;
 mod client_cmd;
 mod controllers_cmd;
 mod crd_cmd;
+mod signals;
 mod sim_cmd;
 mod store_args;
 mod store_cmd;

@@ -12,6 +12,7 @@ use capstan_apiserver::ApiServer;
 use capstan_storage::{CompactionPolicy, StorageMetrics};
 use clap::Args;
 
+use crate::signals::shutdown_signal;
 use crate::store_args::StoreArgs;
 
 #[derive(Debug, Args)]
@@ -189,23 +190,4 @@ users:
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

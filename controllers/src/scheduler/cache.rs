@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 
-use super::resources::{Resources, allocatable, host_ports, pod_requests};
+use super::resources::{Resources, allocatable, anti_affinity_terms, host_ports, pod_requests};
 use crate::podutil;
 
 /// What the scheduler keeps of a pod placed on a node.
@@ -115,7 +115,7 @@ impl Cache {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         self.remove_pod(&uid);
         let ports = host_ports(pod);
-        let has_anti_affinity = !super::filter::anti_affinity_terms(pod).is_empty();
+        let has_anti_affinity = !anti_affinity_terms(pod).is_empty();
         let placed = PlacedPod {
             uid: uid.clone(),
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),

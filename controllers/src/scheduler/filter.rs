@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::cache::{Cache, NodeInfo};
-use super::resources::{Resources, host_ports, pod_requests};
+use super::resources::{Resources, anti_affinity_terms, host_ports, pod_requests};
 
 /// What the filters need of the pod being scheduled, computed once per attempt.
 #[derive(Debug)]
@@ -116,19 +116,6 @@ impl<'a> PodFacts<'a> {
             self.spread.push((c, counts, min));
         }
     }
-}
-
-/// A pod's required (hard) anti-affinity terms.
-pub fn anti_affinity_terms(pod: &Pod) -> &[PodAffinityTerm] {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.pod_anti_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_deref()
-        })
-        .unwrap_or(&[])
 }
 
 fn selector_matches(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, PodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// CPU in millicores, memory and ephemeral storage in bytes, and a pod count.
@@ -101,4 +101,17 @@ pub fn allocatable(node: &k8s_openapi::api::core::v1::Node) -> Resources {
         memory: get("memory", 1.0).unwrap_or(0),
         pods: get("pods", 1.0).unwrap_or(0),
     }
+}
+
+/// A pod's required (hard) anti-affinity terms.
+pub fn anti_affinity_terms(pod: &Pod) -> &[PodAffinityTerm] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
+        .unwrap_or(&[])
 }
