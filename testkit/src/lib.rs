@@ -1,16 +1,19 @@
 //! Harnesses for Capstan's tests and benchmarks. Start with [`EtcdProcess`]: a real etcd on free
 //! loopback ports with its own temporary data dir, stopped by its pid when dropped. [`sim`] runs
-//! simulated nodes (kwok-like) against any API server. With feature `cluster`, [`TestCluster`]
-//! runs an in-process API server for cluster tests (it pulls in `capstan-apiserver`, so crates
-//! that need no API server leave it off).
+//! simulated nodes (kwok-like) against any API server. [`CapstanUp`] runs the binary that
+//! [`capstan_bin`] finds (fresh, or the test fails saying how to rebuild). With feature
+//! `cluster`, [`TestCluster`] runs an in-process API server for cluster tests (it pulls in
+//! `capstan-apiserver`, so crates that need no API server leave it off).
 //!
 //! Nothing here is mocked: the tests that use it talk to the etcd binary Debian ships
 //! (`apt-get install etcd-server`), found as `$CAPSTAN_ETCD_BIN`, else `etcd` on PATH.
 
+mod binary;
 #[cfg(feature = "cluster")]
 mod cluster;
 pub mod sim;
 
+pub use binary::capstan_bin;
 #[cfg(feature = "cluster")]
 pub use cluster::TestCluster;
 
@@ -341,7 +344,7 @@ pub fn line_channel(out: impl Read + Send + 'static) -> std::sync::mpsc::Receive
 }
 
 /// A running `capstan up` on 127.0.0.1:0, ready (it printed its ready line); killed by pid on
-/// drop. `bin` is the capstan binary (`env!("CARGO_BIN_EXE_capstan")` in the cli's tests).
+/// drop. `bin` is the capstan binary ([`capstan_bin`] in the end-to-end suites).
 #[derive(Debug)]
 pub struct CapstanUp {
     pub child: Child,
