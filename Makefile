@@ -14,20 +14,23 @@ run: deps
 	  bash e2e/images/build.sh $(DATA_DIR)/images; fi
 	$(CARGO) run --release -p capstan -- up --data-dir $(DATA_DIR) --listen $(LISTEN)
 
-## test: every test (unit, conformance against embedded and real etcd, binary e2e)
+## test: every test (unit, conformance against embedded and real etcd, in-process clusters, the
+## e2e suites); the e2e suites run the capstan binary, built first (capstan_testkit::capstan_bin)
 test: deps
+	$(CARGO) build -p capstan
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --no-fail-fast
 else
 	$(CARGO) test --workspace --no-fail-fast
 endif
 
-## e2e: the suites that drive the real capstan binary
+## e2e: the suites in e2e/ that drive the real capstan binary, kubectl, etcd and containerd
 e2e: deps
+	$(CARGO) build -p capstan
 ifeq ($(NEXTEST),yes)
-	$(CARGO) nextest run -p capstan --test '*'
+	$(CARGO) nextest run -p capstan-e2e --no-fail-fast
 else
-	$(CARGO) test -p capstan --tests
+	$(CARGO) test -p capstan-e2e --no-fail-fast
 endif
 
 ## bench: the store, API, CRD, scheduling and pod startup benchmarks (release build); see docs/benchmarks.md

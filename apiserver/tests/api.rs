@@ -1,13 +1,10 @@
 //! The API server through kube-rs (Api<T>, watcher) and raw HTTP: verbs, metadata rules,
 //! optimistic concurrency, subresources, finalizers, pagination, watches and every error class.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use capstan_testkit::{http_get, http_request};
-use common::{TestCluster, api_error};
+use capstan_testkit::{TestCluster, api_error, http_get, http_request};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};

@@ -3,13 +3,10 @@
 //! defaulting; status and scale subresources; several versions; name conflicts; cleanup of
 //! instances (and their finalizers) before the CRD goes.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capstan_testkit::{http_exchange, http_get, http_request};
-use common::{TestCluster, api_error, until};
+use capstan_testkit::{TestCluster, api_error, http_exchange, http_get, http_request, until};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{

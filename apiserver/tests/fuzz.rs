@@ -3,10 +3,7 @@
 //! never a 5xx, never a dropped connection — and a rejected write changes nothing.
 //! Inputs come from a seeded generator (the seed is printed on failure), so a failure replays.
 
-mod common;
-
-use capstan_testkit::http_request;
-use common::TestCluster;
+use capstan_testkit::{TestCluster, http_request};
 use serde_json::{Map, Value, json};
 
 /// Random JSON, biased toward the shapes and names the API cares about.

@@ -3,12 +3,10 @@
 //! Ready with an IP from the node's podCIDR; a deleted pod's deletion is confirmed; pods bound
 //! elsewhere are left alone.
 
-mod common;
-
 use std::time::Duration;
 
 use capstan_testkit::sim::{SimConfig, SimNodes};
-use common::{TestCluster, until};
+use capstan_testkit::{TestCluster, until};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};

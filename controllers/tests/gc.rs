@@ -2,13 +2,10 @@
 //! every propagation policy, blockOwnerDeletion, owners that vanished while the collector was
 //! down, custom resources as owners, and namespace deletion.
 
-#[path = "../../apiserver/tests/common/mod.rs"]
-mod common;
-
 use std::time::Duration;
 
 use capstan_controllers::Manager;
-use common::{TestCluster, until};
+use capstan_testkit::{TestCluster, until};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

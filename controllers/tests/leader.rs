@@ -1,14 +1,11 @@
 //! Leader election through a Lease against a real in-process API server.
 
-#[path = "../../apiserver/tests/common/mod.rs"]
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use capstan_controllers::runtime::leader::{LeaderElection, Timings};
-use common::{TestCluster, until};
+use capstan_testkit::{TestCluster, until};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 

@@ -1,16 +1,13 @@
 //! The workload controllers and the scheduler against a real in-process API server, with
 //! simulated nodes playing the kubelet.
 
-#[path = "../../apiserver/tests/common/mod.rs"]
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use capstan_controllers::Manager;
 use capstan_testkit::sim::{SimConfig, SimNodes};
-use common::{TestCluster, until};
+use capstan_testkit::{TestCluster, until};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod};

@@ -1,12 +1,15 @@
 //! The storage conformance suite: the specification every [`Storage`] implementation is held to,
-//! written once and run against each backend (and, later, the API server's watch cache), as
-//! kube-apiserver's storage tests run against etcd3 and the cacher.
+//! written once and run against each backend (`storage/tests/{embedded,etcd}.rs`), the metrics
+//! wrapper (`storage/tests/metrics.rs`) and the API server's watch cache
+//! (`apiserver/tests/watch_cache.rs`, the cases that apply to a cache), as kube-apiserver's
+//! storage tests run against etcd3 and the cacher.
 //!
 //! Each case takes a fresh, empty store. A backend's test file instantiates all of them with
-//! [`conformance_tests!`](crate::conformance_tests):
+//! [`conformance_tests!`](crate::conformance_tests), or a chosen few with its `@cases` form:
 //!
 //! ```ignore
 //! capstan_storage::conformance_tests!(async { (make_store().await, guard) });
+//! capstan_storage::conformance_tests!(@cases make(); crud_round_trip, watch_only_sees_its_prefix);
 //! ```
 //!
 //! When a backend bug is found, add a case here with a comment naming it.

@@ -1,11 +1,21 @@
 //! Harnesses for Capstan's tests and benchmarks. Start with [`EtcdProcess`]: a real etcd on free
 //! loopback ports with its own temporary data dir, stopped by its pid when dropped. [`sim`] runs
-//! simulated nodes (kwok-like) against any API server.
+//! simulated nodes (kwok-like) against any API server. [`CapstanUp`] runs the binary that
+//! [`capstan_bin`] finds (fresh, or the test fails saying how to rebuild). With feature
+//! `cluster`, [`TestCluster`] runs an in-process API server for cluster tests (it pulls in
+//! `capstan-apiserver`, so crates that need no API server leave it off).
 //!
 //! Nothing here is mocked: the tests that use it talk to the etcd binary Debian ships
 //! (`apt-get install etcd-server`), found as `$CAPSTAN_ETCD_BIN`, else `etcd` on PATH.
 
+mod binary;
+#[cfg(feature = "cluster")]
+mod cluster;
 pub mod sim;
+
+pub use binary::capstan_bin;
+#[cfg(feature = "cluster")]
+pub use cluster::TestCluster;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -296,6 +306,29 @@ pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool)
     Ok(())
 }
 
+/// Polls the async `check` (every 10 ms) until it is true; panics naming `what` after
+/// `within`. Returns how long it took.
+pub async fn until<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+/// The (code, reason, message) of an API error; panics on any other error.
+pub fn api_error(e: kube::Error) -> (u16, String, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason, s.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
 /// The lines a child prints, as a channel (so a test can wait for one with a timeout).
 pub fn line_channel(out: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;
@@ -311,7 +344,7 @@ pub fn line_channel(out: impl Read + Send + 'static) -> std::sync::mpsc::Receive
 }
 
 /// A running `capstan up` on 127.0.0.1:0, ready (it printed its ready line); killed by pid on
-/// drop. `bin` is the capstan binary (`env!("CARGO_BIN_EXE_capstan")` in the cli's tests).
+/// drop. `bin` is the capstan binary ([`capstan_bin`] in the end-to-end suites).
 #[derive(Debug)]
 pub struct CapstanUp {
     pub child: Child,

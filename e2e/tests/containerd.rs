@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use capstan_node_agent::runtime::Runtime as _;
 use capstan_node_agent::runtime::cri::CriRuntime;
-use capstan_testkit::{CapstanUp, eventually, http_get, kubectl, temp_dir};
+use capstan_testkit::{CapstanUp, capstan_bin, eventually, http_get, kubectl, temp_dir};
 use serde_json::Value;
 
 const NODE: &str = "cri-e2e";
@@ -50,7 +50,7 @@ impl Cluster {
         let dir = temp_dir("capstan-cri-").unwrap();
         let images = dir.path().join("images");
         let build = std::process::Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/images/build.sh"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh"))
             .arg(&images)
             .output()
             .unwrap();
@@ -74,7 +74,7 @@ impl Cluster {
     fn boot(&mut self) {
         let data = self.dir.path().display().to_string();
         let up = CapstanUp::start(
-            Path::new(env!("CARGO_BIN_EXE_capstan")),
+            capstan_bin(),
             &[
                 "--data-dir",
                 &data,

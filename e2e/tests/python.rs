@@ -7,11 +7,11 @@ use std::process::Command;
 fn the_official_python_client_works_against_capstan() {
     let dir = capstan_testkit::temp_dir("capstan-python-").unwrap();
     let up = capstan_testkit::CapstanUp::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_capstan")),
+        capstan_testkit::capstan_bin(),
         &[std::ffi::OsStr::new("--data-dir"), dir.path().as_os_str()],
     )
     .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/python/client_calls.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/client_calls.py");
     let out = Command::new("python3")
         .arg(script)
         .arg(dir.path().join("kubeconfig"))

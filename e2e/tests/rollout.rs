@@ -2,11 +2,11 @@
 //! `capstan sim` nodes playing the kubelets: rollout status / history / undo / pause / resume /
 //! restart, scale, a blue/green Service flip, and deletion in every cascade mode.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use capstan_testkit::{CapstanUp, eventually, kubectl, temp_dir};
+use capstan_testkit::{CapstanUp, capstan_bin, eventually, kubectl, temp_dir};
 
 struct Cluster {
     sim: Child,
@@ -25,7 +25,7 @@ impl Drop for Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = temp_dir("capstan-rollout-").unwrap();
-        let bin = Path::new(env!("CARGO_BIN_EXE_capstan"));
+        let bin = capstan_bin();
         let up = CapstanUp::start(bin, &["--data-dir", &dir.path().display().to_string()]).unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let sim = Command::new(bin)

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use capstan_testkit::{CapstanUp, eventually, kubectl, temp_dir};
+use capstan_testkit::{CapstanUp, capstan_bin, eventually, kubectl, temp_dir};
 use serde_json::Value;
 
 const NODE: &str = "agent-e2e";
@@ -33,7 +33,7 @@ impl Cluster {
         let data = self.dir.path().display().to_string();
         self.up = Some(
             CapstanUp::start(
-                Path::new(env!("CARGO_BIN_EXE_capstan")),
+                capstan_bin(),
                 &[
                     "--data-dir",
                     &data,

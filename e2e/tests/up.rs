@@ -9,15 +9,15 @@ use bytes::Bytes;
 use capstan_storage::Storage;
 use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use capstan_testkit::{
-    CapstanUp, EtcdProcess, eventually, http_get, http_request, signal, temp_dir,
+    CapstanUp, EtcdProcess, capstan_bin, eventually, http_get, http_request, signal, temp_dir,
 };
 
 fn capstan() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_capstan"))
+    Command::new(capstan_bin())
 }
 
 fn up(args: &[&str]) -> CapstanUp {
-    CapstanUp::start(Path::new(env!("CARGO_BIN_EXE_capstan")), args).unwrap()
+    CapstanUp::start(capstan_bin(), args).unwrap()
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {

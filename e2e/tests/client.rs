@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use capstan_testkit::{CapstanUp, temp_dir};
+use capstan_testkit::{CapstanUp, capstan_bin, temp_dir};
 
 const MANIFEST: &str = "apiVersion: v1
 kind: ConfigMap
@@ -23,12 +23,7 @@ spec:
 ";
 
 fn capstan(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    capstan_testkit::client_command(
-        Path::new(env!("CARGO_BIN_EXE_capstan")),
-        kubeconfig,
-        args,
-        stdin,
-    )
+    capstan_testkit::client_command(capstan_bin(), kubeconfig, args, stdin)
 }
 
 fn ok(out: Output) -> String {
@@ -44,7 +39,7 @@ fn ok(out: Output) -> String {
 fn apply_get_and_delete_without_kubectl() {
     let dir = temp_dir("capstan-client-").unwrap();
     let _up = CapstanUp::start(
-        Path::new(env!("CARGO_BIN_EXE_capstan")),
+        capstan_bin(),
         &[std::ffi::OsStr::new("--data-dir"), dir.path().as_os_str()],
     )
     .unwrap();
@@ -167,7 +162,7 @@ fn apply_get_and_delete_without_kubectl() {
 fn custom_resources_without_kubectl() {
     let dir = temp_dir("capstan-client-crd-").unwrap();
     let _up = CapstanUp::start(
-        Path::new(env!("CARGO_BIN_EXE_capstan")),
+        capstan_bin(),
         &[std::ffi::OsStr::new("--data-dir"), dir.path().as_os_str()],
     )
     .unwrap();

@@ -1,6 +1,5 @@
-//! An in-process API server on a fresh embedded store at 127.0.0.1:0, with a kube::Client.
-
-#![allow(dead_code)]
+//! [`TestCluster`]: an in-process API server on a fresh embedded store at 127.0.0.1:0, with a
+//! `kube::Client` — the harness every crate's cluster tests share (feature `cluster`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +8,7 @@ use capstan_apiserver::ApiServer;
 use capstan_storage::Storage;
 use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
 
+/// A running API server; its serving task is aborted on drop.
 pub struct TestCluster {
     pub client: kube::Client,
     pub addr: std::net::SocketAddr,
@@ -18,6 +18,15 @@ pub struct TestCluster {
     server: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for TestCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCluster")
+            .field("addr", &self.addr)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.server.abort();
@@ -25,27 +34,25 @@ impl Drop for TestCluster {
 }
 
 impl TestCluster {
+    /// A cluster on a fresh embedded store (no automatic compaction).
     pub async fn start() -> TestCluster {
-        let dir = capstan_testkit::temp_dir("capstan-apiserver-").unwrap();
-        let mut opts = EmbeddedOptions::new(dir.path());
-        opts.compaction = None;
-        let store: Arc<dyn Storage> = EmbeddedStore::open(opts).await.unwrap();
-        Self::on(store, dir).await
+        Self::with_service_cidr("10.96.0.0/12").await
     }
 
+    /// A cluster on `store`; `dir` (the store's data, or scratch) lives as long as it.
     pub async fn on(store: Arc<dyn Storage>, dir: tempfile::TempDir) -> TestCluster {
         Self::on_with_cidr(store, dir, "10.96.0.0/12").await
     }
 
     /// A second API server on another cluster's store (a replica).
     pub async fn on_store(store: Arc<dyn Storage>) -> TestCluster {
-        let dir = capstan_testkit::temp_dir("capstan-replica-").unwrap();
+        let dir = crate::temp_dir("capstan-replica-").unwrap();
         Self::on(store, dir).await
     }
 
     /// A cluster whose Services get ClusterIPs from `cidr`.
     pub async fn with_service_cidr(cidr: &str) -> TestCluster {
-        let dir = capstan_testkit::temp_dir("capstan-apiserver-").unwrap();
+        let dir = crate::temp_dir("capstan-apiserver-").unwrap();
         let mut opts = EmbeddedOptions::new(dir.path());
         opts.compaction = None;
         let store: Arc<dyn Storage> = EmbeddedStore::open(opts).await.unwrap();
@@ -83,30 +90,8 @@ impl TestCluster {
         }
     }
 
+    /// `http://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
-}
-
-/// The (code, reason, message) of an API error; panics on any other error.
-pub fn api_error(e: kube::Error) -> (u16, String, String) {
-    match e {
-        kube::Error::Api(s) => (s.code, s.reason, s.message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-/// Polls `check` (every 10 ms) until it is true; panics naming `what` after `within`. Returns
-/// how long it took.
-pub async fn until<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = std::time::Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
 }

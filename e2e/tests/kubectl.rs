@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use capstan_testkit::{CapstanUp, EtcdProcess, kubectl, kubectl_bin, line_channel, temp_dir};
+use capstan_testkit::{
+    CapstanUp, EtcdProcess, capstan_bin, kubectl, kubectl_bin, line_channel, temp_dir,
+};
 use serde_json::Value;
 
 /// `capstan up` plus a kubectl bound to its kubeconfig; both stopped by pid on drop.
@@ -29,7 +31,7 @@ impl Cluster {
                 e.endpoint.clone(),
             ]);
         }
-        let up = CapstanUp::start(Path::new(env!("CARGO_BIN_EXE_capstan")), &args).unwrap();
+        let up = CapstanUp::start(capstan_bin(), &args).unwrap();
         Cluster {
             _up: up,
             kubeconfig: dir.path().join("kubeconfig"),
@@ -814,7 +816,7 @@ fn a_crd_reaches_every_api_server_sharing_etcd() {
             "--etcd-endpoints".into(),
             etcd.endpoint.clone(),
         ];
-        let up = CapstanUp::start(Path::new(env!("CARGO_BIN_EXE_capstan")), &args).unwrap();
+        let up = CapstanUp::start(capstan_bin(), &args).unwrap();
         (up, dir)
     };
     let (a, a_dir) = start();
