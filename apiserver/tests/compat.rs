@@ -3,12 +3,9 @@
 //! discovery, APIServices, pods/ephemeralcontainers, componentstatuses, and ConfigMap/Secret
 //! size limits and stringData.
 
-mod common;
-
 use std::time::Duration;
 
-use capstan_testkit::http_exchange;
-use common::{TestCluster, until};
+use capstan_testkit::{TestCluster, http_exchange, until};
 use serde_json::{Value, json};
 
 /// One request: (code, response headers, body as JSON or Null).
