@@ -390,22 +390,33 @@ spec:
     let uid = web["metadata"]["uid"].as_str().unwrap().to_string();
     c.ok(&["delete", "pod", "web", "--timeout=60s"], None);
     assert!(!alive(second_pid));
-    let sandboxes = std::fs::read_dir(c.root().join("process/sandboxes"))
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("sandbox.json")).is_ok_and(|s| s.contains(&uid))
-        })
-        .count();
-    assert_eq!(sandboxes, 0, "the sandbox is removed");
+    // The agent confirms the deletion once the containers are stopped, and removes the sandbox
+    // and logs right after: they go within moments of kubectl returning, not before it.
+    let sandbox_records = || {
+        std::fs::read_dir(c.root().join("process/sandboxes"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("sandbox.json"))
+                    .is_ok_and(|s| s.contains(&uid))
+            })
+            .count()
+    };
+    eventually(WAIT, "the sandbox is removed", || sandbox_records() == 0).unwrap();
     let logs = c.root().join("logs").join(format!("default_web_{uid}"));
-    assert!(!logs.exists(), "the log directory is removed");
+    eventually(WAIT, "the log directory is removed", || !logs.exists()).unwrap();
     c.ok(&["delete", "pod", "fails", "flaky", "--timeout=60s"], None);
-    let left: Vec<_> = std::fs::read_dir(c.root().join("process/containers"))
-        .unwrap()
-        .flatten()
-        .collect();
-    assert!(left.is_empty(), "no container records left: {left:?}");
+    let containers = || -> Vec<_> {
+        std::fs::read_dir(c.root().join("process/containers"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    eventually(WAIT, "no container records left", || {
+        containers().is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", containers()));
 }
 
 /// Limits through cgroups (v2, or v1's cpu and memory hierarchies; root — CI requires it): the
