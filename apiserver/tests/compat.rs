@@ -34,6 +34,38 @@ async fn call(
     .unwrap()
 }
 
+/// A GET's body.
+async fn get(c: &TestCluster, path: &str) -> Value {
+    call(c, "GET", path, &[], Value::Null).await.2
+}
+
+/// Waits until GET `path` answers `code`.
+async fn until_code(c: &TestCluster, path: &str, code: u16, within: Duration) {
+    until(
+        within,
+        &format!("GET {path} answers {code}"),
+        || async move { call(c, "GET", path, &[], Value::Null).await.0 == code },
+    )
+    .await;
+}
+
+/// The names of a list's items.
+fn names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    i["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
 const APPLY: &[(&str, &str)] = &[("Content-Type", "application/apply-patch+yaml")];
 const SMP: &[(&str, &str)] = &[("Content-Type", "application/strategic-merge-patch+json")];
@@ -84,39 +116,18 @@ async fn field_selectors_read_unset_fields_as_their_zero_value() {
         let (code, _, body) = call(&c, "POST", "/api/v1/nodes", JSON, node).await;
         assert_eq!(code, 201, "{body}");
     }
-    let names = |list: &Value| -> Vec<String> {
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
-            .collect()
-    };
-    let (_, _, schedulable) = call(
+    let schedulable = get(
         &c,
-        "GET",
         "/api/v1/nodes?fieldSelector=spec.unschedulable%3D%3Dfalse",
-        &[],
-        Value::Null,
     )
     .await;
     assert_eq!(names(&schedulable), ["plain"]);
-    let (_, _, not_true) = call(
-        &c,
-        "GET",
-        "/api/v1/nodes?fieldSelector=spec.unschedulable!%3Dtrue",
-        &[],
-        Value::Null,
-    )
-    .await;
+    let not_true = get(&c, "/api/v1/nodes?fieldSelector=spec.unschedulable!%3Dtrue").await;
     assert_eq!(names(&not_true), ["plain"]);
     // The paginated path (from the store) reads them the same way.
-    let (_, _, paged) = call(
+    let paged = get(
         &c,
-        "GET",
         "/api/v1/nodes?fieldSelector=spec.unschedulable%3D%3Dfalse&limit=10",
-        &[],
-        Value::Null,
     )
     .await;
     assert_eq!(names(&paged), ["plain"]);
@@ -203,16 +214,6 @@ async fn aggregated_discovery_is_served_when_the_client_asks_for_it() {
 async fn every_served_group_version_has_an_apiservice_and_crds_come_and_go() {
     let c = TestCluster::start().await;
     let list = "/apis/apiregistration.k8s.io/v1/apiservices";
-    let names = |l: &Value| -> Vec<String> {
-        l["items"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let (code, _, services) = call(&c, "GET", list, &[], Value::Null).await;
     assert_eq!(code, 200, "{services}");
     let have = names(&services);
@@ -228,7 +229,7 @@ async fn every_served_group_version_has_an_apiservice_and_crds_come_and_go() {
             "{want} missing from {have:?}"
         );
     }
-    let (_, _, apps) = call(&c, "GET", &format!("{list}/v1.apps"), &[], Value::Null).await;
+    let apps = get(&c, &format!("{list}/v1.apps")).await;
     assert_eq!(apps["spec"]["group"], "apps");
     assert_eq!(apps["spec"]["service"], Value::Null);
     assert_eq!(apps["status"]["conditions"][0]["type"], "Available");
@@ -252,17 +253,8 @@ async fn every_served_group_version_has_an_apiservice_and_crds_come_and_go() {
     .await;
     assert_eq!(code, 201, "{body}");
     let one = format!("{list}/v1.example.com");
-    until(
-        Duration::from_secs(5),
-        "APIService v1.example.com registered",
-        || {
-            let c = &c;
-            let one = one.clone();
-            async move { call(c, "GET", &one, &[], Value::Null).await.0 == 200 }
-        },
-    )
-    .await;
-    let (_, _, gadgets) = call(&c, "GET", &one, &[], Value::Null).await;
+    until_code(&c, &one, 200, Duration::from_secs(5)).await;
+    let gadgets = get(&c, &one).await;
     assert_eq!(
         gadgets["metadata"]["labels"]["kube-aggregator.kubernetes.io/automanaged"],
         "true"
@@ -277,16 +269,7 @@ async fn every_served_group_version_has_an_apiservice_and_crds_come_and_go() {
     )
     .await;
     assert_eq!(code, 200);
-    until(
-        Duration::from_secs(10),
-        "APIService v1.example.com removed",
-        || {
-            let c = &c;
-            let one = one.clone();
-            async move { call(c, "GET", &one, &[], Value::Null).await.0 == 404 }
-        },
-    )
-    .await;
+    until_code(&c, &one, 404, Duration::from_secs(10)).await;
     // Built-in groups stay.
     assert_eq!(
         call(&c, "GET", &format!("{list}/v1.apps"), &[], Value::Null)
@@ -454,7 +437,7 @@ async fn componentstatuses_are_computed_and_read_only() {
         405
     );
     // Discovery lists it.
-    let (_, _, core) = call(&c, "GET", "/api/v1", &[], Value::Null).await;
+    let core = get(&c, "/api/v1").await;
     assert!(
         core["resources"]
             .as_array()
