@@ -29,6 +29,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::exec::{ExecIo, ExecProcess, TermSize};
 use super::{
     Container, ContainerConfig, ContainerState, ExecRequest, ExecResult, ExecSession, Result,
     Runtime, RuntimeError, Sandbox, SandboxConfig, SandboxState,
@@ -42,7 +43,7 @@ pub use cgroups::cgroup_roots;
 pub use shim::{log_record, shim_exec, shim_main};
 
 use cgroups::{ensure_cgroup, remove_cgroup, write_limits};
-use shim::open_pty;
+use shim::{container_command, open_pty};
 use state::{
     ContainerFile, ExitFile, PidFile, SandboxFile, alive, is_zombie, read_json, signal_group,
     start_ticks, write_json,
@@ -478,43 +479,21 @@ impl Runtime for ProcessRuntime {
             return Err(RuntimeError::Config("exec: empty command".into()));
         }
         let trampoline = match self.shim.as_slice() {
-            [program, sub, ..] if sub == "shim" => Some(program.clone()),
+            [program, sub, ..] if sub == "shim" => Some(PathBuf::from(program)),
             _ => None,
         };
-        let mut c = match &trampoline {
-            Some(program) if req.tty || !f.cgroups.is_empty() => {
-                let mut c = tokio::process::Command::new(program);
-                c.arg("shim-exec");
-                for cg in &f.cgroups {
-                    c.arg("--cgroup").arg(cg);
-                }
-                if req.tty {
-                    c.arg("--tty");
-                }
-                c.arg("--oom-score-adj")
-                    .arg(f.resources.oom_score_adj.to_string())
-                    .arg("--")
-                    .args(&req.command);
-                c
-            }
-            _ if req.tty => {
-                return Err(RuntimeError::Config(
-                    "exec: a terminal needs the capstan shim, which this runtime lacks".into(),
-                ));
-            }
-            _ => {
-                let mut c = tokio::process::Command::new(&req.command[0]);
-                c.args(&req.command[1..]);
-                c
-            }
-        };
-        c.env_clear()
-            .envs(f.env.iter().map(|(k, v)| (k, v)))
-            .kill_on_drop(false);
-        if let Some(dir) = &f.working_dir {
-            c.current_dir(dir);
+        if req.tty && trampoline.is_none() {
+            return Err(RuntimeError::Config(
+                "exec: a terminal needs the capstan shim, which this runtime lacks".into(),
+            ));
         }
-        let (session, ends) = super::exec::session(req);
+        let mut c = tokio::process::Command::from(container_command(
+            &f,
+            trampoline.as_deref(),
+            req.tty,
+            &req.command,
+        ));
+        c.kill_on_drop(false);
         let io_err = |e| RuntimeError::io("exec: opening a pseudo-terminal", e);
         // A terminal: the command gets the slave on all three streams and makes it its
         // controlling terminal (shim-exec --tty); we keep the master.
@@ -545,85 +524,25 @@ impl Runtime for ProcessRuntime {
         })?;
         // The slave's copies in `c` must close, or the terminal never reports its end.
         drop(c);
-        let pid = child.id().map(|p| p as i32);
-        let super::exec::RuntimeEnds {
-            stdin,
-            stdout,
-            stderr,
-            mut resize,
-            exit,
-        } = ends;
-        let mut pumps = tokio::task::JoinSet::new();
-        // The terminal's master stays here for resizes.
-        let mut size = None;
-        if let Some(m) = master {
-            let reader = m.try_clone().map_err(io_err)?;
-            let writer = m.try_clone().map_err(io_err)?;
-            if let Some(tx) = stdout {
-                pumps.spawn(super::exec::pump(tokio::fs::File::from_std(reader), tx));
-            }
-            if let Some(rx) = stdin {
-                tokio::spawn(super::exec::feed(rx, tokio::fs::File::from_std(writer)));
-            }
-            size = Some(m);
-        } else {
-            if let (Some(tx), Some(out)) = (stdout, child.stdout.take()) {
-                pumps.spawn(super::exec::pump(out, tx));
-            }
-            if let (Some(tx), Some(err)) = (stderr, child.stderr.take()) {
-                pumps.spawn(super::exec::pump(err, tx));
-            }
-            if let (Some(rx), Some(w)) = (stdin, child.stdin.take()) {
-                tokio::spawn(super::exec::feed(rx, w));
-            }
-        }
-        // One task owns the child: resizes, the kill when the session goes away (before the
-        // child is reaped, so its pid and process group cannot have been reused), the exit.
-        tokio::spawn(async move {
-            let mut gone = false;
-            let status = loop {
-                tokio::select! {
-                    st = child.wait() => break st,
-                    sz = resize.recv(), if !gone => match (sz, &size) {
-                        (Some(sz), Some(master)) => {
-                            let _ = rustix::termios::tcsetwinsize(
-                                master,
-                                rustix::termios::Winsize {
-                                    ws_row: sz.height,
-                                    ws_col: sz.width,
-                                    ws_xpixel: 0,
-                                    ws_ypixel: 0,
-                                },
-                            );
-                        }
-                        (Some(_), None) => {}
-                        (None, _) => {
-                            gone = true;
-                            if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
-                                let _ = rustix::process::kill_process_group(
-                                    pid,
-                                    rustix::process::Signal::KILL,
-                                );
-                            }
-                            let _ = child.start_kill();
-                        }
-                    },
+        let io = match &master {
+            // The terminal's master: output and input both, a copy each.
+            Some(m) => {
+                let reader = tokio::fs::File::from_std(m.try_clone().map_err(io_err)?);
+                let writer = tokio::fs::File::from_std(m.try_clone().map_err(io_err)?);
+                ExecIo {
+                    stdin: Some(Box::new(writer)),
+                    stdout: Some(Box::new(reader)),
+                    stderr: None,
                 }
-            };
-            let code = match status {
-                Ok(st) => Ok(st.code().unwrap_or(128 + st.signal().unwrap_or(9))),
-                Err(e) => Err(format!("waiting for the command: {e}")),
-            };
-            drop(size);
-            // What it wrote before exiting still goes out, within a bound.
-            let _ = tokio::time::timeout(super::exec::DRAIN, async {
-                while pumps.join_next().await.is_some() {}
-            })
-            .await;
-            pumps.abort_all();
-            let _ = exit.send(code);
-        });
-        Ok(session)
+            }
+            None => ExecIo {
+                stdin: child.stdin.take().map(|w| Box::new(w) as _),
+                stdout: child.stdout.take().map(|r| Box::new(r) as _),
+                stderr: child.stderr.take().map(|r| Box::new(r) as _),
+            },
+        };
+        let pid = child.id().map(|p| p as i32);
+        Ok(super::exec::start(req, io, HostExec { child, pid, master }))
     }
 
     /// Runs `cmd` on the host with the container's environment and working directory.
@@ -633,24 +552,14 @@ impl Runtime for ProcessRuntime {
                 what: "container",
                 id: id.into(),
             })?;
-        let (program, args) = cmd
-            .split_first()
-            .ok_or_else(|| RuntimeError::Config("exec: empty command".into()))?;
-        let mut c = tokio::process::Command::new(program);
-        c.args(args)
-            .env_clear()
-            .envs(f.env.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        if let Some(dir) = &f.working_dir {
-            c.current_dir(dir);
-        }
+        let Some(program) = cmd.first() else {
+            return Err(RuntimeError::Config("exec: empty command".into()));
+        };
+        let mut c = tokio::process::Command::from(container_command(&f, None, false, cmd));
+        c.stdin(std::process::Stdio::null()).kill_on_drop(true);
         match tokio::time::timeout(timeout, c.output()).await {
             Ok(Ok(out)) => Ok(ExecResult {
-                exit_code: out
-                    .status
-                    .code()
-                    .unwrap_or(128 + out.status.signal().unwrap_or(9)),
+                exit_code: exit_code(out.status),
                 stdout: out.stdout,
                 stderr: out.stderr,
             }),
@@ -672,5 +581,56 @@ impl Runtime for ProcessRuntime {
 
     async fn pull_image(&self, image: &str) -> Result<String> {
         Ok(image.to_string())
+    }
+}
+
+/// A command's exit code as a shell reports it: 128 + the signal that killed it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or(128 + status.signal().unwrap_or(9))
+}
+
+/// An exec on the host (`kubectl exec` on the process runtime): the child, its process group,
+/// and the terminal's master when it has one.
+struct HostExec {
+    child: tokio::process::Child,
+    pid: Option<i32>,
+    master: Option<std::fs::File>,
+}
+
+impl ExecProcess for HostExec {
+    async fn resize(&mut self, size: TermSize) {
+        if let Some(master) = &self.master {
+            let _ = rustix::termios::tcsetwinsize(
+                master,
+                rustix::termios::Winsize {
+                    ws_row: size.height,
+                    ws_col: size.width,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                },
+            );
+        }
+    }
+
+    async fn kill(&mut self) {
+        // Its process group too: what it started goes with it.
+        if let Some(pid) = self.pid.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.start_kill();
+    }
+
+    async fn wait(&mut self) -> std::result::Result<i32, String> {
+        self.child
+            .wait()
+            .await
+            .map(exit_code)
+            .map_err(|e| format!("waiting for the command: {e}"))
+    }
+
+    async fn exited(&mut self) -> bool {
+        // The pipes and the terminal end by themselves (a terminal once its last slave closes).
+        self.master = None;
+        false
     }
 }

@@ -98,34 +98,12 @@ pub fn shim_main(dir: &Path) -> i32 {
     };
     // With a cgroup, the command starts through `capstan shim-exec`, which joins the cgroup
     // (and sets oom_score_adj) and then execs it: limited from its first instruction.
-    let mut cmd = match std::env::current_exe() {
-        Ok(exe) if !f.cgroups.is_empty() => {
-            let mut c = std::process::Command::new(exe);
-            c.arg("shim-exec");
-            for cg in &f.cgroups {
-                c.arg("--cgroup").arg(cg);
-            }
-            c.arg("--oom-score-adj")
-                .arg(f.resources.oom_score_adj.to_string())
-                .arg("--")
-                .args(&f.argv);
-            c
-        }
-        _ => {
-            let mut c = std::process::Command::new(&f.argv[0]);
-            c.args(&f.argv[1..]);
-            c
-        }
-    };
-    cmd.env_clear()
-        .envs(f.env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
+    let exe = std::env::current_exe().ok();
+    let mut cmd = container_command(&f, exe.as_deref(), false, &f.argv);
+    cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0);
-    if let Some(wd) = &f.working_dir {
-        cmd.current_dir(wd);
-    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -184,6 +162,48 @@ pub fn shim_main(dir: &Path) -> i32 {
         None,
     );
     code
+}
+
+/// `argv` as a command of the container `f`: its environment and working directory, and —
+/// when it has cgroups to join or a terminal (`tty`) to take — started through `capstan
+/// shim-exec` (`trampoline`, the capstan binary), which does that and then execs it.
+pub(super) fn container_command(
+    f: &ContainerFile,
+    trampoline: Option<&Path>,
+    tty: bool,
+    argv: &[String],
+) -> std::process::Command {
+    let mut c = match trampoline {
+        Some(exe) if tty || !f.cgroups.is_empty() => {
+            let mut c = std::process::Command::new(exe);
+            c.arg("shim-exec");
+            for cg in &f.cgroups {
+                c.arg("--cgroup").arg(cg);
+            }
+            if tty {
+                c.arg("--tty");
+            }
+            c.arg("--oom-score-adj")
+                .arg(f.resources.oom_score_adj.to_string())
+                .arg("--")
+                .args(argv);
+            c
+        }
+        // (An empty argv fails to start, with an error.)
+        _ => {
+            let (program, args) = argv
+                .split_first()
+                .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
+            let mut c = std::process::Command::new(program);
+            c.args(args);
+            c
+        }
+    };
+    c.env_clear().envs(f.env.iter().map(|(k, v)| (k, v)));
+    if let Some(wd) = &f.working_dir {
+        c.current_dir(wd);
+    }
+    c
 }
 
 /// A pseudo-terminal: (master, slave).
