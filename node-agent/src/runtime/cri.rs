@@ -197,6 +197,24 @@ impl CriRuntime {
         })
     }
 
+    /// The sandbox ("pause") image the runtime starts pods with, from its verbose status
+    /// (containerd's CRI config, `sandboxImage`); None when it does not say.
+    pub async fn sandbox_image(&self) -> Result<Option<String>> {
+        let st = self
+            .runtime
+            .clone()
+            .status(request(cri::StatusRequest { verbose: true }, CALL_TIMEOUT))
+            .await
+            .map_err(rpc("status"))?
+            .into_inner();
+        Ok(st
+            .info
+            .get("config")
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .and_then(|c| c["sandboxImage"].as_str().map(str::to_string))
+            .filter(|i| !i.is_empty()))
+    }
+
     /// Whether the runtime reports its network ready (a CNI config is loaded).
     pub async fn network_ready(&self) -> Result<bool> {
         let st = self
