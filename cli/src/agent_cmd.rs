@@ -160,6 +160,31 @@ pub async fn run_agent(
                     tracing::info!(dir = %dir.display(), images = ?names, "images imported");
                 }
             }
+            // Pods cannot start without the sandbox image: when containerd lacks it, Capstan
+            // makes its own (this binary, as `capstan pause`) and imports it. Failing that, the
+            // agent still runs (a containerd with a registry may pull the image itself), and
+            // says why its pods may not start.
+            match rt.sandbox_image().await {
+                Ok(Some(image)) => {
+                    let work = root_dir.join("pause-image");
+                    if let Err(e) =
+                        capstan_node_agent::pause_image::ensure(&rt, cri_socket, &image, &work)
+                            .await
+                    {
+                        tracing::error!(
+                            %image,
+                            error = %e,
+                            "the sandbox image is missing and Capstan could not provide its own: pods will not start"
+                        );
+                    }
+                }
+                Ok(None) => tracing::warn!(
+                    "the CRI runtime does not name its sandbox image: if it lacks one, pods will not start"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "asking the CRI runtime for its sandbox image")
+                }
+            }
             if !rt.network_ready().await.unwrap_or(false) {
                 tracing::warn!(
                     "the CRI runtime reports its network not ready (no CNI config?): pods will wait in ContainerCreating"

@@ -18,6 +18,7 @@ mod bench;
 mod client_cmd;
 mod controllers_cmd;
 mod crd_cmd;
+mod pause_cmd;
 mod signals;
 mod sim_cmd;
 mod store_args;
@@ -77,6 +78,10 @@ enum Command {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+    /// The process of Capstan's own pause (sandbox) image: sleeps until SIGTERM or SIGINT,
+    /// reaping orphans (started by containerd, not by users).
+    #[command(hide = true)]
+    Pause,
     #[command(flatten)]
     Client(client_cmd::ClientCmd),
 }
@@ -123,6 +128,9 @@ fn main() -> std::process::ExitCode {
             capstan_node_agent::runtime::process::shim_exec(cgroup, *oom_score_adj, *tty, argv);
         return std::process::ExitCode::from(code.clamp(0, 255) as u8);
     }
+    if let Command::Pause = &cli.command {
+        return pause_cmd::run();
+    }
     if let Command::Shim { dir } = &cli.command {
         // Synchronous, no async runtime: it lives as long as its container.
         let code = capstan_node_agent::runtime::process::shim_main(dir);
@@ -150,7 +158,7 @@ fn main() -> std::process::ExitCode {
             Command::Sim(args) => sim_cmd::run(cli.client, args).await,
             Command::Agent(cmd) => agent_cmd::run(cli.client, cmd).await,
             Command::Image(ImageCmd::Import(cmd)) => agent_cmd::image_import(cmd).await,
-            Command::Shim { .. } | Command::ShimExec { .. } => Ok(()),
+            Command::Shim { .. } | Command::ShimExec { .. } | Command::Pause => Ok(()),
             Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,
         }
     });

@@ -4,6 +4,9 @@
 #   OUT/pause.tar    localhost/pause:1    (a static binary that sleeps until SIGTERM)
 # Needs umoci, skopeo, busybox-static and gcc. Idempotent: existing archives are kept unless
 # FORCE=1. Import with `capstan image import OUT/*.tar` (or let `capstan up` do it).
+# Without pause.tar the node agent makes and imports a pause image of its own (the capstan
+# binary and the shared objects it loads: node-agent/src/pause_image/); this one is smaller
+# (a few KB, static), so `make run` and `capstan bench pods` keep using it.
 set -euo pipefail
 out=${1:?usage: build.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)

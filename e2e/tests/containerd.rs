@@ -1,7 +1,8 @@
 //! The node agent on containerd, for real: `capstan up --runtime cri` starts its own
-//! containerd (the verified config under the data dir, its own bridge and pod CIDR), imports
-//! the busybox and pause images built by e2e/images/build.sh, and runs pods through CRI,
-//! driven by kubectl. One cluster, one test, in steps (pods take seconds, not milliseconds).
+//! containerd (the verified config under the data dir, its own bridge and pod CIDR), makes and
+//! imports its own pause image, is given busybox (built by e2e/images/build.sh) through
+//! `capstan image import`, and runs pods through CRI, driven by kubectl. One cluster, one
+//! test, in steps (pods take seconds, not milliseconds).
 //!
 //! Needs root, containerd, runc, the CNI plugins, umoci, skopeo and busybox-static (CI
 //! installs them). Without them the test says so and passes, unless
@@ -48,7 +49,9 @@ struct Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = temp_dir("capstan-cri-").unwrap();
-        let images = dir.path().join("images");
+        // Not the data dir's images/, which `capstan up` imports at start: busybox alone is
+        // given, once the cluster is up; the sandbox image is the agent's own.
+        let images = dir.path().join("archives");
         let build = std::process::Command::new("bash")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh"))
             .arg(&images)
@@ -68,6 +71,17 @@ impl Cluster {
             cidr: format!("10.{}.0.0/16", 100 + n % 100),
         };
         c.boot();
+        let import = std::process::Command::new(capstan_bin())
+            .args(["image", "import", "--cri-socket"])
+            .arg(c.socket())
+            .arg(images.join("busybox.tar"))
+            .output()
+            .unwrap();
+        assert!(
+            import.status.success(),
+            "capstan image import: {}",
+            String::from_utf8_lossy(&import.stderr)
+        );
         c
     }
 
@@ -341,6 +355,20 @@ fn pods_run_on_containerd_with_probes_limits_logs_and_clean_up() {
     }
     let mut c = Cluster::start();
     let t0 = Instant::now();
+    // No pause archive was given: the agent made its own and imported it before the node
+    // became Ready.
+    let pause = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            cri(&c.socket())
+                .await
+                .image_status("localhost/pause:1")
+                .await
+        })
+        .unwrap();
+    assert!(pause.is_some(), "the agent imported its pause image");
     c.ok(&["apply", "-f", "-"], Some(MANIFEST));
 
     // A Deployment of httpd with a readiness probe: Running and Ready, with pod IPs in the

@@ -4,8 +4,9 @@
 //! ../shared/notes/containerd-cri.md): overlayfs, cgroupfs, `restrict_oom_score_adj`, a
 //! bridge + host-local + portmap CNI chain on its own bridge and pod CIDR.
 //!
-//! Images come as OCI archives (e2e/images/build.sh makes busybox and pause) imported into
-//! the `k8s.io` namespace with containerd's own `ctr`: CRI has no import call.
+//! Images come as OCI archives (e2e/images/build.sh makes busybox and pause; without one, the
+//! agent makes its own pause image, [`crate::pause_image`]) imported into the `k8s.io`
+//! namespace with containerd's own `ctr`: CRI has no import call.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,8 @@ pub struct Config {
     pub pod_cidr: String,
     /// The Linux bridge the pods attach to.
     pub bridge: String,
-    /// The sandbox ("pause") image; it must be imported before the first pod.
+    /// The sandbox ("pause") image; it must be imported before the first pod (the agent makes
+    /// and imports its own when it is missing).
     pub sandbox_image: String,
 }
 

@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod exec_ws;
 pub mod logs;
 pub mod node;
+pub mod pause_image;
 pub mod pod;
 pub mod runtime;
 pub mod server;

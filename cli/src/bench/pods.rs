@@ -28,7 +28,8 @@ pub struct PodsBench {
     /// Pods started at once.
     #[arg(long, default_value_t = 30)]
     burst: usize,
-    /// The busybox and pause OCI archives; built with e2e/images/build.sh when absent.
+    /// The busybox and pause OCI archives; built with e2e/images/build.sh when absent (without
+    /// pause.tar, the agent's own pause image is made and imported).
     #[arg(long)]
     image_dir: Option<PathBuf>,
     #[arg(long, default_value = "/tmp")]
@@ -249,6 +250,13 @@ pub async fn run(b: PodsBench) -> Result<()> {
     cleanup.containerd = Some(c);
     containerd::import(&socket, &containerd::archives_in(&image_dir)).await?;
     let cri = CriRuntime::connect(&socket, Path::new("/sys/fs/cgroup")).await?;
+    capstan_node_agent::pause_image::ensure(
+        &cri,
+        &socket,
+        &cfg.sandbox_image,
+        &scratch.path().join("pause-image"),
+    )
+    .await?;
     let logs = scratch.path().join("raw-logs");
 
     println!("# Pod startup on containerd ({})\n", cri.version());

@@ -3,14 +3,21 @@
 //! speaks SPDY or the v4 WebSocket protocol — neither can say "stdin ended", which v5 (kubectl
 //! ≥ 1.30) can. Containerd's Tasks API can (CloseIO), and resizes terminals and reports the
 //! exit code directly, so exec goes through it: the process spec is the container's own with
-//! other args, as CRI's exec builds it; its stdio are FIFOs the shim opens.
+//! other args, as CRI's exec builds it; its stdio are FIFOs the shim opens. [`exec`] starts
+//! one; its control ([`ExecProcess`]: ResizePty, CloseIO, Kill, Wait, DeleteProcess) is all
+//! that is containerd's own in the session the agent runs ([`super::exec::start`]).
 //!
 //! The messages are declared here with their field numbers from containerd's
 //! api/services/{tasks,containers}/v1 protos (only the fields used).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tonic::transport::Channel;
+
+use super::cri::{CALL_TIMEOUT, rpc};
+use super::exec::{ExecIo, ExecProcess, ExecRequest, ExecSession, TermSize};
+use super::{Result, RuntimeError};
 
 /// containerd's namespace for CRI's containers.
 const NAMESPACE: &str = "k8s.io";
@@ -176,6 +183,267 @@ pub fn exec_process(spec: &[u8], args: &[String], terminal: bool) -> Result<Vec<
         p.remove("consoleSize");
     }
     serde_json::to_vec(&process).map_err(|e| e.to_string())
+}
+
+/// Starts `req` in the container `id`'s task and runs it as a session: the process spec is the
+/// container's own with other args ([`exec_process`]), its streams FIFOs made under
+/// `exec_dir`.
+pub async fn exec(
+    channel: &Channel,
+    exec_dir: &Path,
+    id: &str,
+    req: &ExecRequest,
+) -> Result<ExecSession> {
+    let record: GetContainerResponse = call(
+        channel,
+        GET_CONTAINER,
+        GetContainerRequest { id: id.into() },
+        Some(CALL_TIMEOUT),
+    )
+    .await
+    .map_err(rpc("container"))?;
+    let spec = record
+        .container
+        .and_then(|c| c.spec)
+        .ok_or_else(|| RuntimeError::Rpc {
+            op: "exec",
+            message: format!("container {id} has no spec"),
+        })?;
+    let process =
+        exec_process(&spec.value, &req.command, req.tty).map_err(|message| RuntimeError::Rpc {
+            op: "exec",
+            message,
+        })?;
+    let exec_id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = exec_dir.join(&exec_id);
+    let fifos = Fifos::make(&dir, req).map_err(|e| RuntimeError::io("exec: making FIFOs", e))?;
+    let this = ExecIds {
+        channel: channel.clone(),
+        container_id: id.to_string(),
+        exec_id: exec_id.clone(),
+    };
+    let started = async {
+        let _: Empty = call(
+            channel,
+            EXEC,
+            ExecProcessRequest {
+                container_id: id.into(),
+                stdin: fifos.path("stdin"),
+                stdout: fifos.path("stdout"),
+                stderr: fifos.path("stderr"),
+                terminal: req.tty,
+                spec: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                    value: process,
+                }),
+                exec_id: exec_id.clone(),
+            },
+            Some(CALL_TIMEOUT),
+        )
+        .await
+        .map_err(rpc("exec"))?;
+        let r: Result<StartResponse> = call(channel, START, this.process(), Some(CALL_TIMEOUT))
+            .await
+            .map_err(rpc("exec"));
+        if r.is_err() {
+            this.delete().await;
+        }
+        r
+    }
+    .await;
+    if let Err(e) = started {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    let io = ExecIo {
+        stdin: fifos.stdin.map(|w| Box::new(w) as _),
+        stdout: fifos.stdout.map(|r| Box::new(r) as _),
+        stderr: fifos.stderr.map(|r| Box::new(r) as _),
+    };
+    Ok(super::exec::start(
+        req,
+        io,
+        TaskExec {
+            ids: std::sync::Arc::new(this),
+            waiting: None,
+            dir,
+        },
+    ))
+}
+
+/// An exec's identity in containerd.
+struct ExecIds {
+    channel: Channel,
+    container_id: String,
+    exec_id: String,
+}
+
+impl ExecIds {
+    fn process(&self) -> ProcessRef {
+        ProcessRef {
+            container_id: self.container_id.clone(),
+            exec_id: self.exec_id.clone(),
+        }
+    }
+
+    /// DeleteProcess: returns once the shim has copied all the output (or after 5 s).
+    async fn delete(&self) {
+        let r: std::result::Result<DeleteResponse, _> = call(
+            &self.channel,
+            DELETE_PROCESS,
+            self.process(),
+            Some(Duration::from_secs(5)),
+        )
+        .await;
+        if let Err(e) = r {
+            tracing::debug!(exec = %self.exec_id, error = %e.message(), "deleting the exec process");
+        }
+    }
+}
+
+/// The FIFOs of one exec, opened on our side before the shim opens its ends: read-write, so
+/// neither side's open blocks and a reader sees no end of file before the shim connects.
+struct Fifos {
+    dir: PathBuf,
+    stdin: Option<tokio::net::unix::pipe::Sender>,
+    stdout: Option<tokio::net::unix::pipe::Receiver>,
+    stderr: Option<tokio::net::unix::pipe::Receiver>,
+}
+
+impl Fifos {
+    fn make(dir: &Path, req: &ExecRequest) -> std::io::Result<Fifos> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let fifo = |name: &str, on: bool| -> std::io::Result<Option<PathBuf>> {
+            if !on {
+                return Ok(None);
+            }
+            let p = dir.join(name);
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &p,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            )?;
+            Ok(Some(p))
+        };
+        let mut opts = tokio::net::unix::pipe::OpenOptions::new();
+        opts.read_write(true);
+        let stdin = fifo("stdin", req.stdin)?
+            .map(|p| opts.open_sender(p))
+            .transpose()?;
+        let stdout = fifo("stdout", req.stdout)?
+            .map(|p| opts.open_receiver(p))
+            .transpose()?;
+        let stderr = fifo("stderr", req.stderr && !req.tty)?
+            .map(|p| opts.open_receiver(p))
+            .transpose()?;
+        Ok(Fifos {
+            dir: dir.to_path_buf(),
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// The FIFO's path for the shim, empty when the stream is not wanted.
+    fn path(&self, name: &str) -> String {
+        let on = match name {
+            "stdin" => self.stdin.is_some(),
+            "stdout" => self.stdout.is_some(),
+            _ => self.stderr.is_some(),
+        };
+        if on {
+            self.dir.join(name).to_string_lossy().into_owned()
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// An exec in a container's task: each control is a call of containerd's Tasks API.
+struct TaskExec {
+    ids: std::sync::Arc<ExecIds>,
+    /// The Wait call, once made (a task of its own, so that waiting is cancel-safe).
+    waiting: Option<tokio::task::JoinHandle<std::result::Result<i32, String>>>,
+    /// The FIFOs' directory.
+    dir: PathBuf,
+}
+
+impl TaskExec {
+    /// A call about this exec whose answer does not matter beyond a debug line.
+    async fn control<Req>(&self, path: &'static str, req: Req, what: &str)
+    where
+        Req: prost::Message + Send + Sync + 'static,
+    {
+        let r: std::result::Result<Empty, _> =
+            call(&self.ids.channel, path, req, Some(CALL_TIMEOUT)).await;
+        if let Err(e) = r {
+            tracing::debug!(exec = %self.ids.exec_id, error = %e.message(), "{what}");
+        }
+    }
+}
+
+impl ExecProcess for TaskExec {
+    async fn resize(&mut self, size: TermSize) {
+        let req = ResizePtyRequest {
+            container_id: self.ids.container_id.clone(),
+            exec_id: self.ids.exec_id.clone(),
+            width: size.width.into(),
+            height: size.height.into(),
+        };
+        self.control(RESIZE_PTY, req, "resizing the exec's terminal")
+            .await;
+    }
+
+    async fn close_stdin(&mut self) {
+        let req = CloseIoRequest {
+            container_id: self.ids.container_id.clone(),
+            exec_id: self.ids.exec_id.clone(),
+            stdin: true,
+        };
+        self.control(CLOSE_IO, req, "closing the exec's stdin")
+            .await;
+    }
+
+    async fn kill(&mut self) {
+        let req = KillRequest {
+            container_id: self.ids.container_id.clone(),
+            exec_id: self.ids.exec_id.clone(),
+            signal: 9,
+            all: false,
+        };
+        self.control(KILL, req, "killing the exec").await;
+    }
+
+    async fn wait(&mut self) -> std::result::Result<i32, String> {
+        let ids = self.ids.clone();
+        let waiting = self.waiting.get_or_insert_with(|| {
+            tokio::spawn(async move {
+                let r: std::result::Result<WaitResponse, _> =
+                    call(&ids.channel, WAIT, ids.process(), None).await;
+                r.map(|w| w.exit_status as i32)
+                    .map_err(|e| format!("waiting for the command: {}", e.message()))
+            })
+        });
+        waiting
+            .await
+            .unwrap_or_else(|e| Err(format!("waiting for the command: {e}")))
+    }
+
+    /// DeleteProcess returns once the shim has copied all the output into the FIFOs, which
+    /// never end by themselves (we hold them open read-write).
+    async fn exited(&mut self) -> bool {
+        self.ids.delete().await;
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), error = %e, "removing the exec's FIFOs");
+        }
+        true
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ const IMAGE: &str = "io.capstan.container.image";
 const LOG_PATH: &str = "io.capstan.container.log-path";
 
 /// How long a plain CRI call may take (not stops and execs, which carry their own time).
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A CRI runtime reached over a unix socket.
 pub struct CriRuntime {
@@ -58,7 +58,7 @@ impl std::fmt::Debug for CriRuntime {
     }
 }
 
-fn rpc(op: &'static str) -> impl Fn(tonic::Status) -> RuntimeError {
+pub(super) fn rpc(op: &'static str) -> impl Fn(tonic::Status) -> RuntimeError {
     move |s| {
         if s.code() == tonic::Code::NotFound {
             RuntimeError::NotFound {
@@ -195,6 +195,24 @@ impl CriRuntime {
             containers: Mutex::new(HashMap::new()),
             ips: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The sandbox ("pause") image the runtime starts pods with, from its verbose status
+    /// (containerd's CRI config, `sandboxImage`); None when it does not say.
+    pub async fn sandbox_image(&self) -> Result<Option<String>> {
+        let st = self
+            .runtime
+            .clone()
+            .status(request(cri::StatusRequest { verbose: true }, CALL_TIMEOUT))
+            .await
+            .map_err(rpc("status"))?
+            .into_inner();
+        Ok(st
+            .info
+            .get("config")
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .and_then(|c| c["sandboxImage"].as_str().map(str::to_string))
+            .filter(|i| !i.is_empty()))
     }
 
     /// Whether the runtime reports its network ready (a CNI config is loaded).
@@ -793,79 +811,7 @@ impl Runtime for CriRuntime {
     /// `kubectl exec` through containerd's Tasks API (see [`tasks`] for why not CRI's Exec):
     /// FIFOs for the streams, CloseIO when input ends, ResizePty, Wait for the exit code.
     async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecSession> {
-        let record: tasks::GetContainerResponse = tasks::call(
-            &self.channel,
-            tasks::GET_CONTAINER,
-            tasks::GetContainerRequest { id: id.into() },
-            Some(CALL_TIMEOUT),
-        )
-        .await
-        .map_err(rpc("container"))?;
-        let spec = record
-            .container
-            .and_then(|c| c.spec)
-            .ok_or_else(|| RuntimeError::Rpc {
-                op: "exec",
-                message: format!("container {id} has no spec"),
-            })?;
-        let process =
-            tasks::exec_process(&spec.value, &req.command, req.tty).map_err(|message| {
-                RuntimeError::Rpc {
-                    op: "exec",
-                    message,
-                }
-            })?;
-        let exec_id = uuid::Uuid::new_v4().simple().to_string();
-        let dir = self.exec_dir.join(&exec_id);
-        let fifos =
-            Fifos::make(&dir, req).map_err(|e| RuntimeError::io("exec: making FIFOs", e))?;
-        let (session, ends) = super::exec::session(req);
-        let this = ExecIds {
-            channel: self.channel.clone(),
-            container_id: id.to_string(),
-            exec_id: exec_id.clone(),
-        };
-        let started = async {
-            let _: tasks::Empty = tasks::call(
-                &self.channel,
-                tasks::EXEC,
-                tasks::ExecProcessRequest {
-                    container_id: id.into(),
-                    stdin: fifos.path("stdin"),
-                    stdout: fifos.path("stdout"),
-                    stderr: fifos.path("stderr"),
-                    terminal: req.tty,
-                    spec: Some(prost_types::Any {
-                        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process"
-                            .into(),
-                        value: process,
-                    }),
-                    exec_id: exec_id.clone(),
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await
-            .map_err(rpc("exec"))?;
-            let r: Result<tasks::StartResponse> = tasks::call(
-                &self.channel,
-                tasks::START,
-                this.process(),
-                Some(CALL_TIMEOUT),
-            )
-            .await
-            .map_err(rpc("exec"));
-            if r.is_err() {
-                this.delete().await;
-            }
-            r
-        }
-        .await;
-        if let Err(e) = started {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-        tokio::spawn(exec_session(this, fifos, ends, dir));
-        Ok(session)
+        tasks::exec(&self.channel, &self.exec_dir, id, req).await
     }
 
     async fn image_status(&self, image: &str) -> Result<Option<String>> {
@@ -907,219 +853,5 @@ impl Runtime for CriRuntime {
             .map_err(rpc("pull image"))?
             .into_inner();
         Ok(r.image_ref)
-    }
-}
-
-/// An exec's identity in containerd.
-struct ExecIds {
-    channel: Channel,
-    container_id: String,
-    exec_id: String,
-}
-
-impl ExecIds {
-    fn process(&self) -> tasks::ProcessRef {
-        tasks::ProcessRef {
-            container_id: self.container_id.clone(),
-            exec_id: self.exec_id.clone(),
-        }
-    }
-
-    /// DeleteProcess: returns once the shim has copied all the output (or after 5 s).
-    async fn delete(&self) {
-        let r: std::result::Result<tasks::DeleteResponse, _> = tasks::call(
-            &self.channel,
-            tasks::DELETE_PROCESS,
-            self.process(),
-            Some(Duration::from_secs(5)),
-        )
-        .await;
-        if let Err(e) = r {
-            tracing::debug!(exec = %self.exec_id, error = %e.message(), "deleting the exec process");
-        }
-    }
-}
-
-/// The FIFOs of one exec, opened on our side before the shim opens its ends: read-write, so
-/// neither side's open blocks and a reader sees no end of file before the shim connects.
-struct Fifos {
-    dir: PathBuf,
-    stdin: Option<tokio::net::unix::pipe::Sender>,
-    stdout: Option<tokio::net::unix::pipe::Receiver>,
-    stderr: Option<tokio::net::unix::pipe::Receiver>,
-}
-
-impl Fifos {
-    fn make(dir: &Path, req: &ExecRequest) -> std::io::Result<Fifos> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        let fifo = |name: &str, on: bool| -> std::io::Result<Option<PathBuf>> {
-            if !on {
-                return Ok(None);
-            }
-            let p = dir.join(name);
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                &p,
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from_raw_mode(0o600),
-                0,
-            )?;
-            Ok(Some(p))
-        };
-        let mut opts = tokio::net::unix::pipe::OpenOptions::new();
-        opts.read_write(true);
-        let stdin = fifo("stdin", req.stdin)?
-            .map(|p| opts.open_sender(p))
-            .transpose()?;
-        let stdout = fifo("stdout", req.stdout)?
-            .map(|p| opts.open_receiver(p))
-            .transpose()?;
-        let stderr = fifo("stderr", req.stderr && !req.tty)?
-            .map(|p| opts.open_receiver(p))
-            .transpose()?;
-        Ok(Fifos {
-            dir: dir.to_path_buf(),
-            stdin,
-            stdout,
-            stderr,
-        })
-    }
-
-    /// The FIFO's path for the shim, empty when the stream is not wanted.
-    fn path(&self, name: &str) -> String {
-        let on = match name {
-            "stdin" => self.stdin.is_some(),
-            "stdout" => self.stdout.is_some(),
-            _ => self.stderr.is_some(),
-        };
-        if on {
-            self.dir.join(name).to_string_lossy().into_owned()
-        } else {
-            String::new()
-        }
-    }
-}
-
-/// Copies a FIFO into `tx` until `done` (the shim has copied everything), then what is left.
-async fn fifo_pump(
-    mut r: tokio::net::unix::pipe::Receiver,
-    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
-    mut done: tokio::sync::watch::Receiver<bool>,
-) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        tokio::select! {
-            n = r.read(&mut buf) => match n {
-                Ok(0) | Err(_) => return,
-                Ok(n) => if tx.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                    return;
-                },
-            },
-            _ = done.changed() => break,
-        }
-    }
-    while let Ok(n) = r.try_read(&mut buf) {
-        if n == 0
-            || tx
-                .send(bytes::Bytes::copy_from_slice(&buf[..n]))
-                .await
-                .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// The life of one exec after it started: streams, resizes, the exit, the clean-up.
-async fn exec_session(ids: ExecIds, fifos: Fifos, ends: super::exec::RuntimeEnds, dir: PathBuf) {
-    let super::exec::RuntimeEnds {
-        stdin,
-        stdout,
-        stderr,
-        mut resize,
-        exit,
-    } = ends;
-    let (done_tx, done) = tokio::sync::watch::channel(false);
-    let mut pumps = tokio::task::JoinSet::new();
-    for (fifo, tx) in [(fifos.stdout, stdout), (fifos.stderr, stderr)] {
-        if let (Some(f), Some(tx)) = (fifo, tx) {
-            pumps.spawn(fifo_pump(f, tx, done.clone()));
-        }
-    }
-    let ids = std::sync::Arc::new(ids);
-    if let (Some(w), Some(rx)) = (fifos.stdin, stdin) {
-        let ids = ids.clone();
-        tokio::spawn(async move {
-            super::exec::feed(rx, w).await;
-            let r: std::result::Result<tasks::Empty, _> = tasks::call(
-                &ids.channel,
-                tasks::CLOSE_IO,
-                tasks::CloseIoRequest {
-                    container_id: ids.container_id.clone(),
-                    exec_id: ids.exec_id.clone(),
-                    stdin: true,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-            if let Err(e) = r {
-                tracing::debug!(exec = %ids.exec_id, error = %e.message(), "closing the exec's stdin");
-            }
-        });
-    }
-    let control = {
-        let ids = ids.clone();
-        tokio::spawn(async move {
-            while let Some(sz) = resize.recv().await {
-                let _: std::result::Result<tasks::Empty, _> = tasks::call(
-                    &ids.channel,
-                    tasks::RESIZE_PTY,
-                    tasks::ResizePtyRequest {
-                        container_id: ids.container_id.clone(),
-                        exec_id: ids.exec_id.clone(),
-                        width: sz.width.into(),
-                        height: sz.height.into(),
-                    },
-                    Some(CALL_TIMEOUT),
-                )
-                .await;
-            }
-            // The session is gone: kill the command if it still runs.
-            let _: std::result::Result<tasks::Empty, _> = tasks::call(
-                &ids.channel,
-                tasks::KILL,
-                tasks::KillRequest {
-                    container_id: ids.container_id.clone(),
-                    exec_id: ids.exec_id.clone(),
-                    signal: 9,
-                    all: false,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-        })
-    };
-    let waited: std::result::Result<tasks::WaitResponse, _> =
-        tasks::call(&ids.channel, tasks::WAIT, ids.process(), None).await;
-    ids.delete().await;
-    let _ = done_tx.send(true);
-    let _ = tokio::time::timeout(super::exec::DRAIN, async {
-        while pumps.join_next().await.is_some() {}
-    })
-    .await;
-    pumps.abort_all();
-    let _ = exit.send(
-        waited
-            .map(|w| w.exit_status as i32)
-            .map_err(|e| format!("waiting for the command: {}", e.message())),
-    );
-    drop(control);
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        tracing::debug!(dir = %dir.display(), error = %e, "removing the exec's FIFOs");
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::exec::{ExecIo, ExecProcess, TermSize};
 use super::{
     Container, ContainerConfig, ContainerState, ExecRequest, ExecResult, ExecSession, Result,
     Runtime, RuntimeError, Sandbox, SandboxConfig, SandboxState,
@@ -273,41 +274,42 @@ impl Runtime for FakeRuntime {
             }
             s.exec_exit.get(&c.config.name).copied().unwrap_or(0)
         };
-        let (session, ends) = super::exec::session(req);
+        use tokio::io::AsyncWriteExt as _;
+        // The command's streams are in-memory pipes: (our end, its end).
+        let (stdin, mut input) = tokio::io::duplex(64 * 1024);
+        let (stdout, mut out) = tokio::io::duplex(64 * 1024);
+        let (stderr, mut err) = tokio::io::duplex(64 * 1024);
+        let (sizes_tx, mut sizes) = tokio::sync::mpsc::channel::<TermSize>(4);
         let (cmd, tty) = (req.command.clone(), req.tty);
-        tokio::spawn(async move {
-            let super::exec::RuntimeEnds {
-                stdin,
-                stdout,
-                stderr,
-                mut resize,
-                exit,
-            } = ends;
-            let say = |tx: &Option<tokio::sync::mpsc::Sender<bytes::Bytes>>, text: String| {
-                let tx = tx.clone();
-                async move {
-                    if let Some(tx) = tx {
-                        let _ = tx.send(text.into()).await;
-                    }
-                }
-            };
+        // Writes to a stream nobody reads (stderr with a terminal) fail, as they may.
+        let command = tokio::spawn(async move {
             if cmd == ["cat"] {
-                if let Some(mut rx) = stdin {
-                    while let Some(b) = rx.recv().await {
-                        say(&stdout, String::from_utf8_lossy(&b).into_owned()).await;
-                    }
-                }
+                let _ = tokio::io::copy(&mut input, &mut out).await;
             } else {
-                say(&stdout, format!("{}\n", cmd.join(" "))).await;
-                say(&stderr, "err\n".into()).await;
-                if tty && let Some(sz) = resize.recv().await {
-                    say(&stdout, format!("size {}x{}\n", sz.width, sz.height)).await;
+                let _ = out
+                    .write_all(format!("{}\n", cmd.join(" ")).as_bytes())
+                    .await;
+                let _ = err.write_all(b"err\n").await;
+                if tty && let Some(sz) = sizes.recv().await {
+                    let size = format!("size {}x{}\n", sz.width, sz.height);
+                    let _ = out.write_all(size.as_bytes()).await;
                 }
             }
-            drop((stdout, stderr));
-            let _ = exit.send(Ok(code));
         });
-        Ok(session)
+        let io = ExecIo {
+            stdin: Some(Box::new(stdin)),
+            stdout: Some(Box::new(stdout)),
+            stderr: Some(Box::new(stderr)),
+        };
+        Ok(super::exec::start(
+            req,
+            io,
+            FakeExec {
+                command,
+                code,
+                sizes: sizes_tx,
+            },
+        ))
     }
 
     async fn image_status(&self, image: &str) -> Result<Option<String>> {
@@ -326,5 +328,30 @@ impl Runtime for FakeRuntime {
             });
         }
         Ok(format!("sha256:{image}"))
+    }
+}
+
+/// An exec in the fake runtime: a task playing the command.
+struct FakeExec {
+    command: tokio::task::JoinHandle<()>,
+    code: i32,
+    sizes: tokio::sync::mpsc::Sender<TermSize>,
+}
+
+impl ExecProcess for FakeExec {
+    async fn resize(&mut self, size: TermSize) {
+        let _ = self.sizes.try_send(size);
+    }
+
+    async fn kill(&mut self) {
+        self.command.abort();
+    }
+
+    async fn wait(&mut self) -> std::result::Result<i32, String> {
+        match (&mut self.command).await {
+            Ok(()) => Ok(self.code),
+            Err(e) if e.is_cancelled() => Ok(137),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
