@@ -285,6 +285,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             Builtin::of::<k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>()
                 .names(NameRule::VersionDotGroup)
                 .validate_with(crate::apiservice::validate)
+                .defaults(defaults::apiregistration::api_service)
                 .table(crate::table::apiservices)
                 .arc(),
         ),

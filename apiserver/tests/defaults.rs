@@ -22,6 +22,7 @@ fn resource(obj: &Value) -> (ApiResource, bool) {
         "Endpoints" => ("endpoints", true),
         "EndpointSlice" => ("endpointslices", true),
         "Node" => ("nodes", false),
+        "APIService" => ("apiservices", false),
         other => panic!("no resource for {other}"),
     };
     let api_version = obj["apiVersion"].as_str().unwrap();
@@ -171,6 +172,15 @@ async fn minimal_objects_are_stored_with_exactly_kubernetes_defaults() {
                 "status": {"capacity": {"cpu": "4", "pods": "110"}}}),
             "/status/allocatable",
             json!({"cpu": "4", "pods": "110"}),
+        ),
+        (
+            json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                "metadata": {"name": "v1beta1.metrics.example.com"},
+                "spec": {"group": "metrics.example.com", "version": "v1beta1",
+                    "groupPriorityMinimum": 100, "versionPriority": 100,
+                    "service": {"namespace": "default", "name": "metrics"}}}),
+            "/spec/service",
+            json!({"namespace": "default", "name": "metrics", "port": 443}),
         ),
     ];
     for (obj, pointer, want) in cases {

@@ -1,8 +1,8 @@
 //! Kubernetes' defaulting of the built-in kinds, as kube-apiserver 1.33 applies it when it
-//! decodes an object: the `SetDefaults_*` functions of `pkg/apis/core/v1/defaults.go`,
-//! `apps/v1`, `autoscaling/v2` and `discovery/v1`, and the declarative `+default=` markers of
-//! `k8s.io/api` (what `zz_generated.defaults.go` calls). Start at a kind's function: [`pod::pod`],
-//! [`pod::template`], [`apps::deployment`], [`service::service`] …
+//! decodes an object: the `SetDefaults_*` functions of `pkg/apis/core/v1/defaults.go`, `apps/v1`,
+//! `autoscaling/v2`, `discovery/v1` and kube-aggregator's `apiregistration/v1`, and the
+//! declarative `+default=` markers of `k8s.io/api` (what `zz_generated.defaults.go` calls). Start
+//! at a kind's function: [`pod::pod`], [`apps::deployment`], [`service::service`] …
 //!
 //! Each function works on the object as JSON, in place, and only fills what is unset — in Go's
 //! sense: a string field is unset when absent, null or `""`, an integer field (not a pointer) when
@@ -13,6 +13,7 @@
 //! What the API server settles elsewhere is not here: a pod's status and QoS class, a Service's
 //! ClusterIP and IP families, a namespace's finalizer (the REST strategies' PrepareForCreate).
 
+pub mod apiregistration;
 pub mod apps;
 pub mod autoscaling;
 pub mod core;
