@@ -61,6 +61,7 @@ fn events_v1() -> ResourceInfo {
 
 /// The built-in resources Capstan serves, typed with k8s-openapi.
 pub fn builtins() -> Vec<ResourceInfo> {
+    use capstan_api::defaults;
     use k8s_openapi::api::apps::v1 as apps;
     use k8s_openapi::api::autoscaling::v2 as autoscaling;
     use k8s_openapi::api::coordination::v1 as coordination;
@@ -88,6 +89,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .validate_with(strategy::validate_pod)
             .validate_update_with(crate::ephemeral_containers::validate_update)
             .subresource_fields(&[("ephemeralcontainers", crate::ephemeral_containers::PATH)])
+            .defaults(defaults::pod::pod)
             .on_create(strategy::pod_on_create)
             .table(crate::table::pods)
             .arc(),
@@ -101,6 +103,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         true,
         Builtin::of::<core::Service>()
             .names(NameRule::Label)
+            .defaults(defaults::service::service)
             .on_create(strategy::service_on_create)
             .table(crate::table::services)
             .reset_status_on_create()
@@ -115,6 +118,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         true,
         Builtin::of::<apps::Deployment>()
             .validate_with(strategy::validate_workload)
+            .defaults(defaults::apps::deployment)
             .table(crate::table::deployments)
             .generation()
             .reset_status_on_create()
@@ -130,6 +134,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         true,
         Builtin::of::<apps::ReplicaSet>()
             .validate_with(strategy::validate_workload)
+            .defaults(defaults::apps::replica_set)
             .table(crate::table::replicasets)
             .generation()
             .reset_status_on_create()
@@ -144,6 +149,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         true,
         true,
         Builtin::of::<autoscaling::HorizontalPodAutoscaler>()
+            .defaults(defaults::autoscaling::horizontal_pod_autoscaler)
             .table(crate::table::hpas)
             .generation()
             .reset_status_on_create()
@@ -161,6 +167,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             Builtin::of::<core::Namespace>()
                 .names(NameRule::Label)
                 .fields(&[("status.phase", "/status/phase")])
+                .defaults(defaults::core::namespace)
                 .on_create(strategy::namespace_on_create)
                 .table(crate::table::namespaces)
                 .arc(),
@@ -174,6 +181,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
             false,
             Builtin::of::<core::Endpoints>()
+                .defaults(defaults::service::endpoints)
                 .table(crate::table::endpoints)
                 .arc(),
         ),
@@ -185,6 +193,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
             Builtin::of::<core::Node>()
                 .fields(&[("spec.unschedulable", "/spec/unschedulable")])
+                .defaults(defaults::core::node)
                 .table(crate::table::nodes)
                 .arc(),
         ),
@@ -208,6 +217,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             Builtin::of::<core::Secret>()
                 .fields(&[("type", "/type")])
                 .validate_with(crate::configdata::validate_secret)
+                .defaults(defaults::core::secret)
                 .on_update(crate::configdata::merge_string_data)
                 .table(crate::table::secrets)
                 .arc(),
@@ -262,6 +272,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
             false,
             Builtin::of::<discovery::EndpointSlice>()
+                .defaults(defaults::service::endpoint_slice)
                 .table(crate::table::endpointslices)
                 .arc(),
         ),
@@ -274,6 +285,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             Builtin::of::<k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>()
                 .names(NameRule::VersionDotGroup)
                 .validate_with(crate::apiservice::validate)
+                .defaults(defaults::apiregistration::api_service)
                 .table(crate::table::apiservices)
                 .arc(),
         ),

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use capstan_api::validation::{self, FieldError};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The pod path the subresource writes.
 pub const PATH: &[&str] = &["spec", "ephemeralContainers"];
@@ -62,7 +62,10 @@ pub fn validate(spec: &Value) -> Vec<FieldError> {
             });
         }
         for f in FORBIDDEN {
-            if c.get(*f).is_some_and(|v| !v.is_null()) {
+            // Set means not Go's zero value: `resources` is a struct, so `{}` (which defaulting
+            // gives every container) is unset.
+            let zero = |v: &Value| v.is_null() || (*f == "resources" && v == &json!({}));
+            if c.get(*f).is_some_and(|v| !zero(v)) {
                 errs.push(FieldError {
                     field: format!("{path}.{f}"),
                     value: String::new(),
@@ -123,6 +126,14 @@ mod tests {
             json!([{"name": "debugger", "image": "busybox", "targetContainerName": "app", "stdin": true, "tty": true}]),
         );
         assert!(validate(&ok["spec"]).is_empty());
+        let defaulted = pod(json!([{"name": "debugger", "image": "busybox", "resources": {}}]));
+        assert!(
+            validate(&defaulted["spec"]).is_empty(),
+            "resources: {{}} is unset"
+        );
+        let limited = pod(json!([{"name": "debugger", "image": "busybox",
+            "resources": {"limits": {"cpu": "1"}}}]));
+        assert_eq!(validate(&limited["spec"]).len(), 1);
         let bad = pod(
             json!([{"name": "app", "image": "", "ports": [{"containerPort": 80}], "targetContainerName": "nope"}]),
         );

@@ -98,6 +98,7 @@ pub struct Builtin {
     schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
     extra: Option<Check>,
     on_create: Option<fn(&mut Value)>,
+    defaults: Option<fn(&mut Value)>,
     on_update: Option<fn(&mut Value)>,
     update_rules: Option<fn(&Value, &Value) -> Vec<FieldError>>,
     fields: &'static [(&'static str, &'static str)],
@@ -123,6 +124,7 @@ impl Builtin {
             schema: |g| g.subschema_for::<T>(),
             extra: None,
             on_create: None,
+            defaults: None,
             on_update: None,
             update_rules: None,
             fields: &[],
@@ -156,6 +158,13 @@ impl Builtin {
     /// Rules checked on updates only (new, old): immutable fields.
     pub fn validate_update_with(mut self, f: fn(&Value, &Value) -> Vec<FieldError>) -> Self {
         self.update_rules = Some(f);
+        self
+    }
+    /// Kubernetes' defaulting of the type (`capstan_api::defaults`): applied to every write
+    /// (after the body is decoded, before validation) and every read, as kube-apiserver defaults
+    /// whatever it decodes, from a request or from etcd; before [`Builtin::on_update`].
+    pub fn defaults(mut self, f: fn(&mut Value)) -> Self {
+        self.defaults = Some(f);
         self
     }
     /// Defaults applied to every write (after the body is decoded, before validation).
@@ -328,6 +337,9 @@ impl Strategy for Builtin {
     }
 
     fn canonicalize(&self, obj: &mut Value) {
+        if let Some(f) = self.defaults {
+            f(obj);
+        }
         if let Some(f) = self.on_update {
             f(obj);
         }
@@ -468,10 +480,18 @@ pub fn validate_pod(obj: &Value) -> Vec<FieldError> {
 }
 
 /// Deployments and ReplicaSets: replicas ≥ 0, a non-empty selector that matches the template's
-/// labels, a valid pod template.
+/// labels, a valid pod template; a Recreate Deployment has no rollingUpdate (which defaulting
+/// gave it while it rolled: a switch to Recreate clears it, as in Kubernetes).
 pub fn validate_workload(obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let spec = &obj["spec"];
+    if spec["strategy"]["type"] == "Recreate" && !spec["strategy"]["rollingUpdate"].is_null() {
+        errs.push(FieldError {
+            field: "spec.strategy.rollingUpdate".into(),
+            value: String::new(),
+            message: "Forbidden: may not be specified when strategy `type` is 'Recreate'".into(),
+        });
+    }
     if let Some(r) = spec["replicas"].as_i64()
         && r < 0
     {
@@ -563,25 +583,48 @@ pub fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
-/// Service defaults, as kube-apiserver applies them: type ClusterIP, sessionAffinity None, each
-/// port's protocol TCP and targetPort its port.
+/// What kube-apiserver's Service storage settles on create besides defaulting
+/// (`initIPFamilyFields`, on this single-stack IPv4 cluster): an ExternalName Service has no IP
+/// families; a headless Service without a selector is RequireDualStack over IPv4 and IPv6 (it
+/// needs no IPs); any other is SingleStack IPv4. Given values are kept. (The ClusterIP allocator
+/// sets them again for the Services it gives an IP.)
 pub fn service_on_create(obj: &mut Value) {
-    if obj["spec"].is_null() {
-        obj["spec"] = json!({});
-    }
-    let Some(spec) = obj["spec"].as_object_mut() else {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
-    spec.entry("type").or_insert(json!("ClusterIP"));
-    spec.entry("sessionAffinity").or_insert(json!("None"));
-    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-            p.entry("protocol").or_insert(json!("TCP"));
-            if let Some(port) = p.get("port").cloned() {
-                p.entry("targetPort").or_insert(port);
-            }
-        }
+    if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
+        return;
     }
+    let headless_selectorless = spec.get("clusterIP").and_then(Value::as_str) == Some("None")
+        && spec
+            .get("selector")
+            .and_then(Value::as_object)
+            .is_none_or(|s| s.is_empty());
+    if spec.get("ipFamilyPolicy").is_none_or(Value::is_null) {
+        let policy = if headless_selectorless {
+            "RequireDualStack"
+        } else {
+            "SingleStack"
+        };
+        spec.insert("ipFamilyPolicy".into(), json!(policy));
+    }
+    let mut families: Vec<Value> = spec
+        .get("ipFamilies")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if families.is_empty() {
+        families.push(json!("IPv4"));
+    }
+    if headless_selectorless && families.len() < 2 && spec["ipFamilyPolicy"] != "SingleStack" {
+        let other = if families[0] == "IPv6" {
+            "IPv4"
+        } else {
+            "IPv6"
+        };
+        families.push(json!(other));
+    }
+    spec.insert("ipFamilies".into(), Value::Array(families));
 }
 
 /// A new namespace is Active and carries the `kubernetes` finalizer, which the namespace
@@ -589,6 +632,8 @@ pub fn service_on_create(obj: &mut Value) {
 pub fn namespace_on_create(obj: &mut Value) {
     obj["status"] = json!({ "phase": "Active" });
     obj["spec"] = json!({ "finalizers": ["kubernetes"] });
+    // Named only now when it came with generateName: label it with its name.
+    capstan_api::defaults::core::namespace(obj);
 }
 
 #[cfg(test)]
@@ -637,6 +682,45 @@ mod tests {
     }
 
     #[test]
+    fn a_new_services_ip_families_follow_its_kind() {
+        // (spec, ipFamilyPolicy, ipFamilies); None: not set.
+        let cases = [
+            (
+                json!({"type": "ClusterIP"}),
+                Some("SingleStack"),
+                json!(["IPv4"]),
+            ),
+            (
+                json!({"type": "ClusterIP", "clusterIP": "None", "selector": {"app": "a"}}),
+                Some("SingleStack"),
+                json!(["IPv4"]),
+            ),
+            (
+                json!({"type": "ClusterIP", "clusterIP": "None"}),
+                Some("RequireDualStack"),
+                json!(["IPv4", "IPv6"]),
+            ),
+            (
+                json!({"type": "ClusterIP", "clusterIP": "None", "ipFamilyPolicy": "SingleStack"}),
+                Some("SingleStack"),
+                json!(["IPv4"]),
+            ),
+            (
+                json!({"type": "NodePort", "ipFamilyPolicy": "PreferDualStack"}),
+                Some("PreferDualStack"),
+                json!(["IPv4"]),
+            ),
+            (json!({"type": "ExternalName"}), None, Value::Null),
+        ];
+        for (spec, policy, families) in cases {
+            let mut svc = json!({ "spec": spec.clone() });
+            service_on_create(&mut svc);
+            assert_eq!(svc["spec"]["ipFamilyPolicy"].as_str(), policy, "{spec}");
+            assert_eq!(svc["spec"]["ipFamilies"], families, "{spec}");
+        }
+    }
+
+    #[test]
     fn qos_follows_requests_and_limits() {
         let g = json!({"containers":[{"resources":{"limits":{"cpu":"1","memory":"1Gi"}}}]});
         assert_eq!(qos_class(&g), "Guaranteed");
@@ -649,11 +733,13 @@ mod tests {
     #[test]
     fn a_workload_whose_selector_misses_its_template_is_invalid() {
         let d = json!({"spec":{"replicas":-1,"selector":{"matchLabels":{"app":"a"}},
+            "strategy":{"type":"Recreate","rollingUpdate":{"maxSurge":"25%"}},
             "template":{"metadata":{"labels":{"app":"b"}},"spec":{"containers":[{"name":"c"}]}}}});
         let fields: Vec<_> = validate_workload(&d).into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
             [
+                "spec.strategy.rollingUpdate",
                 "spec.replicas",
                 "spec.template.metadata.labels",
                 "spec.template.spec.containers[0].image"

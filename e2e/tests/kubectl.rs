@@ -420,7 +420,7 @@ fn suite(c: &Cluster) {
     );
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["ports"],
-        serde_json::json!([{"containerPort": 80}])
+        serde_json::json!([{"containerPort": 80, "protocol": "TCP"}])
     );
     c.ok(&[
         "create",

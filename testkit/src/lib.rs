@@ -412,6 +412,18 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> std::pr
     client_command(&kubectl_bin(), kubeconfig, args, stdin)
 }
 
+/// As [`kubectl`], asserting success (stdout and stderr in the message); returns stdout.
+pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(kubeconfig, args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs a kubeconfig-taking client (kubectl, `capstan get`...) to completion, feeding `stdin`
 /// when given.
 pub fn client_command(

@@ -5,7 +5,8 @@
 //! - PATCH request bodies listing the patch content types the resource accepts;
 //! - the `fieldValidation` query parameter on writes, so kubectl leaves validation to the server;
 //! - each kind's schema tagged with its GVK (for `kubectl explain`) and the list fields' patch
-//!   metadata (`x-kubernetes-patch-merge-key`/`-strategy`, `x-kubernetes-list-type`/`-map-keys`).
+//!   metadata (`x-kubernetes-patch-merge-key`/`-strategy`, `x-kubernetes-list-type`/`-map-keys`);
+//! - the declarative defaults Kubernetes' schemas show (`default: TCP` on ports' protocol).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -183,6 +184,7 @@ pub fn document(registry: &Registry, gv: &str) -> Option<Value> {
         }
     }
     annotate_patch_metadata(&mut schemas);
+    annotate_defaults(&mut schemas);
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
@@ -284,6 +286,20 @@ fn annotate_patch_metadata(schemas: &mut Map<String, Value>) {
     }
 }
 
+/// The declarative defaults Kubernetes' schemas carry (`ContainerPort.protocol: TCP` …).
+fn annotate_defaults(schemas: &mut Map<String, Value>) {
+    for (schema, field, default) in capstan_api::defaults::openapi_defaults() {
+        if let Some(prop) = schemas
+            .get_mut(schema)
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut(field))
+            .and_then(Value::as_object_mut)
+        {
+            prop.insert("default".into(), default);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +342,23 @@ mod tests {
             "name"
         );
         assert!(document(&reg, "apis/nope/v1").is_none());
+        let core = document(&reg, "api/v1").unwrap();
+        let schemas = &core["components"]["schemas"];
+        for (schema, field, default) in [
+            ("io.k8s.api.core.v1.ContainerPort", "protocol", json!("TCP")),
+            ("io.k8s.api.core.v1.ServicePort", "protocol", json!("TCP")),
+            ("io.k8s.api.core.v1.GRPCAction", "service", json!("")),
+        ] {
+            assert_eq!(
+                schemas[schema]["properties"][field]["default"], default,
+                "{schema}.{field}"
+            );
+        }
+        assert!(
+            schemas["io.k8s.api.core.v1.Container"]["properties"]["imagePullPolicy"]
+                .get("default")
+                .is_none(),
+            "computed defaults are not in Kubernetes' schemas"
+        );
     }
 }

@@ -16,6 +16,8 @@
 //! controller that changed a field it applies. The ownership sets themselves are
 //! [`super::managed_fields`].
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value};
 
 use crate::patch::managed_fields::{
@@ -168,12 +170,46 @@ pub fn apply(
     }
     all.retain(|e| !(e.manager == manager && e.operation == "Apply"));
     all.push(Entry::apply(manager, api_version, now, set));
+    // A no-op apply (the same object, everyone owning what they owned) keeps the live
+    // managedFields, timestamp included: nothing is written, as in Kubernetes.
+    let managed_fields = if without_managed_fields(&merged) == without_managed_fields(live)
+        && owners(&all) == owners(&entries(live))
+    {
+        live.pointer("/metadata/managedFields").cloned()
+    } else {
+        None
+    };
     crate::object::set_path(
         &mut merged,
         &["metadata", "managedFields"],
-        entries_json(&all),
+        managed_fields.unwrap_or_else(|| entries_json(&all)),
     );
     Ok(merged)
+}
+
+fn without_managed_fields(obj: &Value) -> Value {
+    let mut obj = obj.clone();
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+        m.remove("resourceVersion");
+    }
+    obj
+}
+
+/// Who owns what, whenever they took it.
+fn owners(entries: &[Entry]) -> BTreeSet<(&str, &str, &str, &FieldSet)> {
+    entries
+        .iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(|e| {
+            (
+                e.manager.as_str(),
+                e.operation.as_str(),
+                e.api_version.as_str(),
+                &e.fields,
+            )
+        })
+        .collect()
 }
 
 /// An applied configuration never deletes through null: drop nulls before merging.
@@ -221,6 +257,34 @@ mod tests {
             "atomic list"
         );
         assert_eq!(from_fields_v1(&v1), set);
+    }
+
+    #[test]
+    fn applying_the_same_configuration_again_keeps_the_entry_and_its_time() {
+        let a = deploy(2, json!([{"name": "web", "image": "a"}]));
+        let live = apply("Deployment", "apps/v1", None, &a, "alice", false, "t1").unwrap();
+        let again = apply(
+            "Deployment",
+            "apps/v1",
+            Some(&live),
+            &a,
+            "alice",
+            false,
+            "t2",
+        )
+        .unwrap();
+        assert_eq!(again, live, "a no-op apply changes nothing");
+        let changed = deploy(3, json!([{"name": "web", "image": "a"}]));
+        let after = apply(
+            "Deployment",
+            "apps/v1",
+            Some(&live),
+            &changed,
+            "alice",
+            false,
+            "t2",
+        );
+        assert_eq!(after.unwrap()["metadata"]["managedFields"][0]["time"], "t2");
     }
 
     #[test]
