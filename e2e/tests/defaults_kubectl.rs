@@ -240,3 +240,56 @@ fn applying_a_manifest_again_changes_nothing_and_diff_finds_no_drift() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `kubectl debug` reads fields only a defaulted pod has (it panicked on Capstan before), then
+/// adds its container through pods/ephemeralcontainers; the server refuses a second container
+/// of the same name.
+#[test]
+fn kubectl_debug_adds_an_ephemeral_container() {
+    let c = Cluster::start();
+    c.ok(
+        &[
+            "run",
+            "app",
+            "--image=localhost/busybox:1",
+            "--restart=Never",
+            "--",
+            "sleep",
+            "1000",
+        ],
+        None,
+    );
+    let debug = [
+        "debug",
+        "app",
+        "--image=localhost/busybox:1",
+        "-c",
+        "debugger",
+        "--target=app",
+        "--profile=general",
+    ];
+    let out = c.run(&debug, None);
+    assert!(
+        out.status.success(),
+        "kubectl debug: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod = c.json(&["get", "pod", "app"]);
+    let added = &pod["spec"]["ephemeralContainers"][0];
+    assert_eq!(added["name"], "debugger");
+    assert_eq!(added["targetContainerName"], "app");
+    assert_eq!(
+        added["securityContext"]["capabilities"]["add"],
+        json!(["SYS_PTRACE"])
+    );
+    let again = c.run(&debug, None);
+    assert!(
+        !again.status.success(),
+        "a second container named debugger is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("Duplicate value"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

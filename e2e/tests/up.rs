@@ -68,10 +68,21 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The four system namespaces up creates are in it.
+    // What up writes at start: the four system namespaces and an APIService per served
+    // group/version — and nothing else.
+    let apiservices = store_cmd(dir.path(), &["list", "apiservices/"]);
+    let registered = String::from_utf8_lossy(&apiservices.stdout).lines().count();
+    assert!(
+        String::from_utf8_lossy(&apiservices.stdout).contains("apiservices/v1.apps\n"),
+        "{}",
+        String::from_utf8_lossy(&apiservices.stdout)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "backend=embedded revision=5 compacted=1"
+        format!(
+            "backend=embedded revision={} compacted=1",
+            1 + 4 + registered
+        )
     );
     let out = store_cmd(dir.path(), &["list", "namespaces/"]);
     assert_eq!(
