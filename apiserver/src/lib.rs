@@ -67,6 +67,8 @@ pub struct ApiServer {
     openapi_v2: RwLock<Option<(u64, Arc<SwaggerDocs>)>>,
     /// Service ClusterIPs.
     pub ips: service::cluster_ip::Allocator,
+    /// What componentstatuses reports, and where it looks.
+    components: RwLock<Vec<(String, http::component_status::Probe)>>,
     /// Milliseconds between watch bookmarks ([`rest::watch::BOOKMARK_INTERVAL`] unless changed).
     bookmark_ms: std::sync::atomic::AtomicU64,
 }
@@ -131,6 +133,7 @@ impl ApiServer {
                 rest::watch::BOOKMARK_INTERVAL.as_millis() as u64,
             ),
             ips,
+            components: RwLock::new(http::component_status::default_components()),
             store,
         });
         for info in api.registry.all() {
@@ -206,6 +209,26 @@ impl ApiServer {
         {
             c.stop();
         }
+    }
+
+    /// Reports component `name` (in componentstatuses) through `probe`, replacing its default
+    /// (`capstan up` registers its in-process controller manager and scheduler).
+    pub fn set_component(&self, name: &str, probe: http::component_status::Probe) {
+        if let Ok(mut c) = self.components.write() {
+            match c.iter_mut().find(|(n, _)| n == name) {
+                Some(entry) => entry.1 = probe,
+                None => c.push((name.to_string(), probe)),
+            }
+            c.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+    }
+
+    /// The components componentstatuses reports, by name.
+    pub fn components(&self) -> Vec<(String, http::component_status::Probe)> {
+        self.components
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     /// How often watches that allow bookmarks get one.

@@ -406,6 +406,18 @@ async fn componentstatuses_are_computed_and_read_only() {
         etcd["conditions"][0],
         json!({"type": "Healthy", "status": "True", "message": "ok"})
     );
+    // An in-process component (capstan up's controller manager) reports whether it runs.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    c.api.set_component(
+        "controller-manager",
+        capstan_apiserver::http::component_status::Probe::InProcess(running.clone()),
+    );
+    let manager = get(&c, "/api/v1/componentstatuses/controller-manager").await;
+    assert_eq!(manager["conditions"][0]["status"], "True", "{manager}");
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let manager = get(&c, "/api/v1/componentstatuses/controller-manager").await;
+    assert_eq!(manager["conditions"][0]["status"], "False", "{manager}");
+    assert_eq!(manager["conditions"][0]["error"], "stopped");
     // kubectl get cs: a Table.
     let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
     let (_, _, t) = call(

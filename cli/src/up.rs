@@ -5,10 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use capstan_apiserver::ApiServer;
+use capstan_apiserver::http::component_status::Probe;
 use capstan_storage::{CompactionPolicy, StorageMetrics};
 use clap::Args;
 
@@ -101,10 +104,16 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
         let client = kube::Client::try_from(config).context("client for the controllers")?;
         let (manager, registry) = (args.manager.clone(), api.prometheus.clone());
+        // componentstatuses reports the in-process controller manager (and its scheduler).
+        let running = Arc::new(AtomicBool::new(true));
+        for component in ["controller-manager", "scheduler"] {
+            api.set_component(component, Probe::InProcess(running.clone()));
+        }
         tokio::spawn(async move {
             if let Err(e) = manager.run(client, &registry, shutdown_signal()).await {
                 tracing::error!(error = %e, "the controller manager failed");
             }
+            running.store(false, Ordering::Relaxed);
         });
     }
     let mut managed = None;

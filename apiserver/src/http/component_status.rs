@@ -2,9 +2,12 @@
 //! Kubernetes 1.33): computed on each request, never stored. Like kube-apiserver, the server
 //! probes each component where it listens by default — the controller manager's `/healthz` on
 //! 127.0.0.1:10257 (Capstan's scheduler runs inside it, so `scheduler` reads the same probe) —
-//! and the store (`etcd-0`) by asking for its current revision.
+//! and the store (`etcd-0`) by asking for its current revision. A component running inside the
+//! same process (`capstan up`'s controller manager) is registered with
+//! [`ApiServer::set_component`] and reports whether it is still running.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -24,27 +27,36 @@ use crate::table::{Column, Table};
 /// The warning kube-apiserver sends with every ComponentStatus response.
 pub const DEPRECATION: &str = "v1 ComponentStatus is deprecated in v1.19+";
 
-/// The components and where their health is read.
-const COMPONENTS: &[(&str, Probe)] = &[
-    (
-        "controller-manager",
-        Probe::Http("http://127.0.0.1:10257/healthz"),
-    ),
-    ("etcd-0", Probe::Store),
-    ("scheduler", Probe::Http("http://127.0.0.1:10257/healthz")),
-];
-
-#[derive(Clone, Copy, Debug)]
-enum Probe {
-    Http(&'static str),
+/// Where a component's health is read.
+#[derive(Clone, Debug)]
+pub enum Probe {
+    /// GET this URL: 2xx is healthy.
+    Http(String),
+    /// The store answers its current revision.
     Store,
+    /// A component in this process: healthy while the flag is set.
+    InProcess(Arc<AtomicBool>),
+}
+
+/// The components kube-apiserver reports, and where it looks for them by default.
+pub fn default_components() -> Vec<(String, Probe)> {
+    let manager = || Probe::Http("http://127.0.0.1:10257/healthz".into());
+    vec![
+        ("controller-manager".into(), manager()),
+        ("etcd-0".into(), Probe::Store),
+        ("scheduler".into(), manager()),
+    ]
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// (healthy, message, error) of one probe.
-async fn probe(api: &ApiServer, p: Probe) -> (bool, String, String) {
+async fn probe(api: &ApiServer, p: &Probe) -> (bool, String, String) {
     match p {
+        Probe::InProcess(running) => match running.load(Ordering::Relaxed) {
+            true => (true, "ok".into(), String::new()),
+            false => (false, String::new(), "stopped".into()),
+        },
         Probe::Store => {
             match tokio::time::timeout(PROBE_TIMEOUT, api.store.current_revision()).await {
                 Ok(Ok(_)) => (true, "ok".into(), String::new()),
@@ -53,6 +65,7 @@ async fn probe(api: &ApiServer, p: Probe) -> (bool, String, String) {
             }
         }
         Probe::Http(url) => {
+            let url = url.as_str();
             let get = async {
                 let uri: axum::http::Uri = url.parse().map_err(|e| format!("{e}"))?;
                 let resp = crate::rest::pod_log::client()
@@ -86,7 +99,7 @@ async fn probe(api: &ApiServer, p: Probe) -> (bool, String, String) {
     }
 }
 
-async fn status_of(api: &ApiServer, name: &str, p: Probe) -> Value {
+async fn status_of(api: &ApiServer, name: &str, p: &Probe) -> Value {
     let (healthy, message, error) = probe(api, p).await;
     let mut condition =
         json!({"type": "Healthy", "status": if healthy { "True" } else { "False" }});
@@ -146,8 +159,8 @@ fn respond(headers: &HeaderMap, items: Vec<Value>, list: bool) -> Response {
 /// GET /api/v1/componentstatuses
 pub async fn list(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -> Response {
     let mut items = Vec::new();
-    for (name, p) in COMPONENTS {
-        items.push(status_of(&api, name, *p).await);
+    for (name, p) in api.components() {
+        items.push(status_of(&api, &name, &p).await);
     }
     respond(&headers, items, true)
 }
@@ -158,8 +171,8 @@ pub async fn get(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match COMPONENTS.iter().find(|(n, _)| *n == name) {
-        Some((n, p)) => respond(&headers, vec![status_of(&api, n, *p).await], false),
+    match api.components().into_iter().find(|(n, _)| *n == name) {
+        Some((n, p)) => respond(&headers, vec![status_of(&api, &n, &p).await], false),
         None => ApiError::not_found("", "componentstatuses", &name).into_response(),
     }
 }
