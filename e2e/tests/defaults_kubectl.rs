@@ -243,7 +243,7 @@ fn applying_a_manifest_again_changes_nothing_and_diff_finds_no_drift() {
 
 /// `kubectl debug` reads fields only a defaulted pod has (it panicked on Capstan before), then
 /// adds its container through pods/ephemeralcontainers; the server refuses a second container
-/// of the same name.
+/// of the same name (merged by name, it would change the existing one).
 #[test]
 fn kubectl_debug_adds_an_ephemeral_container() {
     let c = Cluster::start();
@@ -288,7 +288,7 @@ fn kubectl_debug_adds_an_ephemeral_container() {
         "a second container named debugger is refused"
     );
     assert!(
-        String::from_utf8_lossy(&again.stderr).contains("Duplicate value"),
+        String::from_utf8_lossy(&again.stderr).contains("existing ephemeral containers may not be changed"),
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
