@@ -68,7 +68,7 @@ struct View {
 
 impl CachedStore {
     async fn start(store: Arc<dyn Storage>) -> CachedStore {
-        let mut info = capstan_apiserver::registry::builtins()
+        let mut info = capstan_apiserver::builtins::builtins()
             .into_iter()
             .find(|i| i.is("", "configmaps"))
             .expect("configmaps are built in");
