@@ -12,6 +12,9 @@ use crate::protobuf;
 /// The largest request body accepted (kube-apiserver's limit).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// The largest object stored (etcd's default request limit, 1.5 MiB, which the stores share).
+pub const MAX_OBJECT_BYTES: usize = capstan_storage::DEFAULT_MAX_VALUE_BYTES;
+
 pub fn parse_body(body: &Bytes) -> ApiResult<Value> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;

@@ -4,6 +4,7 @@
 //! [`crate::rest::patch`] and [`crate::rest::apply`].
 
 pub mod apply;
+pub mod budget;
 pub mod json;
 pub mod managed_fields;
 pub mod merge;

@@ -10,7 +10,7 @@ use crate::object::{self, ObjectExt};
 use crate::request::{Params, Target};
 
 use super::field_validation::strict_check;
-use super::{check_type, encode, with_rv};
+use super::{check_type, encode_checked, with_rv};
 
 impl ApiServer {
     /// Creates an object; `dry_run` validates and returns it without storing.
@@ -101,6 +101,7 @@ impl ApiServer {
             self.check_namespace(obj.namespace().unwrap_or_default())
                 .await?;
         }
+        let bytes = encode_checked(info, &obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -111,7 +112,7 @@ impl ApiServer {
             let (store, info) = (self.store.clone(), info.clone());
             let task = tokio::spawn(async move {
                 hooks.begin_create(&mut obj).await?;
-                let stored = match encode(&info, &obj) {
+                let stored = match encode_checked(&info, &obj) {
                     Ok(bytes) => store
                         .create(&key, bytes)
                         .await
@@ -132,7 +133,7 @@ impl ApiServer {
         }
         let kv = self
             .store
-            .create(&key, encode(info, &obj)?)
+            .create(&key, bytes)
             .await
             .map_err(|e| from_storage(e, &info.group, &info.plural, &name))?;
         Ok(with_rv(obj, kv.mod_revision))

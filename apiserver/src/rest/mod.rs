@@ -52,6 +52,20 @@ fn encode(info: &ResourceInfo, obj: &Value) -> ApiResult<Bytes> {
         .map_err(|e| ApiError::internal(format!("encoding object: {e}")))
 }
 
+/// [`encode`], refused with a 413 over [`crate::body::MAX_OBJECT_BYTES`]: every write checks the
+/// size of what it would store, dry runs included, before any store is asked.
+fn encode_checked(info: &ResourceInfo, obj: &Value) -> ApiResult<Bytes> {
+    let bytes = encode(info, obj)?;
+    let limit = crate::body::MAX_OBJECT_BYTES;
+    if bytes.len() > limit {
+        return Err(ApiError::too_large(format!(
+            "Request entity too large: the object is {} bytes, over the limit of {limit} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
 fn with_rv(mut obj: Value, rv: i64) -> Value {
     obj.set_meta("resourceVersion", json!(rv.to_string()));
     obj

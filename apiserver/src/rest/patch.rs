@@ -68,12 +68,9 @@ impl ApiServer {
             .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
                 let mut doc = live.clone();
                 match (&json_patch, kind) {
-                    (Some(ops), _) => json::apply(&mut doc, ops).map_err(|e| ApiError {
-                        code: 422,
-                        reason: "Invalid",
-                        message: format!("the JSON patch could not be applied: {e}"),
-                        details: None,
-                    })?,
+                    (Some(ops), _) => {
+                        json::apply(&mut doc, ops).map_err(json::PatchError::api_error)?
+                    }
                     (None, PatchKind::Strategic) => {
                         doc = crate::patch::strategic::apply(&info.kind, &doc, &patch).map_err(
                             |e| {

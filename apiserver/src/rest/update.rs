@@ -11,8 +11,8 @@ use crate::request::{Params, Target};
 
 use super::field_validation::strict_check;
 use super::{
-    check_type, encode, name_of, namespace_finalizers_pending, subresource_rules, too_many_writers,
-    with_rv,
+    check_type, encode_checked, name_of, namespace_finalizers_pending, subresource_rules,
+    too_many_writers, with_rv,
 };
 
 impl ApiServer {
@@ -112,6 +112,7 @@ impl ApiServer {
             if !errs.is_empty() {
                 return Err(self.invalid(t, &name, errs));
             }
+            let bytes = encode_checked(info, &new)?;
             if dry_run {
                 return Ok(with_rv(new, rev));
             }
@@ -145,11 +146,7 @@ impl ApiServer {
             if new == unchanged {
                 return Ok(live); // nothing changed: no write, same resourceVersion
             }
-            match self
-                .store
-                .update(&info.key_of(&new), encode(info, &new)?, rev)
-                .await
-            {
+            match self.store.update(&info.key_of(&new), bytes, rev).await {
                 Ok(kv) => return Ok(with_rv(new, kv.mod_revision)),
                 Err(capstan_storage::StorageError::Conflict { .. }) if precondition.is_none() => {
                     continue;
