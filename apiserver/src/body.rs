@@ -25,6 +25,24 @@ pub fn parse_body(body: &Bytes) -> ApiResult<Value> {
     }
     Ok(v)
 }
+/// A server-side apply body: JSON when it is JSON (serde_json: linear, at most 128 levels deep),
+/// else YAML ([`crate::yaml::decode`], bounded in depth and alias expansion), decoded on a
+/// blocking thread so that a slow document never holds a runtime thread other requests need.
+pub async fn decode_apply(body: Bytes) -> ApiResult<Value> {
+    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+        return Ok(v);
+    }
+    tokio::task::spawn_blocking(move || crate::yaml::decode(&body))
+        .await
+        .map_err(|e| ApiError::internal(format!("decoding the apply patch: {e}")))?
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "the apply patch is not valid YAML or JSON: {}",
+                e.message
+            ))
+        })
+}
+
 pub async fn read_body(body: Body) -> ApiResult<Bytes> {
     axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await

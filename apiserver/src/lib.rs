@@ -35,6 +35,7 @@ pub mod service;
 pub mod strategy;
 pub mod table;
 pub mod watch_cache;
+pub mod yaml;
 
 pub use http::router;
 

@@ -46,11 +46,7 @@ impl ApiServer {
                 )));
             }
         };
-        let mut applied: Value = serde_json::from_slice(body)
-            .or_else(|_| serde_yaml::from_slice::<Value>(body))
-            .map_err(|e| {
-                ApiError::bad_request(format!("the apply patch is not valid YAML or JSON: {e}"))
-            })?;
+        let mut applied = crate::body::decode_apply(body.clone()).await?;
         if !applied.is_object() {
             return Err(ApiError::bad_request("the apply patch must be an object"));
         }
