@@ -202,3 +202,107 @@ async fn deeply_nested_yaml_is_refused_at_once_and_stalls_no_one() {
     let (code, _) = call(&c, "GET", &format!("{CM}/x"), JSON, Value::Null).await;
     assert_eq!(code, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_cannot_remove_or_change_kind_and_api_version() {
+    // Issue 16 item 5: merge, JSON and strategic merge patches stored objects without kind.
+    let c = TestCluster::start().await;
+    configmap(&c, "k", json!({"a": "1"})).await;
+    let at = format!("{CM}/k");
+    for (ct, patch) in [
+        (
+            MERGE,
+            json!({"kind": null, "apiVersion": null, "data": {"b": "2"}}),
+        ),
+        (SMP, json!({"kind": null, "data": {"c": "3"}})),
+        (
+            JSON_PATCH,
+            json!([{"op": "remove", "path": "/kind"}, {"op": "remove", "path": "/apiVersion"}]),
+        ),
+    ] {
+        let (code, obj) = call(&c, "PATCH", &at, ct, patch).await;
+        assert_eq!(code, 200, "{ct}: {obj}");
+        assert_eq!(
+            (obj["kind"].as_str(), obj["apiVersion"].as_str()),
+            (Some("ConfigMap"), Some("v1")),
+            "{ct}"
+        );
+        let (_, live) = call(&c, "GET", &at, JSON, Value::Null).await;
+        assert_eq!(live["kind"], "ConfigMap", "{ct}");
+    }
+    // Another kind is refused and changes nothing.
+    let (_, before) = call(&c, "GET", &at, JSON, Value::Null).await;
+    let (code, status) = call(
+        &c,
+        "PATCH",
+        &at,
+        MERGE,
+        json!({"kind": "Secret", "data": {"z": "1"}}),
+    )
+    .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (400, Some("BadRequest")),
+        "{status}"
+    );
+    let (_, after) = call(&c, "GET", &at, JSON, Value::Null).await;
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_version_in_any_write_is_a_precondition() {
+    // Issue 16 item 7: a stale resourceVersion in an apply body or set by a JSON patch, and a
+    // merge patch with an integer resourceVersion, all succeeded.
+    let c = TestCluster::start().await;
+    let first = configmap(&c, "rv", json!({"a": "1"})).await;
+    let stale = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let at = format!("{CM}/rv");
+    let (code, _) = call(&c, "PATCH", &at, MERGE, json!({"data": {"a": "2"}})).await;
+    assert_eq!(code, 200);
+    let (_, before) = call(&c, "GET", &at, JSON, Value::Null).await;
+
+    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "rv", "resourceVersion": stale}, "data": {"a": "3"}});
+    let (code, status) = call(&c, "PATCH", &format!("{at}?fieldManager=m"), APPLY, applied).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{status}"
+    );
+
+    let ops = json!([{"op": "replace", "path": "/metadata/resourceVersion", "value": stale},
+                     {"op": "replace", "path": "/data/a", "value": "4"}]);
+    let (code, status) = call(&c, "PATCH", &at, JSON_PATCH, ops).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{status}"
+    );
+
+    let (code, status) = call(
+        &c,
+        "PATCH",
+        &at,
+        MERGE,
+        json!({"metadata": {"resourceVersion": 1}, "data": {"a": "5"}}),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    let mut put = before.clone();
+    put["metadata"]["resourceVersion"] = json!(12);
+    put["data"]["a"] = json!("6");
+    let (code, status) = call(&c, "PUT", &at, JSON, put).await;
+    assert_eq!(code, 400, "{status}");
+
+    let (_, after) = call(&c, "GET", &at, JSON, Value::Null).await;
+    assert_eq!(before, after, "nothing changed");
+    // The current resourceVersion passes.
+    let current = before["metadata"]["resourceVersion"].clone();
+    let ops = json!([{"op": "replace", "path": "/metadata/resourceVersion", "value": current},
+                     {"op": "replace", "path": "/data/a", "value": "7"}]);
+    let (code, obj) = call(&c, "PATCH", &at, JSON_PATCH, ops).await;
+    assert_eq!(code, 200, "{obj}");
+}

@@ -13,7 +13,7 @@ use crate::registry::ResourceInfo;
 use crate::request::{Params, Target};
 
 use super::field_validation::{strict_check, unknown_field_warnings};
-use super::{check_type, name_of, too_many_writers};
+use super::{check_resource_version, check_type, name_of, resource_version_of, too_many_writers};
 
 impl ApiServer {
     /// Server-side apply (see [`crate::patch::apply`]): creates the object when it is missing (true), or
@@ -79,6 +79,8 @@ impl ApiServer {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
+        // A resourceVersion in the configuration is a precondition on the live object.
+        resource_version_of(info, &applied)?;
         strict_check(t, p, &applied)?;
         let warnings = unknown_field_warnings(t, p, &applied)?;
         // The manager owns only fields the type has.
@@ -113,6 +115,7 @@ impl ApiServer {
             }
             let updated = self
                 .guaranteed_update(t, None, p.dry_run()?, None, |live| {
+                    check_resource_version(info, live, &applied)?;
                     let mut out = crate::patch::apply::apply(
                         &info.kind,
                         &api_version,

@@ -182,6 +182,51 @@ fn namespace_finalizers_pending(info: &ResourceInfo, obj: &Value) -> bool {
             .is_some_and(|f| !f.is_empty())
 }
 
+/// The resourceVersion an object carries as a precondition: None when unset or empty; a 400
+/// when it is not a string (as decoding into ObjectMeta fails in Kubernetes) or not a revision.
+fn resource_version_of(info: &ResourceInfo, obj: &Value) -> ApiResult<Option<i64>> {
+    match obj.meta().and_then(|m| m.get("resourceVersion")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => match s.parse::<i64>() {
+            Ok(rv) if rv > 0 => Ok(Some(rv)),
+            _ => Err(ApiError::bad_request(format!(
+                "invalid resourceVersion {s:?}"
+            ))),
+        },
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: json: cannot unmarshal {what} into Go struct field ObjectMeta.metadata.resourceVersion of type string",
+            kind = &info.kind,
+            version = &info.version,
+            what = match other {
+                Value::Number(_) => "number",
+                Value::Bool(_) => "bool",
+                Value::Array(_) => "array",
+                _ => "object",
+            }
+        ))),
+    }
+}
+
+/// A write whose result names a resourceVersion (a patch that sets it, an applied
+/// configuration carrying one) holds only against that version of the live object: a 409
+/// otherwise, never retried — as Kubernetes takes the patched object's resourceVersion as the
+/// update's precondition.
+fn check_resource_version(info: &ResourceInfo, live: &Value, new: &Value) -> ApiResult<()> {
+    let Some(wanted) = resource_version_of(info, new)? else {
+        return Ok(());
+    };
+    if live.meta_str("resourceVersion") == Some(wanted.to_string().as_str()) {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        &info.group,
+        &info.plural,
+        live.name().unwrap_or_default(),
+        "the object has been modified; please apply your changes to the latest version and try again",
+    ))
+}
+
 /// Checks apiVersion/kind against the resource (and fills them in when absent).
 fn check_type(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
     let want = info.api_version();

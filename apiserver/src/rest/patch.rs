@@ -12,7 +12,7 @@ use crate::patch::{PatchKind, json, merge, patch_kind};
 use crate::request::{Params, Target};
 
 use super::field_validation::{strict_check, unknown_field_warnings};
-use super::subresource_rules;
+use super::{check_resource_version, resource_version_of, subresource_rules};
 
 impl ApiServer {
     /// PATCH: JSON Patch, JSON merge patch and (built-ins) strategic merge patch. Server-side
@@ -53,14 +53,12 @@ impl ApiServer {
                 None
             }
         };
-        let precondition = patch
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(|s| {
-                s.parse::<i64>()
-                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}")))
-            })
-            .transpose()?;
+        // A merge patch naming a resourceVersion is a precondition (never retried); one that
+        // sets it otherwise (a JSON patch) is checked against each live object it is applied to.
+        let precondition = match kind {
+            PatchKind::Json => None,
+            _ => resource_version_of(&t.info, &patch)?,
+        };
         let sub = t.subresource.clone();
         let info = t.info.clone();
         let warnings = std::sync::Mutex::new(Vec::new());
@@ -92,6 +90,7 @@ impl ApiServer {
                 if let Ok(mut w) = warnings.lock() {
                     *w = unknown_field_warnings(t, p, &doc)?;
                 }
+                check_resource_version(&info, live, &doc)?;
                 if doc.name() != live.name() || doc.namespace() != live.namespace() {
                     return Err(ApiError::bad_request(
                         "a patch cannot change metadata.name or metadata.namespace",

@@ -11,8 +11,8 @@ use crate::request::{Params, Target};
 
 use super::field_validation::strict_check;
 use super::{
-    check_type, encode_checked, name_of, namespace_finalizers_pending, subresource_rules,
-    too_many_writers, with_rv,
+    check_type, encode_checked, name_of, namespace_finalizers_pending, resource_version_of,
+    subresource_rules, too_many_writers, with_rv,
 };
 
 impl ApiServer {
@@ -33,13 +33,7 @@ impl ApiServer {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        let precondition =
-            match body.meta_str("resourceVersion").filter(|s| !s.is_empty()) {
-                Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                })?),
-                None => None,
-            };
+        let precondition = resource_version_of(&t.info, &body)?;
         let sub = t.subresource.clone();
         self.guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
             let mut new = body.clone();
@@ -75,6 +69,9 @@ impl ApiServer {
                 ));
             }
             let mut new = transform(&live)?;
+            // The server owns apiVersion and kind: a write that drops them gets them back, one
+            // that changes them is refused.
+            check_type(info, &mut new)?;
             info.strategy.prune_unknown(&mut new);
             info.strategy.canonicalize(&mut new);
             preserve_meta(&live, &mut new)?;
