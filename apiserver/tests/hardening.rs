@@ -306,3 +306,40 @@ async fn a_resource_version_in_any_write_is_a_precondition() {
     let (code, obj) = call(&c, "PATCH", &at, JSON_PATCH, ops).await;
     assert_eq!(code, 200, "{obj}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconditional_writes_retry_their_own_conflicts() {
+    // Issue 16 item 9: 4 writers merge-patching one object saw 409 "too many concurrent
+    // writers" (2 in 120). A write without a precondition retries until it lands.
+    let c = TestCluster::start().await;
+    configmap(&c, "hot", json!({})).await;
+    let at = format!("{CM}/hot");
+    let writers = (0..8).map(|w| {
+        let (c, at) = (&c, at.clone());
+        async move {
+            let mut failures = Vec::new();
+            for i in 0..30 {
+                let key = format!("w{w}");
+                let (ct, body) = match i % 3 {
+                    0 => (MERGE, json!({"data": {key: i.to_string()}})),
+                    1 => (SMP, json!({"metadata": {"labels": {key: i.to_string()}}})),
+                    _ => (JSON_PATCH, json!([{"op": "add", "path": format!("/metadata/annotations"), "value": {key: i.to_string()}}])),
+                };
+                let (code, status) = call(c, "PATCH", &at, ct, body).await;
+                if code != 200 {
+                    failures.push(format!("{code} {status}"));
+                }
+            }
+            failures
+        }
+    });
+    let failures: Vec<String> = futures_util::future::join_all(writers).await.concat();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let (_, live) = call(&c, "GET", &at, JSON, Value::Null).await;
+    assert_eq!(live["data"].as_object().map(|d| d.len()), Some(8), "{live}");
+}

@@ -13,7 +13,9 @@ use crate::registry::ResourceInfo;
 use crate::request::{Params, Target};
 
 use super::field_validation::{strict_check, unknown_field_warnings};
-use super::{check_resource_version, check_type, name_of, resource_version_of, too_many_writers};
+use super::{
+    Retry, check_resource_version, check_type, name_of, resource_version_of, too_many_writers,
+};
 
 impl ApiServer {
     /// Server-side apply (see [`crate::patch::apply`]): creates the object when it is missing (true), or
@@ -86,7 +88,8 @@ impl ApiServer {
         // The manager owns only fields the type has.
         info.strategy.prune_unknown(&mut applied);
         let api_version = info.api_version();
-        for _ in 0..4 {
+        let mut retry = Retry::new();
+        loop {
             let now = object::now();
             match self.live(t).await {
                 Err(e) if e.code == 404 => {
@@ -106,7 +109,8 @@ impl ApiServer {
                         ..t.clone()
                     };
                     match self.create(&collection, obj, p).await {
-                        Err(e) if e.reason == "AlreadyExists" => continue, // lost a race: merge instead
+                        // Lost a race: merge instead.
+                        Err(e) if e.reason == "AlreadyExists" && retry.again().await => continue,
                         other => return other.map(|o| (true, o, warnings.clone())),
                     }
                 }
@@ -151,11 +155,12 @@ impl ApiServer {
                 })
                 .await;
             return match updated {
-                Err(e) if e.code == 404 => continue, // deleted meanwhile: create it
+                // Deleted meanwhile: create it.
+                Err(e) if e.code == 404 && retry.again().await => continue,
+                Err(e) if e.code == 404 => Err(too_many_writers(info, &name)),
                 other => other.map(|o| (false, o, warnings.clone())),
             };
         }
-        Err(too_many_writers(info, &name))
     }
 }
 

@@ -104,6 +104,42 @@ impl ApiServer {
     }
 }
 
+/// How a write without a precondition retries a lost compare-and-swap (kube-apiserver's
+/// GuaranteedUpdate retries until its request times out): at once for the first few losses,
+/// then after a short jittered pause that grows to 50 ms, for up to [`Retry::PATIENCE`]. Every
+/// lost race means another write landed, so the object moves on while this one waits.
+#[derive(Debug)]
+struct Retry {
+    started: std::time::Instant,
+    lost: u32,
+}
+
+impl Retry {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn new() -> Retry {
+        Retry {
+            started: std::time::Instant::now(),
+            lost: 0,
+        }
+    }
+
+    /// After a lost race: whether to try again (false once out of patience).
+    async fn again(&mut self) -> bool {
+        self.lost += 1;
+        if self.started.elapsed() > Self::PATIENCE {
+            return false;
+        }
+        if self.lost <= 3 {
+            tokio::task::yield_now().await;
+        } else {
+            let cap = (1u64 << (self.lost - 3).min(6)).min(50);
+            tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(1..=cap))).await;
+        }
+        true
+    }
+}
+
 /// A write that lost every compare-and-swap retry.
 fn too_many_writers(info: &ResourceInfo, name: &str) -> ApiError {
     ApiError::conflict(

@@ -11,7 +11,7 @@ use crate::request::{Params, Target};
 
 use super::field_validation::strict_check;
 use super::{
-    check_type, encode_checked, name_of, namespace_finalizers_pending, resource_version_of,
+    Retry, check_type, encode_checked, name_of, namespace_finalizers_pending, resource_version_of,
     subresource_rules, too_many_writers, with_rv,
 };
 
@@ -56,7 +56,8 @@ impl ApiServer {
     ) -> ApiResult<Value> {
         let name = name_of(t).to_string();
         let info = &t.info;
-        for _ in 0..16 {
+        let mut retry = Retry::new();
+        loop {
             let (live, rev) = self.live(t).await?;
             if let Some(expected) = precondition
                 && expected != rev
@@ -131,7 +132,7 @@ impl ApiServer {
                         Ok(with_rv(new, del_rev))
                     }
                     Err(capstan_storage::StorageError::Conflict { .. })
-                        if precondition.is_none() =>
+                        if precondition.is_none() && retry.again().await =>
                     {
                         continue;
                     }
@@ -145,13 +146,17 @@ impl ApiServer {
             }
             match self.store.update(&info.key_of(&new), bytes, rev).await {
                 Ok(kv) => return Ok(with_rv(new, kv.mod_revision)),
-                Err(capstan_storage::StorageError::Conflict { .. }) if precondition.is_none() => {
+                Err(capstan_storage::StorageError::Conflict { .. })
+                    if precondition.is_none() && retry.again().await =>
+                {
                     continue;
+                }
+                Err(capstan_storage::StorageError::Conflict { .. }) if precondition.is_none() => {
+                    return Err(too_many_writers(info, &name));
                 }
                 Err(e) => return Err(from_storage(e, &info.group, &info.plural, &name)),
             }
         }
-        Err(too_many_writers(info, &name))
     }
 }
 
