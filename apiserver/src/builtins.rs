@@ -162,6 +162,8 @@ pub fn builtins() -> Vec<ResourceInfo> {
                 .names(NameRule::Label)
                 .fields(&[("status.phase", "/status/phase")])
                 .on_create(strategy::namespace_on_create)
+                .forbid_delete(strategy::namespace_forbid_delete)
+                .no_delete_collection()
                 .table(crate::table::namespaces)
                 .arc(),
         ),

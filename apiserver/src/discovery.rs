@@ -93,7 +93,7 @@ fn resources(api: &ApiServer, group: &str, version: &str) -> Option<Vec<Resource
             singular: r.singular.clone(),
             kind: r.kind.clone(),
             namespaced: r.namespaced,
-            verbs: registry::VERBS,
+            verbs: r.verbs(),
             short_names: r.short_names.clone(),
             categories: r.categories.clone(),
             subresources: subresources_of(r),

@@ -86,6 +86,19 @@ impl ApiError {
         .about(group, plural, name)
     }
 
+    /// 403: the request is understood and refused (`namespaces "kube-system" is forbidden: ...`).
+    pub fn forbidden(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: {why}",
+                qualified(group, plural)
+            ),
+        )
+        .about(group, plural, name)
+    }
+
     /// 422 with every failing field listed.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<FieldError>) -> Self {
         let list: Vec<String> = causes

@@ -343,3 +343,80 @@ async fn unconditional_writes_retry_their_own_conflicts() {
     let (_, live) = call(&c, "GET", &at, JSON, Value::Null).await;
     assert_eq!(live["data"].as_object().map(|d| d.len()), Some(8), "{live}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_namespaces_cannot_be_deleted() {
+    // Issue 16 item 6: DELETE of kube-system (and the other three) succeeded.
+    let c = TestCluster::start().await;
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let (code, status) = call(
+            &c,
+            "DELETE",
+            &format!("/api/v1/namespaces/{ns}"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (403, Some("Forbidden")),
+            "{ns}: {status}"
+        );
+        assert_eq!(
+            status["message"],
+            format!("namespaces \"{ns}\" is forbidden: this namespace may not be deleted")
+        );
+        let (code, live) = call(
+            &c,
+            "GET",
+            &format!("/api/v1/namespaces/{ns}"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert!(
+            live["metadata"].get("deletionTimestamp").is_none(),
+            "{live}"
+        );
+    }
+    let (code, status) = call(&c, "DELETE", "/api/v1/namespaces", JSON, Value::Null).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (405, Some("MethodNotAllowed")),
+        "{status}"
+    );
+    // Other namespaces still go; discovery no longer offers deletecollection on namespaces.
+    let (code, _) = call(
+        &c,
+        "POST",
+        "/api/v1/namespaces",
+        JSON,
+        json!({"metadata": {"name": "scratch"}}),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, _) = call(
+        &c,
+        "DELETE",
+        "/api/v1/namespaces/scratch",
+        JSON,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (_, v1) = call(&c, "GET", "/api/v1", JSON, Value::Null).await;
+    let ns = v1["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "namespaces")
+        .unwrap();
+    assert!(
+        !ns["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("deletecollection")),
+        "{ns}"
+    );
+}

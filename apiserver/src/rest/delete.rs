@@ -50,6 +50,9 @@ impl ApiServer {
         let mut retry = Retry::new();
         loop {
             let (live, rev) = self.live(t).await?;
+            if let Some(why) = info.strategy.forbid_delete(&live) {
+                return Err(ApiError::forbidden(&info.group, &info.plural, &name, &why));
+            }
             if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
                 && live.meta_str("uid") != Some(uid)
             {
@@ -163,6 +166,12 @@ impl ApiServer {
         body: &Bytes,
         p: &Params,
     ) -> ApiResult<Value> {
+        if !t.info.strategy.deletes_collections() {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource: deletecollection of {}",
+                crate::errors::qualified(&t.info.group, &t.info.plural)
+            )));
+        }
         let (items, _, _) = self.list(t, p).await?;
         let mut deleted = Vec::new();
         for obj in items {
