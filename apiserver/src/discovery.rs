@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::ApiServer;
 use crate::http::json_response;
-use crate::registry::{self, ResourceInfo};
+use crate::registry::ResourceInfo;
 
 /// A subresource as discovery shows it.
 #[derive(Debug, Clone)]

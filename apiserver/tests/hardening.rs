@@ -420,3 +420,58 @@ async fn system_namespaces_cannot_be_deleted() {
         "{ns}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_a_future_resource_version_wait_then_time_out() {
+    // Issue 16 item 8: GET with a future resourceVersion, and a paginated NotOlderThan list,
+    // answered 200 with older data.
+    let c = TestCluster::start().await;
+    let obj = configmap(&c, "future", json!({"a": "1"})).await;
+    let rv: i64 = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let far = rv + 1000;
+    for path in [
+        format!("{CM}/future?resourceVersion={far}"),
+        format!("{CM}?resourceVersion={far}&resourceVersionMatch=NotOlderThan&limit=1"),
+        format!("{CM}?resourceVersion={far}&limit=1"),
+    ] {
+        let started = Instant::now();
+        let (code, status) = call(&c, "GET", &path, JSON, Value::Null).await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (504, Some("Timeout")),
+            "{path}: {status}"
+        );
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Too large resource version"),
+            "{status}"
+        );
+        assert_eq!(
+            status["details"]["causes"][0]["reason"],
+            "ResourceVersionTooLarge"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{path}: answered without waiting"
+        );
+    }
+    // A revision reached while the read waits is served.
+    let next = rv + 1;
+    let get = format!("{CM}/future?resourceVersion={next}");
+    let list = format!("{CM}?resourceVersion={next}&resourceVersionMatch=NotOlderThan&limit=5");
+    let target = format!("{CM}/future");
+    let ((code, got), (lcode, listed), (wcode, _)) = tokio::join!(
+        call(&c, "GET", &get, JSON, Value::Null),
+        call(&c, "GET", &list, JSON, Value::Null),
+        call(&c, "PATCH", &target, MERGE, json!({"data": {"a": "2"}}))
+    );
+    assert_eq!((code, lcode, wcode), (200, 200, 200), "{got} {listed}");
+    assert_eq!(got["data"]["a"], "2");
+    assert_eq!(listed["items"][0]["data"]["a"], "2");
+}

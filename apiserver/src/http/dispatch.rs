@@ -243,8 +243,8 @@ async fn serve(
                 .body(Body::from_stream(stream))
                 .map_err(|e| ApiError::internal(e.to_string()))?)
         }
-        ("get", None | Some("status")) => ok(api.get(t).await?),
-        ("get", Some(s)) if owns_fields(t, s) => ok(api.get(t).await?),
+        ("get", None | Some("status")) => ok(api.get_at(t, p).await?),
+        ("get", Some(s)) if owns_fields(t, s) => ok(api.get_at(t, p).await?),
         ("get", Some("scale")) => ok(api.get_scale(t).await?),
         ("list", None) => {
             let (items, rv, cont) = api.list(t, p).await?;
