@@ -475,3 +475,57 @@ async fn reads_at_a_future_resource_version_wait_then_time_out() {
     assert_eq!(got["data"]["a"], "2");
     assert_eq!(listed["items"][0]["data"]["a"], "2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_and_secret_keys_must_be_config_keys() {
+    // Issue 16 item 10: keys that cannot be file names ("", "a/b", ".", "..", spaces, over 253
+    // characters) were stored.
+    let c = TestCluster::start().await;
+    let long = "k".repeat(254);
+    for key in ["", "a/b", ".", "..", "..x", "a b", long.as_str()] {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad"}, "data": {key: "v"}});
+        let (code, status) = call(&c, "POST", CM, JSON, cm).await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (422, Some("Invalid")),
+            "{key:?}: {status}"
+        );
+        assert_eq!(
+            status["details"]["causes"][0]["field"],
+            format!("data[{key}]")
+        );
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad"}, "stringData": {key: "v"}});
+        let (code, status) = call(
+            &c,
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            JSON,
+            secret,
+        )
+        .await;
+        assert_eq!(code, 422, "{key:?}: {status}");
+    }
+    // Nor can a patch or an apply add one.
+    configmap(&c, "good", json!({"a.b_c-D": "1"})).await;
+    let (code, _) = call(
+        &c,
+        "PATCH",
+        &format!("{CM}/good"),
+        MERGE,
+        json!({"data": {"x/y": "2"}}),
+    )
+    .await;
+    assert_eq!(code, 422);
+    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "good"}, "data": {"..": "2"}});
+    let (code, _) = call(
+        &c,
+        "PATCH",
+        &format!("{CM}/good?fieldManager=m"),
+        APPLY,
+        applied,
+    )
+    .await;
+    assert_eq!(code, 422);
+    let (_, live) = call(&c, "GET", &format!("{CM}/good"), JSON, Value::Null).await;
+    assert_eq!(live["data"], json!({"a.b_c-D": "1"}));
+}
