@@ -529,3 +529,121 @@ async fn configmap_and_secret_keys_must_be_config_keys() {
     let (_, live) = call(&c, "GET", &format!("{CM}/good"), JSON, Value::Null).await;
     assert_eq!(live["data"], json!({"a.b_c-D": "1"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_managers_and_managed_fields_are_checked() {
+    // Issue 16 item 11: a fieldManager over 128 characters or with control characters, malformed
+    // managedFields and `force` on a non-apply patch were all accepted.
+    let c = TestCluster::start().await;
+    configmap(&c, "mf", json!({"a": "1"})).await;
+    let at = format!("{CM}/mf");
+    let (_, before) = call(&c, "GET", &at, JSON, Value::Null).await;
+    let long = "m".repeat(129);
+    for (method, path, ct, body) in [
+        (
+            "PATCH",
+            format!("{at}?fieldManager={long}"),
+            MERGE,
+            json!({"data": {"b": "2"}}),
+        ),
+        (
+            "PATCH",
+            format!("{at}?fieldManager=a%09b"),
+            MERGE,
+            json!({"data": {"b": "2"}}),
+        ),
+        (
+            "PATCH",
+            format!("{at}?fieldManager={long}"),
+            APPLY,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"b": "2"}}),
+        ),
+        (
+            "POST",
+            format!("{CM}?fieldManager=x%00y"),
+            JSON,
+            json!({"metadata": {"name": "other"}}),
+        ),
+        (
+            "PATCH",
+            format!("{at}?force=true"),
+            MERGE,
+            json!({"data": {"b": "2"}}),
+        ),
+        (
+            "PATCH",
+            at.clone(),
+            MERGE,
+            json!({"metadata": {"managedFields": [{"manager": "m", "operation": "Frobnicate", "fieldsType": "FieldsV1", "fieldsV1": {}}]}}),
+        ),
+        (
+            "PATCH",
+            at.clone(),
+            MERGE,
+            json!({"metadata": {"managedFields": [{"manager": 5, "operation": "Update"}]}}),
+        ),
+        (
+            "PATCH",
+            at.clone(),
+            MERGE,
+            json!({"metadata": {"managedFields": "all of them"}}),
+        ),
+        (
+            "PATCH",
+            at.clone(),
+            MERGE,
+            json!({"metadata": {"managedFields": [{"manager": "m", "operation": "Update", "fieldsV1": "x"}]}}),
+        ),
+        (
+            "POST",
+            CM.to_string(),
+            JSON,
+            json!({"metadata": {"name": "other", "managedFields": [{"manager": "m", "operation": "Nope"}]}}),
+        ),
+    ] {
+        let (code, status) = call(&c, method, &path, ct, body.clone()).await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (422, Some("Invalid")),
+            "{path} {body}: {status}"
+        );
+    }
+    let (_, after) = call(&c, "GET", &at, JSON, Value::Null).await;
+    assert_eq!(before, after, "nothing changed");
+    let (code, _) = call(&c, "GET", &format!("{CM}/other"), JSON, Value::Null).await;
+    assert_eq!(code, 404);
+    // An empty list leaves the history alone; `[{}]` strips it, as in Kubernetes.
+    let (code, obj) = call(
+        &c,
+        "PATCH",
+        &at,
+        MERGE,
+        json!({"metadata": {"managedFields": []}}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        obj["metadata"]["managedFields"],
+        before["metadata"]["managedFields"]
+    );
+    let (code, obj) = call(
+        &c,
+        "PATCH",
+        &at,
+        MERGE,
+        json!({"metadata": {"managedFields": [{}]}}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(obj["metadata"].get("managedFields").is_none(), "{obj}");
+    // A 128-character manager is fine.
+    let (code, obj) = call(
+        &c,
+        "PATCH",
+        &format!("{at}?fieldManager={}", "m".repeat(128)),
+        MERGE,
+        json!({"data": {"c": "3"}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{obj}");
+}

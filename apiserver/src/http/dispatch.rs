@@ -199,6 +199,9 @@ async fn serve(
             &t.info.plural
         )));
     }
+    if matches!(verb, "create" | "update" | "patch") {
+        p.check_write_options(verb, is_apply(&content_type(headers)))?;
+    }
     let ok = |v: Value| -> ApiResult<Response> {
         let is_object = v.get("kind").and_then(Value::as_str) == Some(&t.info.kind);
         let v = match view {

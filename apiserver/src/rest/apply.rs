@@ -108,7 +108,7 @@ impl ApiServer {
                         subresource: None,
                         ..t.clone()
                     };
-                    match self.create(&collection, obj, p).await {
+                    match self.create_applied(&collection, obj, p).await {
                         // Lost a race: merge instead.
                         Err(e) if e.reason == "AlreadyExists" && retry.again().await => continue,
                         other => return other.map(|o| (true, o, warnings.clone())),

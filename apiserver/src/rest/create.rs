@@ -14,7 +14,27 @@ use super::{check_type, encode_checked, with_rv};
 
 impl ApiServer {
     /// Creates an object; `dry_run` validates and returns it without storing.
-    pub async fn create(&self, t: &Target, mut obj: Value, p: &Params) -> ApiResult<Value> {
+    pub async fn create(&self, t: &Target, obj: Value, p: &Params) -> ApiResult<Value> {
+        self.create_object(t, obj, p, false).await
+    }
+
+    /// Creates an object server-side apply built: its managedFields are the apply's own.
+    pub(super) async fn create_applied(
+        &self,
+        t: &Target,
+        obj: Value,
+        p: &Params,
+    ) -> ApiResult<Value> {
+        self.create_object(t, obj, p, true).await
+    }
+
+    async fn create_object(
+        &self,
+        t: &Target,
+        mut obj: Value,
+        p: &Params,
+        applied: bool,
+    ) -> ApiResult<Value> {
         let dry_run = p.dry_run()?;
         let info = &t.info;
         if info.terminating {
@@ -71,11 +91,11 @@ impl ApiServer {
         ] {
             obj.remove_meta(field);
         }
-        if obj
-            .meta()
-            .and_then(|m| m.get("managedFields"))
-            .is_none_or(|mf| mf.as_array().is_none_or(Vec::is_empty))
-        {
+        // Given managedFields are checked and rebuilt, never stored as sent.
+        if !applied {
+            if let Err(causes) = crate::patch::managed_fields::requested(None, &obj) {
+                return Err(self.invalid(t, &name, causes));
+            }
             crate::patch::managed_fields::track_update(
                 &info.kind,
                 &info.api_version(),

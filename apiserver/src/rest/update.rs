@@ -79,6 +79,9 @@ impl ApiServer {
             if let Some(hooks) = &info.hooks {
                 hooks.begin_update(&live, &mut new)?;
             }
+            if let Err(causes) = crate::patch::managed_fields::requested(Some(&live), &new) {
+                return Err(self.invalid(t, &name, causes));
+            }
             if let Some(m) = manager {
                 crate::patch::managed_fields::track_update(
                     &info.kind,
