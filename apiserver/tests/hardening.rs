@@ -647,3 +647,73 @@ async fn field_managers_and_managed_fields_are_checked() {
     .await;
     assert_eq!(code, 200, "{obj}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_fields_are_refused_under_strict_and_warned_under_warn() {
+    // Issue 16 item 12: a body repeating a key was accepted under fieldValidation=Strict, the
+    // last value silently winning.
+    let c = TestCluster::start().await;
+    let body = br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dup"}, "data": {"x": "1", "x": "2"}}"#;
+    let (code, _, status) = call_raw(
+        &c,
+        "POST",
+        &format!("{CM}?fieldValidation=Strict"),
+        JSON,
+        body.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (400, Some("BadRequest")),
+        "{status}"
+    );
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"strict decoding error: json: duplicate field "data.x""#),
+        "{status}"
+    );
+    let (code, head, obj) = call_raw(
+        &c,
+        "POST",
+        &format!("{CM}?fieldValidation=Warn"),
+        JSON,
+        body.to_vec(),
+    )
+    .await;
+    assert_eq!(code, 201, "{obj}");
+    assert!(
+        head.iter().any(
+            |h| h.to_ascii_lowercase().starts_with("warning:") && h.contains("duplicate field")
+        ),
+        "{head:?}"
+    );
+    // Patches and applies too; a refused one changes nothing.
+    let at = format!("{CM}/dup");
+    let patch = br#"{"data": {"y": "1", "y": "2"}}"#;
+    let (code, _, status) = call_raw(
+        &c,
+        "PATCH",
+        &format!("{at}?fieldValidation=Strict"),
+        MERGE,
+        patch.to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    let applied = br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dup"}, "data": {"z": "1", "z": "2"}}"#;
+    let (code, _, status) = call_raw(
+        &c,
+        "PATCH",
+        &format!("{at}?fieldValidation=Strict&fieldManager=m"),
+        APPLY,
+        applied.to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    let (_, live) = call(&c, "GET", &at, JSON, Value::Null).await;
+    assert_eq!(live["data"], json!({"x": "2"}));
+    // Ignore keeps the last value, as Kubernetes does.
+    let (code, _, obj) = call_raw(&c, "PATCH", &at, MERGE, patch.to_vec()).await;
+    assert_eq!((code, obj["data"]["y"].as_str()), (200, Some("2")));
+}

@@ -18,7 +18,7 @@ use crate::errors::{ApiError, ApiResult};
 use crate::object;
 use crate::patch::is_apply;
 use crate::request::{Params, Target, View, partial_metadata};
-use crate::rest::field_validation::unknown_field_warnings;
+use crate::rest::field_validation::{duplicate_field_check, unknown_field_warnings};
 
 use super::json_response;
 use super::negotiate::{accepts_json, view, with_warnings};
@@ -292,7 +292,8 @@ async fn serve(
         ("create", None) if t.name.is_none() => {
             let body = read_body(body).await?;
             let obj = json_body(headers, &body, &t.info.api_version(), &t.info.kind)?;
-            let warnings = unknown_field_warnings(t, p, &obj)?;
+            let mut warnings = duplicate_field_check(t, p, &body)?;
+            warnings.extend(unknown_field_warnings(t, p, &obj)?);
             let created = api.create(t, obj, p).await?;
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, &created),
@@ -341,7 +342,8 @@ async fn serve(
             if obj.get("metadata").is_none() {
                 obj["metadata"] = json!({});
             }
-            let warnings = unknown_field_warnings(t, p, &obj)?;
+            let mut warnings = duplicate_field_check(t, p, &body)?;
+            warnings.extend(unknown_field_warnings(t, p, &obj)?);
             Ok(with_warnings(ok(api.update(t, obj, p).await?)?, &warnings))
         }
         ("update", Some("scale")) => {

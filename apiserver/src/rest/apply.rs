@@ -12,7 +12,7 @@ use crate::object::{self, ObjectExt};
 use crate::registry::ResourceInfo;
 use crate::request::{Params, Target};
 
-use super::field_validation::{strict_check, unknown_field_warnings};
+use super::field_validation::{duplicate_field_check, strict_check, unknown_field_warnings};
 use super::{
     Retry, check_resource_version, check_type, name_of, resource_version_of, too_many_writers,
 };
@@ -83,8 +83,9 @@ impl ApiServer {
         }
         // A resourceVersion in the configuration is a precondition on the live object.
         resource_version_of(info, &applied)?;
+        let mut warnings = duplicate_field_check(t, p, body)?;
         strict_check(t, p, &applied)?;
-        let warnings = unknown_field_warnings(t, p, &applied)?;
+        warnings.extend(unknown_field_warnings(t, p, &applied)?);
         // The manager owns only fields the type has.
         info.strategy.prune_unknown(&mut applied);
         let api_version = info.api_version();

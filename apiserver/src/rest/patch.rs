@@ -11,7 +11,7 @@ use crate::object::ObjectExt;
 use crate::patch::{PatchKind, json, merge, patch_kind};
 use crate::request::{Params, Target};
 
-use super::field_validation::{strict_check, unknown_field_warnings};
+use super::field_validation::{duplicate_field_check, strict_check, unknown_field_warnings};
 use super::{check_resource_version, resource_version_of, subresource_rules};
 
 impl ApiServer {
@@ -46,6 +46,7 @@ impl ApiServer {
         }
         let patch: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+        let duplicates = duplicate_field_check(t, p, &body)?;
         let json_patch = match kind {
             PatchKind::Json => Some(json::parse(&patch)?),
             PatchKind::Merge | PatchKind::Strategic | PatchKind::Apply => {
@@ -88,7 +89,8 @@ impl ApiServer {
                 }
                 strict_check(t, p, &doc)?;
                 if let Ok(mut w) = warnings.lock() {
-                    *w = unknown_field_warnings(t, p, &doc)?;
+                    *w = duplicates.clone();
+                    w.extend(unknown_field_warnings(t, p, &doc)?);
                 }
                 check_resource_version(&info, live, &doc)?;
                 if doc.name() != live.name() || doc.namespace() != live.namespace() {
