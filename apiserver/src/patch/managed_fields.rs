@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use capstan_api::validation::FieldError;
 use serde_json::{Map, Value, json};
 
+use crate::patch::field_paths::{Finder, differs};
 use crate::patch::strategic::{self, ListStrategy};
 
 /// One step of a field path.
@@ -115,86 +116,6 @@ fn walk<'a>(
         _ => {
             out.insert(path.clone());
         }
-    }
-}
-
-/// Whether a list item carries every key value of a `k:{...}` step.
-fn item_matches(item: &Value, key: &Map<String, Value>) -> bool {
-    key.iter().all(|(k, v)| item.get(k) == Some(v))
-}
-
-/// The value at `path` in `obj` (for `Dot`, the item; for `Value`, the member).
-pub(crate) fn lookup<'a>(obj: &'a Value, path: &[Step]) -> Option<&'a Value> {
-    let mut node = obj;
-    for step in path {
-        node = match step {
-            Step::Field(f) => node.get(f)?,
-            Step::Key(k) => {
-                let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-                node.as_array()?
-                    .iter()
-                    .find(|item| item_matches(item, &key))?
-            }
-            Step::Value(v) => {
-                let want: Value = serde_json::from_str(v).ok()?;
-                node.as_array()?.iter().find(|x| **x == want)?
-            }
-            Step::Dot => node,
-        };
-    }
-    Some(node)
-}
-
-/// Removes the field at `path` from `obj` (a list item when the path ends in `.`).
-pub(crate) fn remove(obj: &mut Value, path: &[Step]) {
-    let Some((last, parent)) = path.split_last() else {
-        return;
-    };
-    let (target, parent) = match last {
-        Step::Dot => match parent.split_last() {
-            Some((item @ Step::Key(_), grand)) => (item, grand),
-            _ => return,
-        },
-        other => (other, parent),
-    };
-    let mut node = obj;
-    for step in parent {
-        let next = match step {
-            Step::Field(f) => node.get_mut(f),
-            Step::Key(k) => {
-                let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
-                    return;
-                };
-                node.as_array_mut()
-                    .and_then(|a| a.iter_mut().find(|item| item_matches(item, &key)))
-            }
-            _ => None,
-        };
-        match next {
-            Some(n) => node = n,
-            None => return,
-        }
-    }
-    match target {
-        Step::Field(f) => {
-            if let Some(m) = node.as_object_mut() {
-                m.remove(f);
-            }
-        }
-        Step::Key(k) => {
-            if let (Ok(key), Some(a)) = (
-                serde_json::from_str::<Map<String, Value>>(k),
-                node.as_array_mut(),
-            ) {
-                a.retain(|item| !item_matches(item, &key));
-            }
-        }
-        Step::Value(v) => {
-            if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(v), node.as_array_mut()) {
-                a.retain(|x| *x != want);
-            }
-        }
-        Step::Dot => {}
     }
 }
 
@@ -342,16 +263,6 @@ pub fn entries_json(entries: &[Entry]) -> Value {
     )
 }
 
-/// Whether `path` differs between two objects. For a list item itself (`.`) only its presence
-/// counts: what changes inside it belongs to its fields.
-pub(crate) fn differs(a: &Value, b: &Value, path: &[Step]) -> bool {
-    if path.last() == Some(&Step::Dot) {
-        lookup(a, path).is_some() != lookup(b, path).is_some()
-    } else {
-        lookup(a, path) != lookup(b, path)
-    }
-}
-
 /// The longest field manager name (Kubernetes' `FieldManagerMaxLength`).
 pub const MAX_MANAGER_LENGTH: usize = 128;
 
@@ -484,11 +395,17 @@ pub fn track_update(
         _ => old_mf.unwrap_or_else(|| Value::Array(Vec::new())),
     };
     let after = field_set(kind, new);
-    let changed: FieldSet = after
-        .iter()
-        .filter(|p| old.is_none_or(|o| differs(o, new, p)))
-        .cloned()
-        .collect();
+    let changed: FieldSet = match old {
+        None => after.clone(),
+        Some(o) => {
+            let (was, is) = (Finder::new(o), Finder::new(new));
+            after
+                .iter()
+                .filter(|p| differs(&was, &is, p))
+                .cloned()
+                .collect()
+        }
+    };
     let removed: FieldSet = old
         .map(|o| field_set(kind, o).difference(&after).cloned().collect())
         .unwrap_or_default();

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod budget;
+pub mod field_paths;
 pub mod json;
 pub mod managed_fields;
 pub mod merge;
