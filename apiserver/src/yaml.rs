@@ -48,23 +48,20 @@ pub fn flow_depth_bound(text: &str) -> usize {
         match b {
             b'[' | b'{' => join(next, Mode::Plain, d + 1),
             b']' | b'}' => join(next, Mode::Plain, d.saturating_sub(1)),
-            b'\'' => {
+            _ => {
                 join(next, Mode::Plain, d);
-                join(next, Mode::Single, d);
+                // Or the byte opens a quoted scalar, a comment or a tag.
+                let opened = match b {
+                    b'\'' => Some(Mode::Single),
+                    b'"' => Some(Mode::Double),
+                    b'#' => Some(Mode::Comment),
+                    b'!' => Some(Mode::Tag),
+                    _ => None,
+                };
+                if let Some(m) = opened {
+                    join(next, m, d);
+                }
             }
-            b'"' => {
-                join(next, Mode::Plain, d);
-                join(next, Mode::Double, d);
-            }
-            b'#' => {
-                join(next, Mode::Plain, d);
-                join(next, Mode::Comment, d);
-            }
-            b'!' => {
-                join(next, Mode::Plain, d);
-                join(next, Mode::Tag, d);
-            }
-            _ => join(next, Mode::Plain, d),
         }
     }
     let mut state: State = [Some(0), None, None, None, None, None];

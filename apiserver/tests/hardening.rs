@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use capstan_testkit::{TestCluster, http_exchange, until};
+use capstan_testkit::{TestCluster, http_json, until};
 use serde_json::{Value, json};
 
 /// One request with a raw body: (code, response header lines, body as JSON or Null).
@@ -17,18 +17,14 @@ async fn call_raw(
     content_type: &'static str,
     body: Vec<u8>,
 ) -> (u16, Vec<String>, Value) {
-    let (addr, path) = (c.addr.to_string(), path.to_string());
-    tokio::task::spawn_blocking(move || {
-        let headers = [("Content-Type", content_type)];
-        let (code, head, text) = http_exchange(&addr, method, &path, &headers, &body).unwrap();
-        (
-            code,
-            head,
-            serde_json::from_str(&text).unwrap_or(Value::Null),
-        )
-    })
+    http_json(
+        c.addr,
+        method,
+        path,
+        &[("Content-Type", content_type)],
+        body,
+    )
     .await
-    .unwrap()
 }
 
 /// One request with a JSON body (none for Null): (code, body).
@@ -48,6 +44,15 @@ async fn call(
     (code, v)
 }
 
+/// Asserts a response is the Status with this code and reason.
+fn expect_status(code: u16, status: &Value, want: u16, reason: &str, context: &str) {
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (want, Some(reason)),
+        "{context} {status}"
+    );
+}
+
 const JSON: &str = "application/json";
 const JSON_PATCH: &str = "application/json-patch+json";
 const MERGE: &str = "application/merge-patch+json";
@@ -55,6 +60,7 @@ const SMP: &str = "application/strategic-merge-patch+json";
 const APPLY: &str = "application/apply-patch+yaml";
 
 const CM: &str = "/api/v1/namespaces/default/configmaps";
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
 
 /// A ConfigMap `name` with `data`; returns it as created.
 async fn configmap(c: &TestCluster, name: &str, data: Value) -> Value {
@@ -74,26 +80,11 @@ async fn things_crd(c: &TestCluster) {
             "names": {"plural": "things", "singular": "thing", "kind": "Thing"},
             "versions": [{"name": "v1", "served": true, "storage": true,
                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
-    let (code, body) = call(
-        c,
-        "POST",
-        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-        JSON,
-        crd,
-    )
-    .await;
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let (code, body) = call(c, "POST", crds, JSON, crd).await;
     assert_eq!(code, 201, "{body}");
-    let addr = c.addr.to_string();
-    until(Duration::from_secs(5), "things served", || {
-        let addr = addr.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                capstan_testkit::http_get(&addr, "/apis/example.com/v1/namespaces/default/things")
-                    .is_ok_and(|(c, _)| c == 200)
-            })
-            .await
-            .unwrap()
-        }
+    until(Duration::from_secs(5), "things served", || async {
+        call(c, "GET", THINGS, JSON, Value::Null).await.0 == 200
     })
     .await;
 }
@@ -127,11 +118,7 @@ async fn json_patch_copies_that_double_the_object_are_refused_quickly() {
             Value::Array(ops.clone()),
         )
         .await;
-        assert_eq!(
-            (code, status["reason"].as_str()),
-            (413, Some("RequestEntityTooLarge")),
-            "{status}"
-        );
+        expect_status(code, &status, 413, "RequestEntityTooLarge", "");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
@@ -240,11 +227,7 @@ async fn patches_cannot_remove_or_change_kind_and_api_version() {
         json!({"kind": "Secret", "data": {"z": "1"}}),
     )
     .await;
-    assert_eq!(
-        (code, status["reason"].as_str()),
-        (400, Some("BadRequest")),
-        "{status}"
-    );
+    expect_status(code, &status, 400, "BadRequest", "");
     let (_, after) = call(&c, "GET", &at, JSON, Value::Null).await;
     assert_eq!(before, after);
 }
@@ -267,20 +250,12 @@ async fn a_resource_version_in_any_write_is_a_precondition() {
     let applied = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "rv", "resourceVersion": stale}, "data": {"a": "3"}});
     let (code, status) = call(&c, "PATCH", &format!("{at}?fieldManager=m"), APPLY, applied).await;
-    assert_eq!(
-        (code, status["reason"].as_str()),
-        (409, Some("Conflict")),
-        "{status}"
-    );
+    expect_status(code, &status, 409, "Conflict", "");
 
     let ops = json!([{"op": "replace", "path": "/metadata/resourceVersion", "value": stale},
                      {"op": "replace", "path": "/data/a", "value": "4"}]);
     let (code, status) = call(&c, "PATCH", &at, JSON_PATCH, ops).await;
-    assert_eq!(
-        (code, status["reason"].as_str()),
-        (409, Some("Conflict")),
-        "{status}"
-    );
+    expect_status(code, &status, 409, "Conflict", "");
 
     let (code, status) = call(
         &c,
@@ -357,11 +332,7 @@ async fn system_namespaces_cannot_be_deleted() {
             Value::Null,
         )
         .await;
-        assert_eq!(
-            (code, status["reason"].as_str()),
-            (403, Some("Forbidden")),
-            "{ns}: {status}"
-        );
+        expect_status(code, &status, 403, "Forbidden", ns);
         assert_eq!(
             status["message"],
             format!("namespaces \"{ns}\" is forbidden: this namespace may not be deleted")
@@ -381,11 +352,7 @@ async fn system_namespaces_cannot_be_deleted() {
         );
     }
     let (code, status) = call(&c, "DELETE", "/api/v1/namespaces", JSON, Value::Null).await;
-    assert_eq!(
-        (code, status["reason"].as_str()),
-        (405, Some("MethodNotAllowed")),
-        "{status}"
-    );
+    expect_status(code, &status, 405, "MethodNotAllowed", "");
     // Other namespaces still go; discovery no longer offers deletecollection on namespaces.
     let (code, _) = call(
         &c,
@@ -440,11 +407,7 @@ async fn reads_at_a_future_resource_version_wait_then_time_out() {
     ] {
         let started = Instant::now();
         let (code, status) = call(&c, "GET", &path, JSON, Value::Null).await;
-        assert_eq!(
-            (code, status["reason"].as_str()),
-            (504, Some("Timeout")),
-            "{path}: {status}"
-        );
+        expect_status(code, &status, 504, "Timeout", &path);
         assert!(
             status["message"]
                 .as_str()
@@ -485,24 +448,13 @@ async fn configmap_and_secret_keys_must_be_config_keys() {
     for key in ["", "a/b", ".", "..", "..x", "a b", long.as_str()] {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad"}, "data": {key: "v"}});
         let (code, status) = call(&c, "POST", CM, JSON, cm).await;
-        assert_eq!(
-            (code, status["reason"].as_str()),
-            (422, Some("Invalid")),
-            "{key:?}: {status}"
-        );
+        expect_status(code, &status, 422, "Invalid", &format!("{key:?}"));
         assert_eq!(
             status["details"]["causes"][0]["field"],
             format!("data[{key}]")
         );
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad"}, "stringData": {key: "v"}});
-        let (code, status) = call(
-            &c,
-            "POST",
-            "/api/v1/namespaces/default/secrets",
-            JSON,
-            secret,
-        )
-        .await;
+        let (code, status) = call(&c, "POST", SECRETS, JSON, secret).await;
         assert_eq!(code, 422, "{key:?}: {status}");
     }
     // Nor can a patch or an apply add one.
@@ -602,11 +554,7 @@ async fn field_managers_and_managed_fields_are_checked() {
         ),
     ] {
         let (code, status) = call(&c, method, &path, ct, body.clone()).await;
-        assert_eq!(
-            (code, status["reason"].as_str()),
-            (422, Some("Invalid")),
-            "{path} {body}: {status}"
-        );
+        expect_status(code, &status, 422, "Invalid", &format!("{path} {body}"));
     }
     let (_, after) = call(&c, "GET", &at, JSON, Value::Null).await;
     assert_eq!(before, after, "nothing changed");
@@ -662,11 +610,7 @@ async fn duplicate_fields_are_refused_under_strict_and_warned_under_warn() {
         body.to_vec(),
     )
     .await;
-    assert_eq!(
-        (code, status["reason"].as_str()),
-        (400, Some("BadRequest")),
-        "{status}"
-    );
+    expect_status(code, &status, 400, "BadRequest", "");
     assert!(
         status["message"]
             .as_str()

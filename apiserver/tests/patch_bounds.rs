@@ -319,11 +319,9 @@ fn yaml_and_json_bodies_decode_in_bounded_time_and_memory() {
             _ => {
                 // Deep JSON, and JSON with repeated keys.
                 let d = rng.usize(1..300);
-                doc.push_str(&format!(
-                    "{}{}",
-                    "{\"a\":".repeat(d),
-                    format!("{{\"k\":1,\"k\":2}}{}", "}".repeat(d))
-                ));
+                doc.push_str(&"{\"a\":".repeat(d));
+                doc.push_str("{\"k\":1,\"k\":2}");
+                doc.push_str(&"}".repeat(d));
             }
         }
         let bytes = doc.into_bytes();

@@ -316,15 +316,7 @@ async fn serve(
                 // /finalize changes spec.finalizers only (the namespace controller's last step),
                 // guarded by the resourceVersion sent, as any update.
                 let finalizers = obj["spec"]["finalizers"].clone();
-                let precondition = match obj
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                {
-                    Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-                        ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                    })?),
-                    None => None,
-                };
+                let precondition = crate::rest::resource_version_of(&t.info, &obj)?;
                 let updated = api
                     .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
                         let mut new = live.clone();

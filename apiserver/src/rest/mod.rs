@@ -220,7 +220,7 @@ fn namespace_finalizers_pending(info: &ResourceInfo, obj: &Value) -> bool {
 
 /// The resourceVersion an object carries as a precondition: None when unset or empty; a 400
 /// when it is not a string (as decoding into ObjectMeta fails in Kubernetes) or not a revision.
-fn resource_version_of(info: &ResourceInfo, obj: &Value) -> ApiResult<Option<i64>> {
+pub(crate) fn resource_version_of(info: &ResourceInfo, obj: &Value) -> ApiResult<Option<i64>> {
     match obj.meta().and_then(|m| m.get("resourceVersion")) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
