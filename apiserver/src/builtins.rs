@@ -169,6 +169,8 @@ pub fn builtins() -> Vec<ResourceInfo> {
                 .fields(&[("status.phase", "/status/phase")])
                 .defaults(defaults::core::namespace)
                 .on_create(strategy::namespace_on_create)
+                .forbid_delete(strategy::namespace_forbid_delete)
+                .no_delete_collection()
                 .table(crate::table::namespaces)
                 .arc(),
         ),

@@ -1,6 +1,7 @@
 //! ConfigMaps and Secrets (kube-apiserver's `ValidateConfigMap` / `ValidateSecret` and the v1
-//! Secret conversion): their data is at most 1 MiB, and a Secret's write-only `stringData` is
-//! merged into `data` (base64) before it is stored, never stored itself.
+//! Secret conversion): their keys are config keys (they become file names in volumes), their
+//! data is at most 1 MiB, and a Secret's write-only `stringData` is merged into `data` (base64)
+//! before it is stored, never stored itself.
 
 use capstan_api::validation::FieldError;
 use k8s_openapi::ByteString;
@@ -24,8 +25,62 @@ fn too_long(field: &str) -> FieldError {
     }
 }
 
-/// A ConfigMap's keys and values (`data`, and `binaryData` decoded) add up to at most 1 MiB.
+/// Why `key` is not a config key (Kubernetes' `IsConfigMapKey`): at most 253 characters of
+/// `[-._a-zA-Z0-9]`, and not `.`, `..` or anything starting with `..` (it names a file).
+pub fn config_key_errors(key: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if key.len() > 253 {
+        errs.push("must be no more than 253 characters".to_string());
+    }
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        errs.push("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')".to_string());
+    }
+    if key == "." {
+        errs.push("must not be '.'".to_string());
+    } else if key == ".." {
+        errs.push("must not be '..'".to_string());
+    } else if key.starts_with("..") {
+        errs.push("must not start with '..'".to_string());
+    }
+    errs
+}
+
+/// The config key errors of the keys of `obj[field]`, each at `field[key]`.
+fn key_errors(obj: &Value, field: &str) -> Vec<FieldError> {
+    obj[field]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .flat_map(|k| {
+            config_key_errors(k)
+                .into_iter()
+                .map(move |message| FieldError {
+                    field: format!("{field}[{k}]"),
+                    value: k.clone(),
+                    message,
+                })
+        })
+        .collect()
+}
+
+/// A ConfigMap's keys are config keys, none in both `data` and `binaryData`, and its keys and
+/// values (`data`, and `binaryData` decoded) add up to at most 1 MiB.
 pub fn validate_configmap(obj: &Value) -> Vec<FieldError> {
+    let mut errs = key_errors(obj, "data");
+    errs.extend(key_errors(obj, "binaryData"));
+    if let (Some(data), Some(bin)) = (obj["data"].as_object(), obj["binaryData"].as_object()) {
+        for k in bin.keys().filter(|k| data.contains_key(*k)) {
+            errs.push(FieldError {
+                field: format!("binaryData[{k}]"),
+                value: k.clone(),
+                message: "duplicate of key present in data".into(),
+            });
+        }
+    }
     let mut total = 0usize;
     if let Some(data) = obj["data"].as_object() {
         total += data
@@ -40,23 +95,22 @@ pub fn validate_configmap(obj: &Value) -> Vec<FieldError> {
             .sum::<usize>();
     }
     if total > MAX_DATA_BYTES {
-        vec![too_long("data")]
-    } else {
-        Vec::new()
+        errs.push(too_long("data"));
     }
+    errs
 }
 
-/// A Secret's values (decoded) add up to at most 1 MiB.
+/// A Secret's keys are config keys and its values (decoded) add up to at most 1 MiB.
 pub fn validate_secret(obj: &Value) -> Vec<FieldError> {
+    let mut errs = key_errors(obj, "data");
     let total: usize = obj["data"]
         .as_object()
         .map(|d| d.values().map(|v| decoded_len(v).unwrap_or(0)).sum())
         .unwrap_or(0);
     if total > MAX_DATA_BYTES {
-        vec![too_long("data")]
-    } else {
-        Vec::new()
+        errs.push(too_long("data"));
     }
+    errs
 }
 
 /// Moves a Secret's `stringData` into `data` (each value base64-encoded, overriding a `data`
@@ -125,5 +179,24 @@ mod tests {
         let mut none = json!({"data": {"a": "eA=="}});
         merge_string_data(&mut none);
         assert_eq!(none, json!({"data": {"a": "eA=="}}));
+    }
+
+    #[test]
+    fn keys_must_be_config_keys() {
+        for good in ["a", "A-b_c.d", ".hidden", "x..y", &"k".repeat(253)] {
+            assert!(config_key_errors(good).is_empty(), "{good}");
+        }
+        for bad in ["", "a/b", ".", "..", "..x", "a b", "é", &"k".repeat(254)] {
+            assert!(!config_key_errors(bad).is_empty(), "{bad:?}");
+        }
+        let errs = validate_configmap(
+            &json!({"data": {"a/b": "1", "ok": "2"}, "binaryData": {"ok": "eA=="}}),
+        );
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["data[a/b]", "binaryData[ok]"]);
+        assert_eq!(
+            validate_secret(&json!({"data": {"..": "eA=="}}))[0].field,
+            "data[..]"
+        );
     }
 }

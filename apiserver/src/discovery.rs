@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::ApiServer;
 use crate::http::json_response;
-use crate::registry::{self, ResourceInfo};
+use crate::registry::ResourceInfo;
 
 /// A subresource as discovery shows it.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ fn resources(api: &ApiServer, group: &str, version: &str) -> Option<Vec<Resource
             singular: r.singular.clone(),
             kind: r.kind.clone(),
             namespaced: r.namespaced,
-            verbs: registry::VERBS,
+            verbs: r.verbs(),
             short_names: r.short_names.clone(),
             categories: r.categories.clone(),
             subresources: subresources_of(r),

@@ -86,6 +86,19 @@ impl ApiError {
         .about(group, plural, name)
     }
 
+    /// 403: the request is understood and refused (`namespaces "kube-system" is forbidden: ...`).
+    pub fn forbidden(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: {why}",
+                qualified(group, plural)
+            ),
+        )
+        .about(group, plural, name)
+    }
+
     /// 422 with every failing field listed.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<FieldError>) -> Self {
         let list: Vec<String> = causes
@@ -151,6 +164,24 @@ impl ApiError {
         Self::new(504, "Timeout", message)
     }
 
+    /// 504 for a read naming a resourceVersion the store did not reach in time, with the
+    /// `ResourceVersionTooLarge` cause client-go looks for.
+    pub fn too_large_resource_version(rv: i64, current: i64) -> Self {
+        let mut e = Self::timeout(format!(
+            "Too large resource version: {rv}, current: {current}"
+        ));
+        e.details = Some(Box::new(Details {
+            causes: vec![FieldError {
+                field: String::new(),
+                value: String::new(),
+                message: "Too large resource version".into(),
+            }],
+            retry_after_seconds: Some(1),
+            ..Default::default()
+        }));
+        e
+    }
+
     /// The Status object.
     pub fn status(&self) -> Value {
         let mut s = json!({
@@ -200,7 +231,9 @@ impl ApiError {
 }
 
 fn cause_reason(message: &str) -> &'static str {
-    if message.starts_with("conflict with") {
+    if message.starts_with("Too large resource version") {
+        "ResourceVersionTooLarge"
+    } else if message.starts_with("conflict with") {
         "FieldManagerConflict"
     } else if message.starts_with("Required value") {
         "FieldValueRequired"
@@ -258,8 +291,8 @@ pub fn from_storage(e: StorageError, group: &str, plural: &str, name: &str) -> A
         } => ApiError::gone(format!(
             "The resourceVersion for the provided list is too old: {requested} (compacted to {compacted})"
         )),
-        StorageError::FutureRevision { requested, .. } => {
-            ApiError::timeout(format!("Too large resource version: {requested}"))
+        StorageError::FutureRevision { requested, current } => {
+            ApiError::too_large_resource_version(requested, current)
         }
         StorageError::TooLarge { size, limit, .. } => ApiError::too_large(format!(
             "object is {size} bytes, over the limit of {limit} bytes"

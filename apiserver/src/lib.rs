@@ -1,14 +1,15 @@
 //! Capstan's Kubernetes API server. Start at [`ApiServer`] (the server's state) and [`router`].
 //!
 //! One request's path: [`http`] routes it, [`http::resolve`] turns the path into a
-//! [`request::Target`] (kube-apiserver's RequestInfo), [`http::dispatch`] picks the verb, reads the
-//! [`body`] and calls the REST storage layer, [`rest`] — one file per verb (get, list, create,
-//! update, patch, apply, delete, watch, scale, binding, pods' log and exec). Writes go through
-//! the resource's [`strategy`] (validation, defaulting, [`strategy::StorageHooks`] such as
-//! [`service`]'s ClusterIP allocation) to the store; LIST, WATCH and GET are served by one
-//! [`watch_cache::Cacher`] per resource. The patch engines are in [`patch`]. Resources come from
-//! the [`registry`]; CustomResourceDefinitions become served resources through [`crd`], whose
-//! controller runs inside every server. Errors are [`errors::ApiError`] → metav1.Status.
+//! [`request::Target`] (kube-apiserver's RequestInfo), [`http::dispatch`] picks the verb, reads
+//! the [`body`] (YAML ones through [`yaml`]) and calls the REST storage layer, [`rest`] — one file
+//! per verb (get, list, create, update, patch, apply, delete, watch, scale, binding, pods' log and
+//! exec). Writes go through the resource's [`strategy`] (validation, defaulting,
+//! [`strategy::StorageHooks`] such as [`service`]'s ClusterIP allocation) to the store; LIST,
+//! WATCH and GET are served by one [`watch_cache::Cacher`] per resource. The patch engines are in
+//! [`patch`], what a patch may cost in [`patch::budget`]. Resources come from the [`registry`];
+//! CustomResourceDefinitions become served resources through [`crd`], whose controller runs
+//! inside every server. Errors are [`errors::ApiError`] → metav1.Status.
 //!
 //! Also served: [`discovery`], [`openapi`] (v3 and v2), protobuf request bodies ([`protobuf`]),
 //! Tables ([`table`]), events.k8s.io over core Events ([`events`]) and request [`metrics`].
@@ -35,6 +36,7 @@ pub mod service;
 pub mod strategy;
 pub mod table;
 pub mod watch_cache;
+pub mod yaml;
 
 pub use http::router;
 

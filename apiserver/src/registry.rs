@@ -106,7 +106,21 @@ pub const VERBS: &[&str] = &[
     "watch",
 ];
 
+/// [`VERBS`] without deletecollection (namespaces).
+pub const VERBS_BUT_DELETECOLLECTION: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
 impl ResourceInfo {
+    /// The verbs discovery lists for the resource.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.strategy.deletes_collections() {
+            VERBS
+        } else {
+            VERBS_BUT_DELETECOLLECTION
+        }
+    }
+
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
         api_version(&self.group, &self.version)

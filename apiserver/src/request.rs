@@ -48,6 +48,36 @@ impl Params {
             .unwrap_or("unknown")
     }
 
+    /// The options of a write checked (a 422 on CreateOptions, UpdateOptions or PatchOptions,
+    /// as Kubernetes validates them): the fieldManager is at most 128 printable characters, and
+    /// `force` is for apply patches only.
+    pub fn check_write_options(&self, verb: &str, apply: bool) -> ApiResult<()> {
+        let kind = match verb {
+            "create" => "CreateOptions",
+            "update" => "UpdateOptions",
+            _ => "PatchOptions",
+        };
+        let mut causes = Vec::new();
+        if let Some(m) = self.get("fieldManager") {
+            causes.extend(crate::patch::managed_fields::field_manager_errors(
+                "fieldManager",
+                m,
+            ));
+        }
+        if verb == "patch" && !apply && self.get("force").is_some() {
+            causes.push(capstan_api::validation::FieldError {
+                field: "force".into(),
+                value: String::new(),
+                message: "Forbidden: may not be specified for non-apply patch".into(),
+            });
+        }
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid("meta.k8s.io", kind, "", causes))
+        }
+    }
+
     pub fn dry_run(&self) -> ApiResult<bool> {
         match self.get("dryRun") {
             None => Ok(false),

@@ -59,6 +59,14 @@ pub trait Strategy: Send + Sync {
     fn subresource_fields(&self) -> &'static [(&'static str, &'static [&'static str])] {
         &[]
     }
+    /// Why the object may not be deleted (a 403), if it may not: the system namespaces.
+    fn forbid_delete(&self, _obj: &Value) -> Option<String> {
+        None
+    }
+    /// Whether DELETE on the collection is served (namespaces: no, a 405 as in Kubernetes).
+    fn deletes_collections(&self) -> bool {
+        true
+    }
     /// The OpenAPI schema of the object (a `$ref` into the generator's definitions).
     fn openapi_schema(
         &self,
@@ -110,6 +118,8 @@ pub struct Builtin {
     table: Table,
     reset_status: bool,
     generation: bool,
+    forbid_delete: Option<fn(&Value) -> Option<String>>,
+    no_delete_collection: bool,
 }
 
 impl Builtin {
@@ -134,6 +144,8 @@ impl Builtin {
             table: crate::table::default_table(),
             reset_status: false,
             generation: false,
+            forbid_delete: None,
+            no_delete_collection: false,
         }
     }
     /// Selectable fields beyond metadata.name/namespace: (selector name, JSON pointer).
@@ -191,6 +203,16 @@ impl Builtin {
     /// Objects carry metadata.generation (bumped on spec changes).
     pub fn generation(mut self) -> Self {
         self.generation = true;
+        self
+    }
+    /// Objects `f` names a reason for may not be deleted (403).
+    pub fn forbid_delete(mut self, f: fn(&Value) -> Option<String>) -> Self {
+        self.forbid_delete = Some(f);
+        self
+    }
+    /// DELETE on the collection is not served (405).
+    pub fn no_delete_collection(mut self) -> Self {
+        self.no_delete_collection = true;
         self
     }
     pub fn reset_status_on_create(mut self) -> Self {
@@ -386,6 +408,14 @@ impl Strategy for Builtin {
 
     fn table(&self) -> Table {
         self.table.clone()
+    }
+
+    fn forbid_delete(&self, obj: &Value) -> Option<String> {
+        self.forbid_delete.and_then(|f| f(obj))
+    }
+
+    fn deletes_collections(&self) -> bool {
+        !self.no_delete_collection
     }
 
     fn reset_status_on_create(&self) -> bool {
@@ -634,6 +664,14 @@ pub fn namespace_on_create(obj: &mut Value) {
     obj["spec"] = json!({ "finalizers": ["kubernetes"] });
     // Named only now when it came with generateName: label it with its name.
     capstan_api::defaults::core::namespace(obj);
+}
+
+/// The namespaces every cluster starts with may not be deleted (kube-apiserver's namespace
+/// lifecycle admission).
+pub fn namespace_forbid_delete(obj: &Value) -> Option<String> {
+    obj.name()
+        .filter(|n| crate::SYSTEM_NAMESPACES.contains(n))
+        .map(|_| "this namespace may not be deleted".to_string())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use capstan_testkit::{TestCluster, http_exchange, until};
+use capstan_testkit::{TestCluster, http_json, until};
 use serde_json::{Value, json};
 
 /// One request: (code, response headers, body as JSON or Null).
@@ -16,22 +16,12 @@ async fn call(
     headers: &[(&'static str, &'static str)],
     body: Value,
 ) -> (u16, Vec<String>, Value) {
-    let (addr, path, headers) = (c.addr.to_string(), path.to_string(), headers.to_vec());
     let body = if body.is_null() {
         Vec::new()
     } else {
         serde_json::to_vec(&body).unwrap()
     };
-    tokio::task::spawn_blocking(move || {
-        let (code, head, text) = http_exchange(&addr, method, &path, &headers, &body).unwrap();
-        (
-            code,
-            head,
-            serde_json::from_str(&text).unwrap_or(Value::Null),
-        )
-    })
-    .await
-    .unwrap()
+    http_json(c.addr, method, path, headers, body).await
 }
 
 /// A GET's body.

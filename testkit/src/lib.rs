@@ -294,6 +294,28 @@ pub fn http_exchange(
     Ok((status, header_lines, body.to_string()))
 }
 
+/// [`http_exchange`] from async code (on a blocking thread): the status, the response's header
+/// lines and the body as JSON (Null when it is not JSON). Panics when the exchange fails.
+pub async fn http_json(
+    addr: std::net::SocketAddr,
+    method: &'static str,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+    body: Vec<u8>,
+) -> (u16, Vec<String>, serde_json::Value) {
+    let (addr, path, headers) = (addr.to_string(), path.to_string(), headers.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let (code, head, text) = http_exchange(&addr, method, &path, &headers, &body).unwrap();
+        (
+            code,
+            head,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// Polls `check` every 20 ms until it returns true or `within` passes.
 pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + within;

@@ -18,7 +18,7 @@ use crate::errors::{ApiError, ApiResult};
 use crate::object;
 use crate::patch::is_apply;
 use crate::request::{Params, Target, View, partial_metadata};
-use crate::rest::field_validation::unknown_field_warnings;
+use crate::rest::field_validation::{duplicate_field_check, unknown_field_warnings};
 
 use super::json_response;
 use super::negotiate::{accepts_json, view, with_warnings};
@@ -199,6 +199,9 @@ async fn serve(
             &t.info.plural
         )));
     }
+    if matches!(verb, "create" | "update" | "patch") {
+        p.check_write_options(verb, is_apply(&content_type(headers)))?;
+    }
     let ok = |v: Value| -> ApiResult<Response> {
         let is_object = v.get("kind").and_then(Value::as_str) == Some(&t.info.kind);
         let v = match view {
@@ -243,8 +246,8 @@ async fn serve(
                 .body(Body::from_stream(stream))
                 .map_err(|e| ApiError::internal(e.to_string()))?)
         }
-        ("get", None | Some("status")) => ok(api.get(t).await?),
-        ("get", Some(s)) if owns_fields(t, s) => ok(api.get(t).await?),
+        ("get", None | Some("status")) => ok(api.get_at(t, p).await?),
+        ("get", Some(s)) if owns_fields(t, s) => ok(api.get_at(t, p).await?),
         ("get", Some("scale")) => ok(api.get_scale(t).await?),
         ("list", None) => {
             let (items, rv, cont) = api.list(t, p).await?;
@@ -289,7 +292,8 @@ async fn serve(
         ("create", None) if t.name.is_none() => {
             let body = read_body(body).await?;
             let obj = json_body(headers, &body, &t.info.api_version(), &t.info.kind)?;
-            let warnings = unknown_field_warnings(t, p, &obj)?;
+            let mut warnings = duplicate_field_check(t, p, &body)?;
+            warnings.extend(unknown_field_warnings(t, p, &obj)?);
             let created = api.create(t, obj, p).await?;
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, &created),
@@ -312,15 +316,7 @@ async fn serve(
                 // /finalize changes spec.finalizers only (the namespace controller's last step),
                 // guarded by the resourceVersion sent, as any update.
                 let finalizers = obj["spec"]["finalizers"].clone();
-                let precondition = match obj
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                {
-                    Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-                        ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                    })?),
-                    None => None,
-                };
+                let precondition = crate::rest::resource_version_of(&t.info, &obj)?;
                 let updated = api
                     .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
                         let mut new = live.clone();
@@ -338,7 +334,8 @@ async fn serve(
             if obj.get("metadata").is_none() {
                 obj["metadata"] = json!({});
             }
-            let warnings = unknown_field_warnings(t, p, &obj)?;
+            let mut warnings = duplicate_field_check(t, p, &body)?;
+            warnings.extend(unknown_field_warnings(t, p, &obj)?);
             Ok(with_warnings(ok(api.update(t, obj, p).await?)?, &warnings))
         }
         ("update", Some("scale")) => {

@@ -20,8 +20,11 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
+use std::ops::Bound;
+
+use crate::patch::field_paths::{Finder, differs, remove_all};
 use crate::patch::managed_fields::{
-    Entry, FieldSet, Path, Step, differs, display, entries, entries_json, field_set, lookup, remove,
+    Entry, FieldSet, Path, Step, display, entries, entries_json, field_set,
 };
 use crate::patch::strategic;
 
@@ -95,12 +98,13 @@ pub fn apply(
     };
     let mut all = entries(live);
     let mut conflicts = Vec::new();
+    let (config, current) = (Finder::new(applied), Finder::new(live));
     for e in all
         .iter()
         .filter(|e| !(e.manager == manager && e.operation == "Apply"))
     {
-        for path in set.intersection(&e.fields) {
-            if differs(applied, live, path) {
+        for path in e.fields.iter().filter(|p| set.contains(*p)) {
+            if differs(&config, &current, path) {
                 conflicts.push(Conflict {
                     path: display(path),
                     manager: e.manager.clone(),
@@ -141,33 +145,29 @@ pub fn apply(
         .difference(&set)
         .filter(|p| !others.contains(*p))
         .collect();
-    // An item goes only if nobody else owns anything inside it; otherwise just this
-    // manager's fields inside it go (never its key).
-    for path in gone.iter().filter(|p| p.last() == Some(&Step::Dot)) {
-        let item = &path[..path.len() - 1];
-        if !others
-            .iter()
-            .any(|o| o.len() > item.len() && o.starts_with(item))
-        {
-            remove(&mut merged, path);
-        }
-    }
-    for path in gone
+    // An item goes only if nobody else owns anything inside it (the paths inside it sort right
+    // after it); otherwise just this manager's fields inside it go (never its key).
+    let items: Vec<&[Step]> = gone
+        .iter()
+        .filter(|p| p.last() == Some(&Step::Dot))
+        .filter(|p| {
+            let item = &p[..p.len() - 1];
+            others
+                .range::<[Step], _>((Bound::Excluded(item), Bound::Unbounded))
+                .next()
+                .is_none_or(|o| !o.starts_with(item))
+        })
+        .map(|p| p.as_slice())
+        .collect();
+    remove_all(&mut merged, &items, false);
+    // Then fields; a map left empty by the removals goes too (as `labels: {}` is omitted in
+    // Kubernetes).
+    let fields: Vec<&[Step]> = gone
         .iter()
         .filter(|p| p.last() != Some(&Step::Dot) && !is_key_field(p))
-    {
-        remove(&mut merged, path);
-        // A map left empty by the removal goes too (as `labels: {}` is omitted in Kubernetes).
-        let mut parent = &path[..path.len() - 1];
-        while let Some(Step::Field(_)) = parent.last() {
-            if lookup(&merged, parent).is_some_and(|v| v.as_object().is_some_and(Map::is_empty)) {
-                remove(&mut merged, parent);
-                parent = &parent[..parent.len() - 1];
-            } else {
-                break;
-            }
-        }
-    }
+        .map(|p| p.as_slice())
+        .collect();
+    remove_all(&mut merged, &fields, true);
     all.retain(|e| !(e.manager == manager && e.operation == "Apply"));
     all.push(Entry::apply(manager, api_version, now, set));
     // A no-op apply (the same object, everyone owning what they owned) keeps the live

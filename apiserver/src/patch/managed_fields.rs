@@ -6,8 +6,10 @@
 
 use std::collections::BTreeSet;
 
+use capstan_api::validation::FieldError;
 use serde_json::{Map, Value, json};
 
+use crate::patch::field_paths::{Finder, differs};
 use crate::patch::strategic::{self, ListStrategy};
 
 /// One step of a field path.
@@ -114,86 +116,6 @@ fn walk<'a>(
         _ => {
             out.insert(path.clone());
         }
-    }
-}
-
-/// Whether a list item carries every key value of a `k:{...}` step.
-fn item_matches(item: &Value, key: &Map<String, Value>) -> bool {
-    key.iter().all(|(k, v)| item.get(k) == Some(v))
-}
-
-/// The value at `path` in `obj` (for `Dot`, the item; for `Value`, the member).
-pub(crate) fn lookup<'a>(obj: &'a Value, path: &[Step]) -> Option<&'a Value> {
-    let mut node = obj;
-    for step in path {
-        node = match step {
-            Step::Field(f) => node.get(f)?,
-            Step::Key(k) => {
-                let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-                node.as_array()?
-                    .iter()
-                    .find(|item| item_matches(item, &key))?
-            }
-            Step::Value(v) => {
-                let want: Value = serde_json::from_str(v).ok()?;
-                node.as_array()?.iter().find(|x| **x == want)?
-            }
-            Step::Dot => node,
-        };
-    }
-    Some(node)
-}
-
-/// Removes the field at `path` from `obj` (a list item when the path ends in `.`).
-pub(crate) fn remove(obj: &mut Value, path: &[Step]) {
-    let Some((last, parent)) = path.split_last() else {
-        return;
-    };
-    let (target, parent) = match last {
-        Step::Dot => match parent.split_last() {
-            Some((item @ Step::Key(_), grand)) => (item, grand),
-            _ => return,
-        },
-        other => (other, parent),
-    };
-    let mut node = obj;
-    for step in parent {
-        let next = match step {
-            Step::Field(f) => node.get_mut(f),
-            Step::Key(k) => {
-                let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
-                    return;
-                };
-                node.as_array_mut()
-                    .and_then(|a| a.iter_mut().find(|item| item_matches(item, &key)))
-            }
-            _ => None,
-        };
-        match next {
-            Some(n) => node = n,
-            None => return,
-        }
-    }
-    match target {
-        Step::Field(f) => {
-            if let Some(m) = node.as_object_mut() {
-                m.remove(f);
-            }
-        }
-        Step::Key(k) => {
-            if let (Ok(key), Some(a)) = (
-                serde_json::from_str::<Map<String, Value>>(k),
-                node.as_array_mut(),
-            ) {
-                a.retain(|item| !item_matches(item, &key));
-            }
-        }
-        Step::Value(v) => {
-            if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(v), node.as_array_mut()) {
-                a.retain(|x| *x != want);
-            }
-        }
-        Step::Dot => {}
     }
 }
 
@@ -341,13 +263,114 @@ pub fn entries_json(entries: &[Entry]) -> Value {
     )
 }
 
-/// Whether `path` differs between two objects. For a list item itself (`.`) only its presence
-/// counts: what changes inside it belongs to its fields.
-pub(crate) fn differs(a: &Value, b: &Value, path: &[Step]) -> bool {
-    if path.last() == Some(&Step::Dot) {
-        lookup(a, path).is_some() != lookup(b, path).is_some()
+/// The longest field manager name (Kubernetes' `FieldManagerMaxLength`).
+pub const MAX_MANAGER_LENGTH: usize = 128;
+
+/// Why `manager` is not a field manager name (Kubernetes' `ValidateFieldManager`): at most 128
+/// bytes, printable characters only.
+pub fn field_manager_errors(field: &str, manager: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if manager.len() > MAX_MANAGER_LENGTH {
+        errs.push(FieldError {
+            field: field.into(),
+            value: String::new(),
+            message: format!("Too long: may not be more than {MAX_MANAGER_LENGTH} bytes"),
+        });
+    }
+    if let Some((i, c)) = manager
+        .char_indices()
+        .find(|(_, c)| c.is_control() || (c.is_whitespace() && *c != ' '))
+    {
+        errs.push(FieldError {
+            field: field.into(),
+            value: manager.chars().filter(|c| !c.is_control()).collect(),
+            message: format!("invalid character U+{:04X} (at position {i})", u32::from(c)),
+        });
+    }
+    errs
+}
+
+/// What a write sent as managedFields, before it is recorded: unchanged (None: the live
+/// entries stand), `[]` (the live entries stand: a client unaware of the field never wipes
+/// them), `[{}]` (Kubernetes' way to strip them: Some(empty)), or entries that must be well
+/// formed — each an object with a printable `manager`, `operation` Apply or Update, and
+/// `fieldsType` FieldsV1 with an object `fieldsV1` — or the write is refused (422), never
+/// stored as sent or dropped in silence.
+pub fn requested(live: Option<&Value>, new: &Value) -> Result<Option<Value>, Vec<FieldError>> {
+    let Some(sent) = new.pointer("/metadata/managedFields") else {
+        return Ok(None);
+    };
+    if live.and_then(|l| l.pointer("/metadata/managedFields")) == Some(sent) {
+        return Ok(None);
+    }
+    let at = |i: usize, f: &str| format!("metadata.managedFields[{i}].{f}");
+    let entries = match sent {
+        Value::Null => return Ok(None),
+        Value::Array(a) if a.is_empty() => return Ok(None),
+        Value::Array(a) if a.len() == 1 && a[0].as_object().is_some_and(Map::is_empty) => {
+            return Ok(Some(Value::Array(Vec::new())));
+        }
+        Value::Array(a) => a,
+        _ => {
+            return Err(vec![FieldError {
+                field: "metadata.managedFields".into(),
+                value: String::new(),
+                message: "Invalid value: must be a list of entries".into(),
+            }]);
+        }
+    };
+    let mut errs = Vec::new();
+    let wrong_type = |field: String, what: &str| FieldError {
+        field,
+        value: String::new(),
+        message: format!("Invalid value: must be {what}"),
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let Some(m) = e.as_object() else {
+            errs.push(wrong_type(
+                format!("metadata.managedFields[{i}]"),
+                "an object",
+            ));
+            continue;
+        };
+        match m.get("manager") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => errs.extend(field_manager_errors(&at(i, "manager"), s)),
+            Some(_) => errs.push(wrong_type(at(i, "manager"), "a string")),
+        }
+        match m.get("operation") {
+            Some(Value::String(op)) if op == "Apply" || op == "Update" => {}
+            Some(Value::String(op)) => errs.push(FieldError {
+                field: at(i, "operation"),
+                value: op.clone(),
+                message: "must be `Apply` or `Update`".into(),
+            }),
+            _ => errs.push(wrong_type(at(i, "operation"), "`Apply` or `Update`")),
+        }
+        match m.get("fieldsType") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) if t == "FieldsV1" || t.is_empty() => {}
+            Some(other) => errs.push(FieldError {
+                field: at(i, "fieldsType"),
+                value: other.as_str().unwrap_or_default().into(),
+                message: "must be `FieldsV1`".into(),
+            }),
+        }
+        if m.get("fieldsV1")
+            .is_some_and(|f| !f.is_object() && !f.is_null())
+        {
+            errs.push(wrong_type(at(i, "fieldsV1"), "an object"));
+        }
+        for f in ["apiVersion", "time", "subresource"] {
+            if m.get(f).is_some_and(|v| !v.is_string() && !v.is_null()) {
+                errs.push(wrong_type(at(i, f), "a string"));
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(Some(sent.clone()))
     } else {
-        lookup(a, path) != lookup(b, path)
+        Err(errs)
     }
 }
 
@@ -365,21 +388,24 @@ pub fn track_update(
     let old_mf = old
         .and_then(|o| o.pointer("/metadata/managedFields"))
         .cloned();
-    let new_mf = new.pointer("/metadata/managedFields").cloned();
-    // managedFields the client changed (kubectl's migration to SSA does) are taken as given;
-    // otherwise the live ones stand, whatever the request carried.
-    let base_json = match (&old_mf, &new_mf) {
-        (Some(o), Some(n)) if o != n => n.clone(),
-        (Some(o), _) => o.clone(),
-        (None, Some(n)) => n.clone(),
-        (None, None) => Value::Array(Vec::new()),
+    // managedFields the client changed (kubectl's migration to SSA does; checked by
+    // [`requested`] before this runs) are taken as given; otherwise the live ones stand.
+    let base_json = match requested(old, new) {
+        Ok(Some(given)) => given,
+        _ => old_mf.unwrap_or_else(|| Value::Array(Vec::new())),
     };
     let after = field_set(kind, new);
-    let changed: FieldSet = after
-        .iter()
-        .filter(|p| old.is_none_or(|o| differs(o, new, p)))
-        .cloned()
-        .collect();
+    let changed: FieldSet = match old {
+        None => after.clone(),
+        Some(o) => {
+            let (was, is) = (Finder::new(o), Finder::new(new));
+            after
+                .iter()
+                .filter(|p| differs(&was, &is, p))
+                .cloned()
+                .collect()
+        }
+    };
     let removed: FieldSet = old
         .map(|o| field_set(kind, o).difference(&after).cloned().collect())
         .unwrap_or_default();

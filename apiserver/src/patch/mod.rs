@@ -1,9 +1,12 @@
 //! The patch engines, one file per patch type kubectl sends: [`json`] (RFC 6902, `rollout
 //! undo`), [`merge`] (RFC 7386, custom resources), [`strategic`] (strategic merge patch, built-ins
-//! only) and [`apply`] (server-side apply; field ownership in [`managed_fields`]). The verbs that use them are
+//! only) and [`apply`] (server-side apply; field ownership in [`managed_fields`], field paths in
+//! [`field_paths`]); what each may cost is [`budget`]. The verbs that use them are
 //! [`crate::rest::patch`] and [`crate::rest::apply`].
 
 pub mod apply;
+pub mod budget;
+pub mod field_paths;
 pub mod json;
 pub mod managed_fields;
 pub mod merge;

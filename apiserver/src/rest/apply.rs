@@ -12,8 +12,10 @@ use crate::object::{self, ObjectExt};
 use crate::registry::ResourceInfo;
 use crate::request::{Params, Target};
 
-use super::field_validation::{strict_check, unknown_field_warnings};
-use super::{check_type, name_of, too_many_writers};
+use super::field_validation::{duplicate_field_check, strict_check, unknown_field_warnings};
+use super::{
+    Retry, check_resource_version, check_type, name_of, resource_version_of, too_many_writers,
+};
 
 impl ApiServer {
     /// Server-side apply (see [`crate::patch::apply`]): creates the object when it is missing (true), or
@@ -46,11 +48,7 @@ impl ApiServer {
                 )));
             }
         };
-        let mut applied: Value = serde_json::from_slice(body)
-            .or_else(|_| serde_yaml::from_slice::<Value>(body))
-            .map_err(|e| {
-                ApiError::bad_request(format!("the apply patch is not valid YAML or JSON: {e}"))
-            })?;
+        let mut applied = crate::body::decode_apply(body.clone()).await?;
         if !applied.is_object() {
             return Err(ApiError::bad_request("the apply patch must be an object"));
         }
@@ -83,12 +81,16 @@ impl ApiServer {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
+        // A resourceVersion in the configuration is a precondition on the live object.
+        resource_version_of(info, &applied)?;
+        let mut warnings = duplicate_field_check(t, p, body)?;
         strict_check(t, p, &applied)?;
-        let warnings = unknown_field_warnings(t, p, &applied)?;
+        warnings.extend(unknown_field_warnings(t, p, &applied)?);
         // The manager owns only fields the type has.
         info.strategy.prune_unknown(&mut applied);
         let api_version = info.api_version();
-        for _ in 0..4 {
+        let mut retry = Retry::new();
+        loop {
             let now = object::now();
             match self.live(t).await {
                 Err(e) if e.code == 404 => {
@@ -107,8 +109,9 @@ impl ApiServer {
                         subresource: None,
                         ..t.clone()
                     };
-                    match self.create(&collection, obj, p).await {
-                        Err(e) if e.reason == "AlreadyExists" => continue, // lost a race: merge instead
+                    match self.create_applied(&collection, obj, p).await {
+                        // Lost a race: merge instead.
+                        Err(e) if e.reason == "AlreadyExists" && retry.again().await => continue,
                         other => return other.map(|o| (true, o, warnings.clone())),
                     }
                 }
@@ -117,6 +120,7 @@ impl ApiServer {
             }
             let updated = self
                 .guaranteed_update(t, None, p.dry_run()?, None, |live| {
+                    check_resource_version(info, live, &applied)?;
                     let mut out = crate::patch::apply::apply(
                         &info.kind,
                         &api_version,
@@ -152,11 +156,12 @@ impl ApiServer {
                 })
                 .await;
             return match updated {
-                Err(e) if e.code == 404 => continue, // deleted meanwhile: create it
+                // Deleted meanwhile: create it.
+                Err(e) if e.code == 404 && retry.again().await => continue,
+                Err(e) if e.code == 404 => Err(too_many_writers(info, &name)),
                 other => other.map(|o| (false, o, warnings.clone())),
             };
         }
-        Err(too_many_writers(info, &name))
     }
 }
 

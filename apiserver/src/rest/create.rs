@@ -10,11 +10,31 @@ use crate::object::{self, ObjectExt};
 use crate::request::{Params, Target};
 
 use super::field_validation::strict_check;
-use super::{check_type, encode, with_rv};
+use super::{check_type, encode_checked, with_rv};
 
 impl ApiServer {
     /// Creates an object; `dry_run` validates and returns it without storing.
-    pub async fn create(&self, t: &Target, mut obj: Value, p: &Params) -> ApiResult<Value> {
+    pub async fn create(&self, t: &Target, obj: Value, p: &Params) -> ApiResult<Value> {
+        self.create_object(t, obj, p, false).await
+    }
+
+    /// Creates an object server-side apply built: its managedFields are the apply's own.
+    pub(super) async fn create_applied(
+        &self,
+        t: &Target,
+        obj: Value,
+        p: &Params,
+    ) -> ApiResult<Value> {
+        self.create_object(t, obj, p, true).await
+    }
+
+    async fn create_object(
+        &self,
+        t: &Target,
+        mut obj: Value,
+        p: &Params,
+        applied: bool,
+    ) -> ApiResult<Value> {
         let dry_run = p.dry_run()?;
         let info = &t.info;
         if info.terminating {
@@ -71,11 +91,11 @@ impl ApiServer {
         ] {
             obj.remove_meta(field);
         }
-        if obj
-            .meta()
-            .and_then(|m| m.get("managedFields"))
-            .is_none_or(|mf| mf.as_array().is_none_or(Vec::is_empty))
-        {
+        // Given managedFields are checked and rebuilt, never stored as sent.
+        if !applied {
+            if let Err(causes) = crate::patch::managed_fields::requested(None, &obj) {
+                return Err(self.invalid(t, &name, causes));
+            }
             crate::patch::managed_fields::track_update(
                 &info.kind,
                 &info.api_version(),
@@ -101,6 +121,7 @@ impl ApiServer {
             self.check_namespace(obj.namespace().unwrap_or_default())
                 .await?;
         }
+        let bytes = encode_checked(info, &obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -111,7 +132,7 @@ impl ApiServer {
             let (store, info) = (self.store.clone(), info.clone());
             let task = tokio::spawn(async move {
                 hooks.begin_create(&mut obj).await?;
-                let stored = match encode(&info, &obj) {
+                let stored = match encode_checked(&info, &obj) {
                     Ok(bytes) => store
                         .create(&key, bytes)
                         .await
@@ -132,7 +153,7 @@ impl ApiServer {
         }
         let kv = self
             .store
-            .create(&key, encode(info, &obj)?)
+            .create(&key, bytes)
             .await
             .map_err(|e| from_storage(e, &info.group, &info.plural, &name))?;
         Ok(with_rv(obj, kv.mod_revision))

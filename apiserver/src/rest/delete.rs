@@ -11,7 +11,7 @@ use crate::errors::{ApiError, ApiResult, from_storage};
 use crate::object::{self, ObjectExt};
 use crate::request::{Params, Target};
 
-use super::{encode, name_of, namespace_finalizers_pending, too_many_writers, with_rv};
+use super::{Retry, encode, name_of, namespace_finalizers_pending, too_many_writers, with_rv};
 
 impl ApiServer {
     /// DELETE: immediate, or — with finalizers, a propagation policy that needs the garbage
@@ -47,8 +47,12 @@ impl ApiServer {
         };
         let name = name_of(t).to_string();
         let info = &t.info;
-        for _ in 0..16 {
+        let mut retry = Retry::new();
+        loop {
             let (live, rev) = self.live(t).await?;
+            if let Some(why) = info.strategy.forbid_delete(&live) {
+                return Err(ApiError::forbidden(&info.group, &info.plural, &name, &why));
+            }
             if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
                 && live.meta_str("uid") != Some(uid)
             {
@@ -114,7 +118,12 @@ impl ApiServer {
                         self.after_delete(info, &live).await;
                         return Ok(with_rv(live, del_rev));
                     }
-                    Err(capstan_storage::StorageError::Conflict { .. }) => continue,
+                    Err(capstan_storage::StorageError::Conflict { .. }) if retry.again().await => {
+                        continue;
+                    }
+                    Err(capstan_storage::StorageError::Conflict { .. }) => {
+                        return Err(too_many_writers(info, &name));
+                    }
                     Err(e) => return Err(from_storage(e, &info.group, &info.plural, &name)),
                 }
             }
@@ -139,11 +148,15 @@ impl ApiServer {
                 .await
             {
                 Ok(kv) => return Ok(with_rv(marked, kv.mod_revision)),
-                Err(capstan_storage::StorageError::Conflict { .. }) => continue,
+                Err(capstan_storage::StorageError::Conflict { .. }) if retry.again().await => {
+                    continue;
+                }
+                Err(capstan_storage::StorageError::Conflict { .. }) => {
+                    return Err(too_many_writers(info, &name));
+                }
                 Err(e) => return Err(from_storage(e, &info.group, &info.plural, &name)),
             }
         }
-        Err(too_many_writers(info, &name))
     }
 
     /// DELETE on a collection: every object matching the selectors, one by one.
@@ -153,6 +166,12 @@ impl ApiServer {
         body: &Bytes,
         p: &Params,
     ) -> ApiResult<Value> {
+        if !t.info.strategy.deletes_collections() {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource: deletecollection of {}",
+                crate::errors::qualified(&t.info.group, &t.info.plural)
+            )));
+        }
         let (items, _, _) = self.list(t, p).await?;
         let mut deleted = Vec::new();
         for obj in items {

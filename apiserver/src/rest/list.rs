@@ -42,6 +42,13 @@ impl ApiServer {
                 "resourceVersionMatch=Exact requires a non-zero resourceVersion",
             ));
         }
+        // A resourceVersion the store has not reached is waited for, paginated or not, exact
+        // or not (a continue token carries its own snapshot).
+        if let Some(r) = rv
+            && cont.is_none()
+        {
+            self.wait_for_revision(&t.info, r).await?;
+        }
         let prefix = t.info.list_prefix(t.namespace.as_deref());
         if limit.is_none() && cont.is_none() && !exact {
             let cacher = self.cacher(&t.info)?;
@@ -80,9 +87,7 @@ impl ApiServer {
                     .map_err(|e| from_storage(e, &t.info.group, &t.info.plural, ""))?;
                 if r > current {
                     if !cacher.wait_for(r, Duration::from_secs(3)).await {
-                        return Err(ApiError::timeout(format!(
-                            "Too large resource version: {r}, current: {current}"
-                        )));
+                        return Err(ApiError::too_large_resource_version(r, current));
                     }
                     let (items, rev) = cacher.list(&prefix);
                     let items = items

@@ -52,6 +52,20 @@ fn encode(info: &ResourceInfo, obj: &Value) -> ApiResult<Bytes> {
         .map_err(|e| ApiError::internal(format!("encoding object: {e}")))
 }
 
+/// [`encode`], refused with a 413 over [`crate::body::MAX_OBJECT_BYTES`]: every write checks the
+/// size of what it would store, dry runs included, before any store is asked.
+fn encode_checked(info: &ResourceInfo, obj: &Value) -> ApiResult<Bytes> {
+    let bytes = encode(info, obj)?;
+    let limit = crate::body::MAX_OBJECT_BYTES;
+    if bytes.len() > limit {
+        return Err(ApiError::too_large(format!(
+            "Request entity too large: the object is {} bytes, over the limit of {limit} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
 fn with_rv(mut obj: Value, rv: i64) -> Value {
     obj.set_meta("resourceVersion", json!(rv.to_string()));
     obj
@@ -87,6 +101,42 @@ impl ApiServer {
             ApiError::internal(format!("stored object {key} is not a JSON object"))
         })?;
         Ok((obj, kv.mod_revision))
+    }
+}
+
+/// How a write without a precondition retries a lost compare-and-swap (kube-apiserver's
+/// GuaranteedUpdate retries until its request times out): at once for the first few losses,
+/// then after a short jittered pause that grows to 50 ms, for up to [`Retry::PATIENCE`]. Every
+/// lost race means another write landed, so the object moves on while this one waits.
+#[derive(Debug)]
+struct Retry {
+    started: std::time::Instant,
+    lost: u32,
+}
+
+impl Retry {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn new() -> Retry {
+        Retry {
+            started: std::time::Instant::now(),
+            lost: 0,
+        }
+    }
+
+    /// After a lost race: whether to try again (false once out of patience).
+    async fn again(&mut self) -> bool {
+        self.lost += 1;
+        if self.started.elapsed() > Self::PATIENCE {
+            return false;
+        }
+        if self.lost <= 3 {
+            tokio::task::yield_now().await;
+        } else {
+            let cap = (1u64 << (self.lost - 3).min(6)).min(50);
+            tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(1..=cap))).await;
+        }
+        true
     }
 }
 
@@ -166,6 +216,51 @@ fn namespace_finalizers_pending(info: &ResourceInfo, obj: &Value) -> bool {
         && obj["spec"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty())
+}
+
+/// The resourceVersion an object carries as a precondition: None when unset or empty; a 400
+/// when it is not a string (as decoding into ObjectMeta fails in Kubernetes) or not a revision.
+pub(crate) fn resource_version_of(info: &ResourceInfo, obj: &Value) -> ApiResult<Option<i64>> {
+    match obj.meta().and_then(|m| m.get("resourceVersion")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => match s.parse::<i64>() {
+            Ok(rv) if rv > 0 => Ok(Some(rv)),
+            _ => Err(ApiError::bad_request(format!(
+                "invalid resourceVersion {s:?}"
+            ))),
+        },
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: json: cannot unmarshal {what} into Go struct field ObjectMeta.metadata.resourceVersion of type string",
+            kind = &info.kind,
+            version = &info.version,
+            what = match other {
+                Value::Number(_) => "number",
+                Value::Bool(_) => "bool",
+                Value::Array(_) => "array",
+                _ => "object",
+            }
+        ))),
+    }
+}
+
+/// A write whose result names a resourceVersion (a patch that sets it, an applied
+/// configuration carrying one) holds only against that version of the live object: a 409
+/// otherwise, never retried — as Kubernetes takes the patched object's resourceVersion as the
+/// update's precondition.
+fn check_resource_version(info: &ResourceInfo, live: &Value, new: &Value) -> ApiResult<()> {
+    let Some(wanted) = resource_version_of(info, new)? else {
+        return Ok(());
+    };
+    if live.meta_str("resourceVersion") == Some(wanted.to_string().as_str()) {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        &info.group,
+        &info.plural,
+        live.name().unwrap_or_default(),
+        "the object has been modified; please apply your changes to the latest version and try again",
+    ))
 }
 
 /// Checks apiVersion/kind against the resource (and fills them in when absent).

@@ -11,8 +11,8 @@ use crate::object::ObjectExt;
 use crate::patch::{PatchKind, json, merge, patch_kind};
 use crate::request::{Params, Target};
 
-use super::field_validation::{strict_check, unknown_field_warnings};
-use super::subresource_rules;
+use super::field_validation::{duplicate_field_check, strict_check, unknown_field_warnings};
+use super::{check_resource_version, resource_version_of, subresource_rules};
 
 impl ApiServer {
     /// PATCH: JSON Patch, JSON merge patch and (built-ins) strategic merge patch. Server-side
@@ -46,6 +46,7 @@ impl ApiServer {
         }
         let patch: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+        let duplicates = duplicate_field_check(t, p, &body)?;
         let json_patch = match kind {
             PatchKind::Json => Some(json::parse(&patch)?),
             PatchKind::Merge | PatchKind::Strategic | PatchKind::Apply => {
@@ -53,14 +54,12 @@ impl ApiServer {
                 None
             }
         };
-        let precondition = patch
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(|s| {
-                s.parse::<i64>()
-                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}")))
-            })
-            .transpose()?;
+        // A merge patch naming a resourceVersion is a precondition (never retried); one that
+        // sets it otherwise (a JSON patch) is checked against each live object it is applied to.
+        let precondition = match kind {
+            PatchKind::Json => None,
+            _ => resource_version_of(&t.info, &patch)?,
+        };
         let sub = t.subresource.clone();
         let info = t.info.clone();
         let warnings = std::sync::Mutex::new(Vec::new());
@@ -68,12 +67,9 @@ impl ApiServer {
             .guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
                 let mut doc = live.clone();
                 match (&json_patch, kind) {
-                    (Some(ops), _) => json::apply(&mut doc, ops).map_err(|e| ApiError {
-                        code: 422,
-                        reason: "Invalid",
-                        message: format!("the JSON patch could not be applied: {e}"),
-                        details: None,
-                    })?,
+                    (Some(ops), _) => {
+                        json::apply(&mut doc, ops).map_err(json::PatchError::api_error)?
+                    }
                     (None, PatchKind::Strategic) => {
                         doc = crate::patch::strategic::apply(&info.kind, &doc, &patch).map_err(
                             |e| {
@@ -93,8 +89,10 @@ impl ApiServer {
                 }
                 strict_check(t, p, &doc)?;
                 if let Ok(mut w) = warnings.lock() {
-                    *w = unknown_field_warnings(t, p, &doc)?;
+                    *w = duplicates.clone();
+                    w.extend(unknown_field_warnings(t, p, &doc)?);
                 }
+                check_resource_version(&info, live, &doc)?;
                 if doc.name() != live.name() || doc.namespace() != live.namespace() {
                     return Err(ApiError::bad_request(
                         "a patch cannot change metadata.name or metadata.namespace",

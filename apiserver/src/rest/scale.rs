@@ -50,10 +50,11 @@ impl ApiServer {
                     }
                     PatchKind::Json => {
                         let ops = json::parse(&patch)?;
-                        json::apply(&mut doc, &ops).map_err(|e| {
-                            ApiError::bad_request(format!(
-                                "the JSON patch could not be applied: {e}"
-                            ))
+                        json::apply(&mut doc, &ops).map_err(|e| match e {
+                            json::PatchError::Failed(why) => ApiError::bad_request(format!(
+                                "the JSON patch could not be applied: {why}"
+                            )),
+                            too_much => too_much.api_error(),
                         })?;
                     }
                 }

@@ -11,8 +11,8 @@ use crate::request::{Params, Target};
 
 use super::field_validation::strict_check;
 use super::{
-    check_type, encode, name_of, namespace_finalizers_pending, subresource_rules, too_many_writers,
-    with_rv,
+    Retry, check_type, encode_checked, name_of, namespace_finalizers_pending, resource_version_of,
+    subresource_rules, too_many_writers, with_rv,
 };
 
 impl ApiServer {
@@ -33,13 +33,7 @@ impl ApiServer {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        let precondition =
-            match body.meta_str("resourceVersion").filter(|s| !s.is_empty()) {
-                Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                })?),
-                None => None,
-            };
+        let precondition = resource_version_of(&t.info, &body)?;
         let sub = t.subresource.clone();
         self.guaranteed_update(t, precondition, p.dry_run()?, Some(p.manager()), |live| {
             let mut new = body.clone();
@@ -62,7 +56,8 @@ impl ApiServer {
     ) -> ApiResult<Value> {
         let name = name_of(t).to_string();
         let info = &t.info;
-        for _ in 0..16 {
+        let mut retry = Retry::new();
+        loop {
             let (live, rev) = self.live(t).await?;
             if let Some(expected) = precondition
                 && expected != rev
@@ -75,11 +70,17 @@ impl ApiServer {
                 ));
             }
             let mut new = transform(&live)?;
+            // The server owns apiVersion and kind: a write that drops them gets them back, one
+            // that changes them is refused.
+            check_type(info, &mut new)?;
             info.strategy.prune_unknown(&mut new);
             info.strategy.canonicalize(&mut new);
             preserve_meta(&live, &mut new)?;
             if let Some(hooks) = &info.hooks {
                 hooks.begin_update(&live, &mut new)?;
+            }
+            if let Err(causes) = crate::patch::managed_fields::requested(Some(&live), &new) {
+                return Err(self.invalid(t, &name, causes));
             }
             if let Some(m) = manager {
                 crate::patch::managed_fields::track_update(
@@ -112,6 +113,7 @@ impl ApiServer {
             if !errs.is_empty() {
                 return Err(self.invalid(t, &name, errs));
             }
+            let bytes = encode_checked(info, &new)?;
             if dry_run {
                 return Ok(with_rv(new, rev));
             }
@@ -133,7 +135,7 @@ impl ApiServer {
                         Ok(with_rv(new, del_rev))
                     }
                     Err(capstan_storage::StorageError::Conflict { .. })
-                        if precondition.is_none() =>
+                        if precondition.is_none() && retry.again().await =>
                     {
                         continue;
                     }
@@ -145,19 +147,19 @@ impl ApiServer {
             if new == unchanged {
                 return Ok(live); // nothing changed: no write, same resourceVersion
             }
-            match self
-                .store
-                .update(&info.key_of(&new), encode(info, &new)?, rev)
-                .await
-            {
+            match self.store.update(&info.key_of(&new), bytes, rev).await {
                 Ok(kv) => return Ok(with_rv(new, kv.mod_revision)),
-                Err(capstan_storage::StorageError::Conflict { .. }) if precondition.is_none() => {
+                Err(capstan_storage::StorageError::Conflict { .. })
+                    if precondition.is_none() && retry.again().await =>
+                {
                     continue;
+                }
+                Err(capstan_storage::StorageError::Conflict { .. }) if precondition.is_none() => {
+                    return Err(too_many_writers(info, &name));
                 }
                 Err(e) => return Err(from_storage(e, &info.group, &info.plural, &name)),
             }
         }
-        Err(too_many_writers(info, &name))
     }
 }
 
