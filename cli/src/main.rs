@@ -45,7 +45,7 @@ enum Command {
     Apiserver(up::UpArgs),
     /// Run the controller manager (deployment, replicaset, scheduler) against a cluster.
     Controllers(controllers_cmd::ControllersArgs),
-    /// Inspect or maintain a store directly (get, list, watch, compact, status).
+    /// Inspect or maintain a store directly (get, list, watch, compact, defrag, status).
     Store(store_cmd::StoreCmd),
     /// Run a benchmark and print a Markdown report.
     Bench(bench::BenchCmd),
