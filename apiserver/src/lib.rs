@@ -37,6 +37,7 @@ pub mod table;
 pub mod watch_cache;
 
 pub use http::router;
+pub use http::serve::{ServeLimits, serve};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

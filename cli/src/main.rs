@@ -19,6 +19,7 @@ mod client_cmd;
 mod controllers_cmd;
 mod crd_cmd;
 mod pause_cmd;
+mod serve_args;
 mod signals;
 mod sim_cmd;
 mod store_args;

@@ -336,3 +336,59 @@ fn store_defrag_shrinks_the_compacted_embedded_store() {
     let got = run(&["get", "configmaps/default/big"]);
     assert!(got.contains(&format!("mod_revision={last}")), "{got}");
 }
+
+/// `capstan up` serves within its connection limits: connections that never send their headers
+/// are closed after --header-read-timeout-seconds, one over --max-connections is answered with
+/// a 503 Status, and /readyz answers again once the silent ones are gone.
+#[test]
+fn up_closes_silent_connections_and_refuses_those_over_the_cap() {
+    use std::io::Read;
+    let dir = temp_dir("capstan-up-limits-").unwrap();
+    let up = up(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--controllers",
+        "none",
+        "--header-read-timeout-seconds",
+        "1",
+        "--max-connections",
+        "3",
+    ]);
+    let opened = Instant::now();
+    let mut silent: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&up.addr).unwrap())
+        .collect();
+    // The server may not have taken the last one off its backlog yet: poll for the refusal.
+    let mut refused = String::new();
+    eventually(
+        Duration::from_secs(5),
+        "a 503 over the cap",
+        || match http_get(&up.addr, "/readyz") {
+            Ok((503, body)) => {
+                refused = body;
+                true
+            }
+            _ => false,
+        },
+    )
+    .unwrap();
+    assert!(
+        refused.contains(r#""reason":"ServiceUnavailable""#),
+        "{refused}"
+    );
+    assert!(refused.contains("limit of 3 open connections"), "{refused}");
+    for c in &mut silent {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(c.read(&mut buf).unwrap(), 0, "closed without an answer");
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        opened.elapsed()
+    );
+    eventually(Duration::from_secs(5), "readyz 200 again", || {
+        matches!(http_get(&up.addr, "/readyz"), Ok((200, _)))
+    })
+    .unwrap();
+}
