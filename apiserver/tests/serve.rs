@@ -1,7 +1,8 @@
 //! The API server on a socket through `capstan_apiserver::serve` (issue 16): connections that
 //! never finish their headers are closed, kept-alive connections time out when idle but never
 //! mid-request, connections over the cap get a 503 Status, and `/readyz` keeps answering. Also
-//! the HTTP checks done there (Host). Loopback only; a handful of connections each.
+//! the HTTP checks done there (Host) and a malformed chunked body. Loopback only; a handful of
+//! connections each.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -209,4 +210,16 @@ async fn http11_requests_without_exactly_one_host_get_400() {
     // HTTP/1.0 may leave it out.
     let old = exchange(s.addr, b"GET /readyz HTTP/1.0\r\n\r\n").await;
     assert!(old.starts_with("HTTP/1.0 200 OK"), "{old}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunk_size_is_a_bad_request() {
+    let s = start(ServeLimits::default()).await;
+    let r = exchange(
+        s.addr,
+        b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: capstan\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_line(&r), "HTTP/1.1 400 Bad Request", "{r}");
+    assert!(r.contains("the request body could not be read"), "{r}");
 }
