@@ -46,13 +46,20 @@ pub async fn decode_apply(body: Bytes) -> ApiResult<Value> {
         })
 }
 
+/// The whole body, up to [`MAX_BODY_BYTES`] (413 beyond). A body that cannot be read — a
+/// malformed chunk, a connection closed mid-body — is the client's error: 400.
 pub async fn read_body(body: Body) -> ApiResult<Bytes> {
     axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
-        .map_err(|_| {
-            ApiError::too_large(format!(
-                "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
-            ))
+        .map_err(|e| {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::too_large(format!(
+                    "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
+                ))
+            } else {
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+            }
         })
 }
 

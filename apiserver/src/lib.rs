@@ -39,6 +39,7 @@ pub mod watch_cache;
 pub mod yaml;
 
 pub use http::router;
+pub use http::serve::{ServeLimits, serve};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -26,7 +26,8 @@
 //!   resourceVersion, then refuses it (504 "Too large resource version", as Kubernetes); a store
 //!   waits for ever.
 //! - `compaction_makes_older_revisions_unreadable`: the cache keeps its own window of history
-//!   (10,000 events), independent of the store's compaction point, as Kubernetes' cacher does;
+//!   (bounded by count, bytes and age: `HistoryLimits`), independent of the store's compaction
+//!   point, as Kubernetes' cacher does;
 //!   a watch the store could no longer serve may still be served, correctly, from memory.
 //! - `values_up_to_the_limit_round_trip_and_larger_ones_are_refused`: the size limit is the
 //!   store's and applies to the stored JSON object, which the adapter's envelope makes larger
@@ -41,13 +42,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use capstan_apiserver::object::ObjectExt;
 use capstan_apiserver::registry::ResourceInfo;
-use capstan_apiserver::watch_cache::{CacheEvent, Cacher, Kind};
+use capstan_apiserver::watch_cache::{CacheEvent, Cacher, Kind, RecvError};
 use capstan_storage::{
     Event, KeyValue, ListOptions, ListResult, Result, Revision, Storage, StorageError, WatchStream,
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
 /// How long a consistent read waits for the cache to reflect the store's current revision.
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -301,16 +301,17 @@ impl Storage for CachedStore {
                         source: None,
                     },
                 })?;
-        // The live stream ends when the cache closes it (a relist, or a watcher too slow for
-        // the fan-out buffer): the API server ends the client's watch then, and so does this.
+        // The live stream ends when the cache closes it (a relist, or a watcher so slow that the
+        // history dropped events it had not read): the API server ends the client's watch then,
+        // and so does this.
         let live = futures_util::stream::unfold(Some(live), |rx| async move {
             let mut rx = rx?;
             match rx.recv().await {
                 Ok(e) => Some((Ok(e), Some(rx))),
                 Err(RecvError::Closed) => None,
-                Err(RecvError::Lagged(n)) => Some((
+                Err(RecvError::Lagged) => Some((
                     Err(StorageError::Unavailable {
-                        message: format!("the watch fell {n} events behind the cache"),
+                        message: "the watch fell behind the cache's history".into(),
                         source: None,
                     }),
                     None,

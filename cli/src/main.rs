@@ -19,6 +19,7 @@ mod client_cmd;
 mod controllers_cmd;
 mod crd_cmd;
 mod pause_cmd;
+mod serve_args;
 mod signals;
 mod sim_cmd;
 mod store_args;
@@ -45,7 +46,7 @@ enum Command {
     Apiserver(up::UpArgs),
     /// Run the controller manager (deployment, replicaset, scheduler) against a cluster.
     Controllers(controllers_cmd::ControllersArgs),
-    /// Inspect or maintain a store directly (get, list, watch, compact, status).
+    /// Inspect or maintain a store directly (get, list, watch, compact, defrag, status).
     Store(store_cmd::StoreCmd),
     /// Run a benchmark and print a Markdown report.
     Bench(bench::BenchCmd),

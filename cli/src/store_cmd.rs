@@ -1,5 +1,5 @@
-//! `capstan store`: read a store directly, for debugging and operations — the embedded store's
-//! etcdctl. Values are printed as text when they are UTF-8.
+//! `capstan store`: read and maintain a store directly, for debugging and operations — the
+//! embedded store's etcdctl. Values are printed as text when they are UTF-8.
 
 use anyhow::Result;
 use capstan_storage::{Event, ListOptions};
@@ -41,6 +41,11 @@ enum Op {
     },
     /// Discard history before a revision.
     Compact { revision: i64 },
+    /// Give the space compaction freed back to the file system (`etcdctl defrag`): rewrites the
+    /// embedded store's file (stop the server first: it holds the file), or defragments every
+    /// etcd endpoint. Writes wait while it runs. The embedded store also does this on its own
+    /// after a compaction leaves most of a large file free.
+    Defrag,
 }
 
 fn text(v: &[u8]) -> String {
@@ -122,6 +127,14 @@ pub async fn run(cmd: StoreCmd) -> Result<()> {
         Op::Compact { revision } => {
             store.compact(revision).await?;
             println!("compacted to {}", store.compacted_revision().await?);
+        }
+        Op::Defrag => {
+            for d in store.defragment().await? {
+                println!(
+                    "defragmented {}: {} → {} bytes",
+                    d.target, d.size_before, d.size_after
+                );
+            }
         }
     }
     Ok(())

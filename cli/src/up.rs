@@ -46,6 +46,8 @@ pub struct UpArgs {
     pub service_cidr: capstan_apiserver::service::cluster_ip::ServiceCidr,
     #[command(flatten)]
     pub manager: crate::controllers_cmd::ManagerArgs,
+    #[command(flatten)]
+    pub serve: crate::serve_args::ServeArgs,
 }
 
 pub use crate::agent_cmd::Runtime;
@@ -90,11 +92,13 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     let kubeconfig = args.store.data_dir.join("kubeconfig");
     write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
     let app = capstan_apiserver::router(api.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-    });
+    let limits = args.serve.limits();
+    let server = tokio::spawn(capstan_apiserver::serve(
+        listener,
+        app,
+        limits,
+        shutdown_signal(),
+    ));
     println!(
         "capstan is up: http://{addr}/readyz answers; store={}; kubectl --kubeconfig {} get ns",
         store.backend(),

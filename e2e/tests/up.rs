@@ -280,3 +280,115 @@ fn store_subcommands_read_lists_at_revisions_and_compact() {
         "{old:?}"
     );
 }
+
+/// `capstan store defrag` gives the space a compaction freed back: the file shrinks and the
+/// data stays.
+#[test]
+fn store_defrag_shrinks_the_compacted_embedded_store() {
+    let dir = temp_dir("capstan-storedefrag-").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (last, path) = rt.block_on(async {
+        let mut opts = EmbeddedOptions::new(dir.path().join("store"));
+        opts.compaction = None;
+        let store = EmbeddedStore::open(opts).await.unwrap();
+        let value = |i: usize| Bytes::from(vec![b'a' + (i % 26) as u8; 256 * 1024]);
+        let mut kv = store
+            .create("configmaps/default/big", value(0))
+            .await
+            .unwrap();
+        // About 40 MB: under the size at which the store reclaims on its own when compacted.
+        for i in 1..60 {
+            kv = store
+                .update("configmaps/default/big", value(i), kv.mod_revision)
+                .await
+                .unwrap();
+        }
+        // A live value after the burst: the space compaction frees is inside the file, not at
+        // its end (redb trims a free tail on its own).
+        store
+            .create("configmaps/default/tail", value(0))
+            .await
+            .unwrap();
+        let path = store.path().to_path_buf();
+        store.close().await;
+        (kv.mod_revision, path)
+    });
+    let run = |args: &[&str]| {
+        let out = store_cmd(dir.path(), args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["compact", &last.to_string()]);
+    let before = std::fs::metadata(&path).unwrap().len();
+
+    let said = run(&["defrag"]);
+
+    let after = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(
+        said.trim(),
+        format!("defragmented {}: {before} → {after} bytes", path.display())
+    );
+    assert!(after < before / 4, "{before} → {after}");
+    let got = run(&["get", "configmaps/default/big"]);
+    assert!(got.contains(&format!("mod_revision={last}")), "{got}");
+}
+
+/// `capstan up` serves within its connection limits: connections that never send their headers
+/// are closed after --header-read-timeout-seconds, one over --max-connections is answered with
+/// a 503 Status, and /readyz answers again once the silent ones are gone.
+#[test]
+fn up_closes_silent_connections_and_refuses_those_over_the_cap() {
+    use std::io::Read;
+    let dir = temp_dir("capstan-up-limits-").unwrap();
+    let up = up(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--controllers",
+        "none",
+        "--header-read-timeout-seconds",
+        "1",
+        "--max-connections",
+        "3",
+    ]);
+    let opened = Instant::now();
+    let mut silent: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&up.addr).unwrap())
+        .collect();
+    // The server may not have taken the last one off its backlog yet: poll for the refusal.
+    let mut refused = String::new();
+    eventually(
+        Duration::from_secs(5),
+        "a 503 over the cap",
+        || match http_get(&up.addr, "/readyz") {
+            Ok((503, body)) => {
+                refused = body;
+                true
+            }
+            _ => false,
+        },
+    )
+    .unwrap();
+    assert!(
+        refused.contains(r#""reason":"ServiceUnavailable""#),
+        "{refused}"
+    );
+    assert!(refused.contains("limit of 3 open connections"), "{refused}");
+    for c in &mut silent {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(c.read(&mut buf).unwrap(), 0, "closed without an answer");
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        opened.elapsed()
+    );
+    eventually(Duration::from_secs(5), "readyz 200 again", || {
+        matches!(http_get(&up.addr, "/readyz"), Ok((200, _)))
+    })
+    .unwrap();
+}

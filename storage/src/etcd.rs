@@ -22,12 +22,14 @@ use etcd_client::{
 use tokio::sync::mpsc;
 
 use crate::{
-    Event, KeyValue, ListOptions, ListResult, Result, Revision, Storage, StorageError, WatchStream,
-    check_key, check_value, prefix_end,
+    Defragmented, Event, KeyValue, ListOptions, ListResult, Result, Revision, Storage,
+    StorageError, WatchStream, check_key, check_value, prefix_end,
 };
 
 /// The largest reply accepted from etcd (i32::MAX, as kube-apiserver sets it).
 const MAX_REPLY_BYTES: usize = i32::MAX as usize;
+/// Bound on defragmenting one member: etcd rewrites its whole database file meanwhile.
+const DEFRAG_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How to reach etcd.
 #[derive(Clone, Debug)]
@@ -66,6 +68,13 @@ impl std::fmt::Debug for EtcdStore {
             .field("prefix", &self.opts.prefix)
             .finish()
     }
+}
+
+fn connect_options(opts: &EtcdOptions) -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(opts.request_timeout)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(3))
+        .with_keep_alive_while_idle(true)
 }
 
 /// Maps an etcd-client error to the storage error with the same meaning.
@@ -137,13 +146,9 @@ impl EtcdStore {
                 reason: "the etcd key prefix must end with '/'",
             });
         }
-        let connect = ConnectOptions::new()
-            .with_connect_timeout(opts.request_timeout)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
         let client = tokio::time::timeout(
             opts.request_timeout,
-            Client::connect(&opts.endpoints, Some(connect)),
+            Client::connect(&opts.endpoints, Some(connect_options(&opts))),
         )
         .await
         .map_err(|_| {
@@ -167,6 +172,34 @@ impl EtcdStore {
         })?;
         tracing::info!(endpoints = %store.opts.endpoints.join(","), prefix = %store.opts.prefix, "connected to etcd");
         Ok(store)
+    }
+
+    /// Defragments one member (`etcdctl defrag --endpoints URL`), reporting its database size
+    /// before and after.
+    async fn defragment_member(&self, endpoint: &str) -> Result<Defragmented> {
+        let unavailable = |what: &str| {
+            StorageError::unavailable(format!(
+                "etcd defragment: {endpoint} did not {what} within {DEFRAG_TIMEOUT:?}"
+            ))
+        };
+        let mut client = tokio::time::timeout(
+            self.opts.request_timeout,
+            Client::connect([endpoint], Some(connect_options(&self.opts))),
+        )
+        .await
+        .map_err(|_| unavailable("answer"))?
+        .map_err(|e| map_err("connect", e))?;
+        let before = self.call("status", client.status()).await?.db_size();
+        tokio::time::timeout(DEFRAG_TIMEOUT, client.defragment())
+            .await
+            .map_err(|_| unavailable("finish"))?
+            .map_err(|e| map_err("defragment", e))?;
+        let after = self.call("status", client.status()).await?.db_size();
+        Ok(Defragmented {
+            target: endpoint.to_string(),
+            size_before: before.max(0) as u64,
+            size_after: after.max(0) as u64,
+        })
     }
 
     /// Replies can be far larger than gRPC's default 4 MiB (a list of 10,000 1 KiB objects is
@@ -464,6 +497,16 @@ impl Storage for EtcdStore {
 
     async fn compacted_revision(&self) -> Result<Revision> {
         self.probe_compacted().await
+    }
+
+    /// Every endpoint in turn, as `etcdctl defrag` does with several `--endpoints`: each member
+    /// keeps its own database file.
+    async fn defragment(&self) -> Result<Vec<Defragmented>> {
+        let mut done = Vec::with_capacity(self.opts.endpoints.len());
+        for endpoint in &self.opts.endpoints {
+            done.push(self.defragment_member(endpoint).await?);
+        }
+        Ok(done)
     }
 
     fn backend(&self) -> &'static str {

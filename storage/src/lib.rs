@@ -253,8 +253,28 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Gives the space that compaction freed back to the file system (etcd's defragment): the
+    /// embedded store rewrites its file compactly, etcd defragments every endpoint. Writes wait
+    /// while it runs. A backend that cannot says so with an error.
+    async fn defragment(&self) -> Result<Vec<Defragmented>> {
+        Err(StorageError::Internal {
+            message: format!("the {} store cannot defragment", self.backend()),
+            source: None,
+        })
+    }
+
     /// A short name for logs and metrics: "embedded" or "etcd".
     fn backend(&self) -> &'static str;
+}
+
+/// What one defragmentation did to one database file: the embedded store's, or one etcd
+/// member's (etcd reports its backend's size).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defragmented {
+    /// The file's path, or the etcd endpoint.
+    pub target: String,
+    pub size_before: u64,
+    pub size_after: u64,
 }
 
 /// Automatic compaction policy: keep at least `min_retention` of history and at least

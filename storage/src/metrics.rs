@@ -10,7 +10,8 @@ use bytes::Bytes;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::{
-    KeyValue, ListOptions, ListResult, Result, Revision, Storage, StorageError, WatchStream,
+    Defragmented, KeyValue, ListOptions, ListResult, Result, Revision, Storage, StorageError,
+    WatchStream,
 };
 
 /// The storage metrics of one process. Cheap to clone.
@@ -130,6 +131,9 @@ impl Storage for Instrumented {
     async fn compacted_revision(&self) -> Result<Revision> {
         self.timed("compacted_revision", self.inner.compacted_revision())
             .await
+    }
+    async fn defragment(&self) -> Result<Vec<Defragmented>> {
+        self.timed("defragment", self.inner.defragment()).await
     }
     fn revision_hint(&self) -> Option<Revision> {
         self.inner.revision_hint()

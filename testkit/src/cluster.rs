@@ -75,8 +75,12 @@ impl TestCluster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = capstan_apiserver::router(api.clone());
+        // The serving loop `capstan up` runs, with its default limits.
+        let limits = capstan_apiserver::ServeLimits::default();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            capstan_apiserver::serve(listener, app, limits, std::future::pending())
+                .await
+                .unwrap();
         });
         let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();

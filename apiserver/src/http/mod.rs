@@ -1,11 +1,12 @@
 //! The HTTP face: the [`router`] (discovery, OpenAPI, every resource verb through
-//! [`dispatch`], the operational endpoints), request resolution ([`resolve`]) and content
-//! negotiation ([`negotiate`]).
+//! [`dispatch`], the operational endpoints), request resolution ([`resolve`]), content
+//! negotiation ([`negotiate`]), and serving it on a socket within limits ([`serve`]).
 
 pub mod component_status;
 pub mod dispatch;
 pub mod negotiate;
 pub mod resolve;
+pub mod serve;
 pub mod system;
 
 use std::sync::Arc;

@@ -134,10 +134,11 @@ pub async fn run(b: ApiBench) -> Result<()> {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let server =
-            tokio::spawn(
-                async move { axum::serve(listener, capstan_apiserver::router(api)).await },
-            );
+        let server = tokio::spawn(async move {
+            let app = capstan_apiserver::router(api);
+            capstan_apiserver::serve(listener, app, Default::default(), std::future::pending())
+                .await
+        });
         let http: Http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(usize::MAX)
             .build_http();

@@ -80,10 +80,11 @@ impl LocalServer {
             .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let task =
-            tokio::spawn(
-                async move { axum::serve(listener, capstan_apiserver::router(api)).await },
-            );
+        let task = tokio::spawn(async move {
+            let app = capstan_apiserver::router(api);
+            capstan_apiserver::serve(listener, app, Default::default(), std::future::pending())
+                .await
+        });
         Ok(LocalServer {
             url,
             store,

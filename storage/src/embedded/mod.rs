@@ -16,14 +16,17 @@
 //!   broadcast; a watcher that falls behind the broadcast goes back to replaying from disk, so a
 //!   slow watcher never loses events.
 //! - Compaction: [`writer`]'s `compact`, run by a periodic task following [`CompactionPolicy`].
+//! - Giving freed space back to the file system: [`defrag`] (`capstan store defrag`, and
+//!   automatically after compaction following [`ReclaimPolicy`]).
 
+mod defrag;
 mod record;
 mod writer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -31,9 +34,11 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use defrag::ReclaimPolicy;
+
 use crate::{
-    CompactionPolicy, Event, KeyValue, ListOptions, ListResult, Result, Revision, Storage,
-    StorageError, WatchStream, check_key, check_value,
+    CompactionPolicy, Defragmented, Event, KeyValue, ListOptions, ListResult, Result, Revision,
+    Storage, StorageError, WatchStream, check_key, check_value,
 };
 use record::Kind;
 use writer::Op;
@@ -65,6 +70,8 @@ pub struct EmbeddedOptions {
     pub cache_bytes: usize,
     /// Automatic compaction; None turns it off (tests, benchmarks).
     pub compaction: Option<CompactionPolicy>,
+    /// Automatic defragmentation after compaction; None turns it off.
+    pub reclaim: Option<ReclaimPolicy>,
 }
 
 impl EmbeddedOptions {
@@ -74,15 +81,32 @@ impl EmbeddedOptions {
             max_value_bytes: crate::DEFAULT_MAX_VALUE_BYTES,
             cache_bytes: 32 * 1024 * 1024,
             compaction: Some(CompactionPolicy::default()),
+            reclaim: Some(ReclaimPolicy::default()),
         }
     }
 }
 
 pub(crate) struct Inner {
-    pub(crate) db: Database,
+    /// Every transaction is begun and ended under the read lock; [`defrag`] takes it for
+    /// writing, as redb's `compact` needs the database with no transaction open.
+    pub(crate) db: RwLock<Database>,
+    pub(crate) path: PathBuf,
     pub(crate) current: AtomicI64,
     pub(crate) compacted: AtomicI64,
     pub(crate) events: broadcast::Sender<Arc<Event>>,
+    pub(crate) reclaim: Option<ReclaimPolicy>,
+    /// Bytes of records compaction deleted since the reclaim policy last looked.
+    pub(crate) freed_since_check: AtomicU64,
+}
+
+impl Inner {
+    /// The database, for one transaction: hold the guard until the transaction ends.
+    pub(crate) fn db(&self) -> Result<RwLockReadGuard<'_, Database>> {
+        self.db.read().map_err(|_| StorageError::Internal {
+            message: "embedded store: database lock poisoned".into(),
+            source: None,
+        })
+    }
 }
 
 /// The embedded store. Open with [`EmbeddedStore::open`]; share as `Arc<dyn Storage>`.
@@ -121,10 +145,13 @@ impl EmbeddedStore {
             .map_err(|e| StorageError::internal("embedded store: open task failed", e))??;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let inner = Arc::new(Inner {
-            db,
+            db: RwLock::new(db),
+            path: opts.data_dir.join(DB_FILE),
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
             events,
+            reclaim: opts.reclaim.clone(),
+            freed_since_check: AtomicU64::new(0),
         });
         let (ops, rx) = mpsc::channel(4096);
         let writer_inner = inner.clone();
@@ -262,7 +289,8 @@ fn meta_value(meta: &redb::ReadOnlyTable<&str, i64>, key: &str) -> Result<i64> {
 }
 
 fn get(inner: &Inner, key: &str) -> Result<Option<KeyValue>> {
-    let txn = inner.db.begin_read().map_err(redb_err("begin read"))?;
+    let db = inner.db()?;
+    let txn = db.begin_read().map_err(redb_err("begin read"))?;
     let index = txn.open_table(INDEX).map_err(redb_err("open index"))?;
     let Some((_, mod_revision)) = index
         .get(key)
@@ -276,7 +304,8 @@ fn get(inner: &Inner, key: &str) -> Result<Option<KeyValue>> {
 }
 
 fn list(inner: &Inner, prefix: &str, opts: &ListOptions) -> Result<ListResult> {
-    let txn = inner.db.begin_read().map_err(redb_err("begin read"))?;
+    let db = inner.db()?;
+    let txn = db.begin_read().map_err(redb_err("begin read"))?;
     let meta = txn.open_table(META).map_err(redb_err("open meta"))?;
     let current = meta_value(&meta, META_CURRENT)?;
     let compacted = meta_value(&meta, META_COMPACTED)?;
@@ -403,7 +432,8 @@ fn replay(
     after: Revision,
     max: usize,
 ) -> Result<(Vec<Event>, Revision)> {
-    let txn = inner.db.begin_read().map_err(redb_err("begin read"))?;
+    let db = inner.db()?;
+    let txn = db.begin_read().map_err(redb_err("begin read"))?;
     let meta = txn.open_table(META).map_err(redb_err("open meta"))?;
     let compacted = meta_value(&meta, META_COMPACTED)?;
     let current = meta_value(&meta, META_CURRENT)?;
@@ -659,6 +689,13 @@ impl Storage for EmbeddedStore {
 
     async fn compacted_revision(&self) -> Result<Revision> {
         Ok(self.inner.compacted.load(Ordering::Acquire))
+    }
+
+    async fn defragment(&self) -> Result<Vec<Defragmented>> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Op::Defragment { reply }, rx)
+            .await
+            .map(|d| vec![d])
     }
 
     fn revision_hint(&self) -> Option<Revision> {

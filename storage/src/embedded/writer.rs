@@ -15,8 +15,8 @@ use redb::{ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, Kind};
-use super::{INDEX, Inner, META, META_COMPACTED, META_CURRENT, REVS, read_kv, redb_err};
-use crate::{Event, KeyValue, Result, Revision, StorageError};
+use super::{INDEX, Inner, META, META_COMPACTED, META_CURRENT, REVS, defrag, read_kv, redb_err};
+use crate::{Defragmented, Event, KeyValue, Result, Revision, StorageError};
 
 /// At most this many operations, or this many bytes of values, go into one commit.
 const MAX_BATCH_OPS: usize = 512;
@@ -45,6 +45,9 @@ pub(super) enum Op {
         revision: Revision,
         reply: oneshot::Sender<Result<()>>,
     },
+    Defragment {
+        reply: oneshot::Sender<Result<Defragmented>>,
+    },
 }
 
 impl Op {
@@ -71,6 +74,8 @@ pub(super) fn run(inner: Arc<Inner>, mut ops: mpsc::Receiver<Op>) {
     // writes up for more than a chunk.
     let mut compactions: std::collections::VecDeque<(Revision, oneshot::Sender<Result<()>>)> =
         std::collections::VecDeque::new();
+    // Defragmentations asked for since the last one: one run answers them all.
+    let mut defrags: Vec<oneshot::Sender<Result<Defragmented>>> = Vec::new();
     loop {
         let first = if compactions.is_empty() {
             match ops.blocking_recv() {
@@ -100,6 +105,10 @@ pub(super) fn run(inner: Arc<Inner>, mut ops: mpsc::Receiver<Op>) {
                         compactions.push_back((revision, reply));
                         None
                     }
+                    Op::Defragment { reply } => {
+                        defrags.push(reply);
+                        None
+                    }
                     other => Some(other),
                 })
                 .collect();
@@ -107,11 +116,30 @@ pub(super) fn run(inner: Arc<Inner>, mut ops: mpsc::Receiver<Op>) {
                 apply_batch(&inner, writes);
             }
         }
+        if !defrags.is_empty() {
+            let outcome = defrag::defragment(&inner);
+            for reply in defrags.drain(..) {
+                let _ = reply.send(match &outcome {
+                    Ok(d) => Ok(d.clone()),
+                    Err(e) => Err(StorageError::Internal {
+                        message: e.to_string(),
+                        source: None,
+                    }),
+                });
+            }
+        }
         if let Some((target, _)) = compactions.front() {
             let outcome = compact_chunk(&inner, *target);
             if !matches!(outcome, Ok(false))
                 && let Some((_, reply)) = compactions.pop_front()
             {
+                if matches!(outcome, Ok(true))
+                    && let Some(policy) = &inner.reclaim
+                    && let Err(e) = defrag::maybe_reclaim(&inner, policy)
+                {
+                    // The compaction itself succeeded; the space waits for the next one.
+                    tracing::warn!(error = %e, "embedded store: automatic defragmentation failed");
+                }
                 let _ = reply.send(outcome.map(|_| ()));
             }
         }
@@ -124,7 +152,8 @@ fn apply_batch(inner: &Inner, writes: Vec<Op>) {
     let mut outcomes = Vec::with_capacity(writes.len());
     let mut events = Vec::with_capacity(writes.len());
     let committed = (|| -> Result<Revision> {
-        let txn = inner.db.begin_write().map_err(redb_err("begin write"))?;
+        let db = inner.db()?;
+        let txn = db.begin_write().map_err(redb_err("begin write"))?;
         let last;
         {
             let mut revs = txn.open_table(REVS).map_err(redb_err("open revs"))?;
@@ -289,7 +318,9 @@ fn apply_one(
             });
             Ok(Outcome::Deleted(reply, Ok((prev, revision))))
         }
-        Op::Compact { .. } => unreachable!("compactions are split out of write batches"),
+        Op::Compact { .. } | Op::Defragment { .. } => {
+            unreachable!("compactions and defragmentations are split out of write batches")
+        }
     }
 }
 
@@ -321,7 +352,7 @@ fn precondition(
 fn op_key(op: &Op) -> &str {
     match op {
         Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
-        Op::Compact { .. } => "",
+        Op::Compact { .. } | Op::Defragment { .. } => "",
     }
 }
 
@@ -338,8 +369,10 @@ fn op_key(op: &Op) -> &str {
 /// One chunk (one transaction, at most COMPACTION_CHUNK records) of a compaction to `target`;
 /// Ok(true) once the compaction point has reached it.
 fn compact_chunk(inner: &Inner, target: Revision) -> Result<bool> {
-    let txn = inner.db.begin_write().map_err(redb_err("begin write"))?;
+    let db = inner.db()?;
+    let txn = db.begin_write().map_err(redb_err("begin write"))?;
     let (done, point);
+    let mut freed = 0u64;
     {
         let mut revs = txn.open_table(REVS).map_err(redb_err("open revs"))?;
         let mut meta = txn.open_table(META).map_err(redb_err("open meta"))?;
@@ -376,12 +409,18 @@ fn compact_chunk(inner: &Inner, target: Revision) -> Result<bool> {
         } else {
             target
         };
+        let mut remove = |rev: Revision| -> Result<()> {
+            if let Some(old) = revs.remove(rev).map_err(redb_err("delete record"))? {
+                freed += old.value().len() as u64;
+            }
+            Ok(())
+        };
         for (rev, kind, prev) in &walked {
             if *prev != 0 {
-                revs.remove(*prev).map_err(redb_err("delete record"))?;
+                remove(*prev)?;
             }
             if *kind == Kind::Delete {
-                revs.remove(*rev).map_err(redb_err("delete record"))?;
+                remove(*rev)?;
             }
         }
         meta.insert(META_COMPACTED, next_point)
@@ -391,5 +430,6 @@ fn compact_chunk(inner: &Inner, target: Revision) -> Result<bool> {
     }
     txn.commit().map_err(redb_err("commit compaction"))?;
     inner.compacted.store(point, Ordering::Release);
+    inner.freed_since_check.fetch_add(freed, Ordering::Relaxed);
     Ok(done)
 }

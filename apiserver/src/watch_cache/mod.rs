@@ -11,26 +11,33 @@
 //! - `rv` is the store revision the cache reflects. Store progress notifications advance it even
 //!   when this resource did not change.
 //! - A client watch from RV r needs every event after r: possible when `oldest <= r`, where
-//!   `oldest` is the revision before the first event still in history (or the list's revision).
-//!   Older → 410 Expired. Newer than `rv` → wait for the cache to catch up (3 s), else 504.
+//!   `oldest` is the revision before the first event still in [`history`] (or the list's
+//!   revision). Older → 410 Expired. Newer than `rv` → wait for the cache to catch up (3 s),
+//!   else 504.
+//!
+//! # Fan-out
+//! Client watches read the live stream from the history itself ([`CacheWatcher`] is a position
+//! in it), so a slow watcher holds no events of its own: one that falls behind the history's
+//! oldest event is closed, and re-watches (410 → relist). The history's bounds (count, bytes,
+//! time; see [`history`]) are the cache's whole memory beyond its current objects.
 
-use std::collections::{BTreeMap, VecDeque};
+mod history;
+
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use capstan_storage::{Event, ListOptions, Storage, StorageError};
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::errors::{ApiError, ApiResult};
 use crate::object::ObjectExt;
 use crate::registry::ResourceInfo;
-
-/// Events kept per resource for watchers resuming from an older resourceVersion.
-const HISTORY: usize = 10_000;
-/// Client watchers may fall this far behind the live stream before they are closed.
-const FANOUT_BUFFER: usize = 1024;
+use history::History;
+pub use history::{HistoryLimits, approx_size};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -58,20 +65,34 @@ pub struct CacheEvent {
     pub prev: Option<Arc<Value>>,
 }
 
-#[derive(Default)]
 struct State {
     objects: BTreeMap<String, Arc<Value>>,
     rv: i64,
-    oldest: i64,
-    history: VecDeque<Arc<CacheEvent>>,
+    history: History,
     ready: bool,
+    /// Bumped on every relist, which closes the client watches of the previous generation.
+    generation: u64,
+    /// Set by [`Cacher::stop`]: every client watch ends.
+    stopped: bool,
+}
+
+/// What the watch cache of one resource holds, for metrics and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheMemory {
+    /// Current objects.
+    pub objects: usize,
+    /// Events in the history, and the bytes their objects hold ([`approx_size`]).
+    pub events: usize,
+    pub event_bytes: usize,
+    /// Every event after this revision is in the history.
+    pub oldest: i64,
 }
 
 pub struct Cacher {
     info: Arc<ResourceInfo>,
-    state: RwLock<State>,
-    /// Replaced on every relist, which closes the client watches of the previous generation.
-    fanout: RwLock<broadcast::Sender<Arc<CacheEvent>>>,
+    state: Arc<RwLock<State>>,
+    /// The revision the cache reflects; also wakes client watches (on every event, relist and
+    /// stop).
     rv_tx: watch::Sender<i64>,
     /// Set by [`Cacher::stop`]: the store watch ends and the task exits.
     stop_tx: watch::Sender<bool>,
@@ -86,13 +107,28 @@ impl std::fmt::Debug for Cacher {
 impl Cacher {
     /// Creates the cache and starts filling it from `store`.
     pub fn start(info: Arc<ResourceInfo>, store: Arc<dyn Storage>) -> Arc<Cacher> {
-        let (tx, _) = broadcast::channel(FANOUT_BUFFER);
+        Self::start_with(info, store, HistoryLimits::default())
+    }
+
+    /// As [`Cacher::start`], keeping the history within `limits`.
+    pub fn start_with(
+        info: Arc<ResourceInfo>,
+        store: Arc<dyn Storage>,
+        limits: HistoryLimits,
+    ) -> Arc<Cacher> {
         let (rv_tx, _) = watch::channel(0);
         let (stop_tx, mut stop_rx) = watch::channel(false);
+        let state = State {
+            objects: BTreeMap::new(),
+            rv: 0,
+            history: History::new(limits),
+            ready: false,
+            generation: 0,
+            stopped: false,
+        };
         let cacher = Arc::new(Cacher {
             info,
-            state: RwLock::new(State::default()),
-            fanout: RwLock::new(tx),
+            state: Arc::new(RwLock::new(state)),
             rv_tx,
             stop_tx,
         });
@@ -151,15 +187,11 @@ impl Cacher {
         let mut stream = store.watch(&prefix, revision).await?;
         {
             // A new generation: old client watches end, new ones see the fresh state.
-            // Both under the state lock (taken first, as everywhere): a watcher sees either the
-            // old generation's state and channel, or the new one's.
-            let (tx, _) = broadcast::channel(FANOUT_BUFFER);
             let mut st = self.state.write().expect("cache lock");
-            *self.fanout.write().expect("fanout lock") = tx;
             st.objects = objects;
             st.rv = revision;
-            st.oldest = revision;
-            st.history.clear();
+            st.history.reset(revision);
+            st.generation += 1;
             st.ready = true;
         }
         self.rv_tx.send_replace(revision);
@@ -194,14 +226,15 @@ impl Cacher {
     /// Ends the store watch; client watches end with it.
     pub fn stop(&self) {
         self.stop_tx.send_replace(true);
-        let (tx, _) = broadcast::channel(1);
-        if let Ok(mut f) = self.fanout.write() {
-            *f = tx;
+        if let Ok(mut st) = self.state.write() {
+            st.stopped = true;
         }
+        self.rv_tx.send_modify(|_| {});
     }
 
     fn advance(&self, revision: i64) {
         let mut st = self.state.write().expect("cache lock");
+        st.history.trim(Instant::now());
         if revision > st.rv {
             st.rv = revision;
             drop(st);
@@ -245,18 +278,10 @@ impl Cacher {
             }
             (_, None) => return,
         };
-        let event = Arc::new(event);
-        if st.history.len() == HISTORY
-            && let Some(old) = st.history.pop_front()
-        {
-            st.oldest = old.rv;
-        }
-        st.history.push_back(event.clone());
+        st.history.push(Arc::new(event), Instant::now());
         st.rv = rv;
-        // Sent under the state lock: a watcher that subscribes under the read lock either got
-        // this event in its replay or will receive it here — never both, never neither.
-        let _ = self.fanout.read().expect("fanout lock").send(event);
         drop(st);
+        // Client watches read the event from the history; this wakes them.
         self.rv_tx.send_replace(rv);
     }
 
@@ -319,16 +344,23 @@ impl Cacher {
         self.state.read().ok()?.objects.get(key).cloned()
     }
 
+    /// What the cache holds now.
+    pub fn memory(&self) -> CacheMemory {
+        let st = self.state.read().expect("cache lock");
+        CacheMemory {
+            objects: st.objects.len(),
+            events: st.history.len(),
+            event_bytes: st.history.bytes(),
+            oldest: st.history.oldest(),
+        }
+    }
+
     /// Starts a client watch: the events to send first, and the live stream after them.
     /// `from` None sends the current objects as ADDED (watch with RV unset or "0").
     pub async fn watch(
         &self,
         from: Option<i64>,
-    ) -> ApiResult<(
-        Vec<Arc<CacheEvent>>,
-        broadcast::Receiver<Arc<CacheEvent>>,
-        i64,
-    )> {
+    ) -> ApiResult<(Vec<Arc<CacheEvent>>, CacheWatcher, i64)> {
         self.watch_at_least(from, from.unwrap_or(0)).await
     }
 
@@ -338,11 +370,7 @@ impl Cacher {
         &self,
         from: Option<i64>,
         min_rv: i64,
-    ) -> ApiResult<(
-        Vec<Arc<CacheEvent>>,
-        broadcast::Receiver<Arc<CacheEvent>>,
-        i64,
-    )> {
+    ) -> ApiResult<(Vec<Arc<CacheEvent>>, CacheWatcher, i64)> {
         let target = min_rv.max(from.unwrap_or(0));
         if !self.wait_for(target, Duration::from_secs(3)).await {
             return Err(ApiError::timeout(format!(
@@ -350,8 +378,9 @@ impl Cacher {
                 self.revision()
             )));
         }
+        // Subscribed before reading the state: an event applied after the read wakes it.
+        let changes = self.rv_tx.subscribe();
         let st = self.state.read().expect("cache lock");
-        let rx = self.fanout.read().expect("fanout lock").subscribe();
         let initial = match from {
             None => st
                 .objects
@@ -365,14 +394,76 @@ impl Cacher {
                     })
                 })
                 .collect(),
-            Some(r) if r < st.oldest => {
+            Some(r) if r < st.history.oldest() => {
                 return Err(ApiError::gone(format!(
                     "too old resource version: {r} ({})",
-                    st.oldest
+                    st.history.oldest()
                 )));
             }
-            Some(r) => st.history.iter().filter(|e| e.rv > r).cloned().collect(),
+            Some(r) => st.history.after(r).cloned().collect(),
         };
-        Ok((initial, rx, st.rv))
+        let live = CacheWatcher {
+            state: self.state.clone(),
+            generation: st.generation,
+            position: st.rv,
+            changes,
+        };
+        Ok((initial, live, st.rv))
+    }
+}
+
+/// Why a client watch's live stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvError {
+    /// The history dropped events this watcher had not read yet: it was too slow.
+    Lagged,
+    /// The cache relisted or stopped.
+    Closed,
+}
+
+/// A client watch's live stream: its position in the cache's history.
+pub struct CacheWatcher {
+    state: Arc<RwLock<State>>,
+    generation: u64,
+    /// The revision of the last event delivered (or the revision the watch started at).
+    position: i64,
+    changes: watch::Receiver<i64>,
+}
+
+impl std::fmt::Debug for CacheWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheWatcher")
+            .field("generation", &self.generation)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheWatcher {
+    /// The next event after the last one delivered; waits for it. Cancel-safe: dropping the
+    /// future loses nothing.
+    pub async fn recv(&mut self) -> Result<Arc<CacheEvent>, RecvError> {
+        loop {
+            // Marked seen before the state is read: a change after the read wakes the wait.
+            self.changes.borrow_and_update();
+            if let Some(next) = self.next()? {
+                self.position = next.rv;
+                return Ok(next);
+            }
+            if self.changes.changed().await.is_err() {
+                return Err(RecvError::Closed);
+            }
+        }
+    }
+
+    fn next(&self) -> Result<Option<Arc<CacheEvent>>, RecvError> {
+        let st = self.state.read().map_err(|_| RecvError::Closed)?;
+        if st.stopped || st.generation != self.generation {
+            return Err(RecvError::Closed);
+        }
+        if self.position < st.history.oldest() {
+            return Err(RecvError::Lagged);
+        }
+        Ok(st.history.next_after(self.position).cloned())
     }
 }
