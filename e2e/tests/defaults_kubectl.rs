@@ -288,7 +288,8 @@ fn kubectl_debug_adds_an_ephemeral_container() {
         "a second container named debugger is refused"
     );
     assert!(
-        String::from_utf8_lossy(&again.stderr).contains("existing ephemeral containers may not be changed"),
+        String::from_utf8_lossy(&again.stderr)
+            .contains("existing ephemeral containers may not be changed"),
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
