@@ -770,14 +770,23 @@ async fn deleting_a_crd_waits_for_instance_finalizers() {
         }
     })
     .await;
-    assert!(
-        w.get("held")
-            .await
-            .unwrap()
-            .metadata
-            .deletion_timestamp
-            .is_some()
-    );
+    // The CRD controller marks the held instance deleted as it empties the resource.
+    until(
+        Duration::from_secs(3),
+        "the held instance is marked deleted",
+        || {
+            let w = w.clone();
+            async move {
+                w.get("held")
+                    .await
+                    .unwrap()
+                    .metadata
+                    .deletion_timestamp
+                    .is_some()
+            }
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await; // the cleanup loop runs meanwhile
     assert!(crds.get_opt("widgets.example.com").await.unwrap().is_some());
     w.patch(
