@@ -105,6 +105,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .names(NameRule::Label)
             .defaults(defaults::service::service)
             .on_create(strategy::service_on_create)
+            .validate_with(crate::service::validate_node_ports)
             .table(crate::table::services)
             .reset_status_on_create()
             .arc(),

@@ -70,6 +70,8 @@ pub struct ApiServer {
     openapi_v2: RwLock<Option<(u64, Arc<SwaggerDocs>)>>,
     /// Service ClusterIPs.
     pub ips: service::cluster_ip::Allocator,
+    /// Service NodePorts.
+    pub node_ports: service::node_port::NodePortAllocator,
     /// What componentstatuses reports, and where it looks.
     components: RwLock<Vec<(String, http::component_status::Probe)>>,
     /// Milliseconds between watch bookmarks ([`rest::watch::BOOKMARK_INTERVAL`] unless changed).
@@ -95,6 +97,15 @@ impl Drop for ApiServer {
     }
 }
 
+/// How an API server allocates for Services.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// ClusterIPs come from here (`--service-cidr`).
+    pub service_cidr: service::cluster_ip::ServiceCidr,
+    /// NodePorts come from here (`--service-node-port-range`).
+    pub node_ports: service::node_port::NodePortRange,
+}
+
 /// The namespaces every cluster starts with.
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -117,13 +128,28 @@ impl ApiServer {
         prometheus: Metrics,
         cidr: service::cluster_ip::ServiceCidr,
     ) -> ApiResult<Arc<ApiServer>> {
+        let config = Config {
+            service_cidr: cidr,
+            ..Config::default()
+        };
+        Self::with_config(store, prometheus, config).await
+    }
+
+    /// As [`ApiServer::new`], with `config`.
+    pub async fn with_config(
+        store: Arc<dyn Storage>,
+        prometheus: Metrics,
+        config: Config,
+    ) -> ApiResult<Arc<ApiServer>> {
         let metrics = RequestMetrics::register(&prometheus)
             .map_err(|e| ApiError::internal(format!("registering metrics: {e}")))?;
-        let ips = service::cluster_ip::Allocator::new(cidr, store.clone());
+        let ips = service::cluster_ip::Allocator::new(config.service_cidr, store.clone());
+        let node_ports =
+            service::node_port::NodePortAllocator::new(config.node_ports, store.clone());
         let registry = Registry::with(crate::builtins::builtins());
         registry.attach_hooks(
             ("", "v1", "services"),
-            Arc::new(service::ServiceHooks::new(ips.clone())),
+            Arc::new(service::ServiceHooks::new(ips.clone(), node_ports.clone())),
         );
         let api = Arc::new(ApiServer {
             registry,
@@ -136,6 +162,7 @@ impl ApiServer {
                 rest::watch::BOOKMARK_INTERVAL.as_millis() as u64,
             ),
             ips,
+            node_ports,
             components: RwLock::new(http::component_status::default_components()),
             store,
         });
@@ -163,7 +190,9 @@ impl ApiServer {
         crd::controller::CrdController::start(&api).await?;
         apiservice::sync(&api).await?;
         apiservice::spawn(&api);
+        service::system::ensure_dns_service(&api).await?;
         api.ips.spawn_repair(Duration::from_secs(60));
+        api.node_ports.spawn_repair(Duration::from_secs(60));
         Ok(api)
     }
 

@@ -84,14 +84,22 @@ pub trait Strategy: Send + Sync {
 pub trait StorageHooks: Send + Sync + std::fmt::Debug {
     /// Before a new object (named, validated) is stored: claims what it needs and records it
     /// in the object. The create runs to completion in its own task once this is called, so a
-    /// client going away cannot leave a claim behind.
-    async fn begin_create(&self, obj: &mut Value) -> ApiResult<()>;
+    /// client going away cannot leave a claim behind. With `dry_run` it records what it would
+    /// claim and claims nothing (and no other hook follows).
+    async fn begin_create(&self, obj: &mut Value, dry_run: bool) -> ApiResult<()>;
     /// The store refused the object after [`StorageHooks::begin_create`] succeeded: releases
     /// what it claimed.
     async fn abort_create(&self, obj: &Value);
     /// Before an update is validated: carries over, or refuses changes to, what the live object
-    /// holds.
-    fn begin_update(&self, live: &Value, new: &mut Value) -> ApiResult<()>;
+    /// holds, and claims what the new one needs besides (nothing with `dry_run`). Exactly one
+    /// of [`StorageHooks::abort_update`] and [`StorageHooks::after_update`] follows unless it
+    /// fails (when it has released what it claimed) or `dry_run` is set.
+    async fn begin_update(&self, live: &Value, new: &mut Value, dry_run: bool) -> ApiResult<()>;
+    /// The update after [`StorageHooks::begin_update`] was not stored (refused, lost a race,
+    /// unchanged): releases what `new` holds that `live` does not.
+    async fn abort_update(&self, live: &Value, new: &Value);
+    /// The update was stored: releases what `live` held that `stored` does not.
+    async fn after_update(&self, live: &Value, stored: &Value);
     /// After the object left the store: releases what it held.
     async fn after_delete(&self, obj: &Value);
 }

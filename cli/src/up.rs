@@ -44,6 +44,13 @@ pub struct UpArgs {
     /// Service ClusterIPs are allocated from this IPv4 range.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cidr: capstan_apiserver::service::cluster_ip::ServiceCidr,
+    /// NodePorts are allocated from this range.
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: capstan_apiserver::service::node_port::NodePortRange,
+    /// The address the `kubernetes` Service's endpoints name for this server (default: the
+    /// listen address, or the host's address when listening on all of them).
+    #[arg(long)]
+    pub advertise_address: Option<std::net::Ipv4Addr>,
     #[command(flatten)]
     pub manager: crate::controllers_cmd::ManagerArgs,
     #[command(flatten)]
@@ -79,7 +86,11 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
     let store = metrics.wrap(args.store.open(Some(CompactionPolicy::default())).await?);
-    let api = ApiServer::with_service_cidr(store.clone(), registry, args.service_cidr)
+    let config = capstan_apiserver::Config {
+        service_cidr: args.service_cidr,
+        node_ports: args.service_node_port_range,
+    };
+    let api = ApiServer::with_config(store.clone(), registry, config)
         .await
         .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
     if !api.wait_ready(Duration::from_secs(30)).await {
@@ -89,6 +100,14 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let advertise = advertise_address(args.advertise_address, addr)?;
+    let endpoints = capstan_apiserver::service::system::EndpointReconciler::start(
+        api.clone(),
+        advertise,
+        capstan_apiserver::service::system::LEASE_INTERVAL,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("keeping the kubernetes Service: {}", e.message))?;
     let kubeconfig = args.store.data_dir.join("kubeconfig");
     write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
     let app = capstan_apiserver::router(api.clone());
@@ -168,6 +187,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         });
     }
     let served = server.await.context("server task");
+    endpoints.stop().await;
     if let Some(c) = managed {
         // Its pods keep running (their shims outlive it) and are adopted on the next start.
         tracing::info!(pid = c.pid, "stopping containerd; its pods keep running");
@@ -176,6 +196,22 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     served?.context("serving")?;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// What the `kubernetes` Service's endpoints name for this server: the given address, else the
+/// address it listens on, else (listening on every address) the host's.
+fn advertise_address(
+    given: Option<std::net::Ipv4Addr>,
+    listen: SocketAddr,
+) -> Result<std::net::SocketAddrV4> {
+    let ip = match (given, listen.ip()) {
+        (Some(ip), _) => ip,
+        (None, std::net::IpAddr::V4(ip)) if !ip.is_unspecified() => ip,
+        _ => capstan_node_agent::node::host_ip()
+            .parse()
+            .context("the host's IPv4 address (pass --advertise-address)")?,
+    };
+    Ok(std::net::SocketAddrV4::new(ip, listen.port()))
 }
 
 /// A kubeconfig pointing kubectl at this server over plain HTTP.

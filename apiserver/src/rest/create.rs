@@ -123,6 +123,10 @@ impl ApiServer {
         }
         let bytes = encode_checked(info, &obj)?;
         if dry_run {
+            // What the hooks would claim is shown (a ClusterIP free now), nothing is claimed.
+            if let Some(hooks) = &info.hooks {
+                hooks.begin_create(&mut obj, true).await?;
+            }
             return Ok(obj);
         }
         let key = info.key_of(&obj);
@@ -131,7 +135,7 @@ impl ApiServer {
             // client that disconnects in between must not leave a claim behind.
             let (store, info) = (self.store.clone(), info.clone());
             let task = tokio::spawn(async move {
-                hooks.begin_create(&mut obj).await?;
+                hooks.begin_create(&mut obj, false).await?;
                 let stored = match encode_checked(&info, &obj) {
                     Ok(bytes) => store
                         .create(&key, bytes)

@@ -76,91 +76,171 @@ impl ApiServer {
             info.strategy.prune_unknown(&mut new);
             info.strategy.canonicalize(&mut new);
             preserve_meta(&live, &mut new)?;
-            if let Some(hooks) = &info.hooks {
-                hooks.begin_update(&live, &mut new)?;
+            let hooks = info.hooks.clone();
+            if let Some(h) = &hooks {
+                h.begin_update(&live, &mut new, dry_run).await?;
             }
-            if let Err(causes) = crate::patch::managed_fields::requested(Some(&live), &new) {
-                return Err(self.invalid(t, &name, causes));
-            }
-            if let Some(m) = manager {
-                crate::patch::managed_fields::track_update(
-                    &info.kind,
-                    &info.api_version(),
-                    m,
-                    Some(&live),
-                    &mut new,
-                    &object::now(),
-                );
-            }
-            if info.strategy.tracks_generation() {
-                // The generation follows the spec: everything but metadata and, when a status
-                // subresource owns it, status (so a custom resource without one bumps on
-                // status changes too, as in Kubernetes).
-                let generation = live["metadata"]["generation"].as_i64().unwrap_or(1);
-                let changed = if info.status {
-                    object::spec_of(&new) != object::spec_of(&live)
-                } else {
-                    new.get("status") != live.get("status")
-                        || object::spec_of(&new) != object::spec_of(&live)
-                };
-                let generation = if changed { generation + 1 } else { generation };
-                new.set_meta("generation", json!(generation));
-            } else {
-                new.remove_meta("generation");
-            }
-            let mut errs = info.validate(&new);
-            errs.extend(info.strategy.validate_update(&new, &live));
-            if !errs.is_empty() {
-                return Err(self.invalid(t, &name, errs));
-            }
-            let bytes = encode_checked(info, &new)?;
-            if dry_run {
-                return Ok(with_rv(new, rev));
-            }
-            // An object being deleted goes once its last finalizer is removed — unless it is
-            // still in its grace period (a pod its node has not stopped yet: Kubernetes'
-            // ShouldDeleteDuringUpdate).
-            if new.is_deleting()
-                && new.finalizers().is_empty()
-                && !namespace_finalizers_pending(info, &new)
-                && new
-                    .meta()
-                    .and_then(|m| m.get("deletionGracePeriodSeconds"))
-                    .and_then(Value::as_i64)
-                    .is_none_or(|g| g == 0)
-            {
-                return match self.store.delete(&info.key_of(&new), Some(rev)).await {
-                    Ok((_, del_rev)) => {
-                        self.after_delete(info, &new).await;
-                        Ok(with_rv(new, del_rev))
+            let step = self
+                .write_update(t, &name, &live, rev, &mut new, dry_run, manager)
+                .await;
+            let hooks = hooks.filter(|_| !dry_run);
+            match step {
+                Step::Stored(stored) => {
+                    if let Some(h) = &hooks {
+                        h.after_update(&live, &stored).await;
                     }
-                    Err(capstan_storage::StorageError::Conflict { .. })
-                        if precondition.is_none() && retry.again().await =>
-                    {
+                    return Ok(stored);
+                }
+                Step::Deleted(gone) => {
+                    if let Some(h) = &hooks {
+                        h.after_update(&live, &new).await;
+                    }
+                    self.after_delete(info, &new).await;
+                    return Ok(gone);
+                }
+                Step::NotStored(outcome) => {
+                    if let Some(h) = &hooks {
+                        h.abort_update(&live, &new).await;
+                    }
+                    return outcome;
+                }
+                Step::Conflict(e) => {
+                    if let Some(h) = &hooks {
+                        h.abort_update(&live, &new).await;
+                    }
+                    if precondition.is_none() && retry.again().await {
                         continue;
                     }
-                    Err(e) => Err(from_storage(e, &info.group, &info.plural, &name)),
-                };
-            }
-            let mut unchanged = live.clone();
-            unchanged.remove_meta("resourceVersion");
-            if new == unchanged {
-                return Ok(live); // nothing changed: no write, same resourceVersion
-            }
-            match self.store.update(&info.key_of(&new), bytes, rev).await {
-                Ok(kv) => return Ok(with_rv(new, kv.mod_revision)),
-                Err(capstan_storage::StorageError::Conflict { .. })
-                    if precondition.is_none() && retry.again().await =>
-                {
-                    continue;
+                    if precondition.is_none() {
+                        return Err(too_many_writers(info, &name));
+                    }
+                    return Err(from_storage(e, &info.group, &info.plural, &name));
                 }
-                Err(capstan_storage::StorageError::Conflict { .. }) if precondition.is_none() => {
-                    return Err(too_many_writers(info, &name));
-                }
-                Err(e) => return Err(from_storage(e, &info.group, &info.plural, &name)),
             }
         }
     }
+
+    /// The rest of one pass of [`ApiServer::guaranteed_update`] once the hooks ran: managed
+    /// fields, generation, validation, then the compare-and-swap (or the delete of an object
+    /// whose last finalizer went).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        t: &Target,
+        name: &str,
+        live: &Value,
+        rev: i64,
+        new: &mut Value,
+        dry_run: bool,
+        manager: Option<&str>,
+    ) -> Step {
+        let info = &t.info;
+        match self
+            .prepare_update(t, name, live, rev, new, dry_run, manager)
+            .await
+        {
+            Err(e) => return Step::NotStored(Err(e)),
+            Ok(Some(done)) => return Step::NotStored(Ok(done)),
+            Ok(None) => {}
+        }
+        let bytes = match encode_checked(info, new) {
+            Ok(b) => b,
+            Err(e) => return Step::NotStored(Err(e)),
+        };
+        // An object being deleted goes once its last finalizer is removed — unless it is
+        // still in its grace period (a pod its node has not stopped yet: Kubernetes'
+        // ShouldDeleteDuringUpdate).
+        if new.is_deleting()
+            && new.finalizers().is_empty()
+            && !namespace_finalizers_pending(info, new)
+            && new
+                .meta()
+                .and_then(|m| m.get("deletionGracePeriodSeconds"))
+                .and_then(Value::as_i64)
+                .is_none_or(|g| g == 0)
+        {
+            return match self.store.delete(&info.key_of(new), Some(rev)).await {
+                Ok((_, del_rev)) => Step::Deleted(with_rv(new.clone(), del_rev)),
+                Err(e @ capstan_storage::StorageError::Conflict { .. }) => Step::Conflict(e),
+                Err(e) => Step::NotStored(Err(from_storage(e, &info.group, &info.plural, name))),
+            };
+        }
+        let mut unchanged = live.clone();
+        unchanged.remove_meta("resourceVersion");
+        if *new == unchanged {
+            return Step::NotStored(Ok(live.clone())); // nothing changed: no write, same resourceVersion
+        }
+        match self.store.update(&info.key_of(new), bytes, rev).await {
+            Ok(kv) => Step::Stored(with_rv(new.clone(), kv.mod_revision)),
+            Err(e @ capstan_storage::StorageError::Conflict { .. }) => Step::Conflict(e),
+            Err(e) => Step::NotStored(Err(from_storage(e, &info.group, &info.plural, name))),
+        }
+    }
+
+    /// Managed fields, generation and validation of an update; `Some` is a dry run's answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare_update(
+        &self,
+        t: &Target,
+        name: &str,
+        live: &Value,
+        rev: i64,
+        new: &mut Value,
+        dry_run: bool,
+        manager: Option<&str>,
+    ) -> ApiResult<Option<Value>> {
+        let info = &t.info;
+        if let Err(causes) = crate::patch::managed_fields::requested(Some(live), new) {
+            return Err(self.invalid(t, name, causes));
+        }
+        if let Some(m) = manager {
+            crate::patch::managed_fields::track_update(
+                &info.kind,
+                &info.api_version(),
+                m,
+                Some(live),
+                new,
+                &object::now(),
+            );
+        }
+        if info.strategy.tracks_generation() {
+            // The generation follows the spec: everything but metadata and, when a status
+            // subresource owns it, status (so a custom resource without one bumps on
+            // status changes too, as in Kubernetes).
+            let generation = live["metadata"]["generation"].as_i64().unwrap_or(1);
+            let changed = if info.status {
+                object::spec_of(new) != object::spec_of(live)
+            } else {
+                new.get("status") != live.get("status")
+                    || object::spec_of(new) != object::spec_of(live)
+            };
+            let generation = if changed { generation + 1 } else { generation };
+            new.set_meta("generation", json!(generation));
+        } else {
+            new.remove_meta("generation");
+        }
+        let mut errs = info.validate(new);
+        errs.extend(info.strategy.validate_update(new, live));
+        if !errs.is_empty() {
+            return Err(self.invalid(t, name, errs));
+        }
+        encode_checked(info, new)?;
+        if dry_run {
+            return Ok(Some(with_rv(new.clone(), rev)));
+        }
+        Ok(None)
+    }
+}
+
+/// How one pass of an update ended.
+enum Step {
+    Stored(Value),
+    /// The last finalizer went: the object left the store.
+    Deleted(Value),
+    /// Nothing was written: refused, a dry run, or no change.
+    NotStored(ApiResult<Value>),
+    /// The compare-and-swap lost a race.
+    Conflict(capstan_storage::StorageError),
 }
 
 /// Metadata the server owns survives every update: uid, creation time, deletion state, name

@@ -1,22 +1,17 @@
 //! Service ClusterIP allocation from the service CIDR (default 10.96.0.0/12, kubeadm's).
 //!
-//! Each allocated IP is a key `serviceips/<ip>` in the store, claimed with a compare-and-swap
-//! create, so API server replicas sharing one store never hand out the same IP (Kubernetes keeps
-//! IPAddress objects for the same reason). An IP is released when its Service is deleted. A
-//! crash between claiming an IP and storing the Service leaves the IP claimed: [`Allocator::repair`]
-//! (run every minute by the API server, like kube-apiserver's repair controller) releases a
-//! claim no Service uses once it has seen it unused, unchanged, on two consecutive runs, so an
-//! allocation in flight is never taken back; it also re-claims the IP of a Service whose claim
-//! was lost.
+//! Each allocated IP is a claim `serviceips/<ip>` ([`super::claims`]): unique across API
+//! servers sharing a store, released when its Service is deleted, repaired every minute.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use capstan_storage::{Storage, StorageError};
+use capstan_storage::Storage;
+use serde_json::Value;
 
-use crate::errors::{ApiError, ApiResult, from_storage};
+use super::claims::Claims;
+use crate::errors::{ApiError, ApiResult};
 
 const PREFIX: &str = "serviceips/";
 
@@ -71,12 +66,23 @@ impl ServiceCidr {
         let o = u32::from(ip).wrapping_sub(self.base);
         (o >= 2 && o < self.size - 1).then_some(o)
     }
+
+    /// The `n`-th address of the range (the network address is the 0th): the `kubernetes`
+    /// Service has the 1st, cluster DNS (`kube-dns`) the 10th, as kubeadm sets them up.
+    pub fn nth(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + n.min(self.size - 1))
+    }
+
+    /// Whether `ip` is an address Services may be given (in range, not reserved).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.offset_of(ip).is_some()
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct Allocator {
     cidr: ServiceCidr,
-    store: Arc<dyn Storage>,
+    claims: Claims,
 }
 
 fn invalid(ip: &str, message: String) -> ApiError {
@@ -92,34 +98,43 @@ fn invalid(ip: &str, message: String) -> ApiError {
     )
 }
 
+/// The ClusterIP a stored Service holds, if it is one of `cidr`'s.
+fn held(cidr: ServiceCidr, svc: &Value) -> Vec<String> {
+    svc["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        .filter(|ip| cidr.contains(*ip))
+        .map(|ip| vec![ip.to_string()])
+        .unwrap_or_default()
+}
+
 impl Allocator {
     pub fn new(cidr: ServiceCidr, store: Arc<dyn Storage>) -> Allocator {
-        Allocator { cidr, store }
+        Allocator {
+            cidr,
+            claims: Claims::new(PREFIX, "ClusterIP", store),
+        }
     }
 
     pub fn cidr(&self) -> ServiceCidr {
         self.cidr
     }
 
-    async fn claim(&self, ip: Ipv4Addr, owner: &str) -> Result<bool, ApiError> {
-        match self
-            .store
-            .create(&format!("{PREFIX}{ip}"), Bytes::from(owner.to_string()))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(StorageError::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(from_storage(e, "", "services", owner)),
-        }
-    }
-
-    /// Claims `wanted` (which must be in range and free), or any free IP.
-    pub async fn allocate(&self, wanted: Option<&str>, owner: &str) -> ApiResult<Ipv4Addr> {
+    /// Claims `wanted` (which must be in range and free), or any free IP. With `dry_run`
+    /// nothing is claimed: the IP that would be is returned.
+    pub async fn allocate(
+        &self,
+        wanted: Option<&str>,
+        owner: &str,
+        dry_run: bool,
+    ) -> ApiResult<Ipv4Addr> {
         if let Some(w) = wanted {
             let ip: Ipv4Addr = w
                 .parse()
                 .map_err(|_| invalid(w, "must be a valid IP address".into()))?;
-            if self.cidr.offset_of(ip).is_none() {
+            // The first address is the `kubernetes` Service's, and only its.
+            let reserved = ip == self.cidr.nth(1) && owner == "default/kubernetes";
+            if !self.cidr.contains(ip) && !reserved {
                 return Err(invalid(
                     w,
                     format!(
@@ -128,104 +143,57 @@ impl Allocator {
                     ),
                 ));
             }
-            if !self.claim(ip, owner).await? {
+            let free = if dry_run {
+                !self.claims.is_claimed(w).await?
+            } else {
+                self.claims.claim(w, owner).await?
+            };
+            if !free {
                 return Err(invalid(w, "provided IP is already allocated".into()));
             }
             return Ok(ip);
         }
-        let usable = self.cidr.size - 3;
-        let start = fastrand::u32(..usable);
         // Random start, then linear probing; give up after a bounded number of taken IPs.
-        for i in 0..usable.min(4096) {
-            let ip = Ipv4Addr::from(self.cidr.base + 2 + (start + i) % usable);
-            if self.claim(ip, owner).await? {
-                return Ok(ip);
-            }
-        }
-        Err(ApiError::internal(format!(
-            "no free ClusterIP found in {} (range nearly full)",
-            self.cidr
-        )))
+        let (base, usable) = (self.cidr.base + 2, self.cidr.size - 3);
+        let found = self
+            .claims
+            .claim_any(
+                usable,
+                4096,
+                |i| Ipv4Addr::from(base + i).to_string(),
+                owner,
+                dry_run,
+            )
+            .await?;
+        found.and_then(|ip| ip.parse().ok()).ok_or_else(|| {
+            ApiError::internal(format!(
+                "no free ClusterIP found in {} (range nearly full)",
+                self.cidr
+            ))
+        })
     }
 
-    /// One repair pass. Returns the claims no Service uses now, with the revision each was
-    /// seen at; releases a claim only if the previous pass saw it unused at the same revision
-    /// (`previously_leaked`) — a claim made again in between (a new Service on its way) is
-    /// left alone. Also claims the IPs of stored Services that hold none (a lost claim).
+    /// One repair pass ([`Claims::repair`]).
     pub async fn repair(
         &self,
         previously_leaked: &HashMap<String, i64>,
     ) -> ApiResult<HashMap<String, i64>> {
-        let claims = self
-            .store
-            .list(PREFIX, Default::default())
+        let cidr = self.cidr;
+        self.claims
+            .repair(previously_leaked, |svc| held(cidr, svc))
             .await
-            .map_err(|e| from_storage(e, "", "services", ""))?;
-        // Services are read after the claims: a Service stored in between is seen as a user.
-        let services = self
-            .store
-            .list("services/", Default::default())
-            .await
-            .map_err(|e| from_storage(e, "", "services", ""))?;
-        let mut used: HashMap<String, String> = HashMap::new();
-        for kv in &services.items {
-            if let Ok(svc) = serde_json::from_slice::<serde_json::Value>(&kv.value)
-                && let Some(ip) = svc["spec"]["clusterIP"].as_str()
-            {
-                let owner = kv.key.trim_start_matches("services/").to_string();
-                used.insert(ip.to_string(), owner);
-            }
-        }
-        let claimed: HashSet<String> = claims
-            .items
-            .iter()
-            .map(|kv| kv.key.trim_start_matches(PREFIX).to_string())
-            .collect();
-        for (ip, owner) in &used {
-            if let Ok(addr) = ip.parse::<Ipv4Addr>()
-                && self.cidr.offset_of(addr).is_some()
-                && !claimed.contains(ip)
-                && self.claim(addr, owner).await?
-            {
-                tracing::info!(
-                    ip,
-                    owner,
-                    "claimed the ClusterIP of a Service that had lost its claim"
-                );
-            }
-        }
-        let mut leaked = HashMap::new();
-        for kv in &claims.items {
-            let ip = kv.key.trim_start_matches(PREFIX).to_string();
-            if used.contains_key(&ip) {
-                continue;
-            }
-            if previously_leaked.get(&ip) == Some(&kv.mod_revision) {
-                match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
-                    Ok(_) => tracing::info!(ip, "released a ClusterIP no Service uses"),
-                    Err(StorageError::NotFound { .. } | StorageError::Conflict { .. }) => {}
-                    Err(e) => {
-                        tracing::warn!(ip, error = %e, "could not release a leaked ClusterIP")
-                    }
-                }
-            } else {
-                leaked.insert(ip, kv.mod_revision);
-            }
-        }
-        Ok(leaked)
     }
 
     /// Runs [`Allocator::repair`] every `interval` until the store is dropped.
     pub fn spawn_repair(&self, interval: std::time::Duration) {
-        let store = Arc::downgrade(&self.store);
+        let store = Arc::downgrade(self.claims.store());
         let cidr = self.cidr;
         tokio::spawn(async move {
             let mut leaked = HashMap::new();
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(store) = store.upgrade() else { return };
-                let alloc = Allocator { cidr, store };
-                match alloc.repair(&leaked).await {
+                match Allocator::new(cidr, store).repair(&leaked).await {
                     Ok(now) => leaked = now,
                     Err(e) => tracing::warn!(error = %e.message, "ClusterIP repair failed"),
                 }
@@ -235,10 +203,7 @@ impl Allocator {
 
     /// Releases an IP (idempotent).
     pub async fn release(&self, ip: &str) {
-        match self.store.delete(&format!("{PREFIX}{ip}"), None).await {
-            Ok(_) | Err(StorageError::NotFound { .. }) => {}
-            Err(e) => tracing::warn!(ip, error = %e, "could not release a ClusterIP"),
-        }
+        self.claims.release(ip).await
     }
 }
 

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use kube::api::{Api, ListParams};
 
 /// Where a reference failed (becomes CreateContainerConfigError).
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,11 @@ pub trait Lookup: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> impl Future<Output = Result<Option<Secret>, EnvError>> + Send;
+    /// The Services of `namespace` and `default` (for the service environment variables).
+    fn services(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<Service>, EnvError>> + Send;
 }
 
 /// The API server, through kube's client: lookups here, the pod worker's writes in
@@ -52,6 +57,22 @@ impl Lookup for KubeApi {
             .get_opt(name)
             .await
             .map_err(|e| EnvError(format!("reading secret {namespace}/{name}: {e}")))
+    }
+    async fn services(&self, namespace: &str) -> Result<Vec<Service>, EnvError> {
+        let mut out = Vec::new();
+        let namespaces: &[&str] = if namespace == "default" {
+            &["default"]
+        } else {
+            &[namespace, "default"]
+        };
+        for ns in namespaces {
+            let list = Api::<Service>::namespaced(self.client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| EnvError(format!("listing services in {ns}: {e}")))?;
+            out.extend(list.items);
+        }
+        Ok(out)
     }
 }
 
@@ -164,7 +185,14 @@ pub async fn environment(
     lookup: &impl Lookup,
 ) -> Result<Vec<(String, String)>, EnvError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let mut env: Vec<(String, String)> = Vec::new();
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let services = lookup.services(ns).await?;
+    // The Service variables come first: the container's own override them.
+    let mut env: Vec<(String, String)> = super::service_env::service_env(&services, ns, links);
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         env.retain(|(name, _)| *name != k);
         env.push((k, v));
@@ -311,6 +339,9 @@ mod tests {
                 .iter()
                 .find(|c| c.metadata.name.as_deref() == Some(name))
                 .cloned())
+        }
+        async fn services(&self, _: &str) -> Result<Vec<Service>, EnvError> {
+            Ok(Vec::new())
         }
     }
 

@@ -5,6 +5,7 @@ pub mod env;
 pub mod plan;
 pub mod probe;
 pub mod resources;
+pub mod service_env;
 pub mod status;
 pub mod volumes;
 pub mod worker;

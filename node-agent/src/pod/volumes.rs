@@ -347,6 +347,12 @@ mod tests {
                 .unwrap()
             }))
         }
+        async fn services(
+            &self,
+            _: &str,
+        ) -> Result<Vec<k8s_openapi::api::core::v1::Service>, env::EnvError> {
+            Ok(Vec::new())
+        }
     }
 
     fn pod(volumes: serde_json::Value, mounts: serde_json::Value) -> Pod {

@@ -32,6 +32,12 @@ impl Lookup for Arc<Api> {
     async fn secret(&self, _: &str, _: &str) -> Result<Option<Secret>, EnvError> {
         Ok(None)
     }
+    async fn services(
+        &self,
+        _: &str,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Service>, EnvError> {
+        Ok(Vec::new())
+    }
 }
 
 impl PodApi for Arc<Api> {
