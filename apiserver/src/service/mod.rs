@@ -170,10 +170,10 @@ fn drop_type_dependent_fields(live: &Value, new: &mut Value) {
             let n = port["nodePort"]
                 .as_u64()
                 .and_then(|n| u16::try_from(n).ok());
-            if n.is_some_and(|n| held.contains(&n)) || port["nodePort"] == 0 {
-                if let Some(o) = port.as_object_mut() {
-                    o.remove("nodePort");
-                }
+            if (n.is_some_and(|n| held.contains(&n)) || port["nodePort"] == 0)
+                && let Some(o) = port.as_object_mut()
+            {
+                o.remove("nodePort");
             }
         }
     }
