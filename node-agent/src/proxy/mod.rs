@@ -356,6 +356,9 @@ async fn run(mut r: Runner) {
 }
 
 #[cfg(test)]
+mod kernel_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
