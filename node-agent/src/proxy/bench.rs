@@ -57,6 +57,10 @@ pub struct BenchReport {
     pub full_plan: Duration,
     /// Median one-Service change (partial sync: plan + `nft -f`).
     pub partial_sync: Duration,
+    /// Median planning time alone for that change.
+    pub partial_plan: Duration,
+    /// Median `nft -f` of that change's text alone (nft reads the table's chains first).
+    pub partial_floor: Duration,
 }
 
 impl BenchReport {
@@ -98,6 +102,16 @@ impl fmt::Display for BenchReport {
             f,
             "one-Service change:         {:>9.1} ms  (target ≤ 50 ms)",
             ms(self.partial_sync)
+        )?;
+        writeln!(
+            f,
+            "  of which planning:        {:>9.1} ms",
+            ms(self.partial_plan)
+        )?;
+        writeln!(
+            f,
+            "  nft -f of its text alone: {:>9.1} ms",
+            ms(self.partial_floor)
         )
     }
 }
@@ -178,7 +192,10 @@ async fn measure(opts: &BenchOptions, nft: &Nft) -> Result<BenchReport, ProxyErr
         syncer.sync(state.clone()).await?;
         resyncs.push(t.elapsed());
     }
-    let mut partials = Vec::new();
+    // One Service's port and endpoints' port flip back and forth. Each round: the planner alone,
+    // `nft -f` of its text alone (then undone), and the proxy's partial sync of the same change.
+    let (mut partials, mut partial_plans, mut partial_floors) =
+        (Vec::new(), Vec::new(), Vec::new());
     let mut current = state;
     let key = current
         .services
@@ -194,7 +211,16 @@ async fn measure(opts: &BenchOptions, nft: &Nft) -> Result<BenchReport, ProxyErr
             }
         }
         let t = Instant::now();
-        let kind = syncer.sync(next.clone()).await?;
+        let text = plan::partial(&current, &next);
+        partial_plans.push(t.elapsed());
+        let t = Instant::now();
+        nft.apply(&text).await?;
+        partial_floors.push(t.elapsed());
+        nft.apply(&plan::partial(&next, &current)).await?;
+
+        let given = next.clone();
+        let t = Instant::now();
+        let kind = syncer.sync(given).await?;
         partials.push(t.elapsed());
         debug_assert_eq!(kind, SyncKind::Partial);
         current = next;
@@ -210,5 +236,7 @@ async fn measure(opts: &BenchOptions, nft: &Nft) -> Result<BenchReport, ProxyErr
         full_resync: median(resyncs),
         full_plan: median(plans),
         partial_sync: median(partials),
+        partial_plan: median(partial_plans),
+        partial_floor: median(partial_floors),
     })
 }

@@ -370,3 +370,25 @@ async fn host_traffic_to_a_cluster_ip_reaches_the_endpoint_and_is_refused_withou
     assert!(started.elapsed() < Duration::from_secs(1));
     server.abort();
 }
+
+/// `cargo nextest run -p capstan-node-agent proxy::kernel_tests::bench --run-ignored only
+/// --no-capture`: the engine of `capstan bench services` at a small size by default
+/// (CAPSTAN_BENCH_SERVICES overrides).
+#[tokio::test]
+#[ignore = "a benchmark; run on demand"]
+async fn bench_services_report() {
+    require_kernel!();
+    let services = std::env::var("CAPSTAN_BENCH_SERVICES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let guard = Table::scratch();
+    let opts = super::bench::BenchOptions {
+        services,
+        table: guard.0.clone(),
+        ..Default::default()
+    };
+    let report = super::bench::run(&opts).await.unwrap();
+    println!("{report}");
+    drop(guard);
+}

@@ -356,6 +356,8 @@ async fn run(mut r: Runner) {
 }
 
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 mod kernel_tests;
 
 #[cfg(test)]

@@ -373,11 +373,10 @@ mod tests {
         }
     }
 
-    fn slice(
-        svc: &str,
-        port: (&str, i32),
-        eps: &[(&str, Option<bool>, Option<bool>, Option<bool>)],
-    ) -> EndpointSlice {
+    /// An endpoint's address and its ready, serving and terminating conditions.
+    type Ep<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>);
+
+    fn slice(svc: &str, port: (&str, i32), eps: &[Ep<'_>]) -> EndpointSlice {
         EndpointSlice {
             metadata: ObjectMeta {
                 namespace: Some("ns".into()),
@@ -404,7 +403,6 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
-            ..Default::default()
         }
     }
 
