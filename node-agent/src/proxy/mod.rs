@@ -359,6 +359,8 @@ async fn run(mut r: Runner) {
 mod cluster_tests;
 #[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod traffic_tests;
 
 #[cfg(test)]
 mod tests {
