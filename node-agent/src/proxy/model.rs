@@ -506,4 +506,47 @@ mod tests {
         assert_eq!(sp.endpoints.len(), 1);
         assert!(sp.endpoints[0].ready);
     }
+
+    #[test]
+    fn node_ports_and_traffic_policies_come_from_the_service_type_and_spec() {
+        let mut s = svc("web", "10.96.0.10", &[("", 80)]);
+        s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(30080);
+        let state = build(TableConfig::new("t"), "n", [&s], []);
+        assert_eq!(
+            state.services[&key("web", "")].node_port,
+            None,
+            "a ClusterIP Service has none"
+        );
+        let spec = s.spec.as_mut().unwrap();
+        spec.type_ = Some("NodePort".into());
+        spec.external_traffic_policy = Some("Local".into());
+        spec.internal_traffic_policy = Some("Local".into());
+        let state = build(TableConfig::new("t"), "n", [&s], []);
+        let sp = &state.services[&key("web", "")];
+        assert_eq!(sp.node_port, Some(30080));
+        assert!(sp.external_local && sp.internal_local);
+    }
+
+    #[test]
+    fn local_endpoints_are_those_on_this_node() {
+        let s = svc("web", "10.96.0.10", &[("", 80)]);
+        let mut sl = slice(
+            "web",
+            ("", 80),
+            &[
+                ("10.88.0.1", None, None, None),
+                ("10.88.0.2", None, None, None),
+            ],
+        );
+        sl.endpoints[1].node_name = Some("node-b".into());
+        let state = build(TableConfig::new("t"), "node-b", [&s], [&sl]);
+        let sp = &state.services[&key("web", "")];
+        let local: Vec<_> = sp
+            .local_endpoints()
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect();
+        assert_eq!(local, ["10.88.0.2"]);
+        assert_eq!(sp.cluster_endpoints().len(), 2);
+    }
 }

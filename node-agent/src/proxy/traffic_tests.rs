@@ -139,7 +139,7 @@ async fn pod_traffic_reaches_cluster_ips_and_node_ports_through_prerouting() {
     let pod_ip = Ipv4Addr::new(10, 254, octet, 2);
     let server_gw = Ipv4Addr::new(10, 251, octet, 1);
     let server_ip = Ipv4Addr::new(10, 251, octet, 2);
-    let cluster_ip = Ipv4Addr::new(10, 253, octet, 10);
+    let cluster_ip = Ipv4Addr::new(10, 250, octet, 10);
     let node_port = 30000 + u16::from(octet);
     let client = Netns::create(format!("capc{pid}"), node_ip, pod_ip);
     let server_ns = Netns::create(format!("caps{pid}"), server_gw, server_ip);
