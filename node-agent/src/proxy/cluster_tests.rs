@@ -60,7 +60,7 @@ async fn services_and_slices_from_the_api_become_rules_that_follow_changes() {
     cfg.table = t.0.clone();
     cfg.masquerade_pod_traffic = Some(false);
     let registry = prometheus::Registry::new();
-    let proxy = start(client, cfg, &registry).await.unwrap();
+    let proxy = start(client.clone(), cfg, &registry).await.unwrap();
     let mut synced = proxy.synced();
 
     wait_for_table(&t.0, "the service's rules", |text| {
@@ -75,6 +75,25 @@ async fn services_and_slices_from_the_api_become_rules_that_follow_changes() {
     .await
     .expect("a sync was reported")
     .unwrap();
+
+    // the agent restarts: the old proxy goes away without cleaning up, a new one adopts the
+    // table — the rules are there before its first sync and after it
+    drop(proxy);
+    let mut cfg = ProxyConfig::new("node-a");
+    cfg.table = t.0.clone();
+    cfg.masquerade_pod_traffic = Some(false);
+    let registry = prometheus::Registry::new();
+    let proxy = start(client.clone(), cfg, &registry).await.unwrap();
+    assert!(table_text(&t.0).contains(&format!("{cip} . tcp . 80 : goto service-")));
+    let mut synced = proxy.synced();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        synced.wait_for(|s| s.generation >= 1),
+    )
+    .await
+    .expect("the new proxy synced")
+    .unwrap();
+    assert!(table_text(&t.0).contains(&format!("{cip} . tcp . 80 : goto service-")));
 
     // the Service's port changes: the map element follows
     let ports = json!({"spec": {"ports": [{"name": "http", "port": 81, "targetPort": 8080}]}});

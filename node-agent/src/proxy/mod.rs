@@ -24,8 +24,24 @@
 //! and pod traffic keeps its source address. Traffic from the host itself to a ClusterIP (the nat
 //! output hook) needs no masquerade. [`ProxyConfig::masquerade_pod_traffic`] overrides the check.
 //!
+//! Wiring it into an agent:
+//!
+//! ```no_run
+//! # async fn agent(client: kube::Client, registry: &prometheus::Registry) -> Result<(), capstan_node_agent::proxy::ProxyError> {
+//! use capstan_node_agent::proxy::{self, ProxyConfig};
+//! let mut cfg = ProxyConfig::new("node-a");
+//! cfg.node_ips = vec!["192.168.1.10".parse().unwrap()];
+//! cfg.cluster_cidr = Some("10.88.0.0/16".into());
+//! let proxy = proxy::start(client, cfg, registry).await?;
+//! // ... on a clean stop:
+//! proxy.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Not implemented: IPv6 (an `ip6` table), LoadBalancer ingress IPs and externalIPs,
-//! loadBalancerSourceRanges, health-check node ports, topology-aware hints.
+//! loadBalancerSourceRanges, health-check node ports, topology-aware hints, and clearing stale
+//! UDP conntrack entries when an endpoint goes (kube-proxy runs `conntrack -D` for that).
 
 pub mod bench;
 pub mod model;
