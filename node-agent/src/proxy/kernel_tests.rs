@@ -213,7 +213,7 @@ async fn a_new_syncer_adopts_the_table_with_rules_in_place_throughout() {
     first.sync(state.clone()).await.unwrap();
     // a stale chain and set from an older incarnation
     let stale = format!(
-        "add chain ip {0} service-STALE000-ns/gone/tcp/http\nadd rule ip {0} service-STALE000-ns/gone/tcp/http accept\nadd set ip {0} affinity-STALE000-ns/gone {{ type ipv4_addr; }}\n",
+        "add chain ip {0} service-STALE000-ns/gone/tcp/http\nadd rule ip {0} service-STALE000-ns/gone/tcp/http accept\nadd set ip {0} affinity-STALE000-ns/gone {{ type ipv4_addr; }}\nadd map ip {0} stale-map {{ type inet_service : verdict; }}\nadd element ip {0} stale-map {{ 80 : goto service-STALE000-ns/gone/tcp/http }}\n",
         t.0
     );
     Nft::new("nft").apply(&stale).await.unwrap();

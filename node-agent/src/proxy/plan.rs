@@ -161,12 +161,13 @@ pub fn full_adopting(state: &State, existing: &Existing) -> (String, Counts) {
             sets.insert(name.clone());
         }
     }
-    // Everything referring to a stale chain or set was flushed above.
-    for name in existing.chains.difference(&chains) {
-        let _ = writeln!(out, "delete chain ip {t} {name}");
-    }
+    // Every rule referring to a stale chain or set was flushed above. Stale sets go first: a
+    // stale verdict map may still point at a stale chain.
     for name in existing.sets.difference(&sets) {
         let _ = writeln!(out, "delete set ip {t} {name}");
+    }
+    for name in existing.chains.difference(&chains) {
+        let _ = writeln!(out, "delete chain ip {t} {name}");
     }
     for (chain, rule) in base_rules(cfg) {
         let _ = writeln!(out, "add rule ip {t} {chain} {rule}");

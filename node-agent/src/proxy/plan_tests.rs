@@ -369,8 +369,8 @@ fn an_adopting_full_plan_deletes_stale_chains_and_sets_but_keeps_its_own() {
     assert_eq!(
         deletes,
         [
-            "delete chain ip t service-OLD00000-ns/gone/tcp/http",
-            "delete set ip t affinity-OLD00000-ns/gone/tcp/http__10.0.0.1/80"
+            "delete set ip t affinity-OLD00000-ns/gone/tcp/http__10.0.0.1/80",
+            "delete chain ip t service-OLD00000-ns/gone/tcp/http"
         ]
     );
     assert!(!text.contains("delete table"));
