@@ -9,7 +9,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::ProxyError;
-use super::model::{Endpoint, Protocol, ServicePort, ServicePortName, State, TableConfig};
+use k8s_openapi::api::core::v1::{Service, ServicePort as K8sServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint as K8sEndpoint, EndpointPort, EndpointSlice};
+use kube::api::ObjectMeta;
+
+use super::model::{
+    self, Endpoint, Protocol, SERVICE_NAME_LABEL, ServicePort, ServicePortName, State, TableConfig,
+};
 use super::nft::Nft;
 use super::plan;
 use super::sync::{Metrics, SyncKind, Syncer};
@@ -61,6 +67,9 @@ pub struct BenchReport {
     pub partial_plan: Duration,
     /// Median `nft -f` of that change's text alone (nft reads the table's chains first).
     pub partial_floor: Duration,
+    /// Median time to build the state from the Service and EndpointSlice objects (each sync of
+    /// the running proxy does this before planning).
+    pub state_build: Duration,
 }
 
 impl BenchReport {
@@ -112,8 +121,64 @@ impl fmt::Display for BenchReport {
             f,
             "  nft -f of its text alone: {:>9.1} ms",
             ms(self.partial_floor)
+        )?;
+        writeln!(
+            f,
+            "state from the API objects: {:>9.1} ms  (per sync of the running proxy)",
+            ms(self.state_build)
         )
     }
+}
+
+/// The same world as [`synthetic_state`] as API objects: a Service and one EndpointSlice each.
+pub fn synthetic_objects(services: usize, endpoints: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let ep_base = u32::from(Ipv4Addr::new(10, 128, 0, 0));
+    let mut svcs = Vec::with_capacity(services);
+    let mut slices = Vec::with_capacity(services);
+    for i in 0..services {
+        let name = format!("svc-{i}");
+        let cluster_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i as u32);
+        svcs.push(Service {
+            metadata: ObjectMeta {
+                namespace: Some("bench".into()),
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(cluster_ip.to_string()),
+                ports: Some(vec![K8sServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        slices.push(EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("bench".into()),
+                name: Some(format!("{name}-abcde")),
+                labels: Some([(SERVICE_NAME_LABEL.to_string(), name)].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            ports: Some(vec![EndpointPort {
+                name: Some("http".into()),
+                port: Some(8080),
+                ..Default::default()
+            }]),
+            endpoints: (0..endpoints)
+                .map(|j| K8sEndpoint {
+                    addresses: vec![
+                        Ipv4Addr::from(ep_base + (i * endpoints + j) as u32).to_string(),
+                    ],
+                    ..Default::default()
+                })
+                .collect(),
+        });
+    }
+    (svcs, slices)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -161,6 +226,19 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ProxyError> {
 
 async fn measure(opts: &BenchOptions, nft: &Nft) -> Result<BenchReport, ProxyError> {
     let state = synthetic_state(&opts.table, opts.services, opts.endpoints_per_service);
+    // What each sync of the running proxy does first: fold the informers' objects into a state.
+    let (svcs, slices) = synthetic_objects(opts.services, opts.endpoints_per_service);
+    let mut builds = Vec::new();
+    for _ in 0..opts.full_runs.max(1) {
+        let t = Instant::now();
+        let built = model::build(TableConfig::new(&opts.table), "bench-node", &svcs, &slices);
+        builds.push(t.elapsed());
+        if built != state {
+            return Err(ProxyError::Config(
+                "bench: the objects do not build the synthetic state".into(),
+            ));
+        }
+    }
     let (text, counts) = plan::full_adopting(&state, &plan::Existing::default());
     let (mut floors, mut fulls, mut plans) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..opts.full_runs.max(1) {
@@ -238,5 +316,6 @@ async fn measure(opts: &BenchOptions, nft: &Nft) -> Result<BenchReport, ProxyErr
         partial_sync: median(partials),
         partial_plan: median(partial_plans),
         partial_floor: median(partial_floors),
+        state_build: median(builds),
     })
 }
