@@ -392,3 +392,67 @@ async fn bench_services_report() {
     println!("{report}");
     drop(guard);
 }
+
+#[tokio::test]
+async fn the_kernel_accepts_every_feature_together() {
+    require_kernel!();
+    let t = Table::scratch();
+    let mut cfg = TableConfig::new(&t.0);
+    cfg.masquerade_cidr = Some("10.88.0.0/16".into());
+    cfg.node_ips = vec!["10.99.0.1".parse().unwrap()];
+    let mut s = State::new(cfg);
+    let local = |ip: &str| Endpoint {
+        local: true,
+        ..ready(ip, 8080)
+    };
+    let mut n = 0u8;
+    for (external_local, internal_local, affinity, with_local) in [
+        (true, false, None, true),
+        (true, false, Some(30), false),
+        (false, true, Some(10800), true),
+        (false, true, None, false),
+        (true, true, None, true),
+    ] {
+        for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+            n += 1;
+            let mut eps = vec![ready(&format!("10.98.{n}.1"), 8080)];
+            if with_local {
+                eps.push(local(&format!("10.98.{n}.2")));
+            }
+            let mut sp = ServicePort::cluster_ip(format!("10.97.1.{n}").parse().unwrap(), 80, eps);
+            sp.node_port = Some(31000 + u16::from(n));
+            sp.external_local = external_local;
+            sp.internal_local = internal_local;
+            sp.affinity_timeout = affinity;
+            s.services.insert(
+                ServicePortName {
+                    namespace: "ns".into(),
+                    name: format!("svc-{n}"),
+                    port: "p".into(),
+                    protocol,
+                },
+                sp,
+            );
+        }
+    }
+    let mut syncer = syncer();
+    assert_eq!(syncer.sync(s.clone()).await.unwrap(), SyncKind::Full);
+    let text = table_text(&t.0);
+    for want in [
+        ": drop",
+        "goto local-",
+        "goto external-",
+        "fib saddr type local",
+        "meta l4proto sctp dnat to",
+        "ip daddr @nodeport-ips",
+    ] {
+        assert!(text.contains(want), "missing {want:?}:\n{text}");
+    }
+    // and everything flips to the other policies in one partial sync
+    for sp in s.services.values_mut() {
+        sp.external_local = !sp.external_local;
+        sp.internal_local = !sp.internal_local;
+        sp.affinity_timeout = sp.affinity_timeout.map_or(Some(60), |_| None);
+    }
+    assert_eq!(syncer.sync(s).await.unwrap(), SyncKind::Partial);
+}
