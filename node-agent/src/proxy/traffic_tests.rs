@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
-use super::kernel_tests::{Table, require_kernel, skip_reason};
+use super::kernel_tests::{Table, nft_out, require_kernel, skip_reason};
 use super::model::{Endpoint, Protocol, ServicePort, ServicePortName, State, TableConfig};
 use super::nft::Nft;
 use super::sync::{Metrics, Syncer};
@@ -87,14 +87,15 @@ impl Drop for Netns {
 }
 
 const SERVER: &str = r#"
-import socket
+import socket, sys
+port = int(sys.argv[1])
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080))
+s.bind(("0.0.0.0", port))
 s.listen(16)
 while True:
     c, a = s.accept()
-    c.sendall(a[0].encode())
+    c.sendall((a[0] if port == 8080 else "%d %s" % (port, a[0])).encode())
     c.close()
 "#;
 
@@ -143,22 +144,30 @@ async fn pod_traffic_reaches_cluster_ips_and_node_ports_through_prerouting() {
     let node_port = 30000 + u16::from(octet);
     let client = Netns::create(format!("capc{pid}"), node_ip, pod_ip);
     let server_ns = Netns::create(format!("caps{pid}"), server_gw, server_ip);
-    let mut server = server_ns
-        .command("python3")
-        .args(["-c", SERVER])
-        .spawn()
-        .unwrap();
-    // the server is up when the host reaches it directly
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect((server_ip, 8080))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server did not start"
+    // two servers: 8080 answers with the client's address, 8081 with "8081 <address>"
+    let mut servers = Vec::new();
+    for port in ["8080", "8081"] {
+        servers.push(
+            server_ns
+                .command("python3")
+                .args(["-c", SERVER, port])
+                .spawn()
+                .unwrap(),
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the servers are up when the host reaches them directly
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for port in [8080, 8081] {
+        while tokio::net::TcpStream::connect((server_ip, port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     let key = ServicePortName {
@@ -205,6 +214,22 @@ async fn pod_traffic_reaches_cluster_ips_and_node_ports_through_prerouting() {
         format!("OK {server_gw}")
     );
 
+    // ClientIP affinity over two endpoints: the pod keeps landing on the same one
+    let sp = state.services.get_mut(&key).unwrap();
+    sp.endpoints.push(Endpoint::ready(server_ip, 8081));
+    sp.affinity_timeout = Some(600);
+    syncer.sync(state.clone()).await.unwrap();
+    let first = connect_from(&client, cluster_ip, 80).await;
+    assert!(first.starts_with("OK "), "{first}");
+    for _ in 0..5 {
+        assert_eq!(connect_from(&client, cluster_ip, 80).await, first);
+    }
+    let table = nft_out(&["list", "table", "ip", &t.0]);
+    assert!(
+        table.contains(&format!("elements = {{ {pod_ip} expires")),
+        "the client is in an affinity set:\n{table}"
+    );
+
     // no endpoints: refused at once from the pod, for the ClusterIP and the NodePort
     state.services.get_mut(&key).unwrap().endpoints.clear();
     syncer.sync(state).await.unwrap();
@@ -216,7 +241,9 @@ async fn pod_traffic_reaches_cluster_ips_and_node_ports_through_prerouting() {
         "refusals were not immediate"
     );
 
-    let _ = server.kill().await;
+    for mut server in servers {
+        let _ = server.kill().await;
+    }
     drop(server_ns);
     drop(client);
 }
