@@ -2,7 +2,7 @@
 //! ([`node`]), watches the pods bound to it, and gives each a worker ([`pod::worker`]) that
 //! plans ([`pod::plan`]) and reports ([`pod::status`]) through a container runtime
 //! ([`runtime`]: containerd's CRI, or plain processes). `kubectl logs` and `kubectl exec`
-//! reach it through [`server`].
+//! reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy).
 
 pub mod agent;
 pub mod containerd;
@@ -11,6 +11,7 @@ pub mod logs;
 pub mod node;
 pub mod pause_image;
 pub mod pod;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 
