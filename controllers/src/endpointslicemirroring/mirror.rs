@@ -176,7 +176,8 @@ mod tests {
         ]);
         let (groups, dropped) = groups(&e, 1000);
         assert_eq!(dropped, 0);
-        let summary: Vec<(&str, Option<i32>, Vec<(&str, bool)>)> = groups
+        type Summary<'a> = (&'a str, Option<i32>, Vec<(&'a str, bool)>);
+        let summary: Vec<Summary> = groups
             .iter()
             .map(|g| {
                 (
