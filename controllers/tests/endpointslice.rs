@@ -22,6 +22,7 @@ const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 
 struct Env {
     c: TestCluster,
+    registry: prometheus::Registry,
     manager: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -44,6 +45,7 @@ impl Env {
             .try_init();
         let mut env = Env {
             c: TestCluster::start().await,
+            registry: prometheus::Registry::new(),
             manager: None,
         };
         let nodes: Api<Node> = Api::all(env.c.client.clone());
@@ -64,7 +66,8 @@ impl Env {
 
     fn start_manager_with(&mut self, controllers: &[&str], config: Config) {
         self.stop_manager();
-        let m = Manager::with_config(self.c.client.clone(), &prometheus::Registry::new(), config);
+        self.registry = prometheus::Registry::new();
+        let m = Manager::with_config(self.c.client.clone(), &self.registry, config);
         let names = controllers.iter().map(|s| s.to_string()).collect();
         self.manager = Some(tokio::spawn(async move {
             m.run(&names).await.unwrap();
@@ -75,6 +78,24 @@ impl Env {
         if let Some(m) = self.manager.take() {
             m.abort();
         }
+    }
+
+    /// The value of a counter of the manager's registry with the given labels (0 if absent).
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().to_vec())
+            .filter(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
     }
 
     fn api<K>(&self) -> Api<K>
@@ -367,6 +388,72 @@ async fn slices_and_endpoints_follow_pod_readiness_ports_and_deletion() {
             ]
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_change_that_changes_no_endpoint_writes_nothing() {
+    let env = Env::start(ALL).await;
+    env.service("web", Some(json!({"app": "web"})), json!({}))
+        .await;
+    env.pod("a", &[("app", "web")], "n1", "10.7.0.1", 8080, true)
+        .await;
+    until(WAIT, "the slice and Endpoints", || async {
+        conditions(&env.controller_slices("web").await) == [("a".into(), true, true, false)]
+            && env
+                .endpoints("web")
+                .await
+                .is_some_and(|e| addresses(&e).0 == ["a"])
+    })
+    .await;
+    let changes = |c: &str| {
+        env.counter(
+            "capstan_endpoint_controller_changes_total",
+            &[("controller", c)],
+        )
+    };
+    let syncs = |c: &str| {
+        env.counter(
+            "capstan_controller_reconcile_total",
+            &[("controller", c), ("result", "success")],
+        )
+    };
+    // Let the echoes of the first writes be synced (slice changes come back after 1 s): wait
+    // for a window of 1.2 s without a write.
+    let total = || changes("endpointslice") + changes("endpoints");
+    let deadline = Instant::now() + WAIT;
+    let mut last = total();
+    loop {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let now = total();
+        if now == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not settle");
+        last = now;
+    }
+    let (slice_writes, slice_syncs) = (changes("endpointslice"), syncs("endpointslice"));
+    let (ep_writes, ep_syncs) = (changes("endpoints"), syncs("endpoints"));
+    // A label the selector does not look at, on the pod: both controllers sync, neither writes.
+    env.api::<Pod>()
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"note": "x"}}})),
+        )
+        .await
+        .unwrap();
+    until(
+        WAIT,
+        "both controllers synced the Service again",
+        || async { syncs("endpointslice") > slice_syncs && syncs("endpoints") > ep_syncs },
+    )
+    .await;
+    assert_eq!(
+        changes("endpointslice"),
+        slice_writes,
+        "no EndpointSlice write"
+    );
+    assert_eq!(changes("endpoints"), ep_writes, "no Endpoints write");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
