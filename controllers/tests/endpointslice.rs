@@ -845,3 +845,18 @@ async fn a_burst_of_pod_changes_costs_few_slice_writes() {
     let bound = 3 * (took.as_secs() as usize + 2);
     assert!(n <= bound, "{n} slice writes in {took:?} (at most {bound})");
 }
+
+/// Not a check but a measurement (run with `--run-ignored only`): slice writes for the same
+/// burst without batching and with the default 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; takes a while"]
+async fn measure_slice_writes_by_batch_period() {
+    for period in [Duration::ZERO, Duration::from_millis(100)] {
+        let config = Config {
+            endpoint_updates_batch_period: period,
+            ..Config::default()
+        };
+        let (n, took) = burst(config).await;
+        println!("batch {period:?}: 600 pod changes in {took:?} → {n} EndpointSlice writes");
+    }
+}
