@@ -457,6 +457,39 @@ async fn a_pod_change_that_changes_no_endpoint_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_endpoints_per_slice_is_honoured() {
+    let config = Config {
+        max_endpoints_per_slice: 2,
+        ..Config::default()
+    };
+    let env = Env::start_with(&["endpointslice"], config).await;
+    env.service("web", Some(json!({"app": "web"})), json!({}))
+        .await;
+    for i in 0..5 {
+        env.pod(
+            &format!("p{i}"),
+            &[("app", "web")],
+            "n1",
+            &format!("10.8.0.{i}"),
+            8080,
+            true,
+        )
+        .await;
+    }
+    until(WAIT, "5 endpoints in slices of at most 2", || async {
+        let mut sizes: Vec<usize> = env
+            .controller_slices("web")
+            .await
+            .iter()
+            .map(|s| s.endpoints.len())
+            .collect();
+        sizes.sort();
+        sizes == [1, 2, 2]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_not_ready_addresses_makes_every_pod_ready() {
     let env = Env::start(ALL).await;
     env.service(

@@ -194,3 +194,51 @@ impl EndpointsController {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ServiceSpec;
+
+    #[test]
+    fn the_over_capacity_annotation_is_set_exactly_when_truncated() {
+        let other: BTreeMap<String, String> = [("note".to_string(), "x".to_string())].into();
+        let set = annotations(Some(&other), true);
+        assert_eq!(
+            set.get(subsets::OVER_CAPACITY).map(String::as_str),
+            Some("truncated")
+        );
+        assert_eq!(set.get("note").map(String::as_str), Some("x"));
+        assert_eq!(annotations(Some(&set), false), other);
+    }
+
+    #[test]
+    fn endpoints_carry_the_service_labels_and_the_headless_marker() {
+        let mut svc = Service {
+            metadata: ObjectMeta {
+                labels: Some(
+                    [
+                        ("team".to_string(), "a".to_string()),
+                        (LABEL_HEADLESS.to_string(), String::new()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.5".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let labels = endpoints_labels(&svc);
+        assert_eq!(labels.len(), 1, "{labels:?}");
+        svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        assert_eq!(
+            endpoints_labels(&svc)
+                .get(LABEL_HEADLESS)
+                .map(String::as_str),
+            Some("")
+        );
+    }
+}

@@ -446,3 +446,68 @@ impl EndpointSliceController {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ServiceSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn slice_labels_copy_the_service_labels_but_the_reserved_ones() {
+        let svc = Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                labels: Some(
+                    [
+                        ("team".to_string(), "a".to_string()),
+                        (LABEL_MANAGED_BY.to_string(), "someone".to_string()),
+                        (LABEL_SERVICE_NAME.to_string(), "other".to_string()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("None".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let labels = slice_labels(&svc);
+        let want: BTreeMap<String, String> = [
+            ("team", "a"),
+            (LABEL_MANAGED_BY, MANAGED_BY),
+            (LABEL_SERVICE_NAME, "web"),
+            (LABEL_HEADLESS, ""),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(labels, want);
+    }
+
+    #[test]
+    fn only_slices_of_the_given_manager_have_an_owner_key() {
+        let slice = |manager: &str| EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                labels: Some(
+                    [
+                        (LABEL_SERVICE_NAME.to_string(), "web".to_string()),
+                        (LABEL_MANAGED_BY.to_string(), manager.to_string()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            owner_key(&slice(MANAGED_BY), MANAGED_BY).as_deref(),
+            Some("default/web")
+        );
+        assert_eq!(owner_key(&slice("capstan-agent"), MANAGED_BY), None);
+    }
+}
