@@ -140,8 +140,8 @@ pub async fn serve<F, Fut>(
                 match result {
                     Ok(()) => queue.forget(&key),
                     Err(e) => {
-                        if e.is_conflict() {
-                            tracing::debug!(controller = name, service = %key, error = %e, "conflict; retrying");
+                        if e.is_transient() {
+                            tracing::debug!(controller = name, service = %key, error = %e, "retrying");
                         } else {
                             tracing::warn!(controller = name, service = %key, error = %e, "sync failed; retrying with backoff");
                         }
@@ -396,8 +396,8 @@ impl EndpointSliceController {
             return Ok(());
         }
         if self.writer.stale(key, &self.slices) {
-            return Err(Error::Other(format!(
-                "the EndpointSlice cache of {key} is behind this controller's writes"
+            return Err(Error::Stale(format!(
+                "the EndpointSlices of {key} in the cache are behind this controller's writes"
             )));
         }
         let pods = self

@@ -132,8 +132,8 @@ impl MirroringController {
             return Ok(());
         };
         if self.writer.stale(key, &self.slices) {
-            return Err(Error::Other(format!(
-                "the EndpointSlice cache of {key} is behind this controller's writes"
+            return Err(Error::Stale(format!(
+                "the EndpointSlices of {key} in the cache are behind this controller's writes"
             )));
         }
         let (groups, dropped) = mirror::groups(&endpoints, MAX_ENDPOINTS_PER_SUBSET);
