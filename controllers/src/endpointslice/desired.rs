@@ -216,7 +216,8 @@ pub fn desired(
         };
         let ep = pod_to_endpoint(pod, node.as_deref(), svc);
         let family = address_type(ep.addresses.first().map(String::as_str).unwrap_or(""));
-        // The Service's IP families decide which slices exist; Capstan's pods are single-stack.
+        // By the pod IP's family (Kubernetes goes by the Service's ipFamilies instead; the same
+        // for single-stack pods, which is all Capstan runs).
         let ports = endpoint_ports(svc, pod);
         let key = (family.to_string(), super::reconcile::ports_key(&ports));
         groups
