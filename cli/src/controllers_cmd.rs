@@ -34,6 +34,49 @@ pub struct ManagerArgs {
     /// nodes; 100 looks at every node). Default: kube-scheduler's adaptive 50%-minus-1%-per-125-nodes.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub scheduler_percentage_of_nodes_to_score: Option<u32>,
+    /// How long the endpoint controllers collect pod changes of one Service before syncing it,
+    /// as a Go-style duration (100ms, 1s, 1m30s; 0 syncs at once).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub endpoint_updates_batch_period: std::time::Duration,
+    /// The most endpoints one EndpointSlice holds.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_endpoints_per_slice: u32,
+}
+
+/// A Go-style duration: a sequence of decimal numbers with units ns, us (µs), ms, s, m, h,
+/// e.g. "300ms", "1.5s", "1m30s"; a bare "0" is zero.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {s:?} (e.g. 100ms, 1s, 1m30s)");
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * seconds;
+        rest = &rest[u..];
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +135,10 @@ impl ManagerArgs {
             return Ok(());
         }
         let sched = self.scheduler_config()?;
+        let (batch, max_per_slice) = (
+            self.endpoint_updates_batch_period,
+            self.max_endpoints_per_slice as usize,
+        );
         let election_registry = registry.clone();
         let registry = registry.clone();
         let lead = {
@@ -100,6 +147,8 @@ impl ManagerArgs {
             move || {
                 let config = capstan_controllers::Config {
                     scheduler: sched.clone(),
+                    endpoint_updates_batch_period: batch,
+                    max_endpoints_per_slice: max_per_slice,
                     ..Default::default()
                 };
                 let m = Manager::with_config(client.clone(), &registry, config);
@@ -170,4 +219,21 @@ pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
     args.manager
         .run(client, &registry, crate::signals::shutdown_signal())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn go_style_durations_parse() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "10", "ms", "1x", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

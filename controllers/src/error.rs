@@ -9,6 +9,10 @@ pub enum Error {
     Invalid { what: String, message: String },
     #[error("{0}")]
     Other(String),
+    /// The informer cache is behind this controller's own writes: retry shortly, from a cache
+    /// that has caught up (the EndpointSlice tracker's StaleInformerCache).
+    #[error("stale cache: {0}")]
+    Stale(String),
 }
 
 impl Error {
@@ -22,6 +26,12 @@ impl Error {
     /// A 409 Conflict (stale resourceVersion or precondition): retry soon from a fresher cache.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Api(kube::Error::Api(s)) if s.code == 409)
+    }
+
+    /// A conflict or a stale cache: expected now and then, retried at once with backoff and
+    /// not worth a warning.
+    pub fn is_transient(&self) -> bool {
+        self.is_conflict() || matches!(self, Error::Stale(_))
     }
 }
 

@@ -10,12 +10,19 @@
 //! - [`garbagecollector`]: deletes dependents whose owners are gone (background, foreground,
 //!   orphan propagation), for every resource discovery lists.
 //! - [`namespace`]: empties a terminating namespace, then finalizes it.
+//! - [`endpointslice`]: EndpointSlices for every Service with a selector (minimal rewrites,
+//!   batched pod changes); [`endpoints`]: the legacy v1 Endpoints for the same Services;
+//!   [`endpointslicemirroring`]: slices mirrored from user-written Endpoints of selectorless
+//!   Services.
 //!
 //! Each controller keeps its decisions in pure functions (`plan.rs`, `rolling.rs`, ...) that are
 //! table-tested without I/O, and applies them in a thin async step.
 
 pub mod claims;
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
+pub mod endpointslicemirroring;
 mod error;
 pub mod garbagecollector;
 pub mod namespace;
@@ -26,9 +33,11 @@ pub mod scheduler;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::watcher;
 
@@ -38,6 +47,9 @@ use runtime::{Informer, Metrics};
 /// Every controller, by the name `--controllers` takes.
 pub const ALL: &[&str] = &[
     deployment::NAME,
+    endpoints::NAME,
+    endpointslice::NAME,
+    endpointslicemirroring::NAME,
     garbagecollector::NAME,
     namespace::NAME,
     replicaset::NAME,
@@ -52,6 +64,9 @@ pub struct Informers {
     replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
     deployments: OnceLock<Arc<Informer<Deployment>>>,
     nodes: OnceLock<Arc<Informer<Node>>>,
+    services: OnceLock<Arc<Informer<Service>>>,
+    endpointslices: OnceLock<Arc<Informer<EndpointSlice>>>,
+    endpoints: OnceLock<Arc<Informer<Endpoints>>>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -71,6 +86,9 @@ impl Informers {
             replicasets: OnceLock::new(),
             deployments: OnceLock::new(),
             nodes: OnceLock::new(),
+            services: OnceLock::new(),
+            endpointslices: OnceLock::new(),
+            endpoints: OnceLock::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -115,6 +133,21 @@ impl Informers {
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
+    pub fn services(&self) -> Arc<Informer<Service>> {
+        self.services
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn endpointslices(&self) -> Arc<Informer<EndpointSlice>> {
+        self.endpointslices
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn endpoints(&self) -> Arc<Informer<Endpoints>> {
+        self.endpoints
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Informers {
@@ -142,13 +175,36 @@ pub struct Manager {
     pub registry: prometheus::Registry,
     pub scheduler: scheduler::Config,
     pub garbage_collector: garbagecollector::Config,
+    /// How long pod changes for one Service are collected before the endpoint controllers sync
+    /// it (zero: at once).
+    pub endpoint_updates_batch_period: Duration,
+    /// The most endpoints one EndpointSlice holds.
+    pub max_endpoints_per_slice: usize,
+    /// Writes by the endpoint controllers.
+    pub endpoint_changes: endpointslice::ChangeMetrics,
 }
 
 /// The settings of a manager's controllers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub scheduler: scheduler::Config,
     pub garbage_collector: garbagecollector::Config,
+    /// Kubernetes' --endpoint-updates-batch-period (Kubernetes defaults to 0; Capstan to
+    /// 100 ms, so a rollout of many pods costs a few slice writes, not one per pod change).
+    pub endpoint_updates_batch_period: Duration,
+    /// Kubernetes' --max-endpoints-per-slice (1–1000, default 100).
+    pub max_endpoints_per_slice: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scheduler: scheduler::Config::default(),
+            garbage_collector: garbagecollector::Config::default(),
+            endpoint_updates_batch_period: Duration::from_millis(100),
+            max_endpoints_per_slice: endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+        }
+    }
 }
 
 impl Manager {
@@ -170,6 +226,9 @@ impl Manager {
             registry: registry.clone(),
             scheduler: config.scheduler.with_metrics(registry),
             garbage_collector: config.garbage_collector,
+            endpoint_updates_batch_period: config.endpoint_updates_batch_period,
+            max_endpoints_per_slice: config.max_endpoints_per_slice.clamp(1, 1000),
+            endpoint_changes: endpointslice::ChangeMetrics::register(registry),
         })
     }
 
@@ -190,6 +249,9 @@ impl Manager {
                 scheduler::NAME => set.spawn(scheduler::run(m)),
                 garbagecollector::NAME => set.spawn(garbagecollector::run(m)),
                 namespace::NAME => set.spawn(namespace::run(m)),
+                endpointslice::NAME => set.spawn(endpointslice::run(m)),
+                endpoints::NAME => set.spawn(endpoints::run(m)),
+                endpointslicemirroring::NAME => set.spawn(endpointslicemirroring::run(m)),
                 _ => continue,
             };
             tracing::info!(controller = %name, "started");

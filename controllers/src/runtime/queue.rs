@@ -3,15 +3,21 @@
 //! after that worker is done, never by two workers at once. Failed items come back after a
 //! per-item exponential backoff ([`Backoffs`]).
 //!
-//! For controllers whose work items are not one kind of object (the garbage collector's uids),
-//! where kube's `Controller` does not fit.
+//! Delayed adds are deduplicated too (client-go's delaying queue): while an item waits, adding it
+//! again with a later or equal deadline changes nothing and an earlier one replaces the wait.
+//! That is what makes a batch period work — the first change of a burst starts the clock and the
+//! rest of the burst rides along in the same sync.
+//!
+//! For controllers whose work items are not one kind of object (the garbage collector's uids,
+//! the endpoint controllers' Service keys), where kube's `Controller` does not fit.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::Backoffs;
 
@@ -22,6 +28,8 @@ struct State<T> {
     dirty: HashSet<T>,
     /// Taken by a worker and not yet done.
     processing: HashSet<T>,
+    /// Waiting for a delayed add, with the deadline that will add it.
+    waiting: HashMap<T, Instant>,
     shutdown: bool,
 }
 
@@ -39,6 +47,7 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
                 queue: VecDeque::new(),
                 dirty: HashSet::new(),
                 processing: HashSet::new(),
+                waiting: HashMap::new(),
                 shutdown: false,
             }),
             ready: Notify::new(),
@@ -63,16 +72,36 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
         self.ready.notify_one();
     }
 
-    /// Queues `item` after `delay` (from a timer task that holds no strong reference).
+    /// Queues `item` after `delay` (from a timer task that holds no strong reference). An item
+    /// already waiting for an earlier (or the same) deadline is left as it is.
     pub fn add_after(self: &Arc<Self>, item: T, delay: Duration) {
         if delay.is_zero() {
             return self.add(item);
         }
+        let deadline = Instant::now() + delay;
+        {
+            let mut s = self.lock();
+            if s.shutdown || s.waiting.get(&item).is_some_and(|d| *d <= deadline) {
+                return;
+            }
+            s.waiting.insert(item.clone(), deadline);
+        }
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep_until(deadline).await;
             if let Some(q) = weak.upgrade() {
-                q.add(item);
+                let mine = {
+                    let mut s = q.lock();
+                    // Only the timer of the current deadline adds (an earlier one replaced us).
+                    let mine = s.waiting.get(&item) == Some(&deadline);
+                    if mine {
+                        s.waiting.remove(&item);
+                    }
+                    mine
+                };
+                if mine {
+                    q.add(item);
+                }
             }
         });
     }
@@ -175,6 +204,27 @@ mod tests {
         assert_eq!(q.get().await, Some("a"));
         q.done(&"a");
         assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_adds_of_a_waiting_item_collapse_into_the_earliest() {
+        let q = queue();
+        q.add_after("a", Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        q.add_after("a", Duration::from_millis(100)); // later than the wait: rides along
+        q.add_after("b", Duration::from_millis(200));
+        q.add_after("b", Duration::from_millis(10)); // earlier: replaces the wait
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(q.len(), 2, "a at 100 ms and b at 60 ms, once each");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(q.len(), 2, "no second add from the superseded timers");
+        // Once the wait is over, a new delayed add waits again.
+        assert_eq!(q.get().await, Some("b"));
+        q.done(&"b");
+        q.add_after("b", Duration::from_millis(10));
+        assert_eq!(q.len(), 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(q.len(), 2);
     }
 
     #[tokio::test(start_paused = true)]
