@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod containerd;
+pub mod dns;
 pub mod exec_ws;
 pub mod logs;
 pub mod node;
