@@ -58,7 +58,8 @@ fn pod_dns_policies_follow_the_kubelet() {
         options: strings(&["ndots:5"]),
     };
     // (policy, hostNetwork, cluster DNS, expected)
-    let cases: Vec<(Option<&str>, bool, &[String], Option<ResolvConf>)> = vec![
+    type Case<'a> = (Option<&'a str>, bool, &'a [String], Option<ResolvConf>);
+    let cases: Vec<Case> = vec![
         (Some("ClusterFirst"), false, &dns, Some(cluster.clone())),
         (None, false, &dns, Some(cluster.clone())),
         (Some("ClusterFirst"), true, &dns, Some(host())),
