@@ -161,6 +161,9 @@ async fn cluster_dns_answers_services_endpoints_and_forwards_the_rest() {
     )
     .await;
 
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
+    let node = create(&nodes, serde_json::json!({"metadata": {"name": "node-1"}})).await;
+
     let (upstream, upstream_queries) = fake_upstream().await;
     let mut cfg = DnsConfig::new("127.0.0.1:0".parse().unwrap(), "node-1");
     cfg.upstreams = vec![upstream];
@@ -345,6 +348,20 @@ async fn cluster_dns_answers_services_endpoints_and_forwards_the_rest() {
         vec!["127.0.0.1".to_string()]
     );
     assert_eq!(published.endpoints[0].node_name.as_deref(), Some("node-1"));
+    let owners = published
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(
+        owners.len(),
+        1,
+        "owned by its Node, for the garbage collector"
+    );
+    assert_eq!(
+        (owners[0].kind.as_str(), &owners[0].uid),
+        ("Node", node.metadata.uid.as_ref().unwrap())
+    );
 
     let metrics = prometheus::TextEncoder::new()
         .encode_to_string(&registry.gather())
@@ -442,4 +459,103 @@ async fn until_bound(cfg: &DnsConfig, zone: Zone) -> DnsServer {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_is_truncated_over_udp_and_whole_over_tcp() {
+    let mut cfg = DnsConfig::new("127.0.0.1:0".parse().unwrap(), "node-1");
+    cfg.publish = false;
+    cfg.upstreams = vec!["127.0.0.1:9".parse().unwrap()];
+    let mut zone = Zone::new("cluster.local", 5).unwrap();
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "big", "namespace": "default"},
+        "spec": {"clusterIP": "None"},
+    }))
+    .unwrap();
+    zone.apply_service(&svc);
+    let endpoints: Vec<serde_json::Value> = (1..=60)
+        .map(|i| serde_json::json!({"addresses": [format!("10.2.0.{i}")]}))
+        .collect();
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "big-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "big"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+    }))
+    .unwrap();
+    zone.apply_slice(&slice);
+    let server = DnsServer::serve(zone, &cfg, DnsMetrics::unregistered(), true)
+        .await
+        .unwrap();
+    let m = udp(
+        server.local_addr(),
+        "big.default.svc.cluster.local.",
+        RecordType::A,
+    )
+    .await;
+    assert!(
+        m.metadata.truncation,
+        "60 A records do not fit in 512 bytes"
+    );
+    assert!(m.answers.is_empty());
+    let m = tcp(
+        server.local_addr(),
+        "big.default.svc.cluster.local.",
+        RecordType::A,
+    )
+    .await;
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_upstream_answer_is_asked_again_over_tcp() {
+    // The upstream says "truncated" over UDP and answers in full over TCP, on one port.
+    let udp_sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let upstream = udp_sock.local_addr().unwrap();
+    let tcp_listener = tokio::net::TcpListener::bind(upstream).await.unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, peer) = udp_sock.recv_from(&mut buf).await.unwrap();
+            let q = Message::from_vec(&buf[..len]).unwrap();
+            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+            r.add_queries(q.queries.clone());
+            r.metadata.truncation = true;
+            udp_sock.send_to(&r.to_vec().unwrap(), peer).await.unwrap();
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = tcp_listener.accept().await.unwrap();
+            let len = stream.read_u16().await.unwrap() as usize;
+            let mut buf = vec![0u8; len];
+            stream.read_exact(&mut buf).await.unwrap();
+            let q = Message::from_vec(&buf).unwrap();
+            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+            r.add_queries(q.queries.clone());
+            r.add_answer(Record::from_rdata(
+                n("big.example."),
+                60,
+                RData::A(A::new(192, 0, 2, 7)),
+            ));
+            let bytes = r.to_vec().unwrap();
+            stream.write_u16(bytes.len() as u16).await.unwrap();
+            stream.write_all(&bytes).await.unwrap();
+        }
+    });
+    let mut cfg = DnsConfig::new("127.0.0.1:0".parse().unwrap(), "node-1");
+    cfg.publish = false;
+    cfg.upstreams = vec![upstream];
+    let server = DnsServer::serve(
+        Zone::new("cluster.local", 5).unwrap(),
+        &cfg,
+        DnsMetrics::unregistered(),
+        true,
+    )
+    .await
+    .unwrap();
+    let m = udp(server.local_addr(), "big.example.", RecordType::A).await;
+    assert!(!m.metadata.truncation);
+    assert_eq!(ips(&m), vec![Ipv4Addr::new(192, 0, 2, 7)]);
 }

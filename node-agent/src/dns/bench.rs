@@ -264,4 +264,12 @@ mod tests {
         assert!(report.ratio > 0.0);
         assert!(report.to_string().contains("ratio"));
     }
+
+    /// The figures for docs/benchmarks.md (`cargo test --release -- --ignored --nocapture`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a 10-second benchmark; run by hand"]
+    async fn bench_report() {
+        let report = bench(&BenchOptions::default()).await.unwrap();
+        println!("{report}");
+    }
 }
