@@ -438,6 +438,26 @@ mod tests {
     }
 
     #[test]
+    fn mutated_queries_never_panic() {
+        let s = shared();
+        let base = query("web.default.svc.cluster.local.", RecordType::SRV);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut bytes = base.clone();
+            for _ in 0..rng.usize(1..6) {
+                let i = rng.usize(..bytes.len());
+                bytes[i] = rng.u8(..);
+            }
+            bytes.truncate(rng.usize(..=bytes.len()));
+            for proto in [Proto::Udp, Proto::Tcp] {
+                if let Outcome::Reply(r) = s.handle(&bytes, proto) {
+                    assert!(r.len() >= 12);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_response_is_never_answered() {
         let s = shared();
         let mut q = query("x.cluster.local.", RecordType::A);
