@@ -559,3 +559,63 @@ async fn a_truncated_upstream_answer_is_asked_again_over_tcp() {
     assert!(!m.metadata.truncation);
     assert_eq!(ips(&m), vec![Ipv4Addr::new(192, 0, 2, 7)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_through_another_address_is_detected_and_stops_forwarding() {
+    // A relay standing for the kube-dns ClusterIP: what it gets goes to the server, and back.
+    let relay = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let relay_addr = relay.local_addr().unwrap();
+    let target: Arc<std::sync::OnceLock<SocketAddr>> = Arc::default();
+    {
+        let (relay, target) = (relay.clone(), target.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65535];
+            loop {
+                let (len, peer) = relay.recv_from(&mut buf).await.unwrap();
+                let bytes = buf[..len].to_vec();
+                let (relay, target) = (relay.clone(), target.clone());
+                tokio::spawn(async move {
+                    // The server's address is known once it is bound.
+                    let server = loop {
+                        match target.get() {
+                            Some(a) => break *a,
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    };
+                    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    sock.send_to(&bytes, server).await.unwrap();
+                    let mut buf = vec![0u8; 65535];
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await
+                    {
+                        let _ = relay.send_to(&buf[..n], peer).await;
+                    }
+                });
+            }
+        });
+    }
+    let mut cfg = DnsConfig::new("127.0.0.1:0".parse().unwrap(), "node-1");
+    cfg.publish = false;
+    cfg.upstreams = vec![relay_addr];
+    cfg.forward_timeout = Duration::from_secs(1);
+    let zone = Zone::new("cluster.local", 5).unwrap();
+    let server = DnsServer::serve(zone, &cfg, DnsMetrics::unregistered(), true)
+        .await
+        .unwrap();
+    target.set(server.local_addr()).unwrap();
+    until(
+        Duration::from_secs(5),
+        "the start-up probe comes back: a loop",
+        || async { server.forwarding_loop_detected() },
+    )
+    .await;
+    // From then on nothing is forwarded: SERVFAIL at once, not after a trip round the loop.
+    let started = Instant::now();
+    let m = udp(server.local_addr(), "example.com.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -203,7 +203,9 @@ impl DnsServer {
             forward::Forwarder::new(&upstreams, &[addr, cfg.listen], cfg.forward_timeout);
         tracing::info!(%addr, domain = %cfg.domain, upstreams = ?forwarder.upstreams(), "dns: serving");
         let shared = Arc::new(server::Shared::new(zone, forwarder, metrics, synced));
-        let tasks = server::spawn(shared.clone(), udp, tcp);
+        let mut tasks = server::spawn(shared.clone(), udp, tcp);
+        let probe = shared.clone();
+        tasks.push(tokio::spawn(async move { probe.probe_loop().await }));
         Ok(DnsServer {
             addr,
             shared,
@@ -228,6 +230,12 @@ impl DnsServer {
         let mut rx = self.synced.clone();
         let _ = tokio::time::timeout(within, rx.wait_for(|s| *s)).await;
         self.is_synced()
+    }
+
+    /// Whether this server found that its upstream leads back to itself (it then forwards
+    /// nothing, answering SERVFAIL, rather than loop).
+    pub fn forwarding_loop_detected(&self) -> bool {
+        self.shared.looping()
     }
 
     /// Runs `f` on the zone (e.g. to fill a benchmark's).

@@ -70,6 +70,11 @@ pub(crate) struct Shared {
     pub forwarder: Forwarder,
     pub metrics: DnsMetrics,
     pending: Arc<Semaphore>,
+    /// A random name sent upstream once at start ([`Shared::probe_loop`]): receiving it means our
+    /// upstream leads back to us (the host's resolv.conf naming the kube-dns ClusterIP, say) —
+    /// CoreDNS's `loop` plugin. From then on nothing is forwarded.
+    loop_probe: Name,
+    looping: AtomicBool,
 }
 
 /// What to do with one query.
@@ -103,7 +108,32 @@ impl Shared {
             forwarder,
             metrics,
             pending: Arc::new(Semaphore::new(MAX_PENDING)),
+            loop_probe: Name::from_ascii(format!(
+                "{:016x}.{:016x}.loop-check.capstan.invalid.",
+                fastrand::u64(..),
+                fastrand::u64(..)
+            ))
+            .unwrap_or_else(|_| Name::root()),
+            looping: AtomicBool::new(false),
         }
+    }
+
+    /// Sends the loop probe upstream once; a loop shows as the probe arriving here.
+    pub(crate) async fn probe_loop(&self) {
+        if self.forwarder.upstreams().is_empty() {
+            return;
+        }
+        let mut query = Message::query();
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(self.loop_probe.clone(), RecordType::HINFO));
+        if let Ok(bytes) = query.to_vec() {
+            let _ = self.forwarder.forward(&bytes).await;
+        }
+    }
+
+    /// Whether a forwarding loop was detected.
+    pub(crate) fn looping(&self) -> bool {
+        self.looping.load(Ordering::Acquire)
     }
 
     /// Answers from the zone, or says what needs the network.
@@ -137,6 +167,16 @@ impl Shared {
         let [query] = request.queries.as_slice() else {
             return self.reply(response_to(&request, ResponseCode::FormErr), limit);
         };
+        if *query.name() == self.loop_probe && !self.loop_probe.is_root() {
+            if !self.looping.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    upstreams = ?self.forwarder.upstreams(),
+                    "dns: forwarding loop detected (an upstream leads back to this server); \
+                     no longer forwarding"
+                );
+            }
+            return self.reply(response_to(&request, ResponseCode::ServFail), limit);
+        }
         if query.query_class() != DNSClass::IN {
             return self.forward(raw, request, limit);
         }
@@ -226,6 +266,10 @@ impl Shared {
             limit,
             chase,
         } = pending;
+        if self.looping() {
+            self.metrics.forward_failed("loop");
+            return self.encode(response_to(&request, ResponseCode::ServFail), limit);
+        }
         let Some((mut response, target)) = chase else {
             self.metrics.forwarded();
             return match self.forwarder.forward(&raw).await {
