@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 pub use metrics::DnsMetrics;
-pub use resolv::{HostResolv, ResolvConf, pod_dns_config};
+pub use resolv::{HostResolv, ResolvConf, kube_dns_ip, pod_dns_config};
 pub use zone::Zone;
 
 /// How the DNS server runs.

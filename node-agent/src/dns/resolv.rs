@@ -182,6 +182,26 @@ pub fn pod_dns_config(
     Some(conf)
 }
 
+/// The kube-dns Service's ClusterIP for a service CIDR: its 10th address, as kubeadm picks it
+/// (10.96.0.0/12 → 10.96.0.10; fd00:10:96::/112 → fd00:10:96::a). `None` for a CIDR that is not
+/// one or too small.
+pub fn kube_dns_ip(service_cidr: &str) -> Option<IpAddr> {
+    let (ip, len) = service_cidr.split_once('/')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let len: u32 = len.parse().ok()?;
+    match ip {
+        IpAddr::V4(v4) if len <= 28 => {
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            Some(IpAddr::V4((u32::from(v4) & mask).checked_add(10)?.into()))
+        }
+        IpAddr::V6(v6) if len <= 124 => {
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            Some(IpAddr::V6((u128::from(v6) & mask).checked_add(10)?.into()))
+        }
+        _ => None,
+    }
+}
+
 /// Keeps each string's first occurrence, in order.
 fn dedup(items: Vec<String>) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(items.len());

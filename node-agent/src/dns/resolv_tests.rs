@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::{PodDNSConfig, PodDNSConfigOption};
 
-use super::{ResolvConf, pod_dns_config};
+use super::{ResolvConf, kube_dns_ip, pod_dns_config};
 
 fn host() -> ResolvConf {
     ResolvConf::parse(
@@ -223,4 +223,24 @@ fn an_empty_cluster_domain_searches_only_the_hosts_domains() {
     )
     .unwrap();
     assert_eq!(got.searches, strings(&["example.com", "corp.example.com"]));
+}
+
+#[test]
+fn kube_dns_ip_is_the_tenth_address_of_the_service_cidr() {
+    let cases = [
+        ("10.96.0.0/12", Some("10.96.0.10")),
+        ("10.96.5.7/16", Some("10.96.0.10")),
+        ("172.20.0.0/28", Some("172.20.0.10")),
+        ("10.0.0.0/29", None),
+        ("fd00:10:96::/112", Some("fd00:10:96::a")),
+        ("nonsense", None),
+        ("10.0.0.0/x", None),
+    ];
+    for (cidr, want) in cases {
+        assert_eq!(
+            kube_dns_ip(cidr),
+            want.map(|w| w.parse().unwrap()),
+            "{cidr}"
+        );
+    }
 }
