@@ -502,6 +502,23 @@ mod tests {
     }
 
     #[test]
+    fn an_edns_query_gets_an_opt_record_back_and_case_is_echoed() {
+        let s = shared();
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("DNS-Version.Cluster.Local.").unwrap(),
+            RecordType::TXT,
+        ));
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        m.set_edns(edns);
+        let r = reply(s.handle(&m.to_vec().unwrap(), Proto::Udp));
+        assert_eq!(r.edns.as_ref().map(|e| e.max_payload()), Some(EDNS_PAYLOAD));
+        assert_eq!(r.answers[0].name.to_ascii(), "DNS-Version.Cluster.Local.");
+        assert!(r.metadata.recursion_available);
+    }
+
+    #[test]
     fn a_response_is_never_answered() {
         let s = shared();
         let mut q = query("x.cluster.local.", RecordType::A);
