@@ -2,7 +2,8 @@
 //! ([`node`]), watches the pods bound to it, and gives each a worker ([`pod::worker`]) that
 //! plans ([`pod::plan`]) and reports ([`pod::status`]) through a container runtime
 //! ([`runtime`]: containerd's CRI, or plain processes). `kubectl logs` and `kubectl exec`
-//! reach it through [`server`].
+//! reach it through [`server`]. Cluster DNS (the zone from Services and EndpointSlices, the
+//! UDP/TCP server, forwarding, pods' resolv.conf) is [`dns`].
 
 pub mod agent;
 pub mod containerd;

@@ -167,6 +167,7 @@ async fn cluster_dns_answers_services_endpoints_and_forwards_the_rest() {
     let (upstream, upstream_queries) = fake_upstream().await;
     let mut cfg = DnsConfig::new("127.0.0.1:0".parse().unwrap(), "node-1");
     cfg.upstreams = vec![upstream];
+    cfg.publish_resync = Duration::from_millis(100);
     let registry = prometheus::Registry::new();
     let server = dns::start(c.client.clone(), cfg, &registry).await.unwrap();
     let addr = server.local_addr();
@@ -362,6 +363,25 @@ async fn cluster_dns_answers_services_endpoints_and_forwards_the_rest() {
         (owners[0].kind.as_str(), &owners[0].uid),
         ("Node", node.metadata.uid.as_ref().unwrap())
     );
+
+    // Level-triggered: a deleted slice is written again.
+    let uid = published.metadata.uid.clone();
+    system
+        .delete("kube-dns-node-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    until(
+        Duration::from_secs(10),
+        "the deleted kube-dns EndpointSlice is written again",
+        || async {
+            system
+                .get_opt("kube-dns-node-1")
+                .await
+                .unwrap()
+                .is_some_and(|s| s.metadata.uid != uid)
+        },
+    )
+    .await;
 
     let metrics = prometheus::TextEncoder::new()
         .encode_to_string(&registry.gather())

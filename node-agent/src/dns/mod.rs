@@ -47,6 +47,8 @@ pub struct DnsConfig {
     pub node_name: String,
     /// Whether to publish the kube-dns EndpointSlice (needs a specific listen IP).
     pub publish: bool,
+    /// How often the published slice is checked (and written again if it is gone or differs).
+    pub publish_resync: Duration,
 }
 
 impl DnsConfig {
@@ -61,6 +63,7 @@ impl DnsConfig {
             forward_timeout: Duration::from_secs(2),
             node_name: node_name.into(),
             publish: true,
+            publish_resync: Duration::from_secs(30),
         }
     }
 }
@@ -144,25 +147,14 @@ pub async fn start(
             server.addr.port(),
         );
         let mut synced = server.synced.clone();
+        let resync = cfg.publish_resync;
         server.tasks.push(tokio::spawn(async move {
             // Published only once it answers cluster names: the proxy must not send queries to a
             // server that would SERVFAIL them.
             if synced.wait_for(|s| *s).await.is_err() {
                 return;
             }
-            let mut delay = Duration::from_millis(500);
-            loop {
-                match publish::publish(&api, &node, ip, port).await {
-                    // Without its Node as owner (not registered yet), applied again later.
-                    Ok(true) => return,
-                    Ok(false) => delay = Duration::from_secs(30),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dns: publishing the kube-dns endpoint failed");
-                        delay = (delay * 2).min(Duration::from_secs(30));
-                    }
-                }
-                tokio::time::sleep(delay).await;
-            }
+            publish::keep_published(&api, &node, ip, port, resync).await;
         }));
         server.published = Some((client, cfg.node_name.clone()));
     }
@@ -246,7 +238,14 @@ impl DnsServer {
 
     /// Stops serving and deletes the published kube-dns EndpointSlice.
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
-        self.stop_tasks();
+        // Aborted and awaited: no publish is in flight once the delete goes out.
+        let tasks: Vec<JoinHandle<()>> = self.tasks.drain(..).collect();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
         if let Some((client, node)) = self.published.take() {
             publish::unpublish(&client, &node)
                 .await

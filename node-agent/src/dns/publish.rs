@@ -8,6 +8,7 @@
 //! custom endpoints), with its own `managed-by` so the endpoint controller leaves it alone.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -99,5 +100,68 @@ pub async fn unpublish(client: &kube::Client, node: &str) -> Result<(), kube::Er
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether the slice exists as [`slice`] would write it, owner included.
+pub async fn is_current(
+    client: &kube::Client,
+    node: &str,
+    ip: IpAddr,
+    port: u16,
+) -> Result<bool, kube::Error> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
+    let Some(s) = slices.get_opt(&slice_name(node)).await? else {
+        return Ok(false);
+    };
+    let ports: Vec<(Option<&str>, Option<i32>)> = s
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.as_deref(), p.port))
+        .collect();
+    let owned = s
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|o| !o.is_empty());
+    let addresses_match = s.endpoints.len() == 1 && s.endpoints[0].addresses == [ip.to_string()];
+    Ok(owned
+        && addresses_match
+        && ports
+            == [
+                (Some("dns"), Some(i32::from(port))),
+                (Some("dns-tcp"), Some(i32::from(port))),
+            ])
+}
+
+/// Publishes, then checks every `resync` and publishes again when the slice is not current;
+/// failures back off from 500 ms to `resync`. Runs until aborted.
+pub async fn keep_published(
+    client: &kube::Client,
+    node: &str,
+    ip: IpAddr,
+    port: u16,
+    resync: Duration,
+) {
+    let mut backoff = Duration::from_millis(500).min(resync);
+    loop {
+        let outcome = match is_current(client, node, ip, port).await {
+            Ok(true) => Ok(()),
+            Ok(false) => publish(client, node, ip, port).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let wait = match outcome {
+            Ok(()) => {
+                backoff = Duration::from_millis(500).min(resync);
+                resync
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dns: publishing the kube-dns endpoint failed");
+                backoff = (backoff * 2).min(resync);
+                backoff
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
