@@ -2,10 +2,10 @@
 //! `kubernetes` and `forward` plugins is to a Kubernetes cluster, following kubernetes/dns
 //! `docs/specification.md`.
 //!
-//! Start at [`start`]: it binds UDP and TCP on one port ([`server`]), watches Services and
+//! Start at [`start`]: it binds UDP and TCP on one port (`server.rs`), watches Services and
 //! EndpointSlices in every namespace into the pure [`zone::Zone`], forwards every other name to
 //! the host's resolvers ([`forward`]), and publishes itself as an endpoint of
-//! `kube-system/kube-dns` ([`publish`]). [`resolv`] computes pods' resolv.conf; [`bench`] measures
+//! `kube-system/kube-dns` ([`publish`]). [`resolv`] computes pods' resolv.conf; [`bench`](mod@bench) measures
 //! the server against a bare UDP responder.
 
 pub mod bench;
@@ -13,7 +13,7 @@ pub mod forward;
 pub mod metrics;
 pub mod publish;
 pub mod resolv;
-pub mod server;
+mod server;
 mod watch;
 pub mod zone;
 

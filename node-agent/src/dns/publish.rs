@@ -103,7 +103,7 @@ pub async fn unpublish(client: &kube::Client, node: &str) -> Result<(), kube::Er
     }
 }
 
-/// Whether the slice exists as [`slice`] would write it, owner included.
+/// Whether the slice exists as [`slice()`] would write it, owner included.
 pub async fn is_current(
     client: &kube::Client,
     node: &str,
