@@ -2,10 +2,13 @@
 //! ([`node`]), watches the pods bound to it, and gives each a worker ([`pod::worker`]) that
 //! plans ([`pod::plan`]) and reports ([`pod::status`]) through a container runtime
 //! ([`runtime`]: containerd's CRI, or plain processes). `kubectl logs` and `kubectl exec`
-//! reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy).
+//! reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy); cluster
+//! DNS (the zone from Services and EndpointSlices, the UDP/TCP server, forwarding, pods'
+//! resolv.conf) is [`dns`].
 
 pub mod agent;
 pub mod containerd;
+pub mod dns;
 pub mod exec_ws;
 pub mod logs;
 pub mod node;
