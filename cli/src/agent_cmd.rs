@@ -50,6 +50,39 @@ pub struct AgentArgs {
     /// (default inside `capstan up`: DATA_DIR/images).
     #[arg(long)]
     pub image_dir: Option<PathBuf>,
+    /// Program Services into nftables on this node (kube-proxy's job): `auto` does when
+    /// running as root with `nft` installed.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub proxy: Toggle,
+    /// The nftables table (family ip) the service proxy owns.
+    #[arg(long, default_value = "capstan")]
+    pub proxy_table: String,
+    /// The pods' IPv4 range: Service traffic from it is masqueraded when bridged traffic
+    /// bypasses netfilter (no br_netfilter). Inside `capstan up`: its --pod-cidr.
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// Serve cluster DNS on the node IP and publish it as a kube-dns endpoint (`auto`: carry
+    /// on without it when the port is taken).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dns: Toggle,
+    /// The cluster DNS server's port on the node IP (0: any free one; the kube-dns Service
+    /// reaches it through the proxy whatever it is).
+    #[arg(long, default_value_t = 53)]
+    pub dns_port: u16,
+    /// The nameserver pods with dnsPolicy ClusterFirst get (default: the ClusterIP of
+    /// kube-system/kube-dns).
+    #[arg(long)]
+    pub cluster_dns: Option<String>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +109,14 @@ pub async fn run(client_args: ClientArgs, cmd: AgentCmd) -> Result<()> {
         }
         r => r,
     };
-    run_agent(client, runtime, &cmd.cri_socket, cmd.agent).await
+    run_agent(
+        client,
+        runtime,
+        &cmd.cri_socket,
+        cmd.agent,
+        crate::signals::shutdown_signal(),
+    )
+    .await
 }
 
 /// `capstan image import FILE.tar...`: loads OCI archives into containerd's k8s.io namespace
@@ -99,24 +139,174 @@ pub async fn image_import(cmd: ImageImportCmd) -> Result<()> {
     Ok(())
 }
 
-/// Runs the agent with `runtime` (Cri, Process or None: resolve Auto first) until it fails
-/// (or forever).
+/// Runs the agent with `runtime` (Cri, Process or None: resolve Auto first), its service
+/// proxy and its DNS server until it fails or `shutdown` resolves; then removes the proxy's
+/// rules and the DNS server's endpoint (the pods keep running, as containers outlive a
+/// kubelet, and are adopted on the next start).
 pub async fn run_agent(
     client: kube::Client,
     runtime: Runtime,
     cri_socket: &std::path::Path,
     args: AgentArgs,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     if runtime == Runtime::None {
         return Ok(());
     }
-    let name = match args.node_name {
-        Some(n) => n,
+    // One /metrics for the agent, its proxy and its DNS server.
+    let metrics = capstan_node_agent::server::Metrics::new().context("the agent's metrics")?;
+    let services = NodeServices::start(&client, &args, &metrics.registry).await?;
+    let dns = services.cluster_dns.clone();
+    let ran = tokio::select! {
+        r = run_node(client, runtime, cri_socket, args, dns, metrics) => r,
+        _ = shutdown => {
+            tracing::info!("node agent stopping; its pods keep running");
+            Ok(())
+        }
+    };
+    services.stop().await;
+    ran
+}
+
+/// The agent's share of Services: the proxy and the cluster DNS server.
+struct NodeServices {
+    proxy: Option<capstan_node_agent::proxy::Proxy>,
+    dns: Option<capstan_node_agent::dns::DnsServer>,
+    /// What pods with dnsPolicy ClusterFirst are given.
+    cluster_dns: Option<String>,
+}
+
+impl NodeServices {
+    async fn start(
+        client: &kube::Client,
+        args: &AgentArgs,
+        registry: &prometheus::Registry,
+    ) -> Result<NodeServices> {
+        let name = node_name(args);
+        let host_ip = args
+            .node_ip
+            .clone()
+            .unwrap_or_else(capstan_node_agent::node::host_ip);
+        let root = rustix::process::geteuid().is_root();
+        let nft = capstan_node_agent::containerd::which("nft").is_some();
+        let proxy = match (args.proxy, root && nft) {
+            (Toggle::Off, _) => None,
+            (Toggle::Auto, false) => {
+                tracing::warn!(
+                    "not root or no `nft` (apt-get install nftables): Services are NOT proxied on this node"
+                );
+                None
+            }
+            _ => {
+                let mut cfg = capstan_node_agent::proxy::ProxyConfig::new(&name);
+                cfg.table = args.proxy_table.clone();
+                cfg.cluster_cidr = args.cluster_cidr.clone();
+                if let Ok(ip) = host_ip.parse() {
+                    cfg.node_ips = vec![ip];
+                }
+                Some(
+                    capstan_node_agent::proxy::start(client.clone(), cfg, registry)
+                        .await
+                        .context("starting the service proxy")?,
+                )
+            }
+        };
+        let dns = match args.dns {
+            Toggle::Off => None,
+            _ => {
+                let ip: std::net::IpAddr = host_ip
+                    .parse()
+                    .with_context(|| format!("node IP {host_ip:?}"))?;
+                let mut cfg = capstan_node_agent::dns::DnsConfig::new(
+                    std::net::SocketAddr::new(ip, args.dns_port),
+                    name.clone(),
+                );
+                cfg.domain = args.cluster_domain.clone();
+                match capstan_node_agent::dns::start(client.clone(), cfg, registry).await {
+                    Ok(d) => {
+                        tracing::info!(addr = %d.local_addr(), "cluster DNS serving");
+                        Some(d)
+                    }
+                    Err(e) if args.dns == Toggle::Auto => {
+                        tracing::error!(error = format!("{e:#}"), "cluster DNS not started");
+                        None
+                    }
+                    Err(e) => return Err(e).context("starting cluster DNS"),
+                }
+            }
+        };
+        let cluster_dns = match &args.cluster_dns {
+            Some(ip) => Some(ip.clone()),
+            None => kube_dns_ip(client).await,
+        };
+        if cluster_dns.is_none() {
+            tracing::warn!(
+                "no kube-system/kube-dns Service and no --cluster-dns: pods get the host's resolv.conf"
+            );
+        }
+        Ok(NodeServices {
+            proxy,
+            dns,
+            cluster_dns,
+        })
+    }
+
+    async fn stop(self) {
+        if let Some(p) = self.proxy
+            && let Err(e) = p.shutdown().await
+        {
+            tracing::warn!(error = format!("{e:#}"), "removing the service proxy's rules");
+        }
+        if let Some(d) = self.dns
+            && let Err(e) = d.shutdown().await
+        {
+            tracing::warn!(error = format!("{e:#}"), "stopping cluster DNS");
+        }
+    }
+}
+
+/// The ClusterIP of kube-system/kube-dns (the API server creates it), asked a few times.
+async fn kube_dns_ip(client: &kube::Client) -> Option<String> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client.clone(), "kube-system");
+    for _ in 0..10 {
+        match api.get_opt("kube-dns").await {
+            Ok(Some(s)) => {
+                return s
+                    .spec
+                    .and_then(|s| s.cluster_ip)
+                    .filter(|ip| !ip.is_empty() && ip != "None");
+            }
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading kube-system/kube-dns");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+    None
+}
+
+fn node_name(args: &AgentArgs) -> String {
+    match &args.node_name {
+        Some(n) => n.clone(),
         None => rustix::system::uname()
             .nodename()
             .to_string_lossy()
             .to_lowercase(),
-    };
+    }
+}
+
+/// The node agent itself: registers the node and runs its pods.
+async fn run_node(
+    client: kube::Client,
+    runtime: Runtime,
+    cri_socket: &std::path::Path,
+    args: AgentArgs,
+    cluster_dns: Option<String>,
+    metrics: capstan_node_agent::server::Metrics,
+) -> Result<()> {
+    let name = node_name(&args);
     let host_ip = args
         .node_ip
         .unwrap_or_else(capstan_node_agent::node::host_ip);
@@ -144,6 +334,8 @@ pub async fn run_agent(
         runtime_version: String::new(),
         root_dir: root_dir.clone(),
         port: 0,
+        cluster_dns: cluster_dns.into_iter().collect(),
+        cluster_domain: args.cluster_domain.clone(),
     };
     let log_root = root_dir.join("logs");
     match runtime {
@@ -196,6 +388,7 @@ pub async fn run_agent(
             };
             tracing::info!(node = %name, socket = %cri_socket.display(), root = %root_dir.display(), version = %node.runtime_version, "node agent starting (containerd CRI runtime)");
             Agent::new(client, Arc::new(rt), node, log_root, "containerd")
+                .with_metrics(metrics)
                 .serve(listener)
                 .run()
                 .await?;
@@ -219,6 +412,7 @@ pub async fn run_agent(
                 );
             }
             Agent::new(client, Arc::new(rt), node, log_root, "process")
+                .with_metrics(metrics)
                 .serve(listener)
                 .run()
                 .await?;

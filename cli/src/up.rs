@@ -160,6 +160,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             runtime = Runtime::Process;
         }
     }
+    let mut agent_task = None;
     if runtime != Runtime::None {
         let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
         let client = kube::Client::try_from(config).context("client for the node agent")?;
@@ -171,22 +172,27 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         if agent.image_dir.is_none() {
             agent.image_dir = Some(args.store.data_dir.join("images"));
         }
+        if agent.cluster_cidr.is_none() && runtime == Runtime::Cri {
+            agent.cluster_cidr = Some(args.pod_cidr.clone());
+        }
         let socket = cri_socket.clone();
-        tokio::spawn(async move {
-            // Stops with the server (its pod watch would hold the graceful shutdown open);
-            // the pods keep running, as containers outlive a kubelet, and are adopted on the
-            // next start.
-            tokio::select! {
-                r = crate::agent_cmd::run_agent(client, runtime, &socket, agent) => {
-                    if let Err(e) = r {
-                        tracing::error!(error = format!("{e:#}"), "the node agent failed");
-                    }
-                }
-                _ = shutdown_signal() => tracing::info!("node agent stopping; its pods keep running"),
+        // Stops with the server (its pod watch would hold the graceful shutdown open),
+        // removing its proxy rules and DNS endpoint first; the pods keep running.
+        agent_task = Some(tokio::spawn(async move {
+            let r =
+                crate::agent_cmd::run_agent(client, runtime, &socket, agent, shutdown_signal())
+                    .await;
+            if let Err(e) = r {
+                tracing::error!(error = format!("{e:#}"), "the node agent failed");
             }
-        });
+        }));
     }
     let served = server.await.context("server task");
+    if let Some(t) = agent_task
+        && tokio::time::timeout(Duration::from_secs(10), t).await.is_err()
+    {
+        tracing::warn!("the node agent did not stop within 10s");
+    }
     endpoints.stop().await;
     if let Some(c) = managed {
         // Its pods keep running (their shims outlive it) and are adopted on the next start.

@@ -78,6 +78,13 @@ impl<R: Runtime> Agent<R> {
         }
     }
 
+    /// Reports through `metrics` (whose registry may hold other components' too: the
+    /// proxy's, cluster DNS's) instead of its own.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Serves logs and metrics on `listener` (whose port the Node reports).
     pub fn serve(mut self, listener: tokio::net::TcpListener) -> Self {
         if let Ok(addr) = listener.local_addr() {

@@ -26,6 +26,11 @@ pub struct NodeConfig {
     pub root_dir: std::path::PathBuf,
     /// The agent's HTTP port (logs, metrics): status.daemonEndpoints.kubeletEndpoint.
     pub port: u16,
+    /// Cluster DNS's address for pods with dnsPolicy ClusterFirst (the kubelet's
+    /// `--cluster-dns`); without one they get the host's resolv.conf, as on Kubernetes.
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain (`--cluster-domain`, default `cluster.local`).
+    pub cluster_domain: String,
 }
 
 /// cpu, memory, pods and ephemeral-storage of this machine, as Quantity strings.

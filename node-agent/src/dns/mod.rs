@@ -29,6 +29,38 @@ pub use metrics::DnsMetrics;
 pub use resolv::{HostResolv, ResolvConf, kube_dns_ip, pod_dns_config};
 pub use zone::Zone;
 
+/// The resolv.conf of `pod`'s sandbox on this node (the kubelet's `GetPodDNS`): its dnsPolicy
+/// and dnsConfig over the node's cluster DNS address and the host's resolv.conf — systemd-
+/// resolved's upstream list rather than its 127.0.0.53 stub, which a pod cannot reach. `None`
+/// leaves the runtime's default (a policy Kubernetes does not know, refused by validation).
+pub fn pod_resolv(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    node: &crate::NodeConfig,
+) -> Option<crate::runtime::DnsSettings> {
+    let spec = pod.spec.as_ref()?;
+    let mut host = ResolvConf::read(Path::new("/etc/resolv.conf")).unwrap_or_default();
+    if host.servers.iter().any(|s| s.starts_with("127.")) {
+        let resolved = Path::new("/run/systemd/resolve/resolv.conf");
+        if let Ok(r) = ResolvConf::read(resolved) {
+            host = r;
+        }
+    }
+    let conf = pod_dns_config(
+        spec.dns_policy.as_deref(),
+        spec.dns_config.as_ref(),
+        spec.host_network.unwrap_or(false),
+        node.cluster_dns.as_slice(),
+        &node.cluster_domain,
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        &host,
+    )?;
+    Some(crate::runtime::DnsSettings {
+        servers: conf.servers,
+        searches: conf.searches,
+        options: conf.options,
+    })
+}
+
 /// How the DNS server runs.
 #[derive(Debug, Clone)]
 pub struct DnsConfig {

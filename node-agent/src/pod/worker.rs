@@ -279,6 +279,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
                         hostname: hostname(pod),
                         port_mappings: port_mappings(pod),
                         cgroup_parent: resources::cgroup_parent(pod),
+                        dns: crate::dns::pod_resolv(pod, &self.ctx.node),
                     };
                     sandbox = Some(rt.run_sandbox(&cfg).await.map_err(|e| e.to_string())?);
                 }

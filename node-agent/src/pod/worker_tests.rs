@@ -106,6 +106,8 @@ fn harness() -> Harness {
             runtime_version: rt.version(),
             root_dir: dir.path().join("root"),
             port: 10250,
+            cluster_dns: vec!["10.96.0.10".into()],
+            cluster_domain: "cluster.local".into(),
         },
         log_root: dir.path().join("logs"),
         runtime_name: "fake".into(),

@@ -415,6 +415,11 @@ impl Runtime for CriRuntime {
                 .collect(),
             labels: config.labels.clone().into_iter().collect(),
             annotations,
+            dns_config: config.dns.as_ref().map(|d| cri::DnsConfig {
+                servers: d.servers.clone(),
+                searches: d.searches.clone(),
+                options: d.options.clone(),
+            }),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: config.cgroup_parent.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {

@@ -71,6 +71,17 @@ pub struct SandboxConfig {
     pub port_mappings: Vec<PortMapping>,
     /// The pod's cgroup (cgroupfs path such as `/kubepods/burstable/pod<uid>`).
     pub cgroup_parent: String,
+    /// The pod's resolv.conf (CRI's DNSConfig); `None` leaves the runtime's default (the
+    /// host's).
+    pub dns: Option<DnsSettings>,
+}
+
+/// A pod's resolv.conf: nameservers, search domains, options (`ndots:5`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsSettings {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
