@@ -255,7 +255,10 @@ impl NodeServices {
         if let Some(p) = self.proxy
             && let Err(e) = p.shutdown().await
         {
-            tracing::warn!(error = format!("{e:#}"), "removing the service proxy's rules");
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "removing the service proxy's rules"
+            );
         }
         if let Some(d) = self.dns
             && let Err(e) = d.shutdown().await

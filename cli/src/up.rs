@@ -112,12 +112,11 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
     let app = capstan_apiserver::router(api.clone());
     let limits = args.serve.limits();
-    let server = tokio::spawn(capstan_apiserver::serve(
-        listener,
-        app,
-        limits,
-        shutdown_signal(),
-    ));
+    // The server stops last: the agent leaving removes its DNS endpoint through it.
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(capstan_apiserver::serve(listener, app, limits, async {
+        let _ = server_stopped.await;
+    }));
     println!(
         "capstan is up: http://{addr}/readyz answers; store={}; kubectl --kubeconfig {} get ns",
         store.backend(),
@@ -179,20 +178,30 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         // Stops with the server (its pod watch would hold the graceful shutdown open),
         // removing its proxy rules and DNS endpoint first; the pods keep running.
         agent_task = Some(tokio::spawn(async move {
-            let r =
-                crate::agent_cmd::run_agent(client, runtime, &socket, agent, shutdown_signal())
-                    .await;
+            let r = crate::agent_cmd::run_agent(client, runtime, &socket, agent, shutdown_signal())
+                .await;
             if let Err(e) = r {
                 tracing::error!(error = format!("{e:#}"), "the node agent failed");
             }
         }));
     }
-    let served = server.await.context("server task");
+    let early = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = &mut server => Some(r),
+    };
     if let Some(t) = agent_task
-        && tokio::time::timeout(Duration::from_secs(10), t).await.is_err()
+        && tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .is_err()
     {
         tracing::warn!("the node agent did not stop within 10s");
     }
+    let _ = stop_server.send(());
+    let served = match early {
+        Some(r) => r,
+        None => server.await,
+    }
+    .context("server task");
     endpoints.stop().await;
     if let Some(c) = managed {
         // Its pods keep running (their shims outlive it) and are adopted on the next start.

@@ -415,6 +415,28 @@ impl CapstanUp {
     }
 }
 
+impl CapstanUp {
+    /// Stops it as a user would (SIGTERM) and waits up to `within` for it to exit; kills it
+    /// (-9) past that. True when it exited by itself, successfully.
+    pub fn stop(&mut self, within: Duration) -> bool {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 impl Drop for CapstanUp {
     fn drop(&mut self) {
         let _ = self.child.kill();

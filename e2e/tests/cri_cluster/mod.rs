@@ -104,6 +104,10 @@ impl Cluster {
                 &self.bridge,
                 "--service-cidr",
                 &self.service_cidr,
+                "--proxy-table",
+                &self.table,
+                "--dns-port",
+                "0",
             ],
         )
         .unwrap();
@@ -230,6 +234,11 @@ impl Drop for Cluster {
                 .args(["-l", m])
                 .status();
         }
+        // The proxy's rules outlive a kill -9 (a restarted agent adopts them).
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = std::process::Command::new("ip")
             .args(["link", "delete", &self.bridge])
             .stderr(std::process::Stdio::null())
@@ -266,4 +275,3 @@ pub fn ready(pod: &Value) -> bool {
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     })
 }
-
