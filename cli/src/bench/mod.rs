@@ -6,6 +6,7 @@ mod api;
 mod crd;
 mod pods;
 mod schedule;
+mod services;
 mod store;
 
 use std::future::Future;
@@ -39,6 +40,11 @@ enum Which {
     /// Pod startup on containerd (1 pod, 30 at once) against raw CRI and `ctr run -d`, and the
     /// agent's RSS with 30 pods.
     Pods(pods::PodsBench),
+    /// Services: the proxy's rule sync (1,000 Services × 10 endpoints) against raw `nft -f`,
+    /// and pod Ready → EndpointSlice → rule propagation with 1,000 endpoints (root, nft).
+    Services(services::ServicesBench),
+    /// Cluster DNS: queries/s and p99 against a bare UDP responder in the same run.
+    Dns(services::DnsBench),
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
@@ -48,6 +54,8 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Crd(b) => crd::run(b).await,
         Which::Schedule(b) => schedule::run(b).await,
         Which::Pods(b) => pods::run(b).await,
+        Which::Services(b) => services::run(b).await,
+        Which::Dns(b) => services::dns(b).await,
     }
 }
 
