@@ -33,13 +33,15 @@ else
 	$(CARGO) test -p capstan-e2e --no-fail-fast
 endif
 
-## bench: the store, API, CRD, scheduling and pod startup benchmarks (release build); see docs/benchmarks.md
+## bench: the store, API, CRD, scheduling, pod startup, Services and DNS benchmarks (release build); see docs/benchmarks.md
 bench: deps
 	$(CARGO) run --release -p capstan -- bench store
 	$(CARGO) run --release -p capstan -- bench api
 	$(CARGO) run --release -p capstan -- bench crd
 	$(CARGO) run --release -p capstan -- bench schedule
 	$(CARGO) run --release -p capstan -- bench pods
+	$(CARGO) run --release -p capstan -- bench services
+	$(CARGO) run --release -p capstan -- bench dns
 
 ## crds: regenerate manifests/crds/ from the types in api/src/crds (a test fails when stale)
 crds:
