@@ -378,15 +378,23 @@ pub struct CapstanUp {
 
 impl CapstanUp {
     pub fn start<S: AsRef<std::ffi::OsStr>>(bin: &Path, args: &[S]) -> Result<CapstanUp> {
-        // No node agent unless the test asks for one (`--runtime process`).
-        let wants_runtime = args.iter().any(|a| a.as_ref() == "--runtime");
+        // No node agent unless the test asks for one (`--runtime process`); an agent without
+        // the service proxy (it would share the default nftables table with every other
+        // cluster of the run) and DNS (port 53) unless the test names its own table / port.
+        let has = |flag: &str| args.iter().any(|a| a.as_ref() == flag);
+        let mut defaults: Vec<&str> = Vec::new();
+        if !has("--runtime") {
+            defaults.extend(["--runtime", "none"]);
+        }
+        if !has("--proxy-table") && !has("--proxy") {
+            defaults.extend(["--proxy", "off"]);
+        }
+        if !has("--dns-port") && !has("--dns") {
+            defaults.extend(["--dns", "off"]);
+        }
         let mut child = Command::new(bin)
             .args(["up", "--listen", "127.0.0.1:0"])
-            .args(if wants_runtime {
-                &[][..]
-            } else {
-                &["--runtime", "none"][..]
-            })
+            .args(&defaults)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
