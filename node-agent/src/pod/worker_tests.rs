@@ -560,3 +560,39 @@ async fn the_worker_loop_sleeps_through_back_offs_and_ends_when_the_pod_is_gone(
     assert!(h.rt.list_sandboxes().await.unwrap().is_empty());
     assert!(h.rt.list_containers().await.unwrap().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_sandbox_gets_the_pods_resolv_conf() {
+    let h = harness();
+    let mut w = PodWorker::new(h.ctx.clone(), "u1".into());
+    w.sync(&app("Always")).await.unwrap();
+    let sandboxes = h.rt.list_sandboxes().await.unwrap();
+    let dns = sandboxes[0].config.dns.clone().expect("a resolv.conf");
+    assert_eq!(dns.servers, ["10.96.0.10"], "ClusterFirst: cluster DNS");
+    assert_eq!(
+        dns.searches[..3],
+        [
+            "default.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local"
+        ]
+    );
+    assert_eq!(dns.options, ["ndots:5"]);
+
+    // dnsPolicy None: only what dnsConfig says.
+    let h = harness();
+    let mut w = PodWorker::new(h.ctx.clone(), "u1".into());
+    let p = pod(json!({"dnsPolicy": "None",
+        "dnsConfig": {"nameservers": ["192.0.2.53"], "searches": ["corp.example"],
+                      "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]},
+        "containers": [{"name": "app", "image": "busybox:1"}]}));
+    w.sync(&p).await.unwrap();
+    let dns = h.rt.list_sandboxes().await.unwrap()[0]
+        .config
+        .dns
+        .clone()
+        .unwrap();
+    assert_eq!(dns.servers, ["192.0.2.53"]);
+    assert_eq!(dns.searches, ["corp.example"]);
+    assert_eq!(dns.options, ["ndots:2", "edns0"]);
+}
