@@ -146,7 +146,7 @@ fn suite(c: &Cluster) {
     );
     assert_eq!(
         c.ok(&["get", "cm,svc", "-o", "name"]),
-        "configmap/settings\nservice/web\n"
+        "configmap/settings\nservice/kubernetes\nservice/web\n"
     );
     let svc = c.ok(&["get", "svc", "web", "--no-headers"]);
     let cols: Vec<&str> = svc.split_whitespace().collect();
@@ -502,7 +502,11 @@ fn suite(c: &Cluster) {
         c.ok(&["delete", "cm,deploy", "-l", "app=web"]),
         "configmap \"settings\" deleted\ndeployment.apps \"web\" deleted\n"
     );
-    assert_eq!(c.ok(&["get", "cm,deploy,svc", "-o", "name"]), "");
+    // What is left is the API server's own.
+    assert_eq!(
+        c.ok(&["get", "cm,deploy,svc", "-o", "name"]),
+        "service/kubernetes\n"
+    );
 }
 
 #[test]

@@ -68,21 +68,37 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // What up writes at start: the four system namespaces and an APIService per served
-    // group/version — and nothing else.
+    // What up writes at start: the four system namespaces, an APIService per served
+    // group/version, the kubernetes and kube-dns Services with their ClusterIP claims, the
+    // kubernetes Endpoints and EndpointSlice — and nothing else (its API server lease went
+    // with the clean stop).
     let apiservices = store_cmd(dir.path(), &["list", "apiservices/"]);
-    let registered = String::from_utf8_lossy(&apiservices.stdout).lines().count();
     assert!(
         String::from_utf8_lossy(&apiservices.stdout).contains("apiservices/v1.apps\n"),
         "{}",
         String::from_utf8_lossy(&apiservices.stdout)
     );
+    let all = store_cmd(dir.path(), &["list", ""]);
+    let others: Vec<String> = String::from_utf8_lossy(&all.stdout)
+        .lines()
+        .filter(|k| !k.starts_with("apiservices/") && !k.starts_with("namespaces/"))
+        .map(str::to_string)
+        .collect();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!(
-            "backend=embedded revision={} compacted=1",
-            1 + 4 + registered
-        )
+        others,
+        [
+            "endpoints/default/kubernetes",
+            "endpointslices/default/kubernetes",
+            "serviceips/10.96.0.1",
+            "serviceips/10.96.0.10",
+            "services/default/kubernetes",
+            "services/kube-system/kube-dns",
+        ]
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("backend=embedded revision="),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
     let out = store_cmd(dir.path(), &["list", "namespaces/"]);
     assert_eq!(
