@@ -18,24 +18,39 @@ use capstan_testkit::{eventually, http_get};
 use cri_cluster::{Cluster, missing_prerequisites, ready};
 use serde_json::{Value, json};
 
-const MANIFEST: &str = r#"
+/// A Deployment of busybox httpd pods serving `page` (a shell expression) on port 8080, named
+/// `http`, Ready by `probe`.
+fn httpd(name: &str, replicas: u32, page: &str, probe: &str) -> String {
+    format!(
+        r#"
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: web}
+metadata: {{name: {name}}}
 spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {labels: {app: web}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
       terminationGracePeriodSeconds: 1
       containers:
       - name: httpd
         image: localhost/busybox:1
-        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"]
-        ports: [{containerPort: 8080, name: http}]
-        readinessProbe: {exec: {command: ["test", "-f", "/tmp/ready"]}, periodSeconds: 1, failureThreshold: 1}
----
+        command: ["sh", "-c", "mkdir -p /www && {page} > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"]
+        ports: [{{containerPort: 8080, name: http}}]
+        readinessProbe: {probe}
+"#
+    )
+}
+
+/// Two web pods (Ready while /tmp/ready exists), a NodePort Service over them, a client pod.
+fn manifest() -> String {
+    httpd(
+        "web",
+        2,
+        "hostname",
+        "{exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}",
+    ) + r#"---
 apiVersion: v1
 kind: Service
 metadata: {name: web}
@@ -51,26 +66,8 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - {name: c, image: localhost/busybox:1, command: ["sleep", "3600"]}
-"#;
-
-const GREEN: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: green}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: green}}
-  template:
-    metadata: {labels: {app: green}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: httpd
-        image: localhost/busybox:1
-        command: ["sh", "-c", "mkdir -p /www && echo green-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
-        ports: [{containerPort: 8080, name: http}]
-        readinessProbe: {tcpSocket: {port: http}, periodSeconds: 1}
-"#;
+"#
+}
 
 /// The page at `addr`, or why not.
 fn fetch(addr: &str) -> Result<String, String> {
@@ -144,7 +141,7 @@ fn services_reach_pods_by_cluster_ip_node_port_and_name() {
         return;
     }
     let mut c = Cluster::start();
-    c.ok(&["apply", "-f", "-"], Some(MANIFEST));
+    c.ok(&["apply", "-f", "-"], Some(&manifest()));
     let mut web: Vec<Value> = Vec::new();
     eventually(
         Duration::from_secs(90),
@@ -318,7 +315,13 @@ fn services_reach_pods_by_cluster_ip_node_port_and_name() {
     assert!(fetch(&via_ip).is_err(), "the old port is gone");
 
     // Blue/green: the selector flips to the green pods, within a second of it being ready.
-    c.ok(&["apply", "-f", "-"], Some(GREEN));
+    let green = httpd(
+        "green",
+        1,
+        "echo green-$(hostname)",
+        "{tcpSocket: {port: http}, periodSeconds: 1}",
+    );
+    c.ok(&["apply", "-f", "-"], Some(&green));
     eventually(Duration::from_secs(60), "green Ready", || {
         c.json(&["get", "pods", "-l", "app=green"])
             .and_then(|l| l["items"].as_array().cloned())

@@ -80,9 +80,15 @@ impl ApiServer {
             if let Some(h) = &hooks {
                 h.begin_update(&live, &mut new, dry_run).await?;
             }
-            let step = self
-                .write_update(t, &name, &live, rev, &mut new, dry_run, manager)
-                .await;
+            let pass = Pass {
+                t,
+                name: &name,
+                live: &live,
+                rev,
+                dry_run,
+                manager,
+            };
+            let step = self.write_update(&pass, &mut new).await;
             let hooks = hooks.filter(|_| !dry_run);
             match step {
                 Step::Stored(stored) => {
@@ -123,22 +129,12 @@ impl ApiServer {
     /// The rest of one pass of [`ApiServer::guaranteed_update`] once the hooks ran: managed
     /// fields, generation, validation, then the compare-and-swap (or the delete of an object
     /// whose last finalizer went).
-    #[allow(clippy::too_many_arguments)]
-    async fn write_update(
-        &self,
-        t: &Target,
-        name: &str,
-        live: &Value,
-        rev: i64,
-        new: &mut Value,
-        dry_run: bool,
-        manager: Option<&str>,
-    ) -> Step {
+    async fn write_update(&self, pass: &Pass<'_>, new: &mut Value) -> Step {
+        let Pass {
+            t, name, live, rev, ..
+        } = *pass;
         let info = &t.info;
-        match self
-            .prepare_update(t, name, live, rev, new, dry_run, manager)
-            .await
-        {
+        match self.prepare_update(pass, new).await {
             Err(e) => return Step::NotStored(Err(e)),
             Ok(Some(done)) => return Step::NotStored(Ok(done)),
             Ok(None) => {}
@@ -178,17 +174,15 @@ impl ApiServer {
     }
 
     /// Managed fields, generation and validation of an update; `Some` is a dry run's answer.
-    #[allow(clippy::too_many_arguments)]
-    async fn prepare_update(
-        &self,
-        t: &Target,
-        name: &str,
-        live: &Value,
-        rev: i64,
-        new: &mut Value,
-        dry_run: bool,
-        manager: Option<&str>,
-    ) -> ApiResult<Option<Value>> {
+    async fn prepare_update(&self, pass: &Pass<'_>, new: &mut Value) -> ApiResult<Option<Value>> {
+        let Pass {
+            t,
+            name,
+            live,
+            rev,
+            dry_run,
+            manager,
+        } = *pass;
         let info = &t.info;
         if let Err(causes) = crate::patch::managed_fields::requested(Some(live), new) {
             return Err(self.invalid(t, name, causes));
@@ -230,6 +224,17 @@ impl ApiServer {
         }
         Ok(None)
     }
+}
+
+/// One pass of an update: what it read, and how it writes.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    t: &'a Target,
+    name: &'a str,
+    live: &'a Value,
+    rev: i64,
+    dry_run: bool,
+    manager: Option<&'a str>,
 }
 
 /// How one pass of an update ended.
