@@ -410,7 +410,26 @@ fn services_reach_pods_by_cluster_ip_node_port_and_name() {
         );
     }
 
-    // A clean stop removes the rules.
+    // A clean stop removes the rules. (The pods go first: a clean stop also stops containerd,
+    // and they would outlive it.)
+    c.ok(&["delete", "deployment", "--all", "--wait=false"], None);
+    c.ok(&["delete", "pod", "client", "--wait=false"], None);
+    let socket = c.socket();
+    eventually(Duration::from_secs(60), "every sandbox removed", || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                use capstan_node_agent::runtime::Runtime as _;
+                cri_cluster::cri(&socket)
+                    .await
+                    .list_sandboxes()
+                    .await
+                    .is_ok_and(|s| s.is_empty())
+            })
+    })
+    .unwrap();
     let mut up = c.up.take().unwrap();
     assert!(
         up.stop(Duration::from_secs(30)),

@@ -207,6 +207,19 @@ impl Drop for Cluster {
                 }
             });
         }
+        // Last resort for pods CRI could not remove (containerd already stopped by a clean
+        // stop of `capstan up`): their shims, found by this cluster's socket, by pid.
+        let socket_arg = socket.display().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("containerd-shim") && cmdline.contains(&socket_arg) {
+                capstan_testkit::signal(pid, "KILL");
+            }
+        }
         let pid_file = self.dir.path().join("containerd/containerd.pid");
         if let Some(pid) = std::fs::read_to_string(pid_file)
             .ok()
