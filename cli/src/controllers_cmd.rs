@@ -16,13 +16,17 @@ use crate::client_cmd::{ClientArgs, client};
 
 #[derive(Clone, Debug, Args)]
 pub struct ManagerArgs {
-    /// Controllers to run, comma-separated (`all`, or any of: deployment, replicaset, scheduler;
-    /// `none` runs none).
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    /// Controllers to run, comma-separated; the help lists them from `capstan_controllers::ALL`.
+    #[arg(long, value_delimiter = ',', default_value = "all", help = controllers_help())]
     pub controllers: Vec<String>,
     /// Elect one leader among replicas through the Lease kube-system/capstan-controller-manager.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
+    /// This replica's name in the Lease. A restarted replica that finds the Lease held by its
+    /// own name takes it at once. Default: `capstan up` uses HOSTNAME_<hash of the data dir>
+    /// (stable across restarts); `capstan controllers` uses HOSTNAME_PID.
+    #[arg(long)]
+    pub leader_elect_identity: Option<String>,
     /// Lease duration in seconds (renew deadline is 2/3 of it, retries every 2/15).
     #[arg(long, default_value_t = 15)]
     pub leader_elect_lease_seconds: u64,
@@ -41,6 +45,27 @@ pub struct ManagerArgs {
     /// The most endpoints one EndpointSlice holds.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_endpoints_per_slice: u32,
+}
+
+/// `--controllers`' help, naming every controller there is.
+fn controllers_help() -> String {
+    format!(
+        "Controllers to run, comma-separated: `all` (the default), `none`, or any of: {}",
+        ALL.join(", ")
+    )
+}
+
+/// This machine's name (uname's nodename), for Lease identities.
+pub fn hostname() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if name.is_empty() {
+        "capstan".into()
+    } else {
+        name
+    }
 }
 
 /// A Go-style duration: a sequence of decimal numbers with units ns, us (µs), ms, s, m, h,
@@ -122,15 +147,19 @@ impl ManagerArgs {
         Ok(cfg)
     }
 
-    /// Runs the manager (under leader election when asked) until `shutdown` resolves.
+    /// Runs the manager (under leader election when asked) until `shutdown` resolves, releasing
+    /// the Lease on the way out. `leading` turns true whenever the controllers run (at once
+    /// without leader election or with no controllers), false when they stop.
     pub async fn run(
         &self,
         client: kube::Client,
         registry: &prometheus::Registry,
+        leading: tokio::sync::watch::Sender<bool>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         let names = self.names()?;
         if names.is_empty() {
+            leading.send_replace(true);
             shutdown.await;
             return Ok(());
         }
@@ -141,9 +170,11 @@ impl ManagerArgs {
         );
         let election_registry = registry.clone();
         let registry = registry.clone();
+        let leading = std::sync::Arc::new(leading);
         let lead = {
             let client = client.clone();
             let names = names.clone();
+            let leading = leading.clone();
             move || {
                 let config = capstan_controllers::Config {
                     scheduler: sched.clone(),
@@ -153,7 +184,17 @@ impl ManagerArgs {
                 };
                 let m = Manager::with_config(client.clone(), &registry, config);
                 let names = names.clone();
+                let leading = leading.clone();
                 async move {
+                    // Not leading any more once this future ends or is dropped.
+                    struct Stopped(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+                    impl Drop for Stopped {
+                        fn drop(&mut self) {
+                            self.0.send_replace(false);
+                        }
+                    }
+                    leading.send_replace(true);
+                    let _stopped = Stopped(leading);
                     if let Err(e) = m.run(&names).await {
                         tracing::error!(error = %e, "controller manager stopped");
                     }
@@ -173,11 +214,10 @@ impl ManagerArgs {
             renew_deadline: std::time::Duration::from_millis(secs * 1000 * 2 / 3),
             retry_period: std::time::Duration::from_millis((secs * 1000 * 2 / 15).max(200)),
         };
-        let identity = format!(
-            "{}_{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "capstan".into()),
-            std::process::id()
-        );
+        let identity = self
+            .leader_elect_identity
+            .clone()
+            .unwrap_or_else(|| format!("{}_{}", hostname(), std::process::id()));
         let election = LeaderElection::new(
             client,
             "kube-system",
@@ -216,8 +256,14 @@ pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    let (leading, _) = tokio::sync::watch::channel(false);
     args.manager
-        .run(client, &registry, crate::signals::shutdown_signal())
+        .run(
+            client,
+            &registry,
+            leading,
+            crate::signals::shutdown_signal(),
+        )
         .await
 }
 

@@ -392,3 +392,59 @@ fn up_closes_silent_connections_and_refuses_those_over_the_cap() {
     })
     .unwrap();
 }
+
+/// Creates a Deployment of two replicas and returns how long until its two pods exist.
+fn pods_created_after(addr: &str, name: &str) -> Duration {
+    let body = format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}"}},
+        "spec":{{"replicas":2,"selector":{{"matchLabels":{{"app":"{name}"}}}},
+        "template":{{"metadata":{{"labels":{{"app":"{name}"}}}},
+        "spec":{{"containers":[{{"name":"c","image":"localhost/busybox:1"}}]}}}}}}}}"#
+    );
+    let started = Instant::now();
+    let (code, text) = http_request(
+        addr,
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{text}");
+    let path = format!("/api/v1/namespaces/default/pods?labelSelector=app%3D{name}");
+    eventually(Duration::from_secs(20), "the pods are created", || {
+        http_get(addr, &path)
+            .map(|(_, body)| body.matches(r#""kind":"Pod""#).count() >= 2)
+            .unwrap_or(false)
+    })
+    .unwrap();
+    started.elapsed()
+}
+
+#[test]
+fn up_restarted_on_the_same_data_dir_acts_at_once_after_its_ready_line() {
+    let dir = temp_dir("capstan-up-restart-").unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut first = up(&["--data-dir", data]);
+    // Led at the ready line already: the controllers act at once.
+    assert!(pods_created_after(&first.addr, "web-1") < Duration::from_secs(2));
+    assert!(first.stop(Duration::from_secs(15)), "a clean stop");
+
+    // After a clean stop the Lease was released; after a crash it is still held, by the same
+    // identity (same machine, same data dir), which the next start takes back at once.
+    let mut second = up(&["--data-dir", data]);
+    let took = pods_created_after(&second.addr, "web-2");
+    assert!(took < Duration::from_secs(2), "after SIGTERM: {took:?}");
+    signal(second.child.id(), "KILL");
+    let _ = second.child.wait();
+
+    let third = up(&["--data-dir", data]);
+    let took = pods_created_after(&third.addr, "web-3");
+    assert!(took < Duration::from_secs(2), "after SIGKILL: {took:?}");
+    let (_, lease) = http_get(
+        &third.addr,
+        "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/capstan-controller-manager",
+    )
+    .unwrap();
+    assert!(lease.contains(r#""leaseTransitions":"#), "{lease}");
+}
