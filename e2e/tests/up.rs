@@ -77,13 +77,25 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
         "{}",
         String::from_utf8_lossy(&apiservices.stdout)
     );
+    // Besides those, the `kubernetes` and `kube-dns` Services, their ClusterIPs, and the
+    // `kubernetes` endpoints (the master lease, renewed while it ran, is gone after the stop:
+    // the revision is a lower bound).
+    let all = store_cmd(dir.path(), &["list", ""]);
+    let keys = String::from_utf8_lossy(&all.stdout).lines().count();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!(
-            "backend=embedded revision={} compacted=1",
-            1 + 4 + registered
-        )
+        keys,
+        4 + registered + 6,
+        "{}",
+        String::from_utf8_lossy(&all.stdout)
     );
+    let status = String::from_utf8_lossy(&out.stdout);
+    let revision: usize = status
+        .trim()
+        .strip_prefix("backend=embedded revision=")
+        .and_then(|r| r.strip_suffix(" compacted=1"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(revision > keys, "{status}");
     let out = store_cmd(dir.path(), &["list", "namespaces/"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -447,4 +459,67 @@ fn up_restarted_on_the_same_data_dir_acts_at_once_after_its_ready_line() {
     )
     .unwrap();
     assert!(lease.contains(r#""leaseTransitions":"#), "{lease}");
+}
+
+#[test]
+fn store_reads_a_running_cluster_through_snapshots_and_refuses_to_change_it() {
+    let dir = temp_dir("capstan-up-store-").unwrap();
+    let data = dir.path().to_str().unwrap();
+    let up = up(&["--data-dir", data, "--controllers", "none"]);
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            stderr.contains("in use by a running server") && stderr.contains("snapshot"),
+            "{stderr}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = ok(&store_cmd(dir.path(), &["status"]));
+    assert!(status.starts_with("backend=embedded revision="), "{status}");
+    let list = ok(&store_cmd(dir.path(), &["list", "namespaces/"]));
+    assert!(list.contains("namespaces/default\n"), "{list}");
+    let get = ok(&store_cmd(dir.path(), &["get", "namespaces/kube-system"]));
+    assert!(get.contains(r#""name":"kube-system""#), "{get}");
+
+    // watch follows the running store.
+    let mut watch = capstan()
+        .args(["store", "--data-dir", data, "watch", "namespaces/"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = capstan_testkit::line_channel(watch.stdout.take().unwrap());
+    let notes = capstan_testkit::line_channel(watch.stderr.take().unwrap());
+    // Its first snapshot is taken once it says so.
+    loop {
+        let note = notes.recv_timeout(Duration::from_secs(10)).expect("a note");
+        if note.contains("following it through read-only snapshots") {
+            break;
+        }
+    }
+    let (code, body) = http_request(
+        &up.addr,
+        "POST",
+        "/api/v1/namespaces",
+        &[("Content-Type", "application/json")],
+        br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"watched"}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let line = lines.recv_timeout(Duration::from_secs(10));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let line = line.expect("a watch event within 10s");
+    assert!(line.contains("PUT namespaces/watched (created)"), "{line}");
+
+    // Changing the store waits for the server to stop.
+    let out = store_cmd(dir.path(), &["compact", "1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stop the server first"), "{stderr}");
 }
