@@ -83,6 +83,9 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             "--runtime cri: containerd, runc and the CNI plugins must be installed (apt-get install containerd runc containernetworking-plugins) and capstan must run as root; or name a running containerd with --cri-socket"
         );
     }
+    if with_controllers {
+        args.manager.names()?; // an unknown controller fails here, before anything starts
+    }
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
     let store = metrics.wrap(args.store.open(Some(CompactionPolicy::default())).await?);

@@ -126,6 +126,30 @@ fn a_second_up_on_the_same_data_dir_fails_and_names_it() {
 }
 
 #[test]
+fn up_refuses_an_unknown_controller_before_starting() {
+    let dir = temp_dir("capstan-up-").unwrap();
+    let out = capstan()
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "none",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args(["--controllers", "deployment,nosuch"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"unknown controller "nosuch""#),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn up_refuses_contradictory_store_flags() {
     let out = capstan()
         .args(["up", "--store", "etcd", "--listen", "127.0.0.1:0"])
@@ -441,6 +465,16 @@ fn up_restarted_on_the_same_data_dir_acts_at_once_after_its_ready_line() {
     // Led at the ready line already: the controllers act at once.
     assert!(pods_created_after(&first.addr, "web-1") < Duration::from_secs(2));
     assert!(first.stop(Duration::from_secs(15)), "a clean stop");
+    // A clean stop released the Lease (no holder, 1 s), as client-go's ReleaseOnCancel does.
+    let lease = store_cmd(
+        dir.path(),
+        &["get", "leases/kube-system/capstan-controller-manager"],
+    );
+    let lease = String::from_utf8_lossy(&lease.stdout);
+    assert!(
+        lease.contains(r#""leaseDurationSeconds":1,"#) && !lease.contains("holderIdentity"),
+        "{lease}"
+    );
 
     // After a clean stop the Lease was released; after a crash it is still held, by the same
     // identity (same machine, same data dir), which the next start takes back at once.
