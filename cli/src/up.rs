@@ -306,3 +306,30 @@ users:
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::stable_identity;
+    use crate::store_args::{Backend, StoreArgs};
+
+    fn store(dir: &str) -> StoreArgs {
+        StoreArgs {
+            store: Backend::Embedded,
+            data_dir: dir.into(),
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/registry/".into(),
+        }
+    }
+
+    #[test]
+    fn the_lease_identity_is_the_same_for_a_data_dir_and_differs_between_them() {
+        let a = stable_identity(&store("/nonexistent/a"));
+        assert_eq!(a, stable_identity(&store("/nonexistent/a")));
+        assert_ne!(a, stable_identity(&store("/nonexistent/b")));
+        assert!(a.starts_with(&format!("{}_", crate::controllers_cmd::hostname())));
+        let mut etcd = store("/nonexistent/a");
+        etcd.store = Backend::Etcd;
+        etcd.etcd_endpoints = vec!["http://127.0.0.1:2379".into()];
+        assert_ne!(a, stable_identity(&etcd));
+    }
+}

@@ -11,6 +11,9 @@
 //!   deadline must be shorter than the duration.
 //! - On a clean shutdown the leader releases the lease (empty holder, 1 s duration) so a standby
 //!   takes over at once.
+//! - A restarted candidate under the identity that holds the lease (e.g. `capstan up` on the
+//!   same machine and data dir after a crash) takes it back at once: it is "ours", whatever its
+//!   age. The identity must therefore name one running replica; two sharing it would both lead.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
