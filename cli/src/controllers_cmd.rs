@@ -104,6 +104,17 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
+/// Where a controller manager stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagerState {
+    /// Not leading, and not yet seen another replica lead.
+    Campaigning,
+    /// The controllers run.
+    Leading,
+    /// Another replica (this identity) holds the Lease; this one takes over when it goes.
+    StandingBy(String),
+}
+
 #[derive(Debug, Args)]
 pub struct ControllersArgs {
     #[command(flatten)]
@@ -148,18 +159,19 @@ impl ManagerArgs {
     }
 
     /// Runs the manager (under leader election when asked) until `shutdown` resolves, releasing
-    /// the Lease on the way out. `leading` turns true whenever the controllers run (at once
-    /// without leader election or with no controllers), false when they stop.
+    /// the Lease on the way out. `state` says whether the controllers run (at once without
+    /// leader election or with no controllers) or stand by while another replica leads.
     pub async fn run(
         &self,
         client: kube::Client,
         registry: &prometheus::Registry,
-        leading: tokio::sync::watch::Sender<bool>,
+        state: tokio::sync::watch::Sender<ManagerState>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         let names = self.names()?;
+        let leading = std::sync::Arc::new(state);
         if names.is_empty() {
-            leading.send_replace(true);
+            leading.send_replace(ManagerState::Leading);
             shutdown.await;
             return Ok(());
         }
@@ -170,7 +182,6 @@ impl ManagerArgs {
         );
         let election_registry = registry.clone();
         let registry = registry.clone();
-        let leading = std::sync::Arc::new(leading);
         let lead = {
             let client = client.clone();
             let names = names.clone();
@@ -187,13 +198,13 @@ impl ManagerArgs {
                 let leading = leading.clone();
                 async move {
                     // Not leading any more once this future ends or is dropped.
-                    struct Stopped(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+                    struct Stopped(std::sync::Arc<tokio::sync::watch::Sender<ManagerState>>);
                     impl Drop for Stopped {
                         fn drop(&mut self) {
-                            self.0.send_replace(false);
+                            self.0.send_replace(ManagerState::Campaigning);
                         }
                     }
-                    leading.send_replace(true);
+                    leading.send_replace(ManagerState::Leading);
                     let _stopped = Stopped(leading);
                     if let Err(e) = m.run(&names).await {
                         tracing::error!(error = %e, "controller manager stopped");
@@ -225,7 +236,18 @@ impl ManagerArgs {
             &identity,
             timings,
         )
-        .with_metrics(&election_registry);
+        .with_metrics(&election_registry)
+        .on_standby({
+            let state = leading.clone();
+            move |holder| {
+                state.send_if_modified(|s| {
+                    let next = ManagerState::StandingBy(holder.to_string());
+                    let changed = *s != next;
+                    *s = next;
+                    changed
+                });
+            }
+        });
         tracing::info!(%identity, controllers = ?names, "campaigning for the controller-manager lease");
         election.run(lead, shutdown).await;
         Ok(())
@@ -256,7 +278,7 @@ pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let (leading, _) = tokio::sync::watch::channel(false);
+    let (leading, _) = tokio::sync::watch::channel(ManagerState::Campaigning);
     args.manager
         .run(
             client,

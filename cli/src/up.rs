@@ -120,7 +120,12 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     let mut server = tokio::spawn(capstan_apiserver::serve(listener, app, limits, async {
         let _ = server_stopped.await;
     }));
-    let (leading_tx, mut leading) = tokio::sync::watch::channel(!with_controllers);
+    use crate::controllers_cmd::ManagerState;
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(if with_controllers {
+        ManagerState::Campaigning
+    } else {
+        ManagerState::Leading
+    });
     let mut manager_task = None;
     if with_controllers {
         let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
@@ -192,11 +197,18 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         }));
     }
     // Ready once the in-process controllers lead: a client acting right after the line is
-    // served by them (a restart on the same data dir takes its own Lease back at once).
+    // served by them (a restart on the same data dir takes its own Lease back at once, a
+    // released one is taken at once). Or once another replica sharing the store (on etcd) is
+    // seen to hold the Lease: this one stands by, as it will until that one goes.
     let ready = async {
-        if leading.wait_for(|l| *l).await.is_err() {
+        match leading.wait_for(|s| *s != ManagerState::Campaigning).await {
+            Ok(s) => {
+                if let ManagerState::StandingBy(holder) = &*s {
+                    tracing::info!(%holder, "the controllers stand by: another replica leads");
+                }
+            }
             // The manager ended before leading (its error is logged): no ready line.
-            std::future::pending::<()>().await
+            Err(_) => std::future::pending::<()>().await,
         }
         println!(
             "capstan is up: http://{addr}/readyz answers; store={}; kubectl --kubeconfig {} get ns",

@@ -150,3 +150,41 @@ async fn a_clean_stop_releases_the_lease_and_a_restart_under_the_same_identity_t
     a2.abort();
     b.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_is_told_who_leads() {
+    let c = TestCluster::start().await;
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-system");
+    let (leading, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, _stop_a) = candidate(c.client.clone(), "a", leading.clone(), max.clone());
+    until(Duration::from_secs(5), "a leads", || async {
+        holder(&leases).await.as_deref() == Some("a")
+    })
+    .await;
+    let seen = Arc::new(std::sync::Mutex::new(None::<String>));
+    let (stop_b, rx) = tokio::sync::oneshot::channel::<()>();
+    let b = LeaderElection::new(
+        c.client.clone(),
+        "kube-system",
+        "test-lease",
+        "b",
+        timings(),
+    )
+    .on_standby({
+        let seen = seen.clone();
+        move |h| *seen.lock().unwrap() = Some(h.to_string())
+    });
+    let b = tokio::spawn(async move {
+        b.run(std::future::pending::<()>, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    until(Duration::from_secs(2), "b hears that a leads", || async {
+        seen.lock().unwrap().as_deref() == Some("a")
+    })
+    .await;
+    let _ = stop_b.send(());
+    b.await.unwrap();
+    a.abort();
+}
