@@ -1,7 +1,9 @@
 //! `capstan up`: the single-machine Capstan — the object store, the Kubernetes API server over
 //! it, and the controller manager talking to that server over HTTP like any client (the node
 //! agent joins here when it is built). Writes `DATA_DIR/kubeconfig` for kubectl and prints one
-//! line ("capstan is up: ...") once /readyz answers and the in-process controllers lead. `capstan apiserver` is the same without the controllers.
+//! line ("capstan is up: ...") once /readyz answers and the in-process controllers lead (or
+//! stand by for another replica on the same etcd). `capstan apiserver` is the same without the
+//! controllers.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +17,7 @@ use capstan_apiserver::http::component_status::Probe;
 use capstan_storage::{CompactionPolicy, StorageMetrics};
 use clap::Args;
 
+use crate::controllers_cmd::ManagerState;
 use crate::signals::shutdown_signal;
 use crate::store_args::StoreArgs;
 
@@ -120,7 +123,6 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     let mut server = tokio::spawn(capstan_apiserver::serve(listener, app, limits, async {
         let _ = server_stopped.await;
     }));
-    use crate::controllers_cmd::ManagerState;
     let (leading_tx, mut leading) = tokio::sync::watch::channel(if with_controllers {
         ManagerState::Campaigning
     } else {
