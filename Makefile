@@ -4,12 +4,13 @@ DATA_DIR ?= .capstan
 LISTEN   ?= 127.0.0.1:6443
 NEXTEST  := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: run test e2e bench lint fmt crds deps build clean
+.PHONY: run test e2e bench lint fmt crds deps deps-build build clean
 
 ## run: a single-machine Capstan on the embedded store in $(DATA_DIR); pods run on containerd
 ## (started under $(DATA_DIR)/containerd, busybox and pause images built and imported) when it
-## is installed and this runs as root, else as plain processes
-run: deps
+## is installed and this runs as root, else as plain processes. Needs only what building and
+## running need (protoc for the build); etcd, kubectl and the Python client are the tests'
+run: deps-build
 	@if command -v containerd >/dev/null && command -v umoci >/dev/null && command -v skopeo >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  bash e2e/images/build.sh $(DATA_DIR)/images; fi
 	$(CARGO) run --release -p capstan -- up --data-dir $(DATA_DIR) --listen $(LISTEN)
@@ -56,10 +57,14 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+## deps: everything `make test` needs; deps-build: only what building needs
 deps:
 	@scripts/ensure-deps.sh
 
-build: deps
+deps-build:
+	@scripts/ensure-deps.sh build
+
+build: deps-build
 	$(CARGO) build --release -p capstan
 
 clean:

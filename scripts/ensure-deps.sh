@@ -4,14 +4,18 @@
 # drives it; Debian's kubernetes-client when none is installed), and the official Kubernetes
 # Python client (one e2e test drives it; installed with pip). Installs them with apt when
 # running as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
+# `ensure-deps.sh build` checks only what building needs (protoc): `make run` and `make build`.
 set -euo pipefail
 
+mode=${1:-test}
 missing=()
-command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-[ -n "${CAPSTAN_KUBECTL:-}" ] || command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+if [ "$mode" != build ]; then
+  command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
+  [ -n "${CAPSTAN_KUBECTL:-}" ] || command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+fi
 
-if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
+if [ "$mode" != build ] && ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
   if python3 -m pip --version >/dev/null 2>&1; then
     echo "ensure-deps: installing the kubernetes Python client with pip" >&2
     python3 -m pip install --quiet --disable-pip-version-check kubernetes >/dev/null 2>&1 \

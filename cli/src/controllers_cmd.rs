@@ -16,13 +16,17 @@ use crate::client_cmd::{ClientArgs, client};
 
 #[derive(Clone, Debug, Args)]
 pub struct ManagerArgs {
-    /// Controllers to run, comma-separated (`all`, or any of: deployment, replicaset, scheduler;
-    /// `none` runs none).
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    /// Controllers to run, comma-separated; the help lists them from `capstan_controllers::ALL`.
+    #[arg(long, value_delimiter = ',', default_value = "all", help = controllers_help())]
     pub controllers: Vec<String>,
     /// Elect one leader among replicas through the Lease kube-system/capstan-controller-manager.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
+    /// This replica's name in the Lease. A restarted replica that finds the Lease held by its
+    /// own name takes it at once. Default: `capstan up` uses HOSTNAME_<hash of the data dir>
+    /// (stable across restarts); `capstan controllers` uses HOSTNAME_PID.
+    #[arg(long)]
+    pub leader_elect_identity: Option<String>,
     /// Lease duration in seconds (renew deadline is 2/3 of it, retries every 2/15).
     #[arg(long, default_value_t = 15)]
     pub leader_elect_lease_seconds: u64,
@@ -41,6 +45,27 @@ pub struct ManagerArgs {
     /// The most endpoints one EndpointSlice holds.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_endpoints_per_slice: u32,
+}
+
+/// `--controllers`' help, naming every controller there is.
+fn controllers_help() -> String {
+    format!(
+        "Controllers to run, comma-separated: `all` (the default), `none`, or any of: {}",
+        ALL.join(", ")
+    )
+}
+
+/// This machine's name (uname's nodename), for Lease identities.
+pub fn hostname() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if name.is_empty() {
+        "capstan".into()
+    } else {
+        name
+    }
 }
 
 /// A Go-style duration: a sequence of decimal numbers with units ns, us (µs), ms, s, m, h,
@@ -77,6 +102,17 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         rest = &rest[u..];
     }
     std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// Where a controller manager stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagerState {
+    /// Not leading, and not yet seen another replica lead.
+    Campaigning,
+    /// The controllers run.
+    Leading,
+    /// Another replica (this identity) holds the Lease; this one takes over when it goes.
+    StandingBy(String),
 }
 
 #[derive(Debug, Args)]
@@ -122,15 +158,20 @@ impl ManagerArgs {
         Ok(cfg)
     }
 
-    /// Runs the manager (under leader election when asked) until `shutdown` resolves.
+    /// Runs the manager (under leader election when asked) until `shutdown` resolves, releasing
+    /// the Lease on the way out. `state` says whether the controllers run (at once without
+    /// leader election or with no controllers) or stand by while another replica leads.
     pub async fn run(
         &self,
         client: kube::Client,
         registry: &prometheus::Registry,
+        state: tokio::sync::watch::Sender<ManagerState>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         let names = self.names()?;
+        let leading = std::sync::Arc::new(state);
         if names.is_empty() {
+            leading.send_replace(ManagerState::Leading);
             shutdown.await;
             return Ok(());
         }
@@ -144,6 +185,7 @@ impl ManagerArgs {
         let lead = {
             let client = client.clone();
             let names = names.clone();
+            let leading = leading.clone();
             move || {
                 let config = capstan_controllers::Config {
                     scheduler: sched.clone(),
@@ -153,7 +195,17 @@ impl ManagerArgs {
                 };
                 let m = Manager::with_config(client.clone(), &registry, config);
                 let names = names.clone();
+                let leading = leading.clone();
                 async move {
+                    // Not leading any more once this future ends or is dropped.
+                    struct Stopped(std::sync::Arc<tokio::sync::watch::Sender<ManagerState>>);
+                    impl Drop for Stopped {
+                        fn drop(&mut self) {
+                            self.0.send_replace(ManagerState::Campaigning);
+                        }
+                    }
+                    leading.send_replace(ManagerState::Leading);
+                    let _stopped = Stopped(leading);
                     if let Err(e) = m.run(&names).await {
                         tracing::error!(error = %e, "controller manager stopped");
                     }
@@ -173,11 +225,10 @@ impl ManagerArgs {
             renew_deadline: std::time::Duration::from_millis(secs * 1000 * 2 / 3),
             retry_period: std::time::Duration::from_millis((secs * 1000 * 2 / 15).max(200)),
         };
-        let identity = format!(
-            "{}_{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "capstan".into()),
-            std::process::id()
-        );
+        let identity = self
+            .leader_elect_identity
+            .clone()
+            .unwrap_or_else(|| format!("{}_{}", hostname(), std::process::id()));
         let election = LeaderElection::new(
             client,
             "kube-system",
@@ -185,7 +236,18 @@ impl ManagerArgs {
             &identity,
             timings,
         )
-        .with_metrics(&election_registry);
+        .with_metrics(&election_registry)
+        .on_standby({
+            let state = leading.clone();
+            move |holder| {
+                state.send_if_modified(|s| {
+                    let next = ManagerState::StandingBy(holder.to_string());
+                    let changed = *s != next;
+                    *s = next;
+                    changed
+                });
+            }
+        });
         tracing::info!(%identity, controllers = ?names, "campaigning for the controller-manager lease");
         election.run(lead, shutdown).await;
         Ok(())
@@ -216,8 +278,14 @@ pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    let (leading, _) = tokio::sync::watch::channel(ManagerState::Campaigning);
     args.manager
-        .run(client, &registry, crate::signals::shutdown_signal())
+        .run(
+            client,
+            &registry,
+            leading,
+            crate::signals::shutdown_signal(),
+        )
         .await
 }
 

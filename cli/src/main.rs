@@ -44,7 +44,7 @@ enum Command {
     Up(up::UpArgs),
     /// Run the Kubernetes API server alone, over the embedded store or an etcd cluster.
     Apiserver(up::UpArgs),
-    /// Run the controller manager (deployment, replicaset, scheduler) against a cluster.
+    /// Run the controller manager (the controllers `--controllers` names) against a cluster.
     Controllers(controllers_cmd::ControllersArgs),
     /// Inspect or maintain a store directly (get, list, watch, compact, defrag, status).
     Store(store_cmd::StoreCmd),
@@ -172,12 +172,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs go to stderr through `tracing`; `RUST_LOG` filters (default: info).
+/// Logs go to stderr through `tracing`; `RUST_LOG` filters (default: info). Colour codes only
+/// when stderr is a terminal (and `NO_COLOR` is unset): a log file or pipe gets plain text.
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }

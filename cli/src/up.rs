@@ -1,7 +1,9 @@
 //! `capstan up`: the single-machine Capstan — the object store, the Kubernetes API server over
 //! it, and the controller manager talking to that server over HTTP like any client (the node
 //! agent joins here when it is built). Writes `DATA_DIR/kubeconfig` for kubectl and prints one
-//! line once /readyz answers. `capstan apiserver` is the same without the controllers.
+//! line ("capstan is up: ...") once /readyz answers and the in-process controllers lead (or
+//! stand by for another replica on the same etcd). `capstan apiserver` is the same without the
+//! controllers.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +17,7 @@ use capstan_apiserver::http::component_status::Probe;
 use capstan_storage::{CompactionPolicy, StorageMetrics};
 use clap::Args;
 
+use crate::controllers_cmd::ManagerState;
 use crate::signals::shutdown_signal;
 use crate::store_args::StoreArgs;
 
@@ -83,6 +86,9 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             "--runtime cri: containerd, runc and the CNI plugins must be installed (apt-get install containerd runc containernetworking-plugins) and capstan must run as root; or name a running containerd with --cri-socket"
         );
     }
+    if with_controllers {
+        args.manager.names()?; // an unknown controller fails here, before anything starts
+    }
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
     let store = metrics.wrap(args.store.open(Some(CompactionPolicy::default())).await?);
@@ -117,26 +123,33 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     let mut server = tokio::spawn(capstan_apiserver::serve(listener, app, limits, async {
         let _ = server_stopped.await;
     }));
-    println!(
-        "capstan is up: http://{addr}/readyz answers; store={}; kubectl --kubeconfig {} get ns",
-        store.backend(),
-        kubeconfig.display()
-    );
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(if with_controllers {
+        ManagerState::Campaigning
+    } else {
+        ManagerState::Leading
+    });
+    let mut manager_task = None;
     if with_controllers {
         let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
         let client = kube::Client::try_from(config).context("client for the controllers")?;
-        let (manager, registry) = (args.manager.clone(), api.prometheus.clone());
+        let (mut manager, registry) = (args.manager.clone(), api.prometheus.clone());
+        if manager.leader_elect_identity.is_none() {
+            manager.leader_elect_identity = Some(stable_identity(&args.store));
+        }
         // componentstatuses reports the in-process controller manager (and its scheduler).
         let running = Arc::new(AtomicBool::new(true));
         for component in ["controller-manager", "scheduler"] {
             api.set_component(component, Probe::InProcess(running.clone()));
         }
-        tokio::spawn(async move {
-            if let Err(e) = manager.run(client, &registry, shutdown_signal()).await {
+        manager_task = Some(tokio::spawn(async move {
+            let r = manager
+                .run(client, &registry, leading_tx, shutdown_signal())
+                .await;
+            if let Err(e) = r {
                 tracing::error!(error = %e, "the controller manager failed");
             }
             running.store(false, Ordering::Relaxed);
-        });
+        }));
     }
     let mut managed = None;
     let mut cri_socket = args.cri_socket.clone().unwrap_or_default();
@@ -185,9 +198,31 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             }
         }));
     }
+    // Ready once the in-process controllers lead: a client acting right after the line is
+    // served by them (a restart on the same data dir takes its own Lease back at once, a
+    // released one is taken at once). Or once another replica sharing the store (on etcd) is
+    // seen to hold the Lease: this one stands by, as it will until that one goes.
+    let ready = async {
+        match leading.wait_for(|s| *s != ManagerState::Campaigning).await {
+            Ok(s) => {
+                if let ManagerState::StandingBy(holder) = &*s {
+                    tracing::info!(%holder, "the controllers stand by: another replica leads");
+                }
+            }
+            // The manager ended before leading (its error is logged): no ready line.
+            Err(_) => std::future::pending::<()>().await,
+        }
+        println!(
+            "capstan is up: http://{addr}/readyz answers; store={}; kubectl --kubeconfig {} get ns",
+            store.backend(),
+            kubeconfig.display()
+        );
+        std::future::pending::<()>().await
+    };
     let early = tokio::select! {
         _ = shutdown_signal() => None,
         r = &mut server => Some(r),
+        _ = ready => None,
     };
     if let Some(t) = agent_task
         && tokio::time::timeout(Duration::from_secs(10), t)
@@ -195,6 +230,14 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             .is_err()
     {
         tracing::warn!("the node agent did not stop within 10s");
+    }
+    // The manager releases its Lease through the server, so it stops before the server does.
+    if let Some(t) = manager_task
+        && tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the controller manager did not stop within 5s");
     }
     let _ = stop_server.send(());
     let served = match early {
@@ -211,6 +254,28 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     served?.context("serving")?;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// The controller manager's Lease identity for `capstan up`: this machine's name and a hash of
+/// the store it serves (the data dir, or etcd's endpoints and prefix), the same on every start,
+/// so a restarted `up` finds the Lease its previous run held and takes it at once. Two `up`s
+/// never share it: the embedded store locks its data dir, and two on one etcd prefix would
+/// also share a kubeconfig.
+fn stable_identity(store: &crate::store_args::StoreArgs) -> String {
+    let dir = std::fs::canonicalize(&store.data_dir).unwrap_or_else(|_| store.data_dir.clone());
+    let mut key = dir.to_string_lossy().into_owned();
+    if store.store == crate::store_args::Backend::Etcd {
+        key = format!(
+            "{key} {} {}",
+            store.etcd_endpoints.join(","),
+            store.etcd_prefix
+        );
+    }
+    // FNV-1a: stable across builds, unlike std's DefaultHasher.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{}_{:08x}", crate::controllers_cmd::hostname(), hash as u32)
 }
 
 /// What the `kubernetes` Service's endpoints name for this server: the given address, else the
@@ -254,4 +319,31 @@ users:
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stable_identity;
+    use crate::store_args::{Backend, StoreArgs};
+
+    fn store(dir: &str) -> StoreArgs {
+        StoreArgs {
+            store: Backend::Embedded,
+            data_dir: dir.into(),
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/registry/".into(),
+        }
+    }
+
+    #[test]
+    fn the_lease_identity_is_the_same_for_a_data_dir_and_differs_between_them() {
+        let a = stable_identity(&store("/nonexistent/a"));
+        assert_eq!(a, stable_identity(&store("/nonexistent/a")));
+        assert_ne!(a, stable_identity(&store("/nonexistent/b")));
+        assert!(a.starts_with(&format!("{}_", crate::controllers_cmd::hostname())));
+        let mut etcd = store("/nonexistent/a");
+        etcd.store = Backend::Etcd;
+        etcd.etcd_endpoints = vec!["http://127.0.0.1:2379".into()];
+        assert_ne!(a, stable_identity(&etcd));
+    }
 }

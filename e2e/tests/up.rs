@@ -100,6 +100,14 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    let status = String::from_utf8_lossy(&out.stdout);
+    let revision: usize = status
+        .trim()
+        .strip_prefix("backend=embedded revision=")
+        .and_then(|r| r.strip_suffix(" compacted=1"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(revision > keys, "{status}");
     let out = store_cmd(dir.path(), &["list", "namespaces/"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -127,6 +135,30 @@ fn a_second_up_on_the_same_data_dir_fails_and_names_it() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use") && err.contains(data), "{err}");
+}
+
+#[test]
+fn up_refuses_an_unknown_controller_before_starting() {
+    let dir = temp_dir("capstan-up-").unwrap();
+    let out = capstan()
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "none",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args(["--controllers", "deployment,nosuch"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"unknown controller "nosuch""#),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -407,4 +439,133 @@ fn up_closes_silent_connections_and_refuses_those_over_the_cap() {
         matches!(http_get(&up.addr, "/readyz"), Ok((200, _)))
     })
     .unwrap();
+}
+
+/// Creates a Deployment of two replicas and returns how long until its two pods exist.
+fn pods_created_after(addr: &str, name: &str) -> Duration {
+    let body = format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}"}},
+        "spec":{{"replicas":2,"selector":{{"matchLabels":{{"app":"{name}"}}}},
+        "template":{{"metadata":{{"labels":{{"app":"{name}"}}}},
+        "spec":{{"containers":[{{"name":"c","image":"localhost/busybox:1"}}]}}}}}}}}"#
+    );
+    let started = Instant::now();
+    let (code, text) = http_request(
+        addr,
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{text}");
+    let path = format!("/api/v1/namespaces/default/pods?labelSelector=app%3D{name}");
+    eventually(Duration::from_secs(20), "the pods are created", || {
+        http_get(addr, &path)
+            .map(|(_, body)| body.matches(r#""kind":"Pod""#).count() >= 2)
+            .unwrap_or(false)
+    })
+    .unwrap();
+    started.elapsed()
+}
+
+#[test]
+fn up_restarted_on_the_same_data_dir_acts_at_once_after_its_ready_line() {
+    let dir = temp_dir("capstan-up-restart-").unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut first = up(&["--data-dir", data]);
+    // Led at the ready line already: the controllers act at once.
+    assert!(pods_created_after(&first.addr, "web-1") < Duration::from_secs(2));
+    assert!(first.stop(Duration::from_secs(15)), "a clean stop");
+    // A clean stop released the Lease (no holder, 1 s), as client-go's ReleaseOnCancel does.
+    let lease = store_cmd(
+        dir.path(),
+        &["get", "leases/kube-system/capstan-controller-manager"],
+    );
+    let lease = String::from_utf8_lossy(&lease.stdout);
+    assert!(
+        lease.contains(r#""leaseDurationSeconds":1,"#) && !lease.contains("holderIdentity"),
+        "{lease}"
+    );
+
+    // After a clean stop the Lease was released; after a crash it is still held, by the same
+    // identity (same machine, same data dir), which the next start takes back at once.
+    let mut second = up(&["--data-dir", data]);
+    let took = pods_created_after(&second.addr, "web-2");
+    assert!(took < Duration::from_secs(2), "after SIGTERM: {took:?}");
+    signal(second.child.id(), "KILL");
+    let _ = second.child.wait();
+
+    let third = up(&["--data-dir", data]);
+    let took = pods_created_after(&third.addr, "web-3");
+    assert!(took < Duration::from_secs(2), "after SIGKILL: {took:?}");
+    let (_, lease) = http_get(
+        &third.addr,
+        "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/capstan-controller-manager",
+    )
+    .unwrap();
+    assert!(lease.contains(r#""leaseTransitions":"#), "{lease}");
+}
+
+#[test]
+fn store_reads_a_running_cluster_through_snapshots_and_refuses_to_change_it() {
+    let dir = temp_dir("capstan-up-store-").unwrap();
+    let data = dir.path().to_str().unwrap();
+    let up = up(&["--data-dir", data, "--controllers", "none"]);
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            stderr.contains("in use by a running server") && stderr.contains("snapshot"),
+            "{stderr}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = ok(&store_cmd(dir.path(), &["status"]));
+    assert!(status.starts_with("backend=embedded revision="), "{status}");
+    let list = ok(&store_cmd(dir.path(), &["list", "namespaces/"]));
+    assert!(list.contains("namespaces/default\n"), "{list}");
+    let get = ok(&store_cmd(dir.path(), &["get", "namespaces/kube-system"]));
+    assert!(get.contains(r#""name":"kube-system""#), "{get}");
+
+    // watch follows the running store.
+    let mut watch = capstan()
+        .args(["store", "--data-dir", data, "watch", "namespaces/"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = capstan_testkit::line_channel(watch.stdout.take().unwrap());
+    let notes = capstan_testkit::line_channel(watch.stderr.take().unwrap());
+    // Its first snapshot is taken once it says so.
+    loop {
+        let note = notes.recv_timeout(Duration::from_secs(10)).expect("a note");
+        if note.contains("following it through read-only snapshots") {
+            break;
+        }
+    }
+    let (code, body) = http_request(
+        &up.addr,
+        "POST",
+        "/api/v1/namespaces",
+        &[("Content-Type", "application/json")],
+        br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"watched"}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let line = lines.recv_timeout(Duration::from_secs(10));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let line = line.expect("a watch event within 10s");
+    assert!(line.contains("PUT namespaces/watched (created)"), "{line}");
+
+    // Changing the store waits for the server to stop.
+    let out = store_cmd(dir.path(), &["compact", "1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stop the server first"), "{stderr}");
 }

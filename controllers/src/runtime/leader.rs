@@ -11,6 +11,9 @@
 //!   deadline must be shorter than the duration.
 //! - On a clean shutdown the leader releases the lease (empty holder, 1 s duration) so a standby
 //!   takes over at once.
+//! - A restarted candidate under the identity that holds the lease (e.g. `capstan up` on the
+//!   same machine and data dir after a crash) takes it back at once: it is "ours", whatever its
+//!   age. The identity must therefore name one running replica; two sharing it would both lead.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -37,13 +40,27 @@ impl Default for Timings {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Called with the holder's identity when a campaign attempt finds the lease held by another.
+pub type StandbyObserver = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct LeaderElection {
     api: Api<Lease>,
     name: String,
     identity: String,
     timings: Timings,
     leading: Option<prometheus::IntGauge>,
+    on_standby: Option<StandbyObserver>,
+}
+
+impl std::fmt::Debug for LeaderElection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderElection")
+            .field("name", &self.name)
+            .field("identity", &self.identity)
+            .field("timings", &self.timings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What this candidate last saw of the lease record, and when.
@@ -68,7 +85,15 @@ impl LeaderElection {
             identity: identity.to_string(),
             timings,
             leading: None,
+            on_standby: None,
         }
+    }
+
+    /// Tells `f` who holds the lease whenever a campaign attempt finds it held (unexpired) by
+    /// another candidate: this one stands by.
+    pub fn on_standby(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_standby = Some(std::sync::Arc::new(f));
+        self
     }
 
     /// Reports leadership in `leader_election_master_status{name}` (1 while leading).
@@ -212,7 +237,13 @@ impl LeaderElection {
         let ours = holder.as_deref() == Some(self.identity.as_str());
         let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(0) as u64);
         let expired = observed.as_ref().is_some_and(|o| o.at.elapsed() > held_for);
-        if holder.is_some() && !ours && !expired {
+        if let Some(h) = holder.as_deref()
+            && !ours
+            && !expired
+        {
+            if let Some(f) = &self.on_standby {
+                f(h);
+            }
             return false;
         }
         let mut next = spec.clone();
