@@ -23,6 +23,9 @@ pub struct Column {
 pub struct Table {
     pub columns: Vec<Column>,
     pub row: RowFn,
+    /// Whether the first cell is the object's name (every kind but Events, whose printer
+    /// starts with LAST SEEN and keeps NAME as a wide column).
+    pub name_first: bool,
 }
 
 impl std::fmt::Debug for Table {
@@ -43,7 +46,11 @@ impl Table {
             description: "Name must be unique within a namespace.".into(),
         }];
         cols.extend(columns);
-        Table { columns: cols, row }
+        Table {
+            columns: cols,
+            row,
+            name_first: true,
+        }
     }
 }
 
@@ -79,7 +86,7 @@ pub fn render(
             json!({
                 "name": c.name,
                 "type": c.ty,
-                "format": if i == 0 { "name" } else { "" },
+                "format": if i == 0 && t.name_first { "name" } else { "" },
                 "description": c.description,
                 "priority": c.priority,
             })
@@ -100,7 +107,10 @@ pub fn render(
 }
 
 pub fn row(t: &Table, obj: &Value, include: Option<&str>) -> Value {
-    let mut cells = vec![json!(obj.name().unwrap_or_default())];
+    let mut cells = Vec::new();
+    if t.name_first {
+        cells.push(json!(obj.name().unwrap_or_default()));
+    }
     cells.extend((t.row)(obj));
     let mut row = json!({ "cells": cells });
     match include {
@@ -191,6 +201,8 @@ pub fn pods() -> Table {
             ("Age", "string", 0),
             ("IP", "string", 1),
             ("Node", "string", 1),
+            ("Nominated Node", "string", 1),
+            ("Readiness Gates", "string", 1),
         ],
         |o| {
             let statuses = o["status"]["containerStatuses"]
@@ -214,24 +226,110 @@ pub fn pods() -> Table {
             if o.is_deleting() {
                 status = "Terminating".into();
             }
-            let node = o["spec"]["nodeName"]
+            let ip = o["status"]["podIPs"][0]["ip"]
                 .as_str()
-                .unwrap_or("<none>")
-                .to_string();
-            let ip = o["status"]["podIP"]
-                .as_str()
-                .unwrap_or("<none>")
-                .to_string();
+                .or(o["status"]["podIP"].as_str());
             vec![
                 json!(format!("{ready}/{total}")),
                 json!(status),
                 json!(restarts.to_string()),
                 age(o),
-                json!(ip),
-                json!(node),
+                json!(or_none(ip)),
+                json!(or_none(o["spec"]["nodeName"].as_str())),
+                json!(or_none(o["status"]["nominatedNodeName"].as_str())),
+                json!(readiness_gates(o)),
             ]
         },
     )
+}
+
+/// kubectl's value for an empty cell.
+fn or_none(v: Option<&str>) -> String {
+    match v {
+        Some(v) if !v.is_empty() => v.to_string(),
+        _ => "<none>".into(),
+    }
+}
+
+/// READINESS GATES: how many of the pod's gates have a True condition, "<none>" without gates.
+fn readiness_gates(pod: &Value) -> String {
+    let Some(gates) = pod["spec"]["readinessGates"]
+        .as_array()
+        .filter(|g| !g.is_empty())
+    else {
+        return "<none>".into();
+    };
+    let conditions = pod["status"]["conditions"].as_array();
+    let met = gates
+        .iter()
+        .filter(|g| {
+            conditions
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == g["conditionType"])
+                .is_some_and(|c| c["status"] == "True")
+        })
+        .count();
+    format!("{met}/{}", gates.len())
+}
+
+/// A workload's CONTAINERS and IMAGES cells: names and images of its pod template, comma-joined.
+fn template_containers(workload: &Value) -> (String, String) {
+    let containers = workload["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<String> = containers.iter().map(|c| s(&c["name"])).collect();
+    let images: Vec<String> = containers.iter().map(|c| s(&c["image"])).collect();
+    (names.join(","), images.join(","))
+}
+
+/// A metav1.LabelSelector as kubectl prints it (labels.Selector's String): requirements sorted
+/// by key, `k=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`; empty for an empty selector.
+pub fn label_selector(sel: &Value) -> String {
+    let mut reqs: Vec<(String, String)> = Vec::new();
+    for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
+        reqs.push((k.clone(), format!("{k}={}", s(v))));
+    }
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let k = s(&e["key"]);
+        let mut values: Vec<String> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        values.sort();
+        let text = match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{k} in ({})", values.join(",")),
+            "NotIn" => format!("{k} notin ({})", values.join(",")),
+            "Exists" => k.clone(),
+            "DoesNotExist" => format!("!{k}"),
+            other => format!("{k} {other}"),
+        };
+        reqs.push((k, text));
+    }
+    reqs.sort();
+    reqs.into_iter()
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A label map as kubectl's labels.FormatLabels prints it: sorted `k=v` pairs, "<none>" if empty.
+fn format_labels(m: &Value) -> String {
+    let mut pairs: Vec<String> = m
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", s(v)))
+        .collect();
+    pairs.sort();
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs.join(",")
+    }
 }
 
 pub fn deployments() -> Table {
@@ -243,23 +341,20 @@ pub fn deployments() -> Table {
             ("Age", "string", 0),
             ("Containers", "string", 1),
             ("Images", "string", 1),
+            ("Selector", "string", 1),
         ],
         |o| {
             let st = &o["status"];
             let want = o["spec"]["replicas"].as_i64().unwrap_or(1);
-            let containers = o["spec"]["template"]["spec"]["containers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let names: Vec<String> = containers.iter().map(|c| s(&c["name"])).collect();
-            let images: Vec<String> = containers.iter().map(|c| s(&c["image"])).collect();
+            let (names, images) = template_containers(o);
             vec![
                 json!(format!("{}/{want}", i(&st["readyReplicas"]))),
                 json!(i(&st["updatedReplicas"])),
                 json!(i(&st["availableReplicas"])),
                 age(o),
-                json!(names.join(",")),
-                json!(images.join(",")),
+                json!(names),
+                json!(images),
+                json!(label_selector(&o["spec"]["selector"])),
             ]
         },
     )
@@ -272,14 +367,21 @@ pub fn replicasets() -> Table {
             ("Current", "integer", 0),
             ("Ready", "integer", 0),
             ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
         ],
         |o| {
             let st = &o["status"];
+            let (names, images) = template_containers(o);
             vec![
                 json!(o["spec"]["replicas"].as_i64().unwrap_or(1)),
                 json!(i(&st["replicas"])),
                 json!(i(&st["readyReplicas"])),
                 age(o),
+                json!(names),
+                json!(images),
+                json!(label_selector(&o["spec"]["selector"])),
             ]
         },
     )
@@ -293,6 +395,7 @@ pub fn services() -> Table {
             ("External-IP", "string", 0),
             ("Port(s)", "string", 0),
             ("Age", "string", 0),
+            ("Selector", "string", 1),
         ],
         |o| {
             let ports: Vec<String> = o["spec"]["ports"]
@@ -318,6 +421,7 @@ pub fn services() -> Table {
                 json!("<none>"),
                 json!(ports),
                 age(o),
+                json!(format_labels(&o["spec"]["selector"])),
             ]
         },
     )
@@ -336,6 +440,11 @@ pub fn nodes() -> Table {
             ("Roles", "string", 0),
             ("Age", "string", 0),
             ("Version", "string", 0),
+            ("Internal-IP", "string", 1),
+            ("External-IP", "string", 1),
+            ("OS-Image", "string", 1),
+            ("Kernel-Version", "string", 1),
+            ("Container-Runtime", "string", 1),
         ],
         |o| {
             let ready = o["status"]["conditions"]
@@ -356,14 +465,53 @@ pub fn nodes() -> Table {
             } else {
                 ready.to_string()
             };
+            let address = |ty: &str| {
+                let a = o["status"]["addresses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["type"] == ty);
+                or_none(a.and_then(|a| a["address"].as_str()))
+            };
+            let info = &o["status"]["nodeInfo"];
+            let unknown = |v: &Value| match v.as_str() {
+                Some(v) if !v.is_empty() => v.to_string(),
+                _ => "<unknown>".to_string(),
+            };
             vec![
                 json!(status),
-                json!("<none>"),
+                json!(node_roles(o)),
                 age(o),
-                json!(s(&o["status"]["nodeInfo"]["kubeletVersion"])),
+                json!(s(&info["kubeletVersion"])),
+                json!(address("InternalIP")),
+                json!(address("ExternalIP")),
+                json!(unknown(&info["osImage"])),
+                json!(unknown(&info["kernelVersion"])),
+                json!(unknown(&info["containerRuntimeVersion"])),
             ]
         },
     )
+}
+
+/// ROLES: the `node-role.kubernetes.io/ROLE` labels and `kubernetes.io/role`, sorted.
+fn node_roles(node: &Value) -> String {
+    let mut roles: Vec<String> = Vec::new();
+    for (k, v) in node["metadata"]["labels"].as_object().into_iter().flatten() {
+        if let Some(role) = k.strip_prefix("node-role.kubernetes.io/") {
+            if !role.is_empty() {
+                roles.push(role.to_string());
+            }
+        } else if k == "kubernetes.io/role" && !s(v).is_empty() {
+            roles.push(s(v));
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    if roles.is_empty() {
+        "<none>".into()
+    } else {
+        roles.join(",")
+    }
 }
 
 pub fn configmaps() -> Table {
@@ -389,46 +537,144 @@ pub fn secrets() -> Table {
     )
 }
 
+/// kubectl's event printer: LAST SEEN TYPE REASON OBJECT MESSAGE, and with `-o wide` SUBOBJECT,
+/// SOURCE, FIRST SEEN, COUNT and NAME. The name is a wide column, not the first one.
 pub fn events() -> Table {
-    table(
-        &[
-            ("Last Seen", "string", 0),
-            ("Type", "string", 0),
-            ("Reason", "string", 0),
-            ("Object", "string", 0),
-            ("Message", "string", 0),
-        ],
-        |o| {
-            let obj = format!(
-                "{}/{}",
-                s(&o["involvedObject"]["kind"]).to_ascii_lowercase(),
-                s(&o["involvedObject"]["name"])
-            );
-            vec![
-                age(o),
-                json!(s(&o["type"])),
-                json!(s(&o["reason"])),
-                json!(obj),
-                json!(s(&o["message"])),
-            ]
-        },
-    )
+    let columns = [
+        ("Last Seen", 0),
+        ("Type", 0),
+        ("Reason", 0),
+        ("Object", 0),
+        ("Subobject", 1),
+        ("Source", 1),
+        ("Message", 0),
+        ("First Seen", 1),
+        ("Count", 1),
+        ("Name", 1),
+    ];
+    Table {
+        columns: columns
+            .iter()
+            .map(|(name, priority)| Column {
+                name: name.to_string(),
+                ty: "string".into(),
+                priority: *priority,
+                description: String::new(),
+            })
+            .collect(),
+        row: std::sync::Arc::new(event_cells),
+        name_first: false,
+    }
 }
 
+/// events.k8s.io/v1 Events print as core/v1 ones do (kube-apiserver converts both to one internal
+/// Event before printing).
+pub fn events_v1() -> Table {
+    Table {
+        row: std::sync::Arc::new(|o: &Value| {
+            let mut core = o.clone();
+            crate::events::to_core(&mut core);
+            event_cells(&core)
+        }),
+        ..events()
+    }
+}
+
+/// The cells of one Event (core/v1 shape), as kubectl's printEvent computes them.
+fn event_cells(o: &Value) -> Vec<Value> {
+    let since = |ts: &Value| match ts.as_str().map(str::parse::<jiff::Timestamp>) {
+        Some(Ok(t)) => Some(human_duration(
+            (jiff::Timestamp::now().as_second() - t.as_second()).max(0),
+        )),
+        _ => None,
+    };
+    let first = since(&o["firstTimestamp"])
+        .or_else(|| since(&o["eventTime"]))
+        .unwrap_or_else(|| "<unknown>".into());
+    let mut last = since(&o["lastTimestamp"]).unwrap_or_else(|| first.clone());
+    let mut count = i(&o["count"]);
+    if o["series"].is_object() {
+        last = since(&o["series"]["lastObservedTime"]).unwrap_or_else(|| "<unknown>".into());
+        count = i(&o["series"]["count"]);
+    } else if count == 0 {
+        count = 1;
+    }
+    let inv = &o["involvedObject"];
+    let kind = s(&inv["kind"]).to_ascii_lowercase();
+    let target = match inv["name"].as_str() {
+        Some(n) if !n.is_empty() => format!("{kind}/{n}"),
+        _ => kind,
+    };
+    let first_non_empty = |a: &Value, b: &Value| {
+        let a = s(a);
+        if a.is_empty() { s(b) } else { a }
+    };
+    let component = first_non_empty(&o["source"]["component"], &o["reportingComponent"]);
+    let host = first_non_empty(&o["source"]["host"], &o["reportingInstance"]);
+    let source = if host.is_empty() {
+        component
+    } else {
+        format!("{component}, {host}")
+    };
+    vec![
+        json!(last),
+        json!(s(&o["type"])),
+        json!(s(&o["reason"])),
+        json!(target),
+        json!(s(&inv["fieldPath"])),
+        json!(source),
+        json!(s(&o["message"]).trim()),
+        json!(first),
+        json!(count),
+        json!(o.name().unwrap_or_default()),
+    ]
+}
+
+/// kubectl's ENDPOINTS cell: `ip:port` for every address and port, at most three, then
+/// "+ N more..."; addresses alone for a subset without ports; "<none>" when empty.
 pub fn endpoints() -> Table {
     table(&[("Endpoints", "string", 0), ("Age", "string", 0)], |o| {
-        let mut eps = Vec::new();
+        const MAX: usize = 3;
+        let mut list = Vec::new();
+        let mut count = 0;
         for sub in o["subsets"].as_array().into_iter().flatten() {
-            for a in sub["addresses"].as_array().into_iter().flatten() {
-                for p in sub["ports"].as_array().into_iter().flatten() {
-                    eps.push(format!("{}:{}", s(&a["ip"]), i(&p["port"])));
+            let addrs: Vec<String> = sub["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| s(&a["ip"]))
+                .collect();
+            let ports: Vec<i64> = sub["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| i(&p["port"]))
+                .collect();
+            let mut add = |text: String| {
+                if list.len() < MAX {
+                    list.push(text);
+                }
+                count += 1;
+            };
+            if ports.is_empty() {
+                addrs.iter().for_each(|a| add(a.clone()));
+            }
+            for p in &ports {
+                for a in &addrs {
+                    add(if a.contains(':') {
+                        format!("[{a}]:{p}")
+                    } else {
+                        format!("{a}:{p}")
+                    });
                 }
             }
         }
-        let text = if eps.is_empty() {
+        let text = if count > MAX {
+            format!("{} + {} more...", list.join(","), count - MAX)
+        } else if list.is_empty() {
             "<none>".to_string()
         } else {
-            eps.join(",")
+            list.join(",")
         };
         vec![json!(text), age(o)]
     })
@@ -555,5 +801,195 @@ mod tests {
         assert_eq!(r["cells"][1], "1/2");
         assert_eq!(r["cells"][2], "CrashLoopBackOff");
         assert_eq!(r["cells"][3], "3");
+    }
+}
+
+#[cfg(test)]
+mod wide_tests {
+    use super::*;
+
+    fn cells(t: &Table, obj: &Value) -> Vec<Value> {
+        row(t, obj, Some("None"))["cells"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn names(t: &Table, priority: u8) -> Vec<String> {
+        t.columns
+            .iter()
+            .filter(|c| c.priority == priority)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_shows_ip_node_nominated_node_and_readiness_gates_when_wide() {
+        let t = pods();
+        assert_eq!(
+            names(&t, 1),
+            ["IP", "Node", "Nominated Node", "Readiness Gates"]
+        );
+        let pod = json!({"metadata":{"name":"web"},"spec":{"nodeName":"n1","containers":[{"name":"a"}],
+            "readinessGates":[{"conditionType":"x/ready"},{"conditionType":"y/ready"}]},
+            "status":{"phase":"Running","podIP":"10.0.0.5","podIPs":[{"ip":"10.0.0.5"}],
+            "conditions":[{"type":"x/ready","status":"True"},{"type":"y/ready","status":"False"}]}});
+        let c = cells(&t, &pod);
+        assert_eq!(
+            c[5..],
+            [
+                json!("10.0.0.5"),
+                json!("n1"),
+                json!("<none>"),
+                json!("1/2")
+            ]
+        );
+        let bare = json!({"metadata":{"name":"p"},"spec":{"containers":[]},"status":{}});
+        let c = cells(&t, &bare);
+        assert_eq!(
+            c[5..],
+            [
+                json!("<none>"),
+                json!("<none>"),
+                json!("<none>"),
+                json!("<none>")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_shows_addresses_and_node_info_when_wide() {
+        let t = nodes();
+        assert_eq!(
+            names(&t, 1),
+            [
+                "Internal-IP",
+                "External-IP",
+                "OS-Image",
+                "Kernel-Version",
+                "Container-Runtime"
+            ]
+        );
+        let node = json!({"metadata":{"name":"n1","labels":{"node-role.kubernetes.io/control-plane":"","kubernetes.io/role":"edge"}},
+            "status":{"addresses":[{"type":"Hostname","address":"n1"},{"type":"InternalIP","address":"192.168.1.2"}],
+            "nodeInfo":{"kubeletVersion":"v1.33.0-capstan","osImage":"Debian GNU/Linux 12 (bookworm)",
+            "kernelVersion":"6.1.0","containerRuntimeVersion":"containerd://1.7.24"}}});
+        let c = cells(&t, &node);
+        assert_eq!(c[2], "control-plane,edge");
+        assert_eq!(
+            c[4..],
+            [
+                json!("v1.33.0-capstan"),
+                json!("192.168.1.2"),
+                json!("<none>"),
+                json!("Debian GNU/Linux 12 (bookworm)"),
+                json!("6.1.0"),
+                json!("containerd://1.7.24")
+            ]
+        );
+        let c = cells(&t, &json!({"metadata":{"name":"n2"}}));
+        assert_eq!(c[2], "<none>");
+        assert_eq!(c[8], "<unknown>");
+    }
+
+    #[test]
+    fn workloads_show_containers_images_and_selector_when_wide() {
+        let d = json!({"metadata":{"name":"web"},"spec":{"replicas":2,
+            "selector":{"matchLabels":{"app":"web"},"matchExpressions":[{"key":"tier","operator":"In","values":["b","a"]},{"key":"canary","operator":"DoesNotExist"}]},
+            "template":{"spec":{"containers":[{"name":"app","image":"nginx:1.27"},{"name":"side","image":"busybox"}]}}}});
+        for t in [deployments(), replicasets()] {
+            assert_eq!(names(&t, 1), ["Containers", "Images", "Selector"]);
+            let c = cells(&t, &d);
+            let n = c.len();
+            assert_eq!(c[n - 3], "app,side");
+            assert_eq!(c[n - 2], "nginx:1.27,busybox");
+            assert_eq!(c[n - 1], "app=web,!canary,tier in (a,b)");
+        }
+    }
+
+    #[test]
+    fn a_service_shows_its_selector_when_wide() {
+        let t = services();
+        assert_eq!(names(&t, 1), ["Selector"]);
+        let svc = json!({"metadata":{"name":"s"},"spec":{"selector":{"tier":"fe","app":"web"},"ports":[]}});
+        assert_eq!(cells(&t, &svc)[6], "app=web,tier=fe");
+        assert_eq!(
+            cells(&t, &json!({"metadata":{"name":"s"},"spec":{}}))[6],
+            "<none>"
+        );
+    }
+
+    #[test]
+    fn endpoints_print_three_addresses_and_how_many_more() {
+        let ep = json!({"metadata":{"name":"e"},"subsets":[{"addresses":[{"ip":"10.0.0.1"},{"ip":"10.0.0.2"},{"ip":"fd00::3"}],
+            "ports":[{"port":80},{"port":443}]}]});
+        assert_eq!(
+            cells(&endpoints(), &ep)[1],
+            "10.0.0.1:80,10.0.0.2:80,[fd00::3]:80 + 3 more..."
+        );
+        let headless =
+            json!({"metadata":{"name":"e"},"subsets":[{"addresses":[{"ip":"10.0.0.1"}]}]});
+        assert_eq!(cells(&endpoints(), &headless)[1], "10.0.0.1");
+        assert_eq!(
+            cells(&endpoints(), &json!({"metadata":{"name":"e"}}))[1],
+            "<none>"
+        );
+    }
+
+    #[test]
+    fn an_event_prints_like_kubectl_with_name_last_and_wide_columns() {
+        let t = events();
+        let all: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            all,
+            [
+                "Last Seen",
+                "Type",
+                "Reason",
+                "Object",
+                "Subobject",
+                "Source",
+                "Message",
+                "First Seen",
+                "Count",
+                "Name"
+            ]
+        );
+        assert_eq!(
+            names(&t, 1),
+            ["Subobject", "Source", "First Seen", "Count", "Name"]
+        );
+        let now = jiff::Timestamp::now();
+        let ts = |ago: i64| (now - jiff::SignedDuration::from_secs(ago)).to_string();
+        let ev = json!({"metadata":{"name":"web.1a2b"},"type":"Warning","reason":"BackOff",
+            "involvedObject":{"kind":"Pod","name":"web","fieldPath":"spec.containers{app}"},
+            "source":{"component":"kubelet","host":"n1"},"message":"Back-off restarting failed container app in pod web_default(u)\n",
+            "firstTimestamp": ts(300),"lastTimestamp": ts(30),"count":7});
+        let c = cells(&t, &ev);
+        assert_eq!(
+            c,
+            [
+                json!("30s"),
+                json!("Warning"),
+                json!("BackOff"),
+                json!("pod/web"),
+                json!("spec.containers{app}"),
+                json!("kubelet, n1"),
+                json!("Back-off restarting failed container app in pod web_default(u)"),
+                json!("5m"),
+                json!(7),
+                json!("web.1a2b")
+            ]
+        );
+        // events.k8s.io writers: eventTime only, reportingController/Instance, no count.
+        let ev = json!({"metadata":{"name":"x"},"type":"Normal","reason":"Scheduled",
+            "involvedObject":{"kind":"Node"},"reportingComponent":"scheduler","reportingInstance":"s-1",
+            "eventTime": ts(60)});
+        let c = cells(&t, &ev);
+        assert_eq!(c[0], "60s");
+        assert_eq!(c[3], "node");
+        assert_eq!(c[5], "scheduler, s-1");
+        assert_eq!(c[7], "60s");
+        assert_eq!(c[8], 1);
     }
 }
