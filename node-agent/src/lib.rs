@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod containerd;
 pub mod dns;
+pub mod events;
 pub mod exec_ws;
 pub mod logs;
 pub mod node;
