@@ -471,10 +471,10 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             Err(("ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull", _)) => {}
             Err(("FailedMount", message)) => self.event(
                 pod,
-                path,
+                None,
                 EventType::Warning,
                 reason::FAILED_MOUNT,
-                message.clone(),
+                mount_failed(message),
             ),
             Err((_, message)) => self.event(
                 pod,
@@ -794,6 +794,18 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
         self.ctx.api.write_status(pod, &self.uid, &status).await?;
         self.written = Some(status);
         Ok(())
+    }
+}
+
+/// A volume that could not be prepared (`volume "cfg": configmap "x" not found`) as kubelet
+/// words it: `MountVolume.SetUp failed for volume "cfg" : configmap "x" not found`.
+fn mount_failed(message: &str) -> String {
+    match message
+        .strip_prefix("volume ")
+        .and_then(|m| m.split_once(": "))
+    {
+        Some((volume, why)) => format!("MountVolume.SetUp failed for volume {volume} : {why}"),
+        None => format!("MountVolume.SetUp failed: {message}"),
     }
 }
 

@@ -192,3 +192,32 @@ async fn stopping_a_deleted_pod_records_killing_per_container() {
         "{evs:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_volume_that_cannot_be_set_up_records_failed_mount_on_the_pod() {
+    let h = harness();
+    let p = pod(json!({
+        "containers": [{"name": "app", "image": "busybox:1",
+                        "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}],
+        "volumes": [{"name": "cfg", "configMap": {"name": "missing"}}],
+    }));
+    let mut w = PodWorker::new(h.ctx.clone(), "u1".into());
+    w.sync(&p).await.unwrap();
+    let evs = h.events.all().await;
+    assert_eq!(
+        with_reason(&evs, "FailedMount"),
+        [(
+            "MountVolume.SetUp failed for volume \"cfg\" : configmap \"missing\" not found"
+                .to_string(),
+            1
+        )],
+        "{evs:?}"
+    );
+    let stored = h.events.0.lock().unwrap();
+    let mount = stored
+        .values()
+        .find(|e| e.reason.as_deref() == Some("FailedMount"))
+        .unwrap();
+    assert_eq!(mount.involved_object.field_path, None, "about the pod");
+    assert_eq!(mount.type_.as_deref(), Some("Warning"));
+}
