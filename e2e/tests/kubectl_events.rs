@@ -75,8 +75,16 @@ fn kubectl_reads_the_agents_events_and_wide_columns() {
         kubeconfig: dir.path().join("kubeconfig"),
         _dir: dir,
     };
-    eventually(Duration::from_secs(30), "the node registers", || {
-        c.run(&["get", "node", NODE]).0
+    // Registered, and its status posted (the Node is created first, its status follows).
+    eventually(Duration::from_secs(30), "the node is Ready", || {
+        let (_, out, _) = c.run(&[
+            "get",
+            "node",
+            NODE,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        out == "True"
     })
     .unwrap();
 
