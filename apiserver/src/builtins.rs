@@ -49,7 +49,10 @@ fn events_v1() -> ResourceInfo {
         &["ev"],
         true,
         false,
-        strategy::Builtin::of::<events::Event>().arc(),
+        strategy::Builtin::of::<events::Event>()
+            .fields(crate::events::V1_FIELDS)
+            .table(crate::table::events_v1)
+            .arc(),
     );
     info.store_prefix = "events/".into();
     info.conversion = Some(Conversion {
@@ -232,15 +235,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
             false,
             Builtin::of::<core::Event>()
-                .fields(&[
-                    ("involvedObject.kind", "/involvedObject/kind"),
-                    ("involvedObject.name", "/involvedObject/name"),
-                    ("involvedObject.namespace", "/involvedObject/namespace"),
-                    ("involvedObject.uid", "/involvedObject/uid"),
-                    ("reason", "/reason"),
-                    ("type", "/type"),
-                    ("source", "/source/component"),
-                ])
+                .fields(crate::events::CORE_FIELDS)
                 .table(crate::table::events)
                 .arc(),
         ),

@@ -5,6 +5,42 @@
 
 use serde_json::{Map, Value};
 
+/// core/v1 Event field selectors, as kube-apiserver's AddFieldLabelConversionsForEvent lists
+/// them (`metadata.name` and `metadata.namespace` come with every resource), with their place in
+/// the stored object. `source` selects `source.component`, as the Event strategy does.
+pub const CORE_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject.kind", "/involvedObject/kind"),
+    ("involvedObject.namespace", "/involvedObject/namespace"),
+    ("involvedObject.name", "/involvedObject/name"),
+    ("involvedObject.uid", "/involvedObject/uid"),
+    ("involvedObject.apiVersion", "/involvedObject/apiVersion"),
+    (
+        "involvedObject.resourceVersion",
+        "/involvedObject/resourceVersion",
+    ),
+    ("involvedObject.fieldPath", "/involvedObject/fieldPath"),
+    ("reason", "/reason"),
+    ("reportingComponent", "/reportingComponent"),
+    ("source", "/source/component"),
+    ("type", "/type"),
+];
+
+/// events.k8s.io/v1 field selectors (kube-apiserver's events/v1 field label conversion): the
+/// same fields under their events.k8s.io names. Selection sees objects as this version serves
+/// them, so the paths are events.k8s.io's.
+pub const V1_FIELDS: &[(&str, &str)] = &[
+    ("regarding.kind", "/regarding/kind"),
+    ("regarding.namespace", "/regarding/namespace"),
+    ("regarding.name", "/regarding/name"),
+    ("regarding.uid", "/regarding/uid"),
+    ("regarding.apiVersion", "/regarding/apiVersion"),
+    ("regarding.resourceVersion", "/regarding/resourceVersion"),
+    ("regarding.fieldPath", "/regarding/fieldPath"),
+    ("reason", "/reason"),
+    ("reportingController", "/reportingController"),
+    ("type", "/type"),
+];
+
 /// (events.k8s.io/v1 field, core/v1 field), as kube-apiserver converts them.
 const RENAMES: &[(&str, &str)] = &[
     ("regarding", "involvedObject"),

@@ -23,6 +23,9 @@ pub struct Column {
 pub struct Table {
     pub columns: Vec<Column>,
     pub row: RowFn,
+    /// Whether the first cell is the object's name (every kind but Events, whose printer
+    /// starts with LAST SEEN and keeps NAME as a wide column).
+    pub name_first: bool,
 }
 
 impl std::fmt::Debug for Table {
@@ -43,7 +46,11 @@ impl Table {
             description: "Name must be unique within a namespace.".into(),
         }];
         cols.extend(columns);
-        Table { columns: cols, row }
+        Table {
+            columns: cols,
+            row,
+            name_first: true,
+        }
     }
 }
 
@@ -79,7 +86,7 @@ pub fn render(
             json!({
                 "name": c.name,
                 "type": c.ty,
-                "format": if i == 0 { "name" } else { "" },
+                "format": if i == 0 && t.name_first { "name" } else { "" },
                 "description": c.description,
                 "priority": c.priority,
             })
@@ -100,7 +107,10 @@ pub fn render(
 }
 
 pub fn row(t: &Table, obj: &Value, include: Option<&str>) -> Value {
-    let mut cells = vec![json!(obj.name().unwrap_or_default())];
+    let mut cells = Vec::new();
+    if t.name_first {
+        cells.push(json!(obj.name().unwrap_or_default()));
+    }
     cells.extend((t.row)(obj));
     let mut row = json!({ "cells": cells });
     match include {
@@ -191,6 +201,8 @@ pub fn pods() -> Table {
             ("Age", "string", 0),
             ("IP", "string", 1),
             ("Node", "string", 1),
+            ("Nominated Node", "string", 1),
+            ("Readiness Gates", "string", 1),
         ],
         |o| {
             let statuses = o["status"]["containerStatuses"]
@@ -214,24 +226,110 @@ pub fn pods() -> Table {
             if o.is_deleting() {
                 status = "Terminating".into();
             }
-            let node = o["spec"]["nodeName"]
+            let ip = o["status"]["podIPs"][0]["ip"]
                 .as_str()
-                .unwrap_or("<none>")
-                .to_string();
-            let ip = o["status"]["podIP"]
-                .as_str()
-                .unwrap_or("<none>")
-                .to_string();
+                .or(o["status"]["podIP"].as_str());
             vec![
                 json!(format!("{ready}/{total}")),
                 json!(status),
                 json!(restarts.to_string()),
                 age(o),
-                json!(ip),
-                json!(node),
+                json!(or_none(ip)),
+                json!(or_none(o["spec"]["nodeName"].as_str())),
+                json!(or_none(o["status"]["nominatedNodeName"].as_str())),
+                json!(readiness_gates(o)),
             ]
         },
     )
+}
+
+/// kubectl's value for an empty cell.
+fn or_none(v: Option<&str>) -> String {
+    match v {
+        Some(v) if !v.is_empty() => v.to_string(),
+        _ => "<none>".into(),
+    }
+}
+
+/// READINESS GATES: how many of the pod's gates have a True condition, "<none>" without gates.
+fn readiness_gates(pod: &Value) -> String {
+    let Some(gates) = pod["spec"]["readinessGates"]
+        .as_array()
+        .filter(|g| !g.is_empty())
+    else {
+        return "<none>".into();
+    };
+    let conditions = pod["status"]["conditions"].as_array();
+    let met = gates
+        .iter()
+        .filter(|g| {
+            conditions
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == g["conditionType"])
+                .is_some_and(|c| c["status"] == "True")
+        })
+        .count();
+    format!("{met}/{}", gates.len())
+}
+
+/// A workload's CONTAINERS and IMAGES cells: names and images of its pod template, comma-joined.
+fn template_containers(workload: &Value) -> (String, String) {
+    let containers = workload["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<String> = containers.iter().map(|c| s(&c["name"])).collect();
+    let images: Vec<String> = containers.iter().map(|c| s(&c["image"])).collect();
+    (names.join(","), images.join(","))
+}
+
+/// A metav1.LabelSelector as kubectl prints it (labels.Selector's String): requirements sorted
+/// by key, `k=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`; empty for an empty selector.
+pub fn label_selector(sel: &Value) -> String {
+    let mut reqs: Vec<(String, String)> = Vec::new();
+    for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
+        reqs.push((k.clone(), format!("{k}={}", s(v))));
+    }
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let k = s(&e["key"]);
+        let mut values: Vec<String> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        values.sort();
+        let text = match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{k} in ({})", values.join(",")),
+            "NotIn" => format!("{k} notin ({})", values.join(",")),
+            "Exists" => k.clone(),
+            "DoesNotExist" => format!("!{k}"),
+            other => format!("{k} {other}"),
+        };
+        reqs.push((k, text));
+    }
+    reqs.sort();
+    reqs.into_iter()
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A label map as kubectl's labels.FormatLabels prints it: sorted `k=v` pairs, "<none>" if empty.
+fn format_labels(m: &Value) -> String {
+    let mut pairs: Vec<String> = m
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", s(v)))
+        .collect();
+    pairs.sort();
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs.join(",")
+    }
 }
 
 pub fn deployments() -> Table {
@@ -243,23 +341,20 @@ pub fn deployments() -> Table {
             ("Age", "string", 0),
             ("Containers", "string", 1),
             ("Images", "string", 1),
+            ("Selector", "string", 1),
         ],
         |o| {
             let st = &o["status"];
             let want = o["spec"]["replicas"].as_i64().unwrap_or(1);
-            let containers = o["spec"]["template"]["spec"]["containers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let names: Vec<String> = containers.iter().map(|c| s(&c["name"])).collect();
-            let images: Vec<String> = containers.iter().map(|c| s(&c["image"])).collect();
+            let (names, images) = template_containers(o);
             vec![
                 json!(format!("{}/{want}", i(&st["readyReplicas"]))),
                 json!(i(&st["updatedReplicas"])),
                 json!(i(&st["availableReplicas"])),
                 age(o),
-                json!(names.join(",")),
-                json!(images.join(",")),
+                json!(names),
+                json!(images),
+                json!(label_selector(&o["spec"]["selector"])),
             ]
         },
     )
@@ -272,14 +367,21 @@ pub fn replicasets() -> Table {
             ("Current", "integer", 0),
             ("Ready", "integer", 0),
             ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
         ],
         |o| {
             let st = &o["status"];
+            let (names, images) = template_containers(o);
             vec![
                 json!(o["spec"]["replicas"].as_i64().unwrap_or(1)),
                 json!(i(&st["replicas"])),
                 json!(i(&st["readyReplicas"])),
                 age(o),
+                json!(names),
+                json!(images),
+                json!(label_selector(&o["spec"]["selector"])),
             ]
         },
     )
@@ -293,6 +395,7 @@ pub fn services() -> Table {
             ("External-IP", "string", 0),
             ("Port(s)", "string", 0),
             ("Age", "string", 0),
+            ("Selector", "string", 1),
         ],
         |o| {
             let ports: Vec<String> = o["spec"]["ports"]
@@ -318,6 +421,7 @@ pub fn services() -> Table {
                 json!("<none>"),
                 json!(ports),
                 age(o),
+                json!(format_labels(&o["spec"]["selector"])),
             ]
         },
     )
@@ -336,6 +440,11 @@ pub fn nodes() -> Table {
             ("Roles", "string", 0),
             ("Age", "string", 0),
             ("Version", "string", 0),
+            ("Internal-IP", "string", 1),
+            ("External-IP", "string", 1),
+            ("OS-Image", "string", 1),
+            ("Kernel-Version", "string", 1),
+            ("Container-Runtime", "string", 1),
         ],
         |o| {
             let ready = o["status"]["conditions"]
@@ -356,14 +465,53 @@ pub fn nodes() -> Table {
             } else {
                 ready.to_string()
             };
+            let address = |ty: &str| {
+                let a = o["status"]["addresses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["type"] == ty);
+                or_none(a.and_then(|a| a["address"].as_str()))
+            };
+            let info = &o["status"]["nodeInfo"];
+            let unknown = |v: &Value| match v.as_str() {
+                Some(v) if !v.is_empty() => v.to_string(),
+                _ => "<unknown>".to_string(),
+            };
             vec![
                 json!(status),
-                json!("<none>"),
+                json!(node_roles(o)),
                 age(o),
-                json!(s(&o["status"]["nodeInfo"]["kubeletVersion"])),
+                json!(s(&info["kubeletVersion"])),
+                json!(address("InternalIP")),
+                json!(address("ExternalIP")),
+                json!(unknown(&info["osImage"])),
+                json!(unknown(&info["kernelVersion"])),
+                json!(unknown(&info["containerRuntimeVersion"])),
             ]
         },
     )
+}
+
+/// ROLES: the `node-role.kubernetes.io/ROLE` labels and `kubernetes.io/role`, sorted.
+fn node_roles(node: &Value) -> String {
+    let mut roles: Vec<String> = Vec::new();
+    for (k, v) in node["metadata"]["labels"].as_object().into_iter().flatten() {
+        if let Some(role) = k.strip_prefix("node-role.kubernetes.io/") {
+            if !role.is_empty() {
+                roles.push(role.to_string());
+            }
+        } else if k == "kubernetes.io/role" && !s(v).is_empty() {
+            roles.push(s(v));
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    if roles.is_empty() {
+        "<none>".into()
+    } else {
+        roles.join(",")
+    }
 }
 
 pub fn configmaps() -> Table {
@@ -389,46 +537,144 @@ pub fn secrets() -> Table {
     )
 }
 
+/// kubectl's event printer: LAST SEEN TYPE REASON OBJECT MESSAGE, and with `-o wide` SUBOBJECT,
+/// SOURCE, FIRST SEEN, COUNT and NAME. The name is a wide column, not the first one.
 pub fn events() -> Table {
-    table(
-        &[
-            ("Last Seen", "string", 0),
-            ("Type", "string", 0),
-            ("Reason", "string", 0),
-            ("Object", "string", 0),
-            ("Message", "string", 0),
-        ],
-        |o| {
-            let obj = format!(
-                "{}/{}",
-                s(&o["involvedObject"]["kind"]).to_ascii_lowercase(),
-                s(&o["involvedObject"]["name"])
-            );
-            vec![
-                age(o),
-                json!(s(&o["type"])),
-                json!(s(&o["reason"])),
-                json!(obj),
-                json!(s(&o["message"])),
-            ]
-        },
-    )
+    let columns = [
+        ("Last Seen", 0),
+        ("Type", 0),
+        ("Reason", 0),
+        ("Object", 0),
+        ("Subobject", 1),
+        ("Source", 1),
+        ("Message", 0),
+        ("First Seen", 1),
+        ("Count", 1),
+        ("Name", 1),
+    ];
+    Table {
+        columns: columns
+            .iter()
+            .map(|(name, priority)| Column {
+                name: name.to_string(),
+                ty: "string".into(),
+                priority: *priority,
+                description: String::new(),
+            })
+            .collect(),
+        row: std::sync::Arc::new(event_cells),
+        name_first: false,
+    }
 }
 
+/// events.k8s.io/v1 Events print as core/v1 ones do (kube-apiserver converts both to one internal
+/// Event before printing).
+pub fn events_v1() -> Table {
+    Table {
+        row: std::sync::Arc::new(|o: &Value| {
+            let mut core = o.clone();
+            crate::events::to_core(&mut core);
+            event_cells(&core)
+        }),
+        ..events()
+    }
+}
+
+/// The cells of one Event (core/v1 shape), as kubectl's printEvent computes them.
+fn event_cells(o: &Value) -> Vec<Value> {
+    let since = |ts: &Value| match ts.as_str().map(str::parse::<jiff::Timestamp>) {
+        Some(Ok(t)) => Some(human_duration(
+            (jiff::Timestamp::now().as_second() - t.as_second()).max(0),
+        )),
+        _ => None,
+    };
+    let first = since(&o["firstTimestamp"])
+        .or_else(|| since(&o["eventTime"]))
+        .unwrap_or_else(|| "<unknown>".into());
+    let mut last = since(&o["lastTimestamp"]).unwrap_or_else(|| first.clone());
+    let mut count = i(&o["count"]);
+    if o["series"].is_object() {
+        last = since(&o["series"]["lastObservedTime"]).unwrap_or_else(|| "<unknown>".into());
+        count = i(&o["series"]["count"]);
+    } else if count == 0 {
+        count = 1;
+    }
+    let inv = &o["involvedObject"];
+    let kind = s(&inv["kind"]).to_ascii_lowercase();
+    let target = match inv["name"].as_str() {
+        Some(n) if !n.is_empty() => format!("{kind}/{n}"),
+        _ => kind,
+    };
+    let first_non_empty = |a: &Value, b: &Value| {
+        let a = s(a);
+        if a.is_empty() { s(b) } else { a }
+    };
+    let component = first_non_empty(&o["source"]["component"], &o["reportingComponent"]);
+    let host = first_non_empty(&o["source"]["host"], &o["reportingInstance"]);
+    let source = if host.is_empty() {
+        component
+    } else {
+        format!("{component}, {host}")
+    };
+    vec![
+        json!(last),
+        json!(s(&o["type"])),
+        json!(s(&o["reason"])),
+        json!(target),
+        json!(s(&inv["fieldPath"])),
+        json!(source),
+        json!(s(&o["message"]).trim()),
+        json!(first),
+        json!(count),
+        json!(o.name().unwrap_or_default()),
+    ]
+}
+
+/// kubectl's ENDPOINTS cell: `ip:port` for every address and port, at most three, then
+/// "+ N more..."; addresses alone for a subset without ports; "<none>" when empty.
 pub fn endpoints() -> Table {
     table(&[("Endpoints", "string", 0), ("Age", "string", 0)], |o| {
-        let mut eps = Vec::new();
+        const MAX: usize = 3;
+        let mut list = Vec::new();
+        let mut count = 0;
         for sub in o["subsets"].as_array().into_iter().flatten() {
-            for a in sub["addresses"].as_array().into_iter().flatten() {
-                for p in sub["ports"].as_array().into_iter().flatten() {
-                    eps.push(format!("{}:{}", s(&a["ip"]), i(&p["port"])));
+            let addrs: Vec<String> = sub["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| s(&a["ip"]))
+                .collect();
+            let ports: Vec<i64> = sub["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| i(&p["port"]))
+                .collect();
+            let mut add = |text: String| {
+                if list.len() < MAX {
+                    list.push(text);
+                }
+                count += 1;
+            };
+            if ports.is_empty() {
+                addrs.iter().for_each(|a| add(a.clone()));
+            }
+            for p in &ports {
+                for a in &addrs {
+                    add(if a.contains(':') {
+                        format!("[{a}]:{p}")
+                    } else {
+                        format!("{a}:{p}")
+                    });
                 }
             }
         }
-        let text = if eps.is_empty() {
+        let text = if count > MAX {
+            format!("{} + {} more...", list.join(","), count - MAX)
+        } else if list.is_empty() {
             "<none>".to_string()
         } else {
-            eps.join(",")
+            list.join(",")
         };
         vec![json!(text), age(o)]
     })
@@ -557,3 +803,7 @@ mod tests {
         assert_eq!(r["cells"][3], "3");
     }
 }
+
+#[cfg(test)]
+#[path = "table_wide_tests.rs"]
+mod wide_tests;

@@ -260,6 +260,26 @@ fn pods_run_on_containerd_with_probes_limits_logs_and_clean_up() {
         |p| status_of(p, "app")["restartCount"].as_i64().unwrap_or(0) >= 1,
     );
     assert!(status_of(&p, "app")["lastState"]["terminated"].is_object());
+    // kubelet's Events on it, as `kubectl describe pod` shows them: the second liveness
+    // restart waits out a back-off.
+    eventually(Duration::from_secs(60), "flaky backs off", || {
+        c.ok(&["describe", "pod", "flaky"], None)
+            .contains("Back-off restarting failed container app in pod flaky_default(")
+    })
+    .unwrap();
+    let describe = c.ok(&["describe", "pod", "flaky"], None);
+    for want in [
+        "Container image \"localhost/busybox:1\" already present on machine",
+        "Created container: app",
+        "Started container app",
+        "Liveness probe failed:",
+        "Container app failed liveness probe, will be restarted",
+        "BackOff",
+    ] {
+        assert!(describe.contains(want), "{want}: {describe}");
+    }
+    let wide = c.ok(&["get", "nodes", "-o", "wide"], None);
+    assert!(wide.contains("containerd://"), "{wide}");
 
     // A memory hog over its limit: OOMKilled.
     let p = c.wait_pod("hog", Duration::from_secs(60), "Failed", |p| {
@@ -283,6 +303,13 @@ fn pods_run_on_containerd_with_probes_limits_logs_and_clean_up() {
     );
     let msg = status_of(&p, "app")["state"]["waiting"]["message"].to_string();
     assert!(msg.contains("localhost/not-imported:1"), "{msg}");
+    eventually(Duration::from_secs(30), "ghost's pull events", || {
+        let events = c.ok(&["events", "--for", "pod/ghost"], None);
+        events.contains("Pulling image \"localhost/not-imported:1\"")
+            && events.contains("Failed to pull image \"localhost/not-imported:1\"")
+            && events.contains("Error: ErrImagePull")
+    })
+    .unwrap();
 
     // kill -9 of all of `capstan up` (containerd lives on), then start it again: nothing
     // restarted, the same containers adopted.

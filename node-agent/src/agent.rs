@@ -125,6 +125,11 @@ impl<R: Runtime> Agent<R> {
             log_root: self.log_root.clone(),
             runtime_name: self.runtime_name.clone(),
             metrics: Some(self.metrics.clone()),
+            recorder: crate::events::Recorder::spawn(
+                &self.node.name,
+                crate::events::KubeSink(self.client.clone()),
+                Arc::new(jiff::Timestamp::now),
+            ),
             memory_capacity: {
                 let info = rustix::system::sysinfo();
                 (info.totalram as u128 * info.mem_unit as u128) as i64

@@ -1,7 +1,8 @@
 //! Capstan's node agent: a kubelet. Start at [`agent::Agent`]: it registers the node
 //! ([`node`]), watches the pods bound to it, and gives each a worker ([`pod::worker`]) that
 //! plans ([`pod::plan`]) and reports ([`pod::status`]) through a container runtime
-//! ([`runtime`]: containerd's CRI, or plain processes). `kubectl logs` and `kubectl exec`
+//! ([`runtime`]: containerd's CRI, or plain processes), recording kubelet's Events on the way
+//! ([`events`]). `kubectl logs` and `kubectl exec`
 //! reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy); cluster
 //! DNS (the zone from Services and EndpointSlices, the UDP/TCP server, forwarding, pods'
 //! resolv.conf) is [`dns`].
@@ -9,6 +10,7 @@
 pub mod agent;
 pub mod containerd;
 pub mod dns;
+pub mod events;
 pub mod exec_ws;
 pub mod logs;
 pub mod node;

@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::events::{EventType, Recorder, reason};
 use crate::runtime::{Container, ContainerState, Runtime};
 
 /// What the probes say about one container.
@@ -33,6 +34,7 @@ pub struct Prober<R> {
     poke: Arc<Notify>,
     results: Shared,
     tasks: HashMap<String, tokio::task::JoinHandle<()>>,
+    recorder: Recorder,
 }
 
 impl<R> std::fmt::Debug for Prober<R> {
@@ -66,7 +68,15 @@ impl<R: Runtime> Prober<R> {
             poke,
             results: Arc::default(),
             tasks: HashMap::new(),
+            recorder: Recorder::disabled(),
         }
+    }
+
+    /// Every failed probe is recorded as kubelet does: a Warning `Unhealthy` Event on the
+    /// container ("Readiness probe failed: ...").
+    pub fn with_recorder(mut self, recorder: Recorder) -> Self {
+        self.recorder = recorder;
+        self
     }
 
     /// Starts probing running app containers that have probes, stops probing the ones that
@@ -142,6 +152,11 @@ impl<R: Runtime> Prober<R> {
                         .collect(),
                 };
                 let started_at = c.started_at.unwrap_or_else(|| self.runtime.now());
+                let events = Unhealthy {
+                    recorder: self.recorder.clone(),
+                    pod: pod.clone(),
+                    field_path: crate::events::container_path(pod, &c.config.name),
+                };
                 let task = tokio::spawn(run(
                     self.runtime.clone(),
                     probes,
@@ -149,6 +164,7 @@ impl<R: Runtime> Prober<R> {
                     started_at,
                     self.results.clone(),
                     self.poke.clone(),
+                    events,
                 ));
                 self.tasks.insert(c.id.clone(), task);
             }
@@ -227,6 +243,25 @@ impl Tracker {
     }
 }
 
+/// Where a container's failed probes are reported.
+struct Unhealthy {
+    recorder: Recorder,
+    pod: Pod,
+    field_path: String,
+}
+
+impl Unhealthy {
+    fn failed(&self, probe: &str, why: &str) {
+        self.recorder.pod_event(
+            &self.pod,
+            Some(self.field_path.clone()),
+            EventType::Warning,
+            reason::UNHEALTHY,
+            format!("{probe} probe failed: {why}"),
+        );
+    }
+}
+
 async fn run<R: Runtime>(
     runtime: Arc<R>,
     probes: Probes,
@@ -234,6 +269,7 @@ async fn run<R: Runtime>(
     started_at: jiff::Timestamp,
     results: Shared,
     poke: Arc<Notify>,
+    events: Unhealthy,
 ) {
     // Delays count from the container's start (which may be before the agent restarted).
     let since_start = runtime.now().duration_since(started_at).unsigned_abs();
@@ -267,6 +303,9 @@ async fn run<R: Runtime>(
         let now = tokio::time::Instant::now();
         if let Some(s) = startup.as_mut().filter(|t| t.due <= now) {
             let (ok, why) = check(&*runtime, &s.probe, &target, s.timeout).await;
+            if !ok {
+                events.failed("Startup", &why);
+            }
             match s.record(ok) {
                 Some(true) => {
                     startup = None;
@@ -294,6 +333,9 @@ async fn run<R: Runtime>(
         }
         if let Some(l) = liveness.as_mut().filter(|t| t.due <= now) {
             let (ok, why) = check(&*runtime, &l.probe, &target, l.timeout).await;
+            if !ok {
+                events.failed("Liveness", &why);
+            }
             if l.record(ok) == Some(false) {
                 let msg = format!("Liveness probe failed: {why}");
                 update(&|h| h.failed = Some(msg.clone()));
@@ -301,7 +343,10 @@ async fn run<R: Runtime>(
             }
         }
         if let Some(r) = readiness.as_mut().filter(|t| t.due <= now) {
-            let (ok, _why) = check(&*runtime, &r.probe, &target, r.timeout).await;
+            let (ok, why) = check(&*runtime, &r.probe, &target, r.timeout).await;
+            if !ok {
+                events.failed("Readiness", &why);
+            }
             if let Some(v) = r.record(ok) {
                 update(&|h| h.ready = v);
             }

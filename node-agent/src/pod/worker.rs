@@ -20,6 +20,7 @@ use super::plan::{self, Action, Backoffs, Kind, Observed};
 use super::probe::{Health, Prober};
 use super::status::{self, Waiting};
 use super::{resources, volumes};
+use crate::events::{EventType, Recorder, container_path, reason};
 use crate::node::NodeConfig;
 use crate::runtime::{
     CONTAINER_NAME, ContainerConfig, ContainerState, POD_NAME, POD_NAMESPACE, POD_UID, PortMapping,
@@ -101,6 +102,8 @@ pub struct Context<R, A> {
     /// The machine's memory in bytes (Burstable containers' oom_score_adj).
     pub memory_capacity: i64,
     pub metrics: Option<crate::server::Metrics>,
+    /// kubelet's Events about the pod (Pulling, Created, Started, BackOff, Unhealthy ...).
+    pub recorder: Recorder,
 }
 
 impl<R, A> std::fmt::Debug for Context<R, A> {
@@ -193,7 +196,10 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
     /// Runs until the pod is gone and cleaned up. `pod` carries the latest version (None once
     /// it is gone from the API); `poke` wakes it when the PLEG sees a change.
     pub async fn run(mut self, mut pod: watch::Receiver<Option<Arc<Pod>>>, poke: Arc<Notify>) {
-        self.prober = Some(Prober::new(self.ctx.runtime.clone(), poke.clone()));
+        self.prober = Some(
+            Prober::new(self.ctx.runtime.clone(), poke.clone())
+                .with_recorder(self.ctx.recorder.clone()),
+        );
         loop {
             let current = pod.borrow_and_update().clone();
             let outcome = match current {
@@ -240,6 +246,21 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             {
                 if let Some(why) = health.get(&c.id).and_then(|h| h.failed.as_ref()) {
                     tracing::info!(pod = %self.uid, container = %c.config.name, %why, "container failed its probe, will be restarted");
+                    let probe = if why.starts_with("Startup") {
+                        "startup"
+                    } else {
+                        "liveness"
+                    };
+                    self.event(
+                        pod,
+                        Some(container_path(pod, &c.config.name)),
+                        EventType::Normal,
+                        reason::KILLING,
+                        format!(
+                            "Container {} failed {probe} probe, will be restarted",
+                            c.config.name
+                        ),
+                    );
                     rt.stop_container(&c.id, grace_of_container(pod))
                         .await
                         .map_err(|e| e.to_string())?;
@@ -281,7 +302,28 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
                         cgroup_parent: resources::cgroup_parent(pod),
                         dns: crate::dns::pod_resolv(pod, &self.ctx.node),
                     };
-                    sandbox = Some(rt.run_sandbox(&cfg).await.map_err(|e| e.to_string())?);
+                    if attempt > 0 {
+                        self.event(
+                            pod,
+                            None,
+                            EventType::Normal,
+                            reason::SANDBOX_CHANGED,
+                            "Pod sandbox changed, it will be killed and re-created.",
+                        );
+                    }
+                    match rt.run_sandbox(&cfg).await {
+                        Ok(sb) => sandbox = Some(sb),
+                        Err(e) => {
+                            self.event(
+                                pod,
+                                None,
+                                EventType::Warning,
+                                reason::FAILED_CREATE_POD_SANDBOX,
+                                format!("Failed to create pod sandbox: {e}"),
+                            );
+                            return Err(e.to_string());
+                        }
+                    }
                 }
                 Action::Start {
                     kind,
@@ -316,6 +358,18 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
                         pod.metadata.name.as_deref().unwrap_or_default(),
                         pod.metadata.namespace.as_deref().unwrap_or_default(),
                         self.uid
+                    );
+                    self.event(
+                        pod,
+                        Some(container_path(pod, &name)),
+                        EventType::Warning,
+                        reason::BACK_OFF,
+                        format!(
+                            "Back-off restarting failed container {name} in pod {}_{}({})",
+                            pod.metadata.name.as_deref().unwrap_or_default(),
+                            pod.metadata.namespace.as_deref().unwrap_or_default(),
+                            self.uid
+                        ),
                     );
                     self.waiting
                         .insert(name, ("CrashLoopBackOff".into(), message));
@@ -376,7 +430,67 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
         Ok(Outcome::Again(wake))
     }
 
+    /// Records an Event about the pod (or one of its containers, by `field_path`).
+    fn event(
+        &self,
+        pod: &Pod,
+        field_path: Option<String>,
+        type_: EventType,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        self.ctx
+            .recorder
+            .pod_event(pod, field_path, type_, reason, message);
+    }
+
+    /// Creates and starts one container, recording kubelet's Events on the way: Created and
+    /// Started, or Failed ("Error: ...") / FailedMount when a step fails.
     async fn start(
+        &mut self,
+        pod: &Pod,
+        sandbox_id: &str,
+        pod_ip: &str,
+        kind: &Kind,
+        name: &str,
+        attempt: u32,
+    ) -> Result<(), (&'static str, String)> {
+        let path = Some(container_path(pod, name));
+        let result = self
+            .create_and_start(pod, sandbox_id, pod_ip, kind, name, attempt)
+            .await;
+        match &result {
+            Ok(()) => self.event(
+                pod,
+                path,
+                EventType::Normal,
+                reason::STARTED,
+                format!("Started container {name}"),
+            ),
+            // The image steps record their own events; the rest is kubelet's "Error: ...".
+            Err(("ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull", _)) => {}
+            Err(("FailedMount", message)) => self.event(
+                pod,
+                None,
+                EventType::Warning,
+                reason::FAILED_MOUNT,
+                mount_failed(message),
+            ),
+            Err((_, message)) => self.event(
+                pod,
+                path,
+                EventType::Warning,
+                reason::FAILED,
+                format!("Error: {message}"),
+            ),
+        }
+        result.map_err(|(r, m)| match r {
+            "FailedMount" => ("CreateContainerConfigError", m),
+            r => (r, m),
+        })
+    }
+
+    async fn create_and_start(
         &mut self,
         pod: &Pod,
         sandbox_id: &str,
@@ -397,7 +511,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             ));
         };
         let image = c.image.clone().unwrap_or_default();
-        self.ensure_image(&image, c.image_pull_policy.as_deref())
+        self.ensure_image(pod, name, &image, c.image_pull_policy.as_deref())
             .await?;
         let env = env::environment(pod, &c, &self.ctx.node.host_ip, pod_ip, &self.ctx.api)
             .await
@@ -410,7 +524,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             &self.ctx.api,
         )
         .await
-        .map_err(|e| ("CreateContainerConfigError", e))?;
+        .map_err(|e| ("FailedMount", e))?;
         let mounts =
             volumes::mounts(pod, &c, &vols).map_err(|e| ("CreateContainerConfigError", e))?;
         let vars: BTreeMap<String, String> = env.iter().cloned().collect();
@@ -445,6 +559,13 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
                 RuntimeError::Config(m) => ("CreateContainerConfigError", m),
                 other => ("CreateContainerError", other.to_string()),
             })?;
+        self.event(
+            pod,
+            Some(container_path(pod, name)),
+            EventType::Normal,
+            reason::CREATED,
+            format!("Created container: {name}"),
+        );
         rt.start_container(&created.id)
             .await
             .map_err(|e| ("RunContainerError", e.to_string()))
@@ -461,6 +582,13 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
         let pod_ip = obs.sandbox().and_then(|s| s.ip.clone()).unwrap_or_default();
         let stops = running.iter().map(|c| {
             let pod_ip = pod_ip.clone();
+            self.event(
+                pod,
+                Some(container_path(pod, &c.config.name)),
+                EventType::Normal,
+                reason::KILLING,
+                format!("Stopping container {}", c.config.name),
+            );
             async move {
                 // preStop first, within the grace period; SIGTERM gets what is left.
                 let t0 = tokio::time::Instant::now();
@@ -524,9 +652,48 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
     /// A failed pull backs off 10 s doubling to 5 min (ImagePullBackOff).
     async fn ensure_image(
         &mut self,
+        pod: &Pod,
+        container: &str,
         image: &str,
         policy: Option<&str>,
     ) -> Result<(), (&'static str, String)> {
+        let path = || Some(container_path(pod, container));
+        let result = self.pull_if_needed(pod, container, image, policy).await;
+        if let Err((why, message)) = &result {
+            let (ty, reason, message) = match *why {
+                "ErrImagePull" => (EventType::Warning, reason::FAILED, capitalized(message)),
+                "ImagePullBackOff" => (
+                    EventType::Normal,
+                    reason::BACK_OFF,
+                    format!("Back-off pulling image {image:?}"),
+                ),
+                "ErrImageNeverPull" => (
+                    EventType::Warning,
+                    reason::ERR_IMAGE_NEVER_PULL,
+                    message.clone(),
+                ),
+                _ => (EventType::Warning, reason::FAILED, message.clone()),
+            };
+            self.event(pod, path(), ty, reason, message);
+            self.event(
+                pod,
+                path(),
+                EventType::Warning,
+                reason::FAILED,
+                format!("Error: {why}"),
+            );
+        }
+        result
+    }
+
+    async fn pull_if_needed(
+        &mut self,
+        pod: &Pod,
+        container: &str,
+        image: &str,
+        policy: Option<&str>,
+    ) -> Result<(), (&'static str, String)> {
+        let path = || Some(container_path(pod, container));
         if image.is_empty() {
             return Err(("InvalidImageName", "the container names no image".into()));
         }
@@ -537,7 +704,16 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             .await
             .map_err(|e| ("ErrImagePull", format!("image status of {image:?}: {e}")))?;
         match (policy, present) {
-            ("Never", Some(_)) | ("IfNotPresent", Some(_)) => return Ok(()),
+            ("Never", Some(_)) | ("IfNotPresent", Some(_)) => {
+                self.event(
+                    pod,
+                    path(),
+                    EventType::Normal,
+                    reason::PULLED,
+                    format!("Container image {image:?} already present on machine"),
+                );
+                return Ok(());
+            }
             ("Never", None) => {
                 return Err((
                     "ErrImageNeverPull",
@@ -555,9 +731,27 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
                 format!("Back-off pulling image {image:?}"),
             ));
         }
+        self.event(
+            pod,
+            path(),
+            EventType::Normal,
+            reason::PULLING,
+            format!("Pulling image {image:?}"),
+        );
+        let started = tokio::time::Instant::now();
         match rt.pull_image(image).await {
             Ok(_) => {
                 self.pulls.remove(image);
+                self.event(
+                    pod,
+                    path(),
+                    EventType::Normal,
+                    reason::PULLED,
+                    format!(
+                        "Successfully pulled image {image:?} in {:?}",
+                        started.elapsed()
+                    ),
+                );
                 Ok(())
             }
             Err(e) => {
@@ -600,6 +794,27 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
         self.ctx.api.write_status(pod, &self.uid, &status).await?;
         self.written = Some(status);
         Ok(())
+    }
+}
+
+/// A volume that could not be prepared (`volume "cfg": configmap "x" not found`) as kubelet
+/// words it: `MountVolume.SetUp failed for volume "cfg" : configmap "x" not found`.
+fn mount_failed(message: &str) -> String {
+    match message
+        .strip_prefix("volume ")
+        .and_then(|m| m.split_once(": "))
+    {
+        Some((volume, why)) => format!("MountVolume.SetUp failed for volume {volume} : {why}"),
+        None => format!("MountVolume.SetUp failed: {message}"),
+    }
+}
+
+/// "failed to pull image ..." as an Event's message: "Failed to pull image ...".
+fn capitalized(message: &str) -> String {
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 

@@ -84,9 +84,56 @@ impl Api {
     }
 }
 
+/// The API server's Events as the recorder writes them: creates, and merge patches applied.
+#[derive(Default)]
+struct Events(Mutex<BTreeMap<String, k8s_openapi::api::core::v1::Event>>);
+
+impl crate::events::EventSink for Arc<Events> {
+    async fn create(&self, ev: &k8s_openapi::api::core::v1::Event) -> Result<(), String> {
+        let name = ev.metadata.name.clone().unwrap();
+        let mut m = self.0.lock().unwrap();
+        assert!(!m.contains_key(&name), "event {name} created twice");
+        m.insert(name, ev.clone());
+        Ok(())
+    }
+    async fn patch(&self, _: &str, name: &str, patch: &Value) -> Result<bool, String> {
+        let mut m = self.0.lock().unwrap();
+        let Some(ev) = m.get_mut(name) else {
+            return Ok(false);
+        };
+        let mut v = serde_json::to_value(&*ev).unwrap();
+        for (k, val) in patch.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        *ev = serde_json::from_value(v).unwrap();
+        Ok(true)
+    }
+}
+
+impl Events {
+    /// (reason, message, count) of every Event, oldest first, once the recorder caught up.
+    async fn all(&self) -> Vec<(String, String, i32)> {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let mut evs: Vec<_> = self.0.lock().unwrap().values().cloned().collect();
+        evs.sort_by_key(|e| e.metadata.name.clone());
+        evs.into_iter()
+            .map(|e| {
+                (
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default(),
+                    e.count.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
 struct Harness {
     rt: Arc<FakeRuntime>,
     api: Arc<Api>,
+    events: Arc<Events>,
     ctx: Arc<Context<FakeRuntime, Arc<Api>>>,
     dir: tempfile::TempDir,
 }
@@ -95,7 +142,12 @@ fn harness() -> Harness {
     let rt = Arc::new(FakeRuntime::new());
     let api = Arc::new(Api::default());
     let dir = tempfile::tempdir().unwrap();
+    let events = Arc::new(Events::default());
+    let clock = rt.clone();
+    let recorder =
+        crate::events::Recorder::spawn("n1", events.clone(), Arc::new(move || clock.now()));
     let ctx = Arc::new(Context {
+        recorder,
         runtime: rt.clone(),
         api: api.clone(),
         node: NodeConfig {
@@ -114,7 +166,13 @@ fn harness() -> Harness {
         memory_capacity: 8 << 30,
         metrics: None,
     });
-    Harness { rt, api, ctx, dir }
+    Harness {
+        rt,
+        api,
+        events,
+        ctx,
+        dir,
+    }
 }
 
 fn pod(spec: Value) -> Pod {
@@ -596,3 +654,6 @@ async fn the_sandbox_gets_the_pods_resolv_conf() {
     assert_eq!(dns.searches, ["corp.example"]);
     assert_eq!(dns.options, ["ndots:2", "edns0"]);
 }
+
+#[path = "worker_events_tests.rs"]
+mod events;
