@@ -1,8 +1,8 @@
 //! Capstan's node agent: a kubelet. Start at [`agent::Agent`]: it registers the node
 //! ([`node`]), watches the pods bound to it, and gives each a worker ([`pod::worker`]) that
 //! plans ([`pod::plan`]) and reports ([`pod::status`]) through a container runtime
-//! ([`runtime`]: containerd's CRI, or plain processes). `kubectl logs` and `kubectl exec`
-//! reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy); cluster
+//! ([`runtime`]: containerd's CRI, or plain processes). `kubectl logs`, `kubectl exec` and
+//! `kubectl port-forward` ([`portforward`] over [`spdy`]) reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy); cluster
 //! DNS (the zone from Services and EndpointSlices, the UDP/TCP server, forwarding, pods'
 //! resolv.conf) is [`dns`].
 
@@ -14,9 +14,11 @@ pub mod logs;
 pub mod node;
 pub mod pause_image;
 pub mod pod;
+pub mod portforward;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod spdy;
 
 pub use agent::Agent;
 pub use node::NodeConfig;

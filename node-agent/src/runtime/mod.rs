@@ -227,6 +227,15 @@ pub trait Runtime: Send + Sync + 'static {
     fn exec(&self, id: &str, req: &ExecRequest)
     -> impl Future<Output = Result<ExecSession>> + Send;
 
+    /// The network namespace `kubectl port-forward` connects in: None when the sandbox shares
+    /// the host's network (the process runtime, the fake), Some(the namespace file) on CRI.
+    fn sandbox_netns(
+        &self,
+        _id: &str,
+    ) -> impl Future<Output = Result<Option<std::path::PathBuf>>> + Send {
+        async { Ok(None) }
+    }
+
     /// CRI's ImageService: the image's id when it is present, None when it is not.
     fn image_status(&self, image: &str) -> impl Future<Output = Result<Option<String>>> + Send;
     /// Pulls `image` (CRI always goes to the network), returning its id.
