@@ -21,6 +21,7 @@ pub mod list;
 pub mod patch;
 pub mod pod_exec;
 pub mod pod_log;
+pub mod pod_portforward;
 pub mod scale;
 pub mod update;
 pub mod watch;
