@@ -1,12 +1,14 @@
 //! Capstan's node agent: a kubelet. Start at [`agent::Agent`]: it registers the node
 //! ([`node`]), watches the pods bound to it, and gives each a worker ([`pod::worker`]) that
 //! plans ([`pod::plan`]) and reports ([`pod::status`]) through a container runtime
-//! ([`runtime`]: containerd's CRI, or plain processes). `kubectl logs`, `kubectl exec` and
-//! `kubectl port-forward` ([`portforward`] over [`spdy`]) reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy); cluster
+//! ([`runtime`]: containerd's CRI, or plain processes). `kubectl logs`, `kubectl exec`,
+//! `kubectl attach` ([`attach`]) and `kubectl port-forward` ([`portforward`] over [`spdy`])
+//! reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy); cluster
 //! DNS (the zone from Services and EndpointSlices, the UDP/TCP server, forwarding, pods'
 //! resolv.conf) is [`dns`].
 
 pub mod agent;
+pub mod attach;
 pub mod containerd;
 pub mod dns;
 pub mod exec_ws;

@@ -19,6 +19,7 @@ pub mod filter;
 pub mod get;
 pub mod list;
 pub mod patch;
+pub mod pod_attach;
 pub mod pod_exec;
 pub mod pod_log;
 pub mod pod_portforward;

@@ -654,6 +654,9 @@ impl Runtime for CriRuntime {
             labels: config.labels.clone().into_iter().collect(),
             annotations,
             log_path: config.log_path.clone(),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
             linux: Some(cri::LinuxContainerConfig {
                 resources: Some(cri::LinuxContainerResources {
                     cpu_period: r.cpu_period,
@@ -834,6 +837,26 @@ impl Runtime for CriRuntime {
     /// FIFOs for the streams, CloseIO when input ends, ResizePty, Wait for the exit code.
     async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecSession> {
         tasks::exec(&self.channel, &self.exec_dir, id, req).await
+    }
+
+    async fn attach(&self, id: &str, req: &ExecRequest) -> Result<String> {
+        Ok(self
+            .runtime
+            .clone()
+            .attach(request(
+                cri::AttachRequest {
+                    container_id: id.to_string(),
+                    stdin: req.stdin,
+                    tty: req.tty,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("attach"))?
+            .into_inner()
+            .url)
     }
 
     /// From the sandbox's verbose status: the network namespace its runtime spec names, or
