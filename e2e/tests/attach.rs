@@ -4,8 +4,9 @@
 //! runs, its output comes back, the end of the input closes the container's stdin so the shell
 //! ends, and `--rm` leaves no pod.
 //!
-//! Not covered because it does not work yet: `-it` with a script piped in (kubectl drops the
-//! tty for the attach, but the container has one: the input never reaches the shell).
+//! Not covered because it does not work yet: `-it` with a script piped in. kubectl drops its
+//! tty for the attach (its input is not a terminal) but the pod's container has one; the
+//! input never reaches the shell, which exits 1, and kubectl waits on.
 
 mod cri_cluster;
 
@@ -27,14 +28,19 @@ fn kubectl_run_i_rm_runs_a_script_from_stdin_and_leaves_no_pod() {
         return;
     }
     let c = Cluster::start();
+    run_rm(&c, "-i", "x");
+}
+
+/// `kubectl run <flags> --rm … <pod> -- sh` with a script on stdin: its output, then no pod.
+fn run_rm(c: &Cluster, flags: &str, pod: &str) {
     let mut cmd = Command::new(kubectl_bin());
     cmd.arg("--kubeconfig").arg(&c.kubeconfig).args([
         "run",
-        "-i",
+        flags,
         "--rm",
         "--image=localhost/busybox:1",
         "--restart=Never",
-        "x",
+        pod,
         "--",
         "sh",
     ]);
@@ -45,11 +51,17 @@ fn kubectl_run_i_rm_runs_a_script_from_stdin_and_leaves_no_pod() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("attached-42"), "{stdout}\n{stderr}");
-    assert!(stdout.contains("/bin/busybox"), "{stdout}\n{stderr}");
-    eventually(Duration::from_secs(30), "pod x gone", || {
-        let out = kubectl(&c.kubeconfig, &["get", "pod", "x"], None);
+    assert!(out.status.success(), "{flags}: {stdout}\n{stderr}");
+    assert!(
+        stdout.contains("attached-42"),
+        "{flags}: {stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("/bin/busybox"),
+        "{flags}: {stdout}\n{stderr}"
+    );
+    eventually(Duration::from_secs(30), "the pod gone", || {
+        let out = kubectl(&c.kubeconfig, &["get", "pod", pod], None);
         String::from_utf8_lossy(&out.stderr).contains("NotFound")
     })
     .unwrap();
