@@ -463,3 +463,128 @@ async fn forward(
     // The client half-closes or resets the data stream when its side is done too.
     let _ = up.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn syn(stream: u32, kind: &str, port: u16, id: &str) -> Frame {
+        Frame::SynStream {
+            stream,
+            fin: false,
+            headers: vec![
+                ("streamType".into(), kind.into()),
+                ("port".into(), port.to_string()),
+                ("requestID".into(), id.into()),
+            ],
+        }
+    }
+
+    /// A client end of the session: frames in, frames out.
+    async fn client() -> (
+        impl FnMut(Frame) -> Vec<u8>,
+        spdy::Reader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (r, w) = tokio::io::split(ours);
+        let mut enc = spdy::Writer::new().unwrap();
+        let encode = move |f: Frame| {
+            let mut b = Vec::new();
+            enc.encode(&f, &mut b).unwrap();
+            b
+        };
+        (encode, spdy::Reader::new(r), w, theirs)
+    }
+
+    fn loopback() -> Dial {
+        Arc::new(|port| Box::pin(async move { connect(&None, port).await }))
+    }
+
+    #[tokio::test]
+    async fn a_pair_of_streams_is_forwarded_and_both_end_with_fin() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(b"pong:").await.unwrap();
+            s.write_all(&buf).await.unwrap();
+        });
+        let (mut enc, mut frames, mut w, theirs) = client().await;
+        tokio::spawn(serve(theirs, loopback(), "ns/pod".into()));
+        w.write_all(&enc(syn(1, "error", port, "0"))).await.unwrap();
+        w.write_all(&enc(syn(3, "data", port, "0"))).await.unwrap();
+        w.write_all(&enc(Frame::Data {
+            stream: 3,
+            fin: false,
+            data: Bytes::from_static(b"ping"),
+        }))
+        .await
+        .unwrap();
+        let (mut replies, mut data, mut fins) = (0, Vec::new(), BTreeSet::new());
+        while fins.len() < 2 {
+            match frames.next().await.unwrap().unwrap() {
+                Frame::SynReply { .. } => replies += 1,
+                Frame::Data {
+                    stream,
+                    fin,
+                    data: d,
+                } => {
+                    if stream == 3 {
+                        data.extend_from_slice(&d);
+                    }
+                    if fin {
+                        fins.insert(stream);
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(replies, 2);
+        assert_eq!(data, b"pong:ping");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_reported_on_the_error_stream() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let (mut enc, mut frames, mut w, theirs) = client().await;
+        tokio::spawn(serve(theirs, loopback(), "ns/pod".into()));
+        w.write_all(&enc(syn(1, "error", port, "7"))).await.unwrap();
+        w.write_all(&enc(syn(3, "data", port, "7"))).await.unwrap();
+        let mut error = Vec::new();
+        loop {
+            if let Frame::Data {
+                stream: 1,
+                fin,
+                data,
+            } = frames.next().await.unwrap().unwrap()
+            {
+                error.extend_from_slice(&data);
+                if fin {
+                    break;
+                }
+            }
+        }
+        let error = String::from_utf8(error).unwrap();
+        assert!(
+            error.starts_with(&format!("error forwarding port {port} to pod ns/pod: ")),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered() {
+        let (mut enc, mut frames, mut w, theirs) = client().await;
+        tokio::spawn(serve(theirs, loopback(), "ns/pod".into()));
+        w.write_all(&enc(Frame::Ping(5))).await.unwrap();
+        assert_eq!(frames.next().await.unwrap(), Some(Frame::Ping(5)));
+    }
+}
