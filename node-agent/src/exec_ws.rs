@@ -107,7 +107,7 @@ pub(crate) async fn exec<R: Runtime>(
 }
 
 /// The id of the running instance of `container` in the pod's newest sandbox.
-async fn running_container<R: Runtime>(
+pub(crate) async fn running_container<R: Runtime>(
     rt: &R,
     namespace: &str,
     pod: &str,

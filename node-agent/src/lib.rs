@@ -2,12 +2,14 @@
 //! ([`node`]), watches the pods bound to it, and gives each a worker ([`pod::worker`]) that
 //! plans ([`pod::plan`]) and reports ([`pod::status`]) through a container runtime
 //! ([`runtime`]: containerd's CRI, or plain processes), recording kubelet's Events on the way
-//! ([`events`]). `kubectl logs` and `kubectl exec`
+//! ([`events`]). `kubectl logs`, `kubectl exec`, `kubectl attach` ([`attach`]) and
+//! `kubectl port-forward` ([`portforward`] over [`spdy`])
 //! reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy); cluster
 //! DNS (the zone from Services and EndpointSlices, the UDP/TCP server, forwarding, pods'
 //! resolv.conf) is [`dns`].
 
 pub mod agent;
+pub mod attach;
 pub mod containerd;
 pub mod dns;
 pub mod events;
@@ -16,9 +18,11 @@ pub mod logs;
 pub mod node;
 pub mod pause_image;
 pub mod pod;
+pub mod portforward;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod spdy;
 
 pub use agent::Agent;
 pub use node::NodeConfig;

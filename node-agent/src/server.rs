@@ -1,6 +1,9 @@
 //! The agent's HTTP endpoint (kubelet's port): `/containerLogs/{namespace}/{pod}/{container}`
 //! for the API server's pods/log, `/exec/{namespace}/{pod}/{container}` (a WebSocket, see
-//! [`crate::exec_ws`]) for pods/exec, `/metrics`, `/healthz`. Plain HTTP and unauthenticated
+//! [`crate::exec_ws`]) for pods/exec, `/portForward/{namespace}/{pod}` (SPDY, see
+//! [`crate::portforward`]) for pods/portforward, `/attach/{namespace}/{pod}/{container}`
+//! (SPDY, proxied to the runtime's streaming server, see [`crate::attach`]) for pods/attach,
+//! `/metrics`, `/healthz`. Plain HTTP and unauthenticated
 //! until the security issue: it listens on the node's IP only.
 
 use std::collections::HashMap;
@@ -91,6 +94,14 @@ pub fn router<R: Runtime>(runtime: Arc<R>, metrics: Metrics) -> Router {
         .route(
             "/exec/{namespace}/{pod}/{container}",
             get(crate::exec_ws::exec::<R>),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            axum::routing::any(crate::attach::attach::<R>),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            axum::routing::any(crate::portforward::port_forward::<R>),
         )
         .route("/metrics", get(metrics_text::<R>))
         .route("/healthz", get(|| async { "ok" }))

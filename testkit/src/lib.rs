@@ -11,6 +11,7 @@
 mod binary;
 #[cfg(feature = "cluster")]
 mod cluster;
+pub mod portforward;
 pub mod sim;
 
 pub use binary::capstan_bin;

@@ -26,7 +26,8 @@ use super::resolve::resolve;
 
 type Q = Query<HashMap<String, String>>;
 
-/// Pods' subresources: attach and portforward are refused clearly (exec has its own route),
+/// Pods' subresources: proxy is refused clearly (exec, attach and portforward have their own
+/// routes),
 /// the rest go the common way.
 pub async fn pod_subresource(
     State(api): State<Arc<ApiServer>>,
@@ -36,9 +37,9 @@ pub async fn pod_subresource(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if matches!(sub.as_str(), "attach" | "portforward" | "proxy") {
+    if sub == "proxy" {
         return ApiError::bad_request(format!(
-            "pods/{sub} is not supported by this API server; kubectl exec and kubectl logs are"
+            "pods/{sub} is not supported by this API server; kubectl exec, attach, port-forward and logs are"
         ))
         .into_response();
     }

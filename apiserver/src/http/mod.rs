@@ -34,6 +34,14 @@ pub fn router(api: Arc<ApiServer>) -> Router {
             any(rest::pod_exec::pod_exec),
         )
         .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            any(rest::pod_attach::pod_attach),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+            any(rest::pod_portforward::pod_portforward),
+        )
+        .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/{sub}",
             any(dispatch::pod_subresource),
         )

@@ -27,12 +27,14 @@ const REQUEST_HEADERS: &[&str] = &[
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-protocol",
+    "x-stream-protocol-version",
 ];
 const RESPONSE_HEADERS: &[&str] = &[
     "upgrade",
     "connection",
     "sec-websocket-accept",
     "sec-websocket-protocol",
+    "x-stream-protocol-version",
 ];
 
 pub async fn pod_exec(
@@ -60,7 +62,7 @@ async fn exec(
     namespace: &str,
     name: &str,
     query: &str,
-    mut req: Request,
+    req: Request,
 ) -> ApiResult<Response> {
     if !matches!(*req.method(), Method::GET | Method::POST) {
         return Err(ApiError::method_not_allowed(format!(
@@ -113,7 +115,28 @@ async fn exec(
     if upgrade != "websocket" {
         return Err(ApiError::bad_request("Upgrade request required"));
     }
-    let (host, port, node) = api.node_endpoint(&pod).await?;
+    let uri = format!(
+        "/exec/{}/{}/{}?{query}",
+        percent(namespace),
+        percent(name),
+        percent(&container)
+    );
+    let what = format!("exec {namespace}/{name}/{container}");
+    upgrade_to_agent(api, &pod, uri, req, what).await
+}
+
+/// Opens the client's upgrade (its handshake headers passed on) to the agent of the pod's
+/// node at `uri`, answers the client with the agent's answer, and once both sides switched,
+/// copies bytes both ways until either closes.
+pub(crate) async fn upgrade_to_agent(
+    api: &ApiServer,
+    pod: &serde_json::Value,
+    uri: String,
+    mut req: Request,
+    what: String,
+) -> ApiResult<Response> {
+    let headers = req.headers().clone();
+    let (host, port, node) = api.node_endpoint(pod).await?;
     let unavailable = |e: &dyn std::fmt::Display| {
         ApiError::unavailable(format!(
             "the node agent of {node} ({host}:{port}) does not answer: {e}"
@@ -131,15 +154,9 @@ async fn exec(
         .map_err(|e| unavailable(&e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "exec connection to the agent");
+            tracing::debug!(error = %e, "upgraded connection to the agent");
         }
     });
-    let uri = format!(
-        "/exec/{}/{}/{}?{query}",
-        percent(namespace),
-        percent(name),
-        percent(&container)
-    );
     let mut out = hyper::Request::builder()
         .method(Method::GET)
         .uri(uri)
@@ -182,16 +199,15 @@ async fn exec(
     }
     let client = hyper::upgrade::on(&mut req);
     let agent = hyper::upgrade::on(&mut resp);
-    let what = format!("{namespace}/{name}/{container}");
     tokio::spawn(async move {
         match tokio::try_join!(client, agent) {
             Ok((c, a)) => {
                 let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
                 if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut a).await {
-                    tracing::debug!(exec = %what, error = %e, "exec stream ended");
+                    tracing::debug!(stream = %what, error = %e, "stream ended");
                 }
             }
-            Err(e) => tracing::warn!(exec = %what, error = %e, "exec upgrade failed"),
+            Err(e) => tracing::warn!(stream = %what, error = %e, "upgrade failed"),
         }
     });
     answer

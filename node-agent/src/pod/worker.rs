@@ -550,6 +550,9 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             log_path: format!("{name}/{attempt}.log"),
             mounts,
             resources: resources::container_resources(pod, &c, self.ctx.memory_capacity),
+            stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
+            tty: c.tty.unwrap_or(false),
         };
         let rt = &self.ctx.runtime;
         let created = rt

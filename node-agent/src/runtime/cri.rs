@@ -111,6 +111,23 @@ const EXIT_SETTLES: Duration = Duration::from_secs(5);
 
 /// Whether a container's status will not change while it stays in its state (so it can be
 /// cached): running ones, and exited ones once their exit has settled.
+/// The network namespace in containerd's verbose sandbox info: the runtime spec's `network`
+/// namespace path, else `/proc/<pid>/ns/net` of the pause process; None when neither is there.
+fn netns_of(info: &serde_json::Value) -> Option<std::path::PathBuf> {
+    let spec = info["runtimeSpec"]["linux"]["namespaces"].as_array();
+    let path = spec
+        .into_iter()
+        .flatten()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .filter(|p| !p.is_empty());
+    match (path, info["pid"].as_u64()) {
+        (Some(p), _) => Some(p.into()),
+        (None, Some(pid)) if pid > 0 => Some(format!("/proc/{pid}/ns/net").into()),
+        _ => None,
+    }
+}
+
 fn settled(c: &Container) -> bool {
     match c.state {
         ContainerState::Running => true,
@@ -637,6 +654,9 @@ impl Runtime for CriRuntime {
             labels: config.labels.clone().into_iter().collect(),
             annotations,
             log_path: config.log_path.clone(),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
             linux: Some(cri::LinuxContainerConfig {
                 resources: Some(cri::LinuxContainerResources {
                     cpu_period: r.cpu_period,
@@ -819,6 +839,50 @@ impl Runtime for CriRuntime {
         tasks::exec(&self.channel, &self.exec_dir, id, req).await
     }
 
+    async fn attach(&self, id: &str, req: &ExecRequest) -> Result<String> {
+        Ok(self
+            .runtime
+            .clone()
+            .attach(request(
+                cri::AttachRequest {
+                    container_id: id.to_string(),
+                    stdin: req.stdin,
+                    tty: req.tty,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("attach"))?
+            .into_inner()
+            .url)
+    }
+
+    /// From the sandbox's verbose status: the network namespace its runtime spec names, or
+    /// else the one of its pause process.
+    async fn sandbox_netns(&self, id: &str) -> Result<Option<std::path::PathBuf>> {
+        let st = self
+            .runtime
+            .clone()
+            .pod_sandbox_status(request(
+                cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: id.to_string(),
+                    verbose: true,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("sandbox"))?
+            .into_inner();
+        let info: serde_json::Value = st
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or_default();
+        Ok(netns_of(&info))
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<String>> {
         let r = self
             .images
@@ -858,5 +922,20 @@ impl Runtime for CriRuntime {
             .map_err(rpc("pull image"))?
             .into_inner();
         Ok(r.image_ref)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_netns_is_the_specs_path_else_the_pause_process_ones() {
+        let info = serde_json::json!({"pid": 42, "runtimeSpec": {"linux": {"namespaces": [
+            {"type": "pid"}, {"type": "network", "path": "/run/netns/cni-1"}]}}});
+        assert_eq!(netns_of(&info), Some("/run/netns/cni-1".into()));
+        let info = serde_json::json!({"pid": 42, "runtimeSpec": {"linux": {"namespaces": []}}});
+        assert_eq!(netns_of(&info), Some("/proc/42/ns/net".into()));
+        assert_eq!(netns_of(&serde_json::json!({})), None);
     }
 }

@@ -153,6 +153,11 @@ pub struct ContainerConfig {
     pub log_path: String,
     pub mounts: Vec<Mount>,
     pub resources: Resources,
+    /// The pod spec's `stdin`, `stdinOnce` and `tty`: a container `kubectl attach` (and
+    /// `kubectl run -it`) can talk to.
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -226,6 +231,25 @@ pub trait Runtime: Send + Sync + 'static {
     /// exec`). Dropping the session kills the command if it still runs.
     fn exec(&self, id: &str, req: &ExecRequest)
     -> impl Future<Output = Result<ExecSession>> + Send;
+
+    /// `kubectl attach`: the URL of the runtime's streaming server (Kubernetes' remotecommand
+    /// protocol over SPDY) for the running container `id`, as CRI's Attach answers.
+    fn attach(&self, _id: &str, _req: &ExecRequest) -> impl Future<Output = Result<String>> + Send {
+        async {
+            Err(RuntimeError::Config(
+                "attach is not supported by this runtime".into(),
+            ))
+        }
+    }
+
+    /// The network namespace `kubectl port-forward` connects in: None when the sandbox shares
+    /// the host's network (the process runtime, the fake), Some(the namespace file) on CRI.
+    fn sandbox_netns(
+        &self,
+        _id: &str,
+    ) -> impl Future<Output = Result<Option<std::path::PathBuf>>> + Send {
+        async { Ok(None) }
+    }
 
     /// CRI's ImageService: the image's id when it is present, None when it is not.
     fn image_status(&self, image: &str) -> impl Future<Output = Result<Option<String>>> + Send;
