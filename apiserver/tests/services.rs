@@ -170,6 +170,41 @@ async fn node_ports_are_allocated_kept_and_released() {
     assert!(!claimed(&c, 31500).await, "claimed then released");
     api.delete("web", &DeleteParams::default()).await.unwrap();
     assert!(!claimed(&c, again[0]).await, "released on delete");
+    // ClusterIP → ExternalName releases the IP; back to ClusterIP takes one again.
+    let named = api
+        .create(&pp, &svc("named", json!({"ports": [{"port": 80}]})))
+        .await
+        .unwrap();
+    let ip = named.spec.unwrap().cluster_ip.unwrap();
+    let ext = api
+        .patch(
+            "named",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"type": "ExternalName", "externalName": "db.example.com"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ext.spec.unwrap().cluster_ip, None);
+    let ip_key = format!("serviceips/{ip}");
+    assert!(c.store.get(&ip_key).await.unwrap().is_none(), "released");
+    let back = api
+        .patch(
+            "named",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"type": "ClusterIP", "externalName": null}})),
+        )
+        .await
+        .unwrap();
+    let again_ip = back.spec.unwrap().cluster_ip.unwrap();
+    assert!(
+        c.store
+            .get(&format!("serviceips/{again_ip}"))
+            .await
+            .unwrap()
+            .is_some()
+    );
     // The released port is free for another Service.
     let reused = api
         .create(

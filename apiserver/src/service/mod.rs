@@ -74,7 +74,9 @@ impl StorageHooks for ServiceHooks {
 
     async fn begin_update(&self, live: &Value, new: &mut Value, dry_run: bool) -> ApiResult<()> {
         drop_type_dependent_fields(live, new);
-        let ip = if cluster_ip_of(live).is_some() || live["spec"]["clusterIP"] == "None" {
+        let ip = if new["spec"]["type"] == "ExternalName" {
+            None // its IP, if it had one, is released once the update is stored
+        } else if cluster_ip_of(live).is_some() || live["spec"]["clusterIP"] == "None" {
             keep_cluster_ip(live, new)?;
             None
         } else {
