@@ -9,8 +9,10 @@ NEXTEST  := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 ## run: a single-machine Capstan on the embedded store in $(DATA_DIR); pods run on containerd
 ## (started under $(DATA_DIR)/containerd, busybox and pause images built and imported) when it
 ## is installed and this runs as root, else as plain processes. Needs only what building and
-## running need (protoc for the build); etcd, kubectl and the Python client are the tests'
-run: deps-build
+## running need (protoc for the build, nftables for Services as root); etcd, kubectl and the
+## Python client are the tests'
+run:
+	@scripts/ensure-deps.sh run
 	@if command -v containerd >/dev/null && command -v umoci >/dev/null && command -v skopeo >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  bash e2e/images/build.sh $(DATA_DIR)/images; fi
 	$(CARGO) run --release -p capstan -- up --data-dir $(DATA_DIR) --listen $(LISTEN)

@@ -4,12 +4,17 @@
 # drives it; Debian's kubernetes-client when none is installed), and the official Kubernetes
 # Python client (one e2e test drives it; installed with pip). Installs them with apt when
 # running as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
-# `ensure-deps.sh build` checks only what building needs (protoc): `make run` and `make build`.
+# `ensure-deps.sh build` checks only what building needs (protoc): `make build`; `ensure-deps.sh
+# run` adds what running as root needs for Services (nft, for the agent's service proxy):
+# `make run`. Tests need nft too (the proxy suites; they skip it without root).
 set -euo pipefail
 
 mode=${1:-test}
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+if [ "$mode" != build ] && [ "$(id -u)" -eq 0 ]; then
+  command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
+fi
 if [ "$mode" != build ]; then
   command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
   [ -n "${CAPSTAN_KUBECTL:-}" ] || command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
