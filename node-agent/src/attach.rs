@@ -1,22 +1,31 @@
 //! `kubectl attach` (and `kubectl run -it`) on the agent: `/attach/{namespace}/{pod}/{container}
-//! ?stdin=…&stdout=…&stderr=…&tty=…`, a SPDY/3.1 upgrade (remotecommand `v4.channel.k8s.io` …)
-//! passed on by the API server's pods/attach. As kubelet does with a CRI runtime, the agent
-//! asks the runtime for the container's streaming URL (CRI Attach; containerd answers one on
-//! its own streaming server, which owns the container's stdio) and proxies the upgrade there:
-//! the bytes are copied both ways, untouched, so closing stdin (a SPDY FIN, which kubectl sends
-//! at the end of its input) reaches the container (with `stdinOnce`, its stdin closes).
+//! ?stdin=…&stdout=…&stderr=…&tty=…`, passed on by the API server's pods/attach.
+//!
+//! - A WebSocket (`v5.channel.k8s.io` or v4, kubectl ≥ 1.30): the runtime's attach session
+//!   (containerd: CRI Attach and the remotecommand protocol on its streaming server, spoken
+//!   here as kube-apiserver's stream translator does; the process runtime: the shim's attach
+//!   socket) served on the channel protocol exec uses — stdin closed by `[255, 0]`, resizes
+//!   on channel 4, the Status on channel 3.
+//! - A SPDY/3.1 upgrade (older kubectl, or its fallback): as kubelet serves attach for CRI
+//!   runtimes, the runtime's streaming URL gets the upgrade and the bytes are copied both
+//!   ways, untouched; a runtime without a streaming server refuses it.
+//!
+//! As kubelet does, the terminal is the container's (a pod made with `tty: true` has one
+//! whatever the client asks; `kubectl run -i` with piped input asks for none): with a
+//! terminal there is no separate stderr.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-use crate::exec_ws::running_container;
+use crate::exec_ws::{self, V4, V5, protocol, running_container};
 use crate::runtime::{ExecRequest, Runtime};
 use crate::server::{Served, status};
 
@@ -52,10 +61,10 @@ pub(crate) async fn attach<R: Runtime>(
     State(s): State<Arc<Served<R>>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
-    mut req: Request,
+    req: Request,
 ) -> Response {
     let bad = |m: String| status(StatusCode::BAD_REQUEST, "BadRequest", m);
-    let streams = match parse(query.as_deref().unwrap_or_default()) {
+    let mut streams = match parse(query.as_deref().unwrap_or_default()) {
         Ok(r) => r,
         Err(e) => return bad(e),
     };
@@ -65,17 +74,69 @@ pub(crate) async fn attach<R: Runtime>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if !upgrade.starts_with("spdy/3.1") {
-        return bad("attach needs a SPDY/3.1 upgrade".into());
+    if upgrade != "websocket" && !upgrade.starts_with("spdy/3.1") {
+        return bad("attach needs a WebSocket (v5.channel.k8s.io) or SPDY/3.1 upgrade".into());
     }
-    let id = match running_container(&*s.runtime, &namespace, &pod, &container).await {
-        Ok(id) => id,
+    let c = match running_container(&*s.runtime, &namespace, &pod, &container).await {
+        Ok(c) => c,
         Err((code, reason, msg)) => return status(code, reason, msg),
     };
-    let url = match s.runtime.attach(&id, &streams).await {
-        Ok(u) => u,
+    streams.tty = c.config.tty;
+    streams.stderr &= !streams.tty;
+    tracing::info!(%namespace, %pod, %container, stdin = streams.stdin, tty = streams.tty, %upgrade, "attach");
+    if upgrade == "websocket" {
+        return websocket(s.runtime.clone(), c.id, streams, req).await;
+    }
+    let url = match s.runtime.attach_url(&c.id, &streams).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            return bad(format!(
+                "attach over SPDY needs a runtime with a streaming server; use a WebSocket ({V5}, kubectl 1.30 or newer)"
+            ));
+        }
         Err(e) => return bad(format!("attach to {namespace}/{pod}/{container}: {e}")),
     };
+    spdy_passthrough(&url, req).await
+}
+
+/// The runtime's attach session on a WebSocket.
+async fn websocket<R: Runtime>(
+    runtime: Arc<R>,
+    id: String,
+    streams: ExecRequest,
+    req: Request,
+) -> Response {
+    let proto = protocol(req.headers());
+    let ws = match WebSocketUpgrade::from_request(req, &()).await {
+        Ok(ws) => ws,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.body_text()),
+    };
+    let Some(proto) = proto else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("no supported WebSocket subprotocol offered: this node speaks {V5} and {V4}"),
+        );
+    };
+    // Started before the upgrade, so that a refusal is an HTTP error kubectl prints.
+    let session = match runtime.attach(&id, &streams).await {
+        Ok(s) => s,
+        Err(e) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("attach to container {id}: {e}"),
+            );
+        }
+    };
+    ws.protocols([proto]).on_upgrade(move |socket| async move {
+        exec_ws::serve(socket, proto == V5, &[], Ok(session)).await;
+    })
+}
+
+/// Passes a SPDY upgrade on to the runtime's streaming server at `url`.
+async fn spdy_passthrough(url: &str, mut req: Request) -> Response {
+    let bad = |m: String| status(StatusCode::BAD_REQUEST, "BadRequest", m);
     let Ok(uri) = url.parse::<axum::http::Uri>() else {
         return status(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -154,7 +215,6 @@ pub(crate) async fn attach<R: Runtime>(
     }
     let client = hyper::upgrade::on(&mut req);
     let runtime = hyper::upgrade::on(&mut resp);
-    tracing::info!(%namespace, %pod, %container, stdin = streams.stdin, tty = streams.tty, "attach");
     tokio::spawn(async move {
         if let Ok((c, r)) = tokio::try_join!(client, runtime) {
             let (mut c, mut r) = (TokioIo::new(c), TokioIo::new(r));

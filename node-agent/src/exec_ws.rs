@@ -57,7 +57,7 @@ pub fn parse(query: &str) -> Result<ExecRequest, String> {
 }
 
 /// The first protocol the client offers that we speak.
-fn protocol(headers: &HeaderMap) -> Option<&'static str> {
+pub(crate) fn protocol(headers: &HeaderMap) -> Option<&'static str> {
     headers
         .get_all("sec-websocket-protocol")
         .iter()
@@ -95,7 +95,7 @@ pub(crate) async fn exec<R: Runtime>(
         );
     };
     let id = match running_container(&*s.runtime, &namespace, &pod, &container).await {
-        Ok(id) => id,
+        Ok(c) => c.id,
         Err((code, reason, msg)) => return status(code, reason, msg),
     };
     let rt = s.runtime.clone();
@@ -106,13 +106,13 @@ pub(crate) async fn exec<R: Runtime>(
     })
 }
 
-/// The id of the running instance of `container` in the pod's newest sandbox.
+/// The running instance of `container` in the pod's newest sandbox.
 pub(crate) async fn running_container<R: Runtime>(
     rt: &R,
     namespace: &str,
     pod: &str,
     container: &str,
-) -> Result<String, (StatusCode, &'static str, String)> {
+) -> Result<crate::runtime::Container, (StatusCode, &'static str, String)> {
     let unavailable = |e: crate::runtime::RuntimeError| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -145,7 +145,6 @@ pub(crate) async fn running_container<R: Runtime>(
         })
         .max_by_key(|c| (c.config.attempt, c.created_at))
         .filter(|c| c.state == ContainerState::Running)
-        .map(|c| c.id)
         .ok_or_else(|| {
             (
                 StatusCode::BAD_REQUEST,
@@ -338,9 +337,15 @@ mod tests {
         query: &str,
         protocols: &str,
     ) -> Result<(Client, String), tungstenite::Error> {
-        let mut req = format!("ws://{addr}/exec/default/{target}?{query}")
-            .into_client_request()
-            .unwrap();
+        open(addr, &format!("exec/default/{target}?{query}"), protocols).await
+    }
+
+    async fn open(
+        addr: std::net::SocketAddr,
+        path: &str,
+        protocols: &str,
+    ) -> Result<(Client, String), tungstenite::Error> {
+        let mut req = format!("ws://{addr}/{path}").into_client_request().unwrap();
         req.headers_mut()
             .insert("sec-websocket-protocol", protocols.parse().unwrap());
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -461,6 +466,56 @@ mod tests {
         assert!(
             !got.contains_key(&STDERR),
             "a terminal has no separate stderr"
+        );
+    }
+
+    /// Attach is the same channel protocol on the container's own stdio (the fake's echoes).
+    #[tokio::test]
+    async fn attach_over_a_websocket_talks_to_the_containers_stdio() {
+        let (addr, _rt) = agent().await;
+        let q = "attach/default/p/app?stdin=true&stdout=true&stderr=true";
+        let (mut ws, proto) = open(addr, q, V5).await.unwrap();
+        assert_eq!(proto, V5);
+        ws.send(binary(STDIN, b"echo hi\n")).await.unwrap();
+        ws.send(binary(CLOSE, &[STDIN])).await.unwrap();
+        let got = drain(&mut ws).await;
+        assert_eq!(got[&STDOUT], b"echo hi\n");
+        let st: serde_json::Value = serde_json::from_slice(&got[&ERROR]).unwrap();
+        assert_eq!(st["status"], "Success");
+        let refused = |r: Result<(Client, String), tungstenite::Error>| match r {
+            Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            _ => panic!("expected a refusal"),
+        };
+        // SPDY goes to the runtime's streaming server, which the fake (like the process
+        // runtime) has not: a clear refusal.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = "POST /attach/default/p/app?stdout=true HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut answer)
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("streaming server"),
+            "{answer}"
+        );
+        assert_eq!(
+            refused(open(addr, "attach/default/p/stopped?stdout=true", V5).await),
+            400
+        );
+        assert_eq!(
+            refused(
+                open(
+                    addr,
+                    "attach/default/p/app?stdout=true",
+                    "base64.channel.k8s.io"
+                )
+                .await
+            ),
+            400
         );
     }
 

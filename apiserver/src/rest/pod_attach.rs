@@ -1,9 +1,8 @@
-//! pods/attach: `kubectl attach` and `kubectl run -it`. kubectl (≥ 1.30) first asks for a
-//! WebSocket (`v5.channel.k8s.io`); this server refuses it with a 400, and kubectl falls back
-//! to a SPDY/3.1 upgrade (remotecommand `v4.channel.k8s.io`), which is passed on to the agent
-//! (`/attach/{ns}/{pod}/{container}`) and from there to the runtime's streaming server, the way
-//! kubelet serves attach for CRI runtimes. SPDY end to end is what lets kubectl close the
-//! container's stdin at the end of its input.
+//! pods/attach: `kubectl attach` and `kubectl run -it`. kubectl (≥ 1.30) asks for a WebSocket
+//! (`v5.channel.k8s.io`, as for exec) and falls back to a SPDY/3.1 upgrade (remotecommand
+//! `v4.channel.k8s.io`); either is passed on to the agent of the pod's node
+//! (`/attach/{ns}/{pod}/{container}`), which attaches to the container's own stdio through its
+//! runtime the way kubelet does.
 
 use std::sync::Arc;
 
@@ -75,12 +74,7 @@ async fn attach(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if upgrade == "websocket" {
-        return Err(ApiError::bad_request(
-            "attach is served over SPDY/3.1 only (kubectl falls back to it)",
-        ));
-    }
-    if !upgrade.starts_with("spdy/3.1") {
+    if upgrade != "websocket" && !upgrade.starts_with("spdy/3.1") {
         return Err(ApiError::bad_request("Upgrade request required"));
     }
     let uri = format!(

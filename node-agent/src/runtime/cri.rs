@@ -2,8 +2,8 @@
 //! `k8s-cri` protos.
 //!
 //! What CRI does not keep for us rides along in annotations: the sandbox's log directory,
-//! host-network flag and cgroup parent; the container's image as the pod spec wrote it and its
-//! log path relative to the sandbox's. ListContainers lacks exit codes and times, so each
+//! host-network flag and cgroup parent; the container's image as the pod spec wrote it, its
+//! log path relative to the sandbox's and whether it has a stdin and a terminal. ListContainers lacks exit codes and times, so each
 //! container's ContainerStatus is fetched once per state it reaches and cached (a running
 //! container's status does not change, nor an exited one's a few seconds after its exit),
 //! which keeps the PLEG's relist to two RPCs a second plus one per container that changed.
@@ -30,6 +30,9 @@ const HOST_NETWORK: &str = "io.capstan.sandbox.host-network";
 const CGROUP_PARENT: &str = "io.capstan.sandbox.cgroup-parent";
 const IMAGE: &str = "io.capstan.container.image";
 const LOG_PATH: &str = "io.capstan.container.log-path";
+/// The container's stdin, stdinOnce and tty (`stdin,once,tty`), for attach: CRI's status
+/// does not tell them.
+const STDIO: &str = "io.capstan.container.stdio";
 
 /// How long a plain CRI call may take (not stops and execs, which carry their own time).
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -371,6 +374,9 @@ impl CriRuntime {
                     .unwrap_or_default(),
                 labels: st.labels.into_iter().collect(),
                 log_path: st.annotations.get(LOG_PATH).cloned().unwrap_or_default(),
+                stdin: stdio(&st.annotations, "stdin"),
+                stdin_once: stdio(&st.annotations, "once"),
+                tty: stdio(&st.annotations, "tty"),
                 ..Default::default()
             },
             state,
@@ -620,6 +626,17 @@ impl Runtime for CriRuntime {
         let mut annotations = HashMap::new();
         annotations.insert(IMAGE.to_string(), config.image.clone());
         annotations.insert(LOG_PATH.to_string(), config.log_path.clone());
+        let stdio = [
+            (config.stdin, "stdin"),
+            (config.stdin_once, "once"),
+            (config.tty, "tty"),
+        ];
+        let stdio: Vec<&str> = stdio
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        annotations.insert(STDIO.to_string(), stdio.join(","));
         let r = &config.resources;
         let container_config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
@@ -839,24 +856,33 @@ impl Runtime for CriRuntime {
         tasks::exec(&self.channel, &self.exec_dir, id, req).await
     }
 
-    async fn attach(&self, id: &str, req: &ExecRequest) -> Result<String> {
-        Ok(self
-            .runtime
-            .clone()
-            .attach(request(
-                cri::AttachRequest {
-                    container_id: id.to_string(),
-                    stdin: req.stdin,
-                    tty: req.tty,
-                    stdout: req.stdout,
-                    stderr: req.stderr,
-                },
-                CALL_TIMEOUT,
-            ))
+    /// CRI Attach, then the remotecommand protocol on containerd's streaming server.
+    async fn attach(&self, id: &str, req: &ExecRequest) -> Result<ExecSession> {
+        let url = self.attach_url(id, req).await?.unwrap_or_default();
+        super::remotecommand::dial(&url, req)
             .await
-            .map_err(rpc("attach"))?
-            .into_inner()
-            .url)
+            .map_err(|e| RuntimeError::io(format!("attach to {id} at {url}"), e))
+    }
+
+    async fn attach_url(&self, id: &str, req: &ExecRequest) -> Result<Option<String>> {
+        Ok(Some(
+            self.runtime
+                .clone()
+                .attach(request(
+                    cri::AttachRequest {
+                        container_id: id.to_string(),
+                        stdin: req.stdin,
+                        tty: req.tty,
+                        stdout: req.stdout,
+                        stderr: req.stderr,
+                    },
+                    CALL_TIMEOUT,
+                ))
+                .await
+                .map_err(rpc("attach"))?
+                .into_inner()
+                .url,
+        ))
     }
 
     /// From the sandbox's verbose status: the network namespace its runtime spec names, or
@@ -923,6 +949,13 @@ impl Runtime for CriRuntime {
             .into_inner();
         Ok(r.image_ref)
     }
+}
+
+/// Whether the container's stdio annotation names `what`.
+fn stdio(annotations: &HashMap<String, String>, what: &str) -> bool {
+    annotations
+        .get(STDIO)
+        .is_some_and(|v| v.split(',').any(|w| w == what))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub struct ExecRequest {
 }
 
 /// A terminal size, as kubectl sends it on the resize channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TermSize {
     #[serde(rename = "Width")]
     pub width: u16,
@@ -155,17 +155,17 @@ async fn finished(task: &mut Option<tokio::task::JoinHandle<()>>) {
 }
 
 /// The runtime's ends of a session.
-struct RuntimeEnds {
-    stdin: Option<mpsc::Receiver<Bytes>>,
-    stdout: Option<mpsc::Sender<Bytes>>,
-    stderr: Option<mpsc::Sender<Bytes>>,
-    resize: mpsc::Receiver<TermSize>,
-    exit: oneshot::Sender<Result<i32, String>>,
+pub(crate) struct RuntimeEnds {
+    pub(crate) stdin: Option<mpsc::Receiver<Bytes>>,
+    pub(crate) stdout: Option<mpsc::Sender<Bytes>>,
+    pub(crate) stderr: Option<mpsc::Sender<Bytes>>,
+    pub(crate) resize: mpsc::Receiver<TermSize>,
+    pub(crate) exit: oneshot::Sender<Result<i32, String>>,
 }
 
 /// A session for `req` (stderr is folded into the terminal when there is one) and the
 /// runtime's ends of it.
-fn session(req: &ExecRequest) -> (ExecSession, RuntimeEnds) {
+pub(crate) fn session(req: &ExecRequest) -> (ExecSession, RuntimeEnds) {
     fn pair(on: bool) -> (Option<mpsc::Sender<Bytes>>, Option<mpsc::Receiver<Bytes>>) {
         if !on {
             return (None, None);

@@ -255,6 +255,15 @@ impl Runtime for FakeRuntime {
         })
     }
 
+    /// Attach: a container that echoes its stdin (a `cat`).
+    async fn attach(&self, id: &str, req: &ExecRequest) -> Result<ExecSession> {
+        let cat = ExecRequest {
+            command: vec!["cat".into()],
+            ..req.clone()
+        };
+        self.exec(id, &cat).await
+    }
+
     /// `cat` copies stdin to stdout; anything else prints its command line on stdout, then
     /// `err` on stderr — or, with a terminal, the first size it is sent — and exits like the
     /// container's exec probes.

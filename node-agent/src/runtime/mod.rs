@@ -15,6 +15,7 @@ pub mod cri;
 pub mod exec;
 pub mod fake;
 pub mod process;
+pub mod remotecommand;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -232,14 +233,30 @@ pub trait Runtime: Send + Sync + 'static {
     fn exec(&self, id: &str, req: &ExecRequest)
     -> impl Future<Output = Result<ExecSession>> + Send;
 
-    /// `kubectl attach`: the URL of the runtime's streaming server (Kubernetes' remotecommand
-    /// protocol over SPDY) for the running container `id`, as CRI's Attach answers.
-    fn attach(&self, _id: &str, _req: &ExecRequest) -> impl Future<Output = Result<String>> + Send {
+    /// `kubectl attach`: a session on the running container `id`'s own stdio, with the
+    /// streams `req` names (its tty is the container's). Dropping the session detaches;
+    /// the container goes on.
+    fn attach(
+        &self,
+        _id: &str,
+        _req: &ExecRequest,
+    ) -> impl Future<Output = Result<ExecSession>> + Send {
         async {
             Err(RuntimeError::Config(
                 "attach is not supported by this runtime".into(),
             ))
         }
+    }
+
+    /// The URL of the runtime's streaming server (Kubernetes' remotecommand protocol over
+    /// SPDY) for attaching to `id`, as CRI's Attach answers — where a SPDY client (kubectl
+    /// before 1.30) is passed on as it is. None where the runtime has no streaming server.
+    fn attach_url(
+        &self,
+        _id: &str,
+        _req: &ExecRequest,
+    ) -> impl Future<Output = Result<Option<String>>> + Send {
+        async { Ok(None) }
     }
 
     /// The network namespace `kubectl port-forward` connects in: None when the sandbox shares

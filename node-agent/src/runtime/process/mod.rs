@@ -35,6 +35,7 @@ use super::{
     Runtime, RuntimeError, Sandbox, SandboxConfig, SandboxState,
 };
 
+mod attach;
 mod cgroups;
 mod shim;
 mod state;
@@ -135,6 +136,9 @@ impl ProcessRuntime {
                 working_dir: f.working_dir,
                 labels: f.labels,
                 log_path: f.log_path,
+                stdin: f.stdin,
+                stdin_once: f.stdin_once,
+                tty: f.tty,
                 ..Default::default()
             },
             state: ContainerState::Created,
@@ -333,6 +337,9 @@ impl Runtime for ProcessRuntime {
                 .into_iter()
                 .map(|pod| pod.join(format!("capstan-{id}")))
                 .collect(),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
         };
         write_json(&dir.join("container.json"), &f)
             .map_err(|e| RuntimeError::io("writing container.json", e))?;
@@ -543,6 +550,19 @@ impl Runtime for ProcessRuntime {
         };
         let pid = child.id().map(|p| p as i32);
         Ok(super::exec::start(req, io, HostExec { child, pid, master }))
+    }
+
+    /// `kubectl attach`: through the shim, which holds the container's stdio.
+    async fn attach(&self, id: &str, req: &ExecRequest) -> Result<ExecSession> {
+        if self.load_container(id).map(|c| c.state) != Some(ContainerState::Running) {
+            return Err(RuntimeError::Rpc {
+                op: "attach",
+                message: format!("container {id} is not running"),
+            });
+        }
+        attach::attach(&self.container_dir(id), req)
+            .await
+            .map_err(|e| RuntimeError::io(format!("attach to {id}"), e))
     }
 
     /// Runs `cmd` on the host with the container's environment and working directory.

@@ -5,9 +5,10 @@
 //! agent. `capstan shim-exec` is its `runc init`: it joins the container's cgroups (and, for
 //! `kubectl exec -t`, takes a terminal) before it execs the command.
 
-use std::io::{BufRead, Read as _, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::attach;
 use super::cgroups::oom_kills;
 use super::state::{
     ContainerFile, ExitFile, PidFile, read_json, signal_group, start_ticks, write_json,
@@ -30,30 +31,57 @@ pub fn log_record(stream: &str, partial: bool, msg: &[u8]) -> Vec<u8> {
     line
 }
 
+/// Copies one output stream of the container into the log, a CRI record per line, and —
+/// as it comes, so that a prompt without a newline shows — to the attached readers of
+/// stream `i`.
 fn pump(
-    reader: impl std::io::Read,
+    mut reader: impl std::io::Read,
     stream: &'static str,
     log: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+    attached: (std::sync::Arc<attach::Server>, usize),
 ) {
-    let mut reader = std::io::BufReader::new(reader);
-    let mut buf = Vec::new();
+    let record = |partial: bool, msg: &[u8]| {
+        if let Ok(mut f) = log.lock() {
+            let _ = f.write_all(&log_record(stream, partial, msg));
+        }
+    };
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut line: Vec<u8> = Vec::new();
     loop {
-        buf.clear();
-        let n = match (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut buf)
-        {
-            Ok(0) | Err(_) => return,
+        // A terminal reports EIO once its last slave closes: that is its end of file.
+        let n = match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let full = buf.ends_with(b"\n");
-        let msg = if full { &buf[..n - 1] } else { &buf[..] };
-        // A line cut at MAX_LINE is partial; a last line without a newline at EOF is full.
-        let partial = !full && n == MAX_LINE;
-        let record = log_record(stream, partial, msg);
-        if let Ok(mut f) = log.lock() {
-            let _ = f.write_all(&record);
+        attached.0.output(attached.1, &buf[..n]);
+        for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+            let full = chunk.ends_with(b"\n");
+            let mut rest = if full {
+                &chunk[..chunk.len() - 1]
+            } else {
+                chunk
+            };
+            // A line longer than MAX_LINE goes out in partial (P) records, as containerd does.
+            while line.len() + rest.len() >= MAX_LINE {
+                let take = MAX_LINE - line.len();
+                line.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                record(true, &line);
+                line.clear();
+                if rest.is_empty() && !full {
+                    break;
+                }
+            }
+            line.extend_from_slice(rest);
+            if full {
+                record(false, &line);
+                line.clear();
+            }
         }
+    }
+    // A last line without a newline at the end is full.
+    if !line.is_empty() {
+        record(false, &line);
     }
 }
 
@@ -97,24 +125,48 @@ pub fn shim_main(dir: &Path) -> i32 {
         }
     };
     // With a cgroup, the command starts through `capstan shim-exec`, which joins the cgroup
-    // (and sets oom_score_adj) and then execs it: limited from its first instruction.
+    // (and sets oom_score_adj, and takes the terminal) and then execs it: limited from its
+    // first instruction.
     let exe = std::env::current_exe().ok();
-    let mut cmd = container_command(&f, exe.as_deref(), false, &f.argv);
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0);
+    let tty = f.tty && exe.is_some();
+    let mut cmd = container_command(&f, exe.as_deref(), tty, &f.argv);
+    let start_error = |message: String| {
+        let _ = log
+            .lock()
+            .map(|mut l| l.write_all(&log_record("stderr", false, message.as_bytes())));
+        record_exit(128, None, "StartError", Some(message));
+        128
+    };
+    // A terminal: the container gets the slave on all three streams (shim-exec makes it its
+    // session's controlling terminal) and the shim keeps the master.
+    let mut master = None;
+    if tty {
+        let pty = open_pty().and_then(|(m, s)| {
+            let s = std::fs::File::from(s);
+            cmd.stdin(s.try_clone()?).stdout(s.try_clone()?).stderr(s);
+            Ok(std::fs::File::from(m))
+        });
+        match pty {
+            Ok(m) => master = Some(m),
+            Err(e) => return start_error(format!("opening a terminal: {e}")),
+        }
+    } else {
+        let stdin = if f.stdin {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        };
+        cmd.stdin(stdin)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            let message = format!("failed to start {:?}: {e}", f.argv[0]);
-            let _ = log
-                .lock()
-                .map(|mut l| l.write_all(&log_record("stderr", false, message.as_bytes())));
-            record_exit(128, None, "StartError", Some(message));
-            return 128;
-        }
+        Err(e) => return start_error(format!("failed to start {:?}: {e}", f.argv[0])),
     };
+    // The slave's copies in `cmd` must close, or the terminal never reports its end.
+    drop(cmd);
     let pid = child.id() as i32;
     let _ = write_json(
         &dir.join("pid.json"),
@@ -125,19 +177,42 @@ pub fn shim_main(dir: &Path) -> i32 {
             started_at: jiff::Timestamp::now(),
         },
     );
-    let out = child.stdout.take().map(|o| {
-        let log = log.clone();
-        std::thread::spawn(move || pump(o, "stdout", log))
-    });
-    let err = child.stderr.take().map(|e| {
-        let log = log.clone();
-        std::thread::spawn(move || pump(e, "stderr", log))
-    });
+    // `kubectl attach`: the container's input and output, on the shim's socket.
+    let clone = |m: &Option<std::fs::File>| m.as_ref().and_then(|m| m.try_clone().ok());
+    let input: Option<Box<dyn Write + Send>> = match (&master, child.stdin.take()) {
+        (Some(_), _) if f.stdin => clone(&master).map(|m| Box::new(m) as _),
+        (None, Some(pipe)) => Some(Box::new(pipe)),
+        _ => None,
+    };
+    let attached = attach::Server::new(input, f.stdin_once, clone(&master));
+    if let Err(e) = attached.listen(dir) {
+        let msg = format!("capstan shim: kubectl attach is unavailable: {e}");
+        let _ = log
+            .lock()
+            .map(|mut l| l.write_all(&log_record("stderr", false, msg.as_bytes())));
+    }
+    let outputs: Vec<(Box<dyn std::io::Read + Send>, &'static str, usize)> = match master {
+        Some(m) => vec![(Box::new(m), "stdout", 0)],
+        None => [
+            child.stdout.take().map(|o| (Box::new(o) as _, "stdout", 0)),
+            child.stderr.take().map(|e| (Box::new(e) as _, "stderr", 1)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
+    let pumps: Vec<_> = outputs
+        .into_iter()
+        .map(|(r, stream, i)| {
+            let (log, attached) = (log.clone(), attached.clone());
+            std::thread::spawn(move || pump(r, stream, log, (attached, i)))
+        })
+        .collect();
     let status = child.wait();
     // Like a container whose first process exits: whatever it left running goes too (and
     // releases the output pipes).
     signal_group(pid, rustix::process::Signal::KILL);
-    for t in [out, err].into_iter().flatten() {
+    for t in pumps {
         let _ = t.join();
     }
     let (code, signal) = match status {

@@ -45,6 +45,13 @@ pub(super) struct ContainerFile {
     /// The container's own cgroup directories (one per hierarchy), when limits apply here.
     #[serde(default)]
     pub(super) cgroups: Vec<PathBuf>,
+    /// The pod spec's stdin, stdinOnce and tty: what `kubectl attach` finds.
+    #[serde(default)]
+    pub(super) stdin: bool,
+    #[serde(default)]
+    pub(super) stdin_once: bool,
+    #[serde(default)]
+    pub(super) tty: bool,
 }
 
 /// Written by the shim once the process runs.
