@@ -9,7 +9,9 @@
 //! container's stdin (stdinOnce) so the shell ends, and `--rm` leaves no pod. `-it` with piped
 //! input makes kubectl drop its terminal while the container has one (the terminal is the
 //! container's, as kubelet decides); under `script` kubectl has a real terminal of 77x11,
-//! whose size reaches the container's (`stty size`).
+//! whose size reaches the container's (`stty size`). `kubectl debug -it --target` starts an
+//! ephemeral container that attaches the same way and, on containerd, sees the target's
+//! processes.
 
 mod cri_cluster;
 
@@ -18,7 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use capstan_testkit::{
-    CapstanUp, capstan_bin, eventually, kubectl, kubectl_bin, output_within, temp_dir,
+    CapstanUp, capstan_bin, eventually, kubectl, kubectl_bin, kubectl_ok, output_within, temp_dir,
 };
 use cri_cluster::{Cluster, missing_prerequisites};
 
@@ -114,6 +116,42 @@ fn attach_cases(kubeconfig: &Path, image: &str) {
     assert!(said.contains("size=11 77"), "the terminal's size: {said}");
 }
 
+/// `kubectl debug -it <pod> --target=<pod> -c debugger` fed `script`: what it printed; the
+/// debugger's status is recorded as ephemeral containers' are.
+fn debug(kubeconfig: &Path, pod: &str, image: &str, script: &str) -> String {
+    let mut cmd = Command::new(kubectl_bin());
+    cmd.arg("--kubeconfig").arg(kubeconfig).args([
+        "debug",
+        "-it",
+        pod,
+        &format!("--image={image}"),
+        &format!("--target={pod}"),
+        "-c",
+        "debugger",
+        "--",
+        "sh",
+    ]);
+    let out = output_within(cmd, script.as_bytes(), Duration::from_secs(120));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl debug: {said}");
+    let mut last = serde_json::Value::Null;
+    eventually(
+        Duration::from_secs(30),
+        "the debugger's exit recorded",
+        || {
+            let out = kubectl(kubeconfig, &["get", "pod", pod, "-o", "json"], None);
+            last = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            last["status"]["ephemeralContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+        },
+    )
+    .unwrap_or_else(|_| panic!("{}", last["status"]));
+    said
+}
+
 #[test]
 fn attach_on_containerd_over_websockets_and_spdy() {
     let missing = missing_prerequisites();
@@ -127,6 +165,27 @@ fn attach_on_containerd_over_websockets_and_spdy() {
     }
     let c = Cluster::start();
     attach_cases(&c.kubeconfig, "localhost/busybox:1");
+    // `kubectl debug -it`: an ephemeral container in the target's process namespace.
+    c.ok(
+        &[
+            "run",
+            "target",
+            "--image=localhost/busybox:1",
+            "--restart=Never",
+            "--",
+            "sleep",
+            "3600",
+        ],
+        None,
+    );
+    c.wait_pod("target", Duration::from_secs(60), "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let said = debug(&c.kubeconfig, "target", "localhost/busybox:1", "ps\nexit\n");
+    assert!(
+        said.contains("sleep 3600"),
+        "the target's processes: {said}"
+    );
     let said = run_rm(
         &c.kubeconfig,
         "localhost/busybox:1",
@@ -158,5 +217,34 @@ fn attach_on_the_process_runtime_through_the_shim() {
     )
     .unwrap();
     attach_cases(&kubeconfig, "busybox");
+    // `kubectl debug -it` starts its ephemeral container here too (in the host's processes).
+    kubectl_ok(
+        &kubeconfig,
+        &[
+            "run",
+            "target",
+            "--image=busybox",
+            "--restart=Never",
+            "--",
+            "sleep",
+            "3600",
+        ],
+        None,
+    );
+    eventually(Duration::from_secs(30), "target running", || {
+        kubectl_ok(
+            &kubeconfig,
+            &["get", "pod", "target", "-o", "jsonpath={.status.phase}"],
+            None,
+        ) == "Running"
+    })
+    .unwrap();
+    let said = debug(
+        &kubeconfig,
+        "target",
+        "busybox",
+        "echo debug-$((6*7))\nexit\n",
+    );
+    assert!(said.contains("debug-42"), "{said}");
     assert!(up.stop(Duration::from_secs(30)));
 }

@@ -48,14 +48,17 @@ fn names(list: Option<&Value>) -> Vec<String> {
         .collect()
 }
 
-/// The container a pods/log or pods/exec request means: the one named (it must exist), else
-/// the pod's only container.
+/// The container a pods/log, exec or attach request means: the one named (a container, an
+/// init or an ephemeral one; it must exist), else the pod's only container.
 pub(crate) fn choose_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let containers = names(pod["spec"].get("containers"));
     let inits = names(pod["spec"].get("initContainers"));
+    let ephemeral = names(pod["spec"].get("ephemeralContainers"));
     match asked {
-        Some(c) if containers.iter().chain(&inits).any(|n| n == c) => Ok(c.to_string()),
+        Some(c) if containers.iter().chain(&inits).chain(&ephemeral).any(|n| n == c) => {
+            Ok(c.to_string())
+        }
         Some(c) => Err(ApiError::bad_request(format!(
             "container {c} is not valid for pod {name}"
         ))),
@@ -190,4 +193,25 @@ pub(crate) fn percent(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containers_init_and_ephemeral_ones_can_be_named() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "app"}],
+            "initContainers": [{"name": "init"}],
+            "ephemeralContainers": [{"name": "debugger"}],
+        }});
+        for c in ["app", "init", "debugger"] {
+            assert_eq!(choose_container(&pod, Some(c)).unwrap(), c);
+        }
+        assert_eq!(choose_container(&pod, None).unwrap(), "app");
+        let e = choose_container(&pod, Some("nope")).unwrap_err();
+        assert!(format!("{e:?}").contains("container nope is not valid for pod p"));
+    }
 }

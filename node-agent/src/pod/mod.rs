@@ -9,3 +9,12 @@ pub mod service_env;
 pub mod status;
 pub mod volumes;
 pub mod worker;
+
+/// An ephemeral container as the container it is run as (the same fields, less the target).
+pub fn as_container(
+    e: &k8s_openapi::api::core::v1::EphemeralContainer,
+) -> Option<k8s_openapi::api::core::v1::Container> {
+    serde_json::to_value(e)
+        .and_then(serde_json::from_value)
+        .ok()
+}

@@ -67,6 +67,8 @@ impl Observed {
 pub enum Kind {
     Init,
     App,
+    /// `kubectl debug`: started once, never restarted, even before the pod is initialized.
+    Ephemeral,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +180,18 @@ pub fn plan(pod: &Pod, obs: &Observed, backoffs: &Backoffs, now: jiff::Timestamp
         }
         return actions;
     };
+
+    // Ephemeral containers: each started once (kubelet starts them even while init
+    // containers run).
+    for e in spec.ephemeral_containers.iter().flatten() {
+        if obs.latest(&e.name).is_none() {
+            actions.push(Action::Start {
+                kind: Kind::Ephemeral,
+                name: e.name.clone(),
+                attempt: 0,
+            });
+        }
+    }
 
     // Init containers, one at a time, in order.
     for init in &inits {
@@ -368,6 +382,26 @@ mod tests {
                 start(Kind::App, "b", 0)
             ]
         );
+    }
+
+    #[test]
+    fn ephemeral_containers_start_once_even_during_init_and_never_restart() {
+        let p = pod(json!({
+            "initContainers": [{"name": "i1"}], "containers": [{"name": "a"}],
+            "ephemeralContainers": [{"name": "debugger", "targetContainerName": "a"}],
+        }));
+        let mut obs = Observed::default();
+        obs.sandboxes.push(sandbox("s1", SandboxState::Ready));
+        obs.containers
+            .push(container("i1", 0, ContainerState::Running, None));
+        assert_eq!(
+            plan(&p, &obs, &Backoffs::new(), now()),
+            [start(Kind::Ephemeral, "debugger", 0)],
+            "started while the init container runs"
+        );
+        obs.containers
+            .push(container("debugger", 0, ContainerState::Exited, Some(1)));
+        assert_eq!(plan(&p, &obs, &Backoffs::new(), now()), []);
     }
 
     #[test]

@@ -195,6 +195,17 @@ pub fn pod_status(
         .iter()
         .map(|c| container_status(c, obs, waiting, health, runtime, !inits.is_empty()))
         .collect();
+    // Ephemeral containers are reported, never ready, and count for nothing else.
+    let ephemeral: Vec<ContainerStatus> = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .filter_map(super::as_container)
+        .map(|c| ContainerStatus {
+            ready: false,
+            ..container_status(&c, obs, waiting, health, runtime, false)
+        })
+        .collect();
     let initialized = init_statuses.iter().all(|s| {
         s.state
             .as_ref()
@@ -273,6 +284,7 @@ pub fn pod_status(
         qos_class: Some(qos_class(pod).to_string()),
         container_statuses: Some(statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        ephemeral_container_statuses: (!ephemeral.is_empty()).then_some(ephemeral),
         ..Default::default()
     }
 }
@@ -341,6 +353,30 @@ mod tests {
             .unwrap()
             .status
             .clone()
+    }
+
+    #[test]
+    fn ephemeral_containers_are_reported_never_ready_and_leave_the_pod_alone() {
+        let p = pod(json!({
+            "containers": [{"name": "a", "image": "busybox"}],
+            "ephemeralContainers": [
+                {"name": "dbg", "image": "busybox", "targetContainerName": "a"},
+                {"name": "later", "image": "busybox"},
+            ],
+        }));
+        let o = obs(vec![
+            ("a", 0, ContainerState::Running, None),
+            ("dbg", 0, ContainerState::Exited, Some(3)),
+        ]);
+        let s = status(&p, &o, &Waiting::new());
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&s, "Ready"), "True");
+        let e = s.ephemeral_container_statuses.as_ref().unwrap();
+        assert_eq!(e.len(), 2);
+        let dbg = e[0].state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!((dbg.exit_code, e[0].ready), (3, false));
+        let later = e[1].state.as_ref().unwrap().waiting.as_ref().unwrap();
+        assert_eq!(later.reason.as_deref(), Some("ContainerCreating"));
     }
 
     #[test]

@@ -339,8 +339,11 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
                         plan::record_restart(&mut self.backoffs, old);
                     }
                     let pod_ip = sb.ip.clone().unwrap_or_default();
+                    let target = (kind == Kind::Ephemeral)
+                        .then(|| ephemeral_target(pod, &name, &obs))
+                        .flatten();
                     if let Err((reason, message)) = self
-                        .start(pod, &sb.id, &pod_ip, &kind, &name, attempt)
+                        .start(pod, &sb.id, &pod_ip, (&kind, target), &name, attempt)
                         .await
                     {
                         tracing::info!(pod = %self.uid, container = %name, %reason, %message, "container did not start");
@@ -451,7 +454,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
         pod: &Pod,
         sandbox_id: &str,
         pod_ip: &str,
-        kind: &Kind,
+        kind: (&Kind, Option<String>),
         name: &str,
         attempt: u32,
     ) -> Result<(), (&'static str, String)> {
@@ -490,12 +493,13 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
         })
     }
 
+    /// `kind` with, for an ephemeral container, the runtime id of its target.
     async fn create_and_start(
         &mut self,
         pod: &Pod,
         sandbox_id: &str,
         pod_ip: &str,
-        kind: &Kind,
+        (kind, pid_target): (&Kind, Option<String>),
         name: &str,
         attempt: u32,
     ) -> Result<(), (&'static str, String)> {
@@ -503,6 +507,12 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
         let list = match kind {
             Kind::Init => spec.init_containers.unwrap_or_default(),
             Kind::App => spec.containers,
+            Kind::Ephemeral => spec
+                .ephemeral_containers
+                .iter()
+                .flatten()
+                .filter_map(super::as_container)
+                .collect(),
         };
         let Some(c) = list.into_iter().find(|c| c.name == name) else {
             return Err((
@@ -553,6 +563,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             stdin: c.stdin.unwrap_or(false),
             stdin_once: c.stdin_once.unwrap_or(false),
             tty: c.tty.unwrap_or(false),
+            pid_target,
         };
         let rt = &self.ctx.runtime;
         let created = rt
@@ -802,6 +813,23 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
 
 /// A volume that could not be prepared (`volume "cfg": configmap "x" not found`) as kubelet
 /// words it: `MountVolume.SetUp failed for volume "cfg" : configmap "x" not found`.
+/// The runtime id of the running container an ephemeral container `name` targets, if it
+/// names one.
+fn ephemeral_target(pod: &Pod, name: &str, obs: &plan::Observed) -> Option<String> {
+    let target = pod
+        .spec
+        .as_ref()?
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)?
+        .target_container_name
+        .as_deref()?;
+    obs.latest(target)
+        .filter(|c| c.state == ContainerState::Running)
+        .map(|c| c.id.clone())
+}
+
 fn mount_failed(message: &str) -> String {
     match message
         .strip_prefix("volume ")

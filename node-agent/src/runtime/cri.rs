@@ -98,6 +98,7 @@ mod wire {
     pub const NAMESPACE_POD: i32 = 0;
     pub const NAMESPACE_CONTAINER: i32 = 1;
     pub const NAMESPACE_NODE: i32 = 2;
+    pub const NAMESPACE_TARGET: i32 = 3;
     pub fn protocol(p: &str) -> i32 {
         match p {
             "UDP" => 1,
@@ -694,7 +695,12 @@ impl Runtime for CriRuntime {
                         } else {
                             wire::NAMESPACE_POD
                         },
-                        pid: wire::NAMESPACE_CONTAINER,
+                        pid: if config.pid_target.is_some() {
+                            wire::NAMESPACE_TARGET
+                        } else {
+                            wire::NAMESPACE_CONTAINER
+                        },
+                        target_id: config.pid_target.clone().unwrap_or_default(),
                         ipc: wire::NAMESPACE_POD,
                         ..Default::default()
                     }),

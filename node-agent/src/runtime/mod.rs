@@ -159,6 +159,10 @@ pub struct ContainerConfig {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
+    /// The runtime id of the container whose processes this one sees (an ephemeral
+    /// container's `targetContainerName`: CRI's TARGET pid namespace). The process runtime
+    /// shares the host's anyway.
+    pub pid_target: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
