@@ -103,70 +103,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.up = None;
         // The containers outlive the agent by design: stop what the test started, by pid.
-        kill_containers(&self.root().join("process/containers"));
-    }
-}
-
-fn kill_containers(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path().join("pid.json")) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        // Only processes that are still the ones recorded (a pid may have been reused).
-        use rustix::process::{Pid, Signal, kill_process, kill_process_group};
-        let stat_ticks = |pid: i64| -> Option<u64> {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            stat.rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(19)?
-                .parse()
-                .ok()
-        };
-        if let (Some(pid), Some(ticks)) = (v["pid"].as_i64(), v["start_ticks"].as_u64())
-            && pid > 1
-            && stat_ticks(pid) == Some(ticks)
-            && let Some(p) = Pid::from_raw(pid as i32)
-        {
-            let _ = kill_process_group(p, Signal::KILL);
-            let _ = kill_process(p, Signal::KILL);
-        }
-        if let Some(shim) = v["shim_pid"].as_i64().filter(|p| *p > 1)
-            && std::fs::read_to_string(format!("/proc/{shim}/cmdline"))
-                .is_ok_and(|c| c.contains("capstan") && c.contains("shim"))
-            && let Some(p) = Pid::from_raw(shim as i32)
-        {
-            let _ = kill_process(p, Signal::KILL);
-        }
-        // The container's cgroups and its pod's (only capstan-* dirs and their parents; rmdir
-        // removes nothing that still holds a process).
-        let cgroups = std::fs::read_to_string(e.path().join("container.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|c| c["cgroups"].as_array().cloned())
-            .unwrap_or_default();
-        for cg in cgroups.iter().filter_map(Value::as_str).map(Path::new) {
-            if cg
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("capstan-"))
-            {
-                for _ in 0..100 {
-                    if std::fs::remove_dir(cg).is_ok() || !cg.exists() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if let Some(pod) = cg.parent() {
-                    let _ = std::fs::remove_dir(pod);
-                }
-            }
-        }
+        capstan_testkit::kill_process_containers(&self.root());
     }
 }
 

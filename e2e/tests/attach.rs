@@ -204,6 +204,8 @@ fn attach_on_the_process_runtime_through_the_shim() {
     let dir = temp_dir("capstan-attach-").unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     let data = dir.path().display().to_string();
+    // Dropped after `up`: the containers outlive the agent by design.
+    let _reap = capstan_testkit::ReapContainers(dir.path().join("agent"));
     let mut up = CapstanUp::start(
         capstan_bin(),
         &[

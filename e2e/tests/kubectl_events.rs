@@ -31,8 +31,11 @@ spec:
     readinessProbe: {exec: {command: ["false"]}, periodSeconds: 1}
 "#;
 
+/// Dropped in this order: capstan up, then the containers it left (they outlive the agent by
+/// design), then the directory.
 struct Cluster {
     _up: CapstanUp,
+    _reap: capstan_testkit::ReapContainers,
     _dir: tempfile::TempDir,
     kubeconfig: PathBuf,
 }
@@ -72,6 +75,7 @@ fn kubectl_reads_the_agents_events_and_wide_columns() {
     .unwrap();
     let c = Cluster {
         _up: up,
+        _reap: capstan_testkit::ReapContainers(dir.path().join("agent")),
         kubeconfig: dir.path().join("kubeconfig"),
         _dir: dir,
     };

@@ -140,6 +140,8 @@ fn port_forward_on_the_process_runtime_reaches_the_hosts_loopback() {
     let dir = temp_dir("capstan-pf-").unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     let data = dir.path().display().to_string();
+    // Dropped after `up`: the containers outlive the agent by design.
+    let _reap = capstan_testkit::ReapContainers(dir.path().join("agent"));
     let _up = CapstanUp::start(
         capstan_bin(),
         &[

@@ -154,7 +154,9 @@ fn the_readme_tour_runs_as_written() {
         )
         .unwrap();
         let addr = up.addr.clone();
-        (None, Some((up, dir)), PathBuf::from(data), addr)
+        // Dropped in order: capstan up, the containers it left, the directory.
+        let reap = capstan_testkit::ReapContainers(dir.path().join("agent"));
+        (None, Some((up, reap, dir)), PathBuf::from(data), addr)
     };
     let kubeconfig = data_dir.join("kubeconfig");
     eventually(Duration::from_secs(60), "the node is Ready", || {

@@ -217,6 +217,88 @@ pub fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// Stops, by pid, every container the process runtime under `agent_root` (a data dir's
+/// `agent/`) started — they outlive the agent by design — and removes their cgroups: what a
+/// test that ran pods there leaves behind otherwise.
+pub fn kill_process_containers(agent_root: &Path) {
+    let Ok(entries) = std::fs::read_dir(agent_root.join("process/containers")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path().join("pid.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        // Only processes that are still the ones recorded (a pid may have been reused).
+        let stat_ticks = |pid: i64| -> Option<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(19)?
+                .parse()
+                .ok()
+        };
+        if let (Some(pid), Some(ticks)) = (v["pid"].as_i64(), v["start_ticks"].as_u64())
+            && pid > 1
+            && stat_ticks(pid) == Some(ticks)
+        {
+            // The group first (what it started), then the process.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+            signal(pid as u32, "KILL");
+        }
+        if let Some(shim) = v["shim_pid"].as_i64().filter(|p| *p > 1)
+            && std::fs::read_to_string(format!("/proc/{shim}/cmdline"))
+                .is_ok_and(|c| c.contains("capstan") && c.contains("shim"))
+        {
+            signal(shim as u32, "KILL");
+        }
+        // The container's cgroups and its pod's (only capstan-* dirs and their parents; rmdir
+        // removes nothing that still holds a process).
+        let cgroups = std::fs::read_to_string(e.path().join("container.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|c| c["cgroups"].as_array().cloned())
+            .unwrap_or_default();
+        for cg in cgroups
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .map(Path::new)
+        {
+            if cg
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("capstan-"))
+            {
+                for _ in 0..100 {
+                    if std::fs::remove_dir(cg).is_ok() || !cg.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Some(pod) = cg.parent() {
+                    let _ = std::fs::remove_dir(pod);
+                }
+            }
+        }
+    }
+}
+
+/// Stops the process runtime's containers under an agent root when dropped (see
+/// [`kill_process_containers`]); made before `capstan up` so that it goes after it.
+#[derive(Debug)]
+pub struct ReapContainers(pub PathBuf);
+
+impl Drop for ReapContainers {
+    fn drop(&mut self) {
+        kill_process_containers(&self.0);
+    }
+}
+
 /// etcd's /health over plain HTTP/1.0.
 fn health(port: u16) -> Result<bool> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;

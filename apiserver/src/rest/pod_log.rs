@@ -56,7 +56,13 @@ pub(crate) fn choose_container(pod: &Value, asked: Option<&str>) -> ApiResult<St
     let inits = names(pod["spec"].get("initContainers"));
     let ephemeral = names(pod["spec"].get("ephemeralContainers"));
     match asked {
-        Some(c) if containers.iter().chain(&inits).chain(&ephemeral).any(|n| n == c) => {
+        Some(c)
+            if containers
+                .iter()
+                .chain(&inits)
+                .chain(&ephemeral)
+                .any(|n| n == c) =>
+        {
             Ok(c.to_string())
         }
         Some(c) => Err(ApiError::bad_request(format!(
