@@ -152,6 +152,48 @@ fn debug(kubeconfig: &Path, pod: &str, image: &str, script: &str) -> String {
     said
 }
 
+/// An exec asking for stdout alone (or stderr alone), as clients other than kubectl do:
+/// containerd's shim wants both output paths, so the agent gives it the other one too.
+fn one_output_stream_execs(c: &Cluster) {
+    use capstan_node_agent::runtime::{ContainerState, ExecRequest, POD_NAME, Runtime};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cri = cri_cluster::cri(&c.socket()).await;
+        let id = cri
+            .list_containers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|k| {
+                k.state == ContainerState::Running
+                    && k.config.labels.get(POD_NAME).map(String::as_str) == Some("target")
+                    && k.config.name == "target"
+            })
+            .unwrap()
+            .id;
+        for (stdout, stderr) in [(true, false), (false, true)] {
+            let req = ExecRequest {
+                command: ["sh", "-c", "echo out; echo err >&2"]
+                    .map(String::from)
+                    .to_vec(),
+                stdin: false,
+                stdout,
+                stderr,
+                tty: false,
+            };
+            let mut s = cri.exec(&id, &req).await.unwrap();
+            let mut got = Vec::new();
+            let rx = s.stdout.as_mut().or(s.stderr.as_mut()).unwrap();
+            while let Some(b) = rx.recv().await {
+                got.extend_from_slice(&b);
+            }
+            assert_eq!(s.exit.await.unwrap(), Ok(0), "{req:?}");
+            let want: &[u8] = if stdout { b"out\n" } else { b"err\n" };
+            assert_eq!(got, want, "{req:?}");
+        }
+    });
+}
+
 #[test]
 fn attach_on_containerd_over_websockets_and_spdy() {
     let missing = missing_prerequisites();
@@ -186,6 +228,7 @@ fn attach_on_containerd_over_websockets_and_spdy() {
         said.contains("sleep 3600"),
         "the target's processes: {said}"
     );
+    one_output_stream_execs(&c);
     let said = run_rm(
         &c.kubeconfig,
         "localhost/busybox:1",

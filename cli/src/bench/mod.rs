@@ -8,6 +8,7 @@ mod pods;
 mod schedule;
 mod services;
 mod store;
+mod streams;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,6 +46,12 @@ enum Which {
     Services(services::ServicesBench),
     /// Cluster DNS: queries/s and p99 against a bare UDP responder in the same run.
     Dns(services::DnsBench),
+    /// port-forward (20 connections) against the pod's IP, and exec and attach round trips
+    /// against containerd's own, on a `capstan up --runtime cri` of its own (root, containerd).
+    Streams(streams::StreamsBench),
+    /// The benchmarks' HTTP target, run inside a pod by `bench streams`.
+    #[command(hide = true)]
+    Httpd(streams::HttpdArgs),
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
@@ -56,6 +63,8 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Pods(b) => pods::run(b).await,
         Which::Services(b) => services::run(b).await,
         Which::Dns(b) => services::dns(b).await,
+        Which::Streams(b) => streams::run(b).await,
+        Which::Httpd(a) => tokio::task::block_in_place(|| streams::httpd(a)),
     }
 }
 

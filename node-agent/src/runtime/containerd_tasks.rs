@@ -255,6 +255,14 @@ pub async fn exec(
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
+    let drain = fifos.unwanted.map(|mut r| {
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 16 * 1024];
+            while r.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        })
+        .abort_handle()
+    });
     let io = ExecIo {
         stdin: fifos.stdin.map(|w| Box::new(w) as _),
         stdout: fifos.stdout.map(|r| Box::new(r) as _),
@@ -267,6 +275,7 @@ pub async fn exec(
             ids: std::sync::Arc::new(this),
             waiting: None,
             dir,
+            drain,
         },
     ))
 }
@@ -308,6 +317,10 @@ struct Fifos {
     stdin: Option<tokio::net::unix::pipe::Sender>,
     stdout: Option<tokio::net::unix::pipe::Receiver>,
     stderr: Option<tokio::net::unix::pipe::Receiver>,
+    /// Without a terminal, containerd's shim opens both output paths when either is set (an
+    /// empty one fails: `opening file ""`): the stream not asked for gets a FIFO too, read
+    /// and dropped so that the command never blocks on it.
+    unwanted: Option<tokio::net::unix::pipe::Receiver>,
 }
 
 impl Fifos {
@@ -342,20 +355,32 @@ impl Fifos {
         let stderr = fifo("stderr", req.stderr && !req.tty)?
             .map(|p| opts.open_receiver(p))
             .transpose()?;
+        let unwanted = match (&stdout, &stderr) {
+            (Some(_), None) if !req.tty => Some("stderr"),
+            (None, Some(_)) => Some("stdout"),
+            _ => None,
+        };
+        let unwanted = match unwanted {
+            Some(name) => fifo(name, true)?
+                .map(|p| opts.open_receiver(p))
+                .transpose()?,
+            None => None,
+        };
         Ok(Fifos {
             dir: dir.to_path_buf(),
             stdin,
             stdout,
             stderr,
+            unwanted,
         })
     }
 
-    /// The FIFO's path for the shim, empty when the stream is not wanted.
+    /// The FIFO's path for the shim, empty when there is none.
     fn path(&self, name: &str) -> String {
         let on = match name {
             "stdin" => self.stdin.is_some(),
-            "stdout" => self.stdout.is_some(),
-            _ => self.stderr.is_some(),
+            "stdout" => self.stdout.is_some() || self.unwanted.is_some() && self.stderr.is_some(),
+            _ => self.stderr.is_some() || self.unwanted.is_some() && self.stdout.is_some(),
         };
         if on {
             self.dir.join(name).to_string_lossy().into_owned()
@@ -372,6 +397,16 @@ struct TaskExec {
     waiting: Option<tokio::task::JoinHandle<std::result::Result<i32, String>>>,
     /// The FIFOs' directory.
     dir: PathBuf,
+    /// The reader of the stream nobody asked for, stopped with the exec.
+    drain: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for TaskExec {
+    fn drop(&mut self) {
+        if let Some(d) = &self.drain {
+            d.abort();
+        }
+    }
 }
 
 impl TaskExec {

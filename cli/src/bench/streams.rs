@@ -1,0 +1,508 @@
+//! `capstan bench streams`: the day-two streams on containerd, each beside its floor in the
+//! same run, on a `capstan up --runtime cri` of its own (this binary, its own containerd,
+//! bridge and data directory; no proxy, no DNS):
+//! 1. port-forward: the same HTTP load (N connections at once, a 256 KiB body per GET, a new
+//!    TCP connection each) straight to the pod's IP and through `kubectl port-forward`
+//!    (kubectl's WebSocket tunnel, the API server, the agent, the pod's network namespace).
+//!    The target is `capstan bench httpd` in the pod (backlog 128; busybox httpd's 9 made the
+//!    direct path retry SYNs).
+//! 2. exec: one `echo` through pods/exec (a WebSocket, v5.channel.k8s.io, from this process:
+//!    no kubectl start-up in the figure) against CRI ExecSync straight to containerd; and
+//!    `kubectl exec` as a user sees it, start-up included.
+//! 3. attach: open, one line to a `cat` container and its echo back, close — through
+//!    pods/attach (WebSocket → agent → containerd's streaming server) against CRI Attach and
+//!    the remotecommand protocol straight to containerd.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use capstan_node_agent::containerd;
+use capstan_node_agent::runtime::cri::CriRuntime;
+use capstan_node_agent::runtime::{ContainerState, ExecRequest, POD_NAME, Runtime};
+use capstan_testkit::portforward::{PortForward, compare};
+use capstan_testkit::{CapstanUp, eventually, free_port, kubectl, kubectl_bin};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+use super::{Samples, ms};
+
+#[derive(Debug, Args)]
+pub struct StreamsBench {
+    /// Connections at once through port-forward (and straight to the pod).
+    #[arg(long, default_value_t = 20)]
+    connections: usize,
+    /// GETs per connection.
+    #[arg(long, default_value_t = 10)]
+    requests: usize,
+    /// Exec and attach round trips measured on each path.
+    #[arg(long, default_value_t = 50)]
+    round_trips: usize,
+    /// Where e2e/images/build.sh left busybox.tar (built into the scratch dir when absent).
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    #[arg(long, default_value = "/tmp")]
+    scratch: PathBuf,
+}
+
+/// `capstan bench httpd`: the benchmarks' HTTP target — HTTP/1.0, one response per
+/// connection, `/big` is `--size` bytes and anything else `ok`. A thread per connection.
+#[derive(Debug, Args)]
+pub struct HttpdArgs {
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    #[arg(long, default_value_t = 256 * 1024)]
+    size: usize,
+}
+
+pub fn httpd(a: HttpdArgs) -> Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(("0.0.0.0", a.port))?;
+    let big = std::sync::Arc::new(vec![b'x'; a.size]);
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let big = big.clone();
+        std::thread::spawn(move || {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body: &[u8] = if head.starts_with(b"GET /big ") {
+                &big
+            } else {
+                b"ok\n"
+            };
+            let _ = conn.write_all(
+                format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            );
+            let _ = conn.write_all(body);
+        });
+    }
+    Ok(())
+}
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: localhost/pause:1
+    imagePullPolicy: Never
+    command: ["/capstan", "bench", "httpd", "--port", "8080"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cat}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: cat
+    image: localhost/busybox:1
+    command: ["cat"]
+    stdin: true
+"#;
+
+/// The cluster of the run; its pods, `capstan up` and the bridge go on drop.
+struct Cluster {
+    up: Option<CapstanUp>,
+    kubeconfig: PathBuf,
+    bridge: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The pods first (they outlive the agent by design), then capstan up (which stops
+        // its containerd), then the bridge.
+        kubectl(
+            &self.kubeconfig,
+            &["delete", "pods", "--all", "--grace-period=1", "--wait=true"],
+            None,
+        );
+        if let Some(mut up) = self.up.take() {
+            up.stop(Duration::from_secs(30));
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+pub async fn run(b: StreamsBench) -> Result<()> {
+    if !rustix::process::geteuid().is_root() || !containerd::available() {
+        bail!("bench streams needs root, containerd, runc and the CNI plugins");
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("capstan-bench-streams-")
+        .tempdir_in(&b.scratch)?;
+    let images = match &b.image_dir {
+        Some(d) => d.clone(),
+        None => {
+            let d = scratch.path().join("images");
+            let ok = std::process::Command::new("bash")
+                .arg("e2e/images/build.sh")
+                .arg(&d)
+                .status()
+                .context("running e2e/images/build.sh (run from the repository root, or pass --image-dir)")?;
+            if !ok.success() {
+                bail!("e2e/images/build.sh failed");
+            }
+            d
+        }
+    };
+    let me = std::env::current_exe()?;
+    let data = scratch.path().join("data");
+    let bridge = "captbench2".to_string();
+    let up = tokio::task::block_in_place(|| {
+        CapstanUp::start(
+            &me,
+            &[
+                "--data-dir".as_ref(),
+                data.as_os_str(),
+                "--runtime".as_ref(),
+                "cri".as_ref(),
+                "--node-name".as_ref(),
+                "bench-streams".as_ref(),
+                "--pod-cidr".as_ref(),
+                "10.246.0.0/16".as_ref(),
+                "--cni-bridge".as_ref(),
+                bridge.as_ref(),
+            ],
+        )
+    })?;
+    let api = format!("http://{}", up.addr);
+    let cluster = Cluster {
+        up: Some(up),
+        kubeconfig: data.join("kubeconfig"),
+        bridge,
+    };
+    let socket = data.join("containerd/containerd.sock");
+    let import = std::process::Command::new(&me)
+        .args(["image", "import", "--cri-socket"])
+        .arg(&socket)
+        .arg(images.join("busybox.tar"))
+        .output()?;
+    if !import.status.success() {
+        bail!(
+            "capstan image import: {}",
+            String::from_utf8_lossy(&import.stderr)
+        );
+    }
+    let kc = cluster.kubeconfig.clone();
+    let pod_ip = tokio::task::block_in_place(|| start_pods(&kc))?;
+    let cri = CriRuntime::connect(&socket, Path::new("/sys/fs/cgroup")).await?;
+    let cat = container_of(&cri, "cat").await?;
+    println!("# Streams on containerd ({})\n", cri.version());
+    println!(
+        "`capstan bench streams --connections {} --requests {} --round-trips {}`: 2 cores, kubectl {}.\n",
+        b.connections,
+        b.requests,
+        b.round_trips,
+        kubectl_version()
+    );
+
+    // 1. port-forward against the pod's IP.
+    let local = free_port()?;
+    let (direct, forwarded) = tokio::task::block_in_place(|| {
+        let _pf = PortForward::start(&kc, "pod/web", &[&format!("{local}:8080")], &[])?;
+        Ok::<_, anyhow::Error>(compare(
+            &format!("{pod_ip}:8080"),
+            &format!("127.0.0.1:{local}"),
+            "/big",
+            b.connections,
+            b.requests,
+        ))
+    })?;
+    for (what, l) in [("direct", &direct), ("port-forward", &forwarded)] {
+        if !l.errors.is_empty() {
+            bail!(
+                "{what}: {} errors, the first: {}",
+                l.errors.len(),
+                l.errors[0]
+            );
+        }
+    }
+    println!(
+        "## port-forward: {} connections at once, {} GETs of 256 KiB each\n",
+        b.connections, b.requests
+    );
+    println!("| path | req/s | MiB/s | p50 | p99 |\n|---|---|---|---|---|");
+    for (what, l) in [
+        ("straight to the pod IP", &direct),
+        ("kubectl port-forward", &forwarded),
+    ] {
+        println!(
+            "| {what} | {:.0} | {:.1} | {} | {} |",
+            l.requests_per_second(),
+            l.mib_per_second(),
+            ms(l.quantile(0.5)),
+            ms(l.quantile(0.99))
+        );
+    }
+    println!(
+        "\nport-forward / direct throughput: {:.2}x\n",
+        forwarded.mib_per_second() / direct.mib_per_second()
+    );
+
+    // 2. exec.
+    let n = b.round_trips;
+    let floor = measure(n, || async {
+        let r = cri
+            .exec_sync(&cat, &["echo".into(), "hi".into()], Duration::from_secs(10))
+            .await?;
+        check(&r.stdout, b"hi").with_context(|| {
+            format!(
+                "CRI ExecSync: exit {}, stderr {:?}",
+                r.exit_code,
+                String::from_utf8_lossy(&r.stderr)
+            )
+        })
+    })
+    .await?;
+    let exec_url = format!(
+        "{}/api/v1/namespaces/default/pods/cat/exec?command=echo&command=hi&stdout=true",
+        api.replacen("http", "ws", 1)
+    );
+    let ours = measure(n, || async {
+        let (out, status) = session(&exec_url, None).await?;
+        check(&out, b"hi")
+            .with_context(|| format!("pods/exec: {}", String::from_utf8_lossy(&status)))
+    })
+    .await?;
+    let kubectl_n = n.min(10);
+    let kubectl_exec = measure(kubectl_n, || async {
+        let out = tokio::task::block_in_place(|| {
+            kubectl(&kc, &["exec", "cat", "--", "echo", "hi"], None)
+        });
+        check(&out.stdout, b"hi")
+    })
+    .await?;
+    println!("## exec: `echo hi` in a running container, {n} times one after another\n");
+    println!("| path | p50 | p99 |\n|---|---|---|");
+    for (what, s) in [
+        (
+            "CRI ExecSync straight to containerd (the runtime's own)",
+            &floor,
+        ),
+        (
+            "pods/exec WebSocket → API server → agent → containerd",
+            &ours,
+        ),
+    ] {
+        println!(
+            "| {what} | {} | {} |",
+            ms(s.quantile(0.5)),
+            ms(s.quantile(0.99))
+        );
+    }
+    println!(
+        "| `kubectl exec` ({kubectl_n} runs, kubectl's start-up included) | {} | {} |",
+        ms(kubectl_exec.quantile(0.5)),
+        ms(kubectl_exec.quantile(0.99))
+    );
+    println!(
+        "\nexec beyond the runtime's own, p50: {}\n",
+        ms(ours.quantile(0.5).saturating_sub(floor.quantile(0.5)))
+    );
+
+    // 3. attach.
+    let req = ExecRequest {
+        command: vec![],
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: false,
+    };
+    let mut i = 0u64;
+    let floor = measure(n, || {
+        i += 1;
+        let line = format!("raw-{i}\n");
+        let (cri, cat, req) = (&cri, &cat, &req);
+        async move {
+            let mut s = cri.attach(cat, req).await?;
+            let tx = s.stdin.clone().context("no stdin")?;
+            tx.send(line.clone().into()).await?;
+            let mut got = Vec::new();
+            let out = s.stdout.as_mut().context("no stdout")?;
+            while !got.ends_with(line.as_bytes()) {
+                let b = tokio::time::timeout(Duration::from_secs(10), out.recv())
+                    .await?
+                    .context("stdout ended")?;
+                got.extend_from_slice(&b);
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let attach_url = format!(
+        "{}/api/v1/namespaces/default/pods/cat/attach?container=cat&stdin=true&stdout=true",
+        api.replacen("http", "ws", 1)
+    );
+    let mut i = 0u64;
+    let ours = measure(n, || {
+        i += 1;
+        let line = format!("ws-{i}\n");
+        let url = &attach_url;
+        async move {
+            let (out, _) = session(url, Some(line.as_bytes())).await?;
+            check(&out, line.trim().as_bytes())
+        }
+    })
+    .await?;
+    println!(
+        "## attach: open, one line to `cat` and its echo back, close — {n} times one after another\n"
+    );
+    println!("| path | p50 | p99 |\n|---|---|---|");
+    for (what, s) in [
+        (
+            "CRI Attach + remotecommand straight to containerd (the runtime's own)",
+            &floor,
+        ),
+        (
+            "pods/attach WebSocket → API server → agent → containerd",
+            &ours,
+        ),
+    ] {
+        println!(
+            "| {what} | {} | {} |",
+            ms(s.quantile(0.5)),
+            ms(s.quantile(0.99))
+        );
+    }
+    println!(
+        "\nattach beyond the runtime's own, p50: {}",
+        ms(ours.quantile(0.5).saturating_sub(floor.quantile(0.5)))
+    );
+    drop(cluster);
+    Ok(())
+}
+
+/// Creates the two pods and waits until they run and the web pod answers; its IP.
+fn start_pods(kubeconfig: &Path) -> Result<String> {
+    let out = kubectl(kubeconfig, &["apply", "-f", "-"], Some(PODS));
+    if !out.status.success() {
+        bail!("kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut ip = String::new();
+    eventually(Duration::from_secs(120), "the pods running", || {
+        let out = kubectl(kubeconfig, &["get", "pods", "-o", "json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        let running = items.len() == 2 && items.iter().all(|p| p["status"]["phase"] == "Running");
+        if let Some(web) = items.iter().find(|p| p["metadata"]["name"] == "web") {
+            ip = web["status"]["podIP"].as_str().unwrap_or_default().into();
+        }
+        running
+            && !ip.is_empty()
+            && capstan_testkit::portforward::get(&format!("{ip}:8080"), "/").is_ok()
+    })?;
+    Ok(ip)
+}
+
+async fn container_of(cri: &CriRuntime, pod: &str) -> Result<String> {
+    cri.list_containers()
+        .await?
+        .into_iter()
+        .find(|c| {
+            c.state == ContainerState::Running
+                && c.config.labels.get(POD_NAME).map(String::as_str) == Some(pod)
+        })
+        .map(|c| c.id)
+        .with_context(|| format!("no running container of pod {pod}"))
+}
+
+/// `n` runs of `op`, one after another.
+async fn measure<F, Fut>(n: usize, mut op: F) -> Result<Samples>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        op().await?;
+        latencies.push(t.elapsed());
+    }
+    Ok(Samples {
+        elapsed: started.elapsed(),
+        latencies,
+    })
+}
+
+fn check(got: &[u8], want: &[u8]) -> Result<()> {
+    if String::from_utf8_lossy(got).contains(&*String::from_utf8_lossy(want)) {
+        Ok(())
+    } else {
+        bail!(
+            "expected {:?}, got {:?}",
+            String::from_utf8_lossy(want),
+            String::from_utf8_lossy(got)
+        )
+    }
+}
+
+/// One remotecommand session over a WebSocket (v5.channel.k8s.io): `input` sent on stdin; for
+/// exec everything until the Status, for attach until the input's echo. (stdout, status).
+async fn session(url: &str, input: Option<&[u8]>) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "v5.channel.k8s.io".parse()?);
+    let addr = req
+        .uri()
+        .authority()
+        .context("no address in the URL")?
+        .to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await?;
+    tcp.set_nodelay(true)?;
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
+    if let Some(data) = input {
+        ws.send(tungstenite::Message::Binary([&[0u8], data].concat().into()))
+            .await?;
+    }
+    let (mut out, mut status) = (Vec::new(), Vec::new());
+    let want = input.map(|i| String::from_utf8_lossy(i).trim().to_string());
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+        match m? {
+            tungstenite::Message::Binary(b) if b.first() == Some(&1) => {
+                out.extend_from_slice(&b[1..]);
+                if want
+                    .as_deref()
+                    .is_some_and(|w| String::from_utf8_lossy(&out).contains(w))
+                {
+                    break;
+                }
+            }
+            tungstenite::Message::Binary(b) if b.first() == Some(&3) => {
+                status.extend_from_slice(&b[1..]);
+                break;
+            }
+            tungstenite::Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok((out, status))
+}
+
+fn kubectl_version() -> String {
+    std::process::Command::new(kubectl_bin())
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| {
+            v["clientVersion"]["gitVersion"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into())
+}
