@@ -251,6 +251,28 @@ struct Unhealthy {
 }
 
 impl Unhealthy {
+    /// Reports one probe's outcome as kubelet does: a failure as `Unhealthy`, a success with a
+    /// warning (a redirect not followed) as `ProbeWarning`. (success, why it failed).
+    fn report(&self, probe: &str, outcome: Result<Option<String>, String>) -> (bool, String) {
+        match outcome {
+            Ok(None) => (true, String::new()),
+            Ok(Some(warning)) => {
+                self.recorder.pod_event(
+                    &self.pod,
+                    Some(self.field_path.clone()),
+                    EventType::Warning,
+                    reason::PROBE_WARNING,
+                    format!("{probe} probe warning: {warning}"),
+                );
+                (true, String::new())
+            }
+            Err(why) => {
+                self.failed(probe, &why);
+                (false, why)
+            }
+        }
+    }
+
     fn failed(&self, probe: &str, why: &str) {
         self.recorder.pod_event(
             &self.pod,
@@ -302,10 +324,10 @@ async fn run<R: Runtime>(
         tokio::time::sleep_until(next).await;
         let now = tokio::time::Instant::now();
         if let Some(s) = startup.as_mut().filter(|t| t.due <= now) {
-            let (ok, why) = check(&*runtime, &s.probe, &target, s.timeout).await;
-            if !ok {
-                events.failed("Startup", &why);
-            }
+            let (ok, why) = events.report(
+                "Startup",
+                check(&*runtime, &s.probe, &target, s.timeout).await,
+            );
             match s.record(ok) {
                 Some(true) => {
                     startup = None;
@@ -332,10 +354,10 @@ async fn run<R: Runtime>(
             continue;
         }
         if let Some(l) = liveness.as_mut().filter(|t| t.due <= now) {
-            let (ok, why) = check(&*runtime, &l.probe, &target, l.timeout).await;
-            if !ok {
-                events.failed("Liveness", &why);
-            }
+            let (ok, why) = events.report(
+                "Liveness",
+                check(&*runtime, &l.probe, &target, l.timeout).await,
+            );
             if l.record(ok) == Some(false) {
                 let msg = format!("Liveness probe failed: {why}");
                 update(&|h| h.failed = Some(msg.clone()));
@@ -343,10 +365,10 @@ async fn run<R: Runtime>(
             }
         }
         if let Some(r) = readiness.as_mut().filter(|t| t.due <= now) {
-            let (ok, why) = check(&*runtime, &r.probe, &target, r.timeout).await;
-            if !ok {
-                events.failed("Readiness", &why);
-            }
+            let (ok, _) = events.report(
+                "Readiness",
+                check(&*runtime, &r.probe, &target, r.timeout).await,
+            );
             if let Some(v) = r.record(ok) {
                 update(&|h| h.ready = v);
             }
@@ -368,17 +390,18 @@ fn port_of(p: &IntOrString, target: &Target) -> Result<u16, String> {
     }
 }
 
-/// Runs one probe: (success, why it failed).
+/// Runs one probe: success (with a warning, for an HTTP redirect not followed), or why it
+/// failed.
 async fn check<R: Runtime>(
     rt: &R,
     p: &Probe,
     target: &Target,
     timeout: Duration,
-) -> (bool, String) {
+) -> Result<Option<String>, String> {
     let r = if let Some(e) = &p.exec {
         let cmd = e.command.clone().unwrap_or_default();
         match rt.exec_sync(&target.container_id, &cmd, timeout).await {
-            Ok(r) if r.exit_code == 0 => Ok(()),
+            Ok(r) if r.exit_code == 0 => Ok(None),
             Ok(r) => Err(format!(
                 "command {cmd:?} exited with {}: {}",
                 r.exit_code,
@@ -398,7 +421,7 @@ async fn check<R: Runtime>(
                 )
                 .await
                 {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(_)) => Ok(None),
                     Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
                     Err(_) => Err(format!(
                         "dial tcp {host}:{port}: timed out after {timeout:?}"
@@ -412,76 +435,163 @@ async fn check<R: Runtime>(
     } else {
         Err("the probe names no handler (exec, httpGet or tcpSocket)".into())
     };
-    match r {
-        Ok(()) => (true, String::new()),
-        Err(why) => (false, why),
-    }
+    r
 }
 
-/// An HTTP/1.1 GET; 200–399 is success (kubelet's rule).
+/// Redirects an HTTP probe follows (Go's http.Client, which kubelet's prober uses).
+const MAX_REDIRECTS: usize = 10;
+/// How much of a response body a probe keeps (kubelet's maxRespBodyLength).
+const MAX_BODY: usize = 10 * 1024;
+
+/// An HTTP/1.1 GET, as kubelet's prober does it: 200–299 is success; a redirect on the same
+/// host is followed (up to 10), one to another host is not, and a 3xx answer is a success
+/// with a warning ("Probe terminated redirects"); anything else fails.
 async fn http_get(
     h: &k8s_openapi::api::core::v1::HTTPGetAction,
     target: &Target,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     if h.scheme
         .as_deref()
         .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
     {
         return Err("HTTPS probes are not supported by Capstan's node agent".into());
     }
-    let port = port_of(&h.port, target)?;
+    let mut port = port_of(&h.port, target)?;
     let host = h.host.clone().unwrap_or_else(|| target.pod_ip.clone());
-    let path = h
+    let mut path = h
         .path
         .clone()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "/".into());
-    let url = format!("http://{host}:{port}{path}");
+    let first = format!("http://{host}:{port}{path}");
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("Get {url:?}: {e}"))?;
-        let mut req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
-        );
-        for hd in h.http_headers.iter().flatten() {
-            req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("Get {url:?}: {e}"))?;
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 256];
-        while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
-            let n = s
-                .read(&mut chunk)
+        for _ in 0..=MAX_REDIRECTS {
+            let url = format!("http://{host}:{port}{path}");
+            let r = fetch(&host, port, &path, h)
                 .await
                 .map_err(|e| format!("Get {url:?}: {e}"))?;
-            if n == 0 {
-                break;
+            match r.code {
+                200..=299 => return Ok(None),
+                300..=399 => match r
+                    .location
+                    .as_deref()
+                    .and_then(|l| same_host(l, &host, port))
+                {
+                    Some((p, next)) => {
+                        (port, path) = (p, next);
+                        continue;
+                    }
+                    None => {
+                        return Ok(Some(format!(
+                            "Probe terminated redirects, Response body: {}",
+                            r.body
+                        )));
+                    }
+                },
+                code => return Err(format!("HTTP probe failed with statuscode: {code}")),
             }
-            buf.extend_from_slice(&chunk[..n]);
         }
-        let line = String::from_utf8_lossy(&buf);
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("Get {url:?}: malformed HTTP response"))?;
-        if (200..400).contains(&code) {
-            Ok(())
-        } else {
-            Err(format!("HTTP probe failed with statuscode: {code}"))
-        }
+        Err(format!(
+            "Get {first:?}: stopped after {MAX_REDIRECTS} redirects"
+        ))
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(format!(
-            "Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+            "Get {first:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
         )),
     }
+}
+
+/// One HTTP answer, as much as a probe reads of it.
+#[derive(Debug, PartialEq)]
+struct Answer {
+    code: u16,
+    location: Option<String>,
+    body: String,
+}
+
+async fn fetch(
+    host: &str,
+    port: u16,
+    path: &str,
+    h: &k8s_openapi::api::core::v1::HTTPGetAction,
+) -> Result<Answer, String> {
+    let mut s = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+    );
+    for hd in h.http_headers.iter().flatten() {
+        req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    // The head, then the body up to MAX_BODY (the connection closes after it).
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 || buf.len() > 64 * 1024 {
+            break buf.len();
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    while buf.len() < head_end + 4 + MAX_BODY {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    parse_answer(&buf, head_end).ok_or_else(|| "malformed HTTP response".to_string())
+}
+
+fn parse_answer(buf: &[u8], head_end: usize) -> Option<Answer> {
+    let head = String::from_utf8_lossy(&buf[..head_end.min(buf.len())]);
+    let mut lines = head.split("\r\n");
+    let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let location = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("location"))
+        .map(|(_, v)| v.trim().to_string());
+    let body = buf.get(head_end + 4..).unwrap_or_default();
+    let body = String::from_utf8_lossy(&body[..body.len().min(MAX_BODY)]).into_owned();
+    Some(Answer {
+        code,
+        location,
+        body,
+    })
+}
+
+/// Where a redirect to `location` goes when it stays on `host` (kubelet's prober follows only
+/// those): (port, path).
+fn same_host(location: &str, host: &str, port: u16) -> Option<(u16, String)> {
+    if location.starts_with('/') {
+        return Some((port, location.to_string()));
+    }
+    let rest = location.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (name, p) = match authority.rsplit_once(':') {
+        Some((n, p)) => (n, p.parse().ok()?),
+        None => (authority, 80),
+    };
+    (name == host).then(|| {
+        (
+            p,
+            if path.is_empty() {
+                "/".into()
+            } else {
+                path.into()
+            },
+        )
+    })
 }
 
 /// Runs the container's preStop hook (exec or httpGet), at most `timeout`; a failure is
@@ -514,8 +624,7 @@ pub async fn pre_stop<R: Runtime>(
             .filter_map(|p| Some((p.name.clone()?, p.container_port)))
             .collect(),
     };
-    let (ok, why) = check(rt, &probe, &target, timeout.max(Duration::from_secs(1))).await;
-    if !ok {
+    if let Err(why) = check(rt, &probe, &target, timeout.max(Duration::from_secs(1))).await {
         tracing::warn!(container = %c.config.name, %why, "preStop hook failed");
     }
 }
@@ -672,5 +781,71 @@ mod tests {
             "{h:?}"
         );
         assert!(!h[&c.id].started);
+    }
+
+    /// A server answering by path: /ok 200, /same a redirect to /ok, /other one to another
+    /// host, /loop to itself, anything else 500.
+    async fn redirecting_server() -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = vec![0u8; 2048];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let answer = match path.as_str() {
+                    "/ok" => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string(),
+                    "/same" => format!("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/ok\r\nContent-Length: 0\r\n\r\n"),
+                    "/other" => "HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/\r\nContent-Length: 5\r\n\r\nmoved".to_string(),
+                    "/loop" => "HTTP/1.1 301 Moved\r\nLocation: /loop\r\n\r\n".to_string(),
+                    _ => "HTTP/1.1 500 Oops\r\n\r\n".to_string(),
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn http_probes_follow_same_host_redirects_and_warn_on_others() {
+        let port = redirecting_server().await;
+        let target = Target {
+            container_id: "c".into(),
+            pod_ip: "127.0.0.1".into(),
+            ports: Default::default(),
+        };
+        let get = |path: &str| {
+            let h: k8s_openapi::api::core::v1::HTTPGetAction =
+                serde_json::from_value(json!({"path": path, "port": port})).unwrap();
+            let target = &target;
+            async move { http_get(&h, target, Duration::from_secs(5)).await }
+        };
+        assert_eq!(get("/ok").await, Ok(None));
+        assert_eq!(get("/same").await, Ok(None), "followed to /ok");
+        assert_eq!(
+            get("/other").await,
+            Ok(Some(
+                "Probe terminated redirects, Response body: moved".into()
+            ))
+        );
+        assert_eq!(
+            get("/nope").await,
+            Err("HTTP probe failed with statuscode: 500".into())
+        );
+        let looped = get("/loop").await.unwrap_err();
+        assert!(looped.contains("stopped after 10 redirects"), "{looped}");
+    }
+
+    #[test]
+    fn redirects_stay_on_the_probed_host() {
+        assert_eq!(same_host("/a", "10.0.0.1", 80), Some((80, "/a".into())));
+        assert_eq!(
+            same_host("http://10.0.0.1:8080/b", "10.0.0.1", 80),
+            Some((8080, "/b".into()))
+        );
+        assert_eq!(same_host("http://10.0.0.2/", "10.0.0.1", 80), None);
+        assert_eq!(same_host("https://10.0.0.1/", "10.0.0.1", 80), None);
     }
 }

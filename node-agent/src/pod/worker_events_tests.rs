@@ -95,6 +95,47 @@ async fn a_failing_readiness_probe_records_unhealthy_with_a_count() {
     assert_eq!(condition(&h.api.last(), "Ready"), "False");
 }
 
+/// A probe redirected to another host succeeds with a warning: `ProbeWarning`, and ready.
+#[tokio::test]
+async fn a_redirect_to_another_host_records_probe_warning() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.read(&mut [0u8; 1024]).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 302 Found\r\nLocation: http://login.example/\r\nContent-Length: 5\r\n\r\nmoved")
+                .await;
+        }
+    });
+    let h = harness();
+    let p = pod(json!({"containers": [{
+        "name": "app", "image": "busybox:1",
+        "readinessProbe": {"httpGet": {"host": "127.0.0.1", "port": port, "path": "/"}, "periodSeconds": 1},
+    }]}));
+    let mut w = PodWorker::new(h.ctx.clone(), "u1".into());
+    w.prober = Some(
+        Prober::new(h.rt.clone(), Arc::new(Notify::new())).with_recorder(h.ctx.recorder.clone()),
+    );
+    w.sync(&p).await.unwrap();
+    let mut warned = Vec::new();
+    for _ in 0..100 {
+        warned = with_reason(&h.events.all().await, "ProbeWarning");
+        if !warned.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        warned.first().map(|w| w.0.as_str()),
+        Some("Readiness probe warning: Probe terminated redirects, Response body: moved")
+    );
+    assert!(with_reason(&h.events.all().await, "Unhealthy").is_empty());
+    w.sync(&p).await.unwrap();
+    assert_eq!(condition(&h.api.last(), "Ready"), "True");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failing_liveness_probe_records_unhealthy_and_killing() {
     let h = harness();
