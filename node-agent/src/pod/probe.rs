@@ -398,7 +398,7 @@ async fn check<R: Runtime>(
     target: &Target,
     timeout: Duration,
 ) -> Result<Option<String>, String> {
-    let r = if let Some(e) = &p.exec {
+    if let Some(e) = &p.exec {
         let cmd = e.command.clone().unwrap_or_default();
         match rt.exec_sync(&target.container_id, &cmd, timeout).await {
             Ok(r) if r.exit_code == 0 => Ok(None),
@@ -434,8 +434,7 @@ async fn check<R: Runtime>(
         Err("grpc probes are not supported by Capstan's node agent".into())
     } else {
         Err("the probe names no handler (exec, httpGet or tcpSocket)".into())
-    };
-    r
+    }
 }
 
 /// Redirects an HTTP probe follows (Go's http.Client, which kubelet's prober uses).
