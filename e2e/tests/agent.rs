@@ -481,6 +481,23 @@ spec:
     assert_eq!(t["reason"], "OOMKilled", "{t}");
     assert_eq!(t["exitCode"], 137);
     let hog_uid = hog["metadata"]["uid"].as_str().unwrap().to_string();
+    // The kernel's kill, read from its log by the agent: an OOMKilling Event on the Node.
+    let mut said = String::new();
+    eventually(WAIT, "an OOMKilling event", || {
+        said = c.ok(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.kind=Node,reason=OOMKilling",
+                "-o",
+                "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+            ],
+            None,
+        );
+        said.contains("Killed process") && said.contains("(dd)")
+    })
+    .unwrap_or_else(|_| panic!("OOMKilling events: {said}"));
 
     c.ok(&["delete", "pod", "limited", "hog", "--timeout=60s"], None);
     assert!(!alive(pid));

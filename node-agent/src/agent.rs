@@ -135,6 +135,8 @@ impl<R: Runtime> Agent<R> {
                 (info.totalram as u128 * info.mem_unit as u128) as i64
             },
         });
+        let _stop_oom_watcher =
+            crate::oom::watch(ctx.recorder.clone(), self.node.name.clone()).map(AbortOnDrop);
         let pods: Api<Pod> = Api::all(self.client.clone());
         let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
         let mut events = watcher(pods, cfg).default_backoff().boxed();

@@ -43,6 +43,10 @@ pub mod reason {
     pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
     pub const SANDBOX_CHANGED: &str = "SandboxChanged";
     pub const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
+    /// The kernel killed a process for memory (node-problem-detector's kernel monitor).
+    pub const OOM_KILLING: &str = "OOMKilling";
+    /// kubelet's: an OOM kill outside any memory cgroup's limit.
+    pub const SYSTEM_OOM: &str = "SystemOOM";
 }
 
 /// The kubelet's source component.
@@ -415,6 +419,33 @@ impl Recorder {
                 uid: pod.metadata.uid.clone(),
                 resource_version: pod.metadata.resource_version.clone(),
                 field_path,
+            },
+            type_,
+            reason: reason.into(),
+            message: message.into(),
+        };
+        if tx.try_send(record).is_err() {
+            tracing::debug!(%reason, "event queue full or closed; event dropped");
+        }
+    }
+}
+
+impl Recorder {
+    /// Records an event about the Node `node` (kubelet's reference: the name as the uid).
+    pub fn node_event(
+        &self,
+        node: &str,
+        type_: EventType,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        let Some(tx) = &self.tx else { return };
+        let record = Record {
+            object: ObjectReference {
+                kind: Some("Node".into()),
+                name: Some(node.into()),
+                uid: Some(node.into()),
+                ..Default::default()
             },
             type_,
             reason: reason.into(),

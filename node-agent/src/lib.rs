@@ -16,6 +16,7 @@ pub mod events;
 pub mod exec_ws;
 pub mod logs;
 pub mod node;
+pub mod oom;
 pub mod pause_image;
 pub mod pod;
 pub mod portforward;
