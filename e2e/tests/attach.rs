@@ -11,7 +11,7 @@
 //! container's, as kubelet decides); under `script` kubectl has a real terminal of 77x11,
 //! whose size reaches the container's (`stty size`). `kubectl debug -it --target` starts an
 //! ephemeral container that attaches the same way and, on containerd, sees the target's
-//! processes.
+//! processes; `kubectl debug node/x -it` sees the node's processes and files.
 
 mod cri_cluster;
 
@@ -152,6 +152,41 @@ fn debug(kubeconfig: &Path, pod: &str, image: &str, script: &str) -> String {
     said
 }
 
+/// `kubectl debug node/<node> -it`: a pod in the node's process, IPC and network
+/// namespaces with the node's root at /host.
+fn debug_node(c: &Cluster) {
+    let marker = c.dir.path().join("debug-node-marker");
+    std::fs::write(&marker, "seen-from-the-node\n").unwrap();
+    let mut cmd = Command::new(kubectl_bin());
+    cmd.arg("--kubeconfig").arg(&c.kubeconfig).args([
+        "debug",
+        "-it",
+        &format!("node/{}", cri_cluster::NODE),
+        "--image=localhost/busybox:1",
+        "--",
+        "sh",
+    ]);
+    let script = format!("cat /host{}\nps\nexit\n", marker.display());
+    let out = output_within(cmd, script.as_bytes(), Duration::from_secs(120));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl debug node: {said}");
+    assert!(
+        said.contains("seen-from-the-node"),
+        "the node's files: {said}"
+    );
+    assert!(said.contains("containerd"), "the node's processes: {said}");
+    let pods = c.ok(&["get", "pods", "-o", "name"], None);
+    let debugger = pods
+        .lines()
+        .find(|l| l.starts_with("pod/node-debugger-"))
+        .unwrap_or_else(|| panic!("{pods}"));
+    c.ok(&["delete", debugger, "--grace-period=1"], None);
+}
+
 /// An exec asking for stdout alone (or stderr alone), as clients other than kubectl do:
 /// containerd's shim wants both output paths, so the agent gives it the other one too.
 fn one_output_stream_execs(c: &Cluster) {
@@ -229,6 +264,7 @@ fn attach_on_containerd_over_websockets_and_spdy() {
         "the target's processes: {said}"
     );
     one_output_stream_execs(&c);
+    debug_node(&c);
     let said = run_rm(
         &c.kubeconfig,
         "localhost/busybox:1",

@@ -23,8 +23,8 @@ use super::{resources, volumes};
 use crate::events::{EventType, Recorder, container_path, reason};
 use crate::node::NodeConfig;
 use crate::runtime::{
-    CONTAINER_NAME, ContainerConfig, ContainerState, POD_NAME, POD_NAMESPACE, POD_UID, PortMapping,
-    Runtime, RuntimeError, SandboxConfig, SandboxState,
+    CONTAINER_NAME, ContainerConfig, ContainerState, POD_NAME, POD_NAMESPACE, POD_UID, PidSharing,
+    PortMapping, Runtime, RuntimeError, SandboxConfig, SandboxState,
 };
 
 /// What the worker reads from and writes to the API server: kube's client in the agent
@@ -296,6 +296,12 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
                             .as_ref()
                             .and_then(|s| s.host_network)
                             .unwrap_or(false),
+                        pids: match pod.spec.as_ref() {
+                            Some(s) if s.host_pid == Some(true) => PidSharing::Node,
+                            Some(s) if s.share_process_namespace == Some(true) => PidSharing::Pod,
+                            _ => PidSharing::Container,
+                        },
+                        host_ipc: pod.spec.as_ref().and_then(|s| s.host_ipc).unwrap_or(false),
                         log_directory: log_dir(&self.ctx.log_root, pod),
                         hostname: hostname(pod),
                         port_mappings: port_mappings(pod),

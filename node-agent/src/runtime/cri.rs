@@ -28,6 +28,9 @@ use super::{
 const LOG_DIRECTORY: &str = "io.capstan.sandbox.log-directory";
 const HOST_NETWORK: &str = "io.capstan.sandbox.host-network";
 const CGROUP_PARENT: &str = "io.capstan.sandbox.cgroup-parent";
+/// The pod's process and IPC namespaces (`pid=node|pod|container,ipc=node|pod`), for its
+/// containers' namespace options.
+const NAMESPACES: &str = "io.capstan.sandbox.namespaces";
 const IMAGE: &str = "io.capstan.container.image";
 const LOG_PATH: &str = "io.capstan.container.log-path";
 /// The container's stdin, stdinOnce and tty (`stdin,once,tty`), for attach: CRI's status
@@ -408,6 +411,13 @@ impl Runtime for CriRuntime {
         );
         annotations.insert(HOST_NETWORK.to_string(), config.host_network.to_string());
         annotations.insert(CGROUP_PARENT.to_string(), config.cgroup_parent.clone());
+        let pid = match config.pids {
+            super::PidSharing::Node => "node",
+            super::PidSharing::Pod => "pod",
+            super::PidSharing::Container => "container",
+        };
+        let ipc = if config.host_ipc { "node" } else { "pod" };
+        annotations.insert(NAMESPACES.to_string(), format!("pid={pid},ipc={ipc}"));
         let network = if config.host_network {
             wire::NAMESPACE_NODE
         } else {
@@ -449,8 +459,8 @@ impl Runtime for CriRuntime {
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {
                         network,
-                        pid: wire::NAMESPACE_CONTAINER,
-                        ipc: wire::NAMESPACE_POD,
+                        pid: namespace_mode(pid),
+                        ipc: namespace_mode(ipc),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -695,13 +705,12 @@ impl Runtime for CriRuntime {
                         } else {
                             wire::NAMESPACE_POD
                         },
-                        pid: if config.pid_target.is_some() {
-                            wire::NAMESPACE_TARGET
-                        } else {
-                            wire::NAMESPACE_CONTAINER
+                        pid: match &config.pid_target {
+                            Some(_) => wire::NAMESPACE_TARGET,
+                            None => namespace_mode(&sandbox_namespace(&st.annotations, "pid")),
                         },
                         target_id: config.pid_target.clone().unwrap_or_default(),
-                        ipc: wire::NAMESPACE_POD,
+                        ipc: namespace_mode(&sandbox_namespace(&st.annotations, "ipc")),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -957,6 +966,28 @@ impl Runtime for CriRuntime {
     }
 }
 
+/// CRI's namespace mode for `node`, `pod` or `container`.
+fn namespace_mode(mode: &str) -> i32 {
+    match mode {
+        "node" => wire::NAMESPACE_NODE,
+        "pod" => wire::NAMESPACE_POD,
+        _ => wire::NAMESPACE_CONTAINER,
+    }
+}
+
+/// The sandbox's mode for namespace `kind` (pid or ipc), from its annotation: Kubernetes'
+/// defaults (pid per container, ipc per pod) when it has none.
+fn sandbox_namespace(annotations: &HashMap<String, String>, kind: &str) -> String {
+    annotations
+        .get(NAMESPACES)
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|kv| kv.strip_prefix(kind)?.strip_prefix('='))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| if kind == "pid" { "container" } else { "pod" }.into())
+}
+
 /// Whether the container's stdio annotation names `what`.
 fn stdio(annotations: &HashMap<String, String>, what: &str) -> bool {
     annotations
@@ -967,6 +998,31 @@ fn stdio(annotations: &HashMap<String, String>, what: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containers_take_their_sandboxs_namespaces() {
+        let mut a = HashMap::new();
+        assert_eq!(
+            sandbox_namespace(&a, "pid"),
+            "container",
+            "Kubernetes' defaults"
+        );
+        assert_eq!(sandbox_namespace(&a, "ipc"), "pod");
+        a.insert(NAMESPACES.to_string(), "pid=node,ipc=node".to_string());
+        assert_eq!(
+            namespace_mode(&sandbox_namespace(&a, "pid")),
+            wire::NAMESPACE_NODE
+        );
+        assert_eq!(
+            namespace_mode(&sandbox_namespace(&a, "ipc")),
+            wire::NAMESPACE_NODE
+        );
+        a.insert(NAMESPACES.to_string(), "pid=pod,ipc=pod".to_string());
+        assert_eq!(
+            namespace_mode(&sandbox_namespace(&a, "pid")),
+            wire::NAMESPACE_POD
+        );
+    }
 
     #[test]
     fn the_netns_is_the_specs_path_else_the_pause_process_ones() {

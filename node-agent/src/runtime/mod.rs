@@ -65,6 +65,12 @@ pub struct SandboxConfig {
     pub attempt: u32,
     pub labels: BTreeMap<String, String>,
     pub host_network: bool,
+    /// The pod's processes: the node's (`hostPID`), one namespace for the whole pod
+    /// (`shareProcessNamespace`), or else one per container. The process runtime shares the
+    /// host's anyway.
+    pub pids: PidSharing,
+    /// `hostIPC`: the node's IPC namespace rather than the pod's.
+    pub host_ipc: bool,
     pub log_directory: PathBuf,
     /// The pod's hostname (empty for host-network pods: they keep the node's).
     pub hostname: String,
@@ -75,6 +81,18 @@ pub struct SandboxConfig {
     /// The pod's resolv.conf (CRI's DNSConfig); `None` leaves the runtime's default (the
     /// host's).
     pub dns: Option<DnsSettings>,
+}
+
+/// Whose process namespace a pod's containers are in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PidSharing {
+    /// Each container its own (Kubernetes' default).
+    #[default]
+    Container,
+    /// One for the pod (`shareProcessNamespace: true`).
+    Pod,
+    /// The node's (`hostPID: true`).
+    Node,
 }
 
 /// A pod's resolv.conf: nameservers, search domains, options (`ndots:5`).
