@@ -103,6 +103,10 @@ impl<R: Runtime> Agent<R> {
         let _stop_server = self.listener.take().map(|l| {
             let app = crate::server::router(self.runtime.clone(), self.metrics.clone());
             AbortOnDrop(tokio::spawn(async move {
+                // Streams (exec, attach, port-forward) write small frames: no Nagle delays.
+                let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 if let Err(e) = axum::serve(l, app).await {
                     tracing::error!(error = %e, "the agent's HTTP server failed");
                 }

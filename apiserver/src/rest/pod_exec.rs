@@ -149,6 +149,8 @@ pub(crate) async fn upgrade_to_agent(
     .await
     .map_err(|_| unavailable(&"connect timed out"))?
     .map_err(|e| unavailable(&e))?;
+    // The upgraded streams carry small frames both ways: no Nagle delays.
+    let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unavailable(&e))?;

@@ -77,10 +77,11 @@ pub fn httpd(a: HttpdArgs) -> Result<()> {
             } else {
                 b"ok\n"
             };
-            let _ = conn.write_all(
-                format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
-            );
-            let _ = conn.write_all(body);
+            let mut answer =
+                format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            answer.extend_from_slice(body);
+            let _ = conn.set_nodelay(true);
+            let _ = conn.write_all(&answer);
         });
     }
     Ok(())
