@@ -36,7 +36,7 @@ else
 	$(CARGO) test -p capstan-e2e --no-fail-fast
 endif
 
-## bench: the store, API, CRD, scheduling, pod startup, Services and DNS benchmarks (release build); see docs/benchmarks.md
+## bench: the store, API, CRD, scheduling, pod startup, Services, DNS and streams (port-forward, exec, attach) benchmarks (release build); see docs/benchmarks.md
 bench: deps
 	$(CARGO) run --release -p capstan -- bench store
 	$(CARGO) run --release -p capstan -- bench api
@@ -45,6 +45,7 @@ bench: deps
 	$(CARGO) run --release -p capstan -- bench pods
 	$(CARGO) run --release -p capstan -- bench services
 	$(CARGO) run --release -p capstan -- bench dns
+	$(CARGO) run --release -p capstan -- bench streams
 
 ## crds: regenerate manifests/crds/ from the types in api/src/crds (a test fails when stale)
 crds:

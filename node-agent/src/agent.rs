@@ -112,13 +112,18 @@ impl<R: Runtime> Agent<R> {
                 }
             }))
         });
+        let register_failed = |source| AgentError::Register {
+            node: self.node.name.clone(),
+            source,
+        };
         node::register(&self.client, &self.node)
             .await
-            .map_err(|source| AgentError::Register {
-                node: self.node.name.clone(),
-                source,
-            })?;
-        let heartbeat = tokio::spawn(node::heartbeat(self.client.clone(), self.node.clone()));
+            .map_err(register_failed)?;
+        // The status is posted once before pods are taken on, then kept by the heartbeat.
+        let mut status =
+            node::StatusPoster::new(self.client.clone(), self.node.clone(), self.runtime.clone());
+        status.tick().await.map_err(register_failed)?;
+        let heartbeat = tokio::spawn(node::heartbeat(status));
         let _stop_heartbeat = AbortOnDrop(heartbeat);
         let ctx = Arc::new(Context {
             runtime: self.runtime.clone(),

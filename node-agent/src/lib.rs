@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod conditions;
 pub mod containerd;
 pub mod dns;
 pub mod events;

@@ -1,7 +1,8 @@
 //! The agent's Node: registration with what the machine has (cpu, memory, pods,
 //! ephemeral-storage; addresses; nodeInfo), the Lease in kube-node-lease renewed every 10 s
-//! (node-lifecycle reads it as the heartbeat), and the NodeStatus conditions posted at start
-//! and every minute, through /status as the kubelet does.
+//! (node-lifecycle reads it as the heartbeat), and the NodeStatus — its conditions judged
+//! every 10 s from the machine and the runtime ([`crate::conditions`]) — posted at start, when
+//! a condition changes and at least every minute, through /status as the kubelet does.
 
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ use serde_json::{Value, json};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
+
+use crate::conditions::{Signals, Thresholds, Tracker, evaluate};
+use crate::runtime::Runtime;
 
 pub const LEASE_DURATION_SECONDS: i64 = 40;
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -66,23 +70,13 @@ fn read_trimmed(path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The status the agent posts (conditions all healthy: the agent is up and posting).
-pub fn node_status(cfg: &NodeConfig) -> Value {
-    let now = jiff::Timestamp::now().to_string();
-    let cond = |ty: &str, status: &str, reason: &str, message: &str| {
-        json!({"type": ty, "status": status, "reason": reason, "message": message,
-               "lastHeartbeatTime": now, "lastTransitionTime": now})
-    };
+/// The status the agent posts, with `conditions` as [`Tracker::render`] made them.
+pub fn node_status(cfg: &NodeConfig, conditions: Value) -> Value {
     let cap = capacity(cfg);
     let uname = rustix::system::uname();
     json!({
         "capacity": cap, "allocatable": cap,
-        "conditions": [
-            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-            cond("Ready", "True", "KubeletReady", "capstan agent is posting ready status"),
-        ],
+        "conditions": conditions,
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.port}},
         "addresses": [
             {"type": "InternalIP", "address": cfg.host_ip},
@@ -103,7 +97,7 @@ pub fn node_status(cfg: &NodeConfig) -> Value {
     })
 }
 
-/// Creates the Node (or takes over an existing one of the same name) and posts its status.
+/// Creates the Node (or takes over an existing one of the same name).
 pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut labels = cfg.labels.clone();
@@ -138,25 +132,77 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<(), kub
         }
         Err(e) => return Err(e),
     }
-    post_status(client, cfg).await
+    Ok(())
 }
 
-pub async fn post_status(client: &kube::Client, cfg: &NodeConfig) -> Result<(), kube::Error> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .patch_status(
-            &cfg.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": node_status(cfg)})),
-        )
-        .await
-        .map(|_| ())
+/// The Node's status now: conditions judged from the machine and `runtime`.
+pub struct StatusPoster<R> {
+    client: kube::Client,
+    cfg: NodeConfig,
+    runtime: std::sync::Arc<R>,
+    thresholds: Thresholds,
+    tracker: Tracker,
+    last_post: Option<tokio::time::Instant>,
 }
 
-/// Renews the node's Lease every 10 s and posts the node status every minute, until dropped.
-pub async fn heartbeat(client: kube::Client, cfg: NodeConfig) {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let mut since_status = Duration::ZERO;
+impl<R> std::fmt::Debug for StatusPoster<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusPoster")
+            .field("node", &self.cfg.name)
+            .field("tracker", &self.tracker)
+            .finish()
+    }
+}
+
+impl<R: Runtime> StatusPoster<R> {
+    pub fn new(client: kube::Client, cfg: NodeConfig, runtime: std::sync::Arc<R>) -> Self {
+        StatusPoster {
+            client,
+            cfg,
+            runtime,
+            thresholds: Thresholds::default(),
+            tracker: Tracker::default(),
+            last_post: None,
+        }
+    }
+
+    /// Judges the conditions and posts the status when one changed, when `STATUS_EVERY` has
+    /// passed since the last post, or the first time.
+    pub async fn tick(&mut self) -> Result<bool, kube::Error> {
+        let health = self.runtime.health().await;
+        let signals = Signals::sample(&self.cfg.root_dir);
+        let conditions = evaluate(&signals, &self.thresholds, &health);
+        let (rendered, changed) = self.tracker.render(&conditions, jiff::Timestamp::now());
+        let due = self.last_post.is_none_or(|t| t.elapsed() >= STATUS_EVERY);
+        if !changed && !due {
+            return Ok(false);
+        }
+        if changed {
+            for c in conditions
+                .iter()
+                .filter(|c| c.status != (c.type_ == "Ready"))
+            {
+                tracing::warn!(node = %self.cfg.name, condition = c.type_, reason = c.reason, message = %c.message, "node condition");
+            }
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .patch_status(
+                &self.cfg.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": node_status(&self.cfg, rendered)})),
+            )
+            .await?;
+        self.last_post = Some(tokio::time::Instant::now());
+        Ok(true)
+    }
+}
+
+/// Renews the node's Lease every 10 s and posts the node status on change and at least every
+/// minute, until dropped.
+pub async fn heartbeat<R: Runtime>(mut status: StatusPoster<R>) {
+    let cfg = status.cfg.clone();
+    let leases: Api<Lease> = Api::namespaced(status.client.clone(), "kube-node-lease");
     loop {
         let now = jiff::Timestamp::now();
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -167,14 +213,10 @@ pub async fn heartbeat(client: kube::Client, cfg: NodeConfig) {
         if let Err(e) = leases.patch(&cfg.name, &pp, &Patch::Apply(&lease)).await {
             tracing::warn!(node = %cfg.name, error = %e, "renewing the node lease failed");
         }
-        if since_status >= STATUS_EVERY {
-            since_status = Duration::ZERO;
-            if let Err(e) = post_status(&client, &cfg).await {
-                tracing::warn!(node = %cfg.name, error = %e, "posting the node status failed");
-            }
+        if let Err(e) = status.tick().await {
+            tracing::warn!(node = %cfg.name, error = %e, "posting the node status failed");
         }
         tokio::time::sleep(LEASE_RENEW).await;
-        since_status += LEASE_RENEW;
     }
 }
 

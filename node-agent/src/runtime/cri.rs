@@ -879,6 +879,34 @@ impl Runtime for CriRuntime {
             .map_err(|e| RuntimeError::io(format!("attach to {id} at {url}"), e))
     }
 
+    /// CRI Status: RuntimeReady and NetworkReady, as kubelet reads them.
+    async fn health(&self) -> std::result::Result<(), String> {
+        let st = self
+            .runtime
+            .clone()
+            .status(request(cri::StatusRequest { verbose: false }, CALL_TIMEOUT))
+            .await
+            .map_err(|e| format!("container runtime is down: {}", e.message()))?
+            .into_inner();
+        let conditions: Vec<_> = st.status.iter().flat_map(|s| &s.conditions).collect();
+        for (ty, what) in [
+            ("RuntimeReady", "container runtime not ready"),
+            ("NetworkReady", "container runtime network not ready"),
+        ] {
+            match conditions.iter().find(|c| c.r#type == ty) {
+                Some(c) if c.status => {}
+                Some(c) => {
+                    return Err(format!(
+                        "{what}: {ty}=false reason:{} message:{}",
+                        c.reason, c.message
+                    ));
+                }
+                None => return Err(format!("{what}: {ty} is not reported")),
+            }
+        }
+        Ok(())
+    }
+
     async fn attach_url(&self, id: &str, req: &ExecRequest) -> Result<Option<String>> {
         Ok(Some(
             self.runtime

@@ -22,6 +22,8 @@ struct State {
     missing: std::collections::BTreeSet<String>,
     /// Exit codes of exec probes, by container name (0 when unset).
     exec_exit: BTreeMap<String, i32>,
+    /// Why the runtime is not ready, when it is not.
+    unhealthy: Option<String>,
 }
 
 #[derive(Debug)]
@@ -81,6 +83,11 @@ impl FakeRuntime {
     }
 
     /// Makes execs in containers named `name` exit with `code`.
+    /// Makes the runtime report itself not ready (`Some(why)`) or ready again.
+    pub fn set_unhealthy(&self, why: Option<&str>) {
+        self.lock().unhealthy = why.map(str::to_string);
+    }
+
     pub fn set_exec_exit(&self, name: &str, code: i32) {
         self.lock().exec_exit.insert(name.to_string(), code);
     }
@@ -99,6 +106,10 @@ impl FakeRuntime {
 impl Runtime for FakeRuntime {
     fn version(&self) -> String {
         "fake://0.1".into()
+    }
+
+    async fn health(&self) -> std::result::Result<(), String> {
+        self.lock().unhealthy.clone().map_or(Ok(()), Err)
     }
 
     fn now(&self) -> jiff::Timestamp {

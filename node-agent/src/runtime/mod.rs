@@ -281,6 +281,12 @@ pub trait Runtime: Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// Whether the runtime can run pods (the Node's Ready condition): Err says why not, as
+    /// kubelet words it ("container runtime network not ready: ...").
+    fn health(&self) -> impl Future<Output = std::result::Result<(), String>> + Send {
+        async { Ok(()) }
+    }
+
     /// The network namespace `kubectl port-forward` connects in: None when the sandbox shares
     /// the host's network (the process runtime, the fake), Some(the namespace file) on CRI.
     fn sandbox_netns(
