@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use capstan_testkit::{CapstanUp, capstan_bin, eventually, kubectl, temp_dir};
+use capstan_testkit::{CapstanUp, eventually, kubectl, temp_dir};
 use serde_json::Value;
 
 const NODE: &str = "agent-e2e";
@@ -30,21 +30,7 @@ impl Cluster {
     }
 
     fn boot(&mut self) {
-        let data = self.dir.path().display().to_string();
-        self.up = Some(
-            CapstanUp::start(
-                capstan_bin(),
-                &[
-                    "--data-dir",
-                    &data,
-                    "--runtime",
-                    "process",
-                    "--node-name",
-                    NODE,
-                ],
-            )
-            .unwrap(),
-        );
+        self.up = Some(CapstanUp::process_runtime(self.dir.path(), NODE).unwrap());
         eventually(Duration::from_secs(30), "node Ready", || {
             self.json(&["get", "node", NODE])
                 .is_some_and(|n| condition(&n, "Ready") == Some("True".into()))

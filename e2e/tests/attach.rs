@@ -20,9 +20,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use capstan_testkit::{
-    CapstanUp, capstan_bin, eventually, kubectl, kubectl_bin, kubectl_ok, output_within, temp_dir,
+    CapstanUp, eventually, kubectl, kubectl_bin, kubectl_ok, output_within, temp_dir,
 };
-use cri_cluster::{Cluster, missing_prerequisites};
+use cri_cluster::Cluster;
 
 /// How a case runs kubectl.
 #[derive(Clone, Copy)]
@@ -86,25 +86,19 @@ fn run_rm(kubeconfig: &Path, image: &str, how: How, pod: &str, script: &str) -> 
 /// The cases every runtime passes.
 fn attach_cases(kubeconfig: &Path, image: &str) {
     let script = "echo attached-$((6*7))\necho second-$((1+1))\n";
-    // No `exit`: the shell ends because its stdin does.
-    let said = run_rm(kubeconfig, image, How::Stdin, "plain", script);
-    assert!(
-        said.contains("attached-42") && said.contains("second-2"),
-        "{said}"
-    );
-    // On a terminal the end of the input does not close the container's stdin (containerd's
-    // choice, kubernetes#29448, followed by the shim): the script exits.
-    let said = run_rm(
-        kubeconfig,
-        image,
-        How::PipedTty,
-        "piped-tty",
-        &format!("{script}exit\n"),
-    );
-    assert!(
-        said.contains("attached-42") && said.contains("second-2"),
-        "{said}"
-    );
+    // Without a terminal the shell ends because its stdin does (no `exit`). On a terminal the
+    // end of the input does not close the container's stdin (containerd's choice,
+    // kubernetes#29448, followed by the shim): the script exits.
+    for (how, pod, input) in [
+        (How::Stdin, "plain", script.to_string()),
+        (How::PipedTty, "piped-tty", format!("{script}exit\n")),
+    ] {
+        let said = run_rm(kubeconfig, image, how, pod, &input);
+        assert!(
+            said.contains("attached-42") && said.contains("second-2"),
+            "{pod}: {said}"
+        );
+    }
     // The size is set as the attach starts, beside the input: asked until it shows.
     let said = run_rm(
         kubeconfig,
@@ -231,13 +225,7 @@ fn one_output_stream_execs(c: &Cluster) {
 
 #[test]
 fn attach_on_containerd_over_websockets_and_spdy() {
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let msg = format!("attach e2e needs: {}", missing.join(", "));
-        if std::env::var_os("CAPSTAN_REQUIRE_CONTAINERD").is_some_and(|v| v == "1") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
+    if !cri_cluster::runnable("attach") {
         return;
     }
     let c = Cluster::start();
@@ -282,21 +270,9 @@ fn attach_on_containerd_over_websockets_and_spdy() {
 fn attach_on_the_process_runtime_through_the_shim() {
     let dir = temp_dir("capstan-attach-").unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    let data = dir.path().display().to_string();
     // Dropped after `up`: the containers outlive the agent by design.
     let _reap = capstan_testkit::ReapContainers(dir.path().join("agent"));
-    let mut up = CapstanUp::start(
-        capstan_bin(),
-        &[
-            "--data-dir",
-            &data,
-            "--runtime",
-            "process",
-            "--node-name",
-            "attach-e2e",
-        ],
-    )
-    .unwrap();
+    let mut up = CapstanUp::process_runtime(dir.path(), "attach-e2e").unwrap();
     attach_cases(&kubeconfig, "busybox");
     // `kubectl debug -it` starts its ephemeral container here too (in the host's processes).
     kubectl_ok(

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 mod cri_cluster;
 
-use cri_cluster::{Cluster, cri, missing_prerequisites, pids_of, ready, status_of};
+use cri_cluster::{Cluster, cri, pids_of, ready, status_of};
 
 const MANIFEST: &str = r#"
 apiVersion: v1
@@ -101,13 +101,7 @@ spec:
 
 #[test]
 fn pods_run_on_containerd_with_probes_limits_logs_and_clean_up() {
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let msg = format!("containerd e2e needs: {}", missing.join(", "));
-        if std::env::var_os("CAPSTAN_REQUIRE_CONTAINERD").is_some_and(|v| v == "1") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
+    if !cri_cluster::runnable("containerd") {
         return;
     }
     let mut c = Cluster::start();

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use capstan_testkit::{CapstanUp, capstan_bin, eventually, kubectl, temp_dir};
+use capstan_testkit::{CapstanUp, eventually, kubectl, temp_dir};
 
 const NODE: &str = "events-e2e";
 const WAIT: Duration = Duration::from_secs(60);
@@ -60,19 +60,7 @@ impl Cluster {
 #[test]
 fn kubectl_reads_the_agents_events_and_wide_columns() {
     let dir = temp_dir("capstan-events-").unwrap();
-    let data = dir.path().display().to_string();
-    let up = CapstanUp::start(
-        capstan_bin(),
-        &[
-            "--data-dir",
-            &data,
-            "--runtime",
-            "process",
-            "--node-name",
-            NODE,
-        ],
-    )
-    .unwrap();
+    let up = CapstanUp::process_runtime(dir.path(), NODE).unwrap();
     let c = Cluster {
         _up: up,
         _reap: capstan_testkit::ReapContainers(dir.path().join("agent")),

@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use capstan_testkit::portforward::{PortForward, compare, get};
-use capstan_testkit::{CapstanUp, capstan_bin, eventually, free_port, kubectl, temp_dir};
-use cri_cluster::{Cluster, missing_prerequisites, ready};
+use capstan_testkit::{CapstanUp, eventually, free_port, kubectl, temp_dir};
+use cri_cluster::{Cluster, ready};
 
 const POD: &str = r#"
 apiVersion: v1
@@ -65,13 +65,7 @@ fn refused_port_is_reported(kubeconfig: &std::path::Path, port: u16) {
 
 #[test]
 fn port_forward_on_containerd_reaches_the_pods_own_loopback() {
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let msg = format!("port-forward e2e needs: {}", missing.join(", "));
-        if std::env::var_os("CAPSTAN_REQUIRE_CONTAINERD").is_some_and(|v| v == "1") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
+    if !cri_cluster::runnable("port-forward") {
         return;
     }
     let c = Cluster::start();
@@ -139,21 +133,9 @@ fn port_forward_on_containerd_reaches_the_pods_own_loopback() {
 fn port_forward_on_the_process_runtime_reaches_the_hosts_loopback() {
     let dir = temp_dir("capstan-pf-").unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    let data = dir.path().display().to_string();
     // Dropped after `up`: the containers outlive the agent by design.
     let _reap = capstan_testkit::ReapContainers(dir.path().join("agent"));
-    let _up = CapstanUp::start(
-        capstan_bin(),
-        &[
-            "--data-dir",
-            &data,
-            "--runtime",
-            "process",
-            "--node-name",
-            "pf-e2e",
-        ],
-    )
-    .unwrap();
+    let _up = CapstanUp::process_runtime(dir.path(), "pf-e2e").unwrap();
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), "process-pod\n").unwrap();

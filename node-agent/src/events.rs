@@ -409,9 +409,8 @@ impl Recorder {
         reason: &str,
         message: impl Into<String>,
     ) {
-        let Some(tx) = &self.tx else { return };
-        let record = Record {
-            object: ObjectReference {
+        self.record(
+            ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
                 name: pod.metadata.name.clone(),
@@ -421,16 +420,11 @@ impl Recorder {
                 field_path,
             },
             type_,
-            reason: reason.into(),
-            message: message.into(),
-        };
-        if tx.try_send(record).is_err() {
-            tracing::debug!(%reason, "event queue full or closed; event dropped");
-        }
+            reason,
+            message.into(),
+        );
     }
-}
 
-impl Recorder {
     /// Records an event about the Node `node` (kubelet's reference: the name as the uid).
     pub fn node_event(
         &self,
@@ -439,17 +433,27 @@ impl Recorder {
         reason: &str,
         message: impl Into<String>,
     ) {
-        let Some(tx) = &self.tx else { return };
-        let record = Record {
-            object: ObjectReference {
+        self.record(
+            ObjectReference {
                 kind: Some("Node".into()),
                 name: Some(node.into()),
                 uid: Some(node.into()),
                 ..Default::default()
             },
             type_,
+            reason,
+            message.into(),
+        );
+    }
+
+    /// Queues a record for the writer; a full queue drops it (a worker never waits on Events).
+    fn record(&self, object: ObjectReference, type_: EventType, reason: &str, message: String) {
+        let Some(tx) = &self.tx else { return };
+        let record = Record {
+            object,
+            type_,
             reason: reason.into(),
-            message: message.into(),
+            message,
         };
         if tx.try_send(record).is_err() {
             tracing::debug!(%reason, "event queue full or closed; event dropped");

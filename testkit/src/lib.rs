@@ -507,6 +507,23 @@ impl CapstanUp {
 }
 
 impl CapstanUp {
+    /// `capstan up` (the binary under test) on the process runtime, its data in `data_dir`,
+    /// its node named `node`.
+    pub fn process_runtime(data_dir: &Path, node: &str) -> Result<CapstanUp> {
+        let data = data_dir.display().to_string();
+        CapstanUp::start(
+            capstan_bin(),
+            &[
+                "--data-dir",
+                &data,
+                "--runtime",
+                "process",
+                "--node-name",
+                node,
+            ],
+        )
+    }
+
     /// Stops it as a user would (SIGTERM) and waits up to `within` for it to exit; kills it
     /// (-9) past that. True when it exited by itself, successfully.
     pub fn stop(&mut self, within: Duration) -> bool {

@@ -169,6 +169,35 @@ impl Samples {
     }
 }
 
+/// Where busybox.tar and pause.tar are: `given`, or built into `scratch/images` by
+/// e2e/images/build.sh (run from the repository root).
+pub fn test_images(
+    given: Option<&std::path::Path>,
+    scratch: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    if let Some(d) = given {
+        return Ok(d.to_path_buf());
+    }
+    let d = scratch.join("images");
+    let ok = std::process::Command::new("bash")
+        .arg("e2e/images/build.sh")
+        .arg(&d)
+        .status()
+        .map_err(|e| anyhow::anyhow!("running e2e/images/build.sh (run from the repository root, or pass --image-dir): {e}"))?;
+    if !ok.success() {
+        anyhow::bail!("e2e/images/build.sh failed");
+    }
+    Ok(d)
+}
+
+/// Removes a bench's bridge (what CNI made of it), quietly.
+pub fn delete_link(name: &str) {
+    let _ = std::process::Command::new("ip")
+        .args(["link", "delete", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// Milliseconds with two decimals.
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)

@@ -204,10 +204,7 @@ impl Drop for Cleanup {
         if let Some(c) = self.containerd.take() {
             c.stop();
         }
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", &self.bridge])
-            .stderr(std::process::Stdio::null())
-            .status();
+        super::delete_link(&self.bridge);
     }
 }
 
@@ -218,21 +215,7 @@ pub async fn run(b: PodsBench) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("capstan-bench-pods-")
         .tempdir_in(&b.scratch)?;
-    let image_dir = match b.image_dir {
-        Some(d) => d,
-        None => {
-            let d = scratch.path().join("images");
-            let ok = std::process::Command::new("bash")
-                .arg("e2e/images/build.sh")
-                .arg(&d)
-                .status()
-                .context("running e2e/images/build.sh (run from the repository root, or pass --image-dir)")?;
-            if !ok.success() {
-                bail!("e2e/images/build.sh failed");
-            }
-            d
-        }
-    };
+    let image_dir = super::test_images(b.image_dir.as_deref(), scratch.path())?;
     let cfg = containerd::Config {
         dir: scratch.path().join("containerd"),
         pod_cidr: "10.244.0.0/16".into(),

@@ -130,10 +130,7 @@ impl Drop for Cluster {
         if let Some(mut up) = self.up.take() {
             up.stop(Duration::from_secs(30));
         }
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", &self.bridge])
-            .stderr(std::process::Stdio::null())
-            .status();
+        super::delete_link(&self.bridge);
     }
 }
 
@@ -144,21 +141,7 @@ pub async fn run(b: StreamsBench) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("capstan-bench-streams-")
         .tempdir_in(&b.scratch)?;
-    let images = match &b.image_dir {
-        Some(d) => d.clone(),
-        None => {
-            let d = scratch.path().join("images");
-            let ok = std::process::Command::new("bash")
-                .arg("e2e/images/build.sh")
-                .arg(&d)
-                .status()
-                .context("running e2e/images/build.sh (run from the repository root, or pass --image-dir)")?;
-            if !ok.success() {
-                bail!("e2e/images/build.sh failed");
-            }
-            d
-        }
-    };
+    let images = super::test_images(b.image_dir.as_deref(), scratch.path())?;
     let me = std::env::current_exe()?;
     let data = scratch.path().join("data");
     let bridge = "captbench2".to_string();
@@ -299,8 +282,7 @@ pub async fn run(b: StreamsBench) -> Result<()> {
     })
     .await?;
     println!("## exec: `echo hi` in a running container, {n} times one after another\n");
-    println!("| path | p50 | p99 |\n|---|---|---|");
-    for (what, s) in [
+    latency_table(&[
         (
             "CRI ExecSync straight to containerd (the runtime's own)",
             &floor,
@@ -309,13 +291,7 @@ pub async fn run(b: StreamsBench) -> Result<()> {
             "pods/exec WebSocket → API server → agent → containerd",
             &ours,
         ),
-    ] {
-        println!(
-            "| {what} | {} | {} |",
-            ms(s.quantile(0.5)),
-            ms(s.quantile(0.99))
-        );
-    }
+    ]);
     println!(
         "| `kubectl exec` ({kubectl_n} runs, kubectl's start-up included) | {} | {} |",
         ms(kubectl_exec.quantile(0.5)),
@@ -373,8 +349,7 @@ pub async fn run(b: StreamsBench) -> Result<()> {
     println!(
         "## attach: open, one line to `cat` and its echo back, close — {n} times one after another\n"
     );
-    println!("| path | p50 | p99 |\n|---|---|---|");
-    for (what, s) in [
+    latency_table(&[
         (
             "CRI Attach + remotecommand straight to containerd (the runtime's own)",
             &floor,
@@ -383,19 +358,25 @@ pub async fn run(b: StreamsBench) -> Result<()> {
             "pods/attach WebSocket → API server → agent → containerd",
             &ours,
         ),
-    ] {
-        println!(
-            "| {what} | {} | {} |",
-            ms(s.quantile(0.5)),
-            ms(s.quantile(0.99))
-        );
-    }
+    ]);
     println!(
         "\nattach beyond the runtime's own, p50: {}",
         ms(ours.quantile(0.5).saturating_sub(floor.quantile(0.5)))
     );
     drop(cluster);
     Ok(())
+}
+
+/// A Markdown table of p50 and p99 per path (the header; rows may follow).
+fn latency_table(rows: &[(&str, &Samples)]) {
+    println!("| path | p50 | p99 |\n|---|---|---|");
+    for (what, s) in rows {
+        println!(
+            "| {what} | {} | {} |",
+            ms(s.quantile(0.5)),
+            ms(s.quantile(0.99))
+        );
+    }
 }
 
 /// Creates the two pods and waits until they run and the web pod answers; its IP.

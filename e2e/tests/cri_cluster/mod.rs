@@ -29,6 +29,21 @@ pub fn missing_prerequisites() -> Vec<&'static str> {
     missing
 }
 
+/// Whether `suite` can run here; if not, says what is missing (and fails where CI requires
+/// containerd: `CAPSTAN_REQUIRE_CONTAINERD=1`).
+pub fn runnable(suite: &str) -> bool {
+    let missing = missing_prerequisites();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{suite} e2e needs: {}", missing.join(", "));
+    if std::env::var_os("CAPSTAN_REQUIRE_CONTAINERD").is_some_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
 /// The cluster; on drop (also on a failed assertion) everything it started goes: `capstan up`
 /// by pid, every pod through CRI, containerd by its pid, leftover mounts under the data dir,
 /// the bridge.

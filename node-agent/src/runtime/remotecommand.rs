@@ -125,14 +125,9 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let ids = Ids::for_request(req);
-    let (ours, ends) = session(req);
-    let RuntimeEnds {
-        stdin,
-        stdout,
-        stderr,
-        mut resize,
-        exit,
-    } = ends;
+    let (ours, ends): (ExecSession, RuntimeEnds) = session(req);
+    let (stdin, stdout, stderr, exit) = (ends.stdin, ends.stdout, ends.stderr, ends.exit);
+    let mut resize = ends.resize;
     let (rd, mut wr) = tokio::io::split(io);
     let (frames, mut outbox) = mpsc::channel::<Frame>(64);
     // One writer owns the header compressor: frames go out in the order they are queued.
