@@ -7,13 +7,11 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::ApiServer;
 use crate::errors::{ApiError, ApiResult};
-use crate::request::Target;
-use crate::rest::pod_exec::upgrade_to_agent;
+use crate::rest::pod_exec::{streamed_pod, upgrade_of, upgrade_to_agent};
 use crate::rest::pod_log::{choose_container, percent};
 
 pub async fn pod_attach(
@@ -36,24 +34,15 @@ async fn attach(
     query: &str,
     req: Request,
 ) -> ApiResult<Response> {
-    if !matches!(*req.method(), Method::GET | Method::POST) {
-        return Err(ApiError::method_not_allowed(format!(
-            "{} is not supported on pods/attach",
-            req.method()
-        )));
-    }
-    let pods = api
-        .registry
-        .get("", "v1", "pods")
-        .ok_or_else(|| ApiError::internal("pods are not served"))?;
-    let pod = api
-        .get(&Target {
-            info: pods,
-            namespace: Some(namespace.to_string()),
-            name: Some(name.to_string()),
-            subresource: None,
-        })
-        .await?;
+    let pod = streamed_pod(
+        api,
+        namespace,
+        name,
+        req.method(),
+        "attach",
+        "cannot attach to a container in a completed pod",
+    )
+    .await?;
     let params: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request(format!("the query: {e}")))?;
     let container = choose_container(
@@ -63,17 +52,7 @@ async fn attach(
             .find(|(k, _)| k == "container")
             .map(|(_, v)| v.as_str()),
     )?;
-    if let Some(phase @ ("Succeeded" | "Failed")) = pod["status"]["phase"].as_str() {
-        return Err(ApiError::bad_request(format!(
-            "cannot attach to a container in a completed pod; current phase is {phase}"
-        )));
-    }
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let upgrade = upgrade_of(&req);
     if upgrade != "websocket" && !upgrade.starts_with("spdy/3.1") {
         return Err(ApiError::bad_request("Upgrade request required"));
     }

@@ -64,24 +64,15 @@ async fn exec(
     query: &str,
     req: Request,
 ) -> ApiResult<Response> {
-    if !matches!(*req.method(), Method::GET | Method::POST) {
-        return Err(ApiError::method_not_allowed(format!(
-            "{} is not supported on pods/exec",
-            req.method()
-        )));
-    }
-    let pods = api
-        .registry
-        .get("", "v1", "pods")
-        .ok_or_else(|| ApiError::internal("pods are not served"))?;
-    let pod = api
-        .get(&Target {
-            info: pods,
-            namespace: Some(namespace.to_string()),
-            name: Some(name.to_string()),
-            subresource: None,
-        })
-        .await?;
+    let pod = streamed_pod(
+        api,
+        namespace,
+        name,
+        req.method(),
+        "exec",
+        "cannot exec into a container in a completed pod",
+    )
+    .await?;
     let params: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request(format!("the query: {e}")))?;
     let param = |key: &str| {
@@ -96,17 +87,7 @@ async fn exec(
             "you must specify at least one command for the container",
         ));
     }
-    if let Some(phase @ ("Succeeded" | "Failed")) = pod["status"]["phase"].as_str() {
-        return Err(ApiError::bad_request(format!(
-            "cannot exec into a container in a completed pod; current phase is {phase}"
-        )));
-    }
-    let headers = req.headers();
-    let upgrade = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let upgrade = upgrade_of(&req);
     if upgrade.starts_with("spdy") {
         return Err(ApiError::bad_request(
             "SPDY is not supported: exec needs a WebSocket (v5.channel.k8s.io), which kubectl 1.30 and newer use",
@@ -123,6 +104,50 @@ async fn exec(
     );
     let what = format!("exec {namespace}/{name}/{container}");
     upgrade_to_agent(api, &pod, uri, req, what).await
+}
+
+/// The pod a streaming subresource (pods/exec, attach, portforward) is asked of: GET or POST
+/// only, and not of a finished pod (`completed` is the refusal's start, as Kubernetes words it).
+pub(crate) async fn streamed_pod(
+    api: &ApiServer,
+    namespace: &str,
+    name: &str,
+    method: &Method,
+    subresource: &str,
+    completed: &str,
+) -> ApiResult<serde_json::Value> {
+    if !matches!(*method, Method::GET | Method::POST) {
+        return Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on pods/{subresource}"
+        )));
+    }
+    let pods = api
+        .registry
+        .get("", "v1", "pods")
+        .ok_or_else(|| ApiError::internal("pods are not served"))?;
+    let pod = api
+        .get(&Target {
+            info: pods,
+            namespace: Some(namespace.to_string()),
+            name: Some(name.to_string()),
+            subresource: None,
+        })
+        .await?;
+    if let Some(phase @ ("Succeeded" | "Failed")) = pod["status"]["phase"].as_str() {
+        return Err(ApiError::bad_request(format!(
+            "{completed}; current phase is {phase}"
+        )));
+    }
+    Ok(pod)
+}
+
+/// The request's Upgrade header, lower-cased (empty without one).
+pub(crate) fn upgrade_of(req: &Request) -> String {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 /// Opens the client's upgrade (its handshake headers passed on) to the agent of the pod's
