@@ -1,9 +1,8 @@
 //! The CRI runtime: containerd (or any CRI v1 runtime) over its unix socket, with tonic and the
 //! `k8s-cri` protos.
 //!
-//! What CRI does not keep for us rides along in annotations: the sandbox's log directory,
-//! host-network flag and cgroup parent; the container's image as the pod spec wrote it, its
-//! log path relative to the sandbox's and whether it has a stdin and a terminal. ListContainers lacks exit codes and times, so each
+//! What CRI does not keep for us rides along in annotations (`cri_annotations.rs`).
+//! ListContainers lacks exit codes and times, so each
 //! container's ContainerStatus is fetched once per state it reaches and cached (a running
 //! container's status does not change, nor an exited one's a few seconds after its exit),
 //! which keeps the PLEG's relist to two RPCs a second plus one per container that changed.
@@ -20,22 +19,11 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use super::containerd_tasks as tasks;
+use super::cri_annotations::*;
 use super::{
     Container, ContainerConfig, ContainerState, ExecRequest, ExecResult, ExecSession, Result,
     Runtime, RuntimeError, Sandbox, SandboxConfig, SandboxState,
 };
-
-const LOG_DIRECTORY: &str = "io.capstan.sandbox.log-directory";
-const HOST_NETWORK: &str = "io.capstan.sandbox.host-network";
-const CGROUP_PARENT: &str = "io.capstan.sandbox.cgroup-parent";
-/// The pod's process and IPC namespaces (`pid=node|pod|container,ipc=node|pod`), for its
-/// containers' namespace options.
-const NAMESPACES: &str = "io.capstan.sandbox.namespaces";
-const IMAGE: &str = "io.capstan.container.image";
-const LOG_PATH: &str = "io.capstan.container.log-path";
-/// The container's stdin, stdinOnce and tty (`stdin,once,tty`), for attach: CRI's status
-/// does not tell them.
-const STDIO: &str = "io.capstan.container.stdio";
 
 /// How long a plain CRI call may take (not stops and execs, which carry their own time).
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -1003,54 +991,9 @@ fn namespace_mode(mode: &str) -> i32 {
     }
 }
 
-/// The sandbox's mode for namespace `kind` (pid or ipc), from its annotation: Kubernetes'
-/// defaults (pid per container, ipc per pod) when it has none.
-fn sandbox_namespace(annotations: &HashMap<String, String>, kind: &str) -> String {
-    annotations
-        .get(NAMESPACES)
-        .and_then(|v| {
-            v.split(',')
-                .find_map(|kv| kv.strip_prefix(kind)?.strip_prefix('='))
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| if kind == "pid" { "container" } else { "pod" }.into())
-}
-
-/// Whether the container's stdio annotation names `what`.
-fn stdio(annotations: &HashMap<String, String>, what: &str) -> bool {
-    annotations
-        .get(STDIO)
-        .is_some_and(|v| v.split(',').any(|w| w == what))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn containers_take_their_sandboxs_namespaces() {
-        let mut a = HashMap::new();
-        assert_eq!(
-            sandbox_namespace(&a, "pid"),
-            "container",
-            "Kubernetes' defaults"
-        );
-        assert_eq!(sandbox_namespace(&a, "ipc"), "pod");
-        a.insert(NAMESPACES.to_string(), "pid=node,ipc=node".to_string());
-        assert_eq!(
-            namespace_mode(&sandbox_namespace(&a, "pid")),
-            wire::NAMESPACE_NODE
-        );
-        assert_eq!(
-            namespace_mode(&sandbox_namespace(&a, "ipc")),
-            wire::NAMESPACE_NODE
-        );
-        a.insert(NAMESPACES.to_string(), "pid=pod,ipc=pod".to_string());
-        assert_eq!(
-            namespace_mode(&sandbox_namespace(&a, "pid")),
-            wire::NAMESPACE_POD
-        );
-    }
 
     #[test]
     fn the_netns_is_the_specs_path_else_the_pause_process_ones() {

@@ -12,6 +12,7 @@
 
 mod containerd_tasks;
 pub mod cri;
+mod cri_annotations;
 pub mod exec;
 pub mod fake;
 pub mod process;
