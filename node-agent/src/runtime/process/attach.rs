@@ -282,15 +282,25 @@ mod tests {
         let mut s = attach(dir.path(), &request(true)).await.unwrap();
         s.stdin.take().unwrap().send("a".into()).await.unwrap();
         drop(s);
+        // The first session's input arrives (its connection is pumped on its own: only what
+        // reached the container is ordered before the next session's).
+        let (first, mut container_stdin) = tokio::task::spawn_blocking(move || {
+            let mut got = [0u8; 1];
+            container_stdin.read_exact(&mut got).unwrap();
+            (got, container_stdin)
+        })
+        .await
+        .unwrap();
+        assert_eq!(&first, b"a");
         let mut s = attach(dir.path(), &request(true)).await.unwrap();
         s.stdin.take().unwrap().send("b".into()).await.unwrap();
         let got = tokio::task::spawn_blocking(move || {
-            let mut got = [0u8; 2];
+            let mut got = [0u8; 1];
             container_stdin.read_exact(&mut got).unwrap();
             got
         })
         .await
         .unwrap();
-        assert_eq!(&got, b"ab");
+        assert_eq!(&got, b"b", "the input stayed open for the next attach");
     }
 }
