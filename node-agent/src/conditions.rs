@@ -164,6 +164,12 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// Forgets what was posted: the next render is a change, with every transition time now
+    /// (someone else — the node-lifecycle controller — changed the conditions meanwhile).
+    pub fn reset(&mut self) {
+        self.last.clear();
+    }
+
     /// The status's `conditions` for `now`, and whether any changed since the last call.
     pub fn render(&mut self, conditions: &[Condition], now: jiff::Timestamp) -> (Value, bool) {
         let mut changed = self.last.len() != conditions.len();

@@ -1,8 +1,11 @@
 //! The agent's Node: registration with what the machine has (cpu, memory, pods,
-//! ephemeral-storage; addresses; nodeInfo), the Lease in kube-node-lease renewed every 10 s
-//! (node-lifecycle reads it as the heartbeat), and the NodeStatus — its conditions judged
-//! every 10 s from the machine and the runtime ([`crate::conditions`]) — posted at start, when
-//! a condition changes and at least every minute, through /status as the kubelet does.
+//! ephemeral-storage; addresses; nodeInfo), the Lease in kube-node-lease renewed every quarter
+//! of its duration (40 s → every 10 s, as the kubelet; node-lifecycle reads it as the
+//! heartbeat), and the NodeStatus — its conditions judged at every renewal from the machine
+//! and the runtime ([`crate::conditions`]) — posted at start, when a condition changes, when
+//! the Node's conditions differ from the agent's (the node-lifecycle controller marked them
+//! Unknown while the agent was away) and at least every minute, through /status as the
+//! kubelet does.
 
 use std::time::Duration;
 
@@ -15,9 +18,15 @@ use k8s_openapi::api::core::v1::Node;
 use crate::conditions::{Signals, Thresholds, Tracker, evaluate};
 use crate::runtime::Runtime;
 
+/// The kubelet's nodeLeaseDurationSeconds default.
 pub const LEASE_DURATION_SECONDS: i64 = 40;
-pub const LEASE_RENEW: Duration = Duration::from_secs(10);
 pub const STATUS_EVERY: Duration = Duration::from_secs(60);
+
+/// How often a Lease of `duration_seconds` is renewed: a quarter of it
+/// (the kubelet's NodeLeaseRenewIntervalFraction), at least every 250 ms.
+pub fn lease_renew_interval(duration_seconds: i64) -> Duration {
+    Duration::from_millis((duration_seconds.max(1) as u64 * 1000 / 4).max(250))
+}
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -35,6 +44,9 @@ pub struct NodeConfig {
     pub cluster_dns: Vec<String>,
     /// The cluster's DNS domain (`--cluster-domain`, default `cluster.local`).
     pub cluster_domain: String,
+    /// The node Lease's duration (`--node-lease-duration-seconds`, default 40); renewed every
+    /// quarter of it.
+    pub lease_duration_seconds: i64,
 }
 
 /// cpu, memory, pods and ephemeral-storage of this machine, as Quantity strings.
@@ -172,10 +184,15 @@ impl<R: Runtime> StatusPoster<R> {
         let health = self.runtime.health().await;
         let signals = Signals::sample(&self.cfg.root_dir);
         let conditions = evaluate(&signals, &self.thresholds, &health);
-        let (rendered, changed) = self.tracker.render(&conditions, jiff::Timestamp::now());
+        let (mut rendered, changed) = self.tracker.render(&conditions, jiff::Timestamp::now());
         let due = self.last_post.is_none_or(|t| t.elapsed() >= STATUS_EVERY);
         if !changed && !due {
-            return Ok(false);
+            if !self.posted_differs(&rendered).await? {
+                return Ok(false);
+            }
+            tracing::info!(node = %self.cfg.name, "the Node's conditions differ from this agent's (marked Unknown while it was away?): posting");
+            self.tracker.reset();
+            rendered = self.tracker.render(&conditions, jiff::Timestamp::now()).0;
         }
         if changed {
             for c in conditions
@@ -196,9 +213,22 @@ impl<R: Runtime> StatusPoster<R> {
         self.last_post = Some(tokio::time::Instant::now());
         Ok(true)
     }
+
+    /// Whether the Node's condition statuses are not those the agent last posted.
+    async fn posted_differs(&self, rendered: &Value) -> Result<bool, kube::Error> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node = nodes.get_status(&self.cfg.name).await?;
+        let posted = node.status.and_then(|s| s.conditions).unwrap_or_default();
+        let ours = rendered.as_array().map(Vec::as_slice).unwrap_or(&[]);
+        Ok(ours.iter().any(|c| {
+            !posted
+                .iter()
+                .any(|p| c["type"] == p.type_.as_str() && c["status"] == p.status.as_str())
+        }))
+    }
 }
 
-/// Renews the node's Lease every 10 s and posts the node status on change and at least every
+/// Renews the node's Lease every quarter of its duration and posts the node status on change and at least every
 /// minute, until dropped.
 pub async fn heartbeat<R: Runtime>(mut status: StatusPoster<R>) {
     let cfg = status.cfg.clone();
@@ -207,7 +237,7 @@ pub async fn heartbeat<R: Runtime>(mut status: StatusPoster<R>) {
         let now = jiff::Timestamp::now();
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": cfg.name, "namespace": "kube-node-lease"},
-            "spec": {"holderIdentity": cfg.name, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "spec": {"holderIdentity": cfg.name, "leaseDurationSeconds": cfg.lease_duration_seconds,
                      "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}});
         let pp = PatchParams::apply("capstan-agent").force();
         if let Err(e) = leases.patch(&cfg.name, &pp, &Patch::Apply(&lease)).await {
@@ -216,7 +246,7 @@ pub async fn heartbeat<R: Runtime>(mut status: StatusPoster<R>) {
         if let Err(e) = status.tick().await {
             tracing::warn!(node = %cfg.name, error = %e, "posting the node status failed");
         }
-        tokio::time::sleep(LEASE_RENEW).await;
+        tokio::time::sleep(lease_renew_interval(cfg.lease_duration_seconds)).await;
     }
 }
 

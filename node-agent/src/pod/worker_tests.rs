@@ -160,6 +160,7 @@ fn harness() -> Harness {
             port: 10250,
             cluster_dns: vec!["10.96.0.10".into()],
             cluster_domain: "cluster.local".into(),
+            lease_duration_seconds: crate::node::LEASE_DURATION_SECONDS,
         },
         log_root: dir.path().join("logs"),
         runtime_name: "fake".into(),
