@@ -1,4 +1,4 @@
-//! The built-in resources Capstan serves (core/v1, apps/v1, autoscaling/v2, events.k8s.io/v1,
+//! The built-in resources Capstan serves (core/v1, apps/v1, autoscaling/v2, policy/v1, events.k8s.io/v1,
 //! coordination, discovery, apiregistration and apiextensions): names, scope, subresources and
 //! each one's [`Builtin`] strategy.
 
@@ -160,6 +160,19 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .arc(),
     );
     hpa.categories = all.clone();
+    let pdb = res(
+        ("policy", "v1", "PodDisruptionBudget"),
+        "poddisruptionbudgets",
+        &["pdb"],
+        true,
+        true,
+        Builtin::of::<k8s_openapi::api::policy::v1::PodDisruptionBudget>()
+            .validate_with(crate::pod_disruption_budget::validate)
+            .table(crate::table::pod_disruption_budgets)
+            .generation()
+            .reset_status_on_create()
+            .arc(),
+    );
 
     vec![
         res(
@@ -252,6 +265,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         deployments,
         replicasets,
         hpa,
+        pdb,
         events_v1(),
         res(
             ("coordination.k8s.io", "v1", "Lease"),

@@ -64,6 +64,12 @@ fn subresources_of(r: &ResourceInfo) -> Vec<Subresource> {
         out.push(own("binding", "Binding", &["create"]));
         out.push(own("log", "Pod", &["get"]));
         out.push(own("exec", "PodExecOptions", &["create", "get"]));
+        // kubectl drain evicts only when this entry names group policy and version v1.
+        out.push(Subresource {
+            name: "eviction",
+            kind: ("policy".into(), "v1".into(), "Eviction".into()),
+            verbs: &["create"],
+        });
     }
     for (name, _) in r.strategy.subresource_fields() {
         out.push(own(name, &r.kind, GET_PATCH_UPDATE));

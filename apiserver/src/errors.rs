@@ -160,6 +160,11 @@ impl ApiError {
         e
     }
 
+    /// 429: the request may succeed later (an eviction a disruption budget refuses now).
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "TooManyRequests", message)
+    }
+
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(504, "Timeout", message)
     }
@@ -241,6 +246,8 @@ fn cause_reason(message: &str) -> &'static str {
         "FieldValueNotSupported"
     } else if message.starts_with("Forbidden") {
         "FieldValueForbidden"
+    } else if message.starts_with("The disruption budget") {
+        "DisruptionBudget"
     } else if message.starts_with("Duplicate") {
         "FieldValueDuplicate"
     } else {
@@ -266,9 +273,10 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
-        if self.code == 503 || self.code == 504 {
+        let retry_after = self.details.as_ref().and_then(|d| d.retry_after_seconds);
+        if let Some(secs) = retry_after.or((self.code == 503 || self.code == 504).then_some(1)) {
             resp.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                .insert("retry-after", axum::http::HeaderValue::from(secs));
         }
         resp
     }

@@ -19,6 +19,7 @@ pub mod body;
 pub mod builtins;
 pub mod configdata;
 pub mod crd;
+pub mod default_toleration_seconds;
 pub mod discovery;
 pub mod ephemeral_containers;
 pub mod errors;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod pod_disruption_budget;
 pub mod protobuf;
 pub mod registry;
 pub mod request;
@@ -104,6 +106,8 @@ pub struct Config {
     pub service_cidr: service::cluster_ip::ServiceCidr,
     /// NodePorts come from here (`--service-node-port-range`).
     pub node_ports: service::node_port::NodePortRange,
+    /// The tolerations every new pod gets (`--default-*-toleration-seconds`).
+    pub default_tolerations: default_toleration_seconds::DefaultTolerationSeconds,
 }
 
 /// The namespaces every cluster starts with.
@@ -147,6 +151,7 @@ impl ApiServer {
         let node_ports =
             service::node_port::NodePortAllocator::new(config.node_ports, store.clone());
         let registry = Registry::with(crate::builtins::builtins());
+        registry.attach_hooks(("", "v1", "pods"), Arc::new(config.default_tolerations));
         registry.attach_hooks(
             ("", "v1", "services"),
             Arc::new(service::ServiceHooks::new(ips.clone(), node_ports.clone())),

@@ -772,6 +772,31 @@ pub fn hpas() -> Table {
     )
 }
 
+/// `kubectl get pdb`: N/A for the bound that is not set.
+pub fn pod_disruption_budgets() -> Table {
+    table(
+        &[
+            ("Min Available", "string", 0),
+            ("Max Unavailable", "string", 0),
+            ("Allowed Disruptions", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        |o| {
+            let bound = |v: &Value| match v {
+                Value::Null => "N/A".to_string(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                json!(bound(&o["spec"]["minAvailable"])),
+                json!(bound(&o["spec"]["maxUnavailable"])),
+                json!(i(&o["status"]["disruptionsAllowed"])),
+                age(o),
+            ]
+        },
+    )
+}
+
 pub fn crds() -> Table {
     table(&[("Created At", "date", 0)], |o| {
         vec![json!(o.meta_str("creationTimestamp").unwrap_or_default())]

@@ -1016,8 +1016,25 @@ async fn discovery_lists_every_resource_with_its_subresources() {
             "autoscaling",
             "coordination.k8s.io",
             "discovery.k8s.io",
-            "events.k8s.io"
+            "events.k8s.io",
+            "policy"
         ]
+    );
+    // kubectl drain evicts only when pods/eviction names policy/v1 Eviction.
+    let eviction = get("/api/v1")["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods/eviction")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            eviction["group"].as_str(),
+            eviction["version"].as_str(),
+            eviction["kind"].as_str()
+        ),
+        (Some("policy"), Some("v1"), Some("Eviction"))
     );
     let apps = get("/apis/apps/v1");
     let scale = apps["resources"]

@@ -122,7 +122,13 @@ async fn minimal_objects_are_stored_with_exactly_kubernetes_defaults() {
                 "volumes": [{"name": "scratch", "emptyDir": {}}],
                 "dnsPolicy": "ClusterFirst", "enableServiceLinks": true, "restartPolicy": "Always",
                 "schedulerName": "default-scheduler", "securityContext": {},
-                "terminationGracePeriodSeconds": 30}),
+                "terminationGracePeriodSeconds": 30,
+                // The DefaultTolerationSeconds admission plugin, on by default in Kubernetes.
+                "tolerations": [
+                    {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                     "effect": "NoExecute", "tolerationSeconds": 300},
+                    {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                     "effect": "NoExecute", "tolerationSeconds": 300}]}),
         ),
         (
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "headless"},

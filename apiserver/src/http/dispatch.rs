@@ -308,6 +308,24 @@ async fn serve(
                 .await?;
             Ok(json_response(StatusCode::CREATED, &status))
         }
+        ("create", Some("eviction")) => {
+            let body = read_body(body).await?;
+            let eviction: Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("the Eviction does not parse: {e}")))?;
+            if eviction["kind"] != "Eviction"
+                || !matches!(
+                    eviction["apiVersion"].as_str(),
+                    Some("policy/v1" | "policy/v1beta1")
+                )
+            {
+                return Err(ApiError::bad_request(format!(
+                    "pods/eviction takes a policy/v1 Eviction, not {} {}",
+                    eviction["apiVersion"], eviction["kind"]
+                )));
+            }
+            let status = api.evict(t, eviction, p).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
         ("update", sub)
             if sub.is_none_or(|s| matches!(s, "status" | "finalize") || owns_fields(t, s)) =>
         {

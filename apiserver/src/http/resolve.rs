@@ -34,7 +34,7 @@ pub fn resolve(api: &ApiServer, group: &str, version: &str, rest: &str) -> ApiRe
         let known = match s.as_str() {
             "status" => info.status,
             "scale" => info.scale.is_some(),
-            "binding" | "log" => info.group.is_empty() && info.plural == "pods",
+            "binding" | "log" | "eviction" => info.group.is_empty() && info.plural == "pods",
             "finalize" => info.group.is_empty() && info.plural == "namespaces",
             other => info
                 .strategy

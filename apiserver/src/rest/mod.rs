@@ -20,6 +20,7 @@ pub mod get;
 pub mod list;
 pub mod patch;
 pub mod pod_attach;
+pub mod pod_eviction;
 pub mod pod_exec;
 pub mod pod_log;
 pub mod pod_portforward;
