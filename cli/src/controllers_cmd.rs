@@ -45,6 +45,76 @@ pub struct ManagerArgs {
     /// The most endpoints one EndpointSlice holds.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_endpoints_per_slice: u32,
+    /// A node whose Lease is not renewed for this long is marked Unknown and tainted
+    /// unreachable (judged by the controller's clock).
+    #[arg(long, default_value = "50s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// As --node-monitor-grace-period, for a node that never posted Ready.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub node_startup_grace_period: std::time::Duration,
+    /// The node-lifecycle controller looks at every node at least this often (and also exactly
+    /// when a grace period ends).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub node_monitor_period: std::time::Duration,
+    /// Nodes per second tainted NoExecute (their pods evicted) in a healthy zone.
+    #[arg(long, default_value_t = 0.1)]
+    pub node_eviction_rate: f64,
+    /// Nodes per second tainted in a partially disrupted zone of more than
+    /// --large-cluster-size-threshold nodes (smaller zones: none).
+    #[arg(long, default_value_t = 0.01)]
+    pub secondary_node_eviction_rate: f64,
+    /// The share of a zone's nodes not Ready (with at least 3) that makes it partially
+    /// disrupted.
+    #[arg(long, default_value_t = 0.55)]
+    pub unhealthy_zone_threshold: f64,
+    /// Zones of at most this many nodes stop tainting when partially disrupted.
+    #[arg(long, default_value_t = 50)]
+    pub large_cluster_size_threshold: usize,
+    /// Succeeded and Failed pods kept before the oldest are garbage collected (0: all kept).
+    #[arg(long, default_value_t = 12_500)]
+    pub terminated_pod_gc_threshold: usize,
+}
+
+impl ManagerArgs {
+    /// The node-lifecycle controller's settings from the flags.
+    pub fn node_lifecycle(&self) -> Result<capstan_controllers::nodelifecycle::Config> {
+        use capstan_controllers::nodelifecycle::{Config, Settings, zones::Rates};
+        for (flag, v) in [
+            ("--node-eviction-rate", self.node_eviction_rate),
+            (
+                "--secondary-node-eviction-rate",
+                self.secondary_node_eviction_rate,
+            ),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(anyhow!("{flag} {v}: must be a rate ≥ 0"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.unhealthy_zone_threshold) {
+            return Err(anyhow!(
+                "--unhealthy-zone-threshold {}: must be between 0 and 1",
+                self.unhealthy_zone_threshold
+            ));
+        }
+        if self.node_monitor_grace_period.is_zero() || self.node_monitor_period.is_zero() {
+            return Err(anyhow!(
+                "--node-monitor-grace-period and --node-monitor-period must be positive"
+            ));
+        }
+        Ok(Config {
+            settings: Settings {
+                grace: self.node_monitor_grace_period,
+                startup_grace: self.node_startup_grace_period,
+                rates: Rates {
+                    primary: self.node_eviction_rate,
+                    secondary: self.secondary_node_eviction_rate,
+                    unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+                    large_cluster_threshold: self.large_cluster_size_threshold,
+                },
+            },
+            monitor_period: self.node_monitor_period,
+        })
+    }
 }
 
 /// `--controllers`' help, naming every controller there is.
@@ -176,6 +246,8 @@ impl ManagerArgs {
             return Ok(());
         }
         let sched = self.scheduler_config()?;
+        let node_lifecycle = self.node_lifecycle()?;
+        let gc_threshold = self.terminated_pod_gc_threshold;
         let (batch, max_per_slice) = (
             self.endpoint_updates_batch_period,
             self.max_endpoints_per_slice as usize,
@@ -191,6 +263,11 @@ impl ManagerArgs {
                     scheduler: sched.clone(),
                     endpoint_updates_batch_period: batch,
                     max_endpoints_per_slice: max_per_slice,
+                    node_lifecycle: node_lifecycle.clone(),
+                    pod_gc: capstan_controllers::podgc::Config {
+                        terminated_threshold: gc_threshold,
+                        ..Default::default()
+                    },
                     ..Default::default()
                 };
                 let m = Manager::with_config(client.clone(), &registry, config);

@@ -54,6 +54,13 @@ pub struct UpArgs {
     /// listen address, or the host's address when listening on all of them).
     #[arg(long)]
     pub advertise_address: Option<std::net::Ipv4Addr>,
+    /// Seconds every new pod tolerates the node.kubernetes.io/not-ready:NoExecute taint, unless
+    /// it says otherwise (the DefaultTolerationSeconds admission).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(i64).range(0..))]
+    pub default_not_ready_toleration_seconds: i64,
+    /// Seconds every new pod tolerates the node.kubernetes.io/unreachable:NoExecute taint.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(i64).range(0..))]
+    pub default_unreachable_toleration_seconds: i64,
     #[command(flatten)]
     pub manager: crate::controllers_cmd::ManagerArgs,
     #[command(flatten)]
@@ -88,6 +95,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     }
     if with_controllers {
         args.manager.names()?; // an unknown controller fails here, before anything starts
+        args.manager.node_lifecycle()?;
     }
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
@@ -95,6 +103,11 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     let config = capstan_apiserver::Config {
         service_cidr: args.service_cidr,
         node_ports: args.service_node_port_range,
+        default_tolerations:
+            capstan_apiserver::default_toleration_seconds::DefaultTolerationSeconds {
+                not_ready: args.default_not_ready_toleration_seconds,
+                unreachable: args.default_unreachable_toleration_seconds,
+            },
     };
     let api = ApiServer::with_config(store.clone(), registry, config)
         .await

@@ -14,30 +14,43 @@
 //!   batched pod changes); [`endpoints`]: the legacy v1 Endpoints for the same Services;
 //!   [`endpointslicemirroring`]: slices mirrored from user-written Endpoints of selectorless
 //!   Services.
+//! - [`podgc`]: force-deletes pods no agent will finish (orphans of deleted nodes,
+//!   terminating pods on out-of-service nodes, terminated pods beyond a threshold).
+//! - [`disruption`]: keeps PodDisruptionBudgets' status (what pods/eviction may spend).
+//! - [`nodelifecycle`]: notices silent nodes, marks them Unknown and taints them (per-zone rate
+//!   limits; nothing at all when every zone is down); [`tainteviction`]: deletes pods from
+//!   nodes with NoExecute taints they do not tolerate.
 //!
 //! Each controller keeps its decisions in pure functions (`plan.rs`, `rolling.rs`, ...) that are
 //! table-tested without I/O, and applies them in a thin async step.
 
 pub mod claims;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod endpointslicemirroring;
 mod error;
 pub mod garbagecollector;
 pub mod namespace;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod podutil;
 pub mod replicaset;
 pub mod runtime;
 pub mod scheduler;
+pub mod tainteviction;
+pub mod taints;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::watcher;
 
@@ -47,13 +60,17 @@ use runtime::{Informer, Metrics};
 /// Every controller, by the name `--controllers` takes.
 pub const ALL: &[&str] = &[
     deployment::NAME,
+    disruption::NAME,
     endpoints::NAME,
     endpointslice::NAME,
     endpointslicemirroring::NAME,
     garbagecollector::NAME,
     namespace::NAME,
+    nodelifecycle::NAME,
+    podgc::NAME,
     replicaset::NAME,
     scheduler::NAME,
+    tainteviction::NAME,
 ];
 
 /// The shared informers of one process: created (and started) on first use, then handed to
@@ -67,6 +84,8 @@ pub struct Informers {
     services: OnceLock<Arc<Informer<Service>>>,
     endpointslices: OnceLock<Arc<Informer<EndpointSlice>>>,
     endpoints: OnceLock<Arc<Informer<Endpoints>>>,
+    node_leases: OnceLock<Arc<Informer<Lease>>>,
+    pod_disruption_budgets: OnceLock<Arc<Informer<PodDisruptionBudget>>>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -89,6 +108,8 @@ impl Informers {
             services: OnceLock::new(),
             endpointslices: OnceLock::new(),
             endpoints: OnceLock::new(),
+            node_leases: OnceLock::new(),
+            pod_disruption_budgets: OnceLock::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -148,6 +169,17 @@ impl Informers {
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
+    pub fn pod_disruption_budgets(&self) -> Arc<Informer<PodDisruptionBudget>> {
+        self.pod_disruption_budgets
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    /// The nodes' heartbeats: Leases in kube-node-lease.
+    pub fn node_leases(&self) -> Arc<Informer<Lease>> {
+        self.node_leases
+            .get_or_init(|| self.start(Api::namespaced(self.client.clone(), "kube-node-lease")))
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Informers {
@@ -182,6 +214,8 @@ pub struct Manager {
     pub max_endpoints_per_slice: usize,
     /// Writes by the endpoint controllers.
     pub endpoint_changes: endpointslice::ChangeMetrics,
+    pub node_lifecycle: nodelifecycle::Config,
+    pub pod_gc: podgc::Config,
 }
 
 /// The settings of a manager's controllers.
@@ -194,6 +228,8 @@ pub struct Config {
     pub endpoint_updates_batch_period: Duration,
     /// Kubernetes' --max-endpoints-per-slice (1–1000, default 100).
     pub max_endpoints_per_slice: usize,
+    pub node_lifecycle: nodelifecycle::Config,
+    pub pod_gc: podgc::Config,
 }
 
 impl Default for Config {
@@ -203,6 +239,8 @@ impl Default for Config {
             garbage_collector: garbagecollector::Config::default(),
             endpoint_updates_batch_period: Duration::from_millis(100),
             max_endpoints_per_slice: endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+            node_lifecycle: nodelifecycle::Config::default(),
+            pod_gc: podgc::Config::default(),
         }
     }
 }
@@ -229,6 +267,8 @@ impl Manager {
             endpoint_updates_batch_period: config.endpoint_updates_batch_period,
             max_endpoints_per_slice: config.max_endpoints_per_slice.clamp(1, 1000),
             endpoint_changes: endpointslice::ChangeMetrics::register(registry),
+            node_lifecycle: config.node_lifecycle,
+            pod_gc: config.pod_gc,
         })
     }
 
@@ -246,12 +286,16 @@ impl Manager {
             match name.as_str() {
                 replicaset::NAME => set.spawn(replicaset::run(m)),
                 deployment::NAME => set.spawn(deployment::run(m)),
+                disruption::NAME => set.spawn(disruption::run(m)),
                 scheduler::NAME => set.spawn(scheduler::run(m)),
                 garbagecollector::NAME => set.spawn(garbagecollector::run(m)),
                 namespace::NAME => set.spawn(namespace::run(m)),
                 endpointslice::NAME => set.spawn(endpointslice::run(m)),
                 endpoints::NAME => set.spawn(endpoints::run(m)),
                 endpointslicemirroring::NAME => set.spawn(endpointslicemirroring::run(m)),
+                nodelifecycle::NAME => set.spawn(nodelifecycle::run(m)),
+                tainteviction::NAME => set.spawn(tainteviction::run(m)),
+                podgc::NAME => set.spawn(podgc::run(m)),
                 _ => continue,
             };
             tracing::info!(controller = %name, "started");

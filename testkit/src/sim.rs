@@ -34,6 +34,9 @@ pub struct SimConfig {
     pub ready_after: Duration,
     /// Lease renewal interval (the kubelet's: 10 s).
     pub lease_every: Duration,
+    /// Node status posted again (new heartbeats) this often, as an agent does at least every
+    /// minute; None: only at registration.
+    pub status_every: Option<Duration>,
     /// Nodes registered concurrently.
     pub parallelism: usize,
 }
@@ -49,16 +52,32 @@ impl Default for SimConfig {
             pods: 110,
             ready_after: Duration::ZERO,
             lease_every: Duration::from_secs(10),
+            status_every: None,
             parallelism: 32,
         }
     }
 }
 
 /// Running simulated nodes; their tasks stop when this is dropped.
-#[derive(Debug)]
 pub struct SimNodes {
     pub names: Vec<String>,
     tasks: Vec<JoinHandle<()>>,
+    client: kube::Client,
+    cfg: SimConfig,
+    /// Nodes "down": no Lease renewal, their pods left alone (a dead machine).
+    silenced: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for SimNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimNodes")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_silenced(silenced: &Mutex<HashSet<String>>, node: &str) -> bool {
+    silenced.lock().is_ok_and(|s| s.contains(node))
 }
 
 impl Drop for SimNodes {
@@ -158,10 +177,12 @@ impl SimNodes {
             .buffer_unordered(cfg.parallelism.max(1))
             .try_collect::<Vec<_>>()
             .await?;
+        let silenced: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut tasks = vec![tokio::spawn(renew_leases(
             client.clone(),
             names.clone(),
             cfg.clone(),
+            silenced.clone(),
         ))];
         let index: HashMap<String, usize> = names
             .iter()
@@ -169,24 +190,117 @@ impl SimNodes {
             .enumerate()
             .map(|(i, n)| (n, i))
             .collect();
-        tasks.push(tokio::spawn(run_pods(client, index, cfg)));
-        Ok(SimNodes { names, tasks })
+        tasks.push(tokio::spawn(run_pods(
+            client.clone(),
+            index,
+            cfg.clone(),
+            silenced.clone(),
+        )));
+        Ok(SimNodes {
+            names,
+            tasks,
+            client,
+            cfg,
+            silenced,
+        })
+    }
+
+    /// Takes a node down, as a machine that died: its Lease is no longer renewed and its pods
+    /// are left as they are (deleted ones stay Terminating).
+    pub fn silence(&self, node: &str) {
+        if let Ok(mut s) = self.silenced.lock() {
+            s.insert(node.to_string());
+        }
+    }
+
+    /// Brings a silenced node back: it renews its Lease again and posts a fresh Ready status,
+    /// as a kubelet coming back does; its pods deleted meanwhile are confirmed gone.
+    pub async fn revive(&self, node: &str) -> Result<()> {
+        if let Ok(mut s) = self.silenced.lock() {
+            s.remove(node);
+        }
+        let i = self
+            .names
+            .iter()
+            .position(|n| n == node)
+            .with_context(|| format!("{node} is not a simulated node"))?;
+        let (_, ip) = addresses(i);
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .patch_status(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": node_status(&self.cfg, &ip)})),
+            )
+            .await
+            .with_context(|| format!("posting the status of {node}"))?;
+        // Pods deleted while it was away: the "kubelet" confirms their deletion.
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+        for p in pods.list(&lp).await?.items {
+            if p.metadata.deletion_timestamp.is_some() {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                let _ = api
+                    .delete(p.metadata.name.as_deref().unwrap_or_default(), &dp)
+                    .await;
+            }
+        }
+        Ok(())
     }
 }
 
-/// Creates and renews each node's Lease in kube-node-lease, every `lease_every`.
-async fn renew_leases(client: kube::Client, names: Vec<String>, cfg: SimConfig) {
+/// Creates and renews each node's Lease in kube-node-lease, every `lease_every` (a quarter of
+/// the Lease's duration, as the kubelet).
+async fn renew_leases(
+    client: kube::Client,
+    names: Vec<String>,
+    cfg: SimConfig,
+    silenced: Arc<Mutex<HashSet<String>>>,
+) {
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let duration = (cfg.lease_every.as_secs_f64() * 4.0).ceil().max(1.0) as i64;
+    let nodes: Api<Node> = Api::all(leases.clone().into_client());
+    let mut status_posted = tokio::time::Instant::now();
     loop {
+        if let Some(every) = cfg.status_every
+            && status_posted.elapsed() >= every
+        {
+            status_posted = tokio::time::Instant::now();
+            futures_util::stream::iter(
+                names
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| !is_silenced(&silenced, n)),
+            )
+            .for_each_concurrent(cfg.parallelism.max(1), |(i, name)| {
+                let (nodes, cfg) = (nodes.clone(), cfg.clone());
+                async move {
+                    let (_, ip) = addresses(i);
+                    let status = json!({"status": node_status(&cfg, &ip)});
+                    if let Err(e) = nodes
+                        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await
+                    {
+                        tracing::warn!(node = %name, error = %e, "posting the node status failed");
+                    }
+                }
+            })
+            .await;
+        }
         let now = jiff::Timestamp::now();
         let micro = format!("{}", now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"));
-        futures_util::stream::iter(names.iter())
+        futures_util::stream::iter(names.iter().filter(|n| !is_silenced(&silenced, n)))
             .for_each_concurrent(cfg.parallelism.max(1), |name| {
                 let (leases, micro) = (leases.clone(), micro.clone());
                 async move {
                     let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                         "metadata": {"name": name, "namespace": "kube-node-lease"},
-                        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": micro}});
+                        "spec": {"holderIdentity": name, "leaseDurationSeconds": duration, "renewTime": micro}});
                     let pp = PatchParams::apply("capstan-sim").force();
                     if let Err(e) = leases.patch(name, &pp, &Patch::Apply(&lease)).await {
                         tracing::warn!(node = %name, error = %e, "renewing the node lease failed");
@@ -199,7 +313,12 @@ async fn renew_leases(client: kube::Client, names: Vec<String>, cfg: SimConfig) 
 }
 
 /// Plays the kubelet for pods bound to the simulated nodes.
-async fn run_pods(client: kube::Client, nodes: HashMap<String, usize>, cfg: SimConfig) {
+async fn run_pods(
+    client: kube::Client,
+    nodes: HashMap<String, usize>,
+    cfg: SimConfig,
+    silenced: Arc<Mutex<HashSet<String>>>,
+) {
     let pods: Api<Pod> = Api::all(client.clone());
     let started: Arc<Mutex<HashSet<String>>> = Arc::default();
     let next_ip: Arc<Mutex<HashMap<usize, u32>>> = Arc::default();
@@ -234,6 +353,9 @@ async fn run_pods(client: kube::Client, nodes: HashMap<String, usize>, cfg: SimC
             let Some(&index) = nodes.get(&node) else {
                 continue;
             };
+            if is_silenced(&silenced, &node) {
+                continue;
+            }
             let (client, cfg, started, next_ip, limit) = (
                 client.clone(),
                 cfg.clone(),

@@ -11,13 +11,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use capstan_api::Selector;
 use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint, Toleration,
+    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint,
     TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::cache::{Cache, NodeInfo};
 use super::resources::{Resources, anti_affinity_terms, host_ports, pod_requests};
+pub use crate::taints::{tolerates, tolerations};
 
 /// What the filters need of the pod being scheduled, computed once per attempt.
 #[derive(Debug)]
@@ -216,13 +217,6 @@ fn tolerates_unschedulable(pod: &Pod) -> bool {
     tolerations(pod).iter().any(|tol| tolerates(tol, &t))
 }
 
-fn tolerations(pod: &Pod) -> &[Toleration] {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or(&[])
-}
-
 /// The first NoSchedule/NoExecute taint none of the pod's tolerations tolerates.
 pub fn untolerated_taint<'t>(pod: &Pod, taints: &'t [Taint]) -> Option<&'t Taint> {
     let tols = tolerations(pod);
@@ -230,24 +224,6 @@ pub fn untolerated_taint<'t>(pod: &Pod, taints: &'t [Taint]) -> Option<&'t Taint
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
         .find(|t| !tols.iter().any(|tol| tolerates(tol, t)))
-}
-
-/// v1.Toleration.ToleratesTaint.
-pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = tol.effect.as_deref()
-        && !e.is_empty()
-        && e != taint.effect
-    {
-        return false;
-    }
-    let key = tol.key.as_deref().unwrap_or("");
-    match tol.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => key.is_empty() || key == taint.key,
-        _ => {
-            key == taint.key
-                && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-    }
 }
 
 /// nodeSelector and requiredDuringScheduling node affinity (terms ORed, expressions ANDed).
