@@ -4,6 +4,7 @@
 
 mod api;
 mod crd;
+mod nodes;
 mod pods;
 mod schedule;
 mod services;
@@ -38,6 +39,9 @@ enum Which {
     /// The scheduler (spread, binpack) on simulated nodes against the raw binding writes, and a
     /// Deployment of 1,000 replicas rolled from one template to another.
     Schedule(schedule::ScheduleBench),
+    /// Node lifecycle: failover of 100 pods from a node that dies (overhead beyond grace +
+    /// tolerationSeconds), and the node-lifecycle controller's CPU watching 5,000 healthy nodes.
+    Nodes(nodes::NodesBench),
     /// Pod startup on containerd (1 pod, 30 at once) against raw CRI and `ctr run -d`, and the
     /// agent's RSS with 30 pods.
     Pods(pods::PodsBench),
@@ -61,6 +65,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Crd(b) => crd::run(b).await,
         Which::Schedule(b) => schedule::run(b).await,
         Which::Pods(b) => pods::run(b).await,
+        Which::Nodes(b) => nodes::run(b).await,
         Which::Services(b) => services::run(b).await,
         Which::Dns(b) => services::dns(b).await,
         Which::Streams(b) => streams::run(b).await,
