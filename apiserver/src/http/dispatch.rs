@@ -227,10 +227,7 @@ async fn serve(
                 // An expired resourceVersion is 200, then one ERROR event carrying the 410
                 // Status: what client-go's reflector and kube-rs's watcher expect.
                 Err(e) if e.code == 410 => {
-                    let mut line =
-                        serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()}))
-                            .unwrap_or_default();
-                    line.push(b'\n');
+                    let line = crate::rest::watch::event_line("ERROR", &e.status());
                     return Ok((
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, "application/json")],

@@ -116,19 +116,20 @@ impl ApiServer {
             let render = |e: &CacheEvent| -> Option<Bytes> {
                 let (kind, obj) =
                     translate(e, &|o: &Value| in_scope(o) && filter.matches(&info, o))?;
-                let object = match view {
-                    View::Table => crate::table::render(
-                        &info.strategy.table(),
-                        std::slice::from_ref(obj),
-                        None,
-                        &e.rv.to_string(),
-                        None,
+                let line = match view {
+                    View::Table => event_line(
+                        kind,
+                        &crate::table::render(
+                            &info.strategy.table(),
+                            std::slice::from_ref(obj),
+                            None,
+                            &e.rv.to_string(),
+                            None,
+                        ),
                     ),
-                    View::Metadata => partial_metadata(obj),
-                    View::Object => (*obj).clone(),
+                    View::Metadata => event_line(kind, &partial_metadata(obj)),
+                    View::Object => event_line(kind, obj),
                 };
-                let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).ok()?;
-                line.push(b'\n');
                 Some(Bytes::from(line))
             };
             for e in &initial {
@@ -143,11 +144,13 @@ impl ApiServer {
             // passed its filter): bookmarks start from there, never from 0.
             last_rv = last_rv.max(snapshot_rv);
             if initial_end {
-                let line = json!({"type": "BOOKMARK", "object": {"kind": &info.kind, "apiVersion": info.api_version(),
-                    "metadata": {"resourceVersion": last_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}});
-                let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-                bytes.push(b'\n');
-                if tx.send(Bytes::from(bytes)).await.is_err() {
+                let object = json!({"kind": &info.kind, "apiVersion": info.api_version(),
+                    "metadata": {"resourceVersion": last_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                if tx
+                    .send(Bytes::from(event_line("BOOKMARK", &object)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -159,10 +162,8 @@ impl ApiServer {
                         // Only what this watcher has been sent: the cache may be ahead of
                         // events still queued for it, and a bookmark must never skip them.
                         let rv = last_rv;
-                        let line = json!({"type": "BOOKMARK", "object": {"kind": &info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv.to_string()}}});
-                        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-                        bytes.push(b'\n');
-                        if tx.send(Bytes::from(bytes)).await.is_err() { return; }
+                        let object = json!({"kind": &info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
+                        if tx.send(Bytes::from(event_line("BOOKMARK", &object))).await.is_err() { return; }
                     }
                     ev = live.recv() => match ev {
                         Ok(e) => {
@@ -204,11 +205,41 @@ fn translate<'a>(
     }
 }
 
+/// One watch event as a line: `{"type":"MODIFIED","object":{...}}`, the type first as
+/// kube-apiserver writes it — a client that reads the tag first (kube-rs's adjacently tagged
+/// WatchEvent) decodes the object straight into its type instead of buffering it — and the
+/// object serialized where it is, not copied.
+pub fn event_line(kind: &str, object: &Value) -> Vec<u8> {
+    let mut line = Vec::with_capacity(256);
+    line.extend_from_slice(b"{\"type\":");
+    let _ = serde_json::to_writer(&mut line, kind);
+    line.extend_from_slice(b",\"object\":");
+    let _ = serde_json::to_writer(&mut line, object);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn watch_lines_name_the_type_before_the_object() {
+        let line = event_line(
+            "MODIFIED",
+            &json!({"kind": "Pod", "metadata": {"name": "a\"b"}}),
+        );
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(
+            text.starts_with(r#"{"type":"MODIFIED","object":{"#),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n"));
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed["object"]["metadata"]["name"], "a\"b");
+    }
 
     #[test]
     fn filtered_watchers_see_objects_enter_and_leave() {
