@@ -80,6 +80,10 @@ pub struct AgentArgs {
     /// as the kubelet). The node-lifecycle controller's grace period must exceed the renewal.
     #[arg(long, default_value_t = capstan_node_agent::node::LEASE_DURATION_SECONDS, value_parser = clap::value_parser!(i64).range(1..=3600))]
     pub node_lease_duration_seconds: i64,
+    /// Thresholds of the pressure conditions, in the kubelet's syntax (signals not named keep
+    /// these defaults). A node under pressure gets a NoSchedule taint.
+    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,pid.available<5%", value_parser = capstan_node_agent::conditions::Thresholds::parse)]
+    pub eviction_hard: capstan_node_agent::conditions::Thresholds,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -344,6 +348,7 @@ async fn run_node(
         cluster_dns: cluster_dns.into_iter().collect(),
         cluster_domain: args.cluster_domain.clone(),
         lease_duration_seconds: args.node_lease_duration_seconds,
+        eviction_hard: args.eviction_hard,
     };
     let log_root = root_dir.join("logs");
     match runtime {

@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use capstan_testkit::{
-    CapstanUp, capstan_bin, eventually, free_port, kill_process_containers, kubectl, pids_running,
-    signal, temp_dir,
+    CapstanUp, capstan_bin, eventually, free_port, kill_process_containers, kubectl, kubectl_ok,
+    pids_running, signal, temp_dir,
 };
 use serde_json::Value;
 
@@ -135,6 +135,7 @@ impl Cluster {
                 "--node-lease-duration-seconds",
                 "2",
             ])
+            .args(["--eviction-hard", capstan_testkit::TEST_EVICTION_HARD])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -153,13 +154,7 @@ impl Cluster {
     }
 
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = kubectl(&self.kubeconfig, args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        kubectl_ok(&self.kubeconfig, args, stdin)
     }
 
     fn json(&self, args: &[&str]) -> Value {

@@ -34,6 +34,57 @@ impl Default for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// The kubelet's `--eviction-hard` syntax: `memory.available<100Mi,nodefs.available<10%,
+    /// nodefs.inodesFree<5%,pid.available<5%` (memory as a quantity, the others as
+    /// percentages). Signals not named keep their defaults.
+    pub fn parse(s: &str) -> Result<Thresholds, String> {
+        let mut t = Thresholds::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (signal, value) = part.split_once('<').ok_or_else(|| {
+                format!("{part:?}: expected SIGNAL<VALUE (e.g. nodefs.available<10%)")
+            })?;
+            let percent = || -> Result<f64, String> {
+                let v = value
+                    .strip_suffix('%')
+                    .and_then(|p| p.parse::<f64>().ok())
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .ok_or_else(|| {
+                        format!("{part:?}: {signal} takes a percentage from 0% to 100%")
+                    })?;
+                Ok(v / 100.0)
+            };
+            match signal {
+                "memory.available" => {
+                    let units = [
+                        ("Ki", 1u64 << 10),
+                        ("Mi", 1 << 20),
+                        ("Gi", 1 << 30),
+                        ("", 1),
+                    ];
+                    let (digits, unit) = units
+                        .iter()
+                        .find_map(|(suffix, unit)| Some((value.strip_suffix(suffix)?, *unit)))
+                        .unwrap_or((value, 1));
+                    let n: u64 = digits.parse().map_err(|_| {
+                        format!("{part:?}: memory.available takes a quantity such as 100Mi")
+                    })?;
+                    t.memory_available_bytes = n.saturating_mul(unit);
+                }
+                "nodefs.available" => t.nodefs_available = percent()?,
+                "nodefs.inodesFree" => t.nodefs_inodes_free = percent()?,
+                "pid.available" => t.pid_available = percent()?,
+                other => {
+                    return Err(format!(
+                        "unknown eviction signal {other:?}; known: memory.available, nodefs.available, nodefs.inodesFree, pid.available"
+                    ));
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
 /// The machine's figures at one moment; None where one could not be read.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Signals {
@@ -296,5 +347,22 @@ mod tests {
             t0.to_string(),
             "the others keep theirs"
         );
+    }
+
+    #[test]
+    fn eviction_thresholds_parse_in_the_kubelets_syntax() {
+        let t = Thresholds::parse("memory.available<1Gi, nodefs.available<1%").unwrap();
+        assert_eq!(t.memory_available_bytes, 1 << 30);
+        assert_eq!(t.nodefs_available, 0.01);
+        assert_eq!(t.pid_available, Thresholds::default().pid_available);
+        assert_eq!(Thresholds::parse("").unwrap(), Thresholds::default());
+        for bad in [
+            "nodefs.available<x",
+            "disk<1%",
+            "nodefs.available=1%",
+            "pid.available<200%",
+        ] {
+            assert!(Thresholds::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -47,6 +47,8 @@ pub struct NodeConfig {
     /// The node Lease's duration (`--node-lease-duration-seconds`, default 40); renewed every
     /// quarter of it.
     pub lease_duration_seconds: i64,
+    /// The pressure conditions' thresholds (`--eviction-hard`).
+    pub eviction_hard: Thresholds,
 }
 
 /// cpu, memory, pods and ephemeral-storage of this machine, as Quantity strings.
@@ -170,9 +172,9 @@ impl<R: Runtime> StatusPoster<R> {
     pub fn new(client: kube::Client, cfg: NodeConfig, runtime: std::sync::Arc<R>) -> Self {
         StatusPoster {
             client,
+            thresholds: cfg.eviction_hard,
             cfg,
             runtime,
-            thresholds: Thresholds::default(),
             tracker: Tracker::default(),
             last_post: None,
         }

@@ -43,6 +43,7 @@ async fn conditions_follow_the_runtime_and_are_posted_on_change() {
         cluster_dns: vec![],
         cluster_domain: "cluster.local".into(),
         lease_duration_seconds: capstan_node_agent::node::LEASE_DURATION_SECONDS,
+        eviction_hard: Default::default(),
     };
     node::register(&c.client, &cfg).await.unwrap();
     let rt = Arc::new(FakeRuntime::new());

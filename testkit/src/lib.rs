@@ -448,6 +448,9 @@ pub fn line_channel(out: impl Read + Send + 'static) -> std::sync::mpsc::Receive
     rx
 }
 
+/// The pressure thresholds test agents run with: disk pressure only below 1% free.
+pub const TEST_EVICTION_HARD: &str = "nodefs.available<1%,nodefs.inodesFree<1%";
+
 /// A running `capstan up` on 127.0.0.1:0, ready (it printed its ready line); killed by pid on
 /// drop. `bin` is the capstan binary ([`capstan_bin`] in the end-to-end suites).
 #[derive(Debug)]
@@ -474,6 +477,12 @@ impl CapstanUp {
         }
         if !has("--dns-port") && !has("--dns") {
             defaults.extend(["--dns", "off"]);
+        }
+        // A test machine's disk is often more than 90% full (build trees): at the kubelet's
+        // default threshold its node would report DiskPressure and be tainted NoSchedule.
+        // The pressure conditions themselves are tested with thresholds of their own.
+        if !has("--eviction-hard") {
+            defaults.extend(["--eviction-hard", TEST_EVICTION_HARD]);
         }
         let mut child = Command::new(bin)
             .args(["up", "--listen", "127.0.0.1:0"])

@@ -161,6 +161,7 @@ fn harness() -> Harness {
             cluster_dns: vec!["10.96.0.10".into()],
             cluster_domain: "cluster.local".into(),
             lease_duration_seconds: crate::node::LEASE_DURATION_SECONDS,
+            eviction_hard: Default::default(),
         },
         log_root: dir.path().join("logs"),
         runtime_name: "fake".into(),
