@@ -114,17 +114,7 @@ impl Informers {
         }
     }
 
-    fn start<K>(&self, api: Api<K>) -> Arc<Informer<K>>
-    where
-        K: kube::Resource<DynamicType = ()>
-            + kube::runtime::reflector::Lookup<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-    {
+    fn start<K: runtime::Watchable>(&self, api: Api<K>) -> Arc<Informer<K>> {
         let inf = Informer::new(api, watcher::Config::default());
         let task = tokio::spawn(inf.clone().run());
         self.tasks

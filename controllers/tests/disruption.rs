@@ -302,41 +302,68 @@ async fn unready_pods_follow_the_unhealthy_pod_eviction_policy() {
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.client.clone(), "default");
     // (pod app, policy, currentHealthy, desiredHealthy) → whether an unready pod may go.
     let cases = [
-        ("a", None, 2, 1, true),                  // IfHealthyBudget: the budget is met
-        ("b", None, 0, 1, false),                 // IfHealthyBudget: it is not
+        ("a", None, 2, 1, true),  // IfHealthyBudget: the budget is met
+        ("b", None, 0, 1, false), // IfHealthyBudget: it is not
         ("c", Some("IfHealthyBudget"), 0, 1, false),
         ("d", Some("AlwaysAllow"), 0, 1, true),
     ];
     for (app, policy, current, desired, allowed) in cases {
-        let p: Pod = serde_json::from_value(json!({"metadata": {"name": app, "labels": {"app": app}},
+        let p: Pod =
+            serde_json::from_value(json!({"metadata": {"name": app, "labels": {"app": app}},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}}))
-        .unwrap();
-        pods.create(&PostParams::default(), &p).await.unwrap();
-        pods.patch_status(app, &PatchParams::default(), &Patch::Merge(json!({"status": {
-            "phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}})))
-            .await
             .unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+        pods.patch_status(
+            app,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+            "phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}})),
+        )
+        .await
+        .unwrap();
         let mut spec = json!({"minAvailable": desired, "selector": {"matchLabels": {"app": app}}});
         if let Some(policy) = policy {
             spec["unhealthyPodEvictionPolicy"] = json!(policy);
         }
-        pdbs.create(&PostParams::default(), &pdb(app, spec)).await.unwrap();
-        // The status a disruption controller would write: no disruption allowed.
-        pdbs.patch_status(app, &PatchParams::default(), &Patch::Merge(json!({"status": {
-            "observedGeneration": 1, "currentHealthy": current, "desiredHealthy": desired,
-            "expectedPods": 1, "disruptionsAllowed": 0}})))
+        pdbs.create(&PostParams::default(), &pdb(app, spec))
             .await
             .unwrap();
+        // The status a disruption controller would write: no disruption allowed.
+        pdbs.patch_status(
+            app,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+            "observedGeneration": 1, "currentHealthy": current, "desiredHealthy": desired,
+            "expectedPods": 1, "disruptionsAllowed": 0}})),
+        )
+        .await
+        .unwrap();
         let (code, _, body) = evict(&c, app, "").await;
         if allowed {
             assert_eq!(code, 201, "{app}: {body}");
-            assert!(pods.get(app).await.unwrap().metadata.deletion_timestamp.is_some(), "{app}");
+            assert!(
+                pods.get(app)
+                    .await
+                    .unwrap()
+                    .metadata
+                    .deletion_timestamp
+                    .is_some(),
+                "{app}"
+            );
             let s = pdbs.get(app).await.unwrap().status.unwrap();
             assert_eq!(s.disruptions_allowed, 0, "{app}: not charged");
             assert!(s.disrupted_pods.is_none(), "{app}: not charged");
         } else {
             assert_eq!(code, 429, "{app}: {body}");
-            assert!(pods.get(app).await.unwrap().metadata.deletion_timestamp.is_none(), "{app}");
+            assert!(
+                pods.get(app)
+                    .await
+                    .unwrap()
+                    .metadata
+                    .deletion_timestamp
+                    .is_none(),
+                "{app}"
+            );
         }
     }
 }

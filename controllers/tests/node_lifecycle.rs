@@ -127,6 +127,20 @@ fn no_execute(n: &Node) -> Vec<String> {
 }
 
 impl Env {
+    /// The Deployment `web` of `replicas`, tolerating unreachable for `toleration_seconds`,
+    /// running.
+    async fn deploy(&self, replicas: i32, toleration_seconds: i64) {
+        let deps: Api<Deployment> = Api::namespaced(self.c.client.clone(), "default");
+        deps.create(
+            &PostParams::default(),
+            &deployment(replicas, toleration_seconds),
+        )
+        .await
+        .unwrap();
+        self.running(replicas as usize, "every replica running")
+            .await;
+    }
+
     async fn pods(&self) -> Vec<Pod> {
         let pods: Api<Pod> = Api::namespaced(self.c.client.clone(), "default");
         pods.list(&ListParams::default()).await.unwrap().items
@@ -151,11 +165,7 @@ impl Env {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_is_tainted_and_its_pods_replaced_on_the_others() {
     let env = start(3).await;
-    let deps: Api<Deployment> = Api::namespaced(env.c.client.clone(), "default");
-    deps.create(&PostParams::default(), &deployment(6, 1))
-        .await
-        .unwrap();
-    env.running(6, "6 pods running").await;
+    env.deploy(6, 1).await;
     let pods = env.pods().await;
     // DefaultTolerationSeconds: the pod's own unreachable toleration stays, not-ready is added.
     let tols = pods[0].spec.as_ref().unwrap().tolerations.clone().unwrap();
@@ -250,11 +260,7 @@ async fn a_dead_node_is_tainted_and_its_pods_replaced_on_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_node_goes_silent_nothing_is_evicted_nor_marked_not_ready() {
     let env = start(3).await;
-    let deps: Api<Deployment> = Api::namespaced(env.c.client.clone(), "default");
-    deps.create(&PostParams::default(), &deployment(3, 0))
-        .await
-        .unwrap();
-    env.running(3, "3 pods running").await;
+    env.deploy(3, 0).await;
     let before: Vec<String> = env
         .pods()
         .await
@@ -308,11 +314,7 @@ async fn when_every_node_goes_silent_nothing_is_evicted_nor_marked_not_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_no_agent_will_finish_are_garbage_collected() {
     let env = start(3).await;
-    let deps: Api<Deployment> = Api::namespaced(env.c.client.clone(), "default");
-    deps.create(&PostParams::default(), &deployment(6, 0))
-        .await
-        .unwrap();
-    env.running(6, "6 pods running").await;
+    env.deploy(6, 0).await;
     let on = |pods: &[Pod], node: &str| -> Vec<String> {
         pods.iter()
             .filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(node))

@@ -24,7 +24,7 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::endpointslice::{serve, split_key};
-use crate::runtime::{Backoffs, Discovery, Informer, Recorder, WorkQueue};
+use crate::runtime::{Backoffs, Discovery, Informer, Recorder, Watchable, WorkQueue};
 use crate::{Error, Manager, podutil};
 
 pub const NAME: &str = "disruption";
@@ -112,20 +112,11 @@ async fn queue_selecting(
 }
 
 /// A controller's change (its scale) queues every budget of its namespace.
-async fn queue_namespace<K>(
+async fn queue_namespace<K: Watchable>(
     informer: Arc<Informer<K>>,
     pdbs: Store<PodDisruptionBudget>,
     queue: Arc<WorkQueue<String>>,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + kube::runtime::reflector::Lookup<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) {
     let mut changes = informer.subscribe().boxed();
     while let Some(c) = changes.next().await {
         let ns = c.object().meta().namespace.clone();

@@ -29,11 +29,16 @@ pub struct Probe {
     /// The latest heartbeat time among the node's own conditions, as last seen.
     heartbeat: Option<jiff::Timestamp>,
     /// The Lease's renewTime, as last seen.
-    renew: Option<String>,
+    renew: Option<jiff::Timestamp>,
     /// The Lease's duration (the agent renews at a quarter of it).
     pub lease_duration: Option<Duration>,
     /// Condition statuses and `spec.unschedulable`, as last seen: a change asks for a pass.
     facts: String,
+    /// The node's zone key ([`super::zones::zone_of`]), kept so that a pass allocates nothing
+    /// for a node it has seen before.
+    pub zone: String,
+    /// The last pass that saw the node (older: the node is gone).
+    seen_in: u64,
 }
 
 /// Every node's [`Probe`].
@@ -80,17 +85,23 @@ fn facts_of(node: &Node) -> String {
 
 impl Probes {
     fn entry(&mut self, name: &str, now: Instant) -> (&mut Probe, bool) {
-        let mut new = false;
-        let p = self.map.entry(name.to_string()).or_insert_with(|| {
-            new = true;
-            Probe {
-                at: now,
-                heartbeat: None,
-                renew: None,
-                lease_duration: None,
-                facts: String::new(),
-            }
-        });
+        // A lookup first: the hot path (a known node) allocates no key.
+        let new = !self.map.contains_key(name);
+        if new {
+            self.map.insert(
+                name.to_string(),
+                Probe {
+                    at: now,
+                    heartbeat: None,
+                    renew: None,
+                    lease_duration: None,
+                    facts: String::new(),
+                    zone: String::new(),
+                    seen_in: 0,
+                },
+            );
+        }
+        let p = self.map.get_mut(name).expect("just made sure it is there");
         (p, new)
     }
 
@@ -101,7 +112,9 @@ impl Probes {
             return false;
         };
         let (heartbeat, facts) = (heartbeat_of(node), facts_of(node));
+        let zone = super::zones::zone_of(node);
         let (p, new) = self.entry(name, now);
+        p.zone = zone;
         if new || heartbeat > p.heartbeat {
             p.heartbeat = heartbeat;
             p.at = now;
@@ -117,9 +130,7 @@ impl Probes {
             return;
         };
         let spec = lease.spec.as_ref();
-        let renew = spec
-            .and_then(|s| s.renew_time.as_ref())
-            .map(|t| t.0.to_string());
+        let renew = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
         let duration = spec
             .and_then(|s| s.lease_duration_seconds)
             .filter(|d| *d > 0)
@@ -136,17 +147,31 @@ impl Probes {
         self.map.get(name)
     }
 
-    /// Makes sure a node has a probe (first seen now).
-    pub fn ensure(&mut self, name: &str, now: Instant) -> &Probe {
-        self.entry(name, now).0
+    /// Makes sure a node has a probe (first seen now) and marks it seen in pass `pass`.
+    pub fn ensure(&mut self, node: &Node, now: Instant, pass: u64) {
+        let Some(name) = node.metadata.name.as_deref() else {
+            return;
+        };
+        if let Some(p) = self.map.get_mut(name) {
+            p.seen_in = pass;
+            return;
+        }
+        let (p, _) = self.entry(name, now);
+        p.zone = super::zones::zone_of(node);
+        p.seen_in = pass;
     }
 
-    pub fn forget(&mut self, name: &str) {
-        self.map.remove(name);
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.map.keys()
+    /// Forgets the nodes pass `pass` did not see (deleted); returns their names.
+    pub fn sweep(&mut self, pass: u64) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.map.retain(|n, p| {
+            let seen = p.seen_in == pass;
+            if !seen {
+                gone.push(n.clone());
+            }
+            seen
+        });
+        gone
     }
 
     /// Every node seen alive now: leaving full disruption gives each a fresh grace period.

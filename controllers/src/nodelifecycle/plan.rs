@@ -22,7 +22,7 @@
 //! Lease duration (the agent renews every quarter) already counts as not Ready when zones are
 //! judged, so when all agents stop at once the first node to time out finds every zone down.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,12 +100,14 @@ pub struct Monitor {
     marked: HashSet<String>,
     /// Every zone is fully disrupted: nothing is done.
     pub full_disruption: bool,
+    /// Passes so far (marks the nodes each pass saw).
+    passes: u64,
 }
 
 /// One node, judged.
 #[derive(Debug)]
-struct Judged {
-    zone: String,
+struct Judged<'a> {
+    zone: &'a str,
     ready: Option<Ready>,
     /// Counts as not Ready when zones are judged.
     suspect: bool,
@@ -134,7 +136,13 @@ fn parse(status: &str) -> Ready {
     }
 }
 
-fn judge(node: &Node, probe: &Probe, settings: &Settings, now: Instant, wall: &Time) -> Judged {
+fn judge<'a>(
+    node: &Node,
+    probe: &'a Probe,
+    settings: &Settings,
+    now: Instant,
+    wall: &Time,
+) -> Judged<'a> {
     let conds = conditions(node);
     let ready_cond = ready_of(conds);
     let never =
@@ -157,7 +165,7 @@ fn judge(node: &Node, probe: &Probe, settings: &Settings, now: Instant, wall: &T
     let window = probe.lease_duration.map_or(grace, |d| d / 2).min(grace);
     let silent = now.saturating_duration_since(probe.at);
     Judged {
-        zone: zones::zone_of(node),
+        zone: &probe.zone,
         ready,
         suspect: ready != Some(Ready::True) || silent > window,
         unknown: if expired {
@@ -243,6 +251,7 @@ impl Monitor {
             tainters: BTreeMap::new(),
             marked: HashSet::new(),
             full_disruption: false,
+            passes: 0,
         }
     }
 
@@ -252,43 +261,50 @@ impl Monitor {
         self.marked.remove(node);
     }
 
-    fn judge_all(&mut self, nodes: &[Arc<Node>], now: Instant, wall: &Time) -> Vec<Judged> {
+    /// Every node judged, in the order of `nodes`.
+    fn judge_all<'a>(
+        probes: &'a Probes,
+        settings: &Settings,
+        nodes: &[&Node],
+        now: Instant,
+        wall: &Time,
+    ) -> Vec<Judged<'a>> {
         nodes
             .iter()
-            .map(|n| {
-                let name = n.metadata.name.as_deref().unwrap_or_default();
-                let probe = self.probes.ensure(name, now).clone();
-                judge(n, &probe, &self.settings, now, wall)
+            .filter_map(|n| {
+                let probe = probes.get(n.metadata.name.as_deref()?)?;
+                Some(judge(n, probe, settings, now, wall))
             })
             .collect()
     }
 
     /// One pass over every node at `now` (`wall`: the same instant as written on objects).
     pub fn pass(&mut self, nodes: &[Arc<Node>], now: Instant, wall: &Time) -> Plan {
-        let names: HashSet<&str> = nodes
+        // References, not clones: 5,000 reference-count updates a pass are not free.
+        let nodes: Vec<&Node> = nodes
             .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
+            .map(|n| &**n)
+            .filter(|n| n.metadata.name.is_some())
             .collect();
-        let gone: Vec<String> = self
-            .probes
-            .names()
-            .filter(|n| !names.contains(n.as_str()))
-            .cloned()
-            .collect();
-        for n in gone {
-            self.probes.forget(&n);
+        self.passes += 1;
+        for n in &nodes {
+            self.probes.ensure(n, now, self.passes);
+        }
+        for n in self.probes.sweep(self.passes) {
             self.marked.remove(&n);
             for t in self.tainters.values_mut() {
                 t.remove(&n);
             }
         }
         let mut plan = Plan::default();
-        let mut judged = self.judge_all(nodes, now, wall);
         let rates = self.settings.rates;
-        let count = |judged: &[Judged]| {
+        let count = |judged: &[Judged<'_>]| {
             let mut counts: BTreeMap<String, ZoneCount> = BTreeMap::new();
             for j in judged {
-                let c = counts.entry(j.zone.clone()).or_default();
+                let c = match counts.get_mut(j.zone) {
+                    Some(c) => c,
+                    None => counts.entry(j.zone.to_string()).or_default(),
+                };
                 if j.suspect {
                     c.not_ready += 1;
                 } else {
@@ -297,6 +313,7 @@ impl Monitor {
             }
             counts
         };
+        let mut judged = Self::judge_all(&self.probes, &self.settings, &nodes, now, wall);
         let mut counts = count(&judged);
         let (mut states, all_full) = zones::states(&rates, &counts);
         if all_full != self.full_disruption {
@@ -309,8 +326,9 @@ impl Monitor {
             } else {
                 // Back from full disruption: every node gets a fresh grace period before it
                 // is judged silent (the control plane, not the nodes, was likely cut off).
+                drop(judged);
                 self.probes.reset_all(now);
-                judged = self.judge_all(nodes, now, wall);
+                judged = Self::judge_all(&self.probes, &self.settings, &nodes, now, wall);
                 counts = count(&judged);
                 states = zones::states(&rates, &counts).0;
             }
@@ -326,7 +344,6 @@ impl Monitor {
         self.tainters.retain(|z, _| states.contains_key(z));
 
         let mut working: Vec<(usize, Vec<Taint>)> = Vec::with_capacity(nodes.len());
-        let mut index: HashMap<&str, usize> = HashMap::new();
         for (i, (node, j)) in nodes.iter().zip(&judged).enumerate() {
             let name = node.metadata.name.as_deref().unwrap_or_default();
             let current = node
@@ -353,7 +370,7 @@ impl Monitor {
                 .and_then(|s| s.unschedulable)
                 .unwrap_or(false);
             set_no_schedule(&mut want, &no_schedule_keys(conds, unschedulable));
-            let tainter = self.tainters.get_mut(&j.zone);
+            let tainter = self.tainters.get_mut(j.zone);
             if self.full_disruption {
                 remove_no_execute(&mut want, taints::UNREACHABLE);
                 remove_no_execute(&mut want, taints::NOT_READY);
@@ -378,28 +395,32 @@ impl Monitor {
                     Some((_, None)) => {
                         remove_no_execute(&mut want, taints::UNREACHABLE);
                         remove_no_execute(&mut want, taints::NOT_READY);
-                        self.marked.remove(name);
-                        if let Some(t) = tainter {
+                        if !self.marked.is_empty() {
+                            self.marked.remove(name);
+                        }
+                        if let Some(t) = tainter.filter(|t| !t.is_empty()) {
                             t.remove(name);
                         }
                     }
                     None => {
-                        if let Some(t) = tainter {
+                        if let Some(t) = tainter.filter(|t| !t.is_empty()) {
                             t.remove(name);
                         }
                     }
                 }
             }
-            index.insert(name, working.len());
             working.push((i, want));
         }
         if !self.full_disruption {
             for tainter in self.tainters.values_mut() {
                 for name in tainter.take_ready(now) {
-                    let Some(&w) = index.get(name.as_str()) else {
+                    // Few nodes get their turn in a pass: a search costs less than an index.
+                    let Some((i, want)) = working
+                        .iter_mut()
+                        .find(|(i, _)| nodes[*i].metadata.name.as_deref() == Some(name.as_str()))
+                    else {
                         continue;
                     };
-                    let (i, want) = &mut working[w];
                     let key = judged[*i].ready.and_then(no_execute_keys).map(|k| k.0);
                     if let Some(key) = key
                         && !taints::has(want, key, NO_EXECUTE)

@@ -88,6 +88,13 @@ fn apply(nodes: &mut [Arc<Node>], plan: &Plan) {
     }
 }
 
+/// One pass at `at`, its writes applied.
+fn step(m: &mut Monitor, nodes: &mut [Arc<Node>], at: Instant) -> Plan {
+    let plan = m.pass(nodes, at, &wall());
+    apply(nodes, &plan);
+    plan
+}
+
 fn taint_keys(nodes: &[Arc<Node>], name: &str, effect: &str) -> Vec<String> {
     let n = nodes
         .iter()
@@ -185,8 +192,7 @@ fn a_node_silent_past_the_grace_period_goes_unknown_tainted_and_its_pods_not_rea
 fn a_node_reporting_not_ready_is_tainted_not_ready_and_a_swap_happens_at_once() {
     let (mut m, mut nodes, t0) = cluster(3, 1);
     nodes[1] = with(&node("n1", "z0", Some("False")), |_| {});
-    let plan = m.pass(&nodes, t0 + S, &wall());
-    apply(&mut nodes, &plan);
+    let plan = step(&mut m, &mut nodes, t0 + S);
     assert_eq!(marked(&plan), vec!["n1"]);
     assert_eq!(
         taint_keys(&nodes, "n1", NO_EXECUTE),
@@ -199,8 +205,7 @@ fn a_node_reporting_not_ready_is_tainted_not_ready_and_a_swap_happens_at_once() 
     // Then it goes silent too: unreachable replaces not-ready, though the bucket is empty.
     let t = t0 + 60 * S;
     renew_all_but(&mut m, &nodes, &["n1"], t, 60);
-    let plan = m.pass(&nodes, t, &wall());
-    apply(&mut nodes, &plan);
+    let plan = step(&mut m, &mut nodes, t);
     assert_eq!(
         taint_keys(&nodes, "n1", NO_EXECUTE),
         vec![taints::UNREACHABLE]
@@ -214,8 +219,7 @@ fn nodes_are_tainted_no_faster_than_the_zone_rate() {
     let dead = ["n0", "n1"];
     let t = t0 + 50 * S;
     renew_all_but(&mut m, &nodes, &dead, t, 50);
-    let plan = m.pass(&nodes, t, &wall());
-    apply(&mut nodes, &plan);
+    let plan = step(&mut m, &mut nodes, t);
     assert_eq!(marked(&plan), vec!["n0", "n1"], "pods are marked at once");
     assert_eq!(
         taint_keys(&nodes, "n0", NO_EXECUTE),
@@ -226,11 +230,9 @@ fn nodes_are_tainted_no_faster_than_the_zone_rate() {
         "0.1/s: one now"
     );
     assert_eq!(plan.next_wake, Some(t + 10 * S));
-    let plan = m.pass(&nodes, t + 9 * S, &wall());
-    apply(&mut nodes, &plan);
+    step(&mut m, &mut nodes, t + 9 * S);
     assert!(taint_keys(&nodes, "n1", NO_EXECUTE).is_empty());
-    let plan = m.pass(&nodes, t + 10 * S, &wall());
-    apply(&mut nodes, &plan);
+    step(&mut m, &mut nodes, t + 10 * S);
     assert_eq!(
         taint_keys(&nodes, "n1", NO_EXECUTE),
         vec![taints::UNREACHABLE]
@@ -245,8 +247,7 @@ fn a_partially_disrupted_small_zone_is_not_tainted_while_a_healthy_zone_is() {
     let dead = ["n0", "n2", "n4", "n1"];
     let t = t0 + 50 * S;
     renew_all_but(&mut m, &nodes, &dead, t, 50);
-    let plan = m.pass(&nodes, t, &wall());
-    apply(&mut nodes, &plan);
+    let plan = step(&mut m, &mut nodes, t);
     assert_eq!(plan.zones[":\u{0}:z0"].0, ZoneState::PartialDisruption);
     assert_eq!(plan.zones[":\u{0}:z1"].0, ZoneState::Normal);
     for n in ["n0", "n2", "n4"] {
@@ -256,8 +257,7 @@ fn a_partially_disrupted_small_zone_is_not_tainted_while_a_healthy_zone_is() {
         taint_keys(&nodes, "n1", NO_EXECUTE),
         vec![taints::UNREACHABLE]
     );
-    let plan = m.pass(&nodes, t + 600 * S, &wall());
-    apply(&mut nodes, &plan);
+    step(&mut m, &mut nodes, t + 600 * S);
     assert!(
         taint_keys(&nodes, "n0", NO_EXECUTE).is_empty(),
         "still rate 0"
@@ -327,8 +327,7 @@ fn a_node_back_loses_its_taints_and_can_be_marked_again_later() {
     let (mut m, mut nodes, t0) = cluster(3, 1);
     let t = t0 + 50 * S;
     renew_all_but(&mut m, &nodes, &["n0"], t, 50);
-    let plan = m.pass(&nodes, t, &wall());
-    apply(&mut nodes, &plan);
+    step(&mut m, &mut nodes, t);
     assert_eq!(
         taint_keys(&nodes, "n0", NO_EXECUTE),
         vec![taints::UNREACHABLE]
@@ -343,8 +342,7 @@ fn a_node_back_loses_its_taints_and_can_be_marked_again_later() {
     });
     m.probes.observe_node(&back, t);
     nodes[0] = back;
-    let plan = m.pass(&nodes, t, &wall());
-    apply(&mut nodes, &plan);
+    step(&mut m, &mut nodes, t);
     assert!(taint_keys(&nodes, "n0", NO_EXECUTE).is_empty());
     assert!(taint_keys(&nodes, "n0", NO_SCHEDULE).is_empty());
     // Silent again: a new outage marks its pods again.
@@ -409,8 +407,7 @@ fn cordoned_and_pressured_nodes_get_no_schedule_taints_and_lose_them_after() {
                 ..Default::default()
             });
     });
-    let plan = m.pass(&nodes, t0 + S, &wall());
-    apply(&mut nodes, &plan);
+    step(&mut m, &mut nodes, t0 + S);
     assert_eq!(
         taint_keys(&nodes, "n0", NO_SCHEDULE),
         vec![taints::DISK_PRESSURE, taints::UNSCHEDULABLE, "user/own"]
@@ -425,8 +422,7 @@ fn cordoned_and_pressured_nodes_get_no_schedule_taints_and_lose_them_after() {
             .unwrap()
             .pop();
     });
-    let plan = m.pass(&nodes, t0 + 2 * S, &wall());
-    apply(&mut nodes, &plan);
+    step(&mut m, &mut nodes, t0 + 2 * S);
     assert_eq!(taint_keys(&nodes, "n0", NO_SCHEDULE), vec!["user/own"]);
 }
 

@@ -107,11 +107,11 @@ impl Rates {
 }
 
 /// Every zone's state; and whether all of them are fully disrupted (nothing may be done).
-pub fn states(
+pub fn states<K: Ord + Clone>(
     rates: &Rates,
-    counts: &BTreeMap<String, ZoneCount>,
-) -> (BTreeMap<String, ZoneState>, bool) {
-    let states: BTreeMap<String, ZoneState> = counts
+    counts: &BTreeMap<K, ZoneCount>,
+) -> (BTreeMap<K, ZoneState>, bool) {
+    let states: BTreeMap<K, ZoneState> = counts
         .iter()
         .map(|(z, c)| (z.clone(), rates.state(*c)))
         .collect();
@@ -161,7 +161,7 @@ mod tests {
         assert!(!all);
         counts.insert("b".into(), c(0, 3));
         assert!(states(&r, &counts).1);
-        assert!(!states(&r, &BTreeMap::new()).1);
+        assert!(!states(&r, &BTreeMap::<String, ZoneCount>::new()).1);
     }
 
     #[test]

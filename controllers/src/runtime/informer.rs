@@ -28,6 +28,31 @@ use kube::runtime::{WatchStreamExt, reflector::Lookup};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+/// What an informer can watch: a typed, cloneable, deserializable Kubernetes resource.
+pub trait Watchable:
+    Resource<DynamicType = ()>
+    + Lookup<DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watchable for K where
+    K: Resource<DynamicType = ()>
+        + Lookup<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// What happened to one object.
 #[derive(Debug, Clone)]
 pub enum Change<K> {

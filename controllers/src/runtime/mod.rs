@@ -26,7 +26,7 @@ pub use backoff::Backoffs;
 pub use discovery::Discovery;
 pub use events::Recorder;
 pub use expectations::Expectations;
-pub use informer::{Change, Informer};
+pub use informer::{Change, Informer, Watchable};
 pub use metrics::Metrics;
 pub use queue::WorkQueue;
 
