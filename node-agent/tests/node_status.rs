@@ -43,7 +43,12 @@ async fn conditions_follow_the_runtime_and_are_posted_on_change() {
         cluster_dns: vec![],
         cluster_domain: "cluster.local".into(),
         lease_duration_seconds: capstan_node_agent::node::LEASE_DURATION_SECONDS,
-        eviction_hard: Default::default(),
+        // A build machine's disk is often over 90% full: "healthy" here means the test
+        // harness's thresholds (the defaults are judged in conditions.rs's unit tests).
+        eviction_hard: capstan_node_agent::conditions::Thresholds::parse(
+            capstan_testkit::TEST_EVICTION_HARD,
+        )
+        .unwrap(),
     };
     node::register(&c.client, &cfg).await.unwrap();
     let rt = Arc::new(FakeRuntime::new());
