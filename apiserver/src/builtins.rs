@@ -318,4 +318,67 @@ pub fn builtins() -> Vec<ResourceInfo> {
                 .arc(),
         ),
     ]
+    .into_iter()
+    .chain(rbac())
+    .collect()
+}
+
+/// rbac.authorization.k8s.io/v1: Roles, ClusterRoles and their bindings (names are path
+/// segments: `system:node`).
+fn rbac() -> Vec<ResourceInfo> {
+    use crate::auth::rbac::{table, validation};
+    use k8s_openapi::api::rbac::v1 as rbac;
+    let g = crate::auth::rbac::GROUP;
+    vec![
+        res(
+            (g, "v1", "Role"),
+            "roles",
+            &[],
+            true,
+            false,
+            Builtin::of::<rbac::Role>()
+                .names(NameRule::PathSegment)
+                .validate_with(validation::role)
+                .table(table::roles)
+                .arc(),
+        ),
+        res(
+            (g, "v1", "ClusterRole"),
+            "clusterroles",
+            &[],
+            false,
+            false,
+            Builtin::of::<rbac::ClusterRole>()
+                .names(NameRule::PathSegment)
+                .validate_with(validation::cluster_role)
+                .table(table::roles)
+                .arc(),
+        ),
+        res(
+            (g, "v1", "RoleBinding"),
+            "rolebindings",
+            &[],
+            true,
+            false,
+            Builtin::of::<rbac::RoleBinding>()
+                .names(NameRule::PathSegment)
+                .validate_with(validation::role_binding)
+                .validate_update_with(validation::binding_update)
+                .table(table::bindings)
+                .arc(),
+        ),
+        res(
+            (g, "v1", "ClusterRoleBinding"),
+            "clusterrolebindings",
+            &[],
+            false,
+            false,
+            Builtin::of::<rbac::ClusterRoleBinding>()
+                .names(NameRule::PathSegment)
+                .validate_with(validation::cluster_role_binding)
+                .validate_update_with(validation::binding_update)
+                .table(table::bindings)
+                .arc(),
+        ),
+    ]
 }

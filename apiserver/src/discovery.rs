@@ -88,7 +88,21 @@ fn resources(api: &ApiServer, group: &str, version: &str) -> Option<Vec<Resource
         .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
-    if infos.is_empty() {
+    let virtual_resources: Vec<Resource> = crate::auth::reviews::RESOURCES
+        .iter()
+        .filter(|(g, v, ..)| *g == group && *v == version)
+        .map(|(_, _, plural, kind, namespaced)| Resource {
+            plural: plural.to_string(),
+            singular: kind.to_ascii_lowercase(),
+            kind: kind.to_string(),
+            namespaced: *namespaced,
+            verbs: &["create"],
+            short_names: Vec::new(),
+            categories: Vec::new(),
+            subresources: Vec::new(),
+        })
+        .collect();
+    if infos.is_empty() && virtual_resources.is_empty() {
         return None;
     }
     infos.sort_by(|a, b| a.plural.cmp(&b.plural));
@@ -105,6 +119,11 @@ fn resources(api: &ApiServer, group: &str, version: &str) -> Option<Vec<Resource
             subresources: subresources_of(r),
         })
         .collect();
+    if !virtual_resources.is_empty() {
+        // Reviews: answered, never stored (auth::reviews).
+        out.extend(virtual_resources);
+        out.sort_by(|a, b| a.plural.cmp(&b.plural));
+    }
     if group.is_empty() && version == "v1" {
         // Computed on request, never stored (http::component_status).
         out.push(Resource {
@@ -130,6 +149,12 @@ fn versions_of(api: &ApiServer, group: &str) -> Vec<String> {
         .iter()
         .filter(|r| r.group == group)
         .map(|r| r.version.clone())
+        .chain(
+            crate::auth::reviews::RESOURCES
+                .iter()
+                .filter(|(g, ..)| *g == group)
+                .map(|(_, v, ..)| v.to_string()),
+        )
         .collect();
     versions.sort_by_key(|v| version_priority(v));
     versions.dedup();
@@ -143,6 +168,11 @@ fn groups(api: &ApiServer) -> Vec<String> {
         .all()
         .iter()
         .map(|r| r.group.clone())
+        .chain(
+            crate::auth::reviews::RESOURCES
+                .iter()
+                .map(|(g, ..)| g.to_string()),
+        )
         .filter(|g| !g.is_empty())
         .collect();
     groups.sort();
@@ -355,7 +385,10 @@ pub async fn api_groups(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -
 
 /// GET /apis/{group}
 pub async fn group_info(State(api): State<Arc<ApiServer>>, Path(group): Path<String>) -> Response {
-    if !api.registry.serves(&group, None) {
+    let reviews = crate::auth::reviews::RESOURCES
+        .iter()
+        .any(|(g, ..)| *g == group);
+    if !reviews && !api.registry.serves(&group, None) {
         return crate::errors::route_not_found().into_response();
     }
     let mut g = group_entry(&api, &group);

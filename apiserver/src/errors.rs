@@ -99,6 +99,28 @@ impl ApiError {
         .about(group, plural, name)
     }
 
+    /// 401: the request's credentials are missing (anonymous requests refused) or wrong.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 for a request authorization denied, worded as kube-apiserver words it:
+    /// `pods "p" is forbidden: User "jane" cannot get resource "pods" in API group "" in the
+    /// namespace "default"` (no name for lists; `forbidden: ...` for paths).
+    pub fn denied(a: &crate::auth::attributes::Attributes) -> Self {
+        let why = a.denial();
+        if !a.resource_request {
+            return Self::new(403, "Forbidden", format!("forbidden: {why}"));
+        }
+        let what = qualified(&a.api_group, &a.resource);
+        let message = if a.name.is_empty() {
+            format!("{what} is forbidden: {why}")
+        } else {
+            format!("{what} \"{}\" is forbidden: {why}", a.name)
+        };
+        Self::new(403, "Forbidden", message).about(&a.api_group, &a.resource, &a.name)
+    }
+
     /// 422 with every failing field listed.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<FieldError>) -> Self {
         let list: Vec<String> = causes

@@ -15,6 +15,7 @@
 //! Tables ([`table`]), events.k8s.io over core Events ([`events`]) and request [`metrics`].
 
 pub mod apiservice;
+pub mod auth;
 pub mod body;
 pub mod builtins;
 pub mod configdata;
@@ -41,7 +42,7 @@ pub mod watch_cache;
 pub mod yaml;
 
 pub use http::router;
-pub use http::serve::{ServeLimits, serve};
+pub use http::serve::{ServeLimits, serve, serve_tls};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -76,6 +77,8 @@ pub struct ApiServer {
     pub node_ports: service::node_port::NodePortAllocator,
     /// What componentstatuses reports, and where it looks.
     components: RwLock<Vec<(String, http::component_status::Probe)>>,
+    /// Who requests are and what they may do.
+    pub auth: auth::Auth,
     /// Milliseconds between watch bookmarks ([`rest::watch::BOOKMARK_INTERVAL`] unless changed).
     bookmark_ms: std::sync::atomic::AtomicU64,
 }
@@ -100,7 +103,7 @@ impl Drop for ApiServer {
 }
 
 /// How an API server allocates for Services.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Config {
     /// ClusterIPs come from here (`--service-cidr`).
     pub service_cidr: service::cluster_ip::ServiceCidr,
@@ -108,6 +111,9 @@ pub struct Config {
     pub node_ports: service::node_port::NodePortRange,
     /// The tolerations every new pod gets (`--default-*-toleration-seconds`).
     pub default_tolerations: default_toleration_seconds::DefaultTolerationSeconds,
+    /// Authentication and authorization (`--token-auth-file`, `--anonymous-auth`,
+    /// `--authorization-mode`).
+    pub auth: auth::AuthConfig,
 }
 
 /// The namespaces every cluster starts with.
@@ -169,6 +175,7 @@ impl ApiServer {
             ips,
             node_ports,
             components: RwLock::new(http::component_status::default_components()),
+            auth: auth::Auth::new(config.auth),
             store,
         });
         for info in api.registry.all() {
@@ -192,6 +199,7 @@ impl ApiServer {
                 Err(e) => return Err(e),
             }
         }
+        auth::rbac::bootstrap::ensure(&api).await?;
         crd::controller::CrdController::start(&api).await?;
         apiservice::sync(&api).await?;
         apiservice::spawn(&api);
@@ -283,6 +291,13 @@ impl ApiServer {
             every.as_millis() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Counts a request refused before its handler (`unauthorized`, `forbidden`).
+    pub fn count_auth(&self, reason: &str) {
+        if let Some(m) = &self.metrics {
+            m.denied.with_label_values(&[reason]).inc();
+        }
     }
 
     /// Ready once every watch cache has listed.

@@ -7,6 +7,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry as M
 pub struct RequestMetrics {
     pub total: IntCounterVec,
     pub duration: HistogramVec,
+    /// Requests refused before a handler: 401 (`unauthorized`) and 403 (`forbidden`).
+    pub denied: IntCounterVec,
 }
 
 impl RequestMetrics {
@@ -28,8 +30,20 @@ impl RequestMetrics {
             ]),
             &["verb", "group", "resource"],
         )?;
+        let denied = IntCounterVec::new(
+            Opts::new(
+                "apiserver_request_denied_total",
+                "Requests refused by authentication (unauthorized) or authorization (forbidden).",
+            ),
+            &["reason"],
+        )?;
         r.register(Box::new(total.clone()))?;
         r.register(Box::new(duration.clone()))?;
-        Ok(RequestMetrics { total, duration })
+        r.register(Box::new(denied.clone()))?;
+        Ok(RequestMetrics {
+            total,
+            duration,
+            denied,
+        })
     }
 }

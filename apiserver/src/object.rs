@@ -148,6 +148,19 @@ pub enum NameRule {
     Label,
     /// `VERSION.GROUP`, the group possibly empty (APIServices: `v1.apps`, `v1.`).
     VersionDotGroup,
+    /// Any path segment (RBAC roles and bindings: `system:node`).
+    PathSegment,
+}
+
+/// Kubernetes' IsValidPathSegmentName: not empty, `.` or `..`, and without `/` or `%`.
+pub fn path_segment(name: &str) -> Result<(), String> {
+    match name {
+        "" => Err("Required value: name or generateName is required".into()),
+        "." | ".." => Err(format!("may not be '{name}'")),
+        n if n.contains('/') => Err("may not contain '/'".into()),
+        n if n.contains('%') => Err("may not contain '%'".into()),
+        _ => Ok(()),
+    }
 }
 
 /// Metadata rules every object follows: a valid name, labels and annotations as string maps
@@ -166,6 +179,7 @@ pub fn validate_meta(obj: &Value, namespaced: bool, names: NameRule) -> Vec<Fiel
                 .and_then(|()| validation::dns1123_subdomain(group)),
             None => Err("must be VERSION.GROUP (VERSION. for the core group)".into()),
         },
+        NameRule::PathSegment => path_segment(name),
     };
     if let Err(m) = check {
         errs.push(FieldError {

@@ -54,7 +54,10 @@ impl Table {
     }
 }
 
-fn table(columns: &[(&'static str, &'static str, u8)], row: fn(&Value) -> Vec<Value>) -> Table {
+pub(crate) fn table(
+    columns: &[(&'static str, &'static str, u8)],
+    row: fn(&Value) -> Vec<Value>,
+) -> Table {
     Table::new(
         columns
             .iter()
@@ -184,7 +187,7 @@ fn i(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 

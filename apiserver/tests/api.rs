@@ -1013,11 +1013,14 @@ async fn discovery_lists_every_resource_with_its_subresources() {
             "apiextensions.k8s.io",
             "apiregistration.k8s.io",
             "apps",
+            "authentication.k8s.io",
+            "authorization.k8s.io",
             "autoscaling",
             "coordination.k8s.io",
             "discovery.k8s.io",
             "events.k8s.io",
-            "policy"
+            "policy",
+            "rbac.authorization.k8s.io"
         ]
     );
     // kubectl drain evicts only when pods/eviction names policy/v1 Eviction.
@@ -1210,18 +1213,21 @@ async fn field_validation_strict_warn_and_ignore() {
     let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
     assert!(api.get_opt("s").await.unwrap().is_none());
 
-    // Warn: a raw response, to read the Warning headers.
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    use std::io::{Read, Write};
+    // Warn: the Warning headers.
     let b = body("w");
-    write!(stream, "POST {path}?fieldValidation=Warn HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    assert!(raw.starts_with("HTTP/1.0 201"), "{raw}");
+    let (code, head, raw) = capstan_testkit::http_exchange(
+        &addr,
+        "POST",
+        &format!("{path}?fieldValidation=Warn"),
+        &[("Content-Type", "application/json")],
+        b.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{raw}");
+    let head = head.join("\n").to_ascii_lowercase();
     assert!(
-        raw.to_ascii_lowercase()
-            .contains("warning: 299 - \"unknown field 'dta'\""),
-        "{raw}"
+        head.contains("warning: 299 - \"unknown field 'dta'\""),
+        "{head}"
     );
     assert!(api.get_opt("w").await.unwrap().is_some());
 

@@ -21,9 +21,17 @@ struct Server {
     _cluster: TestCluster,
 }
 
-/// The API server of a TestCluster, served again on a socket of its own within `limits`.
+/// The API server of a TestCluster, served again over plain HTTP on a socket of its own within
+/// `limits`. Every request is allowed (these tests are about connections; auth has its own).
 async fn start(limits: ServeLimits) -> Server {
-    let cluster = TestCluster::start().await;
+    let cluster = TestCluster::with_config(capstan_apiserver::Config {
+        auth: capstan_apiserver::auth::AuthConfig {
+            mode: capstan_apiserver::auth::Mode::AlwaysAllow,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
     let api = cluster.api.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -298,7 +298,7 @@ async fn kube_dns_ip(client: &kube::Client) -> Option<String> {
     None
 }
 
-fn node_name(args: &AgentArgs) -> String {
+pub(crate) fn node_name(args: &AgentArgs) -> String {
     match &args.node_name {
         Some(n) => n.clone(),
         None => rustix::system::uname()

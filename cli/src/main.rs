@@ -14,7 +14,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent_cmd;
+mod auth_args;
 mod bench;
+mod certs;
 mod client_cmd;
 mod controllers_cmd;
 mod crd_cmd;

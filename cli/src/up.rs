@@ -6,7 +6,6 @@
 //! controllers.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use crate::store_args::StoreArgs;
 pub struct UpArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Address to serve the API on (plain HTTP: keep it on loopback).
+    /// Address to serve the API on (HTTPS; plain HTTP with --insecure-http, on loopback only).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
     /// Which node agent runs pods: `auto` (containerd when installed, else processes),
@@ -65,6 +64,8 @@ pub struct UpArgs {
     pub manager: crate::controllers_cmd::ManagerArgs,
     #[command(flatten)]
     pub serve: crate::serve_args::ServeArgs,
+    #[command(flatten)]
+    pub auth: crate::auth_args::AuthArgs,
 }
 
 pub use crate::agent_cmd::Runtime;
@@ -97,6 +98,39 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         args.manager.names()?; // an unknown controller fails here, before anything starts
         args.manager.node_lifecycle()?;
     }
+    args.auth.check(args.listen)?;
+    // Who the in-process components are: the controller manager, and the node agent as its
+    // node (system:node:NAME in system:nodes). On plain HTTP they (and the administrator's
+    // kubeconfig) authenticate with tokens made for this run.
+    let node_user = format!("system:node:{}", crate::agent_cmd::node_name(&args.agent));
+    let identities: [(&str, &str, Vec<&str>); 3] = [
+        (
+            "admin",
+            crate::certs::ADMIN,
+            vec![capstan_apiserver::auth::MASTERS],
+        ),
+        (
+            "controller-manager",
+            capstan_apiserver::auth::rbac::bootstrap::CONTROLLER_MANAGER,
+            vec![],
+        ),
+        (
+            "node",
+            &node_user,
+            vec![capstan_apiserver::auth::rbac::bootstrap::NODES],
+        ),
+    ];
+    let mut tokens = Vec::new();
+    if args.auth.insecure_http {
+        for (_, user, groups) in &identities {
+            tokens.push((
+                crate::auth_args::random_token()?,
+                user.to_string(),
+                groups.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+            ));
+        }
+    }
+    let auth_config = args.auth.config(&tokens)?;
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
     let store = metrics.wrap(args.store.open(Some(CompactionPolicy::default())).await?);
@@ -108,6 +142,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
                 not_ready: args.default_not_ready_toleration_seconds,
                 unreachable: args.default_unreachable_toleration_seconds,
             },
+        auth: auth_config,
     };
     let api = ApiServer::with_config(store.clone(), registry, config)
         .await
@@ -128,14 +163,55 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("keeping the kubernetes Service: {}", e.message))?;
     let kubeconfig = args.store.data_dir.join("kubeconfig");
-    write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
+    let scheme = if args.auth.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
+    let url = format!("{scheme}://{addr}");
+    // Each in-process component's kubeconfig: the CA and its certificate, or its token.
+    let mut kubeconfigs = Vec::new();
+    let mut tls = None;
+    if args.auth.insecure_http {
+        for (token, ..) in &tokens {
+            kubeconfigs.push(crate::certs::kubeconfig(
+                &url,
+                None,
+                crate::certs::Credentials::Token(token),
+            ));
+        }
+    } else {
+        let names = crate::certs::serving_names(
+            addr,
+            Some(*advertise.ip()),
+            Some(args.service_cidr.nth(1)),
+            &args.auth.tls_sans,
+        );
+        let certs = crate::certs::ClusterCerts::prepare(&args.store.data_dir.join("pki"), &names)?;
+        for (file, user, groups) in &identities {
+            let id = certs.client(file, user, groups)?;
+            kubeconfigs.push(crate::certs::kubeconfig(
+                &url,
+                Some(certs.ca.cert_pem()),
+                crate::certs::Credentials::Cert(&id),
+            ));
+        }
+        tls = Some(certs.server_config()?);
+    }
+    crate::certs::write_kubeconfig(&kubeconfig, &kubeconfigs[0])?;
     let app = capstan_apiserver::router(api.clone());
     let limits = args.serve.limits();
     // The server stops last: the agent leaving removes its DNS endpoint through it.
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(capstan_apiserver::serve(listener, app, limits, async {
+    let stopped = async {
         let _ = server_stopped.await;
-    }));
+    };
+    let mut server = match tls {
+        Some(tls) => tokio::spawn(capstan_apiserver::serve_tls(
+            listener, app, limits, tls, stopped,
+        )),
+        None => tokio::spawn(capstan_apiserver::serve(listener, app, limits, stopped)),
+    };
     let (leading_tx, mut leading) = tokio::sync::watch::channel(if with_controllers {
         ManagerState::Campaigning
     } else {
@@ -143,8 +219,9 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     });
     let mut manager_task = None;
     if with_controllers {
-        let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
-        let client = kube::Client::try_from(config).context("client for the controllers")?;
+        let client = crate::certs::client_of(&kubeconfigs[1])
+            .await
+            .context("client for the controllers")?;
         let (mut manager, registry) = (args.manager.clone(), api.prometheus.clone());
         if manager.leader_elect_identity.is_none() {
             manager.leader_elect_identity = Some(stable_identity(&args.store));
@@ -187,8 +264,9 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     }
     let mut agent_task = None;
     if runtime != Runtime::None {
-        let config = kube::Config::new(format!("http://{addr}").parse().context("server URL")?);
-        let client = kube::Client::try_from(config).context("client for the node agent")?;
+        let client = crate::certs::client_of(&kubeconfigs[2])
+            .await
+            .context("client for the node agent")?;
         let mut agent = args.agent.clone();
         if agent.root_dir.is_none() {
             agent.root_dir = Some(args.store.data_dir.join("agent"));
@@ -226,7 +304,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             Err(_) => std::future::pending::<()>().await,
         }
         println!(
-            "capstan is up: http://{addr}/readyz answers; store={}; kubectl --kubeconfig {} get ns",
+            "capstan is up: {url}/readyz answers; store={}; kubectl --kubeconfig {} get ns",
             store.backend(),
             kubeconfig.display()
         );
@@ -305,33 +383,6 @@ fn advertise_address(
             .context("the host's IPv4 address (pass --advertise-address)")?,
     };
     Ok(std::net::SocketAddrV4::new(ip, listen.port()))
-}
-
-/// A kubeconfig pointing kubectl at this server over plain HTTP.
-pub(crate) fn write_kubeconfig(path: &Path, server: &str) -> Result<()> {
-    let text = format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: capstan
-  cluster:
-    server: {server}
-contexts:
-- name: capstan
-  context:
-    cluster: capstan
-    user: capstan
-    namespace: default
-current-context: capstan
-users:
-- name: capstan
-  user: {{}}
-"
-    );
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

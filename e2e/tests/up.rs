@@ -69,9 +69,9 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
     // What up writes at start: the four system namespaces, an APIService per served
-    // group/version, the kubernetes and kube-dns Services with their ClusterIP claims, the
-    // kubernetes Endpoints and EndpointSlice — and nothing else (its API server lease went
-    // with the clean stop).
+    // group/version, the default RBAC roles and bindings, the kubernetes and kube-dns
+    // Services with their ClusterIP claims, the kubernetes Endpoints and EndpointSlice — and
+    // nothing else (its API server lease went with the clean stop).
     let apiservices = store_cmd(dir.path(), &["list", "apiservices/"]);
     assert!(
         String::from_utf8_lossy(&apiservices.stdout).contains("apiservices/v1.apps\n"),
@@ -82,8 +82,22 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
     let others: Vec<String> = String::from_utf8_lossy(&all.stdout)
         .lines()
         .filter(|k| !k.starts_with("apiservices/") && !k.starts_with("namespaces/"))
+        .filter(|k| !k.starts_with("clusterroles/") && !k.starts_with("clusterrolebindings/"))
         .map(str::to_string)
         .collect();
+    let rbac = String::from_utf8_lossy(&all.stdout);
+    for default in [
+        "clusterroles/cluster-admin",
+        "clusterroles/view",
+        "clusterroles/system:node",
+        "clusterrolebindings/cluster-admin",
+        "clusterrolebindings/system:kube-controller-manager",
+    ] {
+        assert!(
+            rbac.lines().any(|l| l == default),
+            "{default} missing: {rbac}"
+        );
+    }
     assert_eq!(
         others,
         [

@@ -1,5 +1,6 @@
 //! [`TestCluster`]: an in-process API server on a fresh embedded store at 127.0.0.1:0, with a
-//! `kube::Client` — the harness every crate's cluster tests share (feature `cluster`).
+//! `kube::Client` — the harness every crate's cluster tests share (feature `cluster`). It serves
+//! HTTPS with the harness's CA; the client is the test administrator ([`crate::pki`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ impl std::fmt::Debug for TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.server.abort();
+        crate::pki::unregister(&self.addr.to_string());
     }
 }
 
@@ -64,26 +66,46 @@ impl TestCluster {
         dir: tempfile::TempDir,
         cidr: &str,
     ) -> TestCluster {
-        let api = ApiServer::with_service_cidr(
-            store.clone(),
-            prometheus::Registry::new(),
-            cidr.parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let config = capstan_apiserver::Config {
+            service_cidr: cidr.parse().unwrap(),
+            ..Default::default()
+        };
+        Self::on_with_config(store, dir, config).await
+    }
+
+    /// A cluster on a fresh embedded store with `config` (another authorization mode, say).
+    pub async fn with_config(config: capstan_apiserver::Config) -> TestCluster {
+        let dir = crate::temp_dir("capstan-apiserver-").unwrap();
+        let mut opts = EmbeddedOptions::new(dir.path());
+        opts.compaction = None;
+        let store: Arc<dyn Storage> = EmbeddedStore::open(opts).await.unwrap();
+        Self::on_with_config(store, dir, config).await
+    }
+
+    async fn on_with_config(
+        store: Arc<dyn Storage>,
+        dir: tempfile::TempDir,
+        config: capstan_apiserver::Config,
+    ) -> TestCluster {
+        let api = ApiServer::with_config(store.clone(), prometheus::Registry::new(), config)
+            .await
+            .unwrap();
         assert!(api.wait_ready(Duration::from_secs(10)).await);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = capstan_apiserver::router(api.clone());
         // The serving loop `capstan up` runs, with its default limits.
         let limits = capstan_apiserver::ServeLimits::default();
+        // Over TLS with the harness's CA, as the test administrator (crate::pki).
+        let pki = crate::pki::pki();
+        let tls = pki.server_config();
         let server = tokio::spawn(async move {
-            capstan_apiserver::serve(listener, app, limits, std::future::pending())
+            capstan_apiserver::serve_tls(listener, app, limits, tls, std::future::pending())
                 .await
                 .unwrap();
         });
-        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
+        crate::pki::register(&addr.to_string());
+        let client = pki.client(&format!("https://{addr}"), None).await.unwrap();
         TestCluster {
             client,
             addr,
@@ -94,8 +116,15 @@ impl TestCluster {
         }
     }
 
-    /// `http://ADDR{path}`.
+    /// `https://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("https://{}{path}", self.addr)
+    }
+
+    /// A client of this cluster as `user` in `groups` (a certificate from the test CA).
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> kube::Client {
+        let pki = crate::pki::pki();
+        let id = pki.user(user, groups);
+        pki.client(&self.url(""), Some(&id)).await.unwrap()
     }
 }

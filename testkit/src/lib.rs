@@ -11,6 +11,7 @@
 mod binary;
 #[cfg(feature = "cluster")]
 mod cluster;
+pub mod pki;
 pub mod portforward;
 pub mod sim;
 
@@ -325,7 +326,12 @@ pub fn read_lossy(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// A plain HTTP/1.0 GET against `addr` (host:port): the status code and the body.
+/// A stream the raw helpers read and write: TCP, or TLS over it.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// An HTTP/1.0 GET against `addr` (host:port; TLS as the test administrator when it is a
+/// registered API server, [`pki::register`]): the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     http_request(addr, "GET", path, &[], b"")
 }
@@ -349,8 +355,45 @@ pub fn http_exchange(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(u16, Vec<String>, String)> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // The harness's API servers speak TLS: as the test administrator, trusting the test CA.
+    let tls = pki::is_tls(addr).then(|| pki::pki().client_tls());
+    exchange(addr, tls, method, path, headers, body)
+}
+
+/// One HTTP/1.0 request over TLS to `addr` with `tls` (the test administrator's configuration
+/// when None): status, header lines and body. A failed handshake is an error.
+pub fn tls_exchange(
+    addr: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<String>, String)> {
+    let tls = tls.unwrap_or_else(|| pki::pki().client_tls());
+    exchange(addr, Some(tls), method, path, headers, body)
+}
+
+fn exchange(
+    addr: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<String>, String)> {
+    let tcp = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        Some(config) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .with_context(|| format!("server name {host}"))?;
+            let conn = rustls::ClientConnection::new(config, name)?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+        None => Box::new(tcp),
+    };
     let mut head = format!(
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
         body.len()
@@ -363,7 +406,12 @@ pub fn http_exchange(
     // The server may answer (413) before reading the whole body; a broken pipe is fine then.
     let _ = stream.write_all(body);
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        // A TLS peer that closes without close_notify after answering: the answer stands.
+        if e.kind() != std::io::ErrorKind::UnexpectedEof || raw.is_empty() {
+            return Err(e.into());
+        }
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -484,6 +532,14 @@ impl CapstanUp {
         if !has("--eviction-hard") {
             defaults.extend(["--eviction-hard", TEST_EVICTION_HARD]);
         }
+        // The test CA, so the harness's clients trust it and are trusted.
+        let data_dir = args
+            .iter()
+            .position(|a| a.as_ref() == "--data-dir")
+            .and_then(|i| args.get(i + 1));
+        if let Some(dir) = data_dir {
+            pki::seed(Path::new(dir.as_ref()))?;
+        }
         let mut child = Command::new(bin)
             .args(["up", "--listen", "127.0.0.1:0"])
             .args(&defaults)
@@ -501,12 +557,19 @@ impl CapstanUp {
                 bail!("capstan up printed no ready line within 30s");
             }
         };
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split('/').next())
+        let (tls, rest) = match (line.split_once("https://"), line.split_once("http://")) {
+            (Some((_, rest)), _) => (true, rest),
+            (None, Some((_, rest))) => (false, rest),
+            _ => bail!("no address in {line:?}"),
+        };
+        let addr = rest
+            .split('/')
+            .next()
             .with_context(|| format!("no address in {line:?}"))?
             .to_string();
+        if tls {
+            pki::register(&addr);
+        }
         Ok(CapstanUp {
             child,
             addr,
@@ -558,6 +621,7 @@ impl Drop for CapstanUp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        pki::unregister(&self.addr);
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod component_status;
 pub mod dispatch;
+pub mod guard;
 pub mod negotiate;
 pub mod resolve;
 pub mod serve;
@@ -14,15 +15,37 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use serde_json::Value;
 
 use crate::ApiServer;
+use crate::auth::reviews;
 use crate::{discovery, openapi, rest};
 
-/// The HTTP surface: discovery, every resource verb, and the operational endpoints.
+/// The HTTP surface: discovery, every resource verb, and the operational endpoints, each
+/// request authenticated and authorized first ([`guard`]).
 pub fn router(api: Arc<ApiServer>) -> Router {
     Router::new()
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            post(reviews::self_subject_access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            post(reviews::subject_access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews",
+            post(reviews::local_subject_access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            post(reviews::self_subject_rules_review),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            post(reviews::self_subject_review),
+        )
         .route("/version", get(system::version))
         .route("/api", get(discovery::api_versions))
         .route("/apis", get(discovery::api_groups))
@@ -66,6 +89,10 @@ pub fn router(api: Arc<ApiServer>) -> Router {
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
         .fallback(|| async { crate::errors::route_not_found() })
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            guard::guard,
+        ))
         .with_state(api)
 }
 

@@ -20,6 +20,12 @@
 //! connection left in the kernel's backlog. At most [`REFUSING`] refusals are written at once;
 //! beyond that a connection is closed without an answer.
 //!
+//! # TLS
+//! [`serve_tls`] serves HTTPS: the handshake must finish within the header read timeout, and a
+//! client certificate the configuration verified rides on every request of the connection as
+//! [`PeerCertificate`] (the authenticator reads it). Refusals over the cap are answered after
+//! a handshake, so clients read them.
+//!
 //! # Shutdown
 //! When `shutdown` resolves the listener closes, idle connections close, requests in progress
 //! finish, and [`serve`] returns once every connection has ended or
@@ -44,8 +50,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::auth::PeerCertificate;
 use crate::errors::ApiError;
 
 /// kube-apiserver's ReadHeaderTimeout.
@@ -85,12 +93,40 @@ impl Default for ServeLimits {
     }
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` resolves (see the module
-/// documentation). Errors only when the listener itself fails.
+/// Serves `router` over plain HTTP on `listener` within `limits` until `shutdown` resolves
+/// (see the module documentation). Errors only when the listener itself fails.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_with(listener, router, limits, None, shutdown).await
+}
+
+/// As [`serve`], over TLS with `tls`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_with(
+        listener,
+        router,
+        limits,
+        Some(TlsAcceptor::from(tls)),
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
@@ -121,11 +157,24 @@ pub async fn serve(
                     stop: stop_rx.clone(),
                     _permit: permit,
                 };
-                tokio::spawn(conn.run(stream));
+                tokio::spawn(conn.run(stream, tls.clone()));
             }
             Err(_) => match refusing.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    tokio::spawn(refuse(stream, limits.max_connections, permit));
+                    let (cap, tls) = (limits.max_connections, tls.clone());
+                    tokio::spawn(async move {
+                        match tls {
+                            None => refuse(stream, cap, permit).await,
+                            Some(acceptor) => {
+                                let accepted =
+                                    tokio::time::timeout(REFUSAL_TIMEOUT, acceptor.accept(stream))
+                                        .await;
+                                if let Ok(Ok(stream)) = accepted {
+                                    refuse(stream, cap, permit).await;
+                                }
+                            }
+                        }
+                    });
                 }
                 Err(_) => drop(stream),
             },
@@ -157,7 +206,11 @@ fn is_connection_error(e: &io::Error) -> bool {
 }
 
 /// Answers a connection over the cap with a 503 Status and closes it.
-async fn refuse(mut stream: TcpStream, cap: usize, _permit: OwnedSemaphorePermit) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    cap: usize,
+    _permit: OwnedSemaphorePermit,
+) {
     let status = ApiError::unavailable(format!(
         "the server has reached its limit of {cap} open connections; retry later"
     ))
@@ -189,16 +242,50 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, stream: TcpStream) {
+    async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Tracked {
+        let tracked = Tracked {
             inner: stream,
             activity: activity.clone(),
-        });
+        };
+        let Some(acceptor) = tls else {
+            return self.serve(tracked, activity, None).await;
+        };
+        let handshake =
+            tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(tracked)).await;
+        let stream = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake did not finish within the header read timeout");
+                return;
+            }
+        };
+        let peer = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| capstan_pki::der::subject(c))
+            .map(|s| PeerCertificate(Arc::new(s)));
+        self.serve(stream, activity, peer).await
+    }
+
+    async fn serve<S>(mut self, stream: S, activity: Arc<Activity>, peer: Option<PeerCertificate>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(stream);
         let (router, seen) = (self.router.clone(), activity.clone());
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let guard = seen.begin();
             let router = router.clone();
+            if let Some(p) = &peer {
+                req.extensions_mut().insert(p.clone());
+            }
             async move {
                 let response = match host_problem(&req) {
                     Some(problem) => ApiError::bad_request(problem).into_response(),
@@ -385,12 +472,12 @@ impl HttpBody for Guarded {
 }
 
 /// The socket, noting when bytes arrive.
-struct Tracked {
-    inner: TcpStream,
+struct Tracked<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -405,7 +492,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

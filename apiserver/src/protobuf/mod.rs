@@ -348,6 +348,17 @@ fn special(buf: &[u8], name: &str, depth: u32) -> Result<Option<Value>, WireErro
             json_bytes(raw)?
         }
         (APIEXT_PKG, "JSON") => json_bytes(last_bytes(&fields(buf)?, 1).unwrap_or_default())?,
+        // A review's `extra` values: repeated strings (items = 1), a list in JSON.
+        ("io.k8s.api.authentication.v1" | "io.k8s.api.authorization.v1", "ExtraValue") => {
+            let fs = fields(buf)?;
+            Value::Array(
+                fs.iter()
+                    .filter(|f| f.tag == 1)
+                    .filter_map(|f| f.bytes)
+                    .map(|b| string(b).map(Value::String))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
         (APIEXT_PKG, "JSONSchemaPropsOrArray") => {
             // schema = 1, jsonSchemas = 2 (repeated): an array when the list is set.
             let fs = fields(buf)?;

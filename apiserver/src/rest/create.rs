@@ -113,6 +113,7 @@ impl ApiServer {
             obj.remove_meta("generation");
         }
         info.strategy.prepare_for_create(&mut obj);
+        crate::auth::rbac::escalation::check(self, info, &obj, None)?;
         let errs = info.validate(&obj);
         if !errs.is_empty() {
             return Err(self.invalid(t, &name, errs));

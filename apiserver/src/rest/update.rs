@@ -213,6 +213,7 @@ impl ApiServer {
         } else {
             new.remove_meta("generation");
         }
+        crate::auth::rbac::escalation::check(self, info, new, Some(live))?;
         let mut errs = info.validate(new);
         errs.extend(info.strategy.validate_update(new, live));
         if !errs.is_empty() {

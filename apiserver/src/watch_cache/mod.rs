@@ -72,6 +72,8 @@ struct State {
     ready: bool,
     /// Bumped on every relist, which closes the client watches of the previous generation.
     generation: u64,
+    /// Bumped on every relist and every object event ([`Cacher::changes`]).
+    changes: u64,
     /// Set by [`Cacher::stop`]: every client watch ends.
     stopped: bool,
 }
@@ -124,6 +126,7 @@ impl Cacher {
             history: History::new(limits),
             ready: false,
             generation: 0,
+            changes: 0,
             stopped: false,
         };
         let cacher = Arc::new(Cacher {
@@ -192,6 +195,7 @@ impl Cacher {
             st.rv = revision;
             st.history.reset(revision);
             st.generation += 1;
+            st.changes += 1;
             st.ready = true;
         }
         self.rv_tx.send_replace(revision);
@@ -280,6 +284,7 @@ impl Cacher {
         };
         st.history.push(Arc::new(event), Instant::now());
         st.rv = rv;
+        st.changes += 1;
         drop(st);
         // Client watches read the event from the history; this wakes them.
         self.rv_tx.send_replace(rv);
@@ -317,6 +322,13 @@ impl Cacher {
     /// Whether the first list has completed.
     pub fn is_ready(&self) -> bool {
         self.state.read().map(|s| s.ready).unwrap_or(false)
+    }
+
+    /// How many times the cached objects changed (a relist counts once): unlike the revision,
+    /// store progress notifications leave it alone, so an in-process consumer that derives
+    /// something from the objects (the RBAC authorizer's index) rebuilds only when they change.
+    pub fn changes(&self) -> u64 {
+        self.state.read().map(|s| s.changes).unwrap_or(0)
     }
 
     /// The revision the cache reflects (0 until the first list).

@@ -3,6 +3,7 @@
 //! commands are recorded in docs/benchmarks.md. Build with --release before trusting numbers.
 
 mod api;
+mod auth;
 mod crd;
 mod nodes;
 mod pods;
@@ -33,6 +34,10 @@ enum Which {
     /// The API server: creates/gets/lists at 1, 16 and 64 clients against the raw store, watch
     /// fan-out to 1,000 watchers, idle RSS of `capstan up` — on both store backends.
     Api(api::ApiBench),
+    /// TLS, authentication and RBAC: creates/s and gets/s through HTTPS with a client
+    /// certificate and RBAC against plain HTTP, and the RBAC decision time with 1,000 Roles and
+    /// 10,000 RoleBindings.
+    Auth(auth::AuthBench),
     /// Custom resources: schema validation cost per object (50 fields) and creates/s of CRs
     /// against ConfigMaps of the same size and the raw store, in one run.
     Crd(crd::CrdBench),
@@ -62,6 +67,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd.which {
         Which::Store(b) => store::run(b).await,
         Which::Api(b) => api::run(b).await,
+        Which::Auth(b) => auth::run(b).await,
         Which::Crd(b) => crd::run(b).await,
         Which::Schedule(b) => schedule::run(b).await,
         Which::Pods(b) => pods::run(b).await,
@@ -73,8 +79,9 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
-/// An API server on a fresh embedded store (no compaction) in a scratch directory, served on a
-/// free loopback port; stopped and removed when dropped.
+/// An API server on a fresh embedded store (no compaction) in a scratch directory, served over
+/// plain HTTP with every request allowed on a free loopback port; stopped and removed when
+/// dropped.
 pub struct LocalServer {
     pub url: String,
     pub store: Arc<dyn capstan_storage::Storage>,
@@ -97,9 +104,22 @@ impl LocalServer {
         let mut opts = EmbeddedOptions::new(dir.path());
         opts.compaction = None;
         let store: Arc<dyn capstan_storage::Storage> = EmbeddedStore::open(opts).await?;
-        let api = capstan_apiserver::ApiServer::new(store.clone(), prometheus::Registry::new())
-            .await
-            .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
+        // Plain HTTP and every request allowed: these benchmarks measure the store and API
+        // paths; what TLS, authentication and RBAC cost is `bench auth`'s.
+        let config = capstan_apiserver::Config {
+            auth: capstan_apiserver::auth::AuthConfig {
+                mode: capstan_apiserver::auth::Mode::AlwaysAllow,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api = capstan_apiserver::ApiServer::with_config(
+            store.clone(),
+            prometheus::Registry::new(),
+            config,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let task = tokio::spawn(async move {

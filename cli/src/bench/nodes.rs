@@ -254,7 +254,10 @@ async fn idle(b: &NodesBench) -> Result<()> {
         .prefix("bench-nodes-")
         .tempdir_in(&b.scratch)?;
     let kubeconfig = dir.path().join("kubeconfig");
-    crate::up::write_kubeconfig(&kubeconfig, &server.url)?;
+    crate::certs::write_kubeconfig(
+        &kubeconfig,
+        &crate::certs::kubeconfig(&server.url, None, crate::certs::Credentials::None),
+    )?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("--kubeconfig")
         .arg(&kubeconfig)

@@ -308,7 +308,10 @@ pub async fn run(b: PodsBench) -> Result<()> {
     // Capstan: an API server in this process, the agent as its own process (for its RSS).
     let server = LocalServer::start(scratch.path(), "api-").await?;
     let kubeconfig = scratch.path().join("kubeconfig");
-    crate::up::write_kubeconfig(&kubeconfig, &server.url)?;
+    crate::certs::write_kubeconfig(
+        &kubeconfig,
+        &crate::certs::kubeconfig(&server.url, None, crate::certs::Credentials::None),
+    )?;
     let agent = std::process::Command::new(std::env::current_exe()?)
         .arg("--kubeconfig")
         .arg(&kubeconfig)
