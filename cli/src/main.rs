@@ -20,6 +20,7 @@ mod certs;
 mod client_cmd;
 mod controllers_cmd;
 mod crd_cmd;
+mod encryption;
 mod pause_cmd;
 mod serve_args;
 mod signals;

@@ -59,6 +59,19 @@ enum Op {
 }
 
 fn text(v: &[u8]) -> String {
+    // Encrypted at rest: the envelope's header (provider and key name), then the ciphertext's
+    // size — never decrypted here.
+    if let Some(rest) = v.strip_prefix(b"k8s:enc:")
+        && let Some(header) = rest
+            .splitn(4, |b| *b == b':')
+            .take(3)
+            .map(|p| std::str::from_utf8(p).ok())
+            .collect::<Option<Vec<_>>>()
+        && header.len() == 3
+    {
+        let head = format!("k8s:enc:{}:", header.join(":"));
+        return format!("{head}<{} bytes of ciphertext>", v.len() - head.len());
+    }
     match std::str::from_utf8(v) {
         Ok(s) => s.to_string(),
         Err(_) => format!("<{} bytes of binary>", v.len()),

@@ -66,6 +66,10 @@ pub struct UpArgs {
     pub serve: crate::serve_args::ServeArgs,
     #[command(flatten)]
     pub auth: crate::auth_args::AuthArgs,
+    /// Encrypt these resources' values in the store: kube-apiserver's EncryptionConfiguration
+    /// (aesgcm keys, the first encrypts; values are re-encrypted under it at start).
+    #[arg(long)]
+    pub encryption_provider_config: Option<std::path::PathBuf>,
 }
 
 pub use crate::agent_cmd::Runtime;
@@ -133,7 +137,11 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     let auth_config = args.auth.config(&tokens)?;
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
-    let store = metrics.wrap(args.store.open(Some(CompactionPolicy::default())).await?);
+    let mut store = args.store.open(Some(CompactionPolicy::default())).await?;
+    if let Some(path) = &args.encryption_provider_config {
+        store = crate::encryption::wrap(store, path).await?;
+    }
+    let store = metrics.wrap(store);
     let config = capstan_apiserver::Config {
         service_cidr: args.service_cidr,
         node_ports: args.service_node_port_range,

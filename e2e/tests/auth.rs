@@ -282,3 +282,130 @@ fn plain_http_only_when_asked_and_only_on_loopback() {
     assert_eq!(code, 201, "{body}");
     assert!(body.contains("\"username\":\"system:admin\""), "{body}");
 }
+
+fn encryption_config(path: &Path, keys: &[(&str, &str)]) {
+    let keys: String = keys
+        .iter()
+        .map(|(n, s)| format!("      - name: {n}\n        secret: {s}\n"))
+        .collect();
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n{keys}  - identity: {{}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
+const KEY2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="; // 32 bytes
+
+#[test]
+fn secrets_are_ciphertext_in_both_stores_and_keys_rotate() {
+    let dir = temp_dir("capstan-encrypt-").unwrap();
+    let enc = dir.path().join("encryption.yaml");
+    encryption_config(&enc, &[("key1", KEY1)]);
+    let etcd = capstan_testkit::EtcdProcess::start().unwrap();
+    for store in ["embedded", "etcd"] {
+        let data = dir.path().join(store);
+        let mut args = vec![
+            "--data-dir".to_string(),
+            data.display().to_string(),
+            "--encryption-provider-config".into(),
+            enc.display().to_string(),
+        ];
+        if store == "etcd" {
+            args.extend([
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoint.clone(),
+            ]);
+        }
+        // What the store holds for the Secret, read past the API server.
+        let raw = || -> Vec<u8> {
+            let out = if store == "etcd" {
+                std::process::Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .args([
+                        "--endpoints",
+                        &etcd.endpoint,
+                        "get",
+                        "--print-value-only",
+                        "/registry/secrets/default/s1",
+                    ])
+                    .output()
+                    .expect("etcdctl (apt-get install etcd-client)")
+            } else {
+                std::process::Command::new(capstan_bin())
+                    .args([
+                        "store",
+                        "--data-dir",
+                        &data.display().to_string(),
+                        "get",
+                        "secrets/default/s1",
+                    ])
+                    .output()
+                    .unwrap()
+            };
+            assert!(out.status.success(), "{}", text(&out));
+            out.stdout
+        };
+        let up = CapstanUp::start(capstan_bin(), &args).unwrap();
+        let kc = data.join("kubeconfig");
+        kubectl_ok(
+            &kc,
+            &[
+                "create",
+                "secret",
+                "generic",
+                "s1",
+                "--from-literal=password=hunter2",
+            ],
+            None,
+        );
+        let stored = raw();
+        assert!(
+            stored.windows(22).any(|w| w == b"k8s:enc:aesgcm:v1:key1"),
+            "{store}: {}",
+            String::from_utf8_lossy(&stored)
+        );
+        assert!(
+            !stored.windows(7).any(|w| w == b"hunter2")
+                && !stored.windows(12).any(|w| w == b"aHVudGVyMg==")
+        );
+        let read = kubectl_ok(
+            &kc,
+            &["get", "secret", "s1", "-o", "jsonpath={.data.password}"],
+            None,
+        );
+        assert_eq!(read, "aHVudGVyMg==", "the API decrypts");
+        // ConfigMaps are not listed: stored as they are.
+        kubectl_ok(
+            &kc,
+            &["create", "configmap", "c1", "--from-literal=k=visible"],
+            None,
+        );
+        drop(up);
+
+        // Rotation: key2 first, restart (re-encrypts), then key1 can go.
+        let enc2 = dir.path().join(format!("encryption-{store}.yaml"));
+        encryption_config(&enc2, &[("key2", KEY2), ("key1", KEY1)]);
+        let mut rotated = args.clone();
+        rotated[3] = enc2.display().to_string();
+        let up = CapstanUp::start(capstan_bin(), &rotated).unwrap();
+        assert!(
+            raw().windows(22).any(|w| w == b"k8s:enc:aesgcm:v1:key2"),
+            "{store}: re-encrypted under key2"
+        );
+        drop(up);
+        encryption_config(&enc2, &[("key2", KEY2)]);
+        let _up = CapstanUp::start(capstan_bin(), &rotated).unwrap();
+        let read = kubectl_ok(
+            &kc,
+            &["get", "secret", "s1", "-o", "jsonpath={.data.password}"],
+            None,
+        );
+        assert_eq!(read, "aHVudGVyMg==");
+    }
+}

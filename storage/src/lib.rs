@@ -33,6 +33,7 @@ use futures_util::Stream;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+pub mod encrypted;
 pub mod etcd;
 mod metrics;
 
