@@ -187,6 +187,17 @@ impl ApiError {
         Self::new(429, "TooManyRequests", message)
     }
 
+    /// 429 for a request over the in-flight limits, as kube-apiserver answers it
+    /// (`Retry-After: 1`).
+    pub fn overloaded() -> Self {
+        let mut e = Self::too_many_requests("Too many requests, please try again later.");
+        e.details = Some(Box::new(Details {
+            retry_after_seconds: Some(1),
+            ..Default::default()
+        }));
+        e
+    }
+
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(504, "Timeout", message)
     }

@@ -15,6 +15,7 @@
 //! Tables ([`table`]), events.k8s.io over core Events ([`events`]) and request [`metrics`].
 
 pub mod apiservice;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod builtins;
@@ -79,6 +80,10 @@ pub struct ApiServer {
     components: RwLock<Vec<(String, http::component_status::Probe)>>,
     /// Who requests are and what they may do.
     pub auth: auth::Auth,
+    /// The audit log, when configured.
+    pub audit: Option<audit::AuditLog>,
+    /// Seats of the in-flight limits.
+    pub inflight: Arc<http::inflight::InFlight>,
     /// Milliseconds between watch bookmarks ([`rest::watch::BOOKMARK_INTERVAL`] unless changed).
     bookmark_ms: std::sync::atomic::AtomicU64,
 }
@@ -114,6 +119,10 @@ pub struct Config {
     /// Authentication and authorization (`--token-auth-file`, `--anonymous-auth`,
     /// `--authorization-mode`).
     pub auth: auth::AuthConfig,
+    /// The audit log (`--audit-log-path`, `--audit-policy-file`).
+    pub audit: Option<audit::AuditConfig>,
+    /// `--max-requests-inflight`, `--max-mutating-requests-inflight`.
+    pub inflight: http::inflight::Limits,
 }
 
 /// The namespaces every cluster starts with.
@@ -156,6 +165,13 @@ impl ApiServer {
         let ips = service::cluster_ip::Allocator::new(config.service_cidr, store.clone());
         let node_ports =
             service::node_port::NodePortAllocator::new(config.node_ports, store.clone());
+        let audit = match &config.audit {
+            Some(a) => Some(
+                audit::AuditLog::open(&a.path, a.policy.clone(), &prometheus)
+                    .map_err(ApiError::internal)?,
+            ),
+            None => None,
+        };
         let registry = Registry::with(crate::builtins::builtins());
         registry.attach_hooks(("", "v1", "pods"), Arc::new(config.default_tolerations));
         registry.attach_hooks(
@@ -176,6 +192,8 @@ impl ApiServer {
             node_ports,
             components: RwLock::new(http::component_status::default_components()),
             auth: auth::Auth::new(config.auth),
+            audit,
+            inflight: http::inflight::InFlight::new(config.inflight),
             store,
         });
         for info in api.registry.all() {

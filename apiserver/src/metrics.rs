@@ -33,7 +33,7 @@ impl RequestMetrics {
         let denied = IntCounterVec::new(
             Opts::new(
                 "apiserver_request_denied_total",
-                "Requests refused by authentication (unauthorized) or authorization (forbidden).",
+                "Requests refused before a handler: by authentication (unauthorized), authorization (forbidden) or the in-flight limits (too_many_requests).",
             ),
             &["reason"],
         )?;

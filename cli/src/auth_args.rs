@@ -1,7 +1,7 @@
 //! The API server's transport and access flags (`capstan up`, `capstan apiserver`): HTTPS by
 //! default with the cluster CA under DATA_DIR/pki, `--insecure-http` only on loopback;
-//! `--token-auth-file`, `--anonymous-auth`, `--authorization-mode` and `--tls-san` as
-//! kube-apiserver and k3s name them.
+//! `--token-auth-file`, `--anonymous-auth`, `--authorization-mode`, `--tls-san`,
+//! `--audit-log-path` and `--audit-policy-file` as kube-apiserver and k3s name them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +32,13 @@ pub struct AuthArgs {
     /// More names and addresses for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     pub tls_sans: Vec<String>,
+    /// Write an audit log (JSON lines, audit.k8s.io/v1 Events) to this file (`-`: stdout).
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// Which requests the audit log records, and how much (audit.k8s.io/v1 Policy); without
+    /// it, every request at level Metadata.
+    #[arg(long, requires = "audit_log_path")]
+    pub audit_policy_file: Option<PathBuf>,
 }
 
 impl AuthArgs {
@@ -66,6 +73,29 @@ impl AuthArgs {
             tokens,
             mode: self.authorization_mode,
         })
+    }
+}
+
+impl AuthArgs {
+    /// The audit log, when `--audit-log-path` asks for one.
+    pub fn audit(&self) -> Result<Option<capstan_apiserver::audit::AuditConfig>> {
+        let Some(path) = &self.audit_log_path else {
+            return Ok(None);
+        };
+        let policy = match &self.audit_policy_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    anyhow::anyhow!("reading --audit-policy-file {}: {e}", p.display())
+                })?;
+                capstan_apiserver::audit::Policy::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("--audit-policy-file {}: {e}", p.display()))?
+            }
+            None => capstan_apiserver::audit::Policy::default(),
+        };
+        Ok(Some(capstan_apiserver::audit::AuditConfig {
+            path: path.clone(),
+            policy,
+        }))
     }
 }
 

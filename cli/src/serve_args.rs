@@ -1,6 +1,7 @@
 //! `--header-read-timeout-seconds`, `--idle-timeout-seconds`, `--max-connections`: the API
 //! server's connection limits (`capstan_apiserver::serve`), and the file-descriptor limit they
-//! must fit in.
+//! must fit in; `--max-requests-inflight` and `--max-mutating-requests-inflight`, its request
+//! limits (`capstan_apiserver::http::inflight`).
 
 use std::time::Duration;
 
@@ -27,9 +28,25 @@ pub struct ServeArgs {
     /// and closed. Lowered to fit the process's file-descriptor limit.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
+    /// Read-only requests (get, list) served at once at most; more get 429 with Retry-After
+    /// (0: no limit). Watches and other long-running requests are not counted; no user holds
+    /// more than its share while others wait.
+    #[arg(long, default_value_t = capstan_apiserver::http::inflight::DEFAULT_READONLY)]
+    pub max_requests_inflight: usize,
+    /// Mutating requests served at once at most (0: no limit).
+    #[arg(long, default_value_t = capstan_apiserver::http::inflight::DEFAULT_MUTATING)]
+    pub max_mutating_requests_inflight: usize,
 }
 
 impl ServeArgs {
+    /// The in-flight request limits.
+    pub fn inflight(&self) -> capstan_apiserver::http::inflight::Limits {
+        capstan_apiserver::http::inflight::Limits {
+            readonly: self.max_requests_inflight,
+            mutating: self.max_mutating_requests_inflight,
+        }
+    }
+
     /// The limits, with the descriptor limit raised to its hard maximum (as Go programs do)
     /// and the connection cap lowered to fit it: a connection from this process's own clients
     /// (controllers, node agent) costs two descriptors, so the cap is at most half of what the

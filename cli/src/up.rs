@@ -151,6 +151,8 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
                 unreachable: args.default_unreachable_toleration_seconds,
             },
         auth: auth_config,
+        audit: args.auth.audit()?,
+        inflight: args.serve.inflight(),
     };
     let api = ApiServer::with_config(store.clone(), registry, config)
         .await

@@ -5,6 +5,7 @@
 pub mod component_status;
 pub mod dispatch;
 pub mod guard;
+pub mod inflight;
 pub mod negotiate;
 pub mod resolve;
 pub mod serve;

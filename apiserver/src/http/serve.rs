@@ -53,6 +53,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::audit::PeerAddr;
 use crate::auth::PeerCertificate;
 use crate::errors::ApiError;
 
@@ -243,13 +244,14 @@ struct Connection {
 
 impl Connection {
     async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+        let addr = stream.peer_addr().ok().map(PeerAddr);
         let activity = Arc::new(Activity::new());
         let tracked = Tracked {
             inner: stream,
             activity: activity.clone(),
         };
         let Some(acceptor) = tls else {
-            return self.serve(tracked, activity, None).await;
+            return self.serve(tracked, activity, addr, None).await;
         };
         let handshake =
             tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(tracked)).await;
@@ -271,11 +273,16 @@ impl Connection {
             .and_then(|c| c.first())
             .and_then(|c| capstan_pki::der::subject(c))
             .map(|s| PeerCertificate(Arc::new(s)));
-        self.serve(stream, activity, peer).await
+        self.serve(stream, activity, addr, peer).await
     }
 
-    async fn serve<S>(mut self, stream: S, activity: Arc<Activity>, peer: Option<PeerCertificate>)
-    where
+    async fn serve<S>(
+        mut self,
+        stream: S,
+        activity: Arc<Activity>,
+        addr: Option<PeerAddr>,
+        peer: Option<PeerCertificate>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let io = TokioIo::new(stream);
@@ -285,6 +292,9 @@ impl Connection {
             let router = router.clone();
             if let Some(p) = &peer {
                 req.extensions_mut().insert(p.clone());
+            }
+            if let Some(a) = addr {
+                req.extensions_mut().insert(a);
             }
             async move {
                 let response = match host_problem(&req) {
