@@ -36,10 +36,11 @@ else
 	$(CARGO) test -p capstan-e2e --no-fail-fast
 endif
 
-## bench: the store, API, CRD, scheduling, node lifecycle, pod startup, Services, DNS and streams (port-forward, exec, attach) benchmarks (release build); see docs/benchmarks.md
+## bench: the store, API, auth (TLS + RBAC), CRD, scheduling, node lifecycle, pod startup, Services, DNS and streams (port-forward, exec, attach) benchmarks (release build); see docs/benchmarks.md
 bench: deps
 	$(CARGO) run --release -p capstan -- bench store
 	$(CARGO) run --release -p capstan -- bench api
+	$(CARGO) run --release -p capstan -- bench auth
 	$(CARGO) run --release -p capstan -- bench crd
 	$(CARGO) run --release -p capstan -- bench schedule
 	$(CARGO) run --release -p capstan -- bench nodes
