@@ -110,6 +110,39 @@ impl Attributes {
         a
     }
 
+    /// The attributes of a request for `resource[/subresource]` in `group` (what reviews,
+    /// impersonation and the escalation check ask about).
+    pub fn resource(
+        user: Arc<UserInfo>,
+        verb: &str,
+        group: &str,
+        namespace: &str,
+        resource: &str,
+        subresource: &str,
+        name: &str,
+    ) -> Attributes {
+        Attributes {
+            user,
+            verb: verb.into(),
+            resource_request: true,
+            api_group: group.into(),
+            api_version: String::new(),
+            namespace: namespace.into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            name: name.into(),
+            path: String::new(),
+        }
+    }
+
+    /// The attributes of a request for a path that is not a resource.
+    pub fn non_resource(user: Arc<UserInfo>, verb: &str, path: &str) -> Attributes {
+        let mut a = Attributes::resource(user, verb, "", "", "", "", "");
+        a.resource_request = false;
+        a.path = path.into();
+        a
+    }
+
     /// `resource` or `resource/subresource`.
     pub fn full_resource(&self) -> String {
         if self.subresource.is_empty() {

@@ -28,18 +28,15 @@ fn check(
     namespace: &str,
     name: &str,
 ) -> Result<(), ApiError> {
-    let a = Attributes {
-        user: who.clone(),
-        verb: "impersonate".into(),
-        resource_request: true,
-        api_group: group.into(),
-        api_version: "v1".into(),
-        namespace: namespace.into(),
-        resource: resource.into(),
-        subresource: sub.into(),
-        name: name.into(),
-        path: String::new(),
-    };
+    let a = Attributes::resource(
+        who.clone(),
+        "impersonate",
+        group,
+        namespace,
+        resource,
+        sub,
+        name,
+    );
     if api.auth.authorize(api, &a).allowed {
         Ok(())
     } else {

@@ -120,30 +120,20 @@ fn asked(user: Arc<UserInfo>, spec: &Value, kind: &str) -> ApiResult<Attributes>
     let non = spec.get("nonResourceAttributes").filter(|v| !v.is_null());
     let s = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
     match (res, non) {
-        (Some(r), None) => Ok(Attributes {
-            user,
-            verb: s(r, "verb"),
-            resource_request: true,
-            api_group: s(r, "group"),
-            api_version: s(r, "version"),
-            namespace: s(r, "namespace"),
-            resource: s(r, "resource"),
-            subresource: s(r, "subresource"),
-            name: s(r, "name"),
-            path: String::new(),
-        }),
-        (None, Some(n)) => Ok(Attributes {
-            user,
-            verb: s(n, "verb"),
-            resource_request: false,
-            api_group: String::new(),
-            api_version: String::new(),
-            namespace: String::new(),
-            resource: String::new(),
-            subresource: String::new(),
-            name: String::new(),
-            path: s(n, "path"),
-        }),
+        (Some(r), None) => {
+            let mut a = Attributes::resource(
+                user,
+                &s(r, "verb"),
+                &s(r, "group"),
+                &s(r, "namespace"),
+                &s(r, "resource"),
+                &s(r, "subresource"),
+                &s(r, "name"),
+            );
+            a.api_version = s(r, "version");
+            Ok(a)
+        }
+        (None, Some(n)) => Ok(Attributes::non_resource(user, &s(n, "verb"), &s(n, "path"))),
         (Some(_), Some(_)) => Err(invalid(
             kind,
             "spec.nonResourceAttributes",

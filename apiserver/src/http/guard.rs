@@ -114,7 +114,7 @@ pub async fn guard(State(api): State<Arc<ApiServer>>, req: Request, next: Next) 
         audit(&api, &attrs, &seen, body.as_deref(), code, received, level);
     }
     match seat {
-        Some(seat) => response.map(|body| Body::new(inflight::Seated { body, seat })),
+        Some(seat) => response.map(|body| Body::new(super::serve::Holding { body, held: seat })),
         None => response,
     }
 }

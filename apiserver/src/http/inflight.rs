@@ -10,13 +10,7 @@
 //! alone may use the whole pool. Seats are held until the response body has been sent.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-
-use axum::body::{Body, HttpBody};
-use bytes::Bytes;
-use hyper::body::{Frame, SizeHint};
 
 /// kube-apiserver's `--max-requests-inflight` default.
 pub const DEFAULT_READONLY: usize = 400;
@@ -118,33 +112,6 @@ impl InFlight {
     pub fn held(&self) -> (usize, usize) {
         let n = |i: usize| self.pools[i].lock().map(|p| p.held).unwrap_or(0);
         (n(0), n(1))
-    }
-}
-
-/// A response body that keeps its request's seat until it is sent or dropped.
-#[derive(Debug)]
-pub struct Seated {
-    pub body: Body,
-    pub seat: Seat,
-}
-
-impl HttpBody for Seated {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

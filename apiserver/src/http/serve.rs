@@ -304,10 +304,7 @@ impl Connection {
                         Err(never) => match never {},
                     },
                 };
-                Ok::<_, Infallible>(response.map(|body| Guarded {
-                    body,
-                    _guard: guard,
-                }))
+                Ok::<_, Infallible>(response.map(|body| Holding { body, held: guard }))
             }
         });
         let conn = http1::Builder::new()
@@ -455,13 +452,20 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A response body that holds its request's [`RequestGuard`] until it is sent or dropped.
-struct Guarded {
-    body: Body,
-    _guard: RequestGuard,
+/// A response body that holds something — its request's [`RequestGuard`], an in-flight seat
+/// ([`super::inflight`]) — until it is sent or dropped.
+pub struct Holding<T> {
+    pub body: Body,
+    pub held: T,
 }
 
-impl HttpBody for Guarded {
+impl<T> std::fmt::Debug for Holding<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Holding").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + Unpin + 'static> HttpBody for Holding<T> {
     type Data = Bytes;
     type Error = axum::Error;
 

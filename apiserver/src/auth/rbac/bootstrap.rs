@@ -26,16 +26,8 @@ fn urls(verbs: &[&str], urls: &[&str]) -> Value {
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const ALL_WRITE: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+/// Every verb of a resource.
+const ALL_WRITE: &[&str] = crate::registry::VERBS;
 
 fn meta(name: &str, labels: Value) -> Value {
     let mut l = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});

@@ -36,18 +36,7 @@ fn may(
     name: &str,
     ns: &str,
 ) -> bool {
-    let a = Attributes {
-        user: user.clone(),
-        verb: verb.into(),
-        resource_request: true,
-        api_group: GROUP.into(),
-        api_version: "v1".into(),
-        namespace: ns.into(),
-        resource: plural.into(),
-        subresource: String::new(),
-        name: name.into(),
-        path: String::new(),
-    };
+    let a = Attributes::resource(user.clone(), verb, GROUP, ns, plural, "", name);
     api.auth.authorize(api, &a).allowed
 }
 
