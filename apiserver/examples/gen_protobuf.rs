@@ -219,6 +219,11 @@ fn main() {
             generator.subschema_for::<k8s_openapi::api::authentication::v1::SelfSubjectReview>(),
         ),
         (
+            "authentication.k8s.io/v1",
+            "TokenReview",
+            generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenReview>(),
+        ),
+        (
             "authorization.k8s.io/v1",
             "SelfSubjectAccessReview",
             generator

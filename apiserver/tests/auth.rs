@@ -188,6 +188,48 @@ async fn tokens_authenticate_and_bad_ones_are_refused_for_every_verb() {
         s["status"]["userInfo"],
         json!({"username": "ops-bot", "uid": "u2", "groups": ["ops", "system:authenticated"]})
     );
+    // TokenReview: the administrator asks whether tokens authenticate; jane may not ask.
+    let review = |t: &str| {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": t}}).to_string().into_bytes()
+    };
+    let (code, s) = raw(
+        c.addr,
+        None,
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        vec![],
+        review("tok-ops"),
+    )
+    .await;
+    assert_eq!(code, 201, "{s}");
+    assert_eq!(s["status"]["authenticated"], true);
+    assert_eq!(s["status"]["user"]["username"], "ops-bot");
+    let (_, s) = raw(
+        c.addr,
+        None,
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        vec![],
+        review("forged"),
+    )
+    .await;
+    assert_eq!(
+        (
+            s["status"]["authenticated"].as_bool(),
+            s["status"]["error"].as_str()
+        ),
+        (Some(false), Some("invalid bearer token"))
+    );
+    let (code, _) = raw(
+        c.addr,
+        Some(no_cert()),
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        bearer("tok-jane"),
+        review("tok-ops"),
+    )
+    .await;
+    assert_eq!(code, 403);
     // The refusals are counted.
     let (_, _, metrics) =
         tls_exchange(&c.addr.to_string(), None, "GET", "/metrics", &[], b"").unwrap();

@@ -1,8 +1,10 @@
-//! The access reviews (authorization.k8s.io/v1) and who-am-I (authentication.k8s.io/v1), all
+//! The access reviews (authorization.k8s.io/v1), who-am-I and token reviews
+//! (authentication.k8s.io/v1), all
 //! create-only and never stored: `kubectl auth can-i` posts a SelfSubjectAccessReview (and,
 //! with `--list`, a SelfSubjectRulesReview), `kubectl auth whoami` a SelfSubjectReview; other
 //! components ask about someone else with a SubjectAccessReview, or in one namespace with a
-//! LocalSubjectAccessReview. Each answers with the object it was sent and a status.
+//! LocalSubjectAccessReview; a component delegating authentication posts a TokenReview. Each
+//! answers with the object it was sent and a status.
 
 use std::sync::Arc;
 
@@ -62,7 +64,7 @@ pub const RESOURCES: &[(&str, &str, &str, &str, bool)] = &[
 
 fn invalid(kind: &str, field: &str, message: &str) -> ApiError {
     ApiError::invalid(
-        if kind == "SelfSubjectReview" {
+        if matches!(kind, "SelfSubjectReview" | "TokenReview") {
             "authentication.k8s.io"
         } else {
             "authorization.k8s.io"
@@ -327,6 +329,33 @@ pub async fn self_subject_review(
     let r = async {
         let v = body_of(&headers, body, "authentication.k8s.io", kind).await?;
         Ok::<_, ApiError>(created(v, json!({"userInfo": *user})))
+    };
+    r.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// POST /apis/authentication.k8s.io/v1/tokenreviews: whether a bearer token authenticates, and
+/// as whom (what a component delegating authentication asks).
+pub async fn token_review(
+    State(api): State<Arc<ApiServer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let kind = "TokenReview";
+    let r = async {
+        let v = body_of(&headers, body, "authentication.k8s.io", kind).await?;
+        let token = v["spec"]["token"].as_str().unwrap_or_default();
+        if token.is_empty() {
+            return Err(invalid(
+                kind,
+                "spec.token",
+                "Required value: token must not be empty",
+            ));
+        }
+        let status = match api.auth.config.tokens.user(token) {
+            Some(user) => json!({"authenticated": true, "user": user}),
+            None => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
+        };
+        Ok::<_, ApiError>(created(v, status))
     };
     r.await.unwrap_or_else(IntoResponse::into_response)
 }

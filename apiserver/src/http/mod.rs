@@ -47,6 +47,10 @@ pub fn router(api: Arc<ApiServer>) -> Router {
             "/apis/authentication.k8s.io/v1/selfsubjectreviews",
             post(reviews::self_subject_review),
         )
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(reviews::token_review),
+        )
         .route("/version", get(system::version))
         .route("/api", get(discovery::api_versions))
         .route("/apis", get(discovery::api_groups))

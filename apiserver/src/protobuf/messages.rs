@@ -79,6 +79,21 @@ pub(super) static MESSAGES: &[M] = &[
     M { name: "io.k8s.api.authentication.v1.SelfSubjectReviewStatus", fields: &[
         F { tag: 1, name: "userInfo", ty: Msg("io.k8s.api.authentication.v1.UserInfo"), rep: false, req: false },
     ]},
+    M { name: "io.k8s.api.authentication.v1.TokenReview", fields: &[
+        F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
+        F { tag: 2, name: "spec", ty: Msg("io.k8s.api.authentication.v1.TokenReviewSpec"), rep: false, req: true },
+        F { tag: 3, name: "status", ty: Msg("io.k8s.api.authentication.v1.TokenReviewStatus"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.authentication.v1.TokenReviewSpec", fields: &[
+        F { tag: 1, name: "token", ty: Str, rep: false, req: false },
+        F { tag: 2, name: "audiences", ty: Str, rep: true, req: false },
+    ]},
+    M { name: "io.k8s.api.authentication.v1.TokenReviewStatus", fields: &[
+        F { tag: 1, name: "authenticated", ty: Bool, rep: false, req: false },
+        F { tag: 2, name: "user", ty: Msg("io.k8s.api.authentication.v1.UserInfo"), rep: false, req: false },
+        F { tag: 4, name: "audiences", ty: Str, rep: true, req: false },
+        F { tag: 3, name: "error", ty: Str, rep: false, req: false },
+    ]},
     M { name: "io.k8s.api.authentication.v1.UserInfo", fields: &[
         F { tag: 1, name: "username", ty: Str, rep: false, req: false },
         F { tag: 2, name: "uid", ty: Str, rep: false, req: false },
@@ -1685,6 +1700,7 @@ pub(super) static KINDS: &[(&str, &str, &str)] = &[
     ("apps/v1", "Deployment", "io.k8s.api.apps.v1.Deployment"),
     ("apps/v1", "ReplicaSet", "io.k8s.api.apps.v1.ReplicaSet"),
     ("authentication.k8s.io/v1", "SelfSubjectReview", "io.k8s.api.authentication.v1.SelfSubjectReview"),
+    ("authentication.k8s.io/v1", "TokenReview", "io.k8s.api.authentication.v1.TokenReview"),
     ("authorization.k8s.io/v1", "LocalSubjectAccessReview", "io.k8s.api.authorization.v1.LocalSubjectAccessReview"),
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview", "io.k8s.api.authorization.v1.SelfSubjectAccessReview"),
     ("authorization.k8s.io/v1", "SelfSubjectRulesReview", "io.k8s.api.authorization.v1.SelfSubjectRulesReview"),
