@@ -181,8 +181,13 @@ fn strategic_patch(rng: &mut fastrand::Rng, n: usize) -> Value {
         p["metadata"] = json!({"$deleteFromPrimitiveList/finalizers": (0..n).map(|i| format!("f/{i}")).collect::<Vec<_>>(),
                                "finalizers": (0..n).map(|i| format!("g/{i}")).collect::<Vec<_>>()});
     }
-    if rng.u8(0..4) == 0 {
-        p["spec"]["containers"][0]["$patch"] = json!("delete");
+    // (n may be 0: an empty list has no first element to mark.)
+    if rng.u8(0..4) == 0
+        && let Some(first) = p["spec"]["containers"]
+            .as_array_mut()
+            .and_then(|c| c.first_mut())
+    {
+        first["$patch"] = json!("delete");
     }
     if rng.u8(0..4) == 0 {
         p["spec"]["$retainKeys"] = json!(["containers"]);

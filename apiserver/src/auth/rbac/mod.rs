@@ -319,20 +319,21 @@ impl Rbac {
         if let Some(c) = self.cachers.get() {
             return Some(c);
         }
-        let found: Option<Vec<Arc<Cacher>>> = KINDS
+        // Kept only once all four are found: a miss is asked again, never remembered.
+        let found: Vec<Arc<Cacher>> = KINDS
             .iter()
             .map(|k| {
                 let info = api.registry.get(GROUP, "v1", k)?;
                 api.cacher(&info).ok()
             })
-            .collect();
-        Some(self.cachers.get_or_init(|| found.unwrap_or_default()))
+            .collect::<Option<_>>()?;
+        Some(self.cachers.get_or_init(|| found))
     }
 
     /// The index as of the watch caches now.
     pub fn index(&self, api: &ApiServer) -> Arc<Index> {
         let current = self.index.read().map(|i| i.clone()).unwrap_or_default();
-        let Some(cachers) = self.cachers(api).filter(|c| c.len() == 4) else {
+        let Some(cachers) = self.cachers(api) else {
             return current;
         };
         let changes = |cs: &[Arc<Cacher>]| -> [u64; 4] {

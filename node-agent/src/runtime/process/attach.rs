@@ -6,8 +6,9 @@
 //!   spec says `stdinOnce` and there is no terminal (as containerd does); otherwise the stdin
 //!   stays open for the next attach.
 //! - `1` stdout, `2` stderr: the container's output from now on (on a terminal all of it is
-//!   stdout). A reader that does not keep up within [`SLOW`] is let go, so that it cannot
-//!   stall the container.
+//!   stdout), after one acknowledgement byte (`+`) written once the reader is registered; the
+//!   client opens stdin only after reading it, so no reply to its input is lost. A reader that
+//!   does not keep up within [`SLOW`] is let go, so that it cannot stall the container.
 //! - `4` resizes: JSON lines `{"Width":…,"Height":…}`, applied to the terminal.
 //! - `w` wait: nothing is written; it ends when the container does.
 //!
@@ -29,6 +30,10 @@ const STDOUT: u8 = b'1';
 const STDERR: u8 = b'2';
 const RESIZE: u8 = b'4';
 const WAIT: u8 = b'w';
+/// What the shim writes on an output connection once it is registered.
+const ACK: u8 = b'+';
+/// How long a client waits for that acknowledgement (a shim from before it sends none).
+const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// The shim's side: the container's stdin (or terminal) and the attached readers.
 pub(super) struct Server {
@@ -80,7 +85,11 @@ impl Server {
                 let _ = conn.set_write_timeout(Some(SLOW));
                 let i = usize::from(kind[0] == STDERR && self.terminal.is_none());
                 if let Ok(mut r) = self.readers[i].lock() {
-                    r.push(conn);
+                    // The acknowledgement, under the readers' lock: it precedes any output,
+                    // and once the client reads it, no output can miss this reader.
+                    if conn.write_all(&[ACK]).is_ok() {
+                        r.push(conn);
+                    }
                 }
             }
             RESIZE => {
@@ -163,17 +172,44 @@ pub(super) async fn attach(dir: &Path, req: &ExecRequest) -> std::io::Result<Exe
             Ok::<_, std::io::Error>(s)
         }
     };
-    // The wait connection first: the container may not be running any more.
+    // An output connection, once the shim says it is registered: what the container writes
+    // after that reaches it.
+    let output = |kind: u8| {
+        let opened = open(kind);
+        async move {
+            let mut s = opened.await?;
+            let mut ack = [0u8];
+            match tokio::time::timeout(
+                ACK_WAIT,
+                tokio::io::AsyncReadExt::read_exact(&mut s, &mut ack),
+            )
+            .await
+            {
+                Ok(Ok(_)) if ack[0] == ACK => {}
+                Ok(Ok(_)) => {
+                    return Err(std::io::Error::other(
+                        "the shim's attach socket answered out of protocol",
+                    ));
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {} // a shim from before acknowledgements: go on
+            }
+            Ok::<_, std::io::Error>(s)
+        }
+    };
+    // The wait connection first: the container may not be running any more. Then the outputs,
+    // and the input last: a reply to the first input is never written before its reader is
+    // there.
     let wait = open(WAIT).await?;
     let mut io = ExecIo::default();
-    if req.stdin {
-        io.stdin = Some(Box::new(open(STDIN).await?));
-    }
     if req.stdout {
-        io.stdout = Some(Box::new(open(STDOUT).await?));
+        io.stdout = Some(Box::new(output(STDOUT).await?));
     }
     if req.stderr && !req.tty {
-        io.stderr = Some(Box::new(open(STDERR).await?));
+        io.stderr = Some(Box::new(output(STDERR).await?));
+    }
+    if req.stdin {
+        io.stdin = Some(Box::new(open(STDIN).await?));
     }
     let resize = if req.tty {
         Some(open(RESIZE).await?)
@@ -246,12 +282,9 @@ mod tests {
     async fn output_reaches_attached_readers_and_stdin_once_closes_the_containers_input() {
         let (dir, server, mut container_stdin) = shim(true);
         let mut s = attach(dir.path(), &request(true)).await.unwrap();
-        // The readers are registered by the shim's threads: output from now on reaches them.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while server.readers.iter().any(|r| r.lock().unwrap().is_empty()) {
-            assert!(std::time::Instant::now() < deadline, "readers registered");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // The shim acknowledged both readers before attach returned: output from now on
+        // reaches them, with no wait (the reply to a first input is never lost).
+        assert!(server.readers.iter().all(|r| r.lock().unwrap().len() == 1));
         server.output(0, b"out\n");
         server.output(1, b"err\n");
         assert_eq!(
