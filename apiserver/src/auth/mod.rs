@@ -82,10 +82,23 @@ impl UserInfo {
     }
 }
 
-/// The verified client certificate of the connection a request came on (set by
-/// [`crate::http::serve`] on HTTPS connections that presented one).
+/// The user of the verified client certificate of the connection a request came on: read
+/// once per connection by [`crate::http::serve`], on HTTPS connections that presented one.
 #[derive(Debug, Clone)]
-pub struct PeerCertificate(pub Arc<capstan_pki::der::Subject>);
+pub struct PeerCertificate(pub Arc<UserInfo>);
+
+impl PeerCertificate {
+    /// The user a certificate's subject names (CN the user, O the groups); None without a CN.
+    pub fn of(subject: &capstan_pki::der::Subject) -> Option<PeerCertificate> {
+        (!subject.common_name.is_empty()).then(|| {
+            PeerCertificate(Arc::new(UserInfo::authenticated(
+                &subject.common_name,
+                "",
+                &subject.organizations,
+            )))
+        })
+    }
+}
 
 /// How requests are authorized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -142,6 +155,8 @@ pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"]
 pub struct Auth {
     pub config: AuthConfig,
     pub rbac: rbac::Rbac,
+    /// Who requests without credentials are (anonymous, or unsecured on `--insecure-http`).
+    nobody: Arc<UserInfo>,
 }
 
 /// An authorization decision and why.
@@ -153,9 +168,15 @@ pub struct Decision {
 
 impl Auth {
     pub fn new(config: AuthConfig) -> Auth {
+        let nobody = Arc::new(if config.unsecured {
+            UserInfo::authenticated(UNSECURED, "", &[MASTERS.into()])
+        } else {
+            UserInfo::anonymous()
+        });
         Auth {
             config,
             rbac: rbac::Rbac::default(),
+            nobody,
         }
     }
 
@@ -166,15 +187,9 @@ impl Auth {
         &self,
         peer: Option<&PeerCertificate>,
         headers: &HeaderMap,
-    ) -> Result<UserInfo, ApiError> {
-        if let Some(PeerCertificate(s)) = peer
-            && !s.common_name.is_empty()
-        {
-            return Ok(UserInfo::authenticated(
-                &s.common_name,
-                "",
-                &s.organizations,
-            ));
+    ) -> Result<Arc<UserInfo>, ApiError> {
+        if let Some(PeerCertificate(user)) = peer {
+            return Ok(user.clone());
         }
         if let Some(token) = bearer_token(headers)? {
             return self
@@ -183,10 +198,8 @@ impl Auth {
                 .user(token)
                 .ok_or_else(ApiError::unauthorized);
         }
-        if self.config.unsecured {
-            Ok(UserInfo::authenticated(UNSECURED, "", &[MASTERS.into()]))
-        } else if self.config.anonymous {
-            Ok(UserInfo::anonymous())
+        if self.config.unsecured || self.config.anonymous {
+            Ok(self.nobody.clone())
         } else {
             Err(ApiError::unauthorized())
         }
@@ -270,10 +283,12 @@ mod tests {
     #[test]
     fn credentials_in_order_certificate_token_anonymous() {
         let a = auth(true);
-        let cert = PeerCertificate(Arc::new(capstan_pki::der::Subject {
+        let cert = PeerCertificate::of(&capstan_pki::der::Subject {
             common_name: "alice".into(),
             organizations: vec!["admins".into()],
-        }));
+        })
+        .unwrap();
+        assert!(PeerCertificate::of(&capstan_pki::der::Subject::default()).is_none());
         let u = a
             .authenticate(Some(&cert), &headers(&[b"Bearer nope"]))
             .unwrap();
@@ -283,12 +298,12 @@ mod tests {
         assert_eq!((u.username.as_str(), u.uid.as_str()), ("jane", "u-1"));
         assert_eq!(u.groups, vec!["dev", "ops", AUTHENTICATED]);
         assert_eq!(
-            a.authenticate(None, &headers(&[])).unwrap(),
+            *a.authenticate(None, &headers(&[])).unwrap(),
             UserInfo::anonymous()
         );
         // Another scheme is ignored, as Kubernetes does.
         assert_eq!(
-            a.authenticate(None, &headers(&[b"Basic YTpi"])).unwrap(),
+            *a.authenticate(None, &headers(&[b"Basic YTpi"])).unwrap(),
             UserInfo::anonymous()
         );
         for bad in [

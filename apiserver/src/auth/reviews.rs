@@ -352,7 +352,7 @@ pub async fn token_review(
             ));
         }
         let status = match api.auth.config.tokens.user(token) {
-            Some(user) => json!({"authenticated": true, "user": user}),
+            Some(user) => json!({"authenticated": true, "user": *user}),
             None => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
         };
         Ok::<_, ApiError>(created(v, status))

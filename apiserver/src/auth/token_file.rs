@@ -10,7 +10,7 @@ use super::UserInfo;
 /// Tokens and the users they stand for.
 #[derive(Debug, Clone, Default)]
 pub struct TokenFile {
-    users: Arc<HashMap<String, UserInfo>>,
+    users: Arc<HashMap<String, Arc<UserInfo>>>,
 }
 
 impl TokenFile {
@@ -55,7 +55,10 @@ impl TokenFile {
                 })
                 .unwrap_or_default();
             if users
-                .insert(token.clone(), UserInfo::authenticated(user, uid, &groups))
+                .insert(
+                    token.clone(),
+                    Arc::new(UserInfo::authenticated(user, uid, &groups)),
+                )
                 .is_some()
             {
                 return Err(format!("line {}: duplicate token", i + 1));
@@ -67,7 +70,7 @@ impl TokenFile {
     }
 
     /// The user `token` stands for.
-    pub fn user(&self, token: &str) -> Option<UserInfo> {
+    pub fn user(&self, token: &str) -> Option<Arc<UserInfo>> {
         self.users.get(token).cloned()
     }
 

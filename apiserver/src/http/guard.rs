@@ -28,7 +28,7 @@ pub async fn guard(State(api): State<Arc<ApiServer>>, req: Request, next: Next) 
     let authenticated = api
         .auth
         .authenticate(req.extensions().get::<PeerCertificate>(), req.headers())
-        .and_then(|u| crate::auth::impersonation::apply(&api, Arc::new(u), req.headers()));
+        .and_then(|u| crate::auth::impersonation::apply(&api, u, req.headers()));
     let user = match authenticated {
         Ok(u) => u,
         Err(e) => {
@@ -95,23 +95,12 @@ pub async fn guard(State(api): State<Arc<ApiServer>>, req: Request, next: Next) 
         (req, None)
     };
     req.extensions_mut().insert::<Arc<UserInfo>>(user.clone());
-    let (method, uri, headers, extensions) = (
-        req.method().clone(),
-        req.uri().clone(),
-        req.headers().clone(),
-        req.extensions().get::<PeerAddr>().copied(),
-    );
+    // What the audit line needs of the request, taken before the handler consumes it.
+    let seen = (level > Level::None).then(|| Seen::of(&req));
     let response = REQUEST_USER.scope(user, next.run(req)).await;
-    if level > Level::None {
-        let mut seen = Request::new(Body::empty());
-        *seen.method_mut() = method;
-        *seen.uri_mut() = uri;
-        *seen.headers_mut() = headers;
-        if let Some(a) = extensions {
-            seen.extensions_mut().insert(a);
-        }
+    if let Some(seen) = seen {
         let code = response.status().as_u16();
-        audit(&api, &attrs, &seen, body.as_deref(), code, received, level);
+        record(&api, &attrs, &seen, body.as_deref(), code, received, level);
     }
     match seat {
         Some(seat) => response.map(|body| Body::new(super::serve::Holding { body, held: seat })),
@@ -128,6 +117,31 @@ fn attributes(user: Arc<UserInfo>, req: &Request) -> Attributes {
     )
 }
 
+/// The parts of a request an audit line names.
+struct Seen {
+    uri: String,
+    source: Option<std::net::SocketAddr>,
+    user_agent: String,
+    query: Option<String>,
+}
+
+impl Seen {
+    fn of(req: &Request) -> Seen {
+        Seen {
+            uri: req.uri().to_string(),
+            source: req.extensions().get::<PeerAddr>().map(|p| p.0),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            query: req.uri().query().map(str::to_string),
+        }
+    }
+}
+
+/// Audits a request refused or failed before its handler.
 fn audit(
     api: &ApiServer,
     attrs: &Attributes,
@@ -137,26 +151,36 @@ fn audit(
     received: SystemTime,
     level: Level,
 ) {
+    if api.audit.is_some() {
+        record(api, attrs, &Seen::of(req), body, code, received, level);
+    }
+}
+
+fn record(
+    api: &ApiServer,
+    attrs: &Attributes,
+    seen: &Seen,
+    body: Option<&[u8]>,
+    code: u16,
+    received: SystemTime,
+    level: Level,
+) {
     let Some(log) = &api.audit else { return };
+    // A request refused before anyone was known is logged whatever the policy says.
     let level = if attrs.user.username.is_empty() {
         level.max(Level::Metadata)
     } else {
         level
     };
-    let uri = req.uri().to_string();
     log.record(&Record {
         attrs,
         level,
-        uri: &uri,
-        source: req.extensions().get::<PeerAddr>().map(|p| p.0),
-        user_agent: req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default(),
+        uri: &seen.uri,
+        source: seen.source,
+        user_agent: &seen.user_agent,
         code,
         received,
-        long_running: crate::audit::long_running(attrs, req.uri().query()),
+        long_running: crate::audit::long_running(attrs, seen.query.as_deref()),
         body,
     });
 }

@@ -272,7 +272,7 @@ impl Connection {
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| capstan_pki::der::subject(c))
-            .map(|s| PeerCertificate(Arc::new(s)));
+            .and_then(|s| PeerCertificate::of(&s));
         self.serve(stream, activity, addr, peer).await
     }
 

@@ -46,6 +46,35 @@ enum Key {
     Group(String),
 }
 
+/// Grants in one scope (the cluster, or one namespace), by user and by group: looked up by
+/// borrowed names, so a decision allocates nothing.
+#[derive(Debug, Default)]
+struct Grants {
+    users: HashMap<String, Vec<Grant>>,
+    groups: HashMap<String, Vec<Grant>>,
+}
+
+impl Grants {
+    fn add(&mut self, key: Key, grant: Grant) {
+        let (map, name) = match key {
+            Key::User(n) => (&mut self.users, n),
+            Key::Group(n) => (&mut self.groups, n),
+        };
+        map.entry(name).or_default().push(grant);
+    }
+
+    /// The user's own grants, then its groups'.
+    fn of<'a>(&'a self, user: &'a UserInfo) -> impl Iterator<Item = &'a Grant> + 'a {
+        let own = self.users.get(&user.username).into_iter().flatten();
+        let groups = user
+            .groups
+            .iter()
+            .filter_map(|g| self.groups.get(g))
+            .flatten();
+        own.chain(groups)
+    }
+}
+
 /// What one binding grants: the role's rules, and names for the decision's reason.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -64,8 +93,8 @@ pub struct Index {
     pub cluster_roles: HashMap<String, Arc<[PolicyRule]>>,
     /// Every Role's rules, by (namespace, name).
     pub roles: HashMap<(String, String), Arc<[PolicyRule]>>,
-    cluster: HashMap<Key, Vec<Grant>>,
-    namespaced: HashMap<(String, Key), Vec<Grant>>,
+    cluster: Grants,
+    namespaced: HashMap<String, Grants>,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(v: &serde_json::Value) -> Option<T> {
@@ -197,7 +226,7 @@ impl Index {
                 rules: rules.clone(),
             };
             for k in keys(b.subjects.as_deref().unwrap_or_default(), "") {
-                index.cluster.entry(k).or_default().push(grant.clone());
+                index.cluster.add(k, grant.clone());
             }
         }
         for b in bindings {
@@ -225,9 +254,9 @@ impl Index {
             for k in keys(b.subjects.as_deref().unwrap_or_default(), &ns) {
                 index
                     .namespaced
-                    .entry((ns.clone(), k))
+                    .entry(ns.clone())
                     .or_default()
-                    .push(grant.clone());
+                    .add(k, grant.clone());
             }
         }
         index.cluster_roles = cr_rules;
@@ -236,24 +265,17 @@ impl Index {
     }
 
     /// Every grant that applies to `user` in `namespace` (cluster-wide ones first).
-    pub fn grants<'a>(&'a self, user: &UserInfo, namespace: &str) -> Vec<&'a Grant> {
-        let mut keys = Vec::with_capacity(user.groups.len() + 1);
-        keys.push(Key::User(user.username.clone()));
-        keys.extend(user.groups.iter().map(|g| Key::Group(g.clone())));
-        let mut out = Vec::new();
-        for k in &keys {
-            if let Some(g) = self.cluster.get(k) {
-                out.extend(g.iter());
-            }
-        }
-        if !namespace.is_empty() {
-            for k in keys {
-                if let Some(g) = self.namespaced.get(&(namespace.to_string(), k)) {
-                    out.extend(g.iter());
-                }
-            }
-        }
-        out
+    pub fn grants<'a>(
+        &'a self,
+        user: &'a UserInfo,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a Grant> + 'a {
+        let local = (!namespace.is_empty())
+            .then(|| self.namespaced.get(namespace))
+            .flatten();
+        self.cluster
+            .of(user)
+            .chain(local.into_iter().flat_map(|g| g.of(user)))
     }
 
     /// Whether some grant allows `a`, and which.
@@ -263,45 +285,21 @@ impl Index {
         } else {
             ""
         };
-        let user = &a.user;
-        let check = |grants: Option<&Vec<Grant>>| -> Option<Decision> {
-            let g = grants?
-                .iter()
-                .find(|g| g.rules.iter().any(|r| rules::allows(r, a)))?;
-            Some(Decision {
+        match self
+            .grants(&a.user, ns)
+            .find(|g| g.rules.iter().any(|r| rules::allows(r, a)))
+        {
+            Some(g) => Decision {
                 allowed: true,
                 reason: format!(
                     "RBAC: allowed by {} of {} to User \"{}\"",
-                    g.binding, g.role, user.username
+                    g.binding, g.role, a.user.username
                 ),
-            })
-        };
-        // Lookups by borrowed keys would need a custom Borrow; users have a handful of groups.
-        let user_key = Key::User(user.username.clone());
-        if let Some(d) = check(self.cluster.get(&user_key)) {
-            return d;
-        }
-        for g in &user.groups {
-            if let Some(d) = check(self.cluster.get(&Key::Group(g.clone()))) {
-                return d;
-            }
-        }
-        if !ns.is_empty() {
-            if let Some(d) = check(self.namespaced.get(&(ns.to_string(), user_key))) {
-                return d;
-            }
-            for g in &user.groups {
-                if let Some(d) = check(
-                    self.namespaced
-                        .get(&(ns.to_string(), Key::Group(g.clone()))),
-                ) {
-                    return d;
-                }
-            }
-        }
-        Decision {
-            allowed: false,
-            reason: String::new(),
+            },
+            None => Decision {
+                allowed: false,
+                reason: String::new(),
+            },
         }
     }
 }
