@@ -380,16 +380,19 @@ fn pods_run_on_containerd_with_probes_limits_logs_and_clean_up() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let logs = c.dir.path().join("agent/logs");
-    let left: Vec<_> = std::fs::read_dir(&logs)
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "log dirs left: {left:?}");
-    let pods_dir = c.dir.path().join("agent/pods");
-    let left: Vec<_> = std::fs::read_dir(&pods_dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "pod volume dirs left: {left:?}");
+    // The agent confirms a pod's deletion once it has stopped, and removes its sandboxes, logs
+    // and volumes right after: poll for the directories rather than racing that last step.
+    let left_in = |dir: &Path| -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    for sub in ["agent/logs", "agent/pods"] {
+        let dir = c.dir.path().join(sub);
+        if eventually(Duration::from_secs(10), sub, || left_in(&dir).is_empty()).is_err() {
+            panic!("{sub} left: {:?}", left_in(&dir));
+        }
+    }
     for uid in &uids {
         for ctl in ["memory", "cpu", "pids"] {
             for qos in ["", "burstable/", "besteffort/"] {
