@@ -223,6 +223,12 @@ fn main() {
             "TokenReview",
             generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenReview>(),
         ),
+        // serviceaccounts/NAME/token (`kubectl create token`).
+        (
+            "authentication.k8s.io/v1",
+            "TokenRequest",
+            generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>(),
+        ),
         (
             "authorization.k8s.io/v1",
             "SelfSubjectAccessReview",

@@ -77,6 +77,17 @@ fn subresources_of(r: &ResourceInfo) -> Vec<Subresource> {
     if r.group.is_empty() && r.plural == "namespaces" {
         out.push(own("finalize", "Namespace", &["update"]));
     }
+    if r.group.is_empty() && r.plural == "serviceaccounts" {
+        out.push(Subresource {
+            name: "token",
+            kind: (
+                "authentication.k8s.io".into(),
+                "v1".into(),
+                "TokenRequest".into(),
+            ),
+            verbs: &["create"],
+        });
+    }
     out
 }
 

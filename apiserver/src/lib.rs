@@ -14,6 +14,7 @@
 //! Also served: [`discovery`], [`openapi`] (v3 and v2), protobuf request bodies ([`protobuf`]),
 //! Tables ([`table`]), events.k8s.io over core Events ([`events`]) and request [`metrics`].
 
+pub mod admission;
 pub mod apiservice;
 pub mod audit;
 pub mod auth;
@@ -37,6 +38,7 @@ pub mod registry;
 pub mod request;
 pub mod rest;
 pub mod service;
+pub mod service_account_admission;
 pub mod strategy;
 pub mod table;
 pub mod watch_cache;
@@ -84,6 +86,9 @@ pub struct ApiServer {
     pub audit: Option<audit::AuditLog>,
     /// Seats of the in-flight limits.
     pub inflight: Arc<http::inflight::InFlight>,
+    /// How the server reaches node agents' ports: TLS with its kubelet client certificate,
+    /// verifying theirs (None: plain HTTP).
+    pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
     /// Milliseconds between watch bookmarks ([`rest::watch::BOOKMARK_INTERVAL`] unless changed).
     bookmark_ms: std::sync::atomic::AtomicU64,
 }
@@ -123,6 +128,13 @@ pub struct Config {
     pub audit: Option<audit::AuditConfig>,
     /// `--max-requests-inflight`, `--max-mutating-requests-inflight`.
     pub inflight: http::inflight::Limits,
+    /// The ServiceAccount admission plugin on pods (on in `capstan apiserver` and `capstan up`
+    /// unless `--disable-admission-plugins ServiceAccount`; off here, as API-server-only tests
+    /// run no controller to make each namespace's `default` account).
+    pub service_account_admission: bool,
+    /// TLS to node agents (`--kubelet-certificate-authority`, `--kubelet-client-certificate`):
+    /// `capstan up` and `capstan apiserver` make it from the cluster CA.
+    pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The namespaces every cluster starts with.
@@ -173,7 +185,13 @@ impl ApiServer {
             None => None,
         };
         let registry = Registry::with(crate::builtins::builtins());
-        registry.attach_hooks(("", "v1", "pods"), Arc::new(config.default_tolerations));
+        let sa_admission = Arc::new(service_account_admission::ServiceAccountAdmission::default());
+        let mut pod_admission = admission::Chain::default();
+        if config.service_account_admission {
+            pod_admission.0.push(sa_admission.clone());
+        }
+        pod_admission.0.push(Arc::new(config.default_tolerations));
+        registry.attach_hooks(("", "v1", "pods"), Arc::new(pod_admission));
         registry.attach_hooks(
             ("", "v1", "services"),
             Arc::new(service::ServiceHooks::new(ips.clone(), node_ports.clone())),
@@ -194,8 +212,10 @@ impl ApiServer {
             auth: auth::Auth::new(config.auth),
             audit,
             inflight: http::inflight::InFlight::new(config.inflight),
+            kubelet_tls: config.kubelet_tls,
             store,
         });
+        sa_admission.attach(Arc::downgrade(&api));
         for info in api.registry.all() {
             api.cacher(&info)?;
         }

@@ -27,6 +27,17 @@ pub enum Runtime {
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
+    /// The agent's serving certificate (PEM) for its port; with --tls-private-key-file. Without
+    /// them it makes a self-signed one under ROOT_DIR/pki (`capstan up`: one from the cluster
+    /// CA, which the API server checks).
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Client certificates from this CA (PEM) are accepted on the agent's port; default: the
+    /// kubeconfig's CA. Without any the agent serves plain HTTP.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
     /// The Node's name (default: this machine's hostname).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -104,8 +115,22 @@ pub struct AgentCmd {
     pub agent: AgentArgs,
 }
 
-pub async fn run(client_args: ClientArgs, cmd: AgentCmd) -> Result<()> {
+pub async fn run(client_args: ClientArgs, mut cmd: AgentCmd) -> Result<()> {
     let client = client(&client_args).await?;
+    if cmd.agent.client_ca_file.is_none()
+        && let Some(pem) = kubeconfig_ca(&client_args).await?
+    {
+        let dir = cmd
+            .agent
+            .root_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT_DIR))
+            .join("pki");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("client-ca.crt");
+        capstan_pki::write_file(&path, &pem, 0o644)?;
+        cmd.agent.client_ca_file = Some(path);
+    }
     let runtime = match cmd.runtime {
         Runtime::Auto if cmd.cri_socket.exists() => Runtime::Cri,
         Runtime::Auto => {
@@ -125,6 +150,78 @@ pub async fn run(client_args: ClientArgs, cmd: AgentCmd) -> Result<()> {
         crate::signals::shutdown_signal(),
     )
     .await
+}
+
+/// Where the agent keeps its state without --root-dir.
+const DEFAULT_ROOT_DIR: &str = "/var/lib/capstan/agent";
+
+/// The CA (PEM) of the kubeconfig's cluster, for the agent to check client certificates with;
+/// None when the kubeconfig names none.
+async fn kubeconfig_ca(args: &ClientArgs) -> Result<Option<String>> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let Some(certs) = config.root_cert.filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    use base64::Engine as _;
+    let mut pem = String::new();
+    for der in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    Ok(Some(pem))
+}
+
+/// The agent port's TLS: its certificate (given, or self-signed under `root_dir/pki`) and the
+/// client CA; None (plain HTTP) without a client CA.
+fn agent_tls(
+    args: &AgentArgs,
+    root_dir: &std::path::Path,
+    host_ip: &str,
+) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    let Some(ca_file) = &args.client_ca_file else {
+        return Ok(None);
+    };
+    let client_ca = std::fs::read_to_string(ca_file)
+        .with_context(|| format!("reading --client-ca-file {}", ca_file.display()))?;
+    let serving = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(c), Some(k)) => capstan_pki::Issued {
+            cert_pem: std::fs::read_to_string(c)
+                .with_context(|| format!("reading --tls-cert-file {}", c.display()))?,
+            key_pem: std::fs::read_to_string(k)
+                .with_context(|| format!("reading --tls-private-key-file {}", k.display()))?,
+        },
+        _ => {
+            // kubelet's fallback: a certificate of its own, kept under its root dir.
+            let dir = root_dir.join("pki");
+            std::fs::create_dir_all(&dir)?;
+            let own = capstan_pki::Ca::load_or_create(&dir)?;
+            own.ensure_serving(&dir, "agent", &agent_names(host_ip))?
+        }
+    };
+    Ok(Some(Arc::new(capstan_pki::tls::server_config(
+        &client_ca, &serving,
+    )?)))
+}
+
+/// The names an agent's serving certificate covers: its node IP, loopback and host name.
+pub(crate) fn agent_names(host_ip: &str) -> Vec<String> {
+    let mut names = vec![host_ip.to_string(), "127.0.0.1".into(), "localhost".into()];
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .to_lowercase();
+    if !host.is_empty() {
+        names.push(host);
+    }
+    names.dedup();
+    names
 }
 
 /// `capstan image import FILE.tar...`: loads OCI archives into containerd's k8s.io namespace
@@ -320,6 +417,7 @@ async fn run_node(
     let name = node_name(&args);
     let host_ip = args
         .node_ip
+        .clone()
         .unwrap_or_else(capstan_node_agent::node::host_ip);
     let mut labels = std::collections::BTreeMap::new();
     for l in &args.node_labels {
@@ -330,10 +428,12 @@ async fn run_node(
     }
     let root_dir = args
         .root_dir
-        .unwrap_or_else(|| PathBuf::from("/var/lib/capstan/agent"));
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT_DIR));
     std::fs::create_dir_all(&root_dir)
         .with_context(|| format!("creating {}", root_dir.display()))?;
     let port = args.port.unwrap_or(10250);
+    let tls = agent_tls(&args, &root_dir, &host_ip)?;
     let listener = tokio::net::TcpListener::bind((host_ip.as_str(), port))
         .await
         .with_context(|| format!("listening on {host_ip}:{port}"))?;
@@ -400,11 +500,13 @@ async fn run_node(
                 ..node
             };
             tracing::info!(node = %name, socket = %cri_socket.display(), root = %root_dir.display(), version = %node.runtime_version, "node agent starting (containerd CRI runtime)");
-            Agent::new(client, Arc::new(rt), node, log_root, "containerd")
+            let mut agent = Agent::new(client, Arc::new(rt), node, log_root, "containerd")
                 .with_metrics(metrics)
-                .serve(listener)
-                .run()
-                .await?;
+                .serve(listener);
+            if let Some(tls) = tls {
+                agent = agent.with_tls(tls);
+            }
+            agent.run().await?;
         }
         _ => {
             let exe =
@@ -424,11 +526,13 @@ async fn run_node(
                     "process runtime: /sys/fs/cgroup is not a writable cgroup v2 tree with cpu and memory, so containers run WITHOUT their CPU and memory limits"
                 );
             }
-            Agent::new(client, Arc::new(rt), node, log_root, "process")
+            let mut agent = Agent::new(client, Arc::new(rt), node, log_root, "process")
                 .with_metrics(metrics)
-                .serve(listener)
-                .run()
-                .await?;
+                .serve(listener);
+            if let Some(tls) = tls {
+                agent = agent.with_tls(tls);
+            }
+            agent.run().await?;
         }
     }
     Ok(())

@@ -1,12 +1,14 @@
 //! The API server's transport and access flags (`capstan up`, `capstan apiserver`): HTTPS by
 //! default with the cluster CA under DATA_DIR/pki, `--insecure-http` only on loopback;
 //! `--token-auth-file`, `--anonymous-auth`, `--authorization-mode`, `--tls-san`,
-//! `--audit-log-path` and `--audit-policy-file` as kube-apiserver and k3s name them.
+//! `--audit-log-path` and `--audit-policy-file`, the ServiceAccount token flags and
+//! `--disable-admission-plugins`, as kube-apiserver and k3s name them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use capstan_apiserver::auth::service_account::ServiceAccountTokens;
 use capstan_apiserver::auth::{AuthConfig, Mode, token_file::TokenFile};
 use clap::Args;
 
@@ -39,6 +41,29 @@ pub struct AuthArgs {
     /// it, every request at level Metadata.
     #[arg(long, requires = "audit_log_path")]
     pub audit_policy_file: Option<PathBuf>,
+    /// The ECDSA P-256 key (PKCS#8 PEM) that signs ServiceAccount tokens; made when missing.
+    /// API servers sharing a store must share it. Default: DATA_DIR/pki/service-account.key.
+    #[arg(long)]
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// The `iss` of the ServiceAccount tokens this server issues and accepts.
+    #[arg(long, default_value = capstan_apiserver::auth::service_account::DEFAULT_ISSUER)]
+    pub service_account_issuer: String,
+    /// The audiences tokens must name to be accepted (comma-separated); default: the issuer.
+    #[arg(long, value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
+    /// The longest a requested token may last (`48h`, `90m`); longer requests are cut to it.
+    #[arg(long, value_parser = crate::controllers_cmd::parse_duration)]
+    pub service_account_max_token_expiration: Option<std::time::Duration>,
+    /// Admission plugins to turn off (comma-separated): `ServiceAccount`.
+    #[arg(long, value_delimiter = ',')]
+    pub disable_admission_plugins: Vec<AdmissionPlugin>,
+}
+
+/// The admission plugins that can be turned off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdmissionPlugin {
+    #[value(name = "ServiceAccount")]
+    ServiceAccount,
 }
 
 impl AuthArgs {
@@ -71,8 +96,49 @@ impl AuthArgs {
             anonymous: self.anonymous_auth,
             unsecured: self.insecure_http,
             tokens,
+            service_accounts: None,
             mode: self.authorization_mode,
         })
+    }
+
+    /// The ServiceAccount token signer and checker: the key (made when missing), issuer and
+    /// audiences.
+    pub fn service_accounts(&self, data_dir: &std::path::Path) -> Result<ServiceAccountTokens> {
+        let path = self
+            .service_account_signing_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("pki").join("service-account.key"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        }
+        let key = capstan_pki::jwt::SigningKey::load_or_create(&path).map_err(|e| {
+            anyhow::anyhow!("--service-account-signing-key-file {}: {e}", path.display())
+        })?;
+        let mut tokens = ServiceAccountTokens::new(key);
+        tokens.issuer = self.service_account_issuer.clone();
+        tokens.audiences = if self.api_audiences.is_empty() {
+            vec![self.service_account_issuer.clone()]
+        } else {
+            self.api_audiences.clone()
+        };
+        if let Some(max) = self.service_account_max_token_expiration {
+            let max = max.as_secs() as i64;
+            if max < 600 {
+                bail!("--service-account-max-token-expiration must be at least 10m");
+            }
+            tokens.max_expiration = Some(max);
+        }
+        Ok(tokens)
+    }
+
+    /// Whether the ServiceAccount admission plugin runs: not when turned off, nor on plain
+    /// HTTP (there is no CA for the pods' `ca.crt`).
+    pub fn service_account_admission(&self) -> bool {
+        !self.insecure_http
+            && !self
+                .disable_admission_plugins
+                .contains(&AdmissionPlugin::ServiceAccount)
     }
 }
 

@@ -27,7 +27,7 @@ pub struct ClientArgs {
         default_value = ".capstan/kubeconfig",
         global = true
     )]
-    kubeconfig: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
     /// Namespace (default: the kubeconfig context's, else "default").
     #[arg(short, long, global = true)]
     namespace: Option<String>,

@@ -73,6 +73,10 @@ pub struct ManagerArgs {
     /// Succeeded and Failed pods kept before the oldest are garbage collected (0: all kept).
     #[arg(long, default_value_t = 12_500)]
     pub terminated_pod_gc_threshold: usize,
+    /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace, for pods'
+    /// token volumes (`capstan up`: its own CA). Without it nothing is published.
+    #[arg(long)]
+    pub root_ca_file: Option<std::path::PathBuf>,
 }
 
 impl ManagerArgs {
@@ -248,6 +252,13 @@ impl ManagerArgs {
         let sched = self.scheduler_config()?;
         let node_lifecycle = self.node_lifecycle()?;
         let gc_threshold = self.terminated_pod_gc_threshold;
+        let root_ca = match &self.root_ca_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading --root-ca-file {}", p.display()))?,
+            ),
+            None => None,
+        };
         let (batch, max_per_slice) = (
             self.endpoint_updates_batch_period,
             self.max_endpoints_per_slice as usize,
@@ -268,6 +279,7 @@ impl ManagerArgs {
                         terminated_threshold: gc_threshold,
                         ..Default::default()
                     },
+                    root_ca: root_ca.clone(),
                     ..Default::default()
                 };
                 let m = Manager::with_config(client.clone(), &registry, config);

@@ -134,7 +134,8 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             ));
         }
     }
-    let auth_config = args.auth.config(&tokens)?;
+    let mut auth_config = args.auth.config(&tokens)?;
+    auth_config.service_accounts = Some(args.auth.service_accounts(&args.store.data_dir)?);
     let registry = prometheus::Registry::new();
     let metrics = StorageMetrics::register(&registry).context("registering metrics")?;
     let mut store = args.store.open(Some(CompactionPolicy::default())).await?;
@@ -142,6 +143,28 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         store = crate::encryption::wrap(store, path).await?;
     }
     let store = metrics.wrap(store);
+    // The API server reaches agents' ports over TLS with a client certificate of its own,
+    // checking theirs against the cluster CA (plain HTTP on --insecure-http).
+    let pki_dir = args.store.data_dir.join("pki");
+    let kubelet_tls = if args.auth.insecure_http {
+        None
+    } else {
+        std::fs::create_dir_all(&pki_dir)
+            .with_context(|| format!("creating {}", pki_dir.display()))?;
+        let ca = capstan_pki::Ca::load_or_create(&pki_dir).context("the cluster CA")?;
+        let id = ca
+            .ensure_client(
+                &pki_dir,
+                "apiserver-kubelet-client",
+                capstan_apiserver::auth::rbac::bootstrap::KUBELET_CLIENT,
+                &[],
+            )
+            .context("the API server's client certificate for agents")?;
+        Some(Arc::new(capstan_pki::tls::client_config(
+            ca.cert_pem(),
+            Some(&id),
+        )?))
+    };
     let config = capstan_apiserver::Config {
         service_cidr: args.service_cidr,
         node_ports: args.service_node_port_range,
@@ -153,6 +176,8 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         auth: auth_config,
         audit: args.auth.audit()?,
         inflight: args.serve.inflight(),
+        service_account_admission: args.auth.service_account_admission(),
+        kubelet_tls,
     };
     let api = ApiServer::with_config(store.clone(), registry, config)
         .await
@@ -236,6 +261,9 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         if manager.leader_elect_identity.is_none() {
             manager.leader_elect_identity = Some(stable_identity(&args.store));
         }
+        if manager.root_ca_file.is_none() && !args.auth.insecure_http {
+            manager.root_ca_file = Some(args.store.data_dir.join("pki").join("ca.crt"));
+        }
         // componentstatuses reports the in-process controller manager (and its scheduler).
         let running = Arc::new(AtomicBool::new(true));
         for component in ["controller-manager", "scheduler"] {
@@ -287,6 +315,22 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         }
         if agent.cluster_cidr.is_none() && runtime == Runtime::Cri {
             agent.cluster_cidr = Some(args.pod_cidr.clone());
+        }
+        // Its port serves with a certificate from the cluster CA (which the API server checks)
+        // and takes the API server's client certificate.
+        if !args.auth.insecure_http && agent.tls_cert_file.is_none() {
+            let ca = capstan_pki::Ca::load_or_create(&pki_dir).context("the cluster CA")?;
+            let host_ip = agent
+                .node_ip
+                .clone()
+                .unwrap_or_else(capstan_node_agent::node::host_ip);
+            ca.ensure_serving(&pki_dir, "agent", &crate::agent_cmd::agent_names(&host_ip))
+                .context("the agent's serving certificate")?;
+            agent.tls_cert_file = Some(pki_dir.join("agent.crt"));
+            agent.tls_private_key_file = Some(pki_dir.join("agent.key"));
+        }
+        if !args.auth.insecure_http && agent.client_ca_file.is_none() {
+            agent.client_ca_file = Some(pki_dir.join("ca.crt"));
         }
         let socket = cri_socket.clone();
         // Stops with the server (its pod watch would hold the graceful shutdown open),

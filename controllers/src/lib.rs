@@ -20,6 +20,8 @@
 //! - [`nodelifecycle`]: notices silent nodes, marks them Unknown and taints them (per-zone rate
 //!   limits; nothing at all when every zone is down); [`tainteviction`]: deletes pods from
 //!   nodes with NoExecute taints they do not tolerate.
+//! - [`serviceaccount`]: a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in
+//!   every namespace.
 //!
 //! Each controller keeps its decisions in pure functions (`plan.rs`, `rolling.rs`, ...) that are
 //! table-tested without I/O, and applies them in a thin async step.
@@ -39,6 +41,7 @@ pub mod podutil;
 pub mod replicaset;
 pub mod runtime;
 pub mod scheduler;
+pub mod serviceaccount;
 pub mod tainteviction;
 pub mod taints;
 
@@ -69,7 +72,9 @@ pub const ALL: &[&str] = &[
     nodelifecycle::NAME,
     podgc::NAME,
     replicaset::NAME,
+    serviceaccount::ROOT_CA_NAME,
     scheduler::NAME,
+    serviceaccount::NAME,
     tainteviction::NAME,
 ];
 
@@ -206,6 +211,8 @@ pub struct Manager {
     pub endpoint_changes: endpointslice::ChangeMetrics,
     pub node_lifecycle: nodelifecycle::Config,
     pub pod_gc: podgc::Config,
+    /// The cluster CA (PEM) the root-CA publisher puts in every namespace (`--root-ca-file`).
+    pub root_ca: Option<String>,
 }
 
 /// The settings of a manager's controllers.
@@ -220,6 +227,7 @@ pub struct Config {
     pub max_endpoints_per_slice: usize,
     pub node_lifecycle: nodelifecycle::Config,
     pub pod_gc: podgc::Config,
+    pub root_ca: Option<String>,
 }
 
 impl Default for Config {
@@ -231,6 +239,7 @@ impl Default for Config {
             max_endpoints_per_slice: endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
             node_lifecycle: nodelifecycle::Config::default(),
             pod_gc: podgc::Config::default(),
+            root_ca: None,
         }
     }
 }
@@ -259,6 +268,7 @@ impl Manager {
             endpoint_changes: endpointslice::ChangeMetrics::register(registry),
             node_lifecycle: config.node_lifecycle,
             pod_gc: config.pod_gc,
+            root_ca: config.root_ca,
         })
     }
 
@@ -286,6 +296,8 @@ impl Manager {
                 nodelifecycle::NAME => set.spawn(nodelifecycle::run(m)),
                 tainteviction::NAME => set.spawn(tainteviction::run(m)),
                 podgc::NAME => set.spawn(podgc::run(m)),
+                serviceaccount::NAME => set.spawn(serviceaccount::run(m)),
+                serviceaccount::ROOT_CA_NAME => set.spawn(serviceaccount::run_root_ca(m)),
                 _ => continue,
             };
             tracing::info!(controller = %name, "started");

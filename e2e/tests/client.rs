@@ -94,7 +94,8 @@ fn apply_get_and_delete_without_kubectl() {
     // Several types at once, and a category.
     assert_eq!(
         ok(capstan(&kc, &["get", "cm,deploy", "-o", "name"], None)),
-        "configmap/settings\ndeployment.apps/web\n"
+        // kube-root-ca.crt: the cluster CA every namespace gets.
+        "configmap/kube-root-ca.crt\nconfigmap/settings\ndeployment.apps/web\n"
     );
     let all = ok(capstan(&kc, &["get", "all"], None));
     assert!(all.contains("deployment.apps/web"), "{all}");
@@ -110,7 +111,7 @@ fn apply_get_and_delete_without_kubectl() {
     let list: serde_json::Value =
         serde_json::from_str(&ok(capstan(&kc, &["get", "cm,deploy", "-o", "json"], None))).unwrap();
     assert_eq!(list["kind"], "List");
-    assert_eq!(list["items"][1]["kind"], "Deployment");
+    assert_eq!(list["items"][2]["kind"], "Deployment");
 
     // A changed manifest from stdin; a conflict with another manager's field.
     ok(capstan(
@@ -148,10 +149,11 @@ fn apply_get_and_delete_without_kubectl() {
         ok(capstan(&kc, &["delete", "-f", f], None)),
         "configmap \"settings\" deleted\ndeployment.apps \"web\" deleted\n"
     );
-    for kind in ["cm", "deploy"] {
+    // What is left: the namespace's CA, which the controllers keep.
+    for (kind, left) in [("cm", "configmap/kube-root-ca.crt\n"), ("deploy", "")] {
         assert_eq!(
             ok(capstan(&kc, &["get", kind, "-o", "name"], None)),
-            "",
+            left,
             "{kind}"
         );
     }

@@ -146,7 +146,8 @@ fn suite(c: &Cluster) {
     );
     assert_eq!(
         c.ok(&["get", "cm,svc", "-o", "name"]),
-        "configmap/settings\nservice/kubernetes\nservice/web\n"
+        // kube-root-ca.crt: the cluster CA every namespace gets.
+        "configmap/kube-root-ca.crt\nconfigmap/settings\nservice/kubernetes\nservice/web\n"
     );
     let svc = c.ok(&["get", "svc", "web", "--no-headers"]);
     let cols: Vec<&str> = svc.split_whitespace().collect();
@@ -177,13 +178,25 @@ fn suite(c: &Cluster) {
         ]),
         "settings"
     );
-    assert_eq!(c.ok(&["get", "cm", "-l", "app!=web", "-o", "name"]), "");
+    // Only the namespace's CA lacks the label.
+    assert_eq!(
+        c.ok(&["get", "cm", "-l", "app!=web", "-o", "name"]),
+        "configmap/kube-root-ca.crt\n"
+    );
     let ns = c.ok(&["get", "ns", "-o", "name"]);
     assert!(ns.contains("namespace/kube-system"), "{ns}");
     let all = c.ok(&["get", "deploy,cm", "-A", "--no-headers"]);
-    assert_eq!(all.lines().count(), 2, "{all}");
+    let ours = all.lines().filter(|l| !l.contains("kube-root-ca.crt"));
+    assert_eq!(ours.count(), 2, "{all}");
+    assert!(
+        all.lines()
+            .filter(|l| l.contains("kube-root-ca.crt"))
+            .count()
+            >= 4,
+        "one CA per namespace: {all}"
+    );
     let sorted = c.ok(&["get", "cm", "--sort-by=.metadata.name", "-o", "name"]);
-    assert_eq!(sorted, "configmap/settings\n");
+    assert_eq!(sorted, "configmap/kube-root-ca.crt\nconfigmap/settings\n");
 
     // label, annotate, patch (merge and JSON), replace, scale.
     assert_eq!(
@@ -502,10 +515,10 @@ fn suite(c: &Cluster) {
         c.ok(&["delete", "cm,deploy", "-l", "app=web"]),
         "configmap \"settings\" deleted\ndeployment.apps \"web\" deleted\n"
     );
-    // What is left is the API server's own.
+    // What is left is the cluster's own: the namespace's CA and the API server's Service.
     assert_eq!(
         c.ok(&["get", "cm,deploy,svc", "-o", "name"]),
-        "service/kubernetes\n"
+        "configmap/kube-root-ca.crt\nservice/kubernetes\n"
     );
 }
 
@@ -561,11 +574,14 @@ fn kubectl_get_watch_streams_changes() {
         "-p",
         r#"{"data":{"b":"2"}}"#,
     ]);
-    let changed = next();
-    assert!(
-        changed.starts_with("first ") && changed.split_whitespace().nth(1) == Some("2"),
-        "{changed}"
-    );
+    // The namespace's kube-root-ca.crt may show up in between.
+    let changed = loop {
+        let line = next();
+        if line.starts_with("first ") {
+            break line;
+        }
+    };
+    assert!(changed.split_whitespace().nth(1) == Some("2"), "{changed}");
     let _ = w.kill();
     let _ = w.wait();
 }

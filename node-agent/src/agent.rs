@@ -47,6 +47,9 @@ pub struct Agent<R> {
     runtime_name: String,
     metrics: Metrics,
     listener: Option<tokio::net::TcpListener>,
+    /// HTTPS with client certificates from this configuration's CA (and bearer tokens the
+    /// API server vouches for); plain HTTP without one.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl<R> std::fmt::Debug for Agent<R> {
@@ -75,6 +78,7 @@ impl<R: Runtime> Agent<R> {
             runtime_name: runtime_name.to_string(),
             metrics: Metrics::new().expect("the agent's metrics are well-formed"),
             listener: None,
+            tls: None,
         }
     }
 
@@ -94,6 +98,13 @@ impl<R: Runtime> Agent<R> {
         self
     }
 
+    /// Serves over TLS with `tls` (its client CA verifies client certificates), every request
+    /// but /healthz authenticated and authorized ([`crate::server_auth`]).
+    pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -102,13 +113,34 @@ impl<R: Runtime> Agent<R> {
     pub async fn run(mut self) -> Result<(), AgentError> {
         let _stop_server = self.listener.take().map(|l| {
             let app = crate::server::router(self.runtime.clone(), self.metrics.clone());
+            let Some(tls) = self.tls.clone() else {
+                tracing::warn!("the agent serves plain HTTP: logs, exec and metrics are open to anyone who reaches its port");
+                return AbortOnDrop(tokio::spawn(async move {
+                    // Streams (exec, attach, port-forward) write small frames: no Nagle delays.
+                    let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!(error = %e, "the agent's HTTP server failed");
+                    }
+                }));
+            };
+            let auth = crate::server_auth::AgentAuth::new(self.client.clone(), &self.node.name);
+            let app = app.layer(axum::middleware::from_fn_with_state(
+                auth,
+                crate::server_auth::guard,
+            ));
             AbortOnDrop(tokio::spawn(async move {
-                // Streams (exec, attach, port-forward) write small frames: no Nagle delays.
-                let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                if let Err(e) = axum::serve(l, app).await {
-                    tracing::error!(error = %e, "the agent's HTTP server failed");
+                let served = match crate::server_tls::TlsListener::new(l, tls) {
+                    Ok(l) => {
+                        let app =
+                            app.into_make_service_with_connect_info::<crate::server_tls::Peer>();
+                        axum::serve(l, app).await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the agent's HTTPS server failed");
                 }
             }))
         });
@@ -328,7 +360,8 @@ async fn remove_orphan<R: Runtime>(rt: &R, uid: &str, log_root: &std::path::Path
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

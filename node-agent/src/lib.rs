@@ -24,6 +24,8 @@ pub mod portforward;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod server_auth;
+pub mod server_tls;
 pub mod spdy;
 
 pub use agent::Agent;

@@ -8,6 +8,7 @@
 //! Keys are ECDSA P-256 (rcgen's default on ring): small, fast to sign and to verify.
 
 pub mod der;
+pub mod jwt;
 pub mod kubeconfig;
 pub mod tls;
 

@@ -85,8 +85,11 @@ impl TestCluster {
     async fn on_with_config(
         store: Arc<dyn Storage>,
         dir: tempfile::TempDir,
-        config: capstan_apiserver::Config,
+        mut config: capstan_apiserver::Config,
     ) -> TestCluster {
+        if config.auth.service_accounts.is_none() {
+            config.auth.service_accounts = Some(crate::pki::pki().service_accounts());
+        }
         let api = ApiServer::with_config(store.clone(), prometheus::Registry::new(), config)
             .await
             .unwrap();

@@ -21,6 +21,8 @@ pub struct TestPki {
     pub ca: Ca,
     pub admin: Issued,
     pub serving: Issued,
+    /// The key in-process API servers sign ServiceAccount tokens with (PKCS#8 PEM).
+    pub service_account_key: String,
     client_tls: Arc<rustls::ClientConfig>,
 }
 
@@ -45,16 +47,30 @@ pub fn pki() -> &'static TestPki {
             capstan_pki::tls::client_config(ca.cert_pem(), Some(&admin))
                 .expect("the administrator's TLS configuration"),
         );
+        let service_account_key =
+            capstan_pki::jwt::SigningKey::generate_pem().expect("a service-account key");
         TestPki {
             ca,
             admin,
             serving,
+            service_account_key,
             client_tls,
         }
     })
 }
 
 impl TestPki {
+    /// ServiceAccount tokens signed with the harness's key.
+    #[cfg(feature = "cluster")]
+    pub fn service_accounts(
+        &self,
+    ) -> capstan_apiserver::auth::service_account::ServiceAccountTokens {
+        capstan_apiserver::auth::service_account::ServiceAccountTokens::new(
+            capstan_pki::jwt::SigningKey::from_pem(&self.service_account_key)
+                .expect("the harness's service-account key"),
+        )
+    }
+
     /// The TLS configuration in-process API servers serve with.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         Arc::new(

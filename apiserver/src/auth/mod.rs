@@ -4,7 +4,8 @@
 //! - **Authentication** ([`Auth::authenticate`]), as kube-apiserver's union of authenticators:
 //!   a client certificate the TLS layer verified against the cluster CA (CN = user, O =
 //!   groups; [`PeerCertificate`]), else a bearer token from the static token file
-//!   ([`token_file`]), else — when allowed — `system:anonymous` in `system:unauthenticated`.
+//!   ([`token_file`]) or a ServiceAccount token ([`service_account`]), else — when allowed —
+//!   `system:anonymous` in `system:unauthenticated`.
 //!   A bearer token that matches nothing is a 401, never anonymous.
 //! - **Authorization** ([`Auth::authorize`]) of the request's [`attributes::Attributes`]:
 //!   `system:masters` may do anything; otherwise [`rbac`] decides (or everything is allowed
@@ -18,6 +19,7 @@ pub mod attributes;
 pub mod impersonation;
 pub mod rbac;
 pub mod reviews;
+pub mod service_account;
 pub mod token_file;
 
 use std::collections::BTreeMap;
@@ -132,6 +134,8 @@ pub struct AuthConfig {
     /// loopback only: `--insecure-http`; kubectl sends no credentials over plain HTTP).
     pub unsecured: bool,
     pub tokens: token_file::TokenFile,
+    /// ServiceAccount tokens: issued through TokenRequest and accepted (none without a key).
+    pub service_accounts: Option<service_account::ServiceAccountTokens>,
     pub mode: Mode,
 }
 
@@ -141,6 +145,7 @@ impl Default for AuthConfig {
             anonymous: true,
             unsecured: false,
             tokens: token_file::TokenFile::default(),
+            service_accounts: None,
             mode: Mode::Rbac,
         }
     }
@@ -180,11 +185,12 @@ impl Auth {
         }
     }
 
-    /// Who sent the request: its client certificate, else its bearer token, else anonymous
-    /// (when allowed). A token that matches nothing, or no credentials with anonymous requests
-    /// refused, is a 401.
-    pub fn authenticate(
+    /// Who sent the request: its client certificate, else its bearer token (the token file's,
+    /// then a ServiceAccount's), else anonymous (when allowed). A token that matches nothing,
+    /// or no credentials with anonymous requests refused, is a 401.
+    pub async fn authenticate(
         &self,
+        objects: &impl service_account::Objects,
         peer: Option<&PeerCertificate>,
         headers: &HeaderMap,
     ) -> Result<Arc<UserInfo>, ApiError> {
@@ -192,16 +198,38 @@ impl Auth {
             return Ok(user.clone());
         }
         if let Some(token) = bearer_token(headers)? {
-            return self
-                .config
-                .tokens
-                .user(token)
-                .ok_or_else(ApiError::unauthorized);
+            return self.token_user(objects, token).await;
         }
         if self.config.unsecured || self.config.anonymous {
             Ok(self.nobody.clone())
         } else {
             Err(ApiError::unauthorized())
+        }
+    }
+
+    /// The user of a bearer token (a request's, or a TokenReview's).
+    pub async fn token_user(
+        &self,
+        objects: &impl service_account::Objects,
+        token: &str,
+    ) -> Result<Arc<UserInfo>, ApiError> {
+        if let Some(user) = self.config.tokens.user(token) {
+            return Ok(user);
+        }
+        let Some(sa) = &self.config.service_accounts else {
+            return Err(ApiError::unauthorized());
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        match sa.authenticate(objects, token, now).await {
+            Ok(Some(user)) => Ok(Arc::new(user)),
+            Ok(None) => Err(ApiError::unauthorized()),
+            Err(why) => {
+                tracing::debug!(%why, "a service account token was refused");
+                Err(ApiError::unauthorized())
+            }
         }
     }
 
@@ -276,12 +304,26 @@ mod tests {
             anonymous,
             unsecured: false,
             tokens,
+            service_accounts: None,
             mode: Mode::Rbac,
         })
     }
 
-    #[test]
-    fn credentials_in_order_certificate_token_anonymous() {
+    /// No objects: no ServiceAccount token can name one.
+    struct NoObjects;
+    impl service_account::Objects for NoObjects {
+        async fn object(
+            &self,
+            _: (&'static str, &'static str, &'static str),
+            _: Option<&str>,
+            _: &str,
+        ) -> Option<serde_json::Value> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_in_order_certificate_token_anonymous() {
         let a = auth(true);
         let cert = PeerCertificate::of(&capstan_pki::der::Subject {
             common_name: "alice".into(),
@@ -290,20 +332,28 @@ mod tests {
         .unwrap();
         assert!(PeerCertificate::of(&capstan_pki::der::Subject::default()).is_none());
         let u = a
-            .authenticate(Some(&cert), &headers(&[b"Bearer nope"]))
+            .authenticate(&NoObjects, Some(&cert), &headers(&[b"Bearer nope"]))
+            .await
             .unwrap();
         assert_eq!(u.username, "alice");
         assert_eq!(u.groups, vec!["admins", AUTHENTICATED]);
-        let u = a.authenticate(None, &headers(&[b"Bearer t0ken"])).unwrap();
+        let u = a
+            .authenticate(&NoObjects, None, &headers(&[b"Bearer t0ken"]))
+            .await
+            .unwrap();
         assert_eq!((u.username.as_str(), u.uid.as_str()), ("jane", "u-1"));
         assert_eq!(u.groups, vec!["dev", "ops", AUTHENTICATED]);
         assert_eq!(
-            *a.authenticate(None, &headers(&[])).unwrap(),
+            *a.authenticate(&NoObjects, None, &headers(&[]))
+                .await
+                .unwrap(),
             UserInfo::anonymous()
         );
         // Another scheme is ignored, as Kubernetes does.
         assert_eq!(
-            *a.authenticate(None, &headers(&[b"Basic YTpi"])).unwrap(),
+            *a.authenticate(&NoObjects, None, &headers(&[b"Basic YTpi"]))
+                .await
+                .unwrap(),
             UserInfo::anonymous()
         );
         for bad in [
@@ -312,19 +362,30 @@ mod tests {
             b"bearer a b",
             b"Bearer \xff\xfe",
         ] {
-            let e = a.authenticate(None, &headers(&[bad])).unwrap_err();
+            let e = a
+                .authenticate(&NoObjects, None, &headers(&[bad]))
+                .await
+                .unwrap_err();
             assert_eq!((e.code, e.reason), (401, "Unauthorized"), "{bad:?}");
         }
         let e = a
-            .authenticate(None, &headers(&[b"Bearer t0ken", b"Bearer other"]))
+            .authenticate(
+                &NoObjects,
+                None,
+                &headers(&[b"Bearer t0ken", b"Bearer other"]),
+            )
+            .await
             .unwrap_err();
         assert_eq!(e.code, 401);
-        let e = auth(false).authenticate(None, &headers(&[])).unwrap_err();
+        let e = auth(false)
+            .authenticate(&NoObjects, None, &headers(&[]))
+            .await
+            .unwrap_err();
         assert_eq!(e.code, 401);
     }
 
-    #[test]
-    fn fuzzed_authorization_headers_never_panic() {
+    #[tokio::test]
+    async fn fuzzed_authorization_headers_never_panic() {
         let a = auth(true);
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..20_000 {
@@ -337,7 +398,13 @@ mod tests {
                 bytes.push((seed >> 24) as u8);
             }
             let start = (seed % 8) as usize;
-            let _ = a.authenticate(None, &headers(&[&bytes[start.min(bytes.len())..]]));
+            let _ = a
+                .authenticate(
+                    &NoObjects,
+                    None,
+                    &headers(&[&bytes[start.min(bytes.len())..]]),
+                )
+                .await;
         }
     }
 }

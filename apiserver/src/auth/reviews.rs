@@ -351,9 +351,9 @@ pub async fn token_review(
                 "Required value: token must not be empty",
             ));
         }
-        let status = match api.auth.config.tokens.user(token) {
-            Some(user) => json!({"authenticated": true, "user": *user}),
-            None => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
+        let status = match api.auth.token_user(&*api, token).await {
+            Ok(user) => json!({"authenticated": true, "user": *user}),
+            Err(_) => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
         };
         Ok::<_, ApiError>(created(v, status))
     };

@@ -305,6 +305,12 @@ async fn serve(
                 .await?;
             Ok(json_response(StatusCode::CREATED, &status))
         }
+        ("create", Some("token")) => {
+            let body = read_body(body).await?;
+            let request = json_body(headers, &body, "authentication.k8s.io/v1", "TokenRequest")?;
+            let issued = api.request_token(t, request, p).await?;
+            Ok(json_response(StatusCode::CREATED, &issued))
+        }
         ("create", Some("eviction")) => {
             let body = read_body(body).await?;
             let eviction: Value = serde_json::from_slice(&body)

@@ -27,7 +27,12 @@ pub async fn guard(State(api): State<Arc<ApiServer>>, req: Request, next: Next) 
     let received = SystemTime::now();
     let authenticated = api
         .auth
-        .authenticate(req.extensions().get::<PeerCertificate>(), req.headers())
+        .authenticate(
+            &*api,
+            req.extensions().get::<PeerCertificate>(),
+            req.headers(),
+        )
+        .await
         .and_then(|u| crate::auth::impersonation::apply(&api, u, req.headers()));
     let user = match authenticated {
         Ok(u) => u,

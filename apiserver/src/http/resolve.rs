@@ -36,6 +36,7 @@ pub fn resolve(api: &ApiServer, group: &str, version: &str, rest: &str) -> ApiRe
             "scale" => info.scale.is_some(),
             "binding" | "log" | "eviction" => info.group.is_empty() && info.plural == "pods",
             "finalize" => info.group.is_empty() && info.plural == "namespaces",
+            "token" => info.group.is_empty() && info.plural == "serviceaccounts",
             other => info
                 .strategy
                 .subresource_fields()

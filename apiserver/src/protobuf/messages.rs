@@ -72,12 +72,32 @@ pub(super) static MESSAGES: &[M] = &[
         F { tag: 1, name: "maxUnavailable", ty: Msg("io.k8s.apimachinery.pkg.util.intstr.IntOrString"), rep: false, req: false },
         F { tag: 2, name: "maxSurge", ty: Msg("io.k8s.apimachinery.pkg.util.intstr.IntOrString"), rep: false, req: false },
     ]},
+    M { name: "io.k8s.api.authentication.v1.BoundObjectReference", fields: &[
+        F { tag: 1, name: "kind", ty: Str, rep: false, req: false },
+        F { tag: 2, name: "apiVersion", ty: Str, rep: false, req: false },
+        F { tag: 3, name: "name", ty: Str, rep: false, req: false },
+        F { tag: 4, name: "uid", ty: Str, rep: false, req: false },
+    ]},
     M { name: "io.k8s.api.authentication.v1.SelfSubjectReview", fields: &[
         F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
         F { tag: 2, name: "status", ty: Msg("io.k8s.api.authentication.v1.SelfSubjectReviewStatus"), rep: false, req: false },
     ]},
     M { name: "io.k8s.api.authentication.v1.SelfSubjectReviewStatus", fields: &[
         F { tag: 1, name: "userInfo", ty: Msg("io.k8s.api.authentication.v1.UserInfo"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.authentication.v1.TokenRequest", fields: &[
+        F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
+        F { tag: 2, name: "spec", ty: Msg("io.k8s.api.authentication.v1.TokenRequestSpec"), rep: false, req: true },
+        F { tag: 3, name: "status", ty: Msg("io.k8s.api.authentication.v1.TokenRequestStatus"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.authentication.v1.TokenRequestSpec", fields: &[
+        F { tag: 1, name: "audiences", ty: Str, rep: true, req: true },
+        F { tag: 4, name: "expirationSeconds", ty: Int64, rep: false, req: false },
+        F { tag: 3, name: "boundObjectRef", ty: Msg("io.k8s.api.authentication.v1.BoundObjectReference"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.authentication.v1.TokenRequestStatus", fields: &[
+        F { tag: 1, name: "token", ty: Str, rep: false, req: true },
+        F { tag: 2, name: "expirationTimestamp", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.Time"), rep: false, req: true },
     ]},
     M { name: "io.k8s.api.authentication.v1.TokenReview", fields: &[
         F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
@@ -1700,6 +1720,7 @@ pub(super) static KINDS: &[(&str, &str, &str)] = &[
     ("apps/v1", "Deployment", "io.k8s.api.apps.v1.Deployment"),
     ("apps/v1", "ReplicaSet", "io.k8s.api.apps.v1.ReplicaSet"),
     ("authentication.k8s.io/v1", "SelfSubjectReview", "io.k8s.api.authentication.v1.SelfSubjectReview"),
+    ("authentication.k8s.io/v1", "TokenRequest", "io.k8s.api.authentication.v1.TokenRequest"),
     ("authentication.k8s.io/v1", "TokenReview", "io.k8s.api.authentication.v1.TokenReview"),
     ("authorization.k8s.io/v1", "LocalSubjectAccessReview", "io.k8s.api.authorization.v1.LocalSubjectAccessReview"),
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview", "io.k8s.api.authorization.v1.SelfSubjectAccessReview"),

@@ -9,6 +9,7 @@
 //! the newer object, otherwise it is the client's 409 Conflict. Resource-specific work around the
 //! write (a Service's ClusterIP) runs through the resource's [`crate::strategy::StorageHooks`].
 
+pub mod agent_conn;
 pub mod apply;
 pub mod binding;
 pub mod continue_token;
@@ -25,6 +26,7 @@ pub mod pod_exec;
 pub mod pod_log;
 pub mod pod_portforward;
 pub mod scale;
+pub mod token_request;
 pub mod update;
 pub mod watch;
 

@@ -6,7 +6,6 @@
 //! speaks only SPDY and gets a clear 400). Plain HTTP to the agent until the security issue.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -167,15 +166,9 @@ pub(crate) async fn upgrade_to_agent(
             "the node agent of {node} ({host}:{port}) does not answer: {e}"
         ))
     };
-    let stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(format!("{host}:{port}")),
-    )
-    .await
-    .map_err(|_| unavailable(&"connect timed out"))?
-    .map_err(|e| unavailable(&e))?;
-    // The upgraded streams carry small frames both ways: no Nagle delays.
-    let _ = stream.set_nodelay(true);
+    let stream = super::agent_conn::connect(api.kubelet_tls.as_ref(), &host, port)
+        .await
+        .map_err(|e| unavailable(&e))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unavailable(&e))?;

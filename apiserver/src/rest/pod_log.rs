@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
 use crate::ApiServer;
@@ -156,20 +156,37 @@ impl ApiServer {
                 query.push_str(&percent(v));
             }
         }
-        let url = format!(
-            "http://{host}:{port}/containerLogs/{}/{}/{}{query}",
+        let path = format!(
+            "/containerLogs/{}/{}/{}{query}",
             percent(namespace),
             percent(name),
             percent(&container)
         );
-        let uri: axum::http::Uri = url
-            .parse()
-            .map_err(|e| ApiError::internal(format!("{url}: {e}")))?;
-        let resp = client().get(uri).await.map_err(|e| {
+        let unavailable = |e: &dyn std::fmt::Display| {
             ApiError::unavailable(format!(
                 "the node agent of {node_name} ({host}:{port}) does not answer: {e}"
             ))
-        })?;
+        };
+        let stream = super::agent_conn::connect(self.kubelet_tls.as_ref(), &host, port)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        // The connection lives as long as the (followed) log streams.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "log connection to the agent");
+            }
+        });
+        let req = axum::http::Request::get(&path)
+            .header(header::HOST, format!("{host}:{port}"))
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ApiError::internal(format!("{path}: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unavailable(&e))?;
         let status = resp.status();
         let ct = resp
             .headers()

@@ -30,6 +30,23 @@ pub trait Lookup: Send + Sync {
         &self,
         namespace: &str,
     ) -> impl Future<Output = Result<Vec<Service>, EnvError>> + Send;
+    /// A token of `service_account` bound to the pod (TokenRequest) and when it expires.
+    fn token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        request: TokenFor<'_>,
+    ) -> impl Future<Output = Result<(String, std::time::SystemTime), EnvError>> + Send;
+}
+
+/// What a projected token is asked for: the pod it is bound to, an audience, how long.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenFor<'a> {
+    pub pod: &'a str,
+    pub pod_uid: &'a str,
+    /// None: the API server's own audience.
+    pub audience: Option<&'a str>,
+    pub expiration_seconds: i64,
 }
 
 /// The API server, through kube's client: lookups here, the pod worker's writes in
@@ -73,6 +90,45 @@ impl Lookup for KubeApi {
             out.extend(list.items);
         }
         Ok(out)
+    }
+    async fn token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        r: TokenFor<'_>,
+    ) -> Result<(String, std::time::SystemTime), EnvError> {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        let req = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: r.audience.map(|a| vec![a.to_string()]).unwrap_or_default(),
+                expiration_seconds: Some(r.expiration_seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(r.pod.into()),
+                    uid: Some(r.pod_uid.into()),
+                }),
+            },
+            ..Default::default()
+        };
+        let what = format!("a token for service account {namespace}/{service_account}");
+        let issued = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+            self.client.clone(),
+            namespace,
+        )
+        .create_token_request(service_account, &Default::default(), &req)
+        .await
+        .map_err(|e| EnvError(format!("requesting {what}: {e}")))?;
+        let status = issued
+            .status
+            .ok_or_else(|| EnvError(format!("requesting {what}: no status in the answer")))?;
+        let expires = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(
+                status.expiration_timestamp.0.as_second().max(0) as u64
+            );
+        Ok((status.token, expires))
     }
 }
 
@@ -342,6 +398,14 @@ mod tests {
         }
         async fn services(&self, _: &str) -> Result<Vec<Service>, EnvError> {
             Ok(Vec::new())
+        }
+        async fn token(
+            &self,
+            _: &str,
+            _: &str,
+            _: TokenFor<'_>,
+        ) -> Result<(String, std::time::SystemTime), EnvError> {
+            Err(EnvError("no tokens here".into()))
         }
     }
 

@@ -11,7 +11,11 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::{
+    Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume, VolumeProjection,
+};
 
 use super::env::{self, Lookup};
 use crate::runtime::Mount;
@@ -82,25 +86,50 @@ fn project(
     Ok(())
 }
 
-/// Prepares every volume of the pod and returns where each one is on the host.
+/// The pod's volumes on the host.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Where each volume is, by name.
+    pub paths: HashMap<String, PathBuf>,
+    /// When the first projected ServiceAccount token must be written again
+    /// ([`refresh_tokens`]).
+    pub token_refresh: Option<SystemTime>,
+}
+
+/// Prepares every volume of the pod: where each one is on the host.
 pub async fn prepare(
     pod: &Pod,
     root: &Path,
     host_ip: &str,
     pod_ip: &str,
     lookup: &impl Lookup,
-) -> Result<HashMap<String, PathBuf>, String> {
+) -> Result<Prepared, String> {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let base = pod_dir(root, uid).join("volumes");
-    let mut out = HashMap::new();
+    let mut out = Prepared::default();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let path = prepare_one(pod, v, &base, ns, host_ip, pod_ip, lookup)
-            .await
-            .map_err(|e| format!("volume {:?}: {e}", v.name))?;
-        out.insert(v.name.clone(), path);
+        let path = prepare_one(
+            pod,
+            v,
+            &base,
+            ns,
+            (host_ip, pod_ip),
+            lookup,
+            &mut out.token_refresh,
+        )
+        .await
+        .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        out.paths.insert(v.name.clone(), path);
     }
     Ok(out)
+}
+
+fn earliest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 async fn prepare_one(
@@ -108,9 +137,9 @@ async fn prepare_one(
     v: &Volume,
     base: &Path,
     ns: &str,
-    host_ip: &str,
-    pod_ip: &str,
+    (host_ip, pod_ip): (&str, &str),
     lookup: &impl Lookup,
+    refresh: &mut Option<SystemTime>,
 ) -> Result<PathBuf, String> {
     let name = relative(&v.name)?;
     if v.empty_dir.is_some() {
@@ -122,25 +151,7 @@ async fn prepare_one(
     }
     if let Some(src) = &v.config_map {
         let dir = base.join("kubernetes.io~configmap").join(name);
-        let data = match lookup.config_map(ns, &src.name).await.map_err(|e| e.0)? {
-            Some(cm) => {
-                let mut d: BTreeMap<String, Vec<u8>> = cm
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                d.extend(
-                    cm.binary_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0)),
-                );
-                d
-            }
-            None if src.optional == Some(true) => BTreeMap::new(),
-            None => return Err(format!("configmap {:?} not found", src.name)),
-        };
+        let data = config_map_data(lookup, ns, &src.name, src.optional).await?;
         let what = format!("ConfigMap {ns}/{}", src.name);
         project(
             &dir,
@@ -154,26 +165,7 @@ async fn prepare_one(
     if let Some(src) = &v.secret {
         let secret_name = src.secret_name.clone().unwrap_or_default();
         let dir = base.join("kubernetes.io~secret").join(name);
-        let data = match lookup.secret(ns, &secret_name).await.map_err(|e| e.0)? {
-            Some(s) => {
-                let mut d: BTreeMap<String, Vec<u8>> = s
-                    .data
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                d.extend(
-                    s.string_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes())),
-                );
-                d
-            }
-            None if src.optional == Some(true) => BTreeMap::new(),
-            None => return Err(format!("secret {secret_name:?} not found")),
-        };
+        let data = secret_data(lookup, ns, &secret_name, src.optional).await?;
         let what = format!("Secret {ns}/{secret_name}");
         project(
             &dir,
@@ -186,33 +178,7 @@ async fn prepare_one(
     }
     if let Some(src) = &v.downward_api {
         let dir = base.join("kubernetes.io~downward-api").join(name);
-        let mut data = BTreeMap::new();
-        let mut items = Vec::new();
-        for it in src.items.iter().flatten() {
-            let value = if let Some(f) = &it.field_ref {
-                match f.field_path.as_str() {
-                    "metadata.labels" => kv_lines(pod.metadata.labels.as_ref()),
-                    "metadata.annotations" => kv_lines(pod.metadata.annotations.as_ref()),
-                    path => env::field(pod, path, host_ip, pod_ip).map_err(|e| e.0)?,
-                }
-            } else if let Some(r) = &it.resource_field_ref {
-                if r.container_name.is_none() {
-                    return Err(format!("{}: resourceFieldRef needs containerName", it.path));
-                }
-                env::resource_field(pod, "", r).map_err(|e| e.0)?
-            } else {
-                return Err(format!(
-                    "{}: neither fieldRef nor resourceFieldRef",
-                    it.path
-                ));
-            };
-            data.insert(it.path.clone(), value.into_bytes());
-            items.push(KeyToPath {
-                key: it.path.clone(),
-                path: it.path.clone(),
-                mode: it.mode,
-            });
-        }
+        let (data, items) = downward_data(pod, src.items.iter().flatten(), host_ip, pod_ip)?;
         project(
             &dir,
             &data,
@@ -220,6 +186,16 @@ async fn prepare_one(
             src.default_mode.unwrap_or(0o644),
             "downwardAPI",
         )?;
+        return Ok(dir);
+    }
+    if let Some(src) = &v.projected {
+        let dir = base.join("kubernetes.io~projected").join(name);
+        let mode = src.default_mode.unwrap_or(0o644);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        for source in src.sources.iter().flatten() {
+            let at = project_source(pod, source, &dir, mode, ns, (host_ip, pod_ip), lookup).await?;
+            *refresh = earliest(*refresh, at);
+        }
         return Ok(dir);
     }
     if let Some(src) = &v.host_path {
@@ -270,7 +246,204 @@ async fn prepare_one(
         }
         return Ok(path);
     }
-    Err("this volume type is not supported by Capstan's node agent (emptyDir, configMap, secret, downwardAPI and hostPath are)".into())
+    Err("this volume type is not supported by Capstan's node agent (emptyDir, configMap, secret, downwardAPI, projected and hostPath are)".into())
+}
+
+async fn config_map_data(
+    lookup: &impl Lookup,
+    ns: &str,
+    name: &str,
+    optional: Option<bool>,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    Ok(match lookup.config_map(ns, name).await.map_err(|e| e.0)? {
+        Some(cm) => {
+            let mut d: BTreeMap<String, Vec<u8>> = cm
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            d.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
+            d
+        }
+        None if optional == Some(true) => BTreeMap::new(),
+        None => return Err(format!("configmap {name:?} not found")),
+    })
+}
+
+async fn secret_data(
+    lookup: &impl Lookup,
+    ns: &str,
+    name: &str,
+    optional: Option<bool>,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    Ok(match lookup.secret(ns, name).await.map_err(|e| e.0)? {
+        Some(s) => {
+            let mut d: BTreeMap<String, Vec<u8>> = s
+                .data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            d.extend(
+                s.string_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes())),
+            );
+            d
+        }
+        None if optional == Some(true) => BTreeMap::new(),
+        None => return Err(format!("secret {name:?} not found")),
+    })
+}
+
+/// A volume's files by key (or path).
+type Files = BTreeMap<String, Vec<u8>>;
+
+/// The downward API's files: path → value, and the items that write them.
+fn downward_data<'a>(
+    pod: &Pod,
+    files: impl Iterator<Item = &'a DownwardAPIVolumeFile>,
+    host_ip: &str,
+    pod_ip: &str,
+) -> Result<(Files, Vec<KeyToPath>), String> {
+    let mut data = BTreeMap::new();
+    let mut items = Vec::new();
+    for it in files {
+        let value = if let Some(f) = &it.field_ref {
+            match f.field_path.as_str() {
+                "metadata.labels" => kv_lines(pod.metadata.labels.as_ref()),
+                "metadata.annotations" => kv_lines(pod.metadata.annotations.as_ref()),
+                path => env::field(pod, path, host_ip, pod_ip).map_err(|e| e.0)?,
+            }
+        } else if let Some(r) = &it.resource_field_ref {
+            if r.container_name.is_none() {
+                return Err(format!("{}: resourceFieldRef needs containerName", it.path));
+            }
+            env::resource_field(pod, "", r).map_err(|e| e.0)?
+        } else {
+            return Err(format!(
+                "{}: neither fieldRef nor resourceFieldRef",
+                it.path
+            ));
+        };
+        data.insert(it.path.clone(), value.into_bytes());
+        items.push(KeyToPath {
+            key: it.path.clone(),
+            path: it.path.clone(),
+            mode: it.mode,
+        });
+    }
+    Ok((data, items))
+}
+
+/// One source of a projected volume, written into `dir`.
+async fn project_source(
+    pod: &Pod,
+    source: &VolumeProjection,
+    dir: &Path,
+    mode: i32,
+    ns: &str,
+    (host_ip, pod_ip): (&str, &str),
+    lookup: &impl Lookup,
+) -> Result<Option<SystemTime>, String> {
+    if let Some(cm) = &source.config_map {
+        let data = config_map_data(lookup, ns, &cm.name, cm.optional).await?;
+        project(
+            dir,
+            &data,
+            cm.items.as_ref(),
+            mode,
+            &format!("ConfigMap {ns}/{}", cm.name),
+        )?;
+    } else if let Some(sec) = &source.secret {
+        let data = secret_data(lookup, ns, &sec.name, sec.optional).await?;
+        project(
+            dir,
+            &data,
+            sec.items.as_ref(),
+            mode,
+            &format!("Secret {ns}/{}", sec.name),
+        )?;
+    } else if let Some(d) = &source.downward_api {
+        let (data, items) = downward_data(pod, d.items.iter().flatten(), host_ip, pod_ip)?;
+        project(dir, &data, Some(&items), mode, "downwardAPI")?;
+    } else if let Some(t) = &source.service_account_token {
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        let issued = SystemTime::now();
+        let (token, expires) = lookup
+            .token(
+                ns,
+                account,
+                env::TokenFor {
+                    pod: pod.metadata.name.as_deref().unwrap_or_default(),
+                    pod_uid: pod.metadata.uid.as_deref().unwrap_or_default(),
+                    audience: t.audience.as_deref().filter(|a| !a.is_empty()),
+                    expiration_seconds: t.expiration_seconds.unwrap_or(3600),
+                },
+            )
+            .await
+            .map_err(|e| e.0)?;
+        write_file(dir, &t.path, token.as_bytes(), mode)?;
+        return Ok(Some(refresh_at(issued, expires)));
+    } else {
+        return Err(
+            "a projected source Capstan's node agent does not know (configMap, secret, downwardAPI and serviceAccountToken are)"
+                .into(),
+        );
+    }
+    Ok(None)
+}
+
+/// When a projected token is written again: at 80% of its life, or after a day, whichever is
+/// first (kubelet's token manager).
+pub fn refresh_at(issued: SystemTime, expires: SystemTime) -> SystemTime {
+    let life = expires.duration_since(issued).unwrap_or_default();
+    issued
+        + life
+            .mul_f64(0.8)
+            .min(std::time::Duration::from_secs(24 * 3600))
+}
+
+/// Writes every projected ServiceAccount token of the pod again; when they next need it.
+pub async fn refresh_tokens(
+    pod: &Pod,
+    root: &Path,
+    lookup: &impl Lookup,
+) -> Result<Option<SystemTime>, String> {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let base = pod_dir(root, uid)
+        .join("volumes")
+        .join("kubernetes.io~projected");
+    let mut next: Option<SystemTime> = None;
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(src) = &v.projected else { continue };
+        let dir = base.join(relative(&v.name)?);
+        let mode = src.default_mode.unwrap_or(0o644);
+        for source in src.sources.iter().flatten() {
+            if source.service_account_token.is_none() {
+                continue;
+            }
+            let at = project_source(pod, source, &dir, mode, ns, ("", ""), lookup)
+                .await
+                .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+            next = earliest(next, at);
+        }
+    }
+    Ok(next)
 }
 
 /// `key="value"` lines, sorted, as the downward API writes labels and annotations.
@@ -299,7 +472,10 @@ pub fn mounts(
         })?;
         let v = spec.volumes.iter().flatten().find(|v| v.name == m.name);
         let projected = v.is_some_and(|v| {
-            v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some()
+            v.config_map.is_some()
+                || v.secret.is_some()
+                || v.downward_api.is_some()
+                || v.projected.is_some()
         });
         let mut host_path = host.clone();
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
@@ -353,6 +529,93 @@ mod tests {
         ) -> Result<Vec<k8s_openapi::api::core::v1::Service>, env::EnvError> {
             Ok(Vec::new())
         }
+        async fn token(
+            &self,
+            ns: &str,
+            account: &str,
+            r: env::TokenFor<'_>,
+        ) -> Result<(String, SystemTime), env::EnvError> {
+            // The token names what it was asked for, and each one differs (a counter).
+            let n = TOKENS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let token = format!(
+                "{ns}/{account}/{}/{}/{:?}/{}#{n}",
+                r.pod, r.pod_uid, r.audience, r.expiration_seconds
+            );
+            Ok((
+                token,
+                SystemTime::now() + std::time::Duration::from_secs(r.expiration_seconds as u64),
+            ))
+        }
+    }
+
+    static TOKENS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    #[tokio::test]
+    async fn a_projected_volume_holds_the_token_ca_and_namespace_and_the_token_is_refreshed() {
+        let root = tempfile::tempdir().unwrap();
+        let mut p = pod(
+            json!([{"name": "kube-api-access-x", "projected": {"defaultMode": 0o640, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "vault/token"}},
+                {"configMap": {"name": "cfg", "items": [{"key": "a.conf", "path": "ca.crt"}]}},
+                {"secret": {"name": "s", "items": [{"key": "token", "path": "s3"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}
+            ]}}]),
+            json!([{"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]),
+        );
+        p.spec.as_mut().unwrap().service_account_name = Some("reader".into());
+        let before = SystemTime::now();
+        let vols = prepare(&p, root.path(), "", "", &Fixed).await.unwrap();
+        let dir = root
+            .path()
+            .join("pods/u1/volumes/kubernetes.io~projected/kube-api-access-x");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let token = read("token");
+        assert!(token.starts_with("ns/reader/p/u1/None/3607#"), "{token}");
+        assert!(read("vault/token").starts_with("ns/reader/p/u1/Some(\"vault\")/600#"));
+        assert_eq!(read("ca.crt"), "alpha");
+        assert_eq!(read("s3"), "s3cr3t");
+        assert_eq!(read("namespace"), "ns");
+        assert_eq!(
+            std::fs::metadata(dir.join("token"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o640
+        );
+        // The 600 s token is due first, at 80% of its life.
+        let due = vols.token_refresh.unwrap();
+        let at = due.duration_since(before).unwrap().as_secs();
+        assert!((479..=481).contains(&at), "{at}");
+        let m = mounts(&p, &p.spec.as_ref().unwrap().containers[0], &vols.paths).unwrap();
+        assert!(m[0].readonly, "projected volumes are read-only");
+
+        // A refresh writes new tokens and leaves the rest.
+        let next = refresh_tokens(&p, root.path(), &Fixed).await.unwrap();
+        assert_ne!(read("token"), token);
+        assert_eq!(read("ca.crt"), "alpha");
+        assert!(next.is_some());
+        // Unknown sources are a clear error.
+        let p = pod(
+            json!([{"name": "v", "projected": {"sources": [{"clusterTrustBundle": {"path": "x", "name": "b"}}]}}]),
+            json!([]),
+        );
+        let e = prepare(&p, root.path(), "", "", &Fixed).await.unwrap_err();
+        assert!(e.contains("projected source"), "{e}");
+    }
+
+    #[test]
+    fn tokens_are_refreshed_at_80_percent_of_their_life_or_after_a_day() {
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let h = |n: u64| std::time::Duration::from_secs(n * 3600);
+        assert_eq!(
+            refresh_at(t0, t0 + h(1)),
+            t0 + std::time::Duration::from_secs(2880)
+        );
+        assert_eq!(refresh_at(t0, t0 + h(24 * 365)), t0 + h(24));
+        // Already expired (a clock step): at once.
+        assert_eq!(refresh_at(t0, t0 - h(1)), t0);
     }
 
     fn pod(volumes: serde_json::Value, mounts: serde_json::Value) -> Pod {
@@ -420,7 +683,7 @@ mod tests {
         assert!(host.is_dir(), "DirectoryOrCreate created it");
 
         let c = &p.spec.as_ref().unwrap().containers[0];
-        let m = mounts(&p, c, &vols).unwrap();
+        let m = mounts(&p, c, &vols.paths).unwrap();
         assert_eq!(m.len(), 4);
         assert!(!m[0].readonly);
         assert!(m[1].readonly, "configMap volumes are read-only");

@@ -160,6 +160,8 @@ pub struct PodWorker<R, A> {
     prober: Option<Prober<R>>,
     /// Image pull back-off: failures so far and when the next pull may be tried.
     pulls: HashMap<String, (u32, tokio::time::Instant)>,
+    /// When the pod's projected ServiceAccount tokens are next written again.
+    token_refresh: Option<std::time::SystemTime>,
 }
 
 impl<R, A> std::fmt::Debug for PodWorker<R, A> {
@@ -190,6 +192,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             last: None,
             prober: None,
             pulls: HashMap::new(),
+            token_refresh: None,
         }
     }
 
@@ -392,6 +395,9 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
                 }
             }
         }
+        if let Some(left) = self.refresh_tokens(pod).await {
+            soonest(left);
+        }
         let obs = observe(&*rt, &self.uid).await.map_err(|e| e.to_string())?;
         if pod.metadata.deletion_timestamp.is_some() {
             let stopped = obs
@@ -437,6 +443,34 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             m.pod_start.observe(secs.max(0.0));
         }
         Ok(Outcome::Again(wake))
+    }
+
+    /// Writes the projected ServiceAccount tokens again when due (kubelet refreshes at 80% of
+    /// their life); how long until the next refresh. A failed refresh is retried in 10 s with
+    /// a FailedMount Warning: the old token stays until it expires.
+    async fn refresh_tokens(&mut self, pod: &Pod) -> Option<Duration> {
+        let at = self.token_refresh?;
+        let now = std::time::SystemTime::now();
+        if at <= now {
+            match volumes::refresh_tokens(pod, &self.ctx.node.root_dir, &self.ctx.api).await {
+                Ok(next) => {
+                    tracing::debug!(pod = %self.uid, "refreshed the projected service account tokens");
+                    self.token_refresh = next;
+                }
+                Err(e) => {
+                    self.event(
+                        pod,
+                        None,
+                        EventType::Warning,
+                        "FailedMount",
+                        format!("refreshing the service account token failed: {e}"),
+                    );
+                    self.token_refresh = Some(now + Duration::from_secs(10));
+                }
+            }
+        }
+        self.token_refresh
+            .map(|t| t.duration_since(now).unwrap_or_default())
     }
 
     /// Records an Event about the pod (or one of its containers, by `field_path`).
@@ -541,8 +575,11 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
         )
         .await
         .map_err(|e| ("FailedMount", e))?;
+        if let Some(at) = vols.token_refresh {
+            self.token_refresh = Some(self.token_refresh.map_or(at, |t| t.min(at)));
+        }
         let mounts =
-            volumes::mounts(pod, &c, &vols).map_err(|e| ("CreateContainerConfigError", e))?;
+            volumes::mounts(pod, &c, &vols.paths).map_err(|e| ("CreateContainerConfigError", e))?;
         let vars: BTreeMap<String, String> = env.iter().cloned().collect();
         let cfg = ContainerConfig {
             name: name.to_string(),

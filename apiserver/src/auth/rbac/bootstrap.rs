@@ -76,6 +76,10 @@ fn binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> Value {
 pub const NODES: &str = "system:nodes";
 /// The controller manager's user.
 pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
+/// The user of the API server's client certificate for node agents' ports (kubeadm's name).
+pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
+/// What may use a node agent's port: logs, exec, attach, port-forward, metrics.
+pub const KUBELET_API_ADMIN: &str = "system:kubelet-api-admin";
 
 /// Capstan's own kinds (its CRDs) — in the user-facing roles.
 const CAPSTAN_GROUP: &str = "capstan.dev";
@@ -399,6 +403,25 @@ pub fn cluster_roles() -> Vec<Value> {
                 ),
             ],
         ),
+        // Everything on a node agent's port (kube's system:kubelet-api-admin).
+        cluster_role(
+            KUBELET_API_ADMIN,
+            json!({}),
+            vec![
+                rule(&["get", "list", "watch", "proxy"], &[""], &["nodes"]),
+                rule(
+                    &["*"],
+                    &[""],
+                    &[
+                        "nodes/proxy",
+                        "nodes/log",
+                        "nodes/stats",
+                        "nodes/metrics",
+                        "nodes/spec",
+                    ],
+                ),
+            ],
+        ),
         // The controller manager and its scheduler. The garbage collector and the namespace
         // controller read and delete any kind (as Kubernetes' generic-garbage-collector and
         // namespace-controller roles); creating is limited to what controllers make. It cannot
@@ -490,6 +513,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[("Group", "system:monitoring")],
         ),
         binding("system:node", "system:node", &[("Group", NODES)]),
+        binding(
+            "system:kube-apiserver-kubelet-client",
+            KUBELET_API_ADMIN,
+            &[("User", KUBELET_CLIENT)],
+        ),
         binding(
             CONTROLLER_MANAGER,
             CONTROLLER_MANAGER,

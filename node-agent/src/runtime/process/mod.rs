@@ -51,6 +51,8 @@ use state::{
 };
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Where pods find their ServiceAccount token (the ServiceAccount admission plugin mounts it).
+const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 #[derive(Debug, Clone)]
 pub struct ProcessRuntime {
@@ -294,13 +296,22 @@ impl Runtime for ProcessRuntime {
                 config.name
             )));
         }
-        if let Some(m) = config.mounts.first() {
+        // The ServiceAccount token every pod gets is left on the host (its volume directory):
+        // processes share the node's filesystem, so it cannot appear at its path.
+        if let Some(m) = config
+            .mounts
+            .iter()
+            .find(|m| m.container_path != SERVICE_ACCOUNT_MOUNT)
+        {
             return Err(RuntimeError::Config(format!(
                 "container {:?}: the process runtime cannot mount volumes ({:?} at {}); volumeMounts need --runtime cri",
                 config.name,
                 m.host_path.display(),
                 m.container_path
             )));
+        }
+        if let Some(m) = config.mounts.first() {
+            tracing::debug!(container = %config.name, token = %m.host_path.display(), "the process runtime does not mount the service account token");
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dir = self.container_dir(&id);
