@@ -317,6 +317,22 @@ pub fn builtins() -> Vec<ResourceInfo> {
                 .table(crate::table::crds)
                 .arc(),
         ),
+        res(
+            (crate::certificates::GROUP, "v1", "CertificateSigningRequest"),
+            "certificatesigningrequests",
+            &["csr"],
+            false,
+            true,
+            Builtin::of::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>()
+                .names(NameRule::PathSegment)
+                .validate_with(crate::certificates::validate)
+                .validate_update_with(crate::certificates::validate_update)
+                .on_create(crate::certificates::on_create)
+                .reset_status_on_create()
+                .subresource_fields(&[("approval", crate::certificates::APPROVAL)])
+                .table(crate::certificates::columns)
+                .arc(),
+        ),
     ]
     .into_iter()
     .chain(rbac())

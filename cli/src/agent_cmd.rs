@@ -111,11 +111,54 @@ pub struct AgentCmd {
     /// containerd's socket, for `--runtime cri` (and `auto`).
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     pub cri_socket: PathBuf,
+    /// Join the cluster at this API server URL with --token (instead of a kubeconfig).
+    #[arg(long, requires_all = ["token", "ca_file"])]
+    pub server: Option<String>,
+    /// A bootstrap token (`capstan token create`): the agent asks for its own client and
+    /// serving certificates with it, kept under ROOT_DIR/pki.
+    #[arg(long, requires = "server")]
+    pub token: Option<String>,
+    /// The cluster CA (DATA_DIR/pki/ca.crt on the server) that --server must present.
+    #[arg(long, requires = "server")]
+    pub ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub agent: AgentArgs,
 }
 
 pub async fn run(client_args: ClientArgs, mut cmd: AgentCmd) -> Result<()> {
+    if let (Some(server), Some(token), Some(ca_file)) = (&cmd.server, &cmd.token, &cmd.ca_file) {
+        let root = cmd
+            .agent
+            .root_dir
+            .get_or_insert_with(|| PathBuf::from(DEFAULT_ROOT_DIR))
+            .clone();
+        let host_ip = cmd
+            .agent
+            .node_ip
+            .clone()
+            .unwrap_or_else(capstan_node_agent::node::host_ip);
+        let joined = crate::join::join(
+            server,
+            token,
+            ca_file,
+            &root,
+            &node_name(&cmd.agent),
+            &agent_names(&host_ip),
+        )
+        .await?;
+        cmd.agent.tls_cert_file = Some(joined.serving_cert);
+        cmd.agent.tls_private_key_file = Some(joined.serving_key);
+        cmd.agent.client_ca_file = Some(ca_file.clone());
+        let runtime = resolve_runtime(cmd.runtime, &cmd.cri_socket);
+        return run_agent(
+            joined.client,
+            runtime,
+            &cmd.cri_socket,
+            cmd.agent,
+            crate::signals::shutdown_signal(),
+        )
+        .await;
+    }
     let client = client(&client_args).await?;
     if cmd.agent.client_ca_file.is_none()
         && let Some(pem) = kubeconfig_ca(&client_args).await?
@@ -131,17 +174,7 @@ pub async fn run(client_args: ClientArgs, mut cmd: AgentCmd) -> Result<()> {
         capstan_pki::write_file(&path, &pem, 0o644)?;
         cmd.agent.client_ca_file = Some(path);
     }
-    let runtime = match cmd.runtime {
-        Runtime::Auto if cmd.cri_socket.exists() => Runtime::Cri,
-        Runtime::Auto => {
-            tracing::warn!(
-                "no containerd socket at {}: RUNNING PODS AS PLAIN PROCESSES (no images, no isolation)",
-                cmd.cri_socket.display()
-            );
-            Runtime::Process
-        }
-        r => r,
-    };
+    let runtime = resolve_runtime(cmd.runtime, &cmd.cri_socket);
     run_agent(
         client,
         runtime,
@@ -150,6 +183,21 @@ pub async fn run(client_args: ClientArgs, mut cmd: AgentCmd) -> Result<()> {
         crate::signals::shutdown_signal(),
     )
     .await
+}
+
+/// `auto`: containerd when its socket is there, else plain processes.
+fn resolve_runtime(runtime: Runtime, cri_socket: &std::path::Path) -> Runtime {
+    match runtime {
+        Runtime::Auto if cri_socket.exists() => Runtime::Cri,
+        Runtime::Auto => {
+            tracing::warn!(
+                "no containerd socket at {}: RUNNING PODS AS PLAIN PROCESSES (no images, no isolation)",
+                cri_socket.display()
+            );
+            Runtime::Process
+        }
+        r => r,
+    }
 }
 
 /// Where the agent keeps its state without --root-dir.

@@ -77,6 +77,15 @@ pub struct ManagerArgs {
     /// token volumes (`capstan up`: its own CA). Without it nothing is published.
     #[arg(long)]
     pub root_ca_file: Option<std::path::PathBuf>,
+    /// The CA certificate (PEM) the certificate signer issues with (`capstan up`: its own
+    /// CA); with --cluster-signing-key-file. Without them approved requests stay unsigned.
+    #[arg(long, requires = "cluster_signing_key_file")]
+    pub cluster_signing_cert_file: Option<std::path::PathBuf>,
+    #[arg(long, requires = "cluster_signing_cert_file")]
+    pub cluster_signing_key_file: Option<std::path::PathBuf>,
+    /// The longest certificate the signer issues.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    pub cluster_signing_duration: std::time::Duration,
 }
 
 impl ManagerArgs {
@@ -252,6 +261,22 @@ impl ManagerArgs {
         let sched = self.scheduler_config()?;
         let node_lifecycle = self.node_lifecycle()?;
         let gc_threshold = self.terminated_pod_gc_threshold;
+        let cluster_signing = match (
+            &self.cluster_signing_cert_file,
+            &self.cluster_signing_key_file,
+        ) {
+            (Some(c), Some(k)) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                };
+                Some(std::sync::Arc::new(
+                    capstan_pki::Ca::from_pem(&read(c)?, &read(k)?)
+                        .context("--cluster-signing-cert-file / --cluster-signing-key-file")?,
+                ))
+            }
+            _ => None,
+        };
+        let signing_duration = self.cluster_signing_duration;
         let root_ca = match &self.root_ca_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -280,6 +305,8 @@ impl ManagerArgs {
                         ..Default::default()
                     },
                     root_ca: root_ca.clone(),
+                    cluster_signing: cluster_signing.clone(),
+                    cluster_signing_duration: signing_duration,
                     ..Default::default()
                 };
                 let m = Manager::with_config(client.clone(), &registry, config);

@@ -21,12 +21,14 @@ mod client_cmd;
 mod controllers_cmd;
 mod crd_cmd;
 mod encryption;
+mod join;
 mod pause_cmd;
 mod serve_args;
 mod signals;
 mod sim_cmd;
 mod store_args;
 mod store_cmd;
+mod token_cmd;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +64,9 @@ enum Command {
     /// Container images for the containerd runtime.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Bootstrap tokens agents join with (create, list, delete).
+    #[command(subcommand)]
+    Token(token_cmd::TokenCmd),
     /// The process runtime's per-container shim (started by the agent, not by users).
     #[command(hide = true)]
     Shim {
@@ -161,6 +166,7 @@ fn main() -> std::process::ExitCode {
             Command::Crd(cmd) => crd_cmd::run(cmd),
             Command::Sim(args) => sim_cmd::run(cli.client, args).await,
             Command::Agent(cmd) => agent_cmd::run(cli.client, cmd).await,
+            Command::Token(cmd) => token_cmd::run(cli.client, cmd).await,
             Command::Image(ImageCmd::Import(cmd)) => agent_cmd::image_import(cmd).await,
             Command::Shim { .. } | Command::ShimExec { .. } | Command::Pause => Ok(()),
             Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,

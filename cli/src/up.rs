@@ -261,8 +261,15 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         if manager.leader_elect_identity.is_none() {
             manager.leader_elect_identity = Some(stable_identity(&args.store));
         }
-        if manager.root_ca_file.is_none() && !args.auth.insecure_http {
-            manager.root_ca_file = Some(args.store.data_dir.join("pki").join("ca.crt"));
+        if !args.auth.insecure_http {
+            let pki = args.store.data_dir.join("pki");
+            manager
+                .root_ca_file
+                .get_or_insert_with(|| pki.join("ca.crt"));
+            if manager.cluster_signing_cert_file.is_none() {
+                manager.cluster_signing_cert_file = Some(pki.join("ca.crt"));
+                manager.cluster_signing_key_file = Some(pki.join("ca.key"));
+            }
         }
         // componentstatuses reports the in-process controller manager (and its scheduler).
         let running = Arc::new(AtomicBool::new(true));

@@ -20,12 +20,15 @@
 //! - [`nodelifecycle`]: notices silent nodes, marks them Unknown and taints them (per-zone rate
 //!   limits; nothing at all when every zone is down); [`tainteviction`]: deletes pods from
 //!   nodes with NoExecute taints they do not tolerate.
+//! - [`certificates`]: approves node certificate requests and signs approved ones with the
+//!   cluster CA.
 //! - [`serviceaccount`]: a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in
 //!   every namespace.
 //!
 //! Each controller keeps its decisions in pure functions (`plan.rs`, `rolling.rs`, ...) that are
 //! table-tested without I/O, and applies them in a thin async step.
 
+pub mod certificates;
 pub mod claims;
 pub mod deployment;
 pub mod disruption;
@@ -62,6 +65,7 @@ use runtime::{Informer, Metrics};
 
 /// Every controller, by the name `--controllers` takes.
 pub const ALL: &[&str] = &[
+    certificates::NAME,
     deployment::NAME,
     disruption::NAME,
     endpoints::NAME,
@@ -213,6 +217,10 @@ pub struct Manager {
     pub pod_gc: podgc::Config,
     /// The cluster CA (PEM) the root-CA publisher puts in every namespace (`--root-ca-file`).
     pub root_ca: Option<String>,
+    /// The CA the certificate signer issues with (`--cluster-signing-cert-file`).
+    pub cluster_signing: Option<Arc<capstan_pki::Ca>>,
+    /// The longest certificate it issues (`--cluster-signing-duration`, a year).
+    pub cluster_signing_duration: Duration,
 }
 
 /// The settings of a manager's controllers.
@@ -228,6 +236,8 @@ pub struct Config {
     pub node_lifecycle: nodelifecycle::Config,
     pub pod_gc: podgc::Config,
     pub root_ca: Option<String>,
+    pub cluster_signing: Option<Arc<capstan_pki::Ca>>,
+    pub cluster_signing_duration: Duration,
 }
 
 impl Default for Config {
@@ -240,6 +250,8 @@ impl Default for Config {
             node_lifecycle: nodelifecycle::Config::default(),
             pod_gc: podgc::Config::default(),
             root_ca: None,
+            cluster_signing: None,
+            cluster_signing_duration: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }
@@ -269,6 +281,8 @@ impl Manager {
             node_lifecycle: config.node_lifecycle,
             pod_gc: config.pod_gc,
             root_ca: config.root_ca,
+            cluster_signing: config.cluster_signing,
+            cluster_signing_duration: config.cluster_signing_duration,
         })
     }
 
@@ -296,6 +310,7 @@ impl Manager {
                 nodelifecycle::NAME => set.spawn(nodelifecycle::run(m)),
                 tainteviction::NAME => set.spawn(tainteviction::run(m)),
                 podgc::NAME => set.spawn(podgc::run(m)),
+                certificates::NAME => set.spawn(certificates::run(m)),
                 serviceaccount::NAME => set.spawn(serviceaccount::run(m)),
                 serviceaccount::ROOT_CA_NAME => set.spawn(serviceaccount::run_root_ca(m)),
                 _ => continue,

@@ -13,15 +13,15 @@ pub struct Subject {
     pub organizations: Vec<String>,
 }
 
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const OID: u8 = 0x06;
-const CONTEXT_0: u8 = 0xa0;
+pub(crate) const SEQUENCE: u8 = 0x30;
+pub(crate) const SET: u8 = 0x31;
+pub(crate) const OID: u8 = 0x06;
+pub(crate) const CONTEXT_0: u8 = 0xa0;
 const CN: &[u8] = &[0x55, 0x04, 0x03];
 const O: &[u8] = &[0x55, 0x04, 0x0a];
 
 /// One TLV: (tag, contents, rest).
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
@@ -42,7 +42,7 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, &rest[..len], &rest[len..]))
 }
 
-fn expect(input: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
+pub(crate) fn expect(input: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
     let (tag, body, rest) = tlv(input)?;
     (tag == want).then_some((body, rest))
 }
@@ -66,7 +66,12 @@ pub fn subject(cert: &[u8]) -> Option<Subject> {
     let r = tbs_fields(cert)?;
     let (_issuer, r) = expect(r, SEQUENCE)?;
     let (_validity, r) = expect(r, SEQUENCE)?;
-    let (mut name, _) = expect(r, SEQUENCE)?;
+    let (name, _) = expect(r, SEQUENCE)?;
+    name_of(name)
+}
+
+/// The CN and O values of an X.501 Name's contents.
+pub(crate) fn name_of(mut name: &[u8]) -> Option<Subject> {
     let mut s = Subject::default();
     while !name.is_empty() {
         let (mut rdn, rest) = expect(name, SET)?;

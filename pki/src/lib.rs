@@ -7,6 +7,7 @@
 //!
 //! Keys are ECDSA P-256 (rcgen's default on ring): small, fast to sign and to verify.
 
+pub mod csr;
 pub mod der;
 pub mod jwt;
 pub mod kubeconfig;
@@ -45,6 +46,13 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// A leaf certificate this close to expiry is issued again on start.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What a certificate issued for a signing request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Client,
+    Server,
+}
 
 /// A certificate and its private key, both PEM.
 #[derive(Clone)]
@@ -214,6 +222,49 @@ impl Ca {
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
+    }
+
+    /// A certificate for the key of a signing request, naming what it asks for (CN, at most
+    /// one O, DNS and IP SANs) for `usage`, valid for `lasts`. What a request may ask of a
+    /// signer is the signer's to check first.
+    pub fn sign_request(
+        &self,
+        req: &csr::Request,
+        usage: Usage,
+        lasts: Duration,
+    ) -> Result<String> {
+        if req.subject.organizations.len() > 1 {
+            return Err(Error::Invalid(format!(
+                "a certificate issued here names at most one organization, not {:?}",
+                req.subject.organizations
+            )));
+        }
+        let mut params = CertificateParams::new(req.dns_names.clone())?;
+        params.subject_alt_names.extend(
+            req.ip_addresses
+                .iter()
+                .map(|ip| rcgen::SanType::IpAddress(*ip)),
+        );
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, req.subject.common_name.as_str());
+        for o in &req.subject.organizations {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, o.as_str());
+        }
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![match usage {
+            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        }];
+        validity(&mut params, lasts);
+        params.use_authority_key_identifier_extension = true;
+        Ok(params.signed_by(&req.key, &self.issuer)?.pem())
     }
 
     fn sign(&self, mut params: CertificateParams) -> Result<Issued> {

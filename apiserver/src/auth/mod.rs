@@ -4,7 +4,8 @@
 //! - **Authentication** ([`Auth::authenticate`]), as kube-apiserver's union of authenticators:
 //!   a client certificate the TLS layer verified against the cluster CA (CN = user, O =
 //!   groups; [`PeerCertificate`]), else a bearer token from the static token file
-//!   ([`token_file`]) or a ServiceAccount token ([`service_account`]), else — when allowed —
+//!   ([`token_file`]), a bootstrap token ([`bootstrap_token`]) or a ServiceAccount token
+//!   ([`service_account`]), else — when allowed —
 //!   `system:anonymous` in `system:unauthenticated`.
 //!   A bearer token that matches nothing is a 401, never anonymous.
 //! - **Authorization** ([`Auth::authorize`]) of the request's [`attributes::Attributes`]:
@@ -16,7 +17,9 @@
 //! the access reviews ([`reviews`]) and the RBAC escalation check ([`rbac::escalation`]).
 
 pub mod attributes;
+pub mod bootstrap_token;
 pub mod impersonation;
+pub mod node;
 pub mod rbac;
 pub mod reviews;
 pub mod service_account;
@@ -216,13 +219,21 @@ impl Auth {
         if let Some(user) = self.config.tokens.user(token) {
             return Ok(user);
         }
-        let Some(sa) = &self.config.service_accounts else {
-            return Err(ApiError::unauthorized());
-        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default();
+        match bootstrap_token::authenticate(objects, token, now).await {
+            Ok(Some(user)) => return Ok(Arc::new(user)),
+            Ok(None) => {}
+            Err(why) => {
+                tracing::debug!(%why, "a bootstrap token was refused");
+                return Err(ApiError::unauthorized());
+            }
+        }
+        let Some(sa) = &self.config.service_accounts else {
+            return Err(ApiError::unauthorized());
+        };
         match sa.authenticate(objects, token, now).await {
             Ok(Some(user)) => Ok(Arc::new(user)),
             Ok(None) => Err(ApiError::unauthorized()),
@@ -246,6 +257,11 @@ impl Auth {
                 allowed: true,
                 reason: "a public endpoint".into(),
             };
+        }
+        if self.config.mode == Mode::Rbac
+            && let Some(d) = node::decide(api, attrs)
+        {
+            return d;
         }
         match self.config.mode {
             Mode::AlwaysAllow => Decision {

@@ -58,7 +58,19 @@ pub async fn guard(State(api): State<Arc<ApiServer>>, req: Request, next: Next) 
         api.count_auth("forbidden");
         tracing::debug!(user = %user.username, verb = %attrs.verb, resource = %attrs.full_resource(), path = %attrs.path, "forbidden");
         audit(&api, &attrs, &req, None, 403, received, level);
-        return ApiError::denied(&attrs).into_response();
+        let mut e = ApiError::denied(&attrs);
+        // The node authorizer says why, as Kubernetes' does ("...: node 'n1' has no
+        // relationship with ..."); RBAC denials carry no reason.
+        if crate::auth::node::explains(&attrs, &decision) {
+            e.message = format!("{}: {}", e.message, decision.reason);
+        }
+        return e.into_response();
+    }
+    // CertificateApproval: approving needs `approve` on the request's signer too.
+    if let Err(e) = crate::certificates::check_approval(&api, &attrs) {
+        api.count_auth("forbidden");
+        audit(&api, &attrs, &req, None, 403, received, level);
+        return e.into_response();
     }
     // The in-flight limits (long-running requests, health checks and system:masters —
     // exempt in API Priority and Fairness too — are not counted).

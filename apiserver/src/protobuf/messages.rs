@@ -334,6 +334,35 @@ pub(super) static MESSAGES: &[M] = &[
         F { tag: 1, name: "name", ty: Str, rep: false, req: true },
         F { tag: 2, name: "current", ty: Msg("io.k8s.api.autoscaling.v2.MetricValueStatus"), rep: false, req: true },
     ]},
+    M { name: "io.k8s.api.certificates.v1.CertificateSigningRequest", fields: &[
+        F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
+        F { tag: 2, name: "spec", ty: Msg("io.k8s.api.certificates.v1.CertificateSigningRequestSpec"), rep: false, req: true },
+        F { tag: 3, name: "status", ty: Msg("io.k8s.api.certificates.v1.CertificateSigningRequestStatus"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.certificates.v1.CertificateSigningRequestCondition", fields: &[
+        F { tag: 1, name: "type", ty: Str, rep: false, req: true },
+        F { tag: 6, name: "status", ty: Str, rep: false, req: true },
+        F { tag: 2, name: "reason", ty: Str, rep: false, req: false },
+        F { tag: 3, name: "message", ty: Str, rep: false, req: false },
+        F { tag: 4, name: "lastUpdateTime", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.Time"), rep: false, req: false },
+        F { tag: 5, name: "lastTransitionTime", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.Time"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.certificates.v1.CertificateSigningRequestSpec", fields: &[
+        F { tag: 1, name: "request", ty: Bytes, rep: false, req: true },
+        F { tag: 7, name: "signerName", ty: Str, rep: false, req: true },
+        F { tag: 8, name: "expirationSeconds", ty: Int32, rep: false, req: false },
+        F { tag: 5, name: "usages", ty: Str, rep: true, req: false },
+        F { tag: 2, name: "username", ty: Str, rep: false, req: false },
+        F { tag: 3, name: "uid", ty: Str, rep: false, req: false },
+        F { tag: 4, name: "groups", ty: Str, rep: true, req: false },
+        F { tag: 6, name: "extra", ty: MapMsg("io.k8s.api.certificates.v1.ExtraValue"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.certificates.v1.CertificateSigningRequestStatus", fields: &[
+        F { tag: 1, name: "conditions", ty: Msg("io.k8s.api.certificates.v1.CertificateSigningRequestCondition"), rep: true, req: false },
+        F { tag: 2, name: "certificate", ty: Bytes, rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.certificates.v1.ExtraValue", fields: &[
+    ]},
     M { name: "io.k8s.api.coordination.v1.Lease", fields: &[
         F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
         F { tag: 2, name: "spec", ty: Msg("io.k8s.api.coordination.v1.LeaseSpec"), rep: false, req: false },
@@ -1728,6 +1757,7 @@ pub(super) static KINDS: &[(&str, &str, &str)] = &[
     ("authorization.k8s.io/v1", "SubjectAccessReview", "io.k8s.api.authorization.v1.SubjectAccessReview"),
     ("autoscaling/v1", "Scale", "io.k8s.api.autoscaling.v1.Scale"),
     ("autoscaling/v2", "HorizontalPodAutoscaler", "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler"),
+    ("certificates.k8s.io/v1", "CertificateSigningRequest", "io.k8s.api.certificates.v1.CertificateSigningRequest"),
     ("coordination.k8s.io/v1", "Lease", "io.k8s.api.coordination.v1.Lease"),
     ("discovery.k8s.io/v1", "EndpointSlice", "io.k8s.api.discovery.v1.EndpointSlice"),
     ("events.k8s.io/v1", "Event", "io.k8s.api.events.v1.Event"),

@@ -114,6 +114,7 @@ impl ApiServer {
         }
         info.strategy.prepare_for_create(&mut obj);
         crate::auth::rbac::escalation::check(self, info, &obj, None)?;
+        crate::auth::node::admit_create(info, &obj)?;
         let errs = info.validate(&obj);
         if !errs.is_empty() {
             return Err(self.invalid(t, &name, errs));

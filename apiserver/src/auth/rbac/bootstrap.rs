@@ -72,6 +72,8 @@ fn binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> Value {
     })
 }
 
+/// The group of bootstrap token users.
+pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
 /// The group node agents' certificates name.
 pub const NODES: &str = "system:nodes";
 /// The controller manager's user.
@@ -332,9 +334,9 @@ pub fn cluster_roles() -> Vec<Value> {
                 ),
             ],
         ),
-        // What a node agent does: its Node and Lease, the pods bound to it and their status,
-        // what its pods mount, Services and EndpointSlices for the proxy and DNS (its own DNS
-        // endpoint included), and Events.
+        // What a node agent does (narrowed by the node authorizer, auth::node): its Node and
+        // Lease, the pods bound to it and their status, Services and EndpointSlices for the
+        // proxy and DNS (its own DNS endpoint included), and Events.
         cluster_role(
             "system:node",
             json!({}),
@@ -346,30 +348,16 @@ pub fn cluster_roles() -> Vec<Value> {
                     &[""],
                     &["nodes"],
                 ),
-                rule(&["update", "patch"], &[""], &["nodes/status"]),
-                rule(
-                    &["get", "list", "watch", "create", "delete"],
-                    &[""],
-                    &["pods"],
-                ),
+                rule(&["get", "update", "patch"], &[""], &["nodes/status"]),
+                rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
                 rule(&["update", "patch"], &[""], &["pods/status"]),
-                rule(
-                    &["create"],
-                    &[""],
-                    &["pods/eviction", "serviceaccounts/token"],
-                ),
+                rule(&["create"], &[""], &["pods/eviction"]),
+                // Secrets, ConfigMaps, volumes and ServiceAccount tokens: only what its own
+                // pods use, which the node authorizer (auth::node) decides.
                 rule(
                     &["get", "list", "watch"],
                     &[""],
-                    &[
-                        "services",
-                        "endpoints",
-                        "secrets",
-                        "configmaps",
-                        "persistentvolumeclaims",
-                        "persistentvolumes",
-                        "namespaces",
-                    ],
+                    &["services", "endpoints", "namespaces"],
                 ),
                 rule(
                     &["create", "update", "patch"],
@@ -402,6 +390,35 @@ pub fn cluster_roles() -> Vec<Value> {
                     &["subjectaccessreviews"],
                 ),
             ],
+        ),
+        // Joining: a bootstrap token may ask for (and follow) a node's certificate, and have
+        // it approved; a node may have its own renewed.
+        cluster_role(
+            "system:node-bootstrapper",
+            json!({}),
+            vec![rule(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            )],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            json!({}),
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+            )],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            json!({}),
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+            )],
         ),
         // Everything on a node agent's port (kube's system:kubelet-api-admin).
         cluster_role(
@@ -475,6 +492,7 @@ pub fn cluster_roles() -> Vec<Value> {
                     &["subjectaccessreviews"],
                 ),
                 rule(&["create"], &[CAPSTAN_GROUP], &["*"]),
+                rule(&["approve", "sign"], &["certificates.k8s.io"], &["signers"]),
                 urls(&["get"], &["/healthz", "/readyz", "/livez"]),
             ],
         ),
@@ -513,6 +531,21 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[("Group", "system:monitoring")],
         ),
         binding("system:node", "system:node", &[("Group", NODES)]),
+        binding(
+            "system:node-bootstrapper",
+            "system:node-bootstrapper",
+            &[("Group", BOOTSTRAPPERS)],
+        ),
+        binding(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[("Group", BOOTSTRAPPERS)],
+        ),
+        binding(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[("Group", NODES)],
+        ),
         binding(
             "system:kube-apiserver-kubelet-client",
             KUBELET_API_ADMIN,
