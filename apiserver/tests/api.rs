@@ -1016,6 +1016,7 @@ async fn discovery_lists_every_resource_with_its_subresources() {
             "authentication.k8s.io",
             "authorization.k8s.io",
             "autoscaling",
+            "certificates.k8s.io",
             "coordination.k8s.io",
             "discovery.k8s.io",
             "events.k8s.io",

@@ -103,9 +103,13 @@ pub fn write_kubeconfig(path: &Path, text: &str) -> Result<()> {
 
 /// An in-process client from a kubeconfig's text.
 pub async fn client_of(kubeconfig: &str) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(config_of(kubeconfig).await?)?)
+}
+
+/// The client configuration of a kubeconfig's text.
+pub async fn config_of(kubeconfig: &str) -> Result<kube::Config> {
     let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).context("kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
-        .context("client configuration")?;
-    Ok(kube::Client::try_from(config)?)
+        .context("client configuration")
 }

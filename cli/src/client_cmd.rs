@@ -274,10 +274,14 @@ fn read_objects(files: &[PathBuf]) -> Result<Vec<Value>> {
 }
 
 pub async fn client(args: &ClientArgs) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(config(args).await?)?)
+}
+
+/// The client configuration of `--kubeconfig`.
+pub async fn config(args: &ClientArgs) -> Result<kube::Config> {
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?)
 }
 
 fn api_for(client: &kube::Client, r: &Resource, ns: &str) -> Api<DynamicObject> {

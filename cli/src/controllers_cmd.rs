@@ -12,7 +12,7 @@ use capstan_controllers::scheduler::{self, Strategy};
 use capstan_controllers::{ALL, Manager};
 use clap::Args;
 
-use crate::client_cmd::{ClientArgs, client};
+use crate::client_cmd::ClientArgs;
 
 #[derive(Clone, Debug, Args)]
 pub struct ManagerArgs {
@@ -77,6 +77,11 @@ pub struct ManagerArgs {
     /// token volumes (`capstan up`: its own CA). Without it nothing is published.
     #[arg(long)]
     pub root_ca_file: Option<std::path::PathBuf>,
+    /// Run each controller as its own ServiceAccount (`kube-system/NAME-controller`, bound to
+    /// `system:controller:NAME-controller`) with a token the manager asks for and keeps fresh;
+    /// false: every controller acts as the manager itself.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub use_service_account_credentials: bool,
     /// The CA certificate (PEM) the certificate signer issues with (`capstan up`: its own
     /// CA); with --cluster-signing-key-file. Without them approved requests stay unsigned.
     #[arg(long, requires = "cluster_signing_key_file")]
@@ -247,6 +252,7 @@ impl ManagerArgs {
     pub async fn run(
         &self,
         client: kube::Client,
+        base: kube::Config,
         registry: &prometheus::Registry,
         state: tokio::sync::watch::Sender<ManagerState>,
         shutdown: impl std::future::Future<Output = ()>,
@@ -290,12 +296,28 @@ impl ManagerArgs {
         );
         let election_registry = registry.clone();
         let registry = registry.clone();
+        let use_sa = self.use_service_account_credentials;
         let lead = {
             let client = client.clone();
             let names = names.clone();
             let leading = leading.clone();
             move || {
+                let identities = if use_sa {
+                    match capstan_controllers::runtime::identities::Identities::new(
+                        base.clone(),
+                        client.clone(),
+                    ) {
+                        Ok(ids) => Some(ids),
+                        Err(e) => {
+                            tracing::error!(error = %e, "no directory for the controllers' tokens: they run as the manager");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
                 let config = capstan_controllers::Config {
+                    identities,
                     scheduler: sched.clone(),
                     endpoint_updates_batch_period: batch,
                     max_endpoints_per_slice: max_per_slice,
@@ -371,7 +393,8 @@ impl ManagerArgs {
 }
 
 pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
-    let client = client(&client_args).await?;
+    let base = crate::client_cmd::config(&client_args).await?;
+    let client = kube::Client::try_from(base.clone())?;
     let registry = prometheus::Registry::new();
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
@@ -398,6 +421,7 @@ pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
     args.manager
         .run(
             client,
+            base,
             &registry,
             leading,
             crate::signals::shutdown_signal(),

@@ -254,10 +254,15 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     });
     let mut manager_task = None;
     if with_controllers {
-        let client = crate::certs::client_of(&kubeconfigs[1])
+        let base = crate::certs::config_of(&kubeconfigs[1])
             .await
             .context("client for the controllers")?;
+        let client = kube::Client::try_from(base.clone())?;
         let (mut manager, registry) = (args.manager.clone(), api.prometheus.clone());
+        // On plain HTTP (development) every controller acts as the manager.
+        if args.auth.insecure_http {
+            manager.use_service_account_credentials = false;
+        }
         if manager.leader_elect_identity.is_none() {
             manager.leader_elect_identity = Some(stable_identity(&args.store));
         }
@@ -278,7 +283,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         }
         manager_task = Some(tokio::spawn(async move {
             let r = manager
-                .run(client, &registry, leading_tx, shutdown_signal())
+                .run(client, base, &registry, leading_tx, shutdown_signal())
                 .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "the controller manager failed");

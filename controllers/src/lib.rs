@@ -197,8 +197,11 @@ impl std::fmt::Debug for Manager {
 
 /// One controller manager: a client, its informers, its metrics, and which controllers to run.
 pub struct Manager {
+    /// The controller's client (its own identity with --use-service-account-credentials),
+    /// or the manager's.
     pub client: kube::Client,
-    pub informers: Informers,
+    /// Shared by every controller of the manager, watching with the manager's identity.
+    pub informers: Arc<Informers>,
     /// What the API server serves, shared by the controllers that follow every resource.
     pub discovery: Arc<runtime::Discovery>,
     pub metrics: Metrics,
@@ -221,6 +224,8 @@ pub struct Manager {
     pub cluster_signing: Option<Arc<capstan_pki::Ca>>,
     /// The longest certificate it issues (`--cluster-signing-duration`, a year).
     pub cluster_signing_duration: Duration,
+    /// Each controller's own client, when they run under their own identities.
+    pub identities: Option<Arc<runtime::identities::Identities>>,
 }
 
 /// The settings of a manager's controllers.
@@ -238,6 +243,8 @@ pub struct Config {
     pub root_ca: Option<String>,
     pub cluster_signing: Option<Arc<capstan_pki::Ca>>,
     pub cluster_signing_duration: Duration,
+    /// Run each controller as its own ServiceAccount (`--use-service-account-credentials`).
+    pub identities: Option<Arc<runtime::identities::Identities>>,
 }
 
 impl Default for Config {
@@ -252,6 +259,7 @@ impl Default for Config {
             root_ca: None,
             cluster_signing: None,
             cluster_signing_duration: Duration::from_secs(365 * 24 * 3600),
+            identities: None,
         }
     }
 }
@@ -268,7 +276,7 @@ impl Manager {
     ) -> Arc<Manager> {
         let metrics = Metrics::register(registry);
         Arc::new(Manager {
-            informers: Informers::new(client.clone()),
+            informers: Arc::new(Informers::new(client.clone())),
             discovery: Arc::new(runtime::Discovery::new(client.clone())),
             client,
             metrics,
@@ -283,7 +291,47 @@ impl Manager {
             root_ca: config.root_ca,
             cluster_signing: config.cluster_signing,
             cluster_signing_duration: config.cluster_signing_duration,
+            identities: config.identities,
         })
+    }
+
+    /// This manager as one controller sees it: its own client, everything else shared.
+    fn as_controller(&self, client: kube::Client) -> Arc<Manager> {
+        Arc::new(Manager {
+            client,
+            informers: self.informers.clone(),
+            discovery: self.discovery.clone(),
+            metrics: self.metrics.clone(),
+            registry: self.registry.clone(),
+            scheduler: self.scheduler.clone(),
+            garbage_collector: self.garbage_collector.clone(),
+            endpoint_updates_batch_period: self.endpoint_updates_batch_period,
+            max_endpoints_per_slice: self.max_endpoints_per_slice,
+            endpoint_changes: self.endpoint_changes.clone(),
+            node_lifecycle: self.node_lifecycle.clone(),
+            pod_gc: self.pod_gc.clone(),
+            root_ca: self.root_ca.clone(),
+            cluster_signing: self.cluster_signing.clone(),
+            cluster_signing_duration: self.cluster_signing_duration,
+            identities: None,
+        })
+    }
+
+    /// The manager controller `name` runs with: its own identity when configured (retried
+    /// until the API server gives it a token), else this one.
+    async fn for_controller(self: &Arc<Self>, name: &str) -> Arc<Manager> {
+        let Some(ids) = &self.identities else {
+            return self.clone();
+        };
+        loop {
+            match ids.client(name).await {
+                Ok(client) => return self.as_controller(client),
+                Err(e) => {
+                    tracing::warn!(controller = %name, error = %e, "no identity for the controller yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
     }
 
     /// Runs the named controllers until dropped. Unknown names are an error, by name.
@@ -296,26 +344,29 @@ impl Manager {
         }
         let mut set = tokio::task::JoinSet::new();
         for name in names {
-            let m = self.clone();
-            match name.as_str() {
-                replicaset::NAME => set.spawn(replicaset::run(m)),
-                deployment::NAME => set.spawn(deployment::run(m)),
-                disruption::NAME => set.spawn(disruption::run(m)),
-                scheduler::NAME => set.spawn(scheduler::run(m)),
-                garbagecollector::NAME => set.spawn(garbagecollector::run(m)),
-                namespace::NAME => set.spawn(namespace::run(m)),
-                endpointslice::NAME => set.spawn(endpointslice::run(m)),
-                endpoints::NAME => set.spawn(endpoints::run(m)),
-                endpointslicemirroring::NAME => set.spawn(endpointslicemirroring::run(m)),
-                nodelifecycle::NAME => set.spawn(nodelifecycle::run(m)),
-                tainteviction::NAME => set.spawn(tainteviction::run(m)),
-                podgc::NAME => set.spawn(podgc::run(m)),
-                certificates::NAME => set.spawn(certificates::run(m)),
-                serviceaccount::NAME => set.spawn(serviceaccount::run(m)),
-                serviceaccount::ROOT_CA_NAME => set.spawn(serviceaccount::run_root_ca(m)),
-                _ => continue,
-            };
-            tracing::info!(controller = %name, "started");
+            let (me, name) = (self.clone(), name.clone());
+            set.spawn(async move {
+                let m = me.for_controller(&name).await;
+                tracing::info!(controller = %name, "started");
+                match name.as_str() {
+                    replicaset::NAME => replicaset::run(m).await,
+                    deployment::NAME => deployment::run(m).await,
+                    disruption::NAME => disruption::run(m).await,
+                    scheduler::NAME => scheduler::run(m).await,
+                    garbagecollector::NAME => garbagecollector::run(m).await,
+                    namespace::NAME => namespace::run(m).await,
+                    endpointslice::NAME => endpointslice::run(m).await,
+                    endpoints::NAME => endpoints::run(m).await,
+                    endpointslicemirroring::NAME => endpointslicemirroring::run(m).await,
+                    nodelifecycle::NAME => nodelifecycle::run(m).await,
+                    tainteviction::NAME => tainteviction::run(m).await,
+                    podgc::NAME => podgc::run(m).await,
+                    certificates::NAME => certificates::run(m).await,
+                    serviceaccount::NAME => serviceaccount::run(m).await,
+                    serviceaccount::ROOT_CA_NAME => serviceaccount::run_root_ca(m).await,
+                    _ => {}
+                }
+            });
         }
         while let Some(r) = set.join_next().await {
             if let Err(e) = r {

@@ -510,3 +510,97 @@ fn the_agent_port_takes_the_api_servers_certificate_and_authorized_tokens_only()
         403
     );
 }
+
+#[test]
+fn each_controller_acts_as_its_own_least_privileged_account() {
+    let dir = temp_dir("capstan-controller-ids-").unwrap();
+    let data = dir.path().join("data");
+    let audit = dir.path().join("audit.log");
+    let _up = CapstanUp::start(
+        capstan_testkit::capstan_bin(),
+        &[
+            "--data-dir".to_string(),
+            data.display().to_string(),
+            "--audit-log-path".into(),
+            audit.display().to_string(),
+        ],
+    )
+    .unwrap();
+    let kc = data.join("kubeconfig");
+    let ok = |args: &[&str]| {
+        let out = kubectl(&kc, args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=1",
+    ]);
+    eventually(WAIT, "the deployment's pod exists", || {
+        !ok(&["get", "pods", "-l", "app=web", "-o", "name"]).is_empty()
+    })
+    .unwrap();
+    // Who wrote what, from the audit log: the ReplicaSet by the deployment controller's
+    // account, the pod by the replicaset controller's (no node here: nothing is bound).
+    let writer = |resource: &str, sub: &str| {
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| {
+                e["verb"] == "create"
+                    && e["objectRef"]["resource"] == resource
+                    && e["objectRef"]["subresource"].as_str().unwrap_or("") == sub
+                    && e["responseStatus"]["code"] == 201
+            })
+            .map(|e| {
+                e["user"]["username"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+    };
+    eventually(WAIT, "the writes are in the audit log", || {
+        writer("pods", "").is_some()
+    })
+    .unwrap();
+    assert_eq!(
+        writer("replicasets", "").unwrap(),
+        "system:serviceaccount:kube-system:deployment-controller"
+    );
+    assert_eq!(
+        writer("pods", "").unwrap(),
+        "system:serviceaccount:kube-system:replicaset-controller"
+    );
+    // Each may do its own work and nothing else.
+    let can = |who: &str, what: &[&str]| {
+        let account = format!("system:serviceaccount:kube-system:{who}-controller");
+        let mut args = vec!["auth", "can-i"];
+        args.extend_from_slice(what);
+        args.extend_from_slice(&["--as", &account]);
+        String::from_utf8_lossy(&kubectl(&kc, &args, None).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(can("deployment", &["create", "replicasets.apps"]), "yes");
+    assert_eq!(can("deployment", &["create", "pods"]), "no");
+    assert_eq!(can("replicaset", &["create", "pods"]), "yes");
+    assert_eq!(can("replicaset", &["get", "secrets"]), "no");
+    assert_eq!(can("scheduler", &["create", "pods", "--subresource=binding"]), "yes");
+    assert_eq!(can("scheduler", &["delete", "pods"]), "no");
+    assert_eq!(can("serviceaccount", &["create", "serviceaccounts"]), "yes");
+    assert_eq!(
+        can(
+            "serviceaccount",
+            &["create", "clusterrolebindings.rbac.authorization.k8s.io"]
+        ),
+        "no"
+    );
+}

@@ -1,11 +1,12 @@
 //! What every controller shares: shared informers, expectations, per-object backoff, leader
-//! election, the event recorder, metrics, and [`drive`], which runs a kube-rs `Controller` with
+//! election, each controller's own identity, the event recorder, metrics, and [`drive`], which runs a kube-rs `Controller` with
 //! that error policy and those metrics.
 
 pub mod backoff;
 pub mod discovery;
 pub mod events;
 pub mod expectations;
+pub mod identities;
 pub mod informer;
 pub mod leader;
 pub mod metrics;

@@ -16,7 +16,7 @@ use crate::ApiServer;
 use crate::errors::ApiResult;
 use crate::request::{Params, Target};
 
-fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Value {
+pub(super) fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Value {
     json!({"verbs": verbs, "apiGroups": groups, "resources": resources})
 }
 
@@ -561,10 +561,15 @@ pub fn cluster_role_bindings() -> Vec<Value> {
 
 /// Creates the default roles and bindings that are missing.
 pub async fn ensure(api: &ApiServer) -> ApiResult<()> {
-    for (plural, objects) in [
-        ("clusterroles", cluster_roles()),
-        ("clusterrolebindings", cluster_role_bindings()),
-    ] {
+    let roles: Vec<Value> = cluster_roles()
+        .into_iter()
+        .chain(super::controller_roles::cluster_roles())
+        .collect();
+    let bindings: Vec<Value> = cluster_role_bindings()
+        .into_iter()
+        .chain(super::controller_roles::cluster_role_bindings())
+        .collect();
+    for (plural, objects) in [("clusterroles", roles), ("clusterrolebindings", bindings)] {
         let Some(info) = api.registry.get(GROUP, "v1", plural) else {
             continue;
         };

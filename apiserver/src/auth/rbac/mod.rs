@@ -11,6 +11,7 @@
 //! binding writes that would grant more than their author holds.
 
 pub mod bootstrap;
+pub mod controller_roles;
 pub mod escalation;
 pub mod rules;
 pub mod table;

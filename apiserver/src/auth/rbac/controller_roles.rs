@@ -1,0 +1,291 @@
+//! One least-privilege identity per controller, as kube-controller-manager's
+//! `--use-service-account-credentials` gives them: the ServiceAccount
+//! `kube-system/NAME-controller` (NAME as `--controllers` names it) bound to the ClusterRole
+//! `system:controller:NAME-controller`, which grants what that controller writes and what it
+//! reads beyond the manager's shared informers. The controller manager's own identity
+//! (`system:kube-controller-manager`) keeps the shared watches, leader election and minting
+//! these accounts' tokens.
+
+use serde_json::{Value, json};
+
+use super::bootstrap::{CONTROLLER_MANAGER, rule};
+
+/// Where the controllers' ServiceAccounts live.
+pub const NAMESPACE: &str = "kube-system";
+
+/// The ServiceAccount of controller `name`.
+pub fn account(name: &str) -> String {
+    format!("{name}-controller")
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const ALL: &[&str] = &[
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
+
+fn events() -> Value {
+    rule(
+        &["create", "update", "patch"],
+        &["", "events.k8s.io"],
+        &["events"],
+    )
+}
+
+/// Each controller and what its role grants.
+fn grants() -> Vec<(&'static str, Vec<Value>)> {
+    vec![
+        (
+            "deployment",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &["apps"],
+                    &["deployments"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &["apps"],
+                    &["deployments/status", "deployments/finalizers"],
+                ),
+                rule(ALL, &["apps"], &["replicasets"]),
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &[""],
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "replicaset",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &["apps"],
+                    &["replicasets"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &["apps"],
+                    &["replicasets/status", "replicasets/finalizers"],
+                ),
+                rule(ALL, &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "scheduler",
+            vec![
+                rule(READ, &[""], &["pods", "nodes", "namespaces", "services"]),
+                rule(&["create"], &[""], &["pods/binding", "bindings"]),
+                rule(&["patch", "update"], &[""], &["pods/status"]),
+                rule(READ, &["apps"], &["replicasets", "statefulsets"]),
+                events(),
+            ],
+        ),
+        (
+            // Any kind, as Kubernetes' generic-garbage-collector.
+            "garbagecollector",
+            vec![rule(
+                &["get", "list", "watch", "patch", "update", "delete"],
+                &["*"],
+                &["*"],
+            )],
+        ),
+        (
+            // Empties namespaces of any kind, as Kubernetes' namespace-controller.
+            "namespace",
+            vec![
+                rule(
+                    &["get", "list", "watch", "delete", "deletecollection"],
+                    &["*"],
+                    &["*"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &[""],
+                    &["namespaces/finalize", "namespaces/status"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "endpointslice",
+            vec![
+                rule(READ, &[""], &["services", "pods", "nodes"]),
+                rule(&["update", "patch"], &[""], &["services/finalizers"]),
+                rule(ALL, &["discovery.k8s.io"], &["endpointslices"]),
+                events(),
+            ],
+        ),
+        (
+            "endpoints",
+            vec![
+                rule(READ, &[""], &["services", "pods"]),
+                rule(ALL, &[""], &["endpoints"]),
+                rule(&["create"], &[""], &["endpoints/restricted"]),
+                events(),
+            ],
+        ),
+        (
+            "endpointslicemirroring",
+            vec![
+                rule(READ, &[""], &["services", "endpoints"]),
+                rule(ALL, &["discovery.k8s.io"], &["endpointslices"]),
+                events(),
+            ],
+        ),
+        (
+            "nodelifecycle",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update", "patch", "delete"],
+                    &[""],
+                    &["nodes"],
+                ),
+                rule(
+                    &["patch", "update"],
+                    &[""],
+                    &["nodes/status", "pods/status"],
+                ),
+                rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
+                rule(READ, &["coordination.k8s.io"], &["leases"]),
+                events(),
+            ],
+        ),
+        (
+            "tainteviction",
+            vec![
+                rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
+                rule(&["patch", "update"], &[""], &["pods/status"]),
+                rule(&["create"], &[""], &["pods/eviction"]),
+                rule(READ, &[""], &["nodes"]),
+                events(),
+            ],
+        ),
+        (
+            "podgc",
+            vec![
+                rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
+                rule(&["patch", "update"], &[""], &["pods/status"]),
+                rule(READ, &[""], &["nodes"]),
+            ],
+        ),
+        (
+            "disruption",
+            vec![
+                rule(READ, &["policy"], &["poddisruptionbudgets"]),
+                rule(
+                    &["update", "patch"],
+                    &["policy"],
+                    &["poddisruptionbudgets/status"],
+                ),
+                rule(READ, &[""], &["pods", "replicationcontrollers"]),
+                rule(
+                    READ,
+                    &["apps"],
+                    &["deployments", "replicasets", "statefulsets"],
+                ),
+                rule(&["get"], &["*"], &["*/scale"]),
+                events(),
+            ],
+        ),
+        (
+            "serviceaccount",
+            vec![
+                rule(READ, &[""], &["namespaces", "serviceaccounts"]),
+                rule(&["create"], &[""], &["serviceaccounts"]),
+            ],
+        ),
+        (
+            "root-ca-certificate-publisher",
+            vec![
+                rule(READ, &[""], &["namespaces", "configmaps"]),
+                rule(&["create", "update"], &[""], &["configmaps"]),
+            ],
+        ),
+        (
+            "csr",
+            vec![
+                rule(
+                    READ,
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &["certificates.k8s.io"],
+                    &[
+                        "certificatesigningrequests/approval",
+                        "certificatesigningrequests/status",
+                    ],
+                ),
+                rule(&["approve", "sign"], &["certificates.k8s.io"], &["signers"]),
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
+                rule(READ, &[""], &["nodes"]),
+            ],
+        ),
+    ]
+}
+
+/// The controllers that run under their own identity.
+pub fn controllers() -> Vec<&'static str> {
+    grants().into_iter().map(|(n, _)| n).collect()
+}
+
+fn role_name(controller: &str) -> String {
+    format!("system:controller:{}", account(controller))
+}
+
+/// `system:controller:NAME-controller` for every controller, and what makes the accounts:
+/// the controller manager may create them and their tokens.
+pub fn cluster_roles() -> Vec<Value> {
+    let mut out: Vec<Value> = grants()
+        .into_iter()
+        .map(|(name, rules)| {
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": role_name(name),
+                    "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+                    "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+                "rules": rules,
+            })
+        })
+        .collect();
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "system:controller:token-issuer",
+            "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+        "rules": [rule(&["get", "create"], &[""], &["serviceaccounts"]),
+                  rule(&["create"], &[""], &["serviceaccounts/token"])],
+    }));
+    out
+}
+
+/// Each role bound to its controller's account; the token issuer to the controller manager.
+pub fn cluster_role_bindings() -> Vec<Value> {
+    let mut out: Vec<Value> = controllers()
+        .into_iter()
+        .map(|name| {
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": role_name(name),
+                    "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name(name)},
+                "subjects": [{"kind": "ServiceAccount", "name": account(name), "namespace": NAMESPACE}],
+            })
+        })
+        .collect();
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "system:controller:token-issuer",
+            "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:controller:token-issuer"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": CONTROLLER_MANAGER}],
+    }));
+    out
+}

@@ -1,0 +1,152 @@
+//! Each controller's own identity (kube-controller-manager's
+//! `--use-service-account-credentials`): the manager makes the ServiceAccount
+//! `kube-system/NAME-controller` when missing, asks for its token (TokenRequest, an hour),
+//! writes it to a file and writes it again at 80% of its life; the controller's client reads
+//! the file (kube reloads it every minute). The API server binds each account to the role
+//! `system:controller:NAME-controller` — what that controller needs, nothing more. The
+//! manager's shared informers and leader election keep the manager's own identity.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+
+/// Where the accounts live.
+pub const NAMESPACE: &str = "kube-system";
+/// How long a token lasts.
+const TOKEN_SECONDS: i64 = 3600;
+
+/// The ServiceAccount of controller `name` (the API server's roles use the same names).
+pub fn account(name: &str) -> String {
+    format!("{name}-controller")
+}
+
+/// Makes controllers' clients.
+pub struct Identities {
+    base: kube::Config,
+    root: kube::Client,
+    dir: PathBuf,
+    refreshers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identities")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Identities {
+    fn drop(&mut self) {
+        for t in self
+            .refreshers
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
+            t.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn token(root: &kube::Client, sa: &str) -> Result<String, kube::Error> {
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(TOKEN_SECONDS),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let issued = Api::<ServiceAccount>::namespaced(root.clone(), NAMESPACE)
+        .create_token_request(sa, &PostParams::default(), &req)
+        .await?;
+    Ok(issued.status.map(|s| s.token).unwrap_or_default())
+}
+
+fn write(path: &std::path::Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    std::fs::rename(tmp, path)
+}
+
+impl Identities {
+    /// Clients for the cluster `base` names (its server and CA), made with `root` — the
+    /// manager's client — keeping token files in a private directory of this process's
+    /// (removed when this is dropped).
+    pub fn new(base: kube::Config, root: kube::Client) -> std::io::Result<Arc<Identities>> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = std::env::temp_dir().join(format!(
+            "capstan-controller-tokens-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(Arc::new(Identities {
+            base,
+            root,
+            dir,
+            refreshers: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The client of controller `name`, its token kept fresh until this is dropped.
+    pub async fn client(&self, name: &str) -> Result<kube::Client, String> {
+        let sa = account(name);
+        let accounts = Api::<ServiceAccount>::namespaced(self.root.clone(), NAMESPACE);
+        let made: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": sa}}))
+                .map_err(|e| e.to_string())?;
+        match accounts.create(&PostParams::default(), &made).await {
+            Ok(_) => tracing::info!(account = %sa, "created the controller's service account"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(format!("creating {NAMESPACE}/{sa}: {e}")),
+        }
+        let path = self.dir.join(format!("{sa}.token"));
+        let first = token(&self.root, &sa)
+            .await
+            .map_err(|e| format!("a token for {NAMESPACE}/{sa}: {e}"))?;
+        write(&path, &first).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let (root, file, account) = (self.root.clone(), path.clone(), sa.clone());
+        let refresher = tokio::spawn(async move {
+            let mut wait = Duration::from_secs((TOKEN_SECONDS * 8 / 10) as u64);
+            loop {
+                tokio::time::sleep(wait).await;
+                match token(&root, &account).await {
+                    Ok(t) => match write(&file, &t) {
+                        Ok(()) => wait = Duration::from_secs((TOKEN_SECONDS * 8 / 10) as u64),
+                        Err(e) => {
+                            tracing::warn!(%account, error = %e, "writing a refreshed token failed");
+                            wait = Duration::from_secs(10);
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(%account, error = %e, "refreshing the controller's token failed");
+                        wait = Duration::from_secs(10);
+                    }
+                }
+            }
+        });
+        if let Ok(mut r) = self.refreshers.lock() {
+            r.push(refresher);
+        }
+        let mut config = self.base.clone();
+        config.auth_info = kube::config::AuthInfo {
+            token_file: Some(path.display().to_string()),
+            ..Default::default()
+        };
+        kube::Client::try_from(config).map_err(|e| format!("the client of {sa}: {e}"))
+    }
+}
