@@ -72,13 +72,6 @@ impl StorageHooks for DefaultTolerationSeconds {
         self.admit(obj);
         Ok(())
     }
-    async fn abort_create(&self, _obj: &Value) {}
-    async fn begin_update(&self, _live: &Value, _new: &mut Value, _dry_run: bool) -> ApiResult<()> {
-        Ok(())
-    }
-    async fn abort_update(&self, _live: &Value, _new: &Value) {}
-    async fn after_update(&self, _live: &Value, _stored: &Value) {}
-    async fn after_delete(&self, _obj: &Value) {}
 }
 
 #[cfg(test)]

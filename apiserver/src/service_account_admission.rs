@@ -173,13 +173,6 @@ impl StorageHooks for ServiceAccountAdmission {
     async fn begin_create(&self, obj: &mut Value, _dry_run: bool) -> ApiResult<()> {
         self.admit(obj).await
     }
-    async fn abort_create(&self, _obj: &Value) {}
-    async fn begin_update(&self, _live: &Value, _new: &mut Value, _dry_run: bool) -> ApiResult<()> {
-        Ok(())
-    }
-    async fn abort_update(&self, _live: &Value, _new: &Value) {}
-    async fn after_update(&self, _live: &Value, _stored: &Value) {}
-    async fn after_delete(&self, _obj: &Value) {}
 }
 
 #[cfg(test)]

@@ -89,19 +89,23 @@ pub trait StorageHooks: Send + Sync + std::fmt::Debug {
     async fn begin_create(&self, obj: &mut Value, dry_run: bool) -> ApiResult<()>;
     /// The store refused the object after [`StorageHooks::begin_create`] succeeded: releases
     /// what it claimed.
-    async fn abort_create(&self, obj: &Value);
+    /// (Admission plugins that only change or check objects claim nothing: the release steps
+    /// default to doing nothing.)
+    async fn abort_create(&self, _obj: &Value) {}
     /// Before an update is validated: carries over, or refuses changes to, what the live object
     /// holds, and claims what the new one needs besides (nothing with `dry_run`). Exactly one
     /// of [`StorageHooks::abort_update`] and [`StorageHooks::after_update`] follows unless it
     /// fails (when it has released what it claimed) or `dry_run` is set.
-    async fn begin_update(&self, live: &Value, new: &mut Value, dry_run: bool) -> ApiResult<()>;
+    async fn begin_update(&self, _live: &Value, _new: &mut Value, _dry_run: bool) -> ApiResult<()> {
+        Ok(())
+    }
     /// The update after [`StorageHooks::begin_update`] was not stored (refused, lost a race,
     /// unchanged): releases what `new` holds that `live` does not.
-    async fn abort_update(&self, live: &Value, new: &Value);
+    async fn abort_update(&self, _live: &Value, _new: &Value) {}
     /// The update was stored: releases what `live` held that `stored` does not.
-    async fn after_update(&self, live: &Value, stored: &Value);
+    async fn after_update(&self, _live: &Value, _stored: &Value) {}
     /// After the object left the store: releases what it held.
-    async fn after_delete(&self, obj: &Value);
+    async fn after_delete(&self, _obj: &Value) {}
 }
 
 type Check = fn(&Value) -> Vec<FieldError>;

@@ -21,17 +21,6 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// The kubeconfig without the administrator's certificate (a token user's, with `--token`).
-fn without_certificate(kubeconfig: &Path, out: &Path) {
-    let text = std::fs::read_to_string(kubeconfig).unwrap();
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
-        .map(|l| if l.trim() == "user:" { "  user: {}" } else { l })
-        .collect();
-    std::fs::write(out, kept.join("\n") + "\n").unwrap();
-}
-
 #[test]
 fn kubectl_meets_https_tokens_and_rbac() {
     let dir = temp_dir("capstan-auth-").unwrap();
@@ -86,7 +75,7 @@ fn kubectl_meets_https_tokens_and_rbac() {
 
     // jane by token: refused, then bound to edit in her namespace, allowed there only.
     let jane = dir.path().join("jane.kubeconfig");
-    without_certificate(&kc, &jane);
+    capstan_testkit::kubeconfig_without_certificate(&kc, &jane);
     let as_jane = |args: &[&str]| {
         let mut all = vec!["--token", "t0k-jane"];
         all.extend_from_slice(args);
@@ -209,7 +198,7 @@ fn kubectl_meets_https_tokens_and_rbac() {
     );
     let again = std::fs::read_to_string(&kc).unwrap();
     assert_eq!(ca_line(&again), ca_line(&kubeconfig));
-    without_certificate(&kc, &jane); // the new port
+    capstan_testkit::kubeconfig_without_certificate(&kc, &jane); // the new port
     let out = kubectl(
         &jane,
         &["--token", "t0k-jane", "get", "configmap", "c1", "-n", "dev"],

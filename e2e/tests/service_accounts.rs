@@ -24,6 +24,22 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// `capstan up` on the process runtime, with a kubeconfig for `--token` users too.
+    fn start(prefix: &str) -> Cluster {
+        let dir = temp_dir(prefix).unwrap();
+        let up = CapstanUp::process_runtime(dir.path(), NODE).unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let bare = dir.path().join("bare.kubeconfig");
+        capstan_testkit::kubeconfig_without_certificate(&kubeconfig, &bare);
+        Cluster {
+            _up: up,
+            _reap: capstan_testkit::ReapContainers(dir.path().join("agent")),
+            kubeconfig,
+            bare,
+            dir,
+        }
+    }
+
     fn run(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
         let out = kubectl(kubeconfig, args, stdin);
         (
@@ -54,16 +70,6 @@ impl Cluster {
     }
 }
 
-fn without_certificate(kubeconfig: &Path, out: &Path) {
-    let text = std::fs::read_to_string(kubeconfig).unwrap();
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
-        .map(|l| if l.trim() == "user:" { "  user: {}" } else { l })
-        .collect();
-    std::fs::write(out, kept.join("\n") + "\n").unwrap();
-}
-
 const READER_POD: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -77,18 +83,7 @@ spec:
 
 #[test]
 fn a_pods_token_reads_only_what_its_account_may_until_the_pod_goes() {
-    let dir = temp_dir("capstan-sa-").unwrap();
-    let up = CapstanUp::process_runtime(dir.path(), NODE).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let bare = dir.path().join("bare.kubeconfig");
-    without_certificate(&kubeconfig, &bare);
-    let c = Cluster {
-        _up: up,
-        _reap: capstan_testkit::ReapContainers(dir.path().join("agent")),
-        kubeconfig,
-        bare,
-        dir,
-    };
+    let c = Cluster::start("capstan-sa-");
     let ca = std::fs::read_to_string(c.dir.path().join("pki/ca.crt")).unwrap();
 
     // A new namespace gets `default` and the cluster CA.
@@ -393,18 +388,7 @@ fn agent_addr(c: &Cluster) -> String {
 #[test]
 fn the_agent_port_takes_the_api_servers_certificate_and_authorized_tokens_only() {
     use capstan_testkit::{pki::pki, tls_exchange};
-    let dir = temp_dir("capstan-agent-port-").unwrap();
-    let up = CapstanUp::process_runtime(dir.path(), NODE).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let bare = dir.path().join("bare.kubeconfig");
-    without_certificate(&kubeconfig, &bare);
-    let c = Cluster {
-        _up: up,
-        _reap: capstan_testkit::ReapContainers(dir.path().join("agent")),
-        kubeconfig,
-        bare,
-        dir,
-    };
+    let c = Cluster::start("capstan-agent-port-");
     eventually(WAIT, "the node reports its agent port", || {
         c.run(
             &c.kubeconfig,
@@ -593,7 +577,10 @@ fn each_controller_acts_as_its_own_least_privileged_account() {
     assert_eq!(can("deployment", &["create", "pods"]), "no");
     assert_eq!(can("replicaset", &["create", "pods"]), "yes");
     assert_eq!(can("replicaset", &["get", "secrets"]), "no");
-    assert_eq!(can("scheduler", &["create", "pods", "--subresource=binding"]), "yes");
+    assert_eq!(
+        can("scheduler", &["create", "pods", "--subresource=binding"]),
+        "yes"
+    );
     assert_eq!(can("scheduler", &["delete", "pods"]), "no");
     assert_eq!(can("serviceaccount", &["create", "serviceaccounts"]), "yes");
     assert_eq!(

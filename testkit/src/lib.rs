@@ -625,6 +625,17 @@ impl Drop for CapstanUp {
     }
 }
 
+/// Writes `kubeconfig` to `out` without its client certificate (for a user of `--token`).
+pub fn kubeconfig_without_certificate(kubeconfig: &Path, out: &Path) {
+    let text = std::fs::read_to_string(kubeconfig).expect("the kubeconfig");
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
+        .map(|l| if l.trim() == "user:" { "  user: {}" } else { l })
+        .collect();
+    std::fs::write(out, kept.join("\n") + "\n").expect("writing the kubeconfig");
+}
+
 /// The kubectl the tests drive: `$CAPSTAN_KUBECTL`, else `kubectl` on PATH.
 pub fn kubectl_bin() -> PathBuf {
     std::env::var_os("CAPSTAN_KUBECTL")

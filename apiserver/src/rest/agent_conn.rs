@@ -54,6 +54,26 @@ pub async fn connect(
         .map_err(|_| "connect timed out".to_string())?
 }
 
+/// An HTTP/1.1 connection to `host:port` (see [`connect`]) that lives as long as its
+/// requests' responses and upgrades (a followed log, an exec stream).
+pub async fn open(
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    host: &str,
+    port: u64,
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>, String> {
+    let stream = connect(tls, host, port).await?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "connection to an agent");
+        }
+    });
+    Ok(sender)
+}
+
 /// The scheme requests to agents use.
 pub fn scheme(tls: Option<&Arc<rustls::ClientConfig>>) -> &'static str {
     if tls.is_some() { "https" } else { "http" }

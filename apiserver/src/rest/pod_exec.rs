@@ -166,17 +166,9 @@ pub(crate) async fn upgrade_to_agent(
             "the node agent of {node} ({host}:{port}) does not answer: {e}"
         ))
     };
-    let stream = super::agent_conn::connect(api.kubelet_tls.as_ref(), &host, port)
+    let mut sender = super::agent_conn::open(api.kubelet_tls.as_ref(), &host, port)
         .await
         .map_err(|e| unavailable(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unavailable(&e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upgraded connection to the agent");
-        }
-    });
     let mut out = hyper::Request::builder()
         .method(Method::GET)
         .uri(uri)

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::ApiServer;
@@ -167,18 +167,9 @@ impl ApiServer {
                 "the node agent of {node_name} ({host}:{port}) does not answer: {e}"
             ))
         };
-        let stream = super::agent_conn::connect(self.kubelet_tls.as_ref(), &host, port)
+        let mut sender = super::agent_conn::open(self.kubelet_tls.as_ref(), &host, port)
             .await
             .map_err(|e| unavailable(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unavailable(&e))?;
-        // The connection lives as long as the (followed) log streams.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "log connection to the agent");
-            }
-        });
         let req = axum::http::Request::get(&path)
             .header(header::HOST, format!("{host}:{port}"))
             .body(Empty::<Bytes>::new())
