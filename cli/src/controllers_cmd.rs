@@ -82,6 +82,10 @@ pub struct ManagerArgs {
     /// false: every controller acts as the manager itself.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub use_service_account_credentials: bool,
+    /// Where the controllers' tokens are kept (`capstan up`: DATA_DIR/controller-tokens;
+    /// else a private directory under the temporary one).
+    #[arg(skip)]
+    pub controller_token_dir: Option<std::path::PathBuf>,
     /// The CA certificate (PEM) the certificate signer issues with (`capstan up`: its own
     /// CA); with --cluster-signing-key-file. Without them approved requests stay unsigned.
     #[arg(long, requires = "cluster_signing_key_file")]
@@ -297,6 +301,7 @@ impl ManagerArgs {
         let election_registry = registry.clone();
         let registry = registry.clone();
         let use_sa = self.use_service_account_credentials;
+        let token_dir = self.controller_token_dir.clone();
         let lead = {
             let client = client.clone();
             let names = names.clone();
@@ -306,6 +311,7 @@ impl ManagerArgs {
                     match capstan_controllers::runtime::identities::Identities::new(
                         base.clone(),
                         client.clone(),
+                        token_dir.clone(),
                     ) {
                         Ok(ids) => Some(ids),
                         Err(e) => {

@@ -263,6 +263,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         if args.auth.insecure_http {
             manager.use_service_account_credentials = false;
         }
+        manager.controller_token_dir = Some(args.store.data_dir.join("controller-tokens"));
         if manager.leader_elect_identity.is_none() {
             manager.leader_elect_identity = Some(stable_identity(&args.store));
         }

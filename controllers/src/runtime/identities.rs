@@ -84,16 +84,27 @@ fn write(path: &std::path::Path, token: &str) -> std::io::Result<()> {
 
 impl Identities {
     /// Clients for the cluster `base` names (its server and CA), made with `root` — the
-    /// manager's client — keeping token files in a private directory of this process's
-    /// (removed when this is dropped).
-    pub fn new(base: kube::Config, root: kube::Client) -> std::io::Result<Arc<Identities>> {
+    /// manager's client — keeping token files in `dir` (made afresh, mode 0700), or in a
+    /// private directory under the system's temporary one; removed when this is dropped.
+    pub fn new(
+        base: kube::Config,
+        root: kube::Client,
+        dir: Option<PathBuf>,
+    ) -> std::io::Result<Arc<Identities>> {
         use std::os::unix::fs::DirBuilderExt as _;
-        let dir = std::env::temp_dir().join(format!(
-            "capstan-controller-tokens-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let dir = dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "capstan-controller-tokens-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ))
+        });
+        // Tokens a killed manager left behind are not reused.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
         Ok(Arc::new(Identities {
             base,
             root,
