@@ -20,6 +20,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod builtins;
+pub mod cel;
 pub mod certificates;
 pub mod configdata;
 pub mod crd;

@@ -181,6 +181,13 @@ impl ResourceInfo {
         errs.extend(self.strategy.validate(obj));
         errs
     }
+
+    /// [`validate`](Self::validate) for an update, given the live object.
+    pub fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        let mut errs = object::validate_meta(new, self.namespaced, self.strategy.name_rule());
+        errs.extend(self.strategy.validate_on_update(new, old));
+        errs
+    }
 }
 
 /// `v1` or `apps/v1`.

@@ -30,6 +30,14 @@ pub trait Strategy: Send + Sync {
     fn validate_update(&self, _new: &Value, _old: &Value) -> Vec<FieldError> {
         Vec::new()
     }
+    /// Everything an update is validated with: the object's own rules and the update's.
+    /// Custom resources replace it to ratchet (an unchanged invalid field passes) and to run
+    /// transition rules against the old object.
+    fn validate_on_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        let mut errs = self.validate(new);
+        errs.extend(self.validate_update(new, old));
+        errs
+    }
     /// Defaults and resets applied to a new object before it is stored.
     fn prepare_for_create(&self, _obj: &mut Value) {}
     /// Normalization applied to every object written and read: custom resources prune

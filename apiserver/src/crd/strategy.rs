@@ -45,6 +45,28 @@ pub struct CustomStrategy {
     pub status: bool,
 }
 
+/// Whether the value at a field path (`spec.items[0].name`) is the same in both objects.
+/// Lists correlate only as a whole: an element error ratchets only when its list is unchanged
+/// (Kubernetes correlates list-type map items by key; this is the stricter reading).
+fn unchanged(new: &Value, old: &Value, field: &str) -> bool {
+    if field.is_empty() || field.starts_with('<') {
+        return false;
+    }
+    let (mut a, mut b) = (new, old);
+    for seg in field.split('.') {
+        let name = seg.split('[').next().unwrap_or(seg);
+        match (a.get(name), b.get(name)) {
+            (Some(x), Some(y)) => (a, b) = (x, y),
+            _ => return false,
+        }
+        if seg.contains('[') {
+            // Through a list: the whole list must be unchanged.
+            return a == b;
+        }
+    }
+    a == b
+}
+
 /// A Table cell as kube-apiserver's CRD table convertor makes it: the first value the path
 /// selects; dates as ages; strings as kubectl would print them.
 fn cell(c: &PrinterColumn, obj: &Value) -> Value {
@@ -72,7 +94,17 @@ fn cell(c: &PrinterColumn, obj: &Value) -> Value {
 
 impl Strategy for CustomStrategy {
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
-        self.schema.validate_root(obj)
+        let mut errs = self.schema.validate_root(obj);
+        errs.extend(self.schema.validate_rules(obj, None));
+        errs
+    }
+
+    fn validate_on_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        let mut errs = self.schema.validate_root(new);
+        // Ratcheting: a schema error in a field the update left as it was does not count.
+        errs.retain(|e| !unchanged(new, old, &e.field));
+        errs.extend(self.schema.validate_rules(new, Some(old)));
+        errs
     }
 
     fn canonicalize(&self, obj: &mut Value) {

@@ -214,8 +214,7 @@ impl ApiServer {
             new.remove_meta("generation");
         }
         crate::auth::rbac::escalation::check(self, info, new, Some(live))?;
-        let mut errs = info.validate(new);
-        errs.extend(info.strategy.validate_update(new, live));
+        let errs = info.validate_update(new, live);
         if !errs.is_empty() {
             return Err(self.invalid(t, name, errs));
         }

@@ -5,6 +5,9 @@
 //! 2. Creates/s over HTTP of that custom resource and of a ConfigMap of the same JSON size, at
 //!    1 and 64 clients, with the store's raw create of the same bytes as the floor, in one run on
 //!    the embedded store. Target: a CR costs under 1.3x a ConfigMap.
+//! 3. The same CRD with 10 CEL validation rules (`x-kubernetes-validations` on spec): their
+//!    evaluation per object in-process, and creates/s over HTTP against the CRD without rules
+//!    in the same run. Target: ≥ 0.8x.
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +71,32 @@ fn crd() -> Value {
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {
                     "spec": {"type": "object", "properties": props}}}}}]}
     })
+}
+
+/// Ten rules over the spec's fields, of the kinds CRDs use: comparisons, membership, string
+/// functions, a regex, `has`, arithmetic across fields.
+const RULES: &[&str] = &[
+    "self.field00 >= 0",
+    "self.field01.startsWith('value')",
+    "self.field02 in ['alpha', 'beta', 'gamma', 'delta']",
+    "self.field06 <= 1000000",
+    "self.field07.size() <= 64",
+    "self.field04 >= 0.0",
+    "has(self.field03)",
+    "self.field13.matches('^[a-z0-9-]+$')",
+    "self.field12 <= self.field18 + 1000000",
+    "!has(self.field05) || self.field05.size() > 0",
+];
+
+/// The bench CRD again (`rulebenches`), its spec carrying [`RULES`].
+fn crd_with_rules() -> Value {
+    let mut c = crd();
+    c["metadata"]["name"] = json!("rulebenches.bench.capstan.dev");
+    c["spec"]["names"] = json!({"plural": "rulebenches", "kind": "RuleBench"});
+    let rules: Vec<Value> = RULES.iter().map(|r| json!({"rule": r})).collect();
+    c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"] =
+        json!(rules);
+    c
 }
 
 fn custom(name: &str) -> Value {
@@ -140,6 +169,19 @@ pub async fn run(b: CrdBench) -> Result<()> {
         std::hint::black_box(cm);
     }
     let typed = t.elapsed();
+    let ruled_json = &crd_with_rules()["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let ruled = Schema::parse(ruled_json, "bench", &mut errs);
+    if !errs.is_empty() {
+        bail!("the bench rules do not compile: {errs:?}");
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        let errs = ruled.validate_rules(&obj, None);
+        if !errs.is_empty() {
+            bail!("the bench object fails its rules: {errs:?}");
+        }
+    }
+    let rules = t.elapsed();
 
     // 2. Creates over HTTP, CR vs ConfigMap vs raw store.
     let server = LocalServer::start(&b.scratch, "capstan-bench-crd-").await?;
@@ -155,19 +197,27 @@ pub async fn run(b: CrdBench) -> Result<()> {
         StatusCode::CREATED,
     )
     .await?;
+    expect(
+        &http,
+        "POST",
+        &format!("{base}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+        Some(Bytes::from(crd_with_rules().to_string())),
+        StatusCode::CREATED,
+    )
+    .await?;
     let cr_url = format!("{base}/apis/bench.capstan.dev/v1/namespaces/default/benches");
+    let ruled_url = format!("{base}/apis/bench.capstan.dev/v1/namespaces/default/rulebenches");
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if expect(&http, "GET", &cr_url, None, StatusCode::OK)
+    for url in [&cr_url, &ruled_url] {
+        while expect(&http, "GET", url, None, StatusCode::OK)
             .await
-            .is_ok()
+            .is_err()
         {
-            break;
+            if Instant::now() > deadline {
+                bail!("the bench CRDs were not served within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if Instant::now() > deadline {
-            bail!("the bench CRD was not served within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let mut rows = Vec::new();
@@ -208,7 +258,24 @@ pub async fn run(b: CrdBench) -> Result<()> {
             }
         })
         .await?;
-        rows.push((c, floor, cms, crs));
+        let (h, url) = (http.clone(), ruled_url.clone());
+        let ruled = drive(c, b.ops, move |i| {
+            let (h, url) = (h.clone(), url.clone());
+            async move {
+                let mut body = custom(&format!("rcr-c{c}-{i}"));
+                body["kind"] = json!("RuleBench");
+                expect(
+                    &h,
+                    "POST",
+                    &url,
+                    Some(Bytes::from(body.to_string())),
+                    StatusCode::CREATED,
+                )
+                .await
+            }
+        })
+        .await?;
+        rows.push((c, floor, cms, crs, ruled));
     }
     drop(http);
     drop(server);
@@ -234,6 +301,10 @@ pub async fn run(b: CrdBench) -> Result<()> {
     );
     println!("| CR: validate only | {} |", per_object(validate, n));
     println!(
+        "| CR: its 10 CEL rules (`validate_rules`) | {} |",
+        per_object(rules, n)
+    );
+    println!(
         "| ConfigMap of the same size: typed decode (its validation) | {} |",
         per_object(typed, n)
     );
@@ -241,18 +312,26 @@ pub async fn run(b: CrdBench) -> Result<()> {
         "\n| creates over HTTP | clients | ops/s | p50 | p99 | store floor ops/s | CR / ConfigMap time |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (c, floor, cms, crs) in &rows {
-        for (what, s) in [("ConfigMap", cms), ("custom resource", crs)] {
+    for (c, floor, cms, crs, ruled) in &rows {
+        for (what, s) in [
+            ("ConfigMap", cms),
+            ("custom resource", crs),
+            ("custom resource with 10 CEL rules", ruled),
+        ] {
             println!(
                 "| {what} | {c} | {:.0} | {} | {} | {:.0} | {} |",
                 s.rate(),
                 ms(s.quantile(0.5)),
                 ms(s.quantile(0.99)),
                 floor.rate(),
-                if what == "ConfigMap" {
-                    String::new()
-                } else {
-                    format!("{:.2}x", cms.rate() / crs.rate())
+                match what {
+                    "ConfigMap" => String::new(),
+                    "custom resource" => format!("{:.2}x", cms.rate() / crs.rate()),
+                    _ => format!(
+                        "{:.2}x (rules / no rules throughput: {:.2}x)",
+                        cms.rate() / s.rate(),
+                        s.rate() / crs.rate()
+                    ),
                 }
             );
         }

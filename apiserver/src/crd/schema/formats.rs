@@ -2,7 +2,7 @@
 //! Kubernetes).
 
 /// Checks a string format Kubernetes validates; unknown formats pass, as in Kubernetes.
-pub(super) fn check_format(format: &str, s: &str) -> Result<(), &'static str> {
+pub fn check_format(format: &str, s: &str) -> Result<(), &'static str> {
     let ok = match format {
         "date-time" | "datetime" => s.parse::<jiff::Timestamp>().is_ok(),
         "date" => s.len() == 10 && s.parse::<jiff::civil::Date>().is_ok(),

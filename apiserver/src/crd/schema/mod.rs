@@ -32,6 +32,7 @@ mod defaults;
 mod formats;
 mod parse;
 mod prune;
+pub mod rules;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -141,9 +142,14 @@ pub struct Schema {
     pub embedded_resource: bool,
     pub list_type: Option<ListType>,
     pub list_map_keys: Vec<String>,
+    /// `x-kubernetes-validations`, compiled.
+    pub rules: Vec<std::sync::Arc<rules::Rule>>,
+    /// This node or one below it has rules.
+    pub rules_below: bool,
 }
 
 use defaults::*;
+pub use formats::check_format;
 use parse::*;
 use prune::*;
 pub use validate::MAX_ERRORS;
@@ -171,11 +177,14 @@ impl Schema {
             errs,
             int_or_string_junctor: false,
         };
-        let s = p.node(v, path, false, 0);
+        let mut s = p.node(v, path, false, 0);
         if p.errs.len() == before {
-            // Defaults must survive pruning and validate (checked once the tree is whole).
+            // Defaults must survive pruning and validate (checked once the tree is whole);
+            // rules must type-check within their cost, reported alongside other errors.
             s.check_defaults(path, p.errs);
         }
+        s.check_rules(path, p.errs);
+        s.mark_rules();
         s
     }
 

@@ -71,10 +71,12 @@ impl Parser<'_> {
         }
         for k in m.keys() {
             if k == "x-kubernetes-validations" {
-                self.errs.push(forbidden(
-                    &format!("{path}.x-kubernetes-validations"),
-                    "CEL validation rules are not supported by Capstan",
-                ));
+                if in_junctor {
+                    self.errs.push(forbidden(
+                        &format!("{path}.x-kubernetes-validations"),
+                        "must not be used inside of allOf, anyOf, oneOf or not",
+                    ));
+                }
             } else if !KNOWN.contains(&k.as_str()) {
                 self.errs.push(forbidden(
                     &format!("{path}.{k}"),
@@ -365,6 +367,9 @@ impl Parser<'_> {
             )),
         }
         s.list_map_keys = crate::object::strings(m.get("x-kubernetes-list-map-keys"));
+        if !in_junctor {
+            s.rules = self.rules(m.get("x-kubernetes-validations"), path);
+        }
         self.check_lists(&s, path);
         if !in_junctor {
             // Everything a junctor describes (properties, items, additionalProperties, at any

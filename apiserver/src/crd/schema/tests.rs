@@ -170,7 +170,7 @@ fn non_structural_schemas_are_refused_with_their_paths() {
         "e": {"type": "object", "properties": {"f": {"type": "string"}}, "additionalProperties": {"type": "string"}},
         "g": {"type": "string", "pattern": "("},
         "h": {"$ref": "#/definitions/x"},
-        "i": {"type": "string", "x-kubernetes-validations": [{"rule": "self.size() > 1"}]},
+        "i": {"type": "string", "x-kubernetes-validations": [{"rule": "self.size() >"}]},
         "j": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["k"]},
         "l": {"type": "integer", "default": "nope"},
         "m": {"type": "object", "properties": {"n": {"type": "string"}}, "anyOf": [{"properties": {"o": {"type": "string"}}}]},
@@ -186,7 +186,7 @@ fn non_structural_schemas_are_refused_with_their_paths() {
         "schema.properties[e].additionalProperties: Forbidden",
         "schema.properties[g].pattern: Invalid value",
         "schema.properties[h].$ref: Forbidden",
-        "schema.properties[i].x-kubernetes-validations: Forbidden",
+        "schema.properties[i].x-kubernetes-validations[0].rule: Invalid value",
         "schema.properties[j].items.required: Required value",
         "schema.properties[m].anyOf[*].properties[o]: Forbidden",
         "schema.properties[p].uniqueItems: Forbidden",
@@ -234,4 +234,191 @@ fn durations_and_base64() {
     }
     assert!(is_base64("aGVsbG8="));
     assert!(!is_base64("aGVsbG8"));
+}
+
+// --- x-kubernetes-validations -----------------------------------------------------------
+
+fn ruled() -> Schema {
+    parse(json!({
+        "type": "object",
+        "x-kubernetes-validations": [
+            {"rule": "self.metadata.name.startsWith('w')", "message": "name must start with w"}
+        ],
+        "properties": {"spec": {
+            "type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max", "messageExpression": "'min ' + string(self.min) + ' exceeds max ' + string(self.max)"},
+                {"rule": "self.max >= oldSelf.max", "message": "max may not decrease", "reason": "FieldValueForbidden", "fieldPath": ".max"}
+            ],
+            "properties": {
+                "min": {"type": "integer"},
+                "max": {"type": "integer"},
+                "limit": {"type": "string", "maxLength": 16, "x-kubernetes-validations": [
+                    {"rule": "isQuantity(self) && quantity(self).isLessThan(quantity('1Gi'))", "message": "limit must be a quantity below 1Gi"}
+                ]},
+                "names": {"type": "array", "maxItems": 8, "items": {"type": "string", "maxLength": 32,
+                    "x-kubernetes-validations": [{"rule": "self.matches('^[a-z]+$')"}]}},
+                "ports": {"type": "array", "maxItems": 8, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                    "items": {"type": "object", "required": ["name"], "properties": {
+                        "name": {"type": "string", "maxLength": 16}, "port": {"type": "integer"}},
+                        "x-kubernetes-validations": [{"rule": "self.port == oldSelf.port", "message": "port is immutable"}]}}
+            }
+        }}
+    }))
+}
+
+fn rule_errs(s: &Schema, new: Value, old: Option<Value>) -> Vec<String> {
+    s.validate_rules(&new, old.as_ref())
+        .into_iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect()
+}
+
+#[test]
+fn every_failing_rule_is_reported_at_its_level() {
+    let s = ruled();
+    let errs = rule_errs(
+        &s,
+        json!({"metadata": {"name": "x"}, "spec": {"min": 5, "max": 1, "limit": "2Gi", "names": ["ok", "Not OK"]}}),
+        None,
+    );
+    assert_eq!(
+        errs,
+        vec![
+            "<nil>: Invalid value: \"object\": name must start with w",
+            "spec: Invalid value: \"object\": min 5 exceeds max 1",
+            "spec.limit: Invalid value: \"2Gi\": limit must be a quantity below 1Gi",
+            "spec.names[1]: Invalid value: \"Not OK\": failed rule: self.matches('^[a-z]+$')",
+        ]
+    );
+    assert!(
+        rule_errs(
+            &s,
+            json!({"metadata": {"name": "w"}, "spec": {"min": 1, "max": 2}}),
+            None
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn transition_rules_run_only_against_an_old_value() {
+    let s = ruled();
+    let old = json!({"metadata": {"name": "w"}, "spec": {"min": 1, "max": 5, "ports": [{"name": "a", "port": 1}]}});
+    // A decrease is refused, with the rule's reason and field path.
+    let errs = rule_errs(
+        &s,
+        json!({"metadata": {"name": "w"}, "spec": {"min": 1, "max": 4, "ports": [{"name": "a", "port": 1}]}}),
+        Some(old.clone()),
+    );
+    assert_eq!(errs, vec!["spec.max: Forbidden: max may not decrease"]);
+    // A list-map item correlates by key: a changed port is refused, a new item is not checked.
+    let errs = rule_errs(
+        &s,
+        json!({"metadata": {"name": "w"}, "spec": {"min": 1, "max": 5, "ports": [{"name": "b", "port": 9}, {"name": "a", "port": 2}]}}),
+        Some(old),
+    );
+    assert_eq!(
+        errs,
+        vec!["spec.ports[1]: Invalid value: \"object\": port is immutable"]
+    );
+}
+
+#[test]
+fn unchanged_invalid_fields_ratchet() {
+    let s = ruled();
+    // Written before the rule existed: names[0] is invalid, and stays as it was.
+    let old = json!({"metadata": {"name": "w"}, "spec": {"min": 1, "max": 2, "names": ["Bad"]}});
+    let new = json!({"metadata": {"name": "w"}, "spec": {"min": 1, "max": 3, "names": ["Bad"]}});
+    assert!(rule_errs(&s, new, Some(old.clone())).is_empty());
+    // Changing the invalid field itself is checked.
+    let new = json!({"metadata": {"name": "w"}, "spec": {"min": 1, "max": 2, "names": ["Worse!"]}});
+    assert_eq!(rule_errs(&s, new, Some(old)).len(), 1);
+}
+
+#[test]
+fn rules_are_refused_at_write_as_kubernetes_refuses_them() {
+    let errs = parse_errs(json!({"type": "object", "properties": {
+        "a": {"type": "string", "x-kubernetes-validations": [
+            {"rule": "self.size() >"},
+            {"rule": "self.nope == 1"},
+            {"rule": "true", "reason": "Sometimes"},
+            {"rule": "true", "optionalOldSelf": true},
+            {"rule": "true", "message": "two\nlines"},
+            {"message": "no rule"}
+        ]},
+        "b": {"type": "object", "properties": {"x": {"type": "string"}},
+            "x-kubernetes-validations": [{"rule": "self.y == 'z'"}, {"rule": "true", "fieldPath": ".nope"}]},
+        "list": {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "integer"}},
+            "x-kubernetes-validations": [{"rule": "self.x == oldSelf.x"}]}}
+    }}));
+    let has = |needle: &str| {
+        assert!(
+            errs.iter().any(|e| e.contains(needle)),
+            "{needle} not in {errs:#?}"
+        )
+    };
+    has(
+        "properties[a].x-kubernetes-validations[0].rule: Invalid value: \"self.size() >\": compilation failed: ERROR: <input>:",
+    );
+    has(
+        "properties[a].x-kubernetes-validations[1].rule: Invalid value: \"self.nope == 1\": compilation failed: ERROR: <input>: undefined field 'nope'",
+    );
+    has("properties[a].x-kubernetes-validations[2].reason: Unsupported value: \"Sometimes\"");
+    has(
+        "properties[a].x-kubernetes-validations[3].optionalOldSelf: Forbidden: may not be set if oldSelf is not used in rule",
+    );
+    has(
+        "properties[a].x-kubernetes-validations[4].message: Invalid value: \"two\\nlines\": message must not contain line breaks",
+    );
+    has("properties[a].x-kubernetes-validations[5].rule: Required value");
+    has(
+        "properties[b].x-kubernetes-validations[0].rule: Invalid value: \"self.y == 'z'\": compilation failed: ERROR: <input>: undefined field 'y'",
+    );
+    has(
+        "properties[b].x-kubernetes-validations[1].fieldPath: Invalid value: \"nope\": fieldPath must be a valid path",
+    );
+    has(
+        "properties[list].items.x-kubernetes-validations[0].rule: Forbidden: oldSelf cannot be used on the uncorrelatable portion of the schema",
+    );
+}
+
+#[test]
+fn rules_over_budget_are_refused_and_bounds_bring_them_under() {
+    let unbounded = parse_errs(json!({"type": "object", "properties": {
+        "names": {"type": "array", "items": {"type": "string"},
+            "x-kubernetes-validations": [{"rule": "self.all(x, self.all(y, x == y || !x.matches(y)))"}]}
+    }}));
+    assert!(
+        unbounded.iter().any(|e| e.contains("x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of more than 100x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)")),
+        "{unbounded:#?}"
+    );
+    parse(json!({"type": "object", "properties": {
+        "names": {"type": "array", "maxItems": 20, "items": {"type": "string", "maxLength": 64},
+            "x-kubernetes-validations": [{"rule": "self.all(x, self.all(y, x == y || !x.matches(y)))"}]}
+    }}));
+    // A cheap rule on a node that can occur a million times adds up past the CRD's total.
+    let mut props = serde_json::Map::new();
+    for i in 0..12 {
+        props.insert(format!("l{i}"), json!({"type": "array", "items": {"type": "object", "properties": {"s": {"type": "string", "maxLength": 1000}},
+            "x-kubernetes-validations": [{"rule": "self.s.startsWith('a') && self.s.endsWith('b') && self.s.contains('c')"}]}}));
+    }
+    let total = parse_errs(json!({"type": "object", "properties": props}));
+    assert!(total.iter().any(|e| e.contains("estimated rule & messageExpression cost total for entire OpenAPIv3 schema exceeds budget")), "{total:#?}");
+}
+
+#[test]
+fn a_runtime_cost_over_the_per_call_limit_stops_validation() {
+    // Statically bounded by maxItems, but the actual list is what counts at run time.
+    let s = parse(
+        json!({"type": "object", "properties": {"l": {"type": "array", "maxItems": 1000,
+        "items": {"type": "integer"},
+        "x-kubernetes-validations": [{"rule": "self.all(x, self.exists(y, y == x))"}]}}}),
+    );
+    let small: Vec<i64> = (0..10).collect();
+    assert!(rule_errs(&s, json!({"l": small}), None).is_empty());
+    let big: Vec<i64> = (0..800).collect();
+    let errs = rule_errs(&s, json!({"l": big}), None);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("call cost exceeds limit"), "{errs:?}");
 }
