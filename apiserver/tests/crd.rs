@@ -69,30 +69,7 @@ async fn served(addr: std::net::SocketAddr, path: &'static str) -> bool {
 }
 
 async fn create_crd(c: &TestCluster, crd: Value) -> CustomResourceDefinition {
-    let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
-    let created = crds
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(crd).unwrap(),
-        )
-        .await
-        .unwrap();
-    let name = created.metadata.name.clone().unwrap();
-    until(Duration::from_secs(1), "CRD established", || {
-        let crds = crds.clone();
-        let name = name.clone();
-        async move {
-            crds.get(&name).await.is_ok_and(|c| {
-                c.status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        }
-    })
-    .await;
-    created
+    c.create_crd(crd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

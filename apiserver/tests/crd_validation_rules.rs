@@ -48,29 +48,7 @@ fn quota_crd() -> Value {
 }
 
 async fn create_crd(c: &TestCluster, crd: Value) {
-    let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
-    let created = crds
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(crd).unwrap(),
-        )
-        .await
-        .unwrap();
-    let name = created.metadata.name.unwrap();
-    until(Duration::from_secs(2), "CRD established", || {
-        let crds = crds.clone();
-        let name = name.clone();
-        async move {
-            crds.get(&name).await.is_ok_and(|c| {
-                c.status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        }
-    })
-    .await;
+    c.create_crd(crd).await;
 }
 
 fn plural(kind: &str) -> String {

@@ -36,6 +36,37 @@ impl Drop for TestCluster {
 }
 
 impl TestCluster {
+    /// Creates a CustomResourceDefinition (as JSON) and waits, up to 2 s, for it to be
+    /// Established; returns it as created.
+    pub async fn create_crd(
+        &self,
+        crd: serde_json::Value,
+    ) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
+    {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client.clone());
+        let crd = serde_json::from_value(crd).expect("a CustomResourceDefinition");
+        let created = crds
+            .create(&kube::api::PostParams::default(), &crd)
+            .await
+            .expect("creating the CRD");
+        let name = created.metadata.name.clone().unwrap_or_default();
+        crate::until(Duration::from_secs(2), "CRD established", || {
+            let (crds, name) = (crds.clone(), name.clone());
+            async move {
+                crds.get(&name).await.is_ok_and(|c| {
+                    c.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+            }
+        })
+        .await;
+        created
+    }
+
     /// A cluster on a fresh embedded store (no automatic compaction).
     pub async fn start() -> TestCluster {
         Self::with_service_cidr("10.96.0.0/12").await
