@@ -318,6 +318,28 @@ pub fn builtins() -> Vec<ResourceInfo> {
                 .arc(),
         ),
         res(
+            (crate::admission_policy::GROUP, "v1", "ValidatingAdmissionPolicy"),
+            "validatingadmissionpolicies",
+            &[],
+            false,
+            true,
+            Builtin::of::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>()
+                .validate_with(crate::admission_policy::policy::validate_policy)
+                .generation()
+                .reset_status_on_create()
+                .arc(),
+        ),
+        res(
+            (crate::admission_policy::GROUP, "v1", "ValidatingAdmissionPolicyBinding"),
+            "validatingadmissionpolicybindings",
+            &[],
+            false,
+            false,
+            Builtin::of::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>()
+                .validate_with(crate::admission_policy::policy::validate_binding)
+                .arc(),
+        ),
+        res(
             (crate::certificates::GROUP, "v1", "CertificateSigningRequest"),
             "certificatesigningrequests",
             &["csr"],

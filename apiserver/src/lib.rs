@@ -15,6 +15,7 @@
 //! Tables ([`table`]), events.k8s.io over core Events ([`events`]) and request [`metrics`].
 
 pub mod admission;
+pub mod admission_policy;
 pub mod apiservice;
 pub mod audit;
 pub mod auth;
@@ -91,6 +92,8 @@ pub struct ApiServer {
     /// How the server reaches node agents' ports: TLS with its kubelet client certificate,
     /// verifying theirs (None: plain HTTP).
     pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
+    /// ValidatingAdmissionPolicies, compiled.
+    pub policies: admission_policy::Policies,
     /// Milliseconds between watch bookmarks ([`rest::watch::BOOKMARK_INTERVAL`] unless changed).
     bookmark_ms: std::sync::atomic::AtomicU64,
 }
@@ -215,6 +218,7 @@ impl ApiServer {
             audit,
             inflight: http::inflight::InFlight::new(config.inflight),
             kubelet_tls: config.kubelet_tls,
+            policies: Default::default(),
             store,
         });
         sa_admission.attach(Arc::downgrade(&api));

@@ -1010,6 +1010,7 @@ async fn discovery_lists_every_resource_with_its_subresources() {
     assert_eq!(
         groups,
         [
+            "admissionregistration.k8s.io",
             "apiextensions.k8s.io",
             "apiregistration.k8s.io",
             "apps",

@@ -141,11 +141,21 @@ async fn dispatch(
         Some(s) => format!("{}/{s}", target.info.plural),
         None => target.info.plural.to_string(),
     };
-    let response = serve(&api, &method, &target, verb, &p, &headers, body).await;
+    // Admission's warnings (ValidatingAdmissionPolicy's Warn) ride on the response.
+    let (response, admission_warnings) = crate::admission_policy::WARNINGS
+        .scope(Default::default(), async {
+            let r = serve(&api, &method, &target, verb, &p, &headers, body).await;
+            let w = crate::admission_policy::WARNINGS.with(|w| w.take());
+            (r, w)
+        })
+        .await;
     let mut response = match response {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if !admission_warnings.is_empty() {
+        response = with_warnings(response, &admission_warnings);
+    }
     if let Some(w) = &target.info.deprecation {
         response = with_warnings(response, std::slice::from_ref(w));
     }

@@ -119,6 +119,15 @@ impl ApiServer {
         if !errs.is_empty() {
             return Err(self.invalid(t, &name, errs));
         }
+        crate::admission_policy::admit_write(
+            self,
+            info,
+            None,
+            "CREATE",
+            Some(&obj),
+            None,
+            dry_run,
+        )?;
         if info.namespaced {
             self.check_namespace(obj.namespace().unwrap_or_default())
                 .await?;

@@ -80,6 +80,15 @@ impl ApiServer {
                     ),
                 ));
             }
+            crate::admission_policy::admit_write(
+                self,
+                info,
+                None,
+                "DELETE",
+                None,
+                Some(&live),
+                dry_run,
+            )?;
             let mut finalizers = live.finalizers();
             // The garbage collector's finalizers follow the policy: added on a first delete;
             // on a later delete that names a policy, switched to it (Kubernetes lets a user

@@ -218,6 +218,15 @@ impl ApiServer {
         if !errs.is_empty() {
             return Err(self.invalid(t, name, errs));
         }
+        crate::admission_policy::admit_write(
+            self,
+            info,
+            t.subresource.as_deref(),
+            "UPDATE",
+            Some(new),
+            Some(live),
+            dry_run,
+        )?;
         encode_checked(info, new)?;
         if dry_run {
             return Ok(Some(with_rv(new.clone(), rev)));

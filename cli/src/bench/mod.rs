@@ -2,6 +2,7 @@
 //! the same run (e.g. raw etcd-client puts next to the store's puts). Figures and the exact
 //! commands are recorded in docs/benchmarks.md. Build with --release before trusting numbers.
 
+mod admission;
 mod api;
 mod auth;
 mod crd;
@@ -41,6 +42,9 @@ enum Which {
     /// Custom resources: schema validation cost per object (50 fields) and creates/s of CRs
     /// against ConfigMaps of the same size and the raw store, in one run.
     Crd(crd::CrdBench),
+    /// ValidatingAdmissionPolicy: Deployment creates/s under a policy of 5 validations against
+    /// the same creates in a namespace the binding does not select, in one run.
+    Admission(admission::AdmissionBench),
     /// The scheduler (spread, binpack) on simulated nodes against the raw binding writes, and a
     /// Deployment of 1,000 replicas rolled from one template to another.
     Schedule(schedule::ScheduleBench),
@@ -69,6 +73,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Api(b) => api::run(b).await,
         Which::Auth(b) => auth::run(b).await,
         Which::Crd(b) => crd::run(b).await,
+        Which::Admission(b) => admission::run(b).await,
         Which::Schedule(b) => schedule::run(b).await,
         Which::Pods(b) => pods::run(b).await,
         Which::Nodes(b) => nodes::run(b).await,
