@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use capstan_testkit::{TestCluster, http_exchange, until};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 
 fn policy(name: &str, failure: &str) -> Value {
@@ -308,5 +308,4 @@ async fn invalid_policies_and_bindings_are_refused() {
         body.contains("spec.paramRef.parameterNotFoundAction: Unsupported value"),
         "{body}"
     );
-    let _ = PostParams::default();
 }

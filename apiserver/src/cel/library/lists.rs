@@ -29,8 +29,9 @@ fn position<'b, 'v>(
     last: bool,
 ) -> Result<CowVal<'b, 'v>, ExecutionError> {
     let Value::List(items) = list_arg(&args, 0)? else {
+        let name = if last { "lastIndexOf" } else { "indexOf" };
         return Err(ExecutionError::function_error(
-            "indexOf",
+            name,
             "receiver is not a list",
         ));
     };

@@ -683,7 +683,10 @@ impl Schema {
 
     fn eval_rules(&self, new: &Value, old: Option<&Value>, path: &str, root: bool, e: &mut Eval) {
         let this = to_cel(self, new, root);
-        let before = old.map(|o| to_cel(self, o, root));
+        // The old value is converted only when a transition rule will read it.
+        let before = old
+            .filter(|_| self.rules.iter().any(|r| r.transition))
+            .map(|o| to_cel(self, o, root));
         let mut shared: Option<cel::Context> = None;
         for r in &self.rules {
             if e.stopped {
@@ -767,7 +770,6 @@ impl Schema {
                 None => format!("failed rule: {}", r.error_string()),
             });
         let field = match &r.field_path {
-            Some(fp) if fp.starts_with('[') => format!("{path}{fp}"),
             Some(fp) => join(path, fp),
             None => at(path),
         };
