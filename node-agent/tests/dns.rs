@@ -531,9 +531,18 @@ async fn a_large_answer_is_truncated_over_udp_and_whole_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_upstream_answer_is_asked_again_over_tcp() {
     // The upstream says "truncated" over UDP and answers in full over TCP, on one port.
-    let udp_sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The UDP port the kernel picks may be taken for TCP by another test: try a few.
+    let mut pair = None;
+    for _ in 0..20 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+            pair = Some((udp, tcp));
+            break;
+        }
+    }
+    let (udp_sock, tcp_listener) = pair.expect("a port free for both UDP and TCP");
     let upstream = udp_sock.local_addr().unwrap();
-    let tcp_listener = tokio::net::TcpListener::bind(upstream).await.unwrap();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
