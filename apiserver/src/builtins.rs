@@ -34,6 +34,7 @@ fn res(
         terminating: false,
         list_kind: format!("{kind}List"),
         conversion: None,
+        conversion_webhook: None,
         strategy,
         hooks: None,
     }
@@ -337,6 +338,30 @@ pub fn builtins() -> Vec<ResourceInfo> {
             false,
             Builtin::of::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>()
                 .validate_with(crate::admission_policy::policy::validate_binding)
+                .arc(),
+        ),
+        res(
+            (crate::admission_policy::GROUP, "v1", "ValidatingWebhookConfiguration"),
+            "validatingwebhookconfigurations",
+            &[],
+            false,
+            false,
+            Builtin::of::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>()
+                .defaults(crate::webhook::config::defaults_validating)
+                .validate_with(crate::webhook::config::validate_validating)
+                .table(crate::table::webhook_configurations)
+                .arc(),
+        ),
+        res(
+            (crate::admission_policy::GROUP, "v1", "MutatingWebhookConfiguration"),
+            "mutatingwebhookconfigurations",
+            &[],
+            false,
+            false,
+            Builtin::of::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>()
+                .defaults(crate::webhook::config::defaults_mutating)
+                .validate_with(crate::webhook::config::validate_mutating)
+                .table(crate::table::webhook_configurations)
                 .arc(),
         ),
         res(

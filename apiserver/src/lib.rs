@@ -45,6 +45,7 @@ pub mod service_account_admission;
 pub mod strategy;
 pub mod table;
 pub mod watch_cache;
+pub mod webhook;
 pub mod yaml;
 
 pub use http::router;
@@ -94,6 +95,10 @@ pub struct ApiServer {
     pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
     /// ValidatingAdmissionPolicies, compiled.
     pub policies: admission_policy::Policies,
+    /// Admission webhooks, compiled with their clients.
+    pub webhooks: webhook::Webhooks,
+    /// The server itself, for its watch caches' conversions.
+    me: std::sync::Weak<ApiServer>,
     /// Milliseconds between watch bookmarks ([`rest::watch::BOOKMARK_INTERVAL`] unless changed).
     bookmark_ms: std::sync::atomic::AtomicU64,
 }
@@ -201,7 +206,8 @@ impl ApiServer {
             ("", "v1", "services"),
             Arc::new(service::ServiceHooks::new(ips.clone(), node_ports.clone())),
         );
-        let api = Arc::new(ApiServer {
+        let api = Arc::new_cyclic(|me| ApiServer {
+            me: me.clone(),
             registry,
             cachers: RwLock::new(HashMap::new()),
             metrics: Some(metrics),
@@ -219,6 +225,7 @@ impl ApiServer {
             inflight: http::inflight::InFlight::new(config.inflight),
             kubelet_tls: config.kubelet_tls,
             policies: Default::default(),
+            webhooks: Default::default(),
             store,
         });
         sa_admission.attach(Arc::downgrade(&api));
@@ -282,7 +289,12 @@ impl ApiServer {
             }
             c.stop();
         }
-        let c = Cacher::start(current, self.store.clone());
+        let c = Cacher::start_for(
+            self.me.clone(),
+            current,
+            self.store.clone(),
+            Default::default(),
+        );
         map.insert(key, c.clone());
         Ok(c)
     }

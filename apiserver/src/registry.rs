@@ -45,6 +45,9 @@ pub struct ResourceInfo {
     /// Field-level conversion between this view and the stored shape (events.k8s.io/v1 Events
     /// over core/v1 ones); None: only apiVersion differs.
     pub conversion: Option<Conversion>,
+    /// A custom resource's conversion webhook (`conversion.strategy: Webhook`), shared by its
+    /// versions: objects are converted between versions by it, never by rewriting apiVersion.
+    pub conversion_webhook: Option<Arc<crate::crd::conversion::ConversionWebhook>>,
     pub strategy: Arc<dyn Strategy>,
     /// Work around the store write that this resource needs (a Service's ClusterIP); None for
     /// most resources.
@@ -132,11 +135,18 @@ impl ResourceInfo {
     }
 
     /// A stored object as this version serves it. Versions of a resource differ only in
-    /// `apiVersion` (conversion strategy None), so that is all that changes.
+    /// `apiVersion` (conversion strategy None), so that is all that changes — unless the
+    /// resource has a conversion webhook: then the object keeps the version it is stored at,
+    /// for [`crate::crd::conversion::convert_all`] to convert.
     pub fn decode(&self, bytes: &[u8], rv: i64) -> Option<Value> {
         let mut obj = object::decode(bytes, rv)?;
         if let Some(c) = &self.conversion {
             (c.from_storage)(&mut obj);
+        }
+        if self.conversion_webhook.is_some()
+            && obj.get("apiVersion").and_then(Value::as_str) != Some(&self.api_version())
+        {
+            return Some(obj); // canonicalized once converted (its schema is another's)
         }
         if obj.get("apiVersion").and_then(Value::as_str) != Some(&self.api_version()) {
             obj["apiVersion"] = Value::String(self.api_version());

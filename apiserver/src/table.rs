@@ -753,6 +753,14 @@ pub fn apiservices() -> Table {
     )
 }
 
+/// Validating and mutating webhook configurations: NAME, WEBHOOKS, AGE.
+pub fn webhook_configurations() -> Table {
+    table(&[("Webhooks", "integer", 0), ("Age", "string", 0)], |o| {
+        let n = o["webhooks"].as_array().map_or(0, Vec::len);
+        vec![json!(n), age(o)]
+    })
+}
+
 pub fn hpas() -> Table {
     table(
         &[

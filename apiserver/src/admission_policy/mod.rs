@@ -20,8 +20,9 @@
 pub mod policy;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::Arc;
 
+use capstan_api::selectors::Selector;
 use serde_json::{Value, json};
 
 use crate::ApiServer;
@@ -29,7 +30,7 @@ use crate::cel::{self, cost};
 use crate::errors::{ApiError, ApiResult};
 use crate::object::ObjectExt;
 use crate::registry::ResourceInfo;
-use crate::watch_cache::Cacher;
+use crate::watch_cache::derived::Derived;
 use policy::{Binding, Policy, Request};
 
 pub const GROUP: &str = "admissionregistration.k8s.io";
@@ -39,7 +40,7 @@ tokio::task_local! {
     pub static WARNINGS: std::cell::RefCell<Vec<String>>;
 }
 
-fn warn(text: String) {
+pub(crate) fn warn(text: String) {
     let _ = WARNINGS.try_with(|w| w.borrow_mut().push(text));
 }
 
@@ -59,74 +60,40 @@ pub struct Attributes<'a> {
 
 #[derive(Debug, Default)]
 struct Compiled {
-    changes: [u64; 2],
     policies: HashMap<String, Arc<Policy>>,
     bindings: Vec<Arc<Binding>>,
 }
 
 /// The compiled policies and bindings, rebuilt when either kind changes.
-#[derive(Debug, Default)]
-pub struct Policies {
-    cachers: OnceLock<[Arc<Cacher>; 2]>,
-    compiled: RwLock<Arc<Compiled>>,
-    rebuilding: Mutex<()>,
+#[derive(Debug)]
+pub struct Policies(Derived<Compiled>);
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies(Derived::new(&[
+            (GROUP, "v1", "validatingadmissionpolicies"),
+            (GROUP, "v1", "validatingadmissionpolicybindings"),
+        ]))
+    }
 }
 
 impl Policies {
-    fn cachers(&self, api: &ApiServer) -> Option<&[Arc<Cacher>; 2]> {
-        if let Some(c) = self.cachers.get() {
-            return Some(c);
-        }
-        let get = |plural: &str| {
-            let info = api.registry.get(GROUP, "v1", plural)?;
-            api.cacher(&info).ok()
-        };
-        let found = [
-            get("validatingadmissionpolicies")?,
-            get("validatingadmissionpolicybindings")?,
-        ];
-        Some(self.cachers.get_or_init(|| found))
-    }
-
     fn current(&self, api: &ApiServer) -> Arc<Compiled> {
-        let current = self.compiled.read().map(|c| c.clone()).unwrap_or_default();
-        let Some(cachers) = self.cachers(api) else {
-            return current;
-        };
-        let now = [cachers[0].changes(), cachers[1].changes()];
-        if now == current.changes {
-            return current;
-        }
-        let _one = self.rebuilding.lock();
-        let current = self.compiled.read().map(|c| c.clone()).unwrap_or_default();
-        if now == current.changes {
-            return current;
-        }
-        let policies = cachers[0]
-            .list("")
-            .0
-            .iter()
-            .map(|v| {
-                let p = Policy::compile(v);
-                (p.name.clone(), Arc::new(p))
-            })
-            .collect();
-        let mut bindings: Vec<Arc<Binding>> = cachers[1]
-            .list("")
-            .0
-            .iter()
-            .map(|v| Arc::new(Binding::compile(v)))
-            .collect();
-        bindings.sort_by(|a, b| a.name.cmp(&b.name));
-        let compiled = Arc::new(Compiled {
-            changes: now,
-            policies,
-            bindings,
-        });
-        if let Ok(mut slot) = self.compiled.write() {
-            *slot = compiled.clone();
-        }
-        compiled
+        self.0.get(api, |lists| {
+            let policies = lists[0]
+                .iter()
+                .map(|v| {
+                    let p = Policy::compile(v);
+                    (p.name.clone(), Arc::new(p))
+                })
+                .collect();
+            let mut bindings: Vec<Arc<Binding>> = lists[1]
+                .iter()
+                .map(|v| Arc::new(Binding::compile(v)))
+                .collect();
+            bindings.sort_by(|a, b| a.name.cmp(&b.name));
+            Compiled { policies, bindings }
+        })
     }
 
     /// Applies every policy bound to this request; `Err` when one denies it.
@@ -161,15 +128,12 @@ impl Policies {
                 .into_iter()
                 .flatten()
                 .all(|m| {
-                    m.namespace_selector.as_ref().is_none_or(|s| {
-                        !a.info.namespaced && a.info.plural != "namespaces"
-                            || s.matches_map(&labels(ns.as_ref()))
-                    }) && m.object_selector.as_ref().is_none_or(|s| {
-                        [a.object, a.old_object]
-                            .into_iter()
-                            .flatten()
-                            .any(|o| s.matches_map(&labels(Some(o))))
-                    })
+                    selected(
+                        m.namespace_selector.as_ref(),
+                        m.object_selector.as_ref(),
+                        a,
+                        ns.as_ref(),
+                    )
                 });
             if !selectors_match {
                 continue;
@@ -352,6 +316,25 @@ impl Policies {
     }
 }
 
+/// Whether a request is selected by a namespace selector (the labels of its namespace, or of
+/// a Namespace itself; cluster-scoped requests always are) and an object selector (the labels
+/// of its object or old object).
+pub(crate) fn selected(
+    namespace_selector: Option<&Selector>,
+    object_selector: Option<&Selector>,
+    a: &Attributes,
+    namespace: Option<&Value>,
+) -> bool {
+    namespace_selector.is_none_or(|s| {
+        !a.info.namespaced && a.info.plural != "namespaces" || s.matches_map(&labels(namespace))
+    }) && object_selector.is_none_or(|s| {
+        [a.object, a.old_object]
+            .into_iter()
+            .flatten()
+            .any(|o| s.matches_map(&labels(Some(o))))
+    })
+}
+
 fn labels(v: Option<&Value>) -> std::collections::BTreeMap<String, String> {
     v.and_then(|o| o.pointer("/metadata/labels"))
         .and_then(|l| serde_json::from_value(l.clone()).ok())
@@ -359,7 +342,7 @@ fn labels(v: Option<&Value>) -> std::collections::BTreeMap<String, String> {
 }
 
 /// The request's Namespace object (for a Namespace, the object itself).
-fn namespace_of(api: &ApiServer, a: &Attributes) -> Option<Value> {
+pub(crate) fn namespace_of(api: &ApiServer, a: &Attributes) -> Option<Value> {
     if a.info.group.is_empty() && a.info.plural == "namespaces" {
         return a.object.or(a.old_object).cloned();
     }
@@ -412,7 +395,7 @@ fn find_params(
         .collect())
 }
 
-fn request_json(a: &Attributes) -> Value {
+pub(crate) fn request_json(a: &Attributes) -> Value {
     let user = crate::auth::rbac::escalation::request_user();
     json!({
         "kind": {"group": a.info.group, "version": a.info.version, "kind": a.info.kind},
@@ -445,20 +428,18 @@ fn denied(p: &Policy, b: &Binding, reason: &str, message: &str) -> ApiError {
     }
 }
 
-/// Admission for a write in progress: the object as it will be stored.
-pub fn admit_write(
-    api: &ApiServer,
-    info: &ResourceInfo,
-    subresource: Option<&str>,
-    operation: &str,
-    object: Option<&Value>,
-    old_object: Option<&Value>,
-    dry_run: bool,
-) -> ApiResult<()> {
-    let any = object.or(old_object);
-    api.policies.admit(
-        api,
-        &Attributes {
+impl<'a> Attributes<'a> {
+    /// A write in progress: the object as it will be stored (and the one stored now).
+    pub fn write(
+        info: &'a ResourceInfo,
+        subresource: Option<&'a str>,
+        operation: &'a str,
+        object: Option<&'a Value>,
+        old_object: Option<&'a Value>,
+        dry_run: bool,
+    ) -> Attributes<'a> {
+        let any = object.or(old_object);
+        Attributes {
             info,
             subresource,
             namespace: any.and_then(|o| o.namespace()),
@@ -467,6 +448,12 @@ pub fn admit_write(
             object,
             old_object,
             dry_run,
-        },
-    )
+        }
+    }
+}
+
+/// The validating admission of a write in progress: the policies, then the webhooks.
+pub async fn validate_write(api: &ApiServer, a: &Attributes<'_>) -> ApiResult<()> {
+    api.policies.admit(api, a)?;
+    api.webhooks.validate(api, a).await
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::cel;
 
-fn err(field: &str, message: impl Into<String>) -> FieldError {
+pub(crate) fn err(field: &str, message: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
         value: String::new(),
@@ -50,7 +50,7 @@ fn any(list: &[String], v: &str) -> bool {
 }
 
 impl ResourceRule {
-    fn parse(v: &Value) -> ResourceRule {
+    pub(crate) fn parse(v: &Value) -> ResourceRule {
         ResourceRule {
             groups: strings(&v["apiGroups"]),
             versions: strings(&v["apiVersions"]),
@@ -61,7 +61,7 @@ impl ResourceRule {
         }
     }
 
-    fn matches(&self, r: &Request) -> bool {
+    pub(crate) fn matches(&self, r: &Request) -> bool {
         let resource_ok = self.resources.iter().any(|pattern| {
             let (res, sub) = pattern.split_once('/').unwrap_or((pattern, ""));
             (res == "*" || res == r.resource)
@@ -175,7 +175,7 @@ pub struct ParamRef {
     pub deny_when_missing: bool,
 }
 
-fn compile(src: &str, what: &str, broken: &mut Vec<String>) -> Option<cel::Program> {
+pub(crate) fn compile(src: &str, what: &str, broken: &mut Vec<String>) -> Option<cel::Program> {
     match cel::compile(src) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -308,7 +308,7 @@ impl Binding {
 
 // --- validation of the kinds as written -------------------------------------------------
 
-fn check_rules(list: &Value, path: &str, errs: &mut Vec<FieldError>) {
+pub(crate) fn check_rules(list: &Value, path: &str, errs: &mut Vec<FieldError>) {
     for (i, r) in list.as_array().into_iter().flatten().enumerate() {
         let at = format!("{path}[{i}]");
         for (k, what) in [
@@ -345,7 +345,12 @@ fn check_rules(list: &Value, path: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn check_expr(src: Option<&str>, field: &str, required: bool, errs: &mut Vec<FieldError>) {
+pub(crate) fn check_expr(
+    src: Option<&str>,
+    field: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) {
     match src {
         None | Some("") if required => {
             errs.push(err(field, "Required value: expression is not specified"))

@@ -4,9 +4,8 @@
 //! group is a DNS subdomain with a dot, names are DNS labels (kind and listKind are CamelCase
 //! identifiers), scope is Namespaced or Cluster, versions are unique DNS labels with exactly one
 //! storage version, every version has a structural openAPIV3Schema, scale paths point into spec
-//! and status, printer columns have known types and valid JSONPaths. Conversion strategy
-//! Webhook is refused by name (Capstan converts with strategy None: versions differ only in
-//! apiVersion).
+//! and status, printer columns have known types and valid JSONPaths, and a conversion
+//! webhook has a valid client configuration ([`super::conversion`]).
 
 use std::sync::Arc;
 
@@ -144,6 +143,12 @@ pub fn default_spec(obj: &mut Value) {
     {
         spec.insert("conversion".into(), json!({"strategy": "None"}));
     }
+    if let Some(svc) = obj
+        .pointer_mut("/spec/conversion/webhook/clientConfig/service")
+        .and_then(Value::as_object_mut)
+    {
+        svc.entry("port").or_insert(json!(443));
+    }
 }
 
 /// Validates a CRD (after its typed decoding succeeded).
@@ -215,16 +220,8 @@ pub fn validate(obj: &Value) -> Vec<FieldError> {
         )),
         None => errs.push(err("spec.scope", "Required value")),
     }
-    match str_at(&spec, "/conversion/strategy") {
-        None | Some("None") => {}
-        Some("Webhook") => errs.push(err(
-            "spec.conversion.strategy",
-            "Unsupported value: \"Webhook\": supported values: \"None\" (Capstan does not call conversion webhooks; versions differ only in apiVersion)",
-        )),
-        Some(other) => errs.push(err(
-            "spec.conversion.strategy",
-            format!("Unsupported value: {other:?}: supported values: \"None\", \"Webhook\""),
-        )),
+    for (field, message) in super::conversion::check(&spec) {
+        errs.push(err(&field, message));
     }
     let versions = spec
         .get("versions")
@@ -467,6 +464,13 @@ pub fn resources_of(
         .and_then(|v| str_at(v, "/name"))
         .ok_or("no storage version")?
         .to_string();
+    let conversion_webhook = super::conversion::ConversionWebhook::of(
+        crd.get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        &spec,
+    );
     let mut out = Vec::new();
     for v in &versions {
         if v.get("served").and_then(Value::as_bool) != Some(true) {
@@ -574,6 +578,7 @@ pub fn resources_of(
             terminating,
             list_kind: names.list_kind.clone(),
             conversion: None,
+            conversion_webhook: conversion_webhook.clone(),
             strategy: Arc::new(strategy),
             hooks: None,
         });
@@ -649,7 +654,7 @@ mod tests {
             "spec.names.plural",
             "spec.names.kind",
             "spec.scope",
-            "spec.conversion.strategy",
+            "spec.conversion.webhook",
             "spec.versions[1].name",
             "spec.versions",
             "spec.versions[0].schema.openAPIV3Schema.properties[a].type",

@@ -13,6 +13,7 @@
 //! [`ResourceInfo`]: crate::registry::ResourceInfo
 
 pub mod controller;
+pub mod conversion;
 pub mod definition;
 pub mod jsonpath;
 pub mod schema;

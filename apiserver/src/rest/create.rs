@@ -5,6 +5,7 @@ use capstan_api::validation::FieldError;
 use serde_json::{Value, json};
 
 use crate::ApiServer;
+use crate::admission_policy::Attributes;
 use crate::errors::{ApiError, ApiResult, from_storage};
 use crate::object::{self, ObjectExt};
 use crate::request::{Params, Target};
@@ -82,6 +83,7 @@ impl ApiServer {
                 }
             }
         }
+        let mut obj = self.mutate(t, obj, None, dry_run).await?;
         let name = obj.name().unwrap_or_default().to_string();
         for field in [
             "resourceVersion",
@@ -119,20 +121,13 @@ impl ApiServer {
         if !errs.is_empty() {
             return Err(self.invalid(t, &name, errs));
         }
-        crate::admission_policy::admit_write(
-            self,
-            info,
-            None,
-            "CREATE",
-            Some(&obj),
-            None,
-            dry_run,
-        )?;
+        let admitted = Attributes::write(info, None, "CREATE", Some(&obj), None, dry_run);
+        crate::admission_policy::validate_write(self, &admitted).await?;
         if info.namespaced {
             self.check_namespace(obj.namespace().unwrap_or_default())
                 .await?;
         }
-        let bytes = encode_checked(info, &obj)?;
+        let bytes = self.stored_form(info, &obj).await?;
         if dry_run {
             // What the hooks would claim is shown (a ClusterIP free now), nothing is claimed.
             if let Some(hooks) = &info.hooks {
@@ -172,6 +167,49 @@ impl ApiServer {
             .await
             .map_err(|e| from_storage(e, &info.group, &info.plural, &name))?;
         Ok(with_rv(obj, kv.mod_revision))
+    }
+
+    /// The mutating admission webhooks of a create (`old`: None) or an update: the object as
+    /// they leave it, checked again as the request's was — they may not change its kind, name
+    /// or namespace, and fields its schema does not know are dropped.
+    pub(super) async fn mutate(
+        &self,
+        t: &Target,
+        obj: Value,
+        old: Option<&Value>,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let info = &t.info;
+        let (operation, subresource) = match old {
+            None => ("CREATE", None),
+            Some(_) => ("UPDATE", t.subresource.as_deref()),
+        };
+        let before = (
+            obj.name().map(str::to_string),
+            obj.namespace().map(str::to_string),
+        );
+        let admitted = Attributes::write(info, subresource, operation, None, old, dry_run);
+        let admitted = Attributes {
+            name: before.0.as_deref().unwrap_or_default(),
+            namespace: before.1.as_deref(),
+            ..admitted
+        };
+        let mut mutated = Some(obj);
+        self.webhooks.mutate(self, &admitted, &mut mutated).await?;
+        let mut obj = mutated.ok_or_else(|| ApiError::internal("a webhook lost the object"))?;
+        if (
+            obj.name().map(str::to_string),
+            obj.namespace().map(str::to_string),
+        ) != before
+        {
+            return Err(ApiError::bad_request(
+                "a mutating admission webhook changed the object's name or namespace",
+            ));
+        }
+        check_type(info, &mut obj)?;
+        info.strategy.prune_unknown(&mut obj);
+        info.strategy.canonicalize(&mut obj);
+        Ok(obj)
     }
 
     /// Namespaced objects are created only in namespaces that exist and are not terminating.

@@ -80,15 +80,16 @@ impl ApiServer {
                     ),
                 ));
             }
-            crate::admission_policy::admit_write(
-                self,
+            let admitted = crate::admission_policy::Attributes::write(
                 info,
                 None,
                 "DELETE",
                 None,
                 Some(&live),
                 dry_run,
-            )?;
+            );
+            self.webhooks.mutate(self, &admitted, &mut None).await?;
+            crate::admission_policy::validate_write(self, &admitted).await?;
             let mut finalizers = live.finalizers();
             // The garbage collector's finalizers follow the policy: added on a first delete;
             // on a later delete that names a policy, switched to it (Kubernetes lets a user

@@ -154,10 +154,13 @@ impl ApiServer {
                     e => from_storage(e, &t.info.group, &t.info.plural, ""),
                 })?;
             revision = Some(page.revision);
-            for (i, kv) in page.items.iter().enumerate() {
-                let Some(obj) = t.info.decode(&kv.value, kv.mod_revision) else {
-                    continue;
-                };
+            let decoded: Vec<(usize, Value)> = (page.items.iter().enumerate())
+                .filter_map(|(i, kv)| Some((i, t.info.decode(&kv.value, kv.mod_revision)?)))
+                .collect();
+            let (positions, objects): (Vec<usize>, Vec<Value>) = decoded.into_iter().unzip();
+            let objects = crate::crd::conversion::convert_all(self, &t.info, objects).await?;
+            for (i, obj) in positions.into_iter().zip(objects) {
+                let kv = &page.items[i];
                 if filter.matches(&t.info, &obj) {
                     items.push(obj);
                     if limit == Some(items.len()) {

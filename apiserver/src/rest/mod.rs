@@ -94,6 +94,12 @@ impl ApiServer {
 
     /// The live object and its mod_revision.
     async fn live(&self, t: &Target) -> ApiResult<(Value, i64)> {
+        self.live_stored(t).await.map(|(obj, rev, _)| (obj, rev))
+    }
+
+    /// [`ApiServer::live`], and whether it is stored at a version other than the storage
+    /// version (so that even an update that changes nothing rewrites it: storage migration).
+    async fn live_stored(&self, t: &Target) -> ApiResult<(Value, i64, bool)> {
         let name = name_of(t);
         let key = t.info.key(t.namespace.as_deref(), name);
         let kv = self
@@ -105,7 +111,32 @@ impl ApiServer {
         let obj = t.info.decode(&kv.value, kv.mod_revision).ok_or_else(|| {
             ApiError::internal(format!("stored object {key} is not a JSON object"))
         })?;
-        Ok((obj, kv.mod_revision))
+        let obj = crate::crd::conversion::convert(self, &t.info, obj).await?;
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "apiVersion", borrow)]
+            api_version: Option<std::borrow::Cow<'a, str>>,
+        }
+        // (Resources with a field-level mapping onto another's store — events.k8s.io — are
+        // stored in that other shape, never "at another version".)
+        let stale = t.info.conversion.is_none()
+            && serde_json::from_slice::<Head>(&kv.value)
+                .ok()
+                .and_then(|h| h.api_version)
+                .is_some_and(|v| v != t.info.storage_api_version());
+        Ok((obj, kv.mod_revision, stale))
+    }
+
+    /// An object as it is stored: at its resource's storage version (converted by the
+    /// conversion webhook when the request's version is another).
+    async fn stored_form(&self, info: &ResourceInfo, obj: &Value) -> ApiResult<Bytes> {
+        if info.conversion_webhook.is_none() || info.version == info.storage_version {
+            return encode_checked(info, obj);
+        }
+        let desired = info.storage_api_version();
+        let converted =
+            crate::crd::conversion::convert_all_to(self, info, vec![obj.clone()], &desired).await?;
+        encode_checked(info, &converted[0])
     }
 }
 

@@ -58,7 +58,7 @@ impl ApiServer {
         let info = &t.info;
         let mut retry = Retry::new();
         loop {
-            let (live, rev) = self.live(t).await?;
+            let (live, rev, stale) = self.live_stored(t).await?;
             if let Some(expected) = precondition
                 && expected != rev
             {
@@ -85,6 +85,7 @@ impl ApiServer {
                 name: &name,
                 live: &live,
                 rev,
+                stale,
                 dry_run,
                 manager,
             };
@@ -131,7 +132,12 @@ impl ApiServer {
     /// whose last finalizer went).
     async fn write_update(&self, pass: &Pass<'_>, new: &mut Value) -> Step {
         let Pass {
-            t, name, live, rev, ..
+            t,
+            name,
+            live,
+            rev,
+            stale,
+            ..
         } = *pass;
         let info = &t.info;
         match self.prepare_update(pass, new).await {
@@ -139,7 +145,7 @@ impl ApiServer {
             Ok(Some(done)) => return Step::NotStored(Ok(done)),
             Ok(None) => {}
         }
-        let bytes = match encode_checked(info, new) {
+        let bytes = match self.stored_form(info, new).await {
             Ok(b) => b,
             Err(e) => return Step::NotStored(Err(e)),
         };
@@ -163,7 +169,7 @@ impl ApiServer {
         }
         let mut unchanged = live.clone();
         unchanged.remove_meta("resourceVersion");
-        if *new == unchanged {
+        if *new == unchanged && !stale {
             return Step::NotStored(Ok(live.clone())); // nothing changed: no write, same resourceVersion
         }
         match self.store.update(&info.key_of(new), bytes, rev).await {
@@ -182,8 +188,12 @@ impl ApiServer {
             rev,
             dry_run,
             manager,
+            ..
         } = *pass;
         let info = &t.info;
+        *new = self
+            .mutate(t, std::mem::take(new), Some(live), dry_run)
+            .await?;
         if let Err(causes) = crate::patch::managed_fields::requested(Some(live), new) {
             return Err(self.invalid(t, name, causes));
         }
@@ -218,15 +228,15 @@ impl ApiServer {
         if !errs.is_empty() {
             return Err(self.invalid(t, name, errs));
         }
-        crate::admission_policy::admit_write(
-            self,
+        let admitted = crate::admission_policy::Attributes::write(
             info,
             t.subresource.as_deref(),
             "UPDATE",
             Some(new),
             Some(live),
             dry_run,
-        )?;
+        );
+        crate::admission_policy::validate_write(self, &admitted).await?;
         encode_checked(info, new)?;
         if dry_run {
             return Ok(Some(with_rv(new.clone(), rev)));
@@ -242,6 +252,8 @@ struct Pass<'a> {
     name: &'a str,
     live: &'a Value,
     rev: i64,
+    /// Stored at another version than the storage version: written even if unchanged.
+    stale: bool,
     dry_run: bool,
     manager: Option<&'a str>,
 }

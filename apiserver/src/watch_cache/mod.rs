@@ -21,6 +21,7 @@
 //! oldest event is closed, and re-watches (410 → relist). The history's bounds (count, bytes,
 //! time; see [`history`]) are the cache's whole memory beyond its current objects.
 
+pub mod derived;
 mod history;
 
 use std::collections::BTreeMap;
@@ -92,6 +93,8 @@ pub struct CacheMemory {
 
 pub struct Cacher {
     info: Arc<ResourceInfo>,
+    /// The server, for a resource whose objects its conversion webhook converts.
+    api: std::sync::Weak<crate::ApiServer>,
     state: Arc<RwLock<State>>,
     /// The revision the cache reflects; also wakes client watches (on every event, relist and
     /// stop).
@@ -118,6 +121,17 @@ impl Cacher {
         store: Arc<dyn Storage>,
         limits: HistoryLimits,
     ) -> Arc<Cacher> {
+        Self::start_for(std::sync::Weak::new(), info, store, limits)
+    }
+
+    /// As [`Cacher::start_with`], for `api`: objects of a resource with a conversion webhook
+    /// are converted to the cache's version as they arrive, once for every reader.
+    pub fn start_for(
+        api: std::sync::Weak<crate::ApiServer>,
+        info: Arc<ResourceInfo>,
+        store: Arc<dyn Storage>,
+        limits: HistoryLimits,
+    ) -> Arc<Cacher> {
         let (rv_tx, _) = watch::channel(0);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let state = State {
@@ -131,6 +145,7 @@ impl Cacher {
         };
         let cacher = Arc::new(Cacher {
             info,
+            api,
             state: Arc::new(RwLock::new(state)),
             rv_tx,
             stop_tx,
@@ -187,6 +202,14 @@ impl Cacher {
             opts.revision = Some(page.revision);
             opts.start_after = page.items.last().map(|kv| kv.key.clone());
         };
+        if self.info.conversion_webhook.is_some() {
+            let (keys, values): (Vec<String>, Vec<Arc<Value>>) = objects.into_iter().unzip();
+            let values = values.into_iter().map(Arc::unwrap_or_clone).collect();
+            objects = keys
+                .into_iter()
+                .zip(self.converted(values).await?.into_iter().map(Arc::new))
+                .collect();
+        }
         let mut stream = store.watch(&prefix, revision).await?;
         {
             // A new generation: old client watches end, new ones see the fresh state.
@@ -204,11 +227,14 @@ impl Cacher {
             match item? {
                 Event::Progress { revision } => self.advance(revision),
                 Event::Put { kv, prev } => {
-                    let Some(obj) = self.info.decode(&kv.value, kv.mod_revision) else {
+                    let Some(mut obj) = self.info.decode(&kv.value, kv.mod_revision) else {
                         tracing::error!(key = %kv.key, "stored object is not a JSON object; skipped");
                         self.advance(kv.mod_revision);
                         continue;
                     };
+                    if self.info.conversion_webhook.is_some() {
+                        obj = self.converted(vec![obj]).await?.remove(0);
+                    }
                     let kind = if prev.is_some() {
                         Kind::Modified
                     } else {
@@ -225,6 +251,22 @@ impl Cacher {
             message: "store watch ended".into(),
             source: None,
         })
+    }
+
+    /// Objects converted to the cache's version by the resource's conversion webhook; a
+    /// failure ends this sync (the cache lists again after a back-off).
+    async fn converted(&self, objects: Vec<Value>) -> Result<Vec<Value>, StorageError> {
+        let unavailable = |message: String| StorageError::Unavailable {
+            message,
+            source: None,
+        };
+        let api = self
+            .api
+            .upgrade()
+            .ok_or_else(|| unavailable("the API server is gone".into()))?;
+        crate::crd::conversion::convert_all(&api, &self.info, objects)
+            .await
+            .map_err(|e| unavailable(e.message))
     }
 
     /// Ends the store watch; client watches end with it.

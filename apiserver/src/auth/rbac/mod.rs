@@ -18,7 +18,7 @@ pub mod table;
 pub mod validation;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::Arc;
 
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
@@ -29,15 +29,16 @@ use super::Decision;
 use super::UserInfo;
 use super::attributes::Attributes;
 use crate::ApiServer;
-use crate::watch_cache::Cacher;
+use crate::watch_cache::derived::Derived;
 
 /// The API group of the RBAC kinds.
 pub const GROUP: &str = "rbac.authorization.k8s.io";
-const KINDS: [&str; 4] = [
-    "roles",
-    "clusterroles",
-    "rolebindings",
-    "clusterrolebindings",
+/// The four RBAC resources the index is built from, in [`Rbac::index`]'s order.
+const RESOURCES: &[(&str, &str, &str)] = &[
+    (GROUP, "v1", "roles"),
+    (GROUP, "v1", "clusterroles"),
+    (GROUP, "v1", "rolebindings"),
+    (GROUP, "v1", "clusterrolebindings"),
 ];
 
 /// Who a binding names, as the index keys it.
@@ -89,7 +90,6 @@ pub struct Grant {
 /// Grants by subject: cluster-wide, and per namespace.
 #[derive(Debug, Default)]
 pub struct Index {
-    changes: [u64; 4],
     /// Every ClusterRole's effective rules (aggregated ones included), by name.
     pub cluster_roles: HashMap<String, Arc<[PolicyRule]>>,
     /// Every Role's rules, by (namespace, name).
@@ -306,75 +306,34 @@ impl Index {
 }
 
 /// The RBAC authorizer: the current [`Index`], rebuilt when the RBAC objects change.
-#[derive(Debug, Default)]
-pub struct Rbac {
-    cachers: OnceLock<Vec<Arc<Cacher>>>,
-    index: RwLock<Arc<Index>>,
-    rebuilding: Mutex<()>,
+#[derive(Debug)]
+pub struct Rbac(Derived<Index>);
+
+impl Default for Rbac {
+    fn default() -> Self {
+        Rbac(Derived::new(RESOURCES))
+    }
 }
 
 impl Rbac {
-    fn cachers(&self, api: &ApiServer) -> Option<&Vec<Arc<Cacher>>> {
-        if let Some(c) = self.cachers.get() {
-            return Some(c);
-        }
-        // Kept only once all four are found: a miss is asked again, never remembered.
-        let found: Vec<Arc<Cacher>> = KINDS
-            .iter()
-            .map(|k| {
-                let info = api.registry.get(GROUP, "v1", k)?;
-                api.cacher(&info).ok()
-            })
-            .collect::<Option<_>>()?;
-        Some(self.cachers.get_or_init(|| found))
-    }
-
     /// The index as of the watch caches now.
     pub fn index(&self, api: &ApiServer) -> Arc<Index> {
-        let current = self.index.read().map(|i| i.clone()).unwrap_or_default();
-        let Some(cachers) = self.cachers(api) else {
-            return current;
-        };
-        let changes = |cs: &[Arc<Cacher>]| -> [u64; 4] {
-            [
-                cs[0].changes(),
-                cs[1].changes(),
-                cs[2].changes(),
-                cs[3].changes(),
-            ]
-        };
-        if changes(cachers) == current.changes {
-            return current;
-        }
-        // One rebuild at a time; the others wait for it and take its result.
-        let _one = self.rebuilding.lock();
-        let current = self.index.read().map(|i| i.clone()).unwrap_or_default();
-        let now = changes(cachers);
-        if now == current.changes {
-            return current;
-        }
-        let list = |c: &Arc<Cacher>| c.list("").0;
-        let roles: Vec<Role> = list(&cachers[0]).iter().filter_map(|v| parse(v)).collect();
-        let cluster_roles: Vec<ClusterRole> =
-            list(&cachers[1]).iter().filter_map(|v| parse(v)).collect();
-        let bindings: Vec<RoleBinding> =
-            list(&cachers[2]).iter().filter_map(|v| parse(v)).collect();
-        let cluster_bindings: Vec<ClusterRoleBinding> =
-            list(&cachers[3]).iter().filter_map(|v| parse(v)).collect();
-        let mut index = Index::build(&roles, &cluster_roles, &bindings, &cluster_bindings);
-        index.changes = now;
-        let index = Arc::new(index);
-        if let Ok(mut slot) = self.index.write() {
-            *slot = index.clone();
-        }
-        tracing::debug!(
-            roles = roles.len(),
-            cluster_roles = cluster_roles.len(),
-            bindings = bindings.len(),
-            cluster_bindings = cluster_bindings.len(),
-            "RBAC index rebuilt"
-        );
-        index
+        self.0.get(api, |lists| {
+            let roles: Vec<Role> = lists[0].iter().filter_map(|v| parse(v)).collect();
+            let cluster_roles: Vec<ClusterRole> =
+                lists[1].iter().filter_map(|v| parse(v)).collect();
+            let bindings: Vec<RoleBinding> = lists[2].iter().filter_map(|v| parse(v)).collect();
+            let cluster_bindings: Vec<ClusterRoleBinding> =
+                lists[3].iter().filter_map(|v| parse(v)).collect();
+            tracing::debug!(
+                roles = roles.len(),
+                cluster_roles = cluster_roles.len(),
+                bindings = bindings.len(),
+                cluster_bindings = cluster_bindings.len(),
+                "RBAC index rebuilt"
+            );
+            Index::build(&roles, &cluster_roles, &bindings, &cluster_bindings)
+        })
     }
 
     /// Whether RBAC allows `a`.
