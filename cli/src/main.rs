@@ -26,6 +26,7 @@ mod pause_cmd;
 mod serve_args;
 mod signals;
 mod sim_cmd;
+mod storage_cmd;
 mod store_args;
 mod store_cmd;
 mod token_cmd;
@@ -53,6 +54,10 @@ enum Command {
     Controllers(controllers_cmd::ControllersArgs),
     /// Inspect or maintain a store directly (get, list, watch, compact, defrag, status).
     Store(store_cmd::StoreCmd),
+    /// Maintain what the API server stores: `migrate` rewrites custom resources at their
+    /// storage version (through the API, conversion webhooks included).
+    #[command(subcommand)]
+    Storage(storage_cmd::StorageCmd),
     /// Run a benchmark and print a Markdown report.
     Bench(bench::BenchCmd),
     /// Capstan's own CustomResourceDefinitions (`crd print`), generated from api/.
@@ -167,6 +172,7 @@ fn main() -> std::process::ExitCode {
             Command::Sim(args) => sim_cmd::run(cli.client, args).await,
             Command::Agent(cmd) => agent_cmd::run(cli.client, cmd).await,
             Command::Token(cmd) => token_cmd::run(cli.client, cmd).await,
+            Command::Storage(cmd) => storage_cmd::run(cli.client, cmd).await,
             Command::Image(ImageCmd::Import(cmd)) => agent_cmd::image_import(cmd).await,
             Command::Shim { .. } | Command::ShimExec { .. } | Command::Pause => Ok(()),
             Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,
