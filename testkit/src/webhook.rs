@@ -57,6 +57,8 @@ impl WebhookServer {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, handler, calls, delay) =
                     (acceptor.clone(), handler.clone(), c.clone(), d.clone());
+                // Small answers both ways: no Nagle delays waiting on delayed ACKs.
+                let _ = tcp.set_nodelay(true);
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;

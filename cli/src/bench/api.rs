@@ -58,7 +58,7 @@ fn configmap(ns: &str, name: &str) -> Bytes {
     )
 }
 
-async fn call(
+pub async fn call(
     http: &Http,
     method: &str,
     url: &str,
