@@ -163,7 +163,15 @@ pub struct Record<'a> {
     pub received: SystemTime,
     pub long_running: bool,
     pub body: Option<&'a [u8]>,
+    /// What admission added to the request's event (policies' auditAnnotations and Audit
+    /// failures, webhooks' auditAnnotations).
+    pub annotations: Option<&'a AuditAnnotations>,
 }
+
+/// Annotations admission adds to a request's audit event, carried to the audit log in the
+/// response's extensions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditAnnotations(pub std::collections::BTreeMap<String, String>);
 
 fn rfc3339(t: SystemTime) -> String {
     jiff::Timestamp::try_from(t)
@@ -193,6 +201,9 @@ impl Record<'_> {
             "stageTimestamp": rfc3339(now),
             "annotations": {"capstan.dev/latency": format!("{:.3}ms", latency.as_secs_f64() * 1000.0)},
         });
+        for (k, v) in self.annotations.iter().flat_map(|a| &a.0) {
+            e["annotations"][k] = json!(v);
+        }
         if !a.user.uid.is_empty() {
             e["user"]["uid"] = json!(a.user.uid);
         }
@@ -437,6 +448,9 @@ mod tests {
             received: SystemTime::now(),
             long_running: false,
             body: Some(br#"{"metadata":{"name":"c"}}"#),
+            annotations: Some(&AuditAnnotations(
+                [("p/reason".to_string(), "too big".to_string())].into(),
+            )),
         };
         let e = r.event();
         assert_eq!(
@@ -452,6 +466,7 @@ mod tests {
         assert_eq!(e["sourceIPs"], json!(["10.0.0.7"]));
         assert_eq!(e["requestObject"]["metadata"]["name"], "c");
         assert_eq!(e["stage"], "ResponseComplete");
+        assert_eq!(e["annotations"]["p/reason"], "too big");
         assert!(
             e["annotations"]["capstan.dev/latency"]
                 .as_str()

@@ -169,3 +169,95 @@ async fn requests_are_audited_at_their_policy_level() {
     assert!(!all.iter().any(|e| e["requestURI"] == "/readyz"), "{text}");
     assert!(!text.contains("coordination.k8s.io"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_annotates_the_audit_event() {
+    use kube::api::{Api, DynamicObject, PostParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    let dir = capstan_testkit::temp_dir("capstan-audit-").unwrap();
+    let log = dir.path().join("audit.log");
+    let policy =
+        Policy::parse("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n")
+            .unwrap();
+    let c = TestCluster::with_config(capstan_apiserver::Config {
+        audit: Some(AuditConfig {
+            path: log.clone(),
+            policy,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let hook = capstan_testkit::webhook::WebhookServer::start(
+        &[],
+        std::sync::Arc::new(|_, review| {
+            let mut answer = capstan_testkit::webhook::allow(&review, &[]);
+            answer["response"]["auditAnnotations"] = json!({"checked": "yes"});
+            answer
+        }),
+    )
+    .await
+    .unwrap();
+    let create = |kind: &str, plural: &str, body: Value| {
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind),
+            plural,
+        );
+        let api: Api<DynamicObject> = Api::all_with(c.client.clone(), &resource);
+        async move {
+            api.create(
+                &PostParams::default(),
+                &serde_json::from_value(body).unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let rules = json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["configmaps"]}]);
+    create("ValidatingAdmissionPolicy", "validatingadmissionpolicies", json!({
+        "metadata": {"name": "names"},
+        "spec": {"matchConstraints": {"resourceRules": rules},
+            "validations": [{"expression": "!object.metadata.name.startsWith('flagged')", "message": "flagged name"}],
+            "auditAnnotations": [{"key": "seen", "valueExpression": "'saw ' + object.metadata.name"}]}
+    }))
+    .await;
+    create("ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", json!({
+        "metadata": {"name": "names"}, "spec": {"policyName": "names", "validationActions": ["Audit"]}
+    }))
+    .await;
+    create("ValidatingWebhookConfiguration", "validatingwebhookconfigurations", json!({
+        "metadata": {"name": "audited"},
+        "webhooks": [{"name": "hook.example.test", "clientConfig": hook.client_config("/"), "rules": rules,
+            "sideEffects": "None", "admissionReviewVersions": ["v1"]}]
+    }))
+    .await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(c.client.clone(), "default");
+    let mut i = 0;
+    until(
+        Duration::from_secs(5),
+        "all three annotations on a create's event",
+        || {
+            i += 1;
+            let (cms, log, name) = (cms.clone(), log.clone(), format!("flagged-{i}"));
+            async move {
+                let cm = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+                // Audit only: the create goes through.
+                cms.create(&PostParams::default(), &cm).await.unwrap();
+                lines(&log).iter().any(|l| {
+                    let a = &l["annotations"];
+                    a["names/seen"] == format!("saw {name}")
+                        && a["hook.example.test/checked"] == "yes"
+                        && a["validation.policy.admission.k8s.io/validation_failure"]
+                            .as_str()
+                            .and_then(|v| serde_json::from_str::<Value>(v).ok())
+                            .is_some_and(|v| {
+                                v[0]["policy"] == "names"
+                                    && v[0]["message"] == "flagged name"
+                                    && v[0]["validationActions"] == json!(["Audit"])
+                            })
+                })
+            }
+        },
+    )
+    .await;
+}

@@ -40,8 +40,18 @@ tokio::task_local! {
     pub static WARNINGS: std::cell::RefCell<Vec<String>>;
 }
 
+tokio::task_local! {
+    /// Annotations admission adds to the audit event of the request this task serves.
+    pub static AUDIT: std::cell::RefCell<crate::audit::AuditAnnotations>;
+}
+
 pub(crate) fn warn(text: String) {
     let _ = WARNINGS.try_with(|w| w.borrow_mut().push(text));
+}
+
+/// Adds an annotation to the request's audit event (a later value for the same key wins).
+pub(crate) fn annotate(key: String, value: String) {
+    let _ = AUDIT.try_with(|a| a.borrow_mut().0.insert(key, value));
 }
 
 /// What is being admitted.
@@ -163,6 +173,24 @@ impl Policies {
             if b.audit {
                 tracing::info!(policy = %p.name, binding = %b.name, resource = %a.info.plural, name = %a.name, %message,
                     "validation.policy.admission.k8s.io/validation_failure");
+                // Kubernetes' annotation: a JSON list of every failure of the request.
+                let key = "validation.policy.admission.k8s.io/validation_failure";
+                let _ = AUDIT.try_with(|audit| {
+                    let mut audit = audit.borrow_mut();
+                    let mut list: Vec<Value> = (audit.0.get(key))
+                        .and_then(|v| serde_json::from_str(v).ok())
+                        .unwrap_or_default();
+                    let actions: Vec<&str> =
+                        [(b.deny, "Deny"), (b.warn, "Warn"), (b.audit, "Audit")]
+                            .into_iter()
+                            .filter_map(|(on, name)| on.then_some(name))
+                            .collect();
+                    list.push(
+                        json!({"message": message, "policy": p.name, "binding": b.name,
+                        "validationActions": actions}),
+                    );
+                    audit.0.insert(key.into(), Value::Array(list).to_string());
+                });
             }
             if b.deny {
                 return Err(denied(p, b, reason, message));
@@ -307,8 +335,12 @@ impl Policies {
                 act(&v.reason, &message)?;
             }
             for (key, program) in &p.audit_annotations {
-                if let Ok(cel::Value::String(value)) = run(program, &ctx, key) {
-                    tracing::info!(policy = %p.name, annotation = %format!("{}/{key}", p.name), %value, "audit annotation");
+                match run(program, &ctx, key) {
+                    Ok(cel::Value::String(value)) => {
+                        annotate(format!("{}/{key}", p.name), value.to_string())
+                    }
+                    Ok(_) => {} // null (or anything but a string): no annotation
+                    Err(e) => failure(e)?,
                 }
             }
         }

@@ -142,17 +142,26 @@ async fn dispatch(
         None => target.info.plural.to_string(),
     };
     // Admission's warnings (ValidatingAdmissionPolicy's Warn) ride on the response.
-    let (response, admission_warnings) = crate::admission_policy::WARNINGS
+    // ...and its audit annotations on to the audit log.
+    let (response, admission_warnings, audit) = crate::admission_policy::WARNINGS
         .scope(Default::default(), async {
-            let r = serve(&api, &method, &target, verb, &p, &headers, body).await;
-            let w = crate::admission_policy::WARNINGS.with(|w| w.take());
-            (r, w)
+            crate::admission_policy::AUDIT
+                .scope(Default::default(), async {
+                    let r = serve(&api, &method, &target, verb, &p, &headers, body).await;
+                    let w = crate::admission_policy::WARNINGS.with(|w| w.take());
+                    let a = crate::admission_policy::AUDIT.with(|a| a.take());
+                    (r, w, a)
+                })
+                .await
         })
         .await;
     let mut response = match response {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if !audit.0.is_empty() {
+        response.extensions_mut().insert(audit);
+    }
     if !admission_warnings.is_empty() {
         response = with_warnings(response, &admission_warnings);
     }

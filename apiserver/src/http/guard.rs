@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::ApiServer;
-use crate::audit::{Level, PeerAddr, Record};
+use crate::audit::{AuditAnnotations, Level, PeerAddr, Record};
 use crate::auth::attributes::Attributes;
 use crate::auth::rbac::escalation::REQUEST_USER;
 use crate::auth::{PeerCertificate, UserInfo};
@@ -117,7 +117,16 @@ pub async fn guard(State(api): State<Arc<ApiServer>>, req: Request, next: Next) 
     let response = REQUEST_USER.scope(user, next.run(req)).await;
     if let Some(seen) = seen {
         let code = response.status().as_u16();
-        record(&api, &attrs, &seen, body.as_deref(), code, received, level);
+        let annotations = response.extensions().get::<AuditAnnotations>();
+        record(
+            &api,
+            &attrs,
+            &seen,
+            body.as_deref(),
+            code,
+            received,
+            (level, annotations),
+        );
     }
     match seat {
         Some(seat) => response.map(|body| Body::new(super::serve::Holding { body, held: seat })),
@@ -169,7 +178,15 @@ fn audit(
     level: Level,
 ) {
     if api.audit.is_some() {
-        record(api, attrs, &Seen::of(req), body, code, received, level);
+        record(
+            api,
+            attrs,
+            &Seen::of(req),
+            body,
+            code,
+            received,
+            (level, None),
+        );
     }
 }
 
@@ -180,7 +197,7 @@ fn record(
     body: Option<&[u8]>,
     code: u16,
     received: SystemTime,
-    level: Level,
+    (level, annotations): (Level, Option<&AuditAnnotations>),
 ) {
     let Some(log) = &api.audit else { return };
     // A request refused before anyone was known is logged whatever the policy says.
@@ -199,5 +216,6 @@ fn record(
         received,
         long_running: crate::audit::long_running(attrs, seen.query.as_deref()),
         body,
+        annotations,
     });
 }

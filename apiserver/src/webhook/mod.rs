@@ -459,6 +459,16 @@ fn verdict(w: &Webhook, uid: &str, review: &Value) -> Result<Outcome, String> {
             warn(clean);
         }
     }
+    // Its audit annotations go into the request's audit event under its name.
+    for (k, v) in response["auditAnnotations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(v) = v.as_str() {
+            admission_policy::annotate(format!("{}/{k}", w.name), v.to_string());
+        }
+    }
     let allowed = response["allowed"].as_bool().unwrap_or(false);
     if !allowed {
         let status = &response["status"];

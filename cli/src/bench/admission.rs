@@ -9,11 +9,9 @@ use anyhow::{Result, bail};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use clap::Args;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use super::api::{Http, expect};
+use super::api::{Http, create, expect, http_client};
 use super::{LocalServer, drive, ms};
 
 #[derive(Debug, Args)]
@@ -63,21 +61,10 @@ fn deployment(name: &str, ns: &str) -> Value {
 pub async fn run(b: AdmissionBench) -> Result<()> {
     let server = LocalServer::start(&b.scratch, "capstan-bench-admission-").await?;
     let base = server.url.clone();
-    let http: Http = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(usize::MAX)
-        .build_http();
+    let http: Http = http_client();
     let post = |path: String, body: Value| {
         let http = http.clone();
-        async move {
-            expect(
-                &http,
-                "POST",
-                &path,
-                Some(Bytes::from(body.to_string())),
-                StatusCode::CREATED,
-            )
-            .await
-        }
+        async move { create(&http, &path, &body).await }
     };
     for (ns, labels) in [("governed", json!({"policy": "on"})), ("free", json!({}))] {
         post(

@@ -46,6 +46,25 @@ pub struct ApiBench {
 
 pub type Http = Client<HttpConnector, Full<Bytes>>;
 
+/// A client keeping every connection it opened (the benchmarks' many concurrent requests).
+pub fn http_client() -> Http {
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build_http()
+}
+
+/// POSTs `body` to `url`, expecting 201 Created.
+pub async fn create(http: &Http, url: &str, body: &serde_json::Value) -> Result<()> {
+    expect(
+        http,
+        "POST",
+        url,
+        Some(Bytes::from(body.to_string())),
+        StatusCode::CREATED,
+    )
+    .await
+}
+
 /// A ConfigMap of about 400 bytes of JSON.
 fn configmap(ns: &str, name: &str) -> Bytes {
     Bytes::from(

@@ -14,11 +14,9 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use capstan_testkit::webhook::{self, WebhookServer};
 use clap::Args;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use super::api::{Http, call, expect};
+use super::api::{Http, call, create, expect, http_client};
 use super::{LocalServer, Samples, drive, ms};
 
 #[derive(Debug, Args)]
@@ -75,21 +73,10 @@ pub async fn run(b: WebhookBench) -> Result<()> {
     )
     .await?;
     let base = server.url.clone();
-    let http: Http = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(usize::MAX)
-        .build_http();
+    let http: Http = http_client();
     let post = |path: String, body: Value| {
         let http = http.clone();
-        async move {
-            expect(
-                &http,
-                "POST",
-                &path,
-                Some(Bytes::from(body.to_string())),
-                StatusCode::CREATED,
-            )
-            .await
-        }
+        async move { create(&http, &path, &body).await }
     };
     for (ns, labels) in [
         ("free", json!({})),
