@@ -195,8 +195,11 @@ impl ApiServer {
             ..admitted
         };
         let mut mutated = Some(obj);
-        self.webhooks.mutate(self, &admitted, &mut mutated).await?;
+        let changed = self.webhooks.mutate(self, &admitted, &mut mutated).await?;
         let mut obj = mutated.ok_or_else(|| ApiError::internal("a webhook lost the object"))?;
+        if !changed {
+            return Ok(obj);
+        }
         if (
             obj.name().map(str::to_string),
             obj.namespace().map(str::to_string),

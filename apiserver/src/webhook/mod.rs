@@ -89,19 +89,20 @@ impl Webhooks {
     }
 
     /// Calls the mutating webhooks that select this request, in order, applying their patches
-    /// to `object` (CREATE and UPDATE; for DELETE they are asked, and may only deny).
+    /// to `object` (CREATE and UPDATE; for DELETE they are asked, and may only deny). True
+    /// when the object changed.
     pub async fn mutate(
         &self,
         api: &ApiServer,
         a: &Attributes<'_>,
         object: &mut Option<Value>,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<bool> {
         if a.info.group == GROUP {
-            return Ok(());
+            return Ok(false);
         }
         let hooks = self.current(api).mutating.clone();
         if hooks.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         // Which webhooks were called, and after which of them the object last changed.
         let mut called: Vec<usize> = Vec::new();
@@ -118,7 +119,7 @@ impl Webhooks {
                 self.mutate_one(api, a, &hooks[i], object).await?;
             }
         }
-        Ok(())
+        Ok(last_change.is_some())
     }
 
     /// One mutating webhook, if it selects the request; true when it changed the object.
