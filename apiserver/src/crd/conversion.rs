@@ -144,8 +144,11 @@ pub async fn convert_all_to(
     desired: &str,
 ) -> ApiResult<Vec<Value>> {
     let Some(webhook) = &info.conversion_webhook else {
+        // Versions differ only in apiVersion (objects read from the store have it already).
         for o in &mut objects {
-            o["apiVersion"] = json!(desired);
+            if o["apiVersion"].as_str() != Some(desired) {
+                o["apiVersion"] = json!(desired);
+            }
         }
         return Ok(objects);
     };
