@@ -252,6 +252,7 @@ impl ApiServer {
         }
         auth::rbac::bootstrap::ensure(&api).await?;
         crd::controller::CrdController::start(&api).await?;
+        admission_policy::type_checking::start(&api)?;
         apiservice::sync(&api).await?;
         apiservice::spawn(&api);
         service::system::ensure_dns_service(&api).await?;

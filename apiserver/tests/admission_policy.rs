@@ -1,7 +1,7 @@
 //! ValidatingAdmissionPolicy through the API: a policy with a ConfigMap as its params denies
 //! Deployments over N replicas (create, update and the scale subresource), in Deny and in Warn
 //! mode; parameterNotFoundAction and failurePolicy; selectors and matchConditions; invalid
-//! policies and bindings refused.
+//! policies and bindings refused; status.typeChecking against the kinds a policy matches.
 
 use std::time::Duration;
 
@@ -307,5 +307,121 @@ async fn invalid_policies_and_bindings_are_refused() {
     assert!(
         body.contains("spec.paramRef.parameterNotFoundAction: Unsupported value"),
         "{body}"
+    );
+}
+
+/// GETs a policy once its status has caught up with its generation.
+async fn checked_policy(c: &TestCluster, name: &str, generation: i64) -> Value {
+    let path = format!("{POLICIES}/{name}");
+    let mut seen = Value::Null;
+    until(Duration::from_secs(10), "status.observedGeneration", || {
+        let (code, _, body) = http_exchange(&c.addr.to_string(), "GET", &path, &[], b"").unwrap();
+        assert_eq!(code, 200, "{body}");
+        seen = serde_json::from_str(&body).unwrap();
+        let observed = seen["status"]["observedGeneration"].as_i64() == Some(generation);
+        async move { observed }
+    })
+    .await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_type_checking_warnings_against_the_matched_kinds() {
+    let c = TestCluster::start().await;
+
+    // Well typed: params as the ConfigMap's schema, variables by their expressions.
+    assert_eq!(post(&c, POLICIES, &policy("typed", "Fail")).0, 201);
+    let good = checked_policy(&c, "typed", 1).await;
+    assert_eq!(good["status"]["typeChecking"], json!({}), "{good}");
+
+    // Mistakes: a string compared with an int, an int added to a string, a field Deployments
+    // do not have; the expressions still compile, so the policy is accepted and enforced.
+    let mut bad = policy("mistyped", "Fail");
+    bad["spec"]["validations"] = json!([
+        {"expression": "object.spec.replicas > '1'",
+         "messageExpression": "'wants replicas > 1, got ' + object.spec.replicas"},
+        {"expression": "has(object.spec.replica) && variables.limit > 0"},
+        {"expression": "object.metadata.name.startsWith('a')"},
+    ]);
+    let (code, _, body) = post(&c, POLICIES, &bad);
+    assert_eq!(code, 201, "{body}");
+    let checked = checked_policy(&c, "mistyped", 1).await;
+    let warnings = checked["status"]["typeChecking"]["expressionWarnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let refs: Vec<&str> = warnings
+        .iter()
+        .map(|w| w["fieldRef"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            "spec.validations[0].expression",
+            "spec.validations[0].messageExpression",
+            "spec.validations[1].expression"
+        ],
+        "{checked}"
+    );
+    let text = |i: usize| {
+        warnings[i]["warning"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        text(0).starts_with("apps/v1, Kind=Deployment: ERROR: <input>:1:22: found no matching overload for '_>_' applied to '(int, string)'"),
+        "{}",
+        text(0)
+    );
+    assert!(
+        text(1).contains("found no matching overload for '_+_' applied to '(string, int)'"),
+        "{}",
+        text(1)
+    );
+    assert!(text(2).contains("undefined field 'replica'"), "{}", text(2));
+
+    // Fixed: the next generation is checked again and the warnings go.
+    let fixed = json!({"spec": {"validations": [{"expression": "object.spec.replicas > 1"}]}});
+    let (code, _, body) = http_exchange(
+        &c.addr.to_string(),
+        "PATCH",
+        &format!("{POLICIES}/mistyped"),
+        &[("Content-Type", "application/merge-patch+json")],
+        fixed.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let checked = checked_policy(&c, "mistyped", 2).await;
+    assert_eq!(checked["status"]["typeChecking"], json!({}), "{checked}");
+
+    // A custom resource's schema types `object` too; wildcard rules are not checked.
+    c.create_crd(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]}
+    }))
+    .await;
+    let widgets = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "widgets"},
+        "spec": {"matchConstraints": {"resourceRules": [
+            {"apiGroups": ["example.com"], "apiVersions": ["v1"], "operations": ["*"], "resources": ["widgets"]},
+            {"apiGroups": ["*"], "apiVersions": ["v1"], "operations": ["*"], "resources": ["deployments"]}]},
+            "validations": [{"expression": "object.spec.colour == 'red' && object.spec.size < 10"}]}
+    });
+    assert_eq!(post(&c, POLICIES, &widgets).0, 201);
+    let checked = checked_policy(&c, "widgets", 1).await;
+    let warnings = &checked["status"]["typeChecking"]["expressionWarnings"];
+    assert_eq!(warnings.as_array().map(Vec::len), Some(1), "{checked}");
+    let text = warnings[0]["warning"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("example.com/v1, Kind=Widget: ERROR: <input>:1:")
+            && text.contains("undefined field 'colour'")
+            && !text.contains("Deployment"),
+        "{text}"
     );
 }

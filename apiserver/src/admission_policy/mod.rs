@@ -18,6 +18,7 @@
 //! before it runs and held to Kubernetes' per-call limit.
 
 pub mod policy;
+pub mod type_checking;
 
 use std::collections::HashMap;
 use std::sync::Arc;

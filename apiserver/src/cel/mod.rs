@@ -15,6 +15,7 @@
 //! Programs are compiled once (per CRD version, per policy) and evaluated many times: each
 //! evaluation opens a scope on the shared root context and binds its variables there.
 
+pub mod check;
 pub mod cost;
 mod library;
 pub mod value;

@@ -22,7 +22,7 @@ pub type OpenApiDocs = (Value, HashMap<String, Value>);
 pub type SwaggerDocs = (Value, Vec<u8>);
 
 impl ApiServer {
-    fn openapi(&self) -> Arc<OpenApiDocs> {
+    pub(crate) fn openapi(&self) -> Arc<OpenApiDocs> {
         let generation = self.registry.generation();
         if let Ok(cached) = self.openapi.read()
             && let Some((g, docs)) = cached.as_ref()

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::registry::{Registry, ResourceInfo};
 
 /// `api/v1` or `apis/GROUP/VERSION`: the key of a group/version in the root document.
-fn gv_path(group: &str, version: &str) -> String {
+pub(crate) fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
     } else {
