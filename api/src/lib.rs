@@ -4,6 +4,7 @@
 //! the API server, the controllers and the node agent all build on this crate.
 
 pub mod crds;
+pub mod cron;
 pub mod defaults;
 pub mod quantity;
 pub mod selectors;

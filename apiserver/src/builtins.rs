@@ -174,8 +174,42 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .reset_status_on_create()
             .arc(),
     );
+    let mut jobs = res(
+        ("batch", "v1", "Job"),
+        "jobs",
+        &[],
+        true,
+        true,
+        Builtin::of::<k8s_openapi::api::batch::v1::Job>()
+            .defaults(defaults::batch::job)
+            .on_create(crate::batch::job_on_create)
+            .validate_with(crate::batch::validate_job)
+            .validate_update_with(crate::batch::validate_job_update)
+            .table(crate::batch::jobs)
+            .generation()
+            .reset_status_on_create()
+            .arc(),
+    );
+    jobs.categories = all.clone();
+    let mut cron_jobs = res(
+        ("batch", "v1", "CronJob"),
+        "cronjobs",
+        &["cj"],
+        true,
+        true,
+        Builtin::of::<k8s_openapi::api::batch::v1::CronJob>()
+            .defaults(defaults::batch::cron_job)
+            .validate_with(crate::batch::validate_cron_job)
+            .table(crate::batch::cron_jobs)
+            .generation()
+            .reset_status_on_create()
+            .arc(),
+    );
+    cron_jobs.categories = all.clone();
 
     vec![
+        jobs,
+        cron_jobs,
         res(
             ("", "v1", "Namespace"),
             "namespaces",

@@ -19,6 +19,7 @@ pub mod admission_policy;
 pub mod apiservice;
 pub mod audit;
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod builtins;
 pub mod cel;

@@ -462,7 +462,7 @@ impl Strategy for Builtin {
     }
 }
 
-fn required(field: &str) -> FieldError {
+pub(crate) fn required(field: &str) -> FieldError {
     FieldError {
         field: field.into(),
         value: String::new(),
@@ -470,7 +470,7 @@ fn required(field: &str) -> FieldError {
     }
 }
 
-fn invalid(field: &str, value: &str, message: impl Into<String>) -> FieldError {
+pub(crate) fn invalid(field: &str, value: &str, message: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
         value: value.into(),
@@ -504,7 +504,7 @@ fn validate_containers(path: &str, list: Option<&Value>, need_one: bool) -> Vec<
     errs
 }
 
-fn validate_pod_spec(path: &str, spec: &Value) -> Vec<FieldError> {
+pub(crate) fn validate_pod_spec(path: &str, spec: &Value) -> Vec<FieldError> {
     let mut errs = validate_containers(&format!("{path}.containers"), spec.get("containers"), true);
     errs.extend(validate_containers(
         &format!("{path}.initContainers"),
@@ -551,6 +551,17 @@ pub fn validate_workload(obj: &Value) -> Vec<FieldError> {
             "must be greater than or equal to 0",
         ));
     }
+    validate_selector(obj, "deployment", &mut errs);
+    errs.extend(validate_pod_spec(
+        "spec.template.spec",
+        &spec["template"]["spec"],
+    ));
+    errs
+}
+
+/// A workload's `spec.selector`: not empty, parseable, and matching the template's labels.
+pub(crate) fn validate_selector(obj: &Value, kind: &str, errs: &mut Vec<FieldError>) {
+    let spec = &obj["spec"];
     let selector = &spec["selector"];
     let empty = selector["matchLabels"]
         .as_object()
@@ -562,7 +573,7 @@ pub fn validate_workload(obj: &Value) -> Vec<FieldError> {
         errs.push(invalid(
             "spec.selector",
             "",
-            "Invalid value: empty selector is invalid for deployment",
+            format!("Invalid value: empty selector is invalid for {kind}"),
         ));
     } else {
         let parsed = serde_json::from_value(selector.clone())
@@ -590,11 +601,6 @@ pub fn validate_workload(obj: &Value) -> Vec<FieldError> {
             }
         }
     }
-    errs.extend(validate_pod_spec(
-        "spec.template.spec",
-        &spec["template"]["spec"],
-    ));
-    errs
 }
 
 /// A new pod starts Pending, with its QoS class (as kube-apiserver's pod strategy sets them).

@@ -14,6 +14,8 @@
 //!   batched pod changes); [`endpoints`]: the legacy v1 Endpoints for the same Services;
 //!   [`endpointslicemirroring`]: slices mirrored from user-written Endpoints of selectorless
 //!   Services.
+//! - [`job`]: runs Jobs' pods to completion (indexes, retries, failure policy, deadlines,
+//!   suspension), tracking every outcome with a finalizer.
 //! - [`podgc`]: force-deletes pods no agent will finish (orphans of deleted nodes,
 //!   terminating pods on out-of-service nodes, terminated pods beyond a threshold).
 //! - [`disruption`]: keeps PodDisruptionBudgets' status (what pods/eviction may spend).
@@ -37,6 +39,7 @@ pub mod endpointslice;
 pub mod endpointslicemirroring;
 mod error;
 pub mod garbagecollector;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod podgc;
@@ -53,6 +56,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -72,6 +76,7 @@ pub const ALL: &[&str] = &[
     endpointslice::NAME,
     endpointslicemirroring::NAME,
     garbagecollector::NAME,
+    job::NAME,
     namespace::NAME,
     nodelifecycle::NAME,
     podgc::NAME,
@@ -89,6 +94,7 @@ pub struct Informers {
     pods: OnceLock<Arc<Informer<Pod>>>,
     replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
     deployments: OnceLock<Arc<Informer<Deployment>>>,
+    jobs: OnceLock<Arc<Informer<Job>>>,
     nodes: OnceLock<Arc<Informer<Node>>>,
     services: OnceLock<Arc<Informer<Service>>>,
     endpointslices: OnceLock<Arc<Informer<EndpointSlice>>>,
@@ -113,6 +119,7 @@ impl Informers {
             pods: OnceLock::new(),
             replicasets: OnceLock::new(),
             deployments: OnceLock::new(),
+            jobs: OnceLock::new(),
             nodes: OnceLock::new(),
             services: OnceLock::new(),
             endpointslices: OnceLock::new(),
@@ -145,6 +152,11 @@ impl Informers {
     }
     pub fn deployments(&self) -> Arc<Informer<Deployment>> {
         self.deployments
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn jobs(&self) -> Arc<Informer<Job>> {
+        self.jobs
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
@@ -218,6 +230,8 @@ pub struct Manager {
     pub endpoint_changes: endpointslice::ChangeMetrics,
     pub node_lifecycle: nodelifecycle::Config,
     pub pod_gc: podgc::Config,
+    /// The Job controller's pod failure backoff.
+    pub job: job::plan::Settings,
     /// The cluster CA (PEM) the root-CA publisher puts in every namespace (`--root-ca-file`).
     pub root_ca: Option<String>,
     /// The CA the certificate signer issues with (`--cluster-signing-cert-file`).
@@ -240,6 +254,7 @@ pub struct Config {
     pub max_endpoints_per_slice: usize,
     pub node_lifecycle: nodelifecycle::Config,
     pub pod_gc: podgc::Config,
+    pub job: job::plan::Settings,
     pub root_ca: Option<String>,
     pub cluster_signing: Option<Arc<capstan_pki::Ca>>,
     pub cluster_signing_duration: Duration,
@@ -256,6 +271,7 @@ impl Default for Config {
             max_endpoints_per_slice: endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
             node_lifecycle: nodelifecycle::Config::default(),
             pod_gc: podgc::Config::default(),
+            job: job::plan::Settings::default(),
             root_ca: None,
             cluster_signing: None,
             cluster_signing_duration: Duration::from_secs(365 * 24 * 3600),
@@ -288,6 +304,7 @@ impl Manager {
             endpoint_changes: endpointslice::ChangeMetrics::register(registry),
             node_lifecycle: config.node_lifecycle,
             pod_gc: config.pod_gc,
+            job: config.job,
             root_ca: config.root_ca,
             cluster_signing: config.cluster_signing,
             cluster_signing_duration: config.cluster_signing_duration,
@@ -310,6 +327,7 @@ impl Manager {
             endpoint_changes: self.endpoint_changes.clone(),
             node_lifecycle: self.node_lifecycle.clone(),
             pod_gc: self.pod_gc.clone(),
+            job: self.job,
             root_ca: self.root_ca.clone(),
             cluster_signing: self.cluster_signing.clone(),
             cluster_signing_duration: self.cluster_signing_duration,
@@ -350,6 +368,7 @@ impl Manager {
                 tracing::info!(controller = %name, "started");
                 match name.as_str() {
                     replicaset::NAME => replicaset::run(m).await,
+                    job::NAME => job::run(m).await,
                     deployment::NAME => deployment::run(m).await,
                     disruption::NAME => disruption::run(m).await,
                     scheduler::NAME => scheduler::run(m).await,

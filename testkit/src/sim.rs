@@ -402,12 +402,12 @@ async fn handle(
             Err(e) => return Err(e.into()),
         }
     }
-    let running = pod
+    let started_already = pod
         .status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Running");
-    if running {
+        .is_some_and(|p| matches!(p, "Running" | "Succeeded" | "Failed"));
+    if started_already {
         return Ok(());
     }
     {
@@ -463,5 +463,64 @@ async fn handle(
         }
         return Err(e).with_context(|| format!("marking pod {ns}/{name} Running"));
     }
+    if let Some((after, code)) = exit_of(&pod) {
+        tokio::time::sleep(after).await;
+        finish(&api, &pod, code).await?;
+    }
+    Ok(())
+}
+
+/// How a pod asks the simulated kubelet to end it: `sim.capstan.dev/run-ms` (how long its
+/// containers run) with `sim.capstan.dev/exit-code` (0 unless set), or exit code 1 when its
+/// Job completion index is listed in `sim.capstan.dev/fail-indexes` (`1,3`).
+pub const RUN_MS: &str = "sim.capstan.dev/run-ms";
+pub const EXIT_CODE: &str = "sim.capstan.dev/exit-code";
+pub const FAIL_INDEXES: &str = "sim.capstan.dev/fail-indexes";
+
+fn exit_of(pod: &Pod) -> Option<(Duration, i32)> {
+    let a = pod.metadata.annotations.as_ref()?;
+    let ms: u64 = a.get(RUN_MS)?.parse().ok()?;
+    let mut code: i32 = a.get(EXIT_CODE).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let index = a.get("batch.kubernetes.io/job-completion-index");
+    if let (Some(list), Some(i)) = (a.get(FAIL_INDEXES), index)
+        && list.split(',').any(|x| x.trim() == i)
+    {
+        code = 1;
+    }
+    Some((Duration::from_millis(ms), code))
+}
+
+/// Every container exits with `code`: the pod Succeeded (0) or Failed.
+async fn finish(api: &Api<Pod>, pod: &Pod, code: i32) -> Result<()> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let reason = if code == 0 { "Completed" } else { "Error" };
+    let containers: Vec<serde_json::Value> = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.iter().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            json!({"name": c.name, "image": c.image.clone().unwrap_or_default(),
+                "imageID": format!("sim://{}", c.image.clone().unwrap_or_default()),
+                "containerID": format!("sim://{uid}/{}", c.name),
+                "ready": false, "started": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": code, "reason": reason,
+                    "startedAt": now, "finishedAt": now}}})
+        })
+        .collect();
+    let not_ready = |ty: &str| json!({"type": ty, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now});
+    let status = json!({"status": {
+        "phase": if code == 0 { "Succeeded" } else { "Failed" },
+        "conditions": [not_ready("Ready"), not_ready("ContainersReady")],
+        "containerStatuses": containers,
+    }});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .with_context(|| format!("finishing pod {name}"))?;
     Ok(())
 }

@@ -16,6 +16,7 @@
 pub mod apiregistration;
 pub mod apps;
 pub mod autoscaling;
+pub mod batch;
 pub mod core;
 pub mod pod;
 pub mod service;

@@ -74,6 +74,49 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "job",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &["batch"],
+                    &["jobs"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &["batch"],
+                    &["jobs/status", "jobs/finalizers"],
+                ),
+                rule(ALL, &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "cronjob",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &["batch"],
+                    &["cronjobs"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &["batch"],
+                    &["cronjobs/status", "cronjobs/finalizers"],
+                ),
+                rule(ALL, &["batch"], &["jobs"]),
+                rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "ttlafterfinished",
+            vec![rule(
+                &["get", "list", "watch", "delete"],
+                &["batch"],
+                &["jobs"],
+            )],
+        ),
+        (
             "scheduler",
             vec![
                 rule(READ, &[""], &["pods", "nodes", "namespaces", "services"]),

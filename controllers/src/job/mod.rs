@@ -1,0 +1,428 @@
+//! The Job controller: runs pods until `completions` of them succeed, retrying failures up to
+//! `backoffLimit` (per index with `backoffLimitPerIndex`), within `activeDeadlineSeconds`, as
+//! the `podFailurePolicy` says; suspends and resumes. Decisions are in [`plan`] (pure,
+//! table-tested); this module feeds it from the informers and applies it in Kubernetes'
+//! order:
+//! 1. adopt orphans the selector matches and release pods it no longer does;
+//! 2. write the status (new outcomes recorded in `uncountedTerminatedPods`) with the Job's
+//!    resourceVersion, so a stale cache cannot count a pod twice;
+//! 3. remove the `batch.kubernetes.io/job-tracking` finalizer of those pods, then move them to
+//!    `succeeded`/`failed` in a second status write;
+//! 4. create (slow start, through [`Expectations`]) or delete pods; events for each.
+//!
+//! Pods of Indexed Jobs carry their index in the `batch.kubernetes.io/job-completion-index`
+//! annotation and label, `JOB_COMPLETION_INDEX` in every container's environment (the
+//! downward API), and the hostname `JOB-INDEX`. Pods left with the tracking finalizer by a Job
+//! that is gone are released by a sweep of pod changes.
+
+pub mod plan;
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde_json::json;
+
+use crate::claims;
+use crate::error::is_not_found;
+use crate::podutil::{self, controller_owner_ref, controller_ref};
+use crate::runtime::{Change, Expectations, Reconcile, Recorder, drive};
+use crate::{Error, Manager};
+use plan::{
+    INDEX_ANNOTATION, INDEX_FAILURE_COUNT, INDEX_IGNORED_FAILURE_COUNT, TRACKING_FINALIZER,
+};
+
+pub const NAME: &str = "job";
+
+struct JobController {
+    client: kube::Client,
+    pods: Store<Pod>,
+    expectations: Arc<Expectations>,
+    recorder: Recorder,
+    settings: plan::Settings,
+}
+
+/// Runs the controller until dropped.
+pub async fn run(m: Arc<Manager>) {
+    let job_informer = m.informers.jobs();
+    let pod_informer = m.informers.pods();
+    let me = Arc::new(JobController {
+        client: m.client.clone(),
+        pods: pod_informer.store(),
+        expectations: Arc::new(Expectations::default()),
+        recorder: Recorder::new(m.client.clone(), "job-controller"),
+        settings: m.job,
+    });
+    let exp = me.expectations.clone();
+    let pod_changes = pod_informer.subscribe().map(move |c| {
+        observe(&exp, &c);
+        c.into_object()
+    });
+    let job_store = job_informer.store();
+    let lookup = job_store.clone();
+    let controller = Controller::for_shared_stream(job_informer.objects(), job_store.clone())
+        .watches_shared_stream(pod_changes, move |pod| {
+            claims::owners_of(&lookup, &pod.metadata, |j: &Job| {
+                j.spec.as_ref().and_then(|s| s.selector.as_ref())
+            })
+        });
+    pod_informer.wait_synced().await;
+    job_informer.wait_synced().await;
+    tokio::spawn(release_orphans(
+        m.client.clone(),
+        pod_informer.subscribe(),
+        job_store,
+    ));
+    drive(NAME, controller, me, m.metrics.clone()).await;
+}
+
+/// Lowers expectations from what the pod informer saw.
+fn observe(exp: &Expectations, change: &Change<Pod>) {
+    let pod = change.object();
+    let Some(owner) = controller_ref(&pod.metadata).filter(|r| r.kind == "Job") else {
+        return;
+    };
+    let key = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        owner.name
+    );
+    let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    match change {
+        Change::Added(_) => {
+            exp.creation_observed(&key);
+            if pod.metadata.deletion_timestamp.is_some() {
+                exp.deletion_observed(&key, uid);
+            }
+        }
+        Change::Modified(_) if pod.metadata.deletion_timestamp.is_some() => {
+            exp.deletion_observed(&key, uid)
+        }
+        Change::Modified(_) => {}
+        Change::Deleted(_) => exp.deletion_observed(&key, uid),
+    }
+}
+
+/// Removes the tracking finalizer from a pod: a strategic merge patch deleting just that
+/// entry (as Kubernetes' job controller does), so other finalizers are never touched.
+async fn remove_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    let tracked = pod
+        .metadata
+        .finalizers
+        .as_deref()
+        .is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER));
+    if !tracked {
+        return Ok(());
+    }
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let patch = json!({"metadata": {
+        "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER],
+        "uid": pod.metadata.uid,
+    }});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        Err(e) if is_not_found(&e) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// Pods with the tracking finalizer whose Job is gone (or never was): released, so they can
+/// be deleted.
+async fn release_orphans(
+    client: kube::Client,
+    changes: impl futures_util::Stream<Item = Change<Pod>> + Send + 'static,
+    jobs: Store<Job>,
+) {
+    let mut changes = Box::pin(changes);
+    while let Some(change) = changes.next().await {
+        let pod = change.object();
+        let tracked = pod
+            .metadata
+            .finalizers
+            .as_deref()
+            .is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER));
+        if !tracked || matches!(change, Change::Deleted(_)) {
+            continue;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let owner = controller_ref(&pod.metadata).filter(|r| r.kind == "Job");
+        let orphan = match owner {
+            None => true,
+            Some(r) => jobs
+                .get(&ObjectRef::new(&r.name).within(&ns))
+                .is_none_or(|j| j.metadata.uid.as_deref() != Some(r.uid.as_str())),
+        };
+        if orphan {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            if let Err(e) = remove_finalizer(&api, pod).await {
+                tracing::warn!(pod = ?pod.metadata.name, error = %e, "releasing an orphaned job pod failed");
+            }
+        }
+    }
+}
+
+impl Reconcile<Job> for JobController {
+    async fn reconcile(&self, job: Arc<Job>) -> Result<Action, Error> {
+        let key = podutil::key(&job.metadata);
+        let ns = job.metadata.namespace.clone().unwrap_or_default();
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let job_api: Api<Job> = Api::namespaced(self.client.clone(), &ns);
+        let all = self
+            .pods
+            .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()));
+        let selector = job.spec.as_ref().and_then(|s| s.selector.as_ref());
+        let claimed = claims::claim(&job.metadata, selector, &all);
+        if !claimed.adopt.is_empty() && claims::can_adopt(&job_api, &*job).await? {
+            for pod in &claimed.adopt {
+                claims::adopt(&pod_api, pod, controller_owner_ref(&*job)).await?;
+            }
+        }
+        for pod in &claimed.release {
+            claims::release(&pod_api, pod, job.metadata.uid.as_deref().unwrap_or("")).await?;
+        }
+        let pods = claimed.owned;
+
+        if job.metadata.deletion_timestamp.is_some() {
+            // Going away: its pods are no longer counted; let them go with it.
+            for pod in &pods {
+                remove_finalizer(&pod_api, pod).await?;
+            }
+            return Ok(Action::await_change());
+        }
+        let may_manage = self.expectations.satisfied(&key);
+        if may_manage {
+            self.expectations.forget(&key);
+        }
+        let now = Timestamp::now();
+        let plan = plan::plan(&job, &pods, now, &self.settings);
+        let indexed =
+            job.spec.as_ref().and_then(|s| s.completion_mode.as_deref()) == Some("Indexed");
+
+        // Outcomes recorded before finalizers go.
+        let mut current = (*job).clone();
+        if let Some(status) = plan.status.clone() {
+            current.status = Some(status);
+            current = job_api
+                .replace_status(&name, &PostParams::default(), &current)
+                .await?;
+        }
+        if !plan.remove_finalizers.is_empty() {
+            let results = join_all(
+                plan.remove_finalizers
+                    .iter()
+                    .map(|p| remove_finalizer(&pod_api, p)),
+            )
+            .await;
+            let released: Vec<Arc<Pod>> = plan
+                .remove_finalizers
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(p, _)| p.clone())
+                .collect();
+            let mut status = current.status.clone().unwrap_or_default();
+            if plan::count_released(&mut status, &released, indexed) {
+                current.status = Some(status);
+                job_api
+                    .replace_status(&name, &PostParams::default(), &current)
+                    .await?;
+            }
+            if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+                return Err(e.into());
+            }
+        }
+        for e in &plan.events {
+            if e.warning {
+                self.recorder.warning(&*job, e.reason, e.message.clone());
+            } else {
+                self.recorder.normal(&*job, e.reason, e.message.clone());
+            }
+        }
+        if may_manage {
+            if !plan.delete.is_empty() {
+                self.delete_pods(&job, &key, &pod_api, &plan.delete).await?;
+            }
+            if !plan.create.is_empty() {
+                self.create_pods(&job, &key, &pod_api, &plan.create).await?;
+            }
+        }
+        Ok(match plan.requeue {
+            Some(d) => Action::requeue(d + std::time::Duration::from_millis(50)),
+            None => Action::await_change(),
+        })
+    }
+}
+
+impl JobController {
+    async fn create_pods(
+        &self,
+        job: &Job,
+        key: &str,
+        pod_api: &Api<Pod>,
+        wanted: &[plan::NewPod],
+    ) -> Result<(), Error> {
+        self.expectations.expect_creations(key, wanted.len());
+        let mut rest = wanted;
+        let mut batch = 1usize;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(batch.min(rest.len()));
+            rest = later;
+            let pp = PostParams::default();
+            let pods: Vec<Pod> = now.iter().map(|w| pod_for(job, w)).collect();
+            let results = join_all(pods.iter().map(|p| pod_api.create(&pp, p))).await;
+            let mut first_error = None;
+            for r in results {
+                match r {
+                    Ok(p) => self.recorder.normal(
+                        job,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", p.metadata.name.unwrap_or_default()),
+                    ),
+                    Err(e) => {
+                        self.expectations.creation_observed(key);
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                for _ in 0..rest.len() {
+                    self.expectations.creation_observed(key);
+                }
+                self.recorder
+                    .warning(job, "FailedCreate", format!("Error creating: {e}"));
+                return Err(e.into());
+            }
+            batch *= 2;
+        }
+        Ok(())
+    }
+
+    async fn delete_pods(
+        &self,
+        job: &Job,
+        key: &str,
+        pod_api: &Api<Pod>,
+        pods: &[Arc<Pod>],
+    ) -> Result<(), Error> {
+        let uids: Vec<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        self.expectations.expect_deletions(key, uids);
+        let results = join_all(pods.iter().map(|p| async move {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: p.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            (p, name.clone(), pod_api.delete(&name, &dp).await)
+        }))
+        .await;
+        let mut first_error = None;
+        for (p, name, r) in results {
+            match r {
+                Ok(_) => {
+                    self.recorder
+                        .normal(job, "SuccessfulDelete", format!("Deleted pod: {name}"))
+                }
+                Err(e) => {
+                    self.expectations
+                        .deletion_observed(key, p.metadata.uid.as_deref().unwrap_or(""));
+                    if !is_not_found(&e) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => {
+                self.recorder
+                    .warning(job, "FailedDelete", format!("Error deleting: {e}"));
+                Err(e.into())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// A pod for `job`: the template, the tracking finalizer, the controller reference, and for
+/// an Indexed Job its index (annotation, label, environment, hostname) and that index's
+/// failures so far.
+pub fn pod_for(job: &Job, wanted: &plan::NewPod) -> Pod {
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let template = job
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let tm = template.metadata.unwrap_or_default();
+    let mut labels = tm.labels.unwrap_or_default();
+    let mut annotations = tm.annotations.unwrap_or_default();
+    let mut finalizers = tm.finalizers.unwrap_or_default();
+    finalizers.push(TRACKING_FINALIZER.into());
+    let mut spec = template.spec.unwrap_or_default();
+    let mut generate_name = format!("{job_name}-");
+    if let Some(i) = wanted.index {
+        let index = i.to_string();
+        annotations.insert(INDEX_ANNOTATION.into(), index.clone());
+        labels.insert(INDEX_ANNOTATION.into(), index.clone());
+        if wanted.failures > 0 {
+            annotations.insert(INDEX_FAILURE_COUNT.into(), wanted.failures.to_string());
+        }
+        if wanted.ignored > 0 {
+            annotations.insert(
+                INDEX_IGNORED_FAILURE_COUNT.into(),
+                wanted.ignored.to_string(),
+            );
+        }
+        generate_name = format!("{job_name}-{i}-");
+        let host = format!("{job_name}-{i}");
+        if host.len() <= 63 {
+            spec.hostname = Some(host);
+        }
+        let env = EnvVar {
+            name: "JOB_COMPLETION_INDEX".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: format!("metadata.annotations['{INDEX_ANNOTATION}']"),
+                }),
+                ..Default::default()
+            }),
+        };
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            let list = c.env.get_or_insert_with(Vec::new);
+            if !list.iter().any(|e| e.name == env.name) {
+                list.push(env.clone());
+            }
+        }
+    }
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(generate_name),
+            namespace: job.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            finalizers: Some(finalizers),
+            owner_references: Some(vec![controller_owner_ref(job)]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
