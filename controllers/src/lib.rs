@@ -15,7 +15,9 @@
 //!   [`endpointslicemirroring`]: slices mirrored from user-written Endpoints of selectorless
 //!   Services.
 //! - [`job`]: runs Jobs' pods to completion (indexes, retries, failure policy, deadlines,
-//!   suspension), tracking every outcome with a finalizer.
+//!   suspension), tracking every outcome with a finalizer; [`ttlafterfinished`]: deletes
+//!   finished Jobs past their `ttlSecondsAfterFinished`; [`cronjob`]: starts Jobs on
+//!   schedules, in time zones, under a concurrency policy.
 //! - [`podgc`]: force-deletes pods no agent will finish (orphans of deleted nodes,
 //!   terminating pods on out-of-service nodes, terminated pods beyond a threshold).
 //! - [`disruption`]: keeps PodDisruptionBudgets' status (what pods/eviction may spend).
@@ -32,6 +34,7 @@
 
 pub mod certificates;
 pub mod claims;
+pub mod cronjob;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -50,13 +53,14 @@ pub mod scheduler;
 pub mod serviceaccount;
 pub mod tainteviction;
 pub mod taints;
+pub mod ttlafterfinished;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -70,6 +74,7 @@ use runtime::{Informer, Metrics};
 /// Every controller, by the name `--controllers` takes.
 pub const ALL: &[&str] = &[
     certificates::NAME,
+    cronjob::NAME,
     deployment::NAME,
     disruption::NAME,
     endpoints::NAME,
@@ -85,6 +90,7 @@ pub const ALL: &[&str] = &[
     scheduler::NAME,
     serviceaccount::NAME,
     tainteviction::NAME,
+    ttlafterfinished::NAME,
 ];
 
 /// The shared informers of one process: created (and started) on first use, then handed to
@@ -95,6 +101,7 @@ pub struct Informers {
     replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
     deployments: OnceLock<Arc<Informer<Deployment>>>,
     jobs: OnceLock<Arc<Informer<Job>>>,
+    cron_jobs: OnceLock<Arc<Informer<CronJob>>>,
     nodes: OnceLock<Arc<Informer<Node>>>,
     services: OnceLock<Arc<Informer<Service>>>,
     endpointslices: OnceLock<Arc<Informer<EndpointSlice>>>,
@@ -120,6 +127,7 @@ impl Informers {
             replicasets: OnceLock::new(),
             deployments: OnceLock::new(),
             jobs: OnceLock::new(),
+            cron_jobs: OnceLock::new(),
             nodes: OnceLock::new(),
             services: OnceLock::new(),
             endpointslices: OnceLock::new(),
@@ -157,6 +165,11 @@ impl Informers {
     }
     pub fn jobs(&self) -> Arc<Informer<Job>> {
         self.jobs
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn cron_jobs(&self) -> Arc<Informer<CronJob>> {
+        self.cron_jobs
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
@@ -232,6 +245,8 @@ pub struct Manager {
     pub pod_gc: podgc::Config,
     /// The Job controller's pod failure backoff.
     pub job: job::plan::Settings,
+    /// The time the time-driven controllers (CronJobs, TTLs) read.
+    pub clock: runtime::Clock,
     /// The cluster CA (PEM) the root-CA publisher puts in every namespace (`--root-ca-file`).
     pub root_ca: Option<String>,
     /// The CA the certificate signer issues with (`--cluster-signing-cert-file`).
@@ -255,6 +270,7 @@ pub struct Config {
     pub node_lifecycle: nodelifecycle::Config,
     pub pod_gc: podgc::Config,
     pub job: job::plan::Settings,
+    pub clock: runtime::Clock,
     pub root_ca: Option<String>,
     pub cluster_signing: Option<Arc<capstan_pki::Ca>>,
     pub cluster_signing_duration: Duration,
@@ -272,6 +288,7 @@ impl Default for Config {
             node_lifecycle: nodelifecycle::Config::default(),
             pod_gc: podgc::Config::default(),
             job: job::plan::Settings::default(),
+            clock: runtime::Clock::system(),
             root_ca: None,
             cluster_signing: None,
             cluster_signing_duration: Duration::from_secs(365 * 24 * 3600),
@@ -305,6 +322,7 @@ impl Manager {
             node_lifecycle: config.node_lifecycle,
             pod_gc: config.pod_gc,
             job: config.job,
+            clock: config.clock,
             root_ca: config.root_ca,
             cluster_signing: config.cluster_signing,
             cluster_signing_duration: config.cluster_signing_duration,
@@ -328,6 +346,7 @@ impl Manager {
             node_lifecycle: self.node_lifecycle.clone(),
             pod_gc: self.pod_gc.clone(),
             job: self.job,
+            clock: self.clock,
             root_ca: self.root_ca.clone(),
             cluster_signing: self.cluster_signing.clone(),
             cluster_signing_duration: self.cluster_signing_duration,
@@ -369,6 +388,8 @@ impl Manager {
                 match name.as_str() {
                     replicaset::NAME => replicaset::run(m).await,
                     job::NAME => job::run(m).await,
+                    cronjob::NAME => cronjob::run(m).await,
+                    ttlafterfinished::NAME => ttlafterfinished::run(m).await,
                     deployment::NAME => deployment::run(m).await,
                     disruption::NAME => disruption::run(m).await,
                     scheduler::NAME => scheduler::run(m).await,

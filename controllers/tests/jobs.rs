@@ -1,5 +1,7 @@
-//! The Job controller against a real in-process API server, with simulated nodes playing the
-//! kubelet (pods run for a while and exit with the code their annotations ask for).
+//! The Job, CronJob and TTL-after-finished controllers against a real in-process API server,
+//! with simulated nodes playing the kubelet (pods run for a while and exit with the code their
+//! annotations ask for). The CronJob and TTL controllers read a clock running 60× faster than
+//! real time, so "every minute" is every second.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use capstan_controllers::Manager;
 use capstan_testkit::sim::{self, SimConfig, SimNodes};
 use capstan_testkit::{TestCluster, until};
 use futures_util::StreamExt;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -38,13 +40,20 @@ async fn cluster() -> Cluster {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
         },
+        clock: capstan_controllers::runtime::Clock::fast(jiff::Timestamp::now(), 60),
         ..Default::default()
     };
     let m = Manager::with_config(c.client.clone(), &prometheus::Registry::new(), config);
-    let names: BTreeSet<String> = ["job", "scheduler", "garbagecollector"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let names: BTreeSet<String> = [
+        "job",
+        "cronjob",
+        "ttlafterfinished",
+        "scheduler",
+        "garbagecollector",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let manager = tokio::spawn(async move {
         m.run(&names).await.unwrap();
     });
@@ -315,6 +324,150 @@ async fn suspend_resume_and_delete() {
         .unwrap();
     until(WAIT, "the Job and its pods gone", || async {
         jobs.get_opt("long").await.unwrap().is_none() && running(0).await
+    })
+    .await;
+}
+
+fn cron_job(name: &str, policy: &str, run_ms: u64, keep: i32) -> CronJob {
+    let template = serde_json::to_value(job("x", json!({}), run_ms, 0, "")).unwrap();
+    serde_json::from_value(json!({"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": name},
+        "spec": {"schedule": "* * * * *", "timeZone": "Etc/UTC", "concurrencyPolicy": policy,
+            "successfulJobsHistoryLimit": keep,
+            "jobTemplate": {"metadata": {"labels": {"cron": name}}, "spec": template["spec"]}}}))
+    .unwrap()
+}
+
+/// Watches the CronJob's Jobs: how many were ever made, and the most unfinished at once.
+fn watch_jobs(
+    c: &TestCluster,
+    cron: &str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<(BTreeSet<String>, usize)>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((BTreeSet::new(), 0usize)));
+    let out = seen.clone();
+    let api: Api<Job> = Api::namespaced(c.client.clone(), "default");
+    let cfg = watcher::Config::default().labels(&format!("cron={cron}"));
+    let task = tokio::spawn(async move {
+        let mut running = BTreeSet::new();
+        let mut events = watcher(api, cfg).boxed();
+        while let Some(Ok(e)) = events.next().await {
+            let (watcher::Event::Apply(j) | watcher::Event::InitApply(j)) = e else {
+                continue;
+            };
+            let name = j.metadata.name.clone().unwrap_or_default();
+            let done = condition(&j, "Complete").is_some() || condition(&j, "Failed").is_some();
+            if done || j.metadata.deletion_timestamp.is_some() {
+                running.remove(&name);
+            } else {
+                running.insert(name.clone());
+            }
+            let mut s = out.lock().unwrap();
+            s.0.insert(name);
+            s.1 = s.1.max(running.len());
+        }
+    });
+    (seen, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_job_runs_every_minute_and_keeps_its_history_short() {
+    let k = cluster().await;
+    let crons: Api<CronJob> = Api::namespaced(k.c.client.clone(), "default");
+    let (seen, watch) = watch_jobs(&k.c, "often");
+    crons
+        .create(&PostParams::default(), &cron_job("often", "Allow", 100, 2))
+        .await
+        .unwrap();
+    until(WAIT, "three scheduled runs", || async {
+        seen.lock().unwrap().0.len() >= 3
+    })
+    .await;
+    until(WAIT, "a success recorded and old Jobs deleted", || async {
+        let cj = crons.get("often").await.unwrap();
+        let jobs: Api<Job> = Api::namespaced(k.c.client.clone(), "default");
+        let left = jobs
+            .list(&ListParams::default().labels("cron=often"))
+            .await
+            .unwrap()
+            .items;
+        let finished = left
+            .iter()
+            .filter(|j| {
+                j.metadata.deletion_timestamp.is_none() && condition(j, "Complete").is_some()
+            })
+            .count();
+        cj.status.and_then(|s| s.last_successful_time).is_some() && finished <= 2
+    })
+    .await;
+    watch.abort();
+    let jobs: Api<Job> = Api::namespaced(k.c.client.clone(), "default");
+    for j in jobs
+        .list(&ListParams::default().labels("cron=often"))
+        .await
+        .unwrap()
+        .items
+    {
+        let name = j.metadata.name.clone().unwrap_or_default();
+        let minutes: i64 = name.trim_start_matches("often-").parse().unwrap();
+        let stamp = &j.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/cronjob-scheduled-timestamp"];
+        let scheduled: jiff::Timestamp = stamp.parse().unwrap();
+        assert_eq!(scheduled.as_second(), minutes * 60, "{name} {stamp}");
+        assert_eq!(j.metadata.owner_references.unwrap()[0].kind, "CronJob");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbid_never_runs_two_at_once() {
+    let k = cluster().await;
+    let crons: Api<CronJob> = Api::namespaced(k.c.client.clone(), "default");
+    let (seen, watch) = watch_jobs(&k.c, "alone");
+    // Each run takes 2.5 s: two and a half "minutes" at 60×.
+    crons
+        .create(
+            &PostParams::default(),
+            &cron_job("alone", "Forbid", 2_500, 3),
+        )
+        .await
+        .unwrap();
+    until(WAIT, "two runs, one after the other", || async {
+        seen.lock().unwrap().0.len() >= 2
+    })
+    .await;
+    watch.abort();
+    assert_eq!(
+        seen.lock().unwrap().1,
+        1,
+        "never two unfinished Jobs at once"
+    );
+    let events: Api<Event> = Api::namespaced(k.c.client.clone(), "default");
+    let skipped = events
+        .list(&ListParams::default().fields("involvedObject.name=alone"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("JobAlreadyActive"));
+    assert!(skipped, "a run was skipped while the previous one ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_goes_after_its_ttl() {
+    let k = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(k.c.client.clone(), "default");
+    // 60 s of TTL is one second at 60×.
+    jobs.create(
+        &PostParams::default(),
+        &job("brief", json!({"ttlSecondsAfterFinished": 60}), 50, 0, ""),
+    )
+    .await
+    .unwrap();
+    let j = finished(&jobs, "brief").await;
+    assert!(condition(&j, "Complete").is_some());
+    until(WAIT, "the Job and its pods deleted", || async {
+        jobs.get_opt("brief").await.unwrap().is_none() && pods_of(&k.c, "brief").await.is_empty()
     })
     .await;
 }

@@ -3,6 +3,7 @@
 //! that error policy and those metrics.
 
 pub mod backoff;
+pub mod clock;
 pub mod discovery;
 pub mod events;
 pub mod expectations;
@@ -24,6 +25,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde::de::DeserializeOwned;
 
 pub use backoff::Backoffs;
+pub use clock::Clock;
 pub use discovery::Discovery;
 pub use events::Recorder;
 pub use expectations::Expectations;
