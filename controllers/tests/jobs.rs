@@ -338,14 +338,11 @@ fn cron_job(name: &str, policy: &str, run_ms: u64, keep: i32) -> CronJob {
     .unwrap()
 }
 
+/// What [`watch_jobs`] saw: every Job name, and the most unfinished at once.
+type Seen = std::sync::Arc<std::sync::Mutex<(BTreeSet<String>, usize)>>;
+
 /// Watches the CronJob's Jobs: how many were ever made, and the most unfinished at once.
-fn watch_jobs(
-    c: &TestCluster,
-    cron: &str,
-) -> (
-    std::sync::Arc<std::sync::Mutex<(BTreeSet<String>, usize)>>,
-    tokio::task::JoinHandle<()>,
-) {
+fn watch_jobs(c: &TestCluster, cron: &str) -> (Seen, tokio::task::JoinHandle<()>) {
     let seen = std::sync::Arc::new(std::sync::Mutex::new((BTreeSet::new(), 0usize)));
     let out = seen.clone();
     let api: Api<Job> = Api::namespaced(c.client.clone(), "default");
