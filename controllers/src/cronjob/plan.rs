@@ -398,7 +398,7 @@ mod tests {
         let now = at("2026-12-04T10:00:05Z");
         let allow = plan(
             &cron(json!({"schedule": "* * * * *"}), status.clone()),
-            &[running.clone()],
+            std::slice::from_ref(&running),
             now,
         );
         assert!(allow.create.is_some() && allow.delete.is_empty());
@@ -412,7 +412,7 @@ mod tests {
                 json!({"schedule": "* * * * *", "concurrencyPolicy": "Forbid"}),
                 status.clone(),
             ),
-            &[running.clone()],
+            std::slice::from_ref(&running),
             now,
         );
         assert!(forbid.create.is_none());
@@ -422,7 +422,7 @@ mod tests {
                 json!({"schedule": "* * * * *", "concurrencyPolicy": "Replace"}),
                 status,
             ),
-            &[running.clone()],
+            std::slice::from_ref(&running),
             now,
         );
         assert!(replace.create.is_some());
