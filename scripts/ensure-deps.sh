@@ -2,7 +2,7 @@
 # Makes sure what `make test` needs is on this machine: etcd (the tests start real etcd
 # processes), protoc (etcd-client's build compiles etcd's protos) and kubectl (the e2e suite
 # drives it; Debian's kubernetes-client when none is installed), and the official Kubernetes
-# Python client (one e2e test drives it; installed with pip). Installs them with apt when
+# Python client (one e2e test drives it; installed with pip), and tzdata (CronJobs' time zones). Installs them with apt when
 # running as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
 # `ensure-deps.sh build` checks only what building needs (protoc): `make build`; `ensure-deps.sh
 # run` adds what running as root needs for Services (nft, for the agent's service proxy):
@@ -19,6 +19,8 @@ if [ "$mode" != build ]; then
   command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
   [ -n "${CAPSTAN_KUBECTL:-}" ] || command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 fi
+# CronJobs' timeZone is looked up in the system's tz database, as Kubernetes does.
+[ "$mode" = build ] || [ -d /usr/share/zoneinfo/America ] || missing+=(tzdata)
 
 if [ "$mode" != build ] && ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
   if python3 -m pip --version >/dev/null 2>&1; then

@@ -6,6 +6,7 @@ mod admission;
 mod api;
 mod auth;
 mod crd;
+mod jobs;
 mod nodes;
 mod pods;
 mod schedule;
@@ -53,6 +54,9 @@ enum Which {
     /// The scheduler (spread, binpack) on simulated nodes against the raw binding writes, and a
     /// Deployment of 1,000 replicas rolled from one template to another.
     Schedule(schedule::ScheduleBench),
+    /// Jobs: 1,000 Jobs of one pod each on simulated nodes, created → all Complete, against
+    /// the same number of bare pods created → all Succeeded, in one run.
+    Jobs(jobs::JobsBench),
     /// Node lifecycle: failover of 100 pods from a node that dies (overhead beyond grace +
     /// tolerationSeconds), and the node-lifecycle controller's CPU watching 5,000 healthy nodes.
     Nodes(nodes::NodesBench),
@@ -81,6 +85,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Admission(b) => admission::run(b).await,
         Which::Webhook(b) => webhook::run(b).await,
         Which::Schedule(b) => schedule::run(b).await,
+        Which::Jobs(b) => jobs::run(b).await,
         Which::Pods(b) => pods::run(b).await,
         Which::Nodes(b) => nodes::run(b).await,
         Which::Services(b) => services::run(b).await,

@@ -17,7 +17,8 @@
 
 pub mod plan;
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -40,6 +41,7 @@ use plan::{
 };
 
 pub const NAME: &str = "job";
+const BATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct JobController {
     client: kube::Client,
@@ -47,6 +49,13 @@ struct JobController {
     expectations: Arc<Expectations>,
     recorder: Recorder,
     settings: plan::Settings,
+    /// Per Job, the resourceVersions its own status writes replaced: a cache still showing one
+    /// of them is behind this controller, and the write's own event will bring the Job back.
+    superseded: Mutex<HashMap<String, Vec<String>>>,
+    /// Pods whose tracking finalizer this controller removed and the informer has not shown
+    /// gone yet (Kubernetes' finalizer expectations): seen without it, so a stale cache never
+    /// counts an outcome twice or removes the finalizer again.
+    released: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Runs the controller until dropped.
@@ -59,15 +68,36 @@ pub async fn run(m: Arc<Manager>) {
         expectations: Arc::new(Expectations::default()),
         recorder: Recorder::new(m.client.clone(), "job-controller"),
         settings: m.job,
+        superseded: Mutex::new(HashMap::new()),
+        released: Arc::default(),
     });
-    let exp = me.expectations.clone();
+    let (exp, released) = (me.expectations.clone(), me.released.clone());
     let pod_changes = pod_informer.subscribe().map(move |c| {
         observe(&exp, &c);
+        let pod = c.object();
+        let gone = matches!(c, Change::Deleted(_))
+            || !pod
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == TRACKING_FINALIZER);
+        if gone && let Some(uid) = &pod.metadata.uid {
+            released
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(uid);
+        }
         c.into_object()
     });
     let job_store = job_informer.store();
     let lookup = job_store.clone();
+    // Pod changes come in bursts (Running, Ready, Succeeded in quick succession): a pass
+    // waits a moment so one pass and one status write cover a burst (Kubernetes batches
+    // for a second; 100 ms keeps short Jobs quick).
+    let config = kube::runtime::controller::Config::default().debounce(BATCH_PERIOD);
     let controller = Controller::for_shared_stream(job_informer.objects(), job_store.clone())
+        .with_config(config)
         .watches_shared_stream(pod_changes, move |pod| {
             claims::owners_of(&lookup, &pod.metadata, |j: &Job| {
                 j.spec.as_ref().and_then(|s| s.selector.as_ref())
@@ -135,6 +165,15 @@ async fn remove_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> 
     }
 }
 
+/// A pod as it is once its tracking finalizer is removed.
+fn without_finalizer(pod: &Pod) -> Pod {
+    let mut p = pod.clone();
+    if let Some(f) = p.metadata.finalizers.as_mut() {
+        f.retain(|x| x != TRACKING_FINALIZER);
+    }
+    p
+}
+
 /// Pods with the tracking finalizer whose Job is gone (or never was): released, so they can
 /// be deleted.
 async fn release_orphans(
@@ -190,13 +229,27 @@ impl Reconcile<Job> for JobController {
         for pod in &claimed.release {
             claims::release(&pod_api, pod, job.metadata.uid.as_deref().unwrap_or("")).await?;
         }
-        let pods = claimed.owned;
+        // Pods whose finalizer went are seen without it even if the cache lags.
+        let pods: Vec<Arc<Pod>> = {
+            let released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+            claimed
+                .owned
+                .into_iter()
+                .map(|p| match &p.metadata.uid {
+                    Some(uid) if released.contains(uid) => Arc::new(without_finalizer(&p)),
+                    _ => p,
+                })
+                .collect()
+        };
 
         if job.metadata.deletion_timestamp.is_some() {
             // Going away: its pods are no longer counted; let them go with it.
             for pod in &pods {
                 remove_finalizer(&pod_api, pod).await?;
             }
+            return Ok(Action::await_change());
+        }
+        if self.is_stale(&key, &job) {
             return Ok(Action::await_change());
         }
         let may_manage = self.expectations.satisfied(&key);
@@ -208,21 +261,58 @@ impl Reconcile<Job> for JobController {
         let indexed =
             job.spec.as_ref().and_then(|s| s.completion_mode.as_deref()) == Some("Indexed");
 
+        let mut extra_events = Vec::new();
+        // Pods first, so that the status write below carries their count too.
+        let mut created = 0;
+        if may_manage {
+            if !plan.delete.is_empty() {
+                self.delete_pods(&job, &key, &pod_api, &plan.delete).await?;
+            }
+            if !plan.create.is_empty() {
+                created = self.create_pods(&job, &key, &pod_api, &plan.create).await?;
+            }
+        }
+        let mut status = plan.status.clone();
+        if created > 0 {
+            let s = status.get_or_insert_with(|| job.status.clone().unwrap_or_default());
+            s.active = Some(s.active.unwrap_or(0) + created);
+        }
         // Outcomes recorded before finalizers go.
         let mut current = (*job).clone();
-        if let Some(status) = plan.status.clone() {
+        if let Some(status) = status {
             current.status = Some(status);
+            let base = current.metadata.resource_version.clone();
             current = job_api
                 .replace_status(&name, &PostParams::default(), &current)
                 .await?;
+            self.supersede(&key, base);
         }
         if !plan.remove_finalizers.is_empty() {
+            let uids: Vec<String> = plan
+                .remove_finalizers
+                .iter()
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect();
+            self.released
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(uids);
             let results = join_all(
                 plan.remove_finalizers
                     .iter()
                     .map(|p| remove_finalizer(&pod_api, p)),
             )
             .await;
+            {
+                let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+                for (p, r) in plan.remove_finalizers.iter().zip(&results) {
+                    if r.is_err()
+                        && let Some(uid) = &p.metadata.uid
+                    {
+                        released.remove(uid);
+                    }
+                }
+            }
             let released: Vec<Arc<Pod>> = plan
                 .remove_finalizers
                 .iter()
@@ -233,27 +323,37 @@ impl Reconcile<Job> for JobController {
             let mut status = current.status.clone().unwrap_or_default();
             if plan::count_released(&mut status, &released, indexed) {
                 current.status = Some(status);
+                if plan.create.is_empty() && plan.delete.is_empty() {
+                    // Nothing else to do this pass: whatever the counts now settle (Complete,
+                    // Failed) goes into the same write rather than a pass of its own.
+                    let after: Vec<Arc<Pod>> = pods
+                        .iter()
+                        .map(|p| match released.iter().find(|r| Arc::ptr_eq(r, p)) {
+                            Some(r) => Arc::new(without_finalizer(r)),
+                            None => p.clone(),
+                        })
+                        .collect();
+                    let settled = plan::plan(&current, &after, now, &self.settings);
+                    if let Some(s) = settled.status {
+                        current.status = Some(s);
+                    }
+                    extra_events = settled.events;
+                }
+                let base = current.metadata.resource_version.clone();
                 job_api
                     .replace_status(&name, &PostParams::default(), &current)
                     .await?;
+                self.supersede(&key, base);
             }
             if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
                 return Err(e.into());
             }
         }
-        for e in &plan.events {
+        for e in plan.events.iter().chain(&extra_events) {
             if e.warning {
                 self.recorder.warning(&*job, e.reason, e.message.clone());
             } else {
                 self.recorder.normal(&*job, e.reason, e.message.clone());
-            }
-        }
-        if may_manage {
-            if !plan.delete.is_empty() {
-                self.delete_pods(&job, &key, &pod_api, &plan.delete).await?;
-            }
-            if !plan.create.is_empty() {
-                self.create_pods(&job, &key, &pod_api, &plan.create).await?;
             }
         }
         Ok(match plan.requeue {
@@ -264,16 +364,36 @@ impl Reconcile<Job> for JobController {
 }
 
 impl JobController {
+    /// Whether the cached Job is one this controller has already written over.
+    fn is_stale(&self, key: &str, job: &Job) -> bool {
+        let mut m = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
+        let rv = job.metadata.resource_version.clone().unwrap_or_default();
+        match m.get(key) {
+            Some(old) if old.contains(&rv) => true,
+            Some(_) => {
+                m.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn supersede(&self, key: &str, rv: Option<String>) {
+        let mut m = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(key.to_string()).or_default().extend(rv);
+    }
+
     async fn create_pods(
         &self,
         job: &Job,
         key: &str,
         pod_api: &Api<Pod>,
         wanted: &[plan::NewPod],
-    ) -> Result<(), Error> {
+    ) -> Result<i32, Error> {
         self.expectations.expect_creations(key, wanted.len());
         let mut rest = wanted;
         let mut batch = 1usize;
+        let mut made = 0;
         while !rest.is_empty() {
             let (now, later) = rest.split_at(batch.min(rest.len()));
             rest = later;
@@ -283,11 +403,14 @@ impl JobController {
             let mut first_error = None;
             for r in results {
                 match r {
-                    Ok(p) => self.recorder.normal(
-                        job,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", p.metadata.name.unwrap_or_default()),
-                    ),
+                    Ok(p) => {
+                        made += 1;
+                        self.recorder.normal(
+                            job,
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", p.metadata.name.unwrap_or_default()),
+                        )
+                    }
                     Err(e) => {
                         self.expectations.creation_observed(key);
                         first_error.get_or_insert(e);
@@ -304,7 +427,7 @@ impl JobController {
             }
             batch *= 2;
         }
-        Ok(())
+        Ok(made)
     }
 
     async fn delete_pods(
