@@ -1017,6 +1017,7 @@ async fn discovery_lists_every_resource_with_its_subresources() {
             "authentication.k8s.io",
             "authorization.k8s.io",
             "autoscaling",
+            "batch",
             "certificates.k8s.io",
             "coordination.k8s.io",
             "discovery.k8s.io",
@@ -1041,6 +1042,25 @@ async fn discovery_lists_every_resource_with_its_subresources() {
         ),
         (Some("policy"), Some("v1"), Some("Eviction"))
     );
+    // batch/v1: Jobs and CronJobs with their status, in `kubectl get all`.
+    let batch = get("/apis/batch/v1");
+    let names: Vec<&str> = batch["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for name in ["jobs", "jobs/status", "cronjobs", "cronjobs/status"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    let cron = batch["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "cronjobs")
+        .unwrap();
+    assert_eq!(cron["shortNames"], json!(["cj"]));
+    assert_eq!(cron["categories"], json!(["all"]));
     let apps = get("/apis/apps/v1");
     let scale = apps["resources"]
         .as_array()
