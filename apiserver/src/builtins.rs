@@ -207,9 +207,24 @@ pub fn builtins() -> Vec<ResourceInfo> {
     );
     cron_jobs.categories = all.clone();
 
+    let priority_classes = res(
+        (crate::priority::GROUP, "v1", "PriorityClass"),
+        "priorityclasses",
+        &["pc"],
+        false,
+        false,
+        Builtin::of::<k8s_openapi::api::scheduling::v1::PriorityClass>()
+            .defaults(crate::priority::defaults)
+            .validate_with(crate::priority::validate)
+            .validate_update_with(crate::priority::validate_update)
+            .table(crate::priority::table)
+            .arc(),
+    );
+
     vec![
         jobs,
         cron_jobs,
+        priority_classes,
         res(
             ("", "v1", "Namespace"),
             "namespaces",

@@ -37,6 +37,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod pod_disruption_budget;
+pub mod priority;
 pub mod protobuf;
 pub mod registry;
 pub mod request;
@@ -201,8 +202,16 @@ impl ApiServer {
         if config.service_account_admission {
             pod_admission.0.push(sa_admission.clone());
         }
+        let priority = Arc::new(priority::PriorityAdmission::default());
+        pod_admission
+            .0
+            .push(Arc::new(priority::PodPriority(priority.clone())));
         pod_admission.0.push(Arc::new(config.default_tolerations));
         registry.attach_hooks(("", "v1", "pods"), Arc::new(pod_admission));
+        registry.attach_hooks(
+            (priority::GROUP, "v1", "priorityclasses"),
+            Arc::new(priority::ClassDefault(priority.clone())),
+        );
         registry.attach_hooks(
             ("", "v1", "services"),
             Arc::new(service::ServiceHooks::new(ips.clone(), node_ports.clone())),
@@ -230,6 +239,7 @@ impl ApiServer {
             store,
         });
         sa_admission.attach(Arc::downgrade(&api));
+        priority.attach(Arc::downgrade(&api));
         for info in api.registry.all() {
             api.cacher(&info)?;
         }
@@ -252,6 +262,7 @@ impl ApiServer {
             }
         }
         auth::rbac::bootstrap::ensure(&api).await?;
+        priority::ensure_system_classes(&api).await?;
         crd::controller::CrdController::start(&api).await?;
         admission_policy::type_checking::start(&api)?;
         apiservice::sync(&api).await?;

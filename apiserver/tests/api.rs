@@ -1023,7 +1023,8 @@ async fn discovery_lists_every_resource_with_its_subresources() {
             "discovery.k8s.io",
             "events.k8s.io",
             "policy",
-            "rbac.authorization.k8s.io"
+            "rbac.authorization.k8s.io",
+            "scheduling.k8s.io"
         ]
     );
     // kubectl drain evicts only when pods/eviction names policy/v1 Eviction.

@@ -1754,6 +1754,13 @@ pub(super) static MESSAGES: &[M] = &[
         F { tag: 3, name: "name", ty: Str, rep: false, req: true },
         F { tag: 4, name: "namespace", ty: Str, rep: false, req: false },
     ]},
+    M { name: "io.k8s.api.scheduling.v1.PriorityClass", fields: &[
+        F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
+        F { tag: 2, name: "value", ty: Int32, rep: false, req: true },
+        F { tag: 3, name: "globalDefault", ty: Bool, rep: false, req: false },
+        F { tag: 4, name: "description", ty: Str, rep: false, req: false },
+        F { tag: 5, name: "preemptionPolicy", ty: Str, rep: false, req: false },
+    ]},
     M { name: "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceColumnDefinition", fields: &[
         F { tag: 1, name: "name", ty: Str, rep: false, req: true },
         F { tag: 2, name: "type", ty: Str, rep: false, req: true },
@@ -1999,6 +2006,7 @@ pub(super) static KINDS: &[(&str, &str, &str)] = &[
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "io.k8s.api.rbac.v1.ClusterRoleBinding"),
     ("rbac.authorization.k8s.io/v1", "Role", "io.k8s.api.rbac.v1.Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding", "io.k8s.api.rbac.v1.RoleBinding"),
+    ("scheduling.k8s.io/v1", "PriorityClass", "io.k8s.api.scheduling.v1.PriorityClass"),
     ("v1", "Binding", "io.k8s.api.core.v1.Binding"),
     ("v1", "ConfigMap", "io.k8s.api.core.v1.ConfigMap"),
     ("v1", "Endpoints", "io.k8s.api.core.v1.Endpoints"),
