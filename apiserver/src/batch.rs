@@ -461,16 +461,6 @@ fn seconds(v: &Value) -> Option<i64> {
         .map(|t| t.as_second())
 }
 
-fn pod_template_cells(template: &Value) -> (String, String) {
-    let containers = template["spec"]["containers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let names: Vec<String> = containers.iter().map(|c| table::s(&c["name"])).collect();
-    let images: Vec<String> = containers.iter().map(|c| table::s(&c["image"])).collect();
-    (names.join(","), images.join(","))
-}
-
 pub fn jobs() -> Table {
     table::table(
         &[
@@ -500,7 +490,7 @@ pub fn jobs() -> Table {
                     table::human_duration(end - start)
                 }
             };
-            let (names, images) = pod_template_cells(&spec["template"]);
+            let (names, images) = table::pod_template_cells(&spec["template"]);
             vec![
                 json!(job_status(o)),
                 json!(completions),
@@ -534,7 +524,7 @@ pub fn cron_jobs() -> Table {
                 None => "<none>".into(),
             };
             let job_spec = &spec["jobTemplate"]["spec"];
-            let (names, images) = pod_template_cells(&job_spec["template"]);
+            let (names, images) = table::pod_template_cells(&job_spec["template"]);
             vec![
                 json!(table::s(&spec["schedule"])),
                 json!(spec["timeZone"].as_str().unwrap_or("<none>")),

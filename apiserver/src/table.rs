@@ -278,7 +278,12 @@ fn readiness_gates(pod: &Value) -> String {
 
 /// A workload's CONTAINERS and IMAGES cells: names and images of its pod template, comma-joined.
 fn template_containers(workload: &Value) -> (String, String) {
-    let containers = workload["spec"]["template"]["spec"]["containers"]
+    pod_template_cells(&workload["spec"]["template"])
+}
+
+/// CONTAINERS and IMAGES of a pod template.
+pub(crate) fn pod_template_cells(template: &Value) -> (String, String) {
+    let containers = template["spec"]["containers"]
         .as_array()
         .cloned()
         .unwrap_or_default();

@@ -45,6 +45,7 @@ pub mod garbagecollector;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod podcontrol;
 pub mod podgc;
 pub mod podutil;
 pub mod replicaset;

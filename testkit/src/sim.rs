@@ -430,20 +430,7 @@ async fn handle(
     let now = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let containers: Vec<serde_json::Value> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.iter().collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| {
-            json!({"name": c.name, "image": c.image.clone().unwrap_or_default(),
-                "imageID": format!("sim://{}", c.image.clone().unwrap_or_default()),
-                "containerID": format!("sim://{uid}/{}", c.name),
-                "ready": true, "started": true, "restartCount": 0,
-                "state": {"running": {"startedAt": now}}})
-        })
-        .collect();
+    let containers = container_statuses(&pod, true, json!({"running": {"startedAt": now}}));
     let cond = |ty: &str| json!({"type": ty, "status": "True", "lastTransitionTime": now});
     let status = json!({"status": {
         "phase": "Running",
@@ -490,29 +477,39 @@ fn exit_of(pod: &Pod) -> Option<(Duration, i32)> {
     Some((Duration::from_millis(ms), code))
 }
 
+/// A status for each of the pod's containers, all in `state`.
+fn container_statuses(
+    pod: &Pod,
+    running: bool,
+    state: serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    containers
+        .iter()
+        .map(|c| {
+            let image = c.image.clone().unwrap_or_default();
+            json!({"name": c.name, "image": image, "imageID": format!("sim://{image}"),
+                "containerID": format!("sim://{uid}/{}", c.name),
+                "ready": running, "started": running, "restartCount": 0, "state": state})
+        })
+        .collect()
+}
+
 /// Every container exits with `code`: the pod Succeeded (0) or Failed.
 async fn finish(api: &Api<Pod>, pod: &Pod, code: i32) -> Result<()> {
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
     let now = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
     let reason = if code == 0 { "Completed" } else { "Error" };
-    let containers: Vec<serde_json::Value> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.iter().collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| {
-            json!({"name": c.name, "image": c.image.clone().unwrap_or_default(),
-                "imageID": format!("sim://{}", c.image.clone().unwrap_or_default()),
-                "containerID": format!("sim://{uid}/{}", c.name),
-                "ready": false, "started": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": code, "reason": reason,
-                    "startedAt": now, "finishedAt": now}}})
-        })
-        .collect();
+    let state = json!({"terminated": {"exitCode": code, "reason": reason,
+        "startedAt": now, "finishedAt": now}});
+    let containers = container_statuses(pod, false, state);
     let not_ready = |ty: &str| json!({"type": ty, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now});
     let status = json!({"status": {
         "phase": if code == 0 { "Succeeded" } else { "Failed" },

@@ -12,10 +12,11 @@ use capstan_controllers::Manager;
 use capstan_testkit::sim::{self, SimConfig, SimNodes};
 use clap::Args;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
+use super::schedule::namespace;
 use super::{LocalServer, drive};
 
 #[derive(Debug, Args)]
@@ -40,14 +41,6 @@ fn template(run_ms: u64) -> serde_json::Value {
         "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox",
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}
     })
-}
-
-async fn namespace(client: &kube::Client, name: &str) -> Result<()> {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
-    Ok(())
 }
 
 /// Polls `done` (every 100 ms, up to 10 minutes) until it reaches `n`.

@@ -53,7 +53,7 @@ fn pod(name: &str, scheduler: &str) -> Pod {
     .expect("valid pod")
 }
 
-async fn namespace(client: &kube::Client, name: &str) -> Result<()> {
+pub(super) async fn namespace(client: &kube::Client, name: &str) -> Result<()> {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)

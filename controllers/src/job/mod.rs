@@ -26,7 +26,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
@@ -437,44 +437,16 @@ impl JobController {
         pod_api: &Api<Pod>,
         pods: &[Arc<Pod>],
     ) -> Result<(), Error> {
-        let uids: Vec<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-        self.expectations.expect_deletions(key, uids);
-        let results = join_all(pods.iter().map(|p| async move {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: p.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            (p, name.clone(), pod_api.delete(&name, &dp).await)
-        }))
+        let failed = crate::podcontrol::delete_pods(
+            job,
+            key,
+            pod_api,
+            pods,
+            &self.expectations,
+            &self.recorder,
+        )
         .await;
-        let mut first_error = None;
-        for (p, name, r) in results {
-            match r {
-                Ok(_) => {
-                    self.recorder
-                        .normal(job, "SuccessfulDelete", format!("Deleted pod: {name}"))
-                }
-                Err(e) => {
-                    self.expectations
-                        .deletion_observed(key, p.metadata.uid.as_deref().unwrap_or(""));
-                    if !is_not_found(&e) {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        match first_error {
-            Some(e) => {
-                self.recorder
-                    .warning(job, "FailedDelete", format!("Error deleting: {e}"));
-                Err(e.into())
-            }
-            None => Ok(()),
-        }
+        failed.map_or(Ok(()), |e| Err(e.into()))
     }
 }
 

@@ -21,12 +21,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 
 use crate::claims;
-use crate::error::is_not_found;
 use crate::podutil::{self, controller_owner_ref, controller_ref};
 use crate::runtime::{Change, Expectations, Reconcile, Recorder, drive};
 use crate::{Error, Manager};
@@ -252,44 +251,16 @@ impl ReplicaSetController {
         pod_api: &Api<Pod>,
         pods: &[Arc<Pod>],
     ) -> Result<(), String> {
-        let uids: Vec<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-        self.expectations.expect_deletions(key, uids);
-        let results = join_all(pods.iter().map(|p| async move {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: p.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            (p, name.clone(), pod_api.delete(&name, &dp).await)
-        }))
+        let failed = crate::podcontrol::delete_pods(
+            rs,
+            key,
+            pod_api,
+            pods,
+            &self.expectations,
+            &self.recorder,
+        )
         .await;
-        let mut first_error = None;
-        for (p, name, r) in results {
-            match r {
-                Ok(_) => {
-                    self.recorder
-                        .normal(rs, "SuccessfulDelete", format!("Deleted pod: {name}"))
-                }
-                Err(e) => {
-                    self.expectations
-                        .deletion_observed(key, p.metadata.uid.as_deref().unwrap_or(""));
-                    if !is_not_found(&e) {
-                        first_error.get_or_insert(e.to_string());
-                    }
-                }
-            }
-        }
-        match first_error {
-            Some(e) => {
-                let msg = format!("deleting pods failed: {e}");
-                self.recorder.warning(rs, "FailedDelete", msg.clone());
-                Err(msg)
-            }
-            None => Ok(()),
-        }
+        failed.map_or(Ok(()), |e| Err(format!("deleting pods failed: {e}")))
     }
 }
 
