@@ -73,7 +73,7 @@ pub async fn run(m: Arc<Manager>) {
     });
     let (exp, released) = (me.expectations.clone(), me.released.clone());
     let pod_changes = pod_informer.subscribe().map(move |c| {
-        observe(&exp, &c);
+        crate::podcontrol::observe(&exp, &c, "Job");
         let pod = c.object();
         let gone = matches!(c, Change::Deleted(_))
             || !pod
@@ -111,33 +111,6 @@ pub async fn run(m: Arc<Manager>) {
         job_store,
     ));
     drive(NAME, controller, me, m.metrics.clone()).await;
-}
-
-/// Lowers expectations from what the pod informer saw.
-fn observe(exp: &Expectations, change: &Change<Pod>) {
-    let pod = change.object();
-    let Some(owner) = controller_ref(&pod.metadata).filter(|r| r.kind == "Job") else {
-        return;
-    };
-    let key = format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or(""),
-        owner.name
-    );
-    let uid = pod.metadata.uid.as_deref().unwrap_or("");
-    match change {
-        Change::Added(_) => {
-            exp.creation_observed(&key);
-            if pod.metadata.deletion_timestamp.is_some() {
-                exp.deletion_observed(&key, uid);
-            }
-        }
-        Change::Modified(_) if pod.metadata.deletion_timestamp.is_some() => {
-            exp.deletion_observed(&key, uid)
-        }
-        Change::Modified(_) => {}
-        Change::Deleted(_) => exp.deletion_observed(&key, uid),
-    }
 }
 
 /// Removes the tracking finalizer from a pod: a strategic merge patch deleting just that
@@ -390,44 +363,17 @@ impl JobController {
         pod_api: &Api<Pod>,
         wanted: &[plan::NewPod],
     ) -> Result<i32, Error> {
-        self.expectations.expect_creations(key, wanted.len());
-        let mut rest = wanted;
-        let mut batch = 1usize;
-        let mut made = 0;
-        while !rest.is_empty() {
-            let (now, later) = rest.split_at(batch.min(rest.len()));
-            rest = later;
-            let pp = PostParams::default();
-            let pods: Vec<Pod> = now.iter().map(|w| pod_for(job, w)).collect();
-            let results = join_all(pods.iter().map(|p| pod_api.create(&pp, p))).await;
-            let mut first_error = None;
-            for r in results {
-                match r {
-                    Ok(p) => {
-                        made += 1;
-                        self.recorder.normal(
-                            job,
-                            "SuccessfulCreate",
-                            format!("Created pod: {}", p.metadata.name.unwrap_or_default()),
-                        )
-                    }
-                    Err(e) => {
-                        self.expectations.creation_observed(key);
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            if let Some(e) = first_error {
-                for _ in 0..rest.len() {
-                    self.expectations.creation_observed(key);
-                }
-                self.recorder
-                    .warning(job, "FailedCreate", format!("Error creating: {e}"));
-                return Err(e.into());
-            }
-            batch *= 2;
-        }
-        Ok(made)
+        let pods: Vec<Pod> = wanted.iter().map(|w| pod_for(job, w)).collect();
+        let (made, failed) = crate::podcontrol::create_pods(
+            job,
+            key,
+            pod_api,
+            &pods,
+            &self.expectations,
+            &self.recorder,
+        )
+        .await;
+        failed.map_or(Ok(made as i32), |e| Err(e.into()))
     }
 
     async fn delete_pods(

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use futures_util::future::join_all;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -27,7 +26,7 @@ use kube::runtime::reflector::Store;
 
 use crate::claims;
 use crate::podutil::{self, controller_owner_ref, controller_ref};
-use crate::runtime::{Change, Expectations, Reconcile, Recorder, drive};
+use crate::runtime::{Expectations, Reconcile, Recorder, drive};
 use crate::{Error, Manager};
 
 pub const NAME: &str = "replicaset";
@@ -54,7 +53,7 @@ pub async fn run(m: Arc<Manager>) {
     });
     let exp = me.expectations.clone();
     let pod_changes = pod_informer.subscribe().map(move |c| {
-        observe(&exp, &c);
+        crate::podcontrol::observe(&exp, &c, "ReplicaSet");
         c.into_object()
     });
     let rs_store = rs_informer.store();
@@ -69,33 +68,6 @@ pub async fn run(m: Arc<Manager>) {
     pod_informer.wait_synced().await;
     rs_informer.wait_synced().await;
     drive(NAME, controller, me, m.metrics.clone()).await;
-}
-
-/// Lowers expectations from what the pod informer saw.
-fn observe(exp: &Expectations, change: &Change<Pod>) {
-    let pod = change.object();
-    let Some(owner) = controller_ref(&pod.metadata).filter(|r| r.kind == "ReplicaSet") else {
-        return;
-    };
-    let key = format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or(""),
-        owner.name
-    );
-    let uid = pod.metadata.uid.as_deref().unwrap_or("");
-    match change {
-        Change::Added(_) => {
-            exp.creation_observed(&key);
-            if pod.metadata.deletion_timestamp.is_some() {
-                exp.deletion_observed(&key, uid);
-            }
-        }
-        Change::Modified(_) if pod.metadata.deletion_timestamp.is_some() => {
-            exp.deletion_observed(&key, uid)
-        }
-        Change::Modified(_) => {}
-        Change::Deleted(_) => exp.deletion_observed(&key, uid),
-    }
 }
 
 impl Reconcile<ReplicaSet> for ReplicaSetController {
@@ -209,39 +181,17 @@ impl ReplicaSetController {
         pod_api: &Api<Pod>,
         n: usize,
     ) -> Result<(), String> {
-        let pod = pod_from_template(rs);
-        self.expectations.expect_creations(key, n);
-        let (mut remaining, mut batch) = (n, 1usize);
-        while remaining > 0 {
-            let size = batch.min(remaining);
-            let pp = PostParams::default();
-            let results = join_all((0..size).map(|_| pod_api.create(&pp, &pod))).await;
-            remaining -= size;
-            let mut first_error = None;
-            for r in results {
-                match r {
-                    Ok(p) => self.recorder.normal(
-                        rs,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", p.metadata.name.unwrap_or_default()),
-                    ),
-                    Err(e) => {
-                        self.expectations.creation_observed(key);
-                        first_error.get_or_insert(e.to_string());
-                    }
-                }
-            }
-            if let Some(e) = first_error {
-                for _ in 0..remaining {
-                    self.expectations.creation_observed(key);
-                }
-                let msg = format!("creating pods failed: {e}");
-                self.recorder.warning(rs, "FailedCreate", msg.clone());
-                return Err(msg);
-            }
-            batch *= 2;
-        }
-        Ok(())
+        let pods = vec![pod_from_template(rs); n];
+        let (_, failed) = crate::podcontrol::create_pods(
+            rs,
+            key,
+            pod_api,
+            &pods,
+            &self.expectations,
+            &self.recorder,
+        )
+        .await;
+        failed.map_or(Ok(()), |e| Err(format!("creating pods failed: {e}")))
     }
 
     async fn delete_pods(
