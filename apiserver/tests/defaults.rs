@@ -123,6 +123,8 @@ async fn minimal_objects_are_stored_with_exactly_kubernetes_defaults() {
                 "dnsPolicy": "ClusterFirst", "enableServiceLinks": true, "restartPolicy": "Always",
                 "schedulerName": "default-scheduler", "securityContext": {},
                 "terminationGracePeriodSeconds": 30,
+                // The Priority admission plugin: no class and no global default.
+                "priority": 0, "preemptionPolicy": "PreemptLowerPriority",
                 // The DefaultTolerationSeconds admission plugin, on by default in Kubernetes.
                 "tolerations": [
                     {"key": "node.kubernetes.io/not-ready", "operator": "Exists",

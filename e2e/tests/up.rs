@@ -103,6 +103,8 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
         [
             "endpoints/default/kubernetes",
             "endpointslices/default/kubernetes",
+            "priorityclasses/system-cluster-critical",
+            "priorityclasses/system-node-critical",
             "serviceips/10.96.0.1",
             "serviceips/10.96.0.10",
             "services/default/kubernetes",
