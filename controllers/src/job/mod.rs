@@ -294,7 +294,9 @@ impl Reconcile<Job> for JobController {
                 .map(|(p, _)| p.clone())
                 .collect();
             let mut status = current.status.clone().unwrap_or_default();
-            if plan::count_released(&mut status, &released, indexed) {
+            let counted: Vec<(String, Option<i32>)> =
+                released.iter().map(|p| plan::released(p)).collect();
+            if plan::count_released(&mut status, &counted, indexed) {
                 current.status = Some(status);
                 if plan.create.is_empty() && plan.delete.is_empty() {
                     // Nothing else to do this pass: whatever the counts now settle (Complete,

@@ -353,50 +353,30 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: Timestamp, settings: &Settings) -
     let finished = has_condition(&old, "Complete") || has_condition(&old, "Failed");
 
     // --- 1. outcomes, and the uncounted → counted steps -----------------------------------
-    let uncounted = old.uncounted_terminated_pods.clone().unwrap_or_default();
-    let mut unc_succeeded: BTreeSet<String> = uncounted
-        .succeeded
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let mut unc_failed: BTreeSet<String> = uncounted
-        .failed
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let mut succeeded = old.succeeded.unwrap_or(0);
-    let mut failed = old.failed.unwrap_or(0);
-    let mut completed = parse_indexes(old.completed_indexes.as_deref().unwrap_or_default());
-    let mut failed_indexes = parse_indexes(old.failed_indexes.as_deref().unwrap_or_default());
+    // Recorded earlier and released since (finalizer gone, or the pod gone): count them.
     let by_uid: BTreeMap<&str, &Arc<Pod>> = pods
         .iter()
         .filter_map(|p| Some((p.metadata.uid.as_deref()?, p)))
         .collect();
-    // Recorded earlier and released since (finalizer gone, or the pod gone): count them.
-    for uid in unc_succeeded.clone() {
-        match by_uid.get(uid.as_str()) {
-            Some(p) if has_finalizer(p) => {}
-            found => {
-                unc_succeeded.remove(&uid);
-                match found.and_then(|p| index_of(p)) {
-                    Some(i) if indexed => {
-                        completed.insert(i);
-                    }
-                    _ if indexed => {}
-                    _ => succeeded += 1,
-                }
-            }
-        }
-    }
-    for uid in unc_failed.clone() {
-        if by_uid.get(uid.as_str()).is_some_and(|p| has_finalizer(p)) {
-            continue;
-        }
-        unc_failed.remove(&uid);
-        failed += 1;
-    }
+    let recorded = old.uncounted_terminated_pods.clone().unwrap_or_default();
+    let released_earlier: Vec<(String, Option<i32>)> = recorded
+        .succeeded
+        .iter()
+        .chain(recorded.failed.iter())
+        .flatten()
+        .filter_map(|uid| match by_uid.get(uid.as_str()) {
+            Some(p) if has_finalizer(p) => None,
+            found => Some((uid.clone(), found.and_then(|p| index_of(p)))),
+        })
+        .collect();
+    count_released(&mut status, &released_earlier, indexed);
+    let counted = status.uncounted_terminated_pods.clone().unwrap_or_default();
+    let mut unc_succeeded: BTreeSet<String> = counted.succeeded.into_iter().flatten().collect();
+    let mut unc_failed: BTreeSet<String> = counted.failed.into_iter().flatten().collect();
+    let succeeded = status.succeeded.unwrap_or(0);
+    let failed = status.failed.unwrap_or(0);
+    let completed = parse_indexes(status.completed_indexes.as_deref().unwrap_or_default());
+    let mut failed_indexes = parse_indexes(old.failed_indexes.as_deref().unwrap_or_default());
     let mut active: Vec<&Arc<Pod>> = Vec::new();
     let mut terminating = 0;
     let mut fail_job: Option<String> = None;
@@ -814,25 +794,31 @@ fn plan_indexed(
     }
 }
 
-/// After the finalizers of `released` pods were removed: their uids move from
+/// A pod whose tracking finalizer is gone: its uid, and its completion index if known.
+pub fn released(pod: &Pod) -> (String, Option<i32>) {
+    (pod.metadata.uid.clone().unwrap_or_default(), index_of(pod))
+}
+
+/// After the finalizers of `released` pods (uid, index) were removed: their uids move from
 /// `uncountedTerminatedPods` to `succeeded`/`failed` (and their indexes to
 /// `completedIndexes`). Returns whether anything moved.
-pub fn count_released(status: &mut JobStatus, released: &[Arc<Pod>], indexed: bool) -> bool {
+pub fn count_released(
+    status: &mut JobStatus,
+    released: &[(String, Option<i32>)],
+    indexed: bool,
+) -> bool {
     let Some(unc) = status.uncounted_terminated_pods.as_mut() else {
         return false;
     };
     let mut moved = false;
     let mut completed = parse_indexes(status.completed_indexes.as_deref().unwrap_or_default());
-    for pod in released {
-        let Some(uid) = pod.metadata.uid.as_deref() else {
-            continue;
-        };
+    for (uid, index) in released {
         if let Some(list) = unc.succeeded.as_mut()
             && let Some(at) = list.iter().position(|u| u == uid)
         {
             list.remove(at);
             moved = true;
-            match index_of(pod) {
+            match *index {
                 Some(i) if indexed => {
                     completed.insert(i);
                 }

@@ -115,13 +115,13 @@ fn a_finished_pod_is_recorded_before_its_finalizer_goes_and_counted_after() {
     assert_eq!(p.create.len(), 1);
     // After the finalizer went: counted, once.
     let mut st2 = st.clone();
-    assert!(count_released(&mut st2, std::slice::from_ref(&done), false));
+    assert!(count_released(&mut st2, &[released(&done)], false));
     assert_eq!(st2.succeeded, Some(1));
     assert_eq!(
         st2.uncounted_terminated_pods.as_ref().unwrap().succeeded,
         None
     );
-    assert!(!count_released(&mut st2, &[done], false));
+    assert!(!count_released(&mut st2, &[released(&done)], false));
     assert_eq!(st2.succeeded, Some(1));
 }
 
