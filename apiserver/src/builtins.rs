@@ -1,6 +1,6 @@
-//! The built-in resources Capstan serves (core/v1, apps/v1, autoscaling/v2, policy/v1, events.k8s.io/v1,
-//! coordination, discovery, apiregistration and apiextensions): names, scope, subresources and
-//! each one's [`Builtin`] strategy.
+//! The built-in resources Capstan serves (core/v1, apps/v1, batch/v1, scheduling/v1,
+//! autoscaling/v2, policy/v1, events.k8s.io/v1, coordination, discovery, apiregistration and
+//! apiextensions): names, scope, subresources and each one's [`Builtin`] strategy.
 
 use std::sync::Arc;
 
@@ -147,6 +147,36 @@ pub fn builtins() -> Vec<ResourceInfo> {
     );
     replicasets.categories = all.clone();
     replicasets.scale = Some(ScalePaths::workload());
+    let mut daemon_sets = res(
+        ("apps", "v1", "DaemonSet"),
+        "daemonsets",
+        &["ds"],
+        true,
+        true,
+        Builtin::of::<apps::DaemonSet>()
+            .defaults(defaults::apps::daemon_set)
+            .on_create(crate::daemon_set::on_create)
+            .prepare_update(crate::daemon_set::prepare_update)
+            .validate_with(crate::daemon_set::validate)
+            .validate_update_with(crate::daemon_set::validate_update)
+            .table(crate::daemon_set::table)
+            .generation()
+            .reset_status_on_create()
+            .arc(),
+    );
+    daemon_sets.categories = all.clone();
+    let controller_revisions = res(
+        ("apps", "v1", "ControllerRevision"),
+        "controllerrevisions",
+        &[],
+        true,
+        false,
+        Builtin::of::<apps::ControllerRevision>()
+            .validate_with(crate::controller_revision::validate)
+            .validate_update_with(crate::controller_revision::validate_update)
+            .table(crate::controller_revision::table)
+            .arc(),
+    );
     let mut hpa = res(
         ("autoscaling", "v2", "HorizontalPodAutoscaler"),
         "horizontalpodautoscalers",
@@ -314,6 +344,8 @@ pub fn builtins() -> Vec<ResourceInfo> {
         ),
         deployments,
         replicasets,
+        daemon_sets,
+        controller_revisions,
         hpa,
         pdb,
         events_v1(),

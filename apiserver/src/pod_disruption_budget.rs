@@ -16,7 +16,7 @@ fn err(field: &str, value: &str, message: impl Into<String>) -> FieldError {
 }
 
 /// ValidatePositiveIntOrPercent and IsNotMoreThan100Percent.
-fn int_or_percent(field: &str, v: &Value, errs: &mut Vec<FieldError>) {
+pub(crate) fn int_or_percent(field: &str, v: &Value, errs: &mut Vec<FieldError>) {
     match v {
         Value::Null => {}
         Value::Number(n) => {

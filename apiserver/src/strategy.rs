@@ -40,6 +40,9 @@ pub trait Strategy: Send + Sync {
     }
     /// Defaults and resets applied to a new object before it is stored.
     fn prepare_for_create(&self, _obj: &mut Value) {}
+    /// What an update carries over from the live object or derives from the change (a
+    /// DaemonSet's template generation), after the generation is settled.
+    fn prepare_for_update(&self, _new: &mut Value, _old: &Value) {}
     /// Normalization applied to every object written and read: custom resources prune
     /// unknown fields and apply schema defaults here; built-ins apply update defaults.
     fn canonicalize(&self, _obj: &mut Value) {}
@@ -128,6 +131,7 @@ pub struct Builtin {
     on_create: Option<fn(&mut Value)>,
     defaults: Option<fn(&mut Value)>,
     on_update: Option<fn(&mut Value)>,
+    prepare_update: Option<fn(&mut Value, &Value)>,
     update_rules: Option<fn(&Value, &Value) -> Vec<FieldError>>,
     fields: &'static [(&'static str, &'static str)],
     /// Each selectable field's value when the object leaves it unset: its type's zero value
@@ -156,6 +160,7 @@ impl Builtin {
             on_create: None,
             defaults: None,
             on_update: None,
+            prepare_update: None,
             update_rules: None,
             fields: &[],
             field_zeros: Vec::new(),
@@ -202,6 +207,11 @@ impl Builtin {
     /// Defaults applied to every write (after the body is decoded, before validation).
     pub fn on_update(mut self, f: fn(&mut Value)) -> Self {
         self.on_update = Some(f);
+        self
+    }
+    /// What an update derives from the live object (see [`Strategy::prepare_for_update`]).
+    pub fn prepare_update(mut self, f: fn(&mut Value, &Value)) -> Self {
+        self.prepare_update = Some(f);
         self
     }
     /// Fields written only through a subresource (see [`Strategy::subresource_fields`]).
@@ -371,6 +381,12 @@ impl Strategy for Builtin {
         }
         if let Some(f) = self.on_create {
             f(obj);
+        }
+    }
+
+    fn prepare_for_update(&self, new: &mut Value, old: &Value) {
+        if let Some(f) = self.prepare_update {
+            f(new, old);
         }
     }
 

@@ -6,6 +6,8 @@
 //! election ([`runtime::leader`]) only one replica of a manager acts at a time.
 //! - [`replicaset`]: keeps N pods per ReplicaSet (expectations, adoption, deletion ranking).
 //! - [`deployment`]: rolls ReplicaSets (rolling update, recreate, revisions, progress).
+//! - [`daemonset`]: one pod per eligible node, rolled (maxUnavailable / maxSurge) or replaced
+//!   on delete, with ControllerRevisions for `kubectl rollout history/undo`.
 //! - [`scheduler`]: binds pending pods to nodes (filters, spread/binpack/random scoring).
 //! - [`garbagecollector`]: deletes dependents whose owners are gone (background, foreground,
 //!   orphan propagation), for every resource discovery lists.
@@ -35,6 +37,7 @@
 pub mod certificates;
 pub mod claims;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -44,6 +47,7 @@ mod error;
 pub mod garbagecollector;
 pub mod job;
 pub mod namespace;
+pub mod nodeaffinity;
 pub mod nodelifecycle;
 pub mod podcontrol;
 pub mod podgc;
@@ -60,7 +64,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
@@ -76,6 +80,7 @@ use runtime::{Informer, Metrics};
 pub const ALL: &[&str] = &[
     certificates::NAME,
     cronjob::NAME,
+    daemonset::NAME,
     deployment::NAME,
     disruption::NAME,
     endpoints::NAME,
@@ -101,6 +106,8 @@ pub struct Informers {
     pods: OnceLock<Arc<Informer<Pod>>>,
     replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
     deployments: OnceLock<Arc<Informer<Deployment>>>,
+    daemon_sets: OnceLock<Arc<Informer<DaemonSet>>>,
+    controller_revisions: OnceLock<Arc<Informer<ControllerRevision>>>,
     jobs: OnceLock<Arc<Informer<Job>>>,
     cron_jobs: OnceLock<Arc<Informer<CronJob>>>,
     nodes: OnceLock<Arc<Informer<Node>>>,
@@ -127,6 +134,8 @@ impl Informers {
             pods: OnceLock::new(),
             replicasets: OnceLock::new(),
             deployments: OnceLock::new(),
+            daemon_sets: OnceLock::new(),
+            controller_revisions: OnceLock::new(),
             jobs: OnceLock::new(),
             cron_jobs: OnceLock::new(),
             nodes: OnceLock::new(),
@@ -161,6 +170,16 @@ impl Informers {
     }
     pub fn deployments(&self) -> Arc<Informer<Deployment>> {
         self.deployments
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn daemon_sets(&self) -> Arc<Informer<DaemonSet>> {
+        self.daemon_sets
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn controller_revisions(&self) -> Arc<Informer<ControllerRevision>> {
+        self.controller_revisions
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
@@ -392,6 +411,7 @@ impl Manager {
                     cronjob::NAME => cronjob::run(m).await,
                     ttlafterfinished::NAME => ttlafterfinished::run(m).await,
                     deployment::NAME => deployment::run(m).await,
+                    daemonset::NAME => daemonset::run(m).await,
                     disruption::NAME => disruption::run(m).await,
                     scheduler::NAME => scheduler::run(m).await,
                     garbagecollector::NAME => garbagecollector::run(m).await,

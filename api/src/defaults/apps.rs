@@ -1,5 +1,5 @@
-//! apps/v1 workloads (`pkg/apis/apps/v1/defaults.go`): Deployments and ReplicaSets, and their
-//! pod templates.
+//! apps/v1 workloads (`pkg/apis/apps/v1/defaults.go`): Deployments, ReplicaSets and
+//! DaemonSets, and their pod templates.
 
 use serde_json::{Value, json};
 
@@ -32,6 +32,25 @@ pub fn replica_set(obj: &mut Value) {
         return;
     };
     default_ptr(spec, "replicas", json!(1));
+    pod::template_of(spec);
+}
+
+/// `SetDefaults_DaemonSet`: a RollingUpdate of one unavailable pod and no surge, ten old
+/// revisions kept.
+pub fn daemon_set(obj: &mut Value) {
+    let Some(spec) = super::spec(obj) else {
+        return;
+    };
+    if let Some(strategy) = object_at(spec, "updateStrategy") {
+        default_str(strategy, "type", "RollingUpdate");
+        if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+            && let Some(rolling) = object_at(strategy, "rollingUpdate")
+        {
+            default_ptr(rolling, "maxUnavailable", json!(1));
+            default_ptr(rolling, "maxSurge", json!(0));
+        }
+    }
+    default_ptr(spec, "revisionHistoryLimit", json!(10));
     pod::template_of(spec);
 }
 
@@ -108,5 +127,36 @@ mod tests {
         let mut scaled_down = json!({"spec": {"replicas": 0}});
         replica_set(&mut scaled_down);
         assert_eq!(scaled_down["spec"]["replicas"], 0);
+    }
+
+    #[test]
+    fn a_daemon_set_rolls_one_node_at_a_time_unless_told_otherwise() {
+        let mut ds = json!({"spec": {"selector": {"matchLabels": {"app": "x"}},
+            "template": template()}});
+        daemon_set(&mut ds);
+        assert_eq!(
+            ds["spec"],
+            json!({
+                "selector": {"matchLabels": {"app": "x"}},
+                "updateStrategy": {"type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+                "revisionHistoryLimit": 10,
+                "template": defaulted_template(),
+            })
+        );
+        let mut on_delete = json!({"spec": {"updateStrategy": {"type": "OnDelete"},
+            "revisionHistoryLimit": 2}});
+        daemon_set(&mut on_delete);
+        assert_eq!(
+            on_delete["spec"]["updateStrategy"],
+            json!({"type": "OnDelete"})
+        );
+        assert_eq!(on_delete["spec"]["revisionHistoryLimit"], 2);
+        let mut surge = json!({"spec": {"updateStrategy": {"rollingUpdate": {"maxSurge": "10%", "maxUnavailable": 0}}}});
+        daemon_set(&mut surge);
+        assert_eq!(
+            surge["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "10%", "maxUnavailable": 0}})
+        );
     }
 }

@@ -223,6 +223,7 @@ impl ApiServer {
         } else {
             new.remove_meta("generation");
         }
+        info.strategy.prepare_for_update(new, live);
         crate::auth::rbac::escalation::check(self, info, new, Some(live))?;
         let errs = info.validate_update(new, live);
         if !errs.is_empty() {

@@ -51,7 +51,12 @@ pub fn is_recreate(d: &Deployment) -> bool {
 }
 
 /// An int-or-percent of `total`: percentages round up for surge, down for unavailability.
-fn scaled(v: Option<&IntOrString>, default_percent: i32, total: i32, round_up: bool) -> i32 {
+pub(crate) fn scaled(
+    v: Option<&IntOrString>,
+    default_percent: i32,
+    total: i32,
+    round_up: bool,
+) -> i32 {
     match v {
         Some(IntOrString::Int(n)) => (*n).max(0),
         Some(IntOrString::String(s)) => {

@@ -10,10 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use capstan_api::Selector;
-use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint,
-    TopologySpreadConstraint,
-};
+use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm, Taint, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::cache::{Cache, NodeInfo};
@@ -226,66 +223,10 @@ pub fn untolerated_taint<'t>(pod: &Pod, taints: &'t [Taint]) -> Option<&'t Taint
         .find(|t| !tols.iter().any(|tol| tolerates(tol, t)))
 }
 
-/// nodeSelector and requiredDuringScheduling node affinity (terms ORed, expressions ANDed).
+/// nodeSelector and requiredDuringScheduling node affinity, against the node's labels and name.
 pub fn node_affinity_fits(pod: &Pod, node: &NodeInfo) -> bool {
-    let Some(spec) = pod.spec.as_ref() else {
-        return true;
-    };
     let empty = BTreeMap::new();
-    let labels = node.labels().unwrap_or(&empty);
-    if let Some(sel) = spec.node_selector.as_ref()
-        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    let terms = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .map(|r| r.node_selector_terms.as_slice());
-    match terms {
-        None => true,
-        Some(terms) => terms.iter().any(|t| term_fits(t, labels, &node.name)),
-    }
-}
-
-fn term_fits(t: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
-    let exprs = t.match_expressions.as_deref().unwrap_or(&[]);
-    let fields = t.match_fields.as_deref().unwrap_or(&[]);
-    if exprs.is_empty() && fields.is_empty() {
-        return false; // an empty term matches nothing
-    }
-    exprs
-        .iter()
-        .all(|r| requirement(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            let v = (r.key == "metadata.name").then_some(name);
-            requirement(r, v)
-        })
-}
-
-fn requirement(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or(&[]);
-    let num = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" => match (value.and_then(num), values.first().and_then(|x| num(x))) {
-            (Some(v), Some(x)) => v > x,
-            _ => false,
-        },
-        "Lt" => match (value.and_then(num), values.first().and_then(|x| num(x))) {
-            (Some(v), Some(x)) => v < x,
-            _ => false,
-        },
-        _ => false,
-    }
+    crate::nodeaffinity::required_fits(pod, node.labels().unwrap_or(&empty), &node.name)
 }
 
 /// "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) had untolerated taint {a: b}."

@@ -74,6 +74,21 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "daemonset",
+            vec![
+                rule(READ, &["apps"], &["daemonsets"]),
+                rule(
+                    &["update", "patch"],
+                    &["apps"],
+                    &["daemonsets/status", "daemonsets/finalizers"],
+                ),
+                rule(ALL, &["apps"], &["controllerrevisions"]),
+                rule(READ, &[""], &["nodes"]),
+                rule(ALL, &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
             "job",
             vec![
                 rule(
