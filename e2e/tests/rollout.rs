@@ -1,6 +1,7 @@
-//! Unmodified kubectl driving Deployments on `capstan up` (which runs the controllers), with
-//! `capstan sim` nodes playing the kubelets: rollout status / history / undo / pause / resume /
-//! restart, scale, a blue/green Service flip, and deletion in every cascade mode.
+//! Unmodified kubectl driving Deployments and DaemonSets on `capstan up` (which runs the
+//! controllers), with `capstan sim` nodes playing the kubelets: rollout status / history / undo
+//! / pause / resume / restart, scale, a blue/green Service flip, deletion in every cascade
+//! mode, and a DaemonSet following a node that joins later.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -331,4 +332,114 @@ fn kubectl_delete_cascades_foreground_background_and_orphan_and_empties_namespac
     );
     let left = c.ok(&["get", "pods,rs,deployments", "-n", "scratch", "-o", "name"]);
     assert_eq!(left.trim(), "");
+}
+
+#[test]
+fn kubectl_rolls_daemon_sets_forward_and_back_through_controller_revisions() {
+    let c = Cluster::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"logs"},
+"spec":{"selector":{"matchLabels":{"app":"logs"}},
+"template":{"metadata":{"labels":{"app":"logs"}},"spec":{"containers":[{"name":"c","image":"busybox:1"}]}}}}"#,
+        ),
+    );
+    let status = |c: &Cluster| c.ok(&["rollout", "status", "daemonset/logs", "--timeout=60s"]);
+    let out = status(&c);
+    assert!(
+        out.contains("daemon set \"logs\" successfully rolled out"),
+        "{out}"
+    );
+    let table = c.ok(&["get", "ds", "logs"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "NODE",
+            "SELECTOR",
+            "AGE"
+        ]
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..7],
+        ["logs", "3", "3", "3", "3", "3", "<none>"],
+        "{table}"
+    );
+
+    c.ok(&["set", "image", "daemonset/logs", "c=busybox:2"]);
+    status(&c);
+    let history = c.ok(&["rollout", "history", "daemonset/logs"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    let rev1 = c.ok(&["rollout", "history", "daemonset/logs", "--revision=1"]);
+    assert!(rev1.contains("busybox:1"), "{rev1}");
+    let revs = c.ok(&["get", "controllerrevisions"]);
+    assert!(revs.contains("daemonset.apps/logs"), "{revs}");
+
+    // Undo: kubectl patches the template back from revision 1.
+    let out = c.ok(&["rollout", "undo", "daemonset/logs"]);
+    assert!(out.contains("rolled back"), "{out}");
+    status(&c);
+    let images = || {
+        c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=logs",
+            "-o",
+            "jsonpath={range .items[?(@.metadata.deletionTimestamp)]}x{end}{.items[*].spec.containers[0].image}",
+        ])
+    };
+    eventually(Duration::from_secs(30), "only busybox:1 pods", || {
+        let pods = images();
+        pods.split_whitespace().all(|i| i == "busybox:1") && pods.split_whitespace().count() == 3
+    })
+    .unwrap();
+    let history = c.ok(&["rollout", "history", "daemonset/logs"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(
+        revisions,
+        ["2", "3"],
+        "revision 1 came back as 3: {history}"
+    );
+
+    // A node that joins later gets its pod.
+    let mut late = Command::new(capstan_bin())
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["sim", "--nodes", "1", "--prefix", "late-"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let joined = eventually(Duration::from_secs(30), "a pod on late-0", || {
+        let nodes = c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=logs",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ]);
+        nodes.split_whitespace().any(|n| n == "late-0")
+    });
+    let _ = late.kill();
+    let _ = late.wait();
+    joined.unwrap();
 }

@@ -44,7 +44,7 @@ fn template(run_ms: u64) -> serde_json::Value {
 }
 
 /// Polls `done` (every 100 ms, up to 10 minutes) until it reaches `n`.
-async fn until_all<F, Fut>(n: usize, what: &str, done: F) -> Result<()>
+pub(super) async fn until_all<F, Fut>(n: usize, what: &str, done: F) -> Result<()>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<usize>>,
@@ -149,8 +149,29 @@ pub async fn run(b: JobsBench) -> Result<()> {
     .await?;
     let with_jobs = t.elapsed();
     controllers.abort();
-    // What the API server was asked to do, per resource and verb (both runs together).
-    let metrics = reqwest_free_get(&server.url, "/metrics").await?;
+    print_writes(&server.url, "both runs").await?;
+    println!(
+        "bare pods: {} pods created → Succeeded in {:.2} s ({:.0} pods/s)",
+        b.jobs,
+        bare.as_secs_f64(),
+        b.jobs as f64 / bare.as_secs_f64()
+    );
+    println!(
+        "jobs:      {} Jobs created → Complete in {:.2} s ({:.0} Jobs/s)",
+        b.jobs,
+        with_jobs.as_secs_f64(),
+        b.jobs as f64 / with_jobs.as_secs_f64()
+    );
+    println!(
+        "ratio:     {:.2}x the bare pods' time (target ≤ 1.5x)",
+        with_jobs.as_secs_f64() / bare.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What the API server was asked to write, per resource and verb, from its metrics.
+pub(super) async fn print_writes(url: &str, what: &str) -> Result<()> {
+    let metrics = reqwest_free_get(url, "/metrics").await?;
     let mut writes: std::collections::BTreeMap<String, f64> = Default::default();
     for line in metrics
         .lines()
@@ -182,26 +203,10 @@ pub async fn run(b: JobsBench) -> Result<()> {
             .unwrap_or(0.0);
         *writes.entry(what).or_default() += n;
     }
-    println!("writes by resource (both runs):");
+    println!("writes by resource ({what}):");
     for (what, n) in &writes {
         println!("  {what}: {n}");
     }
-    println!(
-        "bare pods: {} pods created → Succeeded in {:.2} s ({:.0} pods/s)",
-        b.jobs,
-        bare.as_secs_f64(),
-        b.jobs as f64 / bare.as_secs_f64()
-    );
-    println!(
-        "jobs:      {} Jobs created → Complete in {:.2} s ({:.0} Jobs/s)",
-        b.jobs,
-        with_jobs.as_secs_f64(),
-        b.jobs as f64 / with_jobs.as_secs_f64()
-    );
-    println!(
-        "ratio:     {:.2}x the bare pods' time (target ≤ 1.5x)",
-        with_jobs.as_secs_f64() / bare.as_secs_f64()
-    );
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod admission;
 mod api;
 mod auth;
 mod crd;
+mod daemonset;
 mod jobs;
 mod nodes;
 mod pods;
@@ -57,6 +58,9 @@ enum Which {
     /// Jobs: 1,000 Jobs of one pod each on simulated nodes, created → all Complete, against
     /// the same number of bare pods created → all Succeeded, in one run.
     Jobs(jobs::JobsBench),
+    /// DaemonSets: one on 1,000 simulated nodes created → ready everywhere and rolled with
+    /// maxUnavailable 10%, against a Deployment of 1,000 replicas rolled with the same budget.
+    Daemonset(daemonset::DaemonSetBench),
     /// Node lifecycle: failover of 100 pods from a node that dies (overhead beyond grace +
     /// tolerationSeconds), and the node-lifecycle controller's CPU watching 5,000 healthy nodes.
     Nodes(nodes::NodesBench),
@@ -86,6 +90,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Webhook(b) => webhook::run(b).await,
         Which::Schedule(b) => schedule::run(b).await,
         Which::Jobs(b) => jobs::run(b).await,
+        Which::Daemonset(b) => daemonset::run(b).await,
         Which::Pods(b) => pods::run(b).await,
         Which::Nodes(b) => nodes::run(b).await,
         Which::Services(b) => services::run(b).await,
