@@ -1,10 +1,12 @@
-//! Jobs and CronJobs through unmodified kubectl, on `capstan up --runtime process` (pods run
-//! as real processes) and on containerd (busybox containers): pods run and exit. A Job of 5 completions 2 at a time finishes
-//! (`kubectl wait --for=condition=complete`) and is deleted by its TTL with its pods; a
-//! failing Job stops at its backoffLimit as Failed; each pod of an Indexed Job prints its own
-//! JOB_COMPLETION_INDEX; `kubectl create cronjob` and `kubectl create job --from=cronjob/...`.
-//! (CronJob schedules firing over minutes are tested against a fast clock in
-//! controllers/tests/jobs.rs.)
+//! Jobs, CronJobs and DaemonSets through unmodified kubectl, on `capstan up --runtime process`
+//! (pods run as real processes) and on containerd (busybox containers). A Job of 5 completions
+//! 2 at a time finishes (`kubectl wait --for=condition=complete`) and is deleted by its TTL
+//! with its pods; a failing Job stops at its backoffLimit as Failed; each pod of an Indexed Job
+//! prints its own JOB_COMPLETION_INDEX; `kubectl create cronjob` and `kubectl create job
+//! --from=cronjob/...`. A DaemonSet runs its pod on the real node, is rolled to a new command
+//! and back with `kubectl rollout undo`. (CronJob schedules firing over minutes are tested
+//! against a fast clock in controllers/tests/jobs.rs; DaemonSets across many nodes on
+//! simulated ones in controllers/tests/daemonsets.rs and e2e/tests/rollout.rs.)
 
 mod cri_cluster;
 
@@ -104,7 +106,7 @@ spec:
 "#;
 
 #[test]
-fn jobs_and_cron_jobs_on_real_processes() {
+fn jobs_cron_jobs_and_daemon_sets_on_real_processes() {
     let dir = temp_dir("capstan-jobs-").unwrap();
     let up = CapstanUp::process_runtime(dir.path(), NODE).unwrap();
     let cluster = Cluster {
@@ -118,15 +120,22 @@ fn jobs_and_cron_jobs_on_real_processes() {
     })
     .unwrap();
     scenario(&c, "busybox");
+    daemon_set(&c, NODE, "busybox");
 }
 
 #[test]
-fn jobs_and_cron_jobs_on_containerd() {
+fn jobs_cron_jobs_and_daemon_sets_on_containerd() {
     if !cri_cluster::runnable("jobs on containerd") {
         return;
     }
     let cluster = cri_cluster::Cluster::start();
-    scenario(&Kubectl(&cluster.kubeconfig), "localhost/busybox:1");
+    let c = Kubectl(&cluster.kubeconfig);
+    scenario(&c, "localhost/busybox:1");
+    let node = c.ok(
+        &["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"],
+        None,
+    );
+    daemon_set(&c, &node, "localhost/busybox:1");
 }
 
 fn scenario(c: &Kubectl, image: &str) {
@@ -253,4 +262,54 @@ fn scenario(c: &Kubectl, image: &str) {
     let pod = &c.pods_of("by-hand")[0];
     let log = c.ok(&["logs", pod["metadata"]["name"].as_str().unwrap()], None);
     assert_eq!(log.trim(), "tick");
+}
+
+/// A DaemonSet whose pod prints a version and sleeps: it runs on the node, rolls to a new
+/// version, and `kubectl rollout undo` brings the first back.
+fn daemon_set(c: &Kubectl, node: &str, image: &str) {
+    let manifest = |version: u32| {
+        format!(
+            r#"{{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{{"name":"beacon"}},
+"spec":{{"selector":{{"matchLabels":{{"app":"beacon"}}}},
+"template":{{"metadata":{{"labels":{{"app":"beacon"}}}},"spec":{{"terminationGracePeriodSeconds":1,
+"containers":[{{"name":"c","image":"{image}","command":["sh","-c","echo version={version}; exec sleep 600"]}}]}}}}}}}}"#
+        )
+    };
+    let logs_say = |want: &str| {
+        eventually(Duration::from_secs(60), want, || {
+            let pods = c.json(&["get", "pods", "-l", "app=beacon"]);
+            let live: Vec<&Value> = pods["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .collect();
+            let [pod] = live.as_slice() else { return false };
+            let name = pod["metadata"]["name"].as_str().unwrap();
+            pod["spec"]["nodeName"] == node
+                && pod["status"]["phase"] == "Running"
+                && kubectl(c.0, &["logs", name], None).status.success()
+                && c.ok(&["logs", name], None).trim() == want
+        })
+        .unwrap();
+    };
+    c.ok(&["apply", "-f", "-"], Some(&manifest(1)));
+    c.ok(&["rollout", "status", "ds/beacon", "--timeout=90s"], None);
+    logs_say("version=1");
+    c.ok(&["apply", "-f", "-"], Some(&manifest(2)));
+    c.ok(&["rollout", "status", "ds/beacon", "--timeout=90s"], None);
+    logs_say("version=2");
+    c.ok(&["rollout", "undo", "ds/beacon"], None);
+    c.ok(&["rollout", "status", "ds/beacon", "--timeout=90s"], None);
+    logs_say("version=1");
+    c.ok(
+        &["delete", "ds", "beacon", "--wait=true", "--timeout=60s"],
+        None,
+    );
+    eventually(Duration::from_secs(60), "the daemon pod is gone", || {
+        c.json(&["get", "pods", "-l", "app=beacon"])["items"]
+            .as_array()
+            .is_some_and(|i| i.is_empty())
+    })
+    .unwrap();
 }
