@@ -7,6 +7,7 @@ pub mod crds;
 pub mod cron;
 pub mod defaults;
 pub mod quantity;
+pub mod quota;
 pub mod selectors;
 pub mod validation;
 

@@ -333,6 +333,30 @@ pub fn builtins() -> Vec<ResourceInfo> {
                 .arc(),
         ),
         res(
+            ("", "v1", "ResourceQuota"),
+            "resourcequotas",
+            &["quota"],
+            true,
+            true,
+            Builtin::of::<core::ResourceQuota>()
+                .validate_with(crate::quota::resource_quota::validate)
+                .table(crate::quota::resource_quota::table)
+                .reset_status_on_create()
+                .arc(),
+        ),
+        res(
+            ("", "v1", "LimitRange"),
+            "limitranges",
+            &["limits"],
+            true,
+            false,
+            Builtin::of::<core::LimitRange>()
+                .defaults(crate::quota::limit_range::defaults)
+                .validate_with(crate::quota::limit_range::validate)
+                .table(crate::quota::limit_range::table)
+                .arc(),
+        ),
+        res(
             ("", "v1", "ServiceAccount"),
             "serviceaccounts",
             &["sa"],

@@ -41,6 +41,7 @@ pub mod patch;
 pub mod pod_disruption_budget;
 pub mod priority;
 pub mod protobuf;
+pub mod quota;
 pub mod registry;
 pub mod request;
 pub mod rest;
@@ -101,6 +102,8 @@ pub struct ApiServer {
     pub policies: admission_policy::Policies,
     /// Admission webhooks, compiled with their clients.
     pub webhooks: webhook::Webhooks,
+    /// The ResourceQuota admission plugin, run on every create.
+    pub quota: Arc<quota::admission::QuotaAdmission>,
     /// The server itself, for its watch caches' conversions.
     me: std::sync::Weak<ApiServer>,
     /// Milliseconds between watch bookmarks ([`rest::watch::BOOKMARK_INTERVAL`] unless changed).
@@ -204,6 +207,9 @@ impl ApiServer {
         if config.service_account_admission {
             pod_admission.0.push(sa_admission.clone());
         }
+        let limit_ranger = Arc::new(quota::limit_range::LimitRanger::default());
+        pod_admission.0.insert(0, limit_ranger.clone());
+        let quota = Arc::new(quota::admission::QuotaAdmission::default());
         let priority = Arc::new(priority::PriorityAdmission::default());
         pod_admission
             .0
@@ -238,8 +244,11 @@ impl ApiServer {
             kubelet_tls: config.kubelet_tls,
             policies: Default::default(),
             webhooks: Default::default(),
+            quota: quota.clone(),
             store,
         });
+        limit_ranger.attach(Arc::downgrade(&api));
+        quota.attach(Arc::downgrade(&api));
         sa_admission.attach(Arc::downgrade(&api));
         priority.attach(Arc::downgrade(&api));
         for info in api.registry.all() {

@@ -20,6 +20,8 @@
 //!   suspension), tracking every outcome with a finalizer; [`ttlafterfinished`]: deletes
 //!   finished Jobs past their `ttlSecondsAfterFinished`; [`cronjob`]: starts Jobs on
 //!   schedules, in time zones, under a concurrency policy.
+//! - [`resourcequota`]: keeps ResourceQuotas' `status.used` true as objects go (the API
+//!   server's admission charges creates).
 //! - [`podgc`]: force-deletes pods no agent will finish (orphans of deleted nodes,
 //!   terminating pods on out-of-service nodes, terminated pods beyond a threshold).
 //! - [`disruption`]: keeps PodDisruptionBudgets' status (what pods/eviction may spend).
@@ -53,6 +55,7 @@ pub mod podcontrol;
 pub mod podgc;
 pub mod podutil;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod runtime;
 pub mod scheduler;
 pub mod serviceaccount;
@@ -67,7 +70,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ResourceQuota, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
@@ -92,6 +95,7 @@ pub const ALL: &[&str] = &[
     nodelifecycle::NAME,
     podgc::NAME,
     replicaset::NAME,
+    resourcequota::NAME,
     serviceaccount::ROOT_CA_NAME,
     scheduler::NAME,
     serviceaccount::NAME,
@@ -116,6 +120,7 @@ pub struct Informers {
     endpoints: OnceLock<Arc<Informer<Endpoints>>>,
     node_leases: OnceLock<Arc<Informer<Lease>>>,
     pod_disruption_budgets: OnceLock<Arc<Informer<PodDisruptionBudget>>>,
+    resource_quotas: OnceLock<Arc<Informer<ResourceQuota>>>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -144,6 +149,7 @@ impl Informers {
             endpoints: OnceLock::new(),
             node_leases: OnceLock::new(),
             pod_disruption_budgets: OnceLock::new(),
+            resource_quotas: OnceLock::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -215,6 +221,11 @@ impl Informers {
     }
     pub fn pod_disruption_budgets(&self) -> Arc<Informer<PodDisruptionBudget>> {
         self.pod_disruption_budgets
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn resource_quotas(&self) -> Arc<Informer<ResourceQuota>> {
+        self.resource_quotas
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
@@ -407,6 +418,7 @@ impl Manager {
                 tracing::info!(controller = %name, "started");
                 match name.as_str() {
                     replicaset::NAME => replicaset::run(m).await,
+                    resourcequota::NAME => resourcequota::run(m).await,
                     job::NAME => job::run(m).await,
                     cronjob::NAME => cronjob::run(m).await,
                     ttlafterfinished::NAME => ttlafterfinished::run(m).await,

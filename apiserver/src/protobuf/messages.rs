@@ -1044,6 +1044,21 @@ pub(super) static MESSAGES: &[M] = &[
         F { tag: 3, name: "tcpSocket", ty: Msg("io.k8s.api.core.v1.TCPSocketAction"), rep: false, req: false },
         F { tag: 4, name: "sleep", ty: Msg("io.k8s.api.core.v1.SleepAction"), rep: false, req: false },
     ]},
+    M { name: "io.k8s.api.core.v1.LimitRange", fields: &[
+        F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
+        F { tag: 2, name: "spec", ty: Msg("io.k8s.api.core.v1.LimitRangeSpec"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.core.v1.LimitRangeItem", fields: &[
+        F { tag: 1, name: "type", ty: Str, rep: false, req: true },
+        F { tag: 2, name: "max", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
+        F { tag: 3, name: "min", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
+        F { tag: 4, name: "default", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
+        F { tag: 5, name: "defaultRequest", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
+        F { tag: 6, name: "maxLimitRequestRatio", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.core.v1.LimitRangeSpec", fields: &[
+        F { tag: 1, name: "limits", ty: Msg("io.k8s.api.core.v1.LimitRangeItem"), rep: true, req: true },
+    ]},
     M { name: "io.k8s.api.core.v1.LinuxContainerUser", fields: &[
         F { tag: 1, name: "uid", ty: Int64, rep: false, req: true },
         F { tag: 2, name: "gid", ty: Int64, rep: false, req: true },
@@ -1421,6 +1436,20 @@ pub(super) static MESSAGES: &[M] = &[
         F { tag: 1, name: "resourceID", ty: Str, rep: false, req: true },
         F { tag: 2, name: "health", ty: Str, rep: false, req: false },
     ]},
+    M { name: "io.k8s.api.core.v1.ResourceQuota", fields: &[
+        F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
+        F { tag: 2, name: "spec", ty: Msg("io.k8s.api.core.v1.ResourceQuotaSpec"), rep: false, req: false },
+        F { tag: 3, name: "status", ty: Msg("io.k8s.api.core.v1.ResourceQuotaStatus"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.core.v1.ResourceQuotaSpec", fields: &[
+        F { tag: 1, name: "hard", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
+        F { tag: 2, name: "scopes", ty: Str, rep: true, req: false },
+        F { tag: 3, name: "scopeSelector", ty: Msg("io.k8s.api.core.v1.ScopeSelector"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.core.v1.ResourceQuotaStatus", fields: &[
+        F { tag: 1, name: "hard", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
+        F { tag: 2, name: "used", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
+    ]},
     M { name: "io.k8s.api.core.v1.ResourceRequirements", fields: &[
         F { tag: 1, name: "limits", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
         F { tag: 2, name: "requests", ty: MapMsg("io.k8s.apimachinery.pkg.api.resource.Quantity"), rep: false, req: false },
@@ -1447,6 +1476,14 @@ pub(super) static MESSAGES: &[M] = &[
         F { tag: 8, name: "volumeName", ty: Str, rep: false, req: false },
         F { tag: 9, name: "fsType", ty: Str, rep: false, req: false },
         F { tag: 10, name: "readOnly", ty: Bool, rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.core.v1.ScopeSelector", fields: &[
+        F { tag: 1, name: "matchExpressions", ty: Msg("io.k8s.api.core.v1.ScopedResourceSelectorRequirement"), rep: true, req: false },
+    ]},
+    M { name: "io.k8s.api.core.v1.ScopedResourceSelectorRequirement", fields: &[
+        F { tag: 1, name: "scopeName", ty: Str, rep: false, req: true },
+        F { tag: 2, name: "operator", ty: Str, rep: false, req: true },
+        F { tag: 3, name: "values", ty: Str, rep: true, req: false },
     ]},
     M { name: "io.k8s.api.core.v1.SeccompProfile", fields: &[
         F { tag: 1, name: "type", ty: Str, rep: false, req: true },
@@ -2057,9 +2094,11 @@ pub(super) static KINDS: &[(&str, &str, &str)] = &[
     ("v1", "ConfigMap", "io.k8s.api.core.v1.ConfigMap"),
     ("v1", "Endpoints", "io.k8s.api.core.v1.Endpoints"),
     ("v1", "Event", "io.k8s.api.core.v1.Event"),
+    ("v1", "LimitRange", "io.k8s.api.core.v1.LimitRange"),
     ("v1", "Namespace", "io.k8s.api.core.v1.Namespace"),
     ("v1", "Node", "io.k8s.api.core.v1.Node"),
     ("v1", "Pod", "io.k8s.api.core.v1.Pod"),
+    ("v1", "ResourceQuota", "io.k8s.api.core.v1.ResourceQuota"),
     ("v1", "Secret", "io.k8s.api.core.v1.Secret"),
     ("v1", "Service", "io.k8s.api.core.v1.Service"),
     ("v1", "ServiceAccount", "io.k8s.api.core.v1.ServiceAccount"),

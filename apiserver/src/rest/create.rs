@@ -133,15 +133,21 @@ impl ApiServer {
             if let Some(hooks) = &info.hooks {
                 hooks.begin_create(&mut obj, true).await?;
             }
+            self.quota.admit_create(info, &obj, true).await?;
             return Ok(obj);
         }
         let key = info.key_of(&obj);
         if let Some(hooks) = info.hooks.clone() {
-            // The hooks' claim and the store write run to completion in their own task: a
-            // client that disconnects in between must not leave a claim behind.
-            let (store, info) = (self.store.clone(), info.clone());
+            // The hooks' claim, the quota charge and the store write run to completion in
+            // their own task: a client that disconnects in between must not leave a claim
+            // behind.
+            let (store, info, quota) = (self.store.clone(), info.clone(), self.quota.clone());
             let task = tokio::spawn(async move {
                 hooks.begin_create(&mut obj, false).await?;
+                if let Err(e) = quota.admit_create(&info, &obj, false).await {
+                    hooks.abort_create(&obj).await;
+                    return Err(e);
+                }
                 let stored = match encode_checked(&info, &obj) {
                     Ok(bytes) => store
                         .create(&key, bytes)
@@ -161,6 +167,7 @@ impl ApiServer {
                 .await
                 .map_err(|e| ApiError::internal(format!("create task failed: {e}")))?;
         }
+        self.quota.admit_create(info, &obj, false).await?;
         let kv = self
             .store
             .create(&key, bytes)

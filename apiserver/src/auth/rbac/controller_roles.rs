@@ -89,6 +89,16 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            // Counts any kind, as Kubernetes' resourcequota-controller.
+            "resourcequota",
+            vec![
+                rule(&["list", "watch"], &["*"], &["*"]),
+                rule(READ, &[""], &["resourcequotas"]),
+                rule(&["update"], &[""], &["resourcequotas/status"]),
+                events(),
+            ],
+        ),
+        (
             "job",
             vec![
                 rule(
