@@ -10,6 +10,7 @@ mod daemonset;
 mod jobs;
 mod nodes;
 mod pods;
+mod quota;
 mod schedule;
 mod services;
 mod store;
@@ -61,6 +62,9 @@ enum Which {
     /// DaemonSets: one on 1,000 simulated nodes created → ready everywhere and rolled with
     /// maxUnavailable 10%, against a Deployment of 1,000 replicas rolled with the same budget.
     Daemonset(daemonset::DaemonSetBench),
+    /// ResourceQuota: pod creates/s into a namespace under a quota (each create checked and
+    /// charged) against a namespace without one, in one run.
+    Quota(quota::QuotaBench),
     /// Node lifecycle: failover of 100 pods from a node that dies (overhead beyond grace +
     /// tolerationSeconds), and the node-lifecycle controller's CPU watching 5,000 healthy nodes.
     Nodes(nodes::NodesBench),
@@ -91,6 +95,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Schedule(b) => schedule::run(b).await,
         Which::Jobs(b) => jobs::run(b).await,
         Which::Daemonset(b) => daemonset::run(b).await,
+        Which::Quota(b) => quota::run(b).await,
         Which::Pods(b) => pods::run(b).await,
         Which::Nodes(b) => nodes::run(b).await,
         Which::Services(b) => services::run(b).await,
