@@ -15,7 +15,14 @@ use crate::podutil;
 #[derive(Debug, Clone)]
 pub struct PlacedPod {
     pub uid: String,
+    pub name: String,
     pub namespace: String,
+    /// `spec.priority` (0 when unset): preemption takes lower ones first.
+    pub priority: i32,
+    /// When it started (`status.startTime`), for preemption's tie-break.
+    pub started: Option<jiff::Timestamp>,
+    /// Being deleted already.
+    pub terminating: bool,
     pub labels: BTreeMap<String, String>,
     /// Its controller's UID (spreading a workload's replicas).
     pub owner: Option<String>,
@@ -40,7 +47,62 @@ pub struct NodeInfo {
     pub owners: HashMap<String, i64>,
 }
 
+impl PlacedPod {
+    pub fn of(pod: &Arc<Pod>, assumed: bool) -> PlacedPod {
+        PlacedPod {
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            priority: pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+            started: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            owner: podutil::controller_ref(&pod.metadata).map(|r| r.uid.clone()),
+            requests: pod_requests(pod, false),
+            scoring: pod_requests(pod, true),
+            host_ports: host_ports(pod),
+            pod: needs_whole_pod(pod).then(|| pod.clone()),
+            assumed,
+        }
+    }
+}
+
+/// Whether the cache keeps the whole pod: it has affinity terms others are checked against.
+fn needs_whole_pod(pod: &Pod) -> bool {
+    !anti_affinity_terms(pod).is_empty()
+}
+
 impl NodeInfo {
+    /// Counts a pod here.
+    pub fn insert(&mut self, placed: PlacedPod) {
+        self.requested.add(&placed.requests);
+        self.scoring.add(&placed.scoring);
+        if let Some(o) = &placed.owner {
+            *self.owners.entry(o.clone()).or_default() += 1;
+        }
+        self.pods.insert(placed.uid.clone(), placed);
+    }
+
+    /// Stops counting a pod here; what it was.
+    pub fn remove(&mut self, uid: &str) -> Option<PlacedPod> {
+        let p = self.pods.remove(uid)?;
+        self.requested.sub(&p.requests);
+        self.scoring.sub(&p.scoring);
+        if let Some(o) = &p.owner
+            && let Some(n) = self.owners.get_mut(o)
+        {
+            *n -= 1;
+            if *n <= 0 {
+                self.owners.remove(o);
+            }
+        }
+        Some(p)
+    }
+
     fn new(name: &str) -> Self {
         NodeInfo {
             name: name.to_string(),
@@ -114,32 +176,14 @@ impl Cache {
     pub fn add_pod(&mut self, pod: &Arc<Pod>, node: &str, assumed: bool) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         self.remove_pod(&uid);
-        let ports = host_ports(pod);
-        let has_anti_affinity = !anti_affinity_terms(pod).is_empty();
-        let placed = PlacedPod {
-            uid: uid.clone(),
-            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
-            owner: podutil::controller_ref(&pod.metadata).map(|r| r.uid.clone()),
-            requests: pod_requests(pod, false),
-            scoring: pod_requests(pod, true),
-            host_ports: ports,
-            pod: has_anti_affinity.then(|| pod.clone()),
-            assumed,
-        };
-        let info = self
-            .nodes
-            .entry(node.to_string())
-            .or_insert_with(|| NodeInfo::new(node));
-        info.requested.add(&placed.requests);
-        info.scoring.add(&placed.scoring);
-        if let Some(o) = &placed.owner {
-            *info.owners.entry(o.clone()).or_default() += 1;
-        }
+        let placed = PlacedPod::of(pod, assumed);
         if placed.pod.is_some() {
             self.with_anti_affinity += 1;
         }
-        info.pods.insert(uid.clone(), placed);
+        self.nodes
+            .entry(node.to_string())
+            .or_insert_with(|| NodeInfo::new(node))
+            .insert(placed);
         self.placed.insert(uid, node.to_string());
     }
 
@@ -147,22 +191,10 @@ impl Cache {
         let Some(node) = self.placed.remove(uid) else {
             return;
         };
-        if let Some(info) = self.nodes.get_mut(&node)
-            && let Some(p) = info.pods.remove(uid)
+        if let Some(p) = self.nodes.get_mut(&node).and_then(|info| info.remove(uid))
+            && p.pod.is_some()
         {
-            info.requested.sub(&p.requests);
-            info.scoring.sub(&p.scoring);
-            if p.pod.is_some() {
-                self.with_anti_affinity -= 1;
-            }
-            if let Some(o) = &p.owner
-                && let Some(n) = info.owners.get_mut(o)
-            {
-                *n -= 1;
-                if *n <= 0 {
-                    info.owners.remove(o);
-                }
-            }
+            self.with_anti_affinity -= 1;
         }
     }
 
@@ -170,8 +202,8 @@ impl Cache {
         self.placed.contains_key(uid)
     }
 
-    /// Whether `pod` is already counted, confirmed, on `node` with these labels: its status
-    /// changes (Running, Ready, ...) then change nothing the scheduler keeps.
+    /// Whether `pod` is already counted, confirmed, on `node` with these labels, start and
+    /// deletion: its other status changes (Ready, ...) then change nothing the scheduler keeps.
     pub fn is_current(&self, pod: &Pod, node: &str) -> bool {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         self.placed.get(uid).is_some_and(|n| n == node)
@@ -181,6 +213,9 @@ impl Cache {
                 .and_then(|info| info.pods.get(uid))
                 .is_some_and(|p| {
                     !p.assumed
+                        && p.terminating == pod.metadata.deletion_timestamp.is_some()
+                        && p.started.is_some()
+                            == pod.status.as_ref().is_some_and(|s| s.start_time.is_some())
                         && pod
                             .metadata
                             .labels

@@ -14,15 +14,21 @@
 //!
 //! Profiles: a pod's `spec.schedulerName` picks a profile (`default-scheduler` → spread,
 //! `binpack-scheduler` → binpack, `random-scheduler` → random by default; configurable). Pods
-//! naming another scheduler are left to it. Not done: priorities and preemption (FIFO queue),
-//! required pod affinity (anti-affinity is), preferred (soft) affinities.
+//! naming another scheduler are left to it.
+//!
+//! Priorities: the queue hands out pods of higher `spec.priority` first (then in arrival
+//! order). A pod that fits nowhere may [`preemption`]: lower-priority pods on the best node
+//! are evicted (a DisruptionTarget condition, then a graceful delete, a Preempted event), the
+//! pod's `status.nominatedNodeName` names the node, and the room is held for it in the cache
+//! until it is scheduled, so no lesser pod takes it meanwhile.
 
 pub mod cache;
 pub mod filter;
+pub mod preemption;
 pub mod resources;
 pub mod score;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,6 +111,7 @@ impl Config {
 #[derive(Debug, Clone)]
 struct SchedulerMetrics {
     attempts: IntCounterVec,
+    preemptions: prometheus::IntCounter,
     e2e: Histogram,
     pending: IntGaugeVec,
 }
@@ -132,11 +139,18 @@ impl SchedulerMetrics {
             &["queue"],
         )
         .expect("valid metric");
+        let preemptions = prometheus::IntCounter::new(
+            "scheduler_preemption_attempts_total",
+            "Preemptions the scheduler started",
+        )
+        .expect("valid metric");
+        let _ = r.register(Box::new(preemptions.clone()));
         let _ = r.register(Box::new(attempts.clone()));
         let _ = r.register(Box::new(e2e.clone()));
         let _ = r.register(Box::new(pending.clone()));
         SchedulerMetrics {
             attempts,
+            preemptions,
             e2e,
             pending,
         }
@@ -168,6 +182,33 @@ fn fingerprint(pod: &Pod) -> u64 {
     h.finish()
 }
 
+/// `spec.priority` (0 when unset).
+fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+/// The pods ready to be tried: higher priority first, then in arrival order (kube-scheduler's
+/// activeQ ordering).
+#[derive(Debug, Default)]
+struct ActiveQueue {
+    pods: BTreeMap<(std::cmp::Reverse<i32>, u64), (ObjectRef<Pod>, String)>,
+    seq: u64,
+}
+
+impl ActiveQueue {
+    fn push(&mut self, priority: i32, key: ObjectRef<Pod>, uid: String) {
+        self.seq += 1;
+        self.pods
+            .insert((std::cmp::Reverse(priority), self.seq), (key, uid));
+    }
+    fn pop(&mut self) -> Option<(ObjectRef<Pod>, String)> {
+        self.pods.pop_first().map(|(_, v)| v)
+    }
+    fn len(&self) -> usize {
+        self.pods.len()
+    }
+}
+
 struct BindOutcome {
     uid: String,
     key: ObjectRef<Pod>,
@@ -179,7 +220,10 @@ struct Scheduler {
     config: Config,
     pods: Store<Pod>,
     cache: Cache,
-    queue: VecDeque<(ObjectRef<Pod>, String)>,
+    queue: ActiveQueue,
+    /// Pods that preempted, and the node whose room is held for them.
+    nominated: HashMap<String, String>,
+    budgets: Store<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
     queued: HashSet<String>,
     parked: HashMap<String, Parked>,
     attempts: HashMap<String, u32>,
@@ -196,8 +240,10 @@ pub async fn run(m: Arc<Manager>) {
     let node_inf = m.informers.nodes();
     let mut pod_changes = pod_inf.subscribe().boxed();
     let mut node_changes = node_inf.subscribe().boxed();
+    let pdb_inf = m.informers.pod_disruption_budgets();
     pod_inf.wait_synced().await;
     node_inf.wait_synced().await;
+    pdb_inf.wait_synced().await;
     tracing::info!(
         nodes = node_inf.store().len(),
         pods = pod_inf.store().len(),
@@ -209,7 +255,9 @@ pub async fn run(m: Arc<Manager>) {
         config: m.scheduler.clone(),
         pods: pod_inf.store(),
         cache: Cache::default(),
-        queue: VecDeque::new(),
+        queue: ActiveQueue::default(),
+        nominated: HashMap::new(),
+        budgets: pdb_inf.store(),
         queued: HashSet::new(),
         parked: HashMap::new(),
         attempts: HashMap::new(),
@@ -240,7 +288,7 @@ pub async fn run(m: Arc<Manager>) {
             }
         }
         s.report();
-        if let Some((key, uid)) = s.queue.pop_front() {
+        if let Some((key, uid)) = s.queue.pop() {
             s.queued.remove(&uid);
             s.schedule_one(key, uid).await;
             continue;
@@ -331,12 +379,14 @@ impl Scheduler {
                     return;
                 }
                 self.queued.insert(uid.clone());
-                self.queue.push_back((ObjectRef::from_obj(&*pod), uid));
+                self.queue
+                    .push(priority(&pod), ObjectRef::from_obj(&*pod), uid);
             }
         }
     }
 
     fn forget_pending(&mut self, uid: &str) {
+        self.nominated.remove(uid);
         self.queued.remove(uid);
         self.parked.remove(uid);
         self.attempts.remove(uid);
@@ -364,7 +414,8 @@ impl Scheduler {
             if let Some(p) = self.parked.remove(&uid) {
                 self.attempts.insert(uid.clone(), p.attempts);
                 self.queued.insert(uid.clone());
-                self.queue.push_back((p.key, uid));
+                let prio = self.pods.get(&p.key).map_or(0, |pod| priority(&pod));
+                self.queue.push(prio, p.key, uid);
             }
         }
     }
@@ -419,6 +470,11 @@ impl Scheduler {
             return;
         };
         tracing::debug!(pod = %key, "scheduling");
+        // The room held for a pod that preempted is its own to take now.
+        let held = self.nominated.get(&uid).cloned();
+        if held.is_some() {
+            self.cache.remove_pod(&uid);
+        }
         let profile = pod
             .spec
             .as_ref()
@@ -464,9 +520,21 @@ impl Scheduler {
             }
             tracing::debug!(pod = %key, %message, "unschedulable");
             self.report_unschedulable(&pod, message);
+            let outcome = self.preempt_for(&pod, &facts, held.as_deref());
+            drop(facts);
+            match outcome {
+                Preemption::Started(node) | Preemption::Waiting(node) => {
+                    self.cache.add_pod(&pod, &node, true);
+                    self.nominated.insert(uid.clone(), node);
+                }
+                Preemption::Impossible => {
+                    self.nominated.remove(&uid);
+                }
+            }
             self.park(key, uid, false);
             return;
         }
+        self.nominated.remove(&uid);
         let scoring = resources::pod_requests(&pod, true);
         let owner = podutil::controller_ref(&pod.metadata).map(|r| r.uid.clone());
         let node = score::pick(strategy, &feasible, &scoring, owner.as_deref())
@@ -536,6 +604,79 @@ impl Scheduler {
         }
     }
 
+    /// Whether a PodDisruptionBudget forbids evicting `p` now (none of its matching budgets
+    /// allows a disruption).
+    fn budget_forbids(&self, p: &cache::PlacedPod) -> bool {
+        self.budgets.state().iter().any(|b| {
+            b.metadata.namespace.as_deref() == Some(p.namespace.as_str())
+                && podutil::selects(
+                    b.spec.as_ref().and_then(|s| s.selector.as_ref()),
+                    Some(&p.labels),
+                )
+                && b.status.as_ref().map_or(0, |s| s.disruptions_allowed) <= 0
+        })
+    }
+
+    /// Preemption for a pod that fits nowhere (see [`preemption`]): victims evicted and the
+    /// node nominated, or waiting for the victims of an earlier preemption, or nothing to do.
+    fn preempt_for(&self, pod: &Arc<Pod>, facts: &PodFacts<'_>, held: Option<&str>) -> Preemption {
+        let spec = pod.spec.as_ref();
+        if spec.and_then(|s| s.preemption_policy.as_deref()) == Some("Never") {
+            return Preemption::Impossible;
+        }
+        let prio = priority(pod);
+        // Victims of an earlier preemption still leaving: wait for them (PodEligibleToPreemptOthers).
+        if let Some(node) = held
+            && self
+                .cache
+                .nodes
+                .get(node)
+                .is_some_and(|n| n.pods.values().any(|p| p.terminating && p.priority < prio))
+        {
+            return Preemption::Waiting(node.to_string());
+        }
+        let Some(c) = preemption::find(facts, &self.cache, prio, &|p| self.budget_forbids(p))
+        else {
+            return Preemption::Impossible;
+        };
+        tracing::info!(
+            pod = %pod.metadata.name.as_deref().unwrap_or(""),
+            node = %c.node,
+            victims = c.victims.len(),
+            "preempting"
+        );
+        if let Some(m) = &self.config.metrics {
+            m.preemptions.inc();
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let preemptor_uid = pod.metadata.uid.clone().unwrap_or_default();
+        let victims: Vec<Arc<Pod>> = c
+            .victims
+            .iter()
+            .filter_map(|v| {
+                self.pods
+                    .get(&ObjectRef::new(&v.name).within(&v.namespace))
+                    .filter(|p| p.metadata.uid.as_deref() == Some(v.uid.as_str()))
+            })
+            .collect();
+        let (client, recorder, node) = (self.client.clone(), self.recorder.clone(), c.node.clone());
+        tokio::spawn(async move {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let nominate = json!({"status": {"nominatedNodeName": node}});
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&nominate))
+                .await
+            {
+                tracing::debug!(pod = %name, error = %e, "writing nominatedNodeName failed");
+            }
+            for v in victims {
+                evict(&client, &recorder, &v, &preemptor_uid, &node).await;
+            }
+        });
+        Preemption::Started(c.node)
+    }
+
     /// PodScheduled=False with the reasons (written only when the message changes) and a
     /// FailedScheduling event.
     fn report_unschedulable(&self, pod: &Arc<Pod>, message: String) {
@@ -581,6 +722,51 @@ impl Scheduler {
     }
 }
 
+/// What preemption did for a pod that fits nowhere.
+enum Preemption {
+    /// Victims are being evicted from this node.
+    Started(String),
+    /// An earlier preemption's victims are still leaving this node.
+    Waiting(String),
+    Impossible,
+}
+
+/// Evicts a preemption victim: the DisruptionTarget condition (reason PreemptionByScheduler),
+/// a graceful delete conditional on its uid, and a Preempted event.
+async fn evict(client: &kube::Client, recorder: &Recorder, victim: &Pod, by: &str, node: &str) {
+    let ns = victim.metadata.namespace.as_deref().unwrap_or("");
+    let name = victim.metadata.name.as_deref().unwrap_or("");
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let condition = json!({"status": {"conditions": [{
+        "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+        "message": format!("default-scheduler: preempting to accommodate a higher priority pod"),
+        "lastTransitionTime": now}]}});
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&condition))
+        .await
+    {
+        tracing::debug!(pod = %name, error = %e, "writing DisruptionTarget failed");
+    }
+    let dp = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: victim.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => recorder.normal(
+            victim,
+            "Preempted",
+            format!("Preempted by pod {by} on node {node}"),
+        ),
+        Err(e) => tracing::warn!(pod = %name, error = %e, "deleting a preemption victim failed"),
+    }
+}
+
 /// POST pods/NAME/binding.
 async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("");
@@ -609,6 +795,21 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), kube::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_serves_higher_priorities_first_then_arrival_order() {
+        let mut q = ActiveQueue::default();
+        for (name, prio) in [("a", 0), ("b", 100), ("c", 0), ("d", 100), ("e", -5)] {
+            q.push(
+                prio,
+                ObjectRef::new(name).within("default"),
+                name.to_string(),
+            );
+        }
+        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(_, uid)| uid)).collect();
+        assert_eq!(order, ["b", "d", "a", "c", "e"]);
+        assert_eq!(q.len(), 0);
+    }
 
     #[test]
     fn nodes_to_find_follows_kube_schedulers_adaptive_percentage() {

@@ -145,6 +145,9 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             "scheduler",
             vec![
                 rule(READ, &[""], &["pods", "nodes", "namespaces", "services"]),
+                // Preemption evicts lower-priority pods, within their budgets.
+                rule(&["delete"], &[""], &["pods"]),
+                rule(READ, &["policy"], &["poddisruptionbudgets"]),
                 rule(&["create"], &[""], &["pods/binding", "bindings"]),
                 rule(&["patch", "update"], &[""], &["pods/status"]),
                 rule(READ, &["apps"], &["replicasets", "statefulsets"]),

@@ -1,0 +1,213 @@
+//! The scheduler's priorities against a real in-process API server with simulated nodes:
+//! a high-priority pod preempts exactly one low-priority pod on a full node (DisruptionTarget,
+//! a Preempted event, nominatedNodeName, then bound there), a pod whose class says Never
+//! waits, and the queue serves higher priorities first.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use capstan_controllers::Manager;
+use capstan_testkit::sim::{SimConfig, SimNodes};
+use capstan_testkit::{TestCluster, until};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Env {
+    c: TestCluster,
+    _sim: SimNodes,
+    manager: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.manager.abort();
+    }
+}
+
+async fn env(nodes: usize) -> Env {
+    let c = TestCluster::start().await;
+    let sim = SimNodes::start(
+        c.client.clone(),
+        SimConfig {
+            nodes,
+            cpu: "2".into(),
+            memory: "8Gi".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let classes: Api<PriorityClass> = Api::all(c.client.clone());
+    for (name, value, policy) in [
+        ("low", 10, "PreemptLowerPriority"),
+        ("high", 1000, "PreemptLowerPriority"),
+        ("polite", 1000, "Never"),
+    ] {
+        let pc: PriorityClass = serde_json::from_value(json!({"metadata": {"name": name},
+            "value": value, "preemptionPolicy": policy}))
+        .unwrap();
+        classes.create(&PostParams::default(), &pc).await.unwrap();
+    }
+    let m = Manager::new(c.client.clone(), &prometheus::Registry::new());
+    let names: BTreeSet<String> = ["scheduler"].iter().map(|s| s.to_string()).collect();
+    let manager = tokio::spawn(async move {
+        m.run(&names).await.unwrap();
+    });
+    Env {
+        c,
+        _sim: sim,
+        manager,
+    }
+}
+
+fn pod(name: &str, class: &str, cpu: &str) -> Pod {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"class": class}},
+        "spec": {"priorityClassName": class, "containers": [{"name": "c", "image": "busybox",
+            "resources": {"requests": {"cpu": cpu}}}]}}),
+    )
+    .unwrap()
+}
+
+fn node_of(p: &Pod) -> Option<String> {
+    p.spec.as_ref()?.node_name.clone()
+}
+
+fn condition(p: &Pod, ty: &str) -> Option<(String, String)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == ty)
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+}
+
+async fn live(api: &Api<Pod>, class: &str) -> Vec<Pod> {
+    api.list(&ListParams::default().labels(&format!("class={class}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_pod_preempts_one_low_priority_pod_on_a_full_node() {
+    let e = env(2).await;
+    let pods: Api<Pod> = Api::namespaced(e.c.client.clone(), "default");
+    let pp = PostParams::default();
+    for i in 0..4 {
+        pods.create(&pp, &pod(&format!("low-{i}"), "low", "1"))
+            .await
+            .unwrap();
+    }
+    until(WAIT, "the four low pods fill both nodes", || async {
+        let l = live(&pods, "low").await;
+        l.len() == 4 && l.iter().all(|p| node_of(p).is_some())
+    })
+    .await;
+
+    // A class that never preempts: the pod waits, unschedulable, and nobody is evicted.
+    pods.create(&pp, &pod("polite", "polite", "1"))
+        .await
+        .unwrap();
+    until(WAIT, "the polite pod is reported unschedulable", || async {
+        let p = pods.get("polite").await.unwrap();
+        condition(&p, "PodScheduled") == Some(("False".into(), "Unschedulable".into()))
+    })
+    .await;
+    assert_eq!(live(&pods, "low").await.len(), 4);
+
+    // A high-priority pod takes the room of exactly one low-priority pod.
+    pods.create(&pp, &pod("urgent", "high", "1")).await.unwrap();
+    until(WAIT, "the urgent pod is bound", || async {
+        node_of(&pods.get("urgent").await.unwrap()).is_some()
+    })
+    .await;
+    let urgent = pods.get("urgent").await.unwrap();
+    let node = node_of(&urgent).unwrap();
+    assert_eq!(
+        urgent
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.clone()),
+        Some(node.clone()),
+        "nominatedNodeName named the node it got"
+    );
+    let low = live(&pods, "low").await;
+    assert_eq!(low.len(), 3, "one victim, not more");
+    let on_node = low
+        .iter()
+        .filter(|p| node_of(p).as_deref() == Some(&node))
+        .count();
+    assert_eq!(
+        on_node, 1,
+        "the victim came from the node the urgent pod got"
+    );
+    let events: Api<Event> = Api::namespaced(e.c.client.clone(), "default");
+    until(WAIT, "a Preempted event on the victim", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|ev| {
+                ev.reason.as_deref() == Some("Preempted")
+                    && ev
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.contains(&format!("on node {node}")))
+                    && ev
+                        .involved_object
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("low-"))
+            })
+    })
+    .await;
+    // The polite pod still waits: it outranks the low pods but never preempts.
+    assert!(node_of(&pods.get("polite").await.unwrap()).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn victims_carry_the_disruption_target_condition() {
+    let e = env(1).await;
+    let pods: Api<Pod> = Api::namespaced(e.c.client.clone(), "default");
+    let pp = PostParams::default();
+    // Watch the low pod for the condition the scheduler writes before deleting it.
+    pods.create(&pp, &pod("victim", "low", "2")).await.unwrap();
+    until(WAIT, "the low pod is bound", || async {
+        node_of(&pods.get("victim").await.unwrap()).is_some()
+    })
+    .await;
+    let seen = tokio::spawn({
+        let pods = pods.clone();
+        async move {
+            use futures_util::StreamExt;
+            let cfg = kube::runtime::watcher::Config::default().fields("metadata.name=victim");
+            let mut s = std::pin::pin!(kube::runtime::watcher(pods, cfg));
+            while let Some(Ok(ev)) = s.next().await {
+                if let kube::runtime::watcher::Event::Apply(p) = ev
+                    && let Some(c) = condition(&p, "DisruptionTarget")
+                {
+                    return c;
+                }
+            }
+            (String::new(), String::new())
+        }
+    });
+    pods.create(&pp, &pod("urgent", "high", "2")).await.unwrap();
+    let c = tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+    assert_eq!(c, ("True".to_string(), "PreemptionByScheduler".to_string()));
+    until(WAIT, "the urgent pod runs where the victim was", || async {
+        node_of(&pods.get("urgent").await.unwrap()).as_deref() == Some("sim-0")
+    })
+    .await;
+}
