@@ -19,8 +19,6 @@ pub struct PlacedPod {
     pub namespace: String,
     /// `spec.priority` (0 when unset): preemption takes lower ones first.
     pub priority: i32,
-    /// When it started (`status.startTime`), for preemption's tie-break.
-    pub started: Option<jiff::Timestamp>,
     /// Being deleted already.
     pub terminating: bool,
     pub labels: BTreeMap<String, String>,
@@ -54,11 +52,6 @@ impl PlacedPod {
             name: pod.metadata.name.clone().unwrap_or_default(),
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             priority: pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
-            started: pod
-                .status
-                .as_ref()
-                .and_then(|s| s.start_time.as_ref())
-                .map(|t| t.0),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             owner: podutil::controller_ref(&pod.metadata).map(|r| r.uid.clone()),
@@ -202,8 +195,8 @@ impl Cache {
         self.placed.contains_key(uid)
     }
 
-    /// Whether `pod` is already counted, confirmed, on `node` with these labels, start and
-    /// deletion: its other status changes (Ready, ...) then change nothing the scheduler keeps.
+    /// Whether `pod` is already counted, confirmed, on `node` with these labels and deletion
+    /// state: its status changes (Running, Ready, ...) then change nothing the scheduler keeps.
     pub fn is_current(&self, pod: &Pod, node: &str) -> bool {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         self.placed.get(uid).is_some_and(|n| n == node)
@@ -214,8 +207,6 @@ impl Cache {
                 .is_some_and(|p| {
                     !p.assumed
                         && p.terminating == pod.metadata.deletion_timestamp.is_some()
-                        && p.started.is_some()
-                            == pod.status.as_ref().is_some_and(|s| s.start_time.is_some())
                         && pod
                             .metadata
                             .labels

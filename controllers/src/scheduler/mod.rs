@@ -635,8 +635,17 @@ impl Scheduler {
         {
             return Preemption::Waiting(node.to_string());
         }
-        let Some(c) = preemption::find(facts, &self.cache, prio, &|p| self.budget_forbids(p))
-        else {
+        let started = |p: &cache::PlacedPod| {
+            let pod = self
+                .pods
+                .get(&ObjectRef::new(&p.name).within(&p.namespace))?;
+            pod.status.as_ref()?.start_time.as_ref().map(|t| t.0)
+        };
+        let look = preemption::Lookups {
+            protected: &|p| self.budget_forbids(p),
+            started: &started,
+        };
+        let Some(c) = preemption::find(facts, &self.cache, prio, &look) else {
             return Preemption::Impossible;
         };
         tracing::info!(
@@ -656,8 +665,8 @@ impl Scheduler {
             .iter()
             .filter_map(|v| {
                 self.pods
-                    .get(&ObjectRef::new(&v.name).within(&v.namespace))
-                    .filter(|p| p.metadata.uid.as_deref() == Some(v.uid.as_str()))
+                    .get(&ObjectRef::new(&v.pod.name).within(&v.pod.namespace))
+                    .filter(|p| p.metadata.uid.as_deref() == Some(v.pod.uid.as_str()))
             })
             .collect();
         let (client, recorder, node) = (self.client.clone(), self.recorder.clone(), c.node.clone());

@@ -20,11 +20,32 @@
 use super::cache::{Cache, NodeInfo, PlacedPod};
 use super::filter::{PodFacts, filter};
 
+/// What preemption asks of the rest of the scheduler: whether a PodDisruptionBudget forbids
+/// evicting a pod, and when a pod started (read only for the pods in question, so the cache
+/// need not follow every pod's start).
+pub struct Lookups<'a> {
+    pub protected: &'a dyn Fn(&PlacedPod) -> bool,
+    pub started: &'a dyn Fn(&PlacedPod) -> Option<jiff::Timestamp>,
+}
+
+impl std::fmt::Debug for Lookups<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookups").finish_non_exhaustive()
+    }
+}
+
+/// A victim with its start time.
+#[derive(Debug, Clone)]
+pub struct Victim {
+    pub pod: PlacedPod,
+    pub started: Option<jiff::Timestamp>,
+}
+
 /// What preempting on one node takes.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub node: String,
-    pub victims: Vec<PlacedPod>,
+    pub victims: Vec<Victim>,
     /// Victims whose eviction a PodDisruptionBudget does not allow.
     pub violations: usize,
 }
@@ -38,17 +59,18 @@ fn resolvable(reason: &str) -> bool {
 }
 
 /// A pod of higher priority first, then the one that started earlier (`MoreImportantPod`).
-fn more_important_first(pods: &mut [PlacedPod]) {
+fn more_important_first(pods: &mut [Victim]) {
     pods.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
+        b.pod
+            .priority
+            .cmp(&a.pod.priority)
             .then_with(|| match (a.started, b.started) {
                 (Some(x), Some(y)) => x.cmp(&y),
                 (Some(_), None) => std::cmp::Ordering::Less,
                 (None, Some(_)) => std::cmp::Ordering::Greater,
                 (None, None) => std::cmp::Ordering::Equal,
             })
-            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a.pod.name.cmp(&b.pod.name))
     });
 }
 
@@ -57,7 +79,7 @@ fn victims_on(
     facts: &PodFacts<'_>,
     node: &NodeInfo,
     priority: i32,
-    protected: &dyn Fn(&PlacedPod) -> bool,
+    look: &Lookups<'_>,
 ) -> Option<Candidate> {
     let reasons = filter(facts, node);
     if reasons.is_empty() || !reasons.iter().all(|r| resolvable(r)) {
@@ -79,16 +101,22 @@ fn victims_on(
     if !filter(facts, &trial).is_empty() {
         return None;
     }
-    let (mut guarded, mut free): (Vec<_>, Vec<_>) = lower.into_iter().partition(|p| protected(p));
+    let (mut guarded, mut free): (Vec<_>, Vec<_>) = lower
+        .into_iter()
+        .map(|pod| Victim {
+            started: (look.started)(&pod),
+            pod,
+        })
+        .partition(|v| (look.protected)(&v.pod));
     more_important_first(&mut guarded);
     more_important_first(&mut free);
     let mut victims = Vec::new();
     let mut violations = 0;
     for (group, counts) in [(guarded, true), (free, false)] {
         for p in group {
-            trial.insert(p.clone());
+            trial.insert(p.pod.clone());
             if !filter(facts, &trial).is_empty() {
-                trial.remove(&p.uid);
+                trial.remove(&p.pod.uid);
                 if counts {
                     violations += 1;
                 }
@@ -108,25 +136,25 @@ pub fn find(
     facts: &PodFacts<'_>,
     cache: &Cache,
     priority: i32,
-    protected: &dyn Fn(&PlacedPod) -> bool,
+    look: &Lookups<'_>,
 ) -> Option<Candidate> {
     let mut candidates: Vec<Candidate> = cache
         .candidates()
-        .filter_map(|n| victims_on(facts, n, priority, protected))
+        .filter_map(|n| victims_on(facts, n, priority, look))
         .collect();
     // pickOneNodeForPreemption's criteria, as one ordering (smallest first).
     candidates.sort_by_key(|c| {
         let highest = c
             .victims
             .iter()
-            .map(|v| v.priority)
+            .map(|v| v.pod.priority)
             .max()
             .unwrap_or(i32::MIN);
-        let sum: i64 = c.victims.iter().map(|v| v.priority as i64).sum();
+        let sum: i64 = c.victims.iter().map(|v| v.pod.priority as i64).sum();
         let latest = c
             .victims
             .iter()
-            .filter(|v| v.priority == highest)
+            .filter(|v| v.pod.priority == highest)
             .filter_map(|v| v.started)
             .min()
             .map(|t| std::cmp::Reverse(t.as_millisecond()));
@@ -154,16 +182,28 @@ mod tests {
         Arc::new(serde_json::from_value(v).unwrap())
     }
 
-    fn pod(name: &str, cpu: &str, priority: i32, started: i64) -> Arc<Pod> {
+    fn pod(name: &str, cpu: &str, priority: i32, _started: i64) -> Arc<Pod> {
         Arc::new(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "default", "uid": name,
                     "labels": {"app": name}},
                 "spec": {"priority": priority, "containers": [{"name": "c", "image": "x",
-                    "resources": {"requests": {"cpu": cpu}}}]},
-                "status": {"startTime": jiff::Timestamp::from_second(1_700_000_000 + started).unwrap().to_string()}}))
+                    "resources": {"requests": {"cpu": cpu}}}]}}))
             .unwrap(),
         )
+    }
+
+    /// When the test pods started: "new" at 100 s, the others at 0.
+    fn started(p: &PlacedPod) -> Option<jiff::Timestamp> {
+        let secs = if p.name == "new" { 100 } else { 0 };
+        jiff::Timestamp::from_second(1_700_000_000 + secs).ok()
+    }
+
+    fn look<'a>(protected: &'a dyn Fn(&PlacedPod) -> bool) -> Lookups<'a> {
+        Lookups {
+            protected,
+            started: &started,
+        }
     }
 
     fn cache(nodes: &[Arc<Node>], pods: &[(&str, Arc<Pod>)]) -> Cache {
@@ -178,7 +218,7 @@ mod tests {
     }
 
     fn names(c: &Candidate) -> Vec<String> {
-        let mut v: Vec<String> = c.victims.iter().map(|p| p.name.clone()).collect();
+        let mut v: Vec<String> = c.victims.iter().map(|p| p.pod.name.clone()).collect();
         v.sort();
         v
     }
@@ -196,7 +236,7 @@ mod tests {
         );
         let high = pod("high", "2", 100, 0);
         let facts = PodFacts::new(&high, &c);
-        let got = find(&facts, &c, 100, &|_| false).unwrap();
+        let got = find(&facts, &c, 100, &look(&|_| false)).unwrap();
         assert_eq!(
             got.node, "a",
             "a's highest victim (1) is lower than b's (50)"
@@ -212,7 +252,7 @@ mod tests {
             &[node("b", "4", json!({}))],
             &[("b", pod("b1", "2", 50, 0)), ("b", pod("b2", "2", 50, 0))],
         );
-        assert!(find(&PodFacts::new(&peer, &c2), &c2, 50, &|_| false).is_none());
+        assert!(find(&PodFacts::new(&peer, &c2), &c2, 50, &look(&|_| false)).is_none());
     }
 
     #[test]
@@ -236,7 +276,7 @@ mod tests {
         let high = pod("high", "2", 100, 0);
         let facts = PodFacts::new(&high, &c);
         let protected = |p: &PlacedPod| p.name == "guarded";
-        let got = find(&facts, &c, 100, &protected).unwrap();
+        let got = find(&facts, &c, 100, &look(&protected)).unwrap();
         assert_eq!(
             got.node, "b",
             "a violation weighs more than a higher victim priority"
@@ -247,7 +287,7 @@ mod tests {
             &[node("a", "2", json!({}))],
             &[("a", pod("guarded", "2", 1, 0))],
         );
-        let got = find(&PodFacts::new(&high, &only), &only, 100, &protected).unwrap();
+        let got = find(&PodFacts::new(&high, &only), &only, 100, &look(&protected)).unwrap();
         assert_eq!(
             (names(&got), got.violations),
             (vec!["guarded".to_string()], 1)
@@ -261,7 +301,15 @@ mod tests {
             )],
             &[("tainted", pod("t", "2", 0, 0))],
         );
-        assert!(find(&PodFacts::new(&high, &tainted), &tainted, 100, &|_| false).is_none());
+        assert!(
+            find(
+                &PodFacts::new(&high, &tainted),
+                &tainted,
+                100,
+                &look(&|_| false)
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -271,7 +319,7 @@ mod tests {
             &[("a", pod("old", "2", 5, 0)), ("b", pod("new", "2", 5, 100))],
         );
         let high = pod("high", "2", 100, 0);
-        let got = find(&PodFacts::new(&high, &c), &c, 100, &|_| false).unwrap();
+        let got = find(&PodFacts::new(&high, &c), &c, 100, &look(&|_| false)).unwrap();
         assert_eq!(got.node, "b");
     }
 }
