@@ -32,7 +32,7 @@ pub fn required_fits(pod: &Pod, labels: &BTreeMap<String, String>, node_name: &s
     }
 }
 
-fn term_fits(t: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
+pub fn term_fits(t: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
     let exprs = t.match_expressions.as_deref().unwrap_or(&[]);
     let fields = t.match_fields.as_deref().unwrap_or(&[]);
     if exprs.is_empty() && fields.is_empty() {

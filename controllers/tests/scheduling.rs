@@ -1,7 +1,8 @@
-//! The scheduler's priorities against a real in-process API server with simulated nodes:
-//! a high-priority pod preempts exactly one low-priority pod on a full node (DisruptionTarget,
-//! a Preempted event, nominatedNodeName, then bound there), a pod whose class says Never
-//! waits, and the queue serves higher priorities first.
+//! The scheduler against a real in-process API server with simulated nodes: a high-priority
+//! pod preempts exactly one low-priority pod on a full node (DisruptionTarget, a Preempted
+//! event, nominatedNodeName, then bound there) while a pod whose class says Never waits;
+//! required pod affinity follows a pod into its zone (or refuses, in kube-scheduler's words);
+//! a preferred node wins over the spread score.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -208,6 +209,92 @@ async fn victims_carry_the_disruption_target_condition() {
     assert_eq!(c, ("True".to_string(), "PreemptionByScheduler".to_string()));
     until(WAIT, "the urgent pod runs where the victim was", || async {
         node_of(&pods.get("urgent").await.unwrap()).as_deref() == Some("sim-0")
+    })
+    .await;
+}
+
+fn free_pod(name: &str, labels: serde_json::Value, spec: serde_json::Value) -> Pod {
+    let mut s = json!({"containers": [{"name": "c", "image": "busybox",
+        "resources": {"requests": {"cpu": "100m"}}}]});
+    for (k, v) in spec.as_object().into_iter().flatten() {
+        s[k] = v.clone();
+    }
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": s}))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_affinity_and_preferred_node_affinity_place_pods() {
+    let e = env(3).await;
+    let pods: Api<Pod> = Api::namespaced(e.c.client.clone(), "default");
+    let pp = PostParams::default();
+    let zone = "topology.kubernetes.io/zone";
+    let near = |app: &str| {
+        json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": zone, "labelSelector": {"matchLabels": {"app": app}}}]}}})
+    };
+    pods.create(&pp, &free_pod("db", json!({"app": "db"}), json!({})))
+        .await
+        .unwrap();
+    until(WAIT, "db is bound", || async {
+        node_of(&pods.get("db").await.unwrap()).is_some()
+    })
+    .await;
+    let db_node = node_of(&pods.get("db").await.unwrap()).unwrap();
+    // Required affinity: the app follows the database into its zone (one node per zone).
+    pods.create(&pp, &free_pod("app", json!({"app": "app"}), near("db")))
+        .await
+        .unwrap();
+    // Nothing to follow: refused, in kube-scheduler's words.
+    pods.create(
+        &pp,
+        &free_pod("lonely", json!({"app": "lonely"}), near("nothing")),
+    )
+    .await
+    .unwrap();
+    // The first pod of a group that follows itself may go anywhere.
+    pods.create(
+        &pp,
+        &free_pod("first", json!({"app": "group"}), near("group")),
+    )
+    .await
+    .unwrap();
+    // A preferred node wins over the spread score.
+    let preferred = json!({"affinity": {"nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "preference":
+            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [db_node.clone()]}]}}]}}});
+    pods.create(&pp, &free_pod("pref", json!({"app": "pref"}), preferred))
+        .await
+        .unwrap();
+    until(WAIT, "app, first and pref are bound", || async {
+        let mut all = true;
+        for n in ["app", "first", "pref"] {
+            all &= node_of(&pods.get(n).await.unwrap()).is_some();
+        }
+        all
+    })
+    .await;
+    assert_eq!(
+        node_of(&pods.get("app").await.unwrap()),
+        Some(db_node.clone())
+    );
+    assert_eq!(
+        node_of(&pods.get("pref").await.unwrap()),
+        Some(db_node.clone())
+    );
+    until(WAIT, "lonely is reported unschedulable", || async {
+        let p = pods.get("lonely").await.unwrap();
+        p.status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.message.as_deref()
+                        == Some(
+                            "0/3 nodes are available: 3 node(s) didn't match pod affinity rules.",
+                        )
+            })
     })
     .await;
 }

@@ -5,7 +5,9 @@
 //! Checks, in order (the first failing group decides): cordoned, not Ready, nodeSelector and
 //! required node affinity, NoSchedule/NoExecute taints, cpu/memory/pods (all insufficient ones
 //! are named), hostPort conflicts, required pod anti-affinity (both the incoming pod's terms and
-//! those of pods already placed), DoNotSchedule topology spread constraints.
+//! those of pods already placed), required pod affinity (a pod its term selects in the node's
+//! domain; the first pod of a group that selects itself may go anywhere), DoNotSchedule
+//! topology spread constraints.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -28,6 +30,10 @@ pub struct PodFacts<'a> {
     pub forbidden: HashSet<(String, String)>,
     /// Hard spread constraints: (constraint, counts per domain value, min count).
     pub spread: Vec<(&'a TopologySpreadConstraint, HashMap<String, i64>, i64)>,
+    /// Required pod affinity: per term, its topology key, the domains holding a pod it
+    /// selects, and whether the pod selects itself (then, with no such pod anywhere, any
+    /// domain will do).
+    pub affinity: Vec<(String, HashSet<String>, bool)>,
 }
 
 impl<'a> PodFacts<'a> {
@@ -41,10 +47,38 @@ impl<'a> PodFacts<'a> {
             host_ports,
             forbidden: HashSet::new(),
             spread: Vec::new(),
+            affinity: Vec::new(),
         };
+        facts.pod_affinity(cache);
         facts.anti_affinity(cache);
         facts.spread_counts(cache);
         facts
+    }
+
+    fn pod_affinity(&mut self, cache: &Cache) {
+        let terms = affinity_terms(self.pod);
+        if terms.is_empty() {
+            return;
+        }
+        let labels = self.pod.metadata.labels.clone().unwrap_or_default();
+        for term in terms {
+            let mut domains = HashSet::new();
+            for info in cache.nodes.values() {
+                let Some(v) = info.labels().and_then(|l| l.get(&term.topology_key)) else {
+                    continue;
+                };
+                if info
+                    .pods
+                    .values()
+                    .any(|p| term_matches(term, self.namespace, &p.namespace, &p.labels))
+                {
+                    domains.insert(v.clone());
+                }
+            }
+            let selects_itself = term_matches(term, self.namespace, self.namespace, &labels);
+            self.affinity
+                .push((term.topology_key.clone(), domains, selects_itself));
+        }
     }
 
     fn anti_affinity(&mut self, cache: &Cache) {
@@ -116,12 +150,28 @@ impl<'a> PodFacts<'a> {
     }
 }
 
-fn selector_matches(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+/// A pod's required (hard) pod affinity terms.
+pub fn affinity_terms(pod: &Pod) -> &[PodAffinityTerm] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.pod_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
+        .unwrap_or(&[])
+}
+
+pub(super) fn selector_matches(
+    sel: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let Some(sel) = sel else { return false };
     Selector::from_label_selector(sel).is_ok_and(|s| s.matches_map(labels))
 }
 
-fn term_matches(
+pub(super) fn term_matches(
     term: &PodAffinityTerm,
     term_ns: &str,
     pod_ns: &str,
@@ -189,6 +239,16 @@ pub fn filter(f: &PodFacts<'_>, node: &NodeInfo) -> Vec<String> {
         && f.forbidden.iter().any(|(k, v)| labels.get(k) == Some(v))
     {
         return vec!["node(s) didn't match pod anti-affinity rules".into()];
+    }
+    for (key, domains, selects_itself) in &f.affinity {
+        let value = node.labels().and_then(|l| l.get(key));
+        let fits = match value {
+            Some(v) => domains.contains(v) || (domains.is_empty() && *selects_itself),
+            None => false,
+        };
+        if !fits {
+            return vec!["node(s) didn't match pod affinity rules".into()];
+        }
     }
     for (c, counts, min) in &f.spread {
         let Some(v) = node.labels().and_then(|l| l.get(&c.topology_key)) else {

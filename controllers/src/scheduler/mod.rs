@@ -27,6 +27,7 @@ pub mod filter;
 pub mod preemption;
 pub mod resources;
 pub mod score;
+pub mod soft;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -537,9 +538,16 @@ impl Scheduler {
         self.nominated.remove(&uid);
         let scoring = resources::pod_requests(&pod, true);
         let owner = podutil::controller_ref(&pod.metadata).map(|r| r.uid.clone());
-        let node = score::pick(strategy, &feasible, &scoring, owner.as_deref())
-            .name
-            .clone();
+        let soft = soft::Soft::new(&pod, &self.cache).map(|s| s.scores(&feasible));
+        let node = score::pick(
+            strategy,
+            &feasible,
+            &scoring,
+            owner.as_deref(),
+            soft.as_deref(),
+        )
+        .name
+        .clone();
         drop(facts);
         self.cache.add_pod(&pod, &node, true);
         self.in_flight.insert(uid.clone());

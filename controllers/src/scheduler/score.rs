@@ -4,6 +4,8 @@
 //!   (topology.kubernetes.io/zone), score higher;
 //! - `binpack`: most allocated — fill the fullest node that fits, nodes in name order on ties;
 //! - `random`: any feasible node.
+//!
+//! Spread and binpack add the pod's soft constraints ([`super::soft`]) to their own score.
 
 use std::collections::HashMap;
 
@@ -52,20 +54,22 @@ fn allocated(node: &NodeInfo, pod: &Resources) -> f64 {
 }
 
 /// Picks the best of `feasible` (non-empty) for a pod with scoring requests `pod` and controller
-/// `owner`.
+/// `owner`; `soft` adds each node's soft-constraint score ([`super::soft`]) to the strategy's.
 pub fn pick<'a>(
     strategy: Strategy,
     feasible: &[&'a NodeInfo],
     pod: &Resources,
     owner: Option<&str>,
+    soft: Option<&[f64]>,
 ) -> &'a NodeInfo {
+    let extra = |i: usize| soft.and_then(|s| s.get(i)).copied().unwrap_or(0.0);
     match strategy {
         Strategy::Random => feasible[fastrand::usize(..feasible.len())],
         Strategy::Binpack => {
             let mut best = feasible[0];
-            let mut best_score = allocated(best, pod);
-            for n in &feasible[1..] {
-                let s = allocated(n, pod);
+            let mut best_score = allocated(best, pod) + extra(0);
+            for (i, n) in feasible.iter().enumerate().skip(1) {
+                let s = allocated(n, pod) + extra(i);
                 if s > best_score + 1e-9 {
                     best = n;
                     best_score = s;
@@ -103,7 +107,7 @@ pub fn pick<'a>(
                     }
                     _ => node_spread,
                 };
-                let score = least + spread;
+                let score = least + spread + extra(i);
                 if score > best_score + 1e-9 {
                     best = i;
                     best_score = score;
