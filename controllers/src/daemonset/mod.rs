@@ -110,7 +110,7 @@ pub async fn run(m: Arc<Manager>) {
         expectations: Arc::new(Expectations::default()),
         recorder: Recorder::new(m.client.clone(), "daemonset-controller"),
         failed_pods: FailedPods::default(),
-        clock: m.clock.clone(),
+        clock: m.clock,
     });
     let exp = me.expectations.clone();
     let pod_changes = pod_informer.subscribe().map(move |c| {

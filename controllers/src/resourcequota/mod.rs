@@ -124,7 +124,7 @@ pub async fn run(m: Arc<Manager>) {
         client: m.client.clone(),
         pods: pod_informer.store(),
         discovery: Discovery::new(m.client.clone()),
-        clock: m.clock.clone(),
+        clock: m.clock,
     });
     // Quotas whose spec changed or whose status has not caught up with it; never a charge.
     let mut seen: HashMap<String, Option<BTreeMap<String, Quantity>>> = HashMap::new();
@@ -220,7 +220,7 @@ impl Reconcile<ResourceQuota> for QuotaController {
         let status = status_for(&hard_spec, &used);
         let current = q.status.clone().unwrap_or_default();
         let same = current.hard == status.hard
-            && current.used.as_ref().map(|u| parse_used(u))
+            && current.used.as_ref().map(parse_used)
                 == Some(parse_used(status.used.as_ref().unwrap_or(&BTreeMap::new())));
         if !same {
             let mut updated = (*q).clone();
