@@ -65,19 +65,8 @@ fn daemon_set(name: &str, image: &str, extra: Value) -> DaemonSet {
             "template": {"metadata": {"labels": {"app": name}},
                 "spec": {"containers": [{"name": "main", "image": image,
                     "resources": {"requests": {"cpu": "10m"}}}]}}}});
-    merge(&mut v, extra);
+    capstan_testkit::merge_json(&mut v, extra);
     serde_json::from_value(v).unwrap()
-}
-
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
 }
 
 /// The DaemonSet's live pods by node, with their image.

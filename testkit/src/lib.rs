@@ -313,6 +313,19 @@ fn health(port: u16) -> Result<bool> {
 }
 
 /// A scratch directory removed on drop.
+/// Merges `b` into `a` as a JSON merge patch would without deletions: objects key by key,
+/// anything else replaced (fixtures built as a base plus what a case changes).
+pub fn merge_json(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge_json(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
 pub fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(prefix)

@@ -41,6 +41,22 @@ pub struct SimConfig {
     pub parallelism: usize,
 }
 
+impl SimConfig {
+    /// `nodes` large nodes (64 cpu, 256Gi, 1,000 pods) renewing their Leases hourly, registered
+    /// 64 at a time: what the benchmarks run many pods on without the nodes being the limit.
+    pub fn roomy(nodes: usize) -> SimConfig {
+        SimConfig {
+            nodes,
+            cpu: "64".into(),
+            memory: "256Gi".into(),
+            pods: 1000,
+            lease_every: Duration::from_secs(3600),
+            parallelism: 64,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {

@@ -69,19 +69,7 @@ pub async fn run(b: DaemonSetBench) -> Result<()> {
     let server = LocalServer::start(&b.scratch, "capstan-bench-daemonset-").await?;
     let client = kube::Client::try_from(kube::Config::new(server.url.parse()?))?;
     let started = Instant::now();
-    let _sim = SimNodes::start(
-        client.clone(),
-        SimConfig {
-            nodes: b.nodes,
-            cpu: "64".into(),
-            memory: "256Gi".into(),
-            pods: 1000,
-            lease_every: Duration::from_secs(3600),
-            parallelism: 64,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let _sim = SimNodes::start(client.clone(), SimConfig::roomy(b.nodes)).await?;
     println!(
         "{} simulated nodes registered in {:.1} s; maxUnavailable {}",
         b.nodes,

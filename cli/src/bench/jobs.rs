@@ -64,19 +64,7 @@ where
 pub async fn run(b: JobsBench) -> Result<()> {
     let server = LocalServer::start(&b.scratch, "capstan-bench-jobs-").await?;
     let client = kube::Client::try_from(kube::Config::new(server.url.parse()?))?;
-    let _sim = SimNodes::start(
-        client.clone(),
-        SimConfig {
-            nodes: b.nodes,
-            cpu: "64".into(),
-            memory: "256Gi".into(),
-            pods: 1000,
-            lease_every: Duration::from_secs(3600),
-            parallelism: 64,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let _sim = SimNodes::start(client.clone(), SimConfig::roomy(b.nodes)).await?;
     let manager = Manager::new(client.clone(), &prometheus::Registry::new());
     let names = ["scheduler".to_string(), "job".to_string()]
         .into_iter()

@@ -24,24 +24,13 @@ fn ds(extra: Value) -> DaemonSet {
                 "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
             "template": {"metadata": {"labels": {"app": "web"}},
                 "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
-    merge(&mut v, extra);
+    capstan_testkit::merge_json(&mut v, extra);
     serde_json::from_value(v).unwrap()
-}
-
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
 }
 
 fn node(name: &str, extra: Value) -> Arc<Node> {
     let mut v = json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}});
-    merge(&mut v, extra);
+    capstan_testkit::merge_json(&mut v, extra);
     Arc::new(serde_json::from_value(v).unwrap())
 }
 
