@@ -403,6 +403,12 @@ async fn on_delete_replaces_only_what_the_user_deletes() {
         },
     )
     .await;
-    let d = api.get("manual").await.unwrap();
-    assert_eq!(d.status.unwrap().updated_number_scheduled, Some(1));
+    // The status follows in a later pass: one node updated, the other left alone.
+    until(WAIT, "the status counts one updated node", || async {
+        let d = api.get("manual").await.unwrap();
+        d.status.and_then(|s| s.updated_number_scheduled) == Some(1)
+    })
+    .await;
+    let p = placed(&k.c, "manual").await;
+    assert_eq!(p.get("sim-1"), Some(&vec!["busybox:1".to_string()]));
 }
