@@ -20,15 +20,10 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Cluster {
+    /// Stopped first, before the cluster it talks to (fields drop in order).
+    _manager: capstan_testkit::Background,
     c: TestCluster,
     _sim: SimNodes,
-    manager: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.manager.abort();
-    }
 }
 
 async fn cluster(nodes: usize, ready_after: Duration) -> Cluster {
@@ -48,13 +43,13 @@ async fn cluster(nodes: usize, ready_after: Duration) -> Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let manager = tokio::spawn(async move {
+    let manager = capstan_testkit::Background::spawn(async move {
         m.run(&names).await.unwrap();
     });
     Cluster {
         c,
         _sim: sim,
-        manager,
+        _manager: manager,
     }
 }
 

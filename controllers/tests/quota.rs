@@ -18,14 +18,9 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Cluster {
+    /// Stopped first, before the cluster it talks to (fields drop in order).
+    _manager: capstan_testkit::Background,
     c: TestCluster,
-    manager: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.manager.abort();
-    }
 }
 
 async fn cluster() -> Cluster {
@@ -35,10 +30,13 @@ async fn cluster() -> Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let manager = tokio::spawn(async move {
+    let manager = capstan_testkit::Background::spawn(async move {
         m.run(&names).await.unwrap();
     });
-    Cluster { c, manager }
+    Cluster {
+        c,
+        _manager: manager,
+    }
 }
 
 fn pod(name: &str, resources: Value) -> Pod {

@@ -18,15 +18,10 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Env {
+    /// Stopped first, before the cluster it talks to (fields drop in order).
+    _manager: capstan_testkit::Background,
     c: TestCluster,
     _sim: SimNodes,
-    manager: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.manager.abort();
-    }
 }
 
 async fn env(nodes: usize) -> Env {
@@ -55,13 +50,13 @@ async fn env(nodes: usize) -> Env {
     }
     let m = Manager::new(c.client.clone(), &prometheus::Registry::new());
     let names: BTreeSet<String> = ["scheduler"].iter().map(|s| s.to_string()).collect();
-    let manager = tokio::spawn(async move {
+    let manager = capstan_testkit::Background::spawn(async move {
         m.run(&names).await.unwrap();
     });
     Env {
         c,
         _sim: sim,
-        manager,
+        _manager: manager,
     }
 }
 

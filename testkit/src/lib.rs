@@ -313,6 +313,23 @@ fn health(port: u16) -> Result<bool> {
 }
 
 /// A scratch directory removed on drop.
+/// A task that runs while this is held and is aborted when it is dropped (a controller
+/// manager a test starts, stopped with its cluster).
+#[derive(Debug)]
+pub struct Background(tokio::task::JoinHandle<()>);
+
+impl Background {
+    pub fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Background {
+        Background(tokio::spawn(f))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Merges `b` into `a` as a JSON merge patch would without deletions: objects key by key,
 /// anything else replaced (fixtures built as a base plus what a case changes).
 pub fn merge_json(a: &mut serde_json::Value, b: serde_json::Value) {
