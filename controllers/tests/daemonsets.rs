@@ -85,6 +85,11 @@ async fn placed(c: &TestCluster, app: &str) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// The nodes running a live pod of the DaemonSet, in name order.
+async fn nodes_running(c: &TestCluster, app: &str) -> Vec<String> {
+    placed(c, app).await.into_keys().collect()
+}
+
 fn status(ds: &DaemonSet) -> (i32, i32, i32, i32) {
     let s = ds.status.clone().unwrap_or_default();
     (
@@ -184,12 +189,7 @@ async fn node_labels_and_taints_decide_where_pods_run() {
             .unwrap();
     }
     until(WAIT, "pods on the two edge nodes", || async {
-        placed(&k.c, "edge")
-            .await
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            == ["sim-0", "sim-1"]
+        nodes_running(&k.c, "edge").await == ["sim-0", "sim-1"]
     })
     .await;
 
@@ -207,12 +207,7 @@ async fn node_labels_and_taints_decide_where_pods_run() {
         .await
         .unwrap();
     until(WAIT, "only sim-0 keeps its pod", || async {
-        placed(&k.c, "edge")
-            .await
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            == ["sim-0"]
+        nodes_running(&k.c, "edge").await == ["sim-0"]
     })
     .await;
     nodes
