@@ -1,5 +1,5 @@
 //! The built-in resources Capstan serves (core/v1, apps/v1, batch/v1, scheduling/v1,
-//! autoscaling/v2, policy/v1, events.k8s.io/v1, coordination, discovery, apiregistration and
+//! autoscaling/v2, policy/v1, storage/v1, events.k8s.io/v1, coordination, discovery, apiregistration and
 //! apiextensions): names, scope, subresources and each one's [`Builtin`] strategy.
 
 use std::sync::Arc;
@@ -165,6 +165,23 @@ pub fn builtins() -> Vec<ResourceInfo> {
             .arc(),
     );
     daemon_sets.categories = all.clone();
+    let mut stateful_sets = res(
+        ("apps", "v1", "StatefulSet"),
+        "statefulsets",
+        &["sts"],
+        true,
+        true,
+        Builtin::of::<apps::StatefulSet>()
+            .defaults(defaults::apps::stateful_set)
+            .validate_with(crate::stateful_set::validate)
+            .validate_update_with(crate::stateful_set::validate_update)
+            .table(crate::stateful_set::table)
+            .generation()
+            .reset_status_on_create()
+            .arc(),
+    );
+    stateful_sets.categories = all.clone();
+    stateful_sets.scale = Some(ScalePaths::workload());
     let controller_revisions = res(
         ("apps", "v1", "ControllerRevision"),
         "controllerrevisions",
@@ -369,7 +386,50 @@ pub fn builtins() -> Vec<ResourceInfo> {
         deployments,
         replicasets,
         daemon_sets,
+        stateful_sets,
         controller_revisions,
+        res(
+            ("", "v1", "PersistentVolumeClaim"),
+            "persistentvolumeclaims",
+            &["pvc"],
+            true,
+            true,
+            Builtin::of::<core::PersistentVolumeClaim>()
+                .defaults(defaults::core::persistent_volume_claim)
+                .validate_with(crate::volumes::claim::validate)
+                .validate_update_with(crate::volumes::claim::validate_update)
+                .table(crate::volumes::claim::table)
+                .reset_status_on_create()
+                .arc(),
+        ),
+        res(
+            ("", "v1", "PersistentVolume"),
+            "persistentvolumes",
+            &["pv"],
+            false,
+            true,
+            Builtin::of::<core::PersistentVolume>()
+                .defaults(defaults::core::persistent_volume)
+                .on_create(crate::volumes::persistent_volume::on_create)
+                .validate_with(crate::volumes::persistent_volume::validate)
+                .validate_update_with(crate::volumes::persistent_volume::validate_update)
+                .table(crate::volumes::persistent_volume::table)
+                .reset_status_on_create()
+                .arc(),
+        ),
+        res(
+            (crate::volumes::storage_class::GROUP, "v1", "StorageClass"),
+            "storageclasses",
+            &["sc"],
+            false,
+            false,
+            Builtin::of::<k8s_openapi::api::storage::v1::StorageClass>()
+                .defaults(crate::volumes::storage_class::defaults)
+                .validate_with(crate::volumes::storage_class::validate)
+                .validate_update_with(crate::volumes::storage_class::validate_update)
+                .table(crate::volumes::storage_class::table)
+                .arc(),
+        ),
         hpa,
         pdb,
         events_v1(),

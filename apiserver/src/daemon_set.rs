@@ -122,7 +122,7 @@ pub fn validate_update(new: &Value, old: &Value) -> Vec<FieldError> {
     Vec::new()
 }
 
-fn non_negative(spec: &Value, key: &str, errs: &mut Vec<FieldError>) {
+pub(crate) fn non_negative(spec: &Value, key: &str, errs: &mut Vec<FieldError>) {
     if let Some(n) = spec[key].as_i64()
         && n < 0
     {
@@ -135,7 +135,7 @@ fn non_negative(spec: &Value, key: &str, errs: &mut Vec<FieldError>) {
 }
 
 /// An int-or-percent that is not 0 (nor "0%"); unset counts as 0.
-fn non_zero(v: &Value) -> bool {
+pub(crate) fn non_zero(v: &Value) -> bool {
     match v {
         Value::Number(n) => n.as_i64() != Some(0),
         Value::String(s) => s.trim_end_matches('%').parse::<i64>() != Ok(0),
@@ -143,7 +143,7 @@ fn non_zero(v: &Value) -> bool {
     }
 }
 
-fn cell(v: &Value) -> String {
+pub(crate) fn cell(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 

@@ -47,8 +47,10 @@ pub mod request;
 pub mod rest;
 pub mod service;
 pub mod service_account_admission;
+pub mod stateful_set;
 pub mod strategy;
 pub mod table;
+pub mod volumes;
 pub mod watch_cache;
 pub mod webhook;
 pub mod yaml;
@@ -216,6 +218,11 @@ impl ApiServer {
             .push(Arc::new(priority::PodPriority(priority.clone())));
         pod_admission.0.push(Arc::new(config.default_tolerations));
         registry.attach_hooks(("", "v1", "pods"), Arc::new(pod_admission));
+        let claims = Arc::new(volumes::claim::ClaimAdmission::default());
+        registry.attach_hooks(
+            ("", "v1", "persistentvolumeclaims"),
+            Arc::new(volumes::claim::ClaimHooks(claims.clone())),
+        );
         registry.attach_hooks(
             (priority::GROUP, "v1", "priorityclasses"),
             Arc::new(priority::ClassDefault(priority.clone())),
@@ -251,6 +258,7 @@ impl ApiServer {
         quota.attach(Arc::downgrade(&api));
         sa_admission.attach(Arc::downgrade(&api));
         priority.attach(Arc::downgrade(&api));
+        claims.attach(Arc::downgrade(&api));
         for info in api.registry.all() {
             api.cacher(&info)?;
         }

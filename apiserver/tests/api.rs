@@ -1024,7 +1024,8 @@ async fn discovery_lists_every_resource_with_its_subresources() {
             "events.k8s.io",
             "policy",
             "rbac.authorization.k8s.io",
-            "scheduling.k8s.io"
+            "scheduling.k8s.io",
+            "storage.k8s.io"
         ]
     );
     // kubectl drain evicts only when pods/eviction names policy/v1 Eviction.
@@ -1063,6 +1064,15 @@ async fn discovery_lists_every_resource_with_its_subresources() {
     assert_eq!(cron["shortNames"], json!(["cj"]));
     assert_eq!(cron["categories"], json!(["all"]));
     let apps = get("/apis/apps/v1");
+    let app_names: Vec<&str> = apps["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for name in ["statefulsets", "statefulsets/status", "statefulsets/scale"] {
+        assert!(app_names.contains(&name), "{name} in {app_names:?}");
+    }
     let scale = apps["resources"]
         .as_array()
         .unwrap()

@@ -1,9 +1,10 @@
-//! The other core/v1 kinds with defaults: Namespaces, Secrets and Nodes. (ConfigMaps' only
+//! The other core/v1 kinds with defaults: Namespaces, Secrets, Nodes, PersistentVolumes and
+//! PersistentVolumeClaims. (ConfigMaps' only
 //! default, a non-nil empty `data`, never shows: Go omits an empty map.)
 
 use serde_json::{Value, json};
 
-use super::{default_str, existing, object_at};
+use super::{Object, default_str, existing, object_at};
 
 /// The label every namespace carries with its own name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -106,5 +107,36 @@ mod tests {
         let mut bare = json!({"spec": {}});
         node(&mut bare);
         assert_eq!(bare, json!({"spec": {}}));
+    }
+}
+
+/// `SetDefaults_PersistentVolumeClaim[Spec]`: Filesystem mode, phase Pending.
+pub fn persistent_volume_claim(obj: &mut Value) {
+    if let Some(m) = obj.as_object_mut() {
+        claim(m);
+    }
+}
+
+/// A claim's (or a StatefulSet's claim template's) defaults.
+pub(super) fn claim(m: &mut Object) {
+    if let Some(s) = object_at(m, "spec") {
+        default_str(s, "volumeMode", "Filesystem");
+    }
+    if let Some(status) = object_at(m, "status") {
+        default_str(status, "phase", "Pending");
+    }
+}
+
+/// `SetDefaults_PersistentVolume`: reclaim Retain, Filesystem mode, phase Pending.
+pub fn persistent_volume(obj: &mut Value) {
+    let Some(m) = obj.as_object_mut() else {
+        return;
+    };
+    if let Some(s) = object_at(m, "spec") {
+        default_str(s, "persistentVolumeReclaimPolicy", "Retain");
+        default_str(s, "volumeMode", "Filesystem");
+    }
+    if let Some(status) = object_at(m, "status") {
+        default_str(status, "phase", "Pending");
     }
 }
