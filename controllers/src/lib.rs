@@ -47,6 +47,7 @@ pub mod endpointslice;
 pub mod endpointslicemirroring;
 mod error;
 pub mod garbagecollector;
+pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod nodeaffinity;
@@ -59,20 +60,27 @@ pub mod resourcequota;
 pub mod runtime;
 pub mod scheduler;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod tainteviction;
 pub mod taints;
 pub mod ttlafterfinished;
+pub mod volume;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{
+    Endpoints, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota, Service,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::Api;
 use kube::runtime::watcher;
 
@@ -99,8 +107,10 @@ pub const ALL: &[&str] = &[
     serviceaccount::ROOT_CA_NAME,
     scheduler::NAME,
     serviceaccount::NAME,
+    statefulset::NAME,
     tainteviction::NAME,
     ttlafterfinished::NAME,
+    volume::NAME,
 ];
 
 /// The shared informers of one process: created (and started) on first use, then handed to
@@ -112,6 +122,10 @@ pub struct Informers {
     deployments: OnceLock<Arc<Informer<Deployment>>>,
     daemon_sets: OnceLock<Arc<Informer<DaemonSet>>>,
     controller_revisions: OnceLock<Arc<Informer<ControllerRevision>>>,
+    stateful_sets: OnceLock<Arc<Informer<StatefulSet>>>,
+    claims: OnceLock<Arc<Informer<PersistentVolumeClaim>>>,
+    volumes: OnceLock<Arc<Informer<PersistentVolume>>>,
+    storage_classes: OnceLock<Arc<Informer<StorageClass>>>,
     jobs: OnceLock<Arc<Informer<Job>>>,
     cron_jobs: OnceLock<Arc<Informer<CronJob>>>,
     nodes: OnceLock<Arc<Informer<Node>>>,
@@ -141,6 +155,10 @@ impl Informers {
             deployments: OnceLock::new(),
             daemon_sets: OnceLock::new(),
             controller_revisions: OnceLock::new(),
+            stateful_sets: OnceLock::new(),
+            claims: OnceLock::new(),
+            volumes: OnceLock::new(),
+            storage_classes: OnceLock::new(),
             jobs: OnceLock::new(),
             cron_jobs: OnceLock::new(),
             nodes: OnceLock::new(),
@@ -186,6 +204,26 @@ impl Informers {
     }
     pub fn controller_revisions(&self) -> Arc<Informer<ControllerRevision>> {
         self.controller_revisions
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn stateful_sets(&self) -> Arc<Informer<StatefulSet>> {
+        self.stateful_sets
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn persistent_volume_claims(&self) -> Arc<Informer<PersistentVolumeClaim>> {
+        self.claims
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn persistent_volumes(&self) -> Arc<Informer<PersistentVolume>> {
+        self.volumes
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    pub fn storage_classes(&self) -> Arc<Informer<StorageClass>> {
+        self.storage_classes
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
@@ -424,6 +462,8 @@ impl Manager {
                     ttlafterfinished::NAME => ttlafterfinished::run(m).await,
                     deployment::NAME => deployment::run(m).await,
                     daemonset::NAME => daemonset::run(m).await,
+                    statefulset::NAME => statefulset::run(m).await,
+                    volume::NAME => volume::run(m).await,
                     disruption::NAME => disruption::run(m).await,
                     scheduler::NAME => scheduler::run(m).await,
                     garbagecollector::NAME => garbagecollector::run(m).await,

@@ -111,6 +111,15 @@ pub fn node_status(cfg: &NodeConfig, conditions: Value) -> Value {
     })
 }
 
+/// The Node annotation naming the directory that holds the node's local-path volumes.
+pub const LOCAL_PATH_DIR: &str = "capstan.dev/local-path-dir";
+
+/// `ROOT/storage`: where the local-path provisioner puts this node's volumes.
+pub fn local_path_dir(root: &std::path::Path) -> String {
+    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    root.join("storage").display().to_string()
+}
+
 /// Creates the Node (or takes over an existing one of the same name).
 pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -126,8 +135,10 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<(), kub
         }
         .into(),
     );
+    // Where this node's local-path volumes live (the provisioner reads it).
+    let annotations = json!({LOCAL_PATH_DIR: local_path_dir(&cfg.root_dir)});
     let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": cfg.name, "labels": labels},
+        "metadata": {"name": cfg.name, "labels": labels, "annotations": annotations},
         "spec": {},
     }))
     .map_err(kube::Error::SerdeError)?;
@@ -139,7 +150,9 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<(), kub
                 .patch(
                     &cfg.name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"labels": labels}})),
+                    &Patch::Merge(
+                        json!({"metadata": {"labels": labels, "annotations": annotations}}),
+                    ),
                 )
                 .await?;
             tracing::info!(node = %cfg.name, "node already registered; taking it over");

@@ -1,11 +1,11 @@
 //! The DaemonSet controller (kubernetes/pkg/controller/daemon): one pod of the template on
 //! every node that should run it, kept there through node changes, rolled on template
 //! changes. Decisions are pure and table-tested: [`plan`] (which nodes, which pods, the
-//! status), [`update`] (the rolling update), [`history`] (which ControllerRevision is current,
-//! which to clean). A pass, in Kubernetes' order:
+//! status), [`update`] (the rolling update), [`crate::history`] (which ControllerRevision is current,
+//! which to clean; shared with StatefulSets). A pass, in Kubernetes' order:
 //! 1. claim pods and ControllerRevisions (adopt orphans the selector matches, release what
 //!    stopped matching);
-//! 2. make sure the current template has its revision ([`history::sync`]);
+//! 2. make sure the current template has its revision ([`crate::history::sync`]);
 //! 3. unless earlier creates or deletes are still unseen ([`Expectations`]): create pods on
 //!    nodes lacking one, delete pods that should go, replace failed pods (per node with a
 //!    backoff of 1 s doubling to 15 min, so a node that keeps failing the pod is not hammered);
@@ -16,7 +16,6 @@
 //! Node changes that can change where pods belong (a node added or removed, its labels,
 //! taints or name-relevant spec) queue every DaemonSet; heartbeats do not.
 
-pub mod history;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;
@@ -34,6 +33,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::claims;
+use crate::history;
 use crate::podutil::{self, controller_owner_ref};
 use crate::runtime::{Change, Expectations, Reconcile, Recorder, drive};
 use crate::{Error, Manager};
@@ -190,7 +190,8 @@ impl Reconcile<DaemonSet> for DaemonSetController {
             claims::release(&rev_api, r, &uid).await?;
         }
 
-        let (hash, old_revisions) = history::sync(&self.client, &ds, &rev_claims.owned).await?;
+        let (current, old_revisions) = history::sync(&self.client, &*ds, &rev_claims.owned).await?;
+        let hash = history::hash_of(&current);
         let nodes = self.nodes.state();
         let by_node = plan::by_node(&pod_claims.owned);
         let now = self.clock.now();

@@ -27,8 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::podutil::{self, controller_owner_ref};
 use crate::taints::{self, tolerates};
 
-/// The label naming the ControllerRevision a pod was made from.
-pub const REVISION_HASH: &str = "controller-revision-hash";
+pub use crate::history::REVISION_HASH;
 /// The (deprecated) label carrying the DaemonSet's template generation.
 pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
 /// The DaemonSet annotation the API server keeps the template generation in.

@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use serde_json::{Value, json};
 
-use super::history::{self, patch_of};
 use super::plan::{self, NodeFit, REVISION_HASH};
 use super::update::{self, Roll};
+use crate::history::{self, patch_of};
 use crate::podutil::fixtures::{at, pod};
 
 fn ds(extra: Value) -> DaemonSet {

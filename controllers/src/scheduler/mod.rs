@@ -28,6 +28,7 @@ pub mod preemption;
 pub mod resources;
 pub mod score;
 pub mod soft;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -225,6 +226,7 @@ struct Scheduler {
     /// Pods that preempted, and the node whose room is held for them.
     nominated: HashMap<String, String>,
     budgets: Store<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
+    volumes: volumes::Stores,
     queued: HashSet<String>,
     parked: HashMap<String, Parked>,
     attempts: HashMap<String, u32>,
@@ -242,9 +244,16 @@ pub async fn run(m: Arc<Manager>) {
     let mut pod_changes = pod_inf.subscribe().boxed();
     let mut node_changes = node_inf.subscribe().boxed();
     let pdb_inf = m.informers.pod_disruption_budgets();
+    let claim_inf = m.informers.persistent_volume_claims();
+    let pv_inf = m.informers.persistent_volumes();
+    let class_inf = m.informers.storage_classes();
+    let mut claim_changes = claim_inf.subscribe().boxed();
     pod_inf.wait_synced().await;
     node_inf.wait_synced().await;
     pdb_inf.wait_synced().await;
+    claim_inf.wait_synced().await;
+    pv_inf.wait_synced().await;
+    class_inf.wait_synced().await;
     tracing::info!(
         nodes = node_inf.store().len(),
         pods = pod_inf.store().len(),
@@ -259,6 +268,11 @@ pub async fn run(m: Arc<Manager>) {
         queue: ActiveQueue::default(),
         nominated: HashMap::new(),
         budgets: pdb_inf.store(),
+        volumes: volumes::Stores {
+            claims: claim_inf.store(),
+            volumes: pv_inf.store(),
+            classes: class_inf.store(),
+        },
         queued: HashSet::new(),
         parked: HashMap::new(),
         attempts: HashMap::new(),
@@ -287,6 +301,15 @@ pub async fn run(m: Arc<Manager>) {
                 s.on_bind(o);
                 progressed = true;
             }
+            // A claim bound or created may let a parked pod in.
+            let mut claims_changed = false;
+            while let Some(Some(_)) = claim_changes.next().now_or_never() {
+                claims_changed = true;
+            }
+            if claims_changed {
+                s.wake_parked();
+                progressed = true;
+            }
         }
         s.report();
         if let Some((key, uid)) = s.queue.pop() {
@@ -305,6 +328,7 @@ pub async fn run(m: Arc<Manager>) {
                 None => return,
             },
             Some(o) = outcomes.recv() => s.on_bind(o),
+            Some(_) = claim_changes.next() => s.wake_parked(),
             _ = sleep_until(wake) => s.retry_due(),
         }
     }
@@ -481,6 +505,18 @@ impl Scheduler {
             .as_ref()
             .and_then(|s| s.scheduler_name.clone())
             .unwrap_or_else(|| DEFAULT_SCHEDULER.into());
+        let vol = match volumes::facts(&pod, &self.volumes) {
+            Ok(v) => v,
+            Err(reason) => {
+                // A PreFilter failure: no node is looked at, so none is counted.
+                let total = self.cache.candidates().count();
+                let message = format!("0/{total} nodes are available: {reason}.");
+                tracing::debug!(pod = %key, %message, "unschedulable");
+                self.report_unschedulable(&pod, message);
+                self.park(key, uid, false);
+                return;
+            }
+        };
         let facts = PodFacts::new(&pod, &self.cache);
         let mut reasons: HashMap<String, usize> = HashMap::new();
         let mut feasible = Vec::new();
@@ -497,7 +533,10 @@ impl Scheduler {
         for i in 0..total {
             let n = candidates[(start + i) % total];
             looked += 1;
-            let r = filter::filter(&facts, n);
+            let mut r = filter::filter(&facts, n);
+            if r.is_empty() && !volumes::fits(&vol, n.labels(), &n.name) {
+                r.push("node(s) had volume node affinity conflict".into());
+            }
             if r.is_empty() {
                 feasible.push(n);
                 if feasible.len() >= want {
@@ -563,8 +602,12 @@ impl Scheduler {
             self.recorder.clone(),
             self.config.metrics.clone(),
         );
+        let to_select = vol.to_select;
         tokio::spawn(async move {
-            let result = bind(&client, &pod, &node).await;
+            let result = match volumes::select_node(&client, &pod, &to_select, &node).await {
+                Ok(()) => bind(&client, &pod, &node).await,
+                Err(e) => Err(e),
+            };
             drop(permit);
             if result.is_ok() {
                 if let (Some(m), Some(created)) =

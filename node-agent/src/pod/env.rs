@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kube::api::{Api, ListParams};
 
 /// Where a reference failed (becomes CreateContainerConfigError).
@@ -30,6 +32,15 @@ pub trait Lookup: Send + Sync {
         &self,
         namespace: &str,
     ) -> impl Future<Output = Result<Vec<Service>, EnvError>> + Send;
+    /// The PersistentVolume `claim` is bound to (an error while it is not bound yet).
+    fn claimed_volume(
+        &self,
+        namespace: &str,
+        claim: &str,
+    ) -> impl Future<Output = Result<PersistentVolume, EnvError>> + Send {
+        let msg = format!("no PersistentVolumeClaims here ({namespace}/{claim})");
+        async move { Err(EnvError(msg)) }
+    }
     /// A token of `service_account` bound to the pod (TokenRequest) and when it expires.
     fn token(
         &self,
@@ -74,6 +85,28 @@ impl Lookup for KubeApi {
             .get_opt(name)
             .await
             .map_err(|e| EnvError(format!("reading secret {namespace}/{name}: {e}")))
+    }
+    async fn claimed_volume(&self, ns: &str, claim: &str) -> Result<PersistentVolume, EnvError> {
+        let c = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+            .get_opt(claim)
+            .await
+            .map_err(|e| EnvError(format!("reading persistentvolumeclaim {ns}/{claim}: {e}")))?
+            .ok_or_else(|| EnvError(format!("persistentvolumeclaim \"{claim}\" not found")))?;
+        let bound = c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let volume = c
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .filter(|v| bound && !v.is_empty())
+            .ok_or_else(|| {
+                EnvError(format!(
+                    "persistentvolumeclaim \"{claim}\" is not bound yet"
+                ))
+            })?;
+        Api::<PersistentVolume>::all(self.client.clone())
+            .get(&volume)
+            .await
+            .map_err(|e| EnvError(format!("reading persistentvolume {volume}: {e}")))
     }
     async fn services(&self, namespace: &str) -> Result<Vec<Service>, EnvError> {
         let mut out = Vec::new();

@@ -4,7 +4,8 @@
 //! mounted, its contents live on the node's disk); configMap, secret and downwardAPI are files
 //! written from the API's objects each time a container starts (a restarted container sees
 //! the current data; running ones are not updated in place); hostPath checks or creates what
-//! its `type` asks for.
+//! its `type` asks for; a persistentVolumeClaim mounts the hostPath or local path of the
+//! volume it is bound to (and waits, failing the mount, while it is not bound).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -14,7 +15,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{
-    Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume, VolumeProjection,
+    Container, DownwardAPIVolumeFile, HostPathVolumeSource, KeyToPath, Pod, Volume,
+    VolumeProjection,
 };
 
 use super::env::{self, Lookup};
@@ -198,7 +200,39 @@ async fn prepare_one(
         }
         return Ok(dir);
     }
+    if let Some(src) = &v.persistent_volume_claim {
+        let pv = lookup
+            .claimed_volume(ns, &src.claim_name)
+            .await
+            .map_err(|e| e.0)?;
+        let pv_name = pv.metadata.name.clone().unwrap_or_default();
+        let spec = pv.spec.unwrap_or_default();
+        if let Some(hp) = &spec.host_path {
+            return host_path(hp);
+        }
+        if let Some(local) = &spec.local {
+            let path = PathBuf::from(&local.path);
+            if !path.is_dir() {
+                return Err(format!(
+                    "local volume {pv_name}: {} is not a directory on this node",
+                    local.path
+                ));
+            }
+            return Ok(path);
+        }
+        return Err(format!(
+            "persistentvolume {pv_name}: only hostPath and local volumes can be mounted by Capstan's node agent"
+        ));
+    }
     if let Some(src) = &v.host_path {
+        return host_path(src);
+    }
+    Err("this volume type is not supported by Capstan's node agent (emptyDir, configMap, secret, downwardAPI, projected, hostPath and persistentVolumeClaim are)".into())
+}
+
+/// A hostPath (a pod's, or a PersistentVolume's), checked or created as its `type` asks.
+fn host_path(src: &HostPathVolumeSource) -> Result<PathBuf, String> {
+    {
         let path = PathBuf::from(&src.path);
         if !path.is_absolute() {
             return Err(format!("hostPath {:?} must be absolute", src.path));
@@ -244,9 +278,8 @@ async fn prepare_one(
             "Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice" => {}
             other => return Err(format!("unknown hostPath type {other:?}")),
         }
-        return Ok(path);
+        Ok(path)
     }
-    Err("this volume type is not supported by Capstan's node agent (emptyDir, configMap, secret, downwardAPI, projected and hostPath are)".into())
 }
 
 async fn config_map_data(
@@ -503,6 +536,31 @@ mod tests {
     struct Fixed;
 
     impl Lookup for Fixed {
+        async fn claimed_volume(
+            &self,
+            _: &str,
+            claim: &str,
+        ) -> Result<k8s_openapi::api::core::v1::PersistentVolume, env::EnvError> {
+            let pv = |name: &str, source: serde_json::Value| {
+                let mut v = json!({"metadata": {"name": name}, "spec": {}});
+                v["spec"] = source;
+                Ok(serde_json::from_value(v).unwrap())
+            };
+            match claim {
+                "local" => pv(
+                    "pv-local",
+                    json!({"local": {"path": "/nonexistent/capstan"}}),
+                ),
+                "tmp" => pv(
+                    "pv-tmp",
+                    json!({"hostPath": {"path": std::env::temp_dir().join("capstan-pv-test"),
+                        "type": "DirectoryOrCreate"}}),
+                ),
+                _ => Err(env::EnvError(format!(
+                    "persistentvolumeclaim \"{claim}\" is not bound yet"
+                ))),
+            }
+        }
         async fn config_map(
             &self,
             _: &str,
@@ -641,7 +699,8 @@ mod tests {
                     {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
                     {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
                     {"path": "mem", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"}}]}},
-                {"name": "h", "hostPath": {"path": host.to_str().unwrap(), "type": "DirectoryOrCreate"}}
+                {"name": "h", "hostPath": {"path": host.to_str().unwrap(), "type": "DirectoryOrCreate"}},
+                {"name": "claim", "persistentVolumeClaim": {"claimName": "tmp"}}
             ]),
             json!([
                 {"name": "scratch", "mountPath": "/scratch"},
@@ -681,6 +740,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(info.join("name")).unwrap(), "p");
         assert_eq!(std::fs::read_to_string(info.join("mem")).unwrap(), "64");
         assert!(host.is_dir(), "DirectoryOrCreate created it");
+        let claimed = std::env::temp_dir().join("capstan-pv-test");
+        assert_eq!(
+            vols.paths["claim"], claimed,
+            "a claim mounts its volume's path"
+        );
+        assert!(claimed.is_dir());
 
         let c = &p.spec.as_ref().unwrap().containers[0];
         let m = mounts(&p, c, &vols.paths).unwrap();
@@ -716,8 +781,16 @@ mod tests {
                 "not a directory",
             ),
             (
-                json!([{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}]),
+                json!([{"name": "v", "nfs": {"server": "nfs", "path": "/"}}]),
                 "not supported",
+            ),
+            (
+                json!([{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}]),
+                "persistentvolumeclaim \"c\" is not bound yet",
+            ),
+            (
+                json!([{"name": "v", "persistentVolumeClaim": {"claimName": "local"}}]),
+                "local volume pv-local: /nonexistent/capstan is not a directory on this node",
             ),
         ];
         for (vols, want) in cases {

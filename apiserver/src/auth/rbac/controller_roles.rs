@@ -89,6 +89,46 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "statefulset",
+            vec![
+                rule(READ, &["apps"], &["statefulsets"]),
+                rule(
+                    &["update", "patch"],
+                    &["apps"],
+                    &["statefulsets/status", "statefulsets/finalizers"],
+                ),
+                rule(ALL, &["apps"], &["controllerrevisions"]),
+                rule(ALL, &[""], &["pods"]),
+                rule(
+                    &["get", "list", "watch", "create", "update", "patch"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            // Binds claims, provisions local volumes, reclaims and unprotects them.
+            "persistentvolume-binder",
+            vec![
+                rule(
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                    &[""],
+                    &["persistentvolumes", "persistentvolumes/status"],
+                ),
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &[""],
+                    &["persistentvolumeclaims", "persistentvolumeclaims/status"],
+                ),
+                rule(READ, &[""], &["pods", "nodes"]),
+                rule(READ, &["storage.k8s.io"], &["storageclasses"]),
+                events(),
+            ],
+        ),
+        (
             // Counts any kind, as Kubernetes' resourcequota-controller.
             "resourcequota",
             vec![
@@ -151,6 +191,14 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
                 rule(&["create"], &[""], &["pods/binding", "bindings"]),
                 rule(&["patch", "update"], &[""], &["pods/status"]),
                 rule(READ, &["apps"], &["replicasets", "statefulsets"]),
+                // VolumeBinding: where claims pin a pod, and the node a claim waits for.
+                rule(
+                    READ,
+                    &[""],
+                    &["persistentvolumeclaims", "persistentvolumes"],
+                ),
+                rule(&["patch", "update"], &[""], &["persistentvolumeclaims"]),
+                rule(READ, &["storage.k8s.io"], &["storageclasses"]),
                 events(),
             ],
         ),

@@ -1,35 +1,77 @@
-//! A DaemonSet's ControllerRevisions (kubernetes/pkg/controller/daemon/update.go
-//! `constructHistory` / `cleanupHistory`, pkg/controller/history): one immutable snapshot per
-//! template the DaemonSet has had, named `NAME-HASH`, its `data` the strategic merge patch
+//! The ControllerRevisions of a DaemonSet or StatefulSet (kubernetes/pkg/controller/history,
+//! daemon/update.go `constructHistory` / `cleanupHistory`, statefulset's `getStatefulSetRevisions`):
+//! one immutable snapshot per template the workload has had, named `NAME-HASH`, its `data` the strategic merge patch
 //! that puts that template back (`{"spec":{"template":{...,"$patch":"replace"}}}`, what
 //! `kubectl rollout undo` sends), its `revision` a number that grows with each change.
 //!
-//! - The current revision is the one whose data is the DaemonSet's template. When none is, a
+//! - The current revision is the one whose data is the workload's template. When none is, a
 //!   new one is made with the next number; when an older one is (after an undo), it gets the
 //!   next number back. A name taken by a different template is a hash collision: the
-//!   DaemonSet's `status.collisionCount` grows, which changes the hash.
+//!   workload's `status.collisionCount` grows, which changes the hash.
 //! - Old revisions beyond `revisionHistoryLimit` (10) are deleted, oldest first, except those
 //!   a live pod still carries.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Value, json};
 
-use super::plan::REVISION_HASH;
 use crate::Error;
 use crate::error::is_not_found;
 use crate::podutil::{controller_owner_ref, controller_ref};
 
-/// The patch that restores the DaemonSet's template: a revision's `data`.
-pub fn patch_of(ds: &DaemonSet) -> Value {
-    let mut template = ds
-        .spec
-        .as_ref()
-        .and_then(|s| serde_json::to_value(&s.template).ok())
+/// The label naming a pod's (and a revision's) template hash.
+pub const REVISION_HASH: &str = "controller-revision-hash";
+
+/// A workload whose templates are kept as ControllerRevisions.
+pub trait Revisioned:
+    kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    const KIND: &'static str;
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    fn collision_count(&self) -> Option<i32>;
+}
+
+impl Revisioned for DaemonSet {
+    const KIND: &'static str = "DaemonSet";
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    fn collision_count(&self) -> Option<i32> {
+        self.status.as_ref().and_then(|s| s.collision_count)
+    }
+}
+
+impl Revisioned for StatefulSet {
+    const KIND: &'static str = "StatefulSet";
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    fn collision_count(&self) -> Option<i32> {
+        self.status.as_ref().and_then(|s| s.collision_count)
+    }
+}
+
+/// The template a revision holds (its data without the `$patch` directive).
+pub fn template_of(r: &ControllerRevision) -> Option<PodTemplateSpec> {
+    let mut t = data(r)?.pointer("/spec/template")?.clone();
+    t.as_object_mut()?.remove("$patch");
+    serde_json::from_value(t).ok()
+}
+
+/// The patch that restores the workload's template: a revision's `data`.
+pub fn patch_of<W: Revisioned>(w: &W) -> Value {
+    let mut template = w
+        .template()
+        .and_then(|t| serde_json::to_value(t).ok())
         .unwrap_or_else(|| json!({}));
     if let Some(m) = template.as_object_mut() {
         m.insert("$patch".into(), json!("replace"));
@@ -57,8 +99,8 @@ pub fn hash_of(r: &ControllerRevision) -> String {
 
 /// The revisions split into the current one (the newest of those holding the template) and
 /// the others, and the number the current one should carry (one more than any other).
-pub fn split(
-    ds: &DaemonSet,
+pub fn split<W: Revisioned>(
+    ds: &W,
     revisions: &[Arc<ControllerRevision>],
 ) -> (
     Option<Arc<ControllerRevision>>,
@@ -97,12 +139,11 @@ pub fn to_clean(
         .collect()
 }
 
-/// A new revision of the DaemonSet's template, numbered `revision`.
-pub fn new_revision(ds: &DaemonSet, hash: &str, revision: i64) -> ControllerRevision {
+/// A new revision of the workload's template, numbered `revision`.
+pub fn new_revision<W: Revisioned>(ds: &W, hash: &str, revision: i64) -> ControllerRevision {
     let mut labels: BTreeMap<String, String> = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
+        .template()
+        .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     labels.insert(REVISION_HASH.into(), hash.into());
@@ -110,11 +151,11 @@ pub fn new_revision(ds: &DaemonSet, hash: &str, revision: i64) -> ControllerRevi
         metadata: ObjectMeta {
             name: Some(format!(
                 "{}-{hash}",
-                ds.metadata.name.as_deref().unwrap_or("")
+                ds.meta().name.as_deref().unwrap_or("")
             )),
-            namespace: ds.metadata.namespace.clone(),
+            namespace: ds.meta().namespace.clone(),
             labels: Some(labels),
-            annotations: ds.metadata.annotations.clone(),
+            annotations: ds.meta().annotations.clone(),
             owner_references: Some(vec![controller_owner_ref(ds)]),
             ..Default::default()
         },
@@ -123,15 +164,15 @@ pub fn new_revision(ds: &DaemonSet, hash: &str, revision: i64) -> ControllerRevi
     }
 }
 
-/// Makes sure the DaemonSet's template has the current revision (see the module docs);
-/// returns its hash and the old revisions. A hash collision raises the collision count and
+/// Makes sure the workload's template has the current revision (see the module docs);
+/// returns it and the old revisions. A hash collision raises the collision count and
 /// returns an error, so the next pass tries the new hash.
-pub async fn sync(
+pub async fn sync<W: Revisioned>(
     client: &kube::Client,
-    ds: &DaemonSet,
+    ds: &W,
     revisions: &[Arc<ControllerRevision>],
-) -> Result<(String, Vec<Arc<ControllerRevision>>), Error> {
-    let ns = ds.metadata.namespace.as_deref().unwrap_or("");
+) -> Result<(ControllerRevision, Vec<Arc<ControllerRevision>>), Error> {
+    let ns = ds.meta().namespace.as_deref().unwrap_or("");
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
     let (cur, old, next) = split(ds, revisions);
     if let Some(cur) = cur {
@@ -139,43 +180,42 @@ pub async fn sync(
             let name = cur.metadata.name.clone().unwrap_or_default();
             let patch = json!({"metadata": {"resourceVersion": cur.metadata.resource_version},
                 "revision": next});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            let patched = api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await?;
+            return Ok((patched, old));
         }
-        return Ok((hash_of(&cur), old));
+        return Ok(((*cur).clone(), old));
     }
-    let collisions = ds.status.as_ref().and_then(|s| s.collision_count);
-    let template = ds
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
+    let collisions = ds.collision_count();
+    let template = ds.template().cloned().unwrap_or_default();
     let hash = crate::deployment::util::template_hash(&template, collisions);
     let revision = new_revision(ds, &hash, next);
     match api.create(&PostParams::default(), &revision).await {
-        Ok(_) => Ok((hash, old)),
+        Ok(made) => Ok((made, old)),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let name = revision.metadata.name.clone().unwrap_or_default();
             let existing = api.get(&name).await?;
             let ours = controller_ref(&existing.metadata)
-                .is_some_and(|r| Some(&r.uid) == ds.metadata.uid.as_ref());
+                .is_some_and(|r| Some(&r.uid) == ds.meta().uid.as_ref());
             if ours && data(&existing) == data(&revision) {
                 // Made by an earlier pass the cache has not shown yet.
-                return Ok((hash, old));
+                return Ok((existing, old));
             }
-            let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
-            let patch = json!({"metadata": {"resourceVersion": ds.metadata.resource_version},
+            let ds_api: Api<W> = Api::namespaced(client.clone(), ns);
+            let patch = json!({"metadata": {"resourceVersion": ds.meta().resource_version},
                 "status": {"collisionCount": collisions.unwrap_or(0) + 1}});
             ds_api
                 .patch_status(
-                    ds.metadata.name.as_deref().unwrap_or(""),
+                    ds.meta().name.as_deref().unwrap_or(""),
                     &PatchParams::default(),
                     &Patch::Merge(patch),
                 )
                 .await?;
             Err(Error::Other(format!(
-                "found a hash collision for DaemonSet {} (revision {name}): raised collisionCount",
-                ds.metadata.name.as_deref().unwrap_or("")
+                "found a hash collision for {} {} (revision {name}): raised collisionCount",
+                W::KIND,
+                ds.meta().name.as_deref().unwrap_or("")
             )))
         }
         Err(e) => Err(e.into()),
