@@ -439,9 +439,9 @@ fn retention(set: &StatefulSet) -> (bool, bool) {
     )
 }
 
-/// The owner references a claim should carry (`updateClaimOwnerRefForSetAndPod`): the set's
-/// when `whenDeleted: Delete` (the garbage collector deletes it with the set), its pod's
-/// when `whenScaled: Delete` and the ordinal is condemned (it goes with the pod). References
+/// The owner references a claim should carry (`updateClaimOwnerRefForSetAndPod`): its pod's
+/// alone when `whenScaled: Delete` and the ordinal is condemned (it goes with the pod), else
+/// the set's when `whenDeleted: Delete` (the garbage collector deletes it with the set). References
 /// to anything else are kept as they are.
 pub fn claim_owners(
     set: &StatefulSet,
@@ -458,15 +458,20 @@ pub fn claim_owners(
         .into_iter()
         .filter(|r| r.uid != set_uid && !(r.kind == "Pod" && r.api_version == "v1"))
         .collect();
-    if when_deleted {
-        let mut r = controller_owner_ref(set);
-        r.controller = None;
-        refs.push(r);
-    }
-    if when_scaled && let Some(pod) = condemned_pod {
-        let mut r = controller_owner_ref(pod);
-        r.controller = None;
-        refs.push(r);
+    match condemned_pod.filter(|_| when_scaled) {
+        // Only the pod: were the set an owner too, the garbage collector would drop the
+        // pod's reference as dangling once the pod is gone, and keep the claim.
+        Some(pod) => {
+            let mut r = controller_owner_ref(pod);
+            r.controller = None;
+            refs.push(r);
+        }
+        None if when_deleted => {
+            let mut r = controller_owner_ref(set);
+            r.controller = None;
+            refs.push(r);
+        }
+        None => {}
     }
     refs
 }

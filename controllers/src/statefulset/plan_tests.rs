@@ -264,4 +264,13 @@ fn claim_owners_follow_the_retention_policy() {
         (refs[0].kind.as_str(), refs[0].name.as_str()),
         ("Pod", "web-2")
     );
+    let both = sts(json!({"spec": {"persistentVolumeClaimRetentionPolicy":
+        {"whenDeleted": "Delete", "whenScaled": "Delete"}}}));
+    let refs = plan::claim_owners(&both, &claim, Some(&doomed));
+    assert_eq!(
+        refs.len(),
+        1,
+        "the pod alone owns a condemned claim: {refs:?}"
+    );
+    assert_eq!(refs[0].kind, "Pod");
 }
