@@ -37,14 +37,14 @@ pub fn validate(obj: &Value) -> Vec<FieldError> {
         }
         "RollingUpdate" => {
             let rolling = &strategy["rollingUpdate"];
-            if let Some(p) = rolling["partition"].as_i64() {
-                if p < 0 {
-                    errs.push(invalid(
-                        &format!("{at}.partition"),
-                        &p.to_string(),
-                        "must be greater than or equal to 0",
-                    ));
-                }
+            if let Some(p) = rolling["partition"].as_i64()
+                && p < 0
+            {
+                errs.push(invalid(
+                    &format!("{at}.partition"),
+                    &p.to_string(),
+                    "must be greater than or equal to 0",
+                ));
             }
             let max = &rolling["maxUnavailable"];
             int_or_percent(&format!("{at}.maxUnavailable"), max, &mut errs);

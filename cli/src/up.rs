@@ -70,6 +70,10 @@ pub struct UpArgs {
     /// (aesgcm keys, the first encrypts; values are re-encrypted under it at start).
     #[arg(long)]
     pub encryption_provider_config: Option<std::path::PathBuf>,
+    /// Do not create the `local-path` StorageClass (the default class, whose claims become
+    /// directories under the data dir of the node their first pod runs on).
+    #[arg(long)]
+    pub disable_local_storage: bool,
 }
 
 pub use crate::agent_cmd::Runtime;
@@ -184,6 +188,11 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("starting the API server: {}", e.message))?;
     if !api.wait_ready(Duration::from_secs(30)).await {
         bail!("the API server's watch caches did not fill within 30s");
+    }
+    if !args.disable_local_storage {
+        capstan_apiserver::volumes::storage_class::ensure_local_path(&api)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the local-path StorageClass: {}", e.message))?;
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

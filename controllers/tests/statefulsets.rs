@@ -329,20 +329,27 @@ async fn claims_follow_the_retention_policy_and_volumes_their_reclaim_policy() {
     api.delete("web", &DeleteParams::background())
         .await
         .unwrap();
-    until(WAIT, "the claims and their volumes are gone", || async {
-        claims
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-            && volumes
+    // The volumes are deleted, and wait only for their nodes to remove the data (simulated
+    // nodes never do; the agent's side is tested in e2e/tests/statefulsets.rs).
+    until(
+        WAIT,
+        "the claims are gone and their volumes going",
+        || async {
+            let going = volumes.list(&ListParams::default()).await.unwrap().items;
+            claims
                 .list(&ListParams::default())
                 .await
                 .unwrap()
                 .items
                 .is_empty()
-    })
+                && going.len() == 2
+                && going.iter().all(|v| {
+                    v.metadata.deletion_timestamp.is_some()
+                        && v.metadata.finalizers.as_deref()
+                            == Some(&["capstan.dev/local-path-cleanup".to_string()][..])
+                })
+        },
+    )
     .await;
 }
 

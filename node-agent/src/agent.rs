@@ -157,6 +157,10 @@ impl<R: Runtime> Agent<R> {
         status.tick().await.map_err(register_failed)?;
         let heartbeat = tokio::spawn(node::heartbeat(status));
         let _stop_heartbeat = AbortOnDrop(heartbeat);
+        let _stop_reclaimer = AbortOnDrop(tokio::spawn(crate::local_volumes::run(
+            self.client.clone(),
+            node::local_path_dir(&self.node.root_dir).into(),
+        )));
         let ctx = Arc::new(Context {
             runtime: self.runtime.clone(),
             api: KubeApi {

@@ -15,6 +15,7 @@ pub mod containerd;
 pub mod dns;
 pub mod events;
 pub mod exec_ws;
+pub mod local_volumes;
 pub mod logs;
 pub mod node;
 pub mod oom;

@@ -54,6 +54,34 @@ pub fn daemon_set(obj: &mut Value) {
     pod::template_of(spec);
 }
 
+/// `SetDefaults_StatefulSet`: OrderedReady, a RollingUpdate from partition 0, both claim
+/// retention policies Retain, one replica, ten revisions; each claim template Filesystem and
+/// Pending (`SetDefaults_PersistentVolumeClaim`).
+pub fn stateful_set(obj: &mut Value) {
+    let Some(spec) = super::spec(obj) else {
+        return;
+    };
+    default_str(spec, "podManagementPolicy", "OrderedReady");
+    if let Some(strategy) = object_at(spec, "updateStrategy") {
+        default_str(strategy, "type", "RollingUpdate");
+        if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+            && let Some(rolling) = object_at(strategy, "rollingUpdate")
+        {
+            default_ptr(rolling, "partition", json!(0));
+        }
+    }
+    if let Some(retention) = object_at(spec, "persistentVolumeClaimRetentionPolicy") {
+        default_str(retention, "whenDeleted", "Retain");
+        default_str(retention, "whenScaled", "Retain");
+    }
+    default_ptr(spec, "replicas", json!(1));
+    default_ptr(spec, "revisionHistoryLimit", json!(10));
+    for t in super::each(spec, "volumeClaimTemplates") {
+        super::core::claim(t);
+    }
+    pod::template_of(spec);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,32 +187,4 @@ mod tests {
             json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "10%", "maxUnavailable": 0}})
         );
     }
-}
-
-/// `SetDefaults_StatefulSet`: OrderedReady, a RollingUpdate from partition 0, both claim
-/// retention policies Retain, one replica, ten revisions; each claim template Filesystem and
-/// Pending (`SetDefaults_PersistentVolumeClaim`).
-pub fn stateful_set(obj: &mut Value) {
-    let Some(spec) = super::spec(obj) else {
-        return;
-    };
-    default_str(spec, "podManagementPolicy", "OrderedReady");
-    if let Some(strategy) = object_at(spec, "updateStrategy") {
-        default_str(strategy, "type", "RollingUpdate");
-        if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
-            && let Some(rolling) = object_at(strategy, "rollingUpdate")
-        {
-            default_ptr(rolling, "partition", json!(0));
-        }
-    }
-    if let Some(retention) = object_at(spec, "persistentVolumeClaimRetentionPolicy") {
-        default_str(retention, "whenDeleted", "Retain");
-        default_str(retention, "whenScaled", "Retain");
-    }
-    default_ptr(spec, "replicas", json!(1));
-    default_ptr(spec, "revisionHistoryLimit", json!(10));
-    for t in super::each(spec, "volumeClaimTemplates") {
-        super::core::claim(t);
-    }
-    pod::template_of(spec);
 }

@@ -53,6 +53,37 @@ pub fn node(obj: &mut Value) {
     }
 }
 
+/// `SetDefaults_PersistentVolumeClaim[Spec]`: Filesystem mode, phase Pending.
+pub fn persistent_volume_claim(obj: &mut Value) {
+    if let Some(m) = obj.as_object_mut() {
+        claim(m);
+    }
+}
+
+/// A claim's (or a StatefulSet's claim template's) defaults.
+pub(super) fn claim(m: &mut Object) {
+    if let Some(s) = object_at(m, "spec") {
+        default_str(s, "volumeMode", "Filesystem");
+    }
+    if let Some(status) = object_at(m, "status") {
+        default_str(status, "phase", "Pending");
+    }
+}
+
+/// `SetDefaults_PersistentVolume`: reclaim Retain, Filesystem mode, phase Pending.
+pub fn persistent_volume(obj: &mut Value) {
+    let Some(m) = obj.as_object_mut() else {
+        return;
+    };
+    if let Some(s) = object_at(m, "spec") {
+        default_str(s, "persistentVolumeReclaimPolicy", "Retain");
+        default_str(s, "volumeMode", "Filesystem");
+    }
+    if let Some(status) = object_at(m, "status") {
+        default_str(status, "phase", "Pending");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,36 +138,5 @@ mod tests {
         let mut bare = json!({"spec": {}});
         node(&mut bare);
         assert_eq!(bare, json!({"spec": {}}));
-    }
-}
-
-/// `SetDefaults_PersistentVolumeClaim[Spec]`: Filesystem mode, phase Pending.
-pub fn persistent_volume_claim(obj: &mut Value) {
-    if let Some(m) = obj.as_object_mut() {
-        claim(m);
-    }
-}
-
-/// A claim's (or a StatefulSet's claim template's) defaults.
-pub(super) fn claim(m: &mut Object) {
-    if let Some(s) = object_at(m, "spec") {
-        default_str(s, "volumeMode", "Filesystem");
-    }
-    if let Some(status) = object_at(m, "status") {
-        default_str(status, "phase", "Pending");
-    }
-}
-
-/// `SetDefaults_PersistentVolume`: reclaim Retain, Filesystem mode, phase Pending.
-pub fn persistent_volume(obj: &mut Value) {
-    let Some(m) = obj.as_object_mut() else {
-        return;
-    };
-    if let Some(s) = object_at(m, "spec") {
-        default_str(s, "persistentVolumeReclaimPolicy", "Retain");
-        default_str(s, "volumeMode", "Filesystem");
-    }
-    if let Some(status) = object_at(m, "status") {
-        default_str(status, "phase", "Pending");
     }
 }

@@ -112,6 +112,24 @@ fn cached(api: &ApiServer, plural: &str, group: &str, ns: &str, name: &str) -> O
     cache.get(&info.key((!ns.is_empty()).then_some(ns), name))
 }
 
+/// A volume the local-path provisioner made on `node` (its node affinity names the node).
+fn local_path_on(pv: &Value, node: &str) -> bool {
+    pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] == "capstan.dev/local-path"
+        && pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+            .as_array()
+            .is_some_and(|terms| {
+                terms.iter().all(|t| {
+                    t["matchExpressions"].as_array().is_some_and(|e| {
+                        e.iter().any(|r| {
+                            r["key"] == "kubernetes.io/hostname"
+                                && r["operator"] == "In"
+                                && r["values"] == serde_json::json!([node])
+                        })
+                    })
+                })
+            })
+}
+
 /// The node authorizer's decision, or None when it has no say (RBAC decides).
 pub fn decide(api: &ApiServer, a: &Attributes) -> Option<Decision> {
     let node = node_of(&a.user)?;
@@ -153,6 +171,13 @@ pub fn decide(api: &ApiServer, a: &Attributes) -> Option<Decision> {
             }
         }
         ("", "persistentvolumes", "") => {
+            // The local-path volumes pinned to this node: the node removes their data and
+            // their cleanup finalizer when they are deleted.
+            let pinned = cached(api, "persistentvolumes", "", "", &a.name)
+                .is_some_and(|pv| local_path_on(&pv, node));
+            if pinned && matches!(verb, "get" | "patch" | "update") {
+                return allow("a local volume on the node");
+            }
             if verb != "get" {
                 return deny(node, &format!("may not {verb} persistentvolumes"));
             }

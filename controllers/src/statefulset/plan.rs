@@ -215,7 +215,7 @@ pub fn plan(set: &StatefulSet, pods: &[Arc<Pod>], rev: &Revisions, now: Timestam
             condemned.push((ord, p.clone()));
         }
     }
-    condemned.sort_by(|a, b| b.0.cmp(&a.0));
+    condemned.sort_by_key(|c| std::cmp::Reverse(c.0));
     out.condemned = condemned.iter().map(|(o, _)| *o).collect();
     let mono = monotonic(set);
     let unhealthy_other = |me: &str| {

@@ -22,6 +22,8 @@ pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// The Node annotation where an agent says which directory holds its local volumes.
 pub const LOCAL_PATH_DIR: &str = "capstan.dev/local-path-dir";
+/// The finalizer on provisioned volumes: the node agent removes it with the directory.
+pub const CLEANUP: &str = "capstan.dev/local-path-cleanup";
 /// Where local volumes go on a node that does not say.
 pub const DEFAULT_LOCAL_PATH_DIR: &str = "/var/lib/capstan/storage";
 
@@ -167,10 +169,17 @@ pub fn local_volume(
         .and_then(|r| r.get("storage"))
         .cloned()
         .unwrap_or(Quantity("0".into()));
+    let reclaim = class
+        .reclaim_policy
+        .clone()
+        .unwrap_or_else(|| "Delete".into());
     PersistentVolume {
         metadata: ObjectMeta {
             name: Some(name),
             annotations: Some([(PROVISIONED_BY.to_string(), LOCAL_PATH.to_string())].into()),
+            // Held until the node removes the directory (reclaim Delete only: a retained
+            // volume's data outlives its object).
+            finalizers: (reclaim == "Delete").then(|| vec![CLEANUP.to_string()]),
             ..Default::default()
         },
         spec: Some(PersistentVolumeSpec {
@@ -193,12 +202,7 @@ pub fn local_volume(
                     }],
                 }),
             }),
-            persistent_volume_reclaim_policy: Some(
-                class
-                    .reclaim_policy
-                    .clone()
-                    .unwrap_or_else(|| "Delete".into()),
-            ),
+            persistent_volume_reclaim_policy: Some(reclaim),
             storage_class_name: class.metadata.name.clone(),
             volume_mode: cspec.volume_mode.clone(),
             ..Default::default()
@@ -294,6 +298,10 @@ mod tests {
         assert_eq!(
             spec.persistent_volume_reclaim_policy.as_deref(),
             Some("Retain")
+        );
+        assert_eq!(
+            v.metadata.finalizers, None,
+            "retained data is not cleaned up"
         );
         assert_eq!(spec.claim_ref.as_ref().unwrap().uid.as_deref(), Some("u1"));
         assert!(fits(&v, &c));
