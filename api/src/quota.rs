@@ -10,7 +10,9 @@
 //!   app containers summed, each init container alone, whichever is larger, plus overhead.
 //! - Services count as `services`, `services.nodeports` (ports with a node port) and
 //!   `services.loadbalancers`; ConfigMaps, Secrets, ResourceQuotas, ReplicationControllers
-//!   and PersistentVolumeClaims (with `requests.storage`) by their legacy names.
+//!   and PersistentVolumeClaims (with `requests.storage`) by their legacy names; claims also
+//!   per class (`CLASS.storageclass.storage.k8s.io/requests.storage` and
+//!   `.../persistentvolumeclaims`).
 //! - Quota scopes (Terminating, NotTerminating, BestEffort, NotBestEffort, PriorityClass)
 //!   select pods only.
 
@@ -19,6 +21,10 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::quantity;
+
+/// What follows a class's name in its per-class claim resources
+/// (`CLASS.storageclass.storage.k8s.io/requests.storage`, `.../persistentvolumeclaims`).
+pub const STORAGE_CLASS_SUFFIX: &str = ".storageclass.storage.k8s.io/";
 
 /// Resource name → amount in milli-units.
 pub type Usage = BTreeMap<String, i64>;
@@ -205,8 +211,20 @@ pub fn usage(group: &str, plural: &str, obj: &Value, now: jiff::Timestamp) -> Us
         }
         "persistentvolumeclaims" => {
             u.insert("persistentvolumeclaims".into(), 1000);
+            let class = obj["spec"]["storageClassName"]
+                .as_str()
+                .filter(|c| !c.is_empty());
+            if let Some(c) = class {
+                u.insert(
+                    format!("{c}{STORAGE_CLASS_SUFFIX}persistentvolumeclaims"),
+                    1000,
+                );
+            }
             if let Some(s) = milli(&obj["spec"]["resources"]["requests"]["storage"]) {
                 u.insert("requests.storage".into(), s);
+                if let Some(c) = class {
+                    u.insert(format!("{c}{STORAGE_CLASS_SUFFIX}requests.storage"), s);
+                }
             }
         }
         "configmaps" | "secrets" | "resourcequotas" | "replicationcontrollers" => {
@@ -398,6 +416,27 @@ mod tests {
         );
         let d = usage("apps", "deployments", &json!({}), now());
         assert_eq!(d, Usage::from([("count/deployments.apps".into(), 1000)]));
+        let claim = json!({"spec": {"storageClassName": "fast",
+            "resources": {"requests": {"storage": "1Gi"}}}});
+        let u = usage("", "persistentvolumeclaims", &claim, now());
+        let gib = 1000 * (1 << 30);
+        assert_eq!(
+            u,
+            Usage::from([
+                ("count/persistentvolumeclaims".into(), 1000),
+                ("persistentvolumeclaims".into(), 1000),
+                ("requests.storage".into(), gib),
+                (
+                    "fast.storageclass.storage.k8s.io/persistentvolumeclaims".into(),
+                    1000
+                ),
+                (
+                    "fast.storageclass.storage.k8s.io/requests.storage".into(),
+                    gib
+                ),
+            ])
+        );
+        assert_eq!(format("requests.storage", gib), "1Gi");
     }
 
     #[test]

@@ -189,10 +189,136 @@ fn validate_job_spec(path: &str, spec: &Value, errs: &mut Vec<FieldError>) {
             ),
         });
     }
+    validate_success_policy(&at("successPolicy"), spec, indexed, errs);
+    if let Some(m) = spec["managedBy"].as_str() {
+        let (domain, path) = m.split_once('/').unwrap_or(("", ""));
+        if m.len() > 63 {
+            errs.push(FieldError {
+                field: at("managedBy"),
+                value: String::new(),
+                message: "Too long: may not be more than 63 bytes".into(),
+            });
+        } else if domain.is_empty()
+            || path.is_empty()
+            || capstan_api::validation::dns1123_subdomain(domain).is_err()
+        {
+            errs.push(invalid(
+                &at("managedBy"),
+                m,
+                "must be a domain-prefixed path (such as \"acme.io/foo\")",
+            ));
+        }
+    }
     errs.extend(validate_pod_spec(
         &at("template.spec"),
         &spec["template"]["spec"],
     ));
+}
+
+/// `successPolicy` (Indexed Jobs only): 1 to 20 rules, each with succeededIndexes (an
+/// ordered, non-overlapping interval list within completions) and/or a succeededCount no
+/// larger than completions nor than the indexes it names.
+fn validate_success_policy(path: &str, spec: &Value, indexed: bool, errs: &mut Vec<FieldError>) {
+    let policy = &spec["successPolicy"];
+    if policy.is_null() {
+        return;
+    }
+    if !indexed {
+        errs.push(FieldError {
+            field: path.into(),
+            value: String::new(),
+            message: "Invalid value: requires indexed completion mode".into(),
+        });
+        return;
+    }
+    let rules = policy["rules"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if rules.is_empty() {
+        errs.push(required(&format!("{path}.rules")));
+    } else if rules.len() > 20 {
+        errs.push(FieldError {
+            field: format!("{path}.rules"),
+            value: String::new(),
+            message: format!("Too many: {}: must have at most 20 items", rules.len()),
+        });
+    }
+    let completions = spec["completions"].as_i64().unwrap_or(0);
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("{path}.rules[{i}]");
+        let (indexes, count) = (&rule["succeededIndexes"], &rule["succeededCount"]);
+        if indexes.is_null() && count.is_null() {
+            errs.push(FieldError {
+                field: at.clone(),
+                value: String::new(),
+                message: "Required value: at least one of succeededCount or succeededIndexes must be specified".into(),
+            });
+            continue;
+        }
+        let mut named: Option<i64> = None;
+        if let Some(text) = indexes.as_str() {
+            match interval_count(text, completions) {
+                Ok(n) => named = Some(n),
+                Err(m) => errs.push(invalid(
+                    &format!("{at}.succeededIndexes"),
+                    text,
+                    format!("error parsing succeededIndexes: {m}"),
+                )),
+            }
+        }
+        if let Some(n) = count.as_i64() {
+            let f = format!("{at}.succeededCount");
+            if n < 0 {
+                errs.push(invalid(
+                    &f,
+                    &n.to_string(),
+                    "must be greater than or equal to 0",
+                ));
+            } else if n > completions {
+                errs.push(invalid(
+                    &f,
+                    &n.to_string(),
+                    format!("must be less than or equal to {completions} (the number of specified completions)"),
+                ));
+            } else if let Some(k) = named.filter(|k| n > *k) {
+                errs.push(invalid(
+                    &f,
+                    &n.to_string(),
+                    format!("must be less than or equal to {k} (the number of indexes in the specified succeededIndexes field)"),
+                ));
+            }
+        }
+    }
+}
+
+/// How many indexes an interval list (`1,3-5`) names, each below `completions`, in order and
+/// without overlaps (`parseIndexesFromString`'s rules).
+fn interval_count(text: &str, completions: i64) -> Result<i64, String> {
+    let mut total = 0;
+    let mut last = -1i64;
+    for part in text.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let num = |s: &str| {
+            s.parse::<i64>()
+                .map_err(|_| format!("cannot convert string to integer for index: {s:?}"))
+        };
+        let (a, b) = (num(a)?, num(b)?);
+        if a > b {
+            return Err(format!("non-increasing order, previous: {a}, current: {b}"));
+        }
+        if a <= last {
+            return Err(format!(
+                "overlapping intervals or non-increasing order: {part}"
+            ));
+        }
+        if b >= completions {
+            return Err(format!("too large index: {b}"));
+        }
+        total += b - a + 1;
+        last = b;
+    }
+    Ok(total)
 }
 
 fn validate_failure_policy(path: &str, spec: &Value, indexed: bool, errs: &mut Vec<FieldError>) {
@@ -323,8 +449,8 @@ pub fn validate_job(obj: &Value) -> Vec<FieldError> {
 }
 
 /// What an update may not change (`ValidateJobSpecUpdate`): the selector, the template
-/// (unless the Job is suspended and has never started), the completion mode, the failure
-/// policies and per-index limits; completions only for an Indexed Job scaled with its
+/// (unless the Job is suspended and has never started), the completion mode, the failure and
+/// success policies, per-index limits and `managedBy`; completions only for an Indexed Job scaled with its
 /// parallelism (elastic Indexed Jobs).
 pub fn validate_job_update(new: &Value, old: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
@@ -342,8 +468,10 @@ pub fn validate_job_update(new: &Value, old: &Value) -> Vec<FieldError> {
         "selector",
         "completionMode",
         "podFailurePolicy",
+        "successPolicy",
         "backoffLimitPerIndex",
         "manualSelector",
+        "managedBy",
     ] {
         immutable(&mut errs, key);
     }
@@ -610,6 +738,48 @@ mod tests {
         ] {
             assert!(got.iter().any(|m| m == expected), "{expected} in {got:?}");
         }
+    }
+
+    #[test]
+    fn success_policies_and_managed_by_are_checked() {
+        let mut j = job();
+        j["spec"]["completionMode"] = json!("Indexed");
+        j["spec"]["completions"] = json!(5);
+        j["spec"]["successPolicy"] = json!({"rules": [
+            {"succeededIndexes": "0,2-3", "succeededCount": 2},
+            {"succeededCount": 5}]});
+        j["spec"]["managedBy"] = json!("example.com/batch");
+        assert!(
+            validate_job(&j).is_empty(),
+            "{:?}",
+            messages(&validate_job(&j))
+        );
+        j["spec"]["successPolicy"] = json!({"rules": [
+            {},
+            {"succeededIndexes": "3-1"},
+            {"succeededIndexes": "1,1"},
+            {"succeededIndexes": "9"},
+            {"succeededIndexes": "1-2", "succeededCount": 3},
+            {"succeededCount": 6}]});
+        j["spec"]["managedBy"] = json!("no-domain");
+        let got = messages(&validate_job(&j));
+        for expected in [
+            "spec.successPolicy.rules[0]: Required value: at least one of succeededCount or succeededIndexes must be specified",
+            "spec.successPolicy.rules[1].succeededIndexes: Invalid value: \"3-1\": error parsing succeededIndexes: non-increasing order, previous: 3, current: 1",
+            "spec.successPolicy.rules[2].succeededIndexes: Invalid value: \"1,1\": error parsing succeededIndexes: overlapping intervals or non-increasing order: 1",
+            "spec.successPolicy.rules[3].succeededIndexes: Invalid value: \"9\": error parsing succeededIndexes: too large index: 9",
+            "spec.successPolicy.rules[4].succeededCount: Invalid value: \"3\": must be less than or equal to 2 (the number of indexes in the specified succeededIndexes field)",
+            "spec.successPolicy.rules[5].succeededCount: Invalid value: \"6\": must be less than or equal to 5 (the number of specified completions)",
+            "spec.managedBy: Invalid value: \"no-domain\": must be a domain-prefixed path (such as \"acme.io/foo\")",
+        ] {
+            assert!(got.iter().any(|m| m == expected), "{expected} in {got:?}");
+        }
+        let mut plain = job();
+        plain["spec"]["successPolicy"] = json!({"rules": [{"succeededCount": 1}]});
+        assert_eq!(
+            messages(&validate_job(&plain)),
+            ["spec.successPolicy: Invalid value: requires indexed completion mode"]
+        );
     }
 
     #[test]

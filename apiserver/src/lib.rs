@@ -221,7 +221,10 @@ impl ApiServer {
         let claims = Arc::new(volumes::claim::ClaimAdmission::default());
         registry.attach_hooks(
             ("", "v1", "persistentvolumeclaims"),
-            Arc::new(volumes::claim::ClaimHooks(claims.clone())),
+            Arc::new(admission::Chain(vec![
+                Arc::new(volumes::claim::ClaimHooks(claims.clone())),
+                Arc::new(quota::limit_range::ClaimLimits(limit_ranger.clone())),
+            ])),
         );
         registry.attach_hooks(
             (priority::GROUP, "v1", "priorityclasses"),

@@ -2,7 +2,7 @@
 //! resource-quota controller: creates beyond a quota are refused with Kubernetes' 403 (also
 //! when they race), deletions give the budget back, LimitRange defaults count, scopes pick
 //! pods, object counts cover any kind, and a ReplicaSet under a full quota says why it cannot
-//! create.
+//! create, and claims are charged by size, in all and per StorageClass.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,8 +11,10 @@ use capstan_controllers::Manager;
 use capstan_testkit::{TestCluster, until};
 use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Pod, ResourceQuota};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, PersistentVolumeClaim, Pod, ResourceQuota,
+};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -26,7 +28,7 @@ struct Cluster {
 async fn cluster() -> Cluster {
     let c = TestCluster::start().await;
     let m = Manager::new(c.client.clone(), &prometheus::Registry::new());
-    let names: BTreeSet<String> = ["resourcequota", "replicaset"]
+    let names: BTreeSet<String> = ["resourcequota", "replicaset", "persistentvolume-binder"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -289,4 +291,89 @@ async fn scopes_object_counts_and_a_replica_set_under_a_full_quota() {
     .unwrap();
     let (code, _) = refusal(rss.create(&pp, &rs2).await.unwrap_err());
     assert_eq!(code, 403, "count/replicasets.apps=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_charged_by_size_and_per_class() {
+    let k = cluster().await;
+    let q = quota(
+        &k.c,
+        "storage",
+        json!({"hard": {"requests.storage": "3Gi", "persistentvolumeclaims": "5",
+            "fast.storageclass.storage.k8s.io/requests.storage": "1Gi"}}),
+    )
+    .await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(k.c.client.clone(), "default");
+    let claim = |name: &str, class: &str, size: &str| -> PersistentVolumeClaim {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": class,
+            "resources": {"requests": {"storage": size}}}}))
+        .unwrap()
+    };
+    let pp = PostParams::default();
+    claims
+        .create(&pp, &claim("a", "slow", "2Gi"))
+        .await
+        .unwrap();
+    claims
+        .create(&pp, &claim("b", "fast", "1Gi"))
+        .await
+        .unwrap();
+    assert_eq!(used(&q, "storage", "requests.storage").await, "3Gi");
+    assert_eq!(
+        used(
+            &q,
+            "storage",
+            "fast.storageclass.storage.k8s.io/requests.storage"
+        )
+        .await,
+        "1Gi"
+    );
+    let (code, message) = refusal(
+        claims
+            .create(&pp, &claim("c", "slow", "1Gi"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 403);
+    assert!(
+        message.contains("exceeded quota: storage, requested: requests.storage=1Gi, used: requests.storage=3Gi, limited: requests.storage=3Gi"),
+        "{message}"
+    );
+    // A deleted claim (its protection lifted: no pod uses it) gives its size back.
+    claims.delete("a", &DeleteParams::default()).await.unwrap();
+    until(WAIT, "the claim's size is given back", || async {
+        used(&q, "storage", "requests.storage").await == "1Gi"
+    })
+    .await;
+    claims
+        .create(&pp, &claim("c", "slow", "1Gi"))
+        .await
+        .unwrap();
+    // Growing a claim is charged the difference.
+    let grow =
+        |size: &str| Patch::Merge(json!({"spec": {"resources": {"requests": {"storage": size}}}}));
+    claims
+        .patch("c", &PatchParams::default(), &grow("2Gi"))
+        .await
+        .unwrap();
+    assert_eq!(used(&q, "storage", "requests.storage").await, "3Gi");
+    let (code, message) = refusal(
+        claims
+            .patch("c", &PatchParams::default(), &grow("3Gi"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 403);
+    assert!(
+        message.contains("requested: requests.storage=1Gi, used: requests.storage=3Gi"),
+        "{message}"
+    );
+    let (code, _) = refusal(
+        claims
+            .create(&pp, &claim("d", "fast", "1Mi"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 403, "the fast class is full");
 }

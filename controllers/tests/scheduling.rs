@@ -2,7 +2,8 @@
 //! pod preempts exactly one low-priority pod on a full node (DisruptionTarget, a Preempted
 //! event, nominatedNodeName, then bound there) while a pod whose class says Never waits;
 //! required pod affinity follows a pod into its zone (or refuses, in kube-scheduler's words);
-//! a preferred node wins over the spread score.
+//! a preferred node wins over the spread score; a pod that can no longer preempt gives up its
+//! nominatedNodeName.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use capstan_testkit::sim::{SimConfig, SimNodes};
 use capstan_testkit::{TestCluster, until};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -290,6 +291,42 @@ async fn pod_affinity_and_preferred_node_affinity_place_pods() {
                             "0/3 nodes are available: 3 node(s) didn't match pod affinity rules.",
                         )
             })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_can_no_longer_preempt_gives_up_its_nomination() {
+    let e = env(1).await;
+    let pods: Api<Pod> = Api::namespaced(e.c.client.clone(), "default");
+    // Fits nowhere, even with every other pod gone: preemption cannot help.
+    pods.create(&PostParams::default(), &pod("huge", "high", "64"))
+        .await
+        .unwrap();
+    until(WAIT, "the huge pod is reported unschedulable", || async {
+        let p = pods.get("huge").await.unwrap();
+        condition(&p, "PodScheduled") == Some(("False".into(), "Unschedulable".into()))
+    })
+    .await;
+    // A nomination left from an earlier attempt (as after its victims' node shrank)...
+    pods.patch_status(
+        "huge",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"nominatedNodeName": "gone-node"}})),
+    )
+    .await
+    .unwrap();
+    // ...is cleared at the next attempt (a label change retries the parked pod at once).
+    pods.patch(
+        "huge",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"retry": "1"}}})),
+    )
+    .await
+    .unwrap();
+    until(WAIT, "nominatedNodeName is cleared", || async {
+        let p = pods.get("huge").await.unwrap();
+        p.status.and_then(|s| s.nominated_node_name).is_none()
     })
     .await;
 }

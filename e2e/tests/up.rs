@@ -70,7 +70,8 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
     );
     // What up writes at start: the four system namespaces, an APIService per served
     // group/version, the default RBAC roles and bindings, the kubernetes and kube-dns
-    // Services with their ClusterIP claims, the kubernetes Endpoints and EndpointSlice — and
+    // Services with their ClusterIP claims, the kubernetes Endpoints and EndpointSlice, the
+    // default `local-path` StorageClass — and
     // nothing else (its API server lease went with the clean stop).
     let apiservices = store_cmd(dir.path(), &["list", "apiservices/"]);
     assert!(
@@ -109,6 +110,7 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
             "serviceips/10.96.0.10",
             "services/default/kubernetes",
             "services/kube-system/kube-dns",
+            "storageclasses/local-path",
         ]
     );
     let keys = String::from_utf8_lossy(&all.stdout).lines().count();

@@ -17,8 +17,10 @@
 //!   the quota, and writes their sum once, so many clients creating in one namespace cost one
 //!   quota write per batch instead of contending for it. A worker idle for a while stops.
 //!
-//! Updates are not charged (pods' resources do not change; a Service turned NodePort is not
-//! counted until the controller recalculates).
+//! - Updates are charged what they add (a claim grown, a Service turned NodePort or
+//!   LoadBalancer); what they free the controller gives back. As in kube-apiserver, an update
+//!   retried after a lost race is charged again, and the controller's recalculation corrects
+//!   the excess.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -40,7 +42,7 @@ const BATCH: usize = 512;
 /// A worker with nothing to do for this long stops.
 const IDLE: Duration = Duration::from_secs(30);
 
-/// One create's charge to one quota.
+/// One write's charge to one quota.
 struct Charge {
     relevant: Vec<String>,
     delta: Usage,
@@ -94,6 +96,28 @@ impl QuotaAdmission {
         obj: &Value,
         dry_run: bool,
     ) -> ApiResult<()> {
+        self.admit(info, obj, None, dry_run).await
+    }
+
+    /// Checks an update of `old` to `obj` and charges what it uses beyond `old` (a claim
+    /// grown, a Service turned NodePort); what it uses less is the controller's to give back.
+    pub async fn admit_update(
+        &self,
+        info: &ResourceInfo,
+        old: &Value,
+        obj: &Value,
+        dry_run: bool,
+    ) -> ApiResult<()> {
+        self.admit(info, obj, Some(old), dry_run).await
+    }
+
+    async fn admit(
+        &self,
+        info: &ResourceInfo,
+        obj: &Value,
+        old: Option<&Value>,
+        dry_run: bool,
+    ) -> ApiResult<()> {
         if !info.namespaced {
             return Ok(());
         }
@@ -111,7 +135,16 @@ impl QuotaAdmission {
         if quotas.is_empty() {
             return Ok(());
         }
-        let delta = quota::usage(&info.group, &info.plural, obj, jiff::Timestamp::now());
+        let now = jiff::Timestamp::now();
+        let mut delta = quota::usage(&info.group, &info.plural, obj, now);
+        if let Some(old) = old {
+            // Only what grows is charged (`SubtractWithNonNegativeResult`, zeros removed).
+            let before = quota::usage(&info.group, &info.plural, old, now);
+            delta.retain(|k, v| {
+                *v -= before.get(k).copied().unwrap_or(0);
+                *v > 0
+            });
+        }
         if delta.is_empty() {
             return Ok(());
         }

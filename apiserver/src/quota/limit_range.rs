@@ -358,6 +358,46 @@ pub fn admit_pod(pod: &mut Value, ranges: &[&Value]) -> Result<(), Vec<String>> 
     }
 }
 
+/// LimitRanger on a new claim (`PersistentVolumeClaimValidateLimitFunc`): `min` and `max`
+/// of `storage` against its request; the violations, if any.
+pub fn admit_claim(claim: &Value, ranges: &[&Value]) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    let requests = parse_list(&claim["spec"]["resources"]["requests"]);
+    for item in ranges
+        .iter()
+        .flat_map(|r| r["spec"]["limits"].as_array().into_iter().flatten())
+        .filter(|i| i["type"] == "PersistentVolumeClaim")
+    {
+        // `minConstraint` with no limits, `maxRequestConstraint`: both against the request.
+        let min = json!({"min": item["min"]});
+        check(
+            "PersistentVolumeClaim",
+            &min,
+            &requests,
+            &Usage::new(),
+            &mut errors,
+        );
+        for (r, enforced) in parse_list(&item["max"]) {
+            let e = format(&r, enforced);
+            match requests.get(&r) {
+                None => errors.push(format!(
+                    "maximum {r} usage per PersistentVolumeClaim is {e}.  No request is specified"
+                )),
+                Some(v) if *v > enforced => errors.push(format!(
+                    "maximum {r} usage per PersistentVolumeClaim is {e}, but request is {}",
+                    format(&r, *v)
+                )),
+                _ => {}
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// The pods' LimitRanger hook; [`LimitRanger::attach`] gives it the server whose LimitRanges
 /// it reads.
 #[derive(Debug, Default)]
@@ -371,9 +411,9 @@ impl LimitRanger {
     }
 }
 
-#[async_trait::async_trait]
-impl StorageHooks for LimitRanger {
-    async fn begin_create(&self, pod: &mut Value, _dry_run: bool) -> ApiResult<()> {
+impl LimitRanger {
+    /// The LimitRanges of `ns`.
+    fn ranges(&self, ns: &str) -> ApiResult<Vec<std::sync::Arc<Value>>> {
         let api = self
             .api
             .get()
@@ -383,17 +423,39 @@ impl StorageHooks for LimitRanger {
             .registry
             .get("", "v1", "limitranges")
             .ok_or_else(|| ApiError::internal("LimitRanges are not registered"))?;
-        let ns = pod.namespace().unwrap_or_default().to_string();
-        let ranges = api.cacher(&info)?.list(&info.list_prefix(Some(&ns))).0;
+        Ok(api.cacher(&info)?.list(&info.list_prefix(Some(ns))).0)
+    }
+}
+
+/// Kubernetes' 403 for LimitRanger's violations.
+fn refused(plural: &str, obj: &Value, errors: Vec<String>) -> ApiError {
+    let message = if errors.len() == 1 {
+        errors[0].clone()
+    } else {
+        format!("[{}]", errors.join(", "))
+    };
+    ApiError::forbidden("", plural, obj.name().unwrap_or_default(), &message)
+}
+
+#[async_trait::async_trait]
+impl StorageHooks for LimitRanger {
+    async fn begin_create(&self, pod: &mut Value, _dry_run: bool) -> ApiResult<()> {
+        let ranges = self.ranges(pod.namespace().unwrap_or_default())?;
         let refs: Vec<&Value> = ranges.iter().map(|r| &**r).collect();
-        admit_pod(pod, &refs).map_err(|errors| {
-            let message = if errors.len() == 1 {
-                errors[0].clone()
-            } else {
-                format!("[{}]", errors.join(", "))
-            };
-            ApiError::forbidden("", "pods", pod.name().unwrap_or_default(), &message)
-        })
+        admit_pod(pod, &refs).map_err(|errors| refused("pods", pod, errors))
+    }
+}
+
+/// The claims' LimitRanger hook.
+#[derive(Debug)]
+pub struct ClaimLimits(pub std::sync::Arc<LimitRanger>);
+
+#[async_trait::async_trait]
+impl StorageHooks for ClaimLimits {
+    async fn begin_create(&self, claim: &mut Value, _dry_run: bool) -> ApiResult<()> {
+        let ranges = self.0.ranges(claim.namespace().unwrap_or_default())?;
+        let refs: Vec<&Value> = ranges.iter().map(|r| &**r).collect();
+        admit_claim(claim, &refs).map_err(|errors| refused("persistentvolumeclaims", claim, errors))
     }
 }
 
@@ -469,6 +531,22 @@ mod tests {
         assert_eq!(
             pod["metadata"]["annotations"][ANNOTATION],
             "LimitRanger plugin set: cpu, memory request for container a; cpu, memory limit for container a; cpu, memory request for container b; memory limit for container b"
+        );
+    }
+
+    #[test]
+    fn claims_are_bounded_by_their_storage_request() {
+        let r = range(json!([{"type": "PersistentVolumeClaim",
+            "min": {"storage": "1Gi"}, "max": {"storage": "10Gi"}}]));
+        let claim = |size: &str| json!({"metadata": {"name": "c"}, "spec": {"resources": {"requests": {"storage": size}}}});
+        assert!(admit_claim(&claim("5Gi"), &[&r]).is_ok());
+        assert_eq!(
+            admit_claim(&claim("500Mi"), &[&r]).unwrap_err(),
+            ["minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 500Mi"]
+        );
+        assert_eq!(
+            admit_claim(&claim("20Gi"), &[&r]).unwrap_err(),
+            ["maximum storage usage per PersistentVolumeClaim is 10Gi, but request is 20Gi"]
         );
     }
 

@@ -145,6 +145,9 @@ impl ApiServer {
             Ok(Some(done)) => return Step::NotStored(Ok(done)),
             Ok(None) => {}
         }
+        if let Err(e) = self.quota.admit_update(info, live, new, pass.dry_run).await {
+            return Step::NotStored(Err(e));
+        }
         let bytes = match self.stored_form(info, new).await {
             Ok(b) => b,
             Err(e) => return Step::NotStored(Err(e)),

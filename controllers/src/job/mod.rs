@@ -1,6 +1,8 @@
 //! The Job controller: runs pods until `completions` of them succeed, retrying failures up to
 //! `backoffLimit` (per index with `backoffLimitPerIndex`), within `activeDeadlineSeconds`, as
-//! the `podFailurePolicy` says; suspends and resumes. Decisions are in [`plan`] (pure,
+//! the `podFailurePolicy` says; completes an Indexed Job early when its `successPolicy` is
+//! met; suspends and resumes; leaves Jobs whose `spec.managedBy` names another controller to
+//! it. Decisions are in [`plan`] (pure,
 //! table-tested); this module feeds it from the informers and applies it in Kubernetes'
 //! order:
 //! 1. adopt orphans the selector matches and release pods it no longer does;
@@ -184,6 +186,10 @@ async fn release_orphans(
 
 impl Reconcile<Job> for JobController {
     async fn reconcile(&self, job: Arc<Job>) -> Result<Action, Error> {
+        if !managed_here(&job) {
+            // Another controller (`spec.managedBy`) runs this Job and writes its status.
+            return Ok(Action::await_change());
+        }
         let key = podutil::key(&job.metadata);
         let ns = job.metadata.namespace.clone().unwrap_or_default();
         let name = job.metadata.name.clone().unwrap_or_default();
@@ -468,4 +474,15 @@ pub fn pod_for(job: &Job, wanted: &plan::NewPod) -> Pod {
         spec: Some(spec),
         status: None,
     }
+}
+
+/// The value of `spec.managedBy` that names this controller (unset means the same).
+pub const JOB_CONTROLLER: &str = "kubernetes.io/job-controller";
+
+/// Whether this controller runs the Job (`spec.managedBy` unset or [`JOB_CONTROLLER`]).
+pub fn managed_here(job: &Job) -> bool {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.managed_by.as_deref())
+        .is_none_or(|m| m == JOB_CONTROLLER)
 }

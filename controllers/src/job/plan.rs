@@ -556,11 +556,23 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: Timestamp, settings: &Settings) -
         let message = c.and_then(|c| c.message.clone()).unwrap_or_default();
         target = Some((false, static_reason(&reason), message));
     } else if has_condition(&old, "SuccessCriteriaMet") || has_condition(&old, "Complete") {
-        target = Some((
-            true,
-            "CompletionsReached",
-            "Reached expected number of succeeded pods".into(),
-        ));
+        let c = old.conditions.iter().flatten().find(|c| {
+            (c.type_ == "SuccessCriteriaMet" || c.type_ == "Complete") && c.status == "True"
+        });
+        let by_policy = c.and_then(|c| c.reason.as_deref()) == Some("SuccessPolicy");
+        target = Some(if by_policy {
+            (
+                true,
+                "SuccessPolicy",
+                c.and_then(|c| c.message.clone()).unwrap_or_default(),
+            )
+        } else {
+            (
+                true,
+                "CompletionsReached",
+                "Reached expected number of succeeded pods".into(),
+            )
+        });
     } else if let Some(m) = fail_job {
         target = Some((false, "PodFailurePolicy", m));
     } else if over_backoff {
@@ -584,6 +596,15 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: Timestamp, settings: &Settings) -
             false,
             "MaxFailedIndexesExceeded",
             "Job has exceeded the specified maximal number of failed indexes".into(),
+        ));
+    } else if let Some(rule) = indexed
+        .then(|| success_rule(job, &succeeded_indexes))
+        .flatten()
+    {
+        target = Some((
+            true,
+            "SuccessPolicy",
+            format!("Matched rules at index {rule}"),
         ));
     } else if indexed {
         let total = completions.unwrap_or(0).max(0);
@@ -720,6 +741,27 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: Timestamp, settings: &Settings) -
 }
 
 /// The reasons a Job fails with, as `&'static str` for events.
+/// The first `successPolicy` rule the succeeded indexes satisfy (`matchSuccessPolicy`): all
+/// of its `succeededIndexes`, or `succeededCount` of them (of all indexes without a list).
+pub fn success_rule(job: &Job, succeeded: &BTreeSet<i32>) -> Option<usize> {
+    let rules = job.spec.as_ref()?.success_policy.as_ref()?.rules.as_slice();
+    rules
+        .iter()
+        .position(|r| match r.succeeded_indexes.as_deref() {
+            Some(list) => {
+                let wanted = parse_indexes(list);
+                let hits = wanted.intersection(succeeded).count();
+                match r.succeeded_count {
+                    Some(n) => hits as i32 >= n,
+                    None => !wanted.is_empty() && hits == wanted.len(),
+                }
+            }
+            None => r
+                .succeeded_count
+                .is_some_and(|n| succeeded.len() as i32 >= n),
+        })
+}
+
 fn static_reason(r: &str) -> &'static str {
     match r {
         "BackoffLimitExceeded" => "BackoffLimitExceeded",

@@ -454,3 +454,52 @@ fn index_ranges_round_trip() {
     assert_eq!(format_indexes(&set), "0-2,5,7-8");
     assert_eq!(format_indexes(&parse_indexes("")), "");
 }
+
+#[test]
+fn a_success_policy_completes_an_indexed_job_early_and_stops_the_rest() {
+    let spec = json!({"completions": 5, "parallelism": 5, "completionMode": "Indexed",
+        "successPolicy": {"rules": [{"succeededIndexes": "0", "succeededCount": 1},
+            {"succeededCount": 3}]}});
+    let running = |name: &str, i: i32| tracked(name, Some(i)).running().build();
+    // Index 1 and 2 done: neither rule holds yet.
+    let j = with_status(
+        job(spec.clone()),
+        json!({"completedIndexes": "1-2", "succeeded": 2, "startTime": "2023-11-14T22:13:20Z"}),
+    );
+    let pods = [running("a", 0), running("b", 3), running("c", 4)];
+    let p = plan(&j, &pods, at(10), &settings());
+    assert!(p.delete.is_empty());
+    assert!(
+        !conditions(p.status.as_ref().unwrap())
+            .iter()
+            .any(|c| c.0 == "SuccessCriteriaMet")
+    );
+    // Index 0 done: the first rule holds; the rest are stopped, then the Job completes.
+    let j = with_status(
+        job(spec.clone()),
+        json!({"completedIndexes": "0-2", "succeeded": 3, "startTime": "2023-11-14T22:13:20Z"}),
+    );
+    let p = plan(&j, &pods[1..], at(10), &settings());
+    assert_eq!(
+        p.delete.len(),
+        2,
+        "the running indexes are no longer wanted"
+    );
+    let st = p.status.unwrap();
+    let met = st
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "SuccessCriteriaMet")
+        .unwrap();
+    assert_eq!(met.reason.as_deref(), Some("SuccessPolicy"));
+    assert_eq!(met.message.as_deref(), Some("Matched rules at index 0"));
+    let settled = with_status(job(spec), serde_json::to_value(&st).unwrap());
+    let st = plan(&settled, &[], at(11), &settings()).status.unwrap();
+    assert!(conditions(&st).contains(&("Complete".into(), "SuccessPolicy".into())));
+    // The count rule alone: any three indexes.
+    let count_only = job(json!({"completions": 5, "completionMode": "Indexed",
+        "successPolicy": {"rules": [{"succeededCount": 3}]}}));
+    assert_eq!(success_rule(&count_only, &[1, 3].into()), None);
+    assert_eq!(success_rule(&count_only, &[1, 3, 4].into()), Some(0));
+}

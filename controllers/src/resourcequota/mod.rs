@@ -3,7 +3,7 @@
 //! namespace holds. The API server's admission charges every create as it happens; this
 //! controller gives back what goes away and corrects any drift:
 //! - a quota is recalculated when its `spec.hard` changes (and when it is new), on every
-//!   deletion of a pod, Service, ConfigMap or Secret in its namespace and when a pod finishes
+//!   deletion of a pod, Service, ConfigMap, Secret or PersistentVolumeClaim in its namespace and when a pod finishes
 //!   (replenishment), and every `SYNC_PERIOD` (Kubernetes' `--resource-quota-sync-period`,
 //!   5 min) for everything else (`count/deployments.apps` and the like);
 //! - a recalculation never runs because admission charged the quota (a status-only change):
@@ -21,7 +21,7 @@ use std::time::Duration;
 use capstan_api::quota::{self, Usage, format, parse_list};
 use futures_util::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Pod, ResourceQuota, ResourceQuotaStatus, Secret, Service,
+    ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, ResourceQuotaStatus, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
@@ -54,6 +54,7 @@ pub fn counted_kind(name: &str) -> Option<(String, String)> {
         "services" | "services.nodeports" | "services.loadbalancers" => core("services"),
         "configmaps" | "secrets" | "resourcequotas" | "replicationcontrollers" => core(name),
         "persistentvolumeclaims" | "requests.storage" => core("persistentvolumeclaims"),
+        n if n.contains(quota::STORAGE_CLASS_SUFFIX) => core("persistentvolumeclaims"),
         _ => {
             let what = name.strip_prefix("count/")?;
             match what.split_once('.') {
@@ -159,6 +160,7 @@ pub async fn run(m: Arc<Manager>) {
         deletions::<Service>(&m.client).boxed(),
         deletions::<ConfigMap>(&m.client).boxed(),
         deletions::<Secret>(&m.client).boxed(),
+        deletions::<PersistentVolumeClaim>(&m.client).boxed(),
     ])
     .flat_map(move |ns| stream::iter(quotas_in(&for_pods, &ns)));
     let controller = Controller::for_shared_stream(quota_changes, store)

@@ -569,6 +569,7 @@ impl Scheduler {
                 }
                 Preemption::Impossible => {
                     self.nominated.remove(&uid);
+                    self.clear_nomination(&pod);
                 }
             }
             self.park(key, uid, false);
@@ -735,6 +736,33 @@ impl Scheduler {
             }
         });
         Preemption::Started(c.node)
+    }
+
+    /// A pod that can no longer preempt gives up its nominated node (kube-scheduler clears
+    /// `status.nominatedNodeName` when PostFilter finds nothing).
+    fn clear_nomination(&self, pod: &Arc<Pod>) {
+        let nominated = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        if !nominated {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+        );
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        tokio::spawn(async move {
+            let patch = json!({"status": {"nominatedNodeName": null}});
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::debug!(pod = %name, error = %e, "clearing nominatedNodeName failed");
+            }
+        });
     }
 
     /// PodScheduled=False with the reasons (written only when the message changes) and a
