@@ -463,3 +463,60 @@ async fn a_finished_job_goes_after_its_ttl() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_policy_completes_an_indexed_job_early() {
+    let k = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(k.c.client.clone(), "default");
+    // One index at a time; the Job needs only indexes 0 and 1.
+    let spec = json!({"completions": 5, "parallelism": 1, "completionMode": "Indexed",
+        "successPolicy": {"rules": [{"succeededIndexes": "0-1"}]}});
+    jobs.create(&PostParams::default(), &job("leader", spec, 100, 0, ""))
+        .await
+        .unwrap();
+    let j = finished(&jobs, "leader").await;
+    assert_eq!(condition(&j, "Complete").as_deref(), Some("SuccessPolicy"));
+    assert_eq!(
+        condition(&j, "SuccessCriteriaMet").as_deref(),
+        Some("SuccessPolicy")
+    );
+    let st = j.status.unwrap();
+    assert_eq!(st.completed_indexes.as_deref(), Some("0-1"));
+    let started: BTreeSet<String> = pods_of(&k.c, "leader")
+        .await
+        .iter()
+        .map(|p| {
+            p.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/job-completion-index"]
+                .clone()
+        })
+        .collect();
+    assert!(
+        !started.contains("3") && !started.contains("4"),
+        "indexes past the policy never ran: {started:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_managed_by_another_controller_is_left_alone() {
+    let k = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(k.c.client.clone(), "default");
+    let spec = json!({"completions": 1, "managedBy": "example.com/other-controller"});
+    jobs.create(&PostParams::default(), &job("theirs", spec, 10, 0, ""))
+        .await
+        .unwrap();
+    // A Job of ours made after it runs to completion; theirs never gets a pod or a status.
+    jobs.create(
+        &PostParams::default(),
+        &job("ours", json!({"completions": 1}), 10, 0, ""),
+    )
+    .await
+    .unwrap();
+    finished(&jobs, "ours").await;
+    assert!(pods_of(&k.c, "theirs").await.is_empty());
+    let theirs = jobs.get("theirs").await.unwrap();
+    assert!(
+        theirs.status.as_ref().and_then(|s| s.start_time.as_ref()).is_none(),
+        "{:?}",
+        theirs.status
+    );
+}
