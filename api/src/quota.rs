@@ -13,8 +13,8 @@
 //!   and PersistentVolumeClaims (with `requests.storage`) by their legacy names; claims also
 //!   per class (`CLASS.storageclass.storage.k8s.io/requests.storage` and
 //!   `.../persistentvolumeclaims`).
-//! - Quota scopes (Terminating, NotTerminating, BestEffort, NotBestEffort, PriorityClass)
-//!   select pods only.
+//! - Quota scopes (Terminating, NotTerminating, BestEffort, NotBestEffort, PriorityClass,
+//!   CrossNamespacePodAffinity) select pods only.
 
 use std::collections::BTreeMap;
 
@@ -267,11 +267,13 @@ pub fn matches_scopes(quota: &Value, group: &str, plural: &str, obj: &Value) -> 
     let spec = &obj["spec"];
     let terminating = spec["activeDeadlineSeconds"].as_i64().is_some();
     let best_effort = is_best_effort(spec);
+    let cross_namespace = cross_namespace_affinity(spec);
     let scope = |s: &str| match s {
         "Terminating" => terminating,
         "NotTerminating" => !terminating,
         "BestEffort" => best_effort,
         "NotBestEffort" => !best_effort,
+        "CrossNamespacePodAffinity" => cross_namespace,
         _ => false,
     };
     let class = spec["priorityClassName"].as_str().filter(|c| !c.is_empty());
@@ -303,6 +305,28 @@ pub fn matches_scopes(quota: &Value, group: &str, plural: &str, obj: &Value) -> 
 }
 
 /// No container requests or limits cpu or memory.
+/// Whether a pod has a pod (anti-)affinity term reaching other namespaces: one naming
+/// `namespaces` or with a `namespaceSelector` (the CrossNamespacePodAffinity scope).
+fn cross_namespace_affinity(spec: &Value) -> bool {
+    let affinity = &spec["affinity"];
+    ["podAffinity", "podAntiAffinity"].iter().any(|kind| {
+        let a = &affinity[*kind];
+        let required = a["requiredDuringSchedulingIgnoredDuringExecution"]
+            .as_array()
+            .into_iter()
+            .flatten();
+        let preferred = a["preferredDuringSchedulingIgnoredDuringExecution"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| &w["podAffinityTerm"]);
+        required.chain(preferred).any(|t| {
+            t["namespaces"].as_array().is_some_and(|n| !n.is_empty())
+                || !t["namespaceSelector"].is_null()
+        })
+    })
+}
+
 fn is_best_effort(spec: &Value) -> bool {
     ["containers", "initContainers"].iter().all(|list| {
         spec[*list].as_array().into_iter().flatten().all(|c| {
@@ -465,6 +489,19 @@ mod tests {
             "secrets",
             &json!({})
         ));
+        let cross = q(json!(["CrossNamespacePodAffinity"]), json!(null));
+        let term = |t: Value| {
+            json!({"spec": {"containers": [{"name": "a"}], "affinity": {"podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 1, "podAffinityTerm": t}]}}}})
+        };
+        let local = term(json!({"topologyKey": "zone", "labelSelector": {}}));
+        let named = term(json!({"topologyKey": "zone", "namespaces": ["other"]}));
+        let selected = term(json!({"topologyKey": "zone", "namespaceSelector": {}}));
+        assert!(!matches_scopes(&cross, "", "pods", &local));
+        assert!(matches_scopes(&cross, "", "pods", &named));
+        assert!(matches_scopes(&cross, "", "pods", &selected));
+        assert!(!matches_scopes(&cross, "", "pods", &best));
     }
 
     #[test]

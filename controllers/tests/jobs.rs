@@ -515,7 +515,11 @@ async fn a_job_managed_by_another_controller_is_left_alone() {
     assert!(pods_of(&k.c, "theirs").await.is_empty());
     let theirs = jobs.get("theirs").await.unwrap();
     assert!(
-        theirs.status.as_ref().and_then(|s| s.start_time.as_ref()).is_none(),
+        theirs
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .is_none(),
         "{:?}",
         theirs.status
     );

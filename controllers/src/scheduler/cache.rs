@@ -64,9 +64,11 @@ impl PlacedPod {
     }
 }
 
-/// Whether the cache keeps the whole pod: it has affinity terms others are checked against.
+/// Whether the cache keeps the whole pod: it has terms incoming pods are checked against
+/// (required anti-affinity) or scored by (its pod affinity and preferred anti-affinity, as
+/// InterPodAffinity scores them both ways).
 fn needs_whole_pod(pod: &Pod) -> bool {
-    !anti_affinity_terms(pod).is_empty()
+    !anti_affinity_terms(pod).is_empty() || super::soft::has_pod_terms(pod)
 }
 
 impl NodeInfo {

@@ -26,8 +26,9 @@ pub struct PodFacts<'a> {
     pub namespace: &'a str,
     pub requests: Resources,
     pub host_ports: Vec<(String, i32, String)>,
-    /// Forbidden (topologyKey, value) domains from anti-affinity, both directions.
-    pub forbidden: HashSet<(String, String)>,
+    /// Forbidden (topologyKey, value) domains from anti-affinity, both directions, with the
+    /// pods that forbid each (uid, node), so preemption can tell when evicting them frees it.
+    pub forbidden: HashMap<(String, String), Vec<(String, String)>>,
     /// Hard spread constraints: (constraint, counts per domain value, min count).
     pub spread: Vec<(&'a TopologySpreadConstraint, HashMap<String, i64>, i64)>,
     /// Required pod affinity: per term, its topology key, the domains holding a pod it
@@ -45,7 +46,7 @@ impl<'a> PodFacts<'a> {
             namespace,
             requests: pod_requests(pod, false),
             host_ports,
-            forbidden: HashSet::new(),
+            forbidden: HashMap::new(),
             spread: Vec::new(),
             affinity: Vec::new(),
         };
@@ -96,7 +97,9 @@ impl<'a> PodFacts<'a> {
                         && let Some(v) = node_labels.and_then(|l| l.get(&term.topology_key))
                     {
                         self.forbidden
-                            .insert((term.topology_key.clone(), v.clone()));
+                            .entry((term.topology_key.clone(), v.clone()))
+                            .or_default()
+                            .push((placed.uid.clone(), info.name.clone()));
                     }
                 }
                 // Placed pods' terms against the incoming pod.
@@ -108,7 +111,9 @@ impl<'a> PodFacts<'a> {
                         && let Some(v) = node_labels.and_then(|l| l.get(&term.topology_key))
                     {
                         self.forbidden
-                            .insert((term.topology_key.clone(), v.clone()));
+                            .entry((term.topology_key.clone(), v.clone()))
+                            .or_default()
+                            .push((placed.uid.clone(), info.name.clone()));
                     }
                 }
             }
@@ -234,9 +239,15 @@ pub fn filter(f: &PodFacts<'_>, node: &NodeInfo) -> Vec<String> {
             return vec!["node(s) didn't have free ports for the requested pod ports".into()];
         }
     }
+    // A domain stays forbidden while a pod forbidding it is on another node, or still on
+    // this one (preemption tries this node without its victims).
+    let still_there =
+        |(uid, on): &(String, String)| *on != node.name || node.pods.contains_key(uid);
     if !f.forbidden.is_empty()
         && let Some(labels) = node.labels()
-        && f.forbidden.iter().any(|(k, v)| labels.get(k) == Some(v))
+        && f.forbidden
+            .iter()
+            .any(|((k, v), by)| labels.get(k) == Some(v) && by.iter().any(still_there))
     {
         return vec!["node(s) didn't match pod anti-affinity rules".into()];
     }

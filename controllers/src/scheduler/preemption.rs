@@ -13,9 +13,10 @@
 //!   lowest highest-victim priority, the smallest sum of victim priorities, the fewest victims,
 //!   the most recently started highest-priority victim.
 //!
-//! The anti-affinity and spread facts of the incoming pod are computed with the victims still
-//! in place, so preemption frees resources and ports; it does not make room in an
-//! anti-affinity domain that a victim occupies.
+//! Preemption frees resources, ports and anti-affinity domains (a domain forbidden only by
+//! pods of the node being tried is free once they are evicted, in both directions); the
+//! spread and required-affinity facts of the incoming pod are computed with the victims still
+//! in place.
 
 use super::cache::{Cache, NodeInfo, PlacedPod};
 use super::filter::{PodFacts, filter};
@@ -253,6 +254,29 @@ mod tests {
             &[("b", pod("b1", "2", 50, 0)), ("b", pod("b2", "2", 50, 0))],
         );
         assert!(find(&PodFacts::new(&peer, &c2), &c2, 50, &look(&|_| false)).is_none());
+    }
+
+    #[test]
+    fn evicting_the_pods_that_forbid_a_domain_frees_it() {
+        let c = cache(
+            &[node("a", "8", json!({}))],
+            &[("a", pod("db", "1", 1, 0)), ("a", pod("other", "1", 1, 0))],
+        );
+        // Room enough, but "high" may not share a node with app=db.
+        let mut spec = serde_json::to_value(pod("high", "1", 100, 0).as_ref()).unwrap();
+        spec["spec"]["affinity"] = json!({"podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [{
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"app": "db"}}}]}});
+        let high: Pod = serde_json::from_value(spec).unwrap();
+        let facts = PodFacts::new(&high, &c);
+        assert!(!filter(&facts, &c.nodes["a"]).is_empty(), "blocked by db");
+        let got = find(&facts, &c, 100, &look(&|_| false)).unwrap();
+        assert_eq!(
+            names(&got),
+            ["db"],
+            "only the pod that forbids the node goes"
+        );
     }
 
     #[test]

@@ -8,18 +8,60 @@
 //!   domain score higher.
 //!
 //! Each is normalized over the feasible nodes to 0–100, so a pod without soft constraints is
-//! placed exactly as before. (Kubernetes also scores the preferred terms of pods already placed
-//! against the incoming pod; that symmetry is not done.)
+//! placed exactly as before. Pod affinity is scored both ways, as InterPodAffinity does: the
+//! terms of pods already placed that select the incoming pod count too — their preferred
+//! affinity (+weight) and anti-affinity (−weight), and their required affinity (+1,
+//! `hardPodAffinityWeight`), in the placed pod's domain.
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::{Pod, PreferredSchedulingTerm, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    Pod, PodAffinityTerm, PreferredSchedulingTerm, TopologySpreadConstraint,
+};
 
 use super::cache::{Cache, NodeInfo};
-use super::filter::{node_affinity_fits, selector_matches, term_matches};
+use super::filter::{affinity_terms, node_affinity_fits, selector_matches, term_matches};
 
 /// Each plugin's weight in the sum.
 const WEIGHT: f64 = 2.0;
+/// What an existing pod's required affinity term selecting the incoming pod is worth.
+const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
+
+/// A pod's preferred pod (anti-)affinity terms with their signed weights.
+fn preferred_pod_terms(pod: &Pod) -> Vec<(&PodAffinityTerm, i64)> {
+    let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    let mut out = Vec::new();
+    for (terms, sign) in [
+        (
+            affinity
+                .and_then(|a| a.pod_affinity.as_ref())
+                .and_then(|p| {
+                    p.preferred_during_scheduling_ignored_during_execution
+                        .as_deref()
+                }),
+            1,
+        ),
+        (
+            affinity
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .and_then(|p| {
+                    p.preferred_during_scheduling_ignored_during_execution
+                        .as_deref()
+                }),
+            -1,
+        ),
+    ] {
+        for w in terms.unwrap_or(&[]) {
+            out.push((&w.pod_affinity_term, sign * w.weight as i64));
+        }
+    }
+    out
+}
+
+/// Whether a placed pod's terms score incoming pods (the cache keeps such pods whole).
+pub fn has_pod_terms(pod: &Pod) -> bool {
+    !preferred_pod_terms(pod).is_empty() || !affinity_terms(pod).is_empty()
+}
 
 /// What scoring needs of the pod's soft constraints, computed once per attempt.
 #[derive(Debug)]
@@ -45,41 +87,22 @@ impl<'a> Soft<'a> {
             })
             .unwrap_or(&[]);
         let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-        let mut weighted = Vec::new();
-        for (terms, sign) in [
-            (
-                affinity
-                    .and_then(|a| a.pod_affinity.as_ref())
-                    .and_then(|p| {
-                        p.preferred_during_scheduling_ignored_during_execution
-                            .as_deref()
-                    }),
-                1,
-            ),
-            (
-                affinity
-                    .and_then(|a| a.pod_anti_affinity.as_ref())
-                    .and_then(|p| {
-                        p.preferred_during_scheduling_ignored_during_execution
-                            .as_deref()
-                    }),
-                -1,
-            ),
-        ] {
-            for w in terms.unwrap_or(&[]) {
-                weighted.push((&w.pod_affinity_term, sign * w.weight as i64));
-            }
-        }
+        let weighted = preferred_pod_terms(pod);
         let anyway: Vec<&TopologySpreadConstraint> = spec
             .topology_spread_constraints
             .iter()
             .flatten()
             .filter(|c| c.when_unsatisfiable == "ScheduleAnyway")
             .collect();
-        if preferred_nodes.is_empty() && weighted.is_empty() && anyway.is_empty() {
+        let symmetric = symmetric_terms(pod, cache);
+        if preferred_nodes.is_empty()
+            && weighted.is_empty()
+            && anyway.is_empty()
+            && symmetric.is_empty()
+        {
             return None;
         }
-        let mut pod_terms = Vec::new();
+        let mut pod_terms = symmetric;
         for (term, weight) in weighted {
             let mut per_domain: HashMap<String, i64> = HashMap::new();
             for info in cache.nodes.values() {
@@ -169,6 +192,42 @@ impl<'a> Soft<'a> {
             .map(|i| WEIGHT * (up[i] + pods[i] + spread[i]))
             .collect()
     }
+}
+
+/// The placed pods' terms that select `pod`: per topology key, the signed weight each domain
+/// earns (see the module docs).
+fn symmetric_terms(pod: &Pod, cache: &Cache) -> Vec<(String, HashMap<String, i64>)> {
+    if cache.with_anti_affinity == 0 {
+        return Vec::new();
+    }
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    let empty = std::collections::BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let mut by_key: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    for info in cache.nodes.values() {
+        for placed in info.pods.values() {
+            let Some(other) = placed.pod.as_ref() else {
+                continue;
+            };
+            let hard = affinity_terms(other)
+                .iter()
+                .map(|t| (t, HARD_POD_AFFINITY_WEIGHT));
+            for (term, weight) in preferred_pod_terms(other).into_iter().chain(hard) {
+                if !term_matches(term, &placed.namespace, ns, labels) {
+                    continue;
+                }
+                let Some(v) = info.labels().and_then(|l| l.get(&term.topology_key)) else {
+                    continue;
+                };
+                *by_key
+                    .entry(term.topology_key.clone())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_default() += weight;
+            }
+        }
+    }
+    by_key.into_iter().collect()
 }
 
 /// Scales raw scores to 0–100 over the nodes (`reverse`: lower raw is better); all equal: 0.
@@ -270,6 +329,45 @@ mod tests {
             Soft::new(&plain, &c).is_none(),
             "nothing soft, nothing to add"
         );
+    }
+
+    #[test]
+    fn placed_pods_terms_score_the_incoming_pod_both_ways() {
+        // "cache" wants web pods in its zone; "loner" wants them out of its zone.
+        let cache_pod = pod(
+            "cache",
+            json!({"app": "cache"}),
+            json!({"affinity": {"podAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 50,
+                    "podAffinityTerm": {"topologyKey": "zone",
+                        "labelSelector": {"matchLabels": {"app": "web"}}}}]}}}),
+        );
+        let loner = pod(
+            "loner",
+            json!({"app": "loner"}),
+            json!({"affinity": {"podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100,
+                    "podAffinityTerm": {"topologyKey": "zone",
+                        "labelSelector": {"matchLabels": {"app": "web"}}}}]}}}),
+        );
+        let c = cache(
+            &[
+                node("a", "z1", json!({})),
+                node("b", "z2", json!({})),
+                node("c", "z3", json!({})),
+            ],
+            &[("b", cache_pod), ("c", loner)],
+        );
+        // A web pod with no soft constraints of its own still goes where "cache" wants it.
+        let web = pod("web", json!({"app": "web"}), json!({}));
+        let soft = Soft::new(&web, &c).expect("the placed pods' terms select it");
+        assert_eq!(best(&soft, &c), "b");
+        let feasible: Vec<&NodeInfo> = c.candidates().collect();
+        let scores = soft.scores(&feasible);
+        assert!(scores[2] < scores[0], "z3 is avoided: {scores:?}");
+        // A pod their terms do not select is placed as before.
+        let other = pod("db", json!({"app": "db"}), json!({}));
+        assert!(Soft::new(&other, &c).is_none());
     }
 
     #[test]
