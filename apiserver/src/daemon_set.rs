@@ -50,29 +50,7 @@ fn set_template_generation(obj: &mut Value, generation: i64) {
 pub fn validate(obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let spec = &obj["spec"];
-    if spec["selector"].is_null() {
-        errs.push(required("spec.selector"));
-    } else {
-        validate_selector(obj, "daemonset", &mut errs);
-    }
-    let pod = &spec["template"]["spec"];
-    errs.extend(validate_pod_spec("spec.template.spec", pod));
-    if let Some(p) = pod["restartPolicy"].as_str()
-        && p != "Always"
-    {
-        errs.push(invalid(
-            "spec.template.spec.restartPolicy",
-            p,
-            "Unsupported value: supported values: \"Always\"",
-        ));
-    }
-    if !pod["activeDeadlineSeconds"].is_null() {
-        errs.push(invalid(
-            "spec.template.spec.activeDeadlineSeconds",
-            "",
-            "Forbidden: activeDeadlineSeconds in DaemonSet is not Supported",
-        ));
-    }
+    validate_long_running(obj, "DaemonSet", &mut errs);
     non_negative(spec, "minReadySeconds", &mut errs);
     non_negative(spec, "revisionHistoryLimit", &mut errs);
     let strategy = &spec["updateStrategy"];
@@ -105,6 +83,35 @@ pub fn validate(obj: &Value) -> Vec<FieldError> {
         )),
     }
     errs
+}
+
+/// What DaemonSets and StatefulSets ask of their selector and pods: a selector matching the
+/// template, pods that restart Always and have no active deadline.
+pub(crate) fn validate_long_running(obj: &Value, kind: &str, errs: &mut Vec<FieldError>) {
+    let spec = &obj["spec"];
+    if spec["selector"].is_null() {
+        errs.push(required("spec.selector"));
+    } else {
+        validate_selector(obj, &kind.to_ascii_lowercase(), errs);
+    }
+    let pod = &spec["template"]["spec"];
+    errs.extend(validate_pod_spec("spec.template.spec", pod));
+    if let Some(p) = pod["restartPolicy"].as_str()
+        && p != "Always"
+    {
+        errs.push(invalid(
+            "spec.template.spec.restartPolicy",
+            p,
+            "Unsupported value: supported values: \"Always\"",
+        ));
+    }
+    if !pod["activeDeadlineSeconds"].is_null() {
+        errs.push(FieldError {
+            field: "spec.template.spec.activeDeadlineSeconds".into(),
+            value: String::new(),
+            message: format!("Forbidden: activeDeadlineSeconds in {kind} is not Supported"),
+        });
+    }
 }
 
 /// The selector is immutable.

@@ -130,26 +130,10 @@ pub fn table() -> Table {
 
 /// The classes kube-apiserver bootstraps, made when missing.
 pub async fn ensure_system_classes(api: &ApiServer) -> ApiResult<()> {
-    let Some(info) = api.registry.get(GROUP, "v1", PLURAL) else {
-        return Ok(());
-    };
-    let target = crate::request::Target {
-        info,
-        namespace: None,
-        name: None,
-        subresource: None,
-    };
     for (name, value, description) in SYSTEM_CLASSES {
         let obj = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
             "metadata": {"name": name}, "value": value, "description": description});
-        match api
-            .create(&target, obj, &crate::request::Params::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.reason == "AlreadyExists" => {}
-            Err(e) => return Err(e),
-        }
+        api.create_if_missing((GROUP, "v1", PLURAL), obj).await?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::daemon_set::{cell, non_negative, non_zero};
 use crate::pod_disruption_budget::int_or_percent;
-use crate::strategy::{invalid, required, validate_pod_spec, validate_selector};
+use crate::strategy::invalid;
 use crate::table::{self, Table, age, pod_template_cells};
 
 /// `ValidateStatefulSet`.
@@ -86,29 +86,7 @@ pub fn validate(obj: &Value) -> Vec<FieldError> {
             "must be greater than or equal to 0",
         ));
     }
-    if spec["selector"].is_null() {
-        errs.push(required("spec.selector"));
-    } else {
-        validate_selector(obj, "statefulset", &mut errs);
-    }
-    let pod = &spec["template"]["spec"];
-    errs.extend(validate_pod_spec("spec.template.spec", pod));
-    if let Some(p) = pod["restartPolicy"].as_str()
-        && p != "Always"
-    {
-        errs.push(invalid(
-            "spec.template.spec.restartPolicy",
-            p,
-            "Unsupported value: supported values: \"Always\"",
-        ));
-    }
-    if !pod["activeDeadlineSeconds"].is_null() {
-        errs.push(FieldError {
-            field: "spec.template.spec.activeDeadlineSeconds".into(),
-            value: String::new(),
-            message: "Forbidden: activeDeadlineSeconds in StatefulSet is not Supported".into(),
-        });
-    }
+    crate::daemon_set::validate_long_running(obj, "StatefulSet", &mut errs);
     let mut names = std::collections::BTreeSet::new();
     for (i, t) in spec["volumeClaimTemplates"]
         .as_array()

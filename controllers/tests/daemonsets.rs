@@ -4,12 +4,14 @@
 //! nodes down (or, surging, never leaves a node without an available pod), and every template
 //! has a ControllerRevision.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use capstan_controllers::Manager;
 use capstan_testkit::sim::{SimConfig, SimNodes};
 use capstan_testkit::{TestCluster, until};
+use common::SimCluster;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -19,38 +21,13 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Cluster {
-    /// Stopped first, before the cluster it talks to (fields drop in order).
-    _manager: capstan_testkit::Background,
-    c: TestCluster,
-    _sim: SimNodes,
-}
-
-async fn cluster(nodes: usize, ready_after: Duration) -> Cluster {
-    let c = TestCluster::start().await;
-    let sim = SimNodes::start(
-        c.client.clone(),
-        SimConfig {
-            nodes,
-            ready_after,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let m = Manager::new(c.client.clone(), &prometheus::Registry::new());
-    let names: BTreeSet<String> = ["daemonset", "scheduler", "garbagecollector"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let manager = capstan_testkit::Background::spawn(async move {
-        m.run(&names).await.unwrap();
-    });
-    Cluster {
-        c,
-        _sim: sim,
-        _manager: manager,
-    }
+async fn cluster(nodes: usize, ready_after: Duration) -> SimCluster {
+    let config = SimConfig {
+        nodes,
+        ready_after,
+        ..Default::default()
+    };
+    common::sim_cluster(config, &["daemonset", "scheduler", "garbagecollector"]).await
 }
 
 fn daemon_set(name: &str, image: &str, extra: Value) -> DaemonSet {

@@ -3,6 +3,8 @@
 //! annotations ask for). The CronJob and TTL controllers read a clock running 60× faster than
 //! real time, so "every minute" is every second.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -39,19 +41,16 @@ async fn cluster() -> Cluster {
         ..Default::default()
     };
     let m = Manager::with_config(c.client.clone(), &prometheus::Registry::new(), config);
-    let names: BTreeSet<String> = [
-        "job",
-        "cronjob",
-        "ttlafterfinished",
-        "scheduler",
-        "garbagecollector",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let manager = capstan_testkit::Background::spawn(async move {
-        m.run(&names).await.unwrap();
-    });
+    let manager = common::run(
+        m,
+        &[
+            "job",
+            "cronjob",
+            "ttlafterfinished",
+            "scheduler",
+            "garbagecollector",
+        ],
+    );
     Cluster {
         c,
         _sim: sim,

@@ -4,10 +4,10 @@
 //! pods, object counts cover any kind, and a ReplicaSet under a full quota says why it cannot
 //! create, and claims are charged by size, in all and per StorageClass.
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::time::Duration;
 
-use capstan_controllers::Manager;
 use capstan_testkit::{TestCluster, until};
 use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -27,17 +27,12 @@ struct Cluster {
 
 async fn cluster() -> Cluster {
     let c = TestCluster::start().await;
-    let m = Manager::new(c.client.clone(), &prometheus::Registry::new());
-    let names: BTreeSet<String> = ["resourcequota", "replicaset", "persistentvolume-binder"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let manager = capstan_testkit::Background::spawn(async move {
-        m.run(&names).await.unwrap();
-    });
     Cluster {
+        _manager: common::manager(
+            &c,
+            &["resourcequota", "replicaset", "persistentvolume-binder"],
+        ),
         c,
-        _manager: manager,
     }
 }
 

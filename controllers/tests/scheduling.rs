@@ -5,10 +5,10 @@
 //! a preferred node wins over the spread score; a pod that can no longer preempt gives up its
 //! nominatedNodeName.
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::time::Duration;
 
-use capstan_controllers::Manager;
 use capstan_testkit::sim::{SimConfig, SimNodes};
 use capstan_testkit::{TestCluster, until};
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -49,11 +49,7 @@ async fn env(nodes: usize) -> Env {
         .unwrap();
         classes.create(&PostParams::default(), &pc).await.unwrap();
     }
-    let m = Manager::new(c.client.clone(), &prometheus::Registry::new());
-    let names: BTreeSet<String> = ["scheduler"].iter().map(|s| s.to_string()).collect();
-    let manager = capstan_testkit::Background::spawn(async move {
-        m.run(&names).await.unwrap();
-    });
+    let manager = common::manager(&c, &["scheduler"]);
     Env {
         c,
         _sim: sim,

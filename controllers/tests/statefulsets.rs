@@ -5,12 +5,13 @@
 //! says); a partitioned rolling update stops at the partition and hands the revision over
 //! when done; a claim binds the smallest volume that fits and releases it when deleted.
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::time::Duration;
 
-use capstan_controllers::Manager;
-use capstan_testkit::sim::{SimConfig, SimNodes};
+use capstan_testkit::sim::SimConfig;
 use capstan_testkit::{TestCluster, until};
+use common::SimCluster;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -19,43 +20,22 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Cluster {
-    /// Stopped first, before the cluster it talks to (fields drop in order).
-    _manager: capstan_testkit::Background,
-    c: TestCluster,
-    _sim: SimNodes,
-}
-
-async fn cluster(nodes: usize, ready_after: Duration) -> Cluster {
-    let c = TestCluster::start().await;
-    let sim = SimNodes::start(
-        c.client.clone(),
-        SimConfig {
-            nodes,
-            ready_after,
-            ..Default::default()
-        },
+async fn cluster(nodes: usize, ready_after: Duration) -> SimCluster {
+    let config = SimConfig {
+        nodes,
+        ready_after,
+        ..Default::default()
+    };
+    common::sim_cluster(
+        config,
+        &[
+            "statefulset",
+            "scheduler",
+            "garbagecollector",
+            "persistentvolume-binder",
+        ],
     )
     .await
-    .unwrap();
-    let m = Manager::new(c.client.clone(), &prometheus::Registry::new());
-    let names: BTreeSet<String> = [
-        "statefulset",
-        "scheduler",
-        "garbagecollector",
-        "persistentvolume-binder",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let manager = capstan_testkit::Background::spawn(async move {
-        m.run(&names).await.unwrap();
-    });
-    Cluster {
-        c,
-        _sim: sim,
-        _manager: manager,
-    }
 }
 
 async fn local_path_class(c: &TestCluster) {

@@ -14,6 +14,28 @@ use super::field_validation::strict_check;
 use super::{check_type, encode_checked, with_rv};
 
 impl ApiServer {
+    /// Creates a cluster-scoped object the server bootstraps (the system PriorityClasses,
+    /// `capstan up`'s StorageClass) unless one of that name exists; unknown kinds are skipped.
+    pub async fn create_if_missing(
+        &self,
+        (group, version, plural): (&str, &str, &str),
+        obj: Value,
+    ) -> ApiResult<()> {
+        let Some(info) = self.registry.get(group, version, plural) else {
+            return Ok(());
+        };
+        let target = Target {
+            info,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        match self.create(&target, obj, &Params::default()).await {
+            Err(e) if e.reason != "AlreadyExists" => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Creates an object; `dry_run` validates and returns it without storing.
     pub async fn create(&self, t: &Target, obj: Value, p: &Params) -> ApiResult<Value> {
         self.create_object(t, obj, p, false).await

@@ -116,28 +116,14 @@ pub const LOCAL_PATH_CLASS: &str = "local-path";
 /// Creates the `local-path` StorageClass, marked default, unless a class of that name exists
 /// (a user's edits or removal of the default mark are kept).
 pub async fn ensure_local_path(api: &crate::ApiServer) -> crate::errors::ApiResult<()> {
-    let Some(info) = api.registry.get(GROUP, "v1", "storageclasses") else {
-        return Ok(());
-    };
-    let target = crate::request::Target {
-        info,
-        namespace: None,
-        name: None,
-        subresource: None,
-    };
     let obj = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
         "metadata": {"name": LOCAL_PATH_CLASS,
             "annotations": {DEFAULT_CLASS: "true"}},
         "provisioner": "capstan.dev/local-path",
         "reclaimPolicy": "Delete",
         "volumeBindingMode": "WaitForFirstConsumer"});
-    match api
-        .create(&target, obj, &crate::request::Params::default())
+    api.create_if_missing((GROUP, "v1", "storageclasses"), obj)
         .await
-    {
-        Err(e) if e.reason != "AlreadyExists" => Err(e),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

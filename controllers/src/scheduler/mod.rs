@@ -746,21 +746,25 @@ impl Scheduler {
             .as_ref()
             .and_then(|s| s.nominated_node_name.as_deref())
             .is_some_and(|n| !n.is_empty());
-        if !nominated {
-            return;
+        if nominated {
+            let patch = Patch::Merge(json!({"status": {"nominatedNodeName": null}}));
+            self.patch_status(pod, patch, "clearing nominatedNodeName");
         }
+    }
+
+    /// Writes a pod's status in the background (a failure is retried by the next attempt).
+    fn patch_status(&self, pod: &Pod, patch: Patch<serde_json::Value>, what: &'static str) {
         let api: Api<Pod> = Api::namespaced(
             self.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or(""),
         );
         let name = pod.metadata.name.clone().unwrap_or_default();
         tokio::spawn(async move {
-            let patch = json!({"status": {"nominatedNodeName": null}});
             if let Err(e) = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch_status(&name, &PatchParams::default(), &patch)
                 .await
             {
-                tracing::debug!(pod = %name, error = %e, "clearing nominatedNodeName failed");
+                tracing::debug!(pod = %name, error = %e, "{what} failed");
             }
         });
     }
@@ -776,26 +780,14 @@ impl Scheduler {
         if unchanged {
             return;
         }
-        let api: Api<Pod> = Api::namespaced(
-            self.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or(""),
-        );
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        tokio::spawn(async move {
-            let now = jiff::Timestamp::now()
-                .strftime("%Y-%m-%dT%H:%M:%SZ")
-                .to_string();
-            let patch = json!({"status": {"conditions": [{
-                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                "message": message, "lastTransitionTime": now, "lastProbeTime": null,
-            }]}});
-            if let Err(e) = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-                .await
-            {
-                tracing::debug!(pod = %name, error = %e, "writing PodScheduled=False failed");
-            }
-        });
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let patch = json!({"status": {"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": message, "lastTransitionTime": now, "lastProbeTime": null,
+        }]}});
+        self.patch_status(pod, Patch::Strategic(patch), "writing PodScheduled=False");
     }
 
     fn report(&self) {
