@@ -103,6 +103,13 @@ async fn ready(api: &Api<StatefulSet>, n: i32) -> StatefulSet {
     api.get("web").await.unwrap()
 }
 
+async fn scale(api: &Api<StatefulSet>, replicas: i32) {
+    let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+    api.patch("web", &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+}
+
 fn ready_at(p: &Pod) -> jiff::Timestamp {
     p.status
         .as_ref()
@@ -206,13 +213,7 @@ async fn pods_come_up_in_order_and_keep_their_name_node_and_claim() {
     ready(&api, 3).await;
 
     // Scale-down from the top; the claims stay (whenScaled: Retain).
-    api.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"replicas": 1}})),
-    )
-    .await
-    .unwrap();
+    scale(&api, 1).await;
     ready(&api, 1).await;
     let left: Vec<String> = pods(&k.c).await.into_iter().map(|p| p.0).collect();
     assert_eq!(left, ["web-0"]);
@@ -295,13 +296,7 @@ async fn claims_follow_the_retention_policy_and_volumes_their_reclaim_policy() {
         names(claims.list(&ListParams::default()).await.unwrap().items),
         ["data-web-0", "data-web-1"]
     );
-    api.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"replicas": 1}})),
-    )
-    .await
-    .unwrap();
+    scale(&api, 1).await;
     until(WAIT, "data-web-1 went with web-1", || async {
         names(claims.list(&ListParams::default()).await.unwrap().items) == ["data-web-0"]
     })
