@@ -73,17 +73,37 @@ impl EtcdProcess {
             .prefix("capstan-etcd-")
             .tempdir()
             .context("create etcd temp dir")?;
-        let client_port = free_port()?;
-        let peer_port = free_port()?;
         let mut etcd = EtcdProcess {
             child: None,
             dir,
-            client_port,
-            peer_port,
-            endpoint: format!("http://127.0.0.1:{client_port}"),
+            client_port: 0,
+            peer_port: 0,
+            endpoint: String::new(),
         };
-        etcd.spawn()?;
-        Ok(etcd)
+        // A port found free can be taken by another test before etcd binds it: then etcd
+        // exits with "address already in use", and it is tried again on new ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            etcd.client_port = free_port()?;
+            etcd.peer_port = free_port()?;
+            etcd.endpoint = format!("http://127.0.0.1:{}", etcd.client_port);
+            match etcd.spawn() {
+                Ok(()) => return Ok(etcd),
+                Err(e) if attempt < 5 && etcd.lost_its_port() => {
+                    tracing::debug!(error = %e, attempt, "etcd lost its port to another process; retrying");
+                    let _ = etcd.stop();
+                    let _ = std::fs::remove_dir_all(etcd.data_dir());
+                    let _ = std::fs::remove_file(etcd.log_path());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether etcd's log says its port was taken.
+    fn lost_its_port(&self) -> bool {
+        std::fs::read_to_string(self.log_path()).is_ok_and(|l| l.contains("address already in use"))
     }
 
     /// The data dir etcd writes to (kept across [`EtcdProcess::restart`]).
