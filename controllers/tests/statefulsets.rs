@@ -376,4 +376,22 @@ async fn a_claim_binds_the_smallest_fitting_volume_and_releases_it() {
     })
     .await;
     assert!(claims.get_opt("c").await.unwrap().is_none());
+
+    // A claim made before any volume fits binds once one is made.
+    let early: PersistentVolumeClaim =
+        serde_json::from_value(json!({"metadata": {"name": "early"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
+            "resources": {"requests": {"storage": "20Gi"}}}}))
+        .unwrap();
+    claims.create(&PostParams::default(), &early).await.unwrap();
+    let late: PersistentVolume = serde_json::from_value(json!({"metadata": {"name": "late"},
+        "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "manual", "hostPath": {"path": "/srv/late"}}}))
+    .unwrap();
+    volumes.create(&PostParams::default(), &late).await.unwrap();
+    until(WAIT, "the early claim binds the late volume", || async {
+        let c = claims.get("early").await.unwrap();
+        c.spec.and_then(|s| s.volume_name).as_deref() == Some("late")
+    })
+    .await;
 }

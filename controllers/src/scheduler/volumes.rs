@@ -56,7 +56,7 @@ pub fn facts(pod: &Pod, stores: &Stores) -> Result<VolumeFacts, String> {
             .filter(|n| !n.is_empty());
         if let Some(pv_name) = bound_to {
             let Some(pv) = stores.volumes.get(&ObjectRef::new(pv_name)) else {
-                return Err("pod has unbound immediate PersistentVolumeClaims".into());
+                return Err("pvc(s) bound to non-existent pv(s)".into());
             };
             if let Some(sel) = pv
                 .spec

@@ -84,11 +84,9 @@ pub async fn run(m: Arc<Manager>) {
     ] {
         ready.await;
     }
+    let pending = claims.store();
     let claim_ctl = Controller::for_shared_stream(claims.objects(), claims.store())
-        .watches_shared_stream(volumes.objects(), |pv| {
-            let r = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-            r.and_then(|r| Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?)))
-        })
+        .watches_shared_stream(volumes.objects(), move |pv| waiting_for(&pv, &pending))
         .watches_shared_stream(pods.objects(), |pod| {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             claim_names(&pod)
@@ -113,6 +111,36 @@ pub async fn run(m: Arc<Manager>) {
             metrics2
         ),
     );
+}
+
+/// The claims a volume change may concern: the one it is bound or pre-bound to; for a free
+/// volume, every unbound claim of its class (a volume made after its claim binds it).
+fn waiting_for(
+    pv: &PersistentVolume,
+    claims: &Store<PersistentVolumeClaim>,
+) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    let spec = pv.spec.as_ref();
+    if let Some(r) = spec.and_then(|s| s.claim_ref.as_ref()) {
+        return match (r.name.as_deref(), r.namespace.as_deref()) {
+            (Some(name), Some(ns)) => vec![ObjectRef::new(name).within(ns)],
+            _ => Vec::new(),
+        };
+    }
+    let class = spec
+        .and_then(|s| s.storage_class_name.as_deref())
+        .unwrap_or("");
+    claims
+        .state()
+        .iter()
+        .filter(|c| {
+            binding::class_of(c) == class
+                && c.spec
+                    .as_ref()
+                    .and_then(|s| s.volume_name.as_deref())
+                    .is_none_or(str::is_empty)
+        })
+        .map(|c| ObjectRef::from_obj(&**c))
+        .collect()
 }
 
 fn finalizers_without(meta: &kube::api::ObjectMeta, f: &str) -> Option<Vec<String>> {
