@@ -395,3 +395,72 @@ async fn a_claim_binds_the_smallest_fitting_volume_and_releases_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_a_pod_still_runs_is_kept_past_the_history_limit() {
+    let k = cluster(2, Duration::ZERO).await;
+    let api: Api<StatefulSet> = Api::namespaced(k.c.client.clone(), "default");
+    let set = stateful_set(
+        json!({"spec": {"replicas": 2, "podManagementPolicy": "Parallel",
+        "volumeClaimTemplates": null, "revisionHistoryLimit": 0,
+        "updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
+    );
+    api.create(&PostParams::default(), &set).await.unwrap();
+    ready(&api, 2).await;
+    let image = |tag: &str| {
+        Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "main", "image": format!("busybox:{tag}")}]}}}}))
+    };
+    api.patch("web", &PatchParams::default(), &image("2"))
+        .await
+        .unwrap();
+    // OnDelete: web-1 runs the second template only once deleted.
+    let pod_api: Api<Pod> = Api::namespaced(k.c.client.clone(), "default");
+    until(WAIT, "the second revision exists", || async {
+        let st = api.get("web").await.unwrap().status.unwrap_or_default();
+        st.update_revision.is_some() && st.update_revision != st.current_revision
+    })
+    .await;
+    pod_api
+        .delete("web-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    until(WAIT, "web-1 runs busybox:2", || async {
+        pods(&k.c)
+            .await
+            .iter()
+            .any(|p| p.0 == "web-1" && p.3 == "busybox:2" && !p.2.is_empty())
+    })
+    .await;
+    let second =
+        pod_api.get("web-1").await.unwrap().metadata.labels.unwrap()["controller-revision-hash"]
+            .clone();
+    api.patch("web", &PatchParams::default(), &image("3"))
+        .await
+        .unwrap();
+    until(
+        WAIT,
+        "the third revision is the update revision",
+        || async {
+            let st = api.get("web").await.unwrap().status.unwrap_or_default();
+            st.update_revision.is_some()
+                && st.update_revision.as_deref() != Some(second.as_str())
+                && st.update_revision != st.current_revision
+        },
+    )
+    .await;
+    let revisions: Api<ControllerRevision> = Api::namespaced(k.c.client.clone(), "default");
+    let names: Vec<String> = revisions
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
+    assert!(
+        names.contains(&second),
+        "web-1's revision was kept: {names:?}"
+    );
+    assert_eq!(names.len(), 3, "current, web-1's and the update: {names:?}");
+}

@@ -172,14 +172,18 @@ impl Reconcile<StatefulSet> for StatefulSetController {
             .and_then(|s| s.revision_history_limit)
             .unwrap_or(10)
             .max(0) as usize;
-        let mut live: HashSet<String> = owned
+        // Stateful pods carry their revision's name; `to_clean` keeps revisions by hash.
+        let mut in_use: HashSet<&str> = owned.iter().filter_map(|p| plan::revision_of(p)).collect();
+        in_use.insert(revs.current.as_str());
+        let live: HashSet<String> = old
             .iter()
-            .filter_map(|p| plan::revision_of(p).map(str::to_string))
+            .filter(|r| in_use.contains(r.metadata.name.as_deref().unwrap_or("")))
+            .map(|r| history::hash_of(r))
             .collect();
-        live.insert(revs.current.clone());
         let old: Vec<_> = old
-            .into_iter()
+            .iter()
             .filter(|r| r.metadata.name.as_deref() != Some(revs.current.as_str()))
+            .cloned()
             .collect();
         let doomed = history::to_clean(&old, limit, &live);
         history::clean(&self.client, &ns, &doomed).await?;
