@@ -118,15 +118,16 @@ fn local_path_on(pv: &Value, node: &str) -> bool {
         && pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
             .as_array()
             .is_some_and(|terms| {
-                terms.iter().all(|t| {
-                    t["matchExpressions"].as_array().is_some_and(|e| {
-                        e.iter().any(|r| {
-                            r["key"] == "kubernetes.io/hostname"
-                                && r["operator"] == "In"
-                                && r["values"] == serde_json::json!([node])
+                !terms.is_empty()
+                    && terms.iter().all(|t| {
+                        t["matchExpressions"].as_array().is_some_and(|e| {
+                            e.iter().any(|r| {
+                                r["key"] == "kubernetes.io/hostname"
+                                    && r["operator"] == "In"
+                                    && r["values"] == serde_json::json!([node])
+                            })
                         })
                     })
-                })
             })
 }
 
