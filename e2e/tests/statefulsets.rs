@@ -13,7 +13,7 @@ mod cri_cluster;
 
 use std::time::Duration;
 
-use capstan_testkit::eventually;
+use capstan_testkit::{eventually, kubectl};
 use serde_json::Value;
 
 const MANIFEST: &str = r#"
@@ -105,20 +105,24 @@ fn stateful_pods_keep_their_claims_and_data_on_containerd() {
     assert!(id.starts_with("web-1-"), "{id}");
     assert_eq!(std::fs::read_to_string(path.join("id")).unwrap(), id);
 
-    // The headless Service names each pod.
-    let via_dns = c.ok(
-        &[
-            "exec",
-            "web-0",
-            "--",
-            "wget",
-            "-q",
-            "-O-",
-            "http://web-1.web.default.svc.cluster.local:8080/id",
-        ],
-        None,
-    );
-    assert_eq!(via_dns, id);
+    // The headless Service names each pod. (busybox's resolver gives up after one lost
+    // answer on a loaded machine: asked again within a deadline.)
+    let url = "http://web-1.web.default.svc.cluster.local:8080/id";
+    let mut last = String::new();
+    let answered = eventually(Duration::from_secs(60), "web-1 answers by its name", || {
+        let out = kubectl(
+            &c.kubeconfig,
+            &["exec", "web-0", "--", "wget", "-q", "-O-", url],
+            None,
+        );
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == id
+    });
+    assert!(answered.is_ok(), "{url}: {last}");
 
     // web-1 deleted comes back as web-1 with its claim and its data.
     let uid = c.pod("web-1")["metadata"]["uid"].clone();
