@@ -1,4 +1,4 @@
-//! Kubernetes resource quantities ("100m", "1.5", "2Gi", "1e3").
+//! Kubernetes resource quantities ("250000n", "100m", "1.5", "2Gi", "1e3").
 
 /// Parses a Kubernetes quantity ("100m", "1.5", "2Gi", "1e3", "500M") scaled by `scale` (1000
 /// for millis, 1 for plain units); None when malformed.
@@ -11,6 +11,8 @@ pub fn parse(q: &str, scale: f64) -> Option<i64> {
     let base: f64 = num.parse().ok()?;
     let mult: f64 = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,
@@ -44,6 +46,12 @@ mod tests {
         assert_eq!(parse("500M", 1.0), Some(500_000_000));
         assert_eq!(parse("1e3", 1.0), Some(1000));
         assert_eq!(parse("128974848", 1.0), Some(128_974_848));
+        assert_eq!(
+            parse("990581178n", 1000.0),
+            Some(991),
+            "rounded up, as MilliValue"
+        );
+        assert_eq!(parse("5u", 1_000_000.0), Some(5));
         assert_eq!(parse("12x", 1.0), None);
         assert_eq!(parse("", 1.0), None);
     }

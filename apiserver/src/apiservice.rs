@@ -34,6 +34,7 @@ const PRIORITIES: &[(&str, i64, i64)] = &[
     ("coordination.k8s.io", 16500, 15),
     ("discovery.k8s.io", 16200, 15),
     ("apiregistration.k8s.io", 18000, 15),
+    ("metrics.k8s.io", 100, 100),
 ];
 
 fn name_of(group: &str, version: &str) -> String {
@@ -43,9 +44,18 @@ fn name_of(group: &str, version: &str) -> String {
 /// The APIServices the registry's served group/versions call for, by name.
 fn desired(api: &ApiServer) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
-    for info in api.registry.all() {
-        let (group, version) = (info.group.as_str(), info.version.as_str());
+    let served = api.registry.all();
+    let stored = served.iter().map(|info| {
         let builtin = info.store_prefix == format!("{}/", info.plural);
+        (info.group.as_str(), info.version.as_str(), builtin)
+    });
+    // The resource metrics are built in here (metrics-server's APIService elsewhere).
+    let answered = [(
+        crate::resource_metrics::GROUP,
+        crate::resource_metrics::VERSION,
+        true,
+    )];
+    for (group, version, builtin) in stored.chain(answered) {
         let (group_min, version_priority) = PRIORITIES
             .iter()
             .find(|(g, _, _)| *g == group)

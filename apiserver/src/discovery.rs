@@ -43,6 +43,42 @@ struct Resource {
 
 const GET_PATCH_UPDATE: &[&str] = &["get", "patch", "update"];
 
+/// A resource answered by code of its own, never stored.
+struct Virtual {
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    verbs: &'static [&'static str],
+}
+
+/// The reviews ([`crate::auth::reviews`], created only) and the resource metrics
+/// ([`crate::resource_metrics`], only read).
+fn virtual_resources() -> impl Iterator<Item = Virtual> {
+    let reviews = crate::auth::reviews::RESOURCES.iter().map(
+        |&(group, version, plural, kind, namespaced)| Virtual {
+            group,
+            version,
+            plural,
+            kind,
+            namespaced,
+            verbs: &["create"],
+        },
+    );
+    let metrics = crate::resource_metrics::RESOURCES
+        .iter()
+        .map(|&(plural, kind, namespaced)| Virtual {
+            group: crate::resource_metrics::GROUP,
+            version: crate::resource_metrics::VERSION,
+            plural,
+            kind,
+            namespaced,
+            verbs: &["get", "list"],
+        });
+    reviews.chain(metrics)
+}
+
 fn subresources_of(r: &ResourceInfo) -> Vec<Subresource> {
     let own = |name: &'static str, kind: &str, verbs: &'static [&'static str]| Subresource {
         name,
@@ -99,15 +135,14 @@ fn resources(api: &ApiServer, group: &str, version: &str) -> Option<Vec<Resource
         .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
-    let virtual_resources: Vec<Resource> = crate::auth::reviews::RESOURCES
-        .iter()
-        .filter(|(g, v, ..)| *g == group && *v == version)
-        .map(|(_, _, plural, kind, namespaced)| Resource {
-            plural: plural.to_string(),
-            singular: kind.to_ascii_lowercase(),
-            kind: kind.to_string(),
-            namespaced: *namespaced,
-            verbs: &["create"],
+    let virtual_resources: Vec<Resource> = virtual_resources()
+        .filter(|r| r.group == group && r.version == version)
+        .map(|r| Resource {
+            plural: r.plural.to_string(),
+            singular: r.kind.to_ascii_lowercase(),
+            kind: r.kind.to_string(),
+            namespaced: r.namespaced,
+            verbs: r.verbs,
             short_names: Vec::new(),
             categories: Vec::new(),
             subresources: Vec::new(),
@@ -131,7 +166,7 @@ fn resources(api: &ApiServer, group: &str, version: &str) -> Option<Vec<Resource
         })
         .collect();
     if !virtual_resources.is_empty() {
-        // Reviews: answered, never stored (auth::reviews).
+        // Reviews and resource metrics: answered, never stored.
         out.extend(virtual_resources);
         out.sort_by(|a, b| a.plural.cmp(&b.plural));
     }
@@ -161,10 +196,9 @@ fn versions_of(api: &ApiServer, group: &str) -> Vec<String> {
         .filter(|r| r.group == group)
         .map(|r| r.version.clone())
         .chain(
-            crate::auth::reviews::RESOURCES
-                .iter()
-                .filter(|(g, ..)| *g == group)
-                .map(|(_, v, ..)| v.to_string()),
+            virtual_resources()
+                .filter(|r| r.group == group)
+                .map(|r| r.version.to_string()),
         )
         .collect();
     versions.sort_by_key(|v| version_priority(v));
@@ -179,11 +213,7 @@ fn groups(api: &ApiServer) -> Vec<String> {
         .all()
         .iter()
         .map(|r| r.group.clone())
-        .chain(
-            crate::auth::reviews::RESOURCES
-                .iter()
-                .map(|(g, ..)| g.to_string()),
-        )
+        .chain(virtual_resources().map(|r| r.group.to_string()))
         .filter(|g| !g.is_empty())
         .collect();
     groups.sort();
@@ -396,10 +426,8 @@ pub async fn api_groups(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -
 
 /// GET /apis/{group}
 pub async fn group_info(State(api): State<Arc<ApiServer>>, Path(group): Path<String>) -> Response {
-    let reviews = crate::auth::reviews::RESOURCES
-        .iter()
-        .any(|(g, ..)| *g == group);
-    if !reviews && !api.registry.serves(&group, None) {
+    let answered = virtual_resources().any(|r| r.group == group);
+    if !answered && !api.registry.serves(&group, None) {
         return crate::errors::route_not_found().into_response();
     }
     let mut g = group_entry(&api, &group);

@@ -12,7 +12,8 @@
 //! inside every server. Errors are [`errors::ApiError`] → metav1.Status.
 //!
 //! Also served: [`discovery`], [`openapi`] (v3 and v2), protobuf request bodies ([`protobuf`]),
-//! Tables ([`table`]), events.k8s.io over core Events ([`events`]) and request [`metrics`].
+//! Tables ([`table`]), events.k8s.io over core Events ([`events`]), request [`metrics`] and
+//! metrics.k8s.io from the node agents' summaries ([`resource_metrics`]).
 
 pub mod admission;
 pub mod admission_policy;
@@ -44,6 +45,7 @@ pub mod protobuf;
 pub mod quota;
 pub mod registry;
 pub mod request;
+pub mod resource_metrics;
 pub mod rest;
 pub mod service;
 pub mod service_account_admission;
@@ -110,6 +112,8 @@ pub struct ApiServer {
     me: std::sync::Weak<ApiServer>,
     /// Milliseconds between watch bookmarks ([`rest::watch::BOOKMARK_INTERVAL`] unless changed).
     bookmark_ms: std::sync::atomic::AtomicU64,
+    /// The node agents' resource summaries, briefly kept (metrics.k8s.io).
+    summaries: resource_metrics::Summaries,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -245,6 +249,7 @@ impl ApiServer {
             bookmark_ms: std::sync::atomic::AtomicU64::new(
                 rest::watch::BOOKMARK_INTERVAL.as_millis() as u64,
             ),
+            summaries: Default::default(),
             ips,
             node_ports,
             components: RwLock::new(http::component_status::default_components()),

@@ -95,6 +95,11 @@ pub struct AgentArgs {
     /// these defaults). A node under pressure gets a NoSchedule taint.
     #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,pid.available<5%", value_parser = capstan_node_agent::conditions::Thresholds::parse)]
     pub eviction_hard: capstan_node_agent::conditions::Thresholds,
+    /// How often the node's, pods' and containers' CPU and memory use is sampled for
+    /// `/stats/summary`, which metrics.k8s.io (`kubectl top`, autoscalers) reads; CPU rates
+    /// are averaged over it.
+    #[arg(long, default_value = "10s", value_parser = crate::controllers_cmd::parse_duration)]
+    pub stats_interval: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -550,6 +555,7 @@ async fn run_node(
             tracing::info!(node = %name, socket = %cri_socket.display(), root = %root_dir.display(), version = %node.runtime_version, "node agent starting (containerd CRI runtime)");
             let mut agent = Agent::new(client, Arc::new(rt), node, log_root, "containerd")
                 .with_metrics(metrics)
+                .with_stats_interval(args.stats_interval)
                 .serve(listener);
             if let Some(tls) = tls {
                 agent = agent.with_tls(tls);
@@ -576,6 +582,7 @@ async fn run_node(
             }
             let mut agent = Agent::new(client, Arc::new(rt), node, log_root, "process")
                 .with_metrics(metrics)
+                .with_stats_interval(args.stats_interval)
                 .serve(listener);
             if let Some(tls) = tls {
                 agent = agent.with_tls(tls);

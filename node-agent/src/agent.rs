@@ -50,6 +50,8 @@ pub struct Agent<R> {
     /// HTTPS with client certificates from this configuration's CA (and bearer tokens the
     /// API server vouches for); plain HTTP without one.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// How often resource use is sampled for `/stats/summary`.
+    stats_interval: std::time::Duration,
 }
 
 impl<R> std::fmt::Debug for Agent<R> {
@@ -79,7 +81,14 @@ impl<R: Runtime> Agent<R> {
             metrics: Metrics::new().expect("the agent's metrics are well-formed"),
             listener: None,
             tls: None,
+            stats_interval: crate::stats::DEFAULT_INTERVAL,
         }
+    }
+
+    /// Samples resource use every `interval` (the kubelet's housekeeping period, 10 s).
+    pub fn with_stats_interval(mut self, interval: std::time::Duration) -> Self {
+        self.stats_interval = interval.max(std::time::Duration::from_millis(100));
+        self
     }
 
     /// Reports through `metrics` (whose registry may hold other components' too: the
@@ -111,8 +120,15 @@ impl<R: Runtime> Agent<R> {
 
     /// Registers the node, then runs until dropped.
     pub async fn run(mut self) -> Result<(), AgentError> {
+        let stats = crate::stats::Latest::default();
+        let _stop_stats = AbortOnDrop(tokio::spawn(crate::stats::run(
+            self.runtime.clone(),
+            self.node.name.clone(),
+            self.stats_interval,
+            stats.clone(),
+        )));
         let _stop_server = self.listener.take().map(|l| {
-            let app = crate::server::router(self.runtime.clone(), self.metrics.clone());
+            let app = crate::server::router(self.runtime.clone(), self.metrics.clone(), stats);
             let Some(tls) = self.tls.clone() else {
                 tracing::warn!("the agent serves plain HTTP: logs, exec and metrics are open to anyone who reaches its port");
                 return AbortOnDrop(tokio::spawn(async move {

@@ -100,11 +100,7 @@ impl Signals {
     /// Reads them from /proc and the filesystem of `root_dir`.
     pub fn sample(root_dir: &Path) -> Signals {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory_available_bytes = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024);
+        let memory_available_bytes = crate::stats::meminfo_bytes(&meminfo, "MemAvailable");
         let fs = rustix::fs::statvfs(root_dir).ok();
         // /proc/loadavg's fourth field: runnable/total scheduling entities (threads).
         let running = std::fs::read_to_string("/proc/loadavg")

@@ -317,7 +317,11 @@ mod tests {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = crate::server::router(rt.clone(), crate::server::Metrics::new().unwrap());
+        let app = crate::server::router(
+            rt.clone(),
+            crate::server::Metrics::new().unwrap(),
+            Default::default(),
+        );
         tokio::spawn(async move { axum::serve(listener, app).await });
         (addr, rt)
     }

@@ -6,7 +6,8 @@
 //! `kubectl port-forward` ([`portforward`] over [`spdy`])
 //! reach it through [`server`]. [`proxy`] programs Services into nftables (kube-proxy); cluster
 //! DNS (the zone from Services and EndpointSlices, the UDP/TCP server, forwarding, pods'
-//! resolv.conf) is [`dns`].
+//! resolv.conf) is [`dns`]. [`stats`] samples the node's and pods' resource use for
+//! `/stats/summary` (metrics.k8s.io, `kubectl top`, autoscaling).
 
 pub mod agent;
 pub mod attach;
@@ -28,6 +29,7 @@ pub mod server;
 pub mod server_auth;
 pub mod server_tls;
 pub mod spdy;
+pub mod stats;
 
 pub use agent::Agent;
 pub use node::NodeConfig;

@@ -3,7 +3,7 @@
 //! [`crate::exec_ws`]) for pods/exec, `/portForward/{namespace}/{pod}` (SPDY, see
 //! [`crate::portforward`]) for pods/portforward, `/attach/{namespace}/{pod}/{container}`
 //! (SPDY, proxied to the runtime's streaming server, see [`crate::attach`]) for pods/attach,
-//! `/metrics`, `/healthz`. Plain HTTP and unauthenticated
+//! `/metrics`, `/stats/summary` (see [`crate::stats`]), `/healthz`. Plain HTTP and unauthenticated
 //! until the security issue: it listens on the node's IP only.
 
 use std::collections::HashMap;
@@ -82,10 +82,15 @@ impl Metrics {
 pub(crate) struct Served<R> {
     pub(crate) runtime: Arc<R>,
     metrics: Metrics,
+    stats: crate::stats::Latest,
 }
 
-/// The router; serve it with `axum::serve`.
-pub fn router<R: Runtime>(runtime: Arc<R>, metrics: Metrics) -> Router {
+/// The router; serve it with `axum::serve`. `/stats/summary` answers the newest of `stats`.
+pub fn router<R: Runtime>(
+    runtime: Arc<R>,
+    metrics: Metrics,
+    stats: crate::stats::Latest,
+) -> Router {
     Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -104,8 +109,13 @@ pub fn router<R: Runtime>(runtime: Arc<R>, metrics: Metrics) -> Router {
             axum::routing::any(crate::portforward::port_forward::<R>),
         )
         .route("/metrics", get(metrics_text::<R>))
+        .route("/stats/summary", get(stats_summary::<R>))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(Arc::new(Served { runtime, metrics }))
+        .with_state(Arc::new(Served {
+            runtime,
+            metrics,
+            stats,
+        }))
 }
 
 pub(crate) fn status(code: StatusCode, reason: &str, message: String) -> Response {
@@ -117,6 +127,25 @@ pub(crate) fn status(code: StatusCode, reason: &str, message: String) -> Respons
             "message": message, "reason": reason, "code": code.as_u16(),
         })
         .to_string(),
+    )
+        .into_response()
+}
+
+/// The kubelet's Summary API (node, pods, containers: CPU and memory); 503 until the first
+/// sample is taken.
+async fn stats_summary<R: Runtime>(State(s): State<Arc<Served<R>>>) -> Response {
+    let summary = s.stats.get();
+    if summary.is_empty() {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "no resource usage has been sampled yet".into(),
+        );
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        summary,
     )
         .into_response()
 }

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::ApiServer;
 use crate::auth::reviews;
-use crate::{discovery, openapi, rest};
+use crate::{discovery, openapi, resource_metrics, rest};
 
 /// The HTTP surface: discovery, every resource verb, and the operational endpoints, each
 /// request authenticated and authorized first ([`guard`]).
@@ -80,6 +80,26 @@ pub fn router(api: Arc<ApiServer>) -> Router {
         .route(
             "/api/v1/componentstatuses/{name}",
             get(component_status::get).fallback(read_only),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes",
+            any(resource_metrics::list_nodes),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes/{name}",
+            any(resource_metrics::get_node),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/pods",
+            any(resource_metrics::list_all_pods),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods",
+            any(resource_metrics::list_pods),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/{name}",
+            any(resource_metrics::get_pod),
         )
         .route("/api/v1/{*rest}", any(dispatch::core_dispatch))
         .route(

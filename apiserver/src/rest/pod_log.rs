@@ -97,29 +97,7 @@ impl ApiServer {
                 subresource: None,
             })
             .await?;
-        let st = &node["status"];
-        let ip = st["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["type"] == "InternalIP")
-            .and_then(|a| a["address"].as_str())
-            .ok_or_else(|| {
-                ApiError::bad_request(format!("node {node_name} reports no InternalIP"))
-            })?;
-        let port = st["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-            .as_u64()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "node {node_name} reports no kubelet endpoint: its agent does not serve logs or exec"
-                ))
-            })?;
-        let host = if ip.contains(':') {
-            format!("[{ip}]")
-        } else {
-            ip.to_string()
-        };
+        let (host, port) = crate::resource_metrics::agent_address(&node)?;
         Ok((host, port, node_name.to_string()))
     }
 

@@ -831,6 +831,36 @@ impl Runtime for CriRuntime {
         Ok(out)
     }
 
+    async fn container_stats(&self) -> Result<Vec<super::ContainerStats>> {
+        let stats = self
+            .runtime
+            .clone()
+            .list_container_stats(request(
+                cri::ListContainerStatsRequest { filter: None },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(rpc("list container stats"))?
+            .into_inner()
+            .stats;
+        Ok(stats
+            .into_iter()
+            .filter_map(|s| {
+                Some(super::ContainerStats {
+                    id: s.attributes?.id,
+                    cpu_usage_ns: s
+                        .cpu
+                        .and_then(|c| c.usage_core_nano_seconds)
+                        .map(|v| v.value),
+                    memory_working_set_bytes: s
+                        .memory
+                        .and_then(|m| m.working_set_bytes)
+                        .map(|v| v.value),
+                })
+            })
+            .collect())
+    }
+
     async fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecResult> {
         let r = self
             .runtime

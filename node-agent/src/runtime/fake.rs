@@ -24,6 +24,8 @@ struct State {
     exec_exit: BTreeMap<String, i32>,
     /// Why the runtime is not ready, when it is not.
     unhealthy: Option<String>,
+    /// (cumulative CPU ns, working set bytes) of containers, by id.
+    usage: BTreeMap<String, (u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,14 @@ impl FakeRuntime {
 
     pub fn set_exec_exit(&self, name: &str, code: i32) {
         self.lock().exec_exit.insert(name.to_string(), code);
+    }
+
+    /// Sets what ContainerStats reports for container `id`: its CPU time so far and its
+    /// working set.
+    pub fn set_usage(&self, id: &str, cpu_ns: u64, working_set: u64) {
+        self.lock()
+            .usage
+            .insert(id.to_string(), (cpu_ns, working_set));
     }
 
     /// The id of the newest container named `name`.
@@ -244,6 +254,22 @@ impl Runtime for FakeRuntime {
 
     async fn list_containers(&self) -> Result<Vec<Container>> {
         Ok(self.lock().containers.values().cloned().collect())
+    }
+
+    async fn container_stats(&self) -> Result<Vec<super::ContainerStats>> {
+        let s = self.lock();
+        Ok(s.containers
+            .values()
+            .filter(|c| c.state == ContainerState::Running)
+            .map(|c| {
+                let usage = s.usage.get(&c.id);
+                super::ContainerStats {
+                    id: c.id.clone(),
+                    cpu_usage_ns: usage.map(|u| u.0),
+                    memory_working_set_bytes: usage.map(|u| u.1),
+                }
+            })
+            .collect())
     }
 
     async fn exec_sync(&self, id: &str, cmd: &[String], _timeout: Duration) -> Result<ExecResult> {

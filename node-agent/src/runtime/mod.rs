@@ -209,6 +209,16 @@ pub struct Container {
     pub image_ref: String,
 }
 
+/// A container's resource use as its runtime counts it (CRI's ContainerStats): cumulative CPU
+/// time and the memory working set (usage less inactive file pages, what the kernel would
+/// not simply drop under pressure). None where the runtime cannot tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerStats {
+    pub id: String,
+    pub cpu_usage_ns: Option<u64>,
+    pub memory_working_set_bytes: Option<u64>,
+}
+
 /// CRI's RuntimeService, the part the agent uses.
 pub trait Runtime: Send + Sync + 'static {
     /// The runtime's name and version, for the Node's nodeInfo.containerRuntimeVersion.
@@ -295,6 +305,13 @@ pub trait Runtime: Send + Sync + 'static {
         _id: &str,
     ) -> impl Future<Output = Result<Option<std::path::PathBuf>>> + Send {
         async { Ok(None) }
+    }
+
+    /// The resource use of every running container (CRI's ListContainerStats). Rates are the
+    /// caller's to compute from two readings: containerd's own `usage_nano_cores` is worked out
+    /// between calls of any client, and reads 0 when two clients poll.
+    fn container_stats(&self) -> impl Future<Output = Result<Vec<ContainerStats>>> + Send {
+        async { Ok(Vec::new()) }
     }
 
     /// CRI's ImageService: the image's id when it is present, None when it is not.

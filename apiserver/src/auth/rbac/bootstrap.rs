@@ -263,6 +263,12 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(READ, &[CAPSTAN_GROUP], &["*"]),
             ],
         ),
+        // metrics-server's role: reading the resource metrics (`kubectl top`) is viewing.
+        cluster_role(
+            "system:aggregated-metrics-reader",
+            to(&["admin", "edit", "view"]),
+            vec![rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])],
+        ),
         cluster_role(
             "system:basic-user",
             json!({}),

@@ -10,8 +10,9 @@ use std::time::Duration;
 use crate::runtime::Resources;
 
 /// The cgroup hierarchies limits are written to: `/sys/fs/cgroup` when it is a cgroup v2 tree
-/// offering cpu and memory, else the v1 `cpu` and `memory` hierarchies under it — if this
-/// process may write to them (root). Empty: limits cannot be applied here.
+/// offering cpu and memory, else the v1 `cpu` and `memory` hierarchies under it (and
+/// `cpuacct`, which counts CPU time, where it is mounted apart from `cpu`) — if this process
+/// may write to them (root). Empty: limits cannot be applied here.
 pub fn cgroup_roots() -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");
     let writable = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
@@ -29,7 +30,16 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
         && writable(&cpu)
         && writable(&memory)
     {
-        vec![cpu, memory]
+        let mut roots = vec![cpu.clone(), memory];
+        let cpuacct = base.join("cpuacct");
+        let apart = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a != b,
+            _ => false,
+        };
+        if cpuacct.join("cpuacct.usage").exists() && writable(&cpuacct) && apart(&cpu, &cpuacct) {
+            roots.push(cpuacct);
+        }
+        roots
     } else {
         Vec::new()
     }
@@ -129,6 +139,44 @@ pub(super) fn oom_kills(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The CPU time (ns) counted in a container's cgroup directories: v2 `cpu.stat`'s usage_usec,
+/// v1 `cpuacct.usage`. None when none of them counts it.
+pub(super) fn cpu_usage_ns(dirs: &[PathBuf]) -> Option<u64> {
+    dirs.iter().find_map(|dir| {
+        if let Ok(v) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
+            return v.trim().parse::<u64>().ok();
+        }
+        let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        stat_field(&stat, "usage_usec").map(|us| us.saturating_mul(1000))
+    })
+}
+
+/// The memory working set of a container's cgroup, as the kubelet (cAdvisor) reckons it: usage
+/// less inactive file pages (v2 `memory.current` and `inactive_file`, v1 `memory.usage_in_bytes`
+/// and `total_inactive_file`), never below zero.
+pub(super) fn memory_working_set(dirs: &[PathBuf]) -> Option<u64> {
+    dirs.iter().find_map(|dir| {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        let (usage, inactive) = match read("memory.current") {
+            Some(current) => (current, "inactive_file"),
+            None => (read("memory.usage_in_bytes")?, "total_inactive_file"),
+        };
+        let usage = usage.trim().parse::<u64>().ok()?;
+        let inactive = read("memory.stat")
+            .and_then(|s| stat_field(&s, inactive))
+            .unwrap_or(0);
+        Some(usage.saturating_sub(inactive))
+    })
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`key value` lines).
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
 /// Removes an empty cgroup (its processes gone); a busy one is retried briefly, since the
 /// kernel releases a cgroup a moment after its last process is reaped.
 pub(super) fn remove_cgroup(dir: &Path) {
@@ -159,6 +207,35 @@ pub(super) fn pod_cgroups(roots: &[PathBuf], parent: &str) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_read_from_whichever_interface_the_directory_offers() {
+        let v1 = tempfile::tempdir().unwrap();
+        let (cpu, mem) = (v1.path().join("cpuacct"), v1.path().join("memory"));
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::create_dir_all(&mem).unwrap();
+        std::fs::write(cpu.join("cpuacct.usage"), "1234567\n").unwrap();
+        std::fs::write(mem.join("memory.usage_in_bytes"), "10000\n").unwrap();
+        std::fs::write(
+            mem.join("memory.stat"),
+            "cache 5000\ninactive_file 99\ntotal_inactive_file 4000\n",
+        )
+        .unwrap();
+        let dirs = [mem.clone(), cpu.clone()];
+        assert_eq!(cpu_usage_ns(&dirs), Some(1_234_567));
+        assert_eq!(memory_working_set(&dirs), Some(6000));
+
+        let v2 = tempfile::tempdir().unwrap();
+        let dir = v2.path().to_path_buf();
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 250\nuser_usec 200\n").unwrap();
+        std::fs::write(dir.join("memory.current"), "3000\n").unwrap();
+        std::fs::write(dir.join("memory.stat"), "anon 1\ninactive_file 5000\n").unwrap();
+        let dirs = [dir];
+        assert_eq!(cpu_usage_ns(&dirs), Some(250_000));
+        assert_eq!(memory_working_set(&dirs), Some(0), "never below zero");
+        assert_eq!(cpu_usage_ns(&[]), None);
+        assert_eq!(memory_working_set(&[v1.path().to_path_buf()]), None);
+    }
 
     #[test]
     fn pod_cgroups_stay_under_the_root() {

@@ -22,7 +22,7 @@
 //!
 //! This file is the runtime proper, the counterpart of containerd's CRI service
 //! (pkg/cri/server: the sandbox and container lifecycle, exec); the files beside it hold its
-//! parts: [`state`] (the JSON files), [`cgroups`] (limits), [`shim`] (the per-container
+//! parts: [`state`] (the JSON files), [`cgroups`] (limits and usage), [`shim`] (the per-container
 //! process that runs, logs and records a container).
 
 use std::os::unix::process::ExitStatusExt;
@@ -475,6 +475,30 @@ impl Runtime for ProcessRuntime {
             .ids("containers")
             .iter()
             .filter_map(|id| self.load_container(id))
+            .collect())
+    }
+
+    /// Read from each running container's cgroups (none without writable cgroups).
+    async fn container_stats(&self) -> Result<Vec<super::ContainerStats>> {
+        let running: Vec<(String, Vec<PathBuf>)> = self
+            .ids("containers")
+            .into_iter()
+            .filter(|id| {
+                self.load_container(id)
+                    .is_some_and(|c| c.state == ContainerState::Running)
+            })
+            .filter_map(|id| {
+                let f: ContainerFile = read_json(&self.container_dir(&id).join("container.json"))?;
+                Some((id, f.cgroups))
+            })
+            .collect();
+        Ok(running
+            .into_iter()
+            .map(|(id, dirs)| super::ContainerStats {
+                id,
+                cpu_usage_ns: cgroups::cpu_usage_ns(&dirs),
+                memory_working_set_bytes: cgroups::memory_working_set(&dirs),
+            })
             .collect())
     }
 
