@@ -766,10 +766,82 @@ pub fn webhook_configurations() -> Table {
     })
 }
 
+/// kubectl's TARGETS of an autoscaler (`formatHPAMetrics`): `cpu: 65%/50%` per metric, the
+/// first two, then `+ N more...`.
+fn hpa_targets(o: &Value) -> String {
+    let specs = o["spec"]["metrics"].as_array().cloned().unwrap_or_default();
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = o["status"]["currentMetrics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let unknown = || "<unknown>".to_string();
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let pct = |v: &Value| v.as_i64().map(|p| format!("{p}%"));
+    let list: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(n, spec)| {
+            let st = statuses.get(n).cloned().unwrap_or(Value::Null);
+            let field = match s(&spec["type"]).as_str() {
+                "Resource" => "resource",
+                "ContainerResource" => "containerResource",
+                "Pods" => "pods",
+                "Object" => "object",
+                "External" => "external",
+                _ => return "<unknown type>".into(),
+            };
+            let (spec, cur) = (&spec[field], &st[field]["current"]);
+            let target = &spec["target"];
+            match field {
+                "resource" | "containerResource" => {
+                    let name = s(&spec["name"]);
+                    if target["averageValue"].is_string() {
+                        let current = text(&cur["averageValue"]).unwrap_or_else(unknown);
+                        format!("{name}: {current}/{}", s(&target["averageValue"]))
+                    } else {
+                        let current = pct(&cur["averageUtilization"]).unwrap_or_else(unknown);
+                        let goal = pct(&target["averageUtilization"]).unwrap_or("<auto>".into());
+                        format!("{name}: {current}/{goal}")
+                    }
+                }
+                "pods" => format!(
+                    "{}/{}",
+                    text(&cur["averageValue"]).unwrap_or_else(unknown),
+                    s(&target["averageValue"])
+                ),
+                _ => {
+                    if target["averageValue"].is_string() {
+                        format!(
+                            "{}/{} (avg)",
+                            text(&cur["averageValue"]).unwrap_or_else(unknown),
+                            s(&target["averageValue"])
+                        )
+                    } else {
+                        format!(
+                            "{}/{}",
+                            text(&cur["value"]).unwrap_or_else(unknown),
+                            s(&target["value"])
+                        )
+                    }
+                }
+            }
+        })
+        .collect();
+    if list.len() > 2 {
+        format!("{} + {} more...", list[..2].join(", "), list.len() - 2)
+    } else {
+        list.join(", ")
+    }
+}
+
 pub fn hpas() -> Table {
     table(
         &[
             ("Reference", "string", 0),
+            ("Targets", "string", 0),
             ("MinPods", "integer", 0),
             ("MaxPods", "integer", 0),
             ("Replicas", "integer", 0),
@@ -779,6 +851,7 @@ pub fn hpas() -> Table {
             let r = &o["spec"]["scaleTargetRef"];
             vec![
                 json!(format!("{}/{}", s(&r["kind"]), s(&r["name"]))),
+                json!(hpa_targets(o)),
                 json!(o["spec"]["minReplicas"].as_i64().unwrap_or(1)),
                 json!(i(&o["spec"]["maxReplicas"])),
                 json!(i(&o["status"]["currentReplicas"])),
@@ -842,6 +915,30 @@ mod tests {
         assert_eq!(r["cells"][1], "1/2");
         assert_eq!(r["cells"][2], "CrashLoopBackOff");
         assert_eq!(r["cells"][3], "3");
+    }
+
+    #[test]
+    fn autoscaler_targets_read_as_kubectl_prints_them() {
+        let hpa = json!({"metadata": {"name": "web"}, "spec": {
+        "scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 2, "maxReplicas": 9,
+        "metrics": [
+            {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}},
+            {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}},
+            {"type": "External", "external": {"metric": {"name": "q"}, "target": {"type": "Value", "value": "10"}}},
+        ]},
+        "status": {"currentReplicas": 3, "currentMetrics": [
+            {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 65, "averageValue": "130m"}}},
+        ]}});
+        let r = row(&hpas(), &hpa, None);
+        assert_eq!(r["cells"][1], "Deployment/web");
+        assert_eq!(
+            r["cells"][2],
+            "cpu: 65%/50%, memory: <unknown>/100Mi + 1 more..."
+        );
+        assert_eq!(r["cells"][3], 2);
+        assert_eq!(r["cells"][5], 3);
+        let none = json!({"spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 1}});
+        assert_eq!(row(&hpas(), &none, None)["cells"][2], "<none>");
     }
 }
 

@@ -95,9 +95,49 @@ pub struct ManagerArgs {
     /// The longest certificate the signer issues.
     #[arg(long, default_value = "8760h", value_parser = parse_duration)]
     pub cluster_signing_duration: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler is synced.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// How far back autoscalers look for a higher recommendation before scaling down (when
+    /// their behavior sets no window of its own).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_downscale_stabilization: std::time::Duration,
+    /// The least change of the usage-to-target ratio that rescales.
+    #[arg(long, default_value_t = 0.1)]
+    pub horizontal_pod_autoscaler_tolerance: f64,
+    /// How long after a pod starts its CPU samples are trusted only once it is Ready.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_cpu_initialization_period: std::time::Duration,
+    /// A pod whose readiness last changed this soon after its start is taken as never Ready.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_initial_readiness_delay: std::time::Duration,
 }
 
 impl ManagerArgs {
+    /// The HorizontalPodAutoscaler controller's settings from the flags.
+    pub fn autoscaler(&self) -> Result<capstan_controllers::autoscaler::Config> {
+        let tolerance = self.horizontal_pod_autoscaler_tolerance;
+        if !(tolerance.is_finite() && tolerance >= 0.0) {
+            return Err(anyhow!(
+                "--horizontal-pod-autoscaler-tolerance {tolerance}: must be a ratio ≥ 0"
+            ));
+        }
+        if self.horizontal_pod_autoscaler_sync_period.is_zero() {
+            return Err(anyhow!(
+                "--horizontal-pod-autoscaler-sync-period must be positive"
+            ));
+        }
+        Ok(capstan_controllers::autoscaler::Config {
+            sync_period: self.horizontal_pod_autoscaler_sync_period,
+            downscale_stabilization: self.horizontal_pod_autoscaler_downscale_stabilization,
+            calculator: capstan_controllers::autoscaler::replicas::Settings {
+                tolerance,
+                cpu_initialization_period: self.horizontal_pod_autoscaler_cpu_initialization_period,
+                initial_readiness_delay: self.horizontal_pod_autoscaler_initial_readiness_delay,
+            },
+        })
+    }
+
     /// The node-lifecycle controller's settings from the flags.
     pub fn node_lifecycle(&self) -> Result<capstan_controllers::nodelifecycle::Config> {
         use capstan_controllers::nodelifecycle::{Config, Settings, zones::Rates};
@@ -270,6 +310,7 @@ impl ManagerArgs {
         }
         let sched = self.scheduler_config()?;
         let node_lifecycle = self.node_lifecycle()?;
+        let autoscaler = self.autoscaler()?;
         let gc_threshold = self.terminated_pod_gc_threshold;
         let cluster_signing = match (
             &self.cluster_signing_cert_file,
@@ -335,6 +376,7 @@ impl ManagerArgs {
                     root_ca: root_ca.clone(),
                     cluster_signing: cluster_signing.clone(),
                     cluster_signing_duration: signing_duration,
+                    autoscaler,
                     ..Default::default()
                 };
                 let m = Manager::with_config(client.clone(), &registry, config);

@@ -105,6 +105,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     if with_controllers {
         args.manager.names()?; // an unknown controller fails here, before anything starts
         args.manager.node_lifecycle()?;
+        args.manager.autoscaler()?;
     }
     args.auth.check(args.listen)?;
     // Who the in-process components are: the controller manager, and the node agent as its

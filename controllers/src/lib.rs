@@ -28,6 +28,7 @@
 //! - [`nodelifecycle`]: notices silent nodes, marks them Unknown and taints them (per-zone rate
 //!   limits; nothing at all when every zone is down); [`tainteviction`]: deletes pods from
 //!   nodes with NoExecute taints they do not tolerate.
+//! - [`autoscaler`]: HorizontalPodAutoscalers, from metrics.k8s.io through the targets' scale.
 //! - [`certificates`]: approves node certificate requests and signs approved ones with the
 //!   cluster CA.
 //! - [`serviceaccount`]: a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in
@@ -36,6 +37,7 @@
 //! Each controller keeps its decisions in pure functions (`plan.rs`, `rolling.rs`, ...) that are
 //! table-tested without I/O, and applies them in a thin async step.
 
+pub mod autoscaler;
 pub mod certificates;
 pub mod claims;
 pub mod cronjob;
@@ -73,6 +75,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -89,6 +92,7 @@ use runtime::{Informer, Metrics};
 
 /// Every controller, by the name `--controllers` takes.
 pub const ALL: &[&str] = &[
+    autoscaler::NAME,
     certificates::NAME,
     cronjob::NAME,
     daemonset::NAME,
@@ -135,6 +139,7 @@ pub struct Informers {
     node_leases: OnceLock<Arc<Informer<Lease>>>,
     pod_disruption_budgets: OnceLock<Arc<Informer<PodDisruptionBudget>>>,
     resource_quotas: OnceLock<Arc<Informer<ResourceQuota>>>,
+    horizontal_pod_autoscalers: OnceLock<Arc<Informer<HorizontalPodAutoscaler>>>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -168,6 +173,7 @@ impl Informers {
             node_leases: OnceLock::new(),
             pod_disruption_budgets: OnceLock::new(),
             resource_quotas: OnceLock::new(),
+            horizontal_pod_autoscalers: OnceLock::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -267,6 +273,11 @@ impl Informers {
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
+    pub fn horizontal_pod_autoscalers(&self) -> Arc<Informer<HorizontalPodAutoscaler>> {
+        self.horizontal_pod_autoscalers
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
     /// The nodes' heartbeats: Leases in kube-node-lease.
     pub fn node_leases(&self) -> Arc<Informer<Lease>> {
         self.node_leases
@@ -314,6 +325,8 @@ pub struct Manager {
     pub pod_gc: podgc::Config,
     /// The Job controller's pod failure backoff.
     pub job: job::plan::Settings,
+    /// The HorizontalPodAutoscaler controller's flags.
+    pub autoscaler: autoscaler::Config,
     /// The time the time-driven controllers (CronJobs, TTLs) read.
     pub clock: runtime::Clock,
     /// The cluster CA (PEM) the root-CA publisher puts in every namespace (`--root-ca-file`).
@@ -339,6 +352,7 @@ pub struct Config {
     pub node_lifecycle: nodelifecycle::Config,
     pub pod_gc: podgc::Config,
     pub job: job::plan::Settings,
+    pub autoscaler: autoscaler::Config,
     pub clock: runtime::Clock,
     pub root_ca: Option<String>,
     pub cluster_signing: Option<Arc<capstan_pki::Ca>>,
@@ -357,6 +371,7 @@ impl Default for Config {
             node_lifecycle: nodelifecycle::Config::default(),
             pod_gc: podgc::Config::default(),
             job: job::plan::Settings::default(),
+            autoscaler: autoscaler::Config::default(),
             clock: runtime::Clock::system(),
             root_ca: None,
             cluster_signing: None,
@@ -391,6 +406,7 @@ impl Manager {
             node_lifecycle: config.node_lifecycle,
             pod_gc: config.pod_gc,
             job: config.job,
+            autoscaler: config.autoscaler,
             clock: config.clock,
             root_ca: config.root_ca,
             cluster_signing: config.cluster_signing,
@@ -415,6 +431,7 @@ impl Manager {
             node_lifecycle: self.node_lifecycle.clone(),
             pod_gc: self.pod_gc.clone(),
             job: self.job,
+            autoscaler: self.autoscaler,
             clock: self.clock,
             root_ca: self.root_ca.clone(),
             cluster_signing: self.cluster_signing.clone(),
@@ -455,6 +472,7 @@ impl Manager {
                 let m = me.for_controller(&name).await;
                 tracing::info!(controller = %name, "started");
                 match name.as_str() {
+                    autoscaler::NAME => autoscaler::run(m).await,
                     replicaset::NAME => replicaset::run(m).await,
                     resourcequota::NAME => resourcequota::run(m).await,
                     job::NAME => job::run(m).await,

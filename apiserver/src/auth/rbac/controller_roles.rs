@@ -89,6 +89,22 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            // Reads metrics and any target's scale; writes the scale and its own status.
+            "horizontalpodautoscaling",
+            vec![
+                rule(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
+                rule(
+                    &["update"],
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers/status"],
+                ),
+                rule(&["get", "update", "patch"], &["*"], &["*/scale"]),
+                rule(&["list"], &[""], &["pods"]),
+                rule(&["list"], &["metrics.k8s.io"], &["pods"]),
+                events(),
+            ],
+        ),
+        (
             "statefulset",
             vec![
                 rule(READ, &["apps"], &["statefulsets"]),

@@ -1,0 +1,569 @@
+//! The HorizontalPodAutoscaler controller (kubernetes/pkg/controller/podautoscaler,
+//! `horizontal.go`): every `--horizontal-pod-autoscaler-sync-period` (15 s), and at once when an
+//! autoscaler's spec changes, each autoscaler
+//! 1. reads its target's scale subresource (any kind serving one: Deployments, ReplicaSets,
+//!    StatefulSets, custom resources), found through discovery;
+//! 2. asks each metric for a count ([`metrics`], [`replicas`]) and takes the highest;
+//! 3. stabilizes and rate-limits it ([`behavior`]) within min and max;
+//! 4. writes the scale when the count changes (Event SuccessfulRescale), then the status:
+//!    current and desired replicas, current metrics, lastScaleTime and the AbleToScale,
+//!    ScalingActive and ScalingLimited conditions with Kubernetes' reasons.
+//!
+//! A target at zero replicas with minReplicas above zero is left alone (ScalingDisabled). The
+//! recommendations and scale events behind stabilization live in this process, as in
+//! kube-controller-manager: a new leader starts them afresh.
+
+pub mod behavior;
+pub mod metrics;
+pub mod replicas;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::autoscaling::v2::{
+    HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
+    MetricStatus,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::endpointslice::{serve, split_key};
+use crate::runtime::{Backoffs, Clock, Discovery, Recorder, WorkQueue};
+use crate::{Error, Manager, podutil};
+
+use behavior::{Behavior, History, Reason};
+
+pub const NAME: &str = "horizontalpodautoscaling";
+
+/// kube-controller-manager's `--horizontal-pod-autoscaler-*` flags.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// `--horizontal-pod-autoscaler-sync-period` (15 s).
+    pub sync_period: Duration,
+    /// `--horizontal-pod-autoscaler-downscale-stabilization` (5 min).
+    pub downscale_stabilization: Duration,
+    /// Tolerance, CPU initialization period, initial readiness delay.
+    pub calculator: replicas::Settings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sync_period: Duration::from_secs(15),
+            downscale_stabilization: Duration::from_secs(300),
+            calculator: replicas::Settings::default(),
+        }
+    }
+}
+
+struct Autoscaler {
+    client: kube::Client,
+    hpas: Store<HorizontalPodAutoscaler>,
+    pods: Store<Pod>,
+    discovery: Arc<Discovery>,
+    recorder: Recorder,
+    queue: Arc<WorkQueue<String>>,
+    config: Config,
+    clock: Clock,
+    histories: Mutex<HashMap<String, History>>,
+}
+
+/// Runs the controller until dropped.
+pub async fn run(m: Arc<Manager>) {
+    let (hpas, pods) = (m.informers.horizontal_pod_autoscalers(), m.informers.pods());
+    hpas.wait_synced().await;
+    pods.wait_synced().await;
+    let queue = WorkQueue::new(Backoffs::default());
+    let me = Arc::new(Autoscaler {
+        client: m.client.clone(),
+        hpas: hpas.store(),
+        pods: pods.store(),
+        discovery: m.discovery.clone(),
+        recorder: Recorder::new(m.client.clone(), "horizontal-pod-autoscaler"),
+        queue: queue.clone(),
+        config: m.autoscaler,
+        clock: m.clock,
+        histories: Mutex::new(HashMap::new()),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (queue, me) = (queue.clone(), me.clone());
+        tasks.spawn(async move {
+            // New autoscalers and spec changes are synced at once; status writes (ours)
+            // are not, or every sync would start another.
+            let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+            let mut changes = hpas.subscribe().boxed();
+            while let Some(c) = changes.next().await {
+                let hpa = c.object();
+                let key = podutil::key(&hpa.metadata);
+                if me.hpas.get(&ObjectRef::from_obj(&**hpa)).is_none() {
+                    generations.remove(&key);
+                    me.lock_histories().remove(&key);
+                    continue;
+                }
+                if generations.insert(key.clone(), hpa.metadata.generation)
+                    != Some(hpa.metadata.generation)
+                {
+                    queue.add(key);
+                }
+            }
+        });
+    }
+    tasks.spawn(serve(NAME, queue, 4, m.metrics.clone(), move |key| {
+        let me = me.clone();
+        async move { me.sync(&key).await }
+    }));
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Sets condition `type_` on `conds`, keeping its transition time when its status holds.
+fn set_condition(
+    conds: &mut Vec<HorizontalPodAutoscalerCondition>,
+    type_: &str,
+    r: &Reason,
+    now: jiff::Timestamp,
+) {
+    let status = if r.status { "True" } else { "False" };
+    let since = conds
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    conds.retain(|c| c.type_ != type_);
+    conds.push(HorizontalPodAutoscalerCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(r.reason.into()),
+        message: Some(r.message.clone()),
+        last_transition_time: Some(since),
+    });
+    // Kubernetes' order: AbleToScale, ScalingActive, ScalingLimited.
+    let rank = |t: &str| match t {
+        "AbleToScale" => 0,
+        "ScalingActive" => 1,
+        "ScalingLimited" => 2,
+        _ => 3,
+    };
+    conds.sort_by_key(|c| rank(&c.type_));
+}
+
+fn reason(status: bool, reason: &'static str, message: String) -> Reason {
+    Reason {
+        status,
+        reason,
+        message,
+    }
+}
+
+/// What one sync decided: the status to write and whether it failed.
+struct Outcome {
+    status: HorizontalPodAutoscalerStatus,
+    error: Option<String>,
+}
+
+impl Autoscaler {
+    fn lock_histories(&self) -> std::sync::MutexGuard<'_, HashMap<String, History>> {
+        self.histories.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[tracing::instrument(skip(self), fields(controller = NAME))]
+    async fn sync(&self, key: &str) -> Result<(), Error> {
+        let (ns, name) = split_key(key);
+        let Some(hpa) = self.hpas.get(&ObjectRef::new(name).within(ns)) else {
+            self.lock_histories().remove(key);
+            return Ok(());
+        };
+        // Every autoscaler is looked at again one sync period from now, whatever happens.
+        self.queue
+            .add_after(key.to_string(), self.config.sync_period);
+        let old = hpa.status.clone().unwrap_or_default();
+        let outcome = self.reconcile(key, ns, &hpa, &old).await;
+        if outcome.status != old {
+            let mut updated = (*hpa).clone();
+            updated.status = Some(outcome.status);
+            let api: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), ns);
+            api.replace_status(name, &PostParams::default(), &updated)
+                .await?;
+        }
+        if let Some(e) = outcome.error {
+            tracing::debug!(hpa = %key, error = %e, "autoscaler not synced");
+        }
+        Ok(())
+    }
+
+    async fn reconcile(
+        &self,
+        key: &str,
+        ns: &str,
+        hpa: &HorizontalPodAutoscaler,
+        old: &HorizontalPodAutoscalerStatus,
+    ) -> Outcome {
+        let now = self.clock.now();
+        let spec = hpa.spec.clone().unwrap_or_default();
+        let mut status = HorizontalPodAutoscalerStatus {
+            observed_generation: hpa.metadata.generation,
+            conditions: old.conditions.clone(),
+            ..old.clone()
+        };
+        let mut conds = status.conditions.take().unwrap_or_default();
+        let target = &spec.scale_target_ref;
+        let reference = format!("{}/{}", target.kind, target.name);
+        let fail = |conds: &mut Vec<_>,
+                    type_: &str,
+                    r: Reason,
+                    status: &mut HorizontalPodAutoscalerStatus| {
+            self.recorder.warning(hpa, r.reason, r.message.clone());
+            let error = r.message.clone();
+            set_condition(conds, type_, &r, now);
+            status.conditions = Some(std::mem::take(conds));
+            error
+        };
+        // 1. The target's scale.
+        let scale = match self.get_scale(ns, target).await {
+            Ok(s) => s,
+            Err(e) => {
+                let r = reason(
+                    false,
+                    "FailedGetScale",
+                    format!("the HPA controller was unable to get the target's current scale: {e}"),
+                );
+                let error = fail(&mut conds, "AbleToScale", r, &mut status);
+                return Outcome {
+                    status,
+                    error: Some(error),
+                };
+            }
+        };
+        set_condition(
+            &mut conds,
+            "AbleToScale",
+            &reason(
+                true,
+                "SucceededGetScale",
+                "the HPA controller was able to get the target's current scale".into(),
+            ),
+            now,
+        );
+        let current = scale.replicas;
+        let min = spec.min_replicas.unwrap_or(1);
+        let max = spec.max_replicas;
+        self.lock_histories()
+            .entry(key.to_string())
+            .or_default()
+            .record_initial(current, now);
+        let behavior = spec
+            .behavior
+            .as_ref()
+            .map(|b| Behavior::from_api(b, self.config.downscale_stabilization));
+        let mut statuses: Vec<MetricStatus> = Vec::new();
+        let (desired, rescale_reason) = if current == 0 && min != 0 {
+            set_condition(
+                &mut conds,
+                "ScalingActive",
+                &reason(
+                    false,
+                    "ScalingDisabled",
+                    "scaling is disabled since the replica count of the target is zero".into(),
+                ),
+                now,
+            );
+            (0, None)
+        } else if current > max {
+            (
+                max,
+                Some("Current number of replicas above Spec.MaxReplicas".to_string()),
+            )
+        } else if current < min {
+            (
+                min,
+                Some("Current number of replicas below Spec.MinReplicas".to_string()),
+            )
+        } else {
+            // 2. The metrics' proposals.
+            let proposed = self
+                .propose(ns, hpa, &scale.selector, current, now, &mut statuses)
+                .await;
+            let (proposal, metric) = match proposed {
+                Ok(p) => p,
+                Err((type_, r, summary)) => {
+                    status.current_replicas = Some(current);
+                    status.current_metrics = (!statuses.is_empty()).then_some(statuses);
+                    set_condition(&mut conds, type_, &r, now);
+                    self.recorder
+                        .warning(hpa, "FailedComputeMetricsReplicas", summary.clone());
+                    status.conditions = Some(conds);
+                    return Outcome {
+                        status,
+                        error: Some(summary),
+                    };
+                }
+            };
+            set_condition(
+                &mut conds,
+                "ScalingActive",
+                &reason(
+                    true,
+                    "ValidMetricFound",
+                    format!(
+                        "the HPA was able to successfully calculate a replica count from {metric}"
+                    ),
+                ),
+                now,
+            );
+            let why = if proposal > current {
+                Some(format!("{metric} above target"))
+            } else if proposal < current {
+                Some("All metrics below target".to_string())
+            } else {
+                None
+            };
+            // 3. Stabilization, rates, bounds.
+            let n = self
+                .lock_histories()
+                .entry(key.to_string())
+                .or_default()
+                .normalize(
+                    behavior.as_ref(),
+                    self.config.downscale_stabilization,
+                    current,
+                    proposal,
+                    min,
+                    max,
+                    now,
+                );
+            set_condition(&mut conds, "AbleToScale", &n.able, now);
+            set_condition(&mut conds, "ScalingLimited", &n.limited, now);
+            (n.replicas, why)
+        };
+        // 4. The scale.
+        let rescale = desired != current && !(current == 0 && min != 0);
+        if rescale {
+            if let Err(e) = self.set_scale(ns, target, desired).await {
+                let r = reason(
+                    false,
+                    "FailedUpdateScale",
+                    format!("the HPA controller was unable to update the target scale: {e}"),
+                );
+                self.recorder.warning(
+                    hpa,
+                    "FailedRescale",
+                    format!(
+                        "New size: {desired}; reason: {}; error: {e}",
+                        rescale_reason.clone().unwrap_or_default()
+                    ),
+                );
+                set_condition(&mut conds, "AbleToScale", &r, now);
+                status.current_replicas = Some(current);
+                status.current_metrics = (!statuses.is_empty()).then_some(statuses);
+                status.conditions = Some(conds);
+                return Outcome {
+                    status,
+                    error: Some(r.message),
+                };
+            }
+            set_condition(
+                &mut conds,
+                "AbleToScale",
+                &reason(
+                    true,
+                    "SucceededRescale",
+                    format!("the HPA controller was able to update the target scale to {desired}"),
+                ),
+                now,
+            );
+            self.recorder.normal(
+                hpa,
+                "SuccessfulRescale",
+                format!(
+                    "New size: {desired}; reason: {}",
+                    rescale_reason.unwrap_or_default()
+                ),
+            );
+            self.lock_histories()
+                .entry(key.to_string())
+                .or_default()
+                .record_scale(behavior.as_ref(), current, desired, now);
+            tracing::info!(hpa = %key, target = %reference, from = current, to = desired, "rescaled");
+            status.last_scale_time = Some(Time(now));
+        }
+        status.current_replicas = Some(current);
+        status.desired_replicas = if rescale { desired } else { current };
+        status.current_metrics = (!statuses.is_empty()).then_some(statuses);
+        status.conditions = Some(conds);
+        Outcome {
+            status,
+            error: None,
+        }
+    }
+
+    /// The highest count the metrics propose, with the metric that proposed it; or the
+    /// condition to set and the error. Kubernetes' rule: fail when every metric failed, or when
+    /// some failed and the rest would scale down.
+    async fn propose(
+        &self,
+        ns: &str,
+        hpa: &HorizontalPodAutoscaler,
+        selector: &str,
+        current: i32,
+        now: jiff::Timestamp,
+        statuses: &mut Vec<MetricStatus>,
+    ) -> Result<(i32, String), (&'static str, Reason, String)> {
+        let spec = hpa.spec.clone().unwrap_or_default();
+        let specs = spec.metrics.clone().unwrap_or_default();
+        if selector.is_empty() {
+            let r = reason(
+                false,
+                "InvalidSelector",
+                "the HPA target's scale is missing a selector".into(),
+            );
+            self.recorder
+                .warning(hpa, "SelectorRequired", "selector is required".into());
+            return Err(("ScalingActive", r, "selector is required".into()));
+        }
+        let parsed = match capstan_api::Selector::parse_labels(selector) {
+            Ok(s) => s,
+            Err(e) => {
+                let r = reason(
+                    false,
+                    "InvalidSelector",
+                    "the HPA target's scale has an invalid selector".into(),
+                );
+                let msg = format!(
+                    "couldn't convert selector into a corresponding internal selector object: {e}"
+                );
+                self.recorder.warning(hpa, "InvalidSelector", msg.clone());
+                return Err(("ScalingActive", r, msg));
+            }
+        };
+        let empty = std::collections::BTreeMap::new();
+        let pods = self.pods.state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && parsed.matches_map(p.metadata.labels.as_ref().unwrap_or(&empty))
+        });
+        let mut best: Option<(i32, String)> = None;
+        let mut invalid = 0;
+        let mut first_error: Option<metrics::Failure> = None;
+        for m in &specs {
+            match metrics::evaluate(
+                &self.client,
+                m,
+                ns,
+                selector,
+                &pods,
+                current,
+                &self.config.calculator,
+                now,
+            )
+            .await
+            {
+                Ok(e) => {
+                    statuses.push(e.status);
+                    if best.as_ref().is_none_or(|(r, _)| e.proposal.replicas > *r) {
+                        best = Some((e.proposal.replicas, e.name));
+                    }
+                }
+                Err(f) => {
+                    invalid += 1;
+                    self.recorder.warning(hpa, f.reason, f.message.clone());
+                    // Kubernetes keeps an empty entry of the metric's type.
+                    statuses.push(MetricStatus {
+                        type_: m.type_.clone(),
+                        ..Default::default()
+                    });
+                    first_error.get_or_insert(f);
+                }
+            }
+        }
+        match (best, first_error) {
+            (Some((replicas, name)), None) => Ok((replicas, name)),
+            (Some((replicas, name)), Some(_)) if replicas >= current => Ok((replicas, name)),
+            (_, first) => {
+                let f = first.unwrap_or(metrics::Failure {
+                    reason: "InvalidMetricSourceType",
+                    message: "no metrics to scale on".into(),
+                });
+                let r = reason(
+                    false,
+                    f.reason,
+                    format!(
+                        "the HPA was unable to compute the replica count: {}",
+                        f.message
+                    ),
+                );
+                let summary = format!(
+                    "invalid metrics ({invalid} invalid out of {}), first error is: {}",
+                    specs.len(),
+                    f.message
+                );
+                Err(("ScalingActive", r, summary))
+            }
+        }
+    }
+
+    async fn scale_api(
+        &self,
+        ns: &str,
+        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+    ) -> Result<Api<DynamicObject>, String> {
+        let api_version = target.api_version.as_deref().unwrap_or("v1");
+        let mapping = self
+            .discovery
+            .resolve(api_version, &target.kind)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "no matches for kind {:?} in group version {api_version:?}",
+                    target.kind
+                )
+            })?;
+        Ok(Api::namespaced_with(
+            self.client.clone(),
+            ns,
+            &mapping.resource,
+        ))
+    }
+
+    async fn get_scale(
+        &self,
+        ns: &str,
+        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+    ) -> Result<TargetScale, String> {
+        let api = self.scale_api(ns, target).await?;
+        let scale = api
+            .get_scale(&target.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(TargetScale {
+            replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+            selector: scale.status.and_then(|s| s.selector).unwrap_or_default(),
+        })
+    }
+
+    async fn set_scale(
+        &self,
+        ns: &str,
+        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+        replicas: i32,
+    ) -> Result<(), String> {
+        let api = self.scale_api(ns, target).await?;
+        api.patch_scale(
+            &target.name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// What the autoscaler reads of its target's scale.
+struct TargetScale {
+    replicas: i32,
+    selector: String,
+}
