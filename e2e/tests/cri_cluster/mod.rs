@@ -56,10 +56,17 @@ pub struct Cluster {
     /// The Services' range and the agent's nftables table: this cluster's own.
     pub service_cidr: String,
     pub table: String,
+    /// Flags `capstan up` gets beyond the cluster's own.
+    pub extra: Vec<String>,
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// The cluster with more `capstan up` flags.
+    pub fn start_with(extra: &[&str]) -> Cluster {
         let dir = temp_dir("capstan-cri-").unwrap();
         // Not the data dir's images/, which `capstan up` imports at start: busybox alone is
         // given, once the cluster is up; the sandbox image is the agent's own.
@@ -86,6 +93,7 @@ impl Cluster {
                 format!("10.{}.{}.0/20", 96 + (k >> 4), (k & 15) << 4)
             },
             table: format!("capstan-e2e-{n:04x}"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         c.boot();
         let import = std::process::Command::new(capstan_bin())
@@ -104,28 +112,26 @@ impl Cluster {
 
     pub fn boot(&mut self) {
         let data = self.dir.path().display().to_string();
-        let up = CapstanUp::start(
-            capstan_bin(),
-            &[
-                "--data-dir",
-                &data,
-                "--runtime",
-                "cri",
-                "--node-name",
-                NODE,
-                "--pod-cidr",
-                &self.cidr,
-                "--cni-bridge",
-                &self.bridge,
-                "--service-cidr",
-                &self.service_cidr,
-                "--proxy-table",
-                &self.table,
-                "--dns-port",
-                "0",
-            ],
-        )
-        .unwrap();
+        let mut args: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        args.extend([
+            "--data-dir",
+            &data,
+            "--runtime",
+            "cri",
+            "--node-name",
+            NODE,
+            "--pod-cidr",
+            &self.cidr,
+            "--cni-bridge",
+            &self.bridge,
+            "--service-cidr",
+            &self.service_cidr,
+            "--proxy-table",
+            &self.table,
+            "--dns-port",
+            "0",
+        ]);
+        let up = CapstanUp::start(capstan_bin(), &args).unwrap();
         self.up = Some(up);
         eventually(Duration::from_secs(60), "node Ready", || {
             self.json(&["get", "node", NODE]).is_some_and(|n| {

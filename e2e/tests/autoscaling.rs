@@ -1,0 +1,290 @@
+//! The metrics pipeline and the HorizontalPodAutoscaler through unmodified kubectl, on `capstan
+//! up --runtime process` (pods are real processes in cgroups) and on containerd (busybox
+//! containers): the agent samples CPU and memory (every second here), `kubectl top pods` and
+//! `kubectl top nodes` read metrics.k8s.io, a CPU-burning Deployment with a request drives
+//! `kubectl autoscale` up to its maximum (TARGETS, conditions and a SuccessfulRescale event as
+//! Kubernetes shows them), and once the pods idle it comes back to its minimum after the
+//! (shortened) downscale stabilization window. Burners are capped by a CPU limit so the test
+//! never takes the machine's cores from the tests beside it.
+
+mod cri_cluster;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use capstan_testkit::{CapstanUp, capstan_bin, eventually, kubectl, kubectl_ok, temp_dir};
+use serde_json::Value;
+
+const NODE: &str = "autoscaling-e2e";
+
+/// Fast sampling and autoscaling: a sample a second, a sync every 2 s, scale-down 6 s after the
+/// last higher recommendation.
+const FLAGS: &[&str] = &[
+    "--stats-interval",
+    "1s",
+    "--horizontal-pod-autoscaler-sync-period",
+    "2s",
+    "--horizontal-pod-autoscaler-downscale-stabilization",
+    "6s",
+];
+
+const BURN: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: burn}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: burn}}
+  template:
+    metadata: {labels: {app: burn}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: burn
+        image: IMAGE
+        command: [sh, -c, 'while :; do :; done']
+        resources: {requests: {cpu: 50m}, limits: {cpu: 150m}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: idle}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: idle}}
+  template:
+    metadata: {labels: {app: idle}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: idle
+        image: IMAGE
+        command: [sleep, "3600"]
+        resources: {requests: {cpu: 50m}}
+"#;
+
+struct Kubectl<'a>(&'a Path);
+
+impl Kubectl<'_> {
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        kubectl_ok(self.0, args, stdin)
+    }
+
+    fn try_ok(&self, args: &[&str]) -> Option<String> {
+        let out = kubectl(self.0, args, None);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a, None)).unwrap()
+    }
+
+    fn replicas(&self, deploy: &str) -> i64 {
+        self.json(&["get", "deploy", deploy])["spec"]["replicas"]
+            .as_i64()
+            .unwrap_or(-1)
+    }
+}
+
+/// Millicores of a `kubectl top` CPU cell ("341m", "1").
+fn millicores(cell: &str) -> Option<i64> {
+    match cell.strip_suffix('m') {
+        Some(m) => m.parse().ok(),
+        None => cell.parse::<i64>().ok().map(|c| c * 1000),
+    }
+}
+
+/// `kubectl top pods` rows: pod name prefix → CPU millicores.
+fn top_pods(c: &Kubectl) -> Option<Vec<(String, i64)>> {
+    let out = c.try_ok(&["top", "pods", "--no-headers"])?;
+    out.lines()
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            Some((cells.first()?.to_string(), millicores(cells.get(1)?)?))
+        })
+        .collect()
+}
+
+fn scenario(c: &Kubectl, node: &str, image: &str) {
+    c.ok(&["apply", "-f", "-"], Some(&BURN.replace("IMAGE", image)));
+    c.ok(&["rollout", "status", "deploy/burn", "--timeout=90s"], None);
+    c.ok(&["rollout", "status", "deploy/idle", "--timeout=90s"], None);
+
+    // kubectl top: the burner runs at its limit, the sleeper at nothing.
+    eventually(
+        Duration::from_secs(60),
+        "kubectl top pods shows the burner busy and the sleeper idle",
+        || {
+            let rows = top_pods(c).unwrap_or_default();
+            let cpu = |prefix: &str| {
+                rows.iter()
+                    .find(|(n, _)| n.starts_with(prefix))
+                    .map(|(_, m)| *m)
+            };
+            matches!((cpu("burn-"), cpu("idle-")), (Some(b), Some(i)) if b >= 60 && i <= 20)
+        },
+    )
+    .unwrap();
+    let nodes = c.ok(&["top", "nodes", "--no-headers"], None);
+    assert!(nodes.starts_with(node), "{nodes}");
+    let raw = c.ok(
+        &[
+            "get",
+            "--raw",
+            "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods",
+        ],
+        None,
+    );
+    let list: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(list["kind"], "PodMetricsList");
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["window"] == "1s" && p["containers"][0]["usage"]["memory"].is_string()),
+        "{raw}"
+    );
+
+    // Up: 150m used of 50m requested is 300% against a 50% target.
+    c.ok(
+        &[
+            "autoscale",
+            "deploy/burn",
+            "--cpu-percent=50",
+            "--min=1",
+            "--max=3",
+        ],
+        None,
+    );
+    eventually(Duration::from_secs(60), "the burner scaled to 3", || {
+        c.replicas("burn") == 3
+    })
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "kubectl get hpa shows the target",
+        || {
+            let row = c.ok(&["get", "hpa", "burn", "--no-headers"], None);
+            let cells: Vec<&str> = row.split_whitespace().collect();
+            // NAME REFERENCE TARGETS(cpu: N%/50%) MINPODS MAXPODS REPLICAS AGE
+            cells.get(1) == Some(&"Deployment/burn")
+                && cells.get(2) == Some(&"cpu:")
+                && cells.get(3).is_some_and(|t| {
+                    t.ends_with("%/50%")
+                        && t.trim_end_matches("%/50%")
+                            .parse::<i64>()
+                            .is_ok_and(|p| p > 100)
+                })
+                && cells[4..6] == ["1", "3"]
+        },
+    )
+    .unwrap();
+    // Once the new pods' samples count, 300% on 3 pods asks for more than the maximum.
+    eventually(
+        Duration::from_secs(30),
+        "conditions: ValidMetricFound, TooManyReplicas",
+        || {
+            let hpa = c.json(&["get", "hpa", "burn"]);
+            let reason = |t: &str| {
+                hpa["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == t)
+                    .map(|c| c["reason"].clone())
+                    .unwrap_or_default()
+            };
+            reason("ScalingActive") == "ValidMetricFound"
+                && reason("ScalingLimited") == "TooManyReplicas"
+                && reason("AbleToScale") == "ReadyForNewScale"
+                && hpa["status"]["lastScaleTime"].is_string()
+        },
+    )
+    .unwrap();
+    let events = c.ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=HorizontalPodAutoscaler,reason=SuccessfulRescale",
+        ],
+        None,
+    );
+    assert!(events.contains("New size: "), "{events}");
+
+    // Down: the same Deployment idling comes back to 1 once the window has passed.
+    c.ok(
+        &[
+            "patch",
+            "deploy/burn",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/template/spec/containers/0/command","value":["sleep","3600"]}]"#,
+        ],
+        None,
+    );
+    eventually(
+        Duration::from_secs(90),
+        "the idle Deployment scaled to 1",
+        || c.replicas("burn") == 1,
+    )
+    .unwrap();
+    let hpa = c.json(&["get", "hpa", "burn"]);
+    assert_eq!(hpa["status"]["desiredReplicas"], 1, "{hpa}");
+    c.ok(&["delete", "hpa", "burn"], None);
+    c.ok(&["delete", "deploy", "burn", "idle"], None);
+}
+
+struct ProcessCluster {
+    up: Option<CapstanUp>,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        self.up = None;
+        capstan_testkit::kill_process_containers(&self.dir.path().join("agent"));
+    }
+}
+
+#[test]
+fn cpu_burners_scale_up_and_idle_ones_down_on_real_processes() {
+    let dir = temp_dir("capstan-hpa-").unwrap();
+    let data = dir.path().display().to_string();
+    let mut args = vec![
+        "--data-dir",
+        &data,
+        "--runtime",
+        "process",
+        "--node-name",
+        NODE,
+    ];
+    args.extend(FLAGS);
+    let up = CapstanUp::start(capstan_bin(), &args).unwrap();
+    let cluster = ProcessCluster {
+        up: Some(up),
+        kubeconfig: dir.path().join("kubeconfig"),
+        dir,
+    };
+    let c = Kubectl(&cluster.kubeconfig);
+    eventually(Duration::from_secs(30), "node registered", || {
+        c.try_ok(&["get", "node", NODE]).is_some()
+    })
+    .unwrap();
+    scenario(&c, NODE, "busybox");
+}
+
+#[test]
+fn cpu_burners_scale_up_and_idle_ones_down_on_containerd() {
+    if !cri_cluster::runnable("autoscaling on containerd") {
+        return;
+    }
+    let cluster = cri_cluster::Cluster::start_with(FLAGS);
+    let c = Kubectl(&cluster.kubeconfig);
+    scenario(&c, cri_cluster::NODE, "localhost/busybox:1");
+}
