@@ -29,7 +29,14 @@ pub fn parse(q: &str, scale: f64) -> Option<i64> {
         s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
         _ => return None,
     };
-    let v = (base * mult * scale).ceil();
+    // Rounded up, as Kubernetes' Value/MilliValue — but a product a float error put a hair
+    // above a whole number (150000000n × 1e-9 × 1000 = 150.00000000000003) is that number.
+    let exact = base * mult * scale;
+    let v = if (exact - exact.round()).abs() <= 1e-9 * exact.abs().max(1.0) {
+        exact.round()
+    } else {
+        exact.ceil()
+    };
     v.is_finite().then_some(v as i64)
 }
 
@@ -52,6 +59,13 @@ mod tests {
             "rounded up, as MilliValue"
         );
         assert_eq!(parse("5u", 1_000_000.0), Some(5));
+        assert_eq!(
+            parse("150000000n", 1000.0),
+            Some(150),
+            "no float error rounds up"
+        );
+        assert_eq!(parse("0.1", 1000.0), Some(100));
+        assert_eq!(parse("1.0001", 1000.0), Some(1001));
         assert_eq!(parse("12x", 1.0), None);
         assert_eq!(parse("", 1.0), None);
     }
