@@ -1022,11 +1022,21 @@ async fn discovery_lists_every_resource_with_its_subresources() {
             "coordination.k8s.io",
             "discovery.k8s.io",
             "events.k8s.io",
+            "metrics.k8s.io",
             "policy",
             "rbac.authorization.k8s.io",
             "scheduling.k8s.io",
             "storage.k8s.io"
         ]
+    );
+    // The resource metrics: only read, never stored.
+    let metrics = get("/apis/metrics.k8s.io/v1beta1")["resources"].clone();
+    assert_eq!(
+        metrics,
+        json!([
+            {"name": "nodes", "singularName": "nodemetrics", "namespaced": false, "kind": "NodeMetrics", "verbs": ["get", "list"], "shortNames": [], "categories": []},
+            {"name": "pods", "singularName": "podmetrics", "namespaced": true, "kind": "PodMetrics", "verbs": ["get", "list"], "shortNames": [], "categories": []},
+        ]),
     );
     // kubectl drain evicts only when pods/eviction names policy/v1 Eviction.
     let eviction = get("/api/v1")["resources"]

@@ -14,6 +14,7 @@ mod cluster;
 pub mod pki;
 pub mod portforward;
 pub mod sim;
+pub mod sim_stats;
 pub mod webhook;
 
 pub use binary::capstan_bin;

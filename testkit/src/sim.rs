@@ -39,6 +39,12 @@ pub struct SimConfig {
     pub status_every: Option<Duration>,
     /// Nodes registered concurrently.
     pub parallelism: usize,
+    /// Serve each node's `/stats/summary` (metrics.k8s.io, `kubectl top`, autoscalers) with
+    /// every container using this much CPU; the nodes then live on loopback addresses
+    /// (see [`crate::sim_stats`]).
+    pub stats: Option<crate::sim_stats::Usage>,
+    /// The port the nodes serve stats on (set by [`SimNodes::start`]).
+    pub stats_port: u16,
 }
 
 impl SimConfig {
@@ -70,6 +76,8 @@ impl Default for SimConfig {
             lease_every: Duration::from_secs(10),
             status_every: None,
             parallelism: 32,
+            stats: None,
+            stats_port: 0,
         }
     }
 }
@@ -104,23 +112,26 @@ impl Drop for SimNodes {
     }
 }
 
-/// Node `i`'s pod CIDR (`10.{128 + i/256}.{i%256}.0/24`) and internal IP.
-fn addresses(i: usize) -> (String, String) {
+/// Node `i`'s pod CIDR (`10.{128 + i/256}.{i%256}.0/24`) and internal IP (a loopback one
+/// when the nodes serve stats).
+fn addresses(cfg: &SimConfig, i: usize) -> (String, String) {
     let (hi, lo) = (128 + (i / 256) % 128, i % 256);
-    (
-        format!("10.{hi}.{lo}.0/24"),
+    let ip = if cfg.stats.is_some() {
+        crate::sim_stats::node_ip(i)
+    } else {
         format!(
             "172.{}.{}.{}",
             16 + (i / 65536) % 16,
             (i / 256) % 256,
             i % 256
-        ),
-    )
+        )
+    };
+    (format!("10.{hi}.{lo}.0/24"), ip)
 }
 
 fn node_object(cfg: &SimConfig, i: usize) -> serde_json::Value {
     let name = format!("{}{i}", cfg.prefix);
-    let (cidr, ip) = addresses(i);
+    let (cidr, ip) = addresses(cfg, i);
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {
@@ -152,6 +163,7 @@ fn node_status(cfg: &SimConfig, ip: &str) -> serde_json::Value {
             cond("PIDPressure", "False", "KubeletHasSufficientPID"),
         ],
         "addresses": [{"type": "InternalIP", "address": ip}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.stats_port}},
         "nodeInfo": {"kubeletVersion": "v1.33.0-capstan-sim", "containerRuntimeVersion": "sim://0",
             "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
             "osImage": "capstan sim", "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
@@ -161,7 +173,20 @@ fn node_status(cfg: &SimConfig, ip: &str) -> serde_json::Value {
 impl SimNodes {
     /// Registers the nodes (or takes over existing ones of the same names), then keeps their
     /// Leases and their pods going in background tasks.
-    pub async fn start(client: kube::Client, cfg: SimConfig) -> Result<SimNodes> {
+    pub async fn start(client: kube::Client, mut cfg: SimConfig) -> Result<SimNodes> {
+        let mut tasks = Vec::new();
+        if let Some(usage) = cfg.stats.clone() {
+            let listener = crate::sim_stats::listen()
+                .await
+                .context("listening for the nodes' stats")?;
+            cfg.stats_port = listener.local_addr()?.port();
+            tasks.push(tokio::spawn(crate::sim_stats::serve(
+                client.clone(),
+                listener,
+                cfg.prefix.clone(),
+                usage,
+            )));
+        }
         let nodes: Api<Node> = Api::all(client.clone());
         let names: Vec<String> = (0..cfg.nodes)
             .map(|i| format!("{}{i}", cfg.prefix))
@@ -178,7 +203,7 @@ impl SimNodes {
                         Err(e) => return Err(e).with_context(|| format!("registering {name}")),
                     }
                     // The status is the kubelet's to write, through /status.
-                    let (_, ip) = addresses(i);
+                    let (_, ip) = addresses(&cfg, i);
                     nodes
                         .patch_status(
                             &name,
@@ -194,12 +219,12 @@ impl SimNodes {
             .try_collect::<Vec<_>>()
             .await?;
         let silenced: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let mut tasks = vec![tokio::spawn(renew_leases(
+        tasks.push(tokio::spawn(renew_leases(
             client.clone(),
             names.clone(),
             cfg.clone(),
             silenced.clone(),
-        ))];
+        )));
         let index: HashMap<String, usize> = names
             .iter()
             .cloned()
@@ -240,7 +265,7 @@ impl SimNodes {
             .iter()
             .position(|n| n == node)
             .with_context(|| format!("{node} is not a simulated node"))?;
-        let (_, ip) = addresses(i);
+        let (_, ip) = addresses(&self.cfg, i);
         let nodes: Api<Node> = Api::all(self.client.clone());
         nodes
             .patch_status(
@@ -296,7 +321,7 @@ async fn renew_leases(
             .for_each_concurrent(cfg.parallelism.max(1), |(i, name)| {
                 let (nodes, cfg) = (nodes.clone(), cfg.clone());
                 async move {
-                    let (_, ip) = addresses(i);
+                    let (_, ip) = addresses(&cfg, i);
                     let status = json!({"status": node_status(&cfg, &ip)});
                     if let Err(e) = nodes
                         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
@@ -435,7 +460,7 @@ async fn handle(
     if !cfg.ready_after.is_zero() {
         tokio::time::sleep(cfg.ready_after).await;
     }
-    let (cidr, host_ip) = addresses(index);
+    let (cidr, host_ip) = addresses(cfg, index);
     let n = {
         let mut m = next_ip.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let n = m.entry(index).or_insert(1);

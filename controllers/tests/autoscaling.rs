@@ -1,0 +1,204 @@
+//! The HorizontalPodAutoscaler controller against a real in-process API server, whose
+//! metrics.k8s.io reads the `/stats/summary` of simulated nodes (one CPU figure for every
+//! container, turned by the test): a Deployment at 300% of its target is scaled up within the
+//! default rate (1 → 3), back down once usage falls and the (shortened) stabilization window
+//! has passed, with the SuccessfulRescale event; a target that does not exist and a metric no
+//! API serves leave conditions that say why, and scale nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use capstan_controllers::{Config, Manager, autoscaler};
+use capstan_testkit::sim::{SimConfig, SimNodes};
+use capstan_testkit::sim_stats::Usage;
+use capstan_testkit::{TestCluster, until};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn hpa(name: &str, target: Value, metrics: Value) -> HorizontalPodAutoscaler {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"scaleTargetRef": target, "minReplicas": 1, "maxReplicas": 5, "metrics": metrics},
+    }))
+    .unwrap()
+}
+
+fn cpu_at(pct: i32) -> Value {
+    json!([{"type": "Resource", "resource": {"name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": pct}}}])
+}
+
+async fn replicas(c: &TestCluster, name: &str) -> i32 {
+    Api::<Deployment>::namespaced(c.client.clone(), "default")
+        .get(name)
+        .await
+        .ok()
+        .and_then(|d| d.spec?.replicas)
+        .unwrap_or(-1)
+}
+
+async fn condition(c: &TestCluster, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let h = Api::<HorizontalPodAutoscaler>::namespaced(c.client.clone(), "default")
+        .get(name)
+        .await
+        .ok()?;
+    h.status?
+        .conditions?
+        .into_iter()
+        .find(|x| x.type_ == type_)
+        .map(|x| {
+            (
+                x.status,
+                x.reason.unwrap_or_default(),
+                x.message.unwrap_or_default(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_follow_their_pods_cpu_up_and_back_down() {
+    let c = TestCluster::start().await;
+    let usage = Usage::new(150);
+    let _sim = SimNodes::start(
+        c.client.clone(),
+        SimConfig {
+            nodes: 2,
+            stats: Some(usage.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let config = Config {
+        autoscaler: autoscaler::Config {
+            sync_period: Duration::from_millis(500),
+            downscale_stabilization: Duration::from_secs(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let m = Manager::with_config(c.client.clone(), &prometheus::Registry::new(), config);
+    let _manager = common::run(
+        m,
+        &["scheduler", "deployment", "replicaset", autoscaler::NAME],
+    );
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox",
+                    "resources": {"requests": {"cpu": "100m"}}}]}}}}))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.client.clone(), "default");
+    let target = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"});
+    hpas.create(&PostParams::default(), &hpa("web", target, cpu_at(50)))
+        .await
+        .unwrap();
+
+    // 150m of 100m requested against 50%: 3 × 1 pod.
+    until(WAIT, "scaled to 3", || async {
+        replicas(&c, "web").await >= 3
+    })
+    .await;
+    until(WAIT, "the rescale event", || async {
+        Api::<Event>::namespaced(c.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("SuccessfulRescale")
+                    && e.message.as_deref().is_some_and(|m| {
+                        m.starts_with("New size: ")
+                            && m.ends_with("; reason: cpu resource utilization (percentage of request) above target")
+                    })
+            })
+    })
+    .await;
+    // 3 pods at 150% ask for 9, more than the maximum of 5: the rate allows it (3 + 4).
+    until(WAIT, "capped at the maximum", || async {
+        let current = hpas
+            .get("web")
+            .await
+            .ok()
+            .and_then(|h| h.status?.current_replicas);
+        current == Some(5)
+            && condition(&c, "web", "ScalingLimited")
+                .await
+                .is_some_and(|x| x.1 == "TooManyReplicas")
+    })
+    .await;
+    let st = hpas.get("web").await.unwrap().status.unwrap();
+    assert_eq!(
+        (st.current_replicas, st.desired_replicas),
+        (Some(5), 5),
+        "{st:?}"
+    );
+    assert!(st.last_scale_time.is_some());
+    let current = st.current_metrics.unwrap()[0]
+        .resource
+        .clone()
+        .unwrap()
+        .current;
+    assert_eq!(current.average_utilization, Some(150), "{current:?}");
+    assert_eq!(current.average_value.unwrap().0, "150m");
+
+    // Idle: 10m is 10% — one pod would do, once no higher recommendation is within 2 s.
+    usage.set_cpu_millicores(10);
+    let took = until(WAIT, "scaled back to 1", || async {
+        replicas(&c, "web").await == 1
+    })
+    .await;
+    assert!(
+        took >= Duration::from_millis(1500),
+        "scaled down before the window: {took:?}"
+    );
+    let (status, reason, _) = condition(&c, "web", "ScalingActive").await.unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ValidMetricFound")
+    );
+
+    // A target that is not there: AbleToScale False, nothing scaled.
+    let missing = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "nowhere"});
+    hpas.create(&PostParams::default(), &hpa("lost", missing, cpu_at(50)))
+        .await
+        .unwrap();
+    until(WAIT, "FailedGetScale", || async {
+        condition(&c, "lost", "AbleToScale")
+            .await
+            .is_some_and(|x| x.0 == "False" && x.1 == "FailedGetScale")
+    })
+    .await;
+    // A metric from an API that is not served: ScalingActive False, the count kept.
+    let target = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"});
+    let external = json!([{"type": "External", "external": {"metric": {"name": "queue"},
+        "target": {"type": "Value", "value": "10"}}}]);
+    hpas.delete("web", &Default::default()).await.unwrap();
+    hpas.create(&PostParams::default(), &hpa("ext", target, external))
+        .await
+        .unwrap();
+    until(WAIT, "FailedGetExternalMetric", || async {
+        condition(&c, "ext", "ScalingActive")
+            .await
+            .is_some_and(|x| {
+                x.0 == "False"
+                    && x.1 == "FailedGetExternalMetric"
+                    && x.2.contains("external.metrics.k8s.io")
+            })
+    })
+    .await;
+    assert_eq!(replicas(&c, "web").await, 1);
+}
