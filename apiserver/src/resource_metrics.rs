@@ -36,7 +36,7 @@ pub const RESOURCES: &[(&str, &str, bool)] = &[
 ];
 
 /// How long a node's summary is reused.
-pub const FRESH: Duration = Duration::from_secs(2);
+pub const FRESH: Duration = Duration::from_secs(1);
 /// How long one agent may take to answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Agents asked at once.

@@ -97,7 +97,7 @@ pub struct AgentArgs {
     pub eviction_hard: capstan_node_agent::conditions::Thresholds,
     /// How often the node's, pods' and containers' CPU and memory use is sampled for
     /// `/stats/summary`, which metrics.k8s.io (`kubectl top`, autoscalers) reads; CPU rates
-    /// are averaged over it.
+    /// are averaged over it. 0 turns sampling off.
     #[arg(long, default_value = "10s", value_parser = crate::controllers_cmd::parse_duration)]
     pub stats_interval: std::time::Duration,
 }

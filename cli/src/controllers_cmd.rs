@@ -111,6 +111,9 @@ pub struct ManagerArgs {
     /// A pod whose readiness last changed this soon after its start is taken as never Ready.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub horizontal_pod_autoscaler_initial_readiness_delay: std::time::Duration,
+    /// Autoscalers synced at once.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrent_horizontal_pod_autoscaler_syncs: u32,
 }
 
 impl ManagerArgs {
@@ -135,6 +138,7 @@ impl ManagerArgs {
                 cpu_initialization_period: self.horizontal_pod_autoscaler_cpu_initialization_period,
                 initial_readiness_delay: self.horizontal_pod_autoscaler_initial_readiness_delay,
             },
+            workers: self.concurrent_horizontal_pod_autoscaler_syncs as usize,
         })
     }
 

@@ -85,9 +85,15 @@ impl<R: Runtime> Agent<R> {
         }
     }
 
-    /// Samples resource use every `interval` (the kubelet's housekeeping period, 10 s).
+    /// Samples resource use every `interval` (the kubelet's housekeeping period, 10 s); zero
+    /// turns sampling off (`/stats/summary` answers 503, metrics.k8s.io has nothing of this
+    /// node).
     pub fn with_stats_interval(mut self, interval: std::time::Duration) -> Self {
-        self.stats_interval = interval.max(std::time::Duration::from_millis(100));
+        self.stats_interval = if interval.is_zero() {
+            interval
+        } else {
+            interval.max(std::time::Duration::from_millis(100))
+        };
         self
     }
 
@@ -121,12 +127,14 @@ impl<R: Runtime> Agent<R> {
     /// Registers the node, then runs until dropped.
     pub async fn run(mut self) -> Result<(), AgentError> {
         let stats = crate::stats::Latest::default();
-        let _stop_stats = AbortOnDrop(tokio::spawn(crate::stats::run(
-            self.runtime.clone(),
-            self.node.name.clone(),
-            self.stats_interval,
-            stats.clone(),
-        )));
+        let _stop_stats = (!self.stats_interval.is_zero()).then(|| {
+            AbortOnDrop(tokio::spawn(crate::stats::run(
+                self.runtime.clone(),
+                self.node.name.clone(),
+                self.stats_interval,
+                stats.clone(),
+            )))
+        });
         let _stop_server = self.listener.take().map(|l| {
             let app = crate::server::router(self.runtime.clone(), self.metrics.clone(), stats);
             let Some(tls) = self.tls.clone() else {

@@ -5,6 +5,7 @@
 mod admission;
 mod api;
 mod auth;
+mod autoscale;
 mod crd;
 mod daemonset;
 mod jobs;
@@ -59,6 +60,9 @@ enum Which {
     /// Jobs: 1,000 Jobs of one pod each on simulated nodes, created → all Complete, against
     /// the same number of bare pods created → all Succeeded, in one run.
     Jobs(jobs::JobsBench),
+    /// HorizontalPodAutoscalers: the autoscaler's CPU with 1,000 of them on simulated pods,
+    /// and a metric change → each target's scale written (p50/p99 against the sync period).
+    Autoscale(autoscale::AutoscaleBench),
     /// DaemonSets: one on 1,000 simulated nodes created → ready everywhere and rolled with
     /// maxUnavailable 10%, against a Deployment of 1,000 replicas rolled with the same budget.
     Daemonset(daemonset::DaemonSetBench),
@@ -95,6 +99,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Schedule(b) => schedule::run(b).await,
         Which::Jobs(b) => jobs::run(b).await,
         Which::Daemonset(b) => daemonset::run(b).await,
+        Which::Autoscale(b) => autoscale::run(b).await,
         Which::Quota(b) => quota::run(b).await,
         Which::Pods(b) => pods::run(b).await,
         Which::Nodes(b) => nodes::run(b).await,

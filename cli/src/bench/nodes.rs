@@ -224,7 +224,7 @@ async fn failover(b: &NodesBench) -> Result<()> {
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').context("bad stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -266,6 +266,7 @@ async fn idle(b: &NodesBench) -> Result<()> {
             "--controllers",
             "nodelifecycle,tainteviction",
             "--leader-elect=false",
+            "--use-service-account-credentials=false",
             "--metrics-listen",
             "127.0.0.1:0",
         ])

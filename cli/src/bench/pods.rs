@@ -34,6 +34,13 @@ pub struct PodsBench {
     image_dir: Option<PathBuf>,
     #[arg(long, default_value = "/tmp")]
     scratch: PathBuf,
+    /// The agent's `--stats-interval` (0: no resource sampling), to compare the metrics
+    /// pipeline's cost against an agent without it.
+    #[arg(long, default_value = "10s")]
+    agent_stats_interval: String,
+    /// How long the agent's CPU is measured with the burst's pods running.
+    #[arg(long, default_value_t = 60)]
+    idle_seconds: u64,
 }
 
 const NODE: &str = "bench-node";
@@ -325,6 +332,8 @@ pub async fn run(b: PodsBench) -> Result<()> {
             "0",
             "--node-ip",
             "127.0.0.1",
+            "--stats-interval",
+            &b.agent_stats_interval,
         ])
         .arg("--cri-socket")
         .arg(&socket)
@@ -356,6 +365,10 @@ pub async fn run(b: PodsBench) -> Result<()> {
     let burst = start_pods(&pods, &names).await?;
     let burst_all = t.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu0 = super::nodes::cpu_seconds(agent_pid)?;
+    tokio::time::sleep(Duration::from_secs(b.idle_seconds)).await;
+    let cpu_per_min =
+        (super::nodes::cpu_seconds(agent_pid)? - cpu0) * 60.0 / b.idle_seconds.max(1) as f64;
     let busy_rss = rss_kib(agent_pid);
     delete_all(&pods).await?;
 
@@ -385,6 +398,10 @@ pub async fn run(b: PodsBench) -> Result<()> {
         idle_rss as f64 / 1024.0,
         busy_rss as f64 / 1024.0,
         b.burst
+    );
+    println!(
+        "Agent CPU with {} pods running (--stats-interval {}), over {} s: {cpu_per_min:.2} s per minute.",
+        b.burst, b.agent_stats_interval, b.idle_seconds
     );
     drop(cleanup);
     drop(server);

@@ -48,6 +48,8 @@ pub struct Config {
     pub downscale_stabilization: Duration,
     /// Tolerance, CPU initialization period, initial readiness delay.
     pub calculator: replicas::Settings,
+    /// `--concurrent-horizontal-pod-autoscaler-syncs` (5): autoscalers synced at once.
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             sync_period: Duration::from_secs(15),
             downscale_stabilization: Duration::from_secs(300),
             calculator: replicas::Settings::default(),
+            workers: 5,
         }
     }
 }
@@ -113,7 +116,8 @@ pub async fn run(m: Arc<Manager>) {
             }
         });
     }
-    tasks.spawn(serve(NAME, queue, 4, m.metrics.clone(), move |key| {
+    let workers = m.autoscaler.workers.max(1);
+    tasks.spawn(serve(NAME, queue, workers, m.metrics.clone(), move |key| {
         let me = me.clone();
         async move { me.sync(&key).await }
     }));
@@ -181,8 +185,11 @@ impl Autoscaler {
         self.queue
             .add_after(key.to_string(), self.config.sync_period);
         let old = hpa.status.clone().unwrap_or_default();
+        let started = std::time::Instant::now();
         let outcome = self.reconcile(key, ns, &hpa, &old).await;
-        if outcome.status != old {
+        let reconciled = started.elapsed();
+        let write = outcome.status != old;
+        if write {
             let mut updated = (*hpa).clone();
             updated.status = Some(outcome.status);
             let api: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), ns);
@@ -192,6 +199,7 @@ impl Autoscaler {
         if let Some(e) = outcome.error {
             tracing::debug!(hpa = %key, error = %e, "autoscaler not synced");
         }
+        tracing::debug!(hpa = %key, ?reconciled, total = ?started.elapsed(), status_written = write, "synced");
         Ok(())
     }
 
@@ -223,7 +231,10 @@ impl Autoscaler {
             error
         };
         // 1. The target's scale.
-        let scale = match self.get_scale(ns, target).await {
+        let t0 = std::time::Instant::now();
+        let got_scale = self.get_scale(ns, target).await;
+        tracing::debug!(hpa = %key, elapsed = ?t0.elapsed(), "get scale");
+        let scale = match got_scale {
             Ok(s) => s,
             Err(e) => {
                 let r = reason(
@@ -284,9 +295,11 @@ impl Autoscaler {
             )
         } else {
             // 2. The metrics' proposals.
+            let t1 = std::time::Instant::now();
             let proposed = self
                 .propose(ns, hpa, &scale.selector, current, now, &mut statuses)
                 .await;
+            tracing::debug!(hpa = %key, elapsed = ?t1.elapsed(), "metrics");
             let (proposal, metric) = match proposed {
                 Ok(p) => p,
                 Err((type_, r, summary)) => {
