@@ -28,8 +28,8 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
+use super::cpu_seconds;
 use super::jobs::until_all;
-use super::nodes::cpu_seconds;
 use super::schedule::namespace;
 use super::{LocalServer, drive};
 
@@ -145,10 +145,7 @@ pub async fn run(b: AutoscaleBench) -> Result<()> {
         .prefix("bench-autoscale-")
         .tempdir_in(&b.scratch)?;
     let kubeconfig = dir.path().join("kubeconfig");
-    crate::certs::write_kubeconfig(
-        &kubeconfig,
-        &crate::certs::kubeconfig(&server.url, None, crate::certs::Credentials::None),
-    )?;
+    server.write_kubeconfig(&kubeconfig)?;
     let period = format!("{}ms", b.sync_period.as_millis());
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("--kubeconfig")
@@ -257,11 +254,7 @@ async fn measure(b: &AutoscaleBench, client: &kube::Client, usage: &Usage, pid: 
     tokio::time::sleep(Duration::from_secs(b.seconds)).await;
     let (c1, s1, elapsed) = (cpu_seconds(pid)?, cpu_seconds(me)?, t0.elapsed());
     let per_min = |d: f64| d * 60.0 / elapsed.as_secs_f64();
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let rss_kib = super::rss_kib(pid);
     let rescaled = deployments
         .list(&ListParams::default())
         .await?

@@ -170,6 +170,40 @@ impl LocalServer {
     }
 }
 
+impl LocalServer {
+    /// Writes a kubeconfig for this server (plain HTTP, no credentials) at `path`, for the
+    /// processes a benchmark starts against it.
+    pub fn write_kubeconfig(&self, path: &std::path::Path) -> Result<()> {
+        crate::certs::write_kubeconfig(
+            path,
+            &crate::certs::kubeconfig(&self.url, None, crate::certs::Credentials::None),
+        )
+    }
+}
+
+/// A process's resident set, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A process's CPU time so far (utime + stime), in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    use anyhow::Context;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    Ok(ticks / hz)
+}
+
 /// Runs `ops` calls of `op(i)` from `writers` concurrent tasks; returns the latencies.
 pub async fn drive<F, Fut>(writers: usize, ops: usize, op: F) -> Result<Samples>
 where

@@ -223,16 +223,6 @@ async fn failover(b: &NodesBench) -> Result<()> {
     Ok(())
 }
 
-/// utime + stime of a process, in seconds.
-pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("bad stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    let hz = rustix::param::clock_ticks_per_second() as f64;
-    Ok(ticks / hz)
-}
-
 async fn idle(b: &NodesBench) -> Result<()> {
     let server = LocalServer::start(&b.scratch, "bench-nodes-idle-").await?;
     let client = kube::Client::try_from(kube::Config::new(server.url.parse()?))?;
@@ -254,10 +244,7 @@ async fn idle(b: &NodesBench) -> Result<()> {
         .prefix("bench-nodes-")
         .tempdir_in(&b.scratch)?;
     let kubeconfig = dir.path().join("kubeconfig");
-    crate::certs::write_kubeconfig(
-        &kubeconfig,
-        &crate::certs::kubeconfig(&server.url, None, crate::certs::Credentials::None),
-    )?;
+    server.write_kubeconfig(&kubeconfig)?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("--kubeconfig")
         .arg(&kubeconfig)
@@ -277,14 +264,18 @@ async fn idle(b: &NodesBench) -> Result<()> {
     // Let it list and settle (the first full pass), then measure.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let me = std::process::id();
-    let (c0, s0, t0) = (cpu_seconds(pid)?, cpu_seconds(me)?, Instant::now());
+    let (c0, s0, t0) = (
+        super::cpu_seconds(pid)?,
+        super::cpu_seconds(me)?,
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(b.idle_seconds)).await;
-    let (c1, s1, elapsed) = (cpu_seconds(pid)?, cpu_seconds(me)?, t0.elapsed());
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let (c1, s1, elapsed) = (
+        super::cpu_seconds(pid)?,
+        super::cpu_seconds(me)?,
+        t0.elapsed(),
+    );
+    let rss_kib = super::rss_kib(pid);
     let _ = child.kill();
     let _ = child.wait();
     let nodes: Api<Node> = Api::all(client.clone());

@@ -168,18 +168,6 @@ async fn delete_all(pods: &Api<Pod>) -> Result<()> {
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 struct Cleanup {
     containerd: Option<containerd::Containerd>,
     agent: Option<std::process::Child>,
@@ -315,10 +303,7 @@ pub async fn run(b: PodsBench) -> Result<()> {
     // Capstan: an API server in this process, the agent as its own process (for its RSS).
     let server = LocalServer::start(scratch.path(), "api-").await?;
     let kubeconfig = scratch.path().join("kubeconfig");
-    crate::certs::write_kubeconfig(
-        &kubeconfig,
-        &crate::certs::kubeconfig(&server.url, None, crate::certs::Credentials::None),
-    )?;
+    server.write_kubeconfig(&kubeconfig)?;
     let agent = std::process::Command::new(std::env::current_exe()?)
         .arg("--kubeconfig")
         .arg(&kubeconfig)
@@ -353,7 +338,7 @@ pub async fn run(b: PodsBench) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let idle_rss = rss_kib(agent_pid);
+    let idle_rss = super::rss_kib(agent_pid);
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let mut single = Vec::new();
     for i in 0..b.single {
@@ -365,11 +350,10 @@ pub async fn run(b: PodsBench) -> Result<()> {
     let burst = start_pods(&pods, &names).await?;
     let burst_all = t.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu0 = super::nodes::cpu_seconds(agent_pid)?;
+    let cpu0 = super::cpu_seconds(agent_pid)?;
     tokio::time::sleep(Duration::from_secs(b.idle_seconds)).await;
-    let cpu_per_min =
-        (super::nodes::cpu_seconds(agent_pid)? - cpu0) * 60.0 / b.idle_seconds.max(1) as f64;
-    let busy_rss = rss_kib(agent_pid);
+    let cpu_per_min = (super::cpu_seconds(agent_pid)? - cpu0) * 60.0 / b.idle_seconds.max(1) as f64;
+    let busy_rss = super::rss_kib(agent_pid);
     delete_all(&pods).await?;
 
     println!("| path | pods | p50 | p99 | all running after |");

@@ -323,7 +323,7 @@ impl History {
         now: Timestamp,
     ) -> (i32, Reason) {
         if desired > current {
-            let limit = self.up_limit(current, &b.up, now).max(current);
+            let limit = self.limit(current, &b.up, now, true).max(current);
             let (ceiling, why) = if max > limit {
                 (
                     limit,
@@ -340,7 +340,7 @@ impl History {
                 return (ceiling, why);
             }
         } else if desired < current {
-            let limit = self.down_limit(current, &b.down, now).min(current);
+            let limit = self.limit(current, &b.down, now, false).min(current);
             let (floor, why) = if min < limit {
                 (
                     limit,
@@ -365,48 +365,29 @@ impl History {
         current - changed_within(&self.up, period, now) + changed_within(&self.down, period, now)
     }
 
-    /// `calculateScaleUpLimitWithScalingRules`.
-    fn up_limit(&self, current: i32, rules: &Rules, now: Timestamp) -> i32 {
-        let pick = match rules.select {
-            Select::Disabled => return current,
-            Select::Min => i32::min,
-            Select::Max => i32::max,
-        };
-        let mut result = if rules.select == Select::Min {
-            i32::MAX
+    /// How far the policies let the count go from `current` in one direction
+    /// (`calculateScaleUpLimitWithScalingRules`, `calculateScaleDownLimitWithBehaviors`): each
+    /// policy's bound counted from its period's starting count; selectPolicy Max takes the
+    /// largest change, Min the smallest, Disabled none.
+    fn limit(&self, current: i32, rules: &Rules, now: Timestamp, up: bool) -> i32 {
+        if rules.select == Select::Disabled {
+            return current;
+        }
+        let highest = (rules.select == Select::Max) == up;
+        let (mut result, pick): (i32, fn(i32, i32) -> i32) = if highest {
+            (i32::MIN, i32::max)
         } else {
-            i32::MIN
+            (i32::MAX, i32::min)
         };
         for p in &rules.policies {
             let start = self.period_start(current, p.period(), now);
-            let proposed = match *p {
-                Policy::Pods { value, .. } => start.saturating_add(value),
-                Policy::Percent { value, .. } => {
+            let proposed = match (*p, up) {
+                (Policy::Pods { value, .. }, true) => start.saturating_add(value),
+                (Policy::Pods { value, .. }, false) => start.saturating_sub(value),
+                (Policy::Percent { value, .. }, true) => {
                     (f64::from(start) * (1.0 + f64::from(value) / 100.0)).ceil() as i32
                 }
-            };
-            result = pick(result, proposed);
-        }
-        result
-    }
-
-    /// `calculateScaleDownLimitWithBehaviors`.
-    fn down_limit(&self, current: i32, rules: &Rules, now: Timestamp) -> i32 {
-        let pick = match rules.select {
-            Select::Disabled => return current,
-            Select::Min => i32::max,
-            Select::Max => i32::min,
-        };
-        let mut result = if rules.select == Select::Min {
-            i32::MIN
-        } else {
-            i32::MAX
-        };
-        for p in &rules.policies {
-            let start = self.period_start(current, p.period(), now);
-            let proposed = match *p {
-                Policy::Pods { value, .. } => start.saturating_sub(value),
-                Policy::Percent { value, .. } => {
+                (Policy::Percent { value, .. }, false) => {
                     (f64::from(start) * (1.0 - f64::from(value) / 100.0)) as i32
                 }
             };
