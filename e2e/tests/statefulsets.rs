@@ -122,7 +122,12 @@ fn stateful_pods_keep_their_claims_and_data_on_containerd() {
         );
         out.status.success() && String::from_utf8_lossy(&out.stdout) == id
     });
-    assert!(answered.is_ok(), "{url}: {last}");
+    if answered.is_err() {
+        panic!(
+            "{url}: {last}\n{}",
+            c.explain_lookup("web-0", "web-1.web.default.svc.cluster.local")
+        );
+    }
 
     // web-1 deleted comes back as web-1 with its claim and its data.
     let uid = c.pod("web-1")["metadata"]["uid"].clone();

@@ -11,6 +11,7 @@
 mod binary;
 #[cfg(feature = "cluster")]
 mod cluster;
+pub mod net_slot;
 pub mod pki;
 pub mod portforward;
 pub mod sim;
@@ -20,6 +21,7 @@ pub mod webhook;
 pub use binary::capstan_bin;
 #[cfg(feature = "cluster")]
 pub use cluster::TestCluster;
+pub use net_slot::NetSlot;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -551,6 +553,9 @@ pub fn line_channel(out: impl Read + Send + 'static) -> std::sync::mpsc::Receive
 /// The pressure thresholds test agents run with: disk pressure only below 1% free.
 pub const TEST_EVICTION_HARD: &str = "nodefs.available<1%,nodefs.inodesFree<1%";
 
+/// The file under `--data-dir` that [`CapstanUp`] writes the binary's log (stderr) to.
+pub const UP_LOG: &str = "capstan-up.log";
+
 /// A running `capstan up` on 127.0.0.1:0, ready (it printed its ready line); killed by pid on
 /// drop. `bin` is the capstan binary ([`capstan_bin`] in the end-to-end suites).
 #[derive(Debug)]
@@ -592,12 +597,19 @@ impl CapstanUp {
         if let Some(dir) = data_dir {
             pki::seed(Path::new(dir.as_ref()))?;
         }
+        // Its log goes to the data dir's `capstan-up.log`, for a failing test to show.
+        let stderr = match data_dir {
+            Some(dir) => std::fs::File::create(Path::new(dir.as_ref()).join(UP_LOG))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(bin)
             .args(["up", "--listen", "127.0.0.1:0"])
             .args(&defaults)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let stdout = line_channel(child.stdout.take().context("no stdout")?);

@@ -1,6 +1,7 @@
 //! The containerd cluster the CRI suites share: `capstan up --runtime cri` with its own
-//! containerd, bridge, pod CIDR, service CIDR and nftables table (so suites running at once
-//! never meet), busybox imported; on drop everything it started goes.
+//! containerd, and a bridge, pod CIDR, service CIDR and nftables table from a network slot
+//! no other running suite holds (so suites running at once never meet), busybox imported; on
+//! drop everything it started goes.
 #![allow(dead_code)] // each suite uses its part
 
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use capstan_node_agent::runtime::Runtime as _;
 use capstan_node_agent::runtime::cri::CriRuntime;
-use capstan_testkit::{CapstanUp, capstan_bin, eventually, kubectl, temp_dir};
+use capstan_testkit::{CapstanUp, NetSlot, capstan_bin, eventually, kubectl, temp_dir};
 use serde_json::Value;
 
 pub const NODE: &str = "cri-e2e";
@@ -58,6 +59,8 @@ pub struct Cluster {
     pub table: String,
     /// Flags `capstan up` gets beyond the cluster's own.
     pub extra: Vec<String>,
+    /// Held while the cluster lives (declared last: released after the drop's clean-up).
+    pub slot: NetSlot,
 }
 
 impl Cluster {
@@ -81,20 +84,19 @@ impl Cluster {
             "e2e/images/build.sh: {}",
             String::from_utf8_lossy(&build.stderr)
         );
-        let n = fastrand::u16(..);
+        let slot = NetSlot::take();
         let mut c = Cluster {
             up: None,
             kubeconfig: dir.path().join("kubeconfig"),
             dir,
-            bridge: format!("capt{n:04x}"),
-            cidr: format!("10.{}.0.0/16", 100 + n % 100),
-            service_cidr: {
-                let k = n % 256; // one of the 256 /20s of 10.96.0.0/12
-                format!("10.{}.{}.0/20", 96 + (k >> 4), (k & 15) << 4)
-            },
-            table: format!("capstan-e2e-{n:04x}"),
+            bridge: slot.name("capt"),
+            cidr: slot.pod_cidr(),
+            service_cidr: slot.service_cidr(),
+            table: slot.name("capstan-e2e-"),
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            slot,
         };
+        c.remove_network();
         c.boot();
         let import = std::process::Command::new(capstan_bin())
             .args(["image", "import", "--cri-socket"])
@@ -144,6 +146,36 @@ impl Cluster {
             })
         })
         .unwrap();
+    }
+
+    /// What a failed name lookup from `pod` needs explained: the pod's resolv.conf, an
+    /// nslookup of `name`, the kube-dns and Service slices, the agent's DNS and proxy log.
+    pub fn explain_lookup(&self, pod: &str, name: &str) -> String {
+        let run = |args: &[&str]| {
+            let out = kubectl(&self.kubeconfig, args, None);
+            format!(
+                "$ kubectl {}\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        let log = std::fs::read_to_string(self.dir.path().join(capstan_testkit::UP_LOG))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("dns") || l.contains("proxy") || l.contains("WARN"))
+            .collect();
+        [
+            run(&["exec", pod, "--", "cat", "/etc/resolv.conf"]),
+            run(&["exec", pod, "--", "nslookup", name]),
+            run(&["get", "endpointslices", "-A", "-o", "wide"]),
+            format!(
+                "capstan up's log (dns, proxy, warnings; last 40):\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ),
+        ]
+        .join("\n")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -268,7 +300,14 @@ impl Drop for Cluster {
                 .args(["-l", m])
                 .status();
         }
-        // The proxy's rules outlive a kill -9 (a restarted agent adopts them).
+        self.remove_network();
+    }
+}
+
+impl Cluster {
+    /// The slot's nftables table and bridge. The proxy's rules outlive a kill -9 (a restarted
+    /// agent adopts them); so do a killed test's: removed before a slot is used, too.
+    fn remove_network(&self) {
         let _ = std::process::Command::new("nft")
             .args(["delete", "table", "ip", &self.table])
             .stderr(std::process::Stdio::null())
