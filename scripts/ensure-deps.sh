@@ -2,7 +2,8 @@
 # Makes sure what `make test` needs is on this machine: etcd (the tests start real etcd
 # processes), protoc (etcd-client's build compiles etcd's protos) and kubectl (the e2e suite
 # drives it; Debian's kubernetes-client when none is installed), and the official Kubernetes
-# Python client (one e2e test drives it; installed with pip), and tzdata (CronJobs' time zones). Installs them with apt when
+# Python client (one e2e test drives it; installed with pip), tzdata (CronJobs' time zones) and
+# redis-server (queue triggers' tests). Installs them with apt when
 # running as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
 # `ensure-deps.sh build` checks only what building needs (protoc): `make build`; `ensure-deps.sh
 # run` adds what running as root needs for Services (nft, for the agent's service proxy):
@@ -18,6 +19,10 @@ fi
 if [ "$mode" != build ]; then
   command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
   [ -n "${CAPSTAN_KUBECTL:-}" ] || command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+fi
+# ScalingPolicy queue triggers are tested against a real Redis.
+if [ "$mode" = test ]; then
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 fi
 # CronJobs' timeZone is looked up in the system's tz database, as Kubernetes does.
 [ "$mode" = build ] || [ -d /usr/share/zoneinfo/America ] || missing+=(tzdata)

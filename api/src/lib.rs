@@ -6,6 +6,7 @@
 pub mod crds;
 pub mod cron;
 pub mod defaults;
+pub mod duration;
 pub mod quantity;
 pub mod quota;
 pub mod selectors;

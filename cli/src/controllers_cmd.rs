@@ -204,40 +204,9 @@ pub fn hostname() -> String {
     }
 }
 
-/// A Go-style duration: a sequence of decimal numbers with units ns, us (µs), ms, s, m, h,
-/// e.g. "300ms", "1.5s", "1m30s"; a bare "0" is zero.
+/// A Go-style duration (`300ms`, `1.5s`, `1m30s`; also `d` for days): [`capstan_api::duration::parse`].
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("invalid duration {s:?} (e.g. 100ms, 1s, 1m30s)");
-    if s == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..n].parse().map_err(|_| bad())?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..u] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += value * seconds;
-        rest = &rest[u..];
-    }
-    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
+    capstan_api::duration::parse(s)
 }
 
 /// Where a controller manager stands.

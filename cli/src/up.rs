@@ -195,6 +195,9 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("creating the local-path StorageClass: {}", e.message))?;
     }
+    capstan_apiserver::crd::builtin::ensure(&api)
+        .await
+        .map_err(|e| anyhow::anyhow!("installing Capstan's CRDs: {}", e.message))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

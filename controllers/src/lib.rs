@@ -28,7 +28,9 @@
 //! - [`nodelifecycle`]: notices silent nodes, marks them Unknown and taints them (per-zone rate
 //!   limits; nothing at all when every zone is down); [`tainteviction`]: deletes pods from
 //!   nodes with NoExecute taints they do not tolerate.
-//! - [`autoscaler`]: HorizontalPodAutoscalers, from metrics.k8s.io through the targets' scale.
+//! - [`autoscaler`]: HorizontalPodAutoscalers, from metrics.k8s.io through the targets' scale;
+//!   [`scalingpolicy`]: Capstan's ScalingPolicies (schedule, queue, metric and predictive
+//!   triggers, scale to zero).
 //! - [`certificates`]: approves node certificate requests and signs approved ones with the
 //!   cluster CA.
 //! - [`serviceaccount`]: a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in
@@ -60,6 +62,7 @@ pub mod podutil;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod runtime;
+pub mod scalingpolicy;
 pub mod scheduler;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -72,6 +75,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use capstan_api::crds::ScalingPolicy;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
@@ -108,6 +112,7 @@ pub const ALL: &[&str] = &[
     podgc::NAME,
     replicaset::NAME,
     resourcequota::NAME,
+    scalingpolicy::NAME,
     serviceaccount::ROOT_CA_NAME,
     scheduler::NAME,
     serviceaccount::NAME,
@@ -140,6 +145,7 @@ pub struct Informers {
     pod_disruption_budgets: OnceLock<Arc<Informer<PodDisruptionBudget>>>,
     resource_quotas: OnceLock<Arc<Informer<ResourceQuota>>>,
     horizontal_pod_autoscalers: OnceLock<Arc<Informer<HorizontalPodAutoscaler>>>,
+    scaling_policies: OnceLock<Arc<Informer<ScalingPolicy>>>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -174,6 +180,7 @@ impl Informers {
             pod_disruption_budgets: OnceLock::new(),
             resource_quotas: OnceLock::new(),
             horizontal_pod_autoscalers: OnceLock::new(),
+            scaling_policies: OnceLock::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -275,6 +282,12 @@ impl Informers {
     }
     pub fn horizontal_pod_autoscalers(&self) -> Arc<Informer<HorizontalPodAutoscaler>> {
         self.horizontal_pod_autoscalers
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
+    /// Capstan's ScalingPolicies (their CRD must be installed: `capstan up` does).
+    pub fn scaling_policies(&self) -> Arc<Informer<ScalingPolicy>> {
+        self.scaling_policies
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
@@ -473,6 +486,7 @@ impl Manager {
                 tracing::info!(controller = %name, "started");
                 match name.as_str() {
                     autoscaler::NAME => autoscaler::run(m).await,
+                    scalingpolicy::NAME => scalingpolicy::run(m).await,
                     replicaset::NAME => replicaset::run(m).await,
                     resourcequota::NAME => resourcequota::run(m).await,
                     job::NAME => job::run(m).await,

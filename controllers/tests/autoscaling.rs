@@ -35,12 +35,7 @@ fn cpu_at(pct: i32) -> Value {
 }
 
 async fn replicas(c: &TestCluster, name: &str) -> i32 {
-    Api::<Deployment>::namespaced(c.client.clone(), "default")
-        .get(name)
-        .await
-        .ok()
-        .and_then(|d| d.spec?.replicas)
-        .unwrap_or(-1)
+    common::deployment_replicas(c, name).await
 }
 
 async fn condition(c: &TestCluster, name: &str, type_: &str) -> Option<(String, String, String)> {

@@ -102,6 +102,9 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
     assert_eq!(
         others,
         [
+            // Capstan's own CRDs, installed at start.
+            "customresourcedefinitions/gitsyncs.capstan.dev",
+            "customresourcedefinitions/scalingpolicies.capstan.dev",
             "endpoints/default/kubernetes",
             "endpointslices/default/kubernetes",
             "priorityclasses/system-cluster-critical",

@@ -14,6 +14,7 @@ mod cluster;
 pub mod net_slot;
 pub mod pki;
 pub mod portforward;
+pub mod redis;
 pub mod sim;
 pub mod sim_stats;
 pub mod webhook;

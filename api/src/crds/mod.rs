@@ -4,8 +4,10 @@
 //! manifests/crds/ (a test fails when the checked-in files are stale).
 
 mod gitsync;
+pub mod scalingpolicy;
 
 pub use gitsync::{GitSync, GitSyncSpec, GitSyncStatus, SyncedObject};
+pub use scalingpolicy::{ScalingPolicy, ScalingPolicySpec, ScalingPolicyStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube_core::CustomResourceExt;
@@ -15,7 +17,7 @@ pub const GROUP: &str = "capstan.dev";
 
 /// Every CRD Capstan defines, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![GitSync::crd()]
+    vec![GitSync::crd(), ScalingPolicy::crd()]
 }
 
 /// A CRD as a YAML document, with a header saying where it comes from.

@@ -12,6 +12,7 @@
 //!
 //! [`ResourceInfo`]: crate::registry::ResourceInfo
 
+pub mod builtin;
 pub mod controller;
 pub mod conversion;
 pub mod definition;

@@ -16,24 +16,25 @@
 pub mod behavior;
 pub mod metrics;
 pub mod replicas;
+pub mod scale;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::autoscaling::v2::{
     HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
     MetricStatus,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::endpointslice::{serve, split_key};
+use crate::runtime::informer::queue_spec_changes;
 use crate::runtime::{Backoffs, Clock, Discovery, Recorder, WorkQueue};
-use crate::{Error, Manager, podutil};
+use crate::{Error, Manager};
 
 use behavior::{Behavior, History, Reason};
 
@@ -67,6 +68,8 @@ struct Autoscaler {
     client: kube::Client,
     hpas: Store<HorizontalPodAutoscaler>,
     pods: Store<Pod>,
+    /// Capstan's ScalingPolicies: an older one on the same target keeps it.
+    policies: Store<capstan_api::crds::ScalingPolicy>,
     discovery: Arc<Discovery>,
     recorder: Recorder,
     queue: Arc<WorkQueue<String>>,
@@ -85,6 +88,8 @@ pub async fn run(m: Arc<Manager>) {
         client: m.client.clone(),
         hpas: hpas.store(),
         pods: pods.store(),
+        // Not waited for: where the CRD is not installed it stays empty.
+        policies: m.informers.scaling_policies().store(),
         discovery: m.discovery.clone(),
         recorder: Recorder::new(m.client.clone(), "horizontal-pod-autoscaler"),
         queue: queue.clone(),
@@ -94,27 +99,11 @@ pub async fn run(m: Arc<Manager>) {
     });
     let mut tasks = tokio::task::JoinSet::new();
     {
-        let (queue, me) = (queue.clone(), me.clone());
-        tasks.spawn(async move {
-            // New autoscalers and spec changes are synced at once; status writes (ours)
-            // are not, or every sync would start another.
-            let mut generations: HashMap<String, Option<i64>> = HashMap::new();
-            let mut changes = hpas.subscribe().boxed();
-            while let Some(c) = changes.next().await {
-                let hpa = c.object();
-                let key = podutil::key(&hpa.metadata);
-                if me.hpas.get(&ObjectRef::from_obj(&**hpa)).is_none() {
-                    generations.remove(&key);
-                    me.lock_histories().remove(&key);
-                    continue;
-                }
-                if generations.insert(key.clone(), hpa.metadata.generation)
-                    != Some(hpa.metadata.generation)
-                {
-                    queue.add(key);
-                }
-            }
-        });
+        // New autoscalers and spec changes are synced at once (status writes are not).
+        let me = me.clone();
+        tasks.spawn(queue_spec_changes(hpas, queue.clone(), move |key| {
+            me.lock_histories().remove(key);
+        }));
     }
     let workers = m.autoscaler.workers.max(1);
     tasks.spawn(serve(NAME, queue, workers, m.metrics.clone(), move |key| {
@@ -230,9 +219,37 @@ impl Autoscaler {
             status.conditions = Some(std::mem::take(conds));
             error
         };
+        // 0. One autoscaler per target: an older ScalingPolicy on it keeps it.
+        let mine = scale::Target::from_hpa(target);
+        let rival = self.policies.state().into_iter().find(|p| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && crate::scalingpolicy::target_of(&p.spec).same_object(&mine)
+                && (
+                    p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    &p.metadata.name,
+                ) < (
+                    hpa.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    &hpa.metadata.name,
+                )
+        });
+        if let Some(p) = rival {
+            let r = reason(
+                false,
+                "AmbiguousAutoscaler",
+                format!(
+                    "ScalingPolicy {} already scales {mine}; this autoscaler does nothing while it does",
+                    p.metadata.name.as_deref().unwrap_or_default()
+                ),
+            );
+            let error = fail(&mut conds, "ScalingActive", r, &mut status);
+            return Outcome {
+                status,
+                error: Some(error),
+            };
+        }
         // 1. The target's scale.
         let t0 = std::time::Instant::now();
-        let got_scale = self.get_scale(ns, target).await;
+        let got_scale = scale::get(&self.client, &self.discovery, ns, &mine).await;
         tracing::debug!(hpa = %key, elapsed = ?t0.elapsed(), "get scale");
         let scale = match got_scale {
             Ok(s) => s,
@@ -355,7 +372,7 @@ impl Autoscaler {
         // 4. The scale.
         let rescale = desired != current && !(current == 0 && min != 0);
         if rescale {
-            if let Err(e) = self.set_scale(ns, target, desired).await {
+            if let Err(e) = scale::set(&self.client, &self.discovery, ns, &mine, desired).await {
                 let r = reason(
                     false,
                     "FailedUpdateScale",
@@ -516,67 +533,4 @@ impl Autoscaler {
             }
         }
     }
-
-    async fn scale_api(
-        &self,
-        ns: &str,
-        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
-    ) -> Result<Api<DynamicObject>, String> {
-        let api_version = target.api_version.as_deref().unwrap_or("v1");
-        let mapping = self
-            .discovery
-            .resolve(api_version, &target.kind)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "no matches for kind {:?} in group version {api_version:?}",
-                    target.kind
-                )
-            })?;
-        Ok(Api::namespaced_with(
-            self.client.clone(),
-            ns,
-            &mapping.resource,
-        ))
-    }
-
-    async fn get_scale(
-        &self,
-        ns: &str,
-        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
-    ) -> Result<TargetScale, String> {
-        let api = self.scale_api(ns, target).await?;
-        let scale = api
-            .get_scale(&target.name)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(TargetScale {
-            replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
-            selector: scale.status.and_then(|s| s.selector).unwrap_or_default(),
-        })
-    }
-
-    async fn set_scale(
-        &self,
-        ns: &str,
-        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
-        replicas: i32,
-    ) -> Result<(), String> {
-        let api = self.scale_api(ns, target).await?;
-        api.patch_scale(
-            &target.name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-    }
-}
-
-/// What the autoscaler reads of its target's scale.
-struct TargetScale {
-    replicas: i32,
-    selector: String,
 }

@@ -253,3 +253,33 @@ fn clone_change<K>(c: &Change<K>) -> Change<K> {
         Change::Deleted(o) => Change::Deleted(o.clone()),
     }
 }
+
+/// Queues an object's key (`namespace/name`) when it appears and whenever its generation
+/// changes — its spec, not status writes (a controller's own status write would otherwise
+/// start another sync); calls `gone` with the key of each object deleted. For controllers
+/// that otherwise look at their objects on a period (the autoscalers). Runs until the
+/// informer's stream ends.
+pub async fn queue_spec_changes<K>(
+    informer: Arc<Informer<K>>,
+    queue: Arc<crate::runtime::WorkQueue<String>>,
+    gone: impl Fn(&str),
+) where
+    K: Watchable,
+{
+    let store = informer.store();
+    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    let mut changes = informer.subscribe().boxed();
+    while let Some(c) = changes.next().await {
+        let obj = c.object();
+        let key = crate::podutil::key(obj.meta());
+        if store.get(&ObjectRef::from_obj(&**obj)).is_none() {
+            generations.remove(&key);
+            gone(&key);
+            continue;
+        }
+        let generation = obj.meta().generation;
+        if generations.insert(key.clone(), generation) != Some(generation) {
+            queue.add(key);
+        }
+    }
+}

@@ -43,3 +43,13 @@ pub async fn sim_cluster(config: SimConfig, controllers: &[&str]) -> SimCluster 
         _sim: sim,
     }
 }
+
+/// A Deployment's `spec.replicas` in `default` (-1 when it cannot be read).
+pub async fn deployment_replicas(c: &TestCluster, name: &str) -> i32 {
+    kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c.client.clone(), "default")
+        .get(name)
+        .await
+        .ok()
+        .and_then(|d| d.spec?.replicas)
+        .unwrap_or(-1)
+}

@@ -105,6 +105,22 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            // Capstan's ScalingPolicies: any target's scale, its own status, the Secrets its
+            // triggers' credentials come from.
+            "scalingpolicy",
+            vec![
+                rule(READ, &["capstan.dev"], &["scalingpolicies"]),
+                rule(
+                    &["update", "patch"],
+                    &["capstan.dev"],
+                    &["scalingpolicies/status"],
+                ),
+                rule(&["get", "update", "patch"], &["*"], &["*/scale"]),
+                rule(&["get"], &[""], &["secrets"]),
+                events(),
+            ],
+        ),
+        (
             "statefulset",
             vec![
                 rule(READ, &["apps"], &["statefulsets"]),

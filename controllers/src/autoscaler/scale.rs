@@ -1,0 +1,131 @@
+//! Reading and writing a target's scale subresource — any kind that serves one (Deployments,
+//! ReplicaSets, StatefulSets, custom resources), found through discovery. Shared by the
+//! HorizontalPodAutoscaler and ScalingPolicy controllers.
+
+use k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+
+use crate::runtime::Discovery;
+
+/// The object scaled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+}
+
+impl Target {
+    pub fn from_hpa(r: &CrossVersionObjectReference) -> Target {
+        Target {
+            api_version: r.api_version.clone().unwrap_or_else(|| "v1".into()),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+        }
+    }
+
+    /// The API group (not the version): two references to one object may name different
+    /// versions of its group.
+    pub fn group(&self) -> &str {
+        self.api_version
+            .rsplit_once('/')
+            .map_or("", |(group, _)| group)
+    }
+
+    /// Whether both name the same object.
+    pub fn same_object(&self, other: &Target) -> bool {
+        self.group() == other.group() && self.kind == other.kind && self.name == other.name
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+/// What the autoscalers read of a target's scale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetScale {
+    pub replicas: i32,
+    pub selector: String,
+}
+
+async fn api(
+    client: &kube::Client,
+    discovery: &Discovery,
+    ns: &str,
+    target: &Target,
+) -> Result<Api<DynamicObject>, String> {
+    let mapping = discovery
+        .resolve(&target.api_version, &target.kind)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no matches for kind {:?} in group version {:?}",
+                target.kind, target.api_version
+            )
+        })?;
+    Ok(Api::namespaced_with(client.clone(), ns, &mapping.resource))
+}
+
+/// The target's replicas and selector.
+pub async fn get(
+    client: &kube::Client,
+    discovery: &Discovery,
+    ns: &str,
+    target: &Target,
+) -> Result<TargetScale, String> {
+    let scale = api(client, discovery, ns, target)
+        .await?
+        .get_scale(&target.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(TargetScale {
+        replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+        selector: scale.status.and_then(|s| s.selector).unwrap_or_default(),
+    })
+}
+
+/// Sets the target's replicas.
+pub async fn set(
+    client: &kube::Client,
+    discovery: &Discovery,
+    ns: &str,
+    target: &Target,
+    replicas: i32,
+) -> Result<(), String> {
+    api(client, discovery, ns, target)
+        .await?
+        .patch_scale(
+            &target.name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_to_one_object_match_across_versions_of_its_group() {
+        let t = |v: &str, k: &str, n: &str| Target {
+            api_version: v.into(),
+            kind: k.into(),
+            name: n.into(),
+        };
+        assert!(t("apps/v1", "Deployment", "w").same_object(&t("apps/v1beta2", "Deployment", "w")));
+        assert!(!t("apps/v1", "Deployment", "w").same_object(&t("apps/v1", "StatefulSet", "w")));
+        assert!(!t("apps/v1", "Deployment", "w").same_object(&t(
+            "example.com/v1",
+            "Deployment",
+            "w"
+        )));
+        assert_eq!(t("v1", "ReplicationController", "r").group(), "");
+    }
+}
