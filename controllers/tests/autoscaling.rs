@@ -166,6 +166,30 @@ async fn deployments_follow_their_pods_cpu_up_and_back_down() {
         ("True", "ValidMetricFound")
     );
 
+    // A second autoscaler of the same pods: both refuse (AmbiguousSelector) until it goes.
+    let target = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"});
+    hpas.create(&PostParams::default(), &hpa("twin", target, cpu_at(50)))
+        .await
+        .unwrap();
+    for name in ["web", "twin"] {
+        until(WAIT, "AmbiguousSelector", || async {
+            condition(&c, name, "ScalingActive").await.is_some_and(|x| {
+                x.0 == "False"
+                    && x.1 == "AmbiguousSelector"
+                    && x.2
+                        .contains("are controlled by multiple HPAs: [default/twin default/web]")
+            })
+        })
+        .await;
+    }
+    hpas.delete("twin", &Default::default()).await.unwrap();
+    until(WAIT, "web valid again", || async {
+        condition(&c, "web", "ScalingActive")
+            .await
+            .is_some_and(|x| x.0 == "True")
+    })
+    .await;
+
     // A target that is not there: AbleToScale False, nothing scaled.
     let missing = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "nowhere"});
     hpas.create(&PostParams::default(), &hpa("lost", missing, cpu_at(50)))

@@ -367,3 +367,212 @@ async fn bad_specs_are_refused_by_the_schema_or_reported_never_acted_on() {
     .await;
     assert_eq!(replicas(&c, "api").await, 2);
 }
+
+/// An HTTP endpoint whose body is the number the test last set (a business metric).
+struct MetricServer {
+    value: std::sync::Arc<std::sync::Mutex<f64>>,
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricServer {
+    async fn start(value: f64) -> MetricServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/orders", listener.local_addr().unwrap());
+        let value = std::sync::Arc::new(std::sync::Mutex::new(value));
+        let v = value.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let body = format!("{}", *v.lock().unwrap());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        MetricServer { value, url, task }
+    }
+}
+
+impl Drop for MetricServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A day of 96 steps: quiet night, a morning bump, an evening peak at step 76 (19:00).
+fn day_shape(step: usize) -> f64 {
+    let hour = (step % 96) as f64 / 4.0;
+    20.0 + 60.0 * (-((hour - 11.0) / 3.0).powi(2)).exp()
+        + 90.0 * (-((hour - 19.0) / 2.0).powi(2)).exp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forecast_scales_up_before_the_peak_and_forecast_only_just_shows_it() {
+    let c = cluster().await;
+    // A "day" of 96 one-second steps; two days and 17 "hours" recorded: now is 17:00 on day
+    // three, the value about half the 19:00 peak the history shows every day.
+    let recorded = 2 * 96 + 68;
+    let values: Vec<f64> = (0..recorded).map(day_shape).collect();
+    let now_value = day_shape(recorded);
+    let peak = day_shape(76);
+    assert!(now_value < 0.55 * peak, "{now_value} {peak}");
+    let server = MetricServer::start(now_value).await;
+    let per_replica = 15.0;
+    let policy = |name: &str, mode: &str| {
+        json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "ScalingPolicy",
+            "metadata": {"name": name},
+            "spec": {"scaleTargetRef": {"name": name}, "minReplicas": 1, "maxReplicas": 10,
+                "pollingInterval": "1s",
+                "triggers": [
+                    {"name": "orders", "type": "metric",
+                     "metric": {"http": {"url": server.url}, "targetPerReplica": per_replica}},
+                    {"name": "ahead", "type": "predictive",
+                     "predictive": {"trigger": "orders", "seasonality": "96s", "lookAhead": "10s",
+                        "mode": mode}}]}})
+    };
+    let now_replicas = (now_value / per_replica).ceil() as i32;
+    let peak_replicas = (peak / per_replica).ceil() as i32;
+    // Made (with their recorded history) before the controller starts, as after a restart.
+    let start = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(recorded as i64);
+    for (name, mode) in [("shop", "ForecastAndScale"), ("watch", "ForecastOnly")] {
+        deployment(&c, name, now_replicas).await;
+        create(&c, policy(name, mode)).await.unwrap();
+        let history = json!({"status": {"triggers": [
+            {"name": "orders", "type": "metric"},
+            {"name": "ahead", "type": "predictive",
+             "history": {"start": start.to_string(), "stepSeconds": 1, "values": values}}]}});
+        Api::<ScalingPolicy>::namespaced(c.client.clone(), "default")
+            .patch_status(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&history),
+            )
+            .await
+            .unwrap();
+    }
+    let _manager = manager(&c, Clock::system());
+
+    // The measured value asks for `now_replicas`; the forecast sees the peak coming within
+    // lookAhead and scales for it while the value is still where it was.
+    until(WAIT, "scaled ahead of the peak", || async {
+        replicas(&c, "shop").await >= peak_replicas - 1
+    })
+    .await;
+    assert_eq!(*server.value.lock().unwrap(), now_value);
+    let s = status(&c, "shop").await;
+    let ahead = &s["triggers"][1];
+    assert!(
+        ahead["forecast"].as_f64().is_some_and(|f| f >= 0.85 * peak),
+        "{ahead}"
+    );
+    assert!(
+        ahead["proposal"]
+            .as_i64()
+            .is_some_and(|p| p >= i64::from(peak_replicas) - 1),
+        "{ahead}"
+    );
+    // ForecastOnly shows the same forecast and leaves the count to the measured value.
+    until(WAIT, "the forecast shown", || async {
+        let s = status(&c, "watch").await;
+        s["triggers"][1]["forecast"]
+            .as_f64()
+            .is_some_and(|f| f >= 0.85 * peak)
+            && s["triggers"][1]["proposal"].is_null()
+    })
+    .await;
+    assert_eq!(replicas(&c, "watch").await, now_replicas);
+    // Steps pass and the forecasts made for them are scored.
+    until(WAIT, "the forecast error", || async {
+        status(&c, "shop").await["triggers"][1]["forecastError"]
+            .as_f64()
+            .is_some_and(|e| e >= 0.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_lists_streams_and_consumer_groups_are_measured_on_a_real_redis() {
+    use capstan_api::crds::scalingpolicy::RedisQueue;
+    use capstan_controllers::scalingpolicy::redis::queue_length;
+    let redis = RedisProcess::start(Some("pw")).unwrap();
+    let t = Duration::from_secs(5);
+    let q = |list: Option<&str>, stream: Option<&str>, group: Option<&str>| RedisQueue {
+        address: redis.address(),
+        list: list.map(str::to_string),
+        stream: stream.map(str::to_string),
+        consumer_group: group.map(str::to_string),
+        database: 0,
+        ..Default::default()
+    };
+    redis.command(&["RPUSH", "l", "a", "b", "c"]).unwrap();
+    assert_eq!(
+        queue_length(&q(Some("l"), None, None), None, Some("pw"), t).await,
+        Ok(3)
+    );
+    // A missing list is empty; a wrong password is an error that says so.
+    assert_eq!(
+        queue_length(&q(Some("none"), None, None), None, Some("pw"), t).await,
+        Ok(0)
+    );
+    let err = queue_length(&q(Some("l"), None, None), None, Some("nope"), t)
+        .await
+        .unwrap_err();
+    assert!(err.contains("AUTH") && err.contains("WRONGPASS"), "{err}");
+    // A stream of 5; a group that has read 3 and acknowledged 1 has 2 pending and 2 unread.
+    for i in 0..5 {
+        redis
+            .command(&["XADD", "s", "*", "n", &i.to_string()])
+            .unwrap();
+    }
+    assert_eq!(
+        queue_length(&q(None, Some("s"), None), None, Some("pw"), t).await,
+        Ok(5)
+    );
+    redis
+        .command(&["XGROUP", "CREATE", "s", "workers", "0"])
+        .unwrap();
+    let read = redis
+        .command(&[
+            "XREADGROUP",
+            "GROUP",
+            "workers",
+            "w1",
+            "COUNT",
+            "3",
+            "STREAMS",
+            "s",
+            ">",
+        ])
+        .unwrap();
+    let first_id = read.lines().nth(1).unwrap().to_string();
+    assert_eq!(
+        redis.command(&["XACK", "s", "workers", &first_id]).unwrap(),
+        "1"
+    );
+    assert_eq!(
+        queue_length(&q(None, Some("s"), Some("workers")), None, Some("pw"), t).await,
+        Ok(4)
+    );
+    assert!(
+        queue_length(&q(None, Some("s"), Some("other")), None, Some("pw"), t)
+            .await
+            .unwrap_err()
+            .contains("no consumer group")
+    );
+    // Nobody listening: an error within the deadline, not a hang.
+    let port = redis.port;
+    drop(redis);
+    let gone = RedisQueue {
+        address: format!("127.0.0.1:{port}"),
+        list: Some("l".into()),
+        ..Default::default()
+    };
+    assert!(queue_length(&gone, None, None, t).await.is_err());
+}

@@ -6,6 +6,10 @@
 //! Kubernetes shows them), and once the pods idle it comes back to its minimum after the
 //! (shortened) downscale stabilization window. Burners are capped by a CPU limit so the test
 //! never takes the machine's cores from the tests beside it.
+//!
+//! Capstan's ScalingPolicy on the same two runtimes: 50 messages in a real Redis list (its
+//! password from a Secret) wake a Deployment of real pods from 0 to 5 at 10 per replica
+//! (`kubectl get sp` shows it), and the drained list takes it back to 0 after the cooldown.
 
 mod cri_cluster;
 
@@ -252,9 +256,137 @@ impl Drop for ProcessCluster {
     }
 }
 
-#[test]
-fn cpu_burners_scale_up_and_idle_ones_down_on_real_processes() {
-    let dir = temp_dir("capstan-hpa-").unwrap();
+const WORKER: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: redis-auth}
+stringData: {password: e2e-pass}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: worker}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: worker}}
+  template:
+    metadata: {labels: {app: worker}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: worker
+        image: IMAGE
+        command: [sleep, "3600"]
+---
+apiVersion: capstan.dev/v1alpha1
+kind: ScalingPolicy
+metadata: {name: worker}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: worker}
+  minReplicas: 0
+  maxReplicas: 8
+  pollingInterval: 1s
+  cooldownPeriod: 5s
+  triggers:
+  - name: jobs
+    type: queue
+    queue:
+      redis: {address: ADDRESS, list: jobs, passwordFrom: {secretKeyRef: {name: redis-auth, key: password}}}
+      targetPerReplica: 10
+"#;
+
+/// Running pods of the Deployment `app`.
+fn running(c: &Kubectl, app: &str) -> usize {
+    let label = format!("app={app}");
+    c.json(&["get", "pods", "-l", &label])["items"]
+        .as_array()
+        .map_or(0, |ps| {
+            ps.iter()
+                .filter(|p| {
+                    p["status"]["phase"] == "Running"
+                        && p["metadata"]["deletionTimestamp"].is_null()
+                })
+                .count()
+        })
+}
+
+fn queue_scenario(c: &Kubectl, image: &str) {
+    let redis = capstan_testkit::redis::RedisProcess::start(Some("e2e-pass")).unwrap();
+    c.ok(
+        &["apply", "-f", "-"],
+        Some(
+            &WORKER
+                .replace("IMAGE", image)
+                .replace("ADDRESS", &redis.address()),
+        ),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the policy ready on an empty queue",
+        || {
+            let s = c.json(&["get", "sp", "worker"]);
+            s["status"]["triggers"][0]["value"] == 0.0
+                && s["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|x| x["type"] == "Ready" && x["status"] == "True")
+                })
+        },
+    )
+    .unwrap();
+    assert_eq!(c.replicas("worker"), 0);
+
+    let items: Vec<String> = (0..50).map(|i| format!("job-{i}")).collect();
+    let mut push = vec!["RPUSH", "jobs"];
+    push.extend(items.iter().map(String::as_str));
+    assert_eq!(redis.command(&push).unwrap(), "50");
+    eventually(Duration::from_secs(90), "5 worker pods running", || {
+        c.replicas("worker") == 5 && running(c, "worker") == 5
+    })
+    .unwrap();
+    let table = c.ok(&["get", "sp", "worker"], None);
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // NAME TARGET MIN MAX CURRENT DESIRED ACTIVE READY AGE
+    assert_eq!(
+        row.get(1..8),
+        Some(&["worker", "0", "8", "5", "5", "jobs", "True"][..]),
+        "{table}"
+    );
+
+    redis.command(&["DEL", "jobs"]).unwrap();
+    let drained = std::time::Instant::now();
+    eventually(Duration::from_secs(90), "back to 0 pods", || {
+        c.replicas("worker") == 0 && running(c, "worker") == 0
+    })
+    .unwrap();
+    assert!(
+        drained.elapsed() >= Duration::from_secs(4),
+        "at zero {:?} after the drain, inside the 5 s cooldown",
+        drained.elapsed()
+    );
+    let events = c.ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=worker,involvedObject.kind=ScalingPolicy",
+        ],
+        None,
+    );
+    assert!(
+        events.contains("New size: 5; reason: a trigger became active")
+            && events
+                .contains("New size: 0; reason: no trigger active for the cooldown period (5s)"),
+        "{events}"
+    );
+}
+
+/// `capstan up` on the process runtime, its agent sampling every second.
+fn process_cluster(dir_prefix: &str) -> ProcessCluster {
+    let dir = temp_dir(dir_prefix).unwrap();
     let data = dir.path().display().to_string();
     let mut args = vec![
         "--data-dir",
@@ -276,7 +408,19 @@ fn cpu_burners_scale_up_and_idle_ones_down_on_real_processes() {
         c.try_ok(&["get", "node", NODE]).is_some()
     })
     .unwrap();
-    scenario(&c, NODE, "busybox");
+    cluster
+}
+
+#[test]
+fn cpu_burners_scale_up_and_idle_ones_down_on_real_processes() {
+    let cluster = process_cluster("capstan-hpa-");
+    scenario(&Kubectl(&cluster.kubeconfig), NODE, "busybox");
+}
+
+#[test]
+fn a_redis_queue_scales_real_processes_from_zero_and_back() {
+    let cluster = process_cluster("capstan-sp-");
+    queue_scenario(&Kubectl(&cluster.kubeconfig), "busybox");
 }
 
 #[test]
@@ -287,4 +431,13 @@ fn cpu_burners_scale_up_and_idle_ones_down_on_containerd() {
     let cluster = cri_cluster::Cluster::start_with(FLAGS);
     let c = Kubectl(&cluster.kubeconfig);
     scenario(&c, cri_cluster::NODE, "localhost/busybox:1");
+}
+
+#[test]
+fn a_redis_queue_scales_containers_from_zero_and_back() {
+    if !cri_cluster::runnable("scaling policies on containerd") {
+        return;
+    }
+    let cluster = cri_cluster::Cluster::start_with(FLAGS);
+    queue_scenario(&Kubectl(&cluster.kubeconfig), "localhost/busybox:1");
 }

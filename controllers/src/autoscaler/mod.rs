@@ -76,6 +76,9 @@ struct Autoscaler {
     config: Config,
     clock: Clock,
     histories: Mutex<HashMap<String, History>>,
+    /// Each autoscaler's target selector as last read: two whose selectors pick the same pod
+    /// are both refused (AmbiguousSelector), as Kubernetes refuses them.
+    selectors: Mutex<HashMap<String, capstan_api::Selector>>,
 }
 
 /// Runs the controller until dropped.
@@ -96,13 +99,14 @@ pub async fn run(m: Arc<Manager>) {
         config: m.autoscaler,
         clock: m.clock,
         histories: Mutex::new(HashMap::new()),
+        selectors: Mutex::new(HashMap::new()),
     });
     let mut tasks = tokio::task::JoinSet::new();
     {
         // New autoscalers and spec changes are synced at once (status writes are not).
         let me = me.clone();
         tasks.spawn(queue_spec_changes(hpas, queue.clone(), move |key| {
-            me.lock_histories().remove(key);
+            me.forget(key);
         }));
     }
     let workers = m.autoscaler.workers.max(1);
@@ -163,11 +167,45 @@ impl Autoscaler {
         self.histories.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Drops what is kept of a deleted autoscaler.
+    fn forget(&self, key: &str) {
+        self.lock_histories().remove(key);
+        self.selectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// The other autoscalers of `ns` whose last read selector picks one of `pods`; records
+    /// `key`'s own selector.
+    fn sharing_pods(
+        &self,
+        key: &str,
+        ns: &str,
+        selector: &capstan_api::Selector,
+        pods: &[std::sync::Arc<Pod>],
+    ) -> Vec<String> {
+        let mut selectors = self.selectors.lock().unwrap_or_else(|p| p.into_inner());
+        selectors.insert(key.to_string(), selector.clone());
+        let empty = std::collections::BTreeMap::new();
+        let mut others: Vec<String> = selectors
+            .iter()
+            .filter(|(k, _)| k.as_str() != key && split_key(k).0 == ns)
+            .filter(|(_, s)| {
+                pods.iter()
+                    .any(|p| s.matches_map(p.metadata.labels.as_ref().unwrap_or(&empty)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        others.sort();
+        others
+    }
+
     #[tracing::instrument(skip(self), fields(controller = NAME))]
     async fn sync(&self, key: &str) -> Result<(), Error> {
         let (ns, name) = split_key(key);
         let Some(hpa) = self.hpas.get(&ObjectRef::new(name).within(ns)) else {
-            self.lock_histories().remove(key);
+            self.forget(key);
             return Ok(());
         };
         // Every autoscaler is looked at again one sync period from now, whatever happens.
@@ -474,6 +512,20 @@ impl Autoscaler {
             p.metadata.namespace.as_deref() == Some(ns)
                 && parsed.matches_map(p.metadata.labels.as_ref().unwrap_or(&empty))
         });
+        let key = crate::podutil::key(&hpa.metadata);
+        let others = self.sharing_pods(&key, ns, &parsed, &pods);
+        if !others.is_empty() {
+            let mut all = others;
+            all.push(key);
+            all.sort();
+            let msg = format!(
+                "pods by selector {selector} are controlled by multiple HPAs: [{}]",
+                all.join(" ")
+            );
+            self.recorder.warning(hpa, "AmbiguousSelector", msg.clone());
+            let r = reason(false, "AmbiguousSelector", msg.clone());
+            return Err(("ScalingActive", r, msg));
+        }
         let mut best: Option<(i32, String)> = None;
         let mut invalid = 0;
         let mut first_error: Option<metrics::Failure> = None;
