@@ -466,18 +466,17 @@ async fn a_forecast_scales_up_before_the_peak_and_forecast_only_just_shows_it() 
     })
     .await;
     assert_eq!(*server.value.lock().unwrap(), now_value);
-    let s = status(&c, "shop").await;
-    let ahead = &s["triggers"][1];
-    assert!(
-        ahead["forecast"].as_f64().is_some_and(|f| f >= 0.85 * peak),
-        "{ahead}"
-    );
-    assert!(
-        ahead["proposal"]
-            .as_i64()
-            .is_some_and(|p| p >= i64::from(peak_replicas) - 1),
-        "{ahead}"
-    );
+    // (The status is written after the scale.)
+    until(WAIT, "the forecast and its proposal in status", || async {
+        let s = status(&c, "shop").await;
+        let ahead = &s["triggers"][1];
+        ahead["forecast"].as_f64().is_some_and(|f| f >= 0.85 * peak)
+            && ahead["proposal"]
+                .as_i64()
+                .is_some_and(|p| p >= i64::from(peak_replicas) - 1)
+            && s["triggers"][0]["proposal"] == now_replicas
+    })
+    .await;
     // ForecastOnly shows the same forecast and leaves the count to the measured value.
     until(WAIT, "the forecast shown", || async {
         let s = status(&c, "watch").await;

@@ -338,23 +338,29 @@ fn queue_scenario(c: &Kubectl, image: &str) {
     let mut push = vec!["RPUSH", "jobs"];
     push.extend(items.iter().map(String::as_str));
     assert_eq!(redis.command(&push).unwrap(), "50");
-    eventually(Duration::from_secs(90), "5 worker pods running", || {
+    let woke = eventually(Duration::from_secs(90), "5 worker pods running", || {
         c.replicas("worker") == 5 && running(c, "worker") == 5
-    })
-    .unwrap();
-    let table = c.ok(&["get", "sp", "worker"], None);
-    let row: Vec<&str> = table
-        .lines()
-        .nth(1)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // NAME TARGET MIN MAX CURRENT DESIRED ACTIVE READY AGE
-    assert_eq!(
-        row.get(1..8),
-        Some(&["worker", "0", "8", "5", "5", "jobs", "True"][..]),
-        "{table}"
-    );
+    });
+    if let Err(e) = woke {
+        panic!(
+            "{e}\n{}\n{}",
+            c.ok(&["get", "deploy,rs,pods,sp", "-o", "wide"], None),
+            c.ok(&["get", "events"], None)
+        );
+    }
+    // NAME TARGET MIN MAX CURRENT DESIRED ACTIVE READY AGE (the status follows the scale).
+    let mut table = String::new();
+    let shown = eventually(Duration::from_secs(30), "kubectl get sp at 5", || {
+        table = c.ok(&["get", "sp", "worker"], None);
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        row.get(1..8) == Some(&["worker", "0", "8", "5", "5", "jobs", "True"][..])
+    });
+    assert!(shown.is_ok(), "{table}");
 
     redis.command(&["DEL", "jobs"]).unwrap();
     let drained = std::time::Instant::now();

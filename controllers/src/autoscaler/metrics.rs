@@ -4,7 +4,8 @@
 //! Object and External ones need a custom or external metrics API, which is not served here,
 //! and fail as they fail in a Kubernetes cluster without an adapter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::autoscaling::v2::{
@@ -63,27 +64,95 @@ fn parse_window(s: &str) -> Duration {
     Duration::from_secs_f64(secs.max(0.0))
 }
 
-/// Per-pod samples of `resource` (summed over containers, or the one named): pods that lack
-/// the container or its usage are left out, as metrics-server's client leaves them out.
+/// One namespace's PodMetrics, listed at most once per `ttl` (1 s, as long as the API server
+/// keeps a node's summary) and shared by every autoscaler of the namespace. Kubernetes lists
+/// per autoscaler with its selector; with 1,000 autoscalers in a namespace that is ~70 lists a
+/// second, most of the controller's CPU, for the same few summaries. Concurrent syncs of one
+/// namespace wait for one list.
+#[derive(Debug)]
+pub struct PodMetricsCache {
+    ttl: Duration,
+    entries: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Listed>>>>>,
+}
+
+type Listed = (std::time::Instant, Arc<Vec<DynamicObject>>);
+
+impl PodMetricsCache {
+    pub fn new(ttl: Duration) -> PodMetricsCache {
+        PodMetricsCache {
+            ttl,
+            entries: Default::default(),
+        }
+    }
+
+    /// The namespace's PodMetrics, listed afresh when the last list is older than the ttl.
+    pub async fn list(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+    ) -> Result<Arc<Vec<DynamicObject>>, String> {
+        let slot = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            // Namespaces nobody asked about for a minute of ttls are dropped (a slot in use
+            // is held by its users, and kept).
+            let stale = self.ttl * 60;
+            entries.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot.try_lock().is_ok_and(|listed| {
+                        listed.as_ref().is_some_and(|(at, _)| at.elapsed() < stale)
+                    })
+            });
+            entries.entry(namespace.to_string()).or_default().clone()
+        };
+        let mut listed = slot.lock().await;
+        if let Some((at, items)) = listed.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(items.clone());
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &pod_metrics_resource());
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("unable to fetch metrics from resource metrics API: {e}"))?;
+        let items = Arc::new(list.items);
+        *listed = Some((std::time::Instant::now(), items.clone()));
+        Ok(items)
+    }
+}
+
+/// Per-pod samples of `resource` (summed over containers, or the one named) for the pods
+/// named: pods that lack the container or its usage are left out, as metrics-server's client
+/// leaves them out.
 pub async fn samples(
+    source: &PodMetricsCache,
     client: &kube::Client,
     namespace: &str,
-    selector: &str,
+    pods: &[Arc<Pod>],
     resource: &str,
     container: Option<&str>,
 ) -> Result<BTreeMap<String, Sample>, String> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &pod_metrics_resource());
-    let list = api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map_err(|e| format!("unable to fetch metrics from resource metrics API: {e}"))?;
-    if list.items.is_empty() {
+    let names: std::collections::HashSet<&str> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.as_deref())
+        .collect();
+    let all = source.list(client, namespace).await?;
+    let items: Vec<&DynamicObject> = all
+        .iter()
+        .filter(|m| {
+            m.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| names.contains(n))
+        })
+        .collect();
+    if items.is_empty() {
         return Err("no metrics returned from resource metrics API".into());
     }
     let scale = 1000.0;
     let mut out = BTreeMap::new();
-    for item in list.items {
+    for item in items {
         let Some(name) = item.metadata.name.clone() else {
             continue;
         };
@@ -212,10 +281,10 @@ fn target_of(t: &MetricTarget) -> Result<Target, String> {
 /// Reads the target's pods and samples for one metric and proposes a count.
 #[allow(clippy::too_many_arguments)]
 pub async fn evaluate(
+    source: &PodMetricsCache,
     client: &kube::Client,
     spec: &MetricSpec,
     namespace: &str,
-    selector: &str,
     pods: &[std::sync::Arc<Pod>],
     current: i32,
     settings: &Settings,
@@ -266,7 +335,7 @@ pub async fn evaluate(
         },
     };
     let target = target_of(target).map_err(fail)?;
-    let samples = samples(client, namespace, selector, resource, container)
+    let samples = samples(source, client, namespace, pods, resource, container)
         .await
         .map_err(|e| {
             fail(format!(

@@ -79,6 +79,10 @@ struct Autoscaler {
     /// Each autoscaler's target selector as last read: two whose selectors pick the same pod
     /// are both refused (AmbiguousSelector), as Kubernetes refuses them.
     selectors: Mutex<HashMap<String, capstan_api::Selector>>,
+    /// PodMetrics per namespace, shared by its autoscalers.
+    pod_metrics: metrics::PodMetricsCache,
+    /// Deployments' and ReplicaSets' scales from the shared informers.
+    local: scale::Local,
 }
 
 /// Runs the controller until dropped.
@@ -100,6 +104,10 @@ pub async fn run(m: Arc<Manager>) {
         clock: m.clock,
         histories: Mutex::new(HashMap::new()),
         selectors: Mutex::new(HashMap::new()),
+        local: scale::Local::new(m.informers.clone()),
+        pod_metrics: metrics::PodMetricsCache::new(
+            m.autoscaler.sync_period.min(Duration::from_secs(1)),
+        ),
     });
     let mut tasks = tokio::task::JoinSet::new();
     {
@@ -287,7 +295,8 @@ impl Autoscaler {
         }
         // 1. The target's scale.
         let t0 = std::time::Instant::now();
-        let got_scale = scale::get(&self.client, &self.discovery, ns, &mine).await;
+        let got_scale =
+            scale::get_local_first(&self.local, &self.client, &self.discovery, ns, &mine).await;
         tracing::debug!(hpa = %key, elapsed = ?t0.elapsed(), "get scale");
         let scale = match got_scale {
             Ok(s) => s,
@@ -531,10 +540,10 @@ impl Autoscaler {
         let mut first_error: Option<metrics::Failure> = None;
         for m in &specs {
             match metrics::evaluate(
+                &self.pod_metrics,
                 &self.client,
                 m,
                 ns,
-                selector,
                 &pods,
                 current,
                 &self.config.calculator,

@@ -2,9 +2,14 @@
 //! ReplicaSets, StatefulSets, custom resources), found through discovery. Shared by the
 //! HorizontalPodAutoscaler and ScalingPolicy controllers.
 
-use k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use std::sync::Arc;
 
+use k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+
+use crate::Informers;
 use crate::runtime::Discovery;
 
 /// The object scaled.
@@ -68,6 +73,69 @@ async fn api(
             )
         })?;
     Ok(Api::namespaced_with(client.clone(), ns, &mapping.resource))
+}
+
+/// Scales read from the shared informers instead of the API: Deployments' and ReplicaSets'
+/// (`apps`), whose informer is started the first time an autoscaler targets the kind — until
+/// it has listed, and for objects it does not hold, the scale subresource is read. At 1,000
+/// autoscalers this spares ~70 GETs a second (Kubernetes does the GETs).
+#[derive(Debug, Clone)]
+pub struct Local {
+    informers: Arc<Informers>,
+}
+
+impl Local {
+    pub fn new(informers: Arc<Informers>) -> Local {
+        Local { informers }
+    }
+
+    fn read(&self, ns: &str, target: &Target) -> Option<TargetScale> {
+        if target.group() != "apps" {
+            return None;
+        }
+        let (replicas, selector): (i32, Option<LabelSelector>) = match target.kind.as_str() {
+            "Deployment" => {
+                let inf = self.informers.deployments();
+                let at = ObjectRef::new(&target.name).within(ns);
+                let spec = inf
+                    .is_synced()
+                    .then(|| inf.store().get(&at))??
+                    .spec
+                    .clone()?;
+                (spec.replicas.unwrap_or(1), Some(spec.selector))
+            }
+            "ReplicaSet" => {
+                let inf = self.informers.replicasets();
+                let at = ObjectRef::new(&target.name).within(ns);
+                let spec = inf
+                    .is_synced()
+                    .then(|| inf.store().get(&at))??
+                    .spec
+                    .clone()?;
+                (spec.replicas.unwrap_or(1), Some(spec.selector))
+            }
+            _ => return None,
+        };
+        // As the scale subresource prints it.
+        let selector = capstan_api::Selector::from_label_selector(&selector?)
+            .ok()?
+            .to_string();
+        Some(TargetScale { replicas, selector })
+    }
+}
+
+/// The target's scale: from `local` when it holds it, else through the API.
+pub async fn get_local_first(
+    local: &Local,
+    client: &kube::Client,
+    discovery: &Discovery,
+    ns: &str,
+    target: &Target,
+) -> Result<TargetScale, String> {
+    match local.read(ns, target) {
+        Some(s) => Ok(s),
+        None => get(client, discovery, ns, target).await,
+    }
 }
 
 /// The target's replicas and selector.

@@ -130,6 +130,11 @@ where
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// Whether the first list is in the store.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
     /// The informer's store (a cheap handle). Wait for [`Informer::wait_synced`] before
     /// trusting it to be complete.
     pub fn store(&self) -> Store<K> {
