@@ -68,8 +68,9 @@ struct Autoscaler {
     client: kube::Client,
     hpas: Store<HorizontalPodAutoscaler>,
     pods: Store<Pod>,
-    /// Capstan's ScalingPolicies: an older one on the same target keeps it.
-    policies: Store<capstan_api::crds::ScalingPolicy>,
+    /// Capstan's ScalingPolicies, once the API serves them: an older one on the same target
+    /// keeps it.
+    policies: Arc<std::sync::OnceLock<Store<capstan_api::crds::ScalingPolicy>>>,
     discovery: Arc<Discovery>,
     recorder: Recorder,
     queue: Arc<WorkQueue<String>>,
@@ -95,8 +96,7 @@ pub async fn run(m: Arc<Manager>) {
         client: m.client.clone(),
         hpas: hpas.store(),
         pods: pods.store(),
-        // Not waited for: where the CRD is not installed it stays empty.
-        policies: m.informers.scaling_policies().store(),
+        policies: Arc::new(std::sync::OnceLock::new()),
         discovery: m.discovery.clone(),
         recorder: Recorder::new(m.client.clone(), "horizontal-pod-autoscaler"),
         queue: queue.clone(),
@@ -110,6 +110,17 @@ pub async fn run(m: Arc<Manager>) {
         ),
     });
     let mut tasks = tokio::task::JoinSet::new();
+    // ScalingPolicies are watched once their CRD is served (`capstan up` installs it; a
+    // Kubernetes running these controllers may not have it).
+    {
+        let (policies, m) = (me.policies.clone(), m.clone());
+        tasks.spawn(async move {
+            m.discovery
+                .wait_served("capstan.dev/v1alpha1", "ScalingPolicy", || {})
+                .await;
+            let _ = policies.set(m.informers.scaling_policies().store());
+        });
+    }
     {
         // New autoscalers and spec changes are synced at once (status writes are not).
         let me = me.clone();
@@ -267,7 +278,8 @@ impl Autoscaler {
         };
         // 0. One autoscaler per target: an older ScalingPolicy on it keeps it.
         let mine = scale::Target::from_hpa(target);
-        let rival = self.policies.state().into_iter().find(|p| {
+        let policies = self.policies.get().map(Store::state).unwrap_or_default();
+        let rival = policies.into_iter().find(|p| {
             p.metadata.namespace.as_deref() == Some(ns)
                 && crate::scalingpolicy::target_of(&p.spec).same_object(&mine)
                 && (

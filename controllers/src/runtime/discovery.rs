@@ -227,6 +227,23 @@ impl Discovery {
     }
 
     /// Where `api_version` + `kind` is served, refreshing discovery once if it is unknown.
+    /// Returns once the API serves `kind` of `api_version` (a CRD that may be installed later):
+    /// looked for every 2 s for the first minute, then every 30 s; `missing` is called once,
+    /// on the first miss.
+    pub async fn wait_served(&self, api_version: &str, kind: &str, missing: impl FnOnce()) {
+        let mut missing = Some(missing);
+        for attempt in 0u32.. {
+            if let Ok(Some(_)) = self.resolve(api_version, kind).await {
+                return;
+            }
+            if let Some(say) = missing.take() {
+                say();
+            }
+            let wait = if attempt < 30 { 2 } else { 30 };
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        }
+    }
+
     pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<Option<Arc<Mapping>>> {
         if let Some(m) = self.current().resolve(api_version, kind) {
             return Ok(Some(m));

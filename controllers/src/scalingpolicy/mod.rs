@@ -77,6 +77,16 @@ struct Controller {
 
 /// Runs the controller until dropped.
 pub async fn run(m: Arc<Manager>) {
+    // The CRD may not be served (a Kubernetes running these controllers without Capstan's
+    // CRDs applied): the controller waits for it, looking every 30 s, rather than watch a
+    // resource that is not there.
+    m.discovery
+        .wait_served("capstan.dev/v1alpha1", "ScalingPolicy", || {
+            tracing::info!(
+                "scalingpolicies.capstan.dev is not served (kubectl apply -f manifests/crds/); waiting for it"
+            )
+        })
+        .await;
     let (policies, hpas) = (
         m.informers.scaling_policies(),
         m.informers.horizontal_pod_autoscalers(),
