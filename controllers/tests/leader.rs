@@ -84,11 +84,18 @@ async fn one_candidate_leads_and_another_takes_over_on_release_or_crash() {
     // A clean stop releases the lease: a standby takes over well within a lease duration.
     stop_a.send(()).unwrap();
     a.await.unwrap();
-    let took = until(Duration::from_secs(2), "a standby leads", || async {
+    // Released, not left to expire: the moment a has stopped, the Lease no longer names it
+    // (checked on the Lease itself, not by how fast a standby notices: on a loaded machine
+    // that can take longer than a lease duration either way).
+    assert_ne!(
+        holder(&leases).await.as_deref(),
+        Some("a"),
+        "a stopped without releasing"
+    );
+    until(Duration::from_secs(10), "a standby leads", || async {
         matches!(holder(&leases).await.as_deref(), Some("b") | Some("c"))
     })
     .await;
-    assert!(took < timings().lease_duration, "took {took:?}");
     let next = holder(&leases).await.unwrap();
     // A crash (no release): the other takes over after the lease expires.
     let (crashed, survivor) = if next == "b" { (b, "c") } else { (c2, "b") };

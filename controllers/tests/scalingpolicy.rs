@@ -185,7 +185,9 @@ async fn a_redis_queue_wakes_a_deployment_from_zero_and_lets_it_go_back_after_th
     );
     until(WAIT, "inactive in status", || async {
         let s = status(&c, "worker").await;
-        condition(&s, "Active")["status"] == "False" && s["desiredReplicas"] == 0
+        condition(&s, "Active")["status"] == "False"
+            && s["desiredReplicas"] == 0
+            && s.get("activeTriggers").is_none()
     })
     .await;
 

@@ -236,11 +236,21 @@ impl Controller {
         let old = policy.status.clone().unwrap_or_default();
         let status = self.reconcile(key, ns, &policy, &old, polling).await;
         if status != old {
+            // A merge patch keeps keys it does not name: a field the new status drops
+            // (activeTriggers once nothing is active) is written as null to remove it.
+            let mut body = serde_json::to_value(&status).unwrap_or_default();
+            if let (Some(new), Ok(serde_json::Value::Object(before))) =
+                (body.as_object_mut(), serde_json::to_value(&old))
+            {
+                for k in before.keys() {
+                    new.entry(k.clone()).or_insert(serde_json::Value::Null);
+                }
+            }
             let api: Api<ScalingPolicy> = Api::namespaced(self.client.clone(), ns);
             api.patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "status": status })),
+                &Patch::Merge(serde_json::json!({ "status": body })),
             )
             .await?;
         }
