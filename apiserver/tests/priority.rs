@@ -98,6 +98,15 @@ async fn pods_take_their_priority_from_their_class() {
         &json!({"metadata": {"name": "normal"}, "value": 10, "globalDefault": true}),
     );
     assert_eq!(code, 201, "{body}");
+    // The admission reads classes from its cache, which follows the store a moment behind
+    // (as Kubernetes' listers do): dry runs until it has the new default, then the pod.
+    let dry = format!("{PODS}?dryRun=All");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while send(&c, "POST", &dry, &pod("e", json!({}))).1["spec"]["priority"] != 10
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let (_, p) = send(&c, "POST", PODS, &pod("e", json!({})));
     assert_eq!(
         (
