@@ -3,7 +3,8 @@
 # processes), protoc (etcd-client's build compiles etcd's protos) and kubectl (the e2e suite
 # drives it; Debian's kubernetes-client when none is installed), and the official Kubernetes
 # Python client (one e2e test drives it; installed with pip), tzdata (CronJobs' time zones) and
-# redis-server (queue triggers' tests). Installs them with apt when
+# redis-server (queue triggers' tests), git and sshd (the GitOps tests fetch real repositories
+# over file://, git://, http and ssh). Installs them with apt when
 # running as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
 # `ensure-deps.sh build` checks only what building needs (protoc): `make build`; `ensure-deps.sh
 # run` adds what running as root needs for Services (nft, for the agent's service proxy):
@@ -20,10 +21,16 @@ if [ "$mode" != build ]; then
   command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
   [ -n "${CAPSTAN_KUBECTL:-}" ] || command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 fi
-# ScalingPolicy queue triggers are tested against a real Redis.
+# ScalingPolicy queue triggers are tested against a real Redis; GitSyncs against real git
+# servers, sshd among them.
 if [ "$mode" = test ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  # The ingress e2e asks the proxy with curl --resolve.
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
 fi
+# The GitOps controller fetches with the git binary.
+[ "$mode" = build ] || command -v git >/dev/null 2>&1 || missing+=(git)
 # CronJobs' timeZone is looked up in the system's tz database, as Kubernetes does.
 [ "$mode" = build ] || [ -d /usr/share/zoneinfo/America ] || missing+=(tzdata)
 

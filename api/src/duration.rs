@@ -1,5 +1,13 @@
 //! Durations as Kubernetes and Go write them in flags and specs.
 
+/// `s` parsed (see [`parse`]), or `default` when there is none.
+pub fn parse_or(
+    s: Option<&str>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    s.map_or(Ok(default), parse)
+}
+
 /// A Go-style duration: a sequence of decimal numbers with units ns, us (µs), ms, s, m, h
 /// and (beyond Go) d for 24 h, e.g. "300ms", "1.5s", "1m30s", "7d"; a bare "0" is zero.
 pub fn parse(s: &str) -> Result<std::time::Duration, String> {

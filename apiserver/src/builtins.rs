@@ -430,6 +430,32 @@ pub fn builtins() -> Vec<ResourceInfo> {
                 .table(crate::volumes::storage_class::table)
                 .arc(),
         ),
+        res(
+            (crate::ingress::GROUP, "v1", "Ingress"),
+            "ingresses",
+            &["ing"],
+            true,
+            true,
+            Builtin::of::<k8s_openapi::api::networking::v1::Ingress>()
+                .validate_with(crate::ingress::validate)
+                .table(crate::ingress::ingresses)
+                .generation()
+                .reset_status_on_create()
+                .arc(),
+        ),
+        res(
+            (crate::ingress::GROUP, "v1", "IngressClass"),
+            "ingressclasses",
+            &[],
+            false,
+            false,
+            Builtin::of::<k8s_openapi::api::networking::v1::IngressClass>()
+                .validate_with(crate::ingress::validate_class)
+                .validate_update_with(crate::ingress::validate_class_update)
+                .table(crate::ingress::classes)
+                .generation()
+                .arc(),
+        ),
         hpa,
         pdb,
         events_v1(),

@@ -35,6 +35,7 @@ pub mod ephemeral_containers;
 pub mod errors;
 pub mod events;
 pub mod http;
+pub mod ingress;
 pub mod metrics;
 pub mod object;
 pub mod openapi;
@@ -230,6 +231,8 @@ impl ApiServer {
                 Arc::new(quota::limit_range::ClaimLimits(limit_ranger.clone())),
             ])),
         );
+        let ingress_class = Arc::new(ingress::DefaultClass::default());
+        registry.attach_hooks((ingress::GROUP, "v1", "ingresses"), ingress_class.clone());
         registry.attach_hooks(
             (priority::GROUP, "v1", "priorityclasses"),
             Arc::new(priority::ClassDefault(priority.clone())),
@@ -267,6 +270,7 @@ impl ApiServer {
         sa_admission.attach(Arc::downgrade(&api));
         priority.attach(Arc::downgrade(&api));
         claims.attach(Arc::downgrade(&api));
+        ingress_class.attach(Arc::downgrade(&api));
         for info in api.registry.all() {
             api.cacher(&info)?;
         }

@@ -227,6 +227,22 @@ pub fn validate_meta(obj: &Value, namespaced: bool, names: NameRule) -> Vec<Fiel
 }
 
 /// Now, as metav1.Time writes it (seconds, UTC).
+/// The default class of a kind (StorageClass, IngressClass): of the objects annotated
+/// `annotation: "true"`, the newest, then the first by name — how Kubernetes' DefaultStorageClass
+/// and DefaultIngressClass admission plugins pick when several claim to be the default.
+pub fn newest_default(classes: &[std::sync::Arc<Value>], annotation: &str) -> Option<String> {
+    classes
+        .iter()
+        .filter(|c| c["metadata"]["annotations"][annotation] == "true")
+        .max_by(|a, b| {
+            let created = |c: &Value| c.meta_str("creationTimestamp").unwrap_or("").to_string();
+            created(a)
+                .cmp(&created(b))
+                .then_with(|| b.name().cmp(&a.name()))
+        })
+        .and_then(|c| c.name().map(str::to_string))
+}
+
 pub fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1023,6 +1023,7 @@ async fn discovery_lists_every_resource_with_its_subresources() {
             "discovery.k8s.io",
             "events.k8s.io",
             "metrics.k8s.io",
+            "networking.k8s.io",
             "policy",
             "rbac.authorization.k8s.io",
             "scheduling.k8s.io",

@@ -1,7 +1,9 @@
 //! `capstan apply | get | delete`: the everyday kubectl verbs for machines without kubectl,
 //! built on the kube crate and talking to any Kubernetes API (Capstan's or another).
-//! - `apply -f FILE|DIR|-`: multi-document YAML (and `kind: List`), server-side apply with field
-//!   manager `capstan` (`--force-conflicts` to take fields other managers own);
+//! - `apply -f FILE|DIR|-`: multi-document YAML (and `kind: List`) through the apply engine
+//!   the GitOps controller uses (capstan_controllers::apply): CRDs first and waited on,
+//!   every object dry-run before any is written, only changed ones written; server-side
+//!   apply with field manager `capstan` (`--force-conflicts` to take fields other managers own);
 //! - `get RESOURCE [NAME] [-l SEL] [-A] [-o table|wide|json|yaml|name]`: the server's Table by default;
 //! - `delete RESOURCE NAME... | -l SEL | -f FILE`.
 //!
@@ -13,10 +15,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use axum::http::{Request, header};
+use capstan_api::crds::SyncedObject;
+use capstan_controllers::apply::kustomize::is_manifest_file;
+use capstan_controllers::apply::{Applier, Manifest, Options, manifests};
+use capstan_controllers::runtime::Discovery;
 use clap::{Args, Subcommand, ValueEnum};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use kube::core::ApiResource;
 use serde_json::Value;
+use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -42,6 +49,22 @@ pub enum ClientCmd {
         /// Take fields other managers own.
         #[arg(long)]
         force_conflicts: bool,
+        #[arg(long, default_value = "capstan")]
+        field_manager: String,
+        /// Delete what the last apply with this `--inventory` applied and these files no
+        /// longer hold.
+        #[arg(long, requires = "inventory")]
+        prune: bool,
+        /// The ConfigMap (in the namespace) that records what was applied, for `--prune`;
+        /// applied objects are labelled `capstan.dev/inventory=NAME`.
+        #[arg(long)]
+        inventory: Option<String>,
+    },
+    /// Show what `apply -f` would change, as unified diffs of the live objects and the
+    /// server's dry-run result (exit status 1 when something would change, as kubectl diff).
+    Diff {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
         #[arg(long, default_value = "capstan")]
         field_manager: String,
     },
@@ -219,10 +242,12 @@ fn by_kind<'a>(resources: &'a [Resource], api_version: &str, kind: &str) -> Resu
         .ok_or_else(|| anyhow!("no resource of kind {kind} in {api_version} is served"))
 }
 
-/// Every object in the files (a directory: its *.yaml, *.yml and *.json; "-": stdin).
-fn read_objects(files: &[PathBuf]) -> Result<Vec<Value>> {
-    let mut texts = Vec::new();
+/// Every manifest in the files (a directory: its *.yaml, *.yml and *.json; "-": stdin), each
+/// knowing its file and line.
+fn read_manifests(files: &[PathBuf]) -> Result<Vec<Manifest>> {
+    let mut out = Vec::new();
     for f in files {
+        let mut texts = Vec::new();
         if f == Path::new("-") {
             let mut s = String::new();
             std::io::stdin().read_to_string(&mut s)?;
@@ -231,10 +256,7 @@ fn read_objects(files: &[PathBuf]) -> Result<Vec<Value>> {
             let mut entries: Vec<_> = std::fs::read_dir(f)
                 .with_context(|| format!("reading {}", f.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension()
-                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-                })
+                .filter(|p| is_manifest_file(&p.to_string_lossy()))
                 .collect();
             entries.sort();
             for p in entries {
@@ -246,31 +268,85 @@ fn read_objects(files: &[PathBuf]) -> Result<Vec<Value>> {
                 std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
             ));
         }
-    }
-    let mut objects = Vec::new();
-    for (source, text) in texts {
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v = serde_json::to_value(
-                <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
-                    .with_context(|| format!("parsing {source}"))?,
-            )
-            .with_context(|| format!("converting {source}"))?;
-            match v {
-                Value::Null => {}
-                Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
-                    objects.extend(
-                        m.get("items")
-                            .and_then(Value::as_array)
-                            .cloned()
-                            .unwrap_or_default(),
-                    );
-                }
-                Value::Object(_) => objects.push(v),
-                _ => bail!("{source}: a document is not an object"),
-            }
+        for (source, text) in texts {
+            out.extend(manifests::parse(&source, &text)?);
         }
     }
-    Ok(objects)
+    Ok(out)
+}
+
+/// The label `capstan apply --inventory NAME` puts on what it applies.
+const INVENTORY_LABEL: &str = "capstan.dev/inventory";
+
+/// What `capstan apply --inventory NAME` applied last: ConfigMap NAME, one object a line
+/// (`apiVersion kind namespace name`, `-` for no namespace) under key `objects`.
+struct Inventory {
+    api: Api<k8s_openapi::api::core::v1::ConfigMap>,
+    name: String,
+}
+
+impl Inventory {
+    fn new(client: &kube::Client, ns: &str, name: &str) -> Self {
+        Inventory {
+            api: Api::namespaced(client.clone(), ns),
+            name: name.to_string(),
+        }
+    }
+
+    async fn read(&self) -> Result<Vec<SyncedObject>> {
+        let Some(cm) = self.api.get_opt(&self.name).await? else {
+            return Ok(Vec::new());
+        };
+        let text = cm
+            .data
+            .unwrap_or_default()
+            .remove("objects")
+            .unwrap_or_default();
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let [api_version, kind, ns, name] = f[..] else {
+                    return None;
+                };
+                Some(SyncedObject {
+                    api_version: api_version.into(),
+                    kind: kind.into(),
+                    namespace: (ns != "-").then(|| ns.to_string()),
+                    name: name.into(),
+                })
+            })
+            .collect())
+    }
+
+    async fn write(&self, objects: &[SyncedObject], manager: &str) -> Result<()> {
+        let lines: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                let ns = o.namespace.as_deref().unwrap_or("-");
+                format!("{} {} {ns} {}", o.api_version, o.kind, o.name)
+            })
+            .collect();
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": self.name}, "data": {"objects": lines.join("\n")}});
+        self.api
+            .patch(
+                &self.name,
+                &kube::api::PatchParams::apply(manager).force(),
+                &kube::api::Patch::Apply(&cm),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// `deployment.apps` / `configmap`: how kubectl names a kind in its output.
+fn display_of(o: &SyncedObject) -> String {
+    let kind = o.kind.to_ascii_lowercase();
+    match o.api_version.split_once('/') {
+        Some((group, _)) => format!("{kind}.{group}"),
+        None => kind,
+    }
 }
 
 pub async fn client(args: &ClientArgs) -> Result<kube::Client> {
@@ -304,39 +380,90 @@ pub async fn run(args: ClientArgs, cmd: ClientCmd) -> Result<()> {
             files,
             force_conflicts,
             field_manager,
+            prune,
+            inventory,
         } => {
-            let mut failed = 0;
-            let mut pp = PatchParams::apply(&field_manager);
-            pp.force = force_conflicts;
-            for obj in read_objects(&files)? {
-                let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-                let kind = obj["kind"].as_str().unwrap_or_default();
-                let name = obj["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let result = async {
-                    let r = by_kind(&resources, api_version, kind)?;
-                    let obj_ns = obj["metadata"]["namespace"]
-                        .as_str()
-                        .unwrap_or(&ns)
-                        .to_string();
-                    api_for(&client, r, &obj_ns)
-                        .patch(&name, &pp, &Patch::Apply(&obj))
-                        .await?;
-                    Ok::<_, anyhow::Error>(r.display())
-                }
-                .await;
-                match result {
-                    Ok(kind) => println!("{kind}/{name} serverside-applied"),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("error: {kind} {name:?}: {e:#}");
+            let manifests = read_manifests(&files)?;
+            let applier = Applier::new(client.clone(), Arc::new(Discovery::new(client.clone())));
+            let mut opts = Options {
+                field_manager,
+                force_conflicts,
+                default_namespace: ns.clone(),
+                ..Default::default()
+            };
+            if let Some(inv) = &inventory {
+                opts.labels.insert(INVENTORY_LABEL.into(), inv.clone());
+            }
+            let report = applier.apply(&manifests, &opts).await?;
+            for a in &report.applied {
+                println!("{}/{} {}", display_of(&a.object), a.object.name, a.action);
+            }
+            if let Some(inv) = &inventory {
+                let store = Inventory::new(&client, &ns, inv);
+                let current = report.inventory();
+                if prune {
+                    let keep: std::collections::BTreeSet<SyncedObject> =
+                        current.iter().cloned().collect();
+                    let stale: Vec<SyncedObject> = store
+                        .read()
+                        .await?
+                        .into_iter()
+                        .filter(|o| !keep.contains(o))
+                        .collect();
+                    let (deleted, kept) = applier.prune(&stale, &keep, &opts).await?;
+                    for o in deleted {
+                        println!("{}/{} pruned", display_of(&o), o.name);
+                    }
+                    for (o, why) in kept {
+                        eprintln!("{}/{} not pruned: {why}", display_of(&o), o.name);
                     }
                 }
+                store.write(&current, &opts.field_manager).await?;
             }
-            if failed > 0 {
-                bail!("{failed} object(s) could not be applied");
+        }
+        ClientCmd::Diff {
+            files,
+            field_manager,
+        } => {
+            let manifests = read_manifests(&files)?;
+            let applier = Applier::new(client.clone(), Arc::new(Discovery::new(client.clone())));
+            let opts = Options {
+                field_manager,
+                default_namespace: ns.clone(),
+                ..Default::default()
+            };
+            let diffs = match applier.diff(&manifests, &opts).await {
+                Ok(d) => d,
+                Err(e) => {
+                    // kubectl diff's convention: > 1 is an error, 1 a difference.
+                    eprintln!("capstan: {e}");
+                    std::process::exit(2);
+                }
+            };
+            for d in &diffs {
+                let name = format!("{}/{}", display_of(&d.object), d.object.name);
+                let text = |v: Option<&Value>| {
+                    v.map(|v| {
+                        let mut v = v.clone();
+                        if let Some(m) = v["metadata"].as_object_mut() {
+                            m.remove("managedFields");
+                        }
+                        serde_yaml::to_string(&v).unwrap_or_default()
+                    })
+                    .unwrap_or_default()
+                };
+                print!(
+                    "{}",
+                    crate::diff::unified(
+                        &format!("{name} (live)"),
+                        &format!("{name} (merged)"),
+                        &text(d.live.as_ref()),
+                        &text(Some(&d.merged)),
+                    )
+                );
+            }
+            if !diffs.is_empty() {
+                std::process::exit(1);
             }
         }
         ClientCmd::Get {
@@ -458,7 +585,8 @@ pub async fn run(args: ClientArgs, cmd: ClientCmd) -> Result<()> {
         } => {
             let mut targets: Vec<(Resource, String, String)> = Vec::new();
             if !files.is_empty() {
-                for obj in read_objects(&files)? {
+                for m in read_manifests(&files)? {
+                    let obj = m.object;
                     let r = by_kind(
                         &resources,
                         obj["apiVersion"].as_str().unwrap_or_default(),

@@ -114,6 +114,10 @@ pub struct ManagerArgs {
     /// Autoscalers synced at once.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub concurrent_horizontal_pod_autoscaler_syncs: u32,
+    /// Where the GitOps controller caches the repositories it fetches (`capstan up`:
+    /// DATA_DIR/gitops; else capstan-gitops under the temporary directory).
+    #[arg(long)]
+    pub gitops_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl ManagerArgs {
@@ -350,6 +354,12 @@ impl ManagerArgs {
                     cluster_signing: cluster_signing.clone(),
                     cluster_signing_duration: signing_duration,
                     autoscaler,
+                    gitops: match &self.gitops_cache_dir {
+                        Some(dir) => capstan_controllers::gitops::Config {
+                            cache_dir: dir.clone(),
+                        },
+                        None => Default::default(),
+                    },
                     ..Default::default()
                 };
                 let m = Manager::with_config(client.clone(), &registry, config);
@@ -413,19 +423,16 @@ impl ManagerArgs {
     }
 }
 
-pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
-    let base = crate::client_cmd::config(&client_args).await?;
-    let client = kube::Client::try_from(base.clone())?;
-    let registry = prometheus::Registry::new();
-    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+/// Serves /metrics (the registry's series, Prometheus text) and /healthz on `listen`.
+pub async fn serve_metrics(listen: SocketAddr, registry: Arc<prometheus::Registry>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("listening on {}", args.metrics_listen))?;
-    let metrics_registry = Arc::new(registry.clone());
+        .with_context(|| format!("listening on {listen}"))?;
     let app = axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let r = metrics_registry.clone();
+                let r = registry.clone();
                 async move {
                     use prometheus::Encoder;
                     let mut buf = Vec::new();
@@ -438,6 +445,14 @@ pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    Ok(())
+}
+
+pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
+    let base = crate::client_cmd::config(&client_args).await?;
+    let client = kube::Client::try_from(base.clone())?;
+    let registry = prometheus::Registry::new();
+    serve_metrics(args.metrics_listen, Arc::new(registry.clone())).await?;
     let (leading, _) = tokio::sync::watch::channel(ManagerState::Campaigning);
     args.manager
         .run(

@@ -20,7 +20,9 @@ mod certs;
 mod client_cmd;
 mod controllers_cmd;
 mod crd_cmd;
+mod diff;
 mod encryption;
+mod ingress_cmd;
 mod join;
 mod pause_cmd;
 mod serve_args;
@@ -66,6 +68,9 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// Run the node agent: register this machine as a Node and run the pods bound to it.
     Agent(agent_cmd::AgentCmd),
+    /// Run the ingress proxy alone: HTTP(S) routed into Services by the Ingresses of its
+    /// class (`capstan up` runs one itself).
+    Ingress(ingress_cmd::IngressCmd),
     /// Container images for the containerd runtime.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -171,6 +176,7 @@ fn main() -> std::process::ExitCode {
             Command::Crd(cmd) => crd_cmd::run(cmd),
             Command::Sim(args) => sim_cmd::run(cli.client, args).await,
             Command::Agent(cmd) => agent_cmd::run(cli.client, cmd).await,
+            Command::Ingress(cmd) => ingress_cmd::run(cli.client, cmd).await,
             Command::Token(cmd) => token_cmd::run(cli.client, cmd).await,
             Command::Storage(cmd) => storage_cmd::run(cli.client, cmd).await,
             Command::Image(ImageCmd::Import(cmd)) => agent_cmd::image_import(cmd).await,

@@ -31,6 +31,10 @@ pub struct StoreArgs {
     /// Key prefix in etcd; lets several clusters share one etcd.
     #[arg(long, default_value = "/registry/")]
     pub etcd_prefix: String,
+    /// How long to wait at start-up for etcd to answer (a cluster still electing its leader,
+    /// members still starting), retrying with back-off from 250 ms to 5 s; 0s: fail at once.
+    #[arg(long, default_value = "60s", value_parser = crate::controllers_cmd::parse_duration)]
+    pub etcd_startup_timeout: std::time::Duration,
 }
 
 impl StoreArgs {
@@ -55,10 +59,34 @@ impl StoreArgs {
                 }
                 let mut opts = EtcdOptions::new(self.etcd_endpoints.clone());
                 opts.prefix = self.etcd_prefix.clone();
-                let store = EtcdStore::connect(opts)
-                    .await
-                    .context("connecting to etcd")?;
-                Ok(Arc::new(store))
+                Ok(Arc::new(
+                    connect_with_backoff(opts, self.etcd_startup_timeout).await?,
+                ))
+            }
+        }
+    }
+}
+
+/// Connects to etcd, trying again with back-off (250 ms doubling to 5 s) while it is
+/// unavailable, for at most `wait`; any other error, or the last one, is returned.
+async fn connect_with_backoff(opts: EtcdOptions, wait: std::time::Duration) -> Result<EtcdStore> {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + wait;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match EtcdStore::connect(opts.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(capstan_storage::StorageError::Unavailable { message, .. })
+                if Instant::now() + backoff < deadline =>
+            {
+                tracing::warn!(%message, retry_in = ?backoff, "waiting for etcd");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("connecting to etcd (waited up to {wait:?}: --etcd-startup-timeout)")
+                });
             }
         }
     }

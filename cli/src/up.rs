@@ -74,6 +74,11 @@ pub struct UpArgs {
     /// directories under the data dir of the node their first pod runs on).
     #[arg(long)]
     pub disable_local_storage: bool,
+    /// Do not run the ingress proxy, nor create the `capstan` IngressClass.
+    #[arg(long)]
+    pub disable_ingress: bool,
+    #[command(flatten)]
+    pub ingress: crate::ingress_cmd::IngressArgs,
 }
 
 pub use crate::agent_cmd::Runtime;
@@ -112,7 +117,7 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     // node (system:node:NAME in system:nodes). On plain HTTP they (and the administrator's
     // kubeconfig) authenticate with tokens made for this run.
     let node_user = format!("system:node:{}", crate::agent_cmd::node_name(&args.agent));
-    let identities: [(&str, &str, Vec<&str>); 3] = [
+    let identities: [(&str, &str, Vec<&str>); 4] = [
         (
             "admin",
             crate::certs::ADMIN,
@@ -127,6 +132,11 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             "node",
             &node_user,
             vec![capstan_apiserver::auth::rbac::bootstrap::NODES],
+        ),
+        (
+            "ingress",
+            capstan_apiserver::auth::rbac::bootstrap::INGRESS,
+            vec![],
         ),
     ];
     let mut tokens = Vec::new();
@@ -194,6 +204,16 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         capstan_apiserver::volumes::storage_class::ensure_local_path(&api)
             .await
             .map_err(|e| anyhow::anyhow!("creating the local-path StorageClass: {}", e.message))?;
+    }
+    let ingress = with_controllers && !args.disable_ingress;
+    if ingress {
+        capstan_apiserver::ingress::ensure_class(
+            &api,
+            capstan_node_agent::ingress::DEFAULT_CLASS,
+            capstan_node_agent::ingress::CONTROLLER,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the capstan IngressClass: {}", e.message))?;
     }
     capstan_apiserver::crd::builtin::ensure(&api)
         .await
@@ -277,6 +297,9 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             manager.use_service_account_credentials = false;
         }
         manager.controller_token_dir = Some(args.store.data_dir.join("controller-tokens"));
+        manager
+            .gitops_cache_dir
+            .get_or_insert_with(|| args.store.data_dir.join("gitops"));
         if manager.leader_elect_identity.is_none() {
             manager.leader_elect_identity = Some(stable_identity(&args.store));
         }
@@ -369,6 +392,29 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
             }
         }));
     }
+    // The ingress proxy, as its own identity. Its ports are the host's 80 and 443 by default:
+    // when one is taken, the cluster runs without it (and says so) rather than not at all.
+    let mut ingress_proxy = None;
+    if ingress {
+        let client = crate::certs::client_of(&kubeconfigs[3])
+            .await
+            .context("client for the ingress proxy")?;
+        let node_ip = args
+            .agent
+            .node_ip
+            .clone()
+            .unwrap_or_else(capstan_node_agent::node::host_ip);
+        let config = args.ingress.config(node_ip.parse().ok());
+        let metrics = capstan_node_agent::ingress::IngressMetrics::register(&api.prometheus)
+            .context("registering the ingress metrics")?;
+        match capstan_node_agent::ingress::start(client, config, metrics).await {
+            Ok(p) => ingress_proxy = Some(p),
+            Err(e) => tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "ingress: not started; Ingresses are not served here (free the port, or give --ingress-http-address / --ingress-https-address, or --disable-ingress)"
+            ),
+        }
+    }
     // Ready once the in-process controllers lead: a client acting right after the line is
     // served by them (a restart on the same data dir takes its own Lease back at once, a
     // released one is taken at once). Or once another replica sharing the store (on etcd) is
@@ -402,6 +448,8 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
     {
         tracing::warn!("the node agent did not stop within 10s");
     }
+    // The proxy's watches would hold the server's graceful shutdown open.
+    drop(ingress_proxy);
     // The manager releases its Lease through the server, so it stops before the server does.
     if let Some(t) = manager_task
         && tokio::time::timeout(Duration::from_secs(5), t)
@@ -476,6 +524,7 @@ mod tests {
             data_dir: dir.into(),
             etcd_endpoints: Vec::new(),
             etcd_prefix: "/registry/".into(),
+            etcd_startup_timeout: std::time::Duration::ZERO,
         }
     }
 

@@ -31,6 +31,8 @@
 //! - [`autoscaler`]: HorizontalPodAutoscalers, from metrics.k8s.io through the targets' scale;
 //!   [`scalingpolicy`]: Capstan's ScalingPolicies (schedule, queue, metric and predictive
 //!   triggers, scale to zero).
+//! - [`gitops`]: keeps the cluster equal to git repositories of manifests (GitSyncs),
+//!   through the [`apply`] engine `capstan apply` shares.
 //! - [`certificates`]: approves node certificate requests and signs approved ones with the
 //!   cluster CA.
 //! - [`serviceaccount`]: a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in
@@ -39,6 +41,7 @@
 //! Each controller keeps its decisions in pure functions (`plan.rs`, `rolling.rs`, ...) that are
 //! table-tested without I/O, and applies them in a thin async step.
 
+pub mod apply;
 pub mod autoscaler;
 pub mod certificates;
 pub mod claims;
@@ -51,6 +54,7 @@ pub mod endpointslice;
 pub mod endpointslicemirroring;
 mod error;
 pub mod garbagecollector;
+pub mod gitops;
 pub mod history;
 pub mod job;
 pub mod namespace;
@@ -75,7 +79,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use capstan_api::crds::ScalingPolicy;
+use capstan_api::crds::{GitSync, ScalingPolicy};
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
@@ -106,6 +110,7 @@ pub const ALL: &[&str] = &[
     endpointslice::NAME,
     endpointslicemirroring::NAME,
     garbagecollector::NAME,
+    gitops::NAME,
     job::NAME,
     namespace::NAME,
     nodelifecycle::NAME,
@@ -146,6 +151,7 @@ pub struct Informers {
     resource_quotas: OnceLock<Arc<Informer<ResourceQuota>>>,
     horizontal_pod_autoscalers: OnceLock<Arc<Informer<HorizontalPodAutoscaler>>>,
     scaling_policies: OnceLock<Arc<Informer<ScalingPolicy>>>,
+    git_syncs: OnceLock<Arc<Informer<GitSync>>>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -181,6 +187,7 @@ impl Informers {
             resource_quotas: OnceLock::new(),
             horizontal_pod_autoscalers: OnceLock::new(),
             scaling_policies: OnceLock::new(),
+            git_syncs: OnceLock::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -291,6 +298,12 @@ impl Informers {
             .get_or_init(|| self.start(Api::all(self.client.clone())))
             .clone()
     }
+    /// Capstan's GitSyncs (their CRD must be installed: `capstan up` does).
+    pub fn git_syncs(&self) -> Arc<Informer<GitSync>> {
+        self.git_syncs
+            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .clone()
+    }
     /// The nodes' heartbeats: Leases in kube-node-lease.
     pub fn node_leases(&self) -> Arc<Informer<Lease>> {
         self.node_leases
@@ -340,6 +353,8 @@ pub struct Manager {
     pub job: job::plan::Settings,
     /// The HorizontalPodAutoscaler controller's flags.
     pub autoscaler: autoscaler::Config,
+    /// Where the GitOps controller caches repositories.
+    pub gitops: gitops::Config,
     /// The time the time-driven controllers (CronJobs, TTLs) read.
     pub clock: runtime::Clock,
     /// The cluster CA (PEM) the root-CA publisher puts in every namespace (`--root-ca-file`).
@@ -366,6 +381,7 @@ pub struct Config {
     pub pod_gc: podgc::Config,
     pub job: job::plan::Settings,
     pub autoscaler: autoscaler::Config,
+    pub gitops: gitops::Config,
     pub clock: runtime::Clock,
     pub root_ca: Option<String>,
     pub cluster_signing: Option<Arc<capstan_pki::Ca>>,
@@ -385,6 +401,7 @@ impl Default for Config {
             pod_gc: podgc::Config::default(),
             job: job::plan::Settings::default(),
             autoscaler: autoscaler::Config::default(),
+            gitops: gitops::Config::default(),
             clock: runtime::Clock::system(),
             root_ca: None,
             cluster_signing: None,
@@ -420,6 +437,7 @@ impl Manager {
             pod_gc: config.pod_gc,
             job: config.job,
             autoscaler: config.autoscaler,
+            gitops: config.gitops,
             clock: config.clock,
             root_ca: config.root_ca,
             cluster_signing: config.cluster_signing,
@@ -445,6 +463,7 @@ impl Manager {
             pod_gc: self.pod_gc.clone(),
             job: self.job,
             autoscaler: self.autoscaler,
+            gitops: self.gitops.clone(),
             clock: self.clock,
             root_ca: self.root_ca.clone(),
             cluster_signing: self.cluster_signing.clone(),
@@ -487,6 +506,7 @@ impl Manager {
                 match name.as_str() {
                     autoscaler::NAME => autoscaler::run(m).await,
                     scalingpolicy::NAME => scalingpolicy::run(m).await,
+                    gitops::NAME => gitops::run(m).await,
                     replicaset::NAME => replicaset::run(m).await,
                     resourcequota::NAME => resourcequota::run(m).await,
                     job::NAME => job::run(m).await,

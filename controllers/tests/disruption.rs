@@ -66,11 +66,20 @@ async fn evictions_spend_the_budget_one_at_a_time() {
     )
     .await
     .unwrap();
+    // The workload controllers run apart from the disruption controller, so they can be held
+    // still while two evictions are made back to back: a replacement made Ready in between
+    // would rightly restore the budget, and the second eviction would be allowed.
+    let workloads = || {
+        let m = Manager::new(c.client.clone(), &prometheus::Registry::new());
+        let names = ["deployment", "replicaset", "scheduler"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        tokio::spawn(async move { m.run(&names).await.unwrap() })
+    };
+    let running = workloads();
     let m = Manager::new(c.client.clone(), &prometheus::Registry::new());
-    let names = ["deployment", "replicaset", "scheduler", "disruption"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let names = ["disruption".to_string()].into_iter().collect();
     let manager = tokio::spawn(async move { m.run(&names).await.unwrap() });
     let deps: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
     let d: Deployment = serde_json::from_value(json!({
@@ -110,6 +119,8 @@ async fn evictions_spend_the_budget_one_at_a_time() {
     );
 
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    running.abort();
+    let _ = running.await;
     let list = pods.list(&ListParams::default()).await.unwrap().items;
     let names: Vec<String> = list
         .iter()
@@ -140,7 +151,7 @@ async fn evictions_spend_the_budget_one_at_a_time() {
     let (code, _, body) = evict(&c, &names[0], "").await;
     assert_eq!(code, 201, "{body}");
     assert_eq!(body["status"], "Success");
-    // At once, before the controller has seen anything: the budget is spent.
+    // The budget is spent: no replacement can be made while the workload controllers are held.
     let (code, headers, body) = evict(&c, &names[1], "").await;
     assert_eq!(code, 429, "{body}");
     assert_eq!(body["reason"], "TooManyRequests");
@@ -175,6 +186,7 @@ async fn evictions_spend_the_budget_one_at_a_time() {
     );
 
     // The evicted pod is replaced; once the replacement is Ready the budget allows one again.
+    let running = workloads();
     until(
         WAIT,
         "a replacement Ready and the budget back to 1",
@@ -193,6 +205,7 @@ async fn evictions_spend_the_budget_one_at_a_time() {
     .await;
     let (code, _, body) = evict(&c, &names[1], "").await;
     assert_eq!(code, 201, "{body}");
+    running.abort();
     manager.abort();
 }
 

@@ -49,16 +49,18 @@ fn apply_get_and_delete_without_kubectl() {
     std::fs::write(&file, MANIFEST).unwrap();
     let f = file.to_str().unwrap();
 
-    let applied = "configmap/settings serverside-applied\ndeployment.apps/web serverside-applied\n";
-    assert_eq!(ok(capstan(&kc, &["apply", "-f", f], None)), applied);
-    // Again, and from a directory: idempotent.
+    assert_eq!(
+        ok(capstan(&kc, &["apply", "-f", f], None)),
+        "configmap/settings created\ndeployment.apps/web created\n"
+    );
+    // Again, and from a directory: idempotent, and nothing is written (the dry run says so).
     assert_eq!(
         ok(capstan(
             &kc,
             &["apply", "-f", manifests.path().to_str().unwrap()],
             None
         )),
-        applied
+        "configmap/settings unchanged\ndeployment.apps/web unchanged\n"
     );
 
     let table = ok(capstan(&kc, &["get", "deploy"], None));
@@ -173,7 +175,7 @@ fn custom_resources_without_kubectl() {
     let crd = examples.join("widgets-crd.yaml");
     assert_eq!(
         ok(capstan(&kc, &["apply", "-f", crd.to_str().unwrap()], None)),
-        "customresourcedefinition.apiextensions.k8s.io/widgets.example.com serverside-applied\n"
+        "customresourcedefinition.apiextensions.k8s.io/widgets.example.com created\n"
     );
     capstan_testkit::eventually(Duration::from_secs(5), "widgets served", || {
         capstan(&kc, &["get", "widgets"], None).status.success()
@@ -182,7 +184,7 @@ fn custom_resources_without_kubectl() {
     let crs = examples.join("widgets.yaml");
     assert_eq!(
         ok(capstan(&kc, &["apply", "-f", crs.to_str().unwrap()], None)),
-        "widget.example.com/small serverside-applied\nwidget.example.com/large serverside-applied\n"
+        "widget.example.com/small created\nwidget.example.com/large created\n"
     );
     let table = ok(capstan(&kc, &["get", "wd"], None));
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();

@@ -15,33 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use capstan_testkit::{eventually, http_get, kubectl};
-use cri_cluster::{Cluster, missing_prerequisites, ready};
+use cri_cluster::{Cluster, httpd, missing_prerequisites, ready};
 use serde_json::{Value, json};
-
-/// A Deployment of busybox httpd pods serving `page` (a shell expression) on port 8080, named
-/// `http`, Ready by `probe`.
-fn httpd(name: &str, replicas: u32, page: &str, probe: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: httpd
-        image: localhost/busybox:1
-        command: ["sh", "-c", "mkdir -p /www && {page} > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"]
-        ports: [{{containerPort: 8080, name: http}}]
-        readinessProbe: {probe}
-"#
-    )
-}
 
 /// Two web pods (Ready while /tmp/ready exists), a NodePort Service over them, a client pod.
 fn manifest() -> String {

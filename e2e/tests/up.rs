@@ -93,6 +93,7 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
         "clusterroles/system:node",
         "clusterrolebindings/cluster-admin",
         "clusterrolebindings/system:kube-controller-manager",
+        "clusterrolebindings/system:capstan:ingress",
     ] {
         assert!(
             rbac.lines().any(|l| l == default),
@@ -107,6 +108,8 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
             "customresourcedefinitions/scalingpolicies.capstan.dev",
             "endpoints/default/kubernetes",
             "endpointslices/default/kubernetes",
+            // The default class, served by the in-process ingress proxy.
+            "ingressclasses/capstan",
             "priorityclasses/system-cluster-critical",
             "priorityclasses/system-node-critical",
             "serviceips/10.96.0.1",
@@ -238,12 +241,45 @@ fn up_on_an_unreachable_etcd_fails_fast_and_says_where() {
             "etcd",
             "--etcd-endpoints",
             &url,
+            "--etcd-startup-timeout",
+            "0s",
         ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&url));
+}
+
+/// A cluster whose etcd is not answering yet (members still starting, no leader): `capstan
+/// up` waits for it with back-off, saying so, and is ready once etcd is.
+#[test]
+fn up_waits_for_an_etcd_that_starts_after_it() {
+    let mut etcd = EtcdProcess::start().unwrap();
+    etcd.stop().unwrap();
+    let endpoint = etcd.endpoint.clone();
+    let dir = temp_dir("capstan-up-etcd-late-").unwrap();
+    let log = dir.path().join(capstan_testkit::UP_LOG);
+    // etcd comes back once capstan has said it is waiting for it.
+    let starter = std::thread::spawn(move || {
+        eventually(Duration::from_secs(20), "capstan waiting for etcd", || {
+            capstan_testkit::read_lossy(&log).contains("waiting for etcd")
+        })
+        .unwrap();
+        etcd.start_again().unwrap();
+        etcd
+    });
+    let up = up(&[
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoint,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let _etcd = starter.join().unwrap();
+    let (code, body) = http_get(&up.addr, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
 }
 
 /// etcd going away makes /readyz fail with the reason; etcd coming back makes it pass again,
@@ -414,6 +450,9 @@ fn up_closes_silent_connections_and_refuses_those_over_the_cap() {
         dir.path().to_str().unwrap(),
         "--controllers",
         "none",
+        // No in-process client holding connections of the three: the ingress proxy's watches
+        // would.
+        "--disable-ingress",
         "--header-read-timeout-seconds",
         "1",
         "--max-connections",

@@ -156,11 +156,17 @@ fn trim<V>(m: &mut HashMap<String, V>, at: impl Fn(&V) -> jiff::Timestamp) {
 }
 
 impl Correlator {
+    /// The kubelet's correlator on `node`.
     pub fn new(node: &str) -> Self {
+        Correlator::for_source(COMPONENT, node)
+    }
+
+    /// A correlator for another component's Events (`host` empty: none).
+    pub fn for_source(component: &str, host: &str) -> Self {
         Correlator {
             source: EventSource {
-                component: Some(COMPONENT.into()),
-                host: Some(node.into()),
+                component: Some(component.into()),
+                host: (!host.is_empty()).then(|| host.into()),
             },
             similar: HashMap::new(),
             seen: HashMap::new(),
@@ -370,8 +376,18 @@ impl Recorder {
         sink: S,
         clock: Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>,
     ) -> Recorder {
+        Recorder::spawn_as(COMPONENT, node, sink, clock)
+    }
+
+    /// A recorder for `component`'s Events (on `host`, or none when empty).
+    pub fn spawn_as<S: EventSink>(
+        component: &str,
+        host: &str,
+        sink: S,
+        clock: Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>,
+    ) -> Recorder {
         let (tx, mut rx) = mpsc::channel::<Record>(QUEUE);
-        let mut correlator = Correlator::new(node);
+        let mut correlator = Correlator::for_source(component, host);
         tokio::spawn(async move {
             while let Some(r) = rx.recv().await {
                 let Some(write) = correlator.observe(&r, clock()) else {
@@ -444,6 +460,17 @@ impl Recorder {
             reason,
             message.into(),
         );
+    }
+
+    /// Records an event about any object.
+    pub fn object_event(
+        &self,
+        object: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        self.record(object, type_, reason, message.into());
     }
 
     /// Queues a record for the writer; a full queue drops it (a worker never waits on Events).

@@ -16,6 +16,7 @@ pub mod containerd;
 pub mod dns;
 pub mod events;
 pub mod exec_ws;
+pub mod ingress;
 pub mod local_volumes;
 pub mod logs;
 pub mod node;

@@ -11,6 +11,7 @@
 mod binary;
 #[cfg(feature = "cluster")]
 mod cluster;
+pub mod git;
 pub mod net_slot;
 pub mod pki;
 pub mod portforward;

@@ -6,7 +6,9 @@
 mod gitsync;
 pub mod scalingpolicy;
 
-pub use gitsync::{GitSync, GitSyncSpec, GitSyncStatus, SyncedObject};
+pub use gitsync::{
+    Dependency, GitRef, GitSync, GitSyncSpec, GitSyncStatus, LocalRef, SyncedObject,
+};
 pub use scalingpolicy::{ScalingPolicy, ScalingPolicySpec, ScalingPolicyStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -78,6 +80,6 @@ mod tests {
         assert_eq!(v["apiVersion"], "capstan.dev/v1alpha1");
         assert_eq!(v["kind"], "GitSync");
         assert_eq!(v["spec"]["prune"], true);
-        assert!(v["spec"].get("revision").is_none());
+        assert!(v["spec"].get("ref").is_none());
     }
 }

@@ -2006,6 +2006,79 @@ pub(super) static MESSAGES: &[M] = &[
         F { tag: 1, name: "count", ty: Int32, rep: false, req: true },
         F { tag: 2, name: "lastObservedTime", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime"), rep: false, req: true },
     ]},
+    M { name: "io.k8s.api.networking.v1.HTTPIngressPath", fields: &[
+        F { tag: 1, name: "path", ty: Str, rep: false, req: false },
+        F { tag: 3, name: "pathType", ty: Str, rep: false, req: true },
+        F { tag: 2, name: "backend", ty: Msg("io.k8s.api.networking.v1.IngressBackend"), rep: false, req: true },
+    ]},
+    M { name: "io.k8s.api.networking.v1.HTTPIngressRuleValue", fields: &[
+        F { tag: 1, name: "paths", ty: Msg("io.k8s.api.networking.v1.HTTPIngressPath"), rep: true, req: true },
+    ]},
+    M { name: "io.k8s.api.networking.v1.Ingress", fields: &[
+        F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
+        F { tag: 2, name: "spec", ty: Msg("io.k8s.api.networking.v1.IngressSpec"), rep: false, req: false },
+        F { tag: 3, name: "status", ty: Msg("io.k8s.api.networking.v1.IngressStatus"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressBackend", fields: &[
+        F { tag: 4, name: "service", ty: Msg("io.k8s.api.networking.v1.IngressServiceBackend"), rep: false, req: false },
+        F { tag: 3, name: "resource", ty: Msg("io.k8s.api.core.v1.TypedLocalObjectReference"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressClass", fields: &[
+        F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
+        F { tag: 2, name: "spec", ty: Msg("io.k8s.api.networking.v1.IngressClassSpec"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressClassParametersReference", fields: &[
+        F { tag: 1, name: "apiGroup", ty: Str, rep: false, req: false },
+        F { tag: 2, name: "kind", ty: Str, rep: false, req: true },
+        F { tag: 3, name: "name", ty: Str, rep: false, req: true },
+        F { tag: 4, name: "scope", ty: Str, rep: false, req: false },
+        F { tag: 5, name: "namespace", ty: Str, rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressClassSpec", fields: &[
+        F { tag: 1, name: "controller", ty: Str, rep: false, req: false },
+        F { tag: 2, name: "parameters", ty: Msg("io.k8s.api.networking.v1.IngressClassParametersReference"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressLoadBalancerIngress", fields: &[
+        F { tag: 1, name: "ip", ty: Str, rep: false, req: false },
+        F { tag: 2, name: "hostname", ty: Str, rep: false, req: false },
+        F { tag: 4, name: "ports", ty: Msg("io.k8s.api.networking.v1.IngressPortStatus"), rep: true, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressLoadBalancerStatus", fields: &[
+        F { tag: 1, name: "ingress", ty: Msg("io.k8s.api.networking.v1.IngressLoadBalancerIngress"), rep: true, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressPortStatus", fields: &[
+        F { tag: 1, name: "port", ty: Int32, rep: false, req: true },
+        F { tag: 2, name: "protocol", ty: Str, rep: false, req: true },
+        F { tag: 3, name: "error", ty: Str, rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressRule", fields: &[
+        F { tag: 1, name: "host", ty: Str, rep: false, req: false },
+        F { tag: 2, name: "", ty: Inline("io.k8s.api.networking.v1.IngressRuleValue"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressRuleValue", fields: &[
+        F { tag: 1, name: "http", ty: Msg("io.k8s.api.networking.v1.HTTPIngressRuleValue"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressServiceBackend", fields: &[
+        F { tag: 1, name: "name", ty: Str, rep: false, req: true },
+        F { tag: 2, name: "port", ty: Msg("io.k8s.api.networking.v1.ServiceBackendPort"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressSpec", fields: &[
+        F { tag: 4, name: "ingressClassName", ty: Str, rep: false, req: false },
+        F { tag: 1, name: "defaultBackend", ty: Msg("io.k8s.api.networking.v1.IngressBackend"), rep: false, req: false },
+        F { tag: 2, name: "tls", ty: Msg("io.k8s.api.networking.v1.IngressTLS"), rep: true, req: false },
+        F { tag: 3, name: "rules", ty: Msg("io.k8s.api.networking.v1.IngressRule"), rep: true, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressStatus", fields: &[
+        F { tag: 1, name: "loadBalancer", ty: Msg("io.k8s.api.networking.v1.IngressLoadBalancerStatus"), rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.IngressTLS", fields: &[
+        F { tag: 1, name: "hosts", ty: Str, rep: true, req: false },
+        F { tag: 2, name: "secretName", ty: Str, rep: false, req: false },
+    ]},
+    M { name: "io.k8s.api.networking.v1.ServiceBackendPort", fields: &[
+        F { tag: 1, name: "name", ty: Str, rep: false, req: false },
+        F { tag: 2, name: "number", ty: Int32, rep: false, req: false },
+    ]},
     M { name: "io.k8s.api.policy.v1.PodDisruptionBudget", fields: &[
         F { tag: 1, name: "metadata", ty: Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), rep: false, req: true },
         F { tag: 2, name: "spec", ty: Msg("io.k8s.api.policy.v1.PodDisruptionBudgetSpec"), rep: false, req: false },
@@ -2326,6 +2399,8 @@ pub(super) static KINDS: &[(&str, &str, &str)] = &[
     ("coordination.k8s.io/v1", "Lease", "io.k8s.api.coordination.v1.Lease"),
     ("discovery.k8s.io/v1", "EndpointSlice", "io.k8s.api.discovery.v1.EndpointSlice"),
     ("events.k8s.io/v1", "Event", "io.k8s.api.events.v1.Event"),
+    ("networking.k8s.io/v1", "Ingress", "io.k8s.api.networking.v1.Ingress"),
+    ("networking.k8s.io/v1", "IngressClass", "io.k8s.api.networking.v1.IngressClass"),
     ("policy/v1", "PodDisruptionBudget", "io.k8s.api.policy.v1.PodDisruptionBudget"),
     ("rbac.authorization.k8s.io/v1", "ClusterRole", "io.k8s.api.rbac.v1.ClusterRole"),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "io.k8s.api.rbac.v1.ClusterRoleBinding"),

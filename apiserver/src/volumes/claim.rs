@@ -169,16 +169,7 @@ impl ClaimAdmission {
 
 /// See [`ClaimAdmission::default_class`].
 pub fn pick_default(classes: &[Arc<Value>]) -> Option<String> {
-    classes
-        .iter()
-        .filter(|c| c["metadata"]["annotations"][DEFAULT_CLASS] == "true")
-        .max_by(|a, b| {
-            let created = |c: &Value| c.meta_str("creationTimestamp").unwrap_or("").to_string();
-            created(a)
-                .cmp(&created(b))
-                .then_with(|| b.name().cmp(&a.name()))
-        })
-        .and_then(|c| c.name().map(str::to_string))
+    crate::object::newest_default(classes, DEFAULT_CLASS)
 }
 
 #[derive(Debug)]

@@ -7,7 +7,10 @@ mod api;
 mod auth;
 mod autoscale;
 mod crd;
+mod cri;
 mod daemonset;
+mod gitops;
+mod ingress;
 mod jobs;
 mod nodes;
 mod pods;
@@ -60,6 +63,10 @@ enum Which {
     /// Jobs: 1,000 Jobs of one pod each on simulated nodes, created → all Complete, against
     /// the same number of bare pods created → all Succeeded, in one run.
     Jobs(jobs::JobsBench),
+    /// GitOps: the first sync of a repository of 1,000 manifests against `kubectl apply
+    /// --server-side -f DIR`, a resync with nothing changed (time, writes), and one changed
+    /// manifest → applied by the controller.
+    Gitops(gitops::GitopsBench),
     /// HorizontalPodAutoscalers: the autoscaler's CPU with 1,000 of them on simulated pods,
     /// and a metric change → each target's scale written (p50/p99 against the sync period).
     Autoscale(autoscale::AutoscaleBench),
@@ -80,6 +87,10 @@ enum Which {
     Services(services::ServicesBench),
     /// Cluster DNS: queries/s and p99 against a bare UDP responder in the same run.
     Dns(services::DnsBench),
+    /// Ingress: requests/s and p99 through the ingress proxy to a busybox httpd pod against
+    /// the same load straight at the pod's IP, on a `capstan up --runtime cri` of its own
+    /// (root, containerd).
+    Ingress(ingress::IngressBench),
     /// port-forward (20 connections) against the pod's IP, and exec and attach round trips
     /// against containerd's own, on a `capstan up --runtime cri` of its own (root, containerd).
     Streams(streams::StreamsBench),
@@ -100,11 +111,13 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Jobs(b) => jobs::run(b).await,
         Which::Daemonset(b) => daemonset::run(b).await,
         Which::Autoscale(b) => autoscale::run(b).await,
+        Which::Gitops(b) => gitops::run(b).await,
         Which::Quota(b) => quota::run(b).await,
         Which::Pods(b) => pods::run(b).await,
         Which::Nodes(b) => nodes::run(b).await,
         Which::Services(b) => services::run(b).await,
         Which::Dns(b) => services::dns(b).await,
+        Which::Ingress(b) => ingress::run(b).await,
         Which::Streams(b) => streams::run(b).await,
         Which::Httpd(a) => tokio::task::block_in_place(|| streams::httpd(a)),
     }

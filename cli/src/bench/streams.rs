@@ -17,15 +17,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use capstan_node_agent::containerd;
 use capstan_node_agent::runtime::cri::CriRuntime;
 use capstan_node_agent::runtime::{ContainerState, ExecRequest, POD_NAME, Runtime};
 use capstan_testkit::portforward::{PortForward, compare};
-use capstan_testkit::{CapstanUp, eventually, free_port, kubectl, kubectl_bin};
+use capstan_testkit::{eventually, free_port, kubectl, kubectl_bin};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
+use super::cri::CriCluster;
 use super::{Samples, ms};
 
 #[derive(Debug, Args)]
@@ -54,10 +54,17 @@ pub struct HttpdArgs {
     port: u16,
     #[arg(long, default_value_t = 256 * 1024)]
     size: usize,
+    /// Also echo WebSocket messages on this port (the ingress e2e's WebSocket target).
+    #[arg(long)]
+    ws_port: Option<u16>,
 }
 
 pub fn httpd(a: HttpdArgs) -> Result<()> {
     use std::io::{Read, Write};
+    if let Some(port) = a.ws_port {
+        let ws = std::net::TcpListener::bind(("0.0.0.0", port))?;
+        std::thread::spawn(move || ws_echo(ws));
+    }
     let listener = std::net::TcpListener::bind(("0.0.0.0", a.port))?;
     let big = std::sync::Arc::new(vec![b'x'; a.size]);
     for conn in listener.incoming() {
@@ -87,6 +94,23 @@ pub fn httpd(a: HttpdArgs) -> Result<()> {
     Ok(())
 }
 
+/// Echoes every text and binary message back, a thread per connection.
+fn ws_echo(listener: std::net::TcpListener) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let Ok(mut ws) = tungstenite::accept(conn) else {
+                return;
+            };
+            while let Ok(m) = ws.read() {
+                if (m.is_text() || m.is_binary()) && ws.send(m).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 const PODS: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -111,77 +135,26 @@ spec:
     stdin: true
 "#;
 
-/// The cluster of the run; its pods, `capstan up` and the bridge go on drop.
-struct Cluster {
-    up: Option<CapstanUp>,
-    kubeconfig: PathBuf,
-    bridge: String,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // The pods first (they outlive the agent by design), then capstan up (which stops
-        // its containerd), then the bridge.
-        kubectl(
-            &self.kubeconfig,
-            &["delete", "pods", "--all", "--grace-period=1", "--wait=true"],
-            None,
-        );
-        if let Some(mut up) = self.up.take() {
-            up.stop(Duration::from_secs(30));
-        }
-        super::delete_link(&self.bridge);
-    }
-}
-
 pub async fn run(b: StreamsBench) -> Result<()> {
-    if !rustix::process::geteuid().is_root() || !containerd::available() {
-        bail!("bench streams needs root, containerd, runc and the CNI plugins");
-    }
     let scratch = tempfile::Builder::new()
         .prefix("capstan-bench-streams-")
         .tempdir_in(&b.scratch)?;
     let images = super::test_images(b.image_dir.as_deref(), scratch.path())?;
-    let me = std::env::current_exe()?;
-    let data = scratch.path().join("data");
-    let bridge = "captbench2".to_string();
-    let up = tokio::task::block_in_place(|| {
-        CapstanUp::start(
-            &me,
-            &[
-                "--data-dir".as_ref(),
-                data.as_os_str(),
-                "--runtime".as_ref(),
-                "cri".as_ref(),
-                "--node-name".as_ref(),
-                "bench-streams".as_ref(),
-                "--pod-cidr".as_ref(),
-                "10.246.0.0/16".as_ref(),
-                "--cni-bridge".as_ref(),
-                bridge.as_ref(),
-            ],
+    let cluster = tokio::task::block_in_place(|| {
+        CriCluster::start(
+            "streams",
+            scratch.path(),
+            &images,
+            "bench-streams",
+            "10.246.0.0/16",
+            "captbench2",
+            &["--disable-ingress"],
         )
     })?;
-    let api = format!("http://{}", up.addr);
-    let cluster = Cluster {
-        up: Some(up),
-        kubeconfig: data.join("kubeconfig"),
-        bridge,
-    };
-    let socket = data.join("containerd/containerd.sock");
-    let import = std::process::Command::new(&me)
-        .args(["image", "import", "--cri-socket"])
-        .arg(&socket)
-        .arg(images.join("busybox.tar"))
-        .output()?;
-    if !import.status.success() {
-        bail!(
-            "capstan image import: {}",
-            String::from_utf8_lossy(&import.stderr)
-        );
-    }
+    let api = cluster.api.clone();
+    let socket = cluster.socket();
     let kc = cluster.kubeconfig.clone();
-    let pod_ip = tokio::task::block_in_place(|| start_pods(&kc))?;
+    let pod_ip = tokio::task::block_in_place(|| start_pods(&cluster))?;
     let cri = CriRuntime::connect(&socket, Path::new("/sys/fs/cgroup")).await?;
     let cat = container_of(&cri, "cat").await?;
     println!("# Streams on containerd ({})\n", cri.version());
@@ -380,11 +353,9 @@ fn latency_table(rows: &[(&str, &Samples)]) {
 }
 
 /// Creates the two pods and waits until they run and the web pod answers; its IP.
-fn start_pods(kubeconfig: &Path) -> Result<String> {
-    let out = kubectl(kubeconfig, &["apply", "-f", "-"], Some(PODS));
-    if !out.status.success() {
-        bail!("kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
-    }
+fn start_pods(cluster: &CriCluster) -> Result<String> {
+    cluster.apply(PODS)?;
+    let kubeconfig = &cluster.kubeconfig;
     let mut ip = String::new();
     eventually(Duration::from_secs(120), "the pods running", || {
         let out = kubectl(kubeconfig, &["get", "pods", "-o", "json"], None);

@@ -212,10 +212,19 @@ impl Discovery {
     /// Re-reads discovery unless that was done less than a second ago (concurrent callers
     /// share one refresh).
     pub async fn refresh(&self) -> Result<Arc<RestMapper>> {
-        let mut last = self.refreshed.lock().await;
-        if last.is_some_and(|t| t.elapsed() < MIN_REFRESH) {
-            return Ok(self.current());
+        {
+            let last = self.refreshed.lock().await;
+            if last.is_some_and(|t| t.elapsed() < MIN_REFRESH) {
+                return Ok(self.current());
+            }
         }
+        self.refresh_now().await
+    }
+
+    /// Re-reads discovery now, however recently it was read (after this process changed what
+    /// is served: a CRD it just applied).
+    pub async fn refresh_now(&self) -> Result<Arc<RestMapper>> {
+        let mut last = self.refreshed.lock().await;
         let (mapper, failed) = RestMapper::discover(&self.client).await?;
         if !failed.is_empty() {
             tracing::warn!(?failed, "discovery failed for some group versions");

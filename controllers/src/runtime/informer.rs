@@ -288,3 +288,28 @@ pub async fn queue_spec_changes<K>(
         }
     }
 }
+
+/// Runs a controller that looks at its objects on a period of its own (the autoscalers, the
+/// GitOps controller): each object is synced when it appears and when its spec changes
+/// ([`queue_spec_changes`]; `gone` forgets a deleted one), and by `workers` at a time from
+/// `queue` — where `sync` puts it back for its next period.
+pub async fn run_periodic<K, F, Fut>(
+    name: &'static str,
+    informer: Arc<Informer<K>>,
+    queue: Arc<crate::runtime::WorkQueue<String>>,
+    workers: usize,
+    metrics: crate::runtime::Metrics,
+    gone: impl Fn(&str) + Send + 'static,
+    sync: F,
+) where
+    K: Watchable,
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), crate::Error>> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(queue_spec_changes(informer, queue.clone(), gone));
+    tasks.spawn(crate::endpointslice::serve(
+        name, queue, workers, metrics, sync,
+    ));
+    while tasks.join_next().await.is_some() {}
+}

@@ -275,26 +275,45 @@ impl LeaderElection {
         }
     }
 
-    /// Gives the lease up so a standby need not wait for it to expire.
+    /// Gives the lease up so a standby need not wait for it to expire. A renewal that was in
+    /// flight when leading stopped can land between the read and the write here; the write then
+    /// conflicts, and the release is tried again on the fresh Lease (a few times, bounded by the
+    /// renew deadline).
     async fn release(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
-            return;
+        let deadline = Instant::now() + self.timings.renew_deadline;
+        loop {
+            match self.try_release().await {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(lease = %self.name, error = %e, "releasing the lease failed; trying again");
+                    tokio::time::sleep(self.timings.retry_period.min(Duration::from_millis(50)))
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "releasing the lease failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One release attempt; Ok when the Lease no longer names this process.
+    async fn try_release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-            return;
+            return Ok(());
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
-        match self
-            .api
+        self.api
             .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => tracing::info!(lease = %self.name, "released the lease"),
-            Err(e) => tracing::warn!(lease = %self.name, error = %e, "releasing the lease failed"),
-        }
+            .await?;
+        tracing::info!(lease = %self.name, "released the lease");
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod conditions;
 pub mod discovery;
 pub mod events;
 pub mod expectations;

@@ -32,15 +32,15 @@ use capstan_api::crds::scalingpolicy::{
 use jiff::Timestamp;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::autoscaler::behavior::{Behavior, History};
 use crate::autoscaler::scale::{self, Target};
-use crate::endpointslice::{serve, split_key};
-use crate::runtime::informer::queue_spec_changes;
-use crate::runtime::{Backoffs, Clock, Discovery, Recorder, WorkQueue};
+use crate::endpointslice::split_key;
+use crate::runtime::informer::run_periodic;
+use crate::runtime::{Backoffs, Clock, Discovery, Recorder, WorkQueue, conditions};
 use crate::{Error, Manager};
 
 pub const NAME: &str = "scalingpolicy";
@@ -108,23 +108,23 @@ pub async fn run(m: Arc<Manager>) {
         http,
         memory: Mutex::new(HashMap::new()),
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    {
-        // New policies and spec changes sync at once (status writes do not).
-        let me = me.clone();
-        tasks.spawn(queue_spec_changes(policies, queue.clone(), move |key| {
-            me.lock().remove(key);
-        }));
-    }
-    tasks.spawn(serve(NAME, queue, 4, m.metrics.clone(), move |key| {
-        let me = me.clone();
-        async move { me.sync(&key).await }
-    }));
-    while tasks.join_next().await.is_some() {}
-}
-
-fn duration(s: Option<&str>, default: Duration) -> Result<Duration, String> {
-    s.map_or(Ok(default), capstan_api::duration::parse)
+    // New objects and spec changes sync at once (status writes do not).
+    let forget = me.clone();
+    run_periodic(
+        NAME,
+        policies,
+        queue,
+        4,
+        m.metrics.clone(),
+        move |key| {
+            forget.lock().remove(key);
+        },
+        move |key| {
+            let me = me.clone();
+            async move { me.sync(&key).await }
+        },
+    )
+    .await;
 }
 
 /// The target a policy scales (apps/v1 Deployment unless it says otherwise).
@@ -137,7 +137,7 @@ pub fn target_of(spec: &ScalingPolicySpec) -> Target {
     }
 }
 
-/// Sets condition `type_`, keeping its transition time while its status holds.
+/// Sets condition `type_` (Ready, Active, Fallback, in that order).
 fn set_condition(
     conds: &mut Vec<Condition>,
     type_: &str,
@@ -147,28 +147,13 @@ fn set_condition(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let status = if status { "True" } else { "False" };
-    let since = conds
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(now));
-    conds.retain(|c| c.type_ != type_);
-    conds.push(Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
+    let c = conditions::Set {
+        type_,
+        status,
+        reason,
         message,
-        last_transition_time: since,
-        observed_generation: generation,
-    });
-    let rank = |t: &str| match t {
-        "Ready" => 0,
-        "Active" => 1,
-        "Fallback" => 2,
-        _ => 3,
     };
-    conds.sort_by_key(|c| rank(&c.type_));
+    conditions::set(conds, c, generation, now, &["Ready", "Active", "Fallback"]);
 }
 
 /// Whether `a` was made before `b` (names break ties): the older autoscaler keeps a target.
@@ -229,9 +214,12 @@ impl Controller {
             self.lock().remove(key);
             return Ok(());
         };
-        let polling = duration(policy.spec.polling_interval.as_deref(), DEFAULT_POLLING)
-            .unwrap_or(DEFAULT_POLLING)
-            .max(Duration::from_secs(1));
+        let polling = capstan_api::duration::parse_or(
+            policy.spec.polling_interval.as_deref(),
+            DEFAULT_POLLING,
+        )
+        .unwrap_or(DEFAULT_POLLING)
+        .max(Duration::from_secs(1));
         self.queue.add_after(key.to_string(), polling);
         let old = policy.status.clone().unwrap_or_default();
         let status = self.reconcile(key, ns, &policy, &old, polling).await;
@@ -293,8 +281,9 @@ impl Controller {
             return status;
         }
         // The spec's own durations (the schema checks their shape; this, their range).
-        let cooldown = duration(spec.cooldown_period.as_deref(), DEFAULT_COOLDOWN);
-        let keep_last = duration(
+        let cooldown =
+            capstan_api::duration::parse_or(spec.cooldown_period.as_deref(), DEFAULT_COOLDOWN);
+        let keep_last = capstan_api::duration::parse_or(
             spec.fallback
                 .as_ref()
                 .and_then(|f| f.keep_last_for.as_deref()),
@@ -686,9 +675,9 @@ impl Controller {
                 }
             };
             let durations = (
-                duration(p.history.as_deref(), DEFAULT_HISTORY),
-                duration(p.seasonality.as_deref(), DEFAULT_SEASON),
-                duration(p.look_ahead.as_deref(), DEFAULT_LOOK_AHEAD),
+                capstan_api::duration::parse_or(p.history.as_deref(), DEFAULT_HISTORY),
+                capstan_api::duration::parse_or(p.seasonality.as_deref(), DEFAULT_SEASON),
+                capstan_api::duration::parse_or(p.look_ahead.as_deref(), DEFAULT_LOOK_AHEAD),
             );
             let (history, season, look_ahead) = match durations {
                 (Ok(h), Ok(s), Ok(l)) if s.as_secs() >= 2 => (h, s, l),

@@ -348,3 +348,28 @@ pub fn ready(pod: &Value) -> bool {
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     })
 }
+
+/// A Deployment of busybox httpd pods serving `page` (a shell expression) on port 8080, named
+/// `http`, Ready by `probe`.
+pub fn httpd(name: &str, replicas: u32, page: &str, probe: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: localhost/busybox:1
+        command: ["sh", "-c", "mkdir -p /www && {page} > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"]
+        ports: [{{containerPort: 8080, name: http}}]
+        readinessProbe: {probe}
+"#
+    )
+}

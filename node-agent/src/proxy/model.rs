@@ -291,7 +291,7 @@ pub fn build<'a>(
     state
 }
 
-fn endpoints_for(
+pub(crate) fn endpoints_for(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol: Protocol,

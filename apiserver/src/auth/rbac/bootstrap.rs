@@ -80,6 +80,9 @@ pub const NODES: &str = "system:nodes";
 pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
 /// The user of the API server's client certificate for node agents' ports (kubeadm's name).
 pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
+/// The ingress proxy's user (`capstan up` gives it a certificate; `capstan ingress` users bind
+/// their own identity to the role of the same name).
+pub const INGRESS: &str = "system:capstan:ingress";
 /// What may use a node agent's port: logs, exec, attach, port-forward, metrics.
 pub const KUBELET_API_ADMIN: &str = "system:kubelet-api-admin";
 
@@ -445,6 +448,32 @@ pub fn cluster_roles() -> Vec<Value> {
                 ),
             ],
         ),
+        // The ingress proxy: reads what it routes (Ingresses, Services, EndpointSlices, the
+        // TLS Secrets its Ingresses name — it watches only kubernetes.io/tls ones, but RBAC
+        // cannot narrow by type) and writes the Ingresses' status.
+        cluster_role(
+            INGRESS,
+            json!({}),
+            vec![
+                rule(
+                    READ,
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingressclasses"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &["networking.k8s.io"],
+                    &["ingresses/status"],
+                ),
+                rule(READ, &[""], &["services", "secrets"]),
+                rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
+                rule(
+                    &["create", "patch", "update"],
+                    &["", "events.k8s.io"],
+                    &["events"],
+                ),
+            ],
+        ),
         // The controller manager and its scheduler. The garbage collector and the namespace
         // controller read and delete any kind (as Kubernetes' generic-garbage-collector and
         // namespace-controller roles); creating is limited to what controllers make. It cannot
@@ -562,6 +591,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             CONTROLLER_MANAGER,
             &[("User", CONTROLLER_MANAGER)],
         ),
+        binding(INGRESS, INGRESS, &[("User", INGRESS)]),
     ]
 }
 

@@ -121,6 +121,12 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            // The GitOps controller applies whatever its repositories hold (Flux's
+            // kustomize-controller runs as cluster-admin): every verb on every resource.
+            "gitops",
+            vec![rule(&["*"], &["*"], &["*"])],
+        ),
+        (
             "statefulset",
             vec![
                 rule(READ, &["apps"], &["statefulsets"]),
