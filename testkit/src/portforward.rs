@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::keepalive::KeepAlive;
 use crate::kubectl_bin;
 
 /// A running `kubectl port-forward`; killed (by its pid) on drop.
@@ -139,6 +140,8 @@ pub struct Load {
     pub latencies: Vec<Duration>,
     /// Requests that failed, with why (the first few).
     pub errors: Vec<String>,
+    /// TCP connections the clients opened.
+    pub connects: usize,
 }
 
 impl Load {
@@ -173,21 +176,51 @@ impl std::fmt::Display for Load {
     }
 }
 
+/// How a load's clients use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// An HTTP/1.0 GET on a new TCP connection every time.
+    PerRequest,
+    /// HTTP/1.1, the connection kept while the server keeps it ([`KeepAlive`]), as wrk and
+    /// browsers do.
+    KeepAlive,
+}
+
 /// `connections` threads, each doing `per_connection` GETs of `path` one after another (each
 /// on its own TCP connection, as busybox httpd closes after answering: through port-forward
 /// every one is a new data/error stream pair).
 pub fn load(addr: &str, path: &str, connections: usize, per_connection: usize) -> Load {
+    load_with(addr, path, connections, per_connection, Reuse::PerRequest)
+}
+
+/// [`load`] with the clients' connection use chosen.
+pub fn load_with(
+    addr: &str,
+    path: &str,
+    connections: usize,
+    per_connection: usize,
+    reuse: Reuse,
+) -> Load {
     let start = Instant::now();
     let threads: Vec<_> = (0..connections)
         .map(|_| {
             let (addr, path) = (addr.to_string(), path.to_string());
             std::thread::spawn(move || {
                 let mut done = Vec::new();
+                let mut client = KeepAlive::new(&addr);
                 for _ in 0..per_connection {
                     let t = Instant::now();
-                    done.push(get(&addr, &path).map(|b| (b.len() as u64, t.elapsed())));
+                    let body = match reuse {
+                        Reuse::PerRequest => get(&addr, &path),
+                        Reuse::KeepAlive => client.get(&path),
+                    };
+                    done.push(body.map(|b| (b.len() as u64, t.elapsed())));
                 }
-                done
+                let connects = match reuse {
+                    Reuse::PerRequest => per_connection,
+                    Reuse::KeepAlive => client.connects,
+                };
+                (done, connects)
             })
         })
         .collect();
@@ -197,9 +230,12 @@ pub fn load(addr: &str, path: &str, connections: usize, per_connection: usize) -
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
         errors: Vec::new(),
+        connects: 0,
     };
     for t in threads {
-        for r in t.join().unwrap_or_default() {
+        let (done, connects) = t.join().unwrap_or_default();
+        l.connects += connects;
+        for r in done {
             match r {
                 Ok((n, d)) => {
                     l.requests += 1;
@@ -241,6 +277,7 @@ mod tests {
             elapsed: Duration::from_secs(1),
             latencies: (1..=100).map(Duration::from_millis).collect(),
             errors: vec![],
+            connects: 100,
         };
         assert_eq!(l.quantile(0.99), Duration::from_millis(99));
         assert_eq!(l.quantile(0.5), Duration::from_millis(50));

@@ -14,8 +14,6 @@ pub struct CriCluster {
     up: Option<CapstanUp>,
     pub kubeconfig: PathBuf,
     pub data: PathBuf,
-    /// The API server's URL (plain HTTP on loopback).
-    pub api: String,
     bridge: String,
 }
 
@@ -67,7 +65,6 @@ impl CriCluster {
         args.extend(extra.iter().map(OsStr::new));
         let up = CapstanUp::start(&me, &args)?;
         let cluster = CriCluster {
-            api: format!("http://{}", up.addr),
             up: Some(up),
             kubeconfig: data.join("kubeconfig"),
             data,

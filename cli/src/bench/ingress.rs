@@ -1,15 +1,17 @@
 //! `capstan bench ingress`: requests/s and latency through the ingress proxy to a busybox
 //! httpd pod, against the same load straight at the pod's IP, in one run, on a `capstan up
 //! --runtime cri` of its own (the proxy on a loopback port). The load: `connections` threads,
-//! each doing `requests` GETs one after another, each on a new TCP connection (busybox httpd
-//! closes after every answer, so the proxy opens one to the pod per request too); the two
+//! each doing `requests` GETs one after another, twice: as HTTP/1.1 clients that keep their
+//! connection while the server does (wrk's and browsers' way: busybox httpd closes after every
+//! answer, so the direct path reconnects each time, while the proxy keeps the client's
+//! connection and opens a new one to the pod), and with a new connection per GET. The two
 //! paths take turns for three rounds and each path's median round is reported.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use capstan_testkit::portforward::{Load, compare, get};
+use capstan_testkit::portforward::{Load, Reuse, get, load_with};
 use capstan_testkit::{eventually, free_port, kubectl};
 use clap::Args;
 
@@ -61,6 +63,12 @@ spec:
   - http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
 "#;
 
+/// The round with the median requests/s of three.
+fn median(mut v: Vec<Load>) -> Load {
+    v.sort_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()));
+    v.swap_remove(1)
+}
+
 pub async fn run(b: IngressBench) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("capstan-bench-ingress-")
@@ -109,31 +117,37 @@ pub async fn run(b: IngressBench) -> Result<()> {
         )
     })?;
     let direct = format!("{ip}:8080");
-    let (d, i) = tokio::task::block_in_place(|| {
-        let (mut d, mut i) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            let (x, y) = compare(&direct, &listen, "/", b.connections, b.requests);
-            d.push(x);
-            i.push(y);
+    let modes = [
+        (
+            Reuse::KeepAlive,
+            "HTTP/1.1 clients keeping their connection while the server does (as wrk, browsers)",
+        ),
+        (Reuse::PerRequest, "a new connection per GET (HTTP/1.0)"),
+    ];
+    let mut results = Vec::new();
+    for (reuse, _) in modes {
+        let (d, i) = tokio::task::block_in_place(|| {
+            let (mut d, mut i) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                d.push(load_with(&direct, "/", b.connections, b.requests, reuse));
+                i.push(load_with(&listen, "/", b.connections, b.requests, reuse));
+            }
+            (median(d), median(i))
+        });
+        for (what, l) in [("direct", &d), ("ingress", &i)] {
+            if !l.errors.is_empty() {
+                bail!(
+                    "{what} ({reuse:?}): {} errors, the first: {}",
+                    l.errors.len(),
+                    l.errors[0]
+                );
+            }
         }
-        let median = |mut v: Vec<Load>| {
-            v.sort_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()));
-            v.swap_remove(1)
-        };
-        (median(d), median(i))
-    });
-    for (what, l) in [("direct", &d), ("ingress", &i)] {
-        if !l.errors.is_empty() {
-            bail!(
-                "{what}: {} errors, the first: {}",
-                l.errors.len(),
-                l.errors[0]
-            );
-        }
+        results.push((d, i));
     }
     println!("# capstan bench ingress\n");
     println!(
-        "`capstan bench ingress --connections {} --requests {}{}`: 2 cores; {} clients at once, {} GETs each per round, a new connection per GET; the median of 3 rounds per path.\n",
+        "`capstan bench ingress --connections {} --requests {}{}`: 2 cores; {} clients at once, {} GETs each per round; the two paths take turns, the median of 3 rounds per path.\n",
         b.connections,
         b.requests,
         workers
@@ -143,23 +157,35 @@ pub async fn run(b: IngressBench) -> Result<()> {
         b.connections,
         b.requests
     );
-    println!("| path | requests | req/s | p50 | p99 |\n|---|---|---|---|---|");
-    for (what, l) in [
-        ("straight to the pod IP (busybox httpd)", &d),
-        ("through the ingress proxy (loopback → proxy → pod)", &i),
-    ] {
+    println!(
+        "| clients | path | requests | connections opened | req/s | p50 | p99 |\n|---|---|---|---|---|---|---|"
+    );
+    for ((_, clients), (d, i)) in modes.iter().zip(&results) {
+        for (what, l) in [
+            ("straight to the pod IP (busybox httpd)", d),
+            ("through the ingress proxy (loopback → proxy → pod)", i),
+        ] {
+            println!(
+                "| {clients} | {what} | {} | {} | {:.0} | {} | {} |",
+                l.requests,
+                l.connects,
+                l.requests_per_second(),
+                ms(l.quantile(0.5)),
+                ms(l.quantile(0.99))
+            );
+        }
+    }
+    println!();
+    for ((reuse, _), (d, i)) in modes.iter().zip(&results) {
         println!(
-            "| {what} | {} | {:.0} | {} | {} |",
-            l.requests,
-            l.requests_per_second(),
-            ms(l.quantile(0.5)),
-            ms(l.quantile(0.99))
+            "ingress / direct requests/s, {}: {:.2}x (target ≥ 0.7x)",
+            match reuse {
+                Reuse::KeepAlive => "clients keeping connections",
+                Reuse::PerRequest => "a new connection per GET",
+            },
+            i.requests_per_second() / d.requests_per_second()
         );
     }
-    println!(
-        "\ningress / direct requests/s: {:.2}x (target ≥ 0.7x)",
-        i.requests_per_second() / d.requests_per_second()
-    );
     drop(cluster);
     Ok(())
 }

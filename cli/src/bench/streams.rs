@@ -151,7 +151,7 @@ pub async fn run(b: StreamsBench) -> Result<()> {
             &["--disable-ingress"],
         )
     })?;
-    let api = cluster.api.clone();
+    let api = ApiStreams::from_kubeconfig(&cluster.kubeconfig).await?;
     let socket = cluster.socket();
     let kc = cluster.kubeconfig.clone();
     let pod_ip = tokio::task::block_in_place(|| start_pods(&cluster))?;
@@ -236,12 +236,9 @@ pub async fn run(b: StreamsBench) -> Result<()> {
         })
     })
     .await?;
-    let exec_url = format!(
-        "{}/api/v1/namespaces/default/pods/cat/exec?command=echo&command=hi&stdout=true",
-        api.replacen("http", "ws", 1)
-    );
+    let exec_path = "/api/v1/namespaces/default/pods/cat/exec?command=echo&command=hi&stdout=true";
     let ours = measure(n, || async {
-        let (out, status) = session(&exec_url, None).await?;
+        let (out, status) = api.session(exec_path, None).await?;
         check(&out, b"hi")
             .with_context(|| format!("pods/exec: {}", String::from_utf8_lossy(&status)))
     })
@@ -304,17 +301,15 @@ pub async fn run(b: StreamsBench) -> Result<()> {
         }
     })
     .await?;
-    let attach_url = format!(
-        "{}/api/v1/namespaces/default/pods/cat/attach?container=cat&stdin=true&stdout=true",
-        api.replacen("http", "ws", 1)
-    );
+    let attach_path =
+        "/api/v1/namespaces/default/pods/cat/attach?container=cat&stdin=true&stdout=true";
     let mut i = 0u64;
     let ours = measure(n, || {
         i += 1;
         let line = format!("ws-{i}\n");
-        let url = &attach_url;
+        let api = &api;
         async move {
-            let (out, _) = session(url, Some(line.as_bytes())).await?;
+            let (out, _) = api.session(attach_path, Some(line.as_bytes())).await?;
             check(&out, line.trim().as_bytes())
         }
     })
@@ -415,20 +410,87 @@ fn check(got: &[u8], want: &[u8]) -> Result<()> {
     }
 }
 
-/// One remotecommand session over a WebSocket (v5.channel.k8s.io): `input` sent on stdin; for
-/// exec everything until the Status, for attach until the input's echo. (stdout, status).
-async fn session(url: &str, input: Option<&[u8]>) -> Result<(Vec<u8>, Vec<u8>)> {
-    let mut req = url.into_client_request()?;
-    req.headers_mut()
-        .insert("sec-websocket-protocol", "v5.channel.k8s.io".parse()?);
-    let addr = req
-        .uri()
-        .authority()
-        .context("no address in the URL")?
-        .to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr).await?;
-    tcp.set_nodelay(true)?;
-    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
+/// WebSocket sessions to the API server as the kubeconfig's user: TLS with its CA and client
+/// certificate (HTTP/1.1, which the upgrade needs; plain on an `http://` server), its bearer
+/// token when it has one.
+struct ApiStreams {
+    /// `wss://host:port` or `ws://host:port`.
+    base: String,
+    addr: String,
+    server_name: rustls::pki_types::ServerName<'static>,
+    /// None on an `http://` server.
+    tls: Option<tokio_rustls::TlsConnector>,
+    token: Option<String>,
+}
+
+impl ApiStreams {
+    async fn from_kubeconfig(kubeconfig: &Path) -> Result<ApiStreams> {
+        use kube::client::ConfigExt;
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let tls = if config.cluster_url.scheme_str() == Some("http") {
+            None
+        } else {
+            let mut tls = config.rustls_client_config()?;
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)))
+        };
+        let host = config
+            .cluster_url
+            .host()
+            .context("no host in the server URL")?;
+        let port = config.cluster_url.port_u16().unwrap_or(443);
+        let addr = format!("{host}:{port}");
+        let token = config
+            .auth_info
+            .token
+            .as_ref()
+            .map(|t| secrecy::ExposeSecret::expose_secret(t).to_string());
+        Ok(ApiStreams {
+            base: format!("{}://{addr}", if tls.is_some() { "wss" } else { "ws" }),
+            server_name: rustls::pki_types::ServerName::try_from(host.to_string())?,
+            addr,
+            tls,
+            token,
+        })
+    }
+
+    /// One remotecommand session over a WebSocket (v5.channel.k8s.io) on `path`: `input` sent
+    /// on stdin; for exec everything until the Status, for attach until the input's echo.
+    /// (stdout, status).
+    async fn session(&self, path: &str, input: Option<&[u8]>) -> Result<(Vec<u8>, Vec<u8>)> {
+        let mut req = format!("{}{path}", self.base).into_client_request()?;
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "v5.channel.k8s.io".parse()?);
+        if let Some(t) = &self.token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse()?);
+        }
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await?;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            Some(tls) => {
+                let tls = tls.connect(self.server_name.clone(), tcp).await?;
+                let (ws, _) = tokio_tungstenite::client_async(req, tls).await?;
+                remotecommand(ws, input).await
+            }
+            None => {
+                let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
+                remotecommand(ws, input).await
+            }
+        }
+    }
+}
+
+/// Reads a remotecommand session: `input` sent on stdin; for exec everything until the
+/// Status, for attach until the input's echo. (stdout, status).
+async fn remotecommand<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    input: Option<&[u8]>,
+) -> Result<(Vec<u8>, Vec<u8>)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     if let Some(data) = input {
         ws.send(tungstenite::Message::Binary([&[0u8], data].concat().into()))
             .await?;
