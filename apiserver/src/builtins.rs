@@ -309,6 +309,8 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
             Builtin::of::<core::Node>()
                 .fields(&[("spec.unschedulable", "/spec/unschedulable")])
+                .validate_with(crate::node::validate)
+                .validate_update_with(crate::node::validate_update)
                 .defaults(defaults::core::node)
                 .table(crate::table::nodes)
                 .arc(),

@@ -37,6 +37,7 @@ pub mod events;
 pub mod http;
 pub mod ingress;
 pub mod metrics;
+pub mod node;
 pub mod object;
 pub mod openapi;
 pub mod patch;

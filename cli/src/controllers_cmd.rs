@@ -73,6 +73,17 @@ pub struct ManagerArgs {
     /// Succeeded and Failed pods kept before the oldest are garbage collected (0: all kept).
     #[arg(long, default_value_t = 12_500)]
     pub terminated_pod_gc_threshold: usize,
+    /// Give every Node a pod range (`spec.podCIDR`) cut from --cluster-cidr (the `nodeipam`
+    /// controller), for agents on many machines.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, requires = "cluster_cidr")]
+    pub allocate_node_cidrs: bool,
+    /// The cluster's pod range (`--cluster-cidr` of `capstan controllers`; in `capstan up`,
+    /// the one flag the agent shares).
+    #[arg(skip)]
+    pub cluster_cidr: Option<capstan_controllers::nodeipam::Net4>,
+    /// The size of each Node's pod range (/24: 254 pods).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=30))]
+    pub node_cidr_mask_size: u8,
     /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace, for pods'
     /// token volumes (`capstan up`: its own CA). Without it nothing is published.
     #[arg(long)]
@@ -144,6 +155,16 @@ impl ManagerArgs {
             },
             workers: self.concurrent_horizontal_pod_autoscaler_syncs as usize,
         })
+    }
+
+    /// The node IPAM controller's settings from the flags (checked: the mask cuts the range).
+    pub fn node_ipam(&self) -> Result<capstan_controllers::nodeipam::Config> {
+        let config = capstan_controllers::nodeipam::Config {
+            cluster_cidr: self.cluster_cidr.filter(|_| self.allocate_node_cidrs),
+            node_cidr_mask_size: self.node_cidr_mask_size,
+        };
+        config.cidr_set().map_err(anyhow::Error::msg)?;
+        Ok(config)
     }
 
     /// The node-lifecycle controller's settings from the flags.
@@ -231,6 +252,10 @@ pub struct ControllersArgs {
     /// Where /metrics (and /healthz) are served.
     #[arg(long, default_value = "127.0.0.1:10257")]
     pub metrics_listen: SocketAddr,
+    /// The cluster's pod addresses, an IPv4 CIDR (e.g. 10.244.0.0/16): what
+    /// --allocate-node-cidrs cuts Nodes' ranges from.
+    #[arg(long, value_parser = parse_cluster_cidr)]
+    pub cluster_cidr: Option<capstan_controllers::nodeipam::Net4>,
 }
 
 impl ManagerArgs {
@@ -287,6 +312,7 @@ impl ManagerArgs {
         }
         let sched = self.scheduler_config()?;
         let node_lifecycle = self.node_lifecycle()?;
+        let node_ipam = self.node_ipam()?;
         let autoscaler = self.autoscaler()?;
         let gc_threshold = self.terminated_pod_gc_threshold;
         let cluster_signing = match (
@@ -346,6 +372,7 @@ impl ManagerArgs {
                     endpoint_updates_batch_period: batch,
                     max_endpoints_per_slice: max_per_slice,
                     node_lifecycle: node_lifecycle.clone(),
+                    node_ipam: node_ipam.clone(),
                     pod_gc: capstan_controllers::podgc::Config {
                         terminated_threshold: gc_threshold,
                         ..Default::default()
@@ -448,7 +475,9 @@ pub async fn serve_metrics(listen: SocketAddr, registry: Arc<prometheus::Registr
     Ok(())
 }
 
-pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
+pub async fn run(client_args: ClientArgs, mut args: ControllersArgs) -> Result<()> {
+    args.manager.cluster_cidr = args.cluster_cidr;
+    args.manager.node_ipam()?;
     let base = crate::client_cmd::config(&client_args).await?;
     let client = kube::Client::try_from(base.clone())?;
     let registry = prometheus::Registry::new();
@@ -463,6 +492,10 @@ pub async fn run(client_args: ClientArgs, args: ControllersArgs) -> Result<()> {
             crate::signals::shutdown_signal(),
         )
         .await
+}
+
+pub(crate) fn parse_cluster_cidr(s: &str) -> Result<capstan_controllers::nodeipam::Net4, String> {
+    s.parse()
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ pub struct UpArgs {
 
 pub use crate::agent_cmd::Runtime;
 
-pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
+pub async fn run(mut args: UpArgs, with_controllers: bool) -> Result<()> {
     // A named containerd must answer before anything starts; our own one starts last, once
     // the API server is up (a failed start leaves nothing behind).
     let mut runtime = if with_controllers {
@@ -108,8 +108,17 @@ pub async fn run(args: UpArgs, with_controllers: bool) -> Result<()> {
         );
     }
     if with_controllers {
+        // The Nodes' ranges are cut from the agent's --cluster-cidr (the one pod range).
+        args.manager.cluster_cidr = args
+            .agent
+            .cluster_cidr
+            .as_deref()
+            .map(crate::controllers_cmd::parse_cluster_cidr)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
         args.manager.names()?; // an unknown controller fails here, before anything starts
         args.manager.node_lifecycle()?;
+        args.manager.node_ipam()?;
         args.manager.autoscaler()?;
     }
     args.auth.check(args.listen)?;

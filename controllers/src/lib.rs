@@ -25,6 +25,7 @@
 //! - [`podgc`]: force-deletes pods no agent will finish (orphans of deleted nodes,
 //!   terminating pods on out-of-service nodes, terminated pods beyond a threshold).
 //! - [`disruption`]: keeps PodDisruptionBudgets' status (what pods/eviction may spend).
+//! - [`nodeipam`]: gives each Node a pod range from `--cluster-cidr`.
 //! - [`nodelifecycle`]: notices silent nodes, marks them Unknown and taints them (per-zone rate
 //!   limits; nothing at all when every zone is down); [`tainteviction`]: deletes pods from
 //!   nodes with NoExecute taints they do not tolerate.
@@ -59,6 +60,7 @@ pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod nodeaffinity;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podcontrol;
 pub mod podgc;
@@ -113,6 +115,7 @@ pub const ALL: &[&str] = &[
     gitops::NAME,
     job::NAME,
     namespace::NAME,
+    nodeipam::NAME,
     nodelifecycle::NAME,
     podgc::NAME,
     replicaset::NAME,
@@ -348,6 +351,8 @@ pub struct Manager {
     /// Writes by the endpoint controllers.
     pub endpoint_changes: endpointslice::ChangeMetrics,
     pub node_lifecycle: nodelifecycle::Config,
+    /// The node IPAM controller's cluster CIDR and node mask.
+    pub node_ipam: nodeipam::Config,
     pub pod_gc: podgc::Config,
     /// The Job controller's pod failure backoff.
     pub job: job::plan::Settings,
@@ -378,6 +383,8 @@ pub struct Config {
     /// Kubernetes' --max-endpoints-per-slice (1–1000, default 100).
     pub max_endpoints_per_slice: usize,
     pub node_lifecycle: nodelifecycle::Config,
+    /// The node IPAM controller's cluster CIDR and node mask.
+    pub node_ipam: nodeipam::Config,
     pub pod_gc: podgc::Config,
     pub job: job::plan::Settings,
     pub autoscaler: autoscaler::Config,
@@ -398,6 +405,7 @@ impl Default for Config {
             endpoint_updates_batch_period: Duration::from_millis(100),
             max_endpoints_per_slice: endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
             node_lifecycle: nodelifecycle::Config::default(),
+            node_ipam: nodeipam::Config::default(),
             pod_gc: podgc::Config::default(),
             job: job::plan::Settings::default(),
             autoscaler: autoscaler::Config::default(),
@@ -434,6 +442,7 @@ impl Manager {
             max_endpoints_per_slice: config.max_endpoints_per_slice.clamp(1, 1000),
             endpoint_changes: endpointslice::ChangeMetrics::register(registry),
             node_lifecycle: config.node_lifecycle,
+            node_ipam: config.node_ipam,
             pod_gc: config.pod_gc,
             job: config.job,
             autoscaler: config.autoscaler,
@@ -460,6 +469,7 @@ impl Manager {
             max_endpoints_per_slice: self.max_endpoints_per_slice,
             endpoint_changes: self.endpoint_changes.clone(),
             node_lifecycle: self.node_lifecycle.clone(),
+            node_ipam: self.node_ipam.clone(),
             pod_gc: self.pod_gc.clone(),
             job: self.job,
             autoscaler: self.autoscaler,
@@ -523,6 +533,7 @@ impl Manager {
                     endpointslice::NAME => endpointslice::run(m).await,
                     endpoints::NAME => endpoints::run(m).await,
                     endpointslicemirroring::NAME => endpointslicemirroring::run(m).await,
+                    nodeipam::NAME => nodeipam::run(m).await,
                     nodelifecycle::NAME => nodelifecycle::run(m).await,
                     tainteviction::NAME => tainteviction::run(m).await,
                     podgc::NAME => podgc::run(m).await,

@@ -12,6 +12,7 @@ mod binary;
 #[cfg(feature = "cluster")]
 mod cluster;
 pub mod git;
+pub mod keepalive;
 pub mod net_slot;
 pub mod pki;
 pub mod portforward;
@@ -515,6 +516,18 @@ pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool)
     Ok(())
 }
 
+/// The events.k8s.io/v1 Events in `namespace` now (for checks that an Event was emitted).
+pub async fn events(
+    client: &kube::Client,
+    namespace: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    kube::Api::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
 /// Polls the async `check` (every 10 ms) until it is true; panics naming `what` after
 /// `within`. Returns how long it took.
 pub async fn until<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
@@ -608,8 +621,11 @@ impl CapstanUp {
                 .unwrap_or_else(|_| Stdio::null()),
             None => Stdio::null(),
         };
+        if !has("--listen") {
+            defaults.extend(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = Command::new(bin)
-            .args(["up", "--listen", "127.0.0.1:0"])
+            .arg("up")
             .args(&defaults)
             .args(args)
             .stdout(Stdio::piped())

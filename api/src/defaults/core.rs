@@ -40,8 +40,25 @@ pub fn secret(obj: &mut Value) {
 }
 
 /// `SetDefaults_NodeStatus`: a node that reports capacity but no allocatable can allocate all of
-/// its capacity.
+/// its capacity. And the pod ranges agree, as Kubernetes' conversion keeps them: `podCIDRs`
+/// from a lone `podCIDR`, `podCIDR` from the first of `podCIDRs`.
 pub fn node(obj: &mut Value) {
+    if let Some(spec) = obj.as_object_mut().and_then(|o| existing(o, "spec")) {
+        let single = spec.get("podCIDR").and_then(Value::as_str).unwrap_or("");
+        let first = spec
+            .get("podCIDRs")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if first.is_empty() && !single.is_empty() {
+            let single = single.to_string();
+            spec.insert("podCIDRs".into(), json!([single]));
+        } else if single.is_empty() && !first.is_empty() {
+            let first = first.to_string();
+            spec.insert("podCIDR".into(), Value::String(first));
+        }
+    }
     let Some(status) = obj.as_object_mut().and_then(|o| existing(o, "status")) else {
         return;
     };

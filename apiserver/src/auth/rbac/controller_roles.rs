@@ -311,6 +311,17 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "nodeipam",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &[""],
+                    &["nodes"],
+                ),
+                events(),
+            ],
+        ),
+        (
             "tainteviction",
             vec![
                 rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
