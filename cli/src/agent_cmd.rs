@@ -72,6 +72,19 @@ pub struct AgentArgs {
     /// bypasses netfilter (no br_netfilter). Inside `capstan up`: its --pod-cidr.
     #[arg(long)]
     pub cluster_cidr: Option<String>,
+    /// Route every other Node's pod range (`spec.podCIDR`) via its InternalIP (host-gw, as
+    /// flannel's backend of that name), so pods reach pods on other machines; the machines
+    /// must share an L2 segment. `auto` is off; `on` needs root and iproute2.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub pod_routes: Toggle,
+    /// Write the pods' CNI config (a bridge over this Node's `spec.podCIDR`, once the node IPAM
+    /// controller assigns it) to this directory: containerd's CNI conf_dir, for an agent whose
+    /// pod range the cluster chooses.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The bridge that CNI config attaches pods to.
+    #[arg(long, default_value = "cni0")]
+    pub cni_conf_bridge: String,
     /// Serve cluster DNS on the node IP and publish it as a kube-dns endpoint (`auto`: carry
     /// on without it when the port is taken).
     #[arg(long, value_enum, default_value = "auto")]
@@ -126,12 +139,20 @@ pub struct AgentCmd {
     /// The cluster CA (DATA_DIR/pki/ca.crt on the server) that --server must present.
     #[arg(long, requires = "server")]
     pub ca_file: Option<PathBuf>,
+    /// Run a containerd of the agent's own under this directory (as `capstan up` does; its
+    /// socket replaces --cri-socket), its pods on the bridge --cni-conf-bridge over the range
+    /// the cluster assigns this Node (--cni-conf-dir defaults to DIR/net.d). Stopped with the
+    /// agent; the pods' shims live on.
+    #[arg(long)]
+    pub containerd_dir: Option<PathBuf>,
     #[command(flatten)]
     pub agent: AgentArgs,
 }
 
 pub async fn run(client_args: ClientArgs, mut cmd: AgentCmd) -> Result<()> {
-    if let (Some(server), Some(token), Some(ca_file)) = (&cmd.server, &cmd.token, &cmd.ca_file) {
+    let client = if let (Some(server), Some(token), Some(ca_file)) =
+        (&cmd.server, &cmd.token, &cmd.ca_file)
+    {
         let root = cmd
             .agent
             .root_dir
@@ -154,40 +175,57 @@ pub async fn run(client_args: ClientArgs, mut cmd: AgentCmd) -> Result<()> {
         cmd.agent.tls_cert_file = Some(joined.serving_cert);
         cmd.agent.tls_private_key_file = Some(joined.serving_key);
         cmd.agent.client_ca_file = Some(ca_file.clone());
-        let runtime = resolve_runtime(cmd.runtime, &cmd.cri_socket);
-        return run_agent(
-            joined.client,
-            runtime,
-            &cmd.cri_socket,
-            cmd.agent,
-            crate::signals::shutdown_signal(),
-        )
-        .await;
-    }
-    let client = client(&client_args).await?;
-    if cmd.agent.client_ca_file.is_none()
-        && let Some(pem) = kubeconfig_ca(&client_args).await?
-    {
-        let dir = cmd
-            .agent
-            .root_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT_DIR))
-            .join("pki");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join("client-ca.crt");
-        capstan_pki::write_file(&path, &pem, 0o644)?;
-        cmd.agent.client_ca_file = Some(path);
-    }
+        joined.client
+    } else {
+        let client = client(&client_args).await?;
+        if cmd.agent.client_ca_file.is_none()
+            && let Some(pem) = kubeconfig_ca(&client_args).await?
+        {
+            let dir = cmd
+                .agent
+                .root_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT_DIR))
+                .join("pki");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join("client-ca.crt");
+            capstan_pki::write_file(&path, &pem, 0o644)?;
+            cmd.agent.client_ca_file = Some(path);
+        }
+        client
+    };
+    // A containerd of the agent's own, whose pods get the Node's assigned range.
+    let managed = match &cmd.containerd_dir {
+        Some(dir) => {
+            let cfg = capstan_node_agent::containerd::Config {
+                dir: dir.clone(),
+                pod_cidr: String::new(),
+                bridge: cmd.agent.cni_conf_bridge.clone(),
+                sandbox_image: "localhost/pause:1".into(),
+            };
+            let c = capstan_node_agent::containerd::start(&cfg)
+                .await
+                .context("starting containerd")?;
+            cmd.cri_socket = c.socket.clone();
+            cmd.runtime = Runtime::Cri;
+            cmd.agent.cni_conf_dir.get_or_insert(cfg.cni_conf_dir());
+            Some(c)
+        }
+        None => None,
+    };
     let runtime = resolve_runtime(cmd.runtime, &cmd.cri_socket);
-    run_agent(
+    let ran = run_agent(
         client,
         runtime,
         &cmd.cri_socket,
         cmd.agent,
         crate::signals::shutdown_signal(),
     )
-    .await
+    .await;
+    if let Some(c) = managed {
+        tokio::task::block_in_place(|| c.stop());
+    }
+    ran
 }
 
 /// `auto`: containerd when its socket is there, else plain processes.
@@ -326,9 +364,14 @@ pub async fn run_agent(
     ran
 }
 
-/// The agent's share of Services: the proxy and the cluster DNS server.
+/// The agent's share of Services: the proxy and the cluster DNS server; and the routes to
+/// other nodes' pods.
 struct NodeServices {
     proxy: Option<capstan_node_agent::proxy::Proxy>,
+    /// Keeps the pod routes while it lives (the routes stay after it).
+    pod_routes: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps the CNI config equal to the Node's pod range.
+    cni_config: Option<tokio::task::JoinHandle<()>>,
     dns: Option<capstan_node_agent::dns::DnsServer>,
     /// What pods with dnsPolicy ClusterFirst are given.
     cluster_dns: Option<String>,
@@ -393,6 +436,29 @@ impl NodeServices {
                 }
             }
         };
+        let pod_routes = (args.pod_routes == Toggle::On).then(|| {
+            tokio::spawn(capstan_node_agent::pod_routes::run(
+                client.clone(),
+                name.clone(),
+                capstan_node_agent::pod_routes::Kernel::default(),
+            ))
+        });
+        let cni_config = args.cni_conf_dir.as_ref().map(|dir| {
+            let cfg = capstan_node_agent::cni_config::CniConfig {
+                dir: dir.clone(),
+                bridge: args.cni_conf_bridge.clone(),
+                ipam_dir: args
+                    .root_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT_DIR))
+                    .join("cni-ipam"),
+            };
+            tokio::spawn(capstan_node_agent::cni_config::run(
+                client.clone(),
+                name.clone(),
+                cfg,
+            ))
+        });
         let cluster_dns = match &args.cluster_dns {
             Some(ip) => Some(ip.clone()),
             None => kube_dns_ip(client).await,
@@ -404,12 +470,17 @@ impl NodeServices {
         }
         Ok(NodeServices {
             proxy,
+            pod_routes,
+            cni_config,
             dns,
             cluster_dns,
         })
     }
 
     async fn stop(self) {
+        for t in self.pod_routes.iter().chain(&self.cni_config) {
+            t.abort();
+        }
         if let Some(p) = self.proxy
             && let Err(e) = p.shutdown().await
         {

@@ -34,7 +34,9 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContainerdEr
 pub struct Config {
     /// Everything lives under here.
     pub dir: PathBuf,
-    /// The pods' IPv4 range (host-local IPAM), e.g. 10.88.0.0/16.
+    /// The pods' IPv4 range (host-local IPAM), e.g. 10.88.0.0/16. Empty: the range is the
+    /// Node's assigned one, and [`crate::cni_config`] writes the CNI config into
+    /// [`Config::cni_conf_dir`] once the cluster assigns it.
     pub pod_cidr: String,
     /// The Linux bridge the pods attach to.
     pub bridge: String,
@@ -117,35 +119,19 @@ state = "{d}/state"
         )
     }
 
-    /// The CNI chain: bridge (gateway, masquerade, hairpin) with host-local IPAM, then portmap
-    /// for hostPorts. containerd brings `lo` up itself.
+    /// The CNI chain for this containerd's pods ([`conflist`]).
     pub fn conflist(&self) -> String {
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "capstan",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self.bridge,
-                    "isGateway": true,
-                    "ipMasq": true,
-                    "hairpinMode": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": self.pod_cidr}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": self.dir.join("cni-ipam"),
-                    }
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}}
-            ]
-        })
-        .to_string()
+        conflist(&self.bridge, &self.pod_cidr, &self.dir.join("cni-ipam"))
     }
 
-    /// Writes the config and the CNI conflist.
+    /// containerd's CNI conf_dir.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("net.d")
+    }
+
+    /// Writes the config and the CNI conflist (when the pod range is known).
     pub fn write(&self) -> Result<(), ContainerdError> {
-        let net = self.dir.join("net.d");
+        let net = self.cni_conf_dir();
         std::fs::create_dir_all(&net).map_err(io(format!("creating {}", net.display())))?;
         if let Some(parent) = self.socket().parent() {
             std::fs::create_dir_all(parent)
@@ -153,9 +139,38 @@ state = "{d}/state"
         }
         let cfg = self.dir.join("config.toml");
         std::fs::write(&cfg, self.toml()).map_err(io(format!("writing {}", cfg.display())))?;
+        if self.pod_cidr.is_empty() {
+            return Ok(());
+        }
         let conf = net.join("10-capstan.conflist");
         std::fs::write(&conf, self.conflist()).map_err(io(format!("writing {}", conf.display())))
     }
+}
+
+/// The CNI chain: bridge (gateway, masquerade, hairpin) with host-local IPAM over `pod_cidr`
+/// (its leases in `ipam_dir`), then portmap for hostPorts. containerd brings `lo` up itself.
+pub fn conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "capstan",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": pod_cidr}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": ipam_dir,
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+    .to_string()
 }
 
 /// A running managed containerd (or one found running from an earlier start).

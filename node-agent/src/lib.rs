@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod cni_config;
 pub mod conditions;
 pub mod containerd;
 pub mod dns;
@@ -23,6 +24,7 @@ pub mod node;
 pub mod oom;
 pub mod pause_image;
 pub mod pod;
+pub mod pod_routes;
 pub mod portforward;
 pub mod proxy;
 pub mod runtime;
