@@ -59,6 +59,8 @@ impl EtcdOptions {
 pub struct EtcdStore {
     client: Client,
     opts: EtcdOptions,
+    /// Takes members that stop answering out of the client's balance (several endpoints).
+    _members: Option<std::sync::Arc<crate::etcd_members::MemberHealth>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -159,7 +161,13 @@ impl EtcdStore {
             ))
         })?
         .map_err(|e| map_err("connect", e))?;
-        let store = EtcdStore { client, opts };
+        let members =
+            crate::etcd_members::spawn(client.clone(), &opts.endpoints, connect_options(&opts));
+        let store = EtcdStore {
+            client,
+            opts,
+            _members: members,
+        };
         store.current_revision().await.map_err(|e| match e {
             StorageError::Unavailable { message, source } => StorageError::Unavailable {
                 message: format!(

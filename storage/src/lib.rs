@@ -35,6 +35,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod encrypted;
 pub mod etcd;
+mod etcd_members;
 mod metrics;
 
 pub use metrics::StorageMetrics;

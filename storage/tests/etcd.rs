@@ -175,3 +175,38 @@ async fn defragment_gives_compacted_space_back_on_every_member() {
     );
     assert_eq!(store.get("big").await.unwrap().unwrap(), kv);
 }
+
+/// A member of three killed with -9: once the store has noticed (a probe every 500 ms), no
+/// request waits on the dead member — every write answers within 300 ms (they took a second or
+/// two, or timed out, while the dead member stayed in the client's balance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_member_is_taken_out_of_the_balance() {
+    let mut etcd =
+        tokio::task::spawn_blocking(|| capstan_testkit::etcd_cluster::EtcdCluster::start(3))
+            .await
+            .unwrap()
+            .expect("an etcd cluster");
+    let endpoints = etcd.endpoints().split(',').map(str::to_string).collect();
+    let store = EtcdStore::connect(EtcdOptions::new(endpoints))
+        .await
+        .unwrap();
+    store.create("k/before", Bytes::from("v")).await.unwrap();
+    etcd.kill(0);
+    // Noticed within a probe period and its timeout; writes meanwhile may wait and succeed.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        let t = Instant::now();
+        store
+            .create(&format!("k/{i}"), Bytes::from("v"))
+            .await
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(300),
+        "the slowest write took {slowest:?}"
+    );
+    let listed = store.list("k/", Default::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 41);
+}
