@@ -11,6 +11,7 @@
 mod binary;
 #[cfg(feature = "cluster")]
 mod cluster;
+pub mod etcd_cluster;
 pub mod git;
 pub mod keepalive;
 pub mod net_slot;
@@ -328,7 +329,7 @@ impl Drop for ReapContainers {
 }
 
 /// etcd's /health over plain HTTP/1.0.
-fn health(port: u16) -> Result<bool> {
+pub(crate) fn health(port: u16) -> Result<bool> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
