@@ -175,7 +175,15 @@ pub async fn run(client_args: ClientArgs, mut cmd: AgentCmd) -> Result<()> {
         cmd.agent.tls_cert_file = Some(joined.serving_cert);
         cmd.agent.tls_private_key_file = Some(joined.serving_key);
         cmd.agent.client_ca_file = Some(ca_file.clone());
-        joined.client
+        if client_args.failover_servers.is_empty() {
+            joined.client
+        } else {
+            // The node's own kubeconfig (join wrote it), through a failover front.
+            let text = std::fs::read_to_string(root.join("kubeconfig"))?;
+            let config = crate::certs::config_of(&text).await?;
+            let config = crate::api_failover::config(config, &client_args.failover_servers).await?;
+            kube::Client::try_from(config)?
+        }
     } else {
         let client = client(&client_args).await?;
         if cmd.agent.client_ca_file.is_none()

@@ -38,6 +38,11 @@ pub struct ClientArgs {
     /// Namespace (default: the kubeconfig context's, else "default").
     #[arg(short, long, global = true)]
     namespace: Option<String>,
+    /// Other API servers (HOST:PORT or https://HOST:PORT) to move to when the kubeconfig's
+    /// stops answering; the live ones the `kubernetes` Service lists are learned as well.
+    /// Every server's certificate must carry the kubeconfig's host name.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub(crate) failover_servers: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,7 +362,11 @@ pub async fn client(args: &ClientArgs) -> Result<kube::Client> {
 pub async fn config(args: &ClientArgs) -> Result<kube::Config> {
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
-    Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?)
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    if args.failover_servers.is_empty() {
+        return Ok(config);
+    }
+    crate::api_failover::config(config, &args.failover_servers).await
 }
 
 fn api_for(client: &kube::Client, r: &Resource, ns: &str) -> Api<DynamicObject> {

@@ -14,6 +14,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent_cmd;
+mod api_failover;
 mod auth_args;
 mod bench;
 mod certs;

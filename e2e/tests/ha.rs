@@ -1,7 +1,8 @@
 //! An HA control plane (issue 26) with real processes on one host: a 3-member etcd cluster
 //! (real etcd), two API servers on it (`capstan up --store etcd --controllers none --runtime
 //! none`, sharing the cluster CA and the ServiceAccount signing key), two leader-elected
-//! `capstan controllers`, each talking to its own API server, and `capstan sim` nodes. While a
+//! `capstan controllers`, both on the first server's kubeconfig with `--failover-servers` naming
+//! the second (so the standby has to fail over to lead), and `capstan sim` nodes. While a
 //! Deployment rolls and a client writes 300 ConfigMaps through both API servers (moving to
 //! the other server when one fails, retrying), one etcd member, the first API server and the
 //! leading controller manager are killed with -9. Then: every acknowledged write is there and
@@ -74,13 +75,17 @@ fn api_server(dir: &Path, endpoints: &str) -> CapstanUp {
     .unwrap()
 }
 
-fn manager(kubeconfig: &Path, identity: &str, log: &Path) -> Proc {
+/// A controller manager on the first server's kubeconfig, moving to `failover` when that one
+/// stops answering.
+fn manager(kubeconfig: &Path, failover: &str, identity: &str, log: &Path) -> Proc {
     let kc = kubeconfig.display().to_string();
     let lease = LEASE_SECONDS.to_string();
     spawn(
         &[
             "--kubeconfig",
             &kc,
+            "--failover-servers",
+            failover,
             "controllers",
             "--controllers",
             "deployment,replicaset,scheduler,garbagecollector,serviceaccount",
@@ -144,6 +149,20 @@ fn rolled_out(kc: &Path, image: &str) -> bool {
         && s["replicas"] == 6
 }
 
+/// Whether the controllers have started rolling `image` out and not finished.
+fn rolling(kc: &Path, image: &str) -> bool {
+    let out = kubectl(kc, &["get", "deploy", "web", "-n", NS, "-o", "json"], None);
+    let Ok(d) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return false;
+    };
+    let s = &d["status"];
+    d["spec"]["template"]["spec"]["containers"][0]["image"] == image
+        && s["observedGeneration"] == d["metadata"]["generation"]
+        && s["updatedReplicas"]
+            .as_i64()
+            .is_some_and(|n| (1..6).contains(&n))
+}
+
 #[test]
 fn the_cluster_converges_and_loses_nothing_when_a_member_a_server_and_the_leader_die() {
     let t0 = Instant::now();
@@ -196,14 +215,15 @@ fn the_cluster_converges_and_loses_nothing_when_a_member_a_server_and_the_leader
     let leases: Api<Lease> = Api::namespaced(clients[1].clone(), "kube-system");
 
     // The first manager leads; the second stands by.
-    let mut cm_a = manager(&kc1, "cm-a", &dir.path().join("cm-a.log"));
+    // Both managers use the first server's kubeconfig and fail over to the second.
+    let mut cm_a = manager(&kc1, &servers[1], "cm-a", &dir.path().join("cm-a.log"));
     rt.block_on(async {
         capstan_testkit::until(Duration::from_secs(30), "cm-a leading", || async {
             holder(&leases).await.as_deref() == Some("cm-a")
         })
         .await;
     });
-    let _cm_b = manager(&kc2, "cm-b", &dir.path().join("cm-b.log"));
+    let _cm_b = manager(&kc1, &servers[1], "cm-b", &dir.path().join("cm-b.log"));
     phase("cm-a leads");
 
     ok(&kc2, &["create", "namespace", NS], None);
@@ -293,12 +313,9 @@ fn the_cluster_converges_and_loses_nothing_when_a_member_a_server_and_the_leader
         })
     };
 
-    // The rollout, then the failures while both go on.
-    ok(
-        &kc2,
-        &["set", "image", "deploy/web", "-n", NS, "c=example/web:2"],
-        None,
-    );
+    // The failures while the writes go on: an etcd member; then a rollout, and once the
+    // leader has started it (a new ReplicaSet with pods, which take a second each to be
+    // Ready, so it is mid-way), the first API server and the leader.
     let at = |n: usize| {
         eventually(Duration::from_secs(60), "writes progressing", || {
             done.load(Ordering::Relaxed) >= n
@@ -309,14 +326,19 @@ fn the_cluster_converges_and_loses_nothing_when_a_member_a_server_and_the_leader
     phase("killing an etcd member");
     etcd.kill(0);
     at(120);
+    ok(
+        &kc2,
+        &["set", "image", "deploy/web", "-n", NS, "c=example/web:2"],
+        None,
+    );
+    eventually(Duration::from_secs(30), "the rollout started", || {
+        rolling(&kc2, "example/web:2")
+    })
+    .unwrap();
     if let Some(mut up) = up1.take() {
         let _ = up.child.kill();
         let _ = up.child.wait();
     }
-    assert!(
-        !rolled_out(&kc2, "example/web:2"),
-        "the rollout ended before the leader was killed"
-    );
     phase("killed the first API server; killing the leader mid-rollout");
     let killed_leader = Instant::now();
     cm_a.kill();
@@ -335,6 +357,27 @@ fn the_cluster_converges_and_loses_nothing_when_a_member_a_server_and_the_leader
     );
 
     phase("cm-b leads");
+    // A `capstan` command on the dead server's kubeconfig answers through the other.
+    let get = Command::new(capstan_bin())
+        .arg("--kubeconfig")
+        .arg(&kc1)
+        .args([
+            "--failover-servers",
+            &servers[1],
+            "get",
+            "deploy",
+            "-n",
+            NS,
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        get.status.success() && String::from_utf8_lossy(&get.stdout).contains("web"),
+        "capstan get through the failover front: {}",
+        String::from_utf8_lossy(&get.stderr)
+    );
     let failovers = rt.block_on(writer).unwrap();
     phase("writes done");
     // Every write is there, exactly once, and the watch saw each added once.
