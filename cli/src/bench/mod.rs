@@ -10,6 +10,7 @@ mod crd;
 mod cri;
 mod daemonset;
 mod gitops;
+mod ha;
 mod ingress;
 mod jobs;
 mod nodes;
@@ -87,6 +88,9 @@ enum Which {
     Services(services::ServicesBench),
     /// Cluster DNS: queries/s and p99 against a bare UDP responder in the same run.
     Dns(services::DnsBench),
+    /// The control plane on a 3-member etcd cluster: creates/s through two API servers (and
+    /// one) against raw etcd puts on the same cluster, healthy and with a member killed.
+    Ha(ha::HaBench),
     /// Ingress: requests/s and p99 through the ingress proxy to a busybox httpd pod against
     /// the same load straight at the pod's IP, on a `capstan up --runtime cri` of its own
     /// (root, containerd).
@@ -117,6 +121,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Nodes(b) => nodes::run(b).await,
         Which::Services(b) => services::run(b).await,
         Which::Dns(b) => services::dns(b).await,
+        Which::Ha(b) => ha::run(b).await,
         Which::Ingress(b) => ingress::run(b).await,
         Which::Streams(b) => streams::run(b).await,
         Which::Httpd(a) => tokio::task::block_in_place(|| streams::httpd(a)),
