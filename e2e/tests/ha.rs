@@ -135,32 +135,29 @@ spec:
 "#
 }
 
+/// The Deployment's status when its spec has `image` and the controllers have seen it.
+fn observed(kc: &Path, image: &str) -> Option<serde_json::Value> {
+    let out = kubectl(kc, &["get", "deploy", "web", "-n", NS, "-o", "json"], None);
+    let d = serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()?;
+    (d["spec"]["template"]["spec"]["containers"][0]["image"] == image
+        && d["status"]["observedGeneration"] == d["metadata"]["generation"])
+        .then(|| d["status"].clone())
+}
+
 /// Whether the Deployment has rolled out `image` fully.
 fn rolled_out(kc: &Path, image: &str) -> bool {
-    let out = kubectl(kc, &["get", "deploy", "web", "-n", NS, "-o", "json"], None);
-    let Ok(d) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        return false;
-    };
-    let s = &d["status"];
-    d["spec"]["template"]["spec"]["containers"][0]["image"] == image
-        && s["observedGeneration"] == d["metadata"]["generation"]
-        && s["updatedReplicas"] == 6
-        && s["availableReplicas"] == 6
-        && s["replicas"] == 6
+    observed(kc, image).is_some_and(|s| {
+        s["updatedReplicas"] == 6 && s["availableReplicas"] == 6 && s["replicas"] == 6
+    })
 }
 
 /// Whether the controllers have started rolling `image` out and not finished.
 fn rolling(kc: &Path, image: &str) -> bool {
-    let out = kubectl(kc, &["get", "deploy", "web", "-n", NS, "-o", "json"], None);
-    let Ok(d) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        return false;
-    };
-    let s = &d["status"];
-    d["spec"]["template"]["spec"]["containers"][0]["image"] == image
-        && s["observedGeneration"] == d["metadata"]["generation"]
-        && s["updatedReplicas"]
+    observed(kc, image).is_some_and(|s| {
+        s["updatedReplicas"]
             .as_i64()
             .is_some_and(|n| (1..6).contains(&n))
+    })
 }
 
 #[test]

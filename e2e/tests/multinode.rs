@@ -14,7 +14,7 @@
 
 mod cri_cluster;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -65,16 +65,7 @@ impl Machines {
     fn start(names: &[&str]) -> Machines {
         let dir = temp_dir("capstan-mn-").unwrap();
         let images = dir.path().join("images");
-        let build = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh"))
-            .arg(&images)
-            .output()
-            .unwrap();
-        assert!(
-            build.status.success(),
-            "e2e/images/build.sh: {}",
-            String::from_utf8_lossy(&build.stderr)
-        );
+        cri_cluster::build_images(&images);
         // The agents import busybox; the sandbox image is their own.
         let _ = std::fs::remove_file(images.join("pause.tar"));
         let slot = NetSlot::take();

@@ -3,12 +3,12 @@
 //! quorum. Members are stopped by pid on drop.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{etcd_binary, free_port, health};
+use crate::{etcd_binary, etcd_command, free_port, health};
 
 #[derive(Debug)]
 struct Member {
@@ -52,30 +52,21 @@ impl EtcdCluster {
         for i in 0..c.members.len() {
             let log = std::fs::File::create(c.log_path(i))?;
             let m = &c.members[i];
-            let client = format!("http://127.0.0.1:{}", m.client_port);
-            let peer = format!("http://127.0.0.1:{}", m.peer_port);
-            let child = Command::new(&bin)
-                .arg(format!("--name={}", m.name))
-                .arg(format!(
-                    "--data-dir={}",
-                    c.dir.path().join(&m.name).display()
-                ))
-                .arg(format!("--listen-client-urls={client}"))
-                .arg(format!("--advertise-client-urls={client}"))
-                .arg(format!("--listen-peer-urls={peer}"))
-                .arg(format!("--initial-advertise-peer-urls={peer}"))
-                .arg(format!("--initial-cluster={initial}"))
-                .arg(format!("--initial-cluster-token={token}"))
-                .arg("--initial-cluster-state=new")
-                .arg("--max-request-bytes=2097152")
-                .arg("--logger=zap")
-                .arg("--log-level=warn")
-                .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("start {}", bin.display()))?;
+            let child = etcd_command(
+                &bin,
+                &m.name,
+                &c.dir.path().join(&m.name),
+                m.client_port,
+                m.peer_port,
+                &initial,
+            )
+            .arg(format!("--initial-cluster-token={token}"))
+            .arg("--initial-cluster-state=new")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
             c.members[i].child = Some(child);
         }
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -62,6 +62,34 @@ pub fn etcd_binary() -> Result<PathBuf> {
     )
 }
 
+/// etcd as member `name` of `initial_cluster`, on loopback ports, logging warnings only.
+pub(crate) fn etcd_command(
+    bin: &Path,
+    name: &str,
+    data_dir: &Path,
+    client_port: u16,
+    peer_port: u16,
+    initial_cluster: &str,
+) -> Command {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let mut c = Command::new(bin);
+    c.arg(format!("--name={name}"))
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster={initial_cluster}"))
+        // Capstan stores objects up to 1.5 MiB; etcd's default request limit is exactly
+        // that, leaving no room for the key and the transaction around the value.
+        .arg("--max-request-bytes=2097152")
+        .arg("--logger=zap")
+        .arg("--log-level=warn")
+        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
+    c
+}
+
 /// A single-member etcd cluster on loopback.
 #[derive(Debug)]
 pub struct EtcdProcess {
@@ -135,27 +163,20 @@ impl EtcdProcess {
             .append(true)
             .open(self.log_path())
             .context("open etcd log")?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&bin)
-            .arg("--name=capstan-test")
-            .arg(format!("--data-dir={}", self.data_dir().display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=capstan-test={peer}"))
-            // Capstan stores objects up to 1.5 MiB; etcd's default request limit is exactly
-            // that, leaving no room for the key and the transaction around the value.
-            .arg("--max-request-bytes=2097152")
-            .arg("--logger=zap")
-            .arg("--log-level=warn")
-            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
+        let child = etcd_command(
+            &bin,
+            "capstan-test",
+            &self.data_dir(),
+            self.client_port,
+            self.peer_port,
+            &format!("capstan-test={peer}"),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
         self.child = Some(child);
         self.wait_healthy(Duration::from_secs(20))
     }

@@ -74,16 +74,7 @@ impl Cluster {
         // Not the data dir's images/, which `capstan up` imports at start: busybox alone is
         // given, once the cluster is up; the sandbox image is the agent's own.
         let images = dir.path().join("archives");
-        let build = std::process::Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh"))
-            .arg(&images)
-            .output()
-            .unwrap();
-        assert!(
-            build.status.success(),
-            "e2e/images/build.sh: {}",
-            String::from_utf8_lossy(&build.stderr)
-        );
+        build_images(&images);
         let slot = NetSlot::take();
         let mut c = Cluster {
             up: None,
@@ -230,6 +221,20 @@ impl Cluster {
         }
         last
     }
+}
+
+/// busybox.tar and pause.tar built into `dir` by e2e/images/build.sh.
+pub fn build_images(dir: &Path) {
+    let build = std::process::Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "e2e/images/build.sh: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
 }
 
 pub async fn cri(socket: &Path) -> CriRuntime {
