@@ -281,16 +281,7 @@ impl Drop for Machines {
         }
         // Shims and containerds left behind, found by the machines' directories, by pid.
         let root = self.dir.path().display().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("containerd") && cmdline.contains(&root) {
-                capstan_testkit::signal(pid, "KILL");
-            }
-        }
+        cri_cluster::kill_matching("containerd", &root);
         for mc in &self.machines {
             if let Some(pid) = std::fs::read_to_string(mc.root.join("containerd/containerd.pid"))
                 .ok()
@@ -300,16 +291,7 @@ impl Drop for Machines {
             }
         }
         // Whatever is still mounted under the machines' directories, innermost first.
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut under: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in under {
-            let _ = Command::new("umount").args(["-l", m]).status();
-        }
+        cri_cluster::unmount_under(&root);
         self.up = None;
         self.remove_network();
     }

@@ -223,6 +223,36 @@ impl Cluster {
     }
 }
 
+/// Kills (-9) every process whose command line holds both `program` and `mark`.
+pub fn kill_matching(program: &str, mark: &str) {
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains(program) && cmdline.contains(mark) {
+            capstan_testkit::signal(pid, "KILL");
+        }
+    }
+}
+
+/// Unmounts (lazily) whatever is mounted under `dir`, innermost first.
+pub fn unmount_under(dir: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut under: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in under {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", m])
+            .status();
+    }
+}
+
 /// busybox.tar and pause.tar built into `dir` by e2e/images/build.sh.
 pub fn build_images(dir: &Path) {
     let build = std::process::Command::new("bash")
@@ -267,17 +297,7 @@ impl Drop for Cluster {
         }
         // Last resort for pods CRI could not remove (containerd already stopped by a clean
         // stop of `capstan up`): their shims, found by this cluster's socket, by pid.
-        let socket_arg = socket.display().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("containerd-shim") && cmdline.contains(&socket_arg) {
-                capstan_testkit::signal(pid, "KILL");
-            }
-        }
+        kill_matching("containerd-shim", &socket.display().to_string());
         let pid_file = self.dir.path().join("containerd/containerd.pid");
         if let Some(pid) = std::fs::read_to_string(pid_file)
             .ok()
@@ -292,19 +312,7 @@ impl Drop for Cluster {
         }
         // Whatever is still mounted under the data dir (nothing, when the pods went through
         // CRI), innermost first.
-        let dir = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut under: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in under {
-            let _ = std::process::Command::new("umount")
-                .args(["-l", m])
-                .status();
-        }
+        unmount_under(&self.dir.path().display().to_string());
         self.remove_network();
     }
 }
