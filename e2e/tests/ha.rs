@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use capstan_testkit::etcd_cluster::EtcdCluster;
-use capstan_testkit::{CapstanUp, capstan_bin, eventually, kubectl, temp_dir};
+use capstan_testkit::{CapstanUp, capstan_bin, eventually, kubectl_ok, temp_dir};
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -109,16 +109,6 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
         .and_then(|l| l.spec?.holder_identity)
 }
 
-fn ok(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(kc, args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn deployment() -> &'static str {
     r#"
 apiVersion: apps/v1
@@ -137,8 +127,7 @@ spec:
 
 /// The Deployment's status when its spec has `image` and the controllers have seen it.
 fn observed(kc: &Path, image: &str) -> Option<serde_json::Value> {
-    let out = kubectl(kc, &["get", "deploy", "web", "-n", NS, "-o", "json"], None);
-    let d = serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()?;
+    let d = capstan_testkit::kubectl_json(kc, &["get", "deploy", "web", "-n", NS])?;
     (d["spec"]["template"]["spec"]["containers"][0]["image"] == image
         && d["status"]["observedGeneration"] == d["metadata"]["generation"])
         .then(|| d["status"].clone())
@@ -223,8 +212,8 @@ fn the_cluster_converges_and_loses_nothing_when_a_member_a_server_and_the_leader
     let _cm_b = manager(&kc1, &servers[1], "cm-b", &dir.path().join("cm-b.log"));
     phase("cm-a leads");
 
-    ok(&kc2, &["create", "namespace", NS], None);
-    ok(&kc2, &["apply", "-f", "-"], Some(deployment()));
+    kubectl_ok(&kc2, &["create", "namespace", NS], None);
+    kubectl_ok(&kc2, &["apply", "-f", "-"], Some(deployment()));
     eventually(Duration::from_secs(60), "the first rollout", || {
         rolled_out(&kc2, "example/web:1")
     })
@@ -323,7 +312,7 @@ fn the_cluster_converges_and_loses_nothing_when_a_member_a_server_and_the_leader
     phase("killing an etcd member");
     etcd.kill(0);
     at(120);
-    ok(
+    kubectl_ok(
         &kc2,
         &["set", "image", "deploy/web", "-n", NS, "c=example/web:2"],
         None,

@@ -18,7 +18,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use capstan_testkit::{CapstanUp, NetSlot, capstan_bin, eventually, kubectl, temp_dir};
+use capstan_testkit::{
+    CapstanUp, NetSlot, capstan_bin, eventually, kubectl, kubectl_json, kubectl_ok, temp_dir,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -188,23 +190,11 @@ impl Machines {
     }
 
     fn json(&self, args: &[&str]) -> Option<Value> {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        let out = kubectl(&self.kubeconfig, &a, None);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())
-            .flatten()
+        kubectl_json(&self.kubeconfig, args)
     }
 
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = kubectl(&self.kubeconfig, args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        kubectl_ok(&self.kubeconfig, args, stdin)
     }
 
     /// Every agent's log tail, for a failure to show.

@@ -766,6 +766,17 @@ pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Stri
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kubectl ARGS -o json`, parsed; None when kubectl fails or prints no JSON.
+pub fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> Option<serde_json::Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = kubectl(kubeconfig, &a, None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
 /// Runs a kubeconfig-taking client (kubectl, `capstan get`...) to completion, feeding `stdin`
 /// when given.
 pub fn client_command(
