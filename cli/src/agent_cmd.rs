@@ -68,13 +68,17 @@ pub struct AgentArgs {
     /// The nftables table (family ip) the service proxy owns.
     #[arg(long, default_value = "capstan")]
     pub proxy_table: String,
-    /// The pods' IPv4 range: Service traffic from it is masqueraded when bridged traffic
-    /// bypasses netfilter (no br_netfilter). Inside `capstan up`: its --pod-cidr.
+    /// The pods' IPv4 range, every node's: Service traffic from it is masqueraded when bridged
+    /// traffic bypasses netfilter (no br_netfilter); with --cni-conf-dir, traffic leaving it is
+    /// masqueraded (nftables table `capstan-egress`) and pod-to-pod traffic keeps its source.
+    /// Inside `capstan up`: its --pod-cidr.
     #[arg(long)]
     pub cluster_cidr: Option<String>,
     /// Route every other Node's pod range (`spec.podCIDR`) via its InternalIP (host-gw, as
     /// flannel's backend of that name), so pods reach pods on other machines; the machines
-    /// must share an L2 segment. `auto` is off; `on` needs root and iproute2.
+    /// must share an L2 segment. `auto`: on when the agent writes its CNI config from the
+    /// Node's assigned range (--cni-conf-dir, --containerd-dir) and runs as root; `on` needs
+    /// root and iproute2.
     #[arg(long, value_enum, default_value = "auto")]
     pub pod_routes: Toggle,
     /// Write the pods' CNI config (a bridge over this Node's `spec.podCIDR`, once the node IPAM
@@ -380,6 +384,11 @@ struct NodeServices {
     pod_routes: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the CNI config equal to the Node's pod range.
     cni_config: Option<tokio::task::JoinHandle<()>>,
+    /// The pod egress masquerade and the task keeping it (the table goes on a clean stop).
+    egress: Option<(
+        capstan_node_agent::pod_egress::PodEgress,
+        tokio::task::JoinHandle<()>,
+    )>,
     dns: Option<capstan_node_agent::dns::DnsServer>,
     /// What pods with dnsPolicy ClusterFirst are given.
     cluster_dns: Option<String>,
@@ -444,7 +453,42 @@ impl NodeServices {
                 }
             }
         };
-        let pod_routes = (args.pod_routes == Toggle::On).then(|| {
+        // An agent that writes its CNI config from the Node's assigned range is one machine of
+        // many: pods route to other machines' ranges (unless told not to), and leave the
+        // cluster range masqueraded by the agent, not by the bridge plugin (which would also
+        // rewrite pod-to-pod traffic to other nodes).
+        let assigned_ranges = args.cni_conf_dir.is_some();
+        let routes_on = match args.pod_routes {
+            Toggle::On => true,
+            Toggle::Auto => assigned_ranges && root,
+            Toggle::Off => false,
+        };
+        let egress = match (&args.cluster_cidr, assigned_ranges) {
+            (Some(cidr), true) if root && nft => Some(
+                capstan_node_agent::pod_egress::PodEgress::new(
+                    capstan_node_agent::proxy::nft::Nft::new("nft"),
+                    capstan_node_agent::pod_egress::TABLE,
+                    cidr,
+                )
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
+            ),
+            (_, true) => {
+                tracing::warn!(
+                    "no --cluster-cidr, or not root with `nft`: the CNI bridge masquerades pod traffic leaving this node's range, so pods on other machines see this node's address, not the pod's"
+                );
+                None
+            }
+            _ => None,
+        };
+        if let Some(e) = &egress {
+            // Before the CNI config exists, so no pod starts with the bridge's masquerade off
+            // and nothing in its place.
+            e.apply()
+                .await
+                .context("programming the pod egress masquerade")?;
+        }
+        let egress_task = egress.clone().map(|e| tokio::spawn(e.run()));
+        let pod_routes = routes_on.then(|| {
             tokio::spawn(capstan_node_agent::pod_routes::run(
                 client.clone(),
                 name.clone(),
@@ -460,6 +504,7 @@ impl NodeServices {
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT_DIR))
                     .join("cni-ipam"),
+                ip_masq: egress.is_none(),
             };
             tokio::spawn(capstan_node_agent::cni_config::run(
                 client.clone(),
@@ -479,6 +524,7 @@ impl NodeServices {
         Ok(NodeServices {
             proxy,
             pod_routes,
+            egress: egress.zip(egress_task),
             cni_config,
             dns,
             cluster_dns,
@@ -488,6 +534,12 @@ impl NodeServices {
     async fn stop(self) {
         for t in self.pod_routes.iter().chain(&self.cni_config) {
             t.abort();
+        }
+        if let Some((egress, task)) = self.egress {
+            task.abort();
+            if let Err(e) = egress.remove().await {
+                tracing::warn!(error = %e, "removing the pod egress masquerade");
+            }
         }
         if let Some(p) = self.proxy
             && let Err(e) = p.shutdown().await

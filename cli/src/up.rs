@@ -35,8 +35,10 @@ pub struct UpArgs {
     /// DATA_DIR/containerd.
     #[arg(long)]
     pub cri_socket: Option<std::path::PathBuf>,
-    /// The pods' IPv4 range (the managed containerd's CNI config).
-    #[arg(long, default_value = "10.88.0.0/16")]
+    /// The pods' IPv4 range (the managed containerd's CNI config). With
+    /// `--allocate-node-cidrs=true` this node's range is the one the controller cuts for it
+    /// from --cluster-cidr instead, as every joined agent's is.
+    #[arg(long, default_value = DEFAULT_POD_CIDR)]
     pub pod_cidr: String,
     /// The bridge the pods attach to (the managed containerd's CNI config).
     #[arg(long, default_value = "cni0")]
@@ -83,6 +85,8 @@ pub struct UpArgs {
 
 pub use crate::agent_cmd::Runtime;
 
+const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
+
 pub async fn run(mut args: UpArgs, with_controllers: bool) -> Result<()> {
     // A named containerd must answer before anything starts; our own one starts last, once
     // the API server is up (a failed start leaves nothing behind).
@@ -116,6 +120,11 @@ pub async fn run(mut args: UpArgs, with_controllers: bool) -> Result<()> {
             .map(crate::controllers_cmd::parse_cluster_cidr)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+        if args.manager.allocate_node_cidrs && args.pod_cidr != DEFAULT_POD_CIDR {
+            bail!(
+                "--pod-cidr names this node's range when the cluster does not allocate ranges; with --allocate-node-cidrs=true it is cut from --cluster-cidr"
+            );
+        }
         args.manager.names()?; // an unknown controller fails here, before anything starts
         args.manager.node_lifecycle()?;
         args.manager.node_ipam()?;
@@ -341,12 +350,23 @@ pub async fn run(mut args: UpArgs, with_controllers: bool) -> Result<()> {
     let mut cri_socket = args.cri_socket.clone().unwrap_or_default();
     if matches!(runtime, Runtime::Cri | Runtime::Auto) && args.cri_socket.is_none() {
         if managed_possible {
+            // When the cluster allocates ranges, this node's comes from the controller like
+            // any joined agent's: the agent writes the CNI config once the Node has it.
+            let allocated = args.manager.allocate_node_cidrs;
             let cfg = capstan_node_agent::containerd::Config {
                 dir: args.store.data_dir.join("containerd"),
-                pod_cidr: args.pod_cidr.clone(),
+                pod_cidr: if allocated {
+                    String::new()
+                } else {
+                    args.pod_cidr.clone()
+                },
                 bridge: args.cni_bridge.clone(),
                 sandbox_image: "localhost/pause:1".into(),
             };
+            if allocated {
+                args.agent.cni_conf_dir.get_or_insert(cfg.cni_conf_dir());
+                args.agent.cni_conf_bridge = args.cni_bridge.clone();
+            }
             let c = capstan_node_agent::containerd::start(&cfg).await?;
             cri_socket = c.socket.clone();
             managed = Some(c);

@@ -1,16 +1,20 @@
 //! Pods across machines (issue 26), with real processes: three "machines" are network
 //! namespaces of the test's own, each with a veth on one host bridge and an address of the
-//! test's network slot (10.S.200.0/24; never any other address). The control plane is a
-//! `capstan up --runtime none` on the bridge's address with `--allocate-node-cidrs`; each
-//! machine runs `capstan agent` joined with a bootstrap token, with a containerd of its own
-//! (`--containerd-dir`: containerd runs the CNI plugins in its own network namespace, so each
-//! machine needs its own; one shared containerd would put every pod on one machine), its
-//! service proxy and cluster DNS in its namespace, and host-gw pod routes (`--pod-routes on`).
+//! test's network slot (10.S.200.0/24; never any other address). Machine a runs the whole
+//! control plane and a node: `capstan up --allocate-node-cidrs=true` with its managed
+//! containerd, started in its namespace, so its own node's range is allocated like any other.
+//! Machines b and c run `capstan agent` joined with a bootstrap token, each with a containerd of
+//! its own (`--containerd-dir`: containerd runs the CNI plugins in its own network namespace,
+//! so each machine needs its own; one shared containerd would put every pod on one machine).
+//! Every machine runs its service proxy and cluster DNS in its namespace; host-gw pod routes
+//! and the pod egress masquerade are on by default where the cluster allocates ranges.
 //!
 //! Checked: every Node gets a distinct /24 of the cluster CIDR and its pods' addresses come
-//! from it; a pod on machine A fetches a page from a pod on machine B by pod IP, through the
-//! Service's ClusterIP and through its DNS name; so does a pod on machine C; each machine holds
-//! a route to the others' ranges via their addresses.
+//! from it; a pod on machine a fetches a page from a pod on machine b by pod IP, through the
+//! Service's ClusterIP and through its DNS name, and the server sees the client pod's own
+//! address; so does a pod on machine c; a pod leaving the cluster range (to a server of the
+//! test's on the host bridge) arrives from its machine's address; each machine holds a route to
+//! the others' ranges via their addresses.
 
 mod cri_cluster;
 
@@ -39,19 +43,20 @@ fn ip_out(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// One machine: a network namespace, its address, its agent.
+/// One machine: a network namespace, its address, its agent (machine a's is `capstan up`'s).
 struct Machine {
     name: String,
     netns: String,
     addr: String,
     root: PathBuf,
+    log: PathBuf,
     agent: Option<Child>,
 }
 
 /// The machines, the control plane and the host bridge; on drop everything goes: the pods
-/// (through the API while the agents live), the agents by pid (each stops its containerd),
-/// leftover shims and containerds by pid, the namespaces (their links, routes and nftables
-/// tables with them), the bridge, `capstan up`.
+/// (through the API while the agents live), the agents and `capstan up` by pid (each stops its
+/// containerd), leftover shims and containerds by pid, the namespaces (their links, routes and
+/// nftables tables with them), the bridge.
 struct Machines {
     up: Option<CapstanUp>,
     kubeconfig: PathBuf,
@@ -85,6 +90,11 @@ impl Machines {
                     netns: format!("{}-{n}", slot.name("capst-mn")),
                     addr: format!("{subnet}.{}", 11 + i),
                     root: dir.path().join(n),
+                    log: if i == 0 {
+                        dir.path().join("data").join(capstan_testkit::UP_LOG)
+                    } else {
+                        dir.path().join(n).join("agent.log")
+                    },
                     agent: None,
                 })
                 .collect(),
@@ -127,9 +137,12 @@ impl Machines {
         let data = m.dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let data_s = data.display().to_string();
-        let listen = format!("{}.1:0", m.subnet);
+        let a = &m.machines[0];
+        let listen = format!("{}:0", a.addr);
         let service_cidr = m._slot.service_cidr();
-        let up = CapstanUp::start(
+        let images_s = images.display().to_string();
+        let up = CapstanUp::start_in(
+            Some(&a.netns),
             capstan_bin(),
             &[
                 "--data-dir",
@@ -141,6 +154,19 @@ impl Machines {
                 "--allocate-node-cidrs=true",
                 "--cluster-cidr",
                 &m.cluster_cidr,
+                "--runtime",
+                "cri",
+                "--node-name",
+                &a.name,
+                "--node-ip",
+                &a.addr,
+                "--image-dir",
+                &images_s,
+                "--proxy",
+                "on",
+                "--dns",
+                "on",
+                "--disable-ingress",
             ],
         )
         .unwrap();
@@ -159,9 +185,9 @@ impl Machines {
         );
         let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
         let ca = data.join("pki/ca.crt");
-        for mc in &mut m.machines {
+        for mc in m.machines.iter_mut().skip(1) {
             std::fs::create_dir_all(&mc.root).unwrap();
-            let log = std::fs::File::create(mc.root.join("agent.log")).unwrap();
+            let log = std::fs::File::create(&mc.log).unwrap();
             // nsenter switches only the network namespace (`ip netns exec` also remounts /sys,
             // hiding the cgroup mount runc needs).
             let child = Command::new("nsenter")
@@ -176,7 +202,7 @@ impl Machines {
                 .arg(mc.root.join("containerd"))
                 .arg("--image-dir")
                 .arg(&images)
-                .args(["--pod-routes", "on", "--proxy", "on", "--dns", "on"])
+                .args(["--proxy", "on", "--dns", "on"])
                 .args(["--cluster-cidr", &m.cluster_cidr])
                 .args(["--eviction-hard", capstan_testkit::TEST_EVICTION_HARD])
                 .stdin(Stdio::null())
@@ -197,15 +223,15 @@ impl Machines {
         kubectl_ok(&self.kubeconfig, args, stdin)
     }
 
-    /// Every agent's log tail, for a failure to show.
+    /// Every machine's log tail, for a failure to show.
     fn logs(&self) -> String {
         self.machines
             .iter()
             .map(|mc| {
-                let log = std::fs::read_to_string(mc.root.join("agent.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(&mc.log).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
                 format!(
-                    "--- {} agent log (last 25):\n{}",
+                    "--- {} log (last 25):\n{}",
                     mc.name,
                     lines[lines.len().saturating_sub(25)..].join("\n")
                 )
@@ -269,11 +295,16 @@ impl Drop for Machines {
                 let _ = a.wait();
             }
         }
+        // `capstan up` stops its containerd and removes its tables on SIGTERM.
+        if let Some(mut up) = self.up.take() {
+            up.stop(Duration::from_secs(15));
+        }
         // Shims and containerds left behind, found by the machines' directories, by pid.
         let root = self.dir.path().display().to_string();
         cri_cluster::kill_matching("containerd", &root);
-        for mc in &self.machines {
-            if let Some(pid) = std::fs::read_to_string(mc.root.join("containerd/containerd.pid"))
+        let data = self.dir.path().join("data");
+        for root in self.machines.iter().map(|mc| &mc.root).chain([&data]) {
+            if let Some(pid) = std::fs::read_to_string(root.join("containerd/containerd.pid"))
                 .ok()
                 .and_then(|p| p.trim().parse::<u32>().ok())
             {
@@ -282,7 +313,6 @@ impl Drop for Machines {
         }
         // Whatever is still mounted under the machines' directories, innermost first.
         cri_cluster::unmount_under(&root);
-        self.up = None;
         self.remove_network();
     }
 }
@@ -302,6 +332,52 @@ spec:
     command: ["sh", "-c", "{command}"]
 "#
     )
+}
+
+/// The web server on b: a page, and a CGI that says where a request came from.
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:1
+    command: ["sh", "-c"]
+    args:
+    - |
+      mkdir -p /www/cgi-bin
+      echo hello from $(hostname) > /www/index.html
+      printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho from $REMOTE_ADDR\n' > /www/cgi-bin/ip
+      chmod +x /www/cgi-bin/ip
+      exec httpd -f -p 8080 -h /www
+"#;
+
+/// A server of the test's on `addr` (outside the cluster range) answering every request
+/// with the address it came from, until the test ends.
+fn where_from_server(addr: &str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(format!("{addr}:0")).unwrap();
+    let local = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let from = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfrom {from}\n"
+            );
+        }
+    });
+    local
 }
 
 fn in_cidr(ip: &str, cidr: &str) -> bool {
@@ -347,19 +423,16 @@ fn pods_reach_pods_on_other_machines_by_ip_service_and_name() {
         );
     }
 
-    // A web server on b, clients on a and c.
+    // A web server on b (its CGI answers with the address a request came from), clients on
+    // a and c.
     m.ok(
         &["apply", "-f", "-"],
         Some(&format!(
-            "{}---{}---{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: 8080}}]\n",
-            pod(
-                "web",
-                &names[1],
-                "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"
-            ),
+            "{WEB}---{}---{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: 8080}}]\n",
             pod("client-a", &names[0], "exec sleep 3600"),
             pod("client-c", &names[2], "exec sleep 3600"),
-        )),
+        )
+        .replace("NODE", &names[1])),
     );
     let mut ips = Vec::new();
     let running = eventually(WAIT, "the three pods Running with IPs", || {
@@ -389,7 +462,11 @@ fn pods_reach_pods_on_other_machines_by_ip_service_and_name() {
     }
 
     let web_ip = &ips[0];
-    for client in ["client-a", "client-c"] {
+    let outside = where_from_server(&format!("{}.1", m.subnet));
+    for (client, client_ip, machine) in [
+        ("client-a", &ips[1], &m.machines[0]),
+        ("client-c", &ips[2], &m.machines[2]),
+    ] {
         let mut last = Err(String::new());
         let by_ip = eventually(Duration::from_secs(30), "the page by pod IP", || {
             last = m.fetch(client, &format!("http://{web_ip}:8080/"));
@@ -416,6 +493,25 @@ fn pods_reach_pods_on_other_machines_by_ip_service_and_name() {
         assert!(
             by_name.is_ok(),
             "{client} → web.default.svc: {last:?}\n{}",
+            m.logs()
+        );
+        // Pod to pod keeps the client's address (no SNAT between machines; busybox's httpd
+        // listens on IPv6 and writes an IPv4 peer as [::ffff:a.b.c.d]) ...
+        let seen = m
+            .fetch(client, &format!("http://{web_ip}:8080/cgi-bin/ip"))
+            .map(|s| s.replace("[::ffff:", "").replace(']', ""));
+        assert_eq!(
+            seen.as_deref().map(str::trim),
+            Ok(format!("from {client_ip}").as_str()),
+            "{client} → {web_ip}: the server must see the pod's own address\n{}",
+            m.logs()
+        );
+        // ... and what leaves the cluster range leaves as the machine.
+        let seen = m.fetch(client, &format!("http://{outside}/"));
+        assert_eq!(
+            seen.as_deref().map(str::trim),
+            Ok(format!("from {}", machine.addr).as_str()),
+            "{client} → {outside}: masqueraded to its machine's address\n{}",
             m.logs()
         );
     }

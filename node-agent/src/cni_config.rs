@@ -21,6 +21,9 @@ pub struct CniConfig {
     pub bridge: String,
     /// Where host-local IPAM keeps its leases.
     pub ipam_dir: PathBuf,
+    /// The bridge plugin masquerades traffic leaving the node's range (false when the agent's
+    /// [`crate::pod_egress`] masquerades what leaves the cluster's range instead).
+    pub ip_masq: bool,
 }
 
 pub const FILE: &str = "10-capstan.conflist";
@@ -28,7 +31,8 @@ pub const FILE: &str = "10-capstan.conflist";
 impl CniConfig {
     /// Writes the conflist for `pod_cidr` unless it already says that; true when written.
     pub fn write(&self, pod_cidr: &str) -> std::io::Result<bool> {
-        let text = crate::containerd::conflist(&self.bridge, pod_cidr, &self.ipam_dir);
+        let text =
+            crate::containerd::conflist(&self.bridge, pod_cidr, &self.ipam_dir, self.ip_masq);
         let path = self.dir.join(FILE);
         if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
             return Ok(false);
@@ -104,12 +108,14 @@ mod tests {
             dir: d.path().join("net.d"),
             bridge: "cbr9".into(),
             ipam_dir: d.path().join("ipam"),
+            ip_masq: false,
         };
         assert!(cfg.write("10.244.3.0/24").unwrap());
         assert!(!cfg.write("10.244.3.0/24").unwrap());
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(cfg.path()).unwrap()).unwrap();
         assert_eq!(v["plugins"][0]["bridge"], "cbr9");
+        assert_eq!(v["plugins"][0]["ipMasq"], false);
         assert_eq!(
             v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
             "10.244.3.0/24"

@@ -121,7 +121,12 @@ state = "{d}/state"
 
     /// The CNI chain for this containerd's pods ([`conflist`]).
     pub fn conflist(&self) -> String {
-        conflist(&self.bridge, &self.pod_cidr, &self.dir.join("cni-ipam"))
+        conflist(
+            &self.bridge,
+            &self.pod_cidr,
+            &self.dir.join("cni-ipam"),
+            true,
+        )
     }
 
     /// containerd's CNI conf_dir.
@@ -147,9 +152,12 @@ state = "{d}/state"
     }
 }
 
-/// The CNI chain: bridge (gateway, masquerade, hairpin) with host-local IPAM over `pod_cidr`
-/// (its leases in `ipam_dir`), then portmap for hostPorts. containerd brings `lo` up itself.
-pub fn conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
+/// The CNI chain: bridge (gateway, hairpin) with host-local IPAM over `pod_cidr` (its leases in
+/// `ipam_dir`), then portmap for hostPorts. containerd brings `lo` up itself. `ip_masq`: the
+/// bridge masquerades whatever leaves `pod_cidr` — right for one machine; across machines it
+/// would also rewrite pod-to-pod traffic to other nodes' ranges, so there the agent masquerades
+/// instead ([`crate::pod_egress`], everything leaving the whole cluster range) and this is off.
+pub fn conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path, ip_masq: bool) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "capstan",
@@ -158,7 +166,7 @@ pub fn conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
                 "type": "bridge",
                 "bridge": bridge,
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": ip_masq,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",

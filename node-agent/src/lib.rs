@@ -24,6 +24,7 @@ pub mod node;
 pub mod oom;
 pub mod pause_image;
 pub mod pod;
+pub mod pod_egress;
 pub mod pod_routes;
 pub mod portforward;
 pub mod proxy;

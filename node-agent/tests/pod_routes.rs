@@ -125,6 +125,7 @@ async fn nodes_become_routes_and_only_ours_are_changed() {
         dir: dir.path().join("net.d"),
         bridge: "cbr7".into(),
         ipam_dir: dir.path().join("ipam"),
+        ip_masq: false,
     };
     let cni_task = tokio::spawn(cni_config::run(c.client.clone(), "me".into(), cni.clone()));
     until(WAIT, "me's CNI config written", || async {

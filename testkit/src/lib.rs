@@ -608,6 +608,17 @@ pub struct CapstanUp {
 
 impl CapstanUp {
     pub fn start<S: AsRef<std::ffi::OsStr>>(bin: &Path, args: &[S]) -> Result<CapstanUp> {
+        CapstanUp::start_in(None, bin, args)
+    }
+
+    /// [`CapstanUp::start`] in network namespace `netns` (`nsenter --net`, which execs: the
+    /// child's pid is capstan's; `ip netns exec` would also remount /sys and hide the cgroup
+    /// mount runc needs).
+    pub fn start_in<S: AsRef<std::ffi::OsStr>>(
+        netns: Option<&str>,
+        bin: &Path,
+        args: &[S],
+    ) -> Result<CapstanUp> {
         // No node agent unless the test asks for one (`--runtime process`); an agent without
         // the service proxy (it would share the default nftables table with every other
         // cluster of the run) and DNS (port 53) unless the test names its own table / port.
@@ -646,7 +657,15 @@ impl CapstanUp {
         if !has("--listen") {
             defaults.extend(["--listen", "127.0.0.1:0"]);
         }
-        let mut child = Command::new(bin)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .arg("up")
             .args(&defaults)
             .args(args)

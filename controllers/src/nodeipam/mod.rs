@@ -162,6 +162,13 @@ impl Allocator {
             .filter_map(|n| n.metadata.uid.as_deref())
             .collect();
         self.written.retain(|uid, _| uids.contains(uid.as_str()));
+        // What is remembered of Nodes since deleted goes with them.
+        let names: HashSet<&str> = nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        self.warned.retain(|n| names.contains(n.as_str()));
+        self.foreign.retain(|n| names.contains(n.as_str()));
         for node in nodes {
             let name = node.metadata.name.as_deref().unwrap_or_default();
             let uid = node.metadata.uid.as_deref().unwrap_or_default();

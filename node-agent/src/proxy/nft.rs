@@ -29,11 +29,24 @@ pub enum NftError {
 #[derive(Debug, Clone)]
 pub struct Nft {
     pub path: PathBuf,
+    /// Arguments before nft's own (`netns exec NS nft` when `path` is `ip`).
+    prefix: Vec<String>,
 }
 
 impl Nft {
     pub fn new(path: impl Into<PathBuf>) -> Nft {
-        Nft { path: path.into() }
+        Nft {
+            path: path.into(),
+            prefix: Vec::new(),
+        }
+    }
+
+    /// `nft` in the named network namespace (`ip netns exec NETNS nft`): tests' own worlds.
+    pub fn in_netns(netns: &str) -> Nft {
+        Nft {
+            path: PathBuf::from("ip"),
+            prefix: ["netns", "exec", netns, "nft"].map(String::from).to_vec(),
+        }
     }
 
     /// Applies `text` as one transaction (`nft -f -`): all of it or nothing.
@@ -53,6 +66,7 @@ impl Nft {
             source,
         };
         let mut child = Command::new(&self.path)
+            .args(&self.prefix)
             .args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
