@@ -100,15 +100,6 @@ fn manager(kubeconfig: &Path, failover: &str, identity: &str, log: &Path) -> Pro
     )
 }
 
-async fn holder(leases: &Api<Lease>) -> Option<String> {
-    leases
-        .get_opt("capstan-controller-manager")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec?.holder_identity)
-}
-
 fn deployment() -> &'static str {
     r#"
 apiVersion: apps/v1
@@ -205,7 +196,10 @@ fn the_cluster_converges_and_loses_nothing_when_a_member_a_server_and_the_leader
     let mut cm_a = manager(&kc1, &servers[1], "cm-a", &dir.path().join("cm-a.log"));
     rt.block_on(async {
         capstan_testkit::until(Duration::from_secs(30), "cm-a leading", || async {
-            holder(&leases).await.as_deref() == Some("cm-a")
+            capstan_testkit::manager_lease_holder(&leases)
+                .await
+                .as_deref()
+                == Some("cm-a")
         })
         .await;
     });
@@ -332,7 +326,12 @@ fn the_cluster_converges_and_loses_nothing_when_a_member_a_server_and_the_leader
         capstan_testkit::until(
             Duration::from_secs(LEASE_SECONDS + 10),
             "cm-b leading",
-            || async { holder(&leases).await.as_deref() == Some("cm-b") },
+            || async {
+                capstan_testkit::manager_lease_holder(&leases)
+                    .await
+                    .as_deref()
+                    == Some("cm-b")
+            },
         )
         .await;
         killed_leader.elapsed()

@@ -14,6 +14,7 @@ mod cluster;
 pub mod etcd_cluster;
 pub mod git;
 pub mod keepalive;
+pub mod machines;
 pub mod net_slot;
 pub mod pki;
 pub mod portforward;
@@ -548,6 +549,19 @@ pub async fn events(
         .await
         .map(|l| l.items)
         .unwrap_or_default()
+}
+
+/// Who holds the controller managers' Lease (kube-system/capstan-controller-manager) now, as
+/// `leases` (an Api of kube-system) reads it; None when nobody does or it cannot be read.
+pub async fn manager_lease_holder(
+    leases: &kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+) -> Option<String> {
+    leases
+        .get_opt("capstan-controller-manager")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
 }
 
 /// Polls the async `check` (every 10 ms) until it is true; panics naming `what` after

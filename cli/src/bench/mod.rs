@@ -13,6 +13,7 @@ mod gitops;
 mod ha;
 mod ingress;
 mod jobs;
+mod multinode;
 mod nodes;
 mod pods;
 mod quota;
@@ -91,6 +92,9 @@ enum Which {
     /// The control plane on a 3-member etcd cluster: creates/s through two API servers (and
     /// one) against raw etcd puts on the same cluster, healthy and with a member killed.
     Ha(ha::HaBench),
+    /// Pod-to-pod latency across two machines (network namespaces, each its own node) against
+    /// the same ping between the machines (root, containerd).
+    Multinode(multinode::MultinodeBench),
     /// Ingress: requests/s and p99 through the ingress proxy to a busybox httpd pod against
     /// the same load straight at the pod's IP, on a `capstan up --runtime cri` of its own
     /// (root, containerd).
@@ -122,6 +126,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Services(b) => services::run(b).await,
         Which::Dns(b) => services::dns(b).await,
         Which::Ha(b) => ha::run(b).await,
+        Which::Multinode(b) => multinode::run(b).await,
         Which::Ingress(b) => ingress::run(b).await,
         Which::Streams(b) => streams::run(b).await,
         Which::Httpd(a) => tokio::task::block_in_place(|| streams::httpd(a)),

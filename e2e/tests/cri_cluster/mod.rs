@@ -223,35 +223,7 @@ impl Cluster {
     }
 }
 
-/// Kills (-9) every process whose command line holds both `program` and `mark`.
-pub fn kill_matching(program: &str, mark: &str) {
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains(program) && cmdline.contains(mark) {
-            capstan_testkit::signal(pid, "KILL");
-        }
-    }
-}
-
-/// Unmounts (lazily) whatever is mounted under `dir`, innermost first.
-pub fn unmount_under(dir: &str) {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut under: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in under {
-        let _ = std::process::Command::new("umount")
-            .args(["-l", m])
-            .status();
-    }
-}
+pub use capstan_testkit::machines::{kill_matching, unmount_under};
 
 /// busybox.tar and pause.tar built into `dir` by e2e/images/build.sh.
 pub fn build_images(dir: &Path) {
