@@ -174,10 +174,30 @@ fn stateful_pods_keep_their_claims_and_data_on_containerd() {
         &["delete", "pvc", "--all", "--wait=true", "--timeout=60s"],
         None,
     );
-    eventually(
-        Duration::from_secs(60),
+    let gone = eventually(
+        Duration::from_secs(90),
         "the volumes and their data are gone",
         || items(c.json(&["get", "pv"])).is_empty() && !path.exists(),
-    )
-    .unwrap();
+    );
+    if let Err(e) = gone {
+        // What is left, for the failure to explain itself.
+        let left: Vec<String> = items(c.json(&["get", "pv"]))
+            .iter()
+            .map(|pv| {
+                format!(
+                    "{} phase={} claim={} deleting={} finalizers={}",
+                    pv["metadata"]["name"],
+                    pv["status"]["phase"],
+                    pv["spec"]["claimRef"]["name"],
+                    pv["metadata"]["deletionTimestamp"],
+                    pv["metadata"]["finalizers"]
+                )
+            })
+            .collect();
+        panic!(
+            "{e}: volumes left {left:#?}, {} exists: {}",
+            path.display(),
+            path.exists()
+        );
+    }
 }

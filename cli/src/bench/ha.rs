@@ -90,6 +90,52 @@ async fn until_leading(leases: &Api<Lease>, identity: &str, within: Duration) ->
     anyhow::bail!("{identity} did not take the Lease within {within:?}")
 }
 
+/// Create-if-absent transactions of `value` under `/bench-ha/TAG/` with two watchers on the
+/// prefix (as two API servers' watch caches), with or without previous values.
+async fn watched_creates(
+    raw: &etcd_client::Client,
+    value: &[u8],
+    tag: &'static str,
+    prev: bool,
+    clients: usize,
+    ops: usize,
+) -> Result<Samples> {
+    let prefix = format!("/bench-ha/{tag}/");
+    let mut drains = Vec::new();
+    for _ in 0..2 {
+        let mut w = raw.watch_client();
+        let mut opts = etcd_client::WatchOptions::new().with_prefix();
+        if prev {
+            opts = opts.with_prev_key();
+        }
+        let mut stream = w.watch(prefix.as_str(), Some(opts)).await?;
+        drains.push(tokio::spawn(async move {
+            let _keep = w;
+            while let Ok(Some(_)) = stream.message().await {}
+        }));
+    }
+    let (c, v) = (raw.clone(), value.to_vec());
+    let samples = drive(clients, ops, move |i| {
+        let (mut kv, v, key) = (c.kv_client(), v.clone(), format!("{prefix}{i:06}"));
+        async move {
+            let txn = etcd_client::Txn::new()
+                .when([etcd_client::Compare::create_revision(
+                    key.as_str(),
+                    etcd_client::CompareOp::Equal,
+                    0,
+                )])
+                .and_then([etcd_client::TxnOp::put(key.as_str(), v, None)]);
+            kv.txn(txn).await?;
+            Ok(())
+        }
+    })
+    .await;
+    for d in drains {
+        d.abort();
+    }
+    samples
+}
+
 /// Leader failover times: `rounds` kills of the leading manager.
 async fn failovers(
     kubeconfig: &Path,
@@ -200,45 +246,10 @@ pub async fn run(b: HaBench) -> Result<()> {
     let raw_all = puts(&raw, "all").await?;
     // What etcd itself must do for any API server's create (Kubernetes' too): a
     // create-if-absent transaction, and the event sent to each server's watch (with the
-    // previous value, which deletes need).
-    let mut drains = Vec::new();
-    for _ in 0..2 {
-        let mut w = raw.watch_client();
-        let opts = etcd_client::WatchOptions::new()
-            .with_prefix()
-            .with_prev_key();
-        let mut stream = w.watch("/bench-ha/watched/", Some(opts)).await?;
-        drains.push(tokio::spawn(async move {
-            let _keep = w;
-            let mut seen = 0usize;
-            while let Ok(Some(resp)) = stream.message().await {
-                seen += resp.events().len();
-            }
-            seen
-        }));
-    }
-    let raw_watched = {
-        let (c, v) = (raw.clone(), value.clone());
-        drive(b.clients, b.ops, move |i| {
-            let (mut kv, v) = (c.kv_client(), v.clone());
-            async move {
-                let key = format!("/bench-ha/watched/{i:06}");
-                let txn = etcd_client::Txn::new()
-                    .when([etcd_client::Compare::create_revision(
-                        key.as_str(),
-                        etcd_client::CompareOp::Equal,
-                        0,
-                    )])
-                    .and_then([etcd_client::TxnOp::put(key.as_str(), v, None)]);
-                kv.txn(txn).await?;
-                Ok(())
-            }
-        })
-        .await?
-    };
-    for d in drains {
-        d.abort();
-    }
+    // previous value, which deletes need; and without, to show what that costs).
+    let raw_watched = watched_creates(&raw, &value, "watched", true, b.clients, b.ops).await?;
+    let raw_watched_no_prev =
+        watched_creates(&raw, &value, "watched-no-prev", false, b.clients, b.ops).await?;
     let two = creates(2, "two").await?;
     let one = creates(1, "one").await?;
     etcd.kill(0);
@@ -288,6 +299,10 @@ pub async fn run(b: HaBench) -> Result<()> {
     row(
         "raw etcd create-if-absent transactions, 2 watchers",
         &raw_watched,
+    );
+    row(
+        "the same, the watchers without previous values",
+        &raw_watched_no_prev,
     );
     row("creates through 2 API servers", &two);
     row("creates through 1 API server", &one);

@@ -68,6 +68,31 @@ async fn token(root: &kube::Client, sa: &str) -> Result<String, kube::Error> {
     Ok(issued.status.map(|s| s.token).unwrap_or_default())
 }
 
+/// The private token directories under the system's temporary one: PREFIX PID - RANDOM.
+const TEMP_PREFIX: &str = "capstan-controller-tokens-";
+
+/// Removes the token directories of managers that died without cleaning up (kill -9): those
+/// whose process is gone. Their tokens expire anyway; this keeps them from piling up.
+fn remove_orphans(tmp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn write(path: &std::path::Path, token: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -93,8 +118,10 @@ impl Identities {
     ) -> std::io::Result<Arc<Identities>> {
         use std::os::unix::fs::DirBuilderExt as _;
         let dir = dir.unwrap_or_else(|| {
-            std::env::temp_dir().join(format!(
-                "capstan-controller-tokens-{}-{}",
+            let tmp = std::env::temp_dir();
+            remove_orphans(&tmp);
+            tmp.join(format!(
+                "{TEMP_PREFIX}{}-{}",
                 std::process::id(),
                 fastrand::u64(..)
             ))
@@ -159,5 +186,29 @@ impl Identities {
             ..Default::default()
         };
         kube::Client::try_from(config).map_err(|e| format!("the client of {sa}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_dead_managers_token_directories_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A pid above the kernel's maximum (4,194,304) is never running.
+        let dead = tmp.path().join(format!("{TEMP_PREFIX}99999999-1"));
+        let alive = tmp
+            .path()
+            .join(format!("{TEMP_PREFIX}{}-2", std::process::id()));
+        let other = tmp.path().join("capstan-something-else-1-2");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("x.token"), "t").unwrap();
+        }
+        remove_orphans(tmp.path());
+        assert!(!dead.exists());
+        assert!(alive.exists());
+        assert!(other.exists());
     }
 }
