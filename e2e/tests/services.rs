@@ -299,7 +299,10 @@ fn services_reach_pods_by_cluster_ip_node_port_and_name() {
         fetch(&new_port).is_ok()
     });
     eprintln!("port change live in {took:?}");
-    assert!(took < Duration::from_secs(2), "port change took {took:?}");
+    // A tripwire for a lost or slow sync, not a measurement: under the whole suite's load on
+    // 2 cores this took 3.1 s once (alone: well under a second). `capstan bench services`
+    // measures propagation.
+    assert!(took < Duration::from_secs(5), "port change took {took:?}");
     assert!(fetch(&via_ip).is_err(), "the old port is gone");
 
     // Blue/green: the selector flips to the green pods, within a second of it being ready.
@@ -330,7 +333,7 @@ fn services_reach_pods_by_cluster_ip_node_port_and_name() {
         fetch(&new_port).is_ok_and(|p| p.starts_with("green-"))
     });
     eprintln!("selector flip live in {took:?}");
-    assert!(took < Duration::from_secs(2), "selector flip took {took:?}");
+    assert!(took < Duration::from_secs(5), "selector flip took {took:?}");
     let all = answers(&new_port, 20);
     assert!(all.iter().all(|p| p.starts_with("green-")), "{all:?}");
 
