@@ -45,11 +45,7 @@ impl PodEgress {
     /// `cluster_cidr` must be an IPv4 CIDR; it is written as its network (`10.244.0.0/16`).
     pub fn new(nft: Nft, table: &str, cluster_cidr: &str) -> Result<PodEgress, String> {
         let cluster_cidr = crate::proxy::parse_cidr(cluster_cidr).map_err(|e| e.to_string())?;
-        if !table
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            || !table.starts_with(|c: char| c.is_ascii_alphabetic())
-        {
+        if !crate::proxy::valid_table_name(table) {
             return Err(format!(
                 "table name {table:?}: want a letter then letters, digits, - or _"
             ));
@@ -83,12 +79,12 @@ impl PodEgress {
         self.nft.delete_table(&self.table).await
     }
 
-    /// Writes the table now and every 30 s, until dropped.
+    /// Writes the table again every 30 s (after the caller's first [`PodEgress::apply`]), until
+    /// dropped.
     pub async fn run(self) {
         let mut failing = false;
-        let mut tick = tokio::time::interval(RESYNC);
         loop {
-            tick.tick().await;
+            tokio::time::sleep(RESYNC).await;
             match self.apply().await {
                 Ok(()) if failing => {
                     failing = false;

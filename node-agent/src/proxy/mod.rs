@@ -135,7 +135,8 @@ pub fn pod_masquerade_needed(bridge_nf_call_iptables: Option<&str>) -> bool {
     bridge_nf_call_iptables.map(str::trim) != Some("1")
 }
 
-fn valid_table_name(name: &str) -> bool {
+/// An nftables table name Capstan accepts: a letter, then letters, digits, - or _.
+pub(crate) fn valid_table_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
