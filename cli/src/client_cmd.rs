@@ -358,15 +358,34 @@ pub async fn client(args: &ClientArgs) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config(args).await?)?)
 }
 
-/// The client configuration of `--kubeconfig`.
+/// The client configuration of `--kubeconfig`; in a pod, where there is no such file and the
+/// `kubernetes` Service's variables are set, the in-cluster one (that Service, the projected
+/// ServiceAccount token, re-read as it rotates, and its CA), as client-go's
+/// `InClusterConfig`.
 pub async fn config(args: &ClientArgs) -> Result<kube::Config> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let config = if !args.kubeconfig.exists() && in_a_pod() {
+        tracing::info!(
+            "no kubeconfig at {}: using the in-cluster configuration",
+            args.kubeconfig.display()
+        );
+        kube::Config::incluster_env().context(
+            "the in-cluster configuration (KUBERNETES_SERVICE_HOST/PORT and the token, CA and namespace under /var/run/secrets/kubernetes.io/serviceaccount)",
+        )?
+    } else {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+            .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+    };
     if args.failover_servers.is_empty() {
         return Ok(config);
     }
     crate::api_failover::config(config, &args.failover_servers).await
+}
+
+/// Whether this process runs in a pod: the `kubernetes` Service's variables are set.
+fn in_a_pod() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty())
+        && std::env::var_os("KUBERNETES_SERVICE_PORT").is_some_and(|p| !p.is_empty())
 }
 
 fn api_for(client: &kube::Client, r: &Resource, ns: &str) -> Api<DynamicObject> {

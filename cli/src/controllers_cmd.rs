@@ -1,5 +1,6 @@
 //! `capstan controllers`: the controller manager — the chosen controllers against the cluster
-//! in the kubeconfig, one leader among replicas (a Lease in kube-system), /metrics served.
+//! in the kubeconfig (in a pod: the in-cluster configuration), one leader among replicas (a
+//! Lease, kube-system/capstan-controller-manager by default), /metrics served.
 //! `capstan up` runs the same manager in-process against its own API server.
 
 use std::collections::BTreeSet;
@@ -19,9 +20,17 @@ pub struct ManagerArgs {
     /// Controllers to run, comma-separated; the help lists them from `capstan_controllers::ALL`.
     #[arg(long, value_delimiter = ',', default_value = "all", help = controllers_help())]
     pub controllers: Vec<String>,
-    /// Elect one leader among replicas through the Lease kube-system/capstan-controller-manager.
+    /// Elect one leader among replicas through a Lease
+    /// (--leader-elect-resource-namespace/--leader-elect-resource-name).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
+    /// The namespace of the leader-election Lease (a manager run as a pod: its own).
+    #[arg(long, default_value = "kube-system")]
+    pub leader_elect_resource_namespace: String,
+    /// The leader-election Lease's name. Managers running different controllers against one
+    /// cluster (Capstan's own and one installed by the Helm chart) need different names.
+    #[arg(long, default_value = "capstan-controller-manager")]
+    pub leader_elect_resource_name: String,
     /// This replica's name in the Lease. A restarted replica that finds the Lease held by its
     /// own name takes it at once. Default: `capstan up` uses HOSTNAME_<hash of the data dir>
     /// (stable across restarts); `capstan controllers` uses HOSTNAME_PID.
@@ -211,9 +220,41 @@ impl ManagerArgs {
 /// `--controllers`' help, naming every controller there is.
 fn controllers_help() -> String {
     format!(
-        "Controllers to run, comma-separated: `all` (the default), `none`, or any of: {}",
+        "Controllers to run, comma-separated: `all` (the default), `none`, `-NAME` to leave one out, or any of: {}",
         ALL.join(", ")
     )
+}
+
+/// The controllers `--controllers` names, as kube-controller-manager reads the flag: `all` (or
+/// `*`) for every one, `NAME` to add one, `-NAME` to leave one out (whatever the order: a
+/// disabled controller stays off), `none` for nothing.
+fn names_of(items: &[String]) -> Result<BTreeSet<String>> {
+    let known = |name: &str| -> Result<String> {
+        if ALL.contains(&name) {
+            Ok(name.to_string())
+        } else {
+            Err(anyhow!(
+                "unknown controller {name:?}; known: {}",
+                ALL.join(", ")
+            ))
+        }
+    };
+    let (mut on, mut off) = (BTreeSet::new(), BTreeSet::new());
+    for item in items {
+        match item.trim() {
+            "all" | "*" => on.extend(ALL.iter().map(|s| s.to_string())),
+            "none" | "" => {}
+            other => match other.strip_prefix('-') {
+                Some(name) => {
+                    off.insert(known(name)?);
+                }
+                None => {
+                    on.insert(known(other)?);
+                }
+            },
+        }
+    }
+    Ok(&on - &off)
 }
 
 /// This machine's name (uname's nodename), for Lease identities.
@@ -260,23 +301,7 @@ pub struct ControllersArgs {
 
 impl ManagerArgs {
     pub fn names(&self) -> Result<BTreeSet<String>> {
-        let mut out = BTreeSet::new();
-        for n in &self.controllers {
-            match n.as_str() {
-                "all" => out.extend(ALL.iter().map(|s| s.to_string())),
-                "none" | "" => {}
-                other if ALL.contains(&other) => {
-                    out.insert(other.to_string());
-                }
-                other => {
-                    return Err(anyhow!(
-                        "unknown controller {other:?}; known: {}",
-                        ALL.join(", ")
-                    ));
-                }
-            }
-        }
-        Ok(out)
+        names_of(&self.controllers)
     }
 
     fn scheduler_config(&self) -> Result<scheduler::Config> {
@@ -427,8 +452,8 @@ impl ManagerArgs {
             .unwrap_or_else(|| format!("{}_{}", hostname(), std::process::id()));
         let election = LeaderElection::new(
             client,
-            "kube-system",
-            "capstan-controller-manager",
+            &self.leader_elect_resource_namespace,
+            &self.leader_elect_resource_name,
             &identity,
             timings,
         )
@@ -500,8 +525,38 @@ pub(crate) fn parse_cluster_cidr(s: &str) -> Result<capstan_controllers::nodeipa
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{names_of, parse_duration};
     use std::time::Duration;
+
+    fn names(flag: &str) -> Result<Vec<String>, String> {
+        let items: Vec<String> = flag.split(',').map(str::to_string).collect();
+        names_of(&items)
+            .map(|s| s.into_iter().collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn controllers_flag_adds_and_leaves_out_as_kube_controller_manager() {
+        let all = names("all").unwrap();
+        assert_eq!(all.len(), capstan_controllers::ALL.len());
+        assert_eq!(names("*").unwrap(), all);
+        let without = names("*,-gitops,-scalingpolicy").unwrap();
+        assert_eq!(without.len(), all.len() - 2);
+        assert!(
+            !without
+                .iter()
+                .any(|n| n == "gitops" || n == "scalingpolicy")
+        );
+        // A disabled controller stays off whatever the order.
+        assert_eq!(
+            names("-gitops,gitops,scalingpolicy").unwrap(),
+            ["scalingpolicy"]
+        );
+        assert_eq!(names("none").unwrap(), Vec::<String>::new());
+        let err = names("all,-gitsync").unwrap_err();
+        assert!(err.contains("unknown controller \"gitsync\""), "{err}");
+        assert!(names("nope").is_err());
+    }
 
     #[test]
     fn go_style_durations_parse() {
