@@ -23,6 +23,7 @@ mod controllers_cmd;
 mod crd_cmd;
 mod diff;
 mod encryption;
+mod image_cmd;
 mod ingress_cmd;
 mod join;
 mod pause_cmd;
@@ -110,6 +111,9 @@ enum Command {
 enum ImageCmd {
     /// Import OCI archives (e.g. from e2e/images/build.sh) into containerd's k8s.io namespace.
     Import(agent_cmd::ImageImportCmd),
+    /// Write the capstan image (this binary, with git, sh and ssh for its controllers) as an
+    /// OCI archive: what the Helm chart runs.
+    Build(image_cmd::ImageBuildCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -181,6 +185,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(cmd) => token_cmd::run(cli.client, cmd).await,
             Command::Storage(cmd) => storage_cmd::run(cli.client, cmd).await,
             Command::Image(ImageCmd::Import(cmd)) => agent_cmd::image_import(cmd).await,
+            Command::Image(ImageCmd::Build(cmd)) => image_cmd::build(cmd),
             Command::Shim { .. } | Command::ShimExec { .. } | Command::Pause => Ok(()),
             Command::Client(cmd) => client_cmd::run(cli.client, cmd).await,
         }

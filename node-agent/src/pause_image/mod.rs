@@ -15,13 +15,15 @@
 //! passes over files held open (the layer's digest must be known before the layer is written),
 //! so nothing large is held in memory, and the same binary always makes the same image.
 //! Beside this file: [`loaded`] (what the binary needs to run: its ELF interpreter and the
-//! shared objects it loaded) and [`ustar`] (the tar writer).
+//! shared objects it loaded), [`ustar`] (the tar writer) and [`capstan_image`] (the same
+//! builder making the capstan image the Helm chart runs, `capstan image build`).
 //!
 //! It is the fallback, not the lightest pause: its layer is the binary's size (136 MB for a
 //! debug build: ~4 s to build and import here, once per containerd) and each pod's pause
 //! holds a few MiB (3 MiB anonymous, plus the pages its relocations dirty) where pause.c's
 //! static binary holds kilobytes; e2e/images/build.sh still makes that one when gcc is there.
 
+mod capstan_image;
 mod loaded;
 mod ustar;
 
@@ -133,7 +135,11 @@ pub async fn ensure<R: Runtime>(
 /// One entry of the layer, by its path in the image (relative, no leading `/`).
 #[derive(Debug)]
 enum Entry {
-    Dir,
+    Dir {
+        mode: u32,
+    },
+    /// A small file made here (/etc/passwd).
+    Bytes(Vec<u8>),
     /// A regular file, held open so both passes read the same bytes.
     File {
         file: std::fs::File,
@@ -150,6 +156,10 @@ pub struct Image {
     entries: BTreeMap<String, Entry>,
     entrypoint: Vec<String>,
     env: Vec<String>,
+    /// The user it runs as (`UID:GID`).
+    user: String,
+    /// What its history says made it.
+    created_by: String,
 }
 
 impl Image {
@@ -188,6 +198,8 @@ impl Image {
         }
         lib_dirs.sort();
         image.entrypoint = ENTRYPOINT.iter().map(|s| s.to_string()).collect();
+        image.user = USER.to_string();
+        image.created_by = format!("capstan {} (its pause image)", env!("CARGO_PKG_VERSION"));
         // mimalloc (capstan's allocator) commits its arenas lazily: 9 → 3 MiB of anonymous
         // memory in every pod's pause (measured).
         image.env = vec![
@@ -245,7 +257,7 @@ impl Image {
         while let Some(i) = path[at..].find('/') {
             self.entries
                 .entry(path[..at + i].to_string())
-                .or_insert(Entry::Dir);
+                .or_insert(Entry::Dir { mode: 0o755 });
             at += i + 1;
         }
     }
@@ -258,6 +270,7 @@ impl Image {
             .values()
             .map(|e| match e {
                 Entry::File { size, .. } => size.div_ceil(512) * 512,
+                Entry::Bytes(b) => (b.len() as u64).div_ceil(512) * 512,
                 _ => 0,
             })
             .sum();
@@ -269,7 +282,8 @@ impl Image {
         let mut tar = Tar::new(out);
         for (path, entry) in &self.entries {
             match entry {
-                Entry::Dir => tar.header(&format!("{path}/"), Kind::Dir, 0, 0o755, "")?,
+                Entry::Dir { mode } => tar.header(&format!("{path}/"), Kind::Dir, 0, *mode, "")?,
+                Entry::Bytes(bytes) => tar.file(path, bytes)?,
                 Entry::Symlink { target } => tar.header(path, Kind::Symlink, 0, 0o777, target)?,
                 Entry::File { file, size } => {
                     tar.header(path, Kind::File, *size, 0o755, "")?;
@@ -308,7 +322,7 @@ impl Image {
             "architecture": oci_architecture()?,
             "os": "linux",
             "config": {
-                "User": USER,
+                "User": self.user,
                 "Entrypoint": self.entrypoint,
                 "Env": self.env,
                 "WorkingDir": "/",
@@ -316,7 +330,7 @@ impl Image {
             "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
             "history": [{
                 "created": "1970-01-01T00:00:00Z",
-                "created_by": format!("capstan {} (its pause image)", env!("CARGO_PKG_VERSION")),
+                "created_by": self.created_by,
             }],
         });
         let config = Blob::of(serde_json::to_vec(&config).map_err(json)?);
@@ -501,6 +515,8 @@ mod tests {
             )
             .unwrap();
         image.entrypoint = ENTRYPOINT.iter().map(|s| s.to_string()).collect();
+        image.user = USER.to_string();
+        image.created_by = format!("capstan {} (its pause image)", env!("CARGO_PKG_VERSION"));
         image.env = vec!["PATH=/".into(), "LD_LIBRARY_PATH=/usr/lib/x".into()];
         image
     }
