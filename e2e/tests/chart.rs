@@ -5,13 +5,14 @@
 //! ScalingPolicy ones, which the chart brings.
 //!
 //! Checked: `helm lint --strict`; values the schema refuses; `helm template` accepted by
-//! `kubectl apply --dry-run=server` and nothing written by it; `helm install` → the manager
+//! `kubectl apply --dry-run=server` and nothing written by it; `helm install` with the
+//! defaults (the chart's CRDs in place of Capstan's built-in ones) → the manager
 //! pod Ready, leading through the release's Lease, in-cluster (the `kubernetes` Service, the
 //! projected token), as its own ServiceAccount; a GitSync served by `git daemon` on the host
 //! applied (a ConfigMap and a Deployment), and a ScalingPolicy scaling that Deployment;
 //! `helm upgrade` (two replicas, debug logs: one leads, one stands by); `helm rollback` (one
 //! replica again, which still syncs a new commit); `helm uninstall` leaves no object of the
-//! release and no pod.
+//! release (its CRDs included) and no pod.
 
 mod cri_cluster;
 
@@ -244,17 +245,27 @@ fn the_chart_installs_capstans_controllers_as_pods_on_capstan() {
         "the dry run wrote the Deployment"
     );
 
-    // Install: Capstan serves its own CRDs already, so the chart's are left out here.
-    helm.ok(&[
-        "install",
-        RELEASE,
-        &chart_s,
-        "-n",
-        NS,
-        "--set",
-        "crds.install=false",
-    ]);
+    // Install with the defaults, as into any Kubernetes: the CRDs come from the chart. Capstan
+    // installs its own at start, so those go first (the alternative, `crds.install=false`,
+    // is the README's).
+    m.ok(
+        &[
+            "delete",
+            "crd",
+            "gitsyncs.capstan.dev",
+            "scalingpolicies.capstan.dev",
+        ],
+        None,
+    );
+    helm.ok(&["install", RELEASE, &chart_s, "-n", NS]);
     let first = wait_for_managers(&m, 1, "the manager pod Ready and leading");
+    for crd in ["gitsyncs.capstan.dev", "scalingpolicies.capstan.dev"] {
+        let crd = m.json(&["get", "crd", crd]).unwrap();
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/instance"], RELEASE,
+            "{crd}"
+        );
+    }
 
     // The repository, served on the host bridge, and a GitSync of it.
     let repo = GitRepo::new().unwrap();
@@ -409,7 +420,7 @@ fn the_chart_installs_capstans_controllers_as_pods_on_capstan() {
             let cluster = m.ok(
                 &[
                     "get",
-                    "clusterroles,clusterrolebindings",
+                    "clusterroles,clusterrolebindings,customresourcedefinitions",
                     "-l",
                     &label,
                     "-o",
