@@ -117,27 +117,33 @@ enum ImageCmd {
 }
 
 fn main() -> std::process::ExitCode {
-    // The node agent is small and long-lived on every node: with transparent huge pages the
-    // allocator's eagerly committed arenas fault in 2 MiB at a time (~8 MiB of RSS for nothing,
-    // measured). Set before the arenas are touched, so first thing.
+    // The long-running commands commit the allocator's arenas lazily: mimalloc commits each
+    // arena eagerly by default, and with transparent huge pages (madvise) that faults in 2 MiB
+    // at a time — `capstan up` idled at 43 MiB of anonymous memory, 32 MiB of it huge pages,
+    // and at 14 MiB lazily (measured, docs/benchmarks.md). mimalloc reads its options from the
+    // environment once, before main: re-exec once with the variable set. Containers never see
+    // it: the runtimes give them their own environment.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.iter().any(|a| a == "agent") && !args.iter().any(|a| a == "shim" || a == "shim-exec") {
+    let has = |names: &[&str]| args.iter().skip(1).any(|a| names.iter().any(|n| a == n));
+    let helper = has(&["shim", "shim-exec", "pause"]);
+    if has(&["agent"]) && !helper {
+        // The node agent, small and on every node, also keeps its own pages small (~8 MiB
+        // less, measured). Set before the arenas are touched, so first thing; it survives
+        // execve (and its children inherit it, which `capstan up` therefore does not do).
         let _ = rustix::thread::disable_transparent_huge_pages(true);
-        // mimalloc commits each arena eagerly (its default), and reads its options from the
-        // environment once, before main: re-exec once with lazy commit (21 → 17 MiB idle,
-        // measured). The THP setting survives execve. Containers never see the variable: the
-        // runtimes give them their own environment.
-        const LAZY: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
-        if std::env::var_os(LAZY).is_none()
-            && let Ok(exe) = std::env::current_exe()
-        {
-            use std::os::unix::process::CommandExt;
-            let err = std::process::Command::new(exe)
-                .args(&args[1..])
-                .env(LAZY, "0")
-                .exec();
-            eprintln!("capstan: re-exec with {LAZY}=0 failed ({err}); going on");
-        }
+    }
+    const LAZY: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+    if has(&["agent", "up", "controllers", "apiserver", "ingress", "sim"])
+        && !helper
+        && std::env::var_os(LAZY).is_none()
+        && let Ok(exe) = std::env::current_exe()
+    {
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(exe)
+            .args(&args[1..])
+            .env(LAZY, "0")
+            .exec();
+        eprintln!("capstan: re-exec with {LAZY}=0 failed ({err}); going on");
     }
     let cli = Cli::parse();
     if let Command::ShimExec {
