@@ -22,12 +22,16 @@ pub struct ImageBuildCmd {
     /// The image's name (default: localhost/capstan:VERSION).
     #[arg(long)]
     pub name: Option<String>,
+    /// Keep the binary's debug sections (by default they are stripped when binutils' strip is
+    /// installed).
+    #[arg(long)]
+    pub no_strip: bool,
 }
 
 pub fn build(cmd: ImageBuildCmd) -> Result<()> {
     let name = cmd.name.unwrap_or_else(default_name);
     let programs = Image::default_programs()?;
-    let image = Image::of_capstan(&programs)?;
+    let image = Image::of_capstan(&programs, !cmd.no_strip)?;
     let tmp = cmd.output.with_extension("tar.tmp");
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

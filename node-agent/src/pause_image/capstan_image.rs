@@ -31,8 +31,19 @@ const ZONEINFO: &str = "/usr/share/zoneinfo";
 impl Image {
     /// The capstan image of the running binary, with `programs` (host paths: git and its
     /// helpers, sh, ssh; see [`Image::default_programs`]) and their libraries.
-    pub fn of_capstan(programs: &[PathBuf]) -> Result<Image, PauseImageError> {
+    /// With `strip`, `/capstan` is this binary without its debug sections (binutils' `strip
+    /// --strip-debug`, symbols kept for backtraces: a release build's 377 MB become 84 MB);
+    /// without binutils it is taken whole.
+    pub fn of_capstan(programs: &[PathBuf], strip: bool) -> Result<Image, PauseImageError> {
         let mut image = Image::of_this_binary()?;
+        if strip {
+            match stripped_self()? {
+                Some(file) => image.add_open_file("/capstan", file)?,
+                None => tracing::warn!(
+                    "no strip (binutils) on PATH: the image holds the binary with its debug sections"
+                ),
+            }
+        }
         image.entrypoint = vec!["/capstan".to_string()];
         image.user = CAPSTAN_USER.to_string();
         image.created_by = format!(
@@ -88,6 +99,8 @@ impl Image {
         image.env = vec![
             "PATH=/usr/local/bin:/usr/bin:/bin:/".to_string(),
             "HOME=/tmp".to_string(),
+            // What `capstan controllers` would re-exec itself with (cli/src/main.rs).
+            "MIMALLOC_ARENA_EAGER_COMMIT=0".to_string(),
             format!("LD_LIBRARY_PATH={}", lib_dirs.join(":")),
         ];
         if Path::new(CA_BUNDLE).exists() {
@@ -214,6 +227,38 @@ struct Seen {
     visiting: std::collections::BTreeSet<String>,
 }
 
+/// This binary without debug sections, as an open file whose name is already gone; None
+/// when there is no `strip`.
+fn stripped_self() -> Result<Option<std::fs::File>, PauseImageError> {
+    let Some(strip) = which("strip") else {
+        return Ok(None);
+    };
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out_path =
+        std::env::temp_dir().join(format!("capstan-image-{}-{n}.strip", std::process::id()));
+    let result = std::process::Command::new(strip)
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&out_path)
+        // This process's executable (strip's own /proc/self would be strip).
+        .arg(format!("/proc/{}/exe", std::process::id()))
+        .output()
+        .map_err(io("running strip"));
+    let opened = match result {
+        Ok(o) if o.status.success() => std::fs::File::open(&out_path)
+            .map(Some)
+            .map_err(io(format!("opening {}", out_path.display()))),
+        Ok(o) => Err(PauseImageError::Invalid(format!(
+            "strip --strip-debug: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))),
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&out_path);
+    opened
+}
+
 /// `path` with `.` and `..` taken out by their names alone (its directory is a real one).
 fn lexical(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -311,7 +356,7 @@ mod tests {
     /// the user and the entrypoint are the capstan image's.
     #[test]
     fn the_capstan_image_holds_the_programs_their_libraries_and_a_user() {
-        let image = Image::of_capstan(&[PathBuf::from("/bin/sh")]).unwrap();
+        let image = Image::of_capstan(&[PathBuf::from("/bin/sh")], false).unwrap();
         assert_eq!(image.entrypoint, ["/capstan"]);
         assert_eq!(image.user, CAPSTAN_USER);
         let real = std::fs::canonicalize("/bin/sh").unwrap();
@@ -392,7 +437,7 @@ mod tests {
     #[test]
     fn every_link_in_the_capstan_image_resolves_inside_it() {
         let programs = Image::default_programs().unwrap();
-        let image = Image::of_capstan(&programs).unwrap();
+        let image = Image::of_capstan(&programs, true).unwrap();
         let resolve = |start: &str| -> Option<String> {
             let mut at = start.to_string();
             for _ in 0..40 {
@@ -415,6 +460,44 @@ mod tests {
             if matches!(entry, Entry::Symlink { .. }) {
                 assert!(resolve(path).is_some(), "{path} leads nowhere in the image");
             }
+        }
+    }
+
+    /// With binutils, `/capstan` loses its debug sections (a test binary has plenty).
+    #[test]
+    fn the_binary_is_stripped_of_debug_sections() {
+        if which("strip").is_none() {
+            eprintln!("SKIPPED: no strip (binutils)");
+            return;
+        }
+        let whole = std::fs::metadata("/proc/self/exe").unwrap().len();
+        let image = Image::of_capstan(&[], true).unwrap();
+        let Some(Entry::File { file, size }) = image.entries.get("capstan") else {
+            panic!("no /capstan file");
+        };
+        assert!(*size < whole, "{size} ≥ {whole}");
+        // And it is this program still: the stripped test binary lists this test.
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("stripped");
+        let mut f = file;
+        std::io::Seek::rewind(&mut f).unwrap();
+        std::io::copy(&mut f, &mut std::fs::File::create(&copy).unwrap()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(&copy)
+            .args(["--list", "--format", "terse"])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            listed.contains("the_binary_is_stripped_of_debug_sections"),
+            "{listed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let image = Image::of_capstan(&[], false).unwrap();
+        match image.entries.get("capstan") {
+            Some(Entry::File { size, .. }) => assert_eq!(*size, whole),
+            other => panic!("capstan: {other:?}"),
         }
     }
 
