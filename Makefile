@@ -40,6 +40,7 @@ endif
 bench: deps
 	$(CARGO) run --release -p capstan -- bench store
 	$(CARGO) run --release -p capstan -- bench api
+	$(CARGO) run --release -p capstan -- bench idle
 	$(CARGO) run --release -p capstan -- bench auth
 	$(CARGO) run --release -p capstan -- bench crd
 	$(CARGO) run --release -p capstan -- bench schedule

@@ -11,6 +11,7 @@ mod cri;
 mod daemonset;
 mod gitops;
 mod ha;
+mod idle;
 mod ingress;
 mod jobs;
 mod multinode;
@@ -78,6 +79,9 @@ enum Which {
     /// ResourceQuota: pod creates/s into a namespace under a quota (each create checked and
     /// charged) against a namespace without one, in one run.
     Quota(quota::QuotaBench),
+    /// What an idle `capstan up` holds: the API server alone, with every controller, with the
+    /// node agent; the allocator's arenas committed lazily (the default) and eagerly.
+    Idle(idle::IdleBench),
     /// Node lifecycle: failover of 100 pods from a node that dies (overhead beyond grace +
     /// tolerationSeconds), and the node-lifecycle controller's CPU watching 5,000 healthy nodes.
     Nodes(nodes::NodesBench),
@@ -121,6 +125,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Autoscale(b) => autoscale::run(b).await,
         Which::Gitops(b) => gitops::run(b).await,
         Which::Quota(b) => quota::run(b).await,
+        Which::Idle(b) => idle::run(b).await,
         Which::Pods(b) => pods::run(b).await,
         Which::Nodes(b) => nodes::run(b).await,
         Which::Services(b) => services::run(b).await,
