@@ -177,8 +177,10 @@ async fn defragment_gives_compacted_space_back_on_every_member() {
 }
 
 /// A member of three killed with -9: once the store has noticed (a probe every 500 ms), no
-/// request waits on the dead member — every write answers within 300 ms (they took a second or
-/// two, or timed out, while the dead member stayed in the client's balance).
+/// request waits on the dead member — every write answers within 300 ms, or within twice the
+/// slowest of 40 writes before the kill when the machine is that loaded (a full CI run's fsyncs
+/// reached 666 ms), never a second: they took a second or two, or timed out, while the dead
+/// member stayed in the client's balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_member_is_taken_out_of_the_balance() {
     let mut etcd =
@@ -191,6 +193,18 @@ async fn a_dead_member_is_taken_out_of_the_balance() {
         .await
         .unwrap();
     store.create("k/before", Bytes::from("v")).await.unwrap();
+    let mut slowest_before = Duration::ZERO;
+    for i in 0..40 {
+        let t = Instant::now();
+        store
+            .create(&format!("warm/{i}"), Bytes::from("v"))
+            .await
+            .unwrap();
+        slowest_before = slowest_before.max(t.elapsed());
+    }
+    let bound = (slowest_before * 2)
+        .max(Duration::from_millis(300))
+        .min(Duration::from_secs(1));
     etcd.kill(0);
     // Noticed within a probe period and its timeout; writes meanwhile may wait and succeed.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -204,8 +218,8 @@ async fn a_dead_member_is_taken_out_of_the_balance() {
         slowest = slowest.max(t.elapsed());
     }
     assert!(
-        slowest < Duration::from_millis(300),
-        "the slowest write took {slowest:?}"
+        slowest < bound,
+        "the slowest write took {slowest:?} (bound {bound:?}; before the kill {slowest_before:?})"
     );
     let listed = store.list("k/", Default::default()).await.unwrap();
     assert_eq!(listed.items.len(), 41);
