@@ -51,6 +51,55 @@ impl NetSlot {
         format!("10.{}.0.0/16", 100 + self.index)
     }
 
+    /// Removes the CNI bridge plugin's masquerade rules for this slot's pods from the host's
+    /// iptables `nat` table: the POSTROUTING jumps from a pod address of the slot's range and
+    /// the `CNI-…` chains that accept the range. The plugin removes them on CNI DEL; a
+    /// sandbox whose stop failed under load never had one. The range is the slot's own, so
+    /// nothing of another test's or the host's is touched. Errors are ignored (no iptables:
+    /// nothing to remove).
+    pub fn remove_cni_masquerade(&self) {
+        let prefix = format!("10.{}.", 100 + self.index);
+        let cidr = self.pod_cidr();
+        let run = |args: &[&str]| {
+            std::process::Command::new("iptables")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        // The jumps, by number, highest first (`num target prot opt source destination`).
+        if let Some(listed) = run(&["-t", "nat", "-L", "POSTROUTING", "-n", "--line-numbers"]) {
+            let mut numbers: Vec<u32> = listed
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let ours = f.len() > 4 && f[1].starts_with("CNI-") && f[4].starts_with(&prefix);
+                    ours.then(|| f[0].parse().ok()).flatten()
+                })
+                .collect();
+            numbers.sort_unstable_by(|a, b| b.cmp(a));
+            for n in numbers {
+                run(&["-t", "nat", "-D", "POSTROUTING", &n.to_string()]);
+            }
+        }
+        // The chains that accept the slot's range, once nothing jumps to them.
+        if let Some(rules) = run(&["-t", "nat", "-S"]) {
+            let chains: std::collections::BTreeSet<&str> = rules
+                .lines()
+                .filter(|l| l.contains(&format!("-d {cidr} ")))
+                .filter_map(|l| l.strip_prefix("-A "))
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|c| c.starts_with("CNI-"))
+                .collect();
+            for c in chains {
+                run(&["-t", "nat", "-F", c]);
+                run(&["-t", "nat", "-X", c]);
+            }
+        }
+    }
+
     /// The slot's service CIDR, one of the 256 /20s of 10.96.0.0/12 (the default range, so a
     /// ClusterIP looks as users expect).
     pub fn service_cidr(&self) -> String {
@@ -79,6 +128,58 @@ fn fastrand_u16() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With two slots held, one's leftover masquerade (a chain and the jump to it) goes, the
+    /// other's stays. Needs root and iptables.
+    #[test]
+    fn a_slots_cni_masquerade_leftovers_go_and_no_one_elses() {
+        let iptables = |args: &[&str]| {
+            std::process::Command::new("iptables")
+                .args(["-t", "nat"])
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        // The effective uid, from /proc/self/status's `Uid: real effective ...`.
+        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+                .unwrap_or(false)
+        });
+        if !root || !iptables(&["-S", "POSTROUTING"]) {
+            eprintln!("SKIPPED: needs root and iptables");
+            return;
+        }
+        let (a, b) = (NetSlot::take(), NetSlot::take());
+        let leave = |s: &NetSlot| {
+            let chain = format!("CNI-capstan-test-{}", s.index);
+            let pod = format!("10.{}.0.9/32", 100 + s.index);
+            assert!(iptables(&["-N", &chain]));
+            assert!(iptables(&[
+                "-A",
+                &chain,
+                "-d",
+                &s.pod_cidr(),
+                "-j",
+                "ACCEPT"
+            ]));
+            assert!(iptables(&["-A", "POSTROUTING", "-s", &pod, "-j", &chain]));
+            chain
+        };
+        let (ca, cb) = (leave(&a), leave(&b));
+        a.remove_cni_masquerade();
+        assert!(!iptables(&["-S", &ca]), "{ca} is still there");
+        assert!(iptables(&["-S", &cb]), "{cb} went too");
+        let jumps = std::process::Command::new("iptables")
+            .args(["-t", "nat", "-S", "POSTROUTING"])
+            .output()
+            .unwrap();
+        let jumps = String::from_utf8_lossy(&jumps.stdout);
+        assert!(!jumps.contains(&ca) && jumps.contains(&cb), "{jumps}");
+        b.remove_cni_masquerade();
+        assert!(!iptables(&["-S", &cb]), "{cb} is still there");
+    }
 
     #[test]
     fn held_slots_are_never_handed_out_twice_and_come_back_when_dropped() {

@@ -293,6 +293,7 @@ impl Cluster {
     /// The slot's nftables table and bridge. The proxy's rules outlive a kill -9 (a restarted
     /// agent adopts them); so do a killed test's: removed before a slot is used, too.
     fn remove_network(&self) {
+        self.slot.remove_cni_masquerade();
         let _ = std::process::Command::new("nft")
             .args(["delete", "table", "ip", &self.table])
             .stderr(std::process::Stdio::null())
