@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::loaded::file_id;
 use super::{Entry, Image, PauseImageError, image_path, io};
+use crate::containerd::which;
 
 /// The user the capstan image runs as.
 pub const CAPSTAN_USER: &str = "65532:65532";
@@ -272,14 +273,6 @@ fn lexical(path: &Path) -> PathBuf {
         }
     }
     out
-}
-
-/// `name` on PATH.
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The shared objects `program` loads and its interpreter, as `ldd` resolves them on this host.
