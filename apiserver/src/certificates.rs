@@ -214,7 +214,7 @@ pub fn check_approval(api: &ApiServer, a: &Attributes) -> Result<(), crate::erro
     let Some(csr) = api
         .cacher(&info)
         .ok()
-        .and_then(|c| c.get(&info.key(None, &a.name)))
+        .and_then(|c| c.get_value(&info.key(None, &a.name)))
     else {
         return Ok(()); // the handler answers 404
     };

@@ -445,7 +445,7 @@ impl StorageHooks for DefaultClass {
         let Some(info) = api.registry.get(GROUP, "v1", "ingressclasses") else {
             return Ok(());
         };
-        let classes = api.cacher(&info)?.list("").0;
+        let classes = api.cacher(&info)?.values("").0;
         if let Some(class) = pick_default(&classes) {
             obj["spec"]["ingressClassName"] = json!(class);
         }

@@ -310,6 +310,21 @@ impl ApiServer {
     /// CRD changed) is served by the current definition's cache, and one that resolved a
     /// resource since removed gets a 404 — never a cache nobody would stop, or one with an old
     /// schema.
+    /// What every watch cache holds: (group, resource, memory), sorted.
+    pub fn cache_memory(&self) -> Vec<(String, String, crate::watch_cache::CacheMemory)> {
+        let caches: Vec<Arc<Cacher>> = self
+            .cachers
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut out: Vec<_> = caches
+            .iter()
+            .map(|c| (c.info().group.clone(), c.info().plural.clone(), c.memory()))
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
     pub fn cacher(&self, info: &Arc<ResourceInfo>) -> ApiResult<Arc<Cacher>> {
         let key = format!("{}/{}", info.api_version(), info.plural);
         if let Some(c) = self.cachers.read().ok().and_then(|m| m.get(&key).cloned())

@@ -160,7 +160,7 @@ impl PriorityAdmission {
             .registry
             .get(GROUP, "v1", PLURAL)
             .ok_or_else(|| ApiError::internal("PriorityClasses are not registered"))?;
-        Ok(api.cacher(&info)?.list("").0)
+        Ok(api.cacher(&info)?.values("").0)
     }
 
     /// Sets a new pod's priority from its class.

@@ -246,7 +246,7 @@ impl ApiServer {
         let nodes: Vec<Value> = wanted
             .iter()
             .filter_map(|n| cacher.get(&node_target.info.key(None, n)))
-            .map(|n| (*n).clone())
+            .map(|n| n.value())
             .collect();
         let summaries = self.summaries_of(&nodes).await;
         // (namespace, name, uid) → the pod's entry in its node's summary.

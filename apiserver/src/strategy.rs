@@ -54,6 +54,11 @@ pub trait Strategy: Send + Sync {
     fn field(&self, obj: &Value, field: &str) -> Option<String>;
     /// Whether `field` can be used in a field selector.
     fn supports_field(&self, field: &str) -> bool;
+    /// The JSON pointers of the selectable fields beyond metadata's name and namespace
+    /// (`/spec/nodeName`): what the watch cache keeps unparsed for field selectors.
+    fn selectable_pointers(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Columns and a row per object, for `kubectl get`.
     fn table(&self) -> Table;
     /// Whether create clears a user-given status (the status subresource owns it).
@@ -440,6 +445,10 @@ impl Strategy for Builtin {
     fn supports_field(&self, field: &str) -> bool {
         matches!(field, "metadata.name" | "metadata.namespace")
             || self.fields.iter().any(|(f, _)| *f == field)
+    }
+
+    fn selectable_pointers(&self) -> Vec<String> {
+        self.fields.iter().map(|(_, p)| p.to_string()).collect()
     }
 
     fn table(&self) -> Table {

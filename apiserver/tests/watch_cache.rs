@@ -196,12 +196,12 @@ impl View {
 
     async fn event(&self, e: &CacheEvent) -> Result<Event> {
         let prev = match &e.prev {
-            Some(p) => Some(self.key_value(p).await?),
+            Some(p) => Some(self.key_value(&p.value()).await?),
             None => None,
         };
         Ok(match e.kind {
             Kind::Added | Kind::Modified => Event::Put {
-                kv: self.key_value(&e.object).await?,
+                kv: self.key_value(&e.object.value()).await?,
                 prev,
             },
             Kind::Deleted => Event::Delete {
@@ -220,7 +220,7 @@ impl Storage for CachedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.caught_up(None).await?;
         match self.cacher.get(key) {
-            Some(obj) => Ok(Some(self.view.key_value(&obj).await?)),
+            Some(obj) => Ok(Some(self.view.key_value(&obj.value()).await?)),
             None => Ok(None),
         }
     }
@@ -241,7 +241,7 @@ impl Storage for CachedStore {
         }
         let mut items = Vec::new();
         for obj in &objects {
-            let kv = self.view.key_value(obj).await?;
+            let kv = self.view.key_value(&obj.value()).await?;
             if opts
                 .start_after
                 .as_ref()
@@ -326,7 +326,7 @@ impl Storage for CachedStore {
                 let (view, prefix) = (view.clone(), prefix.clone());
                 async move {
                     match item {
-                        Ok(e) if !view.info.key_of(&e.object).starts_with(&prefix) => None,
+                        Ok(e) if !view.info.key_of(&e.object.index()).starts_with(&prefix) => None,
                         Ok(e) => Some(view.event(&e).await),
                         Err(err) => Some(Err(err)),
                     }

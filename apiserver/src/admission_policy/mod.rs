@@ -381,8 +381,7 @@ pub(crate) fn namespace_of(api: &ApiServer, a: &Attributes) -> Option<Value> {
     }
     let ns = a.namespace.filter(|_| a.info.namespaced)?;
     let info = api.registry.get("", "v1", "namespaces")?;
-    let cached = api.cacher(&info).ok()?.get(&info.key(None, ns))?;
-    Some((*cached).clone())
+    Some(api.cacher(&info).ok()?.get(&info.key(None, ns))?.value())
 }
 
 fn find_params(
@@ -412,11 +411,11 @@ fn find_params(
     if let Some(name) = &r.name {
         return Ok(cacher
             .get(&info.key(ns, name))
-            .map(|v| (*v).clone())
+            .map(|v| v.value())
             .into_iter()
             .collect());
     }
-    let (items, _) = cacher.list(&info.list_prefix(ns));
+    let (items, _) = cacher.values(&info.list_prefix(ns));
     Ok(items
         .iter()
         .filter(|v| {

@@ -232,7 +232,7 @@ pub fn start(api: &Arc<ApiServer>) -> crate::errors::ApiResult<()> {
             let (Some(api), Some(cacher)) = (weak_api.upgrade(), weak_cacher.upgrade()) else {
                 return;
             };
-            let (policies, _) = cacher.list("");
+            let (policies, _) = cacher.values("");
             drop(cacher);
             for policy in policies.iter().filter(|p| needs_check(p)) {
                 let name = policy.name().unwrap_or_default().to_string();

@@ -100,8 +100,10 @@ fn pods_on(api: &ApiServer, namespace: &str, node: &str) -> Vec<Arc<Value>> {
         return Vec::new();
     };
     let (pods, _) = cache.list(&info.list_prefix(Some(namespace)));
+    // spec.nodeName is a selectable field: the index has it, so only this node's pods parse.
     pods.into_iter()
-        .filter(|p| p["spec"]["nodeName"] == node)
+        .filter(|p| p.index()["spec"]["nodeName"] == node)
+        .map(|p| Arc::new(p.value()))
         .collect()
 }
 
@@ -109,7 +111,7 @@ fn pods_on(api: &ApiServer, namespace: &str, node: &str) -> Vec<Arc<Value>> {
 fn cached(api: &ApiServer, plural: &str, group: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
     let info = api.registry.get(group, "v1", plural)?;
     let cache = api.cacher(&info).ok()?;
-    cache.get(&info.key((!ns.is_empty()).then_some(ns), name))
+    cache.get_value(&info.key((!ns.is_empty()).then_some(ns), name))
 }
 
 /// A volume the local-path provisioner made on `node` (its node affinity names the node).
@@ -185,7 +187,7 @@ pub fn decide(api: &ApiServer, a: &Attributes) -> Option<Decision> {
             let bound = api
                 .registry
                 .get("", "v1", "persistentvolumeclaims")
-                .and_then(|info| api.cacher(&info).ok().map(|c| c.list(&info.prefix()).0))
+                .and_then(|info| api.cacher(&info).ok().map(|c| c.values(&info.prefix()).0))
                 .into_iter()
                 .flatten()
                 .filter(|c| c["spec"]["volumeName"] == a.name.as_str())

@@ -160,7 +160,8 @@ impl CrdController {
             cleanups: Arc::new(Mutex::new(HashSet::new())),
             last_seen: Vec::new(),
         };
-        ctl.pass(api, &cacher.list("").0, false).await;
+        let mut last_changes = cacher.changes();
+        ctl.pass(api, &cacher.values("").0, false).await;
         let weak_cacher = Arc::downgrade(&cacher);
         drop(cacher);
         tokio::spawn(async move {
@@ -174,7 +175,8 @@ impl CrdController {
                     return; // the cache is gone: the server stopped
                 }
                 // The revision also moves with writes to other resources (progress
-                // notifications): those wake-ups cost one comparison of resourceVersions.
+                // notifications): those wake-ups cost one comparison of the cache's change
+                // count (the CRDs are parsed only when they changed, or to retry).
                 let retry = last_retry.elapsed() >= Duration::from_secs(2);
                 if retry {
                     last_retry = std::time::Instant::now();
@@ -182,7 +184,12 @@ impl CrdController {
                 let (Some(api), Some(cacher)) = (ctl.api.upgrade(), weak_cacher.upgrade()) else {
                     return;
                 };
-                let objects = cacher.list("").0;
+                let changes = cacher.changes();
+                if changes == last_changes && !retry {
+                    continue;
+                }
+                last_changes = changes;
+                let objects = cacher.values("").0;
                 drop(cacher);
                 ctl.pass(&api, &objects, retry).await;
             }

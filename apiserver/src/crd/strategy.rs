@@ -132,6 +132,10 @@ impl Strategy for CustomStrategy {
             || self.selectable.iter().any(|f| f.name == field)
     }
 
+    fn selectable_pointers(&self) -> Vec<String> {
+        self.selectable.iter().map(|f| f.pointer.clone()).collect()
+    }
+
     fn table(&self) -> Table {
         let mut columns: Vec<PrinterColumn> = self.columns.clone();
         if columns.is_empty() {

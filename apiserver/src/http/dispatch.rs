@@ -20,9 +20,9 @@ use crate::patch::is_apply;
 use crate::request::{Params, Target, View, partial_metadata};
 use crate::rest::field_validation::{duplicate_field_check, unknown_field_warnings};
 
-use super::json_response;
 use super::negotiate::{accepts_json, view, with_warnings};
 use super::resolve::resolve;
+use super::{json_response, raw_list_response};
 
 type Q = Query<HashMap<String, String>>;
 
@@ -267,7 +267,15 @@ async fn serve(
         ("get", Some(s)) if owns_fields(t, s) => ok(api.get_at(t, p).await?),
         ("get", Some("scale")) => ok(api.get_scale(t).await?),
         ("list", None) => {
-            let (items, rv, cont) = api.list(t, p).await?;
+            let (items, rv, cont) = match api.list_objects(t, p).await? {
+                crate::rest::list::Listed::Cache(items, rv) if !table && view == View::Object => {
+                    return Ok(raw_list_response(t, items, rv));
+                }
+                crate::rest::list::Listed::Cache(items, rv) => {
+                    (items.iter().map(|o| o.value()).collect(), rv, None)
+                }
+                crate::rest::list::Listed::Store(items, rv, cont) => (items, rv, cont),
+            };
             if table {
                 return Ok(json_response(
                     StatusCode::OK,

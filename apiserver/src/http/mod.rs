@@ -138,3 +138,49 @@ pub fn json_response(code: StatusCode, v: &Value) -> Response {
     )
         .into_response()
 }
+
+/// A list of cached objects as JSON, each object's bytes written as the cache holds them: the
+/// same document [`json_response`] makes of the parsed list (keys in the same order), without
+/// parsing and re-serializing every item, and streamed in chunks of about 64 KiB rather than
+/// built whole (a list of 50,000 pods is 130 MB of JSON; Kubernetes 1.33 streams lists too).
+pub fn raw_list_response(
+    t: &crate::request::Target,
+    items: Vec<std::sync::Arc<crate::watch_cache::Cached>>,
+    rv: i64,
+) -> Response {
+    const CHUNK: usize = 64 * 1024;
+    let mut head = b"{\"apiVersion\":".to_vec();
+    let _ = serde_json::to_writer(&mut head, &t.info.api_version());
+    head.extend_from_slice(b",\"items\":[");
+    let mut tail = b"],\"kind\":".to_vec();
+    let _ = serde_json::to_writer(&mut tail, &t.info.list_kind);
+    tail.extend_from_slice(b",\"metadata\":{\"resourceVersion\":");
+    let _ = serde_json::to_writer(&mut tail, &rv.to_string());
+    tail.extend_from_slice(b"}}");
+    // State: the items, the next one to write, the chunk begun (the head first), the tail
+    // (taken once written).
+    let state = (items, 0usize, head, Some(tail));
+    let stream =
+        futures_util::stream::unfold(state, |(items, mut next, mut buf, mut tail)| async move {
+            while buf.len() < CHUNK && next < items.len() {
+                if next > 0 {
+                    buf.push(b',');
+                }
+                buf.extend_from_slice(items[next].json());
+                next += 1;
+            }
+            if next == items.len() {
+                buf.extend_from_slice(&tail.take()?);
+            }
+            let chunk = bytes::Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)));
+            Some((
+                Ok::<_, std::convert::Infallible>(chunk),
+                (items, next, buf, tail),
+            ))
+        });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap_or_else(|e| crate::errors::ApiError::internal(e.to_string()).into_response())
+}

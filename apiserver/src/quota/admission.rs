@@ -130,7 +130,7 @@ impl QuotaAdmission {
         let ns = obj.namespace().unwrap_or_default().to_string();
         let mut quotas = api
             .cacher(&quota_info)?
-            .list(&quota_info.list_prefix(Some(&ns)))
+            .values(&quota_info.list_prefix(Some(&ns)))
             .0;
         if quotas.is_empty() {
             return Ok(());

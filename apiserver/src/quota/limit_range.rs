@@ -423,7 +423,7 @@ impl LimitRanger {
             .registry
             .get("", "v1", "limitranges")
             .ok_or_else(|| ApiError::internal("LimitRanges are not registered"))?;
-        Ok(api.cacher(&info)?.list(&info.list_prefix(Some(ns))).0)
+        Ok(api.cacher(&info)?.values(&info.list_prefix(Some(ns))).0)
     }
 }
 

@@ -253,7 +253,7 @@ impl ApiServer {
             .and_then(|info| self.cacher(&info).ok())
             .and_then(|c| c.get(&key));
         let ns_obj = match cached {
-            Some(o) => Some((*o).clone()),
+            Some(o) => Some(o.value()),
             None => self
                 .store
                 .get(&key)

@@ -32,6 +32,11 @@ impl Filter {
         Ok(Filter { labels, fields })
     }
 
+    /// Whether it lets everything through (no selector given).
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     pub fn matches(&self, info: &ResourceInfo, obj: &Value) -> bool {
         if !self.labels.is_empty() {
             let labels = obj.labels();

@@ -55,7 +55,7 @@ impl ApiServer {
             if cacher.wait_for(current, Duration::from_millis(50)).await {
                 let name = name_of(t);
                 return match cacher.get(&t.info.key(t.namespace.as_deref(), name)) {
-                    Some(obj) => Ok((*obj).clone()),
+                    Some(obj) => Ok(obj.value()),
                     None => Err(ApiError::not_found(&t.info.group, &t.info.plural, name)),
                 };
             }

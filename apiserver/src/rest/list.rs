@@ -1,6 +1,7 @@
 //! LIST: from the watch cache when it is current; from the store (snapshot pages, continue
 //! tokens, `resourceVersionMatch=Exact`) when paginating or asked for an exact revision.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -8,9 +9,18 @@ use serde_json::Value;
 use crate::ApiServer;
 use crate::errors::{ApiError, ApiResult, from_storage};
 use crate::request::{Params, Target};
+use crate::watch_cache::Cached;
 
 use super::continue_token;
 use super::filter::Filter;
+
+/// What a list found: the watch cache's objects as it holds them (serialized), or objects read
+/// from the store (with a continue token when there are more).
+#[derive(Debug)]
+pub enum Listed {
+    Cache(Vec<Arc<Cached>>, i64),
+    Store(Vec<Value>, i64, Option<String>),
+}
 
 impl ApiServer {
     /// A list: from the watch cache when it is current, else (or when paginating) from the store.
@@ -19,6 +29,15 @@ impl ApiServer {
         t: &Target,
         p: &Params,
     ) -> ApiResult<(Vec<Value>, i64, Option<String>)> {
+        Ok(match self.list_objects(t, p).await? {
+            Listed::Cache(items, rv) => (items.iter().map(|o| o.value()).collect(), rv, None),
+            Listed::Store(items, rv, cont) => (items, rv, cont),
+        })
+    }
+
+    /// [`ApiServer::list`], leaving the cache's objects serialized: a plain JSON list writes
+    /// them as they are, without parsing 50,000 pods to serialize them again.
+    pub async fn list_objects(&self, t: &Target, p: &Params) -> ApiResult<Listed> {
         let filter = Filter::from_params(&t.info, p)?;
         let limit = p.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
         let cont = p.get("continue");
@@ -69,13 +88,11 @@ impl ApiServer {
             // The embedded store reports progress at once; a cache that is still behind after
             // 50 ms (etcd sends progress rarely) is bypassed for a read from the store.
             if cacher.wait_for(needed, Duration::from_millis(50)).await {
-                let (items, rev) = cacher.list(&prefix);
-                let items = items
-                    .into_iter()
-                    .filter(|o| filter.matches(&t.info, o))
-                    .map(|o| (*o).clone())
-                    .collect();
-                return Ok((items, rev, None));
+                let (mut items, rev) = cacher.list(&prefix);
+                if !filter.is_empty() {
+                    items.retain(|o| filter.matches(&t.info, &o.index()));
+                }
+                return Ok(Listed::Cache(items, rev));
             }
             // A resourceVersion newer than the store: wait for it (3 s, as Kubernetes does),
             // never answer with an older state.
@@ -89,25 +106,25 @@ impl ApiServer {
                     if !cacher.wait_for(r, Duration::from_secs(3)).await {
                         return Err(ApiError::too_large_resource_version(r, current));
                     }
-                    let (items, rev) = cacher.list(&prefix);
-                    let items = items
-                        .into_iter()
-                        .filter(|o| filter.matches(&t.info, o))
-                        .map(|o| (*o).clone())
-                        .collect();
-                    return Ok((items, rev, None));
+                    let (mut items, rev) = cacher.list(&prefix);
+                    if !filter.is_empty() {
+                        items.retain(|o| filter.matches(&t.info, &o.index()));
+                    }
+                    return Ok(Listed::Cache(items, rev));
                 }
             }
         }
-        self.list_from_store(
-            t,
-            &prefix,
-            &filter,
-            limit,
-            cont,
-            if exact { rv } else { None },
-        )
-        .await
+        let (items, rv, cont) = self
+            .list_from_store(
+                t,
+                &prefix,
+                &filter,
+                limit,
+                cont,
+                if exact { rv } else { None },
+            )
+            .await?;
+        Ok(Listed::Store(items, rv, cont))
     }
 
     /// Pages through the store, filtering, until `limit` matches; the continue token carries the

@@ -12,7 +12,7 @@ use crate::ApiServer;
 use crate::errors::{ApiError, ApiResult, from_storage};
 use crate::object::ObjectExt;
 use crate::request::{Params, Target, View, partial_metadata};
-use crate::watch_cache::{CacheEvent, Kind};
+use crate::watch_cache::{CacheEvent, Cached, Kind};
 
 use super::filter::Filter;
 
@@ -113,22 +113,30 @@ impl ApiServer {
                 info.key_of(o).starts_with(&ns_prefix)
                     && name.as_deref().is_none_or(|n| o.name() == Some(n))
             };
+            // A watch of every object (an informer's) reads no index.
+            let everything =
+                filter.is_empty() && name.is_none() && ns_prefix == info.list_prefix(None);
             let render = |e: &CacheEvent| -> Option<Bytes> {
-                let (kind, obj) =
-                    translate(e, &|o: &Value| in_scope(o) && filter.matches(&info, o))?;
+                let (kind, obj) = translate(e, &|c: &Cached| {
+                    everything || {
+                        let o = c.index();
+                        in_scope(&o) && filter.matches(&info, &o)
+                    }
+                })?;
                 let line = match view {
                     View::Table => event_line(
                         kind,
                         &crate::table::render(
                             &info.strategy.table(),
-                            std::slice::from_ref(obj),
+                            std::slice::from_ref(&obj.value()),
                             None,
                             &e.rv.to_string(),
                             None,
                         ),
                     ),
-                    View::Metadata => event_line(kind, &partial_metadata(obj)),
-                    View::Object => event_line(kind, obj),
+                    View::Metadata => event_line(kind, &partial_metadata(&obj.value())),
+                    // The cached JSON as it is: nothing parsed or serialized per watcher.
+                    View::Object => raw_event_line(kind, obj.json()),
                 };
                 Some(Bytes::from(line))
             };
@@ -191,8 +199,8 @@ impl ApiServer {
 /// ADDED, one leaving it is DELETED (kube-apiserver's cacheWatcher does the same).
 fn translate<'a>(
     e: &'a CacheEvent,
-    pass: &dyn Fn(&Value) -> bool,
-) -> Option<(&'static str, &'a Value)> {
+    pass: &dyn Fn(&Cached) -> bool,
+) -> Option<(&'static str, &'a Cached)> {
     let now = pass(&e.object);
     let before = e.prev.as_deref().is_some_and(pass);
     match e.kind {
@@ -215,6 +223,17 @@ pub fn event_line(kind: &str, object: &Value) -> Vec<u8> {
     let _ = serde_json::to_writer(&mut line, kind);
     line.extend_from_slice(b",\"object\":");
     let _ = serde_json::to_writer(&mut line, object);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// [`event_line`] of an object already serialized (`json` must be one JSON object).
+pub fn raw_event_line(kind: &str, json: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(json.len() + 32);
+    line.extend_from_slice(b"{\"type\":");
+    let _ = serde_json::to_writer(&mut line, kind);
+    line.extend_from_slice(b",\"object\":");
+    line.extend_from_slice(json);
     line.extend_from_slice(b"}\n");
     line
 }
@@ -243,8 +262,11 @@ mod tests {
 
     #[test]
     fn filtered_watchers_see_objects_enter_and_leave() {
-        let obj = |app: &str| Arc::new(json!({"metadata": {"labels": {"app": app}}}));
-        let pass = |o: &Value| o["metadata"]["labels"]["app"] == "web";
+        let obj = |app: &str| {
+            let o = json!({"metadata": {"labels": {"app": app}}, "spec": {"big": "x"}});
+            Arc::new(Cached::new(&o, &["/metadata/labels".to_string()]))
+        };
+        let pass = |c: &Cached| c.index()["metadata"]["labels"]["app"] == "web";
         let ev = |kind, now, prev| CacheEvent {
             kind,
             rv: 2,
@@ -271,5 +293,16 @@ mod tests {
         );
         assert!(translate(&ev(Kind::Modified, obj("db"), Some(obj("db"))), &pass).is_none());
         assert!(translate(&ev(Kind::Added, obj("db"), None), &pass).is_none());
+    }
+
+    #[test]
+    fn raw_lines_are_the_same_as_serialized_ones() {
+        let o = json!({"kind": "Pod", "metadata": {"name": "a\"b", "labels": {"x": "é"}}});
+        let c = Cached::new(&o, &[]);
+        assert_eq!(
+            raw_event_line("ADDED", c.json()),
+            event_line("ADDED", &o),
+            "a cached object's event line is byte for byte the serialized one"
+        );
     }
 }

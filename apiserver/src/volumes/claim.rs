@@ -162,7 +162,7 @@ impl ClaimAdmission {
         else {
             return Ok(None);
         };
-        let classes = api.cacher(&info)?.list("").0;
+        let classes = api.cacher(&info)?.values("").0;
         Ok(pick_default(&classes))
     }
 }

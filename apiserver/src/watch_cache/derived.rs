@@ -71,7 +71,7 @@ impl<T: Default> Derived<T> {
         if let Some(v) = self.cached(&now) {
             return v;
         }
-        let lists: Vec<Vec<Arc<Value>>> = cachers.iter().map(|c| c.list("").0).collect();
+        let lists: Vec<Vec<Arc<Value>>> = cachers.iter().map(|c| c.values("").0).collect();
         let value = Arc::new(build(&lists));
         if let Ok(mut slot) = self.current.write() {
             *slot = Some((now, value.clone()));

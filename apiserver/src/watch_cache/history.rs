@@ -7,7 +7,8 @@
 //! ConfigMap held 2.48 GiB here. This history is bounded three ways, checked on every append
 //! (and when the cache's revision moves):
 //! - at most [`HistoryLimits::max_events`] events;
-//! - at most [`HistoryLimits::max_bytes`] bytes, by [`approx_size`] of each event's object;
+//! - at most [`HistoryLimits::max_bytes`] bytes, by [`Cached::size`](super::Cached::size) of
+//!   each event's object (its JSON and its selector index);
 //! - no event older than [`HistoryLimits::window`] — except the newest
 //!   [`HistoryLimits::min_events`], so a quiet resource still serves a watch resuming from its
 //!   last change, as Kubernetes' lower-bound capacity does.
@@ -47,8 +48,11 @@ pub struct HistoryLimits {
 
 impl Default for HistoryLimits {
     fn default() -> Self {
+        // Kubernetes' upper capacity. Held as JSON, 64 MiB of pod events is ~22,000 of them:
+        // the byte bound usually decides, and the count only bounds the entries' own overhead
+        // (10,000 was 6 s of history while 50,000 pods started, and informers relisted).
         HistoryLimits {
-            max_events: 10_000,
+            max_events: 102_400,
             max_bytes: 64 * 1024 * 1024,
             window: Duration::from_secs(75),
             min_events: 100,
@@ -126,7 +130,7 @@ impl History {
 
     /// Appends an event (revisions only grow) and drops what the limits no longer allow.
     pub(super) fn push(&mut self, event: Arc<CacheEvent>, now: Instant) {
-        let bytes = approx_size(&event.object);
+        let bytes = event.object.size();
         self.bytes += bytes;
         self.entries.push_back(Entry {
             event,
@@ -171,16 +175,17 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch_cache::Kind;
+    use crate::watch_cache::{Cached, Kind};
     use serde_json::json;
 
     fn event(rv: i64, payload: usize) -> Arc<CacheEvent> {
         Arc::new(CacheEvent {
             kind: Kind::Modified,
             rv,
-            object: Arc::new(
-                json!({"metadata": {"name": "a"}, "data": {"k": "x".repeat(payload)}}),
-            ),
+            object: Arc::new(Cached::new(
+                &json!({"metadata": {"name": "a"}, "data": {"k": "x".repeat(payload)}}),
+                &[],
+            )),
             prev: None,
         })
     }

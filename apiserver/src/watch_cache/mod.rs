@@ -2,6 +2,10 @@
 //! of every object plus a bounded history of events, and every client LIST and WATCH of that
 //! resource is served from it — a thousand watchers cost one store watch.
 //!
+//! Objects are held serialized, with a sparse index of what selectors read ([`Cached`]): a
+//! plain JSON list or watch writes the bytes as they are, and only what must be read whole
+//! (Tables, metadata views, admission's lookups) is parsed.
+//!
 //! # States
 //! `Empty → Listing → Watching`; on a broken or compacted store watch it relists. A relist ends
 //! every client watch (their stream closes), so clients re-watch from their last resourceVersion:
@@ -21,6 +25,7 @@
 //! oldest event is closed, and re-watches (410 → relist). The history's bounds (count, bytes,
 //! time; see [`history`]) are the cache's whole memory beyond its current objects.
 
+mod cached;
 pub mod derived;
 mod history;
 
@@ -37,6 +42,7 @@ use tokio::time::Instant;
 use crate::errors::{ApiError, ApiResult};
 use crate::object::ObjectExt;
 use crate::registry::ResourceInfo;
+pub use cached::Cached;
 use history::History;
 pub use history::{HistoryLimits, approx_size};
 
@@ -62,12 +68,12 @@ impl Kind {
 pub struct CacheEvent {
     pub kind: Kind,
     pub rv: i64,
-    pub object: Arc<Value>,
-    pub prev: Option<Arc<Value>>,
+    pub object: Arc<Cached>,
+    pub prev: Option<Arc<Cached>>,
 }
 
 struct State {
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Arc<Cached>>,
     rv: i64,
     history: History,
     ready: bool,
@@ -82,8 +88,9 @@ struct State {
 /// What the watch cache of one resource holds, for metrics and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheMemory {
-    /// Current objects.
+    /// Current objects, and the bytes they hold ([`Cached::size`]).
     pub objects: usize,
+    pub object_bytes: usize,
     /// Events in the history, and the bytes their objects hold ([`approx_size`]).
     pub events: usize,
     pub event_bytes: usize,
@@ -93,6 +100,8 @@ pub struct CacheMemory {
 
 pub struct Cacher {
     info: Arc<ResourceInfo>,
+    /// What each object's index keeps ([`cached::index_pointers`]).
+    pointers: Vec<String>,
     /// The server, for a resource whose objects its conversion webhook converts.
     api: std::sync::Weak<crate::ApiServer>,
     state: Arc<RwLock<State>>,
@@ -144,6 +153,7 @@ impl Cacher {
             stopped: false,
         };
         let cacher = Arc::new(Cacher {
+            pointers: cached::index_pointers(&info),
             info,
             api,
             state: Arc::new(RwLock::new(state)),
@@ -179,7 +189,7 @@ impl Cacher {
     /// One Listing → Watching cycle; returns when the store watch ends.
     async fn sync(&self, store: &Arc<dyn Storage>) -> Result<(), StorageError> {
         let prefix = self.info.prefix();
-        let mut objects = BTreeMap::new();
+        let mut objects: BTreeMap<String, Value> = BTreeMap::new();
         let mut opts = ListOptions {
             limit: Some(500),
             ..Default::default()
@@ -189,7 +199,7 @@ impl Cacher {
             for kv in &page.items {
                 match self.info.decode(&kv.value, kv.mod_revision) {
                     Some(v) => {
-                        objects.insert(kv.key.clone(), Arc::new(v));
+                        objects.insert(kv.key.clone(), v);
                     }
                     None => {
                         tracing::error!(key = %kv.key, "stored object is not a JSON object; skipped")
@@ -203,13 +213,16 @@ impl Cacher {
             opts.start_after = page.items.last().map(|kv| kv.key.clone());
         };
         if self.info.conversion_webhook.is_some() {
-            let (keys, values): (Vec<String>, Vec<Arc<Value>>) = objects.into_iter().unzip();
-            let values = values.into_iter().map(Arc::unwrap_or_clone).collect();
+            let (keys, values): (Vec<String>, Vec<Value>) = objects.into_iter().unzip();
             objects = keys
                 .into_iter()
-                .zip(self.converted(values).await?.into_iter().map(Arc::new))
+                .zip(self.converted(values).await?)
                 .collect();
         }
+        let objects: BTreeMap<String, Arc<Cached>> = objects
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(Cached::new(&v, &self.pointers))))
+            .collect();
         let mut stream = store.watch(&prefix, revision).await?;
         {
             // A new generation: old client watches end, new ones see the fresh state.
@@ -288,45 +301,49 @@ impl Cacher {
         }
     }
 
+    /// Applies one change. The object is serialized before the lock is taken: only this
+    /// cache's own sync task changes its objects, so what is read first is still current.
     fn apply(&self, key: String, kind: Kind, rv: i64, obj: Option<Value>) {
-        let mut st = self.state.write().expect("cache lock");
-        let prev = st.objects.get(&key).cloned();
-        let event = match (kind, obj) {
+        let object = match (kind, obj) {
             (Kind::Deleted, _) => {
-                let Some(prev) = st.objects.remove(&key) else {
-                    st.rv = rv;
-                    drop(st);
-                    self.rv_tx.send_replace(rv);
-                    return;
-                };
-                let mut gone = (*prev).clone();
-                gone.set_meta("resourceVersion", Value::String(rv.to_string()));
-                CacheEvent {
-                    kind,
-                    rv,
-                    object: Arc::new(gone),
-                    prev: Some(prev),
-                }
+                let prev = self
+                    .state
+                    .read()
+                    .expect("cache lock")
+                    .objects
+                    .get(&key)
+                    .cloned();
+                prev.map(|prev| {
+                    let mut gone = prev.value();
+                    gone.set_meta("resourceVersion", Value::String(rv.to_string()));
+                    Arc::new(Cached::new(&gone, &self.pointers))
+                })
             }
-            (_, Some(obj)) => {
-                let obj = Arc::new(obj);
-                st.objects.insert(key, obj.clone());
-                CacheEvent {
-                    kind: if prev.is_some() {
-                        Kind::Modified
-                    } else {
-                        Kind::Added
-                    },
-                    rv,
-                    object: obj,
-                    prev,
-                }
-            }
+            (_, Some(obj)) => Some(Arc::new(Cached::new(&obj, &self.pointers))),
             (_, None) => return,
         };
-        st.history.push(Arc::new(event), Instant::now());
+        let mut st = self.state.write().expect("cache lock");
+        if let Some(object) = object {
+            let prev = if kind == Kind::Deleted {
+                st.objects.remove(&key)
+            } else {
+                st.objects.insert(key, object.clone())
+            };
+            let kind = match (kind, &prev) {
+                (Kind::Deleted, _) => Kind::Deleted,
+                (_, Some(_)) => Kind::Modified,
+                (_, None) => Kind::Added,
+            };
+            let event = CacheEvent {
+                kind,
+                rv,
+                object,
+                prev,
+            };
+            st.history.push(Arc::new(event), Instant::now());
+            st.changes += 1;
+        }
         st.rv = rv;
-        st.changes += 1;
         drop(st);
         // Client watches read the event from the history; this wakes them.
         self.rv_tx.send_replace(rv);
@@ -382,7 +399,7 @@ impl Cacher {
     }
 
     /// Objects under `prefix` (a namespace's, or all) and the revision they reflect.
-    pub fn list(&self, prefix: &str) -> (Vec<Arc<Value>>, i64) {
+    pub fn list(&self, prefix: &str) -> (Vec<Arc<Cached>>, i64) {
         let st = self.state.read().expect("cache lock");
         let items = st
             .objects
@@ -394,8 +411,20 @@ impl Cacher {
     }
 
     /// One object from the cache.
-    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+    pub fn get(&self, key: &str) -> Option<Arc<Cached>> {
         self.state.read().ok()?.objects.get(key).cloned()
+    }
+
+    /// [`Cacher::list`], each object parsed: for the small resources admission and
+    /// authorization read whole (classes, quotas, policies).
+    pub fn values(&self, prefix: &str) -> (Vec<Arc<Value>>, i64) {
+        let (items, rv) = self.list(prefix);
+        (items.iter().map(|o| Arc::new(o.value())).collect(), rv)
+    }
+
+    /// [`Cacher::get`], parsed.
+    pub fn get_value(&self, key: &str) -> Option<Arc<Value>> {
+        self.get(key).map(|o| Arc::new(o.value()))
     }
 
     /// What the cache holds now.
@@ -403,6 +432,7 @@ impl Cacher {
         let st = self.state.read().expect("cache lock");
         CacheMemory {
             objects: st.objects.len(),
+            object_bytes: st.objects.values().map(|o| o.size()).sum(),
             events: st.history.len(),
             event_bytes: st.history.bytes(),
             oldest: st.history.oldest(),

@@ -338,7 +338,7 @@ fn service_address(
     };
     let (info, services) = cached("", "services").ok_or("services are not served")?;
     let svc = services
-        .get(&info.key(Some(namespace), name))
+        .get_value(&info.key(Some(namespace), name))
         .ok_or_else(|| format!("service \"{name}\" not found"))?;
     let svc_port = svc["spec"]["ports"]
         .as_array()
@@ -350,11 +350,14 @@ fn service_address(
     let mut ready = Vec::new();
     if let Some((info, slices)) = cached("discovery.k8s.io", "endpointslices") {
         for slice in slices.list(&info.list_prefix(Some(namespace))).0 {
-            if slice.pointer("/metadata/labels/kubernetes.io~1service-name")
+            if slice
+                .index()
+                .pointer("/metadata/labels/kubernetes.io~1service-name")
                 != Some(&Value::from(name))
             {
                 continue;
             }
+            let slice = slice.value();
             let Some(target) = slice["ports"]
                 .as_array()
                 .into_iter()
