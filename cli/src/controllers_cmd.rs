@@ -134,6 +134,12 @@ pub struct ManagerArgs {
     /// Autoscalers synced at once.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub concurrent_horizontal_pod_autoscaler_syncs: u32,
+    /// ReplicaSets reconciled at once (each creates its pods in slow-start batches).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub concurrent_replicaset_syncs: u16,
+    /// Deployments reconciled at once.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub concurrent_deployment_syncs: u16,
     /// Where the GitOps controller caches the repositories it fetches (`capstan up`:
     /// DATA_DIR/gitops; else capstan-gitops under the temporary directory).
     #[arg(long)]
@@ -406,6 +412,8 @@ impl ManagerArgs {
                     cluster_signing: cluster_signing.clone(),
                     cluster_signing_duration: signing_duration,
                     autoscaler,
+                    concurrent_replicaset_syncs: self.concurrent_replicaset_syncs,
+                    concurrent_deployment_syncs: self.concurrent_deployment_syncs,
                     gitops: match &self.gitops_cache_dir {
                         Some(dir) => capstan_controllers::gitops::Config {
                             cache_dir: dir.clone(),

@@ -167,8 +167,13 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(code.clamp(0, 255) as u8);
     }
     init_tracing();
+    // The blocking pool serves the embedded store's reads (and file I/O). Tokio allows 512
+    // threads; under a burst of reads (50,000 pods starting) the API server grew 240 of them,
+    // each with its own allocator heap holding pages: more threads than this do not read faster
+    // on any machine the store suits, and beyond it reads queue.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(32)
         .build()
     {
         Ok(rt) => rt,

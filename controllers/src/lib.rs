@@ -360,6 +360,9 @@ pub struct Manager {
     pub autoscaler: autoscaler::Config,
     /// Where the GitOps controller caches repositories.
     pub gitops: gitops::Config,
+    /// ReplicaSets and Deployments reconciled at once.
+    pub concurrent_replicaset_syncs: u16,
+    pub concurrent_deployment_syncs: u16,
     /// The time the time-driven controllers (CronJobs, TTLs) read.
     pub clock: runtime::Clock,
     /// The cluster CA (PEM) the root-CA publisher puts in every namespace (`--root-ca-file`).
@@ -389,6 +392,11 @@ pub struct Config {
     pub job: job::plan::Settings,
     pub autoscaler: autoscaler::Config,
     pub gitops: gitops::Config,
+    /// `--concurrent-replicaset-syncs` and `--concurrent-deployment-syncs` (Kubernetes' 5
+    /// each): ReplicaSets and Deployments reconciled at once. Unbounded, 500 ReplicaSets
+    /// scaling up together had thousands of pod creates in flight (a connection each).
+    pub concurrent_replicaset_syncs: u16,
+    pub concurrent_deployment_syncs: u16,
     pub clock: runtime::Clock,
     pub root_ca: Option<String>,
     pub cluster_signing: Option<Arc<capstan_pki::Ca>>,
@@ -410,6 +418,8 @@ impl Default for Config {
             job: job::plan::Settings::default(),
             autoscaler: autoscaler::Config::default(),
             gitops: gitops::Config::default(),
+            concurrent_replicaset_syncs: 5,
+            concurrent_deployment_syncs: 5,
             clock: runtime::Clock::system(),
             root_ca: None,
             cluster_signing: None,
@@ -447,6 +457,8 @@ impl Manager {
             job: config.job,
             autoscaler: config.autoscaler,
             gitops: config.gitops,
+            concurrent_replicaset_syncs: config.concurrent_replicaset_syncs.max(1),
+            concurrent_deployment_syncs: config.concurrent_deployment_syncs.max(1),
             clock: config.clock,
             root_ca: config.root_ca,
             cluster_signing: config.cluster_signing,
@@ -474,6 +486,8 @@ impl Manager {
             job: self.job,
             autoscaler: self.autoscaler,
             gitops: self.gitops.clone(),
+            concurrent_replicaset_syncs: self.concurrent_replicaset_syncs,
+            concurrent_deployment_syncs: self.concurrent_deployment_syncs,
             clock: self.clock,
             root_ca: self.root_ca.clone(),
             cluster_signing: self.cluster_signing.clone(),

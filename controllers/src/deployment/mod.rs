@@ -62,7 +62,10 @@ pub async fn run(m: Arc<Manager>) {
         })
         .watches_shared_stream(pod_inf.objects(), move |pod| {
             recreate_owner_of(&for_pods, &rs_lookup, &pod)
-        });
+        })
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(m.concurrent_deployment_syncs),
+        );
     d_inf.wait_synced().await;
     rs_inf.wait_synced().await;
     pod_inf.wait_synced().await;

@@ -63,7 +63,10 @@ pub async fn run(m: Arc<Manager>) {
             claims::owners_of(&lookup, &pod.metadata, |rs: &ReplicaSet| {
                 rs.spec.as_ref().map(|s| &s.selector)
             })
-        });
+        })
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(m.concurrent_replicaset_syncs),
+        );
     // Never act on a partial picture of the pods.
     pod_informer.wait_synced().await;
     rs_informer.wait_synced().await;
