@@ -45,6 +45,7 @@ bench: deps
 	$(CARGO) run --release -p capstan -- bench crd
 	$(CARGO) run --release -p capstan -- bench schedule
 	$(CARGO) run --release -p capstan -- bench nodes
+	$(CARGO) run --release -p capstan -- bench cluster --plot-dir docs/benchmarks
 	$(CARGO) run --release -p capstan -- bench pods
 	$(CARGO) run --release -p capstan -- bench services
 	$(CARGO) run --release -p capstan -- bench dns

@@ -30,6 +30,9 @@ pub struct SimArgs {
     /// Milliseconds a bound pod takes to become Running and Ready.
     #[arg(long, default_value_t = 0)]
     ready_after_ms: u64,
+    /// Each node posts its status again this often, as an agent does (0: only at registration).
+    #[arg(long, default_value_t = 0)]
+    status_every_seconds: u64,
 }
 
 pub async fn run(client_args: ClientArgs, args: SimArgs) -> Result<()> {
@@ -42,6 +45,8 @@ pub async fn run(client_args: ClientArgs, args: SimArgs) -> Result<()> {
         memory: args.memory,
         pods: args.pods,
         ready_after: Duration::from_millis(args.ready_after_ms),
+        status_every: (args.status_every_seconds > 0)
+            .then(|| Duration::from_secs(args.status_every_seconds)),
         ..Default::default()
     };
     let started = Instant::now();

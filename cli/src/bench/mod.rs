@@ -6,6 +6,7 @@ mod admission;
 mod api;
 mod auth;
 mod autoscale;
+mod cluster;
 mod crd;
 mod cri;
 mod daemonset;
@@ -16,6 +17,7 @@ mod ingress;
 mod jobs;
 mod multinode;
 mod nodes;
+mod plot;
 mod pods;
 mod quota;
 mod schedule;
@@ -85,6 +87,10 @@ enum Which {
     /// Node lifecycle: failover of 100 pods from a node that dies (overhead beyond grace +
     /// tolerationSeconds), and the node-lifecycle controller's CPU watching 5,000 healthy nodes.
     Nodes(nodes::NodesBench),
+    /// The control plane at scale: 5,000 simulated nodes, 50,000 pods through Deployments,
+    /// then pod churn — API latency per verb and resource, pod startup, each process's memory
+    /// over time (with PNG plots).
+    Cluster(cluster::ClusterBench),
     /// Pod startup on containerd (1 pod, 30 at once) against raw CRI and `ctr run -d`, and the
     /// agent's RSS with 30 pods.
     Pods(pods::PodsBench),
@@ -128,6 +134,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Idle(b) => idle::run(b).await,
         Which::Pods(b) => pods::run(b).await,
         Which::Nodes(b) => nodes::run(b).await,
+        Which::Cluster(b) => cluster::run(b).await,
         Which::Services(b) => services::run(b).await,
         Which::Dns(b) => services::dns(b).await,
         Which::Ha(b) => ha::run(b).await,
