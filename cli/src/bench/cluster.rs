@@ -294,23 +294,13 @@ fn parse_caches(text: &str) -> BTreeMap<String, [f64; 4]> {
         else {
             continue;
         };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
+        let Some((labels, value)) = sample_of(rest) else {
             continue;
         };
-        let label = |k: &str| {
-            labels.split(',').find_map(|kv| {
-                let (n, v) = kv.split_once('=')?;
-                (n == k).then(|| v.trim_matches('"').to_string())
-            })
+        let Some(key) = resource_key(&labels) else {
+            continue;
         };
-        let (group, resource) = (label("group").unwrap_or_default(), label("resource"));
-        let Some(resource) = resource else { continue };
-        let key = if group.is_empty() {
-            resource
-        } else {
-            format!("{resource}.{group}")
-        };
-        out.entry(key).or_default()[i] = value.trim().parse().unwrap_or(0.0);
+        out.entry(key).or_default()[i] = value.parse().unwrap_or(0.0);
     }
     out
 }
@@ -341,38 +331,50 @@ fn parse_histograms(text: &str) -> Histograms {
         let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_bucket{") else {
             continue;
         };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
+        let Some((labels, value)) = sample_of(rest) else {
             continue;
         };
-        let label = |name: &str| {
-            labels.split(',').find_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                (k == name).then(|| v.trim_matches('"').to_string())
-            })
-        };
         let (Some(verb), Some(resource), Some(le)) =
-            (label("verb"), label("resource"), label("le"))
+            (labels.get("verb"), resource_key(&labels), labels.get("le"))
         else {
             continue;
         };
-        let group = label("group").unwrap_or_default();
-        let resource = if group.is_empty() {
-            resource
-        } else {
-            format!("{resource}.{group}")
-        };
-        let le = if le == "+Inf" {
+        let le = if *le == "+Inf" {
             f64::INFINITY
         } else {
             le.parse().unwrap_or(f64::INFINITY)
         };
-        let count = value.trim().parse().unwrap_or(0.0);
-        out.entry((verb, resource)).or_default().push((le, count));
+        let count = value.parse().unwrap_or(0.0);
+        out.entry((verb.to_string(), resource))
+            .or_default()
+            .push((le, count));
     }
     for b in out.values_mut() {
         b.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     out
+}
+
+/// One Prometheus text sample, after its metric name's `{`: its labels and its value.
+fn sample_of(rest: &str) -> Option<(HashMap<&str, &str>, &str)> {
+    let (labels, value) = rest.rsplit_once("} ")?;
+    let labels = labels
+        .split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k, v.trim_matches('"')))
+        })
+        .collect();
+    Some((labels, value.trim()))
+}
+
+/// `pods`, or `deployments.apps`: a sample's resource and group.
+fn resource_key(labels: &HashMap<&str, &str>) -> Option<String> {
+    let resource = labels.get("resource")?;
+    Some(match labels.get("group") {
+        Some(g) if !g.is_empty() => format!("{resource}.{g}"),
+        _ => resource.to_string(),
+    })
 }
 
 /// `after - before`, bucket by bucket.
