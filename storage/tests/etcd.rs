@@ -176,6 +176,20 @@ async fn defragment_gives_compacted_space_back_on_every_member() {
     assert_eq!(store.get("big").await.unwrap().unwrap(), kv);
 }
 
+/// The slowest of 40 creates under `prefix/`, each of which must succeed.
+async fn slowest_of_40_creates(store: &EtcdStore, prefix: &str) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        let t = Instant::now();
+        store
+            .create(&format!("{prefix}/{i}"), Bytes::from("v"))
+            .await
+            .unwrap_or_else(|e| panic!("write {prefix}/{i}: {e}"));
+        slowest = slowest.max(t.elapsed());
+    }
+    slowest
+}
+
 /// A member of three killed with -9: once the store has noticed (a probe every 500 ms), no
 /// request waits on the dead member — every write answers within 300 ms, or within twice the
 /// slowest of 40 writes before the kill when the machine is that loaded (a full CI run's fsyncs
@@ -193,30 +207,14 @@ async fn a_dead_member_is_taken_out_of_the_balance() {
         .await
         .unwrap();
     store.create("k/before", Bytes::from("v")).await.unwrap();
-    let mut slowest_before = Duration::ZERO;
-    for i in 0..40 {
-        let t = Instant::now();
-        store
-            .create(&format!("warm/{i}"), Bytes::from("v"))
-            .await
-            .unwrap();
-        slowest_before = slowest_before.max(t.elapsed());
-    }
+    let slowest_before = slowest_of_40_creates(&store, "warm").await;
     let bound = (slowest_before * 2)
         .max(Duration::from_millis(300))
         .min(Duration::from_secs(1));
     etcd.kill(0);
     // Noticed within a probe period and its timeout; writes meanwhile may wait and succeed.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let mut slowest = Duration::ZERO;
-    for i in 0..40 {
-        let t = Instant::now();
-        store
-            .create(&format!("k/{i}"), Bytes::from("v"))
-            .await
-            .unwrap_or_else(|e| panic!("write {i}: {e}"));
-        slowest = slowest.max(t.elapsed());
-    }
+    let slowest = slowest_of_40_creates(&store, "k").await;
     assert!(
         slowest < bound,
         "the slowest write took {slowest:?} (bound {bound:?}; before the kill {slowest_before:?})"

@@ -271,10 +271,7 @@ async fn serve(
                 crate::rest::list::Listed::Cache(items, rv) if !table && view == View::Object => {
                     return Ok(raw_list_response(t, items, rv));
                 }
-                crate::rest::list::Listed::Cache(items, rv) => {
-                    (items.iter().map(|o| o.value()).collect(), rv, None)
-                }
-                crate::rest::list::Listed::Store(items, rv, cont) => (items, rv, cont),
+                listed => listed.into_values(),
             };
             if table {
                 return Ok(json_response(

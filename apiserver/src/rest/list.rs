@@ -22,6 +22,16 @@ pub enum Listed {
     Store(Vec<Value>, i64, Option<String>),
 }
 
+impl Listed {
+    /// The objects parsed, the revision, the continue token.
+    pub fn into_values(self) -> (Vec<Value>, i64, Option<String>) {
+        match self {
+            Listed::Cache(items, rv) => (items.iter().map(|o| o.value()).collect(), rv, None),
+            Listed::Store(items, rv, cont) => (items, rv, cont),
+        }
+    }
+}
+
 impl ApiServer {
     /// A list: from the watch cache when it is current, else (or when paginating) from the store.
     pub async fn list(
@@ -29,10 +39,7 @@ impl ApiServer {
         t: &Target,
         p: &Params,
     ) -> ApiResult<(Vec<Value>, i64, Option<String>)> {
-        Ok(match self.list_objects(t, p).await? {
-            Listed::Cache(items, rv) => (items.iter().map(|o| o.value()).collect(), rv, None),
-            Listed::Store(items, rv, cont) => (items, rv, cont),
-        })
+        Ok(self.list_objects(t, p).await?.into_values())
     }
 
     /// [`ApiServer::list`], leaving the cache's objects serialized: a plain JSON list writes

@@ -218,22 +218,23 @@ fn translate<'a>(
 /// WatchEvent) decodes the object straight into its type instead of buffering it — and the
 /// object serialized where it is, not copied.
 pub fn event_line(kind: &str, object: &Value) -> Vec<u8> {
-    let mut line = Vec::with_capacity(256);
-    line.extend_from_slice(b"{\"type\":");
-    let _ = serde_json::to_writer(&mut line, kind);
-    line.extend_from_slice(b",\"object\":");
-    let _ = serde_json::to_writer(&mut line, object);
-    line.extend_from_slice(b"}\n");
-    line
+    line_around(kind, 256, |line| {
+        let _ = serde_json::to_writer(line, object);
+    })
 }
 
 /// [`event_line`] of an object already serialized (`json` must be one JSON object).
 pub fn raw_event_line(kind: &str, json: &[u8]) -> Vec<u8> {
-    let mut line = Vec::with_capacity(json.len() + 32);
+    line_around(kind, json.len() + 32, |line| line.extend_from_slice(json))
+}
+
+/// `{"type":KIND,"object":` + what `object` writes + `}` and a newline.
+fn line_around(kind: &str, capacity: usize, object: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut line = Vec::with_capacity(capacity);
     line.extend_from_slice(b"{\"type\":");
     let _ = serde_json::to_writer(&mut line, kind);
     line.extend_from_slice(b",\"object\":");
-    line.extend_from_slice(json);
+    object(&mut line);
     line.extend_from_slice(b"}\n");
     line
 }
