@@ -101,6 +101,70 @@ pub fn validate(obj: &Value) -> Vec<FieldError> {
             message: format!("Invalid value: must be {}", name_of(group, version)),
         });
     }
+    let spec = &obj["spec"];
+    let mut invalid = |field: &str, value: String, message: &str| {
+        errs.push(FieldError {
+            field: format!("spec.{field}"),
+            value,
+            message: message.into(),
+        })
+    };
+    let (group_min, version_priority) = (
+        spec["groupPriorityMinimum"].as_i64().unwrap_or_default(),
+        spec["versionPriority"].as_i64().unwrap_or_default(),
+    );
+    if !(1..=20000).contains(&group_min) {
+        invalid(
+            "groupPriorityMinimum",
+            group_min.to_string(),
+            "Invalid value: must be positive and less than 20000",
+        );
+    }
+    if !(1..=1000).contains(&version_priority) {
+        invalid(
+            "versionPriority",
+            version_priority.to_string(),
+            "Invalid value: must be positive and less than 1000",
+        );
+    }
+    let ca_bundle = spec["caBundle"].as_str().filter(|b| !b.is_empty());
+    let insecure = spec["insecureSkipTLSVerify"].as_bool() == Some(true);
+    match spec.get("service").filter(|s| !s.is_null()) {
+        None => {
+            if ca_bundle.is_some() {
+                invalid(
+                    "caBundle",
+                    "<bundle>".into(),
+                    "Invalid value: local APIServices do not have certificates",
+                );
+            }
+            if insecure {
+                invalid(
+                    "insecureSkipTLSVerify",
+                    "true".into(),
+                    "Invalid value: local APIServices do not have certificates",
+                );
+            }
+        }
+        Some(svc) => {
+            // The same shape as a webhook's service reference.
+            let config = json!({"service": svc, "caBundle": spec["caBundle"]});
+            for (field, message) in crate::webhook::client::check_config(&config, "spec") {
+                errs.push(FieldError {
+                    field,
+                    value: String::new(),
+                    message,
+                });
+            }
+            if insecure && ca_bundle.is_some() {
+                errs.push(FieldError {
+                    field: "spec.insecureSkipTLSVerify".into(),
+                    value: "true".into(),
+                    message: "Invalid value: true: may not be true if caBundle is present".into(),
+                });
+            }
+        }
+    }
     errs
 }
 

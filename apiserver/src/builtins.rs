@@ -202,6 +202,7 @@ pub fn builtins() -> Vec<ResourceInfo> {
         true,
         Builtin::of::<autoscaling::HorizontalPodAutoscaler>()
             .defaults(defaults::autoscaling::horizontal_pod_autoscaler)
+            .validate_with(crate::hpa::validate)
             .table(crate::table::hpas)
             .generation()
             .reset_status_on_create()

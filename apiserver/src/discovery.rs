@@ -200,6 +200,7 @@ fn versions_of(api: &ApiServer, group: &str) -> Vec<String> {
                 .filter(|r| r.group == group)
                 .map(|r| r.version.to_string()),
         )
+        .chain(api.aggregator.versions_of(api, group))
         .collect();
     versions.sort_by_key(|v| version_priority(v));
     versions.dedup();
@@ -214,6 +215,7 @@ fn groups(api: &ApiServer) -> Vec<String> {
         .iter()
         .map(|r| r.group.clone())
         .chain(virtual_resources().map(|r| r.group.to_string()))
+        .chain(api.aggregator.all(api).iter().map(|r| r.group.clone()))
         .filter(|g| !g.is_empty())
         .collect();
     groups.sort();
@@ -334,6 +336,9 @@ fn group_discovery(api: &ApiServer, group: &str) -> Value {
     let versions: Vec<Value> = versions_of(api, group)
         .iter()
         .filter_map(|v| {
+            if let Some(remote) = api.aggregator.remote(api, group, v) {
+                return Some(remote_version(api, &remote));
+            }
             let resources: Vec<Value> = resources(api, group, v)?
                 .into_iter()
                 .map(|r| {
@@ -371,6 +376,79 @@ fn group_discovery(api: &ApiServer, group: &str) -> Value {
         })
         .collect();
     json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+}
+
+/// An extension server's version in aggregated discovery, from the discovery document it
+/// last answered (`Stale` and empty until it has).
+fn remote_version(api: &ApiServer, remote: &crate::aggregator::Remote) -> Value {
+    let Some(doc) = api.aggregator.discovered(&remote.name) else {
+        return json!({"version": remote.version, "resources": [], "freshness": "Stale"});
+    };
+    let (g, v) = (remote.group.as_str(), remote.version.as_str());
+    let list = doc["resources"].as_array().cloned().unwrap_or_default();
+    let mut resources: Vec<Value> = Vec::new();
+    // A subresource whose resource is not listed (custom metrics adapters list only
+    // `pods/METRIC`) gets a placeholder parent, as kube-apiserver's conversion gives it.
+    let mut list = list;
+    let parents: Vec<Value> = list
+        .iter()
+        .filter_map(|s| {
+            let (parent, _) = s["name"].as_str()?.split_once('/')?;
+            let listed = list.iter().any(|r| r["name"].as_str() == Some(parent));
+            (!listed).then(
+                || json!({"name": parent, "namespaced": s["namespaced"], "kind": "", "verbs": []}),
+            )
+        })
+        .collect();
+    for p in parents {
+        if !list.iter().any(|r| r["name"] == p["name"]) {
+            list.push(p);
+        }
+    }
+    for r in &list {
+        let Some(name) = r["name"].as_str() else {
+            continue;
+        };
+        if name.contains('/') {
+            continue;
+        }
+        let prefix = format!("{name}/");
+        let subs: Vec<Value> = list
+            .iter()
+            .filter_map(|s| {
+                let sub = s["name"].as_str()?.strip_prefix(&prefix)?;
+                Some(json!({
+                    "subresource": sub,
+                    "responseKind": discovery_kind(
+                        s["group"].as_str().unwrap_or(g),
+                        s["version"].as_str().unwrap_or(v),
+                        s["kind"].as_str().unwrap_or_default(),
+                    ),
+                    "verbs": s["verbs"],
+                }))
+            })
+            .collect();
+        let mut e = json!({
+            "resource": name,
+            "responseKind": match r["kind"].as_str().unwrap_or_default() {
+                "" => json!({"group": "", "version": "", "kind": ""}),
+                kind => discovery_kind(g, v, kind),
+            },
+            "scope": if r["namespaced"].as_bool() == Some(true) { "Namespaced" } else { "Cluster" },
+            "singularResource": r["singularName"].as_str().unwrap_or_default(),
+            "verbs": r["verbs"],
+        });
+        for key in ["shortNames", "categories"] {
+            if r[key].as_array().is_some_and(|a| !a.is_empty()) {
+                e[key] = r[key].clone();
+            }
+        }
+        if !subs.is_empty() {
+            e["subresources"] = json!(subs);
+        }
+        resources.push(e);
+    }
+    json!({"version": v, "resources": resources, "freshness": "Current"})
 }
 
 fn aggregated(version: &str, items: Vec<Value>) -> Response {
@@ -426,7 +504,8 @@ pub async fn api_groups(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -
 
 /// GET /apis/{group}
 pub async fn group_info(State(api): State<Arc<ApiServer>>, Path(group): Path<String>) -> Response {
-    let answered = virtual_resources().any(|r| r.group == group);
+    let answered = virtual_resources().any(|r| r.group == group)
+        || !api.aggregator.versions_of(&api, &group).is_empty();
     if !answered && !api.registry.serves(&group, None) {
         return crate::errors::route_not_found().into_response();
     }
@@ -448,7 +527,11 @@ pub async fn core_resources(State(api): State<Arc<ApiServer>>) -> Response {
 pub async fn group_resources(
     State(api): State<Arc<ApiServer>>,
     Path((group, version)): Path<(String, String)>,
+    req: axum::extract::Request,
 ) -> Response {
+    if let Some(remote) = api.aggregator.remote(&api, &group, &version) {
+        return crate::aggregator::proxy::forward(api, remote, req).await;
+    }
     match resource_list(&api, &group, &version) {
         Some(l) => json_response(StatusCode::OK, &l),
         None => crate::errors::route_not_found().into_response(),

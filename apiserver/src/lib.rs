@@ -17,6 +17,7 @@
 
 pub mod admission;
 pub mod admission_policy;
+pub mod aggregator;
 pub mod apiservice;
 pub mod audit;
 pub mod auth;
@@ -34,6 +35,7 @@ pub mod discovery;
 pub mod ephemeral_containers;
 pub mod errors;
 pub mod events;
+pub mod hpa;
 pub mod http;
 pub mod ingress;
 pub mod metrics;
@@ -108,6 +110,8 @@ pub struct ApiServer {
     pub policies: admission_policy::Policies,
     /// Admission webhooks, compiled with their clients.
     pub webhooks: webhook::Webhooks,
+    /// The extension API servers of remote APIServices.
+    pub aggregator: aggregator::Aggregator,
     /// The ResourceQuota admission plugin, run on every create.
     pub quota: Arc<quota::admission::QuotaAdmission>,
     /// The server itself, for its watch caches' conversions.
@@ -160,6 +164,9 @@ pub struct Config {
     /// TLS to node agents (`--kubelet-certificate-authority`, `--kubelet-client-certificate`):
     /// `capstan up` and `capstan apiserver` make it from the cluster CA.
     pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The aggregation layer's client certificate (`--proxy-client-cert-file`) and the CAs
+    /// extension servers are told to trust.
+    pub front_proxy: Option<aggregator::FrontProxy>,
 }
 
 /// The namespaces every cluster starts with.
@@ -263,6 +270,7 @@ impl ApiServer {
             kubelet_tls: config.kubelet_tls,
             policies: Default::default(),
             webhooks: Default::default(),
+            aggregator: aggregator::Aggregator::new(config.front_proxy),
             quota: quota.clone(),
             store,
         });
@@ -299,6 +307,8 @@ impl ApiServer {
         admission_policy::type_checking::start(&api)?;
         apiservice::sync(&api).await?;
         apiservice::spawn(&api);
+        aggregator::publish_authentication(&api).await?;
+        aggregator::availability::spawn(&api);
         service::system::ensure_dns_service(&api).await?;
         api.ips.spawn_repair(Duration::from_secs(60));
         api.node_ports.spawn_repair(Duration::from_secs(60));

@@ -198,6 +198,7 @@ pub async fn run(mut args: UpArgs, with_controllers: bool) -> Result<()> {
             Some(&id),
         )?))
     };
+    let front_proxy = front_proxy(&pki_dir, args.auth.insecure_http)?;
     let config = capstan_apiserver::Config {
         service_cidr: args.service_cidr,
         node_ports: args.service_node_port_range,
@@ -211,6 +212,7 @@ pub async fn run(mut args: UpArgs, with_controllers: bool) -> Result<()> {
         inflight: args.serve.inflight(),
         service_account_admission: args.auth.service_account_admission(),
         kubelet_tls,
+        front_proxy: Some(front_proxy),
     };
     let api = ApiServer::with_config(store.clone(), registry, config)
         .await
@@ -540,6 +542,41 @@ fn advertise_address(
             .context("the host's IPv4 address (pass --advertise-address)")?,
     };
     Ok(std::net::SocketAddrV4::new(ip, listen.port()))
+}
+
+/// The aggregation layer's client certificate (`front-proxy-client`), from a CA of its own
+/// under `pki/front-proxy/` (never the cluster CA, which signs what CSRs ask for), and the
+/// cluster CA extension API servers may trust for client certificates.
+fn front_proxy(
+    pki_dir: &std::path::Path,
+    insecure_http: bool,
+) -> Result<capstan_apiserver::aggregator::FrontProxy> {
+    let dir = pki_dir.join("front-proxy");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca = capstan_pki::Ca::load_or_create(&dir).context("the front-proxy CA")?;
+    let identity = ca
+        .ensure_client(
+            &dir,
+            "client",
+            capstan_apiserver::aggregator::FRONT_PROXY_CLIENT,
+            &[],
+        )
+        .context("the front-proxy client certificate")?;
+    let client_ca_pem = if insecure_http {
+        None
+    } else {
+        Some(
+            capstan_pki::Ca::load_or_create(pki_dir)
+                .context("the cluster CA")?
+                .cert_pem()
+                .to_string(),
+        )
+    };
+    Ok(capstan_apiserver::aggregator::FrontProxy {
+        identity,
+        ca_pem: ca.cert_pem().to_string(),
+        client_ca_pem,
+    })
 }
 
 #[cfg(test)]

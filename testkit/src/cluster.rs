@@ -121,6 +121,9 @@ impl TestCluster {
         if config.auth.service_accounts.is_none() {
             config.auth.service_accounts = Some(crate::pki::pki().service_accounts());
         }
+        if config.front_proxy.is_none() {
+            config.front_proxy = Some(crate::pki::pki().front_proxy());
+        }
         let api = ApiServer::with_config(store.clone(), prometheus::Registry::new(), config)
             .await
             .unwrap();

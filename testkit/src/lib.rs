@@ -16,6 +16,7 @@ pub mod git;
 pub mod helm;
 pub mod keepalive;
 pub mod machines;
+pub mod metrics_adapter;
 pub mod net_slot;
 pub mod pki;
 pub mod portforward;

@@ -23,6 +23,10 @@ pub struct TestPki {
     pub serving: Issued,
     /// The key in-process API servers sign ServiceAccount tokens with (PKCS#8 PEM).
     pub service_account_key: String,
+    /// The front proxy's own CA and the `front-proxy-client` certificate in-process API
+    /// servers present to extension API servers.
+    pub front_proxy_ca: Ca,
+    pub front_proxy_client: Issued,
     client_tls: Arc<rustls::ClientConfig>,
 }
 
@@ -49,11 +53,17 @@ pub fn pki() -> &'static TestPki {
         );
         let service_account_key =
             capstan_pki::jwt::SigningKey::generate_pem().expect("a service-account key");
+        let front_proxy_ca = Ca::generate().expect("a front-proxy CA");
+        let front_proxy_client = front_proxy_ca
+            .client("front-proxy-client", &[])
+            .expect("the front-proxy certificate");
         TestPki {
             ca,
             admin,
             serving,
             service_account_key,
+            front_proxy_ca,
+            front_proxy_client,
             client_tls,
         }
     })
@@ -69,6 +79,16 @@ impl TestPki {
             capstan_pki::jwt::SigningKey::from_pem(&self.service_account_key)
                 .expect("the harness's service-account key"),
         )
+    }
+
+    /// What in-process API servers present to extension API servers, and publish.
+    #[cfg(feature = "cluster")]
+    pub fn front_proxy(&self) -> capstan_apiserver::aggregator::FrontProxy {
+        capstan_apiserver::aggregator::FrontProxy {
+            identity: self.front_proxy_client.clone(),
+            ca_pem: self.front_proxy_ca.cert_pem().to_string(),
+            client_ca_pem: Some(self.ca.cert_pem().to_string()),
+        }
     }
 
     /// The TLS configuration in-process API servers serve with.

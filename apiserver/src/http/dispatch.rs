@@ -78,15 +78,29 @@ pub async fn core_dispatch(
     .await
 }
 
+/// A named group's request: proxied to the extension API server of a remote APIService
+/// ([`crate::aggregator`]), else served here.
 pub async fn group_dispatch(
     State(api): State<Arc<ApiServer>>,
-    method: Method,
     Path((group, version, rest)): Path<(String, String, String)>,
     Query(q): Q,
-    headers: HeaderMap,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
-    dispatch(api, method, group, version, rest, q, headers, body).await
+    if let Some(remote) = api.aggregator.remote(&api, &group, &version) {
+        return crate::aggregator::proxy::forward(api, remote, req).await;
+    }
+    let (parts, body) = req.into_parts();
+    dispatch(
+        api,
+        parts.method,
+        group,
+        version,
+        rest,
+        q,
+        parts.headers,
+        body,
+    )
+    .await
 }
 
 /// Whether `sub` is a subresource that writes fields of the object (pods/ephemeralcontainers),

@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::ApiServer;
 
 /// Where the system's trusted roots are on Debian (used when `caBundle` is empty).
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub(crate) const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Idle connections kept per webhook.
 const MAX_IDLE: usize = 16;
 /// Responses larger than this are refused (kube-apiserver reads at most 3 MiB more than the
@@ -115,7 +115,7 @@ pub fn check_config(config: &Value, path: &str) -> Vec<(String, String)> {
     errs
 }
 
-fn decode_bundle(b64: &str) -> Result<String, String> {
+pub(crate) fn decode_bundle(b64: &str) -> Result<String, String> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
@@ -326,12 +326,30 @@ impl Client {
 
 /// `host:port` of a ready endpoint of Service `namespace/name` for its port `port`, else of
 /// its ClusterIP.
-fn service_address(
+pub(crate) fn service_address(
     api: &ApiServer,
     namespace: &str,
     name: &str,
     port: i32,
 ) -> Result<String, String> {
+    let (svc, mut ready) = ready_endpoints(api, namespace, name, port)?;
+    if !ready.is_empty() {
+        return Ok(ready.swap_remove(fastrand::usize(..ready.len())));
+    }
+    match svc["spec"]["clusterIP"].as_str() {
+        Some(ip) if !ip.is_empty() && ip != "None" => Ok(host_port(ip, i64::from(port))),
+        _ => Err(format!("service {namespace}/{name} has no ready endpoints")),
+    }
+}
+
+/// Service `namespace/name` and the `host:port`s of its ready endpoints for its port `port`
+/// (from its EndpointSlices); an error when the Service or the port is not there.
+pub(crate) fn ready_endpoints(
+    api: &ApiServer,
+    namespace: &str,
+    name: &str,
+    port: i32,
+) -> Result<(Arc<Value>, Vec<String>), String> {
     let cached = |group: &str, plural: &str| {
         let info = api.registry.get(group, "v1", plural)?;
         api.cacher(&info).ok().map(|c| (info, c))
@@ -339,13 +357,15 @@ fn service_address(
     let (info, services) = cached("", "services").ok_or("services are not served")?;
     let svc = services
         .get_value(&info.key(Some(namespace), name))
-        .ok_or_else(|| format!("service \"{name}\" not found"))?;
+        .ok_or_else(|| format!("service/{name} in {namespace:?} is not present"))?;
     let svc_port = svc["spec"]["ports"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|p| p["port"].as_i64() == Some(i64::from(port)))
-        .ok_or_else(|| format!("service {namespace}/{name} has no port {port}"))?;
+        .ok_or_else(|| {
+            format!("service/{name} in {namespace:?} is not listening on port {port}")
+        })?;
     let port_name = svc_port["name"].as_str().unwrap_or_default();
     let mut ready = Vec::new();
     if let Some((info, slices)) = cached("discovery.k8s.io", "endpointslices") {
@@ -377,13 +397,7 @@ fn service_address(
             }
         }
     }
-    if !ready.is_empty() {
-        return Ok(ready.swap_remove(fastrand::usize(..ready.len())));
-    }
-    match svc["spec"]["clusterIP"].as_str() {
-        Some(ip) if !ip.is_empty() && ip != "None" => Ok(host_port(ip, i64::from(port))),
-        _ => Err(format!("service {namespace}/{name} has no ready endpoints")),
-    }
+    Ok((svc, ready))
 }
 
 fn host_port(ip: &str, port: i64) -> String {

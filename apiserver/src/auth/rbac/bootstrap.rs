@@ -623,5 +623,33 @@ pub async fn ensure(api: &ApiServer) -> ApiResult<()> {
             }
         }
     }
+    // kube-system's reader of the front proxy's settings, which extension API servers bind
+    // their ServiceAccounts to.
+    if let Some(info) = api.registry.get(GROUP, "v1", "roles") {
+        let (namespace, name) = crate::aggregator::AUTHENTICATION_CONFIGMAP;
+        let mut reader = rule(&["get", "list", "watch"], &[""], &["configmaps"]);
+        reader["resourceNames"] = json!([name]);
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {
+                "name": "extension-apiserver-authentication-reader",
+                "namespace": namespace,
+                "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+                "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"},
+            },
+            "rules": [reader],
+        });
+        let target = Target {
+            info,
+            namespace: Some(namespace.into()),
+            name: None,
+            subresource: None,
+        };
+        match api.create(&target, role, &Params::default()).await {
+            Ok(_) => {}
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
