@@ -7,6 +7,13 @@
 //! (shortened) downscale stabilization window. Burners are capped by a CPU limit so the test
 //! never takes the machine's cores from the tests beside it.
 //!
+//! An external metric through the aggregation layer, on the process runtime: a metrics adapter
+//! (testkit's, an HTTPS extension API server standing in for KEDA's or prometheus-adapter,
+//! which cannot be installed here) trusting the front proxy's CA that `capstan up` publishes,
+//! registered with `kubectl apply`; `kubectl get apiservice` shows it Available, `kubectl get
+//! --raw` reads its values, and an HPA on a queue length scales real processes to 4 (`kubectl
+//! get hpa` shows `10/10 (avg)`).
+//!
 //! Capstan's ScalingPolicy on the same two runtimes: 50 messages in a real Redis list (its
 //! password from a Secret) wake a Deployment of real pods from 0 to 5 at 10 per replica
 //! (`kubectl get sp` shows it), and the drained list takes it back to 0 after the cooldown.
@@ -390,6 +397,150 @@ fn queue_scenario(c: &Kubectl, image: &str) {
     );
 }
 
+const CONSUMER: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: consumer}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: consumer}}
+  template:
+    metadata: {labels: {app: consumer}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: c, image: busybox, command: [sleep, "3600"]}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: consumer}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: consumer}
+  minReplicas: 1
+  maxReplicas: 6
+  metrics:
+  - type: External
+    external:
+      metric: {name: queue_messages, selector: {matchLabels: {queue: jobs}}}
+      target: {type: AverageValue, averageValue: "10"}
+"#;
+
+fn external_metric_scenario(c: &Kubectl) {
+    use capstan_testkit::metrics_adapter::MetricsAdapter;
+    // The adapter trusts what `capstan up` publishes, as a real one reads it.
+    let ca = c.ok(
+        &[
+            "get",
+            "configmap",
+            "-n",
+            "kube-system",
+            "extension-apiserver-authentication",
+            "-o",
+            "jsonpath={.data.requestheader-client-ca-file}",
+        ],
+        None,
+    );
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let adapter = rt
+        .block_on(MetricsAdapter::start(
+            &["metrics-adapter.monitoring.svc"],
+            &ca,
+        ))
+        .unwrap();
+    adapter.set_external(
+        "default",
+        "queue_messages",
+        &[(&[("queue", "jobs")], "40"), (&[("queue", "mail")], "900")],
+    );
+    let objects = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics-adapter", "namespace": "monitoring"},
+         "spec": {"ports": [{"name": "https", "port": 443, "targetPort": adapter.addr.port()}]}},
+        adapter.endpoint_slice(),
+        adapter.api_service("external.metrics.k8s.io", "v1beta1", 100),
+    ]});
+    c.ok(&["apply", "-f", "-"], Some(&objects.to_string()));
+    let mut shown = String::new();
+    let available = eventually(Duration::from_secs(30), "the APIService Available", || {
+        shown = c.ok(
+            &["get", "apiservice", "v1beta1.external.metrics.k8s.io"],
+            None,
+        );
+        let row: Vec<&str> = shown
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        row.get(..3)
+            == Some(
+                &[
+                    "v1beta1.external.metrics.k8s.io",
+                    "monitoring/metrics-adapter",
+                    "True",
+                ][..],
+            )
+    });
+    assert!(available.is_ok(), "{shown}");
+    let raw: Value = serde_json::from_str(&c.ok(
+        &[
+            "get",
+            "--raw",
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_messages?labelSelector=queue%3Djobs",
+        ],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(raw["kind"], "ExternalMetricValueList", "{raw}");
+    assert_eq!(raw["items"][0]["value"], "40", "{raw}");
+    assert_eq!(raw["items"].as_array().map(Vec::len), Some(1), "{raw}");
+
+    // 40 messages at 10 per replica: 4 real processes.
+    c.ok(&["apply", "-f", "-"], Some(CONSUMER));
+    let scaled = eventually(Duration::from_secs(60), "4 consumers running", || {
+        c.replicas("consumer") == 4 && running(c, "consumer") == 4
+    });
+    if let Err(e) = scaled {
+        panic!(
+            "{e}\n{}\n{}",
+            c.ok(&["get", "deploy,pods,hpa", "-o", "wide"], None),
+            c.ok(&["describe", "hpa", "consumer"], None)
+        );
+    }
+    let mut table = String::new();
+    let settled = eventually(
+        Duration::from_secs(30),
+        "kubectl get hpa at 10/10 (avg)",
+        || {
+            table = c.ok(&["get", "hpa", "consumer"], None);
+            table.contains("10/10 (avg)")
+        },
+    );
+    assert!(settled.is_ok(), "{table}");
+    let events = c.ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=consumer,reason=SuccessfulRescale",
+        ],
+        None,
+    );
+    assert!(
+        events.contains("New size: 4; reason: external metric queue_messages("),
+        "{events}"
+    );
+    assert!(
+        adapter
+            .seen()
+            .iter()
+            .any(|s| s.path.contains("queue_messages"))
+    );
+    drop(adapter);
+    drop(rt);
+}
+
 /// `capstan up` on the process runtime, its agent sampling every second.
 fn process_cluster(dir_prefix: &str) -> ProcessCluster {
     let dir = temp_dir(dir_prefix).unwrap();
@@ -427,6 +578,12 @@ fn cpu_burners_scale_up_and_idle_ones_down_on_real_processes() {
 fn a_redis_queue_scales_real_processes_from_zero_and_back() {
     let cluster = process_cluster("capstan-sp-");
     queue_scenario(&Kubectl(&cluster.kubeconfig), "busybox");
+}
+
+#[test]
+fn an_external_metric_scales_real_processes_through_an_adapter() {
+    let cluster = process_cluster("capstan-ext-");
+    external_metric_scenario(&Kubectl(&cluster.kubeconfig));
 }
 
 #[test]

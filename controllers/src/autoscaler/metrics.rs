@@ -1,8 +1,8 @@
 //! What one metric of an autoscaler proposes (`computeReplicasForMetric`): the target's pods
 //! and their samples from metrics.k8s.io, through [`super::replicas`], with the status entry and
-//! the condition Kubernetes reports. Resource and ContainerResource metrics are read; Pods,
-//! Object and External ones need a custom or external metrics API, which is not served here,
-//! and fail as they fail in a Kubernetes cluster without an adapter.
+//! the condition Kubernetes reports, for Resource and ContainerResource metrics. Pods, Object
+//! and External metrics are read from the custom and external metrics APIs
+//! ([`super::custom`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -311,20 +311,10 @@ pub async fn evaluate(
             )
         }
         other => {
-            let (reason, api) = match other {
-                "Pods" => ("FailedGetPodsMetric", "custom.metrics.k8s.io"),
-                "Object" => ("FailedGetObjectMetric", "custom.metrics.k8s.io"),
-                "External" => ("FailedGetExternalMetric", "external.metrics.k8s.io"),
-                _ => ("InvalidMetricSourceType", ""),
-            };
-            let message = if api.is_empty() {
-                format!("unknown metric source type {other:?}")
-            } else {
-                format!(
-                    "unable to get {other} metric: the {api} API is not served (Capstan serves the resource metrics API, metrics.k8s.io)"
-                )
-            };
-            return Err(Failure { reason, message });
+            return Err(Failure {
+                reason: "InvalidMetricSourceType",
+                message: format!("unknown metric source type {other:?}"),
+            });
         }
     };
     let fail = |what: String| Failure {

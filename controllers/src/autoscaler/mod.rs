@@ -14,6 +14,7 @@
 //! kube-controller-manager: a new leader starts them afresh.
 
 pub mod behavior;
+pub mod custom;
 pub mod metrics;
 pub mod replicas;
 pub mod scale;
@@ -372,9 +373,7 @@ impl Autoscaler {
         } else {
             // 2. The metrics' proposals.
             let t1 = std::time::Instant::now();
-            let proposed = self
-                .propose(ns, hpa, &scale.selector, current, now, &mut statuses)
-                .await;
+            let proposed = self.propose(ns, hpa, &scale, now, &mut statuses).await;
             tracing::debug!(hpa = %key, elapsed = ?t1.elapsed(), "metrics");
             let (proposal, metric) = match proposed {
                 Ok(p) => p,
@@ -496,11 +495,11 @@ impl Autoscaler {
         &self,
         ns: &str,
         hpa: &HorizontalPodAutoscaler,
-        selector: &str,
-        current: i32,
+        scale: &scale::TargetScale,
         now: jiff::Timestamp,
         statuses: &mut Vec<MetricStatus>,
     ) -> Result<(i32, String), (&'static str, Reason, String)> {
+        let (selector, current) = (scale.selector.as_str(), scale.replicas);
         let spec = hpa.spec.clone().unwrap_or_default();
         let specs = spec.metrics.clone().unwrap_or_default();
         if selector.is_empty() {
@@ -550,19 +549,37 @@ impl Autoscaler {
         let mut best: Option<(i32, String)> = None;
         let mut invalid = 0;
         let mut first_error: Option<metrics::Failure> = None;
+        let cx = custom::Context {
+            client: &self.client,
+            discovery: &self.discovery,
+            namespace: ns,
+            pods: &pods,
+            selector,
+            spec_replicas: current,
+            status_replicas: scale.status_replicas,
+            settings: &self.config.calculator,
+            now,
+        };
         for m in &specs {
-            match metrics::evaluate(
-                &self.pod_metrics,
-                &self.client,
-                m,
-                ns,
-                &pods,
-                current,
-                &self.config.calculator,
-                now,
-            )
-            .await
-            {
+            let evaluated = match m.type_.as_str() {
+                "Pods" => custom::pods(&cx, m).await,
+                "Object" => custom::object(&cx, m).await,
+                "External" => custom::external(&cx, m).await,
+                _ => {
+                    metrics::evaluate(
+                        &self.pod_metrics,
+                        &self.client,
+                        m,
+                        ns,
+                        &pods,
+                        current,
+                        &self.config.calculator,
+                        now,
+                    )
+                    .await
+                }
+            };
+            match evaluated {
                 Ok(e) => {
                     statuses.push(e.status);
                     if best.as_ref().is_none_or(|(r, _)| e.proposal.replicas > *r) {

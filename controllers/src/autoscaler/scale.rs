@@ -53,6 +53,8 @@ impl std::fmt::Display for Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetScale {
     pub replicas: i32,
+    /// The scale's status.replicas (what the per-pod Object and External metrics divide by).
+    pub status_replicas: i32,
     pub selector: String,
 }
 
@@ -93,34 +95,43 @@ impl Local {
         if target.group() != "apps" {
             return None;
         }
-        let (replicas, selector): (i32, Option<LabelSelector>) = match target.kind.as_str() {
-            "Deployment" => {
-                let inf = self.informers.deployments();
-                let at = ObjectRef::new(&target.name).within(ns);
-                let spec = inf
-                    .is_synced()
-                    .then(|| inf.store().get(&at))??
-                    .spec
-                    .clone()?;
-                (spec.replicas.unwrap_or(1), Some(spec.selector))
-            }
-            "ReplicaSet" => {
-                let inf = self.informers.replicasets();
-                let at = ObjectRef::new(&target.name).within(ns);
-                let spec = inf
-                    .is_synced()
-                    .then(|| inf.store().get(&at))??
-                    .spec
-                    .clone()?;
-                (spec.replicas.unwrap_or(1), Some(spec.selector))
-            }
-            _ => return None,
-        };
+        let (replicas, status_replicas, selector): (i32, i32, Option<LabelSelector>) =
+            match target.kind.as_str() {
+                "Deployment" => {
+                    let inf = self.informers.deployments();
+                    let at = ObjectRef::new(&target.name).within(ns);
+                    let obj = inf.is_synced().then(|| inf.store().get(&at))??;
+                    let spec = obj.spec.clone()?;
+                    let status = obj.status.as_ref().and_then(|s| s.replicas);
+                    (
+                        spec.replicas.unwrap_or(1),
+                        status.unwrap_or(0),
+                        Some(spec.selector),
+                    )
+                }
+                "ReplicaSet" => {
+                    let inf = self.informers.replicasets();
+                    let at = ObjectRef::new(&target.name).within(ns);
+                    let obj = inf.is_synced().then(|| inf.store().get(&at))??;
+                    let spec = obj.spec.clone()?;
+                    let status = obj.status.as_ref().map(|s| s.replicas);
+                    (
+                        spec.replicas.unwrap_or(1),
+                        status.unwrap_or(0),
+                        Some(spec.selector),
+                    )
+                }
+                _ => return None,
+            };
         // As the scale subresource prints it.
         let selector = capstan_api::Selector::from_label_selector(&selector?)
             .ok()?
             .to_string();
-        Some(TargetScale { replicas, selector })
+        Some(TargetScale {
+            replicas,
+            status_replicas,
+            selector,
+        })
     }
 }
 
@@ -150,9 +161,11 @@ pub async fn get(
         .get_scale(&target.name)
         .await
         .map_err(|e| e.to_string())?;
+    let status = scale.status.unwrap_or_default();
     Ok(TargetScale {
         replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
-        selector: scale.status.and_then(|s| s.selector).unwrap_or_default(),
+        status_replicas: status.replicas,
+        selector: status.selector.unwrap_or_default(),
     })
 }
 

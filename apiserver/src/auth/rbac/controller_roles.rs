@@ -104,6 +104,8 @@ fn grants() -> Vec<(&'static str, Vec<Value>)> {
                 rule(READ, &["apps"], &["deployments", "replicasets"]),
                 rule(READ, &["capstan.dev"], &["scalingpolicies"]),
                 rule(&["list"], &["metrics.k8s.io"], &["pods"]),
+                rule(&["get", "list"], &["custom.metrics.k8s.io"], &["*"]),
+                rule(&["get", "list"], &["external.metrics.k8s.io"], &["*"]),
                 events(),
             ],
         ),
