@@ -3,6 +3,7 @@
 //! commands are recorded in docs/benchmarks.md. Build with --release before trusting numbers.
 
 mod admission;
+mod aggregator;
 mod api;
 mod auth;
 mod autoscale;
@@ -75,6 +76,9 @@ enum Which {
     /// HorizontalPodAutoscalers: the autoscaler's CPU with 1,000 of them on simulated pods,
     /// and a metric change → each target's scale written (p50/p99 against the sync period).
     Autoscale(autoscale::AutoscaleBench),
+    /// The aggregation layer: GETs of an external metric straight to a metrics adapter and
+    /// through the API server, and a rise of the metric → an HPA's scale written.
+    Aggregator(aggregator::AggregatorBench),
     /// DaemonSets: one on 1,000 simulated nodes created → ready everywhere and rolled with
     /// maxUnavailable 10%, against a Deployment of 1,000 replicas rolled with the same budget.
     Daemonset(daemonset::DaemonSetBench),
@@ -129,6 +133,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         Which::Jobs(b) => jobs::run(b).await,
         Which::Daemonset(b) => daemonset::run(b).await,
         Which::Autoscale(b) => autoscale::run(b).await,
+        Which::Aggregator(b) => aggregator::run(b).await,
         Which::Gitops(b) => gitops::run(b).await,
         Which::Quota(b) => quota::run(b).await,
         Which::Idle(b) => idle::run(b).await,
@@ -164,6 +169,15 @@ impl Drop for LocalServer {
 
 impl LocalServer {
     pub async fn start(scratch: &std::path::Path, prefix: &str) -> Result<LocalServer> {
+        Self::start_with(scratch, prefix, None).await
+    }
+
+    /// As [`LocalServer::start`], presenting `front_proxy` to extension API servers.
+    pub async fn start_with(
+        scratch: &std::path::Path,
+        prefix: &str,
+        front_proxy: Option<capstan_apiserver::aggregator::FrontProxy>,
+    ) -> Result<LocalServer> {
         use capstan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
         let dir = tempfile::Builder::new()
             .prefix(prefix)
@@ -178,6 +192,7 @@ impl LocalServer {
                 mode: capstan_apiserver::auth::Mode::AlwaysAllow,
                 ..Default::default()
             },
+            front_proxy,
             ..Default::default()
         };
         let api = capstan_apiserver::ApiServer::with_config(
