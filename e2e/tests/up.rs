@@ -71,7 +71,7 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
     // What up writes at start: the four system namespaces, an APIService per served
     // group/version, the default RBAC roles and bindings, the kubernetes and kube-dns
     // Services with their ClusterIP claims, the kubernetes Endpoints and EndpointSlice, the
-    // default `local-path` StorageClass — and
+    // default `local-path` StorageClass, the front proxy's ConfigMap and its reader Role — and
     // nothing else (its API server lease went with the clean stop).
     let apiservices = store_cmd(dir.path(), &["list", "apiservices/"]);
     assert!(
@@ -103,6 +103,8 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
     assert_eq!(
         others,
         [
+            // What extension API servers trust (the aggregation layer's front proxy).
+            "configmaps/kube-system/extension-apiserver-authentication",
             // Capstan's own CRDs, installed at start.
             "customresourcedefinitions/gitsyncs.capstan.dev",
             "customresourcedefinitions/scalingpolicies.capstan.dev",
@@ -112,6 +114,8 @@ fn up_on_the_embedded_store_serves_health_and_metrics_then_stops_on_sigterm() {
             "ingressclasses/capstan",
             "priorityclasses/system-cluster-critical",
             "priorityclasses/system-node-critical",
+            // Who may read that ConfigMap.
+            "roles/kube-system/extension-apiserver-authentication-reader",
             "serviceips/10.96.0.1",
             "serviceips/10.96.0.10",
             "services/default/kubernetes",

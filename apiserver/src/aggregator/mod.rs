@@ -64,6 +64,8 @@ pub struct Remote {
     pub available: bool,
     tls: Arc<rustls::ClientConfig>,
     idle: Mutex<Vec<proxy::Idle>>,
+    /// The ready endpoints as of the Services' and EndpointSlices' change counts then.
+    endpoints: Mutex<Option<(Vec<u64>, Vec<String>)>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -101,6 +103,7 @@ impl Remote {
                 .any(|c| c["type"] == "Available" && c["status"] == "True"),
             tls: Arc::new(tls),
             idle: Mutex::new(Vec::new()),
+            endpoints: Mutex::new(None),
         })
     }
 
@@ -109,9 +112,43 @@ impl Remote {
         format!("{}.{}.svc", self.service, self.namespace)
     }
 
-    /// `host:port` of a ready endpoint now.
+    /// `host:port` of a ready endpoint now (else of the Service's ClusterIP). The endpoints
+    /// are looked up again only when Services or EndpointSlices changed.
     pub fn address(&self, api: &ApiServer) -> Result<String, String> {
-        crate::webhook::client::service_address(api, &self.namespace, &self.service, self.port)
+        let changes: Vec<u64> = [("", "services"), ("discovery.k8s.io", "endpointslices")]
+            .iter()
+            .filter_map(|(group, plural)| {
+                let info = api.registry.get(group, "v1", plural)?;
+                api.cacher(&info).ok().map(|c| c.changes())
+            })
+            .collect();
+        let pick = |addrs: &[String]| addrs[fastrand::usize(..addrs.len())].clone();
+        if let Ok(cached) = self.endpoints.lock()
+            && let Some((seen, addrs)) = cached.as_ref()
+            && *seen == changes
+            && !addrs.is_empty()
+        {
+            return Ok(pick(addrs));
+        }
+        let (_, ready) = crate::webhook::client::ready_endpoints(
+            api,
+            &self.namespace,
+            &self.service,
+            self.port,
+        )?;
+        if ready.is_empty() {
+            return crate::webhook::client::service_address(
+                api,
+                &self.namespace,
+                &self.service,
+                self.port,
+            );
+        }
+        let chosen = pick(&ready);
+        if let Ok(mut cached) = self.endpoints.lock() {
+            *cached = Some((changes, ready));
+        }
+        Ok(chosen)
     }
 }
 
@@ -237,6 +274,25 @@ impl Aggregator {
     }
 }
 
+/// The certificates of PEM bundle `old`, then those of `new` it lacks.
+fn merge_bundles(old: &str, new: &str) -> String {
+    let blocks = |pem: &str| -> Vec<String> {
+        pem.split_inclusive("-----END CERTIFICATE-----")
+            .map(|b| b.trim().to_string())
+            .filter(|b| b.starts_with("-----BEGIN CERTIFICATE-----"))
+            .collect()
+    };
+    let mut all = blocks(old);
+    for b in blocks(new) {
+        if !all.contains(&b) {
+            all.push(b);
+        }
+    }
+    let mut out = all.join("\n");
+    out.push('\n');
+    out
+}
+
 /// Creates or updates `kube-system/extension-apiserver-authentication`: the request-header
 /// settings extension servers read to trust the front proxy, and the cluster's client CA.
 pub async fn publish_authentication(api: &ApiServer) -> ApiResult<()> {
@@ -270,6 +326,14 @@ pub async fn publish_authentication(api: &ApiServer) -> ApiResult<()> {
     };
     match api.get(&target).await {
         Ok(mut live) => {
+            // API servers sharing a store may each have a front-proxy CA of their own: as
+            // kube-apiserver's cluster-authentication-trust controller, keep every server's
+            // certificates in the bundles, so any of them may proxy.
+            for key in ["requestheader-client-ca-file", "client-ca-file"] {
+                if let (Some(old), Some(new)) = (live["data"][key].as_str(), data[key].as_str()) {
+                    data[key] = json!(merge_bundles(old, new));
+                }
+            }
             if live["data"] == data {
                 return Ok(());
             }
@@ -288,5 +352,21 @@ pub async fn publish_authentication(api: &ApiServer) -> ApiResult<()> {
             }
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundles_keep_every_servers_certificates_once() {
+        let a = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n";
+        let b = "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        let both = merge_bundles(a, b);
+        assert_eq!(both, format!("{}{}", a, b));
+        assert_eq!(merge_bundles(&both, a), both);
+        assert_eq!(merge_bundles(&both, b), both);
+        assert_eq!(merge_bundles("", a), a);
     }
 }

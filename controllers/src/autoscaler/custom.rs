@@ -551,40 +551,136 @@ pub async fn external(cx: &Context<'_>, spec: &MetricSpec) -> Result<Evaluated, 
 mod tests {
     use super::*;
 
+    /// Kubernetes' replica_calculator_test.go cases for Object and External metrics with a
+    /// Value target: (name, current replicas, ready pods, usage, target, expected).
     #[test]
-    fn object_value_targets_scale_with_the_ready_pods() {
-        // Usage 20000 against 15000 with 3 ready pods: ceil(1.33 × 3) = 4.
-        assert_eq!(
-            usage_ratio_replicas(3, 20000.0 / 15000.0, Ok(3), 0.1),
-            Ok(4)
-        );
-        // Down: usage 10000 against 15000 → ceil(0.67 × 3) = 2.
-        assert_eq!(
-            usage_ratio_replicas(3, 10000.0 / 15000.0, Ok(3), 0.1),
-            Ok(2)
-        );
-        // Unready pods do not count: 3 replicas, 1 ready → ceil(2 × 1) = 2.
-        assert_eq!(usage_ratio_replicas(3, 2.0, Ok(1), 0.1), Ok(2));
-        // Within the tolerance nothing changes.
-        assert_eq!(usage_ratio_replicas(3, 1.05, Ok(3), 0.1), Ok(3));
-        // From zero: the ratio itself, rounded up; no pods are needed.
+    fn value_targets_match_kubernetes_table_cases() {
+        let cases: &[(&str, i32, i64, i64, i64, i32)] = &[
+            ("TestReplicaCalcScaleUpCMObject", 3, 3, 20000, 15000, 4),
+            (
+                "TestReplicaCalcScaleUpCMObjectIgnoresUnreadyPods",
+                3,
+                1,
+                50000,
+                10000,
+                5,
+            ),
+            (
+                "TestReplicaCalcScaleUpCMExternalIgnoresUnreadyPods",
+                3,
+                1,
+                8600,
+                4400,
+                2,
+            ),
+            ("TestReplicaCalcScaleDownCMObject", 5, 5, 12000, 20000, 3),
+            ("TestReplicaCalcScaleDownCMExternal", 5, 5, 8600, 14334, 3),
+            ("TestReplicaCalcToleranceCMObject", 3, 3, 20666, 20000, 3),
+            ("TestReplicaCalcToleranceCMExternal", 3, 3, 8600, 8888, 3),
+            (
+                "TestReplicaCalcScaleUpOverflow",
+                3,
+                3,
+                i64::MAX,
+                1,
+                i32::MAX,
+            ),
+        ];
+        for &(name, current, ready, usage, target, want) in cases {
+            let ratio = usage as f64 / target as f64;
+            assert_eq!(
+                usage_ratio_replicas(current, ratio, Ok(ready), 0.1),
+                Ok(want),
+                "{name}"
+            );
+        }
+        // From zero replicas the ratio alone decides; no pods are needed.
         assert_eq!(
             usage_ratio_replicas(0, 2.5, Err("no pods".into()), 0.1),
             Ok(3)
         );
-        // No pods at all while scaled out is an error.
+        // Scaled out without any pod is an error.
         assert!(usage_ratio_replicas(3, 2.0, Err("no pods".into()), 0.1).is_err());
     }
 
+    /// The same file's per-pod (AverageValue) cases: (name, current replicas, usage, target per
+    /// pod, expected replicas, expected usage per replica).
     #[test]
-    fn average_value_targets_divide_by_the_current_replicas() {
-        // Usage 30000 over 3 replicas against 2000 per pod → 15 replicas, 10000 per replica.
-        assert_eq!(per_pod_replicas(3, 30_000, 2_000, 0.1), (15, 10_000));
-        // Usage 8600, target 2900 per pod, 5 replicas → ratio 0.593 → ceil(8600 / 2900) = 3.
-        assert_eq!(per_pod_replicas(5, 8_600, 2_900, 0.1), (3, 1_720));
-        // Within the tolerance: unchanged (8600 against 2900 × 3 = 8700).
-        assert_eq!(per_pod_replicas(3, 8_600, 2_900, 0.1), (3, 2_867));
-        // From zero replicas: the usage over the target.
+    fn average_value_targets_match_kubernetes_table_cases() {
+        let cases: &[(&str, i32, i64, i64, i32, i64)] = &[
+            (
+                "TestReplicaCalcScaleUpCMPerPodObject",
+                3,
+                20000,
+                5000,
+                4,
+                6667,
+            ),
+            (
+                "TestReplicaCalcScaleUpPerPodCMExternal",
+                3,
+                8600,
+                2150,
+                4,
+                2867,
+            ),
+            (
+                "TestReplicaCalcScaleDownPerPodCMObject",
+                5,
+                6000,
+                2000,
+                3,
+                1200,
+            ),
+            (
+                "TestReplicaCalcScaleDownPerPodCMExternal",
+                5,
+                8600,
+                2867,
+                3,
+                1720,
+            ),
+            (
+                "TestReplicaCalcTolerancePerPodCMObject",
+                4,
+                20166,
+                5000,
+                4,
+                5042,
+            ),
+            (
+                "TestReplicaCalcTolerancePerPodCMExternal",
+                3,
+                8600,
+                2900,
+                3,
+                2867,
+            ),
+            (
+                "TestExternalPerPodMetricReplicaOverflow",
+                1,
+                i64::MAX,
+                1,
+                i32::MAX,
+                i64::MAX,
+            ),
+            (
+                "TestExternalPerPodMetricUsageOverflow",
+                1,
+                i64::MAX,
+                i64::MAX,
+                1,
+                i64::MAX,
+            ),
+        ];
+        for &(name, current, usage, target, want, per) in cases {
+            assert_eq!(
+                per_pod_replicas(current, usage, target, 0.1),
+                (want, per),
+                "{name}"
+            );
+        }
+        // From zero replicas: the usage over the target, rounded up.
         assert_eq!(per_pod_replicas(0, 4_500, 1_000, 0.1), (5, 4_500));
     }
 
