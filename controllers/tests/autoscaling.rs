@@ -15,7 +15,6 @@ use capstan_testkit::sim_stats::Usage;
 use capstan_testkit::{TestCluster, until};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
@@ -56,6 +55,24 @@ async fn condition(c: &TestCluster, name: &str, type_: &str) -> Option<(String, 
         })
 }
 
+/// The scheduler, the Deployment and ReplicaSet controllers and the autoscaler, syncing every
+/// 500 ms with a 2 s downscale stabilization window.
+fn fast_autoscaler(c: &TestCluster) -> capstan_testkit::Background {
+    let config = Config {
+        autoscaler: autoscaler::Config {
+            sync_period: Duration::from_millis(500),
+            downscale_stabilization: Duration::from_secs(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let m = Manager::with_config(c.client.clone(), &prometheus::Registry::new(), config);
+    common::run(
+        m,
+        &["scheduler", "deployment", "replicaset", autoscaler::NAME],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_follow_their_pods_cpu_up_and_back_down() {
     let c = TestCluster::start().await;
@@ -70,19 +87,7 @@ async fn deployments_follow_their_pods_cpu_up_and_back_down() {
     )
     .await
     .unwrap();
-    let config = Config {
-        autoscaler: autoscaler::Config {
-            sync_period: Duration::from_millis(500),
-            downscale_stabilization: Duration::from_secs(2),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let m = Manager::with_config(c.client.clone(), &prometheus::Registry::new(), config);
-    let _manager = common::run(
-        m,
-        &["scheduler", "deployment", "replicaset", autoscaler::NAME],
-    );
+    let _manager = fast_autoscaler(&c);
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
@@ -107,19 +112,13 @@ async fn deployments_follow_their_pods_cpu_up_and_back_down() {
     })
     .await;
     until(WAIT, "the rescale event", || async {
-        Api::<Event>::namespaced(c.client.clone(), "default")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("SuccessfulRescale")
-                    && e.message.as_deref().is_some_and(|m| {
-                        m.starts_with("New size: ")
-                            && m.ends_with("; reason: cpu resource utilization (percentage of request) above target")
-                    })
-            })
+        common::has_event(&c, "SuccessfulRescale", |m| {
+            m.starts_with("New size: ")
+                && m.ends_with(
+                    "; reason: cpu resource utilization (percentage of request) above target",
+                )
+        })
+        .await
     })
     .await;
     // 3 pods at 150% ask for 9, more than the maximum of 5: the rate allows it (3 + 4).
@@ -275,16 +274,7 @@ async fn metric_until(
 }
 
 async fn rescaled_with(c: &TestCluster, reason: &str) -> bool {
-    Api::<Event>::namespaced(c.client.clone(), "default")
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .any(|e| {
-            e.reason.as_deref() == Some("SuccessfulRescale")
-                && e.message.as_deref().is_some_and(|m| m.ends_with(reason))
-        })
+    common::has_event(c, "SuccessfulRescale", |m| m.ends_with(reason)).await
 }
 
 /// Pods, External and Object metrics, read through the aggregation layer from a real HTTPS
@@ -310,19 +300,7 @@ async fn custom_and_external_metrics_come_through_the_aggregation_layer() {
     .await
     .unwrap();
     adapter.register(&c.client).await.unwrap();
-    let config = Config {
-        autoscaler: autoscaler::Config {
-            sync_period: Duration::from_millis(500),
-            downscale_stabilization: Duration::from_secs(2),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let m = Manager::with_config(c.client.clone(), &prometheus::Registry::new(), config);
-    let _manager = common::run(
-        m,
-        &["scheduler", "deployment", "replicaset", autoscaler::NAME],
-    );
+    let _manager = fast_autoscaler(&c);
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},

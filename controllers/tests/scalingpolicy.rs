@@ -18,7 +18,7 @@ use capstan_testkit::redis::RedisProcess;
 use capstan_testkit::{TestCluster, until};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::CustomResourceExt;
@@ -81,16 +81,7 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 }
 
 async fn event(c: &TestCluster, reason: &str, contains: &str) -> bool {
-    Api::<Event>::namespaced(c.client.clone(), "default")
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .any(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.message.as_deref().is_some_and(|m| m.contains(contains))
-        })
+    common::has_event(c, reason, |m| m.contains(contains)).await
 }
 
 fn manager(c: &TestCluster, clock: Clock) -> capstan_testkit::Background {

@@ -60,7 +60,7 @@ pub struct EtcdStore {
     client: Client,
     opts: EtcdOptions,
     /// Takes members that stop answering out of the client's balance (several endpoints).
-    _members: Option<std::sync::Arc<crate::etcd_members::MemberHealth>>,
+    members: Option<std::sync::Arc<crate::etcd_members::MemberHealth>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -137,6 +137,11 @@ mod tonic_code {
 }
 
 impl EtcdStore {
+    /// How many of the given members are out of the client's balance now (not answering).
+    pub fn members_out_of_balance(&self) -> usize {
+        self.members.as_ref().map_or(0, |m| m.out())
+    }
+
     /// Connects and checks that etcd answers within the request timeout.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore> {
         if opts.endpoints.is_empty() {
@@ -166,7 +171,7 @@ impl EtcdStore {
         let store = EtcdStore {
             client,
             opts,
-            _members: members,
+            members,
         };
         store.current_revision().await.map_err(|e| match e {
             StorageError::Unavailable { message, source } => StorageError::Unavailable {

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
@@ -19,11 +20,21 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The probing task; stopped when the last store clone holding it goes.
 #[derive(Debug)]
-pub struct MemberHealth(tokio::task::JoinHandle<()>);
+pub struct MemberHealth {
+    task: tokio::task::JoinHandle<()>,
+    out: Arc<AtomicUsize>,
+}
+
+impl MemberHealth {
+    /// How many members are out of the balance now.
+    pub fn out(&self) -> usize {
+        self.out.load(Ordering::Relaxed)
+    }
+}
 
 impl Drop for MemberHealth {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -37,12 +48,17 @@ pub fn spawn(
         return None;
     }
     let endpoints = endpoints.to_vec();
-    Some(Arc::new(MemberHealth(tokio::spawn(run(
-        client, endpoints, options,
-    )))))
+    let out = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(run(client, endpoints, options, out.clone()));
+    Some(Arc::new(MemberHealth { task, out }))
 }
 
-async fn run(client: Client, endpoints: Vec<String>, options: ConnectOptions) {
+async fn run(
+    client: Client,
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    taken_out: Arc<AtomicUsize>,
+) {
     let mut probes: Vec<Option<Client>> = vec![None; endpoints.len()];
     let mut out: BTreeSet<usize> = BTreeSet::new();
     let mut tick = tokio::time::interval(PROBE_EVERY);
@@ -77,6 +93,7 @@ async fn run(client: Client, endpoints: Vec<String>, options: ConnectOptions) {
                 }
             }
         }
+        taken_out.store(out.len(), Ordering::Relaxed);
     }
 }
 

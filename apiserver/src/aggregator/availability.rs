@@ -99,15 +99,23 @@ fn condition_of(status: &Value) -> Option<(&str, &str, &str)> {
     ))
 }
 
+/// The APIServices' registration and watch cache.
+fn apiservices(
+    api: &ApiServer,
+) -> Option<(
+    Arc<crate::registry::ResourceInfo>,
+    Arc<crate::watch_cache::Cacher>,
+)> {
+    let info = api
+        .registry
+        .get("apiregistration.k8s.io", "v1", "apiservices")?;
+    let cache = api.cacher(&info).ok()?;
+    Some((info, cache))
+}
+
 /// Writes the Available condition of APIService `name` when it differs.
 async fn record(api: &ApiServer, name: &str, (status, reason, message): Verdict) {
-    let Some(info) = api
-        .registry
-        .get("apiregistration.k8s.io", "v1", "apiservices")
-    else {
-        return;
-    };
-    let Ok(cache) = api.cacher(&info) else {
+    let Some((info, cache)) = apiservices(api) else {
         return;
     };
     let Some(live) = cache.get_value(&info.key(None, name)) else {
@@ -151,13 +159,7 @@ async fn record(api: &ApiServer, name: &str, (status, reason, message): Verdict)
 
 /// One pass over every APIService.
 pub async fn check_all(api: &ApiServer) {
-    let Some(info) = api
-        .registry
-        .get("apiregistration.k8s.io", "v1", "apiservices")
-    else {
-        return;
-    };
-    let Ok(cache) = api.cacher(&info) else {
+    let Some((_, cache)) = apiservices(api) else {
         return;
     };
     let remotes = api.aggregator.all(api);

@@ -63,7 +63,7 @@ pub struct Remote {
     /// Whether its `Available` condition is True (requests are refused with a 503 until it is).
     pub available: bool,
     tls: Arc<rustls::ClientConfig>,
-    idle: Mutex<Vec<proxy::Idle>>,
+    idle: crate::webhook::client::IdleConnections,
     /// The ready endpoints as of the Services' and EndpointSlices' change counts then.
     endpoints: Mutex<Option<(Vec<u64>, Vec<String>)>>,
 }
@@ -102,7 +102,7 @@ impl Remote {
                 .flatten()
                 .any(|c| c["type"] == "Available" && c["status"] == "True"),
             tls: Arc::new(tls),
-            idle: Mutex::new(Vec::new()),
+            idle: Default::default(),
             endpoints: Mutex::new(None),
         })
     }

@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -23,15 +22,11 @@ use crate::ApiServer;
 use crate::auth::UserInfo;
 use crate::errors::ApiError;
 
-/// An idle keep-alive connection to one address.
-pub type Idle = (String, SendRequest<Full<Bytes>>);
-
 /// How long a short request may take, connection included (kube-aggregator's default
 /// request timeout is a minute as well).
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Responses to short requests are read whole, up to this.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
-const MAX_IDLE: usize = 8;
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -238,7 +233,7 @@ pub async fn forward(api: Arc<ApiServer>, remote: Arc<Remote>, req: Request) -> 
         Err(e) => return e.into_response(),
     };
     let call = async {
-        let mut sender = match take_idle(&remote, &addr) {
+        let mut sender = match remote.idle.take(&addr) {
             Some(s) => s,
             None => {
                 let tls = connect(&remote, &addr).await?;
@@ -268,7 +263,7 @@ pub async fn forward(api: Arc<ApiServer>, remote: Arc<Remote>, req: Request) -> 
             .await
             .map_err(|e| format!("reading the response: {e}"))?
             .to_bytes();
-        put_idle(&remote, addr.clone(), sender);
+        remote.idle.put(addr.clone(), sender);
         Ok::<_, String>(response_of(parts, Body::from(bytes)))
     };
     match tokio::time::timeout(TIMEOUT, call).await {
@@ -319,26 +314,6 @@ async fn stream(
         }
         Ok(Err(e)) => unreachable(remote, &e),
         Err(_) => unreachable(remote, "no answer within 60s"),
-    }
-}
-
-fn take_idle(remote: &Remote, addr: &str) -> Option<SendRequest<Full<Bytes>>> {
-    let mut idle = remote.idle.lock().ok()?;
-    while let Some(i) = idle.iter().rposition(|(a, _)| a == addr) {
-        let (_, s) = idle.swap_remove(i);
-        if s.is_ready() {
-            return Some(s);
-        }
-    }
-    None
-}
-
-fn put_idle(remote: &Remote, addr: String, sender: SendRequest<Full<Bytes>>) {
-    if let Ok(mut idle) = remote.idle.lock() {
-        idle.retain(|(_, s)| !s.is_closed());
-        if idle.len() < MAX_IDLE {
-            idle.push((addr, sender));
-        }
     }
 }
 

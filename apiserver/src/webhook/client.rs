@@ -49,7 +49,38 @@ enum Endpoint {
 pub struct Client {
     endpoint: Endpoint,
     tls: Arc<rustls::ClientConfig>,
+    idle: IdleConnections,
+}
+
+/// Idle HTTP/1.1 keep-alive connections, by address, at most a bound of them (webhooks'
+/// clients and the aggregation layer's).
+#[derive(Default)]
+pub(crate) struct IdleConnections {
     idle: Mutex<Vec<(String, SendRequest<Full<Bytes>>)>>,
+}
+
+impl IdleConnections {
+    /// A ready connection to `addr`, if one is kept.
+    pub(crate) fn take(&self, addr: &str) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(i) = idle.iter().rposition(|(a, _)| a == addr) {
+            let (_, s) = idle.swap_remove(i);
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for the next request to `addr` (closed ones are dropped first).
+    pub(crate) fn put(&self, addr: String, sender: SendRequest<Full<Bytes>>) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|(_, s)| !s.is_closed());
+            if idle.len() < MAX_IDLE {
+                idle.push((addr, sender));
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -184,7 +215,7 @@ impl Client {
         Ok(Client {
             endpoint,
             tls: Arc::new(tls),
-            idle: Mutex::new(Vec::new()),
+            idle: IdleConnections::default(),
         })
     }
 
@@ -232,7 +263,7 @@ impl Client {
         let sep = if path.contains('?') { '&' } else { '?' };
         let uri = format!("{path}{sep}timeout={}s", timeout.as_secs());
         let call = async {
-            let mut sender = match self.take_idle(&addr) {
+            let mut sender = match self.idle.take(&addr) {
                 Some(s) => s,
                 None => self.connect(&addr, &server_name).await?,
             };
@@ -252,7 +283,7 @@ impl Client {
                 .await
                 .map_err(|e| format!("reading the response: {e}"))?
                 .to_bytes();
-            self.put_idle(addr.clone(), sender);
+            self.idle.put(addr.clone(), sender);
             if !status.is_success() {
                 return Err(format!(
                     "the server responded with status {}: {}",
@@ -301,26 +332,6 @@ impl Client {
             }
         });
         Ok(sender)
-    }
-
-    fn take_idle(&self, addr: &str) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(i) = idle.iter().rposition(|(a, _)| a == addr) {
-            let (_, s) = idle.swap_remove(i);
-            if s.is_ready() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, addr: String, sender: SendRequest<Full<Bytes>>) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|(_, s)| !s.is_closed());
-            if idle.len() < MAX_IDLE {
-                idle.push((addr, sender));
-            }
-        }
     }
 }
 

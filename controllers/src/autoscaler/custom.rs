@@ -227,6 +227,39 @@ fn target_value(
     q.and_then(|q| capstan_api::quantity::parse(&q.0, 1000.0))
 }
 
+/// What an Object or External metric is held to.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// The whole value (`target.value`).
+    Value(i64),
+    /// A value per replica (`target.averageValue`).
+    PerPod(i64),
+}
+
+/// The count `usage` calls for against `goal`, and the current value as the status shows it.
+fn propose(cx: &Context<'_>, usage: i64, goal: Goal) -> Result<(i32, MetricValueStatus), String> {
+    let tolerance = cx.settings.tolerance;
+    Ok(match goal {
+        Goal::Value(target) => {
+            let ratio = usage as f64 / target.max(1) as f64;
+            let r = usage_ratio_replicas(cx.spec_replicas, ratio, ready_pods(cx.pods), tolerance)?;
+            let status = MetricValueStatus {
+                value: Some(milli_quantity(usage)),
+                ..Default::default()
+            };
+            (r, status)
+        }
+        Goal::PerPod(target) => {
+            let (r, per) = per_pod_replicas(cx.status_replicas, usage, target, tolerance);
+            let status = MetricValueStatus {
+                average_value: Some(milli_quantity(per)),
+                ..Default::default()
+            };
+            (r, status)
+        }
+    })
+}
+
 /// A Pods metric.
 pub async fn pods(cx: &Context<'_>, spec: &MetricSpec) -> Result<Evaluated, Failure> {
     let fail = |message: String| Failure {
@@ -366,17 +399,15 @@ pub async fn object(cx: &Context<'_>, spec: &MetricSpec) -> Result<Evaluated, Fa
             obj.kind, cx.namespace, obj.name
         ))
     };
-    let value_target = (source.target.type_ == "Value")
-        .then(|| target_value(source.target.value.as_ref()))
-        .flatten();
-    let average_target = (source.target.type_ == "AverageValue")
-        .then(|| target_value(source.target.average_value.as_ref()))
-        .flatten();
-    if value_target.is_none() && average_target.is_none() {
-        return Err(fail(
-            "invalid object metric source: neither a value target nor an average value target was set".into(),
-        ));
+    let t = &source.target;
+    let goal = match t.type_.as_str() {
+        "Value" => target_value(t.value.as_ref()).map(Goal::Value),
+        "AverageValue" => target_value(t.average_value.as_ref()).map(Goal::PerPod),
+        _ => None,
     }
+    .ok_or_else(|| {
+        fail("invalid object metric source: neither a value target nor an average value target was set".into())
+    })?;
     let metric_selector = selector_string(source.metric.selector.as_ref()).map_err(unable)?;
     let rest = object_path(cx, obj, name, &metric_selector)
         .await
@@ -398,33 +429,8 @@ pub async fn object(cx: &Context<'_>, spec: &MetricSpec) -> Result<Evaluated, Fa
     };
     let sample = sample_of(item, cx.now)
         .ok_or_else(|| unable("the metric's value is not a quantity".into()))?;
-    let tolerance = cx.settings.tolerance;
-    let (replicas, current) = match (value_target, average_target) {
-        (Some(target), _) => {
-            let ratio = sample.value as f64 / target.max(1) as f64;
-            let r = usage_ratio_replicas(cx.spec_replicas, ratio, ready_pods(cx.pods), tolerance)
-                .map_err(unable)?;
-            (
-                r,
-                MetricValueStatus {
-                    value: Some(milli_quantity(sample.value)),
-                    ..Default::default()
-                },
-            )
-        }
-        (None, Some(target)) => {
-            let (r, per) = per_pod_replicas(cx.status_replicas, sample.value, target, tolerance);
-            (
-                r,
-                MetricValueStatus {
-                    average_value: Some(milli_quantity(per)),
-                    ..Default::default()
-                },
-            )
-        }
-        (None, None) => unreachable!("checked above"),
-    };
-    let label = if value_target.is_some() {
+    let (replicas, current) = propose(cx, sample.value, goal).map_err(unable)?;
+    let label = if let Goal::Value(_) = goal {
         format!("{} metric {name}", obj.kind)
     } else {
         format!(
@@ -470,13 +476,13 @@ pub async fn external(cx: &Context<'_>, spec: &MetricSpec) -> Result<Evaluated, 
             cx.namespace
         ))
     };
-    let average_target = target_value(source.target.average_value.as_ref());
-    let value_target = target_value(source.target.value.as_ref());
-    if average_target.is_none() && value_target.is_none() {
-        return Err(fail(
-            "invalid external metric source: neither a value target nor an average value target was set".into(),
-        ));
-    }
+    // A per-pod target wins when both are set, as in Kubernetes.
+    let goal = target_value(source.target.average_value.as_ref())
+        .map(Goal::PerPod)
+        .or_else(|| target_value(source.target.value.as_ref()).map(Goal::Value))
+        .ok_or_else(|| {
+            fail("invalid external metric source: neither a value target nor an average value target was set".into())
+        })?;
     let selector = selector_string(source.metric.selector.as_ref()).map_err(unable)?;
     let path = format!(
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{}{}",
@@ -499,32 +505,7 @@ pub async fn external(cx: &Context<'_>, spec: &MetricSpec) -> Result<Evaluated, 
     let samples: Vec<Sample> = items.iter().filter_map(|i| sample_of(i, cx.now)).collect();
     let usage: i64 = samples.iter().map(|s| s.value).sum();
     let timestamp = samples.iter().map(|s| s.timestamp).min();
-    let tolerance = cx.settings.tolerance;
-    let (replicas, current) = match (average_target, value_target) {
-        (Some(target), _) => {
-            let (r, per) = per_pod_replicas(cx.status_replicas, usage, target, tolerance);
-            (
-                r,
-                MetricValueStatus {
-                    average_value: Some(milli_quantity(per)),
-                    ..Default::default()
-                },
-            )
-        }
-        (None, Some(target)) => {
-            let ratio = usage as f64 / target.max(1) as f64;
-            let r = usage_ratio_replicas(cx.spec_replicas, ratio, ready_pods(cx.pods), tolerance)
-                .map_err(unable)?;
-            (
-                r,
-                MetricValueStatus {
-                    value: Some(milli_quantity(usage)),
-                    ..Default::default()
-                },
-            )
-        }
-        (None, None) => unreachable!("checked above"),
-    };
+    let (replicas, current) = propose(cx, usage, goal).map_err(unable)?;
     Ok(Evaluated {
         proposal: Proposal {
             replicas,

@@ -53,3 +53,14 @@ pub async fn deployment_replicas(c: &TestCluster, name: &str) -> i32 {
         .and_then(|d| d.spec?.replicas)
         .unwrap_or(-1)
 }
+
+/// Whether `default` holds an Event of `reason` whose message satisfies `message`.
+pub async fn has_event(c: &TestCluster, reason: &str, message: impl Fn(&str) -> bool) -> bool {
+    kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(c.client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some(reason) && e.message.as_deref().is_some_and(&message))
+}
