@@ -280,7 +280,7 @@ impl ApiServer {
         priority.attach(Arc::downgrade(&api));
         claims.attach(Arc::downgrade(&api));
         ingress_class.attach(Arc::downgrade(&api));
-        for info in api.registry.all() {
+        for info in api.registry.all().into_iter().filter(|i| i.watch_cached()) {
             api.cacher(&info)?;
         }
         let ns_info = api
@@ -429,7 +429,7 @@ impl ApiServer {
     /// Ready once every watch cache has listed.
     pub async fn wait_ready(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
-        for info in self.registry.all() {
+        for info in self.registry.all().into_iter().filter(|i| i.watch_cached()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(cacher) = self.cacher(&info) else {
                 continue; // removed meanwhile

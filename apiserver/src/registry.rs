@@ -155,6 +155,12 @@ impl ResourceInfo {
         Some(obj)
     }
 
+    /// Whether reads are served from a watch cache (all but Events: see
+    /// [`crate::watch_cache::uncached`]).
+    pub fn watch_cached(&self) -> bool {
+        crate::watch_cache::uncached::is_cached(&self.group, &self.plural)
+    }
+
     pub fn is(&self, group: &str, plural: &str) -> bool {
         self.group == group && self.plural == plural
     }

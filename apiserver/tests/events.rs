@@ -306,3 +306,198 @@ async fn events_k8s_io_prints_the_same_table() {
     assert_eq!(cells[8], 3);
     assert_eq!(cells[9], "a");
 }
+
+/// The next event of a watch, within 10 s.
+async fn next<K>(
+    s: &mut futures_util::stream::BoxStream<'static, kube::Result<kube::api::WatchEvent<K>>>,
+) -> kube::api::WatchEvent<K> {
+    use futures_util::TryStreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.try_next())
+        .await
+        .expect("a watch event within 10 s")
+        .unwrap()
+        .expect("the watch goes on")
+}
+
+/// Events have no watch cache (kube-apiserver's default): reads come from the store and each
+/// watch is a store watch of its own — with a cache's semantics: events after a
+/// resourceVersion, the current state first without one, filters that see objects enter and
+/// leave, the other group's shape, and streaming lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_served_without_a_watch_cache_with_a_caches_semantics() {
+    use futures_util::StreamExt;
+    use kube::api::{DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
+
+    let c = TestCluster::start().await;
+    seed(&c).await;
+    let api: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let wp = WatchParams::default()
+        .fields("involvedObject.name=web")
+        .timeout(20);
+    let mut web = api.watch(&wp, &rv).await.unwrap().boxed();
+    let mut k8s_io =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(c.client.clone(), "default")
+            .watch(
+                &WatchParams::default()
+                    .fields("regarding.name=web")
+                    .timeout(20),
+                &rv,
+            )
+            .await
+            .unwrap()
+            .boxed();
+    // Created, a change, one outside the filter, moved out of it, deleted.
+    api.create(
+        &PostParams::default(),
+        &event("e", "web", "Started", "Normal", "kubelet"),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &event("f", "db", "Started", "Normal", "kubelet"),
+    )
+    .await
+    .unwrap();
+    api.patch(
+        "e",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"message": "started again", "count": 4})),
+    )
+    .await
+    .unwrap();
+    api.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"involvedObject": {"name": "cache"}})),
+    )
+    .await
+    .unwrap();
+    api.delete("e", &DeleteParams::default()).await.unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(match next(&mut web).await {
+            WatchEvent::Added(e) => ("ADDED", e.metadata.name.unwrap(), e.message),
+            WatchEvent::Modified(e) => ("MODIFIED", e.metadata.name.unwrap(), e.message),
+            WatchEvent::Deleted(e) => ("DELETED", e.metadata.name.unwrap(), e.message),
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    let m = |s: &str| Some(s.to_string());
+    assert_eq!(
+        seen,
+        [
+            ("ADDED", "e".to_string(), m("Started on web")),
+            ("MODIFIED", "e".to_string(), m("started again")),
+            ("DELETED", "b".to_string(), m("Pulled on web")),
+            ("DELETED", "e".to_string(), m("started again")),
+        ],
+        "a filtered watch sees objects enter and leave it"
+    );
+    // The same changes through events.k8s.io/v1, in its own shape.
+    match next(&mut k8s_io).await {
+        WatchEvent::Added(e) => {
+            assert_eq!(e.metadata.name.as_deref(), Some("e"));
+            assert_eq!(e.note.as_deref(), Some("Started on web"));
+            assert_eq!(e.regarding.and_then(|r| r.name).as_deref(), Some("web"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Without a resourceVersion: the current state first.
+    let mut now = api
+        .watch(&WatchParams::default().timeout(5), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let mut initial = Vec::new();
+    for _ in 0..5 {
+        match next(&mut now).await {
+            WatchEvent::Added(e) => initial.push(e.metadata.name.unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    initial.sort();
+    assert_eq!(initial, ["a", "b", "c", "d", "f"]);
+    drop(now);
+
+    // A streaming list: every event, then the end bookmark.
+    let mut stream = api
+        .watch(&WatchParams::streaming_lists().timeout(5), "")
+        .await
+        .unwrap()
+        .boxed();
+    let mut listed = Vec::new();
+    loop {
+        match next(&mut stream).await {
+            WatchEvent::Added(e) => listed.push(e.metadata.name.unwrap()),
+            WatchEvent::Bookmark(b) => {
+                assert_eq!(
+                    b.metadata
+                        .annotations
+                        .get("k8s.io/initial-events-end")
+                        .map(String::as_str),
+                    Some("true")
+                );
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    listed.sort();
+    assert_eq!(listed, ["a", "b", "c", "d", "f"]);
+
+    // A GET and a future resourceVersion are answered from the store.
+    assert_eq!(
+        api.get("f").await.unwrap().message.as_deref(),
+        Some("Started on db")
+    );
+    let future = (rv.parse::<i64>().unwrap() + 1_000).to_string();
+    // (Raw HTTP: kube's client retries a 504 with back-off for minutes.)
+    let (addr, path) = (
+        c.addr.to_string(),
+        format!(
+            "/api/v1/namespaces/default/events?resourceVersion={future}&resourceVersionMatch=NotOlderThan"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let (code, body) =
+        tokio::task::spawn_blocking(move || capstan_testkit::http_get(&addr, &path).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(
+        code, 504,
+        "a resourceVersion the store has not reached: {body}"
+    );
+    assert!(body.contains("Too large resource version"), "{body}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "waited for it first"
+    );
+
+    // And no watch cache holds them.
+    let cached: Vec<(String, String)> = c
+        .api
+        .cache_memory()
+        .into_iter()
+        .map(|(g, p, _)| (g, p))
+        .collect();
+    assert!(
+        !cached.iter().any(|(_, p)| p == "events"),
+        "events are not cached: {cached:?}"
+    );
+    assert!(
+        cached
+            .iter()
+            .any(|(g, p)| g.is_empty() && p == "namespaces"),
+        "{cached:?}"
+    );
+}

@@ -196,7 +196,10 @@ impl Informers {
     }
 
     fn start<K: runtime::Watchable>(&self, api: Api<K>) -> Arc<Informer<K>> {
-        let inf = Informer::new(api, watcher::Config::default());
+        self.spawn(Informer::new(api, watcher::Config::default()))
+    }
+
+    fn spawn<K: runtime::Watchable>(&self, inf: Arc<Informer<K>>) -> Arc<Informer<K>> {
         let task = tokio::spawn(inf.clone().run());
         self.tasks
             .lock()
@@ -205,9 +208,18 @@ impl Informers {
         inf
     }
 
+    /// Pods as [`runtime::informer::compact_pod`] keeps them: what controllers decide on,
+    /// not what only the node agent reads. Patch pods; never write one from here back whole.
     pub fn pods(&self) -> Arc<Informer<Pod>> {
         self.pods
-            .get_or_init(|| self.start(Api::all(self.client.clone())))
+            .get_or_init(|| {
+                let api = Api::all(self.client.clone());
+                self.spawn(Informer::trimmed(
+                    api,
+                    watcher::Config::default(),
+                    runtime::informer::compact_pod,
+                ))
+            })
             .clone()
     }
     pub fn replicasets(&self) -> Arc<Informer<ReplicaSet>> {

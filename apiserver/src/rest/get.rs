@@ -37,6 +37,12 @@ impl ApiServer {
         if rv <= current {
             return Ok(());
         }
+        if !info.watch_cached() {
+            return match crate::watch_cache::uncached::wait_for_store(&self.store, rv).await? {
+                true => Ok(()),
+                false => Err(ApiError::too_large_resource_version(rv, current)),
+            };
+        }
         if self
             .cacher(info)?
             .wait_for(rv, FUTURE_RESOURCE_VERSION_WAIT)
@@ -50,7 +56,7 @@ impl ApiServer {
     /// A consistent GET: from the watch cache when it has caught up with the store's current
     /// revision (known without I/O on the embedded store), else from the store.
     pub async fn get(&self, t: &Target) -> ApiResult<Value> {
-        if let Some(current) = self.store.revision_hint() {
+        if let Some(current) = self.store.revision_hint().filter(|_| t.info.watch_cached()) {
             let cacher = self.cacher(&t.info)?;
             if cacher.wait_for(current, Duration::from_millis(50)).await {
                 let name = name_of(t);

@@ -76,7 +76,7 @@ impl ApiServer {
             self.wait_for_revision(&t.info, r).await?;
         }
         let prefix = t.info.list_prefix(t.namespace.as_deref());
-        if limit.is_none() && cont.is_none() && !exact {
+        if limit.is_none() && cont.is_none() && !exact && t.info.watch_cached() {
             let cacher = self.cacher(&t.info)?;
             // resourceVersion "0": any state is fine. Unset: at least the store's current one.
             let needed = match (p.get("resourceVersion"), rv) {

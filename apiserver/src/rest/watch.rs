@@ -1,7 +1,8 @@
-//! WATCH: a client watch served from the resource's watch cache as newline-delimited JSON
-//! events (ADDED/MODIFIED/DELETED, BOOKMARKs, streaming lists' initial-events-end). An expired
+//! WATCH: a client watch served from the resource's watch cache (for Events, which have none,
+//! from a store watch of its own) as newline-delimited JSON events (ADDED/MODIFIED/DELETED, BOOKMARKs, streaming lists' initial-events-end). An expired
 //! resourceVersion is answered with an ERROR event carrying a 410 by the HTTP layer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,8 +12,9 @@ use serde_json::{Value, json};
 use crate::ApiServer;
 use crate::errors::{ApiError, ApiResult, from_storage};
 use crate::object::ObjectExt;
+use crate::registry::ResourceInfo;
 use crate::request::{Params, Target, View, partial_metadata};
-use crate::watch_cache::{CacheEvent, Cached, Kind};
+use crate::watch_cache::{CacheEvent, CacheWatcher, Cached, Kind};
 
 use super::filter::Filter;
 
@@ -73,7 +75,6 @@ impl ApiServer {
             .unwrap_or(DEFAULT_WATCH_TIMEOUT);
         let bookmarks = p.flag("allowWatchBookmarks");
         let bookmark_every = self.bookmark_interval();
-        let cacher = self.cacher(&t.info)?;
         let rv = p.resource_version()?;
         let (initial, mut live, snapshot_rv) = match send_initial {
             // The state at (at least) the given RV — or, unset, the store's current one.
@@ -89,14 +90,24 @@ impl ApiServer {
                             .map_err(|e| from_storage(e, &t.info.group, &t.info.plural, ""))?,
                     },
                 };
-                cacher.watch_at_least(None, min).await?
+                self.watch_source(&t.info, None, min).await?
             }
             // Explicitly no initial events: from the RV, or from now.
             Some(false) => {
-                let (events, rx, at) = cacher.watch(rv).await?;
+                let from = match rv {
+                    // Without a cache, "now" is the store's revision (no state to list).
+                    None if !t.info.watch_cached() => Some(
+                        self.store
+                            .current_revision()
+                            .await
+                            .map_err(|e| from_storage(e, &t.info.group, &t.info.plural, ""))?,
+                    ),
+                    other => other,
+                };
+                let (events, rx, at) = self.watch_source(&t.info, from, rv.unwrap_or(0)).await?;
                 (if rv.is_none() { Vec::new() } else { events }, rx, at)
             }
-            None => cacher.watch(rv).await?,
+            None => self.watch_source(&t.info, rv, rv.unwrap_or(0)).await?,
         };
         let initial_end = send_initial == Some(true);
         let info = t.info.clone();
@@ -192,6 +203,23 @@ impl ApiServer {
         Ok(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|b| (Ok(b), rx))
         }))
+    }
+}
+
+impl ApiServer {
+    /// A client watch's initial events and live stream: from the resource's watch cache, or
+    /// for one served without (Events) from a store watch of its own.
+    async fn watch_source(
+        &self,
+        info: &Arc<ResourceInfo>,
+        from: Option<i64>,
+        min_rv: i64,
+    ) -> ApiResult<(Vec<Arc<CacheEvent>>, CacheWatcher, i64)> {
+        if info.watch_cached() {
+            self.cacher(info)?.watch_at_least(from, min_rv).await
+        } else {
+            crate::watch_cache::uncached::watch(info, &self.store, from, min_rv).await
+        }
     }
 }
 

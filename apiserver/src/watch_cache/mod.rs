@@ -28,6 +28,7 @@
 mod cached;
 pub mod derived;
 mod history;
+pub mod uncached;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -487,10 +488,12 @@ impl Cacher {
             Some(r) => st.history.after(r).cloned().collect(),
         };
         let live = CacheWatcher {
-            state: self.state.clone(),
-            generation: st.generation,
-            position: st.rv,
-            changes,
+            source: Source::History(HistoryCursor {
+                state: self.state.clone(),
+                generation: st.generation,
+                position: st.rv,
+                changes,
+            }),
         };
         Ok((initial, live, st.rv))
     }
@@ -505,8 +508,18 @@ pub enum RecvError {
     Closed,
 }
 
-/// A client watch's live stream: its position in the cache's history.
+/// A client watch's live stream: its position in the cache's history, or, for a resource
+/// served without a cache, a store watch of its own ([`uncached`]).
 pub struct CacheWatcher {
+    source: Source,
+}
+
+enum Source {
+    History(HistoryCursor),
+    Store(uncached::StoreEvents),
+}
+
+struct HistoryCursor {
     state: Arc<RwLock<State>>,
     generation: u64,
     /// The revision of the last event delivered (or the revision the watch started at).
@@ -516,10 +529,14 @@ pub struct CacheWatcher {
 
 impl std::fmt::Debug for CacheWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheWatcher")
-            .field("generation", &self.generation)
-            .field("position", &self.position)
-            .finish_non_exhaustive()
+        match &self.source {
+            Source::History(c) => f
+                .debug_struct("CacheWatcher")
+                .field("generation", &c.generation)
+                .field("position", &c.position)
+                .finish_non_exhaustive(),
+            Source::Store(_) => f.write_str("CacheWatcher(store watch)"),
+        }
     }
 }
 
@@ -527,6 +544,15 @@ impl CacheWatcher {
     /// The next event after the last one delivered; waits for it. Cancel-safe: dropping the
     /// future loses nothing.
     pub async fn recv(&mut self) -> Result<Arc<CacheEvent>, RecvError> {
+        match &mut self.source {
+            Source::History(c) => c.recv().await,
+            Source::Store(s) => s.recv().await,
+        }
+    }
+}
+
+impl HistoryCursor {
+    async fn recv(&mut self) -> Result<Arc<CacheEvent>, RecvError> {
         loop {
             // Marked seen before the state is read: a change after the read wakes the wait.
             self.changes.borrow_and_update();

@@ -14,6 +14,10 @@
 //! change always reads a store that already holds it. Subscribers get unbounded queues (as
 //! client-go's processorListener has): a slow controller delays only itself. Subscribing after the
 //! informer started first replays the current store as `Added`, atomically with later changes.
+//!
+//! What the store keeps is trimmed as it arrives (client-go's `SetTransform`): never an object's
+//! `managedFields`, which no controller reads and which are most of a small object's memory, and
+//! for pods also what only the node agent reads (see [`compact_pod`]).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -85,6 +89,7 @@ where
     store: Store<K>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Change<K>>>>,
     synced: tokio::sync::watch::Sender<bool>,
+    trim: fn(&mut K),
 }
 
 impl<K> Debug for Informer<K>
@@ -110,7 +115,16 @@ where
         + Sync
         + 'static,
 {
+    /// An informer whose store keeps objects without their `managedFields`.
     pub fn new(api: Api<K>, config: watcher::Config) -> Arc<Self> {
+        Self::trimmed(api, config, strip_managed_fields::<K>)
+    }
+
+    /// An informer whose store keeps each object as `trim` leaves it. Controllers write back
+    /// what they read from a store (a status update of a cached object), so a trim may drop
+    /// only what the server keeps when a write leaves it out (`managedFields`) or what no
+    /// controller ever writes back.
+    pub fn trimmed(api: Api<K>, config: watcher::Config, trim: fn(&mut K)) -> Arc<Self> {
         let writer = Writer::new(());
         let store = writer.as_reader();
         Arc::new(Informer {
@@ -120,6 +134,7 @@ where
             store,
             subscribers: Mutex::new(Vec::new()),
             synced: tokio::sync::watch::channel(false).0,
+            trim,
         })
     }
 
@@ -167,6 +182,7 @@ where
         };
         let mut events = watcher(self.api.clone(), self.config.clone())
             .default_backoff()
+            .modify(self.trim)
             .boxed();
         // Objects of a relist in progress (watcher Init .. InitDone).
         let mut relist: Option<HashMap<ObjectRef<K>, ()>> = None;
@@ -234,6 +250,60 @@ where
                 }
             }
         }
+    }
+}
+
+/// Drops `metadata.managedFields`: the server keeps an object's entries when a write leaves
+/// them out, so an object written back from a store loses nothing.
+pub fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// A pod as the controllers' store keeps it: without `managedFields`, and without what only
+/// the node agent reads —
+/// - from its containers: environment, command and arguments, probes, lifecycle hooks,
+///   security context, mounts and working directory;
+/// - its volumes other than claims (`persistentVolumeClaim`, `ephemeral`): the service
+///   account's token, ConfigMaps, Secrets, emptyDirs. A `Volume` is 3 KB in memory however
+///   little it holds.
+///
+/// What any controller decides on stays: names, images, ports, resources, restart policies,
+/// the claims, every scheduling field and the whole status. Controllers patch pods and never
+/// write one back whole, so nothing dropped here can be lost on the server.
+pub fn compact_pod(pod: &mut k8s_openapi::api::core::v1::Pod) {
+    strip_managed_fields(pod);
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
+        volumes.shrink_to_fit();
+    }
+    let containers = spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten());
+    for c in containers {
+        c.env = None;
+        c.env_from = None;
+        c.command = None;
+        c.args = None;
+        c.liveness_probe = None;
+        c.readiness_probe = None;
+        c.startup_probe = None;
+        c.lifecycle = None;
+        c.security_context = None;
+        c.volume_mounts = None;
+        c.volume_devices = None;
+        c.working_dir = None;
+        c.termination_message_path = None;
+    }
+    for c in spec.ephemeral_containers.iter_mut().flatten() {
+        c.env = None;
+        c.env_from = None;
+        c.command = None;
+        c.args = None;
+        c.volume_mounts = None;
     }
 }
 
