@@ -1,6 +1,7 @@
 //! WATCH: a client watch served from the resource's watch cache (for Events, which have none,
-//! from a store watch of its own) as newline-delimited JSON events (ADDED/MODIFIED/DELETED, BOOKMARKs, streaming lists' initial-events-end). An expired
-//! resourceVersion is answered with an ERROR event carrying a 410 by the HTTP layer.
+//! from a store watch of its own) as newline-delimited JSON events (ADDED/MODIFIED/DELETED,
+//! BOOKMARKs, streaming lists' initial-events-end). An expired resourceVersion is answered
+//! with an ERROR event carrying a 410 by the HTTP layer.
 
 use std::sync::Arc;
 use std::time::Duration;
