@@ -133,8 +133,16 @@ fn main() -> std::process::ExitCode {
         let _ = rustix::thread::disable_transparent_huge_pages(true);
     }
     const LAZY: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
-    if has(&["agent", "up", "controllers", "apiserver", "ingress", "sim"])
-        && !helper
+    // `bench` too: its in-process servers then run as `capstan apiserver` does.
+    if has(&[
+        "agent",
+        "up",
+        "controllers",
+        "apiserver",
+        "ingress",
+        "sim",
+        "bench",
+    ]) && !helper
         && std::env::var_os(LAZY).is_none()
         && let Ok(exe) = std::env::current_exe()
     {

@@ -324,7 +324,12 @@ pub async fn run(b: PodsBench) -> Result<()> {
         .arg(&socket)
         .arg("--root-dir")
         .arg(scratch.path().join("agent"))
-        .env("RUST_LOG", "warn")
+        // CAPSTAN_BENCH_AGENT_LOG: the agent's log filter (its stderr is the bench's), for
+        // profiling a run (`capstan_node_agent=debug` times each pod's actions).
+        .env(
+            "RUST_LOG",
+            std::env::var("CAPSTAN_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()?;
     let agent_pid = agent.id();

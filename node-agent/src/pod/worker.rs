@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -31,12 +32,13 @@ use crate::runtime::{
 /// ([`env::KubeApi`]), memory in the worker's tests.
 pub trait PodApi: Lookup {
     /// Merge-patches the pod's status, guarded by its uid; a pod already gone is no error.
+    /// The pod's resourceVersion after the write (None when it was gone).
     fn write_status(
         &self,
         pod: &Pod,
         uid: &str,
         status: &PodStatus,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, String>> + Send;
     /// Tells the API server the pod is stopped: delete with grace 0 for this uid only; a pod
     /// already gone (or replaced by another uid) is no error.
     fn confirm_deletion(
@@ -47,7 +49,12 @@ pub trait PodApi: Lookup {
 }
 
 impl PodApi for env::KubeApi {
-    async fn write_status(&self, pod: &Pod, uid: &str, status: &PodStatus) -> Result<(), String> {
+    async fn write_status(
+        &self,
+        pod: &Pod,
+        uid: &str,
+        status: &PodStatus,
+    ) -> Result<Option<String>, String> {
         let api: Api<Pod> = Api::namespaced(
             self.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -60,8 +67,8 @@ impl PodApi for env::KubeApi {
             )
             .await
         {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Ok(written) => Ok(written.metadata.resource_version),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(format!("writing the pod status: {e}")),
         }
     }
@@ -130,19 +137,13 @@ pub fn log_dir(root: &std::path::Path, pod: &Pod) -> PathBuf {
 
 /// What the runtime has for the pod with `uid`.
 pub async fn observe<R: Runtime>(runtime: &R, uid: &str) -> Result<Observed, RuntimeError> {
-    let mut sandboxes: Vec<_> = runtime
-        .list_sandboxes()
-        .await?
-        .into_iter()
-        .filter(|s| s.config.labels.get(POD_UID).map(String::as_str) == Some(uid))
-        .collect();
+    let (mut sandboxes, containers) = runtime.pod_state(uid).await?;
+    // Only this pod's, whatever the runtime matched on.
+    sandboxes.retain(|s| s.config.labels.get(POD_UID).map(String::as_str) == Some(uid));
     sandboxes.sort_by_key(|s| (s.config.attempt, s.created_at));
-    let ids: Vec<&str> = sandboxes.iter().map(|s| s.id.as_str()).collect();
-    let containers = runtime
-        .list_containers()
-        .await?
+    let containers = containers
         .into_iter()
-        .filter(|c| ids.contains(&c.sandbox_id.as_str()))
+        .filter(|c| sandboxes.iter().any(|s| s.id == c.sandbox_id))
         .collect();
     Ok(Observed {
         sandboxes,
@@ -156,6 +157,8 @@ pub struct PodWorker<R, A> {
     backoffs: Backoffs,
     waiting: Waiting,
     written: Option<PodStatus>,
+    /// The pod's resourceVersion that the last status write made.
+    written_version: Option<String>,
     last: Option<Arc<Pod>>,
     prober: Option<Prober<R>>,
     /// Image pull back-off: failures so far and when the next pull may be tried.
@@ -189,6 +192,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             backoffs: Backoffs::new(),
             waiting: Waiting::new(),
             written: None,
+            written_version: None,
             last: None,
             prober: None,
             pulls: HashMap::new(),
@@ -203,34 +207,70 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             Prober::new(self.ctx.runtime.clone(), poke.clone())
                 .with_recorder(self.ctx.recorder.clone()),
         );
+        // When the last sync asked to be woken; and whether only a new pod version woke it.
+        let mut deadline = tokio::time::Instant::now();
+        let mut woken_by_pod = false;
         loop {
             let current = pod.borrow_and_update().clone();
             let outcome = match current {
+                // The echo of the worker's own status write: nothing it acts on changed, and
+                // the runtime's changes come through `poke`. A sync here would only look at
+                // the runtime again (each starting pod used to, once more, in a burst).
+                Some(p) if woken_by_pod && self.is_own_echo(&p) => {
+                    self.last = Some(p);
+                    None
+                }
                 Some(p) => {
                     self.last = Some(p.clone());
-                    self.sync(&p).await
+                    Some(self.sync(&p).await)
                 }
-                None => self.gone().await,
+                None => Some(self.gone().await),
             };
-            if let Some(m) = &self.ctx.metrics {
-                let result = if outcome.is_ok() { "ok" } else { "error" };
-                m.syncs.with_label_values(&[result]).inc();
+            if let Some(outcome) = outcome {
+                if let Some(m) = &self.ctx.metrics {
+                    let result = if outcome.is_ok() { "ok" } else { "error" };
+                    m.syncs.with_label_values(&[result]).inc();
+                }
+                let wake = match outcome {
+                    Ok(Outcome::Done) => return,
+                    Ok(Outcome::Again(wake)) => wake,
+                    Err(e) => {
+                        tracing::warn!(pod = %self.uid, error = %e, "pod sync failed; retrying");
+                        Some(Duration::from_secs(1))
+                    }
+                };
+                deadline = tokio::time::Instant::now() + wake.unwrap_or(Duration::from_secs(3600));
             }
-            let wake = match outcome {
-                Ok(Outcome::Done) => return,
-                Ok(Outcome::Again(wake)) => wake,
-                Err(e) => {
-                    tracing::warn!(pod = %self.uid, error = %e, "pod sync failed; retrying");
-                    Some(Duration::from_secs(1))
-                }
-            };
-            let sleep = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600)));
+            woken_by_pod = false;
             tokio::select! {
-                r = pod.changed() => if r.is_err() { return },
+                r = pod.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    woken_by_pod = true;
+                }
                 _ = poke.notified() => {}
-                _ = sleep => {}
+                _ = tokio::time::sleep_until(deadline) => {}
             }
         }
+    }
+
+    /// Whether `pod` is the version this worker's last status write made, and that write
+    /// changed nothing but the status since the version last synced (the resourceVersion and
+    /// managedFields aside).
+    fn is_own_echo(&self, pod: &Pod) -> bool {
+        let Some(last) = &self.last else {
+            return false;
+        };
+        let bookkeeping = |m: &ObjectMeta| ObjectMeta {
+            resource_version: None,
+            managed_fields: None,
+            ..m.clone()
+        };
+        pod.metadata.resource_version.is_some()
+            && pod.metadata.resource_version == self.written_version
+            && pod.spec == last.spec
+            && bookkeeping(&pod.metadata) == bookkeeping(&last.metadata)
     }
 
     /// One SyncPod: plan, act, report.
@@ -848,7 +888,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
         if self.written.as_ref() == Some(&status) || pod.status.as_ref() == Some(&status) {
             return Ok(());
         }
-        self.ctx.api.write_status(pod, &self.uid, &status).await?;
+        self.written_version = self.ctx.api.write_status(pod, &self.uid, &status).await?;
         self.written = Some(status);
         Ok(())
     }

@@ -49,7 +49,12 @@ impl Lookup for Arc<Api> {
 }
 
 impl PodApi for Arc<Api> {
-    async fn write_status(&self, _: &Pod, uid: &str, status: &PodStatus) -> Result<(), String> {
+    async fn write_status(
+        &self,
+        _: &Pod,
+        uid: &str,
+        status: &PodStatus,
+    ) -> Result<Option<String>, String> {
         assert_eq!(uid, "u1", "writes are guarded by the pod's uid");
         if self
             .failing_writes
@@ -58,9 +63,12 @@ impl PodApi for Arc<Api> {
         {
             return Err("writing the pod status: 500 Internal Server Error".into());
         }
-        self.statuses.lock().unwrap().push(status.clone());
+        let mut statuses = self.statuses.lock().unwrap();
+        statuses.push(status.clone());
+        let version = format!("written-{}", statuses.len());
+        drop(statuses);
         self.written.send_modify(|n| *n += 1);
-        Ok(())
+        Ok(Some(version))
     }
     async fn confirm_deletion(&self, pod: &Pod, uid: &str) -> Result<(), String> {
         self.deletions
@@ -627,6 +635,69 @@ async fn the_worker_loop_sleeps_through_back_offs_and_ends_when_the_pod_is_gone(
         .unwrap();
     assert!(h.rt.list_sandboxes().await.unwrap().is_empty());
     assert!(h.rt.list_containers().await.unwrap().is_empty());
+}
+
+/// The echo of the worker's own status write (the resourceVersion that write made, nothing
+/// else changed) does not send the worker back to the runtime; any other version does.
+#[tokio::test(start_paused = true)]
+async fn the_echo_of_its_own_status_write_is_not_synced_again() {
+    let h = harness();
+    let p = app("Always");
+    let (tx, rx) = watch::channel(Some(Arc::new(p.clone())));
+    let poke = Arc::new(Notify::new());
+    let worker = tokio::spawn(PodWorker::new(h.ctx.clone(), "u1".into()).run(rx, poke.clone()));
+    h.api.until(|s| s.phase.as_deref() == Some("Running")).await;
+    // On the paused clock a sleep returns once every task is idle: the worker is waiting.
+    let idle = || tokio::time::sleep(Duration::from_millis(1));
+    let looks = || {
+        h.rt.calls()
+            .iter()
+            .filter(|c| c.starts_with("pod_state"))
+            .count()
+    };
+    idle().await;
+    let before = looks();
+    assert!(before >= 2, "a sync looks before and after acting");
+
+    let mut echo = with_status(p.clone(), h.api.last());
+    echo.metadata.resource_version = Some(format!("written-{}", h.api.writes()));
+    echo.metadata.managed_fields = Some(Vec::new());
+    tx.send(Some(Arc::new(echo.clone()))).unwrap();
+    idle().await;
+    assert_eq!(looks(), before, "its own write's echo is not synced");
+
+    // The same status under another resourceVersion: someone else wrote; synced.
+    let mut other = echo.clone();
+    other.metadata.resource_version = Some("someone-else".into());
+    tx.send(Some(Arc::new(other.clone()))).unwrap();
+    idle().await;
+    let after_other = looks();
+    assert!(after_other > before, "another writer's version is synced");
+
+    // Its own write's resourceVersion but a label changed meanwhile: synced.
+    let mut labelled = echo.clone();
+    labelled.metadata.labels = Some(BTreeMap::from([("tier".into(), "web".into())]));
+    tx.send(Some(Arc::new(labelled))).unwrap();
+    idle().await;
+    assert!(looks() > after_other, "a changed pod is synced");
+
+    // The runtime's changes still come through pokes, and timers still fire: a crash is
+    // restarted.
+    h.rt.exit(&h.rt.container_named("app").unwrap(), 1, false);
+    poke.notify_one();
+    h.api
+        .until(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .any(|c| c.restart_count == 1)
+        })
+        .await;
+    tx.send(None).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker ends")
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]

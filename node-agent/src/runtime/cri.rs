@@ -269,6 +269,81 @@ impl CriRuntime {
         Ok(ip)
     }
 
+    async fn pod_sandboxes(
+        &self,
+        filter: Option<cri::PodSandboxFilter>,
+    ) -> Result<Vec<cri::PodSandbox>> {
+        Ok(self
+            .runtime
+            .clone()
+            .list_pod_sandbox(request(cri::ListPodSandboxRequest { filter }, CALL_TIMEOUT))
+            .await
+            .map_err(rpc("list sandboxes"))?
+            .into_inner()
+            .items)
+    }
+
+    /// `items` with their IPs (fetched once per sandbox), oldest first.
+    async fn sandboxes_of(&self, items: Vec<cri::PodSandbox>) -> Result<Vec<Sandbox>> {
+        let mut out = Vec::with_capacity(items.len());
+        for sb in items {
+            let ip = if sb.state == wire::SANDBOX_READY {
+                match self.sandbox_ip(&sb.id).await {
+                    Ok(ip) => ip,
+                    Err(RuntimeError::NotFound { .. }) => continue, // removed meanwhile
+                    Err(e) => return Err(e),
+                }
+            } else {
+                self.lock_ips().get(&sb.id).cloned().flatten()
+            };
+            out.push(self.sandbox_of(sb, ip));
+        }
+        out.sort_by_key(|s| (s.created_at, s.config.attempt));
+        Ok(out)
+    }
+
+    async fn listed_containers(
+        &self,
+        filter: Option<cri::ContainerFilter>,
+    ) -> Result<Vec<cri::Container>> {
+        Ok(self
+            .runtime
+            .clone()
+            .list_containers(request(cri::ListContainersRequest { filter }, CALL_TIMEOUT))
+            .await
+            .map_err(rpc("list containers"))?
+            .into_inner()
+            .containers)
+    }
+
+    /// `items` with what ListContainers leaves out: ContainerStatus once per state reached.
+    async fn containers_of(&self, items: &[cri::Container]) -> Result<Vec<Container>> {
+        let mut out = Vec::with_capacity(items.len());
+        for listed in items {
+            let state = container_state(listed.state);
+            let cached = self
+                .lock_containers()
+                .get(&listed.id)
+                .filter(|c| c.state == state)
+                .cloned();
+            let c = match cached {
+                Some(c) => c,
+                None => match self.container_status(listed).await {
+                    Ok(c) => {
+                        if settled(&c) {
+                            self.lock_containers().insert(c.id.clone(), c.clone());
+                        }
+                        c
+                    }
+                    Err(RuntimeError::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            out.push(c);
+        }
+        Ok(out)
+    }
+
     fn lock_ips(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<String>>> {
         self.ips.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -542,34 +617,10 @@ impl Runtime for CriRuntime {
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<Sandbox>> {
-        let items = self
-            .runtime
-            .clone()
-            .list_pod_sandbox(request(
-                cri::ListPodSandboxRequest { filter: None },
-                CALL_TIMEOUT,
-            ))
-            .await
-            .map_err(rpc("list sandboxes"))?
-            .into_inner()
-            .items;
+        let items = self.pod_sandboxes(None).await?;
         let live: std::collections::HashSet<&str> = items.iter().map(|s| s.id.as_str()).collect();
         self.lock_ips().retain(|id, _| live.contains(id.as_str()));
-        let mut out = Vec::with_capacity(items.len());
-        for sb in items {
-            let ip = if sb.state == wire::SANDBOX_READY {
-                match self.sandbox_ip(&sb.id).await {
-                    Ok(ip) => ip,
-                    Err(RuntimeError::NotFound { .. }) => continue, // removed meanwhile
-                    Err(e) => return Err(e),
-                }
-            } else {
-                self.lock_ips().get(&sb.id).cloned().flatten()
-            };
-            out.push(self.sandbox_of(sb, ip));
-        }
-        out.sort_by_key(|s| (s.created_at, s.config.attempt));
-        Ok(out)
+        self.sandboxes_of(items).await
     }
 
     async fn create_container(
@@ -791,44 +842,34 @@ impl Runtime for CriRuntime {
     }
 
     async fn list_containers(&self) -> Result<Vec<Container>> {
-        let items = self
-            .runtime
-            .clone()
-            .list_containers(request(
-                cri::ListContainersRequest { filter: None },
-                CALL_TIMEOUT,
-            ))
-            .await
-            .map_err(rpc("list containers"))?
-            .into_inner()
-            .containers;
+        let items = self.listed_containers(None).await?;
         let live: std::collections::HashSet<&str> = items.iter().map(|c| c.id.as_str()).collect();
         self.lock_containers()
             .retain(|id, _| live.contains(id.as_str()));
-        let mut out = Vec::with_capacity(items.len());
-        for listed in &items {
-            let state = container_state(listed.state);
-            let cached = self
-                .lock_containers()
-                .get(&listed.id)
-                .filter(|c| c.state == state)
-                .cloned();
-            let c = match cached {
-                Some(c) => c,
-                None => match self.container_status(listed).await {
-                    Ok(c) => {
-                        if settled(&c) {
-                            self.lock_containers().insert(c.id.clone(), c.clone());
-                        }
-                        c
-                    }
-                    Err(RuntimeError::NotFound { .. }) => continue,
-                    Err(e) => return Err(e),
-                },
-            };
-            out.push(c);
-        }
-        Ok(out)
+        self.containers_of(&items).await
+    }
+
+    /// Two filtered RPCs (containerd matches the pod's uid label), so a worker's look at its
+    /// pod does not grow with the node's other pods — each of which a full list would encode,
+    /// send and decode, and a burst of 30 starting pods looks ~8 times each.
+    async fn pod_state(&self, uid: &str) -> Result<(Vec<Sandbox>, Vec<Container>)> {
+        let selector: HashMap<String, String> =
+            HashMap::from([(super::POD_UID.to_string(), uid.to_string())]);
+        let sandboxes = self
+            .pod_sandboxes(Some(cri::PodSandboxFilter {
+                label_selector: selector.clone(),
+                ..Default::default()
+            }))
+            .await?;
+        let sandboxes = self.sandboxes_of(sandboxes).await?;
+        let containers = self
+            .listed_containers(Some(cri::ContainerFilter {
+                label_selector: selector,
+                ..Default::default()
+            }))
+            .await?;
+        let containers = self.containers_of(&containers).await?;
+        Ok((sandboxes, containers))
     }
 
     async fn container_stats(&self) -> Result<Vec<super::ContainerStats>> {

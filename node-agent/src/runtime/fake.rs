@@ -256,6 +256,24 @@ impl Runtime for FakeRuntime {
         Ok(self.lock().containers.values().cloned().collect())
     }
 
+    async fn pod_state(&self, uid: &str) -> Result<(Vec<Sandbox>, Vec<Container>)> {
+        let mut s = self.lock();
+        s.calls.push(format!("pod_state {uid}"));
+        let sandboxes: Vec<Sandbox> = s
+            .sandboxes
+            .values()
+            .filter(|sb| sb.config.labels.get(super::POD_UID).map(String::as_str) == Some(uid))
+            .cloned()
+            .collect();
+        let containers = s
+            .containers
+            .values()
+            .filter(|c| sandboxes.iter().any(|sb| sb.id == c.sandbox_id))
+            .cloned()
+            .collect();
+        Ok((sandboxes, containers))
+    }
+
     async fn container_stats(&self) -> Result<Vec<super::ContainerStats>> {
         let s = self.lock();
         Ok(s.containers

@@ -253,6 +253,29 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     fn list_containers(&self) -> impl Future<Output = Result<Vec<Container>>> + Send;
+    /// The sandboxes of the pod with `uid` (its `POD_UID` label), oldest first, and their
+    /// containers: a pod worker's look, where the PLEG lists everything. This default filters
+    /// the full lists; a runtime that can filter at the source does.
+    fn pod_state(
+        &self,
+        uid: &str,
+    ) -> impl Future<Output = Result<(Vec<Sandbox>, Vec<Container>)>> + Send {
+        async move {
+            let sandboxes: Vec<Sandbox> = self
+                .list_sandboxes()
+                .await?
+                .into_iter()
+                .filter(|s| s.config.labels.get(POD_UID).map(String::as_str) == Some(uid))
+                .collect();
+            let containers = self
+                .list_containers()
+                .await?
+                .into_iter()
+                .filter(|c| sandboxes.iter().any(|s| s.id == c.sandbox_id))
+                .collect();
+            Ok((sandboxes, containers))
+        }
+    }
     /// Runs `cmd` in a running container and waits for it (exec probes).
     fn exec_sync(
         &self,
