@@ -16,8 +16,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::node::{self, NodeConfig};
 use crate::pod::env::KubeApi;
+use crate::pod::plan::Observed;
 use crate::pod::worker::{Context, PodWorker, observe};
-use crate::runtime::{ContainerState, POD_UID, Runtime, SandboxState};
+use crate::runtime::{Container, ContainerState, POD_UID, Runtime, Sandbox, SandboxState};
 use crate::server::Metrics;
 
 pub const PLEG_PERIOD: Duration = Duration::from_secs(1);
@@ -35,6 +36,8 @@ pub enum AgentError {
 struct Handle {
     pod: watch::Sender<Option<Arc<Pod>>>,
     poke: Arc<Notify>,
+    /// The fingerprint of the worker's last look at the runtime.
+    seen: crate::pod::worker::Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -256,9 +259,12 @@ impl<R: Runtime> Agent<R> {
                             continue;
                         }
                     };
+                    // A change the worker has already seen (its own actions, looked at after
+                    // acting) is no news to it.
                     for (uid, fingerprint) in &snapshot {
                         if last_relist.get(uid) != Some(fingerprint)
                             && let Some(h) = workers.get(uid)
+                            && !h.seen.is(fingerprint)
                         {
                             h.poke.notify_one();
                         }
@@ -301,12 +307,14 @@ impl<R: Runtime> Agent<R> {
         let (tx, rx) = watch::channel(Some(pod));
         let poke = Arc::new(Notify::new());
         let worker = PodWorker::new(ctx.clone(), uid.clone());
+        let seen = worker.seen();
         let task = tokio::spawn(worker.run(rx, poke.clone()));
         workers.insert(
             uid,
             Handle {
                 pod: tx,
                 poke,
+                seen,
                 task,
             },
         );
@@ -334,29 +342,30 @@ impl<R: Runtime> Agent<R> {
                 .with_label_values(&[&format!("{state:?}").to_lowercase()])
                 .set(containers.iter().filter(|c| c.state == state).count() as i64);
         }
-        let mut out: HashMap<String, String> = HashMap::new();
-        let mut uid_of: HashMap<&str, &str> = HashMap::new();
-        for sb in &sandboxes {
-            // Sandboxes not made for a pod (another client of the same runtime) are not ours.
-            let Some(uid) = sb.config.labels.get(POD_UID).map(String::as_str) else {
-                continue;
-            };
-            uid_of.insert(&sb.id, uid);
-            out.entry(uid.to_string())
-                .or_default()
-                .push_str(&format!("{}:{:?};", sb.id, sb.state));
-        }
-        let mut containers: Vec<_> = containers.iter().collect();
-        containers.sort_by(|a, b| a.id.cmp(&b.id));
-        for c in containers {
-            if let Some(uid) = uid_of.get(c.sandbox_id.as_str()) {
-                out.entry(uid.to_string())
-                    .or_default()
-                    .push_str(&format!("{}:{:?}:{:?};", c.id, c.state, c.reason));
-            }
-        }
-        Ok(out)
+        Ok(fingerprints(sandboxes, containers))
     }
+}
+
+/// pod uid → [`Observed::fingerprint`] of what the runtime has of it. Sandboxes not made for a
+/// pod (another client of the same runtime) are not ours.
+fn fingerprints(sandboxes: Vec<Sandbox>, containers: Vec<Container>) -> HashMap<String, String> {
+    let mut pods: HashMap<String, Observed> = HashMap::new();
+    let mut uid_of: HashMap<String, String> = HashMap::new();
+    for sb in sandboxes {
+        let Some(uid) = sb.config.labels.get(POD_UID).cloned() else {
+            continue;
+        };
+        uid_of.insert(sb.id.clone(), uid.clone());
+        pods.entry(uid).or_default().sandboxes.push(sb);
+    }
+    for c in containers {
+        if let Some(uid) = uid_of.get(&c.sandbox_id) {
+            pods.entry(uid.clone()).or_default().containers.push(c);
+        }
+    }
+    pods.into_iter()
+        .map(|(uid, obs)| (uid, obs.fingerprint()))
+        .collect()
 }
 
 /// Stops and removes everything of a pod the API no longer has.
@@ -394,5 +403,74 @@ pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::{ContainerConfig, SandboxConfig};
+
+    async fn pod(rt: &FakeRuntime, uid: &str, containers: &[&str]) -> Vec<String> {
+        let sb = rt
+            .run_sandbox(&SandboxConfig {
+                name: uid.into(),
+                uid: uid.into(),
+                labels: [(POD_UID.to_string(), uid.to_string())].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for name in containers {
+            let c = rt
+                .create_container(
+                    &sb.id,
+                    &ContainerConfig {
+                        name: name.to_string(),
+                        image: "busybox:1".into(),
+                        command: vec!["sleep".into()],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            rt.start_container(&c.id).await.unwrap();
+            ids.push(c.id);
+        }
+        ids
+    }
+
+    /// The PLEG's fingerprint of a pod, from the node's lists, is the one its worker computes
+    /// from its own look: so a worker is not poked for what it has seen, and is for the rest.
+    #[tokio::test(start_paused = true)]
+    async fn the_plegs_fingerprint_of_a_pod_is_its_workers() {
+        let rt = FakeRuntime::new();
+        pod(&rt, "a", &["app", "sidecar"]).await;
+        let b = pod(&rt, "b", &["app"]).await;
+        // Not a pod's: no fingerprint.
+        rt.run_sandbox(&SandboxConfig::default()).await.unwrap();
+        let relisted = || async {
+            fingerprints(
+                rt.list_sandboxes().await.unwrap(),
+                rt.list_containers().await.unwrap(),
+            )
+        };
+        let before = relisted().await;
+        assert_eq!(before.len(), 2);
+        for uid in ["a", "b"] {
+            let own = observe(&rt, uid).await.unwrap().fingerprint();
+            assert_eq!(before[uid], own, "pod {uid}");
+        }
+
+        rt.exit(&b[0], 1, false);
+        let after = relisted().await;
+        assert_eq!(after["a"], before["a"]);
+        assert_ne!(
+            after["b"], before["b"],
+            "an exit changes the pod's fingerprint"
+        );
+        assert_eq!(after["b"], observe(&rt, "b").await.unwrap().fingerprint());
     }
 }

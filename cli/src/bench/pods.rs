@@ -45,6 +45,9 @@ pub struct PodsBench {
 
 const NODE: &str = "bench-node";
 
+/// The nftables table of the bench agent's service proxy.
+const PROXY_TABLE: &str = "capstanbenchpods";
+
 fn quantile(v: &[Duration], q: f64) -> Duration {
     let mut s = v.to_vec();
     s.sort_unstable();
@@ -200,6 +203,10 @@ impl Drop for Cleanup {
             c.stop();
         }
         super::delete_link(&self.bridge);
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", PROXY_TABLE])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -317,6 +324,10 @@ pub async fn run(b: PodsBench) -> Result<()> {
             "0",
             "--node-ip",
             "127.0.0.1",
+            // The service proxy runs as on any node, in a table of the bench's own that the
+            // clean-up removes (a killed agent cannot).
+            "--proxy-table",
+            PROXY_TABLE,
             "--stats-interval",
             &b.agent_stats_interval,
         ])

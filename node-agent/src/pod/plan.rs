@@ -61,6 +61,23 @@ impl Observed {
             .filter(|c| c.sandbox_id == sb.id && c.config.name == name)
             .max_by_key(|c| (c.config.attempt, c.created_at))
     }
+
+    /// What the PLEG compares between relists: each sandbox's and container's state (and
+    /// exit reason: the runtime may amend one, such as a late OOMKilled), in id order.
+    pub fn fingerprint(&self) -> String {
+        let mut sandboxes: Vec<&Sandbox> = self.sandboxes.iter().collect();
+        sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut containers: Vec<&Container> = self.containers.iter().collect();
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut out = String::new();
+        for sb in sandboxes {
+            out.push_str(&format!("{}:{:?};", sb.id, sb.state));
+        }
+        for c in containers {
+            out.push_str(&format!("{}:{:?}:{:?};", c.id, c.state, c.reason));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

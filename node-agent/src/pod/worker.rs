@@ -151,8 +151,25 @@ pub async fn observe<R: Runtime>(runtime: &R, uid: &str) -> Result<Observed, Run
     })
 }
 
+/// The fingerprint ([`Observed::fingerprint`]) of a worker's last look at the runtime, which
+/// the PLEG reads: it pokes a worker only for what the worker has not seen.
+#[derive(Debug, Clone, Default)]
+pub struct Seen(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Seen {
+    fn set(&self, fingerprint: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint);
+    }
+
+    /// Whether the worker's last look found the runtime as `fingerprint` says.
+    pub fn is(&self, fingerprint: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).as_deref() == Some(fingerprint)
+    }
+}
+
 pub struct PodWorker<R, A> {
     ctx: Arc<Context<R, A>>,
+    seen: Seen,
     uid: String,
     backoffs: Backoffs,
     waiting: Waiting,
@@ -188,6 +205,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
     pub fn new(ctx: Arc<Context<R, A>>, uid: String) -> Self {
         PodWorker {
             ctx,
+            seen: Seen::default(),
             uid,
             backoffs: Backoffs::new(),
             waiting: Waiting::new(),
@@ -198,6 +216,11 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             pulls: HashMap::new(),
             token_refresh: None,
         }
+    }
+
+    /// What this worker last saw of the runtime, for the PLEG.
+    pub fn seen(&self) -> Seen {
+        self.seen.clone()
     }
 
     /// Runs until the pod is gone and cleaned up. `pod` carries the latest version (None once
@@ -439,6 +462,8 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             soonest(left);
         }
         let obs = observe(&*rt, &self.uid).await.map_err(|e| e.to_string())?;
+        // Seen once the status written below reflects it (a failed write is retried).
+        let seen = obs.fingerprint();
         if pod.metadata.deletion_timestamp.is_some() {
             let stopped = obs
                 .containers
@@ -473,6 +498,7 @@ impl<R: Runtime, A: PodApi> PodWorker<R, A> {
             .and_then(|s| s.phase.as_deref())
             == Some("Running");
         self.write_status(pod, status).await?;
+        self.seen.set(seen);
         if running_now
             && !was_running
             && let (Some(m), Some(created)) = (&self.ctx.metrics, &pod.metadata.creation_timestamp)

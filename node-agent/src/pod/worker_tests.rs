@@ -638,14 +638,17 @@ async fn the_worker_loop_sleeps_through_back_offs_and_ends_when_the_pod_is_gone(
 }
 
 /// The echo of the worker's own status write (the resourceVersion that write made, nothing
-/// else changed) does not send the worker back to the runtime; any other version does.
+/// else changed) does not send the worker back to the runtime; any other version does. What
+/// it last saw of the runtime is what the PLEG compares with.
 #[tokio::test(start_paused = true)]
 async fn the_echo_of_its_own_status_write_is_not_synced_again() {
     let h = harness();
     let p = app("Always");
     let (tx, rx) = watch::channel(Some(Arc::new(p.clone())));
     let poke = Arc::new(Notify::new());
-    let worker = tokio::spawn(PodWorker::new(h.ctx.clone(), "u1".into()).run(rx, poke.clone()));
+    let w = PodWorker::new(h.ctx.clone(), "u1".into());
+    let worker_seen = w.seen();
+    let worker = tokio::spawn(w.run(rx, poke.clone()));
     h.api.until(|s| s.phase.as_deref() == Some("Running")).await;
     // On the paused clock a sleep returns once every task is idle: the worker is waiting.
     let idle = || tokio::time::sleep(Duration::from_millis(1));
@@ -681,9 +684,16 @@ async fn the_echo_of_its_own_status_write_is_not_synced_again() {
     idle().await;
     assert!(looks() > after_other, "a changed pod is synced");
 
-    // The runtime's changes still come through pokes, and timers still fire: a crash is
+    // What the PLEG would find is what the worker last saw; a crash is news to it.
+    let now = observe(&*h.rt, "u1").await.unwrap().fingerprint();
+    assert!(worker_seen.is(&now), "the worker saw the runtime as it is");
+    let app_id = h.rt.container_named("app").unwrap();
+    h.rt.exit(&app_id, 1, false);
+    let crashed = observe(&*h.rt, "u1").await.unwrap().fingerprint();
+    assert!(!worker_seen.is(&crashed));
+
+    // The runtime's changes still come through pokes, and timers still fire: the crash is
     // restarted.
-    h.rt.exit(&h.rt.container_named("app").unwrap(), 1, false);
     poke.notify_one();
     h.api
         .until(|s| {
