@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use capstan_testkit::{
-    CapstanUp, capstan_bin, eventually, free_port, kill_process_containers, kubectl, kubectl_ok,
-    pids_running, signal, temp_dir,
+    CapstanUp, capstan_bin, eventually, free_port, kill_process_containers, kubectl, kubectl_json,
+    kubectl_ok, pids_running, signal, temp_dir,
 };
 use serde_json::Value;
 
@@ -170,7 +170,9 @@ impl Cluster {
     fn wait_node(&self, i: usize, what: &str, f: impl Fn(&Value) -> bool) -> Duration {
         let started = Instant::now();
         eventually(WAIT, &format!("{} {what}", self.agents[i].name), || {
-            f(&self.node(i))
+            // A node its agent has not registered yet is "not yet", not a failure.
+            kubectl_json(&self.kubeconfig, &["get", "node", &self.agents[i].name])
+                .is_some_and(|n| f(&n))
         })
         .unwrap();
         started.elapsed()
